@@ -1,0 +1,45 @@
+# The two commands a new user needs (see README):
+#   make demo   run the embedded default pipeline (no broker, no Elasticsearch)
+#   make test   install brokers if missing, lint, type-check and run the whole test suite
+# Both create ./.venv on first use. Other targets: make bench, make faults, make lint.
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+PIP    := $(BIN)/python -m pip --disable-pip-version-check -q
+
+.PHONY: demo test lint typecheck pytest brokers bench clean
+
+demo: $(VENV)/.core
+	$(BIN)/python examples/demo.py
+
+test: brokers $(VENV)/.dev lint typecheck pytest
+
+lint: $(VENV)/.dev
+	$(BIN)/ruff check mqlogging tests benchmarks examples
+
+typecheck: $(VENV)/.dev
+	$(BIN)/mypy --strict mqlogging
+
+pytest: $(VENV)/.dev
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+brokers:
+	scripts/install-brokers.sh
+
+bench: brokers $(VENV)/.dev
+	$(BIN)/python benchmarks/run.py
+
+$(VENV)/bin/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(VENV)/.core: pyproject.toml | $(VENV)/bin/python
+	$(PIP) install -e '.[fast]'
+	touch $@
+
+$(VENV)/.dev: pyproject.toml | $(VENV)/bin/python
+	$(PIP) install -e '.[all,dev]'
+	touch $@ $(VENV)/.core
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

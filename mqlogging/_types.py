@@ -1,0 +1,39 @@
+"""Types shared by every layer: what a message is on its way from handler to collector.
+
+This module imports nothing from the package, so any layer may import it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["Delivery", "Message"]
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """One log record on the wire: its id and its JSON body.
+
+    ``id`` travels in the transport metadata (AMQP ``message_id``, STOMP ``mqlogging-id``) as
+    well as in the body, so a consumer can deduplicate without parsing the body.
+    """
+
+    id: str
+    body: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """A message received by a consumer, to be acked or nacked through that consumer.
+
+    ``tag`` is opaque and only meaningful to the consumer that produced the delivery;
+    ``redelivered`` is the broker's hint that the message was delivered before.
+    """
+
+    id: str
+    body: bytes
+    tag: Any
+    headers: Mapping[str, Any] = field(default_factory=dict)
+    redelivered: bool = False

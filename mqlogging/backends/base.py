@@ -1,0 +1,105 @@
+"""The transport interface: a narrow, batch-first producer and a pull-style consumer.
+
+Every backend (AMQP, STOMP, local spool) implements these two classes and nothing else is
+visible above ``backends/``. Library exceptions (pika, stomp.py, OSError) never cross this
+boundary: they are translated into :mod:`mqlogging.errors` classes, chained ``from exc``.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from types import TracebackType
+
+from .._types import Delivery, Message
+from .endpoints import Endpoint
+
+__all__ = ["Consumer", "Producer"]
+
+
+class Producer(ABC):
+    """Publishes batches of messages to one endpoint and reports only confirmed success.
+
+    Thread-safety: a producer is owned by one thread (pika's connection must only be used by
+    the thread that created it). Share an endpoint between threads by giving each its own
+    producer. Connecting is lazy: the first :meth:`publish_batch` connects, and after a
+    failure the next call reconnects, trying every host of the endpoint in turn.
+    """
+
+    endpoint: Endpoint
+
+    @abstractmethod
+    def publish_batch(self, messages: Sequence[Message]) -> None:
+        """Publish ``messages`` in order and return only once the broker confirmed all of them.
+
+        Confirmation is pipelined: the whole batch is written, then the confirms are awaited,
+        never one round trip per message. Returns within ``endpoint.connect_timeout +
+        endpoint.timeout`` (plus per-host connect attempts) in every case.
+
+        Raises:
+            ConnectError: no host accepted the connection; nothing was sent.
+            PublishTimeout: the batch was (partly) sent but not confirmed in time: the caller
+                must treat every message of it as not delivered (it may be a duplicate later).
+            NotConfirmed: the broker refused or returned a message of the batch.
+        """
+
+    @abstractmethod
+    def close(self) -> None:
+        """Close the connection. Idempotent; never raises."""
+
+    def __enter__(self) -> Producer:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+class Consumer(ABC):
+    """Receives messages from one endpoint with manual acknowledgement and bounded prefetch.
+
+    Thread-safety: like :class:`Producer`, owned by the thread that calls :meth:`fetch`;
+    :meth:`ack` and :meth:`nack` must be called from that same thread.
+    """
+
+    endpoint: Endpoint
+
+    @abstractmethod
+    def fetch(self, max_messages: int, timeout: float) -> list[Delivery]:
+        """Return up to ``max_messages`` deliveries, waiting at most ``timeout`` seconds.
+
+        Returns as soon as ``max_messages`` are available, or when ``timeout`` expires with
+        whatever has arrived (possibly nothing). Reconnects (and resubscribes) on its own after
+        a broker restart; deliveries received before the loss of a connection are void (the
+        broker redelivers them) and acking them is a no-op.
+
+        Raises:
+            ConnectError: no host could be reached on this attempt; call again to retry.
+        """
+
+    @abstractmethod
+    def ack(self, deliveries: Sequence[Delivery]) -> None:
+        """Acknowledge ``deliveries``: the broker forgets them."""
+
+    @abstractmethod
+    def nack(self, deliveries: Sequence[Delivery], *, requeue: bool = True) -> None:
+        """Give ``deliveries`` back to the broker (``requeue``) or reject them."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Close the connection; unacked deliveries go back to the broker. Idempotent."""
+
+    def __enter__(self) -> Consumer:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()

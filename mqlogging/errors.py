@@ -1,0 +1,96 @@
+"""The exceptions mqlogging raises.
+
+Every error a user can meet is one of these; pika, stomp.py and elasticsearch exceptions are
+translated at the backend boundary and chained with ``from exc``::
+
+    MQLoggingError
+    ├── ConfigurationError      (also ValueError)   bad URL, option, file, certificate
+    ├── MissingDependencyError  (also ImportError)  an optional extra is not installed
+    ├── BackendError                                talking to a broker failed
+    │   ├── ConnectError                            no host of the endpoint could be reached
+    │   ├── PublishTimeout                          the broker did not confirm in time
+    │   └── NotConfirmed                            the broker refused or returned messages
+    ├── SpoolError                                  the on-disk spool failed
+    │   ├── SpoolCorrupt                            a segment cannot be read
+    │   └── SpoolFull                               the spool reached its bounds
+    └── SinkError                                   a collector sink failed
+
+Messages are one line, say what is wrong and how to fix it, and never contain a password:
+exceptions carry the *redacted* endpoint.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "BackendError",
+    "ConfigurationError",
+    "ConnectError",
+    "MQLoggingError",
+    "MissingDependencyError",
+    "NotConfirmed",
+    "PublishTimeout",
+    "SinkError",
+    "SpoolCorrupt",
+    "SpoolError",
+    "SpoolFull",
+]
+
+
+class MQLoggingError(Exception):
+    """Base class of every mqlogging exception."""
+
+
+class ConfigurationError(MQLoggingError, ValueError):
+    """A configuration value is wrong; raised at construction time, never later."""
+
+
+class MissingDependencyError(MQLoggingError, ImportError):
+    """An optional dependency is missing; the message names the extra to install."""
+
+    def __init__(self, package: str, extra: str) -> None:
+        self.package = package
+        self.extra = extra
+        msg = (
+            f"the {package!r} package is required for this feature but is not installed; "
+            f"install it with: pip install 'mqlogging[{extra}]'"
+        )
+        super().__init__(msg)
+
+
+class BackendError(MQLoggingError):
+    """Talking to a broker failed.
+
+    ``endpoint`` is the redacted endpoint URL (safe to log).
+    """
+
+    def __init__(self, message: str, *, endpoint: str = "") -> None:
+        self.endpoint = endpoint
+        super().__init__(f"{message} ({endpoint})" if endpoint else message)
+
+
+class ConnectError(BackendError):
+    """No host of the endpoint accepted a connection (or the login was refused)."""
+
+
+class PublishTimeout(BackendError):
+    """The broker did not confirm a batch within the timeout: the batch may or may not be stored."""
+
+
+class NotConfirmed(BackendError):
+    """The broker explicitly refused (nack) or returned (unroutable) a message of the batch."""
+
+
+class SpoolError(MQLoggingError):
+    """The on-disk spool could not be written or read."""
+
+
+class SpoolCorrupt(SpoolError):
+    """A spool segment is unreadable beyond the per-line corruption the spool skips and counts."""
+
+
+class SpoolFull(SpoolError):
+    """The spool reached its byte bound and its overflow policy is to refuse new records."""
+
+
+class SinkError(MQLoggingError):
+    """A collector sink failed as a whole (not a per-item rejection)."""
