@@ -1,0 +1,199 @@
+"""``local://`` — a spool directory used as a queue (the embedded default, no broker).
+
+``local:///var/spool/myapp?max_bytes=256M&fsync=always`` names a :mod:`mqlogging.spool`
+directory; the query takes the spool options (``segment_bytes``, ``segment_age``, ``max_bytes``,
+``max_age``, ``fsync``, ``overflow``), validated when the producer or consumer is created.
+
+Producer: :meth:`LocalProducer.publish_batch` appends the batch to the producer's own open
+segment; "confirmed" means written per the fsync policy (``segment`` by default: in the OS page
+cache now, on disk when the segment is sealed; ``fsync=always`` for every batch). Any number of
+producers (threads, processes) may share a directory.
+
+Consumer: :class:`LocalConsumer` reads segments oldest-first (FIFO per producer), including the
+live open segment of a running producer up to its last complete line, so a record is visible
+within one poll (~50 ms) of being published. ``ack`` commits durable progress (the contiguous
+acked prefix of each segment, so out-of-order acks are safe), ``nack(requeue=True)`` makes
+records be fetched again, ``nack(requeue=False)`` drops them (counted as ``rejected`` in the
+spool's ``dropped.log``). Several consumers share a directory like competing consumers, each
+segment being read by one of them at a time. Delivery is at-least-once: records fetched but not
+acked when a consumer stops are fetched again by the next one, with the same ids.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from .._types import Delivery, Message
+from ..errors import BackendError, ConnectError, NotConfirmed, SpoolError
+from ..spool import Spool, SpoolReader, SpoolRecord, coerce_spool_options
+from .base import Consumer, Producer
+from .endpoints import Endpoint
+
+__all__ = ["LocalConsumer", "LocalProducer", "record_id"]
+
+_POLL = 0.05
+
+try:
+    import orjson
+
+    _loads: Any = orjson.loads
+    _DecodeError: tuple[type[Exception], ...] = (orjson.JSONDecodeError,)
+except ImportError:  # pragma: no cover - exercised only without the [fast] extra
+    import json
+
+    _loads = json.loads
+    _DecodeError = (ValueError,)
+
+
+def record_id(record: SpoolRecord) -> str:
+    """The record's id: ``event.id`` (ECS) or top-level ``id``, else one derived from its place.
+
+    The derived id (``<segment>:<offset>``) is deterministic, so a line without an id that is
+    delivered twice still gets the same Elasticsearch ``_id``.
+    """
+    try:
+        doc = _loads(record.body)
+    except _DecodeError:
+        doc = None
+    if isinstance(doc, dict):
+        event = doc.get("event")
+        if isinstance(event, dict) and isinstance(event.get("id"), str) and event["id"]:
+            return str(event["id"])
+        if isinstance(doc.get("id"), str) and doc["id"]:
+            return str(doc["id"])
+    return f"{record.segment}:{record.offset}"
+
+
+def _options(endpoint: Endpoint) -> dict[str, Any]:
+    return coerce_spool_options(endpoint.spool_options, where=endpoint.redacted())
+
+
+class LocalProducer(Producer):
+    """Appends batches to the spool directory ``endpoint.path`` (see the module docstring)."""
+
+    def __init__(self, endpoint: Endpoint) -> None:
+        self.endpoint = endpoint
+        self._options = _options(endpoint)  # ConfigurationError now, not at the first publish
+        self._spool: Spool | None = None
+
+    def __repr__(self) -> str:
+        return f"LocalProducer({self.endpoint.redacted()!r})"
+
+    def publish_batch(self, messages: Sequence[Message]) -> None:
+        """Append ``messages`` in order; returns once written per the fsync policy.
+
+        With ``overflow=drop_newest`` a full spool drops the batch (counted by the spool) and
+        this returns normally, as configured.
+
+        Raises:
+            ConnectError: the directory cannot be created or opened.
+            NotConfirmed: the write failed (disk full...) or the spool is full with
+                ``overflow=refuse``; nothing of the batch was stored.
+        """
+        if not messages:
+            return
+        where = self.endpoint.redacted()
+        if self._spool is None:
+            try:
+                self._spool = Spool(self.endpoint.path, **self._options)
+            except SpoolError as exc:
+                raise ConnectError(str(exc), endpoint=where) from exc
+        try:
+            self._spool.append([m.body for m in messages])
+        except SpoolError as exc:  # SpoolFull included
+            raise NotConfirmed(str(exc), endpoint=where) from exc
+
+    def close(self) -> None:
+        """Seal the open segment so that consumers may delete it once it is consumed."""
+        spool, self._spool = self._spool, None
+        if spool is not None:
+            with contextlib.suppress(Exception):
+                spool.close()
+
+
+class LocalConsumer(Consumer):
+    """Consumes the spool directory ``endpoint.path`` (see the module docstring)."""
+
+    def __init__(self, endpoint: Endpoint) -> None:
+        self.endpoint = endpoint
+        _options(endpoint)  # validate the query like the producer does
+        self._reader: SpoolReader | None = None
+
+    def __repr__(self) -> str:
+        return f"LocalConsumer({self.endpoint.redacted()!r})"
+
+    def _open(self) -> SpoolReader:
+        if self._reader is None:
+            try:
+                self._reader = SpoolReader(self.endpoint.path)
+            except SpoolError as exc:
+                raise ConnectError(str(exc), endpoint=self.endpoint.redacted()) from exc
+        return self._reader
+
+    def fetch(self, max_messages: int, timeout: float) -> list[Delivery]:
+        """Return up to ``max_messages`` records, polling the directory until ``timeout``.
+
+        Raises:
+            ConnectError: the directory cannot be read; call again to retry.
+        """
+        reader = self._open()
+        deadline = time.monotonic() + max(0.0, timeout)
+        while True:
+            try:
+                records = reader.read(max(1, max_messages))
+            except SpoolError as exc:
+                raise ConnectError(str(exc), endpoint=self.endpoint.redacted()) from exc
+            if records:
+                return [
+                    Delivery(
+                        id=record_id(r),
+                        body=r.body,
+                        tag=r,
+                        headers={"segment": r.segment, "offset": r.offset},
+                        redelivered=r.redelivered,
+                    )
+                    for r in records
+                ]
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return []
+            reader.wait(min(_POLL, remaining))
+
+    def ack(self, deliveries: Sequence[Delivery]) -> None:
+        """Commit ``deliveries`` (any order); fully consumed segments are deleted.
+
+        Raises:
+            BackendError: the progress could not be recorded (they will be fetched again).
+        """
+        if self._reader is None or not deliveries:
+            return
+        try:
+            self._reader.commit(self._records(deliveries))
+        except SpoolError as exc:
+            raise BackendError(str(exc), endpoint=self.endpoint.redacted()) from exc
+
+    def nack(self, deliveries: Sequence[Delivery], *, requeue: bool = True) -> None:
+        """``requeue``: fetch them (and later records of their segments) again; else drop them."""
+        if self._reader is None or not deliveries:
+            return
+        records = self._records(deliveries)
+        try:
+            if requeue:
+                self._reader.rewind(records)
+            else:
+                self._reader.reject(records)
+        except SpoolError as exc:
+            raise BackendError(str(exc), endpoint=self.endpoint.redacted()) from exc
+
+    def close(self) -> None:
+        """Release the claimed segments; unacked records are fetched again later. Idempotent."""
+        reader, self._reader = self._reader, None
+        if reader is not None:
+            reader.close()
+
+    @staticmethod
+    def _records(deliveries: Sequence[Delivery]) -> list[SpoolRecord]:
+        return [d.tag for d in deliveries if isinstance(d.tag, SpoolRecord)]

@@ -1,0 +1,128 @@
+"""The ``local://`` backend: a spool directory as a queue, through the transport interface."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import signal
+from pathlib import Path
+
+import pytest
+
+from mqlogging._ids import new_id
+from mqlogging._types import Message
+from mqlogging.backends import open_consumer, open_producer
+from mqlogging.backends.local import LocalConsumer, LocalProducer
+from mqlogging.errors import ConfigurationError, NotConfirmed
+from tests.helpers import wait_until
+
+CTX = multiprocessing.get_context("fork")
+
+
+def ecs(n: int) -> Message:
+    rid = new_id()
+    doc = {"@timestamp": "2026-01-01T00:00:00.000000Z", "message": f"m{n}", "n": n,
+           "event": {"id": rid}}  # fmt: skip
+    return Message(rid, json.dumps(doc).encode())
+
+
+def _publish_and_linger(url: str, count: int) -> None:
+    producer = open_producer(url)
+    producer.publish_batch([ecs(n) for n in range(count)])
+    os.kill(os.getpid(), signal.SIGSTOP)  # alive, never writes or closes again
+
+
+class TestLocalBackend:
+    def test_round_trip_with_ids(self, tmp_path: Path) -> None:
+        """Published messages come back in order, with the body's event.id as delivery id;
+        acked ones are gone and the directory empties once the producer closed."""
+        url = f"local://{tmp_path}/q?segment_bytes=8K&fsync=always"
+        messages = [ecs(n) for n in range(100)]
+        with open_producer(url) as producer:
+            assert isinstance(producer, LocalProducer)
+            producer.publish_batch(messages[:60])
+            producer.publish_batch(messages[60:])
+        with open_consumer(url) as consumer:
+            assert isinstance(consumer, LocalConsumer)
+            got = []
+            while batch := consumer.fetch(30, timeout=0.2):
+                got.extend(batch)
+                consumer.ack(batch)
+        assert [m.id for m in messages] == [d.id for d in got]
+        assert [m.body for m in messages] == [d.body for d in got]
+        assert [p for p in (tmp_path / "q").iterdir() if p.suffix in (".jsonl", ".open")] == []
+
+    def test_visible_without_further_writes(self, tmp_path: Path) -> None:
+        """A record published by a live producer that then goes silent (stopped, not closed)
+        is fetched within ~1 s: consumers read the live open segment."""
+        url = f"local://{tmp_path}"
+        proc = CTX.Process(target=_publish_and_linger, args=(url, 5))
+        proc.start()
+        try:
+            with open_consumer(url) as consumer:
+                got: list[object] = []
+                wait_until(lambda: got.extend(consumer.fetch(10, timeout=0.1)) or len(got) == 5,
+                           timeout=1.5, message="5 records from a live producer")  # fmt: skip
+                consumer.ack(got)  # type: ignore[arg-type]
+                assert consumer.fetch(10, timeout=0.1) == []
+            open_segments = [p for p in tmp_path.iterdir() if p.suffix == ".open"]
+            assert len(open_segments) == 1  # the live producer's segment was not deleted
+        finally:
+            proc.kill()
+            proc.join(10)
+
+    def test_out_of_order_acks_and_requeue(self, tmp_path: Path) -> None:
+        """Acks in any order commit the contiguous prefix; nack(requeue) redelivers; after a
+        consumer restart everything after the first unacked record comes back (at-least-once:
+        acks beyond a gap are not durable), nothing before it."""
+        url = f"local://{tmp_path}"
+        with open_producer(url) as producer:
+            producer.publish_batch([ecs(n) for n in range(10)])
+        consumer = open_consumer(url)
+        batch = consumer.fetch(10, timeout=1)
+        consumer.ack(batch[7:])
+        consumer.ack(batch[:3])
+        consumer.nack(batch[5:7])
+        again = consumer.fetch(10, timeout=1)
+        assert [d.id for d in batch[5:7]] == [d.id for d in again]
+        assert all(d.redelivered for d in again)
+        consumer.ack(again)
+        consumer.close()  # 3 and 4 were never acked
+        with open_consumer(url) as consumer:
+            rest = consumer.fetch(10, timeout=0.5)
+            assert [d.id for d in batch[3:]] == [d.id for d in rest]
+            consumer.nack(rest, requeue=False)
+            assert consumer.fetch(10, timeout=0.2) == []
+
+    def test_line_without_id_gets_a_stable_id(self, tmp_path: Path) -> None:
+        """Bodies without event.id/id get <segment>:<offset>, the same on every delivery;
+        a top-level id is used as is."""
+        url = f"local://{tmp_path}"
+        with open_producer(url) as producer:
+            producer.publish_batch(
+                [Message("a", b'{"msg": "no id"}'), Message("b", b'{"id": "b"}')]
+            )
+        with open_consumer(url) as consumer:
+            first = consumer.fetch(10, timeout=1)
+            consumer.nack(first)
+            second = consumer.fetch(10, timeout=1)
+        assert first[0].id == second[0].id
+        assert first[0].id.endswith(":0")
+        assert first[1].id == "b"
+
+    def test_bad_options_fail_at_construction(self, tmp_path: Path) -> None:
+        """Spool options in the URL are validated when the producer/consumer is created."""
+        for query in ("max_bytes=huge", "fsync=maybe", "overflow=explode", "max_age=-1"):
+            with pytest.raises(ConfigurationError, match="local://"):
+                open_producer(f"local://{tmp_path}?{query}")
+            with pytest.raises(ConfigurationError, match="local://"):
+                open_consumer(f"local://{tmp_path}?{query}")
+
+    def test_full_spool_with_refuse_is_not_confirmed(self, tmp_path: Path) -> None:
+        """overflow=refuse: publish_batch raises NotConfirmed naming the endpoint."""
+        url = f"local://{tmp_path}?segment_bytes=4K&max_bytes=8K&overflow=refuse"
+        with open_producer(url) as producer:
+            producer.publish_batch([ecs(n) for n in range(40)])  # ~5K of 8K
+            with pytest.raises(NotConfirmed, match=r"full.*local://"):
+                producer.publish_batch([ecs(n) for n in range(40)])
