@@ -1,0 +1,714 @@
+"""AMQP 0-9-1 transport (RabbitMQ) on pika: pipelined publisher confirms, manual-ack consumer.
+
+Publishing: a batch is confirmed as a whole, pipelined. Every message of the batch is written
+with ``mandatory=True`` on a channel in confirm mode, *then* the publisher waits once for the
+broker's ``Basic.Ack``/``Basic.Nack`` frames (which RabbitMQ coalesces with ``multiple``), so a
+batch of 500 costs one round trip, not 500. pika's ``BlockingChannel.basic_publish`` waits for
+each confirm separately when confirms are on (about 10 times slower), so the producer
+publishes through the blocking channel's underlying asynchronous channel and counts the
+confirms itself in callbacks; the blocking connection only drives the I/O loop
+(``process_data_events``).
+
+Guarantees:
+
+- ``publish_batch`` returns only when the broker acked every message of the batch. A nack, a
+  ``Basic.Return`` (no queue bound for the routing key) or a channel closed by the broker raise
+  :class:`~mqlogging.errors.NotConfirmed`; no confirm within ``endpoint.timeout`` or a lost
+  connection raise :class:`~mqlogging.errors.PublishTimeout` (the batch *may* be stored: retry it,
+  the record ids make the duplicates harmless). After any failure the next call reconnects.
+- Hosts are tried in the order of the URL, which is their priority: the first host is the primary
+  and every (re)connection starts from it again, so clients fail back to it once it returns.
+  Each attempt is bounded by ``connect_timeout`` (TCP connect, TLS and AMQP handshake together),
+  so a host that accepts TCP but never answers costs at most that.
+- Topology: unless ``declare`` is off, the durable exchange, the durable queue (quorum if asked,
+  with its dead-letter exchange) and the binding are declared by producers *and* consumers, so
+  either may start first without losing records. With ``declare=False`` they are only checked
+  (passively) and a missing one is a :class:`~mqlogging.errors.ConnectError` naming it.
+- Bounded waits: connecting costs at most ``connect_timeout`` per host; a batch waits at most
+  ``timeout`` for its confirms; a broker that blocks publishers (resource alarm) for longer than
+  ``timeout`` gets the connection closed (pika's ``blocked_connection_timeout``). One case is
+  bounded by heartbeats instead: a peer that stops reading in the middle of a write (TCP
+  window full) is detected by the heartbeat timeout, so keep ``heartbeat`` > 0.
+- Consumer: ``prefetch`` bounds the unacknowledged messages in flight; acks are coalesced with
+  ``multiple`` for a contiguous prefix. Deliveries of a lost connection are void (the broker
+  redelivers them); acking them is a no-op.
+
+Thread-safety: pika connections belong to one thread. A producer or consumer connects lazily in
+the first thread that uses it and must be used (including :meth:`close`) from that thread only.
+After ``fork()`` a child never touches the parent's connection: it opens its own.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import socket
+import ssl
+import time
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from types import ModuleType
+from typing import Any
+
+from .._types import Delivery, Message
+from ..errors import (
+    BackendError,
+    ConfigurationError,
+    ConnectError,
+    MissingDependencyError,
+    NotConfirmed,
+    PublishTimeout,
+)
+from .base import Consumer, Producer
+from .endpoints import Endpoint, Host
+
+__all__ = ["AMQPConsumer", "AMQPProducer"]
+
+_CONTENT_TYPE = "application/json"
+# The record id also travels as this header: RabbitMQ hands AMQP headers to STOMP consumers as
+# frame headers, and `mqlogging-id` is where the STOMP backend looks for it (design.md).
+_ID_HEADER = "mqlogging-id"
+
+
+def _import_pika() -> ModuleType:
+    """Import pika on first use, so that ``mqlogging`` works without the ``amqp`` extra."""
+    try:
+        import pika
+        import pika.exceptions
+        import pika.spec
+    except ImportError as exc:
+        raise MissingDependencyError("pika", "amqp") from exc
+    module: ModuleType = pika
+    return module
+
+
+def _noop() -> None:
+    """Timer callback whose only purpose is to make ``process_data_events`` return."""
+
+
+# -- connection and topology, shared by producer and consumer -----------------------------------
+
+
+@dataclass(eq=False)
+class _Link:
+    """One open connection with its channel. Replaced as a whole after any failure."""
+
+    connection: Any  # pika.BlockingConnection
+    channel: Any  # pika.adapters.blocking_connection.BlockingChannel
+    host: Host
+    generation: int
+    channel_error: BaseException | None = None
+
+    @property
+    def impl(self) -> Any:
+        # The asynchronous pika.channel.Channel under the BlockingChannel. Publishing through it
+        # is what lets confirms be pipelined (BlockingChannel waits per message in confirm mode).
+        return self.channel._impl
+
+
+class _AMQPClient:
+    """Connection, topology and error translation common to :class:`AMQPProducer` and
+    :class:`AMQPConsumer`."""
+
+    _role = "client"
+
+    def __init__(self, endpoint: str | Endpoint, **options: Any) -> None:
+        self.endpoint = Endpoint.from_url(endpoint, **options)
+        if self.endpoint.transport != "amqp":
+            msg = f"{self.endpoint.redacted()} is not an AMQP endpoint (use amqp:// or amqps://)"
+            raise ConfigurationError(msg)
+        self._pika = _import_pika()
+        # Built once: a bad certificate or key is a ConfigurationError here, at construction.
+        self._ssl_context: ssl.SSLContext | None = (
+            self.endpoint.tls.ssl_context() if self.endpoint.tls is not None else None
+        )
+        self._link: _Link | None = None
+        self._generation = 0
+        self._pid = os.getpid()
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.endpoint.redacted()!r})"
+
+    # -- connecting ---------------------------------------------------------------------------
+
+    def _parameters(self, host: Host) -> Any:
+        pika = self._pika
+        ep = self.endpoint
+        credentials: Any
+        tls = ep.tls
+        if tls is not None and tls.certfile and ep.username is None:
+            # x509 login: the broker takes the user name from the client certificate.
+            credentials = pika.credentials.ExternalCredentials()
+        else:
+            user, password = ep.credentials() or ("guest", "guest")
+            credentials = pika.PlainCredentials(user, password)
+        ssl_options = None
+        if self._ssl_context is not None:
+            server_hostname = (tls.server_hostname if tls else None) or host.host
+            ssl_options = pika.SSLOptions(self._ssl_context, server_hostname)
+        return pika.ConnectionParameters(
+            host=host.host,
+            port=host.port,
+            virtual_host=ep.vhost,
+            credentials=credentials,
+            ssl_options=ssl_options,
+            heartbeat=ep.heartbeat,
+            socket_timeout=ep.connect_timeout,
+            stack_timeout=ep.connect_timeout,
+            blocked_connection_timeout=ep.timeout,
+            connection_attempts=1,
+            retry_delay=0,
+            client_properties={
+                "connection_name": f"mqlogging {self._role} pid={os.getpid()}",
+                "product": "mqlogging",
+            },
+        )
+
+    def _ensure_link(self) -> _Link:
+        """The live link, reconnecting (every host, in order) when there is none or it died."""
+        if self._pid != os.getpid():
+            # Forked: the socket is shared with the parent; never write to it from here.
+            self._link = None
+            self._pid = os.getpid()
+        link = self._link
+        if link is not None:
+            try:
+                # Services heartbeats and notices a connection the broker closed meanwhile.
+                link.connection.process_data_events(0)
+            except Exception:
+                self._drop_link()
+            else:
+                if link.channel_error is None and link.channel.is_open:
+                    return link
+                self._drop_link()
+        return self._connect()
+
+    def _connect(self) -> _Link:
+        failures: list[str] = []
+        for host in self.endpoint.hosts:
+            try:
+                connection = self._pika.BlockingConnection(self._parameters(host))
+            except Exception as exc:
+                failures.append(f"{host}: {self._describe(exc)}")
+                continue
+            self._generation += 1
+            try:
+                channel = connection.channel()
+                link = _Link(connection, channel, host, self._generation)
+
+                def on_channel_closed(
+                    _channel: Any, reason: BaseException, link: _Link = link
+                ) -> None:
+                    link.channel_error = reason
+                    with contextlib.suppress(Exception):
+                        link.connection.call_later(0, _noop)
+
+                link.impl.add_on_close_callback(on_channel_closed)
+                with self._map_errors("set up the channel", ConnectError):
+                    self._declare(channel)
+                    self._setup(link)
+            except BaseException:
+                self._close_connection(connection)
+                raise
+            self._link = link
+            return link
+        where = self.endpoint.redacted()
+        msg = f"cannot connect to any host: {'; '.join(failures)}"
+        raise ConnectError(msg, endpoint=where)
+
+    def _setup(self, link: _Link) -> None:
+        """Role-specific channel setup (confirm mode, QoS, consume)."""
+
+    def _declare(self, channel: Any) -> None:
+        """Declare (or with ``declare=False`` passively check) exchange, queue and binding."""
+        ep = self.endpoint
+        exc_mod = self._pika.exceptions
+        if ep.exchange:
+            try:
+                channel.exchange_declare(
+                    ep.exchange, exchange_type=ep.exchange_type, durable=True,
+                    passive=not ep.declare,
+                )  # fmt: skip
+            except exc_mod.ChannelClosedByBroker as exc:
+                raise self._topology_error(exc, "exchange", ep.exchange) from exc
+        if not ep.queue or (not ep.declare and ep.exchange and self._role == "producer"):
+            # A producer with declare=False only needs the exchange; `mandatory` catches the rest.
+            return
+        arguments: dict[str, Any] = {}
+        if ep.queue_type == "quorum":
+            arguments["x-queue-type"] = "quorum"
+        if ep.dead_letter_exchange:
+            arguments["x-dead-letter-exchange"] = ep.dead_letter_exchange
+        try:
+            if ep.declare:
+                channel.queue_declare(ep.queue, durable=True, arguments=arguments or None)
+            else:
+                channel.queue_declare(ep.queue, passive=True)
+        except exc_mod.ChannelClosedByBroker as exc:
+            raise self._topology_error(exc, "queue", ep.queue) from exc
+        if ep.declare and ep.exchange:
+            try:
+                channel.queue_bind(ep.queue, ep.exchange, routing_key=ep.binding_key)
+            except exc_mod.ChannelClosedByBroker as exc:
+                raise self._topology_error(exc, "binding of queue", ep.queue) from exc
+
+    def _topology_error(self, exc: Any, kind: str, name: str) -> ConnectError:
+        code = getattr(exc, "reply_code", 0)
+        text = str(getattr(exc, "reply_text", exc))
+        detail = text.split(" - ", 1)[-1]
+        vhost = self.endpoint.vhost
+        if code == 404:
+            msg = (
+                f"{kind} {name!r} does not exist on vhost {vhost!r} and declare=false; "
+                "create it or set declare=true"
+            )
+        elif code == 406:
+            msg = (
+                f"{kind} {name!r} already exists with different settings ({detail}); delete it "
+                "or change the endpoint options (exchange_type, queue_type, "
+                "dead_letter_exchange) to match"
+            )
+        elif code == 403:
+            user = self.endpoint.username or "guest"
+            msg = (
+                f"user {user!r} may not declare {kind} {name!r} on vhost {vhost!r} ({detail}); "
+                "grant the configure permission or set declare=false"
+            )
+        else:
+            msg = f"cannot declare {kind} {name!r}: {detail}"
+        return ConnectError(msg, endpoint=self.endpoint.redacted())
+
+    # -- errors and teardown ------------------------------------------------------------------
+
+    def _describe(self, exc: BaseException) -> str:
+        """One line saying why a connection failed, without the password."""
+        pika = self._pika
+        errs = pika.exceptions
+        ep = self.endpoint
+        user = ep.username or ("(certificate)" if ep.tls and ep.tls.certfile else "guest")
+        inner: BaseException = exc
+        # pika wraps the socket error of the last attempt: AMQPConnectionError(<connector error>)
+        while isinstance(inner, errs.AMQPConnectionError) and inner.args:
+            nested = getattr(inner.args[0], "exception", inner.args[0])
+            if not isinstance(nested, BaseException) or nested is inner:
+                break
+            inner = nested
+        if isinstance(inner, (errs.ProbableAuthenticationError, errs.AuthenticationError)):
+            text = f"login refused for user {user!r}"
+        elif isinstance(inner, errs.ProbableAccessDeniedError):
+            text = f"access to vhost {ep.vhost!r} refused for user {user!r}"
+        elif isinstance(inner, errs.ConnectionClosedByBroker):
+            if inner.reply_code == 403:
+                text = f"login refused for user {user!r}"
+            elif inner.reply_code == 530:
+                text = f"access to vhost {ep.vhost!r} refused for user {user!r}"
+            else:
+                text = self._scrub(f"closed by the broker: {inner.reply_code} {inner.reply_text}")
+        elif isinstance(inner, errs.ConnectionBlockedTimeout):
+            text = f"broker blocked publishing (resource alarm) for more than {ep.timeout:g}s"
+        elif isinstance(inner, errs.AMQPHeartbeatTimeout):
+            text = "broker stopped answering (missed heartbeats)"
+        elif isinstance(inner, errs.IncompatibleProtocolError):
+            text = "the peer does not speak AMQP 0-9-1"
+        elif isinstance(inner, ssl.SSLCertVerificationError):
+            text = f"TLS certificate verification failed: {inner.verify_message}"
+        elif isinstance(inner, ssl.SSLError):
+            text = f"TLS handshake failed: {inner.reason or inner}"
+        elif isinstance(inner, ConnectionRefusedError):
+            text = "connection refused"
+        elif isinstance(inner, (TimeoutError, socket.timeout)) or type(inner).__name__ in (
+            "AMQPConnectorStackTimeout",
+            "AMQPConnectionWorkflowFailed",
+        ):
+            text = f"no answer within connect_timeout={ep.connect_timeout:g}s"
+        elif isinstance(inner, socket.gaierror):
+            text = f"cannot resolve host name ({inner.strerror})"
+        elif isinstance(inner, OSError) and inner.strerror:
+            text = inner.strerror
+        elif isinstance(inner, errs.StreamLostError):
+            text = "connection lost"
+        else:
+            text = self._scrub(
+                f"{type(inner).__name__}: {inner}" if str(inner) else type(inner).__name__
+            )
+        return " ".join(text.split())
+
+    def _scrub(self, text: str) -> str:
+        creds = self.endpoint.credentials()
+        if creds and creds[1]:
+            text = text.replace(creds[1], "***")
+        return " ".join(text.split())
+
+    @contextlib.contextmanager
+    def _map_errors(
+        self, action: str, error_class: type[BackendError] = ConnectError
+    ) -> Iterator[None]:
+        """Re-raise pika and socket errors as ``error_class`` (a :class:`BackendError`)."""
+        try:
+            yield
+        except BackendError:
+            raise
+        except (self._pika.exceptions.AMQPError, OSError, AssertionError, ValueError) as exc:
+            self._drop_link()
+            msg = f"cannot {action}: {self._describe(exc)}"
+            raise error_class(msg, endpoint=self.endpoint.redacted()) from exc
+
+    def _drop_link(self) -> None:
+        """Forget the current link, bringing down its connection if it is still open."""
+        link, self._link = self._link, None
+        if link is not None:
+            self._close_connection(link.connection, graceful=False)
+
+    def _close_connection(self, connection: Any, *, graceful: bool = False) -> None:
+        with contextlib.suppress(Exception):
+            if connection.is_closed:
+                return
+            if graceful:
+                connection.close()
+                return
+            # Abort the stream: pika's close() waits for Close-Ok, unbounded if the broker hangs.
+            impl = connection._impl
+            impl._adapter_disconnect_stream()
+            with contextlib.suppress(Exception):
+                connection.process_data_events(0)
+
+    def close(self) -> None:
+        """Close the connection gracefully. Idempotent; never raises.
+
+        Waits for the broker's Close-Ok; a broker that stopped answering is given up on at the
+        heartbeat timeout. Call it from the owner thread.
+        """
+        link, self._link = self._link, None
+        if link is None or self._pid != os.getpid():
+            return
+        self._close_connection(link.connection, graceful=link.channel_error is None)
+
+
+# -- producer -------------------------------------------------------------------------------
+
+
+@dataclass(eq=False)
+class _Batch:
+    """Confirm bookkeeping of one batch: delivery tags ``first .. first + size - 1``."""
+
+    first: int
+    size: int
+    state: bytearray = field(init=False)  # 0 pending, 1 acked, 2 nacked
+    low: int = 0  # every index below this one is settled
+    settled: int = 0
+    nacked: int = 0
+    returned: list[tuple[str, str]] = field(default_factory=list)  # (message id, reply text)
+
+    def __post_init__(self) -> None:
+        self.state = bytearray(self.size)
+
+    @property
+    def complete(self) -> bool:
+        return self.settled == self.size
+
+    def settle(self, tag: int, multiple: bool, ok: bool) -> None:
+        index = tag - self.first
+        if index < 0:
+            return
+        index = min(index, self.size - 1)
+        mark = 1 if ok else 2
+        start = self.low if multiple else index
+        for i in range(start, index + 1):
+            if self.state[i] == 0:
+                self.state[i] = mark
+                self.settled += 1
+                if not ok:
+                    self.nacked += 1
+        while self.low < self.size and self.state[self.low]:
+            self.low += 1
+
+
+class AMQPProducer(_AMQPClient, Producer):
+    """Publishes batches to an AMQP exchange with pipelined publisher confirms.
+
+    Messages are persistent (``delivery_mode=2``) unless ``persistent=false``, carry
+    ``content_type=application/json`` and their record id as ``message_id`` (and as header
+    ``mqlogging-id``, for STOMP consumers reading the same queue), and are published
+    with ``mandatory=True`` so that a record no queue would take is reported, never dropped.
+    With ``exchange=""`` records go through the default exchange straight to ``queue``.
+    """
+
+    _role = "producer"
+
+    def __init__(self, endpoint: str | Endpoint, **options: Any) -> None:
+        super().__init__(endpoint, **options)
+        ep = self.endpoint
+        self._routing_key = ep.routing_key if ep.exchange else (ep.queue or ep.routing_key)
+        self._delivery_mode = 2 if ep.persistent else 1
+        self._batch: _Batch | None = None
+        self._next_tag = 1
+
+    def _setup(self, link: _Link) -> None:
+        selected: list[bool] = []
+
+        def on_select_ok(_frame: Any) -> None:
+            selected.append(True)
+            link.connection.call_later(0, _noop)
+
+        impl = link.impl
+        impl.add_on_return_callback(self._on_return)
+        impl.confirm_delivery(self._on_confirm, on_select_ok)
+        deadline = time.monotonic() + self.endpoint.timeout
+        while not selected and link.channel_error is None:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                msg = f"broker did not enable publisher confirms within {self.endpoint.timeout:g}s"
+                raise ConnectError(msg, endpoint=self.endpoint.redacted())
+            link.connection.process_data_events(time_limit=remaining)
+        if link.channel_error is not None:
+            raise link.channel_error
+        self._next_tag = 1  # delivery tags restart at 1 on every confirm-mode channel
+
+    # Callbacks run inside pika's I/O loop: they must never raise (pika would drop the link).
+
+    def _on_confirm(self, frame: Any) -> None:
+        batch = self._batch
+        link = self._link
+        if batch is None:
+            return
+        method = frame.method
+        ok = method.NAME == "Basic.Ack"
+        batch.settle(int(method.delivery_tag), bool(method.multiple), ok)
+        if batch.complete and link is not None:
+            link.connection.call_later(0, _noop)
+
+    def _on_return(self, _channel: Any, method: Any, properties: Any, _body: bytes) -> None:
+        batch = self._batch
+        if batch is not None:
+            reason = f"{method.reply_code} {method.reply_text}"
+            batch.returned.append((str(properties.message_id), reason))
+
+    def publish_batch(self, messages: Sequence[Message]) -> None:
+        """Publish ``messages`` in order; return once the broker confirmed every one of them.
+
+        See :meth:`Producer.publish_batch` for the contract. Not thread-safe (one owner thread).
+        """
+        if not messages:
+            return
+        link = self._ensure_link()
+        pika = self._pika
+        ep = self.endpoint
+        batch = _Batch(self._next_tag, len(messages))
+        self._batch = batch
+        try:
+            publish = link.impl.basic_publish
+            exchange, routing_key, mode = ep.exchange, self._routing_key, self._delivery_mode
+            for message in messages:
+                properties = pika.BasicProperties(
+                    content_type=_CONTENT_TYPE,
+                    delivery_mode=mode,
+                    message_id=message.id,
+                    headers={_ID_HEADER: message.id},
+                )
+                publish(exchange, routing_key, message.body, properties, mandatory=True)
+            self._next_tag += len(messages)
+            deadline = time.monotonic() + ep.timeout
+            while not batch.complete and link.channel_error is None:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                link.connection.process_data_events(time_limit=remaining)
+        except (pika.exceptions.AMQPError, OSError) as exc:
+            self._drop_link()
+            msg = (
+                f"{self._describe(exc)} with {batch.size - batch.settled} of {batch.size} "
+                f"messages unconfirmed (first id {messages[min(batch.low, batch.size - 1)].id})"
+            )
+            raise PublishTimeout(msg, endpoint=self.endpoint.redacted()) from exc
+        finally:
+            self._batch = None
+        self._raise_for_batch(batch, link, messages)
+
+    def _raise_for_batch(self, batch: _Batch, link: _Link, messages: Sequence[Message]) -> None:
+        where = self.endpoint.redacted()
+        if link.channel_error is not None:
+            # e.g. 404: the exchange was deleted under us. The broker refused the messages.
+            error = link.channel_error
+            self._drop_link()
+            code = getattr(error, "reply_code", "")
+            text = getattr(error, "reply_text", str(error))
+            msg = (
+                f"broker closed the channel ({code} {text}); "
+                f"{batch.size - batch.settled + batch.nacked} of {batch.size} messages "
+                "not confirmed"
+            )
+            raise NotConfirmed(self._scrub(msg), endpoint=where)
+        if not batch.complete:
+            self._drop_link()  # late confirms would be ambiguous: start afresh
+            pending = batch.size - batch.settled
+            msg = (
+                f"{pending} of {batch.size} messages not confirmed within "
+                f"timeout={self.endpoint.timeout:g}s (first id {messages[batch.low].id})"
+            )
+            raise PublishTimeout(msg, endpoint=where)
+        if batch.returned:
+            record_id, reason = batch.returned[0]
+            msg = (
+                f"{len(batch.returned)} of {batch.size} messages unroutable (returned: {reason}) "
+                f"from exchange {self.endpoint.exchange!r} with routing key "
+                f"{self._routing_key!r} (first id {record_id}); bind a queue or fix routing_key"
+            )
+            raise NotConfirmed(msg, endpoint=where)
+        if batch.nacked:
+            first = next(i for i, s in enumerate(batch.state) if s == 2)
+            msg = (
+                f"broker refused (nack) {batch.nacked} of {batch.size} messages "
+                f"(first id {messages[first].id})"
+            )
+            raise NotConfirmed(msg, endpoint=where)
+
+
+# -- consumer -------------------------------------------------------------------------------
+
+
+class AMQPConsumer(_AMQPClient, Consumer):
+    """Pulls deliveries from ``queue`` with manual acks and at most ``prefetch`` in flight.
+
+    Delivery tags are ``(connection generation, delivery tag)``: after a reconnect, the
+    deliveries of the old connection are void (the broker requeued them when it lost the
+    connection) and acking or nacking them is silently ignored.
+    """
+
+    _role = "consumer"
+
+    def __init__(self, endpoint: str | Endpoint, **options: Any) -> None:
+        super().__init__(endpoint, **options)
+        if not self.endpoint.queue:
+            msg = f"{self.endpoint.redacted()}: a consumer needs a queue; set queue=NAME"
+            raise ConfigurationError(msg)
+        self._buffer: deque[Delivery] = deque()
+        # Tags handed out by fetch() and not yet settled, in delivery order, for `multiple`.
+        self._unsettled: deque[int] = deque()
+        self._open: set[int] = set()
+        self._settled_early: set[int] = set()
+
+    def _setup(self, link: _Link) -> None:
+        self._buffer.clear()
+        self._unsettled.clear()
+        self._open.clear()
+        self._settled_early.clear()
+        link.channel.basic_qos(prefetch_count=self.endpoint.prefetch)
+        generation = link.generation
+
+        def on_message(_channel: Any, method: Any, properties: Any, body: bytes) -> None:
+            headers = dict(properties.headers or {})
+            # Records from other producers may lack the id: derive a stable one from the body,
+            # so that a redelivery still maps to the same Elasticsearch _id.
+            message_id = (
+                properties.message_id
+                or headers.get(_ID_HEADER)
+                or hashlib.sha256(body).hexdigest()[:32]
+            )
+            self._buffer.append(
+                Delivery(
+                    id=str(message_id),
+                    body=body,
+                    tag=(generation, int(method.delivery_tag)),
+                    headers=headers,
+                    redelivered=bool(method.redelivered),
+                )
+            )
+
+        link.channel.basic_consume(self.endpoint.queue, on_message, auto_ack=False)
+
+    def fetch(self, max_messages: int, timeout: float) -> list[Delivery]:
+        """Return up to ``max_messages`` deliveries within ``timeout`` seconds.
+
+        See :meth:`Consumer.fetch`. A connection lost while waiting is replaced within the same
+        call when a host is reachable; otherwise :class:`ConnectError` is raised.
+        """
+        deadline = time.monotonic() + max(timeout, 0.0)
+        while True:
+            link = self._ensure_link()
+            try:
+                with self._map_errors("receive"):
+                    while len(self._buffer) < max_messages:
+                        if link.channel_error is not None or not link.channel.consumer_tags:
+                            # Channel closed or consumer cancelled (queue deleted): start afresh.
+                            self._drop_link()
+                            break
+                        remaining = deadline - time.monotonic()
+                        if remaining <= 0:
+                            break
+                        link.connection.process_data_events(time_limit=remaining)
+            except ConnectError:
+                pass  # link dropped; its deliveries are void
+            if self._link is link or time.monotonic() >= deadline:
+                break
+        out: list[Delivery] = []
+        while self._buffer and len(out) < max_messages:
+            delivery = self._buffer.popleft()
+            tag = delivery.tag[1]
+            self._unsettled.append(tag)
+            self._open.add(tag)
+            out.append(delivery)
+        return out
+
+    def ack(self, deliveries: Sequence[Delivery]) -> None:
+        """Acknowledge ``deliveries``: with one ``multiple`` ack for the contiguous prefix of
+        the outstanding deliveries, individually for the rest. Unknown, repeated or void
+        (previous connection) deliveries are ignored; if the connection is lost meanwhile the
+        broker redelivers them."""
+        self._settle(deliveries, lambda ch, tag, multiple: ch.basic_ack(tag, multiple=multiple))
+
+    def nack(self, deliveries: Sequence[Delivery], *, requeue: bool = True) -> None:
+        """Give ``deliveries`` back (``requeue``) or reject them (dead-lettered if the queue has
+        a dead-letter exchange, else dropped by the broker)."""
+        self._settle(
+            deliveries,
+            lambda ch, tag, multiple: ch.basic_nack(tag, multiple=multiple, requeue=requeue),
+        )
+
+    def _settle(self, deliveries: Sequence[Delivery], op: Callable[[Any, int, bool], None]) -> None:
+        link = self._link
+        if link is None or self._pid != os.getpid():
+            return
+        wanted: set[int] = set()
+        for delivery in deliveries:
+            tag = delivery.tag
+            if (
+                isinstance(tag, tuple)
+                and len(tag) == 2
+                and tag[0] == link.generation
+                and tag[1] in self._open
+            ):
+                wanted.add(tag[1])
+        if not wanted:
+            return
+        highest = None
+        count = 0
+        unsettled = self._unsettled
+        while unsettled and (unsettled[0] in wanted or unsettled[0] in self._settled_early):
+            tag = unsettled.popleft()
+            if tag in self._settled_early:
+                self._settled_early.discard(tag)
+                continue
+            wanted.discard(tag)
+            self._open.discard(tag)
+            highest = tag
+            count += 1
+        try:
+            with self._map_errors("acknowledge"):
+                if highest is not None:
+                    op(link.channel, highest, count > 1)
+                for tag in sorted(wanted):
+                    op(link.channel, tag, False)
+                    self._open.discard(tag)
+                    self._settled_early.add(tag)
+        except ConnectError:
+            pass  # the link is gone and with it every unacked delivery: the broker redelivers
+
+    def close(self) -> None:
+        """Close the connection; unacked and buffered deliveries go back to the queue."""
+        self._buffer.clear()
+        self._unsettled.clear()
+        self._open.clear()
+        self._settled_early.clear()
+        super().close()
