@@ -25,6 +25,7 @@ from .errors import (
     SpoolFull,
 )
 from .formatting import JsonFormatter
+from .handlers import MQHandler
 
 __all__ = [
     "BackendError",
@@ -32,6 +33,7 @@ __all__ = [
     "ConnectError",
     "ContextToken",
     "JsonFormatter",
+    "MQHandler",
     "MQLoggingError",
     "MissingDependencyError",
     "NotConfirmed",

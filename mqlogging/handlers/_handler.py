@@ -1,0 +1,382 @@
+"""``MQHandler``: the stdlib handler that ships JSON records to message brokers."""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from .._types import Message
+from ..backends.endpoints import Endpoint
+from ..errors import ConfigurationError, MQLoggingError
+from ..formatting import JsonFormatter
+from ..spool import coerce_spool_options
+from . import _fork
+from ._sender import _CLOSED, Complainer, Config, Pipeline, default_spool_dir
+
+__all__ = ["MQHandler"]
+
+STRATEGIES = ("failover", "roundrobin", "all")
+OVERFLOWS = ("spool", "drop", "block")
+DURABILITIES = ("memory", "spool")
+
+# Records of these loggers never enter the handler: they would loop (the handler's own
+# trouble, pika's and stomp.py's chatter about the connection the handler is using).
+_IGNORED_ROOTS = frozenset({"mqlogging", "pika", "stomp"})
+
+
+class MQHandler(logging.Handler):
+    """Publish every record as one JSON document to message brokers, without blocking.
+
+    ``emit()`` formats the record on the caller's thread (so ``args``, ``exc_info`` and
+    context variables are captured as they were) and appends the encoded bytes to a bounded
+    in-memory queue; a sender thread (one per handler, started on the first record) batches
+    them, publishes each batch with broker confirmation, fails over between endpoints, spools
+    to disk when no endpoint takes a batch, and replays the spool FIFO once one does.
+
+    Everything is a plain keyword value, so :func:`logging.config.dictConfig` (and YAML/JSON
+    files loaded into it) can build it::
+
+        "handlers": {"mq": {"class": "mqlogging.MQHandler",
+                            "endpoints": ["amqps://broker1/", "stomp+ssl://broker2/queue/logs"],
+                            "static_fields": {"service": "billing"}}}
+
+    Args:
+        endpoints: One URL or a list (``amqp[s]://``, ``stomp[+ssl]://``, ``local://``), see
+            :class:`~mqlogging.backends.Endpoint`.
+        strategy: ``"failover"`` (the first healthy endpoint in list order; the earlier ones are
+            probed again with capped, jittered backoff and take over when they recover),
+            ``"roundrobin"`` (batches alternate among healthy endpoints) or ``"all"`` (every
+            record to every endpoint; each endpoint has its own spool, so a down endpoint gets
+            its copies later while the others go on).
+        spool: Spool directory; ``None`` (default) uses ``$XDG_STATE_HOME/mqlogging/spool/<id>``
+            (``~/.local/state/...``; ``<id>`` is derived from the endpoints), ``False`` disables
+            the spool (undeliverable batches are then dropped and counted as ``unsent``).
+        schema: ``"ecs"`` (default), ``"logstash"`` or ``"flat"``: see
+            :class:`~mqlogging.JsonFormatter`.
+        static_fields: Fields added to every record (service, site...).
+        max_record_bytes: Largest record; longer ones are truncated and marked (256 KiB).
+        batch_size: Records per publish (a batch is confirmed as a whole).
+        flush_interval: Seconds a record may wait for its batch to fill.
+        queue_size: Records the in-memory queue holds before the ``overflow`` policy applies.
+        overflow: When the queue is full: ``"spool"`` (default: move the queue and the record
+            to the spool, on the caller's thread — the only path where a caller writes to disk),
+            ``"drop"`` (drop the new record) or ``"block"`` (wait up to ``block_timeout``, then
+            drop). Drops are counted in :meth:`stats`.
+        block_timeout: Longest wait of ``overflow="block"``, in seconds.
+        spool_max_bytes: Bound of the spool directory; beyond it the oldest records are dropped
+            (counted as ``spool_full``).
+        spool_options: Other :class:`~mqlogging.spool.Spool` options (``segment_bytes``,
+            ``fsync``...).
+        durability: ``"memory"`` (default) or ``"spool"`` (write-ahead: see below).
+        close_timeout: :meth:`close` (hence :func:`logging.shutdown` at exit) delivers what it
+            can within this many seconds, then spools the rest and returns.
+        retry_max: Cap of the backoff between attempts on a failed endpoint, in seconds.
+        connect_timeout: Override every endpoint's connect timeout (seconds).
+        timeout: Override every endpoint's confirm timeout (seconds).
+        level: The handler's level.
+
+    Delivery guarantees:
+        At-least-once per endpoint lane: a record leaves memory or the spool only once a broker
+        confirmed it; a batch whose confirmation was lost is sent again (same record ids).
+        Order: records of one handler (in one process) arrive at each endpoint in emit order,
+        spool replay included. With ``durability="memory"``, a ``kill -9`` of the process loses
+        at most the records still in memory: ``queue_size + batch_size`` (the queue and the
+        batch being published). With ``durability="spool"`` every record is written to the spool
+        (one ``write(2)``, no fsync by default: it survives the process, not a power cut) before
+        ``emit()`` returns, and the sender publishes from the spool, so ``kill -9`` of the
+        application loses nothing ``emit()`` returned from: the next run of the application (or
+        ``mqlogging spool replay DIR --to URL``) delivers it.
+
+    Caller cost and blocking:
+        The caller formats the record and appends it to a deque; it waits on neither the network
+        nor the disk, except on ``overflow="spool"`` (a bounded write), ``overflow="block"`` (at
+        most ``block_timeout``) and ``durability="spool"`` (one write per record).
+
+    Formatter:
+        The wire format is one JSON document carrying the record id, so the formatter must be a
+        :class:`~mqlogging.JsonFormatter` (configure its schema and fields there, e.g. with a
+        dictConfig ``formatter`` entry); :meth:`setFormatter` raises
+        :class:`~mqlogging.ConfigurationError` for any other formatter instead of silently
+        sending something else.
+
+    Fork safety:
+        In a forked child (multiprocessing, gunicorn/celery prefork) the handler starts over:
+        empty queue, new locks, new connections, sender started on the child's first record; the
+        parent's queued records are the parent's to send, never resent by the child.
+
+    Recursion:
+        Records from the ``mqlogging``, ``pika`` and ``stomp`` loggers, and any record emitted by
+        the sender thread, are ignored (counted as ``ignored``). The handler's own troubles go to
+        stderr, at most once per 30 s per kind, and to :meth:`stats`.
+
+    Thread-safety: every method may be called from any thread.
+    """
+
+    def __init__(
+        self,
+        endpoints: str | Endpoint | Sequence[str | Endpoint],
+        *,
+        strategy: str = "failover",
+        spool: str | os.PathLike[str] | bool | None = None,
+        schema: str = "ecs",
+        static_fields: Mapping[str, Any] | None = None,
+        max_record_bytes: int | None = 256 * 1024,
+        batch_size: int = 500,
+        flush_interval: float = 0.2,
+        queue_size: int = 10_000,
+        overflow: str = "spool",
+        block_timeout: float = 0.1,
+        spool_max_bytes: int | str = 1024**3,
+        spool_options: Mapping[str, Any] | None = None,
+        durability: str = "memory",
+        close_timeout: float = 5.0,
+        retry_max: float = 30.0,
+        connect_timeout: float | None = None,
+        timeout: float | None = None,
+        level: int | str = logging.NOTSET,
+    ) -> None:
+        config = _build_config(
+            endpoints,
+            strategy=strategy,
+            spool=spool,
+            batch_size=batch_size,
+            flush_interval=flush_interval,
+            queue_size=queue_size,
+            overflow=overflow,
+            block_timeout=block_timeout,
+            spool_max_bytes=spool_max_bytes,
+            spool_options=spool_options,
+            durability=durability,
+            close_timeout=close_timeout,
+            retry_max=retry_max,
+            connect_timeout=connect_timeout,
+            timeout=timeout,
+        )
+        formatter = JsonFormatter(
+            schema=schema, static_fields=static_fields, max_bytes=max_record_bytes
+        )
+        super().__init__(level)
+        self.config = config
+        self._queue_size = config.queue_size
+        self._batch_size = config.batch_size
+        self._complain = Complainer()
+        self._stale: list[Pipeline] = []  # pipelines inherited through fork(): never touched
+        self._closed = False
+        self.setFormatter(formatter)
+        try:
+            self._pipe = Pipeline(config, self._complain)
+        except MQLoggingError as exc:
+            msg = f"MQHandler: {exc}"
+            raise ConfigurationError(msg) from exc
+        _fork.register(self)
+
+    def __repr__(self) -> str:
+        names = ", ".join(ep.redacted() for ep in self.config.endpoints)
+        level = logging.getLevelName(self.level)
+        return f"<MQHandler [{names}] strategy={self.config.strategy} ({level})>"
+
+    # -- formatter ------------------------------------------------------------------------------
+
+    def setFormatter(self, fmt: logging.Formatter | None) -> None:
+        """Use ``fmt`` (a :class:`~mqlogging.JsonFormatter`); ``None`` restores the default.
+
+        Raises:
+            ConfigurationError: ``fmt`` is not a :class:`~mqlogging.JsonFormatter`.
+        """
+        if fmt is None:
+            fmt = JsonFormatter()
+        if not isinstance(fmt, JsonFormatter):
+            msg = (
+                f"MQHandler needs a mqlogging.JsonFormatter, not {type(fmt).__name__}: records "
+                "go on the wire as JSON with an id; configure the schema with "
+                "'()': 'mqlogging.JsonFormatter' or leave the formatter out"
+            )
+            raise ConfigurationError(msg)
+        self.formatter = fmt
+        self._format_message = fmt.format_message
+
+    # -- the caller's path ----------------------------------------------------------------------
+
+    def handle(self, record: logging.LogRecord) -> bool | logging.LogRecord:  # type: ignore[override]
+        """Filter, then :meth:`emit` — without the handler lock: :meth:`enqueue` is thread-safe
+        and the formatter keeps no state, so concurrent callers never wait for each other."""
+        rv = self.filter(record)
+        if isinstance(rv, logging.LogRecord):  # Python 3.12+: a filter may return a new record
+            record = rv
+        if rv:
+            self.emit(record)
+        return rv
+
+    def emit(self, record: logging.LogRecord) -> None:
+        """Format ``record`` and queue it; never raises (errors go to :meth:`handleError`)."""
+        pipe = self._pipe
+        if (
+            record.name.partition(".")[0] in _IGNORED_ROOTS
+            or threading.get_ident() == pipe.sender_ident
+        ):
+            pipe.ignored += 1
+            return
+        try:
+            self.enqueue(self.prepare(record))
+        except Exception:
+            self.handleError(record)
+
+    def prepare(self, record: logging.LogRecord) -> Message:
+        """Turn ``record`` into its wire message on the caller's thread (override to enrich)."""
+        return self._format_message(record)
+
+    def enqueue(self, message: Message) -> None:
+        """Hand ``message`` to the sender: a deque append in the normal path."""
+        pipe = self._pipe
+        if pipe.fast:
+            q = pipe.queue
+            if len(q) < self._queue_size:
+                q.append(message)
+                if len(q) >= self._batch_size and not pipe.wake.is_set():
+                    pipe.wake.set()
+                if not pipe.fast:  # close() drained the queue meanwhile
+                    pipe.rescue()
+                return
+        pipe.enqueue_slow(message)
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    def flush(self, timeout: float | None = None) -> bool:  # type: ignore[override]
+        """Wait until the records emitted so far are confirmed by a broker, or spooled because
+        no endpoint is reachable; at most ``timeout`` seconds (default ``close_timeout``).
+
+        Returns False if the time ran out first (nothing is lost: the records stay queued).
+        """
+        return self._pipe.flush(self.config.close_timeout if timeout is None else timeout)
+
+    def close(self) -> None:
+        """Deliver what is queued within ``close_timeout``, spool the rest, stop the sender.
+
+        Idempotent; also called by :func:`logging.shutdown` at interpreter exit. Never waits
+        longer than ``close_timeout`` (plus a bounded spool write), even if a broker accepts
+        connections and never answers. Records emitted after ``close()`` go to the spool.
+        """
+        try:
+            self._pipe.close(self.config.close_timeout)
+        finally:
+            self._closed = True
+            super().close()
+
+    def _after_fork_in_child(self) -> None:
+        """Fresh pipeline in a forked child; the parent's is kept, untouched (see _fork)."""
+        self._stale.append(self._pipe)
+        self._complain = Complainer()
+        pipe = Pipeline(self.config, self._complain)
+        if self._closed:
+            pipe.state = _CLOSED  # closed in the parent: records go straight to the spool
+        self._pipe = pipe
+
+    # -- observability --------------------------------------------------------------------------
+
+    def stats(self) -> dict[str, Any]:
+        """Counters and health, with stable names (for the metrics exporter).
+
+        ``queued`` (in memory now), ``sent`` (records handed to a broker, retries included),
+        ``confirmed`` (records a broker confirmed), ``spooled`` (records written to the spool),
+        ``replayed`` (spooled records confirmed later), ``dropped`` (by reason: ``overflow``,
+        ``spool_full``, ``spool_error``, ``spool_expired``, ``spool_corrupt``, ``unsent``,
+        ``closed``), ``ignored`` (records refused by the recursion guard), ``endpoints``
+        (redacted URL -> ``healthy``, ``last_error``, ``last_error_at``, ``sent``,
+        ``confirmed``, ``failures``) and ``spool`` (``bytes``, ``records``, ``directories``).
+        """
+        return self._pipe.stats()
+
+
+# -- validation ---------------------------------------------------------------------------------
+
+
+def _number(name: str, value: Any, *, minimum: float, integer: bool = False) -> Any:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if ok and integer and not float(value).is_integer():
+        ok = False
+    if not ok or value < minimum:
+        kind = "an integer" if integer else "a number"
+        msg = f"MQHandler: {name} must be {kind} >= {minimum:g}, got {value!r}"
+        raise ConfigurationError(msg)
+    return int(value) if integer else float(value)
+
+
+def _choice(name: str, value: Any, choices: Sequence[str]) -> str:
+    if value not in choices:
+        msg = f"MQHandler: {name} must be one of {', '.join(choices)}, not {value!r}"
+        raise ConfigurationError(msg)
+    return str(value)
+
+
+def _build_config(
+    endpoints: Any,
+    *,
+    strategy: Any,
+    spool: Any,
+    batch_size: Any,
+    flush_interval: Any,
+    queue_size: Any,
+    overflow: Any,
+    block_timeout: Any,
+    spool_max_bytes: Any,
+    spool_options: Any,
+    durability: Any,
+    close_timeout: Any,
+    retry_max: Any,
+    connect_timeout: Any,
+    timeout: Any,
+) -> Config:
+    if isinstance(endpoints, (str, Endpoint)):
+        endpoints = [endpoints]
+    if not isinstance(endpoints, Sequence) or not endpoints:
+        msg = f"MQHandler: endpoints must be a URL or a non-empty list of URLs, got {endpoints!r}"
+        raise ConfigurationError(msg)
+    overrides = {}
+    if connect_timeout is not None:
+        overrides["connect_timeout"] = _number("connect_timeout", connect_timeout, minimum=0.001)
+    if timeout is not None:
+        overrides["timeout"] = _number("timeout", timeout, minimum=0.001)
+    parsed = tuple(Endpoint.from_url(url, **overrides) for url in endpoints)
+    names = [ep.redacted() for ep in parsed]
+    if len(set(names)) != len(names):
+        msg = f"MQHandler: an endpoint is listed twice ({', '.join(names)})"
+        raise ConfigurationError(msg)
+    strategy = _choice("strategy", strategy, STRATEGIES)
+    overflow = _choice("overflow", overflow, OVERFLOWS)
+    durability = _choice("durability", durability, DURABILITIES)
+    if spool is None or spool is True:
+        spool_dir: str | None = default_spool_dir(parsed, strategy)
+    elif spool is False:
+        spool_dir = None
+    elif isinstance(spool, (str, os.PathLike)) and os.fspath(spool):
+        spool_dir = os.path.abspath(os.path.expanduser(os.fspath(spool)))
+    else:
+        msg = f"MQHandler: spool must be a directory, None (default) or False, got {spool!r}"
+        raise ConfigurationError(msg)
+    if spool_dir is None and (overflow == "spool" or durability == "spool"):
+        if durability == "spool":
+            msg = "MQHandler: durability='spool' needs a spool directory; do not set spool=False"
+            raise ConfigurationError(msg)
+        overflow = "drop"  # no disk: a full queue can only drop
+    options = dict(spool_options or {})
+    options["max_bytes"] = spool_max_bytes
+    spool_kwargs = coerce_spool_options(options, where="MQHandler spool")
+    batch = _number("batch_size", batch_size, minimum=1, integer=True)
+    qsize = _number("queue_size", queue_size, minimum=1, integer=True)
+    return Config(
+        endpoints=parsed,
+        strategy=strategy,
+        spool_dir=spool_dir,
+        spool_options=spool_kwargs,
+        batch_size=batch,
+        flush_interval=_number("flush_interval", flush_interval, minimum=0.001),
+        queue_size=qsize,
+        overflow=overflow,
+        block_timeout=_number("block_timeout", block_timeout, minimum=0),
+        durability=durability,
+        close_timeout=_number("close_timeout", close_timeout, minimum=0),
+        retry_max=_number("retry_max", retry_max, minimum=0.01),
+    )

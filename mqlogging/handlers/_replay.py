@@ -1,0 +1,324 @@
+"""Offline spool tools: inspect, export and replay a spool directory (``mqlogging spool ...``).
+
+For nodes that were offline: copy the handler's spool directory anywhere and ship it with
+:func:`replay_spool`, which publishes batch by batch with broker confirmation and commits each
+confirmed batch (the spool's ``.ack`` progress files), so an interrupted replay resumes where it
+stopped and a segment is deleted only once every record of it was confirmed.
+
+:func:`inspect_spool` and :func:`export_spool` only read: they never take a claim, never write a
+progress file and never seal a segment, so they are safe next to a running application.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import IO, Any
+
+from .._types import Message
+from ..backends import open_producer
+from ..backends.endpoints import Endpoint
+from ..backends.local import record_id
+from ..errors import SpoolError
+from ..spool import SpoolReader, _read_ack, _scan
+
+__all__ = ["ReplayResult", "SpoolSummary", "export_spool", "inspect_spool", "replay_spool"]
+
+try:
+    import orjson
+
+    _loads: Any = orjson.loads
+except ImportError:  # pragma: no cover - without the [fast] extra
+    import json
+
+    _loads = json.loads
+
+_TIME_FIELDS = ("@timestamp", "timestamp", "asctime", "time")
+
+
+@dataclass(slots=True)
+class SpoolSummary:
+    """What a spool directory holds (records not yet confirmed)."""
+
+    directory: str
+    segments: int = 0
+    open_segments: int = 0
+    records: int = 0
+    bytes: int = 0
+    corrupt_lines: int = 0
+    torn_lines: int = 0
+    oldest: str | None = None
+    newest: str | None = None
+    subdirectories: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "directory": self.directory,
+            "segments": self.segments,
+            "open_segments": self.open_segments,
+            "records": self.records,
+            "bytes": self.bytes,
+            "corrupt_lines": self.corrupt_lines,
+            "torn_lines": self.torn_lines,
+            "oldest": self.oldest,
+            "newest": self.newest,
+            "subdirectories": list(self.subdirectories),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class ReplayResult:
+    """Outcome of :func:`replay_spool`: records and batches confirmed, time taken."""
+
+    records: int
+    batches: int
+    seconds: float
+
+
+def _check_dir(directory: str) -> str:
+    path = os.path.abspath(os.path.expanduser(directory))
+    if not os.path.isdir(path):
+        msg = f"spool directory {directory!r} does not exist"
+        raise SpoolError(msg)
+    return path
+
+
+def _lines(directory: str) -> Iterator[tuple[bytes | None, bool]]:
+    """Yield ``(line, complete)`` of every unconfirmed line, oldest segment first.
+
+    ``line`` is ``None`` for a torn last line (no newline).
+    """
+    for stem, entry in sorted(_scan(directory).items()):
+        if entry.name is None:
+            continue
+        offset, _ = _read_ack(directory, stem)
+        try:
+            with open(os.path.join(directory, entry.name), "rb") as f:
+                f.seek(offset)
+                data = f.read()
+        except FileNotFoundError:
+            continue  # deleted by a replay meanwhile
+        except OSError as exc:
+            msg = f"cannot read spool segment {entry.name!r} in {directory!r}: {exc.strerror}"
+            raise SpoolError(msg) from exc
+        *complete, tail = data.split(b"\n")
+        for line in complete:
+            yield line, True
+        if tail and entry.count is not None:
+            yield None, False  # a sealed segment never ends mid-line unless it is torn
+
+
+def _timestamp(doc: Any) -> str | None:
+    if isinstance(doc, dict):
+        for name in _TIME_FIELDS:
+            value = doc.get(name)
+            if isinstance(value, str):
+                return value
+    return None
+
+
+def inspect_spool(directory: str) -> SpoolSummary:
+    """Count the records, bytes, corrupt lines and time range of a spool directory.
+
+    ``oldest``/``newest`` are the timestamps of the first and last readable records (their
+    ``@timestamp``), records being in replay order. Sub-directories holding segments (one per
+    endpoint with ``strategy="all"``) are listed, not summed: each goes to its own endpoint.
+
+    Raises:
+        SpoolError: the directory does not exist or cannot be read.
+    """
+    path = _check_dir(directory)
+    summary = SpoolSummary(path)
+    for stem, entry in _scan(path).items():
+        if entry.name is None:
+            continue
+        summary.segments += 1
+        summary.open_segments += entry.count is None
+        try:
+            size = os.stat(os.path.join(path, entry.name)).st_size
+        except FileNotFoundError:
+            continue
+        summary.bytes += max(0, size - _read_ack(path, stem)[0])
+    for line, _complete in _lines(path):
+        if line is None:
+            summary.torn_lines += 1
+            continue
+        try:
+            doc = _loads(line)
+        except ValueError:
+            summary.corrupt_lines += 1
+            continue
+        summary.records += 1
+        stamp = _timestamp(doc)
+        if stamp is not None:
+            if summary.oldest is None:
+                summary.oldest = stamp
+            summary.newest = stamp
+    for name in sorted(os.listdir(path)):
+        sub = os.path.join(path, name)
+        if os.path.isdir(sub) and any(e.name for e in _scan(sub).values()):
+            summary.subdirectories.append(name)
+    return summary
+
+
+def export_spool(directory: str, out: IO[bytes]) -> int:
+    """Write every readable unconfirmed record to ``out`` as JSON lines; return the count.
+
+    Corrupt and torn lines are skipped. Nothing in the directory changes.
+    """
+    path = _check_dir(directory)
+    n = 0
+    for line, _complete in _lines(path):
+        if line is None:
+            continue
+        try:
+            _loads(line)
+        except ValueError:
+            continue
+        out.write(line + b"\n")
+        n += 1
+    return n
+
+
+def replay_spool(
+    directory: str,
+    to: str | Endpoint,
+    *,
+    batch_size: int = 500,
+    progress: Callable[[int, int], None] | None = None,
+) -> ReplayResult:
+    """Publish every record of ``directory`` to ``to``, FIFO, deleting only what was confirmed.
+
+    ``progress(done, total)`` is called after each confirmed batch (``total`` counted at the
+    start). Resumable: progress is committed batch by batch, so after an interruption a new
+    call continues with the first unconfirmed batch (that batch may arrive twice, with the same
+    record ids).
+
+    Raises:
+        BackendError: the endpoint failed; what was confirmed so far stays confirmed.
+        SpoolError: the directory cannot be read or progress cannot be recorded.
+    """
+    path = _check_dir(directory)
+    total = inspect_spool(path).records
+    started = time.monotonic()
+    done = batches = 0
+    producer = open_producer(to)
+    try:
+        with SpoolReader(path) as reader:
+            while records := reader.read(batch_size):
+                producer.publish_batch([Message(record_id(r), r.body) for r in records])
+                reader.commit(records)
+                done += len(records)
+                batches += 1
+                if progress is not None:
+                    progress(done, max(total, done))
+    finally:
+        producer.close()
+    return ReplayResult(done, batches, time.monotonic() - started)
+
+
+# -- the ``mqlogging spool`` subcommands ------------------------------------------------------
+
+
+def inspect_command(directory: str, *, as_json: bool = False) -> int:
+    """``mqlogging spool inspect DIR``: print a summary of the directory; exit code 0."""
+    summary = inspect_spool(directory)
+    if as_json:
+        import json
+
+        print(json.dumps(summary.as_dict(), indent=2))
+        return 0
+    rows = [
+        ("directory", summary.directory),
+        ("records", str(summary.records)),
+        ("bytes", str(summary.bytes)),
+        ("segments", f"{summary.segments} ({summary.open_segments} open)"),
+        ("oldest", summary.oldest or "-"),
+        ("newest", summary.newest or "-"),
+        ("corrupt lines", str(summary.corrupt_lines)),
+        ("torn lines", str(summary.torn_lines)),
+    ]
+    if summary.subdirectories:
+        rows.append(("per-endpoint spools", ", ".join(summary.subdirectories)))
+    width = max(len(name) for name, _ in rows)
+    for name, value in rows:
+        print(f"{name:<{width}}  {value}")
+    return 0
+
+
+def export_command(directory: str, out: IO[bytes] | None = None) -> int:
+    """``mqlogging spool export DIR``: JSON lines on stdout, a count on stderr; exit code 0."""
+    import sys
+
+    stream = out if out is not None else sys.stdout.buffer
+    n = export_spool(directory, stream)
+    stream.flush()
+    print(f"mqlogging: exported {n} records", file=sys.stderr)
+    return 0
+
+
+class _Progress:
+    """Replay progress on stderr: a live line on a terminal, a line every 10% otherwise."""
+
+    def __init__(self, stream: IO[str]) -> None:
+        self.stream = stream
+        self.tty = stream.isatty()
+        self.started = time.monotonic()
+        self.last_decile = -1
+
+    def __call__(self, done: int, total: int) -> None:
+        rate = done / max(time.monotonic() - self.started, 1e-6)
+        pct = 100 * done // max(total, 1)
+        if self.tty:
+            width = 30
+            filled = width * done // max(total, 1)
+            bar = "#" * filled + "-" * (width - filled)
+            line = f"\rreplay [{bar}] {done}/{total} {pct:3d}% {rate:,.0f} rec/s"
+            self.stream.write(line)
+            self.stream.flush()
+        elif pct // 10 != self.last_decile:
+            self.last_decile = pct // 10
+            print(f"replay: {done}/{total} records ({pct}%), {rate:,.0f} rec/s", file=self.stream)
+
+    def end(self) -> None:
+        if self.tty:
+            self.stream.write("\n")
+            self.stream.flush()
+
+
+def replay_command(directory: str, to: str, *, batch_size: int = 500, quiet: bool = False) -> int:
+    """``mqlogging spool replay DIR --to URL``: 0 when everything was confirmed, else 1."""
+    import sys
+
+    from ..errors import MQLoggingError
+
+    progress = None if quiet else _Progress(sys.stderr)
+    done = [0]
+
+    def report(n: int, total: int) -> None:
+        done[0] = n
+        if progress is not None:
+            progress(n, total)
+
+    endpoint = Endpoint.from_url(to)
+    try:
+        result = replay_spool(directory, endpoint, batch_size=batch_size, progress=report)
+    except MQLoggingError as exc:
+        if progress is not None:
+            progress.end()
+        print(
+            f"mqlogging: error: replay to {endpoint.redacted()} stopped after {done[0]} "
+            f"confirmed records: {exc}",
+            file=sys.stderr,
+        )
+        return 1
+    if progress is not None:
+        progress.end()
+    print(
+        f"mqlogging: replayed {result.records} records to {endpoint.redacted()} "
+        f"in {result.seconds:.1f}s",
+        file=sys.stderr,
+    )
+    return 0

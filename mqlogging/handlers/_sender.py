@@ -1,0 +1,689 @@
+"""The delivery pipeline behind :class:`~mqlogging.handlers.MQHandler`: queue, lanes, sender thread.
+
+Data flow (one :class:`Pipeline` per handler and per process)::
+
+    emit() ──append──> deque (bounded) ──pop (sender thread)──> lane ──publish_batch──> broker
+       │ overflow="spool": spill the deque     │ lane backlogged?  └─ failure ──> spool (the lane's)
+       │ durability="spool": append ───────────┴──> spool ──replay FIFO (SpoolReader)──> broker
+
+A *lane* is one ordered stream of records with its own spool directory: ``failover`` and
+``roundrobin`` have one lane whose publishes go to one of the endpoints; ``all`` has one lane
+per endpoint, so a down endpoint gets its copies later without holding up the others.
+
+Ordering (per lane, hence per endpoint): a lane is either *direct* (its spool is empty, records
+go from memory to the broker) or *backlogged* (anything newer goes to the spool behind what is
+already there, and the sender replays the spool FIFO). Three rules keep emit order:
+
+1. The sender pops from the deque and appends to a backlogged lane's spool under one lock
+   (``order_lock``), the same lock a caller holds to spill the deque on overflow.
+2. A spill writes, in this order: the batch the sender is publishing from memory (the lane's
+   ``inflight``), then the deque, then the new record. If that publish later succeeds, the
+   sender commits those records at the head of the spool instead of sending them twice.
+3. A lane becomes direct again only when its reader finds the spool empty *under the lock*.
+
+Delivery: a record counts as delivered only when ``publish_batch`` returned (broker confirm).
+Spool segments are deleted by :meth:`~mqlogging.spool.SpoolReader.commit` only after that.
+Threads: callers touch only the deque, the locks and (on the slow paths) the spools; producers
+and readers belong to the sender thread.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import re
+import sys
+import threading
+import time
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from .._backoff import Backoff
+from .._types import Message
+from ..backends import Producer, open_producer
+from ..backends.endpoints import Endpoint
+from ..backends.local import record_id
+from ..errors import SpoolError, SpoolFull
+from ..spool import Spool, SpoolReader, SpoolRecord
+
+__all__ = ["Config", "Pipeline", "default_spool_dir", "lane_directories"]
+
+_COMPLAINT_INTERVAL = 30.0
+
+
+# -- helpers ----------------------------------------------------------------------------------
+
+
+def default_spool_dir(endpoints: Sequence[Endpoint], strategy: str) -> str:
+    """``$XDG_STATE_HOME/mqlogging/spool/<digest>`` (``~/.local/state`` by default).
+
+    The digest covers the redacted endpoint URLs and the strategy, so two applications sending
+    to different brokers never replay each other's records, and the same configuration finds
+    its spool again after a restart.
+    """
+    base = os.environ.get("XDG_STATE_HOME") or os.path.join(
+        os.path.expanduser("~"), ".local", "state"
+    )
+    key = "\n".join([strategy, *(ep.redacted() for ep in endpoints)])
+    digest = hashlib.sha256(key.encode()).hexdigest()[:16]
+    return os.path.join(base, "mqlogging", "spool", digest)
+
+
+def lane_directories(root: str, endpoints: Sequence[Endpoint], strategy: str) -> list[str]:
+    """The spool directory of each lane: ``root`` itself, or one sub-directory per endpoint."""
+    if strategy != "all":
+        return [root]
+    out = []
+    for ep in endpoints:
+        first = ep.hosts[0] if ep.hosts else None
+        slug = f"{ep.transport}-{first.host}-{first.port}" if first else ep.transport
+        slug = re.sub(r"[^A-Za-z0-9._-]", "_", slug)
+        digest = hashlib.sha256(ep.redacted().encode()).hexdigest()[:8]
+        out.append(os.path.join(root, f"{slug}-{digest}"))
+    return out
+
+
+class Complainer:
+    """Reports the handler's own troubles on stderr, at most once per ``interval`` per kind.
+
+    stderr, not logging: a logging call from here could re-enter the handler. Thread-safe.
+    """
+
+    def __init__(self, interval: float = _COMPLAINT_INTERVAL) -> None:
+        self.interval = interval
+        self._lock = threading.Lock()
+        self._last: dict[str, float] = {}
+        self._suppressed: dict[str, int] = {}
+
+    def __call__(self, kind: str, message: str) -> None:
+        now = time.monotonic()
+        with self._lock:
+            last = self._last.get(kind)
+            if last is not None and now - last < self.interval:
+                self._suppressed[kind] = self._suppressed.get(kind, 0) + 1
+                return
+            self._last[kind] = now
+            hidden = self._suppressed.pop(kind, 0)
+        more = f" ({hidden} similar messages suppressed)" if hidden else ""
+        with contextlib.suppress(Exception):
+            print(f"mqlogging: {message}{more}", file=sys.stderr, flush=True)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Config:
+    """Validated handler settings (see :class:`~mqlogging.handlers.MQHandler`)."""
+
+    endpoints: tuple[Endpoint, ...]
+    strategy: str
+    spool_dir: str | None
+    spool_options: dict[str, Any] = field(default_factory=dict)
+    batch_size: int
+    flush_interval: float
+    queue_size: int
+    overflow: str
+    block_timeout: float
+    durability: str
+    close_timeout: float
+    retry_max: float
+
+
+# -- endpoints and lanes ----------------------------------------------------------------------
+
+
+class _EndpointState:
+    """One endpoint as seen by the sender: its producer, health and counters."""
+
+    def __init__(self, endpoint: Endpoint, retry_max: float) -> None:
+        self.endpoint = endpoint
+        self.name = endpoint.redacted()
+        self.producer: Producer | None = None
+        self.healthy = True
+        self.last_error: str | None = None
+        self.last_error_at: float | None = None
+        self.next_try = 0.0
+        self.backoff = Backoff(base=0.2, cap=retry_max)
+        self.sent = 0
+        self.confirmed = 0
+        self.failures = 0
+
+    def get_producer(self) -> Producer:
+        if self.producer is None:
+            self.producer = open_producer(self.endpoint)
+        return self.producer
+
+    def due(self, now: float) -> bool:
+        return self.healthy or now >= self.next_try
+
+    def succeeded(self, n: int) -> None:
+        self.confirmed += n
+        self.healthy = True
+        self.backoff.reset()
+
+    def failed(self, exc: BaseException) -> None:
+        self.failures += 1
+        self.healthy = False
+        self.last_error = str(exc) or type(exc).__name__
+        self.last_error_at = time.time()
+        self.next_try = time.monotonic() + self.backoff.next_delay()
+
+    def close(self) -> None:
+        producer, self.producer = self.producer, None
+        if producer is not None:
+            with contextlib.suppress(Exception):
+                producer.close()
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "healthy": self.healthy,
+            "last_error": self.last_error,
+            "last_error_at": self.last_error_at,
+            "sent": self.sent,
+            "confirmed": self.confirmed,
+            "failures": self.failures,
+        }
+
+
+class _Lane:
+    """One ordered stream of records: its endpoints (one, or the failover/roundrobin set) and
+    its spool. ``backlogged``, ``inflight`` and ``inflight_spilled`` are guarded by the
+    pipeline's ``order_lock``; the reader belongs to the sender thread.
+    """
+
+    def __init__(
+        self,
+        endpoints: list[_EndpointState],
+        mode: str,
+        spool: Spool | None,
+        batch_size: int,
+    ) -> None:
+        self.endpoints = endpoints
+        self.mode = mode
+        self.spool = spool
+        self.batch_size = batch_size
+        self._reader: SpoolReader | None = None
+        # Start backlogged: records left by an earlier run are replayed before new ones.
+        self.backlogged = spool is not None
+        self.inflight: list[Message] | None = None
+        self.inflight_spilled = False
+        self.next_attempt = 0.0
+        self._rr = 0
+
+    # -- spool side ---------------------------------------------------------------------------
+
+    def reader(self) -> SpoolReader:
+        if self._reader is None:
+            assert self.spool is not None
+            self._reader = self.spool.reader()
+        return self._reader
+
+    def close_reader(self) -> None:
+        reader, self._reader = self._reader, None
+        if reader is not None:
+            with contextlib.suppress(Exception):
+                reader.close()
+
+    # -- publishing ---------------------------------------------------------------------------
+
+    def down(self, now: float) -> bool:
+        """True while every endpoint failed its last attempt and none is due for a retry."""
+        return not any(ep.due(now) for ep in self.endpoints)
+
+    def publish(self, messages: Sequence[Message], complain: Complainer) -> bool:
+        """Publish to one endpoint (strategy order); True once a broker confirmed the batch."""
+        now = time.monotonic()
+        order = self.endpoints
+        if self.mode == "roundrobin" and len(order) > 1:
+            start = self._rr % len(order)
+            self._rr += 1
+            order = order[start:] + order[:start]
+        for ep in order:
+            if not ep.due(now):
+                continue
+            ep.sent += len(messages)
+            try:
+                ep.get_producer().publish_batch(messages)
+            except Exception as exc:  # BackendError, or a backend bug: never kill the sender
+                was_healthy = ep.healthy
+                ep.failed(exc)
+                if was_healthy:
+                    complain(f"endpoint:{ep.name}", f"cannot deliver to {ep.name}: {exc}")
+                continue
+            ep.succeeded(len(messages))
+            return True
+        self.next_attempt = min(ep.next_try for ep in self.endpoints)
+        return False
+
+    def stats(self) -> dict[str, Any]:
+        if self.spool is None:
+            return {}
+        try:
+            st = self.spool.stats()
+        except SpoolError:
+            return {"directory": self.spool.directory}
+        return {
+            "directory": self.spool.directory,
+            "bytes": st.bytes,
+            "records": st.records,
+            "segments": st.segments,
+            "dropped": dict(st.dropped),
+            "oldest": st.oldest,
+        }
+
+
+# -- the pipeline ---------------------------------------------------------------------------
+
+_RUNNING, _CLOSING, _CLOSED = 0, 1, 2
+
+
+class Pipeline:
+    """Everything of one handler that belongs to one process: queue, locks, lanes, thread.
+
+    After ``fork()`` the handler builds a new pipeline and keeps the old one referenced and
+    untouched (its producers share sockets with the parent).
+    """
+
+    def __init__(self, config: Config, complain: Complainer) -> None:
+        self.config = config
+        self.complain = complain
+        self.queue: deque[Message] = deque()
+        self.order_lock = threading.Lock()
+        self.space = threading.Condition(self.order_lock)  # overflow="block" waits here
+        self.wake = threading.Event()
+        self.progress = threading.Condition(threading.Lock())  # flush() waits here
+        self.state = _RUNNING
+        # True while emit() may simply append to the deque (sender started, memory mode).
+        self.fast = False
+        self.stopping = False
+        self.thread: threading.Thread | None = None
+        self.sender_ident: int | None = None
+        self._start_lock = threading.Lock()
+        # counters (order_lock for those callers touch, the sender for the rest)
+        self.popped = 0
+        self.handled = 0
+        self.spooled = 0
+        self.replayed = 0
+        self.dropped: dict[str, int] = {}
+        self.ignored = 0
+        self.blocked = 0
+        self.flush_waiters = 0
+        self.last_flush_failed = False
+        self.wa_pending = 0
+        self.write_ahead = config.durability == "spool"
+        self.endpoints = [_EndpointState(ep, config.retry_max) for ep in config.endpoints]
+        self.lanes = self._build_lanes()
+
+    def _build_lanes(self) -> list[_Lane]:
+        cfg = self.config
+        mode = "roundrobin" if cfg.strategy == "roundrobin" else "failover"
+        groups = [[ep] for ep in self.endpoints] if cfg.strategy == "all" else [self.endpoints]
+        dirs: list[str | None] = (
+            list(lane_directories(cfg.spool_dir, cfg.endpoints, cfg.strategy))
+            if cfg.spool_dir is not None
+            else [None] * len(groups)
+        )
+        lanes = []
+        for group, directory in zip(groups, dirs, strict=False):
+            spool = Spool(directory, **cfg.spool_options) if directory is not None else None
+            lanes.append(_Lane(group, mode, spool, cfg.batch_size))
+        return lanes
+
+    # -- caller side --------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the sender thread (idempotent; called on the first record)."""
+        with self._start_lock:
+            if self.thread is not None or self.state != _RUNNING:
+                return
+            thread = threading.Thread(target=self._run, name="mqlogging-sender", daemon=True)
+            self.thread = thread
+            thread.start()
+            self.fast = not self.write_ahead
+
+    def rescue(self) -> None:
+        """A record was appended after close() drained the deque: spool it too."""
+        with self.order_lock:
+            if self.state == _CLOSED:
+                self._spill_locked([], "closed")
+
+    def count_drop(self, reason: str, n: int = 1) -> None:
+        """Count dropped records (call with ``order_lock`` held)."""
+        self.dropped[reason] = self.dropped.get(reason, 0) + n
+
+    def enqueue_slow(self, message: Message) -> None:
+        """Everything but the plain append: first record, overflow, write-ahead, closed."""
+        if self.thread is None and self.state == _RUNNING:
+            self.start()
+        if self.write_ahead or self.state == _CLOSED:
+            self._write_through(message)
+            return
+        q = self.queue
+        if len(q) < self.config.queue_size:
+            q.append(message)
+            if len(q) >= self.config.batch_size:
+                self.wake.set()
+            return
+        policy = self.config.overflow
+        if policy == "block":
+            self._enqueue_blocking(message)
+        elif policy == "spool":
+            with self.order_lock:
+                if len(q) < self.config.queue_size:  # the sender made room meanwhile
+                    q.append(message)
+                    return
+                self._spill_locked([message], "overflow")
+            self.wake.set()
+        else:
+            with self.order_lock:
+                self.count_drop("overflow")
+
+    def _enqueue_blocking(self, message: Message) -> None:
+        deadline = time.monotonic() + self.config.block_timeout
+        q = self.queue
+        with self.space:
+            while len(q) >= self.config.queue_size and self.state != _CLOSED:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    self.count_drop("overflow")
+                    return
+                self.wake.set()
+                self.blocked += 1
+                try:
+                    self.space.wait(remaining)
+                finally:
+                    self.blocked -= 1
+            if self.state == _CLOSED:
+                self._spill_locked([message], "closed")
+                return
+            q.append(message)
+
+    def _write_through(self, message: Message) -> None:
+        """Write-ahead (and after close): the record is in the spool when this returns."""
+        with self.order_lock:
+            stored = False
+            for lane in self.lanes:
+                stored = self._append_lane_locked(lane, [message], "closed") or stored
+            if stored and self.state != _CLOSED:
+                self.wa_pending += 1
+                wake = self.wa_pending >= self.config.batch_size
+            else:
+                wake = False
+        if wake:
+            self.wake.set()
+
+    def _spill_locked(self, extra: list[Message], why: str) -> None:
+        """Move memory to the spools keeping order: in-flight batch, deque, ``extra``.
+
+        Called with ``order_lock`` held, by a caller on overflow or by close().
+        """
+        q = self.queue
+        drained = []
+        with contextlib.suppress(IndexError):
+            while True:  # popleft, not list()+clear(): callers append without the lock
+                drained.append(q.popleft())
+        self.popped += len(drained)
+        records = drained + extra
+        for lane in self.lanes:
+            batch = records
+            if lane.spool is not None and lane.inflight is not None and not lane.inflight_spilled:
+                batch = lane.inflight + records
+                lane.inflight_spilled = True
+            self._append_lane_locked(lane, batch, why)
+        self.handled += len(records)
+        if self.blocked:
+            self.space.notify_all()
+
+    def _append_lane_locked(self, lane: _Lane, messages: list[Message], why: str) -> bool:
+        """Append to ``lane``'s spool (``order_lock`` held); count what could not be stored."""
+        if not messages:
+            return True
+        if lane.spool is None:
+            self.count_drop(why, len(messages))
+            return False
+        try:
+            n = lane.spool.append([m.body for m in messages])
+        except SpoolFull as exc:
+            self.count_drop("spool_full", len(messages))
+            self.complain("spool_full", str(exc))
+            return False
+        except SpoolError as exc:
+            self.count_drop("spool_error", len(messages))
+            self.complain("spool_error", f"cannot spool {len(messages)} records: {exc}")
+            return False
+        if n < len(messages):
+            self.count_drop("spool_full", len(messages) - n)
+        self.spooled += n
+        lane.backlogged = True
+        return n > 0
+
+    # -- flush / close ------------------------------------------------------------------------
+
+    def _flush_done(self, target: int) -> bool:
+        if self.handled < target:
+            return False
+        now = time.monotonic()
+        return all(not lane.backlogged or lane.down(now) for lane in self.lanes)
+
+    def flush(self, timeout: float) -> bool:
+        """Wait until what was emitted before the call is confirmed, or spooled because no
+        endpoint is reachable. False if ``timeout`` expired first."""
+        thread = self.thread
+        if thread is None or not thread.is_alive():
+            return not self.queue
+        with self.order_lock:
+            target = self.popped + len(self.queue)
+        deadline = time.monotonic() + timeout
+        with self.progress:
+            self.flush_waiters += 1
+            try:
+                self.wake.set()
+                while not self._flush_done(target):
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0 or not thread.is_alive():
+                        self.last_flush_failed = True
+                        return False
+                    self.progress.wait(min(remaining, 0.1))
+            finally:
+                self.flush_waiters -= 1
+        self.last_flush_failed = False
+        return True
+
+    def close(self, timeout: float) -> None:
+        """Flush within ``timeout``, then stop the sender and spool what is left. Idempotent."""
+        with self._start_lock:
+            if self.state != _RUNNING:
+                return
+            self.state = _CLOSING
+        deadline = time.monotonic() + timeout
+        thread = self.thread
+        if thread is not None and thread.is_alive():
+            # logging.shutdown() calls flush() then close(): when that flush already ran out of
+            # time the brokers are not answering, and waiting a second deadline is pointless.
+            stuck = self.last_flush_failed
+            if not stuck:
+                stuck = not self.flush(max(0.0, (deadline - time.monotonic()) * 0.9))
+            self.stopping = True
+            self.wake.set()
+            grace = 0.2 if stuck else deadline - time.monotonic()
+            thread.join(max(0.0, min(grace, deadline - time.monotonic())))
+            if thread.is_alive():
+                self.complain(
+                    "close", "the sender is still waiting for a broker; spooling what is left"
+                )
+        with self.order_lock:
+            self.fast = False
+            self._spill_locked([], "closed")
+            self.state = _CLOSED
+            self.space.notify_all()
+        for lane in self.lanes:
+            if lane.spool is not None:
+                with contextlib.suppress(SpoolError):
+                    lane.spool.seal()
+
+    # -- sender thread ------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        self.sender_ident = threading.get_ident()
+        try:
+            while not self.stopping:
+                try:
+                    worked = self._cycle()
+                except Exception as exc:  # a bug or an unexpected error: report, slow down
+                    self.complain("sender", f"sender error: {type(exc).__name__}: {exc}")
+                    worked = False
+                    self.wake.wait(1.0)
+                self._notify_progress()
+                if not worked and not self.stopping:
+                    self._wait()
+        finally:
+            for lane in self.lanes:
+                lane.close_reader()
+            for ep in self.endpoints:
+                ep.close()
+            self._notify_progress()
+
+    def _notify_progress(self) -> None:
+        if self.flush_waiters:
+            with self.progress:
+                self.progress.notify_all()
+
+    def _wait(self) -> None:
+        if self.flush_waiters:
+            self.wake.wait(0.05)
+            self.wake.clear()
+            return
+        timeout = self.config.flush_interval
+        now = time.monotonic()
+        for lane in self.lanes:
+            if lane.backlogged and lane.next_attempt > now:
+                timeout = min(timeout, lane.next_attempt - now)
+        self.wake.wait(max(timeout, 0.001))
+        self.wake.clear()
+
+    def _cycle(self) -> bool:
+        """One round: memory to lanes, then one replay batch per backlogged lane."""
+        worked = False
+        while self.queue and not self.stopping:
+            self._take_and_send()
+            worked = True
+        now = time.monotonic()
+        for lane in self.lanes:
+            if self.stopping:
+                break
+            if lane.backlogged and lane.spool is not None and now >= lane.next_attempt:
+                worked = self._replay(lane) or worked
+        return worked
+
+    def _take_and_send(self) -> None:
+        size = self.config.batch_size
+        with self.order_lock:
+            q = self.queue
+            n = min(len(q), size)
+            batch = [q.popleft() for _ in range(n)]
+            self.popped += n
+            direct = []
+            for lane in self.lanes:
+                if lane.backlogged:
+                    self._append_lane_locked(lane, batch, "unsent")
+                else:
+                    lane.inflight = batch
+                    lane.inflight_spilled = False
+                    direct.append(lane)
+            if self.blocked:
+                self.space.notify_all()
+        for lane in direct:
+            ok = lane.publish(batch, self.complain)
+            with self.order_lock:
+                spilled = lane.inflight_spilled
+                lane.inflight = None
+                lane.inflight_spilled = False
+                if not ok and not spilled:
+                    self._append_lane_locked(lane, batch, "unsent")
+            if ok and spilled:
+                self._skip_confirmed(lane, batch)
+        with self.order_lock:
+            self.handled += n
+
+    def _skip_confirmed(self, lane: _Lane, batch: list[Message]) -> None:
+        """A spill copied ``batch`` to the spool while it was being confirmed: commit those
+        copies at the head of the spool instead of sending them twice."""
+        try:
+            reader = lane.reader()
+            records = reader.read(len(batch))
+            same = 0
+            for record, message in zip(records, batch, strict=False):
+                if record.body != message.body:
+                    break
+                same += 1
+            if same:
+                reader.commit(records[:same])
+            if same < len(records):
+                reader.rewind(records[same:])
+        except SpoolError as exc:
+            self.complain("spool_error", f"cannot skip confirmed records: {exc}")
+
+    def _replay(self, lane: _Lane) -> bool:
+        """Publish the oldest spooled batch of ``lane``; True if it was confirmed."""
+        reader = lane.reader()
+        try:
+            records = reader.read(lane.batch_size)
+            if not records:
+                with self.order_lock:
+                    records = reader.read(lane.batch_size)
+                    if not records:
+                        lane.backlogged = False
+                        self.wa_pending = 0
+                        return False
+        except SpoolError as exc:
+            self.complain("spool_read", f"cannot read the spool: {exc}")
+            lane.next_attempt = time.monotonic() + 1.0
+            return False
+        messages = [Message(record_id(r), r.body) for r in records]
+        if not lane.publish(messages, self.complain):
+            reader.rewind()
+            return False
+        self._commit(lane, reader, records)
+        self.replayed += len(records)
+        return True
+
+    def _commit(self, lane: _Lane, reader: SpoolReader, records: list[SpoolRecord]) -> None:
+        try:
+            reader.commit(records)
+        except SpoolError as exc:  # the records were delivered; they may come again
+            self.complain("spool_commit", f"cannot record replay progress: {exc}")
+
+    # -- observability --------------------------------------------------------------------------
+
+    def stats(self) -> dict[str, Any]:
+        with self.order_lock:
+            dropped = dict(self.dropped)
+            queued = len(self.queue)
+        spools = [lane.stats() for lane in self.lanes if lane.spool is not None]
+        spool: dict[str, Any] = {
+            "bytes": sum(s.get("bytes", 0) for s in spools),
+            "records": sum(s.get("records", 0) for s in spools),
+            "directories": [s["directory"] for s in spools],
+        }
+        for s in spools:
+            for reason, n in s.get("dropped", {}).items():
+                key = {
+                    "max_bytes": "spool_full",
+                    "overflow": "spool_full",
+                    "max_age": "spool_expired",
+                    "torn": "spool_corrupt",
+                    "corrupt": "spool_corrupt",
+                }.get(reason, f"spool_{reason}")
+                dropped[key] = dropped.get(key, 0) + n
+        return {
+            "queued": queued,
+            "sent": sum(ep.sent for ep in self.endpoints),
+            "confirmed": sum(ep.confirmed for ep in self.endpoints),
+            "spooled": self.spooled,
+            "replayed": self.replayed,
+            "dropped": dropped,
+            "ignored": self.ignored,
+            "endpoints": {ep.name: ep.stats() for ep in self.endpoints},
+            "spool": spool,
+        }

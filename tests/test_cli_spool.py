@@ -1,0 +1,118 @@
+"""``mqlogging spool inspect | export | replay``: offline tools for a handler's spool."""
+
+from __future__ import annotations
+
+import json
+import logging
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from mqlogging.cli import main
+from mqlogging.handlers import MQHandler
+from mqlogging.spool import Spool, SpoolReader
+from tests.brokers import RabbitMQ
+from tests.handlers.conftest import amqp_url, drain_amqp, seqs
+from tests.helpers import free_port
+
+N = 600
+
+
+def _refused() -> str:
+    return f"amqp://guest:guest@127.0.0.1:{free_port()}/?exchange=&queue=q"
+
+
+@pytest.fixture
+def filled_spool(tmp_path: Path) -> Path:
+    """A spool written by a handler whose broker was down: N records and one corrupt line."""
+    spool = tmp_path / "spool"
+    handler = MQHandler(_refused(), spool=str(spool), retry_max=0.05, close_timeout=1)
+    logger = logging.getLogger(f"cli.{tmp_path.name}")
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    logger.addHandler(handler)
+    for i in range(N):
+        logger.info("record %d", i, extra={"seq": i})
+    logger.removeHandler(handler)
+    handler.close()
+    with Spool(spool) as extra:
+        extra.append([b"this is not json"])
+    return spool
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "mqlogging", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def test_inspect(filled_spool: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """inspect reports records, bytes, oldest/newest timestamps and corrupt lines, and changes
+    nothing in the directory."""
+    before = sorted(p.name for p in filled_spool.iterdir())
+    assert main(["spool", "inspect", "--json", str(filled_spool)]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert (summary["records"], summary["corrupt_lines"]) == (N, 1)
+    assert summary["bytes"] > 0
+    assert summary["oldest"] <= summary["newest"]
+    assert main(["spool", "inspect", str(filled_spool)]) == 0
+    text = capsys.readouterr().out
+    assert f"records        {N}" in text
+    assert before == sorted(p.name for p in filled_spool.iterdir())
+
+
+def test_export(filled_spool: Path) -> None:
+    """export writes every readable record as JSON lines on stdout, in spool order."""
+    result = _cli("spool", "export", str(filled_spool))
+    assert result.returncode == 0, result.stderr
+    docs = [json.loads(line) for line in result.stdout.splitlines()]
+    assert list(range(N)) == [d["seq"] for d in docs]
+    assert f"exported {N} records" in result.stderr
+
+
+def test_replay_to_broker(filled_spool: Path, rabbitmq: RabbitMQ, queue_name: str) -> None:
+    """replay publishes every record in order with confirmation, shows progress on stderr and
+    leaves the spool empty (segments deleted once confirmed)."""
+    result = _cli("spool", "replay", str(filled_spool), "--to", amqp_url(rabbitmq, queue_name))
+    assert result.returncode == 0, result.stderr
+    assert "replay:" in result.stderr
+    assert f"replayed {N} records" in result.stderr
+    assert "guest:guest" not in result.stderr
+    assert list(range(N)) == seqs(drain_amqp(rabbitmq, queue_name, N))
+    assert not [p for p in filled_spool.iterdir() if p.suffix in (".jsonl", ".open")]
+
+
+def test_replay_resumes_after_interruption(
+    filled_spool: Path, rabbitmq: RabbitMQ, queue_name: str
+) -> None:
+    """An interrupted replay (the first 200 records confirmed and committed) resumes: the next
+    replay sends only the rest."""
+    with SpoolReader(filled_spool) as reader:
+        reader.commit(reader.read(200))
+    result = _cli("spool", "replay", str(filled_spool), "--to", amqp_url(rabbitmq, queue_name))
+    assert result.returncode == 0, result.stderr
+    assert list(range(200, N)) == seqs(drain_amqp(rabbitmq, queue_name, N - 200))
+
+
+def test_replay_failure_exit_code_and_nothing_deleted(filled_spool: Path) -> None:
+    """replay to an unreachable broker exits non-zero with one error line and deletes
+    nothing."""
+    result = _cli("spool", "replay", str(filled_spool), "--to", _refused(), "--quiet")
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1
+    assert lines[0].startswith("mqlogging: error: replay to amqp://guest:***@")
+    assert json.loads(_cli("spool", "inspect", "--json", str(filled_spool)).stdout)["records"] == N
+
+
+def test_missing_directory_is_an_error(tmp_path: Path) -> None:
+    """A directory that does not exist is a one-line error and exit code 2."""
+    result = _cli("spool", "inspect", str(tmp_path / "nope"))
+    assert result.returncode == 2
+    assert "does not exist" in result.stderr
