@@ -1,0 +1,184 @@
+"""Collector throughput from a pre-filled RabbitMQ queue, vs the raw pika consume rate.
+
+Baseline (same run, same broker, same records): pika ``basic_consume`` with prefetch 1000 and
+one ``multiple`` ack every 500 messages — the fastest plain consumer. Then the collector
+(in-process :class:`CollectorService`, one AMQP source) drains an identical queue into:
+
+- the null sink (goal: >= 0.8x the raw rate: the pipeline's own cost — decode, enrich, batch,
+  ack — must stay small),
+- a file sink (JSON lines, fsync per batch),
+- the Elasticsearch stand-in noida-db (its own indexing speed dominates here).
+
+Logstash's published rabbitmq-input figure, ~14.6k events/s, is printed as the peer to beat.
+
+Run: ``.venv/bin/python benchmarks/bench_collector.py`` (``BENCH_COLLECTOR_N`` records, default
+30000; ``BENCH_COLLECTOR_ES_N`` for the noida-db run, default 10000).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from mqlogging._ids import new_id  # noqa: E402
+from mqlogging.collector.config import parse_config  # noqa: E402
+from mqlogging.collector.service import CollectorService  # noqa: E402
+from tests.brokers import NoidaES, RabbitMQ  # noqa: E402
+
+N = int(os.environ.get("BENCH_COLLECTOR_N", "30000"))
+ES_N = int(os.environ.get("BENCH_COLLECTOR_ES_N", "10000"))
+LOGSTASH_PEER = 14_600.0
+
+
+def _record(i: int) -> bytes:
+    return json.dumps(
+        {
+            "@timestamp": "2024-05-01T12:00:00.000000Z",
+            "ecs": {"version": "8.11.0"},
+            "event": {"id": new_id(), "dataset": "bench"},
+            "log": {"level": "info", "logger": "bench.collector"},
+            "message": f"benchmark record {i} with a typical message length for a log line",
+            "service": {"name": "bench"},
+            "host": {"name": "benchhost"},
+            "process": {"pid": 1234, "thread": {"name": "MainThread"}},
+            "seq": i,
+        }
+    ).encode()
+
+
+def _fill(rabbit: RabbitMQ, queue: str, n: int) -> None:
+    """Pre-fill ``queue`` with ``n`` persistent records (plain pika, no confirms: fast)."""
+    import pika
+
+    conn = pika.BlockingConnection(pika.URLParameters(rabbit.amqp_url))
+    ch = conn.channel()
+    ch.queue_declare(queue, durable=True)
+    for i in range(n):
+        props = pika.BasicProperties(
+            delivery_mode=2, content_type="application/json", message_id=new_id()
+        )
+        ch.basic_publish("", queue, _record(i), props)
+    conn.close()
+    deadline = time.monotonic() + 120
+    while rabbit.queue_depth(queue) < n and time.monotonic() < deadline:
+        time.sleep(0.1)
+
+
+def _raw_pika(rabbit: RabbitMQ, queue: str, n: int) -> float:
+    import pika
+
+    conn = pika.BlockingConnection(pika.URLParameters(rabbit.amqp_url))
+    ch = conn.channel()
+    ch.basic_qos(prefetch_count=1000)
+    start = time.perf_counter()
+    for got, (method, _props, _body) in enumerate(ch.consume(queue, auto_ack=False), 1):
+        if got % 500 == 0 or got == n:
+            ch.basic_ack(method.delivery_tag, multiple=True)
+        if got == n:
+            break
+    elapsed = time.perf_counter() - start
+    ch.cancel()
+    conn.close()
+    return n / elapsed
+
+
+def _collector(rabbit: RabbitMQ, queue: str, n: int, sink: dict[str, Any]) -> float:
+    config = parse_config(
+        {
+            "sources": [{"url": f"{rabbit.amqp_url}?exchange=&queue={queue}", "prefetch": 2000}],
+            "sinks": [sink],
+            "pipeline": {"batch_max_count": 1000, "batch_max_wait": 0.2},
+            "http": {"listen": ""},
+        },
+        env={},
+    )
+    svc = CollectorService(config)
+    begin = time.perf_counter()
+    svc.start()
+    try:
+        # Like the baseline, the clock starts with the first delivery (connection set-up and
+        # queue declaration are not throughput) and stops when the last message is acked.
+        while svc.metrics.value("consumed") == 0:
+            time.sleep(0.001)
+        start = time.perf_counter()
+        while svc.metrics.value("acked") < n:
+            time.sleep(0.005)
+            if time.perf_counter() - begin > 300:
+                raise RuntimeError(f"collector stalled at {svc.metrics.value('acked')} of {n}")
+        elapsed = time.perf_counter() - start
+    finally:
+        svc.close()
+    return n / elapsed
+
+
+def run() -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = []
+    with RabbitMQ() as rabbit, NoidaES() as noida, tempfile.TemporaryDirectory() as tmp:
+        rabbit.start()
+        noida.start()
+        _fill(rabbit, "bench-raw", N)
+        raw = _raw_pika(rabbit, "bench-raw", N)
+        cases = [
+            ("collector -> null sink", {"type": "null"}, N, "0.8"),
+            (
+                "collector -> file sink (fsync per batch)",
+                {"type": "file", "path": f"{tmp}/out.jsonl", "max_bytes": 0},
+                N,
+                "",
+            ),
+            (
+                "collector -> noida-db (ES stand-in)",
+                {"type": "elasticsearch", "hosts": [noida.url], "dataset": "bench"},
+                ES_N,
+                "",
+            ),
+        ]
+        for i, (name, sink, n, goal) in enumerate(cases):
+            queue = f"bench-c{i}"
+            _fill(rabbit, queue, n)
+            rate = _collector(rabbit, queue, n, sink)
+            rows.append(
+                {
+                    "name": name,
+                    "value": round(rate),
+                    "unit": "msg/s",
+                    "baseline_name": "raw pika consume (prefetch 1000, ack/500)",
+                    "baseline_value": round(raw),
+                    "ratio": round(rate / raw, 2),
+                    "goal": f">= {goal}x" if goal else "",
+                }
+            )
+        rows.append(
+            {
+                "name": "peer: Logstash rabbitmq input (published)",
+                "value": LOGSTASH_PEER,
+                "unit": "events/s",
+                "baseline_name": "raw pika consume",
+                "baseline_value": round(raw),
+                "ratio": round(LOGSTASH_PEER / raw, 2),
+                "goal": "",
+            }
+        )
+    return rows
+
+
+def main() -> None:
+    rows = run()
+    print(f"{'case':45} {'rate':>10} {'unit':8} {'baseline':>10} {'ratio':>6}  goal")
+    for r in rows:
+        print(
+            f"{r['name']:45} {r['value']:>10} {r['unit']:8} {r['baseline_value']:>10} "
+            f"{r['ratio']:>6}  {r['goal']}"
+        )
+
+
+if __name__ == "__main__":
+    main()

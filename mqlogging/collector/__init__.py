@@ -1,0 +1,110 @@
+"""The collector: drain broker queues (and spool directories) into Elasticsearch, Logstash,
+files — acking a message only once every sink has it.
+
+Run it with ``mqlogging collect --config collector.toml`` or ``python -m mqlogging.collector``;
+embed it with :func:`run` or :class:`CollectorService`. Configuration: :mod:`.config`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from .config import CollectorConfig, load_config, parse_config
+
+if TYPE_CHECKING:
+    from .service import CollectorService
+
+__all__ = [
+    "CollectorConfig",
+    "CollectorService",
+    "add_arguments",
+    "load_config",
+    "main",
+    "parse_config",
+    "run",
+    "run_command",
+]
+
+
+def run(config: CollectorConfig) -> int:
+    """Run the collector until SIGTERM/SIGINT; return the process exit code (0 on a clean stop).
+
+    Must be called from the main thread for the signal handlers to be installed.
+    """
+    from .service import CollectorService
+
+    return CollectorService(config).run()
+
+
+def __getattr__(name: str) -> Any:
+    # The service pulls in prometheus-client and the sinks: import it only when used, so
+    # ``mqlogging --help`` works without the [collector] extra.
+    if name == "CollectorService":
+        from .service import CollectorService
+
+        return CollectorService
+    msg = f"module {__name__!r} has no attribute {name!r}"
+    raise AttributeError(msg)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The ``collect`` options (shared by ``mqlogging collect`` and ``python -m``)."""
+    parser.add_argument(
+        "--config",
+        "-c",
+        required=True,
+        metavar="FILE",
+        help="collector TOML file (see examples/collector-*.toml)",
+    )
+    parser.add_argument(
+        "--check",
+        action="store_true",
+        help="validate the configuration and exit (0 valid, 2 invalid)",
+    )
+    parser.add_argument(
+        "--log-level",
+        default=None,
+        choices=("debug", "info", "warning", "error"),
+        help="override [collector] log_level",
+    )
+
+
+def run_command(args: argparse.Namespace) -> int:
+    """Execute parsed ``collect`` arguments. Raises ConfigurationError (the CLI: exit 2)."""
+    config = load_config(args.config)
+    if args.check:
+        print(config.summary())
+        return 0
+    level = (args.log_level or config.collector.log_level).upper()
+    logging.basicConfig(
+        level=getattr(logging, level),
+        stream=sys.stderr,
+        format=f"%(asctime)s mqlogging-collector[{os.getpid()}] %(levelname)s %(message)s",
+    )
+    # The client libraries log every request/frame at INFO; our own lines say what matters.
+    for chatty in ("elastic_transport", "pika", "stomp.py"):
+        logging.getLogger(chatty).setLevel(max(logging.WARNING, logging.getLogger().level))
+    return run(config)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m mqlogging.collector``: like ``mqlogging collect``."""
+    from ..errors import MQLoggingError
+
+    parser = argparse.ArgumentParser(
+        prog="python -m mqlogging.collector", description="Drain broker queues into sinks."
+    )
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    try:
+        return run_command(args)
+    except MQLoggingError as exc:
+        print(f"mqlogging: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130

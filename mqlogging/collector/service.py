@@ -1,0 +1,660 @@
+"""The collector service: consume, decode, batch, write to every sink, then ack.
+
+Shape. One worker thread per source owns that source's consumer (consumers are
+single-thread-owned, so fetch, ack and nack all happen on it). A worker fetches up to the
+source's prefetch, decodes, and cuts batches by count, bytes or time; each batch is written to
+every sink, and a message is acked only when every sink answered ``DONE`` for its record, or
+when a dead-letter copy of it is confirmed. Sinks are shared by all workers.
+
+Retries. Items a sink answered ``RETRY`` for are written again — only those items, only to the
+sinks that still lack them — after a capped, jittered backoff. While it waits, a worker keeps
+fetching (up to the prefetch bound), which also keeps the broker connection's heartbeats alive;
+so a sink outage stops the flow after ``prefetch`` messages and the rest stays in the broker.
+Every retry round is counted (``retried``) and logged; nothing is retried invisibly, and
+``max_attempts`` can turn "retry until it works" into "dead-letter after N attempts".
+
+Guarantees. At least once into every sink; exactly once in Elasticsearch because the record id
+is the document ``_id`` written with ``op_type=create``. Nothing is dropped silently: poison
+messages go to the dead letters (or are rejected to the broker and counted when none is
+configured). Order is not preserved across retries (a retried item lands after later ones).
+
+Shutdown. :meth:`CollectorService.stop` (SIGTERM/SIGINT): workers stop fetching, keep flushing
+what they hold until ``shutdown_timeout``, ack what succeeded and nack (requeue) the rest.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import signal
+import socket
+import threading
+import time
+from collections import Counter
+from collections.abc import Sequence
+from datetime import datetime, timezone
+from types import FrameType
+from typing import Any
+
+from .._backoff import Backoff
+from .._types import Delivery
+from ..backends import Consumer
+from ..errors import MQLoggingError
+from .config import CollectorConfig, SourceConfig
+from .metrics import CollectorMetrics, HttpServer
+from .sinks import Outcome, Record, Result, Sink, build_sink
+from .sinks.deadletter import DeadLetter, DeadLetterWriter
+from .sources import open_source
+
+__all__ = ["CollectorService", "decode"]
+
+log = logging.getLogger("mqlogging.collector")
+
+try:
+    import orjson
+
+    _loads: Any = orjson.loads
+    _DecodeErrors: tuple[type[Exception], ...] = (orjson.JSONDecodeError, RecursionError)
+except ImportError:  # pragma: no cover
+    import json
+
+    _loads = json.loads
+    _DecodeErrors = (ValueError, RecursionError)
+
+
+# -- decoding ---------------------------------------------------------------------------------
+
+
+class _Item:
+    """One delivery on its way through the pipeline."""
+
+    __slots__ = ("attempts", "dead", "delivery", "last_error", "record", "size", "stage", "todo")
+
+    def __init__(self, delivery: Delivery, record: Record | None, todo: set[int]) -> None:
+        self.delivery = delivery
+        self.record = record
+        self.size = len(delivery.body)
+        self.todo = todo  # indices of sinks that do not have the record yet
+        self.dead: str | None = None  # dead-letter reason, once decided
+        self.stage = ""
+        self.attempts = 0
+        self.last_error = ""
+
+
+def _utcnow_iso() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+def _depth_ok(doc: Any, limit: int) -> bool:
+    stack: list[tuple[Any, int]] = [(doc, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if depth > limit:
+            return False
+        if isinstance(value, dict):
+            stack.extend((v, depth + 1) for v in value.values() if isinstance(v, dict | list))
+        elif isinstance(value, list):
+            stack.extend((v, depth + 1) for v in value if isinstance(v, dict | list))
+    return True
+
+
+def _record_id(doc: dict[str, Any], delivery: Delivery) -> str:
+    event = doc.get("event")
+    candidate = event.get("id") if isinstance(event, dict) else None
+    if candidate is None:
+        candidate = doc.get("id")
+    if isinstance(candidate, str | int) and not isinstance(candidate, bool):
+        text = str(candidate)
+        if 0 < len(text.encode()) <= 512:  # Elasticsearch's _id limit
+            return text
+    if delivery.id:
+        return delivery.id
+    # No id anywhere: a content hash is at least stable across redeliveries.
+    return hashlib.sha1(delivery.body).hexdigest()
+
+
+def _set_path(doc: dict[str, Any], path: str, value: Any) -> None:
+    *parents, leaf = path.split(".")
+    target = doc
+    for part in parents:
+        child = target.get(part)
+        if child is None:
+            child = target[part] = {}
+        if not isinstance(child, dict):
+            return  # the record uses this name for something else: leave it alone
+        target = child
+    target.setdefault(leaf, value)
+
+
+def decode(
+    delivery: Delivery,
+    *,
+    max_bytes: int,
+    max_depth: int,
+    enrich: Sequence[tuple[str, Any]] = (),
+) -> tuple[Record | None, str]:
+    """Decode one message into a :class:`Record`, or return ``(None, reason)`` for a poison one.
+
+    Poison: larger than ``max_bytes``, not UTF-8, not JSON, not a JSON object, or nested deeper
+    than ``max_depth``. ``enrich`` is a list of (dotted path, value) set when absent.
+    """
+    body = delivery.body
+    if len(body) > max_bytes:
+        return None, f"oversize: {len(body)} bytes > max_message_bytes {max_bytes}"
+    try:
+        doc = _loads(body)
+    except _DecodeErrors as exc:
+        try:
+            body.decode("utf-8")
+        except UnicodeDecodeError as uexc:
+            return None, f"invalid UTF-8: {uexc}"
+        if isinstance(exc, RecursionError) or "recursion" in str(exc).lower():
+            return None, f"nested too deeply: more than {max_depth} levels"
+        return None, f"invalid JSON: {exc}"
+    if not isinstance(doc, dict):
+        return None, f"not a JSON object: got {type(doc).__name__}"
+    # Cheap pre-check (C speed): fewer brackets than the limit cannot nest deeper than it.
+    if body.count(b"{") + body.count(b"[") > max_depth and not _depth_ok(doc, max_depth):
+        return None, f"nested too deeply: more than {max_depth} levels"
+    for path, value in enrich:
+        _set_path(doc, path, value)
+    return Record(_record_id(doc, delivery), doc, len(body)), ""
+
+
+def _reason_class(reason: str) -> str:
+    """A small, bounded label for the metrics (the full reason goes into the dead letter)."""
+    head = reason.split(":", 1)[0].strip()
+    for known in (
+        "oversize",
+        "invalid UTF-8",
+        "invalid JSON",
+        "not a JSON object",
+        "nested too deeply",
+        "gave up",
+    ):
+        if reason.startswith(known):
+            return known.replace(" ", "_").lower()
+    return "sink_rejected" if head else "other"
+
+
+# -- the per-source worker --------------------------------------------------------------------
+
+
+class _Worker(threading.Thread):
+    """Owns one source's consumer: fetch, decode, batch, write, ack — all on this thread."""
+
+    def __init__(self, service: CollectorService, source: SourceConfig) -> None:
+        super().__init__(name=f"mqlogging-collector[{source.label}]", daemon=True)
+        self.service = service
+        self.source = source
+        self.label = source.label
+        self.connected = False
+        self.failed: BaseException | None = None
+        self._consumer: Consumer | None = None
+        self._pending: list[_Item] = []
+        self._pending_bytes = 0
+        self._first_at = 0.0
+        self._held = 0  # items fetched and not settled (pending + the batch being written)
+        self._conn_backoff = Backoff(base=0.2, cap=service.config.pipeline.retry_max)
+        self._dead: DeadLetterWriter | None = None
+        cfg = service.config
+        if cfg.dead_letter is not None:
+            self._dead = DeadLetterWriter(
+                cfg.dead_letter.url, source=self.label, collector=service.host_name
+            )
+        # AMQP: the broker enforces prefetch, so fetching at the bound only services heartbeats.
+        self._fetch_when_full = source.url.transport == "amqp"
+        m = service.metrics
+        self._m_consumed = m.consumed.labels(self.label)
+        self._m_acked = m.acked.labels(self.label)
+        self._m_requeued = m.requeued.labels(self.label)
+        self._m_in_flight = m.in_flight.labels(self.label)
+        self._m_connected = m.connected.labels(self.label)
+        self._m_batch = m.batch_seconds.labels(self.label)
+        self._m_reconnects = m.reconnects.labels(self.label)
+
+    # -- main loop ----------------------------------------------------------------------------
+
+    def run(self) -> None:
+        try:
+            self._consumer = open_source(self.source)
+            self._loop()
+            self._drain()
+        except BaseException as exc:  # a bug: log it, give everything back, let readyz say so
+            self.failed = exc
+            log.exception("source %s: worker failed", self.label)
+            self._nack(self._pending)
+            self._pending = []
+        finally:
+            if self._consumer is not None:
+                with contextlib.suppress(Exception):
+                    self._consumer.close()
+            if self._dead is not None:
+                with contextlib.suppress(Exception):
+                    self._dead.close()
+            self.connected = False
+            self._m_connected.set(0)
+
+    def _loop(self) -> None:
+        p = self.service.config.pipeline
+        stop = self.service.stopping
+        target = min(p.batch_max_count, self.source.max_in_flight)
+        while not stop.is_set():
+            if self._pending:
+                wait = max(0.0, self._first_at + p.batch_max_wait - time.monotonic())
+            else:
+                wait = min(p.batch_max_wait, 0.5)
+            room = min(target - len(self._pending), self.source.max_in_flight - self._held)
+            if room > 0 and self._pending_bytes < p.batch_max_bytes:
+                self._fetch(room, wait)
+            elif wait > 0 and not self._ready(target):
+                stop.wait(min(wait, 0.05))
+            if self._ready(target):
+                self._process(self._take_batch(), deadline=None)
+
+    def _ready(self, target: int) -> bool:
+        if not self._pending:
+            return False
+        p = self.service.config.pipeline
+        return (
+            len(self._pending) >= target
+            or self._pending_bytes >= p.batch_max_bytes
+            or time.monotonic() - self._first_at >= p.batch_max_wait
+        )
+
+    def _drain(self) -> None:
+        """After stop: flush what we hold until the deadline, then give the rest back."""
+        deadline = self.service.deadline
+        while self._pending and time.monotonic() < deadline:
+            self._process(self._take_batch(), deadline=deadline)
+        if self._pending:
+            self._nack(self._pending)
+            self._pending = []
+
+    def _take_batch(self) -> list[_Item]:
+        p = self.service.config.pipeline
+        count, size = 0, 0
+        for item in self._pending:
+            if count and (count >= p.batch_max_count or size + item.size > p.batch_max_bytes):
+                break
+            count += 1
+            size += item.size
+        batch, self._pending = self._pending[:count], self._pending[count:]
+        self._pending_bytes -= size
+        self._first_at = time.monotonic()
+        return batch
+
+    # -- fetching -----------------------------------------------------------------------------
+
+    def _fetch(self, max_messages: int, timeout: float) -> None:
+        assert self._consumer is not None
+        try:
+            deliveries = self._consumer.fetch(max_messages, timeout)
+        except Exception as exc:
+            if self.connected or self._conn_backoff.attempt == 0:
+                log.warning("source %s: %s; reconnecting", self.label, exc)
+            self.connected = False
+            self._m_connected.set(0)
+            self._m_reconnects.inc()
+            self.service.stopping.wait(self._conn_backoff.next_delay())
+            return
+        if not self.connected:
+            if self._conn_backoff.attempt:
+                log.info("source %s: connected", self.label)
+            self.connected = True
+            self._m_connected.set(1)
+            self._conn_backoff.reset()
+        if deliveries:
+            self._accept(deliveries)
+
+    def _accept(self, deliveries: Sequence[Delivery]) -> None:
+        service = self.service
+        p = service.config.pipeline
+        enrich = service.enrichment()
+        all_sinks = service.sink_indices
+        if not self._pending:
+            self._first_at = time.monotonic()
+        for delivery in deliveries:
+            record, reason = decode(
+                delivery, max_bytes=p.max_message_bytes, max_depth=p.max_depth, enrich=enrich
+            )
+            item = _Item(delivery, record, set(all_sinks))
+            if record is None:
+                item.dead, item.stage = reason, "decode"
+            self._pending.append(item)
+            self._pending_bytes += item.size
+        self._held += len(deliveries)
+        self._m_consumed.inc(len(deliveries))
+        self._m_in_flight.set(self._held)
+
+    def _idle(self, delay: float, deadline: float | None) -> None:
+        """Wait ``delay`` seconds, fetching into the pending list while there is room."""
+        end = time.monotonic() + delay
+        if deadline is not None:
+            end = min(end, deadline)
+        stop = self.service.stopping
+        while True:
+            remaining = end - time.monotonic()
+            if remaining <= 0:
+                return
+            if stop.is_set():
+                # Shutting down: no new messages; wake up only for the deadline.
+                self.service.finished.wait(remaining)
+                return
+            room = self.source.max_in_flight - self._held
+            if room > 0 or self._fetch_when_full:
+                self._fetch(max(room, 1), remaining)
+            elif stop.wait(remaining):
+                continue
+
+    # -- writing ------------------------------------------------------------------------------
+
+    def _process(self, batch: list[_Item], deadline: float | None) -> None:
+        """Write ``batch`` to every sink until each item is settled (or the deadline passed)."""
+        service = self.service
+        p = service.config.pipeline
+        backoff = Backoff(base=p.retry_initial, cap=p.retry_max)
+        started = time.monotonic()
+        last_log = 0.0
+        open_items = batch
+        while open_items:
+            self._attempt(open_items)
+            open_items = self._settle(open_items)
+            if not open_items:
+                break
+            now = time.monotonic()
+            stopping = service.stopping.is_set()
+            if stopping and now >= (deadline if deadline is not None else service.deadline):
+                self._nack(open_items)
+                break
+            if p.max_attempts:
+                for item in open_items:
+                    if item.dead is None and item.attempts >= p.max_attempts:
+                        item.dead = f"gave up after {item.attempts} attempts: {item.last_error}"
+                        item.stage = "retries"
+            delay = backoff.next_delay()
+            retry_sinks = Counter(
+                service.sinks[i].name for item in open_items if item.dead is None for i in item.todo
+            )
+            for name, n in retry_sinks.items():
+                service.metrics.retried.labels(name).inc(n)
+            if now - last_log >= 10.0:
+                last_log = now
+                sample = next(
+                    (i.last_error for i in open_items if i.last_error), "dead letter failed"
+                )
+                log.warning(
+                    "source %s: %d of %d records not settled (%s); retrying in %.1fs (attempt %d)",
+                    self.label,
+                    len(open_items),
+                    len(batch),
+                    sample,
+                    delay,
+                    backoff.attempt,
+                )
+            self._idle(delay, service.deadline if stopping else None)
+        self._m_batch.observe(time.monotonic() - started)
+
+    def _attempt(self, items: list[_Item]) -> None:
+        service = self.service
+        for index, sink in enumerate(service.sinks):
+            todo = [it for it in items if it.dead is None and index in it.todo]
+            if not todo:
+                continue
+            records = [it.record for it in todo if it.record is not None]
+            results = _safe_write(sink, records)
+            statuses: Counter[str] = Counter()
+            for item, result in zip(todo, results, strict=True):
+                statuses[result.status or result.outcome.value] += 1
+                if result.outcome is Outcome.DONE:
+                    item.todo.discard(index)
+                elif result.outcome is Outcome.REJECT:
+                    item.dead, item.stage = f"{sink.name}: {result.reason}", "sink"
+                else:
+                    item.last_error = f"{sink.name}: {result.reason}"
+            for status, n in statuses.items():
+                service.metrics.sink_items.labels(sink.name, status).inc(n)
+        for item in items:
+            if item.dead is None and item.todo:
+                item.attempts += 1
+
+    def _settle(self, items: list[_Item]) -> list[_Item]:
+        """Ack finished items, dead-letter rejected ones; return those still open."""
+        done = [it for it in items if it.dead is None and not it.todo]
+        dead = [it for it in items if it.dead is not None]
+        rest = [it for it in items if it.dead is None and it.todo]
+        if dead:
+            rest += self._dead_letter(dead, done)
+        if done:
+            self._ack(done)
+        return rest
+
+    def _dead_letter(self, dead: list[_Item], done: list[_Item]) -> list[_Item]:
+        """Dead-letter ``dead``: confirmed ones join ``done``; returns the ones to retry."""
+        service = self.service
+        m = service.metrics
+        if self._dead is None:
+            for item in dead:
+                log.error(
+                    "source %s: rejecting message %s (no [dead_letter] configured): %s",
+                    self.label,
+                    item.delivery.id,
+                    item.dead,
+                )
+                m.rejected.labels(self.label, _reason_class(item.dead or "")).inc()
+            self._nack(dead, requeue=False)
+            return []
+        letters = [
+            DeadLetter(it.delivery, it.dead or "", it.stage, it.record.id if it.record else "")
+            for it in dead
+        ]
+        try:
+            self._dead.write(letters)
+        except (MQLoggingError, OSError) as exc:
+            m.dead_letter_failures.labels(self.label).inc(len(dead))
+            for item in dead:
+                item.last_error = f"dead letter: {exc}"
+            return dead
+        for item in dead:
+            log.warning(
+                "source %s: dead-lettered message %s: %s", self.label, item.delivery.id, item.dead
+            )
+            m.dead_lettered.labels(self.label, _reason_class(item.dead or "")).inc()
+        done.extend(dead)
+        return []
+
+    # -- settling with the broker (owner thread only) ------------------------------------------
+
+    def _ack(self, items: Sequence[_Item]) -> None:
+        assert self._consumer is not None
+        try:
+            self._consumer.ack([it.delivery for it in items])
+        except Exception as exc:  # connection lost: the broker redelivers; _id makes it harmless
+            log.warning(
+                "source %s: ack of %d messages failed (%s); the broker will redeliver "
+                "them and the sinks will dedupe",
+                self.label,
+                len(items),
+                exc,
+            )
+        else:
+            self._m_acked.inc(len(items))
+        self._held -= len(items)
+        self._m_in_flight.set(self._held)
+
+    def _nack(self, items: Sequence[_Item], *, requeue: bool = True) -> None:
+        if not items:
+            return
+        if self._consumer is not None:
+            try:
+                self._consumer.nack([it.delivery for it in items], requeue=requeue)
+            except Exception as exc:
+                log.warning(
+                    "source %s: nack of %d messages failed (%s); the broker requeues "
+                    "them when the connection closes",
+                    self.label,
+                    len(items),
+                    exc,
+                )
+        if requeue:
+            self._m_requeued.inc(len(items))
+        self._held -= len(items)
+        self._m_in_flight.set(self._held)
+
+
+def _safe_write(sink: Sink, records: list[Record]) -> list[Result]:
+    try:
+        results = sink.write(records)
+    except Exception as exc:  # a sink bug or an unexpected library error: retry, visibly
+        log.exception("sink %s: write failed", sink.name)
+        return [Result(Outcome.RETRY, "error", f"{type(exc).__name__}: {exc}")] * len(records)
+    if len(results) != len(records):
+        reason = f"sink answered {len(results)} results for {len(records)} records"
+        log.error("sink %s: %s", sink.name, reason)
+        return [Result(Outcome.RETRY, "error", reason)] * len(records)
+    return results
+
+
+# -- the service ------------------------------------------------------------------------------
+
+
+class CollectorService:
+    """Runs the workers, the sinks and the HTTP endpoint for one configuration.
+
+    Lifecycle: :meth:`start` (non-blocking), :meth:`stop` (idempotent, thread- and
+    signal-safe), :meth:`wait` (blocks until every worker finished). :meth:`run` does all three
+    with signal handlers (SIGTERM/SIGINT stop, SIGHUP reopens file sinks) and returns 0.
+    """
+
+    def __init__(self, config: CollectorConfig) -> None:
+        self.config = config
+        self.metrics = CollectorMetrics()
+        self.host_name = config.collector.host_name or socket.gethostname()
+        self.sinks: list[Sink] = [build_sink(s) for s in config.sinks]
+        self.sink_indices = tuple(range(len(self.sinks)))
+        self.stopping = threading.Event()
+        self.finished = threading.Event()
+        self.deadline = float("inf")
+        self.workers = [_Worker(self, s) for s in config.sources]
+        self.http: HttpServer | None = None
+        self._enrich_cache: tuple[float, list[tuple[str, Any]]] = (0.0, [])
+        self._started = False
+
+    def enrichment(self) -> list[tuple[str, Any]]:
+        """(path, value) pairs to set on records; the timestamp is refreshed every 1 ms."""
+        p = self.config.pipeline
+        if not p.enrich:
+            return []
+        now = time.monotonic()
+        stamp, pairs = self._enrich_cache
+        if now - stamp < 0.001 and pairs:
+            return pairs
+        pairs = []
+        if p.received_at_field:
+            pairs.append((p.received_at_field, _utcnow_iso()))
+        if p.host_field:
+            pairs.append((p.host_field, self.host_name))
+        self._enrich_cache = (now, pairs)
+        return pairs
+
+    def start(self) -> None:
+        if self._started:
+            return
+        self._started = True
+        for sink in self.sinks:
+            sink.start()
+        address = self.config.http.address
+        if address is not None:
+            self.http = HttpServer(address, self.metrics, self.readiness)
+            self.http.start()
+            log.info("serving /metrics /healthz /readyz on %s:%d", *self.http.address)
+        for worker in self.workers:
+            worker.start()
+        log.info(
+            "collector started: %d source(s) -> %s",
+            len(self.workers),
+            ", ".join(s.name for s in self.sinks),
+        )
+
+    def readiness(self) -> tuple[bool, dict[str, Any]]:
+        sources = {w.label: w.connected and w.is_alive() for w in self.workers}
+        sinks = {s.name: s.check() for s in self.sinks}
+        ready = all(sources.values()) and all(sinks.values()) and not self.stopping.is_set()
+        return ready, {"sources": sources, "sinks": sinks}
+
+    def stop(self) -> None:
+        """Ask every worker to stop fetching and flush until ``shutdown_timeout``."""
+        if not self.stopping.is_set():
+            self.deadline = time.monotonic() + self.config.collector.shutdown_timeout
+            self.stopping.set()
+
+    def reopen(self) -> None:
+        for sink in self.sinks:
+            try:
+                sink.reopen()
+            except Exception:
+                log.exception("sink %s: reopen failed", sink.name)
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Wait for the workers (after :meth:`stop`); True if all finished."""
+        end = None if timeout is None else time.monotonic() + timeout
+        for worker in self.workers:
+            worker.join(None if end is None else max(0.0, end - time.monotonic()))
+        alive = [w for w in self.workers if w.is_alive()]
+        if not alive:
+            self.finished.set()
+        return not alive
+
+    def close(self) -> None:
+        self.stop()
+        self.wait(self.config.collector.shutdown_timeout + 5.0)
+        self.finished.set()
+        for sink in self.sinks:
+            sink.close()
+        if self.http is not None:
+            self.http.close()
+
+    def run(self) -> int:
+        """Start, block until SIGTERM/SIGINT (or :meth:`stop`), drain, close; return 0."""
+        installed: dict[signal.Signals, Any] = {}
+        if threading.current_thread() is threading.main_thread():
+
+            def _stop(signum: int, frame: FrameType | None) -> None:
+                log.info("received %s: stopping", signal.Signals(signum).name)
+                self.stop()
+
+            def _hup(signum: int, frame: FrameType | None) -> None:
+                log.info("received SIGHUP: reopening file sinks")
+                self.reopen()
+
+            for sig, handler in (
+                (signal.SIGTERM, _stop),
+                (signal.SIGINT, _stop),
+                (signal.SIGHUP, _hup),
+            ):
+                installed[sig] = signal.signal(sig, handler)
+        try:
+            self.start()
+            while not self.stopping.wait(0.5):
+                if all(not w.is_alive() for w in self.workers):
+                    log.error("every source worker has stopped; exiting")
+                    self.stop()
+            clean = self.wait(self.config.collector.shutdown_timeout + 5.0)
+            if not clean:
+                log.error(
+                    "workers did not finish within the shutdown deadline; unacked "
+                    "messages return to the broker when the process exits"
+                )
+        finally:
+            self.close()
+            for sig, previous in installed.items():
+                signal.signal(sig, previous)
+        failed = [w for w in self.workers if w.failed is not None]
+        log.info(
+            "collector stopped: acked %d, requeued %d, dead-lettered %d",
+            self.metrics.value("acked"),
+            self.metrics.value("requeued"),
+            self.metrics.value("dead_lettered"),
+        )
+        return 1 if failed else 0

@@ -1,0 +1,36 @@
+"""Collector sinks: where records go. :func:`build_sink` turns a sink config into a sink."""
+
+from __future__ import annotations
+
+from ..config import (
+    ElasticsearchSinkConfig,
+    FileSinkConfig,
+    LogstashSinkConfig,
+    NullSinkConfig,
+    SinkConfig,
+)
+from .base import Outcome, Record, Result, Sink
+
+__all__ = ["Outcome", "Record", "Result", "Sink", "build_sink"]
+
+
+def build_sink(config: SinkConfig) -> Sink:
+    """Instantiate the sink for ``config`` (imports the optional client library lazily)."""
+    if isinstance(config, ElasticsearchSinkConfig):
+        from .elasticsearch import ElasticsearchSink
+
+        return ElasticsearchSink(config)
+    if isinstance(config, LogstashSinkConfig):
+        from .logstash import make_logstash_sink
+
+        return make_logstash_sink(config)
+    if isinstance(config, FileSinkConfig):
+        from .file import FileSink, StdoutSink
+
+        return StdoutSink(config) if config.type == "stdout" else FileSink(config)
+    if isinstance(config, NullSinkConfig):
+        from .file import NullSink
+
+        return NullSink(config)
+    msg = f"unknown sink configuration {type(config).__name__}"  # pragma: no cover
+    raise TypeError(msg)  # pragma: no cover

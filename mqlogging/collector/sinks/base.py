@@ -1,0 +1,126 @@
+"""The sink interface: write a batch, answer one :class:`Outcome` per record.
+
+A sink never decides what happens to a message in the broker; it only says, per record, whether
+it has it (``DONE``), whether trying again may help (``RETRY``: throttled, unavailable, timed
+out) or whether it never will (``REJECT``: the document itself is bad — the pipeline
+dead-letters it with ``reason``). The pipeline acks a message only when every sink said
+``DONE`` (or its dead-letter copy is confirmed), so a sink must answer ``DONE`` only for records
+it has durably accepted (as far as its protocol can tell: see the TCP sink).
+
+Thread-safety: one sink instance is shared by every source thread; implementations lock
+whatever they must (the Elasticsearch and HTTP clients are thread-safe pools).
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["Outcome", "Record", "Result", "Sink", "dumps"]
+
+try:
+    import orjson
+
+    def dumps(obj: Any) -> bytes:
+        """Compact JSON bytes (orjson when installed: ``mqlogging[fast]``)."""
+        return orjson.dumps(obj, default=str)
+
+except ImportError:  # pragma: no cover - orjson is in the dev environment
+
+    def dumps(obj: Any) -> bytes:
+        """Compact JSON bytes (orjson when installed: ``mqlogging[fast]``)."""
+        return json.dumps(obj, separators=(",", ":"), ensure_ascii=False, default=str).encode()
+
+
+class Outcome(enum.Enum):
+    """Per-record result of one write attempt."""
+
+    DONE = "done"
+    RETRY = "retry"
+    REJECT = "reject"
+
+
+@dataclass(frozen=True, slots=True)
+class Result:
+    """The outcome for one record, with the sink's words for why (``status``: a metric label
+    such as ``created``, ``conflict``, ``429``, ``timeout``; ``reason``: free text)."""
+
+    outcome: Outcome
+    status: str = ""
+    reason: str = ""
+
+
+DONE = Result(Outcome.DONE, "ok")
+
+
+@dataclass(slots=True, eq=False)
+class Record:
+    """A decoded log record on its way to the sinks.
+
+    ``doc`` is the (enriched) JSON object; ``id`` is the record id (``event.id`` / ``id`` in the
+    body, else the transport id) and becomes the Elasticsearch ``_id``.
+    """
+
+    id: str
+    doc: dict[str, Any]
+    size: int
+    _encoded: bytes | None = field(default=None, repr=False)
+
+    def encoded(self) -> bytes:
+        """The document as compact JSON, encoded once and shared by every sink."""
+        if self._encoded is None:
+            self._encoded = dumps(self.doc)
+        return self._encoded
+
+
+class Sink(ABC):
+    """A destination for records. ``name`` is the metric label (no secrets)."""
+
+    name: str
+
+    @abstractmethod
+    def write(self, records: Sequence[Record]) -> list[Result]:
+        """Write ``records``; return exactly one :class:`Result` per record, in order.
+
+        Failures of the whole request (connection refused, timeout, 503) are reported as
+        ``RETRY`` results for every record, not raised; an exception escaping here is treated
+        the same way by the pipeline.
+        """
+
+    def check(self) -> bool:
+        """Whether the sink is reachable right now (for ``/readyz``). Cheap, bounded time."""
+        return True
+
+    def start(self) -> None:  # noqa: B027 - optional hook
+        """Prepare (e.g. install an index template). Failures are logged, not fatal."""
+
+    def reopen(self) -> None:  # noqa: B027 - optional hook
+        """Reopen files (SIGHUP, after logrotate moved them). Default: nothing to do."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release connections and files. Idempotent."""
+
+
+def all_results(count: int, result: Result) -> list[Result]:
+    return [result] * count
+
+
+def split_by_size(records: Sequence[Record], limit: int, overhead: int = 0) -> list[list[Record]]:
+    """Cut ``records`` into consecutive chunks whose encoded size stays under ``limit``."""
+    chunks: list[list[Record]] = []
+    current: list[Record] = []
+    size = 0
+    for record in records:
+        item = len(record.encoded()) + overhead
+        if current and size + item > limit:
+            chunks.append(current)
+            current, size = [], 0
+        current.append(record)
+        size += item
+    if current:
+        chunks.append(current)
+    return chunks

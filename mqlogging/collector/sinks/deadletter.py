@@ -1,0 +1,110 @@
+"""Dead letters: a confirmed copy of a poison message, with the reason, before it is acked.
+
+A dead letter is a JSON object::
+
+    {"reason": "...", "stage": "decode" | "sink" | "retries", "source": "<redacted url>",
+     "record_id": "...", "dead_lettered_at": "2024-...Z", "collector": "host",
+     "message": "<original body as text>"}      # or "message_base64" when it is not UTF-8
+
+published through the ordinary transport layer (:func:`mqlogging.backends.open_producer`): to
+a broker queue (AMQP publisher confirms / STOMP receipt) or to a ``local://`` spool directory.
+``publish_batch`` returns only once the copy is confirmed, and only then is the original acked —
+so a crash in between yields a duplicate dead letter, never a lost one.
+
+Thread-safety: one writer per source thread (producers are single-thread-owned).
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+from ..._ids import new_id
+from ..._types import Delivery, Message
+from ...backends import Producer, open_producer
+from ...backends.endpoints import Endpoint
+from .base import dumps
+
+__all__ = ["DeadLetter", "DeadLetterWriter", "dead_letter_body"]
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """One message to dead-letter, with why."""
+
+    delivery: Delivery
+    reason: str
+    stage: str
+    record_id: str = ""
+
+
+def dead_letter_body(letter: DeadLetter, *, source: str, collector: str) -> dict[str, Any]:
+    """The JSON document stored for ``letter`` (see the module docstring)."""
+    doc: dict[str, Any] = {
+        "reason": letter.reason,
+        "stage": letter.stage,
+        "source": source,
+        "record_id": letter.record_id or letter.delivery.id,
+        "dead_lettered_at": datetime.now(timezone.utc)
+        .isoformat(timespec="milliseconds")
+        .replace("+00:00", "Z"),
+        "collector": collector,
+    }
+    body = letter.delivery.body
+    try:
+        doc["message"] = body.decode("utf-8")
+    except UnicodeDecodeError:
+        doc["message_base64"] = base64.b64encode(body).decode("ascii")
+    headers = _plain_headers(letter.delivery.headers)
+    if headers:
+        doc["headers"] = headers
+    return doc
+
+
+def _plain_headers(headers: Mapping[str, Any]) -> dict[str, str]:
+    out = {}
+    for key, value in headers.items():
+        if "pass" in str(key).lower() or "auth" in str(key).lower():
+            continue
+        out[str(key)] = value if isinstance(value, str) else repr(value)
+    return out
+
+
+class DeadLetterWriter:
+    """Publishes dead letters to one endpoint; connects lazily, reconnects after failures."""
+
+    def __init__(self, endpoint: Endpoint, *, source: str, collector: str) -> None:
+        self.endpoint = endpoint
+        self.source = source
+        self.collector = collector
+        self._producer: Producer | None = None
+
+    def write(self, letters: Sequence[DeadLetter]) -> None:
+        """Publish ``letters`` and return once confirmed.
+
+        Raises:
+            BackendError: not confirmed; the caller keeps the originals and retries later.
+        """
+        if not letters:
+            return
+        messages = [
+            Message(
+                new_id(), dumps(dead_letter_body(x, source=self.source, collector=self.collector))
+            )
+            for x in letters
+        ]
+        if self._producer is None:
+            self._producer = open_producer(self.endpoint)
+        try:
+            self._producer.publish_batch(messages)
+        except Exception:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        if self._producer is not None:
+            producer, self._producer = self._producer, None
+            producer.close()

@@ -1,0 +1,230 @@
+"""Logstash sinks: the ``http`` input (acknowledged) and the ``tcp`` input (``json_lines``).
+
+HTTP (preferred). One ``POST`` per batch, ``Content-Type: application/json``, the body a JSON
+*array* of events: the ``http`` input decodes ``application/json`` with its ``json`` codec, which
+turns a top-level array into one event per element (no ``additional_codecs`` setting needed).
+Logstash answers ``200 ok`` once the events are in its pipeline queue (with a persistent queue,
+on disk), ``429`` when the queue is full (back off: we retry), ``401`` when credentials are
+wrong (retried: fix the config; the broker keeps the messages). ``413``/``400`` split the batch
+until the offending event is alone, which is then dead-lettered. Basic auth and TLS (CA,
+``verify``, client certificate) are supported.
+
+TCP (``tcp://host:port``, ``tcp+ssl://``). Events are written as JSON lines, which is what the
+``tcp`` input with ``codec => json_lines`` reads. **TCP has no acknowledgement**: a record counts
+as delivered once ``sendall`` returned, i.e. the kernel took it; if Logstash dies before
+processing what it had buffered, those records are lost although the broker message was acked.
+Use the HTTP input (with a persistent queue) when that matters.
+"""
+
+from __future__ import annotations
+
+import base64
+import http.client
+import select
+import socket
+import ssl
+import threading
+from collections.abc import Sequence
+from urllib.parse import urlsplit
+
+from ..config import LogstashSinkConfig
+from .base import DONE, Outcome, Record, Result, Sink
+
+__all__ = ["LogstashHttpSink", "LogstashTcpSink", "make_logstash_sink"]
+
+
+def make_logstash_sink(config: LogstashSinkConfig) -> Sink:
+    return LogstashTcpSink(config) if config.protocol == "tcp" else LogstashHttpSink(config)
+
+
+def _ssl_context(config: LogstashSinkConfig) -> ssl.SSLContext:
+    ctx = ssl.create_default_context(cafile=config.ca_certs)
+    if not config.verify:
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+    if config.certfile:
+        ctx.load_cert_chain(config.certfile, config.keyfile)
+    return ctx
+
+
+class LogstashHttpSink(Sink):
+    """POSTs each batch as a JSON array. Thread-safe: one keep-alive connection per thread."""
+
+    def __init__(self, config: LogstashSinkConfig) -> None:
+        self.config = config
+        self.name = config.label
+        parts = urlsplit(config.url)
+        self._tls = parts.scheme == "https"
+        self._host = parts.hostname or "127.0.0.1"
+        self._port = parts.port or (443 if self._tls else 80)
+        self._path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        self._headers = {"Content-Type": "application/json", "Connection": "keep-alive"}
+        user = config.username if config.username is not None else parts.username
+        password = config.password.reveal() if config.password else (parts.password or "")
+        if user is not None:
+            token = base64.b64encode(f"{user}:{password}".encode()).decode()
+            self._headers["Authorization"] = f"Basic {token}"
+        self._context = _ssl_context(config) if self._tls else None
+        self._local = threading.local()
+        self._all: list[http.client.HTTPConnection] = []
+        self._lock = threading.Lock()
+
+    def _connection(self) -> http.client.HTTPConnection:
+        conn: http.client.HTTPConnection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            if self._tls:
+                conn = http.client.HTTPSConnection(
+                    self._host, self._port, timeout=self.config.timeout, context=self._context
+                )
+            else:
+                conn = http.client.HTTPConnection(
+                    self._host, self._port, timeout=self.config.timeout
+                )
+            self._local.conn = conn
+            with self._lock:
+                self._all.append(conn)
+        return conn
+
+    def _drop_connection(self) -> None:
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            conn.close()
+            self._local.conn = None
+
+    def write(self, records: Sequence[Record]) -> list[Result]:
+        if not records:
+            return []
+        limit = self.config.max_request_bytes
+        results: list[Result] = []
+        chunk: list[Record] = []
+        size = 0
+        for record in records:
+            n = len(record.encoded()) + 1
+            if chunk and size + n > limit:
+                results += self._post(chunk)
+                chunk, size = [], 0
+            chunk.append(record)
+            size += n
+        results += self._post(chunk)
+        return results
+
+    def _post(self, records: Sequence[Record]) -> list[Result]:
+        body = b"[" + b",".join(r.encoded() for r in records) + b"]"
+        try:
+            status, text = self._request(body)
+        except (OSError, http.client.HTTPException) as exc:
+            self._drop_connection()
+            kind = "timeout" if isinstance(exc, TimeoutError | socket.timeout) else "unavailable"
+            return [Result(Outcome.RETRY, kind, f"{kind}: {exc}")] * len(records)
+        if 200 <= status < 300:
+            return [DONE] * len(records)
+        if status in (400, 413) and len(records) > 1:
+            half = len(records) // 2
+            return self._post(records[:half]) + self._post(records[half:])
+        reason = f"{status} {text[:300]}".strip()
+        if status in (400, 413):
+            return [Result(Outcome.REJECT, str(status), reason)]
+        return [Result(Outcome.RETRY, str(status), reason)] * len(records)
+
+    def _request(self, body: bytes) -> tuple[int, str]:
+        # One retry on a stale keep-alive connection closed by the server between batches.
+        for attempt in (0, 1):
+            conn = self._connection()
+            try:
+                conn.request("POST", self._path, body=body, headers=self._headers)
+                response = conn.getresponse()
+                text = response.read().decode("utf-8", "replace")
+                if response.will_close:
+                    self._drop_connection()
+                return response.status, text
+            except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError):
+                self._drop_connection()
+                if attempt:
+                    raise
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def check(self) -> bool:
+        try:
+            with socket.create_connection((self._host, self._port), timeout=2.0):
+                return True
+        except OSError:
+            return False
+
+    def close(self) -> None:
+        with self._lock:
+            for conn in self._all:
+                conn.close()
+            self._all.clear()
+
+
+def _peer_closed(sock: socket.socket) -> bool:
+    """True when the peer has closed (EOF or error pending); Logstash never talks on tcp."""
+    try:
+        readable, _, _ = select.select([sock], [], [], 0)
+        if not readable:
+            return False
+        if isinstance(sock, ssl.SSLSocket):
+            return True  # readable TLS socket: close_notify or EOF (the input never writes)
+        return sock.recv(1, socket.MSG_PEEK) == b""
+    except (OSError, ValueError):
+        return True
+
+
+class LogstashTcpSink(Sink):
+    """Writes JSON lines on one TCP (optionally TLS) connection, reconnecting after errors.
+
+    Delivery: "done" means the kernel accepted the bytes — see the module docstring.
+    """
+
+    def __init__(self, config: LogstashSinkConfig) -> None:
+        self.config = config
+        self.name = config.label
+        parts = urlsplit(config.url)
+        self._host = parts.hostname or "127.0.0.1"
+        self._port = parts.port or 5000
+        self._context = _ssl_context(config) if parts.scheme == "tcp+ssl" else None
+        self._sock: socket.socket | None = None
+        self._lock = threading.Lock()
+
+    def _connect(self) -> socket.socket:
+        sock = socket.create_connection((self._host, self._port), timeout=self.config.timeout)
+        if self._context is not None:
+            sock = self._context.wrap_socket(sock, server_hostname=self._host)
+        return sock
+
+    def write(self, records: Sequence[Record]) -> list[Result]:
+        if not records:
+            return []
+        payload = b"".join(r.encoded() + b"\n" for r in records)
+        with self._lock:
+            try:
+                if self._sock is not None and _peer_closed(self._sock):
+                    self._close_socket()  # don't write into a connection Logstash closed
+                if self._sock is None:
+                    self._sock = self._connect()
+                self._sock.sendall(payload)
+            except OSError as exc:
+                self._close_socket()
+                kind = (
+                    "timeout" if isinstance(exc, TimeoutError | socket.timeout) else "unavailable"
+                )
+                return [Result(Outcome.RETRY, kind, f"{kind}: {exc}")] * len(records)
+        return [DONE] * len(records)
+
+    def _close_socket(self) -> None:
+        if self._sock is not None:
+            try:
+                self._sock.close()
+            finally:
+                self._sock = None
+
+    def check(self) -> bool:
+        try:
+            with socket.create_connection((self._host, self._port), timeout=2.0):
+                return True
+        except OSError:
+            return False
+
+    def close(self) -> None:
+        with self._lock:
+            self._close_socket()

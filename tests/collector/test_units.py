@@ -1,0 +1,137 @@
+"""Unit tests without brokers: decoding, the Elasticsearch sink's per-item classification
+(against the fault-injecting ``_bulk`` stand-in), dead-letter documents, the file sink."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from mqlogging._types import Delivery
+from mqlogging.collector.config import ElasticsearchSinkConfig, FileSinkConfig
+from mqlogging.collector.service import decode
+from mqlogging.collector.sinks import Outcome, Record
+from mqlogging.collector.sinks.deadletter import DeadLetter, dead_letter_body
+from mqlogging.collector.sinks.elasticsearch import ElasticsearchSink
+from mqlogging.collector.sinks.file import FileSink
+from tests.collector.support import BulkStandIn, ecs_record
+
+
+def _d(body: bytes, id: str = "t-1") -> Delivery:
+    return Delivery(id=id, body=body, tag=None)
+
+
+def _records(n: int) -> list[Record]:
+    out = []
+    for i in range(n):
+        doc = ecs_record(i)
+        out.append(Record(doc["event"]["id"], doc, 100))
+    return out
+
+
+class TestDecode:
+    def test_ecs_id_and_enrichment(self) -> None:
+        """The record id comes from ``event.id``; enrichment sets absent dotted fields only."""
+        doc = ecs_record(1)
+        record, reason = decode(
+            _d(json.dumps(doc).encode()),
+            max_bytes=10_000,
+            max_depth=10,
+            enrich=[("event.ingested", "NOW"), ("log.level", "x")],
+        )
+        assert record is not None
+        assert reason == ""
+        assert doc["event"]["id"] == record.id
+        assert record.doc["event"]["ingested"] == "NOW"
+        assert record.doc["log"]["level"] == "info"
+
+    def test_id_fallbacks(self) -> None:
+        """Top-level ``id`` is used, else the transport id."""
+        r1, _ = decode(_d(b'{"id": "abc"}'), max_bytes=100, max_depth=5)
+        r2, _ = decode(_d(b'{"x": 1}', id="transport"), max_bytes=100, max_depth=5)
+        assert r1 is not None
+        assert r2 is not None
+        assert (r1.id, r2.id) == ("abc", "transport")
+
+    def test_poison_reasons(self) -> None:
+        """Each kind of undecodable message gets its own reason."""
+        deep = b'{"a":' * 40 + b"1" + b"}" * 40
+        cases = {
+            b"{nope": "invalid JSON",
+            b"\xff{}": "invalid UTF-8",
+            b"[1]": "not a JSON object",
+            b"{}" + b" " * 200: "oversize",
+            deep: "nested too deeply",
+        }
+        for body, expected in cases.items():
+            record, reason = decode(
+                _d(body), max_bytes=150 if expected == "oversize" else 10_000, max_depth=20
+            )
+            assert record is None
+            assert reason.startswith(expected), (body[:20], reason)
+
+
+class TestElasticsearchSink:
+    def test_413_splits_until_it_fits(self) -> None:
+        """A 413 for the whole request splits the batch; everything is stored."""
+        with BulkStandIn(max_items=30) as es:
+            sink = ElasticsearchSink(ElasticsearchSinkConfig(hosts=(es.url,)))
+            results = sink.write(_records(100))
+            assert [r.outcome for r in results] == [Outcome.DONE] * 100
+            assert len(es.docs) == 100
+
+    def test_per_item_classification(self) -> None:
+        """Per-item 201 → done, 409 → done ("conflict"), 429/503 → retry, 400 → reject with
+        Elasticsearch's error text; results keep the request order."""
+        statuses = {0: 409, 1: 429, 2: 503, 3: 400}
+        with BulkStandIn(lambda req, item: statuses.get(item) if item >= 0 else None) as es:
+            sink = ElasticsearchSink(ElasticsearchSinkConfig(hosts=(es.url,)))
+            results = sink.write(_records(5))
+        assert [r.outcome for r in results] == [
+            Outcome.DONE,
+            Outcome.RETRY,
+            Outcome.RETRY,
+            Outcome.REJECT,
+            Outcome.DONE,
+        ]
+        assert results[0].status == "conflict"
+        assert "document_parsing_exception" in results[3].reason
+
+    def test_unreachable_is_retry(self) -> None:
+        """Connection refused: every item is ``RETRY`` (not an exception)."""
+        sink = ElasticsearchSink(
+            ElasticsearchSinkConfig(hosts=("http://127.0.0.1:1",), request_timeout=2.0)
+        )
+        results = sink.write(_records(3))
+        assert {Outcome.RETRY} == {r.outcome for r in results}
+        assert not sink.check()
+
+
+class TestDeadLetterBody:
+    def test_binary_body_is_base64(self) -> None:
+        """A non-UTF-8 original is kept as base64; reason and source are recorded."""
+        body = dead_letter_body(
+            DeadLetter(_d(b"\xff\x00"), "invalid UTF-8: x", "decode"),
+            source="amqp://h/",
+            collector="c1",
+        )
+        assert body["message_base64"] == "/wA="
+        assert (body["reason"], body["stage"], body["source"], body["collector"]) == (
+            "invalid UTF-8: x",
+            "decode",
+            "amqp://h/",
+            "c1",
+        )
+
+
+class TestFileSink:
+    def test_rotation_keeps_backups(self, tmp_path: Path) -> None:
+        """Size rotation keeps at most ``backups`` old files and never splits a batch."""
+        path = tmp_path / "o.jsonl"
+        sink = FileSink(FileSinkConfig(path=str(path), max_bytes=2000, backups=2, fsync=False))
+        for _ in range(10):
+            sink.write(_records(5))
+        sink.close()
+        names = sorted(p.name for p in tmp_path.iterdir())
+        assert names == ["o.jsonl", "o.jsonl.1", "o.jsonl.2"]
+        for p in tmp_path.iterdir():
+            assert len(p.read_text().splitlines()) % 5 == 0
