@@ -22,8 +22,98 @@ def build_parser() -> argparse.ArgumentParser:
         description="Centralised structured logging over message brokers.",
     )
     parser.add_argument("--version", action="version", version=f"mqlogging {__version__}")
-    parser.add_subparsers(dest="command", metavar="COMMAND")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    _add_collect(subparsers)
+    _add_spool(subparsers)
+    _add_rabbitmq(subparsers)
     return parser
+
+
+def _add_collect(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """``mqlogging collect --config FILE [--check]``: run (or validate) the collector."""
+    parser = subparsers.add_parser(
+        "collect",
+        help="drain broker queues into Elasticsearch / Logstash / files",
+        description="Run the collector service (SIGTERM: drain and exit 0; SIGHUP: reopen files).",
+    )
+
+    def run(args: argparse.Namespace) -> int:
+        from .collector import run_command
+
+        return run_command(args)
+
+    from .collector import add_arguments
+
+    add_arguments(parser)
+    parser.set_defaults(run=run)
+
+
+def _add_spool(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """``mqlogging spool inspect|export|replay DIR``: look at or ship a handler's spool."""
+    parser = subparsers.add_parser(
+        "spool",
+        help="inspect, export or replay a spool directory (records kept while brokers were down)",
+        description="Work on a spool directory offline: copy it anywhere and replay it from there.",
+    )
+    actions = parser.add_subparsers(dest="spool_command", metavar="ACTION", required=True)
+
+    inspect = actions.add_parser("inspect", help="records, bytes, oldest/newest, corrupt lines")
+    inspect.add_argument("directory", metavar="DIR")
+    inspect.add_argument("--json", action="store_true", help="print the summary as JSON")
+
+    export = actions.add_parser("export", help="write the records to stdout as JSON lines")
+    export.add_argument("directory", metavar="DIR")
+
+    replay = actions.add_parser(
+        "replay", help="publish the records to a broker, deleting only what it confirmed"
+    )
+    replay.add_argument("directory", metavar="DIR")
+    replay.add_argument("--to", required=True, metavar="URL", help="endpoint URL to publish to")
+    replay.add_argument("--batch-size", type=int, default=500, metavar="N")
+    replay.add_argument("--quiet", action="store_true", help="no progress on stderr")
+
+    def run(args: argparse.Namespace) -> int:
+        from .handlers import _replay
+
+        if args.spool_command == "inspect":
+            return _replay.inspect_command(args.directory, as_json=args.json)
+        if args.spool_command == "export":
+            return _replay.export_command(args.directory)
+        return _replay.replay_command(
+            args.directory, args.to, batch_size=args.batch_size, quiet=args.quiet
+        )
+
+    parser.set_defaults(run=run)
+
+
+def _add_rabbitmq(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """``mqlogging rabbitmq setup --url URL ...``: least-privilege topology and users."""
+    parser = subparsers.add_parser(
+        "rabbitmq",
+        help="set up RabbitMQ for logging: exchange, queues, least-privilege users",
+        description="Administer RabbitMQ through its management HTTP API.",
+    )
+    actions = parser.add_subparsers(dest="rabbitmq_command", metavar="ACTION", required=True)
+    setup = actions.add_parser(
+        "setup",
+        help="declare exchange, queue, dead-letter exchange/queue, producer and collector users",
+        description=(
+            "Idempotently declare the logging topology and two users: a producer that can only "
+            "publish to the exchange and a collector that can only consume the queue. Clients "
+            "must then use declare=false. Passwords are read from files or environment "
+            "variables, never from the command line."
+        ),
+    )
+    from .rabbitmq_setup import add_arguments
+
+    add_arguments(setup)
+
+    def run(args: argparse.Namespace) -> int:
+        from .rabbitmq_setup import run_command
+
+        return run_command(args)
+
+    parser.set_defaults(run=run)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -737,8 +737,10 @@ _ACTIVEMQ_XML = """\
         <tempUsage><tempUsage limit="1 gb"/></tempUsage>
       </systemUsage>
     </systemUsage>
+    <!--mqlt:extra_xml-->
     <transportConnectors>
       <transportConnector name="stomp" uri="stomp://127.0.0.1:${stomp.port}"/>
+      <!--mqlt:extra_connectors-->
     </transportConnectors>
   </broker>
 </beans>
@@ -762,22 +764,40 @@ class ActiveMQ(Broker):
     """A private ActiveMQ 5 broker: one STOMP connector on loopback, KahaDB persistence.
 
     Any login is accepted. Persistent messages (``persistent:true``) survive ``kill()``.
+
+    Args:
+        extra_xml: elements inserted into ``<broker>`` before ``<transportConnectors>``, e.g.
+            an ``<sslContext>`` with key and trust stores.
+        extra_connectors: ``<transportConnector .../>`` elements added after the STOMP one,
+            e.g. ``stomp+ssl://127.0.0.1:PORT``.
+        extra_ports: the ports those connectors listen on (fixed by the caller), so that
+            ``kill()`` waits for them to be free too.
     """
 
     name = "activemq"
     start_timeout = 60.0
 
-    def __init__(self, base_dir: str | os.PathLike[str] | None = None) -> None:
+    def __init__(
+        self,
+        base_dir: str | os.PathLike[str] | None = None,
+        *,
+        extra_xml: str = "",
+        extra_connectors: str = "",
+        extra_ports: tuple[int, ...] = (),
+    ) -> None:
         super().__init__(base_dir)
         self.host = HOST
-        self.stomp_port = _reserve_port()
+        self.extra_xml = extra_xml
+        self.extra_connectors = extra_connectors
+        self.extra_ports = tuple(extra_ports)
+        self.stomp_port = _reserve_port(set(self.extra_ports))
 
     def _reallocate_ports(self) -> None:
-        self.stomp_port = _reserve_port()
+        self.stomp_port = _reserve_port(set(self.extra_ports))
 
     @property
     def ports(self) -> tuple[int, ...]:
-        return (self.stomp_port,)
+        return (self.stomp_port, *self.extra_ports)
 
     @property
     def stomp_url(self) -> str:
@@ -791,7 +811,10 @@ class ActiveMQ(Broker):
     def _prepare(self) -> None:
         for sub in ("conf", "data", "tmp"):
             (self.dir / sub).mkdir(exist_ok=True)
-        (self.dir / "conf" / "activemq.xml").write_text(_ACTIVEMQ_XML)
+        xml = _ACTIVEMQ_XML.replace("<!--mqlt:extra_xml-->", self.extra_xml).replace(
+            "<!--mqlt:extra_connectors-->", self.extra_connectors
+        )
+        (self.dir / "conf" / "activemq.xml").write_text(xml)
         (self.dir / "conf" / "log4j2.properties").write_text(_LOG4J2)
 
     def _command(self) -> list[str]:

@@ -6,8 +6,6 @@ to the ``rabbitmq`` fixture to start it again for the next test.
 
 from __future__ import annotations
 
-import datetime
-import ipaddress
 import threading
 import time
 from collections.abc import Iterator
@@ -24,6 +22,7 @@ from mqlogging.backends.amqp import AMQPConsumer, AMQPProducer
 from mqlogging.errors import BackendError, ConnectError, NotConfirmed, PublishTimeout
 from tests.brokers import RabbitMQ
 from tests.helpers import BlackholeServer, free_port, wait_until
+from tests.tls import make_pki
 
 pytestmark = pytest.mark.rabbitmq
 
@@ -468,94 +467,9 @@ def _collect(consumer: AMQPConsumer, n: int) -> list[Delivery]:
 
 
 def _write_pki(directory: Path) -> dict[str, str]:
-    """A throwaway CA, a server certificate for 127.0.0.1 and a client certificate whose CN
-    is the RabbitMQ user ``mqlt-x509``; plus an unrelated CA. Returns PEM paths."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    now = datetime.datetime.now(datetime.timezone.utc)
-    paths: dict[str, str] = {}
-
-    def save_key(name: str, key: Any) -> None:
-        path = directory / f"{name}.key"
-        path.write_bytes(
-            key.private_bytes(
-                serialization.Encoding.PEM,
-                serialization.PrivateFormat.TraditionalOpenSSL,
-                serialization.NoEncryption(),
-            )
-        )
-        paths[f"{name}_key"] = str(path)
-
-    def save_cert(name: str, cert: Any) -> None:
-        path = directory / f"{name}.pem"
-        path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-        paths[name] = str(path)
-
-    def make_ca(cn: str) -> tuple[Any, Any]:
-        key = ec.generate_private_key(ec.SECP256R1())
-        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
-        cert = (
-            x509.CertificateBuilder()
-            .subject_name(name)
-            .issuer_name(name)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(days=1))
-            .not_valid_after(now + datetime.timedelta(days=2))
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-            .add_extension(
-                x509.KeyUsage(
-                    digital_signature=True, content_commitment=False, key_encipherment=False,
-                    data_encipherment=False, key_agreement=False, key_cert_sign=True,
-                    crl_sign=True, encipher_only=False, decipher_only=False,
-                ),
-                critical=True,
-            )
-            .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), False)
-            .sign(key, hashes.SHA256())
-        )  # fmt: skip
-        return key, cert
-
-    def issue(ca_key: Any, ca_cert: Any, cn: str, server: bool) -> tuple[Any, Any]:
-        key = ec.generate_private_key(ec.SECP256R1())
-        builder = (
-            x509.CertificateBuilder()
-            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)]))
-            .issuer_name(ca_cert.subject)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(days=1))
-            .not_valid_after(now + datetime.timedelta(days=2))
-            .add_extension(
-                x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), False
-            )
-            .add_extension(
-                x509.ExtendedKeyUsage(
-                    [x509.ExtendedKeyUsageOID.SERVER_AUTH if server
-                     else x509.ExtendedKeyUsageOID.CLIENT_AUTH]
-                ),
-                critical=False,
-            )
-        )  # fmt: skip
-        if server:
-            san = [x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("localhost")]
-            builder = builder.add_extension(x509.SubjectAlternativeName(san), critical=False)
-        return key, builder.sign(ca_key, hashes.SHA256())
-
-    ca_key, ca_cert = make_ca("mqlogging test CA")
-    save_cert("ca", ca_cert)
-    server_key, server_cert = issue(ca_key, ca_cert, "localhost", server=True)
-    save_cert("server", server_cert)
-    save_key("server", server_key)
-    client_key, client_cert = issue(ca_key, ca_cert, "mqlt-x509", server=False)
-    save_cert("client", client_cert)
-    save_key("client", client_key)
-    _, other_ca = make_ca("some other CA")
-    save_cert("other_ca", other_ca)
-    return paths
+    """The shared throwaway PKI (``tests/tls.py``): CA, server certificate for 127.0.0.1, a
+    client certificate whose CN is the RabbitMQ user ``mqlt-x509``, an unrelated CA."""
+    return make_pki(directory).as_dict()
 
 
 class _TLSRabbitMQ(RabbitMQ):
