@@ -98,7 +98,8 @@ class PipelineConfig:
 
     A batch is written when it holds ``batch_max_count`` records or ``batch_max_bytes`` bytes,
     or ``batch_max_wait`` seconds after its first record arrived. Messages larger than
-    ``max_message_bytes`` or nested deeper than ``max_depth`` are dead-lettered, never sent.
+    ``max_message_bytes``, nested deeper than ``max_depth`` or with more than ``max_fields``
+    keys (Elasticsearch's default mapping limit is 1000 fields) are dead-lettered, never sent.
     Failed items are retried with capped, jittered backoff (``retry_initial`` .. ``retry_max``
     seconds); ``max_attempts = 0`` retries for as long as it takes (the broker keeps the
     messages; every retry is counted and logged), N > 0 dead-letters an item after N attempts.
@@ -111,6 +112,7 @@ class PipelineConfig:
     batch_max_wait: float = 1.0
     max_message_bytes: int = 1024 * 1024
     max_depth: int = 64
+    max_fields: int = 1000
     enrich: bool = True
     received_at_field: str = "event.ingested"
     host_field: str = ""
@@ -119,7 +121,13 @@ class PipelineConfig:
     max_attempts: int = 0
 
     def __post_init__(self) -> None:
-        for name in ("batch_max_count", "batch_max_bytes", "max_message_bytes", "max_depth"):
+        for name in (
+            "batch_max_count",
+            "batch_max_bytes",
+            "max_message_bytes",
+            "max_depth",
+            "max_fields",
+        ):
             if getattr(self, name) < 1:
                 msg = f"{name} must be a positive integer, not {getattr(self, name)!r}"
                 raise ConfigurationError(msg)

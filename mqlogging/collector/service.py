@@ -86,17 +86,25 @@ def _utcnow_iso() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
-def _depth_ok(doc: Any, limit: int) -> bool:
+def _shape_problem(doc: Any, max_depth: int, max_fields: int) -> str:
+    """Why ``doc`` is too deep or has too many fields (counted over every nested object), or ''.
+
+    Iterative, so a hostile document cannot exhaust the interpreter's stack.
+    """
+    fields = 0
     stack: list[tuple[Any, int]] = [(doc, 1)]
     while stack:
         value, depth = stack.pop()
-        if depth > limit:
-            return False
+        if depth > max_depth:
+            return f"nested too deeply: more than {max_depth} levels"
         if isinstance(value, dict):
+            fields += len(value)
+            if fields > max_fields:
+                return f"too many fields: more than max_fields {max_fields}"
             stack.extend((v, depth + 1) for v in value.values() if isinstance(v, dict | list))
         elif isinstance(value, list):
             stack.extend((v, depth + 1) for v in value if isinstance(v, dict | list))
-    return True
+    return ""
 
 
 def _record_id(doc: dict[str, Any], delivery: Delivery) -> str:
@@ -132,12 +140,15 @@ def decode(
     *,
     max_bytes: int,
     max_depth: int,
+    max_fields: int = 1000,
     enrich: Sequence[tuple[str, Any]] = (),
 ) -> tuple[Record | None, str]:
     """Decode one message into a :class:`Record`, or return ``(None, reason)`` for a poison one.
 
-    Poison: larger than ``max_bytes``, not UTF-8, not JSON, not a JSON object, or nested deeper
-    than ``max_depth``. ``enrich`` is a list of (dotted path, value) set when absent.
+    Poison: larger than ``max_bytes``, not UTF-8, not JSON, not a JSON object, nested deeper
+    than ``max_depth``, or with more than ``max_fields`` keys in all (a field explosion would
+    otherwise hit Elasticsearch's mapping limit, or blow it up). ``enrich`` is a list of
+    (dotted path, value) set when absent.
     """
     body = delivery.body
     if len(body) > max_bytes:
@@ -154,9 +165,12 @@ def decode(
         return None, f"invalid JSON: {exc}"
     if not isinstance(doc, dict):
         return None, f"not a JSON object: got {type(doc).__name__}"
-    # Cheap pre-check (C speed): fewer brackets than the limit cannot nest deeper than it.
-    if body.count(b"{") + body.count(b"[") > max_depth and not _depth_ok(doc, max_depth):
-        return None, f"nested too deeply: more than {max_depth} levels"
+    # Cheap pre-checks (C speed): fewer brackets than the limit cannot nest deeper than it,
+    # and every key is followed by a colon, so fewer colons than the limit means fewer keys.
+    if body.count(b"{") + body.count(b"[") > max_depth or body.count(b":") > max_fields:
+        problem = _shape_problem(doc, max_depth, max_fields)
+        if problem:
+            return None, problem
     for path, value in enrich:
         _set_path(doc, path, value)
     return Record(_record_id(doc, delivery), doc, len(body)), ""
@@ -171,6 +185,7 @@ def _reason_class(reason: str) -> str:
         "invalid JSON",
         "not a JSON object",
         "nested too deeply",
+        "too many fields",
         "gave up",
     ):
         if reason.startswith(known):
@@ -317,7 +332,11 @@ class _Worker(threading.Thread):
             self._first_at = time.monotonic()
         for delivery in deliveries:
             record, reason = decode(
-                delivery, max_bytes=p.max_message_bytes, max_depth=p.max_depth, enrich=enrich
+                delivery,
+                max_bytes=p.max_message_bytes,
+                max_depth=p.max_depth,
+                max_fields=p.max_fields,
+                enrich=enrich,
             )
             item = _Item(delivery, record, set(all_sinks))
             if record is None:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import ssl
 import threading
 from collections.abc import Sequence
 from datetime import datetime, timezone
@@ -145,7 +146,8 @@ class ElasticsearchSink(Sink):
         except es.ConnectionTimeout as exc:
             return [Result(Outcome.RETRY, "timeout", f"timeout: {exc}")] * len(records)
         except es.TransportError as exc:
-            return [Result(Outcome.RETRY, "unavailable", f"unavailable: {exc}")] * len(records)
+            reason = f"unavailable: {_root_cause(exc)}"
+            return [Result(Outcome.RETRY, "unavailable", reason)] * len(records)
         items = response.body.get("items") or []
         if len(items) != len(records):
             reason = f"bulk answered {len(items)} items for {len(records)} documents"
@@ -252,3 +254,29 @@ _MAPPINGS: dict[str, Any] = {
         },
     },
 }
+
+
+def _root_cause(exc: BaseException) -> str:
+    """The most specific reason behind a transport error, on one line.
+
+    elastic-transport reports a certificate problem as just "TLS error"; the useful part
+    ("certificate has expired", "Hostname mismatch ...") is in the wrapped ``ssl`` exception,
+    reachable through ``.errors`` or the ``__cause__`` chain.
+    """
+    seen: set[int] = set()
+    frontier: list[BaseException] = [exc]
+    deepest: BaseException = exc
+    while frontier:
+        current = frontier.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        if isinstance(current, ssl.SSLError):
+            return " ".join(str(current).split())
+        deepest = current
+        nested = [e for e in getattr(current, "errors", ()) if isinstance(e, BaseException)]
+        frontier.extend(nested)
+        for link in (current.__cause__, current.__context__):
+            if link is not None:
+                frontier.append(link)
+    return " ".join(str(deepest).split()) or type(deepest).__name__
