@@ -61,6 +61,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import itertools
+import logging
 import queue
 import re
 import socket
@@ -91,11 +92,32 @@ _REQUEUED = "mqlogging-requeued"
 _DROP_HEADERS = frozenset({"receipt", "content-length"})
 
 
+class _RedactPasscode(logging.Filter):
+    """Mask the password in stomp.py's DEBUG log of the frames it sends.
+
+    stomp.py masks ``passcode:`` only when a space follows the colon, but writes the header as
+    ``passcode:VALUE``, so an application with DEBUG logging would log every CONNECT frame's
+    password. Everything after ``passcode:`` in such a record is replaced.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno <= logging.DEBUG:
+            message = record.getMessage()
+            at = message.find("passcode:")
+            if at >= 0:
+                record.msg = message[: at + 9] + "******** (rest of frame redacted)"
+                record.args = ()
+        return True
+
+
 def _stomp() -> Any:
     try:
         import stomp
     except ImportError as exc:
         raise MissingDependencyError("stomp.py", "stomp") from exc
+    stomp_log = logging.getLogger("stomp.py")
+    if not any(isinstance(f, _RedactPasscode) for f in stomp_log.filters):
+        stomp_log.addFilter(_RedactPasscode())
     return stomp
 
 
