@@ -8,7 +8,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 PIP    := $(BIN)/python -m pip --disable-pip-version-check -q
 
-.PHONY: demo test lint typecheck pytest brokers bench clean
+.PHONY: demo test lint typecheck pytest brokers bench faults clean
 
 demo: $(VENV)/.core
 	$(BIN)/python examples/demo.py
@@ -24,22 +24,32 @@ typecheck: $(VENV)/.dev
 pytest: $(VENV)/.dev
 	$(BIN)/pytest $(PYTEST_ARGS)
 
+test-slow: brokers $(VENV)/.dev
+	$(BIN)/pytest -m slow $(PYTEST_ARGS)
+
 brokers:
 	scripts/install-brokers.sh
 
-bench: brokers $(VENV)/.dev
+bench: brokers $(VENV)/.bench
 	$(BIN)/python benchmarks/run.py
+
+faults: brokers $(VENV)/.dev
+	$(BIN)/python benchmarks/faults.py --write docs/reliability.md
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
 
 $(VENV)/.core: pyproject.toml | $(VENV)/bin/python
-	$(PIP) install -e '.[fast]'
+	$(PIP) install -e '.[fast,collector]'
 	touch $@
 
 $(VENV)/.dev: pyproject.toml | $(VENV)/bin/python
 	$(PIP) install -e '.[all,dev]'
 	touch $@ $(VENV)/.core
+
+$(VENV)/.bench: $(VENV)/.dev
+	$(PIP) install -e '.[all,dev,bench]'
+	touch $@
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

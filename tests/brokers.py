@@ -733,6 +733,7 @@ _ACTIVEMQ_XML = """\
     </persistenceAdapter>
     <systemUsage>
       <systemUsage>
+        <memoryUsage><memoryUsage percentOfJvmHeap="60"/></memoryUsage>
         <storeUsage><storeUsage limit="2 gb"/></storeUsage>
         <tempUsage><tempUsage limit="1 gb"/></tempUsage>
       </systemUsage>
@@ -822,7 +823,7 @@ class ActiveMQ(Broker):
         return [
             "java",
             "-Xms64m",
-            "-Xmx256m",
+            "-Xmx512m",
             "-XX:+UseSerialGC",
             f"-Djava.io.tmpdir={d / 'tmp'}",
             f"-Dactivemq.home={ACTIVEMQ_HOME}",

@@ -8,7 +8,7 @@ import pytest
 
 import mqlogging
 
-PACKAGES = ["mqlogging", "mqlogging.errors", "mqlogging.backends"]
+PACKAGES = ["mqlogging", "mqlogging.errors", "mqlogging.backends", "mqlogging.handlers"]
 
 
 @pytest.mark.parametrize("name", PACKAGES)

@@ -15,8 +15,6 @@ from tests.brokers import ActiveMQ, RabbitMQ
 from tests.handlers.conftest import amqp_url, drain_amqp, drain_stomp, record_id, seqs, stomp_url
 from tests.helpers import wait_until
 
-pytestmark = pytest.mark.slow
-
 
 def _handler(urls: str | list[str], spool: Path, **kwargs: Any) -> MQHandler:
     options: dict[str, Any] = {"batch_size": 1000, "retry_max": 1.0, "close_timeout": 10.0}
