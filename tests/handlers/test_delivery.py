@@ -8,8 +8,6 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from mqlogging.handlers import MQHandler
 from tests.brokers import ActiveMQ, RabbitMQ
 from tests.handlers.conftest import amqp_url, drain_amqp, drain_stomp, record_id, seqs, stomp_url
