@@ -406,7 +406,7 @@ def _write_ack(
     Appending a ~30-byte line is atomic enough: a torn line has no newline and is ignored by
     :func:`_read_ack`, which then uses the line before. No rename per commit (a rename costs
     milliseconds on loaded overlay filesystems); past 64 KiB the log is compacted by writing a
-    one-line file and renaming it over. Returns the fd to reuse.
+    one-line file and renaming it over. Returns the fd to reuse; on failure the fd is closed.
     """
     path = os.path.join(directory, stem + ".ack")
     line = b'{"offset":%d,"records":%d}\n' % (offset, records)
@@ -431,6 +431,9 @@ def _write_ack(
             if fsync:
                 os.fsync(fd)
     except OSError as exc:
+        if fd >= 0:
+            with contextlib.suppress(OSError):
+                os.close(fd)
         msg = f"cannot record replay progress in {path!r}: {exc.strerror}"
         raise SpoolError(msg) from exc
     return fd
@@ -1306,9 +1309,17 @@ class SpoolReader:
         mark = (pending[0].offset, pending[0].line) if pending else (claim.pos, claim.line)
         if pending or not (claim.sealed and claim.eof):
             if mark != claim.committed and mark[1] > claim.committed[1]:
-                claim.ack_fd = _write_ack(
-                    self.directory, claim.stem, claim.ack_fd, mark[0], mark[1], fsync=self._fsync
-                )
+                try:
+                    claim.ack_fd = _write_ack(
+                        self.directory, claim.stem, claim.ack_fd, mark[0], mark[1],
+                        fsync=self._fsync,
+                    )  # fmt: skip
+                except SpoolError:
+                    # Disk full (issue 6, `make faults` scenario 9): keep the progress in memory
+                    # and go on. Raising here wedged every read() for good, and only finishing
+                    # the segment frees the space; a crash before the next successful write
+                    # replays these records again (at-least-once), it never loses them.
+                    claim.ack_fd = -1
                 claim.committed = mark
             if not pending and idle and not claim.sealed:
                 self._release(claim)  # caught up with a live writer: let others take it

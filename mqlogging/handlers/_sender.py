@@ -273,6 +273,23 @@ class _Lane:
         }
 
 
+def _close_at_multiprocessing_exit(pipe: Pipeline) -> None:
+    """Close ``pipe`` when this ``multiprocessing`` child process ends.
+
+    A fork/forkserver child of ``multiprocessing`` ends with ``os._exit()`` right after
+    multiprocessing's own finalizers: ``atexit`` (hence :func:`logging.shutdown`) never runs
+    there, and without this the records the child queued would vanish without a trace.
+    Registered on the pipeline's first record (``Process._bootstrap`` clears the finalizer
+    registry after the fork); harmless where ``atexit`` runs too (``close`` is idempotent).
+    """
+    mp = sys.modules.get("multiprocessing")
+    if mp is None or mp.parent_process() is None:
+        return
+    from multiprocessing import util
+
+    util.Finalize(None, pipe.close, args=(pipe.config.close_timeout,), exitpriority=0)
+
+
 # -- the pipeline ---------------------------------------------------------------------------
 
 _RUNNING, _CLOSING, _CLOSED = 0, 1, 2
@@ -341,6 +358,7 @@ class Pipeline:
             self.thread = thread
             thread.start()
             self.fast = not self.write_ahead
+            _close_at_multiprocessing_exit(self)
 
     def rescue(self) -> None:
         """A record was appended after close() drained the deque: spool it too."""
