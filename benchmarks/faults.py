@@ -1,0 +1,1091 @@
+"""Reliability figures: run the pipeline through ten faults and count every record end to end.
+
+``make faults`` (``.venv/bin/python benchmarks/faults.py --write docs/reliability.md``) starts
+private brokers (``tests/brokers.py``), then for each scenario runs the real pipeline::
+
+    application ──MQHandler──> RabbitMQ ──collector process──> sink (file / noida-db / stand-in)
+    (subprocess, dictConfig)                (python -m mqlogging.collector)
+
+The application is this file run as ``faults.py app SPEC.json``: a separate process that
+configures :class:`mqlogging.MQHandler` with :func:`logging.config.dictConfig` and logs records
+``extra={"seq": i}``, then waits until its handler has delivered everything (what a long-running
+service does) and prints the handler's ``stats()``. The sink is read back and the set of ``seq``
+values compared with what was emitted:
+
+- *lost* = emitted - distinct records in the sink (scenario 9: must equal the handler's drop
+  counter instead of 0);
+- *dup. in sink* = records stored more than once under different ids (what Elasticsearch would
+  keep twice; impossible by ``_id`` construction unless a record got two ids);
+- *dup. deliveries* = deliveries of a record id the sink already had (at-least-once redeliveries:
+  extra lines in the file sink, 409 answers of Elasticsearch) — honest, expected after crashes;
+- *recovery* = from the end of the fault (broker up again, sink healthy...) to the moment the
+  last new record reached the sink (polled every 0.1 s).
+
+``--quick`` divides the record counts by 10 (the smoke test runs two scenarios that way);
+``--only 1,5`` selects scenarios. Exit status 1 when a scenario misses its goal.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import logging.config
+import mmap
+import os
+import platform
+import signal
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+APP_LOGGER = "faultapp"  # not "mqlogging.*": the handler ignores its own loggers
+COMMAND = ".venv/bin/python benchmarks/faults.py --write docs/reliability.md   (make faults)"
+
+
+# =============================================================================================
+# The application under test (a subprocess: ``faults.py app SPEC.json``)
+# =============================================================================================
+
+
+def _emit(logger: logging.Logger, first: int, count: int, rate: float, counter: Any) -> None:
+    """Log ``count`` records (seq ``first``..), paced at ``rate``/s (0: as fast as possible).
+
+    ``counter`` (an mmap the runner reads; it survives ``kill -9``) holds two numbers: records
+    whose ``emit()`` returned (offset 0) and records whose ``emit()`` was entered (offset 8).
+    They differ by one when the process is killed inside ``emit()``: that record may or may
+    not have been stored, and no guarantee covers it.
+    """
+    start = time.monotonic()
+    for k in range(count):
+        seq = first + k
+        if counter is not None:
+            struct.pack_into("<Q", counter, 8, k + 1)
+        logger.info("fault-run record %d", seq, extra={"seq": seq})
+        if counter is not None:
+            struct.pack_into("<Q", counter, 0, k + 1)
+        if rate and k % 50 == 49:
+            ahead = start + (k + 1) / rate - time.monotonic()
+            if ahead > 0:
+                time.sleep(ahead)
+
+
+def _drain(handler: Any, timeout: float) -> bool:
+    """Wait until the handler holds nothing: memory queue empty, spool empty, flush confirmed."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        ok = handler.flush(min(5.0, max(0.1, deadline - time.monotonic())))
+        st = handler.stats()
+        if ok and st["queued"] == 0 and st["spool"]["records"] == 0:
+            return True
+        time.sleep(0.2)
+    return False
+
+
+def _worker(first: int, count: int, rate: float, shutdown: bool) -> None:
+    """A forked worker: it logs through the handler it inherited and returns, like any
+    ``multiprocessing`` target (no explicit flush or close unless ``shutdown``)."""
+    _emit(logging.getLogger(APP_LOGGER), first, count, rate, None)
+    if shutdown:
+        logging.shutdown()
+
+
+def app_main(spec_path: str) -> int:
+    import multiprocessing
+
+    from mqlogging import MQHandler
+
+    spec = json.loads(Path(spec_path).read_text())
+    if spec.get("fsize"):  # scenario 9 without tmpfs: writes beyond the limit fail (EFBIG)
+        import resource
+
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (spec["fsize"], spec["fsize"]))
+    logging.config.dictConfig(spec["logging"])
+    logger = logging.getLogger(APP_LOGGER)
+    handler = next(h for h in logger.handlers if isinstance(h, MQHandler))
+    with open(spec["counter"], "r+b") as f:
+        counter = mmap.mmap(f.fileno(), 16)
+    first, count, rate = spec["first"], spec["count"], spec["rate"]
+    workers = spec.get("workers", 0)
+    if workers:
+        # Seqs: the parent has [0, own), worker w has [own + w * per, own + (w + 1) * per).
+        # The parent logs a third of its own before forking (still queued at fork time), a
+        # third while the workers run, the rest after joining them.
+        per = count // (workers + 1)
+        own = count - per * workers
+        third = own // 3
+        _emit(logger, first, third, rate, None)
+        ctx = multiprocessing.get_context("fork")
+        procs = [
+            ctx.Process(
+                target=_worker,
+                args=(first + own + per * w, per, rate, spec.get("worker_shutdown", False)),
+            )
+            for w in range(workers)
+        ]
+        for p in procs:
+            p.start()
+        _emit(logger, first + third, third, rate, None)
+        for p in procs:
+            p.join()
+        _emit(logger, first + 2 * third, own - 2 * third, rate, None)
+        struct.pack_into("<QQ", counter, 0, count, count)
+    else:
+        _emit(logger, first, count, rate, counter)
+    print("EMITTED", flush=True)
+    drained = _drain(handler, spec.get("drain_timeout", 300.0))
+    print("STATS " + json.dumps({"drained": drained, **handler.stats()}), flush=True)
+    return 0
+
+
+# =============================================================================================
+# The runner
+# =============================================================================================
+
+
+@dataclass
+class Row:
+    number: int
+    name: str
+    sink: str
+    emitted: int = 0
+    delivered: int = 0
+    lost: int = 0
+    dup_sink: int = 0
+    dup_deliveries: int = 0
+    recovery: float | None = None
+    counted_drops: int | None = None
+    note: str = ""
+    seconds: float = 0.0
+    error: str = ""
+
+    @property
+    def ok(self) -> bool:
+        if self.error:
+            return False
+        if self.counted_drops is not None:  # scenario 9: dropped must equal counted
+            return self.lost == self.counted_drops and self.dup_sink == 0
+        return self.lost == 0 and self.dup_sink == 0
+
+
+@dataclass
+class Tally:
+    """What a sink holds: every delivery, by record id and by ``seq``."""
+
+    deliveries: int = 0
+    ids: set[str] = field(default_factory=set)
+    seq_ids: dict[int, set[str]] = field(default_factory=dict)
+    changed_at: float = 0.0  # monotonic time the last new record arrived
+
+    def add(self, seq: int, rid: str) -> None:
+        self.deliveries += 1
+        if rid not in self.ids:
+            self.ids.add(rid)
+            self.changed_at = time.monotonic()
+        self.seq_ids.setdefault(seq, set()).add(rid)
+
+    @property
+    def distinct(self) -> int:
+        return len(self.seq_ids)
+
+    @property
+    def dup_records(self) -> int:
+        """Extra copies stored under a different id: what Elasticsearch would hold twice."""
+        return sum(len(ids) - 1 for ids in self.seq_ids.values())
+
+    @property
+    def dup_deliveries(self) -> int:
+        return self.deliveries - len(self.ids)
+
+
+def _record_id(doc: dict[str, Any]) -> str:
+    event = doc.get("event")
+    if isinstance(event, dict) and event.get("id"):
+        return str(event["id"])
+    return str(doc.get("id", ""))
+
+
+class FileReader:
+    """Follows collector file sinks (JSON lines) and tallies every line."""
+
+    def __init__(self, paths: list[Path]) -> None:
+        self.paths = paths
+        self.offsets = dict.fromkeys(paths, 0)
+        self.rest = dict.fromkeys(paths, b"")
+        self.tally = Tally()
+
+    def poll(self) -> Tally:
+        for path in self.paths:
+            try:
+                with open(path, "rb") as f:
+                    f.seek(self.offsets[path])
+                    data = f.read()
+            except FileNotFoundError:
+                continue
+            self.offsets[path] += len(data)
+            *lines, self.rest[path] = (self.rest[path] + data).split(b"\n")
+            for line in lines:
+                if line.strip():
+                    doc = json.loads(line)
+                    self.tally.add(int(doc["seq"]), _record_id(doc))
+        return self.tally
+
+
+class StandInReader:
+    """Tallies what the fault-injecting ``_bulk`` stand-in stored (409s are redeliveries)."""
+
+    def __init__(self, bulk: Any) -> None:
+        self.bulk = bulk
+        self.tally = Tally()
+        self.seen = 0
+
+    def poll(self) -> Tally:
+        with self.bulk.lock:
+            items = list(self.bulk.docs.items())[self.seen :]
+            conflicts = self.bulk.statuses.get(409, 0)
+        for rid, doc in items:
+            self.tally.add(int(doc["seq"]), rid)
+        self.seen += len(items)
+        self.tally.deliveries = len(self.tally.ids) + conflicts
+        return self.tally
+
+
+def es_readback(url: str, index: str) -> Tally:
+    """Every document of ``index`` in noida-db (scan), tallied by ``_id`` and ``seq``."""
+    from elasticsearch import Elasticsearch, NotFoundError, helpers
+
+    tally = Tally()
+    with Elasticsearch(url, request_timeout=60) as es:
+        try:
+            es.indices.refresh(index=index)
+            for hit in helpers.scan(es, index=index, _source=["seq"], size=5000):
+                tally.add(int(hit["_source"]["seq"]), hit["_id"])
+        except NotFoundError:
+            pass
+    return tally
+
+
+def _counter_file(path: Path) -> Path:
+    path.write_bytes(b"\0" * 16)
+    return path
+
+
+def _read_counter(path: Path, offset: int = 0) -> int:
+    value: int = struct.unpack_from("<Q", path.read_bytes(), offset)[0]
+    return value
+
+
+class App:
+    """One run of the application subprocess."""
+
+    def __init__(self, workdir: Path, name: str, spec: dict[str, Any]) -> None:
+        self.counter = _counter_file(workdir / f"{name}.counter")
+        spec = {**spec, "counter": str(self.counter)}
+        spec_path = workdir / f"{name}.json"
+        spec_path.write_text(json.dumps(spec))
+        self.out_path = workdir / f"{name}.out"
+        self.err_path = workdir / f"{name}.err"
+        with open(self.out_path, "wb") as out, open(self.err_path, "wb") as err:
+            self.proc = subprocess.Popen(
+                [sys.executable, str(Path(__file__).resolve()), "app", str(spec_path)],
+                stdout=out,
+                stderr=err,
+                cwd=str(ROOT),
+                env=dict(os.environ, PYTHONPATH=str(ROOT)),
+            )
+
+    def emitted(self) -> int:
+        """Records whose ``emit()`` returned."""
+        return _read_counter(self.counter)
+
+    def entered(self) -> int:
+        """Records whose ``emit()`` was called (one more if killed inside it)."""
+        return _read_counter(self.counter, 8)
+
+    def done_emitting(self) -> bool:
+        return b"EMITTED" in self.out_path.read_bytes()
+
+    def exited(self) -> bool:
+        return self.proc.poll() is not None
+
+    def stats(self) -> dict[str, Any]:
+        for line in self.out_path.read_text().splitlines():
+            if line.startswith("STATS "):
+                stats: dict[str, Any] = json.loads(line[6:])
+                return stats
+        msg = f"the application printed no stats (exit {self.proc.returncode}): {self.stderr()}"
+        raise RuntimeError(msg)
+
+    def stderr(self) -> str:
+        return self.err_path.read_text(errors="replace")[-2000:]
+
+    def kill(self) -> None:
+        self.proc.kill()
+        self.proc.wait(10)
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+
+def handler_logging(endpoints: list[str], spool: Path, **options: Any) -> dict[str, Any]:
+    """The dictConfig the application uses (plain keyword values, as a user would write)."""
+    handler = {
+        "class": "mqlogging.MQHandler",
+        "endpoints": endpoints,
+        "spool": str(spool),
+        "static_fields": {"service": "faults"},
+        "batch_size": 500,
+        "close_timeout": 10.0,
+        "retry_max": 2.0,
+        "connect_timeout": 3.0,
+        "timeout": 5.0,
+        **options,
+    }
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "handlers": {"mq": handler},
+        "loggers": {APP_LOGGER: {"handlers": ["mq"], "level": "INFO", "propagate": False}},
+    }
+
+
+def queue_url(broker: Any, queue: str) -> str:
+    """Default exchange, routing key = the scenario's queue (declared durable)."""
+    from tests.collector.support import amqp_queue_url
+
+    return str(amqp_queue_url(broker, queue))
+
+
+class Lab:
+    """The brokers shared by every scenario, started lazily, closed at the end."""
+
+    def __init__(self, workdir: Path, quick: bool) -> None:
+        self.workdir = workdir
+        self.quick = quick
+        self._rabbit: Any = None
+        self._rabbit2: Any = None
+        self._es: Any = None
+
+    def scale(self, n: int) -> int:
+        return max(200, n // 10) if self.quick else n
+
+    @property
+    def rabbit(self) -> Any:
+        from tests.brokers import RabbitMQ
+
+        if self._rabbit is None:
+            self._rabbit = RabbitMQ()
+            self._rabbit.start()
+        self._rabbit.ensure_running()
+        return self._rabbit
+
+    @property
+    def rabbit2(self) -> Any:
+        from tests.brokers import RabbitMQ
+
+        if self._rabbit2 is None:
+            self._rabbit2 = RabbitMQ()
+            self._rabbit2.start()
+        self._rabbit2.ensure_running()
+        return self._rabbit2
+
+    @property
+    def es(self) -> Any:
+        from tests.brokers import NoidaES
+
+        if self._es is None:
+            self._es = NoidaES()
+            self._es.start()
+        self._es.ensure_running()
+        return self._es
+
+    def close(self) -> None:
+        for broker in (self._rabbit, self._rabbit2, self._es):
+            if broker is not None:
+                with contextlib.suppress(Exception):
+                    broker.close()
+
+
+class Scenario:
+    """Per-scenario plumbing: a queue name, a directory, collectors, apps, the readers."""
+
+    def __init__(self, lab: Lab, number: int) -> None:
+        from tests.helpers import unique_name
+
+        self.lab = lab
+        self.queue = unique_name(f"faults{number}")
+        self.dir = lab.workdir / f"s{number}"
+        self.dir.mkdir(parents=True)
+        self.collectors: list[Any] = []
+        self.apps: list[App] = []
+        self.readers: list[Any] = []
+        self.closers: list[Callable[[], None]] = []
+
+    # -- pieces ---------------------------------------------------------------------------------
+
+    def file_sink(self, name: str) -> dict[str, Any]:
+        path = self.dir / f"{name}.jsonl"
+        return {"type": "file", "path": str(path), "fsync": False, "max_bytes": 0}
+
+    def es_sink(self, url: str) -> dict[str, Any]:
+        from tests.collector.support import dataset_for
+
+        return {
+            "type": "elasticsearch",
+            "hosts": [url],
+            "dataset": dataset_for(self.queue),
+            "request_timeout": 30.0,
+        }
+
+    @property
+    def es_index(self) -> str:
+        from tests.collector.support import dataset_for
+
+        return f"logs-{dataset_for(self.queue)}-default"
+
+    def collector(
+        self, name: str, sources: list[str], sinks: list[dict[str, Any]], wait: bool = True
+    ) -> Any:
+        from tests.collector.support import CollectorProcess, write_config
+        from tests.helpers import free_port
+
+        port = free_port()
+        config = write_config(
+            self.dir / f"{name}.toml",
+            sources=[{"url": url, "prefetch": 2000} for url in sources],
+            sinks=sinks,
+            pipeline={
+                "batch_max_count": 1000,
+                "batch_max_wait": 0.2,
+                "retry_initial": 0.2,
+                "retry_max": 2.0,
+            },
+            collector={"shutdown_timeout": 5.0, "log_level": "info"},
+            http={"listen": f"127.0.0.1:{port}"},
+        )
+        proc = CollectorProcess(config, port, self.dir / f"{name}.log")
+        self.collectors.append(proc)
+        if wait:
+            proc.wait_http(timeout=60)
+        return proc
+
+    def app(self, name: str, spec: dict[str, Any]) -> App:
+        app = App(self.dir, name, {"rate": 0, "drain_timeout": 300.0, **spec})
+        self.apps.append(app)
+        return app
+
+    def poll(self) -> None:
+        for reader in self.readers:
+            reader.poll()
+        for app in self.apps:
+            if app.exited() and app.proc.returncode not in (0, -signal.SIGKILL):
+                msg = f"application exited {app.proc.returncode}: {app.stderr()}"
+                raise RuntimeError(msg)
+
+    def until(self, predicate: Callable[[], Any], timeout: float, what: str) -> None:
+        """Poll the sinks every 0.1 s until ``predicate()``; raise on the deadline."""
+        deadline = time.monotonic() + timeout
+        while True:
+            self.poll()
+            if predicate():
+                return
+            if time.monotonic() >= deadline:
+                msg = f"timed out after {timeout:.0f}s waiting for {what}"
+                raise TimeoutError(msg)
+            time.sleep(0.1)
+
+    def settle(self, tally: Tally, expected: int, timeout: float, brokers: list[Any]) -> None:
+        """Wait for ``expected`` distinct records (or the deadline: then some are lost), then
+        until the queues are empty and nothing new arrived for 1.5 s (late duplicates)."""
+        with contextlib.suppress(TimeoutError):
+            self.until(lambda: tally.distinct >= expected, timeout, f"{expected} records")
+        last = (-1, 0.0)
+        deadline = time.monotonic() + 30.0
+
+        def quiet() -> bool:
+            nonlocal last
+            now = time.monotonic()
+            if tally.deliveries != last[0]:
+                last = (tally.deliveries, now)
+                return False
+            idle = all(b.queue_depth(self.queue) == 0 for b in brokers if b.is_running())
+            return idle and now - last[1] >= 1.5
+
+        with contextlib.suppress(TimeoutError):
+            self.until(quiet, max(0.0, deadline - time.monotonic()), "quiet sink")
+
+    def close(self) -> None:
+        for app in self.apps:
+            app.close()
+        for proc in self.collectors:
+            with contextlib.suppress(Exception):
+                if proc.proc.poll() is None:
+                    proc.terminate(timeout=15)
+            proc.close()
+        for closer in self.closers:
+            with contextlib.suppress(Exception):
+                closer()
+
+
+def _recovery(tally: Tally, fault_end: float | None) -> float | None:
+    if fault_end is None:
+        return None
+    return max(0.0, tally.changed_at - fault_end)
+
+
+def _fill_row(row: Row, tally: Tally, emitted: int, fault_end: float | None) -> None:
+    row.emitted = emitted
+    row.delivered = tally.distinct
+    row.lost = emitted - tally.distinct
+    row.dup_sink = tally.dup_records
+    row.dup_deliveries = tally.dup_deliveries
+    row.recovery = _recovery(tally, fault_end)
+
+
+# =============================================================================================
+# Scenarios
+# =============================================================================================
+
+
+def s1_broker_down_at_start(lab: Lab, s: Scenario, row: Row) -> None:
+    """Broker down for the first 30 s of a 50k-record run."""
+    rabbit = lab.rabbit
+    n = lab.scale(50_000)
+    down_for = 3.0 if lab.quick else 30.0
+    url = queue_url(rabbit, s.queue)
+    reader = FileReader([s.dir / "c.jsonl"])
+    s.readers.append(reader)
+    s.collector("c", [url], [s.file_sink("c")])  # declares the queue while the broker is up
+    rabbit.kill()
+    t0 = time.monotonic()
+    app = s.app("app", {
+        "logging": handler_logging([url], s.dir / "spool"),
+        "first": 0, "count": n, "rate": n / (down_for + 4.0),
+    })  # fmt: skip
+    s.until(lambda: time.monotonic() - t0 >= down_for, down_for + 5, "the outage")
+    rabbit.start()
+    fault_end = time.monotonic()
+    s.until(app.exited, 300, "the application to deliver and exit")
+    s.settle(reader.tally, n, 120, [rabbit])
+    _fill_row(row, reader.tally, n, fault_end)
+    st = app.stats()
+    row.note = (
+        f"broker back after {fault_end - t0:.0f} s (restart included); "
+        f"{st['spooled']} records went through the spool"
+    )
+
+
+def s2_broker_kill_twice(lab: Lab, s: Scenario, row: Row) -> None:
+    """Broker SIGKILLed twice during a 100k-record run."""
+    rabbit = lab.rabbit
+    n = lab.scale(100_000)
+    url = queue_url(rabbit, s.queue)
+    reader = FileReader([s.dir / "c.jsonl"])
+    s.readers.append(reader)
+    s.collector("c", [url], [s.file_sink("c")])
+    app = s.app("app", {
+        "logging": handler_logging([url], s.dir / "spool"),
+        "first": 0, "count": n, "rate": 0 if lab.quick else 4000,
+    })  # fmt: skip
+    fault_end = 0.0
+    restarts = []
+    for fraction in (0.25, 0.6):
+        s.until(lambda f=fraction: app.emitted() >= n * f or app.exited(), 300, "progress")  # type: ignore[misc]
+        at = app.emitted()
+        rabbit.kill()
+        t = time.monotonic()
+        rabbit.start()
+        fault_end = time.monotonic()
+        restarts.append(f"kill at {at} emitted, down {fault_end - t:.1f} s")
+    s.until(app.exited, 300, "the application to deliver and exit")
+    s.settle(reader.tally, n, 120, [rabbit])
+    _fill_row(row, reader.tally, n, fault_end)
+    row.note = "; ".join(restarts)
+
+
+def s3_failover(lab: Lab, s: Scenario, row: Row) -> None:
+    """Primary of two endpoints killed mid-stream; the secondary takes the stream."""
+    primary, secondary = lab.rabbit, lab.rabbit2
+    n = lab.scale(30_000)
+    urls = [queue_url(primary, s.queue), queue_url(secondary, s.queue)]
+    reader = FileReader([s.dir / "c.jsonl"])
+    s.readers.append(reader)
+    s.collector("c", urls, [s.file_sink("c")])
+    app = s.app("app", {
+        "logging": handler_logging(urls, s.dir / "spool", strategy="failover"),
+        "first": 0, "count": n, "rate": 0 if lab.quick else 3000,
+    })  # fmt: skip
+    s.until(lambda: app.emitted() >= n * 0.4 or app.exited(), 300, "progress")
+    at = app.emitted()
+    primary.kill()
+    killed = time.monotonic()
+    before = reader.poll().distinct
+    # The stream goes on through the secondary while the primary is down.
+    s.until(lambda: reader.tally.distinct > before + min(1000, n // 10) or app.exited(), 60,
+            "records through the secondary")  # fmt: skip
+    gap = time.monotonic() - killed
+    s.until(app.done_emitting, 300, "the end of the emission")
+    primary.start()  # records it confirmed before dying are still in its queue
+    fault_end = time.monotonic()
+    s.until(app.exited, 300, "the application to deliver and exit")
+    s.settle(reader.tally, n, 120, [primary, secondary])
+    _fill_row(row, reader.tally, n, fault_end)
+    depth2 = secondary.queue_depth(s.queue)
+    row.note = (
+        f"primary killed at {at} emitted; new records flowed through the secondary "
+        f"{gap:.1f} s later; primary restarted after the run (queue left: {depth2})"
+    )
+
+
+def s4_blackhole(lab: Lab, s: Scenario, row: Row) -> None:
+    """The broker is frozen (SIGSTOP: the kernel still accepts connections, nothing answers)."""
+    rabbit = lab.rabbit
+    n = lab.scale(20_000)
+    hold = 3.0 if lab.quick else 15.0
+    url = queue_url(rabbit, s.queue)
+    reader = FileReader([s.dir / "c.jsonl"])
+    s.readers.append(reader)
+    s.collector("c", [url], [s.file_sink("c")])
+    app = s.app("app", {
+        "logging": handler_logging([url], s.dir / "spool"),
+        "first": 0, "count": n, "rate": n / (hold + 6.0),
+    })  # fmt: skip
+    s.until(lambda: app.emitted() >= n * 0.2 or app.exited(), 120, "progress")
+    pgid = rabbit._proc.pid  # the broker's process group (tests/brokers.py supervisor)
+    os.killpg(pgid, signal.SIGSTOP)
+    s.closers.append(lambda: os.killpg(pgid, signal.SIGCONT))
+    t = time.monotonic()
+    at = app.emitted()
+    s.until(lambda: time.monotonic() - t >= hold, hold + 5, "the black hole")
+    emitted_during = app.emitted() - at
+    os.killpg(pgid, signal.SIGCONT)
+    fault_end = time.monotonic()
+    s.until(app.exited, 300, "the application to deliver and exit")
+    s.settle(reader.tally, n, 120, [rabbit])
+    _fill_row(row, reader.tally, n, fault_end)
+    st = app.stats()
+    row.note = (
+        f"broker frozen {hold:.0f} s from record {at}; the application kept logging "
+        f"({emitted_during} records meanwhile); {st['spooled']} records spooled"
+    )
+
+
+def s5_app_kill(lab: Lab, s: Scenario, row: Row) -> None:
+    """Application SIGKILLed mid-run with ``durability="spool"``, then started again."""
+    rabbit = lab.rabbit
+    n = lab.scale(20_000)
+    url = queue_url(rabbit, s.queue)
+    reader = FileReader([s.dir / "c.jsonl"])
+    s.readers.append(reader)
+    s.collector("c", [url], [s.file_sink("c")])
+    conf = handler_logging([url], s.dir / "spool", durability="spool")
+    rate = 0 if lab.quick else 2000
+    first = s.app("run1", {"logging": conf, "first": 0, "count": n, "rate": rate})
+    s.until(lambda: first.emitted() >= n // 2 or first.exited(), 120, "progress")
+    first.kill()
+    done = first.emitted()  # emit() returned for exactly these records
+    entered = first.entered()  # done + 1 if killed inside emit(): that one is not promised
+    second = s.app("run2", {"logging": conf, "first": entered, "count": n - entered, "rate": rate})
+    fault_end = time.monotonic()
+    s.until(second.exited, 300, "the second run to deliver and exit")
+    s.settle(reader.tally, n - (entered - done), 120, [rabbit])
+    _fill_row(row, reader.tally, n, fault_end)
+    if entered > done and done not in reader.tally.seq_ids:  # killed inside emit(): not stored
+        row.emitted -= 1
+        row.lost -= 1
+    inside = " (inside the next emit())" if entered > done else ""
+    row.note = (
+        f"killed after {done} records{inside}; the restarted run replayed the spool, "
+        "then logged the rest"
+    )
+
+
+def s6_collector_kill(lab: Lab, s: Scenario, row: Row) -> None:
+    """Collector SIGKILLed mid-run, restarted; Elasticsearch (noida-db) as the sink."""
+    rabbit, es = lab.rabbit, lab.es
+    n = lab.scale(20_000)
+    url = queue_url(rabbit, s.queue)
+    reader = FileReader([s.dir / "c1.jsonl", s.dir / "c2.jsonl"])
+    s.readers.append(reader)
+    first = s.collector("c1", [url], [s.es_sink(es.url), s.file_sink("c1")])
+    app = s.app("app", {
+        "logging": handler_logging([url], s.dir / "spool"),
+        "first": 0, "count": n, "rate": 0 if lab.quick else 2000,
+    })  # fmt: skip
+    s.until(lambda: reader.tally.distinct >= n * 0.4, 300, "40 % in the sink")
+    killed_at = reader.tally.distinct
+    first.kill()
+    s.collector("c2", [url], [s.es_sink(es.url), s.file_sink("c2")])
+    fault_end = time.monotonic()
+    s.until(app.exited, 300, "the application to deliver and exit")
+    s.settle(reader.tally, n, 180, [rabbit])
+    stored = es_readback(es.url, s.es_index)
+    _fill_row(row, stored, n, fault_end)
+    row.dup_deliveries = reader.tally.dup_deliveries
+    row.recovery = _recovery(reader.tally, fault_end)
+    row.note = (
+        f"collector killed at {killed_at} records in the sink, a new one started at once; "
+        f"{stored.deliveries} documents in the index"
+    )
+
+
+def s7_sink_errors(lab: Lab, s: Scenario, row: Row) -> None:
+    """The Elasticsearch ``_bulk`` endpoint answers 429 / 503 for 20 s."""
+    from tests.collector.support import BulkStandIn
+
+    rabbit = lab.rabbit
+    n = lab.scale(20_000)
+    hold = 3.0 if lab.quick else 20.0
+    window: list[float] = []  # [start, end] monotonic, set by the runner
+
+    def fault(request: int, item: int) -> int | None:
+        if item == -1 and len(window) == 1:
+            return 429 if request % 2 else 503
+        return None
+
+    bulk = BulkStandIn(fault)
+    bulk.__enter__()
+    s.closers.append(lambda: bulk.__exit__(None, None, None))
+    reader = StandInReader(bulk)
+    s.readers.append(reader)
+    url = queue_url(rabbit, s.queue)
+    collector = s.collector("c", [url], [s.es_sink(bulk.url)])
+    app = s.app("app", {
+        "logging": handler_logging([url], s.dir / "spool"),
+        "first": 0, "count": n, "rate": n / (hold + 8.0),
+    })  # fmt: skip
+    s.until(lambda: app.emitted() >= n * 0.15, 120, "progress")
+    window.append(time.monotonic())
+    s.until(lambda: time.monotonic() - window[0] >= hold, hold + 5, "the sink outage")
+    window.append(time.monotonic())
+    fault_end = window[1]
+    s.until(app.exited, 300, "the application to deliver and exit")
+    s.settle(reader.tally, n, 120, [rabbit])
+    _fill_row(row, reader.tally, n, fault_end)
+    with bulk.lock:
+        refused = bulk.statuses.get(429, 0) + bulk.statuses.get(503, 0)
+        requests = bulk.requests
+    retried = collector.metric("retried")
+    row.note = (
+        f"{requests} bulk requests; whole-request 429/503 during {hold:.0f} s; "
+        f"{retried:.0f} record writes retried by the collector"
+    )
+    del refused
+
+
+def s8_competing_collectors(lab: Lab, s: Scenario, row: Row) -> None:
+    """Two collectors compete on one queue; one is SIGKILLed mid-run (not restarted)."""
+    rabbit, es = lab.rabbit, lab.es
+    n = lab.scale(20_000)
+    url = queue_url(rabbit, s.queue)
+    reader = FileReader([s.dir / "a.jsonl", s.dir / "b.jsonl"])
+    s.readers.append(reader)
+    a = s.collector("a", [url], [s.es_sink(es.url), s.file_sink("a")])
+    b = s.collector("b", [url], [s.es_sink(es.url), s.file_sink("b")])
+    app = s.app("app", {
+        "logging": handler_logging([url], s.dir / "spool"),
+        "first": 0, "count": n, "rate": 0 if lab.quick else 2000,
+    })  # fmt: skip
+    s.until(lambda: reader.tally.distinct >= n * 0.4, 300, "40 % in the sink")
+    a_lines = FileReader([s.dir / "a.jsonl"]).poll().deliveries
+    a.kill()
+    fault_end = time.monotonic()
+    s.until(app.exited, 300, "the application to deliver and exit")
+    s.settle(reader.tally, n, 180, [rabbit])
+    stored = es_readback(es.url, s.es_index)
+    _fill_row(row, stored, n, fault_end)
+    row.dup_deliveries = reader.tally.dup_deliveries
+    row.recovery = _recovery(reader.tally, fault_end)
+    row.note = (
+        f"collector A killed after writing {a_lines} records; B acked {b.metric('acked'):.0f}"
+    )
+
+
+@contextlib.contextmanager
+def small_filesystem(path: Path, size: str) -> Iterator[str]:
+    """A ``size`` tmpfs mounted on ``path`` (root), else yield "" (RLIMIT_FSIZE fallback)."""
+    path.mkdir(parents=True, exist_ok=True)
+    res = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
+        capture_output=True,
+        check=False,
+    )
+    if res.returncode != 0:
+        yield ""
+        return
+    try:
+        yield f"tmpfs {size}"
+    finally:
+        subprocess.run(["umount", "-l", str(path)], capture_output=True, check=False)
+
+
+def s9_spool_full(lab: Lab, s: Scenario, row: Row) -> None:
+    """The spool directory lives on a full 2 MB filesystem while the broker is down."""
+    rabbit = lab.rabbit
+    n = 10_000 if lab.quick else 20_000  # ~450 B a record: always more than 2 MB
+    url = queue_url(rabbit, s.queue)
+    reader = FileReader([s.dir / "c.jsonl"])
+    s.readers.append(reader)
+    s.collector("c", [url], [s.file_sink("c")])
+    with small_filesystem(s.dir / "fs", "2m") as mounted:
+        fs = mounted
+        options: dict[str, Any] = {"queue_size": 1000}
+        if not fs:
+            fs = "RLIMIT_FSIZE 2 MB"  # per file: keep segments above it so a write fails
+            options["spool_options"] = {"segment_bytes": 64 * 1024 * 1024}
+        rabbit.kill()
+        app = s.app("app", {
+            "logging": handler_logging([url], s.dir / "fs" / "spool", **options),
+            "first": 0, "count": n, "rate": 0, "fsize": 2 * 1024 * 1024 if "RLIMIT" in fs else 0,
+        })  # fmt: skip
+        s.until(app.done_emitting, 120, "the emission")
+        rabbit.start()
+        fault_end = time.monotonic()
+        s.until(app.exited, 300, "the application to deliver and exit")
+        st = app.stats()
+        dropped = int(sum(st["dropped"].values()))
+        s.settle(reader.tally, n - dropped, 120, [rabbit])
+    _fill_row(row, reader.tally, n, fault_end)
+    row.counted_drops = dropped
+    row.note = (
+        f"{fs}; broker down while logging; handler counted {dropped} dropped "
+        f"({', '.join(f'{k}={v}' for k, v in st['dropped'].items()) or 'none'})"
+    )
+
+
+def s10_forked_workers(lab: Lab, s: Scenario, row: Row) -> None:
+    """Four forked ``multiprocessing`` workers and their parent log concurrently."""
+    rabbit = lab.rabbit
+    n = lab.scale(25_000)
+    url = queue_url(rabbit, s.queue)
+    reader = FileReader([s.dir / "c.jsonl"])
+    s.readers.append(reader)
+    s.collector("c", [url], [s.file_sink("c")])
+    app = s.app("app", {
+        "logging": handler_logging([url], s.dir / "spool"),
+        "first": 0, "count": n, "rate": 0, "workers": 4,
+    })  # fmt: skip
+    s.until(app.exited, 300, "the application to deliver and exit")
+    end = time.monotonic()
+    s.settle(reader.tally, n, 30, [rabbit])
+    _fill_row(row, reader.tally, n, None)
+    row.recovery = None
+    lag = reader.tally.changed_at - end
+    row.note = (
+        f"parent + 4 fork workers, {n // 5} records each; last record in the sink "
+        f"{lag:+.1f} s after the parent exited"
+    )
+
+
+SCENARIOS: list[tuple[int, str, str, Callable[[Lab, Scenario, Row], None]]] = [
+    (1, "broker down for the first 30 s", "file", s1_broker_down_at_start),
+    (2, "broker killed -9 twice", "file", s2_broker_kill_twice),
+    (3, "primary of two endpoints killed (failover)", "file", s3_failover),
+    (4, "black-holed broker (SIGSTOP 15 s)", "file", s4_blackhole),
+    (5, "application killed -9, durability=spool, restarted", "file", s5_app_kill),
+    (6, "collector killed -9, restarted", "noida-db ES", s6_collector_kill),
+    (7, "sink answers 429/503 for 20 s", "ES _bulk stand-in", s7_sink_errors),
+    (8, "two collectors competing, one killed", "noida-db ES", s8_competing_collectors),
+    (9, "spool on a full filesystem", "file", s9_spool_full),
+    (10, "forked workers (multiprocessing)", "file", s10_forked_workers),
+]
+
+
+def run_scenario(lab: Lab, number: int) -> Row:
+    _, name, sink, fn = next(x for x in SCENARIOS if x[0] == number)
+    row = Row(number, name, sink)
+    s = Scenario(lab, number)
+    began = time.monotonic()
+    try:
+        fn(lab, s, row)
+    except Exception as exc:  # report the row as failed, keep running the others
+        row.error = f"{type(exc).__name__}: {exc}"
+        for app in s.apps:
+            row.error += f" | app stderr: {app.stderr()[-300:]}"
+    finally:
+        s.close()
+        row.seconds = time.monotonic() - began
+    return row
+
+
+# =============================================================================================
+# Output
+# =============================================================================================
+
+
+def table(rows: list[Row]) -> str:
+    head = (
+        "| # | scenario | sink | emitted | delivered | lost | dup. in sink | dup. deliveries "
+        "| recovery | goal |"
+    )
+    lines = [head, "|---|---|---|---:|---:|---:|---:|---:|---:|---|"]
+    for r in rows:
+        rec = "—" if r.recovery is None else f"{r.recovery:.1f} s"
+        lost = str(r.lost)
+        if r.counted_drops is not None:
+            lost += f" (counted {r.counted_drops})"
+        goal = "met" if r.ok else "**MISSED**"
+        lines.append(
+            f"| {r.number} | {r.name} | {r.sink} | {r.emitted} | {r.delivered} | {lost} "
+            f"| {r.dup_sink} | {r.dup_deliveries} | {rec} | {goal} |"
+        )
+    return "\n".join(lines)
+
+
+HOW = {
+    1: "The broker is SIGKILLed before the application starts; the application logs at a steady "
+    "rate while the handler spools; at 30 s the broker is started again (its boot time is part "
+    "of the outage). Recovery: from the broker accepting clients to the last record in the sink.",
+    2: "The broker is SIGKILLed (whole process group) at 25 % and 60 % of the emission and started "
+    "again each time (durable queue, persistent messages, publisher confirms). Recovery: from the "
+    "second restart.",
+    3: "Handler with `strategy: failover` over two RabbitMQ nodes, one collector consuming both. "
+    "The primary is SIGKILLed at 40 %; the stream continues through the secondary; the primary is "
+    "started again after the emission (records it had confirmed are still in its queue). "
+    "Recovery: from the primary's restart.",
+    4: "The broker's process group is SIGSTOPped: TCP connections are still accepted by the "
+    "kernel, nothing answers (confirm timeouts, heartbeats). Application and collector both "
+    "see it. SIGCONT ends the fault. Recovery: from SIGCONT.",
+    5: "`durability: spool` (write-ahead). The application is SIGKILLed at 50 %; the exact number "
+    "of records whose `emit()` returned is read from a shared counter the application updates "
+    "after each call. The restarted application (same spool directory) replays, then logs the "
+    "rest. Recovery: from the restart.",
+    6: "Collector with an Elasticsearch sink (noida-db) and a file sink (to count deliveries). "
+    "SIGKILL at 40 % in the sink, a new collector started at once. Delivered/lost/dup. in sink "
+    "are read back from the index (scan); dup. deliveries from the file sink (redelivered "
+    "messages that were already written: Elasticsearch answered 409 for them).",
+    7: "The fault-injecting `_bulk` stand-in of the collector tests (answers like Elasticsearch) "
+    "refuses whole requests with 429 / 503 alternately for 20 s. Recovery: from the first "
+    "healthy answer to the last record stored; dup. deliveries = 409 answers.",
+    8: "Two collector processes (noida-db + file sinks) consume one queue; one is SIGKILLed at "
+    "40 % and not restarted; its unacknowledged messages go to the other. Read back as in 6. "
+    "Recovery: from the kill.",
+    9: "The spool directory is a 2 MB tmpfs (or RLIMIT_FSIZE where mounting is not allowed). "
+    "The broker is down while the application logs as fast as it can, so the spool fills up; "
+    "then the broker comes back. Goal: records missing in the sink = the handler's `dropped` "
+    "counters. Recovery: from the broker restart.",
+    10: "The parent configures logging, logs, forks four `multiprocessing` workers (fork "
+    "context) that log their share and return normally, logs its own share meanwhile, joins "
+    "them and drains. No fault: recovery not applicable.",
+}
+
+
+def document(rows: list[Row], quick: bool, elapsed: float) -> str:
+    now = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    load = os.getloadavg()
+    parts = [
+        "# Reliability figures",
+        "",
+        "Generated by `make faults` — regenerate with:",
+        "",
+        "```sh",
+        COMMAND.split("   ", maxsplit=1)[0] + (" --quick" if quick else ""),
+        "```",
+        "",
+        f"- date: {now}; total run time {elapsed / 60:.1f} min",
+        f"- machine: {os.cpu_count()} cores, {platform.machine()}, Linux "
+        f"{platform.release()}, Python {platform.python_version()}; load average at the end "
+        f"{load[0]:.1f} (other jobs share the machine)",
+        "- pipeline: application subprocess (`logging.config.dictConfig` + `mqlogging.MQHandler`, "
+        "AMQP, publisher confirms) → private RabbitMQ 3.10 → collector process "
+        "(`python -m mqlogging.collector`) → sink.",
+        "",
+        'Every record carries `extra={"seq": i}`; the sink is read back and the set of `seq` '
+        "compared with what was emitted. **lost** = emitted - distinct records in the sink. "
+        "**dup. in sink** = records stored more than once under different ids (what "
+        "Elasticsearch would keep twice — impossible by `_id` construction unless a record got two "
+        "ids). **dup. deliveries** = deliveries of a record the sink already had (at-least-once "
+        "redeliveries after a crash: extra lines in the file sink, 409 answers of "
+        "Elasticsearch); expected, harmless in Elasticsearch. **recovery** = from the end of the "
+        "fault to the last new record in the sink. Goal: lost = 0 and dup. in sink = 0 "
+        "(scenario 9: lost = the handler's drop counters).",
+        "",
+        table(rows),
+        "",
+        "## How each scenario is measured",
+        "",
+    ]
+    for r in rows:
+        parts.append(f"{r.number}. **{r.name}** ({r.seconds:.0f} s). {HOW[r.number]}")
+        if r.note:
+            parts.append(f"   Run: {r.note}.")
+        if r.error:
+            parts.append(f"   ERROR: `{r.error}`")
+    return "\n".join(parts) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["app"]:
+        return app_main(argv[1])
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="record counts / 10, short faults")
+    parser.add_argument("--only", default="", help="comma-separated scenario numbers")
+    parser.add_argument("--write", default="", help="write the Markdown report to this file")
+    parser.add_argument("--keep", default="", help="work in this directory and keep it")
+    args = parser.parse_args(argv)
+    wanted = [int(x) for x in args.only.split(",") if x] or [x[0] for x in SCENARIOS]
+    began = time.monotonic()
+    rows: list[Row] = []
+    with contextlib.ExitStack() as stack:
+        if args.keep:
+            tmp = args.keep
+            Path(tmp).mkdir(parents=True, exist_ok=True)
+        else:
+            tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="mqlogging-faults-"))
+        lab = Lab(Path(tmp), args.quick)
+        try:
+            for number in wanted:
+                row = run_scenario(lab, number)
+                rows.append(row)
+                status = "ok" if row.ok else f"MISSED {row.error}"
+                print(
+                    f"[{time.monotonic() - began:5.0f} s] scenario {number}: {status}", flush=True
+                )
+        finally:
+            lab.close()
+    elapsed = time.monotonic() - began
+    print()
+    print(table(rows))
+    if args.write:
+        Path(args.write).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.write).write_text(document(rows, args.quick, elapsed))
+        print(f"\nwritten to {args.write}")
+    return 0 if all(r.ok for r in rows) else 1
+
+
+def run() -> list[dict[str, Any]]:
+    """Rows for ``benchmarks/run.py``: lost records per scenario (goal 0)."""
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="mqlogging-faults-") as tmp:
+        lab = Lab(Path(tmp), quick=True)
+        try:
+            for number, *_ in SCENARIOS:
+                r = run_scenario(lab, number)
+                rows.append({
+                    "name": f"faults {number}: {r.name} (lost)", "value": r.lost,
+                    "unit": "records", "baseline_name": "", "baseline_value": 0.0,
+                    "ratio": 0.0, "goal": "= counted drops" if number == 9 else "0",
+                })  # fmt: skip
+        finally:
+            lab.close()
+    return rows
+
+
+if __name__ == "__main__":
+    sys.exit(main())
