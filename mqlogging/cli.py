@@ -26,6 +26,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_collect(subparsers)
     _add_spool(subparsers)
     _add_rabbitmq(subparsers)
+    _add_tail(subparsers)
+    _add_run(subparsers)
     return parser
 
 
@@ -114,6 +116,35 @@ def _add_rabbitmq(subparsers: argparse._SubParsersAction[argparse.ArgumentParser
         return run_command(args)
 
     parser.set_defaults(run=run)
+
+
+def _add_tail(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """``mqlogging tail URL``: a live view of a queue or spool that takes nothing away."""
+    from . import tail
+
+    parser = subparsers.add_parser(
+        "tail",
+        help="live, coloured view of the records of a queue or spool (takes nothing away)",
+        description=tail.DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    tail.add_arguments(parser)
+    parser.set_defaults(run=tail.run_command)
+
+
+def _add_run(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """``mqlogging run -- CMD ...``: ship a command's output lines as records."""
+    from . import run
+
+    parser = subparsers.add_parser(
+        "run",
+        help="run a command and ship each line of its stdout/stderr as a log record",
+        usage="%(prog)s [OPTIONS] -- CMD [ARGS...]",
+        description=run.DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    run.add_arguments(parser)
+    parser.set_defaults(run=run.run_command)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

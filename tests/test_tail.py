@@ -1,0 +1,339 @@
+"""``mqlogging tail``: a live view that shows every new record and takes none from the collector."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from mqlogging import JsonFormatter, MQHandler
+from mqlogging.backends import open_consumer
+from mqlogging.tail import Filter, normalise, render
+from tests.brokers import ActiveMQ, RabbitMQ
+from tests.helpers import free_port, wait_until
+
+N = 50
+
+
+class Tail:
+    """``python -m mqlogging tail ...`` in a subprocess; ``ready`` once it is subscribed."""
+
+    def __init__(self, *args: str) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "mqlogging", "tail", *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        self.banner = ""
+        self.lines: list[str] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.lines.append(line.rstrip("\n"))
+
+    def wait_ready(self) -> str:
+        """Block until the banner (printed once the tap is subscribed) is on stderr."""
+        assert self.proc.stderr is not None
+        self.banner = self.proc.stderr.readline()
+        assert self.banner.startswith("mqlogging tail:"), self.banner + self.proc.stderr.read()
+        return self.banner
+
+    def finish(self, timeout: float = 30.0) -> int:
+        code = self.proc.wait(timeout)
+        self._reader.join(5)
+        return code
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+
+@pytest.fixture
+def tails() -> Iterator[list[Tail]]:
+    started: list[Tail] = []
+    yield started
+    for tail in started:
+        tail.kill()
+
+
+def _log(url: str, records: int, *, spool: Any = False, name: str = "app.tail") -> None:
+    handler = MQHandler(url, spool=spool, close_timeout=10)
+    logger = logging.Logger(name, logging.DEBUG)
+    logger.addHandler(handler)
+    for i in range(records):
+        logger.info("record %d", i, extra={"seq": i})
+    handler.close()
+    assert handler.stats()["confirmed"] == records
+
+
+def _consume_all(url: str, expected: int) -> list[dict[str, Any]]:
+    """What a collector would get: every message of the queue, acked."""
+    docs: list[dict[str, Any]] = []
+    with open_consumer(url) as consumer:
+
+        def more() -> bool:
+            batch = consumer.fetch(1000, 0.5)
+            consumer.ack(batch)
+            docs.extend(json.loads(d.body) for d in batch)
+            return len(docs) >= expected
+
+        wait_until(more, timeout=30, message=f"{expected} records in the collector's queue")
+        consumer.ack(extra := consumer.fetch(1000, 0.5))
+        docs.extend(json.loads(d.body) for d in extra)
+    return docs
+
+
+def _seqs(lines: list[str]) -> list[int]:
+    return [json.loads(line)["seq"] for line in lines]
+
+
+class TestCopies:
+    def test_amqp_sees_new_records_and_the_collector_keeps_them(
+        self, rabbitmq: RabbitMQ, queue_name: str, tails: list[Tail]
+    ) -> None:
+        """AMQP: the tail's own exclusive queue gets a copy of every record, in order; the
+        collector's queue still holds all of them; the tap queue is gone after exit."""
+        url = f"{rabbitmq.amqp_url}?exchange={queue_name}-x&queue={queue_name}"
+        _log(url, 1)  # the backlog: not shown (a copy of *new* records)
+        tail = Tail(url, "--json", "--count", str(N))
+        tails.append(tail)
+        banner = tail.wait_ready()
+        assert "exclusive queue amq.gen-" in banner
+        assert "guest:guest" not in banner
+        _log(url, N)
+        assert tail.finish() == 0
+        assert list(range(N)) == _seqs(tail.lines)
+        assert rabbitmq.queue_depth(queue_name) == N + 1
+        tap = banner.split("exclusive queue ")[1].split()[0]
+        wait_until(lambda: not rabbitmq.queue_exists(tap), message="tap queue deleted")
+
+    def test_stomp_rabbitmq_exchange_tap(
+        self, rabbitmq: RabbitMQ, queue_name: str, tails: list[Tail]
+    ) -> None:
+        """STOMP on RabbitMQ with --exchange: a /queue/ URL is tapped through
+        /exchange/NAME/#; every record shown once, none taken from the queue."""
+        amqp = f"{rabbitmq.amqp_url}?exchange={queue_name}-x&queue={queue_name}"
+        _log(amqp, 1)  # declares the exchange the tail binds to
+        stomp = f"{rabbitmq.stomp_url}/queue/{queue_name}"
+        tail = Tail(stomp, "--exchange", f"{queue_name}-x", "--json", "--count", str(N))
+        tails.append(tail)
+        assert f"/exchange/{queue_name}-x/#" in tail.wait_ready()
+        _log(amqp, N)
+        assert tail.finish() == 0
+        assert list(range(N)) == _seqs(tail.lines)
+        assert rabbitmq.queue_depth(queue_name) == N + 1
+
+    def test_stomp_topic_subscription(
+        self, rabbitmq: RabbitMQ, queue_name: str, tails: list[Tail]
+    ) -> None:
+        """A /topic/ destination is subscribed as it is: every subscriber gets its copy."""
+        url = f"{rabbitmq.stomp_url}/topic/{queue_name}"
+        tail = Tail(url, "--json", "--count", str(N))
+        tails.append(tail)
+        assert "own subscription to /topic/" in tail.wait_ready()
+        _log(url, N)
+        assert tail.finish() == 0
+        assert list(range(N)) == _seqs(tail.lines)
+
+    def test_activemq_queue_browser(
+        self, activemq: ActiveMQ, queue_name: str, tails: list[Tail]
+    ) -> None:
+        """ActiveMQ /queue/: a repeated queue browser shows each new record exactly once and
+        the consumer still gets every record (browsing consumes nothing)."""
+        url = f"{activemq.stomp_url}/queue/{queue_name}"
+        _log(url, 3)  # backlog, hidden without --backlog
+        tail = Tail(url, "--json", "--count", str(N))
+        tails.append(tail)
+        assert "queue browser" in tail.wait_ready()
+        _log(url, N)
+        assert tail.finish() == 0
+        assert list(range(N)) == _seqs(tail.lines)
+        docs = _consume_all(url, N + 3)
+        assert [0, 1, 2, *range(N)] == [d["seq"] for d in docs]
+
+    def test_local_spool_read_only(self, tmp_path: Path, tails: list[Tail]) -> None:
+        """local://: the spool files are followed without claiming or committing anything;
+        --backlog shows the waiting records first; the collector then gets every record."""
+        url = f"local://{tmp_path / 'spool'}"
+        _log(url, 5)
+        tail = Tail(url, "--json", "--backlog", "--count", str(N + 5))
+        tails.append(tail)
+        assert "read-only" in tail.wait_ready()
+        _log(url, N)
+        assert tail.finish() == 0
+        assert [*range(5), *range(N)] == _seqs(tail.lines)
+        assert not list((tmp_path / "spool").glob("*.ack"))
+        assert not list((tmp_path / "spool").glob("*.lock"))
+        docs = _consume_all(url, N + 5)
+        assert [*range(5), *range(N)] == [d["seq"] for d in docs]
+
+
+class TestCommand:
+    def test_filters_select_records(
+        self, rabbitmq: RabbitMQ, queue_name: str, tails: list[Tail]
+    ) -> None:
+        """--level, --logger and --field (dotted, into ECS objects) combine; non-matching
+        records are not printed."""
+        url = f"{rabbitmq.amqp_url}?exchange={queue_name}-x&queue={queue_name}"
+        tail = Tail(
+            url, "--json", "--count", "3", "--level", "warning", "--logger", "billing",
+            "--field", "service.name=shop", "--field", "user=bob",
+        )  # fmt: skip
+        tails.append(tail)
+        tail.wait_ready()
+        handler = MQHandler(url, spool=False, static_fields={"service": "shop"})
+        for name in ("billing", "billing.db", "billingx", "other"):
+            logger = logging.Logger(name)
+            logger.addHandler(handler)
+            for level in (logging.INFO, logging.WARNING, logging.ERROR):
+                for user in ("bob", "eve"):
+                    logger.log(level, "%s %s", name, level, extra={"user": user})
+        handler.close()
+        assert tail.finish() == 0
+        shown = [(d["log"]["logger"], d["log"]["level"]) for d in map(json.loads, tail.lines)]
+        assert shown == [("billing", "warning"), ("billing", "error"), ("billing.db", "warning")]
+
+    def test_human_output_without_colour_when_piped(
+        self, rabbitmq: RabbitMQ, queue_name: str, tails: list[Tail]
+    ) -> None:
+        """Not a terminal: no escape codes; level, logger, message, extras and the indented
+        traceback are on the lines."""
+        url = f"{rabbitmq.amqp_url}?exchange={queue_name}-x&queue={queue_name}"
+        tail = Tail(url, "--count", "1")
+        tails.append(tail)
+        tail.wait_ready()
+        handler = MQHandler(url, spool=False)
+        logger = logging.Logger("app.pay")
+        logger.addHandler(handler)
+        try:
+            raise ValueError("bad card")
+        except ValueError:
+            logger.exception("payment failed", extra={"order": 7})
+        handler.close()
+        assert tail.finish() == 0
+        text = "\n".join(tail.lines)
+        assert "\x1b[" not in text
+        assert "ERROR    app.pay payment failed  order=7" in tail.lines[0]
+        assert "    Traceback (most recent call last):" in tail.lines
+        assert tail.lines[-1] == "    ValueError: bad card"
+
+    @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+    def test_interrupt_exits_zero(self, tmp_path: Path, tails: list[Tail], signum: int) -> None:
+        """Ctrl-C (SIGINT) and SIGTERM end the tail with status 0 and no traceback."""
+        (tmp_path / "spool").mkdir()
+        tail = Tail(f"local://{tmp_path / 'spool'}")
+        tails.append(tail)
+        tail.wait_ready()
+        tail.proc.send_signal(signum)
+        assert tail.finish() == 0
+        assert tail.proc.stderr is not None
+        assert "Traceback" not in tail.proc.stderr.read()
+
+    @pytest.mark.parametrize(
+        ("url", "expected"),
+        [
+            ("amqp://guest:secret@127.0.0.1:{port}/?exchange=logs", "connection refused"),
+            ("amqp://guest:secret@127.0.0.1:{port}/?exchange=&queue=q", "default exchange"),
+            ("local:///nonexistent/spool", "does not exist"),
+        ],
+    )
+    def test_errors_are_one_line(self, url: str, expected: str) -> None:
+        """Unreachable brokers and untappable URLs: exit 2 with one line, no password."""
+        result = subprocess.run(
+            [sys.executable, "-m", "mqlogging", "tail", url.format(port=free_port())],
+            capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+        assert result.returncode == 2
+        assert expected in result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1
+        assert "secret" not in result.stderr
+
+    def test_rabbitmq_stomp_queue_is_refused(self, rabbitmq: RabbitMQ, queue_name: str) -> None:
+        """A RabbitMQ /queue/ without --exchange cannot be copied: refused, and explained."""
+        result = subprocess.run(
+            [sys.executable, "-m", "mqlogging", "tail", f"{rabbitmq.stomp_url}/queue/{queue_name}"],
+            capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+        assert result.returncode == 2
+        assert "--exchange NAME" in result.stderr
+        assert not rabbitmq.queue_exists(queue_name)
+
+
+def _doc(schema: str, **kwargs: Any) -> bytes:
+    formatter = JsonFormatter(schema=schema, static_fields={"service": "shop"})
+    try:
+        raise KeyError("sku")
+    except KeyError:
+        record = logging.LogRecord("app.cart", logging.ERROR, "cart.py", 3, "no %s", ("sku",),
+                                   sys.exc_info())  # fmt: skip
+    record.__dict__.update(kwargs)
+    return formatter.format(record).encode()
+
+
+class TestRendering:
+    @pytest.mark.parametrize("schema", ["ecs", "logstash"])
+    def test_schemas_normalise_alike(self, schema: str) -> None:
+        """ECS and logstash documents map to the same time, level, logger, message, traceback
+        and extras."""
+        rec = normalise(_doc(schema, user="bob"))
+        assert (
+            rec.level, rec.levelno, rec.logger, rec.message,
+        ) == ("ERROR", 40, "app.cart", "no sku")  # fmt: skip
+        assert rec.trace.startswith("Traceback (most recent call last):")
+        assert rec.trace.endswith("KeyError: 'sku'")
+        assert rec.extras["user"] == "bob"
+        assert datetime.fromisoformat(rec.time.replace("Z", "+00:00"))
+
+    def test_flat_schema_traceback(self) -> None:
+        """The flat schema's exc_info is shown as the traceback."""
+        rec = normalise(_doc("flat"))
+        assert rec.message == "no sku"
+        assert rec.trace.endswith("KeyError: 'sku'")
+
+    def test_colour_codes_follow_the_level(self) -> None:
+        """With colour, the level is wrapped in its ANSI colour (red for ERROR)."""
+        text = render(normalise(_doc("ecs")), colour=True)
+        assert "\x1b[1;31mERROR" in text
+        assert "\x1b[0m" in text
+
+    def test_not_json_is_shown_not_fatal(self) -> None:
+        """A body that is not JSON is shown as such and passes filters without a level."""
+        rec = normalise(b"\xffplain text")
+        assert "(not JSON)" in render(rec, colour=False)
+        assert Filter()(rec)
+        assert not Filter(level=logging.INFO)(rec)
+
+    def test_truncated_records_are_marked(self) -> None:
+        """A record the formatter truncated shows truncated=true among its extras."""
+        formatter = JsonFormatter(max_bytes=2048)
+        record = logging.LogRecord("a", logging.INFO, "", 0, "x" * 10_000, (), None)
+        rec = normalise(formatter.format(record).encode())
+        assert rec.extras.get("truncated") is True
+        assert "truncated=true" in render(rec, colour=False)
+
+
+def test_help_says_which_mode() -> None:
+    """--help documents how each URL kind is tapped without stealing records."""
+    result = subprocess.run(
+        [sys.executable, "-m", "mqlogging", "tail", "--help"],
+        capture_output=True, text=True, timeout=60, check=False,
+        env={**os.environ, "COLUMNS": "100"},
+    )  # fmt: skip
+    assert result.returncode == 0
+    for words in ("exclusive, auto-delete", "NEW records", "queue browser", "read-only"):
+        assert words in result.stdout
