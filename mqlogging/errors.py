@@ -60,11 +60,13 @@ class MissingDependencyError(MQLoggingError, ImportError):
 class BackendError(MQLoggingError):
     """Talking to a broker failed.
 
-    ``endpoint`` is the redacted endpoint URL (safe to log).
+    ``endpoint`` is the redacted endpoint URL (safe to log); ``reason`` is the message without
+    it, for wrapping into another error about the same endpoint.
     """
 
     def __init__(self, message: str, *, endpoint: str = "") -> None:
         self.endpoint = endpoint
+        self.reason = message
         super().__init__(f"{message} ({endpoint})" if endpoint else message)
 
 

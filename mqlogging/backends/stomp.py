@@ -596,7 +596,7 @@ class STOMPConsumer(_Client, Consumer):
             link.write(_frame("SUBSCRIBE", headers))
             self._await_receipt(link, receipt, f"SUBSCRIBE to {ep.destination}")
         except (NotConfirmed, PublishTimeout) as exc:
-            msg = f"cannot subscribe to {ep.destination}: {exc.args[0]}"
+            msg = f"cannot subscribe to {ep.destination}: {exc.reason}"
             raise ConnectError(msg, endpoint=ep.redacted()) from exc
         except Exception as exc:
             self._drop_link()
