@@ -63,6 +63,7 @@ def drain_amqp(
                 last_tag[0] = method.delivery_tag
                 if len(docs) % 500 == 0:
                     channel.basic_ack(method.delivery_tag, multiple=True)
+                    last_tag[0] = 0  # acked: acking the same tag again closes the channel
 
             last_tag[0] = 0
             tag = ch.basic_consume(queue, on_message)
