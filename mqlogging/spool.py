@@ -643,10 +643,31 @@ class Spool:
         self._failed = 0
         self._unjournaled: dict[str, int] = {}
         self._closed = False
+        self._own: set[str] = set()  # stems of the segments this instance created (see wrote)
         _FORK_REGISTRY.add(self)
 
     def __repr__(self) -> str:
         return f"Spool({self.directory!r})"
+
+    def wrote(self, stem: str) -> bool:
+        """True if ``stem`` is a segment this :class:`Spool` created (in this process)."""
+        return stem in self._own
+
+    def foreign_segments(self) -> bool:
+        """True if the directory holds a segment this :class:`Spool` did not write.
+
+        One ``listdir``, no lock, no claim: the handler's cheap periodic check for segments left
+        by other processes sharing the directory (exited workers, crashed writers) before it
+        starts a ``sealed_only`` reader to adopt them. Open segments of live writers count too;
+        the reader skips those.
+
+        Raises:
+            SpoolError: the directory cannot be listed.
+        """
+        return any(
+            entry.name is not None and entry.stem not in self._own
+            for entry in _scan(self.directory).values()
+        )
 
     # -- appending ----------------------------------------------------------------------------
 
@@ -801,6 +822,7 @@ class Spool:
             _unlink(tmp)
             msg = f"cannot create spool segment {path!r}: {exc.strerror}"
             raise SpoolError(msg) from exc
+        self._own.add(stem)
         return _OpenSegment(stem, fd)
 
     def _write(self, seg: _OpenSegment, data: bytes) -> None:
@@ -867,6 +889,9 @@ class Spool:
     def _refresh(self) -> None:
         """Recount the directory's bytes, seal orphans, drop segments older than max_age."""
         entries = _scan(self.directory)
+        # Forget our segments that are gone; rebound, not mutated: foreign_segments() reads it
+        # without the lock.
+        self._own = self._own & entries.keys()
         total = 0
         horizon = time.time() - self.max_age
         own = self._seg.stem if self._seg is not None else None
@@ -947,6 +972,7 @@ class Spool:
                 os.close(self._seg.fd)
             self._seg = None
         self._last_ns = 0
+        self._own = set()  # the parent's segments are not the child's
 
     # -- for readers --------------------------------------------------------------------------
 
@@ -989,6 +1015,14 @@ class SpoolReader:
         validate: parse every line as JSON and skip (count) the corrupt ones. ``False`` skips
             only empty lines: for a write-ahead sender reading back bodies its own formatter
             produced (~2x faster replay); corrupt lines then reach the consumer.
+        sealed_only: never read the open segment of a live writer (open segments of dead
+            writers are sealed and read), and take one writer's segments only in order: once
+            a segment is held by another reader or live, the newer segments of the same
+            writer (same pid field) are left alone in that :meth:`read`. For the handler's
+            adoption of segments other processes left behind: it must neither compete with
+            their live writers nor reorder a live writer's backlog that its own reader is
+            replaying.
+        skip: segments (by stem) this reader must never take (the handler's own segments).
 
     One reader belongs to one thread. Segments stay claimed while this reader has records of
     them outstanding (read, not committed); a live writer's segment is released again when
@@ -1002,9 +1036,13 @@ class SpoolReader:
         spool: Spool | None = None,
         fsync: bool = False,
         validate: bool = True,
+        sealed_only: bool = False,
+        skip: Callable[[str], bool] | None = None,
     ) -> None:
         self.directory = os.fspath(directory)
         self._spool = spool
+        self._sealed_only = sealed_only
+        self._skip = skip
         self._fsync = fsync
         self._validate = _parse_json if validate else _nonempty
         self._claims: dict[str, _Claim] = {}
@@ -1046,6 +1084,7 @@ class SpoolReader:
                 self._read_segment(claim, out, max_records)
         if len(out) >= max_records:
             return out
+        held: set[str] = set()  # sealed_only: writers (pid field) with a segment we cannot take
         for stem, entry in sorted(_scan(self.directory).items()):
             if len(out) >= max_records:
                 break
@@ -1055,9 +1094,16 @@ class SpoolReader:
                 if entry.side:
                     self._collect_garbage(stem)
                 continue
+            if self._skip is not None and self._skip(stem):
+                continue
+            writer = stem.split("-", 2)[1]
+            if writer in held:
+                continue
             claim = self._take(entry)
             if claim is not None:
                 self._read_segment(claim, out, max_records)
+            elif self._sealed_only:
+                held.add(writer)
         return out
 
     def commit(self, records: Iterable[SpoolRecord]) -> None:
@@ -1176,6 +1222,9 @@ class SpoolReader:
             if current.count is None:
                 sealed = _seal_orphan(self.directory, entry.stem, self._fsync, self._drop)
                 current = sealed or _resolve(self.directory, entry.stem) or current
+                if self._sealed_only and current.count is None:
+                    os.close(lock_fd)  # a live writer's open segment: not ours to take
+                    return None
             try:
                 fd = os.open(
                     os.path.join(self.directory, current.name or ""), os.O_RDONLY | os.O_CLOEXEC

@@ -21,6 +21,14 @@ already there, and the sender replays the spool FIFO). Three rules keep emit ord
    sender commits those records at the head of the spool instead of sending them twice.
 3. A lane becomes direct again only when its reader finds the spool empty *under the lock*.
 
+Adoption: several processes may share a spool directory (fork workers inherit the handler's).
+Segments another process left there (it exited while its broker was unreachable, or crashed)
+are nobody's backlog: a *direct* lane whose endpoint is healthy checks the directory every
+``_ADOPT_INTERVAL`` seconds (one ``listdir``) and replays such segments, oldest first, with a
+second reader that takes only sealed segments (or open ones of dead writers) it did not write,
+one claim per segment, so no two processes ship the same segment and the lane's own records
+(direct, or in its own segments) keep their order.
+
 Delivery: a record counts as delivered only when ``publish_batch`` returned (broker confirm).
 Spool segments are deleted by :meth:`~mqlogging.spool.SpoolReader.commit` only after that.
 Threads: callers touch only the deque, the locks and (on the slow paths) the spools; producers
@@ -31,6 +39,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import importlib
 import os
 import re
 import sys
@@ -52,6 +61,8 @@ from ..spool import Spool, SpoolReader, SpoolRecord
 __all__ = ["Config", "Pipeline", "default_spool_dir", "lane_directories"]
 
 _COMPLAINT_INTERVAL = 30.0
+# Seconds between two checks for segments other processes left in a lane's spool directory.
+_ADOPT_INTERVAL = 5.0
 
 
 # -- helpers ----------------------------------------------------------------------------------
@@ -204,6 +215,10 @@ class _Lane:
         self.spool = spool
         self.batch_size = batch_size
         self._reader: SpoolReader | None = None
+        # Adoption of other processes' segments (sender thread only; see the module docstring).
+        self._foreign: SpoolReader | None = None
+        self.adopting = False
+        self.next_scan = 0.0
         # Start backlogged: records left by an earlier run are replayed before new ones.
         self.backlogged = spool is not None
         self.inflight: list[Message] | None = None
@@ -221,6 +236,25 @@ class _Lane:
 
     def close_reader(self) -> None:
         reader, self._reader = self._reader, None
+        if reader is not None:
+            with contextlib.suppress(Exception):
+                reader.close()
+        self.close_foreign_reader()
+
+    def foreign_reader(self) -> SpoolReader:
+        """The reader of segments other processes left: sealed (or of dead writers), never
+        one of this lane's spool, never a live writer's open segment."""
+        if self._foreign is None:
+            assert self.spool is not None
+            self._foreign = SpoolReader(
+                self.spool.directory, validate=False, sealed_only=True, skip=self.spool.wrote
+            )
+        return self._foreign
+
+    def close_foreign_reader(self) -> None:
+        """Release the adopted segments' claims (uncommitted records go to the next reader)."""
+        reader, self._foreign = self._foreign, None
+        self.adopting = False
         if reader is not None:
             with contextlib.suppress(Exception):
                 reader.close()
@@ -290,6 +324,40 @@ def _close_at_multiprocessing_exit(pipe: Pipeline) -> None:
     util.Finalize(None, pipe.close, args=(pipe.config.close_timeout,), exitpriority=0)
 
 
+# Modules the sender thread would otherwise import on its first connection: the backend and
+# its client library (pika pulls in asyncio, decimal...: hundreds of milliseconds), and the IDNA
+# codec that ``socket.getaddrinfo`` loads for the first host name. See :func:`_preload`.
+_PRELOAD = {
+    "amqp": ("mqlogging.backends.amqp", "pika", "pika.adapters.blocking_connection"),
+    "stomp": (
+        "mqlogging.backends.stomp", "stomp", "stomp.connect", "stomp.protocol",
+        "stomp.transport", "stomp.utils",
+    ),
+    "local": ("mqlogging.backends.local",),
+}  # fmt: skip
+
+
+def _preload(endpoints: Sequence[Endpoint]) -> None:
+    """Import what the sender thread needs now, on the thread that builds the handler.
+
+    Why (``make faults`` scenario 10): the sender thread used to import pika on its first
+    publish, while the application went on logging and forked ``multiprocessing`` workers. A
+    ``fork()`` during that import copies ``sys.modules`` with ``pika``, ``decimal``, ``numbers``...
+    half executed, and the thread executing them does not exist in the child: every import of
+    pika in the child returns the partial module ("partially initialized module 'pika' has no
+    attribute 'BlockingConnection'"), so the child's sender never connects and its records end
+    in the spool at exit. Importing here (configuration time, normally before any fork) means the
+    sender thread never runs an import, so no fork can catch one half done. A missing client
+    library is left for the sender to report, as before.
+    """
+    names = ["encodings.idna"]
+    for ep in endpoints:
+        names.extend(_PRELOAD.get(ep.transport, ()))
+    for name in dict.fromkeys(names):
+        with contextlib.suppress(ImportError):
+            importlib.import_module(name)
+
+
 # -- the pipeline ---------------------------------------------------------------------------
 
 _RUNNING, _CLOSING, _CLOSED = 0, 1, 2
@@ -331,6 +399,7 @@ class Pipeline:
         self.write_ahead = config.durability == "spool"
         self.endpoints = [_EndpointState(ep, config.retry_max) for ep in config.endpoints]
         self.lanes = self._build_lanes()
+        _preload(config.endpoints)
 
     def _build_lanes(self) -> list[_Lane]:
         cfg = self.config
@@ -590,8 +659,15 @@ class Pipeline:
         for lane in self.lanes:
             if self.stopping:
                 break
-            if lane.backlogged and lane.spool is not None and now >= lane.next_attempt:
-                worked = self._replay(lane) or worked
+            if lane.spool is None:
+                continue
+            if lane.backlogged:
+                # Its reader takes every segment in order; hand adopted claims back to it.
+                lane.close_foreign_reader()
+                if now >= lane.next_attempt:
+                    worked = self._replay(lane) or worked
+            elif lane.adopting or now >= lane.next_scan:
+                worked = self._adopt(lane, now) or worked
         return worked
 
     def _take_and_send(self) -> None:
@@ -657,6 +733,46 @@ class Pipeline:
         except SpoolError as exc:
             self.complain("spool_read", f"cannot read the spool: {exc}")
             lane.next_attempt = time.monotonic() + 1.0
+            return False
+        messages = [Message(record_id(r), r.body) for r in records]
+        if not lane.publish(messages, self.complain):
+            reader.rewind()
+            return False
+        self._commit(lane, reader, records)
+        self.replayed += len(records)
+        return True
+
+    def _adopt(self, lane: _Lane, now: float) -> bool:
+        """Replay one batch of the segments other processes left in ``lane``'s directory.
+
+        Only while the lane is direct and an endpoint is up: a backlogged lane's own reader
+        reads those segments anyway, and a down lane would only spool them again. The check
+        for work is one ``listdir`` every ``_ADOPT_INTERVAL`` seconds; once there is some, a
+        batch per cycle (after the memory queue, so the lane's own records are not delayed
+        behind a large adopted backlog). True if a batch was confirmed.
+        """
+        spool = lane.spool
+        assert spool is not None
+        if lane.down(now) or not any(ep.healthy for ep in lane.endpoints):
+            return False  # adopt only through a healthy endpoint; looked at again when it is
+        if not lane.adopting:
+            lane.next_scan = now + _ADOPT_INTERVAL
+            try:
+                if not spool.foreign_segments():
+                    return False
+            except SpoolError as exc:
+                self.complain("spool_read", f"cannot read the spool: {exc}")
+                return False
+            lane.adopting = True
+        reader = lane.foreign_reader()
+        try:
+            records = reader.read(lane.batch_size)
+        except SpoolError as exc:
+            self.complain("spool_read", f"cannot read the spool: {exc}")
+            lane.close_foreign_reader()
+            return False
+        if not records:
+            lane.adopting = False  # nothing left to adopt (or all held by other readers)
             return False
         messages = [Message(record_id(r), r.body) for r in records]
         if not lane.publish(messages, self.complain):
