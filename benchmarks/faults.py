@@ -384,35 +384,33 @@ class Lab:
     def scale(self, n: int) -> int:
         return max(200, n // 10) if self.quick else n
 
+    def _running(self, attr: str, factory: Any) -> Any:
+        """The broker in ``attr``, started on first use and restarted if a scenario left it down."""
+        broker = getattr(self, attr)
+        if broker is None:
+            broker = factory()
+            broker.start()
+            setattr(self, attr, broker)
+        broker.ensure_running()
+        return broker
+
     @property
     def rabbit(self) -> Any:
         from tests.brokers import RabbitMQ
 
-        if self._rabbit is None:
-            self._rabbit = RabbitMQ()
-            self._rabbit.start()
-        self._rabbit.ensure_running()
-        return self._rabbit
+        return self._running("_rabbit", RabbitMQ)
 
     @property
     def rabbit2(self) -> Any:
         from tests.brokers import RabbitMQ
 
-        if self._rabbit2 is None:
-            self._rabbit2 = RabbitMQ()
-            self._rabbit2.start()
-        self._rabbit2.ensure_running()
-        return self._rabbit2
+        return self._running("_rabbit2", RabbitMQ)
 
     @property
     def es(self) -> Any:
         from tests.brokers import NoidaES
 
-        if self._es is None:
-            self._es = NoidaES()
-            self._es.start()
-        self._es.ensure_running()
-        return self._es
+        return self._running("_es", NoidaES)
 
     def close(self) -> None:
         for broker in (self._rabbit, self._rabbit2, self._es):
