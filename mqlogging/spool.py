@@ -121,11 +121,13 @@ __all__ = [
     "DEFAULT_MAX_BYTES",
     "DEFAULT_SEGMENT_AGE",
     "DEFAULT_SEGMENT_BYTES",
+    "SegmentView",
     "Spool",
     "SpoolReader",
     "SpoolRecord",
     "SpoolStats",
     "coerce_spool_options",
+    "segments",
 ]
 
 DEFAULT_SEGMENT_BYTES = 16 * 1024 * 1024
@@ -396,6 +398,35 @@ def _read_ack(directory: str, stem: str) -> tuple[int, int]:
         except (ValueError, KeyError, TypeError):
             continue
     return 0, 0
+
+
+@dataclass(frozen=True, slots=True)
+class SegmentView:
+    """A segment seen from outside, without a claim: for inspecting or exporting a spool."""
+
+    path: str
+    sealed: bool
+    confirmed: int  # bytes at the start of the file whose records were confirmed
+
+
+def segments(directory: str) -> list[SegmentView]:
+    """Every segment of ``directory`` in replay (FIFO) order, with its confirmed progress.
+
+    Read-only: takes no claim, seals nothing and writes no progress, so it is safe next to
+    running writers and readers (what it reports may be stale a moment later).
+
+    Raises:
+        SpoolError: the directory cannot be listed.
+    """
+    return [
+        SegmentView(
+            os.path.join(directory, entry.name),
+            sealed=entry.count is not None,
+            confirmed=_read_ack(directory, stem)[0],
+        )
+        for stem, entry in sorted(_scan(directory).items())
+        if entry.name is not None
+    ]
 
 
 def _write_ack(

@@ -22,7 +22,7 @@ from ..backends import open_producer
 from ..backends.endpoints import Endpoint
 from ..backends.local import record_id
 from ..errors import SpoolError
-from ..spool import SpoolReader, _read_ack, _scan
+from ..spool import SpoolReader, segments
 
 __all__ = ["ReplayResult", "SpoolSummary", "export_spool", "inspect_spool", "replay_spool"]
 
@@ -90,23 +90,20 @@ def _lines(directory: str) -> Iterator[tuple[bytes | None, bool]]:
 
     ``line`` is ``None`` for a torn last line (no newline).
     """
-    for stem, entry in sorted(_scan(directory).items()):
-        if entry.name is None:
-            continue
-        offset, _ = _read_ack(directory, stem)
+    for segment in segments(directory):
         try:
-            with open(os.path.join(directory, entry.name), "rb") as f:
-                f.seek(offset)
+            with open(segment.path, "rb") as f:
+                f.seek(segment.confirmed)
                 data = f.read()
         except FileNotFoundError:
             continue  # deleted by a replay meanwhile
         except OSError as exc:
-            msg = f"cannot read spool segment {entry.name!r} in {directory!r}: {exc.strerror}"
+            msg = f"cannot read spool segment {segment.path!r}: {exc.strerror}"
             raise SpoolError(msg) from exc
         *complete, tail = data.split(b"\n")
         for line in complete:
             yield line, True
-        if tail and entry.count is not None:
+        if tail and segment.sealed:
             yield None, False  # a sealed segment never ends mid-line unless it is torn
 
 
@@ -131,16 +128,14 @@ def inspect_spool(directory: str) -> SpoolSummary:
     """
     path = _check_dir(directory)
     summary = SpoolSummary(path)
-    for stem, entry in _scan(path).items():
-        if entry.name is None:
-            continue
+    for segment in segments(path):
         summary.segments += 1
-        summary.open_segments += entry.count is None
+        summary.open_segments += not segment.sealed
         try:
-            size = os.stat(os.path.join(path, entry.name)).st_size
+            size = os.stat(segment.path).st_size
         except FileNotFoundError:
             continue
-        summary.bytes += max(0, size - _read_ack(path, stem)[0])
+        summary.bytes += max(0, size - segment.confirmed)
     for line, _complete in _lines(path):
         if line is None:
             summary.torn_lines += 1
@@ -158,7 +153,7 @@ def inspect_spool(directory: str) -> SpoolSummary:
             summary.newest = stamp
     for name in sorted(os.listdir(path)):
         sub = os.path.join(path, name)
-        if os.path.isdir(sub) and any(e.name for e in _scan(sub).values()):
+        if os.path.isdir(sub) and segments(sub):
             summary.subdirectories.append(name)
     return summary
 
