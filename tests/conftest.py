@@ -30,37 +30,31 @@ def _start(broker: Broker) -> None:
         pytest.fail(str(exc), pytrace=False)
 
 
+def _booted(broker: Broker) -> Iterator[Broker]:
+    """Start ``broker`` for the session and always close it (kills the whole process group)."""
+    try:
+        _start(broker)
+        yield broker
+    finally:
+        broker.close()
+
+
 @pytest.fixture(scope="session")
-def _rabbitmq_session() -> Iterator[RabbitMQ]:
+def _rabbitmq_session() -> Iterator[Broker]:
     """The session's private RabbitMQ node (AMQP + STOMP), booted on first use."""
-    broker = RabbitMQ()
-    try:
-        _start(broker)
-        yield broker
-    finally:
-        broker.close()
+    yield from _booted(RabbitMQ())
 
 
 @pytest.fixture(scope="session")
-def _activemq_session() -> Iterator[ActiveMQ]:
+def _activemq_session() -> Iterator[Broker]:
     """The session's private ActiveMQ broker (STOMP), booted on first use."""
-    broker = ActiveMQ()
-    try:
-        _start(broker)
-        yield broker
-    finally:
-        broker.close()
+    yield from _booted(ActiveMQ())
 
 
 @pytest.fixture(scope="session")
-def _elasticsearch_session() -> Iterator[NoidaES]:
+def _elasticsearch_session() -> Iterator[Broker]:
     """The session's private noida-db server (Elasticsearch REST API), booted on first use."""
-    broker = NoidaES()
-    try:
-        _start(broker)
-        yield broker
-    finally:
-        broker.close()
+    yield from _booted(NoidaES())
 
 
 @pytest.fixture
