@@ -32,9 +32,10 @@ class MQHandler(logging.Handler):
 
     ``emit()`` formats the record on the caller's thread (so ``args``, ``exc_info`` and
     context variables are captured as they were) and appends the encoded bytes to a bounded
-    in-memory queue; a sender thread (one per handler, started on the first record) batches
-    them, publishes each batch with broker confirmation, fails over between endpoints, spools
-    to disk when no endpoint takes a batch, and replays the spool FIFO once one does.
+    in-memory queue; a sender thread (one per handler, started on the first record, or at
+    once when the spool holds records an earlier run left) batches them, publishes each batch
+    with broker confirmation, fails over between endpoints, spools to disk when no endpoint
+    takes a batch, and replays the spool FIFO once one does.
 
     Everything is a plain keyword value, so :func:`logging.config.dictConfig` (and YAML/JSON
     files loaded into it) can build it::
@@ -172,6 +173,7 @@ class MQHandler(logging.Handler):
             msg = f"MQHandler: {exc}"
             raise ConfigurationError(msg) from exc
         _fork.register(self)
+        self._pipe.start_if_spooled()
 
     def __repr__(self) -> str:
         names = ", ".join(ep.redacted() for ep in self.config.endpoints)

@@ -429,6 +429,23 @@ class Pipeline:
             self.fast = not self.write_ahead
             _close_at_multiprocessing_exit(self)
 
+    def start_if_spooled(self) -> None:
+        """Start the sender now if a spool already holds records (one ``listdir`` per lane).
+
+        A restarted application must ship what its predecessor left (killed, or exited while
+        its brokers were down) even if it never logs again: a lazy start on the first record
+        would leave that spool in place for as long as the process stays quiet.
+        """
+        for lane in self.lanes:
+            try:
+                found = lane.spool is not None and lane.spool.foreign_segments()
+            except SpoolError as exc:
+                self.complain("spool_read", f"cannot read the spool: {exc}")
+                continue
+            if found:
+                self.start()
+                return
+
     def rescue(self) -> None:
         """A record was appended after close() drained the deque: spool it too."""
         with self.order_lock:

@@ -67,10 +67,20 @@ def main() -> int:
                 time.sleep(0.001)
 
     if mode == "rerun":
-        # The next run of the application: log nothing, deliver what the spool holds, exit.
+        # The next run of the application: log one record, deliver what the spool holds, exit.
         logger.info("restarted", extra={"seq": -1})
         ok = handler.flush(60)
         print("FLUSHED" if ok else "TIMEOUT", flush=True)
+        return 0
+
+    if mode == "quiet":
+        # A next run that logs nothing at all: the spool must still be shipped.
+        deadline = time.monotonic() + 60
+        left = handler.stats()["spool"]["records"]
+        while left and time.monotonic() < deadline:
+            time.sleep(0.05)
+            left = handler.stats()["spool"]["records"]
+        print(f"LEFT {left}", flush=True)
         return 0
 
     if mode == "fork":

@@ -100,6 +100,34 @@ def test_kill_9_with_durability_spool_then_next_run(
     assert len({record_id(d) for d in docs}) == len(docs)
 
 
+def test_a_next_run_that_logs_nothing_ships_the_spool(
+    rabbitmq: RabbitMQ, queue_name: str, spool_dir: Path
+) -> None:
+    """The run after a SIGKILL never logs (a quiet service, or the predecessor had already
+    emitted everything): its handler still replays the spool it inherited, without waiting
+    for a first record (issue 6: the sender used to start only on the first record)."""
+    url = amqp_url(rabbitmq, queue_name)
+    rabbitmq.stop()
+    opts = {"durability": "spool", "retry_max": 1, "batch_size": 500}
+    proc = _run("stream", url, spool_dir, 0, json.dumps(opts))
+    assert proc.stdout is not None
+    last = -1
+    while last < 2000:
+        last = int(proc.stdout.readline())
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    rabbitmq.start()
+    quiet = _run("quiet", url, spool_dir, 0, json.dumps(opts))
+    out, err = quiet.communicate(timeout=120)
+    assert quiet.returncode == 0, err
+    assert "LEFT 0" in out, err
+    assert inspect_spool(str(spool_dir)).records == 0
+    got = seqs(drain_amqp(rabbitmq, queue_name, range(last + 1)))
+    assert set(range(last + 1)) <= set(got)
+    assert len(got) == len(set(got))
+    assert got == sorted(got)
+
+
 def test_kill_9_with_broker_up(rabbitmq: RabbitMQ, queue_name: str, spool_dir: Path) -> None:
     """durability=spool with a healthy broker, SIGKILL mid-stream: after the next run every
     record emit() returned from arrived; a record sent twice (confirmed, but its progress not
