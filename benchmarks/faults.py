@@ -692,9 +692,12 @@ def s5_app_kill(lab: Lab, s: Scenario, row: Row) -> None:
     s.readers.append(reader)
     s.collector("c", [url], [s.file_sink("c")])
     conf = handler_logging([url], s.dir / "spool", durability="spool")
-    rate = 0 if lab.quick else 2000
+    rate = 1000 if lab.quick else 2000  # throttled: the kill must land mid-run, not after
     first = s.app("run1", {"logging": conf, "first": 0, "count": n, "rate": rate})
     s.until(lambda: first.emitted() >= n // 2 or first.exited(), 120, "progress")
+    if first.exited():
+        msg = "the first run finished before it could be killed: lower its rate"
+        raise RuntimeError(msg)
     first.kill()
     done = first.emitted()  # emit() returned for exactly these records
     entered = first.entered()  # done + 1 if killed inside emit(): that one is not promised

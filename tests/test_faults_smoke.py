@@ -13,8 +13,6 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.slow  # make test-slow: scenario 5 stalls when run inside the full suite (see
-# CHANGELOG "Known issues"); `make faults` runs every scenario at full scale.
 @pytest.mark.timeout(180)
 def test_quick_faults_meet_the_goal(tmp_path: Path) -> None:
     """Scenario 5 (application kill -9 with durability=spool, restart) and 10 (forked
