@@ -17,6 +17,7 @@ test: brokers $(VENV)/.dev lint typecheck pytest
 
 lint: $(VENV)/.dev
 	$(BIN)/ruff check mqlogging tests benchmarks examples
+	$(BIN)/ruff format --check mqlogging tests benchmarks examples
 
 typecheck: $(VENV)/.dev
 	$(BIN)/mypy --strict mqlogging

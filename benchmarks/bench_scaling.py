@@ -84,10 +84,14 @@ def measure(sizes: tuple[int, ...] = SIZES) -> dict[str, list[dict[str, Any]]]:
             point = _one(f"{rabbitmq.amqp_url}?exchange=&queue={queue}", n, healthy=True)
             rabbitmq.delete_queue(queue)
             curves["healthy"].append({"records": n, **point})
-            print(f"healthy {n:>9}: {point['rate']:8.0f} rec/s  peak RSS {point['maxrss_mib']:.0f} MiB")
+            print(
+                f"healthy {n:>9}: {point['rate']:8.0f} rec/s  peak RSS {point['maxrss_mib']:.0f} MiB"
+            )
             point = _one(down_url, n, healthy=False)
             curves["down"].append({"records": n, **point})
-            print(f"down    {n:>9}: {point['rate']:8.0f} rec/s  peak RSS {point['maxrss_mib']:.0f} MiB")
+            print(
+                f"down    {n:>9}: {point['rate']:8.0f} rec/s  peak RSS {point['maxrss_mib']:.0f} MiB"
+            )
     return curves
 
 
@@ -101,7 +105,9 @@ def plot(curves: dict[str, list[dict[str, Any]]], path: Path) -> None:
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
     for label, points in curves.items():
         xs = [p["records"] for p in points]
-        name = "broker healthy (to last confirm)" if label == "healthy" else "broker down (to spool)"
+        name = (
+            "broker healthy (to last confirm)" if label == "healthy" else "broker down (to spool)"
+        )
         ax1.plot(xs, [p["rate"] for p in points], marker="o", label=name)
         ax2.plot(xs, [p["maxrss_mib"] for p in points], marker="o", label=name)
     for ax, title in ((ax1, "delivery throughput (records/s)"), (ax2, "peak RSS (MiB)")):
@@ -121,12 +127,17 @@ def run(sizes: tuple[int, ...] = SIZES) -> list[dict[str, Any]]:
     rows = []
     for label, points in curves.items():
         first, last = points[0], points[-1]
-        rows.append({
-            "name": f"records/s, {label}, {last['records']:,} vs {first['records']:,} records",
-            "value": round(last["rate"]), "unit": "records/s",
-            "baseline_name": f"same at {first['records']:,}", "baseline_value": round(first["rate"]),
-            "ratio": round(last["rate"] / first["rate"], 2), "goal": "~1.0 (linear cost)",
-        })
+        rows.append(
+            {
+                "name": f"records/s, {label}, {last['records']:,} vs {first['records']:,} records",
+                "value": round(last["rate"]),
+                "unit": "records/s",
+                "baseline_name": f"same at {first['records']:,}",
+                "baseline_value": round(first["rate"]),
+                "ratio": round(last["rate"] / first["rate"], 2),
+                "goal": "~1.0 (linear cost)",
+            }
+        )
         rows.append({
             "name": f"peak RSS, {label}, {last['records']:,} vs {first['records']:,} records",
             "value": round(last["maxrss_mib"]), "unit": "MiB",

@@ -162,8 +162,10 @@ def main() -> int:
     out.mkdir(parents=True)
     logging_json, collector_toml = write_configs(out)
     expected = args.workers * args.records
-    print(f"{BOLD}mqlogging demo{RESET}: {args.workers} workers x {args.records} records "
-          f"-> local:// spool -> collector -> {out / 'logs.jsonl'}")
+    print(
+        f"{BOLD}mqlogging demo{RESET}: {args.workers} workers x {args.records} records "
+        f"-> local:// spool -> collector -> {out / 'logs.jsonl'}"
+    )
     print(f"  application config: {logging_json}\n  collector config:   {collector_toml}")
 
     logging.basicConfig(level=logging.WARNING, format="collector: %(levelname)s %(message)s")
@@ -189,8 +191,11 @@ def main() -> int:
     finally:
         service.close()
     ok = summarise(out / "logs.jsonl", expected, elapsed) and count == expected
-    print(NEXT_STEPS.format(b=BOLD, r=RESET, y=YELLOW, logging_json=logging_json,
-                            collector_toml=collector_toml))
+    print(
+        NEXT_STEPS.format(
+            b=BOLD, r=RESET, y=YELLOW, logging_json=logging_json, collector_toml=collector_toml
+        )
+    )
     return 0 if ok else 1
 
 

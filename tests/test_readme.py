@@ -39,9 +39,21 @@ def test_make_targets_exist() -> None:
 def test_demo_shows_the_summary(tmp_path: Path) -> None:
     """`make demo`'s script collects every record of every worker and prints the summary."""
     result = subprocess.run(
-        [sys.executable, str(ROOT / "examples" / "demo.py"), "--out", str(tmp_path / "demo"),
-         "--workers", "3", "--records", "100"],
-        capture_output=True, text=True, timeout=120, env={"NO_COLOR": "1", "PATH": ""}, check=False,
+        [
+            sys.executable,
+            str(ROOT / "examples" / "demo.py"),
+            "--out",
+            str(tmp_path / "demo"),
+            "--workers",
+            "3",
+            "--records",
+            "100",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={"NO_COLOR": "1", "PATH": ""},
+        check=False,
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "Collected 300 of 300 records" in result.stdout
@@ -55,9 +67,11 @@ def test_handler_quickstart(rabbitmq, queue_name, tmp_path: Path, monkeypatch) -
     monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path))  # the default spool location
     amqp = f"{rabbitmq.amqp_url}?queue={queue_name}&routing_key={queue_name}"
     stomp = f"{rabbitmq.stomp_url}/queue/{queue_name}-stomp"
-    code = (_block("python")
-            .replace("amqp://guest:guest@localhost/", amqp)
-            .replace("stomp://localhost:61613/queue/logs", stomp))
+    code = (
+        _block("python")
+        .replace("amqp://guest:guest@localhost/", amqp)
+        .replace("stomp://localhost:61613/queue/logs", stomp)
+    )
     root = logging.getLogger()
     saved = root.handlers[:], root.level
     try:
@@ -85,9 +99,18 @@ def test_collector_quickstart_validates(tmp_path: Path, check: str) -> None:
     """The collector TOML snippet is a valid configuration (`collect --check` exits 0)."""
     config = tmp_path / "collector.toml"
     config.write_text(_block("toml"))
-    cmd = ([str(Path(sys.executable).parent / "mqlogging")] if check == "mqlogging"
-           else [sys.executable, "-m", "mqlogging.collector"])
-    result = subprocess.run([*cmd, "--config", str(config), "--check"] if check == "module"
-                            else [*cmd, "collect", "--config", str(config), "--check"],
-                            capture_output=True, text=True, timeout=60, check=False)
+    cmd = (
+        [str(Path(sys.executable).parent / "mqlogging")]
+        if check == "mqlogging"
+        else [sys.executable, "-m", "mqlogging.collector"]
+    )
+    result = subprocess.run(
+        [*cmd, "--config", str(config), "--check"]
+        if check == "module"
+        else [*cmd, "collect", "--config", str(config), "--check"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert result.returncode == 0, result.stderr

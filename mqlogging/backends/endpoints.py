@@ -46,8 +46,16 @@ _COMMON = {
 _KNOWN: dict[str, set[str]] = {
     "amqp": _COMMON
     | {
-        "exchange", "exchange_type", "routing_key", "queue", "binding_key", "queue_type",
-        "dead_letter_exchange", "declare", "vhost", "persistent",
+        "exchange",
+        "exchange_type",
+        "routing_key",
+        "queue",
+        "binding_key",
+        "queue_type",
+        "dead_letter_exchange",
+        "declare",
+        "vhost",
+        "persistent",
     },
     "stomp": _COMMON | {"vhost", "ack", "persistent", "destination"},
     "local": {"segment_bytes", "segment_age", "max_bytes", "max_age", "fsync", "overflow"},

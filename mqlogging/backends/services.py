@@ -303,9 +303,7 @@ class MQConsumer:
     and the error is logged to the ``mqlogging.backends.services`` logger.
     """
 
-    def __init__(
-        self, endpoint: Endpoint, callback: Callback, *, acknowledge: bool = True
-    ) -> None:
+    def __init__(self, endpoint: Endpoint, callback: Callback, *, acknowledge: bool = True) -> None:
         self.endpoint = endpoint
         self._callback = callback
         self._acknowledge = acknowledge

@@ -80,20 +80,29 @@ class TestErrors:
     @pytest.mark.parametrize(
         ("url", "expected"),
         [
-            ("amqp://h/?exchnage=x", "unknown option 'exchnage' for amqp://h/?exchnage=x (did you mean 'exchange'?"),
+            (
+                "amqp://h/?exchnage=x",
+                "unknown option 'exchnage' for amqp://h/?exchnage=x (did you mean 'exchange'?",
+            ),
             ("amqp://h:99999/", "port '99999' of host 'h' is not a number from 1 to 65535"),
             ("ftp://h/", "unknown URL scheme 'ftp'"),
             ("broker:5672", "is not a URL"),
             ("amqp:///vhost", "no host given"),
             ("amqp://h/?heartbeat=soon", "option heartbeat='soon' is not valid"),
-            ("amqp://h/?verify=false", "TLS options (verify) given for a plain-TCP URL; use amqps://"),
+            (
+                "amqp://h/?verify=false",
+                "TLS options (verify) given for a plain-TCP URL; use amqps://",
+            ),
             ("amqps://h/?verify=maybe", "option verify='maybe' is not valid"),
             ("amqps://h/?ca_certs=/nonexistent.pem", "ca_certs='/nonexistent.pem': no such file"),
             ("amqp://h/?queue_type=stream", "queue_type must be 'classic' or 'quorum'"),
             ("stomp://h/?ack=auto2", "ack must be 'client-individual' or 'client'"),
             ("local://host/x", "local URLs have no host"),
             ("local:///", "give the spool directory"),
-            ("amqp://u@h/?password_env=MQLOGGING_TEST_UNSET", "password_env='MQLOGGING_TEST_UNSET' but that variable is not set"),
+            (
+                "amqp://u@h/?password_env=MQLOGGING_TEST_UNSET",
+                "password_env='MQLOGGING_TEST_UNSET' but that variable is not set",
+            ),
         ],
     )
     def test_bad_input_is_one_actionable_line(self, url: str, expected: str) -> None:
