@@ -770,7 +770,15 @@ class Spool:
     # -- inspection ---------------------------------------------------------------------------
 
     def stats(self) -> SpoolStats:
-        """Scan the directory and summarise it (see :class:`SpoolStats`)."""
+        """Scan the directory and summarise it (see :class:`SpoolStats`).
+
+        Other writers' open segments are counted by reading them; this spool's own open one
+        (up to ``segment_bytes``, and growing during an outage) from memory, so polling
+        :meth:`stats` stays cheap while this process spools.
+        """
+        with self._lock:
+            seg = self._seg
+            own = (seg.stem, seg.records, seg.size) if seg is not None else None
         entries = _scan(self.directory)
         segments = opened = size = records = 0
         oldest: float | None = None
@@ -779,7 +787,10 @@ class Spool:
                 continue
             path = os.path.join(self.directory, entry.name)
             try:
-                if entry.count is None:
+                if entry.count is None and own is not None and entry.stem == own[0]:
+                    lines, length = own[1], own[2]
+                    opened += 1
+                elif entry.count is None:
                     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
                     try:
                         lines, _, length = _count_lines(fd)

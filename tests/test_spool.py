@@ -453,6 +453,9 @@ class TestLiveAndPortable:
         assert sum((tmp_path / f).stat().st_size for f in files) == stats.bytes
         assert stats.records == 200
         assert stats.oldest is not None
+        # The writer counts its open segment from memory; another process reads the file.
+        seen_from_outside = Spool(tmp_path).stats()
+        assert (seen_from_outside.records, seen_from_outside.bytes) == (200, stats.bytes)
         reader = SpoolReader(tmp_path)
         reader.commit(reader.read(50))
         assert spool.stats().records == 150
