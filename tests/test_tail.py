@@ -37,6 +37,7 @@ class Tail:
         )
         self.banner = ""
         self.lines: list[str] = []
+        self.notices: list[str] = []  # stderr after the banner
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
 
@@ -45,12 +46,27 @@ class Tail:
         for line in self.proc.stdout:
             self.lines.append(line.rstrip("\n"))
 
+    def _read_notices(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            self.notices.append(line.rstrip("\n"))
+
     def wait_ready(self) -> str:
         """Block until the banner (printed once the tap is subscribed) is on stderr."""
         assert self.proc.stderr is not None
         self.banner = self.proc.stderr.readline()
         assert self.banner.startswith("mqlogging tail:"), self.banner + self.proc.stderr.read()
+        threading.Thread(target=self._read_notices, daemon=True).start()
         return self.banner
+
+    def wait_notice(self, text: str, timeout: float = 60.0) -> str:
+        """Wait for a stderr line containing ``text`` (after :meth:`wait_ready`)."""
+        found: str = wait_until(
+            lambda: next((line for line in self.notices if text in line), None),
+            timeout=timeout,
+            message=f"{text!r} on the tail's stderr",
+        )
+        return found
 
     def finish(self, timeout: float = 30.0) -> int:
         code = self.proc.wait(timeout)
@@ -71,11 +87,13 @@ def tails() -> Iterator[list[Tail]]:
         tail.kill()
 
 
-def _log(url: str, records: int, *, spool: Any = False, name: str = "app.tail") -> None:
+def _log(
+    url: str, records: int, *, spool: Any = False, name: str = "app.tail", first: int = 0
+) -> None:
     handler = MQHandler(url, spool=spool, close_timeout=10)
     logger = logging.Logger(name, logging.DEBUG)
     logger.addHandler(handler)
-    for i in range(records):
+    for i in range(first, first + records):
         logger.info("record %d", i, extra={"seq": i})
     handler.close()
     assert handler.stats()["confirmed"] == records
@@ -165,6 +183,48 @@ class TestCopies:
         assert list(range(N)) == _seqs(tail.lines)
         docs = _consume_all(url, N + 3)
         assert [0, 1, 2, *range(N)] == [d["seq"] for d in docs]
+
+    def test_amqp_reconnects_after_a_broker_restart(
+        self, rabbitmq: RabbitMQ, queue_name: str, tails: list[Tail]
+    ) -> None:
+        """The broker is killed under a running tail and started again: the tail says once
+        that it lost the connection (naming the gap), reconnects by itself with a new tap
+        queue, and shows the records published after that, each once, after the earlier ones."""
+        url = f"{rabbitmq.amqp_url}?exchange={queue_name}-x&queue={queue_name}"
+        _log(url, 1)
+        tail = Tail(url, "--json", "--count", str(2 * N))
+        tails.append(tail)
+        tail.wait_ready()
+        _log(url, N)
+        wait_until(lambda: len(tail.lines) >= N, message=f"{N} records before the restart")
+        rabbitmq.kill()
+        assert "records published meanwhile are not shown" in tail.wait_notice("retrying")
+        rabbitmq.start()
+        assert "guest:guest" not in tail.wait_notice("reconnected", timeout=90)
+        _log(url, N, first=N)
+        assert tail.finish() == 0
+        assert list(range(2 * N)) == _seqs(tail.lines)
+        assert sum("retrying" in line for line in tail.notices) == 1
+
+    def test_activemq_browser_reconnects_without_repeating(
+        self, activemq: ActiveMQ, queue_name: str, tails: list[Tail]
+    ) -> None:
+        """ActiveMQ is restarted under a browsing tail: after reconnecting, the browser sees
+        the queue's old messages again but shows only the new ones (the seen-set survives)."""
+        url = f"{activemq.stomp_url}/queue/{queue_name}"
+        tail = Tail(url, "--json", "--count", str(2 * N))
+        tails.append(tail)
+        tail.wait_ready()
+        _log(url, N)
+        wait_until(lambda: len(tail.lines) >= N, message=f"{N} records before the restart")
+        activemq.stop()
+        tail.wait_notice("retrying")
+        activemq.start()
+        tail.wait_notice("reconnected", timeout=90)
+        _log(url, N, first=N)
+        assert tail.finish() == 0
+        assert list(range(2 * N)) == _seqs(tail.lines)
+        assert [d["seq"] for d in _consume_all(url, 2 * N)] == list(range(2 * N))
 
     def test_local_spool_read_only(self, tmp_path: Path, tails: list[Tail]) -> None:
         """local://: the spool files are followed without claiming or committing anything;
