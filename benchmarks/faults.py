@@ -292,6 +292,8 @@ class App:
     """One run of the application subprocess."""
 
     def __init__(self, workdir: Path, name: str, spec: dict[str, Any]) -> None:
+        from tests.helpers import die_with_parent
+
         self.counter = _counter_file(workdir / f"{name}.counter")
         spec = {**spec, "counter": str(self.counter)}
         spec_path = workdir / f"{name}.json"
@@ -305,6 +307,7 @@ class App:
                 stderr=err,
                 cwd=str(ROOT),
                 env=dict(os.environ, PYTHONPATH=str(ROOT)),
+                preexec_fn=die_with_parent,  # noqa: PLW1509 (one prctl call, no lock)
             )
 
     def emitted(self) -> int:

@@ -9,11 +9,15 @@ Nothing here imports pytest, so ``benchmarks/`` can use it after putting the rep
 - :func:`free_port` asks the kernel for an unused loopback port.
 - :class:`BlackholeServer` is a TCP peer that accepts connections and never answers, to prove
   timeouts without a real broker hanging.
+- :func:`die_with_parent` makes a child process (collector, application) go when its starter
+  does, so a run killed by a timeout leaves nothing behind.
 """
 
 from __future__ import annotations
 
+import ctypes
 import os
+import signal
 import socket
 import threading
 import time
@@ -22,9 +26,23 @@ from collections.abc import Callable
 from types import TracebackType
 from typing import TypeVar
 
-__all__ = ["BlackholeServer", "free_port", "unique_name", "wait_until"]
+__all__ = ["BlackholeServer", "die_with_parent", "free_port", "unique_name", "wait_until"]
 
 T = TypeVar("T")
+
+_PR_SET_PDEATHSIG = 1
+_prctl = ctypes.CDLL(None, use_errno=True).prctl  # resolved here, not in the forked child
+
+
+def die_with_parent() -> None:
+    """``preexec_fn`` for :class:`subprocess.Popen`: SIGKILL the child when the thread that
+    started it exits (Linux ``PR_SET_PDEATHSIG``).
+
+    A test or ``make faults`` killed by its timeout then takes its collectors and applications
+    with it instead of leaving them consuming queues on a 2-core machine. Start such children
+    from the main thread: the signal follows the *thread* that forked them.
+    """
+    _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 def wait_until(

@@ -33,7 +33,7 @@ from typing import Any
 from mqlogging._ids import new_id
 from mqlogging._types import Message
 from mqlogging.backends import open_producer
-from tests.helpers import free_port, wait_until
+from tests.helpers import die_with_parent, free_port, wait_until
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -164,6 +164,7 @@ class CollectorProcess:
             stderr=subprocess.STDOUT,
             env=env,
             cwd=str(REPO),
+            preexec_fn=die_with_parent,  # noqa: PLW1509 (one prctl call, no lock)
         )
 
     def wait_http(self, timeout: float = 15.0) -> None:
