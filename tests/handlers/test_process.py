@@ -5,7 +5,6 @@ records that reached the broker."""
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -29,6 +28,27 @@ def _run(*args: Any, **kwargs: Any) -> subprocess.Popen[str]:
         text=True,
         **kwargs,
     )
+
+
+def _stream_then_kill(url: str, spool: Path, opts: dict[str, Any], after: int) -> int:
+    """Run the application logging without end; SIGKILL it once ``after`` records were
+    emitted. Returns the last seq whose emit() is known to have returned."""
+    proc = _run("stream", url, spool, 0, json.dumps(opts))
+    assert proc.stdout is not None
+    last = -1
+    while last < after:
+        last = int(proc.stdout.readline())
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    return last
+
+
+def _next_run(mode: str, url: str, spool: Path, opts: dict[str, Any]) -> str:
+    """Run the application again on the same spool (``rerun`` or ``quiet``); its stdout."""
+    proc = _run(mode, url, spool, 0, json.dumps(opts))
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    return out
 
 
 def test_interpreter_exit_delivers_everything(
@@ -79,19 +99,10 @@ def test_kill_9_with_durability_spool_then_next_run(
     application, with its original id, and none twice."""
     url = amqp_url(rabbitmq, queue_name)
     rabbitmq.stop()
-    opts = {"durability": "spool", "retry_max": 1, "batch_size": 500}
-    proc = _run("stream", url, spool_dir, 0, json.dumps(opts))
-    assert proc.stdout is not None
-    last = -1
-    while last < 3000:
-        last = int(proc.stdout.readline())
-    proc.send_signal(signal.SIGKILL)
-    proc.wait(timeout=30)
+    opts: dict[str, Any] = {"durability": "spool", "retry_max": 1, "batch_size": 500}
+    last = _stream_then_kill(url, spool_dir, opts, 3000)
     rabbitmq.start()
-    rerun = _run("rerun", url, spool_dir, 0, json.dumps(opts))
-    out, err = rerun.communicate(timeout=120)
-    assert rerun.returncode == 0, err
-    assert "FLUSHED" in out
+    assert "FLUSHED" in _next_run("rerun", url, spool_dir, opts)
     docs = [d for d in drain_amqp(rabbitmq, queue_name, range(-1, last + 1)) if d["seq"] >= 0]
     got = seqs(docs)
     assert set(range(last + 1)) <= set(got)  # everything emit() returned from
@@ -108,19 +119,10 @@ def test_a_next_run_that_logs_nothing_ships_the_spool(
     for a first record (issue 6: the sender used to start only on the first record)."""
     url = amqp_url(rabbitmq, queue_name)
     rabbitmq.stop()
-    opts = {"durability": "spool", "retry_max": 1, "batch_size": 500}
-    proc = _run("stream", url, spool_dir, 0, json.dumps(opts))
-    assert proc.stdout is not None
-    last = -1
-    while last < 2000:
-        last = int(proc.stdout.readline())
-    proc.send_signal(signal.SIGKILL)
-    proc.wait(timeout=30)
+    opts: dict[str, Any] = {"durability": "spool", "retry_max": 1, "batch_size": 500}
+    last = _stream_then_kill(url, spool_dir, opts, 2000)
     rabbitmq.start()
-    quiet = _run("quiet", url, spool_dir, 0, json.dumps(opts))
-    out, err = quiet.communicate(timeout=120)
-    assert quiet.returncode == 0, err
-    assert "LEFT 0" in out, err
+    assert "LEFT 0" in _next_run("quiet", url, spool_dir, opts)
     assert inspect_spool(str(spool_dir)).records == 0
     got = seqs(drain_amqp(rabbitmq, queue_name, range(last + 1)))
     assert set(range(last + 1)) <= set(got)
@@ -133,18 +135,9 @@ def test_kill_9_with_broker_up(rabbitmq: RabbitMQ, queue_name: str, spool_dir: P
     record emit() returned from arrived; a record sent twice (confirmed, but its progress not
     yet committed at the kill) carries the same id both times."""
     url = amqp_url(rabbitmq, queue_name)
-    opts = {"durability": "spool", "batch_size": 500}
-    proc = _run("stream", url, spool_dir, 0, json.dumps(opts))
-    assert proc.stdout is not None
-    last = -1
-    while last < 5000:
-        last = int(proc.stdout.readline())
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait(timeout=30)
-    rerun = _run("rerun", url, spool_dir, 0, json.dumps(opts))
-    out, err = rerun.communicate(timeout=120)
-    assert rerun.returncode == 0, err
-    assert "FLUSHED" in out, err
+    opts: dict[str, Any] = {"durability": "spool", "batch_size": 500}
+    last = _stream_then_kill(url, spool_dir, opts, 5000)
+    assert "FLUSHED" in _next_run("rerun", url, spool_dir, opts)
     assert inspect_spool(str(spool_dir)).records == 0
     docs = [d for d in drain_amqp(rabbitmq, queue_name, range(last + 1)) if d["seq"] >= 0]
     ids: dict[int, set[str]] = {}
