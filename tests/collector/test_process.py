@@ -89,9 +89,17 @@ def test_kill_9_mid_stream_then_restart(
     stored = es_count(elasticsearch.url, index)
     assert 0 < stored < total
     second = _start(tmp_path, procs, "second", url, elasticsearch.url, queue_name)
+    # Wait on the index itself: "queue empty and nothing in flight" can hold for a moment while
+    # the last prefetched batch sits in the client library, not yet handed to the collector.
+    wait_until(
+        lambda: es_count(elasticsearch.url, index) >= total,
+        timeout=300,
+        interval=0.5,
+        message=f"{total} documents in the index",
+    )
     wait_until(
         lambda: rabbitmq.queue_depth(queue_name) == 0 and second.metric("in_flight") == 0,
-        timeout=300,
+        timeout=60,
         interval=0.5,
         message="queue drained",
     )
