@@ -657,6 +657,20 @@ class RabbitMQ(Broker):
             check=False,
         )
 
+    def sync_definitions(self) -> None:
+        """Make Mnesia write its log to disk now (``mnesia:sync_log()``; 1-3 s).
+
+        RabbitMQ 3.10 keeps a fresh queue's or exchange's definition in Mnesia's in-memory log
+        for a moment; a SIGKILL within it loses the queue, and with it messages the broker had
+        confirmed (seen in full-suite runs seconds after the declare). A deployment declares
+        its queues long before a crash, so a test that kills the broker to check *our* recovery
+        calls this after the queue exists: the test is about that recovery, not that window.
+        """
+        result = self.rabbitmqctl("eval", "mnesia:sync_log().")
+        if result.returncode != 0:
+            msg = f"mnesia:sync_log() failed on {self.nodename}: {result.stdout}{result.stderr}"
+            raise RuntimeError(msg)
+
     # -- AMQP helpers for tests (fast: one short connection each) ------------------------------
 
     @contextlib.contextmanager

@@ -159,12 +159,7 @@ class TestRabbitMQ:
                     "", queue_name, f"keep-{i}".encode(), pika.BasicProperties(delivery_mode=2)
                 )
         assert rabbitmq.queue_depth(queue_name) == 5
-        # RabbitMQ 3.10 keeps a fresh queue's definition in Mnesia's in-memory log for a
-        # moment; a SIGKILL within it loses the queue (and so its confirmed messages) — seen
-        # in full-suite runs even after a round trip. Make Mnesia write its log first: the
-        # test is about message persistence, not about that window.
-        synced = rabbitmq.rabbitmqctl("eval", "mnesia:sync_log().")
-        assert synced.returncode == 0, synced.stdout + synced.stderr
+        rabbitmq.sync_definitions()  # about message persistence, not a fresh queue's
         rabbitmq.kill()
         assert not rabbitmq.is_running()
         rabbitmq.start()

@@ -241,6 +241,7 @@ class TestFaults:
         worker.start()
         try:
             wait_until(lambda: len(confirmed) >= 1500, timeout=30, message="3 confirmed batches")
+            rabbitmq.sync_definitions()  # the queue is new: see RabbitMQ.sync_definitions
             rabbitmq.kill()
             worker.join(timeout=30)
         finally:
@@ -317,6 +318,7 @@ class TestFaults:
             producer.publish_batch(sent)
         consumer = AMQPConsumer(url, prefetch=10)
         first = wait_until(lambda: consumer.fetch(5, 0.2) or None)
+        rabbitmq.sync_definitions()  # the queue is new: see RabbitMQ.sync_definitions
         rabbitmq.kill()
         with pytest.raises(ConnectError):
             consumer.fetch(5, 1.0)

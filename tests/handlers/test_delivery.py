@@ -66,6 +66,7 @@ class TestBrokerDown:
 
         def killer() -> None:
             wait_until(lambda: handler.stats()["confirmed"] >= 20_000, timeout=120)
+            rabbitmq.sync_definitions()  # the queue is new: see RabbitMQ.sync_definitions
             rabbitmq.kill()
 
         thread = threading.Thread(target=killer)
@@ -98,6 +99,7 @@ class TestStrategies:
         app_logger.addHandler(handler)
         _emit(app_logger, 0, n // 2)
         assert handler.flush(30)
+        rabbitmq.sync_definitions()  # the queue is new: see RabbitMQ.sync_definitions
         rabbitmq.kill()
         _emit(app_logger, n // 2, n)
         assert handler.flush(60)
