@@ -439,6 +439,13 @@ class Scenario:
 
     # -- pieces ---------------------------------------------------------------------------------
 
+    def file_collector(self, urls: list[str]) -> FileReader:
+        """Collector ``c`` draining ``urls`` into ``c.jsonl``, and the reader that tallies it."""
+        reader = FileReader([self.dir / "c.jsonl"])
+        self.readers.append(reader)
+        self.collector("c", urls, [self.file_sink("c")])
+        return reader
+
     def file_sink(self, name: str) -> dict[str, Any]:
         path = self.dir / f"{name}.jsonl"
         return {"type": "file", "path": str(path), "fsync": False, "max_bytes": 0}
@@ -530,6 +537,14 @@ class Scenario:
         with contextlib.suppress(TimeoutError):
             self.until(quiet, max(0.0, deadline - time.monotonic()), "quiet sink")
 
+    def delivered(
+        self, app: App, reader: FileReader, row: Row, n: int, fault_end: float, brokers: list[Any]
+    ) -> None:
+        """Wait for ``app`` to deliver and exit and for the sink to settle; count into ``row``."""
+        self.until(app.exited, 300, "the application to deliver and exit")
+        self.settle(reader.tally, n, 120, brokers)
+        _fill_row(row, reader.tally, n, fault_end)
+
     def close(self) -> None:
         for app in self.apps:
             app.close()
@@ -569,9 +584,7 @@ def s1_broker_down_at_start(lab: Lab, s: Scenario, row: Row) -> None:
     n = lab.scale(50_000)
     down_for = 3.0 if lab.quick else 30.0
     url = queue_url(rabbit, s.queue)
-    reader = FileReader([s.dir / "c.jsonl"])
-    s.readers.append(reader)
-    s.collector("c", [url], [s.file_sink("c")])  # declares the queue while the broker is up
+    reader = s.file_collector([url])  # declares the queue while the broker is up
     rabbit.kill()
     t0 = time.monotonic()
     app = s.app("app", {
@@ -581,9 +594,7 @@ def s1_broker_down_at_start(lab: Lab, s: Scenario, row: Row) -> None:
     s.until(lambda: time.monotonic() - t0 >= down_for, down_for + 5, "the outage")
     rabbit.start()
     fault_end = time.monotonic()
-    s.until(app.exited, 300, "the application to deliver and exit")
-    s.settle(reader.tally, n, 120, [rabbit])
-    _fill_row(row, reader.tally, n, fault_end)
+    s.delivered(app, reader, row, n, fault_end, [rabbit])
     st = app.stats()
     row.note = (
         f"broker back after {fault_end - t0:.0f} s (restart included); "
@@ -596,9 +607,7 @@ def s2_broker_kill_twice(lab: Lab, s: Scenario, row: Row) -> None:
     rabbit = lab.rabbit
     n = lab.scale(100_000)
     url = queue_url(rabbit, s.queue)
-    reader = FileReader([s.dir / "c.jsonl"])
-    s.readers.append(reader)
-    s.collector("c", [url], [s.file_sink("c")])
+    reader = s.file_collector([url])
     app = s.app("app", {
         "logging": handler_logging([url], s.dir / "spool"),
         "first": 0, "count": n, "rate": 0 if lab.quick else 4000,
@@ -614,9 +623,7 @@ def s2_broker_kill_twice(lab: Lab, s: Scenario, row: Row) -> None:
         rabbit.start()
         fault_end = time.monotonic()
         restarts.append(f"kill at {at} emitted, down {fault_end - t:.1f} s")
-    s.until(app.exited, 300, "the application to deliver and exit")
-    s.settle(reader.tally, n, 120, [rabbit])
-    _fill_row(row, reader.tally, n, fault_end)
+    s.delivered(app, reader, row, n, fault_end, [rabbit])
     row.note = "; ".join(restarts)
 
 
@@ -625,9 +632,7 @@ def s3_failover(lab: Lab, s: Scenario, row: Row) -> None:
     primary, secondary = lab.rabbit, lab.rabbit2
     n = lab.scale(30_000)
     urls = [queue_url(primary, s.queue), queue_url(secondary, s.queue)]
-    reader = FileReader([s.dir / "c.jsonl"])
-    s.readers.append(reader)
-    s.collector("c", urls, [s.file_sink("c")])
+    reader = s.file_collector(urls)
     app = s.app("app", {
         "logging": handler_logging(urls, s.dir / "spool", strategy="failover"),
         "first": 0, "count": n, "rate": 0 if lab.quick else 3000,
@@ -645,9 +650,7 @@ def s3_failover(lab: Lab, s: Scenario, row: Row) -> None:
     s.until(app.done_emitting, 300, "the end of the emission")
     primary.start()  # records it confirmed before dying are still in its queue
     fault_end = time.monotonic()
-    s.until(app.exited, 300, "the application to deliver and exit")
-    s.settle(reader.tally, n, 120, [primary, secondary])
-    _fill_row(row, reader.tally, n, fault_end)
+    s.delivered(app, reader, row, n, fault_end, [primary, secondary])
     depth2 = secondary.queue_depth(s.queue)
     row.note = (
         f"primary killed at {at} emitted; new records flowed through the secondary "
@@ -661,9 +664,7 @@ def s4_blackhole(lab: Lab, s: Scenario, row: Row) -> None:
     n = lab.scale(20_000)
     hold = 3.0 if lab.quick else 15.0
     url = queue_url(rabbit, s.queue)
-    reader = FileReader([s.dir / "c.jsonl"])
-    s.readers.append(reader)
-    s.collector("c", [url], [s.file_sink("c")])
+    reader = s.file_collector([url])
     app = s.app("app", {
         "logging": handler_logging([url], s.dir / "spool"),
         "first": 0, "count": n, "rate": n / (hold + 6.0),
@@ -678,9 +679,7 @@ def s4_blackhole(lab: Lab, s: Scenario, row: Row) -> None:
     emitted_during = app.emitted() - at
     os.killpg(pgid, signal.SIGCONT)
     fault_end = time.monotonic()
-    s.until(app.exited, 300, "the application to deliver and exit")
-    s.settle(reader.tally, n, 120, [rabbit])
-    _fill_row(row, reader.tally, n, fault_end)
+    s.delivered(app, reader, row, n, fault_end, [rabbit])
     st = app.stats()
     row.note = (
         f"broker frozen {hold:.0f} s from record {at}; the application kept logging "
@@ -693,9 +692,7 @@ def s5_app_kill(lab: Lab, s: Scenario, row: Row) -> None:
     rabbit = lab.rabbit
     n = lab.scale(20_000)
     url = queue_url(rabbit, s.queue)
-    reader = FileReader([s.dir / "c.jsonl"])
-    s.readers.append(reader)
-    s.collector("c", [url], [s.file_sink("c")])
+    reader = s.file_collector([url])
     conf = handler_logging([url], s.dir / "spool", durability="spool")
     rate = 1000 if lab.quick else 2000  # throttled: the kill must land mid-run, not after
     first = s.app("run1", {"logging": conf, "first": 0, "count": n, "rate": rate})
@@ -780,9 +777,7 @@ def s7_sink_errors(lab: Lab, s: Scenario, row: Row) -> None:
     s.until(lambda: time.monotonic() - window[0] >= hold, hold + 5, "the sink outage")
     window.append(time.monotonic())
     fault_end = window[1]
-    s.until(app.exited, 300, "the application to deliver and exit")
-    s.settle(reader.tally, n, 120, [rabbit])
-    _fill_row(row, reader.tally, n, fault_end)
+    s.delivered(app, reader, row, n, fault_end, [rabbit])
     with bulk.lock:
         refused = bulk.statuses.get(429, 0) + bulk.statuses.get(503, 0)
         requests = bulk.requests
@@ -845,9 +840,7 @@ def s9_spool_full(lab: Lab, s: Scenario, row: Row) -> None:
     rabbit = lab.rabbit
     n = 10_000 if lab.quick else 20_000  # ~450 B a record: always more than 2 MB
     url = queue_url(rabbit, s.queue)
-    reader = FileReader([s.dir / "c.jsonl"])
-    s.readers.append(reader)
-    s.collector("c", [url], [s.file_sink("c")])
+    reader = s.file_collector([url])
     with small_filesystem(s.dir / "fs", "2m") as mounted:
         fs = mounted
         options: dict[str, Any] = {"queue_size": 1000}
@@ -879,9 +872,7 @@ def s10_forked_workers(lab: Lab, s: Scenario, row: Row) -> None:
     rabbit = lab.rabbit
     n = lab.scale(25_000)
     url = queue_url(rabbit, s.queue)
-    reader = FileReader([s.dir / "c.jsonl"])
-    s.readers.append(reader)
-    s.collector("c", [url], [s.file_sink("c")])
+    reader = s.file_collector([url])
     app = s.app("app", {
         "logging": handler_logging([url], s.dir / "spool"),
         "first": 0, "count": n, "rate": 0, "workers": 4,

@@ -751,13 +751,7 @@ class Pipeline:
             self.complain("spool_read", f"cannot read the spool: {exc}")
             lane.next_attempt = time.monotonic() + 1.0
             return False
-        messages = [Message(record_id(r), r.body) for r in records]
-        if not lane.publish(messages, self.complain):
-            reader.rewind()
-            return False
-        self._commit(lane, reader, records)
-        self.replayed += len(records)
-        return True
+        return self._ship(lane, reader, records)
 
     def _adopt(self, lane: _Lane, now: float) -> bool:
         """Replay one batch of the segments other processes left in ``lane``'s directory.
@@ -791,19 +785,21 @@ class Pipeline:
         if not records:
             lane.adopting = False  # nothing left to adopt (or all held by other readers)
             return False
+        return self._ship(lane, reader, records)
+
+    def _ship(self, lane: _Lane, reader: SpoolReader, records: list[SpoolRecord]) -> bool:
+        """Publish spooled ``records``: committed once confirmed, given back to ``reader``
+        otherwise. True if the broker confirmed them."""
         messages = [Message(record_id(r), r.body) for r in records]
         if not lane.publish(messages, self.complain):
             reader.rewind()
             return False
-        self._commit(lane, reader, records)
-        self.replayed += len(records)
-        return True
-
-    def _commit(self, lane: _Lane, reader: SpoolReader, records: list[SpoolRecord]) -> None:
         try:
             reader.commit(records)
         except SpoolError as exc:  # the records were delivered; they may come again
             self.complain("spool_commit", f"cannot record replay progress: {exc}")
+        self.replayed += len(records)
+        return True
 
     # -- observability --------------------------------------------------------------------------
 

@@ -155,26 +155,18 @@ class TestServerVerification:
 
 
 class TestClientCertificates:
-    def test_amqp_external_login(self, tls_rabbitmq: object, pki: PKI) -> None:
-        """AMQPS with a client certificate and no user name logs in with ``EXTERNAL`` as the
-        certificate's CN ``mqlt-x509``, a user without password; 10 records round-trip."""
-        port = tls_rabbitmq.amqps_port  # type: ignore[attr-defined]
-        target = Target("amqps", "amqps", port, 0, None)
-        queue = unique_name("mqlt-x509")
-        url = target.url(
-            queue, login=None, ca_certs=pki.ca, certfile=pki.client, keyfile=pki.client_key
-        )
-        sent = _messages(10)
-        with open_producer(url) as producer:
-            producer.publish_batch(sent)
-        with open_consumer(url) as consumer:
-            assert [m.id for m in sent] == [d.id for d in _drain(consumer, 10)]
-
-    def test_stomp_certificate_login(self, tls_rabbitmq: object, pki: PKI) -> None:
-        """STOMP over TLS with a client certificate and no login header is logged in as the
-        certificate's CN (RabbitMQ ``ssl_cert_login``); 10 records round-trip."""
-        port = tls_rabbitmq.stomps_port  # type: ignore[attr-defined]
-        target = Target("stomps", "stomp+ssl", port, 0, None)
+    @pytest.mark.parametrize(
+        ("port_attr", "name", "scheme"),
+        [("amqps_port", "amqps", "amqps"), ("stomps_port", "stomps", "stomp+ssl")],
+        ids=["amqp-external", "stomp-ssl-cert-login"],
+    )
+    def test_certificate_login(
+        self, tls_rabbitmq: object, pki: PKI, port_attr: str, name: str, scheme: str
+    ) -> None:
+        """A client certificate and no user name log in as the certificate's CN ``mqlt-x509``
+        (a user without password): AMQPS through ``EXTERNAL``, STOMP over TLS through RabbitMQ's
+        ``ssl_cert_login``; 10 records round-trip."""
+        target = Target(name, scheme, getattr(tls_rabbitmq, port_attr), 0, None)
         queue = unique_name("mqlt-x509")
         url = target.url(
             queue, login=None, ca_certs=pki.ca, certfile=pki.client, keyfile=pki.client_key

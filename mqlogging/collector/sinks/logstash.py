@@ -47,6 +47,15 @@ def _ssl_context(config: LogstashSinkConfig) -> ssl.SSLContext:
     return ctx
 
 
+def _reachable(host: str, port: int) -> bool:
+    """Readiness: Logstash accepts a TCP connection (what both inputs need first)."""
+    try:
+        with socket.create_connection((host, port), timeout=2.0):
+            return True
+    except OSError:
+        return False
+
+
 class LogstashHttpSink(Sink):
     """POSTs each batch as a JSON array. Thread-safe: one keep-alive connection per thread."""
 
@@ -144,11 +153,7 @@ class LogstashHttpSink(Sink):
         raise AssertionError("unreachable")  # pragma: no cover
 
     def check(self) -> bool:
-        try:
-            with socket.create_connection((self._host, self._port), timeout=2.0):
-                return True
-        except OSError:
-            return False
+        return _reachable(self._host, self._port)
 
     def close(self) -> None:
         with self._lock:
@@ -219,11 +224,7 @@ class LogstashTcpSink(Sink):
                 self._sock = None
 
     def check(self) -> bool:
-        try:
-            with socket.create_connection((self._host, self._port), timeout=2.0):
-                return True
-        except OSError:
-            return False
+        return _reachable(self._host, self._port)
 
     def close(self) -> None:
         with self._lock:
