@@ -51,6 +51,7 @@ from ._context import (
 from ._ids import new_id
 from ._types import Message
 from .errors import ConfigurationError, MissingDependencyError
+from .wire import NAMESPACE
 
 try:
     import orjson as _orjson
@@ -86,7 +87,7 @@ ID_ATTRIBUTE: Final = "mqlogging_id"
 """Record attribute holding the record id; set by the formatter, reused if already set."""
 
 _ENCODERS: Final = ("auto", "orjson", "json")
-_TRUNCATION_KEY: Final = "mqlogging"
+_TRUNCATION_KEY: Final = NAMESPACE
 _DIVERTED_KEY: Final = "extra"
 _MIN_STRING_LIMIT: Final = 64  # never cut strings shorter than this (ids, timestamps, names)
 _MAX_DROPPED_NAMES: Final = 16  # names of dropped fields listed in the truncation marker
@@ -946,6 +947,7 @@ class JsonFormatter(BaseJsonFormatter):
         self._dumps = self._encoder.dumps
         self._schema: _Schema = _SCHEMA_CLASSES[schema](self)
         self._add_fields = self._schema.add_fields
+        self._namespace: dict[str, Any] = {"schema": schema}  # shared, never mutated
         # python-json-logger's hooks overridden in a subclass are honoured; otherwise
         # format_message skips the indirections and encodes straight to bytes.
         cls = type(self)
@@ -980,13 +982,20 @@ class JsonFormatter(BaseJsonFormatter):
 
     # -- formatting -------------------------------------------------------------------------
 
-    def format_message(self, record: logging.LogRecord) -> Message:
+    def format_message(
+        self, record: logging.LogRecord, stamp: Mapping[str, Any] | None = None
+    ) -> Message:
         """Format ``record`` into its wire message: the record id and the UTF-8 JSON body.
 
         The body has no trailing newline and is at most ``max_bytes`` long. The id is the
         record's ``mqlogging_id`` attribute if a caller set one, else a new time-ordered id that
         is stamped on the record, so formatting the same record again yields the same id.
         Values that cannot be encoded never make it fail (see :class:`JsonFormatter`).
+
+        ``stamp`` (from :class:`~mqlogging.MQHandler`: its producer id and the record's
+        sequence number) is added to the ``mqlogging`` object next to ``schema``; see
+        :mod:`mqlogging.wire`. It is per call, not per record, because each handler numbers
+        the records it sends on its own.
         """
         attrs = record.__dict__
         rid = attrs.get(ID_ATTRIBUTE)
@@ -1001,6 +1010,12 @@ class JsonFormatter(BaseJsonFormatter):
             log_data = self.process_log_record(log_data)
         else:
             self._add_fields(log_data, record, message_dict)
+        # The namespace is ours in every schema (mqlogging.wire): a user field of that name
+        # is moved under ``extra`` like any field that would shadow one of ours.
+        user_namespace = log_data.pop(NAMESPACE, _MISSING)
+        if user_namespace is not _MISSING:
+            _divert(log_data, [(NAMESPACE, user_namespace)])
+        log_data[NAMESPACE] = self._namespace if stamp is None else {**self._namespace, **stamp}
         if self._custom_jsonify:
             body = _clean_str(self.jsonify_log_record(log_data)).encode("utf-8")
         else:
@@ -1028,13 +1043,14 @@ class JsonFormatter(BaseJsonFormatter):
         assert limit is not None
         marker: dict[str, Any] = {"truncated": True, "original_bytes": size, "max_bytes": limit}
         encoder = self._encoder
+        # Our namespace (schema, producer, sequence number) survives every step, never cut.
+        namespace = log_data.get(NAMESPACE)
+        if not isinstance(namespace, dict):
+            namespace = self._namespace
 
         def attempt(doc: dict[str, Any], cut: int) -> bytes:
             shrunk = _sanitize(doc, encoder.default, cut)
-            previous = shrunk.get(_TRUNCATION_KEY)
-            shrunk[_TRUNCATION_KEY] = (
-                {**previous, **marker} if isinstance(previous, dict) else dict(marker)
-            )
+            shrunk[_TRUNCATION_KEY] = {**namespace, **marker}
             return encoder.dumps(shrunk)
 
         def bisect(doc: dict[str, Any]) -> bytes | None:
@@ -1063,7 +1079,7 @@ class JsonFormatter(BaseJsonFormatter):
             return body
         del marker["dropped_fields"]  # the count stays; the names may be what does not fit
         skeleton = self._schema.skeleton(record, rid)
-        skeleton[_TRUNCATION_KEY] = marker
+        skeleton[_TRUNCATION_KEY] = {**namespace, **marker}
         body = encoder.dumps(skeleton)
         message = log_data.get("message")
         if isinstance(message, str):  # keep the start of the message if it fits

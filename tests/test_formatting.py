@@ -240,6 +240,7 @@ class TestEcs:
             "host": {"hostname": socket.gethostname()},
             "event": {"id": record.mqlogging_id},
             "ecs": {"version": ECS_VERSION},
+            "mqlogging": {"schema": "ecs"},
         }
         assert expected == {k: v for k, v in doc.items() if k != "@timestamp"}
 
@@ -425,6 +426,7 @@ class TestLogstashCompatibility:
         expected = json.loads(theirs.format(record))  # before ours stamps the record id
         actual = decode(ours, record)
         assert UUID_RE.match(actual.pop("id"))
+        assert {"schema": "logstash"} == actual.pop("mqlogging")  # ours: see mqlogging.wire
         ts_expected = datetime.datetime.strptime(
             expected.pop("@timestamp"), "%Y-%m-%dT%H:%M:%S.%fZ"
         )
@@ -486,6 +488,7 @@ class TestFlat:
         expected = json.loads(PjlJsonFormatter(**options).format(record))
         actual = decode(JsonFormatter(schema="flat", **options), record)
         assert UUID_RE.match(actual.pop("id"))
+        assert {"schema": "flat"} == actual.pop("mqlogging")  # ours: see mqlogging.wire
         assert re.match(r"^\d{4}-.*T.*\.\d{6}\+00:00$", actual.pop("timestamp"))
         assert expected == actual
 
@@ -833,7 +836,7 @@ class TestSizeCap:
     def test_small_records_are_untouched(self, schema: str) -> None:
         """A record under the cap carries no marker; max_bytes=None disables the cap."""
         doc = decode(JsonFormatter(schema=schema, max_bytes=self.LIMIT), make_record())
-        assert "mqlogging" not in doc
+        assert {"schema": schema} == doc["mqlogging"]
         body = JsonFormatter(schema=schema, max_bytes=None).format_message(
             make_record("y" * 400_000, ())
         )

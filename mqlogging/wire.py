@@ -1,0 +1,193 @@
+"""Where a record keeps its id, time, producer and sequence number: one reader for everyone.
+
+Every reader of records — the collector (``_id`` in Elasticsearch), ``local://``, the spool
+tools, ``mqlogging tail`` and ``mqlogging audit`` — asks :func:`read_meta`, so they can never
+disagree, and so a user field can never pass for one of ours.
+
+The rule, per schema (``schema=`` of :class:`~mqlogging.JsonFormatter`):
+
+========== ======================= ================ ==================================
+schema     record id               record time      mqlogging namespace
+========== ======================= ================ ==================================
+``ecs``    ``event.id``            ``@timestamp``   ``mqlogging``
+``logstash`` ``id``                ``@timestamp``   ``mqlogging``
+``flat``   ``id``                  ``timestamp``    ``mqlogging``
+========== ======================= ================ ==================================
+
+The formatter owns the ``mqlogging`` object in every schema (a user field of that name is moved
+under ``extra``, like every user field that would shadow one of ours) and always writes
+``mqlogging.schema`` there, so a reader knows which row applies. Records formatted by
+:class:`~mqlogging.MQHandler` also carry their producer's identity and sequence number::
+
+    "mqlogging": {"schema": "ecs", "producer": "node17:4242:9f3ab2c1", "seq": 42}
+
+``producer`` is one id per handler instance per process (host, pid, a random part), stable for
+the life of that handler in that process; ``seq`` counts that producer's records from 1 without
+gaps. When the handler drops records by an explicit policy it sends a *marker*: a record of its
+own (with its own ``seq``) whose ``mqlogging.dropped`` names what was dropped and why::
+
+    "mqlogging": {"schema": "ecs", "producer": "...", "seq": 97,
+                  "dropped": [{"producer": "node17:4242:9f3ab2c1", "first": 43, "last": 96,
+                               "reason": "overflow"}]}
+
+so ``mqlogging audit`` tells a gap that was dropped and counted from one that was lost.
+
+Documents without ``mqlogging.schema`` (written by something else, or by an older mqlogging)
+are read by the older rule: ``event.id`` (else ``id``) when the document has ECS's ``ecs``
+object, else ``id`` (else ``event.id``); the time is ``@timestamp``, else ``timestamp``.
+
+This module imports nothing from the package, so any layer may use it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Final, NamedTuple
+
+__all__ = [
+    "MAX_ID_BYTES",
+    "NAMESPACE",
+    "DroppedRange",
+    "RecordMeta",
+    "id_path",
+    "read_meta",
+    "time_key",
+]
+
+NAMESPACE: Final = "mqlogging"
+"""The top-level object the formatter owns in every schema."""
+
+MAX_ID_BYTES: Final = 512
+"""Longest usable record id (Elasticsearch's ``_id`` limit); longer ones are ignored."""
+
+_ID_PATHS: Final[Mapping[str, tuple[str, ...]]] = {
+    "ecs": ("event", "id"),
+    "logstash": ("id",),
+    "flat": ("id",),
+}
+_TIME_KEYS: Final[Mapping[str, str]] = {
+    "ecs": "@timestamp",
+    "logstash": "@timestamp",
+    "flat": "timestamp",
+}
+
+
+# Documents without ``mqlogging.schema``: the place the schema that looks likely uses first.
+_LEGACY_ECS: Final = (("event", "id"), ("id",))
+_LEGACY_OTHER: Final = (("id",), ("event", "id"))
+
+
+def _get(doc: dict[str, Any], path: tuple[str, ...]) -> Any:
+    value: Any = doc
+    for key in path:
+        value = value.get(key) if isinstance(value, dict) else None
+    return value
+
+
+def id_path(schema: str) -> tuple[str, ...]:
+    """The path of the record id in ``schema``'s documents (``("event", "id")`` for ECS)."""
+    return _ID_PATHS[schema]
+
+
+def time_key(schema: str) -> str:
+    """The top-level key of the record time in ``schema``'s documents."""
+    return _TIME_KEYS[schema]
+
+
+class DroppedRange(NamedTuple):
+    """Records ``first``..``last`` (inclusive) of ``producer`` were dropped for ``reason``."""
+
+    producer: str
+    first: int
+    last: int
+    reason: str
+
+    def as_json(self) -> dict[str, Any]:
+        """The range as it appears in a marker's ``mqlogging.dropped`` list."""
+        return {
+            "producer": self.producer,
+            "first": self.first,
+            "last": self.last,
+            "reason": self.reason,
+        }
+
+
+class RecordMeta(NamedTuple):
+    """What :func:`read_meta` found; ``None`` (or empty) where the document has nothing usable."""
+
+    id: str | None
+    timestamp: str | None
+    schema: str | None
+    producer: str | None
+    seq: int | None
+    dropped: tuple[DroppedRange, ...]
+
+
+_NOTHING: Final = RecordMeta(None, None, None, None, None, ())
+
+
+def _usable_id(value: Any) -> str | None:
+    if value.__class__ is str:
+        if value and len(value) <= MAX_ID_BYTES and len(value.encode()) <= MAX_ID_BYTES:
+            return value
+        return None
+    if value.__class__ is int:
+        return str(value)
+    return None
+
+
+def _seq(value: Any) -> int | None:
+    return value if value.__class__ is int and value > 0 else None
+
+
+def _dropped(value: Any) -> tuple[DroppedRange, ...]:
+    if not isinstance(value, list):
+        return ()
+    out = []
+    for item in value:
+        if not isinstance(item, dict):
+            continue
+        producer, reason = item.get("producer"), item.get("reason")
+        first, last = _seq(item.get("first")), _seq(item.get("last"))
+        if isinstance(producer, str) and first is not None and last is not None and first <= last:
+            out.append(DroppedRange(producer, first, last, str(reason or "unknown")))
+    return tuple(out)
+
+
+def read_meta(doc: Any) -> RecordMeta:
+    """The id, time, schema, producer, sequence number and dropped ranges of a decoded record.
+
+    Never raises: anything missing or of the wrong type reads as ``None`` (the caller decides
+    the fallback, e.g. the transport's message id for the record id).
+    """
+    if not isinstance(doc, dict):
+        return _NOTHING
+    ns = doc.get(NAMESPACE)
+    schema = ns.get("schema") if isinstance(ns, dict) else None
+    if isinstance(schema, str) and schema in _ID_PATHS:
+        rid = _usable_id(_get(doc, _ID_PATHS[schema]))
+        time_value = doc.get(_TIME_KEYS[schema])
+    else:
+        schema = None
+        paths = _LEGACY_ECS if isinstance(doc.get("ecs"), dict) else _LEGACY_OTHER
+        rid = None
+        for path in paths:
+            rid = _usable_id(_get(doc, path))
+            if rid is not None:
+                break
+        time_value = doc.get("@timestamp", doc.get("timestamp"))
+    if isinstance(ns, dict):
+        producer = ns.get("producer")
+        producer = producer if isinstance(producer, str) and producer else None
+        seq = _seq(ns.get("seq")) if producer is not None else None
+        dropped = _dropped(ns.get("dropped"))
+    else:
+        producer, seq, dropped = None, None, ()
+    return RecordMeta(
+        rid,
+        time_value if isinstance(time_value, str) else None,
+        schema,
+        producer,
+        seq,
+        dropped,
+    )
