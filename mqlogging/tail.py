@@ -46,6 +46,7 @@ from typing import IO, Any, Protocol
 
 from .backends.endpoints import Endpoint
 from .errors import BackendError, ConfigurationError, ConnectError, MQLoggingError
+from .wire import read_meta
 
 __all__ = ["Filter", "Record", "add_arguments", "normalise", "render", "run_command"]
 
@@ -175,12 +176,15 @@ def normalise(raw: bytes) -> Record:
     if not isinstance(doc, dict):
         return Record(None, raw, message=raw.decode("utf-8", "replace"))
     extras: dict[str, Any] = {}
-    if isinstance(doc.get("log"), Mapping) or "ecs" in doc:
+    meta = read_meta(doc)
+    if meta.schema == "ecs" or (
+        meta.schema is None and (isinstance(doc.get("log"), Mapping) or "ecs" in doc)
+    ):
         level = _text(_get(doc, "log.level"))
         rec = Record(
             doc,
             raw,
-            time=_text(doc.get("@timestamp")),
+            time=_text(meta.timestamp),
             level=level.upper(),
             levelno=_level_number(level),
             logger=_text(_get(doc, "log.logger")),
@@ -200,7 +204,7 @@ def normalise(raw: bytes) -> Record:
         rec = Record(
             doc,
             raw,
-            time=_text(doc.get("@timestamp", doc.get("timestamp", doc.get("asctime")))),
+            time=_text(meta.timestamp or doc.get("asctime")),
             level=level.upper(),
             levelno=_level_number(level, doc.get("levelno")),
             logger=_text(doc.get("name", doc.get("logger_name", ""))),

@@ -29,6 +29,7 @@ from typing import Any
 from .._types import Delivery, Message
 from ..errors import BackendError, ConnectError, NotConfirmed, SpoolError
 from ..spool import Spool, SpoolReader, SpoolRecord, coerce_spool_options
+from ..wire import read_meta
 from .base import Consumer, Producer
 from .endpoints import Endpoint
 
@@ -49,7 +50,7 @@ except ImportError:  # pragma: no cover - exercised only without the [fast] extr
 
 
 def record_id(record: SpoolRecord) -> str:
-    """The record's id: ``event.id`` (ECS) or top-level ``id``, else one derived from its place.
+    """The record's id (:func:`mqlogging.wire.read_meta`), else one derived from its place.
 
     The derived id (``<segment>:<offset>``) is deterministic, so a line without an id that is
     delivered twice still gets the same Elasticsearch ``_id``.
@@ -58,13 +59,7 @@ def record_id(record: SpoolRecord) -> str:
         doc = _loads(record.body)
     except _DecodeError:
         doc = None
-    if isinstance(doc, dict):
-        event = doc.get("event")
-        if isinstance(event, dict) and isinstance(event.get("id"), str) and event["id"]:
-            return str(event["id"])
-        if isinstance(doc.get("id"), str) and doc["id"]:
-            return str(doc["id"])
-    return f"{record.segment}:{record.offset}"
+    return read_meta(doc).id or f"{record.segment}:{record.offset}"
 
 
 def _options(endpoint: Endpoint) -> dict[str, Any]:

@@ -41,6 +41,7 @@ from .._backoff import Backoff
 from .._types import Delivery
 from ..backends import Consumer
 from ..errors import MQLoggingError
+from ..wire import read_meta
 from .config import CollectorConfig, SourceConfig
 from .metrics import CollectorMetrics, HttpServer
 from .sinks import Outcome, Record, Result, Sink, build_sink
@@ -108,18 +109,9 @@ def _shape_problem(doc: Any, max_depth: int, max_fields: int) -> str:
 
 
 def _record_id(doc: dict[str, Any], delivery: Delivery) -> str:
-    event = doc.get("event")
-    candidate = event.get("id") if isinstance(event, dict) else None
-    if candidate is None:
-        candidate = doc.get("id")
-    if isinstance(candidate, str | int) and not isinstance(candidate, bool):
-        text = str(candidate)
-        if 0 < len(text.encode()) <= 512:  # Elasticsearch's _id limit
-            return text
-    if delivery.id:
-        return delivery.id
-    # No id anywhere: a content hash is at least stable across redeliveries.
-    return hashlib.sha1(delivery.body).hexdigest()
+    """The Elasticsearch ``_id``: the record's own id (never a user field that looks like it),
+    else the transport's message id, else a content hash (stable across redeliveries)."""
+    return read_meta(doc).id or delivery.id or hashlib.sha1(delivery.body).hexdigest()
 
 
 def _set_path(doc: dict[str, Any], path: str, value: Any) -> None:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
+import socket
 import threading
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -166,6 +168,7 @@ class MQHandler(logging.Handler):
         self._complain = Complainer()
         self._stale: list[Pipeline] = []  # pipelines inherited through fork(): never touched
         self._closed = False
+        self._new_producer()
         self.setFormatter(formatter)
         try:
             self._pipe = Pipeline(config, self._complain)
@@ -227,8 +230,23 @@ class MQHandler(logging.Handler):
             self.handleError(record)
 
     def prepare(self, record: logging.LogRecord) -> Message:
-        """Turn ``record`` into its wire message on the caller's thread (override to enrich)."""
-        return self._format_message(record)
+        """Turn ``record`` into its wire message on the caller's thread (override to enrich).
+
+        The record gets this handler's producer id and the next sequence number
+        (:mod:`mqlogging.wire`): ``next()`` of an :func:`itertools.count` is atomic, so
+        concurrent callers never share or skip a number.
+        """
+        return self._format_message(record, {"producer": self.producer, "seq": next(self._seq)})
+
+    def _new_producer(self) -> None:
+        """A new producer identity (host, pid, random part) whose sequence starts at 1."""
+        try:
+            host = socket.gethostname()
+        except OSError:  # pragma: no cover - gethostname practically never fails
+            host = "unknown"
+        #: This handler's producer id in this process (``mqlogging.producer`` of its records).
+        self.producer = f"{host}:{os.getpid()}:{os.urandom(4).hex()}"
+        self._seq = itertools.count(1)
 
     def enqueue(self, message: Message) -> None:
         """Hand ``message`` to the sender: a deque append in the normal path."""
@@ -270,6 +288,7 @@ class MQHandler(logging.Handler):
     def _after_fork_in_child(self) -> None:
         """Fresh pipeline in a forked child; the parent's is kept, untouched (see _fork)."""
         self._stale.append(self._pipe)
+        self._new_producer()  # the child is a producer of its own: its numbers start at 1
         self._complain = Complainer()
         pipe = Pipeline(self.config, self._complain)
         if self._closed:

@@ -23,6 +23,7 @@ from ..backends.endpoints import Endpoint
 from ..backends.local import record_id
 from ..errors import SpoolError
 from ..spool import SpoolReader, segments
+from ..wire import read_meta
 
 __all__ = ["ReplayResult", "SpoolSummary", "export_spool", "inspect_spool", "replay_spool"]
 
@@ -34,8 +35,6 @@ except ImportError:  # pragma: no cover - without the [fast] extra
     import json
 
     _loads = json.loads
-
-_TIME_FIELDS = ("@timestamp", "timestamp", "asctime", "time")
 
 
 @dataclass(slots=True)
@@ -108,12 +107,7 @@ def _lines(directory: str) -> Iterator[tuple[bytes | None, bool]]:
 
 
 def _timestamp(doc: Any) -> str | None:
-    if isinstance(doc, dict):
-        for name in _TIME_FIELDS:
-            value = doc.get(name)
-            if isinstance(value, str):
-                return value
-    return None
+    return read_meta(doc).timestamp
 
 
 def inspect_spool(directory: str) -> SpoolSummary:
