@@ -426,7 +426,7 @@ class TestLogstashCompatibility:
         expected = json.loads(theirs.format(record))  # before ours stamps the record id
         actual = decode(ours, record)
         assert UUID_RE.match(actual.pop("id"))
-        assert {"schema": "logstash"} == actual.pop("mqlogging")  # ours: see mqlogging.wire
+        assert actual.pop("mqlogging") == {"schema": "logstash"}  # ours: see mqlogging.wire
         ts_expected = datetime.datetime.strptime(
             expected.pop("@timestamp"), "%Y-%m-%dT%H:%M:%S.%fZ"
         )
@@ -488,7 +488,7 @@ class TestFlat:
         expected = json.loads(PjlJsonFormatter(**options).format(record))
         actual = decode(JsonFormatter(schema="flat", **options), record)
         assert UUID_RE.match(actual.pop("id"))
-        assert {"schema": "flat"} == actual.pop("mqlogging")  # ours: see mqlogging.wire
+        assert actual.pop("mqlogging") == {"schema": "flat"}  # ours: see mqlogging.wire
         assert re.match(r"^\d{4}-.*T.*\.\d{6}\+00:00$", actual.pop("timestamp"))
         assert expected == actual
 

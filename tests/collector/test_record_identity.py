@@ -50,13 +50,17 @@ def test_user_event_id_never_becomes_the_document_id(
     record into a silently acked duplicate (before the fix: 101 of 200 stored)."""
     url = amqp_queue_url(rabbitmq, queue_name)
     _log(url, schema, 200, f"ident.{queue_name}", event={"id": "signup"}, id="user-id")
-    sink = {"type": "elasticsearch", "hosts": [elasticsearch.url], "dataset": dataset_for(queue_name)}
+    sink = {
+        "type": "elasticsearch",
+        "hosts": [elasticsearch.url],
+        "dataset": dataset_for(queue_name),
+    }
     svc = service(sources=[{"url": url}], sinks=[sink])
     index = f"logs-{dataset_for(queue_name)}-default"
     wait_until(lambda: svc.metrics.value("acked") == 200, timeout=60)
     wait_until(lambda: es_count(elasticsearch.url, index) == 200, timeout=30)
     hits = es_search(elasticsearch.url, index, {"match_all": {}}, size=500)
-    assert 200 == len({h["_id"] for h in hits})
+    assert len({h["_id"] for h in hits}) == 200
     assert all(h["_id"] == read_meta(h).id for h in hits)  # es_search returns _source+_id
     assert all(h["_id"] not in ("signup", "user-id") for h in hits)
 
@@ -71,7 +75,7 @@ def test_local_spool_reader_uses_the_record_id(tmp_path: Path, service: Make) ->
     svc = service(sources=[{"url": url}], sinks=[{"type": "file", "path": str(out)}])
     wait_until(lambda: svc.metrics.value("acked") == 50, timeout=30)
     docs = [json.loads(line) for line in out.read_text().splitlines()]
-    assert 50 == len({read_meta(d).id for d in docs})
+    assert len({read_meta(d).id for d in docs}) == 50
 
 
 def test_every_record_carries_producer_and_gap_free_sequence(
