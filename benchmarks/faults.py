@@ -102,6 +102,38 @@ def _worker(first: int, count: int, rate: float, shutdown: bool) -> None:
         logging.shutdown()
 
 
+def _task(args: tuple[int, int]) -> int:
+    """A pool task: log ``count`` records from ``first`` through the inherited handler."""
+    first, count = args
+    _emit(logging.getLogger(APP_LOGGER), first, count, 0, None)
+    return count
+
+
+def _run_pool(spec: dict[str, Any], first: int, count: int) -> None:
+    """Log ``count`` records from pool workers, ``per_task`` per task, then end the pool the
+    way its users do: ``with Pool() as p`` (``terminate()``: SIGTERM to every worker) or
+    ``close(); join()`` (workers recycled by ``maxtasksperchild`` end with ``os._exit``)."""
+    pool_spec = spec["pool"]
+    per = pool_spec["per_task"]
+    tasks = [(first + k, min(per, count - k)) for k in range(0, count, per)]
+    if pool_spec["kind"] == "billiard":
+        import billiard  # type: ignore[import-untyped]
+
+        pool = billiard.Pool(pool_spec["processes"], maxtasksperchild=pool_spec.get("recycle"))
+    else:
+        import multiprocessing
+
+        ctx = multiprocessing.get_context("fork")
+        pool = ctx.Pool(pool_spec["processes"], maxtasksperchild=pool_spec.get("recycle"))
+    if pool_spec.get("end") == "terminate":
+        with pool:
+            pool.map(_task, tasks, chunksize=1)
+    else:
+        pool.map(_task, tasks, chunksize=1)
+        pool.close()
+        pool.join()
+
+
 def app_main(spec_path: str) -> int:
     import multiprocessing
 
@@ -143,9 +175,23 @@ def app_main(spec_path: str) -> int:
             p.join()
         _emit(logger, first + 2 * third, own - 2 * third, rate, None)
         struct.pack_into("<QQ", counter, 0, count, count)
+    elif spec.get("pool"):
+        _run_pool(spec, first, count)
+        struct.pack_into("<QQ", counter, 0, count, count)
     else:
         _emit(logger, first, count, rate, counter)
     print("EMITTED", flush=True)
+    if spec.get("exit") == "shutdown":
+        # What an application does at exit: no waiting loop of its own, just
+        # logging.shutdown() (flush + close within close_timeout), once the runner says go.
+        go = Path(spec["go"])
+        while not go.exists():
+            time.sleep(0.05)
+        began = time.monotonic()
+        logging.shutdown()
+        took = time.monotonic() - began
+        print("STATS " + json.dumps({"shutdown_seconds": took, **handler.stats()}), flush=True)
+        return 0
     drained = _drain(handler, spec.get("drain_timeout", 300.0))
     print("STATS " + json.dumps({"drained": drained, **handler.stats()}), flush=True)
     return 0
@@ -168,6 +214,8 @@ class Row:
     dup_deliveries: int = 0
     recovery: float | None = None
     counted_drops: int | None = None
+    inversions: int | None = None  # order checked: records that arrived after a later one
+    misrouted: int | None = None  # destinations checked: records in another app's queue
     note: str = ""
     seconds: float = 0.0
     error: str = ""
@@ -175,6 +223,8 @@ class Row:
     @property
     def ok(self) -> bool:
         if self.error:
+            return False
+        if self.inversions or self.misrouted:
             return False
         if self.counted_drops is not None:  # scenario 9: dropped must equal counted
             return self.lost == self.counted_drops and self.dup_sink == 0
@@ -189,13 +239,25 @@ class Tally:
     ids: set[str] = field(default_factory=set)
     seq_ids: dict[int, set[str]] = field(default_factory=dict)
     changed_at: float = 0.0  # monotonic time the last new record arrived
+    order: list[int] = field(default_factory=list)  # seq of each new record, in sink order
 
     def add(self, seq: int, rid: str) -> None:
         self.deliveries += 1
         if rid not in self.ids:
             self.ids.add(rid)
             self.changed_at = time.monotonic()
+            self.order.append(seq)
         self.seq_ids.setdefault(seq, set()).add(rid)
+
+    def inversions(self, first: int, count: int) -> int:
+        """Records of ``first``..``first+count-1`` (one emitter) that arrived after a later one."""
+        top, n = -1, 0
+        for seq in self.order:
+            if first <= seq < first + count:
+                if seq < top:
+                    n += 1
+                top = max(top, seq)
+        return n
 
     @property
     def distinct(self) -> int:
@@ -212,10 +274,9 @@ class Tally:
 
 
 def _record_id(doc: dict[str, Any]) -> str:
-    event = doc.get("event")
-    if isinstance(event, dict) and event.get("id"):
-        return str(event["id"])
-    return str(doc.get("id", ""))
+    from mqlogging.wire import read_meta
+
+    return read_meta(doc).id or ""
 
 
 class FileReader:
@@ -538,7 +599,13 @@ class Scenario:
             self.until(quiet, max(0.0, deadline - time.monotonic()), "quiet sink")
 
     def delivered(
-        self, app: App, reader: FileReader, row: Row, n: int, fault_end: float, brokers: list[Any]
+        self,
+        app: App,
+        reader: FileReader,
+        row: Row,
+        n: int,
+        fault_end: float | None,
+        brokers: list[Any],
     ) -> None:
         """Wait for ``app`` to deliver and exit and for the sink to settle; count into ``row``."""
         self.until(app.exited, 300, "the application to deliver and exit")
@@ -889,6 +956,141 @@ def s10_forked_workers(lab: Lab, s: Scenario, row: Row) -> None:
     )
 
 
+def s11_close_in_backoff(lab: Lab, s: Scenario, row: Row) -> None:
+    """The outage ends while the endpoint waits out its retry backoff; the application then
+    exits at once through ``logging.shutdown()``."""
+    rabbit = lab.rabbit
+    n = lab.scale(20_000)
+    url = queue_url(rabbit, s.queue)
+    reader = s.file_collector([url])
+    rabbit.kill()
+    go = s.dir / "go"
+    conf = handler_logging([url], s.dir / "spool", retry_max=30.0, close_timeout=20.0)
+    app = s.app("app", {
+        "logging": conf, "first": 0, "count": n, "rate": n / 6.0,
+        "exit": "shutdown", "go": str(go),
+    })  # fmt: skip
+    s.until(app.done_emitting, 120, "the emission")
+    rabbit.start()
+    fault_end = time.monotonic()
+    go.touch()  # the application exits now, while its endpoint is still backing off
+    s.delivered(app, reader, row, n, fault_end, [rabbit])
+    st = app.stats()
+    row.note = (
+        f"broker down for the whole emission (retry_max 30 s), back before exit; "
+        f"logging.shutdown() took {st['shutdown_seconds']:.1f} s of its 20 s close_timeout"
+    )
+
+
+def s12_shared_spool_order(lab: Lab, s: Scenario, row: Row) -> None:
+    """Two instances of one application share a spool directory through an outage."""
+    rabbit = lab.rabbit
+    n = lab.scale(20_000)  # per instance
+    url = queue_url(rabbit, s.queue)
+    reader = s.file_collector([url])
+    rabbit.kill()
+    conf = handler_logging([url], s.dir / "spool")
+    a = s.app("a", {"logging": conf, "first": 0, "count": n, "rate": n / 12.0})
+    b = s.app("b", {"logging": conf, "first": n, "count": n, "rate": n / 12.0})
+    s.until(lambda: a.emitted() >= n // 4 and b.emitted() >= n // 4, 120, "progress")
+    rabbit.start()  # back while both still log
+    fault_end = time.monotonic()
+    s.until(lambda: a.exited() and b.exited(), 300, "both instances to deliver and exit")
+    s.settle(reader.tally, 2 * n, 120, [rabbit])
+    _fill_row(row, reader.tally, 2 * n, fault_end)
+    row.inversions = reader.tally.inversions(0, n) + reader.tally.inversions(n, n)
+    row.note = (
+        f"two processes, {n} records each, one spool directory, broker back mid-run; "
+        f"records out of emit order per process: {row.inversions}"
+    )
+
+
+def _pool_row(lab: Lab, s: Scenario, row: Row, pool: dict[str, Any], n: int) -> None:
+    rabbit = lab.rabbit
+    url = queue_url(rabbit, s.queue)
+    reader = s.file_collector([url])
+    app = s.app("app", {
+        "logging": handler_logging([url], s.dir / "spool"),
+        "first": 0, "count": n, "pool": pool,
+    })  # fmt: skip
+    s.delivered(app, reader, row, n, None, [rabbit])
+    row.recovery = None
+
+
+def s13_pool_terminate(lab: Lab, s: Scenario, row: Row) -> None:
+    """``with multiprocessing.Pool() as p: p.map(...)``: the pool's exit terminates workers."""
+    n = lab.scale(20_000)
+    pool = {"kind": "multiprocessing", "processes": 4, "per_task": 100, "end": "terminate"}
+    _pool_row(lab, s, row, pool, n)
+    row.note = f"4 workers, {n // 100} tasks of 100 records; Pool.__exit__ sends SIGTERM"
+
+
+def s14_recycled_workers(lab: Lab, s: Scenario, row: Row) -> None:
+    """billiard (Celery's prefork pool) workers recycled every 10 tasks, ending in os._exit."""
+    n = lab.scale(20_000)
+    pool = {"kind": "billiard", "processes": 2, "per_task": 10, "recycle": 10, "end": "close"}
+    _pool_row(lab, s, row, pool, n)
+    row.note = (
+        f"billiard.Pool(2, maxtasksperchild=10): {n // 10} tasks of 10 records, "
+        f"{n // 100} worker processes in all"
+    )
+
+
+def s15_spool_two_destinations(lab: Lab, s: Scenario, row: Row) -> None:
+    """Two applications with different destinations are given one spool directory."""
+    rabbit = lab.rabbit
+    n = lab.scale(5_000)
+    qa, qb = f"{s.queue}_a", f"{s.queue}_b"
+    ua, ub = queue_url(rabbit, qa), queue_url(rabbit, qb)
+    in_a = FileReader([s.dir / "a.jsonl"])
+    in_b = FileReader([s.dir / "b.jsonl"])
+    s.readers += [in_a, in_b]
+    s.collector("a", [ua], [s.file_sink("a")])
+    s.collector("b", [ub], [s.file_sink("b")])
+    shared = s.dir / "spool"
+    go = s.dir / "go"
+    go.touch()
+    rabbit.kill()  # B runs while the broker is down: its records stay in the shared spool
+    b = s.app("b1", {
+        "logging": handler_logging([ub], shared, close_timeout=1.0),
+        "first": n, "count": n, "exit": "shutdown", "go": str(go),
+    })  # fmt: skip
+    s.until(b.exited, 120, "B to exit with its records spooled")
+    rabbit.start()
+    fault_end = time.monotonic()
+    a = App(s.dir, "a1", {"logging": handler_logging([ua], shared), "first": 0, "count": n,
+                          "rate": 0, "drain_timeout": 300.0})  # fmt: skip
+    a.proc.wait(300)
+    refused = a.proc.returncode != 0
+    if refused:  # told at startup that the directory serves another destination: as advised
+        s.app("a2", {"logging": handler_logging([ua], s.dir / "spool-a"), "first": 0, "count": n})
+    else:
+        s.apps.append(a)
+    s.app("b2", {"logging": handler_logging([ub], shared), "first": 2 * n, "count": 0})
+    s.until(lambda: all(x.exited() for x in s.apps), 300, "the applications to exit")
+    s.settle(in_a.tally, n, 60, [rabbit])
+    s.settle(in_b.tally, n, 60, [rabbit])
+    a_own = sum(1 for q in in_a.tally.seq_ids if q < n)
+    b_own = sum(1 for q in in_b.tally.seq_ids if n <= q < 2 * n)
+    row.emitted = 2 * n
+    row.delivered = a_own + b_own
+    row.lost = 2 * n - row.delivered
+    row.misrouted = (in_a.tally.distinct - a_own) + (in_b.tally.distinct - b_own)
+    row.dup_sink = in_a.tally.dup_records + in_b.tally.dup_records
+    row.dup_deliveries = in_a.tally.dup_deliveries + in_b.tally.dup_deliveries
+    row.recovery = _recovery(in_b.tally, fault_end)
+    first_line = a.stderr().strip().splitlines()[-1:] if refused else []
+    row.note = (
+        f"B left {n} records in the shared spool; A "
+        + (
+            f"refused the directory at startup ({first_line[0][:160]!r}) and ran with its own"
+            if refused
+            else "ran on it"
+        )
+        + f"; B's next run shipped its records; records in the other's queue: {row.misrouted}"
+    )
+
+
 SCENARIOS: list[tuple[int, str, str, Callable[[Lab, Scenario, Row], None]]] = [
     (1, "broker down for the first 30 s", "file", s1_broker_down_at_start),
     (2, "broker killed -9 twice", "file", s2_broker_kill_twice),
@@ -900,6 +1102,11 @@ SCENARIOS: list[tuple[int, str, str, Callable[[Lab, Scenario, Row], None]]] = [
     (8, "two collectors competing, one killed", "noida-db ES", s8_competing_collectors),
     (9, "spool on a full filesystem", "file", s9_spool_full),
     (10, "forked workers (multiprocessing)", "file", s10_forked_workers),
+    (11, "outage ends during retry backoff, then exit", "file", s11_close_in_backoff),
+    (12, "two processes share a spool through an outage", "file", s12_shared_spool_order),
+    (13, "multiprocessing Pool terminated by its with-block", "file", s13_pool_terminate),
+    (14, "billiard (Celery prefork) workers recycled", "file", s14_recycled_workers),
+    (15, "two applications, two destinations, one spool", "file", s15_spool_two_destinations),
 ]
 
 
@@ -936,6 +1143,10 @@ def table(rows: list[Row]) -> str:
         lost = str(r.lost)
         if r.counted_drops is not None:
             lost += f" (counted {r.counted_drops})"
+        if r.inversions is not None:
+            lost += f"; {r.inversions} out of order"
+        if r.misrouted is not None:
+            lost += f"; {r.misrouted} misrouted"
         goal = "met" if r.ok else "**MISSED**"
         lines.append(
             f"| {r.number} | {r.name} | {r.sink} | {r.emitted} | {r.delivered} | {lost} "
@@ -981,6 +1192,26 @@ HOW = {
     10: "The parent configures logging, logs, forks four `multiprocessing` workers (fork "
     "context) that log their share and return normally, logs its own share meanwhile, joins "
     "them and drains. No fault: recovery not applicable.",
+    11: "The broker is SIGKILLed before the application starts (`retry_max: 30`, "
+    "`close_timeout: 20`), so the endpoint's backoff has grown to seconds when the broker is "
+    "started again; the application then calls `logging.shutdown()` at once, with no waiting "
+    "loop of its own. Goal: `close()` uses its deadline to try again and delivers everything. "
+    "Recovery: from the broker restart.",
+    12: "Two instances of one application (same destination, same spool directory) log at a "
+    "steady rate while the broker is down; it comes back while both still log. Besides lost and "
+    "duplicated records, the sink order of each process's records is checked: every record "
+    "arriving after a later one of the same process counts as an inversion (goal 0).",
+    13: "The application maps 100-record tasks over `multiprocessing.Pool(4)` in a `with` block, "
+    "whose exit calls `terminate()` (SIGTERM to each worker, whose exit finalizers never run); "
+    "then drains. No fault beyond that: recovery not applicable.",
+    14: "The application maps 10-record tasks over `billiard.Pool(2, maxtasksperchild=10)` "
+    "(Celery's prefork pool): every worker is replaced after 10 tasks and ends with "
+    "`os._exit`; then `close()` and `join()`. Recovery not applicable.",
+    15: "Application B (queue b) runs while the broker is down and exits, leaving its records in "
+    "a spool directory; application A (queue a) is then configured with the same directory. "
+    "Goal: no record in the other's queue (`misrouted` 0); A either refuses the directory "
+    "(then runs with its own, as the error says) or leaves B's records alone; B's next run "
+    "ships them.",
 }
 
 
