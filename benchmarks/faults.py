@@ -989,7 +989,8 @@ def s12_shared_spool_order(lab: Lab, s: Scenario, row: Row) -> None:
     url = queue_url(rabbit, s.queue)
     reader = s.file_collector([url])
     rabbit.kill()
-    conf = handler_logging([url], s.dir / "spool")
+    # Small segments (many per process), so the two readers meet on segment boundaries.
+    conf = handler_logging([url], s.dir / "spool", spool_options={"segment_bytes": "64K"})
     a = s.app("a", {"logging": conf, "first": 0, "count": n, "rate": n / 12.0})
     b = s.app("b", {"logging": conf, "first": n, "count": n, "rate": n / 12.0})
     s.until(lambda: a.emitted() >= n // 4 and b.emitted() >= n // 4, 120, "progress")
