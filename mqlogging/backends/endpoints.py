@@ -324,15 +324,18 @@ class Endpoint:
     def destination_key(self) -> str:
         """A stable, secret-free string naming where this endpoint's records go.
 
-        Two endpoints with the same key deliver to the same place; two with different keys do
-        not. It is what the handler uses to refuse an endpoint listed twice and to name the
-        default spool directory, so a spool is only ever replayed to its own destination.
+        Endpoints with the same key deliver to the same place. Different keys are treated as
+        different destinations (the key is textual: ``localhost`` and ``127.0.0.1`` differ).
+        The handler uses it to refuse an endpoint listed twice and to name the default spool
+        directory, so a spool is only replayed to its own destination; it must therefore stay
+        the same across runs and releases: changing what it covers moves default spools.
 
         Covered (each changes where a record ends up): the transport and TLS (``scheme``), the
-        hosts in URL order, the vhost and, for AMQP, ``exchange``, ``routing_key``, ``queue``
-        and ``binding_key``; for STOMP the ``destination``; for ``local`` the directory.
-        Not covered (they change how records travel, not where): credentials (never part of
-        the key: it is written into directory names), timeouts, heartbeat, prefetch, TLS file
+        hosts in URL order (names compared without case, never resolved), the vhost and, for
+        AMQP, ``exchange``, ``routing_key``, ``queue`` and ``binding_key``; for STOMP the
+        ``destination``; for ``local`` the directory.
+        Not covered (they change how records travel, not where): user name and password (a
+        secret must never reach a directory name), timeouts, heartbeat, prefetch, TLS file
         paths, ``persistent``, ``declare``, and the *kind* of exchange or queue
         (``exchange_type``, ``queue_type``, ``dead_letter_exchange``): the broker refuses a
         second declaration of the same name with other settings, so these never make two
@@ -340,7 +343,7 @@ class Endpoint:
         """
         if self.transport == "local":
             return f"local://{quote(os.path.normpath(self.path))}"
-        hosts = ",".join(str(h) for h in self.hosts)
+        hosts = ",".join(str(h).lower() for h in self.hosts)  # DNS names ignore case
         parts = {"vhost": self.vhost}
         if self.transport == "amqp":
             parts.update(
