@@ -319,3 +319,39 @@ def test_queue_consumers_still_compete(rabbitmq: RabbitMQ, queue_name: str) -> N
     counts = Counter(n for x in inboxes for n in x.data)
     assert set(range(500)) == set(counts)
     assert {1} == set(counts.values())
+
+
+@pytest.mark.rabbitmq
+def test_subscription_survives_a_broker_restart(rabbitmq: RabbitMQ, queue_name: str) -> None:
+    """An AMQP subscriber (``queue=``) gets a fresh private queue after the broker restarts and
+    receives what is published from then on, in order, each message once."""
+    url = f"{rabbitmq.amqp_url}?exchange={queue_name}.x&exchange_type=fanout&queue="
+    consumer = AMQPConsumer(url)
+    producer = AMQPProducer(url)
+    try:
+        consumer.fetch(1, 0)  # connect: declares the exchange and binds the private queue
+        before = _messages(100)
+        producer.publish_batch(before)
+        assert [m.id for m in before] == _fetch_all(consumer, 100)
+        rabbitmq.sync_definitions()  # the exchange is new: see RabbitMQ.sync_definitions
+        rabbitmq.kill()
+        rabbitmq.start()
+        producer.close()
+
+        def subscribed_again() -> bool:
+            consumer.fetch(1, 0.1)  # reconnects and binds a new private queue
+            try:
+                producer.publish_batch(_messages(1))  # returned while nobody is bound
+            except BackendError:
+                return False
+            return True
+
+        wait_until(subscribed_again, timeout=30, message="subscription back after restart")
+        after = _messages(1000)
+        producer.publish_batch(after)
+        got = _fetch_all(consumer, 1000)
+        assert [m.id for m in after] == got[-1000:]
+        assert len(got) - 1000 <= 1  # at most the probe that proved the binding
+    finally:
+        producer.close()
+        consumer.close()
