@@ -144,7 +144,12 @@ def resolve(
         vhost = str(svc.get("vhost", "/"))
         url = f"{scheme}://{hosts}/{'' if vhost == '/' else vhost}"
         if kind == "queues":
-            options.update(exchange=str(svc.get("exchange", "")), queue=dest, routing_key=dest)
+            exchange = str(svc.get("exchange", ""))
+            options.update(exchange=exchange, queue=dest, routing_key=dest)
+            if exchange:
+                # Bind each queue by its own name: with the default "#" every queue of the
+                # service would receive every other queue's messages.
+                options["binding_key"] = dest
         else:
             # A topic fans out: no shared queue (consumers of one queue compete); each consumer
             # subscribes with its own exclusive queue bound to the fanout exchange.

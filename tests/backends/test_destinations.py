@@ -355,3 +355,21 @@ def test_subscription_survives_a_broker_restart(rabbitmq: RabbitMQ, queue_name: 
     finally:
         producer.close()
         consumer.close()
+
+
+@pytest.mark.rabbitmq
+def test_queues_behind_a_named_exchange_stay_apart(rabbitmq: RabbitMQ, queue_name: str) -> None:
+    """A DIRAC service with an ``exchange``: each queue is bound by its own name, so a put to
+    one queue reaches only that queue (300 to a, 200 to b; counted at the broker)."""
+    services = {"mq": {"type": "amqp", "host": "127.0.0.1", "port": rabbitmq.amqp_port,
+                       "exchange": f"{queue_name}.x"}}  # fmt: skip
+    a, b = f"{queue_name}.a", f"{queue_name}.b"
+    with (
+        create_producer(f"mq::Queues::{a}", services=services) as pa,
+        create_producer(f"mq::Queues::{b}", services=services) as pb,
+    ):
+        for i in range(300):
+            pa.put({"n": i})
+        for i in range(200):
+            pb.put({"n": i})
+    assert (rabbitmq.queue_depth(a), rabbitmq.queue_depth(b)) == (300, 200)
