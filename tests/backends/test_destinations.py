@@ -230,6 +230,35 @@ class TestLossyDestinations:
             MQHandler(url, spool=str(tmp_path / "s")).close()
         assert "warning" not in capsys.readouterr().err
 
+    @pytest.mark.rabbitmq
+    def test_amqp_exchange_without_queue_keeps_records(
+        self, rabbitmq: RabbitMQ, queue_name: str, tmp_path: Path
+    ) -> None:
+        """The AMQP analogue needs no warning: records published to an exchange no queue is
+        bound to come back (``mandatory``), are kept, and all 500 arrive, in order, once a
+        queue is bound."""
+        exchange = f"{queue_name}.x"
+        url = f"{rabbitmq.amqp_url}?exchange={exchange}&routing_key=app&queue="
+        handler = MQHandler(url, spool=str(tmp_path / "s"), retry_max=0.5)
+        logger = logging.getLogger(f"unbound.{queue_name}")
+        logger.propagate = False
+        logger.addHandler(handler)
+        try:
+            for i in range(500):
+                logger.warning("record %d", i, extra={"seq": i})
+            wait_until(lambda: handler.stats()["endpoints"][handler.config.endpoints[0].redacted()]
+                       ["failures"] > 0, timeout=20, message="a returned batch")  # fmt: skip
+            assert handler.stats()["confirmed"] == 0
+            with rabbitmq.amqp_channel() as ch:
+                ch.queue_declare(queue_name, durable=True)
+                ch.queue_bind(queue_name, exchange, routing_key="app")
+            wait_until(lambda: handler.stats()["confirmed"] >= 500, timeout=30,
+                       message="the kept records replayed")  # fmt: skip
+        finally:
+            logger.removeHandler(handler)
+            handler.close()
+        assert list(range(500)) == seqs(drain_amqp(rabbitmq, queue_name, 500))
+
     def test_services_producer_warns_too(
         self, rabbitmq: RabbitMQ, capsys: pytest.CaptureFixture[str]
     ) -> None:
