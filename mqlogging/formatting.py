@@ -703,6 +703,24 @@ class _LogstashSchema(_Schema):
     rendered and never passed through ``str.format(**record.__dict__)`` (V1 does, which rewrites
     messages containing ``{name}``-like text and can expose attributes); a user field named
     ``id`` is moved to ``extra.id``.
+
+    Values V1 cannot encode well (V1 runs ``json.dumps(default=str)``), checked against
+    logstash-formatter 0.5.17 by ``tests/test_logstash_differences.py``:
+
+    - ``bytes``/``bytearray`` are base64 text (V1: their ``repr``, ``"b'\\x00...'"``).
+    - ``set``/``frozenset`` are JSON arrays (V1: their ``repr``, ``"{1, 2}"``).
+    - With the orjson encoder, integers outside ``-2**63 .. 2**64 - 1`` are decimal strings
+      (orjson cannot write them; V1 and the json encoder write a number, which Elasticsearch
+      cannot index as ``long`` and many JSON parsers round).
+    - ``NaN`` and ``±Infinity`` are ``null`` (V1 writes ``NaN``/``Infinity``: not JSON, the
+      whole document is refused by strict parsers such as Elasticsearch's).
+    - Enums are their ``value`` and dataclasses objects (V1: their ``str``); dictionary keys
+      that JSON cannot have (tuples...) are stringified and an object whose ``str()`` raises is
+      shown by a placeholder (V1 raises, and the record is lost to ``handleError``); a lone
+      surrogate in text becomes ``?`` (V1 writes the ``\\udXXX`` escape, invalid UTF-16).
+    - A record a previous formatter already formatted (``record.message`` set): V1 keeps the
+      raw template as ``msg`` and the possibly stale ``message``; here ``msg`` is not a field
+      and ``message`` is rendered afresh from ``msg`` and ``args``.
     """
 
     __slots__ = ("_static",)

@@ -25,8 +25,15 @@ The tail never takes records away from the collector. How it gets its copy depen
     first shows the records still waiting in the spool.
 
 Output: one line per record (time, level, logger, message, key extra fields) and the traceback
-under it, coloured when stdout is a terminal; ``--json`` prints the raw documents as JSON lines
+under it, coloured when stdout is a terminal; ``--json`` prints the documents as JSON lines
 for ``jq``. The schema (``ecs``, ``logstash``, ``flat``) is recognised per record.
+
+Record text is untrusted: a message could carry ESC or BEL sequences that retitle or clear the
+operator's terminal, or a CR that overwrites the line to hide what it says. Every field of the
+human rendering is escaped (:func:`escape`): C0 controls except tab and the newlines that
+separate traceback lines, DEL, C1 controls, lone surrogates and the bidirectional overrides
+become visible ``\\xNN``/``\\uNNNN`` text. ``--json`` re-encodes each document on one line
+with the same characters as JSON ``\\u`` escapes, so it stays valid JSON (issue #11, 10).
 """
 
 from __future__ import annotations
@@ -48,7 +55,16 @@ from .backends.endpoints import Endpoint
 from .errors import BackendError, ConfigurationError, ConnectError, MQLoggingError
 from .wire import read_meta
 
-__all__ = ["Filter", "Record", "add_arguments", "normalise", "render", "run_command"]
+__all__ = [
+    "Filter",
+    "Record",
+    "add_arguments",
+    "escape",
+    "json_line",
+    "normalise",
+    "render",
+    "run_command",
+]
 
 _TAP_MAX_LENGTH = 100_000  # records a stalled tail may leave in its AMQP tap queue
 _BROWSE_INTERVAL = 0.5
@@ -294,16 +310,53 @@ def _short_time(value: str, now: datetime | None = None) -> str:
     return text if local.date() == today else f"{local:%Y-%m-%d} {text}"
 
 
+def _escape_table(*, json_escapes: bool) -> dict[int, str]:
+    """``str.translate`` table for the characters a terminal must never receive raw."""
+    controls = [c for c in (*range(0x20), *range(0x7F, 0xA0)) if c not in (0x09, 0x0A)]
+    wide = [*range(0xD800, 0xE000), 0x061C, 0x200E, 0x200F, 0x2028, 0x2029,
+            *range(0x202A, 0x202F), *range(0x2066, 0x206A)]  # fmt: skip
+    if json_escapes:
+        # Only DEL, C1 and the wide ones can be left raw by json.dumps(ensure_ascii=False).
+        return {c: f"\\u{c:04x}" for c in (*range(0x7F, 0xA0), *wide)}
+    table = {c: f"\\x{c:02x}" for c in controls}
+    table.update({c: f"\\u{c:04x}" for c in wide})
+    return table
+
+
+_ESCAPES = _escape_table(json_escapes=False)
+_JSON_ESCAPES = _escape_table(json_escapes=True)
+
+
+def escape(text: str) -> str:
+    """``text`` with every terminal control character made visible (``\\x1b``, ``\\u009b``).
+
+    Tab and newline are kept (callers indent or escape newlines themselves); CR is escaped,
+    since it lets a record overwrite what the terminal just showed.
+    """
+    return text.translate(_ESCAPES)
+
+
+def json_line(doc: Any) -> str:
+    """``doc`` as one line of JSON that is safe on a terminal and still parses to ``doc``."""
+    return json.dumps(doc, ensure_ascii=False, separators=(",", ":")).translate(_JSON_ESCAPES)
+
+
 def render(rec: Record, *, colour: bool, now: datetime | None = None) -> str:
-    """The terminal text of one record: a line, then the indented traceback if any."""
+    """The terminal text of one record: a line, then the indented traceback if any.
+
+    Every piece of record text goes through :func:`escape`; only our own colour codes reach
+    the terminal as control sequences.
+    """
     if rec.doc is None:
-        text = rec.message.rstrip("\n")
+        text = escape(rec.message.rstrip("\n"))
         return f"{_DIM}(not JSON){_RESET} {text}" if colour else f"(not JSON) {text}"
-    level = f"{rec.level or '-':<8}"
-    stamp = _short_time(rec.time, now)
-    logger = rec.logger or "-"
-    extras = " ".join(f"{key}={_clip(_text(value))}" for key, value in rec.extras.items() if key)
-    message = rec.message.replace("\n", "\n    ")
+    level = escape(f"{rec.level or '-':<8}")
+    stamp = escape(_short_time(rec.time, now))
+    logger = escape(rec.logger or "-")
+    extras = " ".join(
+        f"{escape(key)}={escape(_clip(_text(value)))}" for key, value in rec.extras.items() if key
+    )
+    message = escape(rec.message).replace("\n", "\n    ")
     if colour:
         line = (
             f"{_DIM}{stamp}{_RESET} {_level_colour(rec.levelno)}{level}{_RESET} "
@@ -316,7 +369,7 @@ def render(rec: Record, *, colour: bool, now: datetime | None = None) -> str:
         if extras:
             line += f"  {extras}"
     if rec.trace:
-        trace = "\n".join("    " + t for t in rec.trace.rstrip("\n").split("\n"))
+        trace = "\n".join("    " + t for t in escape(rec.trace.rstrip("\n")).split("\n"))
         line += "\n" + (f"{_level_colour(rec.levelno)}{trace}{_RESET}" if colour else trace)
     return line
 
@@ -660,7 +713,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="only records whose field equals VALUE; dotted keys reach into objects "
         "(service.name=billing); repeatable, all must match",
     )
-    parser.add_argument("--json", action="store_true", help="print raw JSON lines (for jq)")
+    parser.add_argument("--json", action="store_true", help="print JSON lines (for jq)")
     colour = parser.add_mutually_exclusive_group()
     colour.add_argument(
         "--color",
@@ -741,7 +794,7 @@ def run_command(args: argparse.Namespace) -> int:
                 if rec.doc is None:
                     skipped += 1
                     continue
-                out.write(raw.decode("utf-8", "replace").rstrip("\n") + "\n")
+                out.write(json_line(rec.doc) + "\n")
             else:
                 out.write(render(rec, colour=colour) + "\n")
             out.flush()

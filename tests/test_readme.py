@@ -114,3 +114,20 @@ def test_collector_quickstart_validates(tmp_path: Path, check: str) -> None:
         check=False,
     )
     assert result.returncode == 0, result.stderr
+
+
+def test_install_lines_work_from_a_clone() -> None:
+    """mqlogging is not on PyPI: the README installs from the checkout (`pip install '.[...]'`),
+    names only extras that pyproject.toml defines, and mentions the registry name only as the
+    form for a future release (issue #11, defect 19)."""
+    tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
+    extras = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+                 ["optional-dependencies"])  # fmt: skip
+    specs = re.findall(r"pip install '([^']+)'", README)
+    assert any(spec.startswith(".[") for spec in specs), specs
+    for spec in specs:
+        name, _, rest = spec.partition("[")
+        assert set(rest.rstrip("]").split(",")) <= extras, spec
+        if name != ".":
+            line = next(x for x in README.splitlines() if spec in x)
+            assert "once a release exists" in line, line

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -17,7 +18,9 @@ from typing import Any
 import pytest
 
 from mqlogging import JsonFormatter, MQHandler
-from mqlogging.backends import open_consumer
+from mqlogging._ids import new_id
+from mqlogging._types import Message
+from mqlogging.backends import open_consumer, open_producer
 from mqlogging.tail import Filter, normalise, render
 from tests.brokers import ActiveMQ, RabbitMQ
 from tests.helpers import free_port, wait_until
@@ -397,3 +400,99 @@ def test_help_says_which_mode() -> None:
     assert result.returncode == 0
     for words in ("exclusive, auto-delete", "NEW records", "queue browser", "read-only"):
         assert words in result.stdout
+
+
+# -- issue #11 defect 10: record text never reaches the terminal as control sequences ----------
+
+_HOSTILE_LOGGER = "app.\x1b]0;owned\x07"
+_HOSTILE_MESSAGE = "evil \x1b[2J\x1b]0;title\x07 c1=\x9b31m cr=\rhidden del=\x7f"
+_RAW_DOC = (
+    b'{"@timestamp":"2026-01-01T00:00:00.000000Z","ecs":{"version":"8"},'
+    b'"log":{"level":"info","logger":"raw"},'
+    b'"message":"lone \\ud800 bidi \\u202e nel \\u0085 bell \\u0007"}'
+)
+_NOT_JSON = b"\x1b]0;not json\x07 \x1b[2J text"
+_C1_UTF8 = re.compile(rb"\xc2[\x80-\x9f]")
+
+
+def _raw_controls(data: bytes) -> list[bytes]:
+    """Control characters in ``data`` that a terminal would act on (tab and LF are fine)."""
+    c0 = [bytes([b]) for b in data if (b < 0x20 and b not in (0x09, 0x0A)) or b == 0x7F]
+    return c0 + _C1_UTF8.findall(data)
+
+
+def _feed_hostile_records(url: str, raw_url: str) -> None:
+    """Records with ESC, BEL, CR, DEL and C1 in every field, a lone surrogate, and a body that
+    is not JSON."""
+    handler = MQHandler(url, spool=False, close_timeout=10)
+    logger = logging.Logger(_HOSTILE_LOGGER, logging.DEBUG)
+    logger.addHandler(handler)
+    try:
+        raise ValueError("boom \x1b[5m\x07")
+    except ValueError:
+        logger.exception(_HOSTILE_MESSAGE, extra={"k\x1bey": "v\x07al\x85ue"})
+    handler.close()
+    assert handler.stats()["confirmed"] == 1
+    with open_producer(raw_url) as producer:
+        producer.publish_batch([Message(new_id(), _RAW_DOC), Message(new_id(), _NOT_JSON)])
+
+
+def _run_tail_bytes(url: str, raw_url: str, *args: str) -> bytes:
+    """Run a real tail on ``url``, feed it the hostile records and return its stdout bytes."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mqlogging", "tail", url, *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env={**os.environ, "PYTHONIOENCODING": "utf-8"},
+    )
+    try:
+        assert proc.stderr is not None
+        banner = proc.stderr.readline()
+        assert banner.startswith(b"mqlogging tail:"), banner + proc.stderr.read()
+        _feed_hostile_records(url, raw_url)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+    assert proc.returncode == 0, err.decode("utf-8", "replace")
+    return out
+
+
+class TestControlCharacters:
+    def test_human_output_escapes_every_field(self, rabbitmq: RabbitMQ, queue_name: str) -> None:
+        """Through a real tail on RabbitMQ: ESC/BEL/CR/DEL/C1 in the logger name, message,
+        extra key and value and exception text, a lone surrogate, and a non-JSON body all
+        arrive (3 records shown) and the output bytes hold no raw control character; the
+        escapes are visible instead."""
+        url = f"{rabbitmq.amqp_url}?exchange={queue_name}-x&queue={queue_name}"
+        out = _run_tail_bytes(url, url, "--count", "3", "--no-color")
+        assert _raw_controls(out) == []
+        text = out.decode("utf-8")
+        assert "app.\\x1b]0;owned\\x07" in text
+        assert "evil \\x1b[2J\\x1b]0;title\\x07 c1=\\x9b31m cr=\\x0dhidden del=\\x7f" in text
+        assert "k\\x1bey=v\\x07al\\x85ue" in text
+        assert "ValueError: boom \\x1b[5m\\x07" in text
+        assert "lone \\ud800 bidi \\u202e nel \\x85 bell \\x07" in text
+        assert "(not JSON) \\x1b]0;not json\\x07 \\x1b[2J text" in text
+
+    def test_json_output_stays_json_and_escaped(self, rabbitmq: RabbitMQ, queue_name: str) -> None:
+        """``--json``: one valid JSON line per JSON record, equal to the document sent, with
+        DEL, C1, bidi controls and the lone surrogate as ``\\u`` escapes, never raw."""
+        url = f"{rabbitmq.amqp_url}?exchange={queue_name}-x&queue={queue_name}"
+        out = _run_tail_bytes(url, url, "--count", "2", "--json")
+        assert _raw_controls(out) == []
+        docs = [json.loads(line) for line in out.decode("utf-8").splitlines()]
+        assert [_HOSTILE_MESSAGE, json.loads(_RAW_DOC)["message"]] == [d["message"] for d in docs]
+        assert "\\u0085" in out.decode("utf-8")
+
+    def test_colour_codes_are_the_only_escapes(self) -> None:
+        """With colour on, the only ESC characters in a hostile record's rendering are the
+        tail's own colour codes."""
+        formatter = JsonFormatter()
+        record = logging.LogRecord(
+            _HOSTILE_LOGGER, logging.ERROR, "", 0, _HOSTILE_MESSAGE, (), None
+        )
+        text = render(normalise(formatter.format(record).encode()), colour=True)
+        without_ours = re.sub(r"\x1b\[[0-9;]*m", "", text)
+        assert _raw_controls(without_ours.encode()) == []

@@ -440,7 +440,7 @@ class AMQPProducer(_AMQPClient, Producer):
     def __init__(self, endpoint: str | Endpoint, **options: Any) -> None:
         super().__init__(endpoint, **options)
         ep = self.endpoint
-        self._routing_key = ep.routing_key if ep.exchange else (ep.queue or ep.routing_key)
+        self._routing_key = ep.routing_key  # equals ep.queue with the default exchange
         self._delivery_mode = 2 if ep.persistent else 1
         self._batch: _Batch | None = None
         self._next_tag = 1
@@ -571,6 +571,11 @@ class AMQPProducer(_AMQPClient, Producer):
 class AMQPConsumer(_AMQPClient, Consumer):
     """Pulls deliveries from ``queue`` with manual acks and at most ``prefetch`` in flight.
 
+    Consumers of one ``queue`` compete: each message goes to one of them. With ``queue=``
+    (empty) and an ``exchange``, the consumer *subscribes* instead: it gets a private
+    exclusive, auto-delete queue bound with ``binding_key``, and so a copy of every message
+    published while it is connected (see :meth:`_declare_subscription`).
+
     Delivery tags are ``(connection generation, delivery tag)``: after a reconnect, the
     deliveries of the old connection are void (the broker requeued them when it lost the
     connection) and acking or nacking them is silently ignored.
@@ -580,14 +585,39 @@ class AMQPConsumer(_AMQPClient, Consumer):
 
     def __init__(self, endpoint: str | Endpoint, **options: Any) -> None:
         super().__init__(endpoint, **options)
-        if not self.endpoint.queue:
-            msg = f"{self.endpoint.redacted()}: a consumer needs a queue; set queue=NAME"
+        if not self.endpoint.queue and not self.endpoint.exchange:
+            msg = (
+                f"{self.endpoint.redacted()}: a consumer needs a queue (queue=NAME) or an "
+                "exchange to subscribe to (exchange=NAME&queue=)"
+            )
             raise ConfigurationError(msg)
+        self._queue_name = self.endpoint.queue
         self._buffer: deque[Delivery] = deque()
         # Tags handed out by fetch() and not yet settled, in delivery order, for `multiple`.
         self._unsettled: deque[int] = deque()
         self._open: set[int] = set()
         self._settled_early: set[int] = set()
+
+    def _declare(self, channel: Any) -> None:
+        super()._declare(channel)
+        if not self.endpoint.queue:
+            self._declare_subscription(channel)
+
+    def _declare_subscription(self, channel: Any) -> None:
+        """Without ``queue``, subscribe: a queue of its own, bound to the exchange.
+
+        Server-named, exclusive and auto-delete: every such consumer gets a copy of every
+        message (topic semantics, issue #11 defect 18) and its queue disappears with its
+        connection, so nothing piles up for a subscriber that went away. A reconnect makes a
+        new queue: messages published in between are not seen, as with any topic.
+        """
+        ep = self.endpoint
+        result = channel.queue_declare("", exclusive=True, auto_delete=True)
+        self._queue_name = result.method.queue
+        try:
+            channel.queue_bind(self._queue_name, ep.exchange, routing_key=ep.binding_key)
+        except self._pika.exceptions.ChannelClosedByBroker as exc:
+            raise self._topology_error(exc, "binding of a subscription to", ep.exchange) from exc
 
     def _setup(self, link: _Link) -> None:
         self._buffer.clear()
@@ -616,7 +646,7 @@ class AMQPConsumer(_AMQPClient, Consumer):
                 )
             )
 
-        link.channel.basic_consume(self.endpoint.queue, on_message, auto_ack=False)
+        link.channel.basic_consume(self._queue_name, on_message, auto_ack=False)
 
     def fetch(self, max_messages: int, timeout: float) -> list[Delivery]:
         """Return up to ``max_messages`` deliveries within ``timeout`` seconds.

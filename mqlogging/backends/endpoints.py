@@ -246,8 +246,8 @@ class Endpoint:
                 f"use {'amqps' if transport == 'amqp' else 'stomp+ssl'}:// to enable TLS"
             )
             raise ConfigurationError(msg)
-        if transport == "amqp" and "routing_key" not in query and kwargs.get("exchange") == "":
-            kwargs["routing_key"] = kwargs.get("queue", "logs")
+        if transport == "amqp" and kwargs.get("exchange") == "":
+            _route_through_default_exchange(kwargs, where)
         return cls(**kwargs)
 
     def __post_init__(self) -> None:
@@ -276,6 +276,15 @@ class Endpoint:
             raise ConfigurationError(msg)
         if self.transport == "stomp" and not self.destination.startswith("/"):
             msg = f"{where}: STOMP destination must start with '/', e.g. /queue/logs"
+            raise ConfigurationError(msg)
+        if self.transport == "amqp" and not self.exchange and self.routing_key != self.queue:
+            # The default exchange delivers to the queue named by the routing key: any other
+            # combination would publish somewhere the configuration does not say (issue #11).
+            msg = (
+                f"{where}: with the default exchange (exchange=) the routing key is the queue "
+                f"name, but routing_key={self.routing_key!r} and queue={self.queue!r}; "
+                "give only one of them"
+            )
             raise ConfigurationError(msg)
 
     def with_options(self, **options: Any) -> Endpoint:
@@ -312,6 +321,70 @@ class Endpoint:
             tail = self.destination
         return f"{self.scheme}://{user}{hosts}{tail}"
 
+    def destination_key(self) -> str:
+        """A stable, secret-free string naming where this endpoint's records go.
+
+        Endpoints with the same key deliver to the same place. Different keys are treated as
+        different destinations (the key is textual: ``localhost`` and ``127.0.0.1`` differ).
+        The handler uses it to refuse an endpoint listed twice and to name the default spool
+        directory, so a spool is only replayed to its own destination; it must therefore stay
+        the same across runs and releases: changing what it covers moves default spools.
+
+        Covered (each changes where a record ends up): the transport and TLS (``scheme``), the
+        hosts in URL order (names compared without case, never resolved), the vhost and, for
+        AMQP, ``exchange``, ``routing_key``, ``queue`` and ``binding_key``; for STOMP the
+        ``destination``; for ``local`` the directory.
+        Not covered (they change how records travel, not where): user name and password (a
+        secret must never reach a directory name), timeouts, heartbeat, prefetch, TLS file
+        paths, ``persistent``, ``declare``, and the *kind* of exchange or queue
+        (``exchange_type``, ``queue_type``, ``dead_letter_exchange``): the broker refuses a
+        second declaration of the same name with other settings, so these never make two
+        distinct destinations.
+        """
+        if self.transport == "local":
+            return f"local://{quote(os.path.normpath(self.path))}"
+        hosts = ",".join(str(h).lower() for h in self.hosts)  # DNS names ignore case
+        parts = {"vhost": self.vhost}
+        if self.transport == "amqp":
+            parts.update(
+                exchange=self.exchange,
+                routing_key=self.routing_key,
+                queue=self.queue,
+                binding_key=self.binding_key,
+            )
+        else:
+            parts["destination"] = self.destination
+        query = "&".join(f"{k}={quote(v, safe='')}" for k, v in parts.items())
+        return f"{self.scheme}://{hosts}/?{query}"
+
+    def delivery_caveat(self) -> str | None:
+        """One line saying how this destination can drop records by design, or ``None``.
+
+        Publishing code prints it once at configuration time (issue #11, defect 14). It is a
+        warning, not an error: a topic is a legitimate choice for live views, and refusing it
+        would override the user. Only STOMP needs it: the broker confirms a SEND to a topic
+        nobody subscribes to, or to an exchange no queue is bound to, and then drops it. AMQP
+        producers publish with ``mandatory``, so an unroutable record comes back and is
+        retried or spooled, never confirmed and dropped.
+        """
+        if self.transport != "stomp":
+            return None
+        where = self.redacted()
+        dest = self.destination
+        if dest.startswith(("/topic/", "/temp-topic/", "/temp-queue/")):
+            return (
+                f"{where}: {dest} delivers only to consumers subscribed at that moment; records "
+                "sent while nobody subscribes are confirmed and dropped. For records that must "
+                "be kept use a queue, e.g. /queue/logs"
+            )
+        if dest.startswith("/exchange/"):
+            return (
+                f"{where}: RabbitMQ confirms and drops records sent to {dest} while no queue is "
+                "bound to it (STOMP has no 'mandatory'); bind a durable queue first (mqlogging "
+                "rabbitmq setup) or send to /queue/NAME"
+            )
+        return None
+
     def __repr__(self) -> str:
         return f"Endpoint({self.redacted()!r})"
 
@@ -340,6 +413,35 @@ def _redact_url(url: str) -> str:
     )
     path = rest.partition("/")[2].partition("?")[0]
     return f"{scheme}{sep}{userinfo}{at}{hosts}{slash}{path}{'?' + tail if tail else ''}"
+
+
+def _route_through_default_exchange(kwargs: dict[str, Any], where: str) -> None:
+    """Make ``routing_key`` and ``queue`` agree for ``exchange=`` (the default exchange).
+
+    The default exchange delivers to the queue named by the routing key, so whichever of the
+    two the user gave names the queue and the other follows it. Both given and different, an
+    empty queue, or a ``binding_key`` (the default exchange takes no bindings) are refused:
+    honouring one would silently override the other (issue #11, defect 13).
+    """
+    routing_key, queue = kwargs.get("routing_key"), kwargs.get("queue")
+    if "binding_key" in kwargs:
+        msg = (
+            f"{where}: binding_key has no effect with the default exchange (exchange=); "
+            "drop it or name an exchange"
+        )
+        raise ConfigurationError(msg)
+    if routing_key is not None and queue is not None and routing_key != queue:
+        msg = (
+            f"{where}: with the default exchange (exchange=) the routing key is the queue name, "
+            f"but routing_key={routing_key!r} and queue={queue!r}; give only one of them"
+        )
+        raise ConfigurationError(msg)
+    name = queue if queue is not None else routing_key
+    if name == "":
+        msg = f"{where}: with the default exchange (exchange=) give the queue, e.g. queue=logs"
+        raise ConfigurationError(msg)
+    if name is not None:
+        kwargs["routing_key"] = kwargs["queue"] = name
 
 
 def _check_known(transport: str, query: Mapping[str, Any], where: str) -> None:

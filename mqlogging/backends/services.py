@@ -22,6 +22,14 @@ the way DIRAC's configuration did::
 Differences from DIRAC, on purpose: failures are exceptions (:mod:`mqlogging.errors`), not
 ``{'OK': False}`` dictionaries; ``put`` returns only once the broker confirmed the message.
 
+Queues and topics: consumers of one queue compete (each message goes to one of them); every
+subscriber of a topic gets every message published while it is subscribed. Over STOMP that is
+the broker's ``/topic/`` semantics. Over AMQP a topic is a fanout exchange named after it and
+each consumer binds its own exclusive, auto-delete queue to it; a ``put`` to a topic that
+nobody subscribes to is returned by the broker and raises
+:class:`~mqlogging.errors.NotConfirmed` (over STOMP the broker confirms and drops it; a
+warning says so once when the producer is created).
+
 Sharing and threads: every producer of one destination in a process shares one connection,
 owned by one I/O thread (pika connections must stay on the thread that made them); ``put`` is
 thread-safe and concurrent ``put`` calls are published together as one confirmed batch. Each
@@ -35,6 +43,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sys
 import threading
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future
@@ -135,9 +144,16 @@ def resolve(
         vhost = str(svc.get("vhost", "/"))
         url = f"{scheme}://{hosts}/{'' if vhost == '/' else vhost}"
         if kind == "queues":
-            options.update(exchange=str(svc.get("exchange", "")), queue=dest, routing_key=dest)
+            exchange = str(svc.get("exchange", ""))
+            options.update(exchange=exchange, queue=dest, routing_key=dest)
+            if exchange:
+                # Bind each queue by its own name: with the default "#" every queue of the
+                # service would receive every other queue's messages.
+                options["binding_key"] = dest
         else:
-            options.update(exchange=dest, exchange_type="fanout", queue=dest, routing_key=dest)
+            # A topic fans out: no shared queue (consumers of one queue compete); each consumer
+            # subscribes with its own exclusive queue bound to the fanout exchange.
+            options.update(exchange=dest, exchange_type="fanout", queue="", routing_key=dest)
     return Endpoint.from_url(url, **options), ack
 
 
@@ -160,6 +176,8 @@ class _SharedConnection:
         self._pending: list[_Pending] = []
         self._closed = False
         self._producer = open_producer(endpoint)  # validates here, on the caller's thread
+        if (caveat := endpoint.delivery_caveat()) is not None:
+            print(f"mqlogging: warning: {caveat}", file=sys.stderr, flush=True)
         self._thread = threading.Thread(
             target=self._run, name=f"mqlogging-mq-{endpoint.redacted()}", daemon=True
         )

@@ -6,6 +6,7 @@ import itertools
 import logging
 import os
 import socket
+import sys
 import threading
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -361,10 +362,14 @@ def _build_config(
     if timeout is not None:
         overrides["timeout"] = _number("timeout", timeout, minimum=0.001)
     parsed = tuple(Endpoint.from_url(url, **overrides) for url in endpoints)
-    names = [ep.redacted() for ep in parsed]
-    if len(set(names)) != len(names):
-        msg = f"MQHandler: an endpoint is listed twice ({', '.join(names)})"
+    keys = [ep.destination_key() for ep in parsed]
+    if len(set(keys)) != len(keys):
+        twice = next(ep for ep, key in zip(parsed, keys, strict=True) if keys.count(key) > 1)
+        msg = f"MQHandler: an endpoint is listed twice ({twice.redacted()})"
         raise ConfigurationError(msg)
+    for ep in parsed:
+        if (caveat := ep.delivery_caveat()) is not None:
+            print(f"mqlogging: warning: {caveat}", file=sys.stderr, flush=True)
     strategy = _choice("strategy", strategy, STRATEGIES)
     overflow = _choice("overflow", overflow, OVERFLOWS)
     durability = _choice("durability", durability, DURABILITIES)

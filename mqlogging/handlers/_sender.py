@@ -71,14 +71,14 @@ _ADOPT_INTERVAL = 5.0
 def default_spool_dir(endpoints: Sequence[Endpoint], strategy: str) -> str:
     """``$XDG_STATE_HOME/mqlogging/spool/<digest>`` (``~/.local/state`` by default).
 
-    The digest covers the redacted endpoint URLs and the strategy, so two applications sending
-    to different brokers never replay each other's records, and the same configuration finds
-    its spool again after a restart.
+    The digest covers the endpoints' destinations (:meth:`Endpoint.destination_key`) and the
+    strategy, so two applications sending to different destinations never replay each other's
+    records, and the same configuration finds its spool again after a restart.
     """
     base = os.environ.get("XDG_STATE_HOME") or os.path.join(
         os.path.expanduser("~"), ".local", "state"
     )
-    key = "\n".join([strategy, *(ep.redacted() for ep in endpoints)])
+    key = "\n".join([strategy, *(ep.destination_key() for ep in endpoints)])
     digest = hashlib.sha256(key.encode()).hexdigest()[:16]
     return os.path.join(base, "mqlogging", "spool", digest)
 
@@ -92,7 +92,7 @@ def lane_directories(root: str, endpoints: Sequence[Endpoint], strategy: str) ->
         first = ep.hosts[0] if ep.hosts else None
         slug = f"{ep.transport}-{first.host}-{first.port}" if first else ep.transport
         slug = re.sub(r"[^A-Za-z0-9._-]", "_", slug)
-        digest = hashlib.sha256(ep.redacted().encode()).hexdigest()[:8]
+        digest = hashlib.sha256(ep.destination_key().encode()).hexdigest()[:8]
         out.append(os.path.join(root, f"{slug}-{digest}"))
     return out
 
