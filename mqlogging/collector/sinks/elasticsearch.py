@@ -237,7 +237,7 @@ class ElasticsearchSink(Sink):
         data_stream = self.config.mode == "data_stream"
         for record in records:
             doc = record.doc
-            index = self._ds_index if data_stream else self._index_for(doc)
+            index = self._ds_index if data_stream else self.index_for(doc)
             parts.append(dumps({"create": {"_index": index, "_id": record.id}}))
             if "@timestamp" in doc:
                 parts.append(record.encoded())
@@ -246,7 +246,7 @@ class ElasticsearchSink(Sink):
         parts.append(b"")
         return b"\n".join(parts)
 
-    def _index_for(self, doc: dict[str, Any]) -> str:
+    def index_for(self, doc: dict[str, Any]) -> str:
         """The index for ``doc``: ``index`` formatted with the record's own time when it lies
         within the window around now, else with the current time (counted)."""
         now = datetime.now(timezone.utc)
