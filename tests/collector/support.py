@@ -382,11 +382,15 @@ class _BulkHandler(BaseHTTPRequestHandler):
 class LogstashHttpStandIn(_Server):
     """What Logstash's ``http`` input accepts (see the module docstring)."""
 
-    def __init__(self, busy_requests: int = 0) -> None:
+    def __init__(self, busy_requests: int = 0, refuse: int | None = None) -> None:
+        """``busy_requests``: answer 429 to the first N requests; ``refuse``: answer this
+        status to every request while it is not None (settable, e.g. 401 then 400)."""
         super().__init__(_LogstashHandler)
         self.events: list[dict[str, Any]] = []
         self.busy_left = busy_requests
         self.busy_answers = 0
+        self.refuse = refuse
+        self.refused = 0
         self.problems: list[str] = []
 
 
@@ -408,6 +412,10 @@ class _LogstashHandler(BaseHTTPRequestHandler):
         owner: LogstashHttpStandIn = self.server.owner  # type: ignore[attr-defined]
         body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
         with owner.lock:
+            if owner.refuse is not None:
+                owner.refused += 1
+                self._reply(owner.refuse, "refused (injected)")
+                return
             if owner.busy_left > 0:
                 owner.busy_left -= 1
                 owner.busy_answers += 1

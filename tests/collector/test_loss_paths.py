@@ -19,6 +19,7 @@ from mqlogging._ids import new_id
 from mqlogging.collector.service import CollectorService
 from tests.collector.support import (
     BulkStandIn,
+    LogstashHttpStandIn,
     amqp_queue_url,
     dataset_for,
     ecs_record,
@@ -98,6 +99,36 @@ class TestRequestLevelErrors:
         assert svc.metrics.value("retried") > 0
         assert rabbitmq.queue_depth(queue_name) == 0
         assert _dead_letters(tmp_path / "state") == []
+
+    def test_logstash_refusing_every_request_is_an_outage(
+        self, rabbitmq: Any, queue_name: str, service: Make, tmp_path: Path
+    ) -> None:
+        """A Logstash ``http`` input answering 401 to everything, then 400 to everything (a
+        request problem, not one event's): the collector retries, reports not ready, dead-letters
+        nothing; once Logstash accepts again all 1,000 records arrive exactly once."""
+        url = amqp_queue_url(rabbitmq, queue_name)
+        publish(url, (ecs_record(i) for i in range(1000)))
+        with LogstashHttpStandIn(refuse=401) as peer:
+            svc = service(
+                sources=[{"url": url}],
+                sinks=[{"type": "logstash", "url": f"{peer.url}/"}],
+                pipeline={"batch_max_wait": 0.2, "retry_initial": 0.05, "retry_max": 0.2},
+            )
+            for status in (401, 400):
+                peer.refuse = status
+                wait_until(
+                    lambda s=status: svc.metrics.value("sink_items", status=str(s)) > 0,
+                    timeout=30,
+                )
+                wait_until(lambda: not svc.readiness()[0], timeout=10)
+                assert svc.metrics.value("dead_lettered") == 0
+            peer.refuse = None
+            wait_until(lambda: svc.metrics.value("acked") == 1000, timeout=60)
+            wait_until(lambda: svc.readiness()[0], timeout=10)
+            assert list(range(1000)) == sorted(e["seq"] for e in peer.events)
+        assert svc.metrics.value("dead_lettered") == 0
+        assert _dead_letters(tmp_path / "state") == []
+        assert rabbitmq.queue_depth(queue_name) == 0
 
 
 class TestDefaultDeadLetters:
