@@ -34,6 +34,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
+import os
 import signal
 import socket
 import threading
@@ -608,11 +609,7 @@ class CollectorService:
             self.http = HttpServer(address, self.metrics, self.readiness)
             self.http.start()
             log.info("serving /metrics /healthz /readyz on %s:%d", *self.http.address)
-        dead = self.config.dead_letter_target.url.redacted()
-        if self.config.dead_letter is None:
-            log.info("dead letters -> %s (default; set [dead_letter] url to change)", dead)
-        else:
-            log.info("dead letters -> %s", dead)
+        self._announce_dead_letters()
         for worker in self.workers:
             worker.start()
         log.info(
@@ -620,6 +617,25 @@ class CollectorService:
             len(self.workers),
             ", ".join(s.name for s in self.sinks),
         )
+
+    def _announce_dead_letters(self) -> None:
+        """Say in one line where dead letters go; warn now if the default spool directory
+        cannot be created (poison messages would then wait in the broker, counted as
+        ``dead_letter_failures``, until it can)."""
+        target = self.config.dead_letter_target.url
+        if self.config.dead_letter is not None:
+            log.info("dead letters -> %s", target.redacted())
+            return
+        log.info("dead letters -> %s (default; set [dead_letter] url to change)", target.redacted())
+        try:
+            os.makedirs(target.path, exist_ok=True)
+        except OSError as exc:
+            log.error(
+                "dead-letter directory %s cannot be created (%s): poison messages stay in the "
+                "broker until it can; set [collector] state_dir or [dead_letter] url",
+                target.path,
+                exc,
+            )
 
     def readiness(self) -> tuple[bool, dict[str, Any]]:
         sources = {w.label: w.connected and w.is_alive() for w in self.workers}

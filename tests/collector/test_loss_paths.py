@@ -164,6 +164,36 @@ class TestDefaultDeadLetters:
         assert es_count(elasticsearch.url, index) == 200
         assert rabbitmq.queue_depth(queue_name) == 0
 
+    def test_unwritable_default_spool_keeps_poison_in_broker(
+        self, rabbitmq: Any, queue_name: str, service: Make, tmp_path: Path
+    ) -> None:
+        """While the default dead-letter directory cannot be created (its parent is a file),
+        poison messages are neither acked nor discarded: the failures are counted, good
+        records still land, and once the directory can be made all 3 poison messages are in
+        it and all 103 messages are acked."""
+        blocker = tmp_path / "blocker"
+        blocker.write_text("not a directory")
+        url = amqp_queue_url(rabbitmq, queue_name)
+        good = [ecs_record(i) for i in range(100)]
+        publish(url, [*good[:50], b"{bad", b"[]", b"\xff", *good[50:]])
+        out = tmp_path / "out.jsonl"
+        svc = service(
+            sources=[{"url": url}],
+            sinks=[{"type": "file", "path": str(out), "fsync": False}],
+            collector={"state_dir": str(blocker / "state")},
+        )
+        wait_until(lambda: svc.metrics.value("dead_letter_failures") >= 6, timeout=30)
+        assert svc.metrics.value("acked") <= 100
+        assert svc.metrics.value("dead_lettered") == 0
+        blocker.unlink()
+        wait_until(lambda: svc.metrics.value("acked") == 103, timeout=30)
+        assert svc.metrics.value("dead_lettered") == 3
+        assert len(_dead_letters(blocker / "state" / "dead-letters")) == 3
+        assert sorted(d["seq"] for d in good) == sorted(
+            json.loads(line)["seq"] for line in out.read_text().splitlines()
+        )
+        assert rabbitmq.queue_depth(queue_name) == 0
+
 
 class TestInFlightBytes:
     def test_in_flight_bytes_bounded_and_all_delivered(
