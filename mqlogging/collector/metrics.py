@@ -106,7 +106,7 @@ class CollectorMetrics:
         self.index_time_out_of_window = Counter(
             f"{_PREFIX}_index_time_out_of_window",
             "Records whose own time was outside the index window (or missing) and that went "
-            "to the current index instead.",
+            "to the current index instead (per write attempt: a retried record counts again).",
             ["sink"],
             registry=r,
         )

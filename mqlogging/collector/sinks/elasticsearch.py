@@ -235,9 +235,10 @@ class ElasticsearchSink(Sink):
     def _body(self, records: Sequence[Record]) -> bytes:
         parts: list[bytes] = []
         data_stream = self.config.mode == "data_stream"
+        now = datetime.now(timezone.utc)
         for record in records:
             doc = record.doc
-            index = self._ds_index if data_stream else self.index_for(doc)
+            index = self._ds_index if data_stream else self.index_for(doc, now)
             parts.append(dumps({"create": {"_index": index, "_id": record.id}}))
             if "@timestamp" in doc:
                 parts.append(record.encoded())
@@ -246,10 +247,11 @@ class ElasticsearchSink(Sink):
         parts.append(b"")
         return b"\n".join(parts)
 
-    def index_for(self, doc: dict[str, Any]) -> str:
+    def index_for(self, doc: dict[str, Any], now: datetime | None = None) -> str:
         """The index for ``doc``: ``index`` formatted with the record's own time when it lies
-        within the window around now, else with the current time (counted)."""
-        now = datetime.now(timezone.utc)
+        within the window around ``now`` (default: the current time), else with ``now``
+        (counted through ``out_of_window``, once per write attempt)."""
+        now = now or datetime.now(timezone.utc)
         when = record_time(doc)
         if when is None or not now - self._window_back <= when <= now + self._window_ahead:
             self._out_of_window(1)
