@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from ..config import (
     ElasticsearchSinkConfig,
     FileSinkConfig,
@@ -9,8 +11,10 @@ from ..config import (
     NullSinkConfig,
     SinkConfig,
 )
-from ..metrics import CollectorMetrics
 from .base import Outcome, Record, Result, Sink
+
+if TYPE_CHECKING:  # the metrics module needs prometheus-client; sinks alone do not
+    from ..metrics import CollectorMetrics
 
 __all__ = ["Outcome", "Record", "Result", "Sink", "build_sink"]
 
