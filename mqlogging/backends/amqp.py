@@ -653,13 +653,14 @@ class AMQPConsumer(_AMQPClient, Consumer):
 
         See :meth:`Consumer.fetch`. A connection lost while waiting is replaced within the same
         call when a host is reachable; otherwise :class:`ConnectError` is raised.
+        ``max_messages=0`` only services the connection (heartbeats) for ``timeout`` seconds.
         """
         deadline = time.monotonic() + max(timeout, 0.0)
         while True:
             link = self._ensure_link()
             try:
                 with self._map_errors("receive"):
-                    while len(self._buffer) < max_messages:
+                    while max_messages == 0 or len(self._buffer) < max_messages:
                         if link.channel_error is not None or not link.channel.consumer_tags:
                             # Channel closed or consumer cancelled (queue deleted): start afresh.
                             self._drop_link()

@@ -7,11 +7,12 @@ URL with the parser's reason, a missing certificate with its path. The CLI turns
 
 File layout (see ``examples/collector-*.toml``)::
 
-    [collector]          shutdown_timeout, log_level, host_name
-    [pipeline]           batching, size/depth limits, enrichment, retry backoff
+    [collector]          shutdown_timeout, log_level, host_name, state_dir
+    [pipeline]           batching, size/depth limits, in-flight byte bound, enrichment, retry
     [[sources]]          url (amqp://, amqps://, stomp://, stomp+ssl://, local://), name, prefetch
     [[sinks]]            type = "elasticsearch" | "logstash" | "file" | "stdout" | "null"
-    [dead_letter]        url (a broker queue or local:// spool directory)
+    [dead_letter]        url (a broker queue or local:// spool directory; default: a spool
+                         directory under state_dir)
     [http]               listen = "127.0.0.1:9108" (metrics, /healthz, /readyz; "" disables)
 
 Environment overrides (the environment wins over the file; use them for secrets):
@@ -38,7 +39,7 @@ from collections.abc import Mapping
 from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Any, TypeAlias
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 from ..backends.endpoints import Endpoint, Secret
 from ..errors import ConfigurationError
@@ -65,6 +66,7 @@ __all__ = [
     "PipelineConfig",
     "SinkConfig",
     "SourceConfig",
+    "default_dead_letter",
     "load_config",
     "parse_config",
 ]
@@ -81,15 +83,26 @@ class CollectorSection:
 
     ``shutdown_timeout``: seconds a SIGTERM gives in-flight batches to reach the sinks before
     the rest is requeued. ``host_name``: the name put in enriched records (default: hostname).
+    ``state_dir``: where the collector keeps its own files — today the default dead-letter spool
+    (default: ``$XDG_STATE_HOME/mqlogging/collector``, else ``~/.local/state/mqlogging/collector``).
     """
 
     shutdown_timeout: float = 10.0
     log_level: str = "info"
     host_name: str = ""
+    state_dir: str = ""
 
     def __post_init__(self) -> None:
         _positive(self, "shutdown_timeout")
         _choice(self, "log_level", ("debug", "info", "warning", "error"))
+
+    @property
+    def state_path(self) -> Path:
+        """``state_dir``, or the per-user XDG state directory when it is not set."""
+        if self.state_dir:
+            return Path(self.state_dir).expanduser().absolute()
+        base = os.environ.get("XDG_STATE_HOME") or os.path.join("~", ".local", "state")
+        return (Path(base).expanduser() / "mqlogging" / "collector").absolute()
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -105,12 +118,20 @@ class PipelineConfig:
     messages; every retry is counted and logged), N > 0 dead-letters an item after N attempts.
     ``received_at_field`` / ``host_field`` are dotted paths set on every record when ``enrich``
     is on (empty string: not set).
+
+    ``max_inflight_bytes`` bounds the message bytes a source's worker holds (taken from the
+    consumer, not yet settled), decoded documents and sink requests included in proportion:
+    the worker takes no more while it holds that much, and takes only as many as fit by the
+    size of recent messages (one message is always allowed, so a single large one cannot
+    deadlock); the rest waits in the broker or, up to ``prefetch``, in the client library's
+    receive buffer as raw bytes — choose ``prefetch`` with the message size in mind.
     """
 
     batch_max_count: int = 1000
     batch_max_bytes: int = 5 * 1024 * 1024
     batch_max_wait: float = 1.0
     max_message_bytes: int = 1024 * 1024
+    max_inflight_bytes: int = 64 * 1024 * 1024
     max_depth: int = 64
     max_fields: int = 1000
     enrich: bool = True
@@ -125,6 +146,7 @@ class PipelineConfig:
             "batch_max_count",
             "batch_max_bytes",
             "max_message_bytes",
+            "max_inflight_bytes",
             "max_depth",
             "max_fields",
         ):
@@ -161,6 +183,7 @@ class SourceConfig:
 
     @property
     def max_in_flight(self) -> int:
+        """The configured prefetch (``prefetch``, else the URL's)."""
         return self.prefetch or self.url.prefetch
 
 
@@ -170,8 +193,13 @@ class ElasticsearchSinkConfig:
 
     ``mode = "data_stream"`` writes to ``logs-<dataset>-<namespace>`` (documents need
     ``@timestamp``; one is added from the receive time when missing); ``mode = "index"`` writes
-    to ``index`` expanded with ``strftime`` on the record's ``@timestamp`` (UTC), e.g.
-    ``mqlogging-%Y.%m.%d``. ``install_template`` puts an index template at start.
+    to ``index`` expanded with ``strftime`` on the record's own time (UTC; ``@timestamp``, or
+    ``timestamp`` for the ``flat`` schema), e.g. ``mqlogging-%Y.%m.%d``, so a redelivery always
+    lands in the same index. A record time more than ``index_window_days_back`` days before now
+    or ``index_window_days_ahead`` days after it is not trusted to pick an index (arbitrary
+    dates would create arbitrary indices): such a record goes to today's index and is counted
+    (``index_time_out_of_window``). The default reaches back 30 days for spools shipped after
+    a long time offline. ``install_template`` puts an index template at start.
     """
 
     type: str = "elasticsearch"
@@ -192,9 +220,13 @@ class ElasticsearchSinkConfig:
     client_key: str | None = None
     request_timeout: float = 30.0
     max_bulk_bytes: int = 10 * 1024 * 1024
+    index_window_days_back: float = 30.0
+    index_window_days_ahead: float = 1.0
 
     def __post_init__(self) -> None:
         _choice(self, "mode", ("data_stream", "index"))
+        _positive(self, "index_window_days_back")
+        _positive(self, "index_window_days_ahead")
         if not self.hosts:
             msg = "hosts is empty; give at least one URL such as https://es1:9200"
             raise ConfigurationError(msg)
@@ -324,10 +356,23 @@ SinkConfig: TypeAlias = (
 @dataclass(frozen=True, slots=True, kw_only=True)
 class DeadLetterConfig:
     """Where poison messages go: a broker queue (published with confirms) or a ``local://``
-    spool directory. Without it, poison messages are rejected (``requeue=False``, so a broker
-    dead-letter exchange configured on the queue still catches them), logged and counted."""
+    spool directory. Without a ``[dead_letter]`` table they go to :func:`default_dead_letter`
+    (a spool directory under ``[collector] state_dir``): a poison message is never discarded
+    and never blocks the queue. Replay one with ``mqlogging spool replay DIR --to URL``."""
 
     url: Endpoint
+
+
+def default_dead_letter(collector: CollectorSection) -> DeadLetterConfig:
+    """The dead-letter target used when none is configured: ``<state_dir>/dead-letters``.
+
+    The spool refuses rather than drops when full (a refused dead letter keeps its message in
+    the broker, counted as a dead-letter failure), syncs every batch, and keeps its segments for
+    ten years instead of the spool's default week: dead letters wait for a human.
+    """
+    path = collector.state_path / "dead-letters"
+    url = f"local://{quote(str(path))}?overflow=refuse&fsync=always&max_age=3650d"
+    return DeadLetterConfig(url=Endpoint.from_url(url))
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -357,13 +402,17 @@ class CollectorConfig:
     http: HttpConfig = field(default_factory=HttpConfig)
     path: str = ""
 
+    @property
+    def dead_letter_target(self) -> DeadLetterConfig:
+        """``[dead_letter]`` when configured, else :func:`default_dead_letter`."""
+        return self.dead_letter or default_dead_letter(self.collector)
+
     def summary(self) -> str:
         """One line per source and sink, secrets redacted (printed by ``--check``)."""
         lines = [f"config {self.path or '<memory>'}: OK"]
         lines += [f"  source {s.label} (prefetch {s.max_in_flight})" for s in self.sources]
         lines += [f"  sink   {s.label}" for s in self.sinks]
-        if self.dead_letter:
-            lines.append(f"  dead letters -> {self.dead_letter.url.redacted()}")
+        lines.append(f"  dead letters -> {self.dead_letter_target.url.redacted()}")
         if self.http.listen:
             lines.append(f"  http   {self.http.listen} (/metrics /healthz /readyz)")
         return "\n".join(lines)

@@ -66,12 +66,6 @@ class CollectorMetrics:
             ["source", "reason"],
             registry=r,
         )
-        self.rejected = Counter(
-            f"{_PREFIX}_rejected",
-            "Poison messages rejected to the broker because no [dead_letter] is configured.",
-            ["source", "reason"],
-            registry=r,
-        )
         self.dead_letter_failures = Counter(
             f"{_PREFIX}_dead_letter_failures",
             "Dead-letter writes that failed (retried).",
@@ -102,6 +96,19 @@ class CollectorMetrics:
         )
         self.in_flight = Gauge(
             f"{_PREFIX}_in_flight", "Messages received and not yet settled.", ["source"], registry=r
+        )
+        self.in_flight_bytes = Gauge(
+            f"{_PREFIX}_in_flight_bytes",
+            "Message bytes received and not yet settled (bounded by max_inflight_bytes).",
+            ["source"],
+            registry=r,
+        )
+        self.index_time_out_of_window = Counter(
+            f"{_PREFIX}_index_time_out_of_window",
+            "Records whose own time was outside the index window (or missing) and that went "
+            "to the current index instead (per write attempt: a retried record counts again).",
+            ["sink"],
+            registry=r,
         )
         self.connected = Gauge(
             f"{_PREFIX}_source_connected",

@@ -14,9 +14,16 @@ Every retry round is counted (``retried``) and logged; nothing is retried invisi
 ``max_attempts`` can turn "retry until it works" into "dead-letter after N attempts".
 
 Guarantees. At least once into every sink; exactly once in Elasticsearch because the record id
-is the document ``_id`` written with ``op_type=create``. Nothing is dropped silently: poison
-messages go to the dead letters (or are rejected to the broker and counted when none is
-configured). Order is not preserved across retries (a retried item lands after later ones).
+is the document ``_id`` written with ``op_type=create``. Nothing is dropped: poison messages go
+to the dead letters — the configured ``[dead_letter]`` target, else a spool directory under the
+collector's ``state_dir`` — and are acked only once their copy is confirmed; a message is never
+rejected to the broker. Order is not preserved across retries (a retried item lands after later
+ones).
+
+Memory. A worker takes messages from its consumer only while it holds less than
+``max_inflight_bytes`` of them, and only as many as fit by the size of recent messages (one is
+always allowed, so a single large message cannot deadlock); the rest waits in the broker (or,
+up to the prefetch, raw in the client's receive buffer).
 
 Shutdown. :meth:`CollectorService.stop` (SIGTERM/SIGINT): workers stop fetching, keep flushing
 what they hold until ``shutdown_timeout``, ack what succeeded and nack (requeue) the rest.
@@ -27,6 +34,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
+import os
 import signal
 import socket
 import threading
@@ -203,13 +211,16 @@ class _Worker(threading.Thread):
         self._pending_bytes = 0
         self._first_at = 0.0
         self._held = 0  # items fetched and not settled (pending + the batch being written)
+        self._held_bytes = 0  # their message bytes (bounded by max_inflight_bytes)
         self._conn_backoff = Backoff(base=0.2, cap=service.config.pipeline.retry_max)
-        self._dead: DeadLetterWriter | None = None
         cfg = service.config
-        if cfg.dead_letter is not None:
-            self._dead = DeadLetterWriter(
-                cfg.dead_letter.url, source=self.label, collector=service.host_name
-            )
+        self.prefetch = source.max_in_flight
+        # Largest recent message size (decaying), to turn free bytes into a message count;
+        # starts at the largest allowed so the first fetch cannot overshoot the byte bound.
+        self._size_hint = cfg.pipeline.max_message_bytes
+        self._dead = DeadLetterWriter(
+            cfg.dead_letter_target.url, source=self.label, collector=service.host_name
+        )
         # AMQP: the broker enforces prefetch, so fetching at the bound only services heartbeats.
         self._fetch_when_full = source.url.transport == "amqp"
         m = service.metrics
@@ -217,6 +228,7 @@ class _Worker(threading.Thread):
         self._m_acked = m.acked.labels(self.label)
         self._m_requeued = m.requeued.labels(self.label)
         self._m_in_flight = m.in_flight.labels(self.label)
+        self._m_in_flight_bytes = m.in_flight_bytes.labels(self.label)
         self._m_connected = m.connected.labels(self.label)
         self._m_batch = m.batch_seconds.labels(self.label)
         self._m_reconnects = m.reconnects.labels(self.label)
@@ -237,28 +249,37 @@ class _Worker(threading.Thread):
             if self._consumer is not None:
                 with contextlib.suppress(Exception):
                     self._consumer.close()
-            if self._dead is not None:
-                with contextlib.suppress(Exception):
-                    self._dead.close()
+            with contextlib.suppress(Exception):
+                self._dead.close()
             self.connected = False
             self._m_connected.set(0)
 
     def _loop(self) -> None:
         p = self.service.config.pipeline
         stop = self.service.stopping
-        target = min(p.batch_max_count, self.source.max_in_flight)
+        target = min(p.batch_max_count, self.prefetch)
         while not stop.is_set():
             if self._pending:
                 wait = max(0.0, self._first_at + p.batch_max_wait - time.monotonic())
             else:
                 wait = min(p.batch_max_wait, 0.5)
-            room = min(target - len(self._pending), self.source.max_in_flight - self._held)
+            room = min(target - len(self._pending), self._room())
             if room > 0 and self._pending_bytes < p.batch_max_bytes:
                 self._fetch(room, wait)
             elif wait > 0 and not self._ready(target):
                 stop.wait(min(wait, 0.05))
             if self._ready(target):
                 self._process(self._take_batch(), deadline=None)
+
+    def _room(self) -> int:
+        """How many more messages this worker may take: what the prefetch allows, limited to
+        what fits in the free ``max_inflight_bytes`` at the recent message size; never 0
+        while it holds nothing, so one oversized message still gets through."""
+        if not self._held:
+            free = self.service.config.pipeline.max_inflight_bytes
+            return min(self.prefetch, max(1, free // self._size_hint))
+        free = self.service.config.pipeline.max_inflight_bytes - self._held_bytes
+        return min(self.prefetch - self._held, max(0, free // self._size_hint))
 
     def _ready(self, target: int) -> bool:
         if not self._pending:
@@ -335,9 +356,14 @@ class _Worker(threading.Thread):
                 item.dead, item.stage = reason, "decode"
             self._pending.append(item)
             self._pending_bytes += item.size
+        sizes = [len(d.body) for d in deliveries]
+        largest = max(sizes)
+        self._size_hint = max(1, largest, self._size_hint // 2)
         self._held += len(deliveries)
+        self._held_bytes += sum(sizes)
         self._m_consumed.inc(len(deliveries))
         self._m_in_flight.set(self._held)
+        self._m_in_flight_bytes.set(self._held_bytes)
 
     def _idle(self, delay: float, deadline: float | None) -> None:
         """Wait ``delay`` seconds, fetching into the pending list while there is room."""
@@ -353,9 +379,10 @@ class _Worker(threading.Thread):
                 # Shutting down: no new messages; wake up only for the deadline.
                 self.service.finished.wait(remaining)
                 return
-            room = self.source.max_in_flight - self._held
+            room = self._room()
             if room > 0 or self._fetch_when_full:
-                self._fetch(max(room, 1), remaining)
+                # fetch(0): an AMQP consumer only services its connection (heartbeats).
+                self._fetch(max(room, 0), remaining)
             elif stop.wait(remaining):
                 continue
 
@@ -443,19 +470,7 @@ class _Worker(threading.Thread):
 
     def _dead_letter(self, dead: list[_Item], done: list[_Item]) -> list[_Item]:
         """Dead-letter ``dead``: confirmed ones join ``done``; returns the ones to retry."""
-        service = self.service
-        m = service.metrics
-        if self._dead is None:
-            for item in dead:
-                log.error(
-                    "source %s: rejecting message %s (no [dead_letter] configured): %s",
-                    self.label,
-                    item.delivery.id,
-                    item.dead,
-                )
-                m.rejected.labels(self.label, _reason_class(item.dead or "")).inc()
-            self._nack(dead, requeue=False)
-            return []
+        m = self.service.metrics
         letters = [
             DeadLetter(it.delivery, it.dead or "", it.stage, it.record.id if it.record else "")
             for it in dead
@@ -463,6 +478,7 @@ class _Worker(threading.Thread):
         try:
             self._dead.write(letters)
         except (MQLoggingError, OSError) as exc:
+            log.warning("source %s: dead letter write failed (%s); retrying", self.label, exc)
             m.dead_letter_failures.labels(self.label).inc(len(dead))
             for item in dead:
                 item.last_error = f"dead letter: {exc}"
@@ -491,8 +507,14 @@ class _Worker(threading.Thread):
             )
         else:
             self._m_acked.inc(len(items))
+        self._release(items)
+
+    def _release(self, items: Sequence[_Item]) -> None:
+        """Forget settled ``items`` in the in-flight count and bytes."""
         self._held -= len(items)
+        self._held_bytes -= sum(it.size for it in items)
         self._m_in_flight.set(self._held)
+        self._m_in_flight_bytes.set(self._held_bytes)
 
     def _nack(self, items: Sequence[_Item], *, requeue: bool = True) -> None:
         if not items:
@@ -510,8 +532,7 @@ class _Worker(threading.Thread):
                 )
         if requeue:
             self._m_requeued.inc(len(items))
-        self._held -= len(items)
-        self._m_in_flight.set(self._held)
+        self._release(items)
 
 
 def _safe_write(sink: Sink, records: list[Record]) -> list[Result]:
@@ -542,7 +563,7 @@ class CollectorService:
         self.config = config
         self.metrics = CollectorMetrics()
         self.host_name = config.collector.host_name or socket.gethostname()
-        self.sinks: list[Sink] = [build_sink(s) for s in config.sinks]
+        self.sinks: list[Sink] = [build_sink(s, self.metrics) for s in config.sinks]
         self.sink_indices = tuple(range(len(self.sinks)))
         self.stopping = threading.Event()
         self.finished = threading.Event()
@@ -580,6 +601,7 @@ class CollectorService:
             self.http = HttpServer(address, self.metrics, self.readiness)
             self.http.start()
             log.info("serving /metrics /healthz /readyz on %s:%d", *self.http.address)
+        self._announce_dead_letters()
         for worker in self.workers:
             worker.start()
         log.info(
@@ -587,6 +609,25 @@ class CollectorService:
             len(self.workers),
             ", ".join(s.name for s in self.sinks),
         )
+
+    def _announce_dead_letters(self) -> None:
+        """Say in one line where dead letters go; warn now if the default spool directory
+        cannot be created (poison messages would then wait in the broker, counted as
+        ``dead_letter_failures``, until it can)."""
+        target = self.config.dead_letter_target.url
+        if self.config.dead_letter is not None:
+            log.info("dead letters -> %s", target.redacted())
+            return
+        log.info("dead letters -> %s (default; set [dead_letter] url to change)", target.redacted())
+        try:
+            os.makedirs(target.path, exist_ok=True)
+        except OSError as exc:
+            log.error(
+                "dead-letter directory %s cannot be created (%s): poison messages stay in the "
+                "broker until it can; set [collector] state_dir or [dead_letter] url",
+                target.path,
+                exc,
+            )
 
     def readiness(self) -> tuple[bool, dict[str, Any]]:
         sources = {w.label: w.connected and w.is_alive() for w in self.workers}

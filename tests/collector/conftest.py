@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -12,9 +13,10 @@ from mqlogging.collector.service import CollectorService
 
 
 @pytest.fixture
-def service() -> Iterator[Callable[..., CollectorService]]:
+def service(tmp_path: Path) -> Iterator[Callable[..., CollectorService]]:
     """``service(sources=[...], sinks=[...], **tables)`` starts a CollectorService in this
-    process (HTTP on a free port); every service is closed (drained) at teardown."""
+    process (HTTP on a free port; ``state_dir``, hence the default dead-letter spool, under
+    ``tmp_path/state``); every service is closed (drained) at teardown."""
     started: list[CollectorService] = []
 
     def make(**tables: Any) -> CollectorService:
@@ -22,7 +24,11 @@ def service() -> Iterator[Callable[..., CollectorService]]:
         tables.setdefault(
             "pipeline", {"batch_max_wait": 0.2, "retry_initial": 0.1, "retry_max": 1.0}
         )
-        tables.setdefault("collector", {"shutdown_timeout": 5.0})
+        tables["collector"] = {
+            "shutdown_timeout": 5.0,
+            "state_dir": str(tmp_path / "state"),
+            **tables.get("collector", {}),
+        }
         svc = CollectorService(parse_config(tables, env={}))
         svc.start()
         started.append(svc)

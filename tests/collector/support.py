@@ -3,7 +3,9 @@
 - :class:`BulkStandIn`: a small HTTP server that answers like Elasticsearch's ``_bulk`` API
   (``X-Elastic-Product: Elasticsearch`` header, per-item ``create`` statuses, 409 for an id it
   already stores, 400 ``document_parsing_exception`` for a field whose type conflicts with the
-  first-seen type) and can inject faults: whole-request 429/503 or per-item 429/503 for a while.
+  first-seen type) and can inject faults: any whole-request or per-item status for a while, with
+  the error type Elasticsearch gives it (``INJECTED_TYPES``: 400 ``index_closed_exception``,
+  401 ``security_exception``, 403 ``cluster_block_exception``, 404 ``index_not_found_exception``).
   noida-db cannot inject faults, hence this stand-in; it is *not* Elasticsearch.
 - :class:`LogstashHttpStandIn`: checks what Logstash's ``http`` input would accept — a POST with
   ``Content-Type: application/json`` whose body is a JSON object or an array of objects (the
@@ -131,6 +133,8 @@ def write_config(
     dead_letter: dict[str, Any] | None = None,
     http: dict[str, Any] | None = None,
 ) -> Path:
+    # The default dead-letter spool goes under state_dir: keep it beside the config file.
+    collector = {"state_dir": str(path.parent / "state"), **(collector or {})}
     lines: list[str] = []
     for name, table in (
         ("collector", collector),
@@ -246,6 +250,17 @@ class _Server:
         self.server.server_close()
 
 
+# The error type Elasticsearch answers with for an injected status (request-level ones for the
+# 4xx: the per-item 400 of a real mapping conflict comes from _store, not from injection).
+INJECTED_TYPES = {
+    400: "index_closed_exception",
+    401: "security_exception",
+    403: "cluster_block_exception",
+    404: "index_not_found_exception",
+    429: "es_rejected_execution_exception",
+}
+
+
 class BulkStandIn(_Server):
     """Answers ``GET /`` and ``POST /_bulk`` like Elasticsearch (see the module docstring).
 
@@ -313,9 +328,7 @@ class _BulkHandler(BaseHTTPRequestHandler):
         whole = owner.fault(number, -1)
         if whole is not None:
             err = {
-                "type": "es_rejected_execution_exception"
-                if whole == 429
-                else "unavailable_shards_exception",
+                "type": INJECTED_TYPES.get(whole, "unavailable_shards_exception"),
                 "reason": "injected",
             }
             self._reply(whole, {"error": err, "status": whole})
@@ -330,6 +343,7 @@ class _BulkHandler(BaseHTTPRequestHandler):
             action = json.loads(lines[n])["create"]
             doc = json.loads(lines[n + 1])
             status = owner.fault(number, n // 2)
+            injected = status is not None
             if status is None:
                 status = self._store(owner, action["_id"], doc)
             owner.statuses[status] = owner.statuses.get(status, 0) + 1
@@ -344,6 +358,8 @@ class _BulkHandler(BaseHTTPRequestHandler):
                     409: "version_conflict_engine_exception",
                     400: "document_parsing_exception",
                 }.get(status, "injected_failure")
+                if injected and status != 400:
+                    kind = INJECTED_TYPES.get(status, kind)
                 item["error"] = {"type": kind, "reason": f"injected or detected status {status}"}
             else:
                 item["result"] = "created"
@@ -366,11 +382,15 @@ class _BulkHandler(BaseHTTPRequestHandler):
 class LogstashHttpStandIn(_Server):
     """What Logstash's ``http`` input accepts (see the module docstring)."""
 
-    def __init__(self, busy_requests: int = 0) -> None:
+    def __init__(self, busy_requests: int = 0, refuse: int | None = None) -> None:
+        """``busy_requests``: answer 429 to the first N requests; ``refuse``: answer this
+        status to every request while it is not None (settable, e.g. 401 then 400)."""
         super().__init__(_LogstashHandler)
         self.events: list[dict[str, Any]] = []
         self.busy_left = busy_requests
         self.busy_answers = 0
+        self.refuse = refuse
+        self.refused = 0
         self.problems: list[str] = []
 
 
@@ -392,6 +412,10 @@ class _LogstashHandler(BaseHTTPRequestHandler):
         owner: LogstashHttpStandIn = self.server.owner  # type: ignore[attr-defined]
         body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
         with owner.lock:
+            if owner.refuse is not None:
+                owner.refused += 1
+                self._reply(owner.refuse, "refused (injected)")
+                return
             if owner.busy_left > 0:
                 owner.busy_left -= 1
                 owner.busy_answers += 1
@@ -499,6 +523,7 @@ def dataset_for(queue: str) -> str:
 
 
 __all__ = [
+    "INJECTED_TYPES",
     "BulkStandIn",
     "CollectorProcess",
     "LogstashHttpStandIn",

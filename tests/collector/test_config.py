@@ -105,6 +105,18 @@ class TestValid:
         assert config.pipeline.enrich is False
         assert es.dataset == "fromenv"
 
+    def test_default_dead_letter_spool_under_state_dir(self, tmp_path: Path) -> None:
+        """Without ``[dead_letter]``, dead letters go to ``<state_dir>/dead-letters``, a spool
+        that refuses rather than drops when full; ``state_dir`` may come from the environment;
+        the ``--check`` summary names the target."""
+        config = parse_config(BASE, env={"MQLOGGING_COLLECTOR_STATE_DIR": str(tmp_path)})
+        assert config.dead_letter is None
+        target = config.dead_letter_target.url
+        assert target.transport == "local"
+        assert str(tmp_path / "dead-letters") == target.path
+        assert target.spool_options["overflow"] == "refuse"
+        assert f"dead letters -> {target.redacted()}" in config.summary()
+
     def test_source_from_environment_only(self) -> None:
         """A source can come entirely from the environment (``MQLOGGING_SOURCES_0_URL``)."""
         config = parse_config(
@@ -153,6 +165,11 @@ ERRORS = [
     ({"sinks": [{"type": "elasticsearch", "username": "u"}]}, "username and password go together"),
     ({"sinks": [{"type": "elasticsearch", "dataset": "Bad-Name"}]}, "dataset='Bad-Name'"),
     ({"sinks": [{"type": "file", "path": "/nonexistent/dir/x.jsonl"}]}, "does not exist"),
+    ({"pipeline": {"max_inflight_bytes": 0}}, "max_inflight_bytes must be a positive integer"),
+    (
+        {"sinks": [{"type": "elasticsearch", "index_window_days_back": 0}]},
+        "index_window_days_back must be a positive number",
+    ),
 ]
 
 

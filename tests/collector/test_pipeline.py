@@ -105,7 +105,7 @@ class TestElasticsearchEndToEnd:
         self, rabbitmq: Any, elasticsearch: Any, queue_name: str, service: Make
     ) -> None:
         """``mode = "index"`` writes to the strftime-expanded index of each record's
-        ``@timestamp``, and ``install_template`` installs the template (noida-db stores and
+        ``@timestamp`` (within the configured window), and ``install_template`` installs the template (noida-db stores and
         applies index templates)."""
         url = amqp_queue_url(rabbitmq, queue_name)
         publish(url, (ecs_record(i) for i in range(200)))
@@ -115,6 +115,7 @@ class TestElasticsearchEndToEnd:
             mode="index",
             index=f"{queue_name}-%Y.%m.%d",
             install_template=True,
+            index_window_days_back=36500,  # the records are dated 2024-05-01
         )
         service(sources=[{"url": url}], sinks=[sink])
         index = f"{queue_name}-2024.05.01"

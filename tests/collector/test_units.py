@@ -96,6 +96,64 @@ class TestElasticsearchSink:
         assert results[0].status == "conflict"
         assert "document_parsing_exception" in results[3].reason
 
+    def test_request_level_errors_retry_and_report_not_ready(self) -> None:
+        """Per-item 404 (index missing), per-item 403 and a whole-request 400
+        ``index_closed_exception`` are ``RETRY`` for every record (never ``REJECT``, never
+        bisected), and make ``check()`` false until a write succeeds again."""
+        mode = {"now": "item404"}
+
+        def fault(request: int, item: int) -> int | None:
+            if mode["now"] == "item404" and item >= 0:
+                return 404 if item % 2 else 403
+            if mode["now"] == "closed" and item == -1:
+                return 400
+            return None
+
+        with BulkStandIn(fault) as es:
+            sink = ElasticsearchSink(ElasticsearchSinkConfig(hosts=(es.url,)))
+            results = sink.write(_records(6))
+            assert {Outcome.RETRY} == {r.outcome for r in results}
+            assert {"403", "404"} == {r.status for r in results}
+            assert not sink.check()
+            mode["now"] = "closed"
+            before = es.requests
+            results = sink.write(_records(6))
+            assert [r.outcome for r in results] == [Outcome.RETRY] * 6
+            assert "index_closed_exception" in results[0].reason
+            assert es.requests - before == 1
+            assert not sink.check()
+            mode["now"] = "ok"
+            assert {Outcome.DONE} == {r.outcome for r in sink.write(_records(6))}
+            assert sink.check()
+
+    def test_record_time_picks_the_index_within_the_window(self) -> None:
+        """The index comes from ``@timestamp``, else the flat schema's ``timestamp``; a time
+        outside [now - 30 days, now + 1 day] or missing picks today's index, counted."""
+        from datetime import datetime, timedelta, timezone
+
+        counted: list[float] = []
+        sink = ElasticsearchSink(
+            ElasticsearchSinkConfig(
+                hosts=("http://127.0.0.1:1",), mode="index", index="l-%Y.%m.%d"
+            ),
+            out_of_window=counted.append,
+        )
+        now = datetime.now(timezone.utc)
+        old = now - timedelta(days=10)
+        today = now.strftime("l-%Y.%m.%d")
+        cases = [
+            ({"@timestamp": old.isoformat().replace("+00:00", "Z")}, old.strftime("l-%Y.%m.%d")),
+            ({"timestamp": old.isoformat()}, old.strftime("l-%Y.%m.%d")),
+            ({"@timestamp": "1970-01-01T00:00:00Z"}, today),
+            ({"@timestamp": (now + timedelta(days=3)).isoformat()}, today),
+            ({"@timestamp": "garbage"}, today),
+            ({}, today),
+        ]
+        for doc, expected in cases:
+            assert expected == sink.index_for(doc), doc
+        assert len(counted) == 4
+        sink.close()
+
     def test_unreachable_is_retry(self) -> None:
         """Connection refused: every item is ``RETRY`` (not an exception)."""
         sink = ElasticsearchSink(

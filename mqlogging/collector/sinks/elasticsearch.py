@@ -5,13 +5,26 @@ two competing collectors after a requeue) comes back as ``409 version_conflict``
 "already stored" — so the index can never hold a record twice, whatever the broker does.
 
 Per-item classification (we own it; ``helpers.streaming_bulk`` only retries 429, sleeps in the
-caller and reorders):
+caller and reorders). Only an error about the document itself may dead-letter it; an error
+about the index, the cluster or our credentials is an outage that every document would hit, so
+dead-lettering would empty the queue into the dead letters (issue #11, defect 7):
 
 - 2xx, 409 → ``DONE`` (409 reported with status ``conflict``);
-- 429, 5xx, 401/403/408 (throttled, unavailable, read-only block, auth being fixed) → ``RETRY``;
-- other 4xx (400 mapping / parse errors, 404 index missing) → ``REJECT`` with ES's error text;
-- whole-request 413 (or 400) → the batch is split in halves until the culprit is alone;
+- 400 whose error is about the document (mapping / parse errors) → ``REJECT`` (dead letter);
+- everything else → ``RETRY``: 429, 5xx, 408, and the request-level errors — 401/403 (auth,
+  forbidden, cluster blocks), 404 (index missing) and the 400s that name the index
+  (``index_closed_exception``, ``invalid_index_name_exception``, ...). Request-level errors
+  also make :meth:`ElasticsearchSink.check` false, so ``/readyz`` reports the outage;
+- whole-request 413, or a whole-request 400 naming a document parse error → the batch is split
+  in halves until the culprit is alone (then ``REJECT``); any other whole-request error →
+  ``RETRY`` for every record;
 - connection errors and timeouts → ``RETRY`` for every record of the request.
+
+Index choice (``mode = "index"``): the record's own time (:func:`record_time`), clamped to a
+window around now, so a redelivery across midnight lands in the same index and an arbitrary
+date cannot create an arbitrary index. Data streams route by ``@timestamp`` on the server side;
+a record without one (the ``flat`` schema) gets its own ``timestamp`` as ``@timestamp``, the
+receive time only when it has none.
 
 Works with the 8.x and 9.x clients (use the client major that matches the cluster). Against the
 ``noida-db`` stand-in, ``_bulk`` into a ``logs-*-*`` name creates a plain index (it has no
@@ -25,30 +38,75 @@ import contextlib
 import logging
 import ssl
 import threading
-from collections.abc import Sequence
-from datetime import datetime, timezone
+from collections.abc import Callable, Sequence
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from ...errors import MissingDependencyError
 from ..config import ElasticsearchSinkConfig
 from .base import DONE, Outcome, Record, Result, Sink, dumps
 
-__all__ = ["ElasticsearchSink"]
+__all__ = ["ElasticsearchSink", "record_time"]
 
 log = logging.getLogger("mqlogging.collector")
 
 _CONFLICT = Result(Outcome.DONE, "conflict")
-_RETRY_STATUSES = {401, 403, 408, 429}
+# Statuses that mean "the request could not be served as configured" (not "this document").
+_OUTAGE_STATUSES = {401, 403, 404}
+# 400s about the index or cluster rather than the document: retried, reported as not ready.
+_REQUEST_LEVEL_TYPES = {
+    "index_closed_exception",
+    "index_not_found_exception",
+    "invalid_index_name_exception",
+    "cluster_block_exception",
+    "security_exception",
+    "action_request_validation_exception",
+}
+# Whole-request 400s that can only come from one document: worth bisecting to find it.
+_DOCUMENT_TYPES = {"document_parsing_exception", "mapper_parsing_exception"}
 
 
 def _utcnow_iso() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
+def record_time(doc: dict[str, Any]) -> datetime | None:
+    """The record's own time (UTC), or None when it has none that parses.
+
+    The one place the sink reads a record's time: ``@timestamp`` (ecs, logstash), else
+    ``timestamp`` (flat). To be replaced by ``mqlogging.wire.read_meta(doc).timestamp``.
+    """
+    value = doc.get("@timestamp")
+    if value is None:
+        value = doc.get("timestamp")
+    return _parse_time(value)
+
+
+def _parse_time(value: Any) -> datetime | None:
+    """ISO-8601 text (``Z`` or an offset; naive means UTC) or epoch seconds / milliseconds."""
+    try:
+        if isinstance(value, str):
+            when = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
+        elif isinstance(value, int | float) and not isinstance(value, bool):
+            seconds = value / 1000 if abs(value) > 1e11 else value
+            when = datetime.fromtimestamp(seconds, timezone.utc)
+        else:
+            return None
+    except (ValueError, OverflowError, OSError):
+        return None
+    return when.replace(tzinfo=timezone.utc) if when.tzinfo is None else when
+
+
 class ElasticsearchSink(Sink):
     """Writes records with the official client; thread-safe (the client is a connection pool)."""
 
-    def __init__(self, config: ElasticsearchSinkConfig) -> None:
+    def __init__(
+        self,
+        config: ElasticsearchSinkConfig,
+        *,
+        out_of_window: Callable[[float], None] | None = None,
+    ) -> None:
+        """``out_of_window(n)`` counts records whose own time could not pick their index."""
         try:
             import elasticsearch
         except ImportError as exc:  # pragma: no cover - installed in the dev environment
@@ -79,6 +137,11 @@ class ElasticsearchSink(Sink):
         self._index_cache: dict[str, str] = {}
         self._lock = threading.Lock()
         self._ds_index = f"logs-{config.dataset}-{config.namespace}"
+        self._out_of_window = out_of_window or (lambda n: None)
+        self._window_back = timedelta(days=config.index_window_days_back)
+        self._window_ahead = timedelta(days=config.index_window_days_ahead)
+        # A request-level error from the last write ("" when none): makes check() false.
+        self._outage = ""
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -109,6 +172,10 @@ class ElasticsearchSink(Sink):
             log.error("could not install index template %s on %s: %s", name, self.name, exc)
 
     def check(self) -> bool:
+        """Reachable, and the last write met no request-level error (index closed or missing,
+        auth, forbidden): pinging alone would call a cluster that rejects every write ready."""
+        if self._outage:
+            return False
         try:
             return bool(self.client.options(request_timeout=2.0).ping())
         except Exception:
@@ -127,6 +194,12 @@ class ElasticsearchSink(Sink):
         for chunk in _chunks(records, self.config.max_bulk_bytes):
             results[start : start + len(chunk)] = self._write(chunk)
             start += len(chunk)
+        outage = next((r.reason for r in results if _is_outage(r)), "")
+        if outage and not self._outage:
+            log.error("sink %s: not ready: %s (retrying)", self.name, outage)
+        elif self._outage and not outage:
+            log.info("sink %s: writes succeed again", self.name)
+        self._outage = outage
         return results
 
     def _write(self, records: Sequence[Record]) -> list[Result]:
@@ -136,13 +209,16 @@ class ElasticsearchSink(Sink):
             response = self.client.bulk(operations=body)  # type: ignore[arg-type]  # ndjson bytes
         except es.ApiError as exc:
             status = int(exc.meta.status)
-            if status in (400, 413) and len(records) > 1:
+            about_document = status == 413 or (
+                status == 400 and _error_type(exc.body) in _DOCUMENT_TYPES
+            )
+            if about_document and len(records) > 1:
                 half = len(records) // 2
                 return self._write(records[:half]) + self._write(records[half:])
             reason = _error_text(exc.body) or str(exc)
-            if status in (400, 413):
+            if about_document:
                 return [Result(Outcome.REJECT, str(status), f"{status} {reason}")]
-            return [Result(Outcome.RETRY, str(status), f"{status} {reason}")] * len(records)
+            return [_retry(status, _error_type(exc.body), reason)] * len(records)
         except es.ConnectionTimeout as exc:
             return [Result(Outcome.RETRY, "timeout", f"timeout: {exc}")] * len(records)
         except es.TransportError as exc:
@@ -159,34 +235,37 @@ class ElasticsearchSink(Sink):
     def _body(self, records: Sequence[Record]) -> bytes:
         parts: list[bytes] = []
         data_stream = self.config.mode == "data_stream"
+        now = datetime.now(timezone.utc)
         for record in records:
             doc = record.doc
-            index = self._ds_index if data_stream else self._index_for(doc)
+            index = self._ds_index if data_stream else self.index_for(doc, now)
             parts.append(dumps({"create": {"_index": index, "_id": record.id}}))
             if "@timestamp" in doc:
                 parts.append(record.encoded())
-            else:  # data streams require @timestamp: the receive time is the best we know
-                parts.append(dumps({**doc, "@timestamp": _utcnow_iso()}))
+            else:  # data streams require @timestamp: the record's own time, else receive time
+                parts.append(dumps({**doc, "@timestamp": _stamp(record_time(doc))}))
         parts.append(b"")
         return b"\n".join(parts)
 
-    def _index_for(self, doc: dict[str, Any]) -> str:
-        stamp = doc.get("@timestamp")
-        day = stamp[:10] if isinstance(stamp, str) else ""
+    def index_for(self, doc: dict[str, Any], now: datetime | None = None) -> str:
+        """The index for ``doc``: ``index`` formatted with the record's own time when it lies
+        within the window around ``now`` (default: the current time), else with ``now``
+        (counted through ``out_of_window``, once per write attempt)."""
+        now = now or datetime.now(timezone.utc)
+        when = record_time(doc)
+        if when is None or not now - self._window_back <= when <= now + self._window_ahead:
+            self._out_of_window(1)
+            when = now
+        when = when.astimezone(timezone.utc)
+        day = when.strftime("%Y-%m-%d %H")  # hourly patterns are the finest we cache
         cached = self._index_cache.get(day)
         if cached is not None:
             return cached
-        try:
-            when = datetime.strptime(day, "%Y-%m-%d")
-        except ValueError:
-            when = datetime.now(timezone.utc)
-            day = ""
         name = when.strftime(self.config.index)
         with self._lock:
             if len(self._index_cache) > 1000:
                 self._index_cache.clear()
-            if day:
-                self._index_cache[day] = name
+            self._index_cache[day] = name
         return name
 
 
@@ -197,10 +276,40 @@ def _classify(item: dict[str, Any]) -> Result:
         return DONE
     if status == 409:
         return _CONFLICT
-    reason = _error_text(action.get("error"))
-    if status in _RETRY_STATUSES or status >= 500:
-        return Result(Outcome.RETRY, str(status), f"{status} {reason}")
-    return Result(Outcome.REJECT, str(status), f"{status} {reason}")
+    error = action.get("error")
+    reason = _error_text(error)
+    kind = _error_type(error)
+    if status == 400 and kind not in _REQUEST_LEVEL_TYPES:
+        return Result(Outcome.REJECT, str(status), f"{status} {reason}")
+    return _retry(status, kind, reason)
+
+
+def _retry(status: int, kind: str, reason: str) -> Result:
+    """A ``RETRY`` result; request-level errors carry the ``outage`` prefix in their reason."""
+    outage = status in _OUTAGE_STATUSES or kind in _REQUEST_LEVEL_TYPES
+    prefix = "outage: " if outage else ""
+    return Result(Outcome.RETRY, str(status), f"{prefix}{status} {reason}")
+
+
+def _is_outage(result: Result) -> bool:
+    return result.outcome is Outcome.RETRY and result.reason.startswith("outage: ")
+
+
+def _error_type(error: Any) -> str:
+    """ES's error type (``index_closed_exception``...) from an item or response error."""
+    if isinstance(error, dict):
+        inner = error.get("error", error)
+        if isinstance(inner, dict):
+            return str(inner.get("type", ""))
+    return ""
+
+
+def _stamp(when: datetime | None) -> str:
+    """``when`` as ISO-8601 UTC with microseconds and ``Z``; now when None."""
+    if when is None:
+        return _utcnow_iso()
+    text = when.astimezone(timezone.utc).isoformat(timespec="microseconds")
+    return text.replace("+00:00", "Z")
 
 
 def _error_text(error: Any) -> str:

@@ -4,10 +4,12 @@ HTTP (preferred). One ``POST`` per batch, ``Content-Type: application/json``, th
 *array* of events: the ``http`` input decodes ``application/json`` with its ``json`` codec, which
 turns a top-level array into one event per element (no ``additional_codecs`` setting needed).
 Logstash answers ``200 ok`` once the events are in its pipeline queue (with a persistent queue,
-on disk), ``429`` when the queue is full (back off: we retry), ``401`` when credentials are
-wrong (retried: fix the config; the broker keeps the messages). ``413``/``400`` split the batch
-until the offending event is alone, which is then dead-lettered. Basic auth and TLS (CA,
-``verify``, client certificate) are supported.
+on disk), ``429`` when the queue is full (back off: we retry), ``401``/``403``/``404`` when
+credentials or the URL are wrong (an outage, not a poison message: retried, ``check()`` false
+until a write succeeds, the broker keeps the messages). ``413``/``400`` split the batch until the
+offending event is alone, which is then dead-lettered — unless every event of the batch is
+refused alike, which says the request, not one event, is the problem: that is an outage too.
+Basic auth and TLS (CA, ``verify``, client certificate) are supported.
 
 TCP (``tcp://host:port``, ``tcp+ssl://``). Events are written as JSON lines, which is what the
 ``tcp`` input with ``codec => json_lines`` reads. **TCP has no acknowledgement**: a record counts
@@ -29,6 +31,9 @@ from urllib.parse import urlsplit
 
 from ..config import LogstashSinkConfig
 from .base import DONE, Outcome, Record, Result, Sink
+
+# Answers that would refuse any event: the configuration or the peer is wrong, not one record.
+_OUTAGE_STATUSES = {401, 403, 404}
 
 __all__ = ["LogstashHttpSink", "LogstashTcpSink", "make_logstash_sink"]
 
@@ -77,6 +82,7 @@ class LogstashHttpSink(Sink):
         self._local = threading.local()
         self._all: list[http.client.HTTPConnection] = []
         self._lock = threading.Lock()
+        self._outage = ""  # why the last write met a request-level refusal ("" when it did not)
 
     def _connection(self) -> http.client.HTTPConnection:
         conn: http.client.HTTPConnection | None = getattr(self._local, "conn", None)
@@ -115,6 +121,7 @@ class LogstashHttpSink(Sink):
             chunk.append(record)
             size += n
         results += self._post(chunk)
+        self._outage = next((r.reason for r in results if r.reason.startswith("outage: ")), "")
         return results
 
     def _post(self, records: Sequence[Record]) -> list[Result]:
@@ -127,13 +134,55 @@ class LogstashHttpSink(Sink):
             return [Result(Outcome.RETRY, kind, f"{kind}: {exc}")] * len(records)
         if 200 <= status < 300:
             return [DONE] * len(records)
-        if status in (400, 413) and len(records) > 1:
+        if status == 400 and len(records) > 1:
+            return self._split_400(records, text)
+        if status == 413 and len(records) > 1:
             half = len(records) // 2
             return self._post(records[:half]) + self._post(records[half:])
-        reason = f"{status} {text[:300]}".strip()
         if status in (400, 413):
-            return [Result(Outcome.REJECT, str(status), reason)]
-        return [Result(Outcome.RETRY, str(status), reason)] * len(records)
+            return [Result(Outcome.REJECT, str(status), f"{status} {text[:300]}".strip())]
+        return self._refused(records, status, text)
+
+    def _split_400(self, records: Sequence[Record], text: str) -> list[Result]:
+        """A 400 for a batch: try each half once. If both are refused too, the request is the
+        problem (an outage: retry), not one event; otherwise look for the culprit in the
+        refused half only (issue #11: a blanket 400 must not dead-letter every record)."""
+        half = len(records) // 2
+        halves = (records[:half], records[half:])
+        answers = [self._try(part) for part in halves]
+        if all(status == 400 for status, _ in answers):
+            reason = f"outage: 400 for both halves of {len(records)} events: {text[:200]}"
+            return [Result(Outcome.RETRY, "400", reason)] * len(records)
+        results: list[Result] = []
+        for part, (status, reason) in zip(halves, answers, strict=True):
+            if 200 <= status < 300:
+                results += [DONE] * len(part)
+            elif status == 400 and len(part) > 1:
+                results += self._split_400(part, reason)
+            elif status in (400, 413) and len(part) == 1:
+                results.append(Result(Outcome.REJECT, str(status), f"{status} {reason[:300]}"))
+            elif status == 413:
+                results += self._post(part)
+            else:
+                results += self._refused(part, status, reason)
+        return results
+
+    def _try(self, records: Sequence[Record]) -> tuple[int, str]:
+        """One POST of ``records``: (status, text); status 0 when the request failed."""
+        body = b"[" + b",".join(r.encoded() for r in records) + b"]"
+        try:
+            return self._request(body)
+        except (OSError, http.client.HTTPException) as exc:
+            self._drop_connection()
+            return 0, f"unavailable: {exc}"
+
+    def _refused(self, records: Sequence[Record], status: int, text: str) -> list[Result]:
+        """``RETRY`` for a refusal that is not about one event (``outage:`` when it is the
+        configuration's fault, so ``check()`` reports it)."""
+        reason = f"{status} {text[:300]}".strip() if status else text
+        if status in _OUTAGE_STATUSES:
+            reason = f"outage: {reason}"
+        return [Result(Outcome.RETRY, str(status or "unavailable"), reason)] * len(records)
 
     def _request(self, body: bytes) -> tuple[int, str]:
         # One retry on a stale keep-alive connection closed by the server between batches.
@@ -153,7 +202,8 @@ class LogstashHttpSink(Sink):
         raise AssertionError("unreachable")  # pragma: no cover
 
     def check(self) -> bool:
-        return _reachable(self._host, self._port)
+        """Reachable, and the last write was not refused as a whole (auth, URL, ...)."""
+        return not self._outage and _reachable(self._host, self._port)
 
     def close(self) -> None:
         with self._lock:
