@@ -43,6 +43,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from ...errors import MissingDependencyError
+from ...wire import read_meta
 from ..config import ElasticsearchSinkConfig
 from .base import DONE, Outcome, Record, Result, Sink, dumps
 
@@ -73,26 +74,20 @@ def _utcnow_iso() -> str:
 def record_time(doc: dict[str, Any]) -> datetime | None:
     """The record's own time (UTC), or None when it has none that parses.
 
-    The one place the sink reads a record's time: ``@timestamp`` (ecs, logstash), else
-    ``timestamp`` (flat). To be replaced by ``mqlogging.wire.read_meta(doc).timestamp``.
+    The time is where the record's schema keeps it (:func:`mqlogging.wire.read_meta`:
+    ``@timestamp`` for ecs and logstash, ``timestamp`` for flat), the same rule every
+    reader uses.
     """
-    value = doc.get("@timestamp")
+    return _parse_time(read_meta(doc).timestamp)
+
+
+def _parse_time(value: str | None) -> datetime | None:
+    """ISO-8601 text (``Z`` or an offset; naive means UTC), else None."""
     if value is None:
-        value = doc.get("timestamp")
-    return _parse_time(value)
-
-
-def _parse_time(value: Any) -> datetime | None:
-    """ISO-8601 text (``Z`` or an offset; naive means UTC) or epoch seconds / milliseconds."""
+        return None
     try:
-        if isinstance(value, str):
-            when = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
-        elif isinstance(value, int | float) and not isinstance(value, bool):
-            seconds = value / 1000 if abs(value) > 1e11 else value
-            when = datetime.fromtimestamp(seconds, timezone.utc)
-        else:
-            return None
-    except (ValueError, OverflowError, OSError):
+        when = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
+    except ValueError:
         return None
     return when.replace(tzinfo=timezone.utc) if when.tzinfo is None else when
 
