@@ -46,7 +46,7 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -57,6 +57,8 @@ from ..backends.endpoints import Endpoint
 from ..backends.local import record_id
 from ..errors import SpoolError, SpoolFull
 from ..spool import Spool, SpoolReader, SpoolRecord
+from ..wire import DroppedRange
+from ._markers import DropLedger
 
 __all__ = ["Config", "Pipeline", "default_spool_dir", "lane_directories"]
 
@@ -362,6 +364,15 @@ def _preload(endpoints: Sequence[Endpoint]) -> None:
 
 _RUNNING, _CLOSING, _CLOSED = 0, 1, 2
 
+# The spool's drop reasons (``dropped.log``) under the names of :meth:`Pipeline.stats`.
+_SPOOL_REASONS = {
+    "max_bytes": "spool_full",
+    "overflow": "spool_full",
+    "max_age": "spool_expired",
+    "torn": "spool_corrupt",
+    "corrupt": "spool_corrupt",
+}
+
 
 class Pipeline:
     """Everything of one handler that belongs to one process: queue, locks, lanes, thread.
@@ -398,7 +409,13 @@ class Pipeline:
         self.wa_pending = 0
         self.write_ahead = config.durability == "spool"
         self.endpoints = [_EndpointState(ep, config.retry_max) for ep in config.endpoints]
+        # Drop markers (see _markers): the handler sets make_marker; the ledger is thread-safe.
+        self.drops = DropLedger()
+        self.make_marker: Callable[[Sequence[DroppedRange]], Message] | None = None
         self.lanes = self._build_lanes()
+        for lane in self.lanes:
+            if lane.spool is not None:
+                lane.spool.drop_hook = self._spool_dropped
         _preload(config.endpoints)
 
     def _build_lanes(self) -> list[_Lane]:
@@ -452,9 +469,26 @@ class Pipeline:
             if self.state == _CLOSED:
                 self._spill_locked([], "closed")
 
-    def count_drop(self, reason: str, n: int = 1) -> None:
-        """Count dropped records (call with ``order_lock`` held)."""
-        self.dropped[reason] = self.dropped.get(reason, 0) + n
+    def count_drop(self, reason: str, messages: Sequence[Message]) -> None:
+        """Count dropped records and note them for the next marker (``order_lock`` held)."""
+        self.dropped[reason] = self.dropped.get(reason, 0) + len(messages)
+        self.drops.note([m.body for m in messages], reason)
+
+    def _spool_dropped(self, lines: list[bytes], reason: str) -> None:
+        """A lane's spool deleted a segment's unconfirmed ``lines`` (bounds): announce them
+        under the names :meth:`stats` uses."""
+        self.drops.note(lines, _SPOOL_REASONS.get(reason, f"spool_{reason}"))
+
+    def _marker_due(self) -> bool:
+        urgent = self.flush_waiters > 0 or self.state != _RUNNING
+        return self.make_marker is not None and self.drops.due(time.monotonic(), urgent)
+
+    def _take_marker(self) -> Message | None:
+        """The marker announcing the pending drops, if one is due (sender thread)."""
+        if self.make_marker is None or not self._marker_due():
+            return None
+        ranges = self.drops.take()
+        return self.make_marker(ranges) if ranges else None
 
     def enqueue_slow(self, message: Message) -> None:
         """Everything but the plain append: first record, overflow, write-ahead, closed."""
@@ -481,7 +515,7 @@ class Pipeline:
             self.wake.set()
         else:
             with self.order_lock:
-                self.count_drop("overflow")
+                self.count_drop("overflow", [message])
 
     def _enqueue_blocking(self, message: Message) -> None:
         deadline = time.monotonic() + self.config.block_timeout
@@ -490,7 +524,7 @@ class Pipeline:
             while len(q) >= self.config.queue_size and self.state != _CLOSED:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
-                    self.count_drop("overflow")
+                    self.count_drop("overflow", [message])
                     return
                 self.wake.set()
                 self.blocked += 1
@@ -544,20 +578,20 @@ class Pipeline:
         if not messages:
             return True
         if lane.spool is None:
-            self.count_drop(why, len(messages))
+            self.count_drop(why, messages)
             return False
         try:
             n = lane.spool.append([m.body for m in messages])
         except SpoolFull as exc:
-            self.count_drop("spool_full", len(messages))
+            self.count_drop("spool_full", messages)
             self.complain("spool_full", str(exc))
             return False
         except SpoolError as exc:
-            self.count_drop("spool_error", len(messages))
+            self.count_drop("spool_error", messages)
             self.complain("spool_error", f"cannot spool {len(messages)} records: {exc}")
             return False
         if n < len(messages):
-            self.count_drop("spool_full", len(messages) - n)
+            self.count_drop("spool_full", messages[n:])
         self.spooled += n
         lane.backlogged = True
         return n > 0
@@ -568,6 +602,8 @@ class Pipeline:
         if self.handled < target:
             return False
         now = time.monotonic()
+        if self.drops and self.make_marker is not None:  # the marker of earlier drops too
+            return all(lane.down(now) for lane in self.lanes)
         return all(not lane.backlogged or lane.down(now) for lane in self.lanes)
 
     def flush(self, timeout: float) -> bool:
@@ -619,12 +655,29 @@ class Pipeline:
         with self.order_lock:
             self.fast = False
             self._spill_locked([], "closed")
+            self._spill_markers_locked()
             self.state = _CLOSED
             self.space.notify_all()
         for lane in self.lanes:
             if lane.spool is not None:
                 with contextlib.suppress(SpoolError):
                     lane.spool.seal()
+
+    def _spill_markers_locked(self) -> None:
+        """At close: spool the marker of drops the sender could not announce any more.
+
+        A spilled marker may make the spool drop more (its bounds): announced by one more
+        marker, a few times at most. Without a spool the pending ranges stay unannounced (they
+        are counted in :meth:`stats` all the same).
+        """
+        if self.make_marker is None or all(lane.spool is None for lane in self.lanes):
+            return
+        for _ in range(3):
+            ranges = self.drops.take() if self.drops else []
+            if not ranges:
+                return
+            self._spill_locked([self.make_marker(ranges)], "closed")
+            self.handled -= 1  # a marker is not one of the records flush() counts
 
     # -- sender thread ------------------------------------------------------------------------
 
@@ -660,6 +713,8 @@ class Pipeline:
             return
         timeout = self.config.flush_interval
         now = time.monotonic()
+        if self.drops:
+            timeout = min(timeout, self.drops.next_due - now)
         for lane in self.lanes:
             if lane.backlogged and lane.next_attempt > now:
                 timeout = min(timeout, lane.next_attempt - now)
@@ -669,7 +724,7 @@ class Pipeline:
     def _cycle(self) -> bool:
         """One round: memory to lanes, then one replay batch per backlogged lane."""
         worked = False
-        while self.queue and not self.stopping:
+        while (self.queue or self._marker_due()) and not self.stopping:
             self._take_and_send()
             worked = True
         now = time.monotonic()
@@ -689,11 +744,16 @@ class Pipeline:
 
     def _take_and_send(self) -> None:
         size = self.config.batch_size
+        marker = self._take_marker()  # rides at the end of this batch, the normal way
         with self.order_lock:
             q = self.queue
             n = min(len(q), size)
             batch = [q.popleft() for _ in range(n)]
             self.popped += n
+            if marker is not None:
+                batch.append(marker)
+            if not batch:
+                return
             direct = []
             for lane in self.lanes:
                 if lane.backlogged:
@@ -815,13 +875,7 @@ class Pipeline:
         }
         for s in spools:
             for reason, n in s.get("dropped", {}).items():
-                key = {
-                    "max_bytes": "spool_full",
-                    "overflow": "spool_full",
-                    "max_age": "spool_expired",
-                    "torn": "spool_corrupt",
-                    "corrupt": "spool_corrupt",
-                }.get(reason, f"spool_{reason}")
+                key = _SPOOL_REASONS.get(reason, f"spool_{reason}")
                 dropped[key] = dropped.get(key, 0) + n
         return {
             "queued": queued,
@@ -830,6 +884,11 @@ class Pipeline:
             "spooled": self.spooled,
             "replayed": self.replayed,
             "dropped": dropped,
+            "markers": {
+                "sent": self.drops.markers,
+                "unattributed": self.drops.unattributed,
+                "unannounced": self.drops.unannounced,
+            },
             "ignored": self.ignored,
             "endpoints": {ep.name: ep.stats() for ep in self.endpoints},
             "spool": spool,
