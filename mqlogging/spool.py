@@ -127,6 +127,7 @@ __all__ = [
     "SpoolRecord",
     "SpoolStats",
     "coerce_spool_options",
+    "dropped_totals",
     "segments",
 ]
 
@@ -516,6 +517,11 @@ def _journal(directory: str, reason: str, records: int, segment: str = "") -> bo
     except OSError:
         return False
     return True
+
+
+def dropped_totals(directory: str) -> dict[str, int]:
+    """Records dropped from ``directory`` by reason, summed over ``dropped.log`` (read-only)."""
+    return _read_journal(directory)
 
 
 def _read_journal(directory: str) -> dict[str, int]:

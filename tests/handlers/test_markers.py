@@ -1,0 +1,154 @@
+"""Drop markers end to end: what the handler drops by policy is announced, and ``mqlogging
+audit`` over what arrived (a real RabbitMQ queue, a spool directory) explains every missing
+sequence number with exactly the counts of :meth:`MQHandler.stats`."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from mqlogging import MQHandler
+from mqlogging.cli import main
+from tests.brokers import RabbitMQ
+from tests.handlers.conftest import amqp_url, drain_amqp
+from tests.helpers import free_port
+
+N = 3000
+
+
+def _audit(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, dict[str, Any]]:
+    capsys.readouterr()
+    code = main(["audit", *args, "--json"])
+    return code, json.loads(capsys.readouterr().out)
+
+
+def _write_jsonl(path: Path, docs: list[dict[str, Any]]) -> Path:
+    with path.open("w") as f:
+        for doc in docs:
+            clean = {k: v for k, v in doc.items() if k not in ("_mid", "_redelivered")}
+            f.write(json.dumps(clean) + "\n")
+    return path
+
+
+def test_overflow_drops_arrive_as_markers_and_audit_explains_them(
+    rabbitmq: RabbitMQ,
+    queue_name: str,
+    app_logger: logging.Logger,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A tiny queue with ``overflow="drop"`` drops records; the markers reach the broker with
+    the rest, and ``mqlogging audit`` over everything that arrived reports no unexplained gap
+    (exit 0), no duplicate, and exactly ``stats()["dropped"]["overflow"]`` records dropped by
+    policy, every one of them accounted for: delivered + dropped = every sequence number."""
+    handler = MQHandler(
+        amqp_url(rabbitmq, queue_name),
+        spool=False,
+        overflow="drop",
+        queue_size=20,
+        batch_size=20,
+        flush_interval=0.01,
+    )
+    app_logger.addHandler(handler)
+    for i in range(N):
+        app_logger.info("record %d", i)
+    app_logger.removeHandler(handler)
+    handler.close()
+    stats = handler.stats()
+    dropped = stats["dropped"]["overflow"]
+    markers = stats["markers"]["sent"]
+    assert {"overflow"} == set(stats["dropped"])
+    assert 0 < dropped < N
+    assert markers >= 1
+    docs = drain_amqp(rabbitmq, queue_name, N - dropped + markers)
+    assert N - dropped + markers == len(docs)
+
+    code, report = _audit(capsys, "--file", str(_write_jsonl(tmp_path / "sink.jsonl", docs)))
+    assert code == 0
+    [producer] = report["producers"]
+    assert handler.producer == producer["producer"]
+    assert N - dropped + markers == producer["records"]
+    assert markers == producer["markers"]
+    assert dropped == producer["dropped"]
+    assert {"overflow"} == {r["reason"] for r in producer["dropped_ranges"]}
+    assert (producer["missing"], producer["gaps"], producer["duplicates"]) == (0, [], 0)
+    assert N + markers == producer["last_seq"] == producer["records"] + producer["dropped"]
+
+
+def test_without_markers_the_same_drops_are_gaps(
+    rabbitmq: RabbitMQ,
+    queue_name: str,
+    app_logger: logging.Logger,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The markers are what explains the drops: with the marker records filtered out of the
+    sink, audit reports the very same ranges as gaps and exits 1."""
+    handler = MQHandler(
+        amqp_url(rabbitmq, queue_name), spool=False, overflow="drop", queue_size=20, batch_size=20
+    )
+    app_logger.addHandler(handler)
+    for i in range(N):
+        app_logger.info("record %d", i)
+    app_logger.removeHandler(handler)
+    handler.close()
+    stats = handler.stats()
+    dropped, markers = stats["dropped"]["overflow"], stats["markers"]["sent"]
+    docs = drain_amqp(rabbitmq, queue_name, N - dropped + markers)
+    plain = [d for d in docs if "dropped" not in d["mqlogging"]]
+    code, report = _audit(capsys, "--file", str(_write_jsonl(tmp_path / "sink.jsonl", plain)))
+    assert code == 1
+    [producer] = report["producers"]
+    # Missing: exactly what the markers announced and the markers themselves, up to the last
+    # record seen (nothing after it shows how many more there were).
+    announced: set[int] = set()
+    for doc in docs:
+        if "dropped" in doc["mqlogging"]:
+            announced.add(doc["mqlogging"]["seq"])
+            for r in doc["mqlogging"]["dropped"]:
+                announced.update(range(r["first"], r["last"] + 1))
+    expected = {s for s in announced if s < producer["last_seq"]}
+    missing = {s for a, b in producer["gaps"] for s in range(a, b + 1)}
+    assert expected == missing
+    assert producer["dropped"] == 0
+
+
+def test_spool_drop_oldest_is_announced_with_the_exact_ranges(
+    app_logger: logging.Logger, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """With every broker down and a small spool, ``drop_oldest`` deletes whole segments; the
+    markers (spooled like any record) name exactly the records deleted: audit of the spool
+    finds no unexplained gap, ``spool_full`` drops equal to the handler's count, and the
+    records still spooled plus the ranges dropped are every sequence number, once."""
+    spool = tmp_path / "spool"
+    handler = MQHandler(
+        f"amqp://guest:guest@127.0.0.1:{free_port()}/?exchange=&queue=nowhere",
+        spool=str(spool),
+        spool_max_bytes=64 * 1024,
+        spool_options={"segment_bytes": 8 * 1024},
+        batch_size=50,
+        close_timeout=1.0,
+        retry_max=0.2,
+    )
+    app_logger.addHandler(handler)
+    for i in range(N):
+        app_logger.info("record %d %s", i, "x" * 100)
+    app_logger.removeHandler(handler)
+    handler.close()
+    stats = handler.stats()
+    dropped = stats["dropped"]["spool_full"]
+    assert {"spool_full"} == set(stats["dropped"])
+    assert dropped > N // 2
+
+    code, report = _audit(capsys, "--spool", str(spool))
+    assert code == 0
+    [producer] = report["producers"]
+    assert dropped == producer["dropped"]
+    assert {"spool_full"} == {r["reason"] for r in producer["dropped_ranges"]}
+    assert (producer["missing"], producer["duplicates"]) == (0, 0)
+    markers = stats["markers"]["sent"]
+    assert N + markers == producer["last_seq"] == producer["records"] + producer["dropped"]
