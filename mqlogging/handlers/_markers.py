@@ -96,6 +96,8 @@ class DropLedger:
         self.unannounced = 0
         self.markers = 0
         self.next_due = 0.0
+        #: Counts :meth:`note` calls: flush() waits for the marker of the drops before it.
+        self.generation = 0
 
     def __bool__(self) -> bool:
         return self._size > 0
@@ -104,6 +106,7 @@ class DropLedger:
         """Record the drop of ``bodies`` (encoded records) for ``reason``."""
         runs, unattributed = dropped_runs(bodies, reason)
         with self._lock:
+            self.generation += 1
             self.unattributed += unattributed
             for run in runs:
                 self._add_locked(run)
@@ -126,9 +129,10 @@ class DropLedger:
         """True when a marker should be sent now (``urgent``: someone waits in flush/close)."""
         return self._size > 0 and (urgent or now >= self.next_due)
 
-    def take(self) -> list[DroppedRange]:
+    def take(self) -> tuple[list[DroppedRange], int]:
         """The pending ranges for one marker (at most ``MAX_RANGES_PER_MARKER``), oldest
-        first; starts the interval until the next marker."""
+        first, and the generation they complete (0 while more remain); starts the interval
+        until the next marker."""
         out: list[DroppedRange] = []
         with self._lock:
             for key in list(self._runs):
@@ -144,5 +148,6 @@ class DropLedger:
             if out:
                 self.markers += 1
                 self.next_due = time.monotonic() + MARKER_INTERVAL
+            generation = self.generation if self._size == 0 else 0
         out.sort(key=lambda r: (r.producer, r.first))
-        return out
+        return out, generation

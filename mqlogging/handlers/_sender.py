@@ -411,6 +411,7 @@ class Pipeline:
         self.endpoints = [_EndpointState(ep, config.retry_max) for ep in config.endpoints]
         # Drop markers (see _markers): the handler sets make_marker; the ledger is thread-safe.
         self.drops = DropLedger()
+        self.announced = 0  # the ledger generation whose marker went out (published or spooled)
         self.make_marker: Callable[[Sequence[DroppedRange]], Message] | None = None
         self.lanes = self._build_lanes()
         for lane in self.lanes:
@@ -480,15 +481,18 @@ class Pipeline:
         self.drops.note(lines, _SPOOL_REASONS.get(reason, f"spool_{reason}"))
 
     def _marker_due(self) -> bool:
-        urgent = self.flush_waiters > 0 or self.state != _RUNNING
+        """A marker is due: the interval passed, or flush()/close() wait for one."""
+        waiting = self.flush_waiters > 0 and self.announced < self.drops.generation
+        urgent = waiting or self.state != _RUNNING
         return self.make_marker is not None and self.drops.due(time.monotonic(), urgent)
 
-    def _take_marker(self) -> Message | None:
-        """The marker announcing the pending drops, if one is due (sender thread)."""
+    def _take_marker(self) -> tuple[Message | None, int]:
+        """The marker announcing the pending drops if one is due, and the ledger generation
+        it covers (sender thread)."""
         if self.make_marker is None or not self._marker_due():
-            return None
-        ranges = self.drops.take()
-        return self.make_marker(ranges) if ranges else None
+            return None, 0
+        ranges, generation = self.drops.take()
+        return (self.make_marker(ranges) if ranges else None), generation
 
     def enqueue_slow(self, message: Message) -> None:
         """Everything but the plain append: first record, overflow, write-ahead, closed."""
@@ -598,11 +602,11 @@ class Pipeline:
 
     # -- flush / close ------------------------------------------------------------------------
 
-    def _flush_done(self, target: int) -> bool:
+    def _flush_done(self, target: int, drops: int) -> bool:
         if self.handled < target:
             return False
         now = time.monotonic()
-        if self.drops and self.make_marker is not None:  # the marker of earlier drops too
+        if self.make_marker is not None and self.announced < drops:  # earlier drops' marker
             return all(lane.down(now) for lane in self.lanes)
         return all(not lane.backlogged or lane.down(now) for lane in self.lanes)
 
@@ -614,12 +618,13 @@ class Pipeline:
             return not self.queue
         with self.order_lock:
             target = self.popped + len(self.queue)
+            drops = self.drops.generation
         deadline = time.monotonic() + timeout
         with self.progress:
             self.flush_waiters += 1
             try:
                 self.wake.set()
-                while not self._flush_done(target):
+                while not self._flush_done(target, drops):
                     remaining = deadline - time.monotonic()
                     if remaining <= 0 or not thread.is_alive():
                         self.last_flush_failed = True
@@ -673,9 +678,10 @@ class Pipeline:
         if self.make_marker is None or all(lane.spool is None for lane in self.lanes):
             return
         for _ in range(3):
-            ranges = self.drops.take() if self.drops else []
+            ranges, generation = self.drops.take() if self.drops else ([], 0)
             if not ranges:
                 return
+            self.announced = max(self.announced, generation)
             self._spill_locked([self.make_marker(ranges)], "closed")
             self.handled -= 1  # a marker is not one of the records flush() counts
 
@@ -744,7 +750,7 @@ class Pipeline:
 
     def _take_and_send(self) -> None:
         size = self.config.batch_size
-        marker = self._take_marker()  # rides at the end of this batch, the normal way
+        marker, generation = self._take_marker()  # rides at the end of the batch
         with self.order_lock:
             q = self.queue
             n = min(len(q), size)
@@ -776,6 +782,7 @@ class Pipeline:
                 self._skip_confirmed(lane, batch)
         with self.order_lock:
             self.handled += n
+            self.announced = max(self.announced, generation)
 
     def _skip_confirmed(self, lane: _Lane, batch: list[Message]) -> None:
         """A spill copied ``batch`` to the spool while it was being confirmed: commit those
