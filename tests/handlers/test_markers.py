@@ -13,6 +13,8 @@ import pytest
 
 from mqlogging import MQHandler
 from mqlogging.cli import main
+from mqlogging.handlers._markers import DropLedger
+from mqlogging.wire import DroppedRange
 from tests.brokers import RabbitMQ
 from tests.handlers.conftest import amqp_url, drain_amqp
 from tests.helpers import free_port
@@ -152,3 +154,57 @@ def test_spool_drop_oldest_is_announced_with_the_exact_ranges(
     assert (producer["missing"], producer["duplicates"]) == (0, 0)
     markers = stats["markers"]["sent"]
     assert N + markers == producer["last_seq"] == producer["records"] + producer["dropped"]
+
+
+def _body(producer: str, seq: int, **ns: Any) -> bytes:
+    return json.dumps(
+        {"mqlogging": {"schema": "ecs", "producer": producer, "seq": seq, **ns}}
+    ).encode()
+
+
+class TestLedger:
+    def test_runs_are_coalesced_per_producer_and_reason(self) -> None:
+        """Consecutive drops make one run, the same batch dropped on two lanes counts once,
+        another reason or producer is a run of its own, oldest first."""
+        ledger = DropLedger()
+        ledger.note([_body("p", s) for s in range(1, 11)], "overflow")
+        ledger.note([_body("p", s) for s in range(11, 21)], "overflow")
+        ledger.note([_body("p", s) for s in range(11, 21)], "overflow")  # second lane
+        ledger.note([_body("p", 30), _body("old", 7)], "spool_full")
+        ranges, generation = ledger.take()
+        assert [
+            DroppedRange("old", 7, 7, "spool_full"),
+            DroppedRange("p", 1, 20, "overflow"),
+            DroppedRange("p", 30, 30, "spool_full"),
+        ] == ranges
+        assert (generation, bool(ledger)) == (4, False)
+
+    def test_a_dropped_marker_gives_its_ranges_back(self) -> None:
+        """Dropping a marker loses nothing announced: its ranges are pending again, and its
+        own seq is a dropped record like any other; unparseable bodies are only counted."""
+        ledger = DropLedger()
+        carried = [{"producer": "p", "first": 1, "last": 5, "reason": "overflow"}]
+        ledger.note([_body("p", 6, dropped=carried), b"{torn", b""], "unsent")
+        ranges, _ = ledger.take()
+        assert [DroppedRange("p", 1, 5, "overflow"), DroppedRange("p", 6, 6, "unsent")] == ranges
+        assert ledger.unattributed == 2
+
+    def test_markers_are_bounded(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """A marker carries at most MAX_RANGES_PER_MARKER ranges (the generation is complete
+        only with the last one), and the ledger holds at most MAX_PENDING_RANGES: beyond, drops
+        are counted as unannounced."""
+        from mqlogging.handlers import _markers
+
+        monkeypatch.setattr(_markers, "MAX_RANGES_PER_MARKER", 2)
+        monkeypatch.setattr(_markers, "MAX_PENDING_RANGES", 3)
+        ledger = DropLedger()
+        ledger.note([_body("p", s) for s in range(1, 20, 2)], "overflow")  # 10 single runs
+        assert ledger.unannounced == 7
+        first, gen1 = ledger.take()
+        second, gen2 = ledger.take()
+        assert ([r.first for r in first], gen1, [r.first for r in second], gen2) == (
+            [1, 3],
+            0,
+            [5],
+            1,
+        )
