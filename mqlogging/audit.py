@@ -30,9 +30,10 @@ What a gap means, and its limits:
   *after* a producer's last record in the sink cannot be seen (nothing says how many there were)
   until a later record or marker of that producer arrives. A handler's marker for drops before
   ``close()`` is sent (or spooled) during the close, so a drop at the end is visible through it.
-- Ranges named by a marker count as explained whatever the marker's time and whether the records
-  are present after all (``strategy="all"``: a record dropped on one endpoint's lane reaches the
-  other's sink with the marker too).
+- Ranges named by a marker count as explained whatever the marker's time. ``dropped`` counts the
+  announced numbers that are absent; ``announced`` all of them: with ``strategy="all"`` a record
+  dropped on one endpoint's lane still reaches the other endpoint's sink, and so does the marker
+  (markers go to every lane), so there ``announced`` exceeds ``dropped``.
 - Documents without producer/seq (other senders, older mqlogging) are only counted
   (``unstamped``); lines that are not JSON objects are counted as ``unreadable``.
 """
@@ -312,7 +313,8 @@ def _report_producer(entry: _Producer, from_one: bool) -> dict[str, Any]:
         "last_time": entry.last_time,
         "missing": sum(b - a + 1 for a, b in gaps),
         "gaps": gaps,
-        "dropped": explained.count(),
+        "dropped": sum(b - a + 1 for a, b in seqs.minus(explained)),
+        "announced": explained.count(),
         "dropped_ranges": dropped_ranges,
         "duplicates": entry.duplicates,
         "duplicate_seqs": [[a, b] for a, b in entry.duplicate_runs],
@@ -509,7 +511,9 @@ def print_report(report: dict[str, Any], out: IO[str], limit: int = 20) -> None:
             (f"{a}" if a == b else f"{a}-{b}") + f" {reason}" for a, b, reason in dropped[:limit]
         )
         more = f" (+{len(dropped) - limit} more)" if len(dropped) > limit else ""
-        print(f"  dropped     {p['dropped']}" + (f": {shown}{more}" if dropped else ""), file=out)
+        also = f" (announced {p['announced']})" if p["announced"] != p["dropped"] else ""
+        ranges = f": {shown}{more}" if dropped else ""
+        print(f"  dropped     {p['dropped']}{also}{ranges}", file=out)
         print(f"  duplicates  {p['duplicates']}" + (
             f": {_ranges(p['duplicate_seqs'], limit)}" if p["duplicates"] else ""
         ), file=out)  # fmt: skip
