@@ -16,10 +16,15 @@ Rules:
   counted (``unattributed``).
 - Ranges are coalesced per (producer, reason): consecutive or overlapping drops make one run
   (``strategy="all"`` drops the same batch on two lanes: still one run).
-- At most one marker per :data:`MARKER_INTERVAL` seconds per handler (plus one at once when
-  :meth:`~mqlogging.MQHandler.flush` or ``close()`` wait), carrying every range pending then, at
-  most :data:`MAX_RANGES_PER_MARKER` (the rest go in the next one). A drop storm therefore costs
-  one marker record per second, not one per drop.
+- At most one marker per :data:`MARKER_INTERVAL` seconds per handler, carrying every range
+  pending then, at most :data:`MAX_RANGES_PER_MARKER` (the rest go in the next one); plus one at
+  once when :meth:`~mqlogging.MQHandler.flush` (hence ``close()``) has handled its records and
+  waits for the marker of their drops. A drop storm costs one marker record per second, not one
+  per drop.
+- A marker rides at the end of the sender's next batch. Alone (no records queued) it is not
+  written to a spool every lane is backlogged on: making room in a full spool for it would drop
+  records, announced by the next marker, which would drop more... It waits for records to ride
+  with, a direct lane, or ``close()``, which spools what is still pending.
 - A dropped marker is itself a dropped record: its own seq becomes a range of the next marker,
   and the ranges it carried (read back from its body) are pending again, so nothing announced is
   forgotten.
@@ -124,10 +129,6 @@ class DropLedger:
             return
         runs.append(run)
         self._size += 1
-
-    def due(self, now: float, urgent: bool) -> bool:
-        """True when a marker should be sent now (``urgent``: someone waits in flush/close)."""
-        return self._size > 0 and (urgent or now >= self.next_due)
 
     def take(self) -> tuple[list[DroppedRange], int]:
         """The pending ranges for one marker (at most ``MAX_RANGES_PER_MARKER``), oldest

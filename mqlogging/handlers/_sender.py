@@ -412,6 +412,7 @@ class Pipeline:
         # Drop markers (see _markers): the handler sets make_marker; the ledger is thread-safe.
         self.drops = DropLedger()
         self.announced = 0  # the ledger generation whose marker went out (published or spooled)
+        self.flush_generation = 0  # the ledger generation a flush() waits to see announced
         self.make_marker: Callable[[Sequence[DroppedRange]], Message] | None = None
         self.lanes = self._build_lanes()
         for lane in self.lanes:
@@ -481,10 +482,20 @@ class Pipeline:
         self.drops.note(lines, _SPOOL_REASONS.get(reason, f"spool_{reason}"))
 
     def _marker_due(self) -> bool:
-        """A marker is due: the interval passed, or flush()/close() wait for one."""
-        waiting = self.flush_waiters > 0 and self.announced < self.drops.generation
-        urgent = waiting or self.state != _RUNNING
-        return self.make_marker is not None and self.drops.due(time.monotonic(), urgent)
+        """A marker is due: flush() waits for it, or the interval passed and it has a way out.
+
+        A marker alone (no record to ride with) is not written to a spool that every lane is
+        backlogged on: with the spool full, making room for it would drop records, whose marker
+        would drop more, one segment a second while the broker is down. It then rides with the
+        next records, goes once a lane is direct again, or is spooled at close().
+        """
+        if self.make_marker is None or not self.drops:
+            return False
+        if self.flush_waiters > 0 and self.announced < self.flush_generation:
+            return True
+        if time.monotonic() < self.drops.next_due:
+            return False
+        return bool(self.queue) or not all(lane.backlogged for lane in self.lanes)
 
     def _take_marker(self) -> tuple[Message | None, int]:
         """The marker announcing the pending drops if one is due, and the ledger generation
@@ -595,20 +606,27 @@ class Pipeline:
             self.complain("spool_error", f"cannot spool {len(messages)} records: {exc}")
             return False
         if n < len(messages):
-            self.count_drop("spool_full", messages[n:])
+            # Refused by the spool's bounds: counted in its journal (``overflow``, which stats()
+            # reports as spool_full); counting here too would count them twice.
+            self.drops.note([m.body for m in messages[n:]], "spool_full")
         self.spooled += n
         lane.backlogged = True
         return n > 0
 
     # -- flush / close ------------------------------------------------------------------------
 
-    def _flush_done(self, target: int, drops: int) -> bool:
+    def _flush_done(self, target: int) -> bool:
         if self.handled < target:
             return False
         now = time.monotonic()
-        if self.make_marker is not None and self.announced < drops:  # earlier drops' marker
-            return all(lane.down(now) for lane in self.lanes)
         return all(not lane.backlogged or lane.down(now) for lane in self.lanes)
+
+    def _announced(self, generation: int) -> bool:
+        """True once the marker of the drops up to ``generation`` went out, or cannot."""
+        if self.make_marker is None or self.announced >= generation:
+            return True
+        now = time.monotonic()
+        return all(lane.down(now) for lane in self.lanes)
 
     def flush(self, timeout: float) -> bool:
         """Wait until what was emitted before the call is confirmed, or spooled because no
@@ -618,13 +636,20 @@ class Pipeline:
             return not self.queue
         with self.order_lock:
             target = self.popped + len(self.queue)
-            drops = self.drops.generation
+        needed = -1  # the drops of the records up to target: known once they are handled
         deadline = time.monotonic() + timeout
         with self.progress:
             self.flush_waiters += 1
             try:
                 self.wake.set()
-                while not self._flush_done(target, drops):
+                while True:
+                    if self._flush_done(target):
+                        if needed < 0:
+                            needed = self.drops.generation
+                            self.flush_generation = max(self.flush_generation, needed)
+                            self.wake.set()
+                        if self._announced(needed):
+                            break
                     remaining = deadline - time.monotonic()
                     if remaining <= 0 or not thread.is_alive():
                         self.last_flush_failed = True
@@ -719,7 +744,7 @@ class Pipeline:
             return
         timeout = self.config.flush_interval
         now = time.monotonic()
-        if self.drops:
+        if self.drops and self.drops.next_due > now:
             timeout = min(timeout, self.drops.next_due - now)
         for lane in self.lanes:
             if lane.backlogged and lane.next_attempt > now:
