@@ -119,12 +119,17 @@ def test_without_markers_the_same_drops_are_gaps(
     assert producer["dropped"] == 0
 
 
+@pytest.mark.parametrize("durability", ["memory", "spool"])
 def test_spool_drop_oldest_is_announced_with_the_exact_ranges(
-    app_logger: logging.Logger, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    app_logger: logging.Logger,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    durability: str,
 ) -> None:
-    """With every broker down and a small spool, ``drop_oldest`` deletes whole segments; the
-    markers (spooled like any record) name exactly the records deleted: audit of the spool
-    finds no unexplained gap, ``spool_full`` drops equal to the handler's count, and the
+    """With every broker down and a small spool, ``drop_oldest`` deletes whole segments (and,
+    write-ahead, the spool refuses appends it cannot make room for); the markers (spooled like
+    any record) name exactly the records dropped: audit of the spool finds no unexplained gap,
+    ``spool_full`` drops equal to the handler's count (each drop counted once), and the
     records still spooled plus the ranges dropped are every sequence number, once."""
     spool = tmp_path / "spool"
     handler = MQHandler(
@@ -135,6 +140,7 @@ def test_spool_drop_oldest_is_announced_with_the_exact_ranges(
         batch_size=50,
         close_timeout=1.0,
         retry_max=0.2,
+        durability=durability,
     )
     app_logger.addHandler(handler)
     for i in range(N):
