@@ -58,6 +58,11 @@ from .errors import ConfigurationError, MissingDependencyError, SinkError
 from .spool import dropped_totals, segments
 from .wire import DroppedRange, RecordMeta, read_meta
 
+try:  # several times faster on millions of lines
+    from orjson import loads as _loads
+except ImportError:  # pragma: no cover - orjson is optional (mqlogging[fast])
+    from json import loads as _loads  # type: ignore[assignment]
+
 __all__ = [
     "Audit",
     "SeqRuns",
@@ -326,7 +331,7 @@ def _report_producer(entry: _Producer, from_one: bool) -> dict[str, Any]:
 
 def _decode(line: bytes) -> Any:
     try:
-        return json.loads(line)
+        return _loads(line)
     except ValueError:
         return None
 
