@@ -40,7 +40,7 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
-from ..wire import DroppedRange, read_meta
+from ..wire import DroppedRange, RecordMeta, read_meta
 
 try:
     from orjson import loads as _loads
@@ -60,6 +60,32 @@ MAX_RANGES_PER_MARKER = 1000
 MAX_PENDING_RANGES = 100_000
 
 
+_KEY = b'"mqlogging":'
+_NOTHING = read_meta(None)
+
+
+def _stamp(body: bytes) -> RecordMeta:
+    """The producer, seq and dropped ranges of an encoded record.
+
+    The formatter writes the ``mqlogging`` object last, so it is parsed alone (a few dozen
+    bytes) when the text from the last ``"mqlogging":{`` to the closing brace of the document
+    is one JSON object: that is only the case for the top-level key (a nested one leaves extra
+    closing braces; quotes inside strings are escaped). Anything else: the whole body.
+    """
+    start = body.rfind(_KEY + b"{")
+    if start >= 0 and body.endswith(b"}"):
+        try:
+            ns: Any = _loads(body[start + len(_KEY) : -1])
+        except ValueError:
+            ns = None
+        if isinstance(ns, dict):
+            return read_meta({"mqlogging": ns})
+    try:
+        return read_meta(_loads(body))
+    except ValueError:
+        return _NOTHING
+
+
 def dropped_runs(bodies: Iterable[bytes], reason: str) -> tuple[list[DroppedRange], int]:
     """The runs of consecutive sequence numbers among dropped ``bodies``, and how many bodies
     could not be attributed to a producer.
@@ -71,12 +97,7 @@ def dropped_runs(bodies: Iterable[bytes], reason: str) -> tuple[list[DroppedRang
     carried: list[DroppedRange] = []
     unattributed = 0
     for body in bodies:
-        try:
-            doc: Any = _loads(body)
-        except ValueError:
-            unattributed += 1
-            continue
-        meta = read_meta(doc)
+        meta = _stamp(body)
         producer, seq = meta.producer, meta.seq
         if producer is None or seq is None:
             unattributed += 1

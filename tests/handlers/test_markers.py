@@ -214,3 +214,16 @@ class TestLedger:
             [5],
             1,
         )
+
+    @pytest.mark.parametrize("schema", ["ecs", "logstash", "flat"])
+    def test_a_user_field_cannot_pass_for_the_stamp(self, schema: str) -> None:
+        """The seq of a dropped record is read from the handler's own ``mqlogging`` object in
+        every schema, never from a user field of that name (moved under ``extra``)."""
+        from mqlogging import JsonFormatter
+
+        record = logging.LogRecord("app", logging.INFO, __file__, 1, "m", None, None)
+        record.__dict__["mqlogging"] = {"producer": "forged", "seq": 999}
+        body = JsonFormatter(schema=schema).format_message(record, {"producer": "p", "seq": 7})
+        ledger = DropLedger()
+        ledger.note([body.body, body.body[:-1]], "overflow")  # and a torn copy
+        assert ([DroppedRange("p", 7, 7, "overflow")], 1) == (ledger.take()[0], ledger.unattributed)
