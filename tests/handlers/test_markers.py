@@ -17,7 +17,7 @@ from mqlogging.handlers._markers import DropLedger
 from mqlogging.wire import DroppedRange
 from tests.brokers import RabbitMQ
 from tests.handlers.conftest import amqp_url, drain_amqp
-from tests.helpers import free_port
+from tests.helpers import free_port, wait_until
 
 N = 3000
 
@@ -227,3 +227,37 @@ class TestLedger:
         ledger = DropLedger()
         ledger.note([body.body, body.body[:-1]], "overflow")  # and a torn copy
         assert ([DroppedRange("p", 7, 7, "overflow")], 1) == (ledger.take()[0], ledger.unattributed)
+
+
+def test_a_lone_marker_waits_while_every_lane_spools(
+    app_logger: logging.Logger, tmp_path: Path
+) -> None:
+    """While the brokers are down and the queue is empty, a pending marker is not written to
+    the (full) spool on its own: making room for it would drop records, whose marker would drop
+    more, one segment a second for as long as the outage lasts. It rides with the next records
+    instead."""
+    handler = MQHandler(
+        f"amqp://guest:guest@127.0.0.1:{free_port()}/?exchange=&queue=nowhere",
+        spool=str(tmp_path / "spool"),
+        spool_max_bytes=32 * 1024,
+        spool_options={"segment_bytes": 4 * 1024},
+        batch_size=20,
+        close_timeout=1.0,
+        retry_max=0.2,
+    )
+    app_logger.addHandler(handler)
+    for i in range(500):
+        app_logger.info("record %d %s", i, "x" * 100)
+    pipe = handler._pipe
+    wait_until(lambda: not pipe.queue and all(lane.backlogged for lane in pipe.lanes))
+    wait_until(lambda: handler.stats()["dropped"].get("spool_full", 0) > 0)
+    if not pipe.drops:  # the marker already rode with the last batch: drop some more
+        app_logger.info("one more %s", "x" * 20_000)
+        wait_until(lambda: not pipe.queue and bool(pipe.drops))
+    pipe.drops.next_due = 0.0  # the interval has passed
+    assert pipe._marker_due() is False
+    sent = handler.stats()["markers"]["sent"]
+    app_logger.info("a record to ride with")
+    wait_until(lambda: handler.stats()["markers"]["sent"] > sent)
+    app_logger.removeHandler(handler)
+    handler.close()
