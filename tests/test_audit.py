@@ -166,3 +166,18 @@ class TestSpoolAudit:
         assert (a["records"], a["gaps"]) == (5, [])
         assert report["totals"]["unattributed_drops"] == {"torn": 1}
         assert sorted(p.name for p in spool_dir.iterdir()) == sorted([segment.name, "dropped.log"])
+
+    def test_a_per_endpoint_spool_root_is_refused_with_its_lanes(
+        self, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """The root of a ``strategy="all"`` spool (one spool per endpoint below it, each with a
+        copy of every record) is not audited as one: exit 2 naming the lanes to audit."""
+        from mqlogging.spool import Spool
+
+        for lane in ("amqp-a", "stomp-b"):
+            with Spool(tmp_path / lane) as spool:
+                spool.append([_doc("a", 1).encode()])
+        assert main(["audit", "--spool", str(tmp_path)]) == 2
+        err = capsys.readouterr().err
+        assert "amqp-a" in err
+        assert "stomp-b" in err
