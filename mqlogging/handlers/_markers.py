@@ -40,7 +40,7 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
-from ..wire import DroppedRange, RecordMeta, read_meta
+from ..wire import NAMESPACE, DroppedRange, read_meta
 
 try:
     from orjson import loads as _loads
@@ -61,16 +61,15 @@ MAX_PENDING_RANGES = 100_000
 
 
 _KEY = b'"mqlogging":'
-_NOTHING = read_meta(None)
 
 
-def _stamp(body: bytes) -> RecordMeta:
-    """The producer, seq and dropped ranges of an encoded record.
+def _namespace(body: bytes) -> dict[str, Any] | None:
+    """The ``mqlogging`` object of an encoded record (``None`` if it has none or is not JSON).
 
-    The formatter writes the ``mqlogging`` object last, so it is parsed alone (a few dozen
-    bytes) when the text from the last ``"mqlogging":{`` to the closing brace of the document
-    is one JSON object: that is only the case for the top-level key (a nested one leaves extra
-    closing braces; quotes inside strings are escaped). Anything else: the whole body.
+    The formatter writes that object last, so it is parsed alone (a few dozen bytes) when the
+    text from the last ``"mqlogging":{`` to the closing brace of the document is one JSON
+    object: that is only the case for the top-level key (a nested one leaves extra closing
+    braces; quotes inside strings are escaped). Anything else: the whole body is parsed.
     """
     start = body.rfind(_KEY + b"{")
     if start >= 0 and body.endswith(b"}"):
@@ -79,11 +78,13 @@ def _stamp(body: bytes) -> RecordMeta:
         except ValueError:
             ns = None
         if isinstance(ns, dict):
-            return read_meta({"mqlogging": ns})
+            return ns
     try:
-        return read_meta(_loads(body))
+        doc: Any = _loads(body)
     except ValueError:
-        return _NOTHING
+        return None
+    ns = doc.get(NAMESPACE) if isinstance(doc, dict) else None
+    return ns if isinstance(ns, dict) else None
 
 
 def dropped_runs(bodies: Iterable[bytes], reason: str) -> tuple[list[DroppedRange], int]:
@@ -91,23 +92,29 @@ def dropped_runs(bodies: Iterable[bytes], reason: str) -> tuple[list[DroppedRang
     could not be attributed to a producer.
 
     A dropped marker contributes its own seq (for ``reason``) and, as they were, the ranges it
-    carried.
+    carried. (Called for every line of a spool segment its bounds delete: kept tight.)
     """
     runs: list[DroppedRange] = []
     carried: list[DroppedRange] = []
     unattributed = 0
+    producer: str | None = None
+    first = last = 0
     for body in bodies:
-        meta = _stamp(body)
-        producer, seq = meta.producer, meta.seq
-        if producer is None or seq is None:
+        ns = _namespace(body)
+        meta = read_meta({NAMESPACE: ns}) if ns is not None else None
+        if meta is None or meta.producer is None or meta.seq is None:
             unattributed += 1
             continue
-        carried.extend(meta.dropped)
-        last = runs[-1] if runs else None
-        if last is not None and last.producer == producer and last.last + 1 == seq:
-            runs[-1] = last._replace(last=seq)
-        else:
-            runs.append(DroppedRange(producer, seq, seq, reason))
+        if meta.dropped:
+            carried.extend(meta.dropped)
+        if meta.producer == producer and meta.seq == last + 1:
+            last = meta.seq
+            continue
+        if producer is not None:
+            runs.append(DroppedRange(producer, first, last, reason))
+        producer, first, last = meta.producer, meta.seq, meta.seq
+    if producer is not None:
+        runs.append(DroppedRange(producer, first, last, reason))
     return runs + carried, unattributed
 
 
