@@ -261,3 +261,39 @@ def test_a_lone_marker_waits_while_every_lane_spools(
     wait_until(lambda: handler.stats()["markers"]["sent"] > sent)
     app_logger.removeHandler(handler)
     handler.close()
+
+
+def test_drops_of_another_producers_segments_are_announced_for_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Two handlers share a spool directory (an earlier run, or another process): when the
+    second one's bounds delete the first one's segments, its markers name the first producer's
+    ranges, so audit of the spool explains both producers' missing numbers (exit 0) and the
+    dropped counts add up to what the second handler counted."""
+    url = f"amqp://guest:guest@127.0.0.1:{free_port()}/?exchange=&queue=nowhere"
+    options: dict[str, Any] = {
+        "spool": str(tmp_path / "spool"),
+        "spool_options": {"segment_bytes": 8 * 1024},
+        "close_timeout": 0.5,
+        "retry_max": 0.2,
+        "batch_size": 50,
+    }
+    handlers = []
+    for name, bound in (("first", 10**9), ("second", 64 * 1024)):
+        handler = MQHandler(url, spool_max_bytes=bound, **options)
+        logger = logging.getLogger(f"markers.shared.{name}")
+        logger.propagate = False
+        logger.addHandler(handler)
+        for i in range(1000):
+            logger.warning("%s %d %s", name, i, "x" * 100)
+        logger.removeHandler(handler)
+        handler.close()
+        handlers.append(handler)
+    first, second = handlers
+    code, report = _audit(capsys, "--spool", str(tmp_path / "spool"))
+    assert code == 0
+    by_name = {p["producer"]: p for p in report["producers"]}
+    assert {first.producer, second.producer} == set(by_name)
+    assert by_name[first.producer]["dropped"] > 0
+    assert second.stats()["dropped"]["spool_full"] == sum(p["dropped"] for p in by_name.values())
+    assert by_name[first.producer]["records"] + by_name[first.producer]["dropped"] == 1000
