@@ -181,3 +181,27 @@ class TestSpoolAudit:
         err = capsys.readouterr().err
         assert "amqp-a" in err
         assert "stomp-b" in err
+
+
+class TestMoments:
+    @pytest.mark.parametrize(
+        ("text", "seconds_ago"), [("90s", 90), ("15m", 900), ("1h", 3600), ("2d", 172800)]
+    )
+    def test_relative(self, text: str, seconds_ago: int) -> None:
+        """``--since 1h`` means an hour before now."""
+        from datetime import datetime, timezone
+
+        from mqlogging.audit import parse_moment
+
+        now = datetime(2026, 12, 1, 12, 0, tzinfo=timezone.utc)
+        assert seconds_ago == (now - parse_moment(text, now=now)).total_seconds()
+
+    def test_iso_without_offset_is_utc(self) -> None:
+        """An ISO-8601 time without an offset is UTC, like the records' own times."""
+        from datetime import datetime, timezone
+
+        from mqlogging.audit import parse_moment
+
+        expected = datetime(2026, 12, 1, 12, 0, tzinfo=timezone.utc)
+        assert expected == parse_moment("2026-12-01T12:00:00")
+        assert expected == parse_moment("2026-12-01T13:00:00+01:00")
