@@ -28,6 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_rabbitmq(subparsers)
     _add_tail(subparsers)
     _add_run(subparsers)
+    _add_audit(subparsers)
     return parser
 
 
@@ -145,6 +146,20 @@ def _add_run(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     run.add_arguments(parser)
     parser.set_defaults(run=run.run_command)
+
+
+def _add_audit(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """``mqlogging audit --es URL --index P | --file PATH | --spool DIR``: prove no loss."""
+    from . import audit
+
+    parser = subparsers.add_parser(
+        "audit",
+        help="per producer: records, gaps (lost), ranges dropped by policy, duplicates",
+        description=audit.DESCRIPTION,
+        epilog="Exit status: 0 no unexplained gap, 1 an unexplained gap, 2 usage or source error.",
+    )
+    audit.add_arguments(parser)
+    parser.set_defaults(run=audit.run_command)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -127,6 +127,7 @@ __all__ = [
     "SpoolRecord",
     "SpoolStats",
     "coerce_spool_options",
+    "dropped_totals",
     "segments",
 ]
 
@@ -518,6 +519,11 @@ def _journal(directory: str, reason: str, records: int, segment: str = "") -> bo
     return True
 
 
+def dropped_totals(directory: str) -> dict[str, int]:
+    """Records dropped from ``directory`` by reason, summed over ``dropped.log`` (read-only)."""
+    return _read_journal(directory)
+
+
 def _read_journal(directory: str) -> dict[str, int]:
     totals: dict[str, int] = {}
     try:
@@ -675,6 +681,9 @@ class Spool:
         self._unjournaled: dict[str, int] = {}
         self._closed = False
         self._own: set[str] = set()  # stems of the segments this instance created (see wrote)
+        #: Called (with the lock held) with the unconfirmed lines of a segment the bounds
+        #: delete, and the reason, before they go: the handler announces them (drop markers).
+        self.drop_hook: Callable[[list[bytes], str], None] | None = None
         _FORK_REGISTRY.add(self)
 
     def __repr__(self) -> str:
@@ -978,10 +987,31 @@ class Spool:
         if current is None or current.count is None:
             os.close(fd)
             return False
-        done = _read_ack(self.directory, entry.stem)[1]
+        offset, done = _read_ack(self.directory, entry.stem)
+        if self.drop_hook is not None:
+            self._announce(current, offset, current.count - done, reason)
         _remove_segment(self.directory, entry.stem, current.name, fd)
         self._drop(reason, current.count - done, entry.stem)
         return True
+
+    def _announce(self, entry: _Entry, offset: int, records: int, reason: str) -> None:
+        """Give :attr:`drop_hook` the unconfirmed lines of a segment about to be dropped.
+
+        Drops are rare, and the segment is read once before it is deleted; lines that cannot be
+        read are passed as empty lines (the hook counts them as unattributed).
+        """
+        hook = self.drop_hook
+        assert hook is not None
+        assert entry.name is not None
+        try:
+            with open(os.path.join(self.directory, entry.name), "rb") as f:
+                f.seek(offset)
+                lines = f.read().split(b"\n")[:-1]  # a sealed segment ends with a newline
+        except OSError:
+            lines = []
+        lines += [b""] * (records - len(lines))
+        with contextlib.suppress(Exception):  # never let the announcement stop the drop
+            hook(lines[:records], reason)
 
     def _drop_oldest(self, nbytes: int) -> None:
         for _ in range(2):

@@ -16,6 +16,7 @@ from ..backends.endpoints import Endpoint
 from ..errors import ConfigurationError, MQLoggingError
 from ..formatting import JsonFormatter
 from ..spool import coerce_spool_options
+from ..wire import DroppedRange
 from . import _fork
 from ._sender import _CLOSED, Complainer, Config, Pipeline, default_spool_dir
 
@@ -176,6 +177,7 @@ class MQHandler(logging.Handler):
         except MQLoggingError as exc:
             msg = f"MQHandler: {exc}"
             raise ConfigurationError(msg) from exc
+        self._pipe.make_marker = self._make_marker
         _fork.register(self)
         self._pipe.start_if_spooled()
 
@@ -249,6 +251,26 @@ class MQHandler(logging.Handler):
         self.producer = f"{host}:{os.getpid()}:{os.urandom(4).hex()}"
         self._seq = itertools.count(1)
 
+    def _make_marker(self, ranges: Sequence[DroppedRange]) -> Message:
+        """The record announcing that ``ranges`` were dropped by policy (:mod:`mqlogging.wire`).
+
+        Built by the handler because it owns the formatter, the producer id and the sequence:
+        the marker is a WARNING record of logger ``mqlogging`` with this producer's next seq,
+        so a lost marker is itself a visible gap.
+        """
+        count = sum(r.last - r.first + 1 for r in ranges)
+        reasons = ", ".join(sorted({r.reason for r in ranges}))
+        record = logging.LogRecord(
+            "mqlogging", logging.WARNING, __file__, 0,
+            "mqlogging dropped %d records (%s)", (count, reasons), None,
+        )  # fmt: skip
+        stamp = {
+            "producer": self.producer,
+            "seq": next(self._seq),
+            "dropped": [r.as_json() for r in ranges],
+        }
+        return self._format_message(record, stamp)
+
     def enqueue(self, message: Message) -> None:
         """Hand ``message`` to the sender: a deque append in the normal path."""
         pipe = self._pipe
@@ -292,6 +314,7 @@ class MQHandler(logging.Handler):
         self._new_producer()  # the child is a producer of its own: its numbers start at 1
         self._complain = Complainer()
         pipe = Pipeline(self.config, self._complain)
+        pipe.make_marker = self._make_marker
         if self._closed:
             pipe.state = _CLOSED  # closed in the parent: records go straight to the spool
         self._pipe = pipe
@@ -305,7 +328,10 @@ class MQHandler(logging.Handler):
         ``confirmed`` (records a broker confirmed), ``spooled`` (records written to the spool),
         ``replayed`` (spooled records confirmed later), ``dropped`` (by reason: ``overflow``,
         ``spool_full``, ``spool_error``, ``spool_expired``, ``spool_corrupt``, ``unsent``,
-        ``closed``), ``ignored`` (records refused by the recursion guard), ``endpoints``
+        ``closed``; each drop is announced by a marker record, see :mod:`mqlogging.wire`),
+        ``markers`` (``sent``: marker records built; ``unattributed``: dropped bodies without a
+        producer/seq, e.g. torn spool lines; ``unannounced``: drops beyond the bounded ledger),
+        ``ignored`` (records refused by the recursion guard), ``endpoints``
         (redacted URL -> ``healthy``, ``last_error``, ``last_error_at``, ``sent``,
         ``confirmed``, ``failures``) and ``spool`` (``bytes``, ``records``, ``directories``).
         """

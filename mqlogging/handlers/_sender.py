@@ -46,7 +46,7 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -57,6 +57,8 @@ from ..backends.endpoints import Endpoint
 from ..backends.local import record_id
 from ..errors import SpoolError, SpoolFull
 from ..spool import Spool, SpoolReader, SpoolRecord
+from ..wire import DroppedRange
+from ._markers import DropLedger
 
 __all__ = ["Config", "Pipeline", "default_spool_dir", "lane_directories"]
 
@@ -362,6 +364,15 @@ def _preload(endpoints: Sequence[Endpoint]) -> None:
 
 _RUNNING, _CLOSING, _CLOSED = 0, 1, 2
 
+# The spool's drop reasons (``dropped.log``) under the names of :meth:`Pipeline.stats`.
+_SPOOL_REASONS = {
+    "max_bytes": "spool_full",
+    "overflow": "spool_full",
+    "max_age": "spool_expired",
+    "torn": "spool_corrupt",
+    "corrupt": "spool_corrupt",
+}
+
 
 class Pipeline:
     """Everything of one handler that belongs to one process: queue, locks, lanes, thread.
@@ -398,7 +409,15 @@ class Pipeline:
         self.wa_pending = 0
         self.write_ahead = config.durability == "spool"
         self.endpoints = [_EndpointState(ep, config.retry_max) for ep in config.endpoints]
+        # Drop markers (see _markers): the handler sets make_marker; the ledger is thread-safe.
+        self.drops = DropLedger()
+        self.announced = 0  # the ledger generation whose marker went out (published or spooled)
+        self.flush_generation = 0  # the ledger generation a flush() waits to see announced
+        self.make_marker: Callable[[Sequence[DroppedRange]], Message] | None = None
         self.lanes = self._build_lanes()
+        for lane in self.lanes:
+            if lane.spool is not None:
+                lane.spool.drop_hook = self._spool_dropped
         _preload(config.endpoints)
 
     def _build_lanes(self) -> list[_Lane]:
@@ -452,9 +471,39 @@ class Pipeline:
             if self.state == _CLOSED:
                 self._spill_locked([], "closed")
 
-    def count_drop(self, reason: str, n: int = 1) -> None:
-        """Count dropped records (call with ``order_lock`` held)."""
-        self.dropped[reason] = self.dropped.get(reason, 0) + n
+    def count_drop(self, reason: str, messages: Sequence[Message]) -> None:
+        """Count dropped records and note them for the next marker (``order_lock`` held)."""
+        self.dropped[reason] = self.dropped.get(reason, 0) + len(messages)
+        self.drops.note([m.body for m in messages], reason)
+
+    def _spool_dropped(self, lines: list[bytes], reason: str) -> None:
+        """A lane's spool deleted a segment's unconfirmed ``lines`` (bounds): announce them
+        under the names :meth:`stats` uses."""
+        self.drops.note(lines, _SPOOL_REASONS.get(reason, f"spool_{reason}"))
+
+    def _marker_due(self) -> bool:
+        """A marker is due: flush() waits for it, or the interval passed and it has a way out.
+
+        A marker alone (no record to ride with) is not written to a spool that every lane is
+        backlogged on: with the spool full, making room for it would drop records, whose marker
+        would drop more, one segment a second while the broker is down. It then rides with the
+        next records, goes once a lane is direct again, or is spooled at close().
+        """
+        if self.make_marker is None or not self.drops:
+            return False
+        if self.flush_waiters > 0 and self.announced < self.flush_generation:
+            return True
+        if time.monotonic() < self.drops.next_due:
+            return False
+        return bool(self.queue) or not all(lane.backlogged for lane in self.lanes)
+
+    def _take_marker(self) -> tuple[Message | None, int]:
+        """The marker announcing the pending drops if one is due, and the ledger generation
+        it covers (sender thread)."""
+        if self.make_marker is None or not self._marker_due():
+            return None, 0
+        ranges, generation = self.drops.take()
+        return (self.make_marker(ranges) if ranges else None), generation
 
     def enqueue_slow(self, message: Message) -> None:
         """Everything but the plain append: first record, overflow, write-ahead, closed."""
@@ -481,7 +530,7 @@ class Pipeline:
             self.wake.set()
         else:
             with self.order_lock:
-                self.count_drop("overflow")
+                self.count_drop("overflow", [message])
 
     def _enqueue_blocking(self, message: Message) -> None:
         deadline = time.monotonic() + self.config.block_timeout
@@ -490,7 +539,7 @@ class Pipeline:
             while len(q) >= self.config.queue_size and self.state != _CLOSED:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
-                    self.count_drop("overflow")
+                    self.count_drop("overflow", [message])
                     return
                 self.wake.set()
                 self.blocked += 1
@@ -544,20 +593,22 @@ class Pipeline:
         if not messages:
             return True
         if lane.spool is None:
-            self.count_drop(why, len(messages))
+            self.count_drop(why, messages)
             return False
         try:
             n = lane.spool.append([m.body for m in messages])
         except SpoolFull as exc:
-            self.count_drop("spool_full", len(messages))
+            self.count_drop("spool_full", messages)
             self.complain("spool_full", str(exc))
             return False
         except SpoolError as exc:
-            self.count_drop("spool_error", len(messages))
+            self.count_drop("spool_error", messages)
             self.complain("spool_error", f"cannot spool {len(messages)} records: {exc}")
             return False
         if n < len(messages):
-            self.count_drop("spool_full", len(messages) - n)
+            # Refused by the spool's bounds: counted in its journal (``overflow``, which stats()
+            # reports as spool_full); counting here too would count them twice.
+            self.drops.note([m.body for m in messages[n:]], "spool_full")
         self.spooled += n
         lane.backlogged = True
         return n > 0
@@ -570,6 +621,13 @@ class Pipeline:
         now = time.monotonic()
         return all(not lane.backlogged or lane.down(now) for lane in self.lanes)
 
+    def _announced(self, generation: int) -> bool:
+        """True once the marker of the drops up to ``generation`` went out, or cannot."""
+        if self.make_marker is None or self.announced >= generation:
+            return True
+        now = time.monotonic()
+        return all(lane.down(now) for lane in self.lanes)
+
     def flush(self, timeout: float) -> bool:
         """Wait until what was emitted before the call is confirmed, or spooled because no
         endpoint is reachable. False if ``timeout`` expired first."""
@@ -578,12 +636,20 @@ class Pipeline:
             return not self.queue
         with self.order_lock:
             target = self.popped + len(self.queue)
+        needed = -1  # the drops of the records up to target: known once they are handled
         deadline = time.monotonic() + timeout
         with self.progress:
             self.flush_waiters += 1
             try:
                 self.wake.set()
-                while not self._flush_done(target):
+                while True:
+                    if self._flush_done(target):
+                        if needed < 0:
+                            needed = self.drops.generation
+                            self.flush_generation = max(self.flush_generation, needed)
+                            self.wake.set()
+                        if self._announced(needed):
+                            break
                     remaining = deadline - time.monotonic()
                     if remaining <= 0 or not thread.is_alive():
                         self.last_flush_failed = True
@@ -619,12 +685,30 @@ class Pipeline:
         with self.order_lock:
             self.fast = False
             self._spill_locked([], "closed")
+            self._spill_markers_locked()
             self.state = _CLOSED
             self.space.notify_all()
         for lane in self.lanes:
             if lane.spool is not None:
                 with contextlib.suppress(SpoolError):
                     lane.spool.seal()
+
+    def _spill_markers_locked(self) -> None:
+        """At close: spool the marker of drops the sender could not announce any more.
+
+        A spilled marker may make the spool drop more (its bounds): announced by one more
+        marker, a few times at most. Without a spool the pending ranges stay unannounced (they
+        are counted in :meth:`stats` all the same).
+        """
+        if self.make_marker is None or all(lane.spool is None for lane in self.lanes):
+            return
+        for _ in range(3):
+            ranges, generation = self.drops.take() if self.drops else ([], 0)
+            if not ranges:
+                return
+            self.announced = max(self.announced, generation)
+            self._spill_locked([self.make_marker(ranges)], "closed")
+            self.handled -= 1  # a marker is not one of the records flush() counts
 
     # -- sender thread ------------------------------------------------------------------------
 
@@ -660,6 +744,8 @@ class Pipeline:
             return
         timeout = self.config.flush_interval
         now = time.monotonic()
+        if self.drops and self.drops.next_due > now:
+            timeout = min(timeout, self.drops.next_due - now)
         for lane in self.lanes:
             if lane.backlogged and lane.next_attempt > now:
                 timeout = min(timeout, lane.next_attempt - now)
@@ -669,7 +755,7 @@ class Pipeline:
     def _cycle(self) -> bool:
         """One round: memory to lanes, then one replay batch per backlogged lane."""
         worked = False
-        while self.queue and not self.stopping:
+        while (self.queue or self._marker_due()) and not self.stopping:
             self._take_and_send()
             worked = True
         now = time.monotonic()
@@ -689,11 +775,16 @@ class Pipeline:
 
     def _take_and_send(self) -> None:
         size = self.config.batch_size
+        marker, generation = self._take_marker()  # rides at the end of the batch
         with self.order_lock:
             q = self.queue
             n = min(len(q), size)
             batch = [q.popleft() for _ in range(n)]
             self.popped += n
+            if marker is not None:
+                batch.append(marker)
+            if not batch:
+                return
             direct = []
             for lane in self.lanes:
                 if lane.backlogged:
@@ -716,6 +807,7 @@ class Pipeline:
                 self._skip_confirmed(lane, batch)
         with self.order_lock:
             self.handled += n
+            self.announced = max(self.announced, generation)
 
     def _skip_confirmed(self, lane: _Lane, batch: list[Message]) -> None:
         """A spill copied ``batch`` to the spool while it was being confirmed: commit those
@@ -815,13 +907,7 @@ class Pipeline:
         }
         for s in spools:
             for reason, n in s.get("dropped", {}).items():
-                key = {
-                    "max_bytes": "spool_full",
-                    "overflow": "spool_full",
-                    "max_age": "spool_expired",
-                    "torn": "spool_corrupt",
-                    "corrupt": "spool_corrupt",
-                }.get(reason, f"spool_{reason}")
+                key = _SPOOL_REASONS.get(reason, f"spool_{reason}")
                 dropped[key] = dropped.get(key, 0) + n
         return {
             "queued": queued,
@@ -830,6 +916,11 @@ class Pipeline:
             "spooled": self.spooled,
             "replayed": self.replayed,
             "dropped": dropped,
+            "markers": {
+                "sent": self.drops.markers,
+                "unattributed": self.drops.unattributed,
+                "unannounced": self.drops.unannounced,
+            },
             "ignored": self.ignored,
             "endpoints": {ep.name: ep.stats() for ep in self.endpoints},
             "spool": spool,

@@ -1,0 +1,602 @@
+"""``mqlogging audit``: show from what a sink holds that no record was lost, per producer.
+
+Every record :class:`~mqlogging.MQHandler` sends carries its producer id and a gap-free sequence
+number, and every drop by policy is announced by a marker record (:mod:`mqlogging.wire`). The
+audit reads a sink for a time window and reports, per producer: records, first/last seq and time,
+the ranges dropped by policy (with their reasons), duplicates (one seq stored more than once) and
+*gaps*: missing sequence numbers no marker explains — records lost. Exit status 0 when there is
+no unexplained gap, 1 when there is one, 2 on a usage error or an unreadable source.
+
+Sources:
+
+- ``--es URL --index PATTERN``: Elasticsearch through the official client, one point-in-time
+  with ``search_after`` sorted by (producer, seq), pages of ``--page-size`` documents fetching
+  only the ``mqlogging`` object and the time; the markers are read in a second pass *without* the
+  time window (a marker is sent after the drop it announces, possibly after ``--until``).
+- ``--file PATH...``: JSON-lines files such as the collector's file sink (globs and rotated files
+  accepted, ``.gz`` too).
+- ``--spool DIR...``: spool directories (records not yet confirmed), read-only; the drops the
+  spool journaled (``dropped.log``) that no record can be attributed to (torn or corrupt lines)
+  are shown as ``unattributed``.
+
+Memory is O(producers + gaps), not O(records): each producer keeps its sequence numbers as a set
+of sorted runs (:class:`SeqRuns`), and a mostly contiguous sequence of millions of records is a
+handful of runs. A duplicate is an insert that overlaps a run.
+
+What a gap means, and its limits:
+
+- Without ``--since`` a producer's sequence is checked from 1; with it, from the first seq in the
+  window (earlier numbers are outside it). A gap is checked up to the last seq seen: records lost
+  *after* a producer's last record in the sink cannot be seen (nothing says how many there were)
+  until a later record or marker of that producer arrives. A handler's marker for drops before
+  ``close()`` is sent (or spooled) during the close, so a drop at the end is visible through it.
+- Ranges named by a marker count as explained whatever the marker's time. ``dropped`` counts the
+  announced numbers that are absent; ``announced`` all of them: with ``strategy="all"`` a record
+  dropped on one endpoint's lane still reaches the other endpoint's sink, and so does the marker
+  (markers go to every lane), so there ``announced`` exceeds ``dropped``.
+- Documents without producer/seq (other senders, older mqlogging) are only counted
+  (``unstamped``); lines that are not JSON objects are counted as ``unreadable``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import glob
+import gzip
+import json
+import os
+import re
+import sys
+from bisect import bisect_left, bisect_right
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from typing import IO, Any
+
+from .errors import ConfigurationError, MissingDependencyError, SinkError
+from .spool import dropped_totals, segments
+from .wire import DroppedRange, RecordMeta, read_meta
+
+try:  # several times faster on millions of lines
+    from orjson import loads as _loads
+except ImportError:  # pragma: no cover - orjson is optional (mqlogging[fast])
+    from json import loads as _loads  # type: ignore[assignment]
+
+__all__ = [
+    "Audit",
+    "SeqRuns",
+    "Window",
+    "add_arguments",
+    "audit_es",
+    "audit_files",
+    "audit_spool",
+    "run_command",
+]
+
+_UNATTRIBUTED_SPOOL_REASONS = ("torn", "corrupt", "rejected")
+_SAMPLE_RUNS = 1000  # duplicate ranges kept per producer for the report (the count is exact)
+
+
+class SeqRuns:
+    """A set of sequence numbers kept as sorted, disjoint, non-adjacent runs ``[first, last]``.
+
+    Appending in order (the common case) is O(1); an insert elsewhere is a bisection plus a list
+    splice over the runs it touches. :meth:`add` returns how many of the numbers were present
+    already, which is how duplicates are counted without remembering every number.
+    """
+
+    __slots__ = ("firsts", "lasts")
+
+    def __init__(self) -> None:
+        self.firsts: list[int] = []
+        self.lasts: list[int] = []
+
+    def __len__(self) -> int:
+        """The number of runs."""
+        return len(self.firsts)
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        return zip(self.firsts, self.lasts, strict=True)
+
+    def count(self) -> int:
+        """How many numbers the set holds."""
+        return sum(last - first + 1 for first, last in self)
+
+    def add(self, first: int, last: int | None = None) -> int:
+        """Add ``first``..``last`` (inclusive); return how many of them were already present."""
+        last = first if last is None else last
+        firsts, lasts = self.firsts, self.lasts
+        if not lasts or first > lasts[-1] + 1:
+            firsts.append(first)
+            lasts.append(last)
+            return 0
+        if first == lasts[-1] + 1:
+            lasts[-1] = last
+            return 0
+        i = bisect_left(lasts, first - 1)  # first run that ends at or after first - 1
+        j = bisect_right(firsts, last + 1)  # runs i..j-1 touch or overlap [first, last]
+        if i >= j:
+            firsts.insert(i, first)
+            lasts.insert(i, last)
+            return 0
+        present = sum(max(0, min(lasts[k], last) - max(firsts[k], first) + 1) for k in range(i, j))
+        firsts[i:j] = [min(firsts[i], first)]
+        lasts[i:j] = [max(lasts[j - 1], last)]
+        return present
+
+    def missing(self, low: int, high: int) -> Iterator[tuple[int, int]]:
+        """The runs of ``low..high`` that are not in the set."""
+        nxt = low
+        for first, last in self:
+            if last < nxt:
+                continue
+            if first > high:
+                break
+            if first > nxt:
+                yield nxt, first - 1
+            nxt = last + 1
+        if nxt <= high:
+            yield nxt, high
+
+    def minus(self, ranges: Iterable[tuple[int, int]]) -> Iterator[tuple[int, int]]:
+        """The parts of ``ranges`` (sorted, disjoint) that are not in the set."""
+        for first, last in ranges:
+            yield from self.missing(first, last)
+
+
+@dataclass(slots=True)
+class _Producer:
+    name: str
+    records: int = 0
+    markers: int = 0
+    duplicates: int = 0
+    seqs: SeqRuns = field(default_factory=SeqRuns)
+    duplicate_runs: SeqRuns = field(default_factory=SeqRuns)
+    dropped: dict[str, SeqRuns] = field(default_factory=dict)
+    first_time: str | None = None
+    last_time: str | None = None
+
+
+def _parse_time(value: str) -> datetime | None:
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=timezone.utc)
+
+
+_RELATIVE = re.compile(r"^(\d+(?:\.\d+)?)([smhdw])$")
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def parse_moment(value: str, *, now: datetime | None = None, option: str = "--since") -> datetime:
+    """``2026-12-01T12:00:00Z`` (ISO-8601; UTC when no offset) or ``90s`` / ``15m`` / ``1h`` /
+    ``2d`` / ``1w`` before ``now``.
+
+    Raises:
+        ConfigurationError: neither form.
+    """
+    match = _RELATIVE.match(value.strip())
+    if match:
+        now = now or datetime.now(timezone.utc)
+        return now - timedelta(seconds=float(match[1]) * _UNITS[match[2]])
+    moment = _parse_time(value.strip())
+    if moment is None:
+        msg = f"{option} {value!r}: use an ISO-8601 time (2026-12-01T12:00:00Z) or 15m, 1h, 2d"
+        raise ConfigurationError(msg)
+    return moment
+
+
+@dataclass(frozen=True, slots=True)
+class Window:
+    """Records whose time is in ``[since, until)``; ``None`` is open-ended."""
+
+    since: datetime | None = None
+    until: datetime | None = None
+
+    @property
+    def bounded(self) -> bool:
+        return self.since is not None or self.until is not None
+
+    def contains(self, timestamp: str | None) -> bool:
+        """True if a record of that time (as the record carries it) is in the window."""
+        if not self.bounded:
+            return True
+        moment = _parse_time(timestamp) if timestamp else None
+        if moment is None:
+            return False
+        if self.since is not None and moment < self.since:
+            return False
+        return self.until is None or moment < self.until
+
+
+class Audit:
+    """Accumulates records and markers, then reports per producer (:meth:`report`).
+
+    Args:
+        window: which records count (markers count whatever their time).
+        from_one: check each sequence from 1 (default: unless the window has a start).
+    """
+
+    def __init__(self, window: Window | None = None, *, from_one: bool | None = None) -> None:
+        self.window = window or Window()
+        self.from_one = self.window.since is None if from_one is None else from_one
+        self.producers: dict[str, _Producer] = {}
+        self.unstamped = 0
+        self.unreadable = 0
+        self.outside = 0
+        self.unattributed: dict[str, int] = {}
+
+    def _producer(self, name: str) -> _Producer:
+        entry = self.producers.get(name)
+        if entry is None:
+            entry = self.producers[name] = _Producer(name)
+        return entry
+
+    def add_document(self, doc: Any) -> None:
+        """Account for one decoded record (``None`` for a line that could not be decoded)."""
+        if not isinstance(doc, dict):
+            self.unreadable += 1
+            return
+        self.add_meta(read_meta(doc))
+
+    def add_meta(self, meta: RecordMeta, *, in_window: bool | None = None) -> None:
+        """Account for one record's metadata (``in_window``: already filtered by the source)."""
+        for dropped in meta.dropped:
+            self.add_dropped(dropped)
+        if meta.producer is None or meta.seq is None:
+            self.unstamped += 1
+            return
+        if not (self.window.contains(meta.timestamp) if in_window is None else in_window):
+            self.outside += 1
+            return
+        entry = self._producer(meta.producer)
+        entry.records += 1
+        entry.markers += bool(meta.dropped)
+        again = entry.seqs.add(meta.seq)
+        if again:
+            entry.duplicates += again
+            if len(entry.duplicate_runs) < _SAMPLE_RUNS:
+                entry.duplicate_runs.add(meta.seq)
+        ts = meta.timestamp
+        if ts is not None:
+            if entry.first_time is None or ts < entry.first_time:
+                entry.first_time = ts
+            if entry.last_time is None or ts > entry.last_time:
+                entry.last_time = ts
+
+    def add_dropped(self, dropped: DroppedRange) -> None:
+        """Account for a range a marker names (idempotent: a marker seen twice counts once)."""
+        runs = self._producer(dropped.producer).dropped.setdefault(dropped.reason, SeqRuns())
+        runs.add(dropped.first, dropped.last)
+
+    def report(self) -> dict[str, Any]:
+        """The result as one JSON-ready document; ``ok`` is False when a gap is unexplained."""
+        producers = [_report_producer(p, self.from_one) for _, p in sorted(self.producers.items())]
+        return {
+            "ok": not any(p["gaps"] for p in producers),
+            "window": {
+                "since": self.window.since.isoformat() if self.window.since else None,
+                "until": self.window.until.isoformat() if self.window.until else None,
+            },
+            "totals": {
+                "producers": len(producers),
+                "records": sum(p["records"] for p in producers),
+                "missing": sum(p["missing"] for p in producers),
+                "dropped": sum(p["dropped"] for p in producers),
+                "duplicates": sum(p["duplicates"] for p in producers),
+                "unstamped": self.unstamped,
+                "unreadable": self.unreadable,
+                "outside_window": self.outside,
+                "unattributed_drops": dict(self.unattributed),
+            },
+            "producers": producers,
+        }
+
+
+def _report_producer(entry: _Producer, from_one: bool) -> dict[str, Any]:
+    explained = SeqRuns()
+    dropped_ranges = []
+    for reason, runs in sorted(entry.dropped.items()):
+        for first, last in runs:
+            explained.add(first, last)
+            dropped_ranges.append({"first": first, "last": last, "reason": reason})
+    dropped_ranges.sort(key=lambda r: (r["first"], r["reason"]))
+    seqs = entry.seqs
+    gaps: list[list[int]] = []
+    if seqs.firsts:
+        low = 1 if from_one else seqs.firsts[0]
+        gaps = [[a, b] for a, b in explained.minus(seqs.missing(low, seqs.lasts[-1]))]
+    return {
+        "producer": entry.name,
+        "records": entry.records,
+        "markers": entry.markers,
+        "first_seq": seqs.firsts[0] if seqs.firsts else None,
+        "last_seq": seqs.lasts[-1] if seqs.lasts else None,
+        "first_time": entry.first_time,
+        "last_time": entry.last_time,
+        "missing": sum(b - a + 1 for a, b in gaps),
+        "gaps": gaps,
+        "dropped": sum(b - a + 1 for a, b in seqs.minus(explained)),
+        "announced": explained.count(),
+        "dropped_ranges": dropped_ranges,
+        "duplicates": entry.duplicates,
+        "duplicate_seqs": [[a, b] for a, b in entry.duplicate_runs],
+    }
+
+
+# -- sources ------------------------------------------------------------------------------------
+
+
+def _decode(line: bytes) -> Any:
+    try:
+        return _loads(line)
+    except ValueError:
+        return None
+
+
+def expand_paths(patterns: Sequence[str]) -> list[str]:
+    """Every file the patterns name (globs expanded, sorted per pattern).
+
+    Raises:
+        ConfigurationError: a pattern matches no file.
+    """
+    paths: list[str] = []
+    for pattern in patterns:
+        found = sorted(glob.glob(pattern)) if glob.has_magic(pattern) else [pattern]
+        found = [p for p in found if os.path.isfile(p)]
+        if not found:
+            msg = f"--file {pattern!r}: no such file"
+            raise ConfigurationError(msg)
+        paths.extend(p for p in found if p not in paths)
+    return paths
+
+
+def audit_files(audit: Audit, patterns: Sequence[str]) -> None:
+    """Feed ``audit`` every line of JSON-lines files, one line at a time (``.gz`` too)."""
+    for path in expand_paths(patterns):
+        opener = gzip.open if path.endswith(".gz") else open
+        try:
+            with opener(path, "rb") as f:
+                for line in f:
+                    if line.strip():
+                        audit.add_document(_decode(line))
+        except OSError as exc:
+            msg = f"cannot read {path!r}: {exc.strerror or exc}"
+            raise ConfigurationError(msg) from exc
+
+
+def audit_spool(audit: Audit, directories: Sequence[str]) -> None:
+    """Feed ``audit`` the unconfirmed records of spool directories (read-only, no claims), and
+    the drops their journal could not attribute to a record (torn, corrupt lines)."""
+    for directory in directories:
+        if not os.path.isdir(directory):
+            msg = f"--spool {directory!r}: not a directory"
+            raise ConfigurationError(msg)
+        views = segments(directory)
+        if not views:
+            _refuse_lane_root(directory)
+        for view in views:
+            try:
+                with open(view.path, "rb") as f:
+                    f.seek(view.confirmed)
+                    for line in f:
+                        if line.endswith(b"\n") and line.strip():  # a torn last line is skipped
+                            audit.add_document(_decode(line))
+            except FileNotFoundError:
+                continue  # replayed and deleted meanwhile
+        for reason, n in dropped_totals(directory).items():
+            if reason in _UNATTRIBUTED_SPOOL_REASONS:
+                audit.unattributed[reason] = audit.unattributed.get(reason, 0) + n
+
+
+def _refuse_lane_root(directory: str) -> None:
+    """A ``strategy="all"`` spool root holds one spool per endpoint, each with a copy of every
+    record: audited together they would all look duplicated, so name them instead."""
+    lanes = sorted(
+        os.path.join(directory, name)
+        for name in os.listdir(directory)
+        if os.path.isdir(os.path.join(directory, name)) and segments(os.path.join(directory, name))
+    )
+    if lanes:
+        msg = (
+            f"--spool {directory!r} holds one spool per endpoint; audit each on its own: "
+            + ", ".join(lanes)
+        )
+        raise ConfigurationError(msg)
+
+
+_ES_SOURCE = ["mqlogging", "@timestamp", "timestamp"]
+
+
+def _es_client(url: str, ca_certs: str | None) -> Any:
+    try:
+        from elasticsearch import Elasticsearch
+    except ImportError as exc:
+        raise MissingDependencyError("elasticsearch", "elasticsearch") from exc
+    kwargs: dict[str, Any] = {"request_timeout": 60}
+    if ca_certs:
+        kwargs["ca_certs"] = ca_certs
+    return Elasticsearch(url, **kwargs)
+
+
+def _producer_field(es: Any, index: str) -> str:
+    """``mqlogging.producer`` when some index maps it as a keyword, else its ``.keyword``
+    sub-field (Elasticsearch's dynamic mapping of strings)."""
+    mappings = es.indices.get_mapping(index=index)
+    for body in dict(mappings).values():
+        props = body.get("mappings", {}).get("properties", {})
+        producer = props.get("mqlogging", {}).get("properties", {}).get("producer", {})
+        if producer.get("type") == "keyword":
+            return "mqlogging.producer"
+    return "mqlogging.producer.keyword"
+
+
+def _es_window(window: Window) -> list[dict[str, Any]]:
+    if not window.bounded:
+        return []
+    bounds: dict[str, str] = {}
+    if window.since is not None:
+        bounds["gte"] = window.since.isoformat()
+    if window.until is not None:
+        bounds["lt"] = window.until.isoformat()
+    should = [{"range": {key: dict(bounds)}} for key in ("@timestamp", "timestamp")]
+    return [{"bool": {"should": should, "minimum_should_match": 1}}]
+
+
+def _pit_scan(
+    es: Any, index: str, query: dict[str, Any], sort: list[Any], page: int
+) -> Iterator[dict[str, Any]]:
+    """Every matching document's source, streamed in ``sort`` order through a point in time."""
+    pit = es.open_point_in_time(index=index, keep_alive="5m")["id"]
+    try:
+        after: list[Any] | None = None
+        while True:
+            extra = {"search_after": after} if after is not None else {}
+            resp = es.search(
+                pit={"id": pit, "keep_alive": "5m"}, size=page, query=query, sort=sort,
+                source=_ES_SOURCE, track_total_hits=False, **extra,
+            )  # fmt: skip
+            pit = resp.get("pit_id") or pit
+            hits = resp["hits"]["hits"]
+            if not hits:
+                return
+            for hit in hits:
+                yield hit.get("_source") or {}
+            after = hits[-1]["sort"]
+    finally:
+        with contextlib.suppress(Exception):  # it expires by itself anyway
+            es.close_point_in_time(id=pit)
+
+
+def audit_es(
+    audit: Audit, url: str, index: str, *, page: int = 5000, ca_certs: str | None = None
+) -> None:
+    """Feed ``audit`` from Elasticsearch: the stamped records of the window sorted by (producer,
+    seq), then every marker whatever its time, then the count of unstamped documents."""
+    es = _es_client(url, ca_certs)
+    try:
+        field_name = _producer_field(es, index)
+        window = _es_window(audit.window)
+        stamped = {"bool": {"filter": [{"exists": {"field": "mqlogging.seq"}}, *window]}}
+        sort = [{field_name: "asc"}, {"mqlogging.seq": "asc"}]
+        for doc in _pit_scan(es, index, stamped, sort, page):
+            meta = read_meta(doc)
+            if meta.producer is None or meta.seq is None:
+                audit.unstamped += 1
+                continue
+            audit.add_meta(meta, in_window=True)
+        markers = {"exists": {"field": "mqlogging.dropped.first"}}
+        for doc in _pit_scan(es, index, markers, [{"mqlogging.seq": "asc"}], page):
+            for dropped in read_meta(doc).dropped:
+                audit.add_dropped(dropped)
+        others = {"bool": {"must_not": [{"exists": {"field": "mqlogging.seq"}}], "filter": window}}
+        audit.unstamped += int(es.count(index=index, query=others)["count"])
+    except Exception as exc:
+        if isinstance(exc, (ConfigurationError, MissingDependencyError)):
+            raise
+        msg = f"cannot audit {index!r} at {_redact(url)}: {type(exc).__name__}: {exc}"
+        raise SinkError(msg) from exc
+    finally:
+        es.close()
+
+
+def _redact(url: str) -> str:
+    return re.sub(r"//[^/@]*@", "//***@", url)
+
+
+# -- output -------------------------------------------------------------------------------------
+
+
+def _printable(text: str) -> str:
+    """``text`` with control characters escaped, so a producer name cannot drive the terminal."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
+def _ranges(items: Sequence[Sequence[int]], limit: int) -> str:
+    shown = [f"{a}" if a == b else f"{a}-{b}" for a, b in items[:limit]]
+    more = f" (+{len(items) - limit} more)" if len(items) > limit else ""
+    return ", ".join(shown) + more if shown else "-"
+
+
+def print_report(report: dict[str, Any], out: IO[str], limit: int = 20) -> None:
+    """The human-readable report (``--json`` prints ``report`` itself)."""
+    for p in report["producers"]:
+        status = "GAPS" if p["gaps"] else "ok"
+        print(f"producer {_printable(p['producer'])}  [{status}]", file=out)
+        seqs = f"seq {p['first_seq']}..{p['last_seq']}" if p["records"] else "no records"
+        print(f"  records     {p['records']} ({seqs}, {p['markers']} markers)", file=out)
+        if p["first_time"]:
+            times = f"{_printable(p['first_time'])} .. {_printable(p['last_time'])}"
+            print(f"  time        {times}", file=out)
+        dropped = [(r["first"], r["last"], _printable(r["reason"])) for r in p["dropped_ranges"]]
+        shown = ", ".join(
+            (f"{a}" if a == b else f"{a}-{b}") + f" {reason}" for a, b, reason in dropped[:limit]
+        )
+        more = f" (+{len(dropped) - limit} more)" if len(dropped) > limit else ""
+        also = f" (announced {p['announced']})" if p["announced"] != p["dropped"] else ""
+        ranges = f": {shown}{more}" if dropped else ""
+        print(f"  dropped     {p['dropped']}{also}{ranges}", file=out)
+        print(f"  duplicates  {p['duplicates']}" + (
+            f": {_ranges(p['duplicate_seqs'], limit)}" if p["duplicates"] else ""
+        ), file=out)  # fmt: skip
+        gaps = f": {_ranges(p['gaps'], limit)}" if p["gaps"] else ""
+        print(f"  gaps        {p['missing']} missing{gaps}", file=out)
+    t = report["totals"]
+    verdict = "OK: no unexplained gap" if report["ok"] else "LOSS: unexplained gaps"
+    print(
+        f"{verdict}; {t['producers']} producers, {t['records']} records, {t['missing']} missing, "
+        f"{t['dropped']} dropped by policy, {t['duplicates']} duplicates, "
+        f"{t['unstamped']} unstamped, {t['unreadable']} unreadable",
+        file=out,
+    )
+    if t["unattributed_drops"]:
+        counts = ", ".join(f"{k} {v}" for k, v in sorted(t["unattributed_drops"].items()))
+        print(f"unattributed drops (spool journal): {counts}", file=out)
+
+
+# -- command ------------------------------------------------------------------------------------
+
+DESCRIPTION = __doc__.split("\n\n")[0] if __doc__ else ""
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Register ``mqlogging audit``'s options on ``parser``."""
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--es", metavar="URL", help="Elasticsearch URL (credentials allowed)")
+    source.add_argument("--file", nargs="+", metavar="PATH", help="JSON-lines files or globs")
+    source.add_argument("--spool", nargs="+", metavar="DIR", help="spool directories")
+    parser.add_argument("--index", metavar="PATTERN", help="index pattern (with --es)")
+    parser.add_argument("--ca-certs", metavar="FILE", help="CA bundle for --es over https")
+    parser.add_argument("--since", metavar="TIME", help="ISO-8601 time or 15m, 1h, 2d ago")
+    parser.add_argument("--until", metavar="TIME", help="ISO-8601 time or 15m, 1h, 2d ago")
+    parser.add_argument("--json", action="store_true", help="print one JSON document")
+    parser.add_argument("--page-size", type=int, default=5000, metavar="N", help=argparse.SUPPRESS)
+
+
+def run_command(args: argparse.Namespace) -> int:
+    """Run the audit the parsed ``args`` describe; 0 no unexplained gap, 1 gaps, 2 usage."""
+    now = datetime.now(timezone.utc)
+    since = parse_moment(args.since, now=now, option="--since") if args.since else None
+    until = parse_moment(args.until, now=now, option="--until") if args.until else None
+    if args.es and not args.index:
+        msg = "--es needs --index PATTERN (e.g. --index 'logs-mqlogging-*')"
+        raise ConfigurationError(msg)
+    if args.index and not args.es:
+        msg = "--index goes with --es"
+        raise ConfigurationError(msg)
+    audit = Audit(Window(since, until))
+    if args.es:
+        audit_es(audit, args.es, args.index, page=max(1, args.page_size), ca_certs=args.ca_certs)
+    elif args.file:
+        audit_files(audit, args.file)
+    else:
+        audit_spool(audit, args.spool)
+    report = audit.report()
+    if args.json:
+        json.dump(report, sys.stdout, indent=2)
+        print()
+    else:
+        print_report(report, sys.stdout)
+    return 0 if report["ok"] else 1

@@ -1,0 +1,207 @@
+"""``mqlogging audit`` without a broker: the sequence-run set, the report over files and spool
+directories, the time window, terminal safety and the exit statuses."""
+
+from __future__ import annotations
+
+import gzip
+import itertools
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from mqlogging.audit import SeqRuns
+from mqlogging.cli import main
+
+
+def _doc(producer: str, seq: int, when: str = "2026-12-01T12:00:00.000000Z", **ns: Any) -> str:
+    return json.dumps(
+        {
+            "@timestamp": when,
+            "message": f"record {seq}",
+            "mqlogging": {"schema": "ecs", "producer": producer, "seq": seq, **ns},
+        }
+    )
+
+
+def _write(path: Path, lines: list[str]) -> Path:
+    path.write_text("".join(line + "\n" for line in lines))
+    return path
+
+
+def _audit(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, dict[str, Any]]:
+    capsys.readouterr()
+    code = main(["audit", *args, "--json"])
+    return code, json.loads(capsys.readouterr().out)
+
+
+class TestSeqRuns:
+    @given(st.lists(st.tuples(st.integers(1, 300), st.integers(0, 20)), max_size=80))
+    def test_matches_a_plain_set(self, inserts: list[tuple[int, int]]) -> None:
+        """Whatever the order of inserts, the runs hold exactly the numbers inserted, stay
+        sorted, disjoint and non-adjacent, ``add`` returns how many were present already, and
+        ``missing`` is the complement."""
+        runs, model = SeqRuns(), set()
+        for first, length in inserts:
+            numbers = set(range(first, first + length + 1))
+            assert len(numbers & model) == runs.add(first, first + length)
+            model |= numbers
+        pairs = list(runs)
+        assert all(a <= b for a, b in pairs)
+        assert all(b + 1 < c for (_, b), (c, _) in itertools.pairwise(pairs))
+        assert model == {n for a, b in pairs for n in range(a, b + 1)}
+        assert len(model) == runs.count()
+        holes = {n for a, b in runs.missing(1, 330) for n in range(a, b + 1)}
+        assert set(range(1, 331)) - model == holes
+
+    def test_a_contiguous_million_is_one_run(self) -> None:
+        """In-order numbers extend the last run: memory does not grow with the record count."""
+        runs = SeqRuns()
+        for n in range(1, 1_000_001):
+            runs.add(n)
+        assert list(runs) == [(1, 1_000_000)]
+
+
+class TestFileAudit:
+    def test_gaps_drops_duplicates_per_producer(
+        self, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """Two producers over two files (one gzip-rotated): a marker explains one range, an
+        unexplained gap remains, a duplicate is counted; exit 1 because of the gap."""
+        rotated = tmp_path / "sink.jsonl.1.gz"
+        with gzip.open(rotated, "wt") as f:
+            f.writelines(_doc("a", s) + "\n" for s in range(1, 4))
+        marker = [{"producer": "a", "first": 4, "last": 6, "reason": "overflow"}]
+        _write(
+            tmp_path / "sink.jsonl",
+            [_doc("a", s) for s in (7, 8, 8, 11)]
+            + [_doc("a", 12, dropped=marker)]
+            + [_doc("b", s) for s in range(1, 6)]
+            + ["not json", json.dumps({"message": "from elsewhere"})],
+        )
+        code, report = _audit(capsys, "--file", str(tmp_path / "sink.jsonl*"))
+        assert code == 1
+        a, b = report["producers"]
+        assert (
+            a["producer"], a["records"], a["markers"], a["gaps"], a["dropped"],
+            a["duplicates"], a["duplicate_seqs"],
+        ) == ("a", 8, 1, [[9, 10]], 3, 1, [[8, 8]])  # fmt: skip
+        assert a["dropped_ranges"] == [{"first": 4, "last": 6, "reason": "overflow"}]
+        assert (b["producer"], b["records"], b["gaps"]) == ("b", 5, [])
+        assert (report["totals"]["unreadable"], report["totals"]["unstamped"]) == (1, 1)
+
+    def test_window_counts_from_the_first_seq_in_it(
+        self, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """With ``--since``, records before it are outside the window and the sequence is
+        checked from the first seq inside it (the earlier numbers are not gaps)."""
+        lines = [_doc("a", s, f"2026-12-01T12:00:{s:02d}.000000Z") for s in range(1, 31)]
+        path = _write(tmp_path / "sink.jsonl", lines)
+        code, report = _audit(
+            capsys, "--file", str(path), "--since", "2026-12-01T12:00:10Z",
+            "--until", "2026-12-01T12:00:20+00:00",
+        )  # fmt: skip
+        assert code == 0
+        [a] = report["producers"]
+        assert (a["records"], a["first_seq"], a["last_seq"], a["gaps"]) == (10, 10, 19, [])
+        assert report["totals"]["outside_window"] == 20
+
+    def test_text_output_escapes_control_characters(
+        self, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """A producer name carrying terminal escapes is printed escaped, never raw."""
+        evil = "host\x1b[2J\x07:1:ab"
+        path = _write(tmp_path / "sink.jsonl", [_doc(evil, 1), _doc(evil, 3)])
+        capsys.readouterr()
+        assert main(["audit", "--file", str(path)]) == 1
+        out = capsys.readouterr().out
+        assert "\x1b" not in out
+        assert "\x07" not in out
+        assert "host\\x1b[2J\\x07:1:ab" in out
+        assert "gaps        1 missing: 2" in out
+
+    @pytest.mark.parametrize(
+        ("args", "message"),
+        [
+            (["--file", "/nonexistent/x.jsonl"], "no such file"),
+            (["--es", "http://127.0.0.1:9"], "--es needs --index"),
+            (["--file", "x", "--since", "yesterday"], "--since 'yesterday'"),
+            (["--spool", "/nonexistent/spool"], "not a directory"),
+        ],
+    )
+    def test_usage_errors_exit_2(
+        self, args: list[str], message: str, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """A bad source or option is one line on stderr and exit status 2."""
+        assert main(["audit", *args]) == 2
+        err = capsys.readouterr().err
+        assert message in err
+        assert len(err.strip().splitlines()) == 1
+
+
+class TestSpoolAudit:
+    def test_unconfirmed_records_and_unattributed_drops(
+        self, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """A spool directory is read without claiming anything: its records are audited, a
+        torn last line is skipped, and the journal's torn/corrupt drops are reported as
+        unattributed."""
+        from mqlogging.spool import Spool
+
+        spool_dir = tmp_path / "spool"
+        with Spool(spool_dir) as spool:
+            spool.append([_doc("a", s).encode() for s in range(1, 6)])
+        (spool_dir / "dropped.log").write_text(
+            '{"time":1,"reason":"torn","records":1,"segment":"x","pid":1}\n'
+        )
+        [segment] = list(spool_dir.glob("*.jsonl"))
+        with segment.open("a") as f:
+            f.write(_doc("a", 6)[:20])  # torn: no newline
+        code, report = _audit(capsys, "--spool", str(spool_dir))
+        assert code == 0
+        [a] = report["producers"]
+        assert (a["records"], a["gaps"]) == (5, [])
+        assert report["totals"]["unattributed_drops"] == {"torn": 1}
+        assert sorted(p.name for p in spool_dir.iterdir()) == sorted([segment.name, "dropped.log"])
+
+    def test_a_per_endpoint_spool_root_is_refused_with_its_lanes(
+        self, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """The root of a ``strategy="all"`` spool (one spool per endpoint below it, each with a
+        copy of every record) is not audited as one: exit 2 naming the lanes to audit."""
+        from mqlogging.spool import Spool
+
+        for lane in ("amqp-a", "stomp-b"):
+            with Spool(tmp_path / lane) as spool:
+                spool.append([_doc("a", 1).encode()])
+        assert main(["audit", "--spool", str(tmp_path)]) == 2
+        err = capsys.readouterr().err
+        assert "amqp-a" in err
+        assert "stomp-b" in err
+
+
+class TestMoments:
+    @pytest.mark.parametrize(
+        ("text", "seconds_ago"), [("90s", 90), ("15m", 900), ("1h", 3600), ("2d", 172800)]
+    )
+    def test_relative(self, text: str, seconds_ago: int) -> None:
+        """``--since 1h`` means an hour before now."""
+        from datetime import datetime, timezone
+
+        from mqlogging.audit import parse_moment
+
+        now = datetime(2026, 12, 1, 12, 0, tzinfo=timezone.utc)
+        assert seconds_ago == (now - parse_moment(text, now=now)).total_seconds()
+
+    def test_iso_without_offset_is_utc(self) -> None:
+        """An ISO-8601 time without an offset is UTC, like the records' own times."""
+        from datetime import datetime, timezone
+
+        from mqlogging.audit import parse_moment
+
+        expected = datetime(2026, 12, 1, 12, 0, tzinfo=timezone.utc)
+        assert expected == parse_moment("2026-12-01T12:00:00")
+        assert expected == parse_moment("2026-12-01T13:00:00+01:00")
