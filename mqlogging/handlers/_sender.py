@@ -229,10 +229,24 @@ class _Lane:
     # -- spool side ---------------------------------------------------------------------------
 
     def reader(self) -> SpoolReader:
+        """The lane's backlog reader: its own segments (open ones too, for write-ahead) and
+        the sealed ones other writers left, each writer's in order; never another live
+        writer's open segment (that writer's own reader replays it)."""
         if self._reader is None:
-            assert self.spool is not None
-            self._reader = self.spool.reader()
+            spool = self.spool
+            assert spool is not None
+            self._reader = SpoolReader(
+                spool.directory, spool=spool, sealed_only=True, own=spool.wrote
+            )
         return self._reader
+
+    def own_deferred(self) -> bool:
+        """True if the last read left one of this lane's own segments to another reader:
+        records of this lane are still being shipped elsewhere, so it is not caught up."""
+        reader, spool = self._reader, self.spool
+        if reader is None or spool is None:
+            return False
+        return any(spool.wrote(stem) for stem in reader.deferred)
 
     def close_reader(self) -> None:
         reader, self._reader = self._reader, None
@@ -743,15 +757,24 @@ class Pipeline:
             if not records:
                 with self.order_lock:
                     records = reader.read(lane.batch_size)
-                    if not records:
+                    # "Nothing readable" is "caught up" only if no segment of ours is being
+                    # shipped by another reader (issue #11, defect 3): going direct then would
+                    # send new records ahead of older ones.
+                    if not records and not lane.own_deferred():
                         lane.backlogged = False
                         self.wa_pending = 0
-                        return False
+                if not records:
+                    return False
         except SpoolError as exc:
             self.complain("spool_read", f"cannot read the spool: {exc}")
             lane.next_attempt = time.monotonic() + 1.0
             return False
-        return self._ship(lane, reader, records)
+        if self._ship(lane, reader, records):
+            return True
+        # Release the claims while our endpoints are down: another process whose broker
+        # answers may ship those segments meanwhile (never out of order: see SpoolReader).
+        lane.close_reader()
+        return False
 
     def _adopt(self, lane: _Lane, now: float) -> bool:
         """Replay one batch of the segments other processes left in ``lane``'s directory.
@@ -785,7 +808,10 @@ class Pipeline:
         if not records:
             lane.adopting = False  # nothing left to adopt (or all held by other readers)
             return False
-        return self._ship(lane, reader, records)
+        if self._ship(lane, reader, records):
+            return True
+        lane.close_foreign_reader()  # do not hold other writers' segments while down
+        return False
 
     def _ship(self, lane: _Lane, reader: SpoolReader, records: list[SpoolRecord]) -> bool:
         """Publish spooled ``records``: committed once confirmed, given back to ``reader``
