@@ -9,6 +9,8 @@ works). Nothing else in the directory matters to anyone but the spool::
     01732232990000000000-4242-1c0ffee0.ack        replay progress: {"offset": ..., "records": ...}
     01732232990000000000-4242-1c0ffee0.lock       reader claim (flock)
     dropped.log                                   one JSON line per drop event (audit, stats)
+    DESTINATION                                   where a handler's spool ships to (see
+                                                  bind_destination); readers ignore it
 
 Segment names sort in creation order (``<time_ns>-<pid>-<random>``; the pid is informative
 only). **Locks, never pids, decide liveness**: a writer holds an exclusive ``flock`` on its open
@@ -126,6 +128,7 @@ __all__ = [
     "SpoolReader",
     "SpoolRecord",
     "SpoolStats",
+    "bind_destination",
     "coerce_spool_options",
     "segments",
 ]
@@ -141,6 +144,7 @@ _OPEN_SUFFIX = ".open"
 _STEM = r"\d{20}-\d+-[0-9a-f]{8}"
 _NAME_RE = re.compile(rf"^({_STEM})(?:\.open|\.(\d+)\.jsonl|\.(ack|lock))$")
 _JOURNAL = "dropped.log"
+_DESTINATION = "DESTINATION"
 _CHUNK = 1 << 20
 _REFRESH_INTERVAL = 1.0
 
@@ -590,6 +594,47 @@ def _seal_orphan(
         raise SpoolError(msg) from exc
     finally:
         os.close(fd)
+
+
+def bind_destination(directory: str, key: str) -> str:
+    """Bind ``directory`` to the destination ``key`` on first use; return the bound key.
+
+    The key (secret-free text naming where the directory's records go) is written once, to
+    ``DESTINATION``, by whoever uses the directory first; later callers get that key back and
+    compare it with theirs. The write is a hard link of a complete temporary file, so
+    concurrent first users agree on one key and nobody reads a half-written one. A directory
+    used before this file existed is bound by its next user. Readers ignore the file: a spool
+    copied elsewhere is still replayed with ``mqlogging spool replay DIR --to URL`` to any
+    destination the operator names.
+
+    Raises:
+        SpoolError: the file can neither be created nor read.
+    """
+    path = os.path.join(directory, _DESTINATION)
+    text = key.rstrip("\n") + "\n"
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.read().rstrip("\n")
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        msg = f"cannot read {path!r}: {exc.strerror}"
+        raise SpoolError(msg) from exc
+    tmp = os.path.join(directory, f".{_DESTINATION}.{os.getpid()}.{getrandbits(32):08x}.tmp")
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            with open(path, encoding="utf-8") as f:
+                return f.read().rstrip("\n")
+    except OSError as exc:
+        msg = f"cannot record the destination of spool directory {directory!r}: {exc.strerror}"
+        raise SpoolError(msg) from exc
+    finally:
+        _unlink(tmp)
+    return text.rstrip("\n")
 
 
 # -- fork safety ----------------------------------------------------------------------------

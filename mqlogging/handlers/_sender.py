@@ -49,16 +49,24 @@ from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import quote
 
 from .._backoff import Backoff
 from .._types import Message
 from ..backends import Producer, open_producer
 from ..backends.endpoints import Endpoint
 from ..backends.local import record_id
-from ..errors import SpoolError, SpoolFull
-from ..spool import Spool, SpoolReader, SpoolRecord
+from ..errors import ConfigurationError, SpoolError, SpoolFull
+from ..spool import Spool, SpoolReader, SpoolRecord, bind_destination
 
-__all__ = ["Config", "Pipeline", "default_spool_dir", "lane_directories"]
+__all__ = [
+    "Config",
+    "Pipeline",
+    "bind_lane_spool",
+    "default_spool_dir",
+    "destination_key",
+    "lane_directories",
+]
 
 _COMPLAINT_INTERVAL = 30.0
 # Seconds between two checks for segments other processes left in a lane's spool directory.
@@ -95,6 +103,59 @@ def lane_directories(root: str, endpoints: Sequence[Endpoint], strategy: str) ->
         digest = hashlib.sha256(ep.redacted().encode()).hexdigest()[:8]
         out.append(os.path.join(root, f"{slug}-{digest}"))
     return out
+
+
+def destination_key(ep: Endpoint) -> str:
+    """Where ``ep`` delivers: scheme, hosts, vhost, exchange, routing key, queue, binding key
+    or STOMP destination; never credentials nor tuning options.
+
+    The one place the handler derives a destination identity from an endpoint. It mirrors
+    ``Endpoint.destination_key()`` of the backends branch (issue #11, defect 12): at merge,
+    this body becomes ``return ep.destination_key()``. Not :meth:`Endpoint.redacted`: that
+    names the user and omits the queue.
+    """
+    if ep.transport == "local":
+        return f"local://{quote(os.path.normpath(ep.path))}"
+    hosts = ",".join(str(h) for h in ep.hosts)
+    parts = {"vhost": ep.vhost}
+    if ep.transport == "amqp":
+        parts.update(
+            exchange=ep.exchange,
+            routing_key=ep.routing_key,
+            queue=ep.queue,
+            binding_key=ep.binding_key,
+        )
+    else:
+        parts["destination"] = ep.destination
+    query = "&".join(f"{k}={quote(v, safe='')}" for k, v in parts.items())
+    return f"{ep.scheme}://{hosts}/?{query}"
+
+
+def bind_lane_spool(directory: str, endpoints: Sequence[Endpoint]) -> None:
+    """Refuse a spool directory that already serves another destination (issue #11, defect 6).
+
+    A lane ships every segment of its directory to its own endpoints, so two applications
+    with different destinations sharing one directory would deliver each other's records to
+    the wrong place. The key is the sorted set of the lane's destinations: failover order,
+    the strategy and credentials do not change where records go.
+
+    Raises:
+        ConfigurationError: the directory is bound to another destination.
+    """
+    key = "\n".join(sorted({destination_key(ep) for ep in endpoints}))
+    try:
+        bound = bind_destination(directory, key)
+    except SpoolError as exc:
+        msg = f"{exc}; choose a writable spool= directory"
+        raise ConfigurationError(msg) from exc
+    if bound != key:
+        msg = (
+            f"spool directory {directory!r} holds records for {bound.replace(chr(10), ' + ')}"
+            f" (its DESTINATION file), not for {key.replace(chr(10), ' + ')}: give this handler"
+            " its own spool= directory, or ship those records with 'mqlogging spool replay"
+            f" {directory} --to URL' and remove the directory"
+        )
+        raise ConfigurationError(msg)
 
 
 class Complainer:
@@ -427,6 +488,8 @@ class Pipeline:
         lanes = []
         for group, directory in zip(groups, dirs, strict=False):
             spool = Spool(directory, **cfg.spool_options) if directory is not None else None
+            if directory is not None:
+                bind_lane_spool(directory, [ep.endpoint for ep in group])
             lanes.append(_Lane(group, mode, spool, cfg.batch_size))
         return lanes
 

@@ -6,14 +6,18 @@ from __future__ import annotations
 
 import itertools
 import logging
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
-from mqlogging import MQHandler
+import pytest
+
+from mqlogging import ConfigurationError, MQHandler
 from mqlogging.handlers._replay import inspect_spool
 from tests.brokers import RabbitMQ
 from tests.handlers.conftest import amqp_url, drain_amqp, record_id, seqs
-from tests.helpers import wait_until
+from tests.helpers import free_port, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -87,4 +91,57 @@ def test_shared_spool_keeps_each_producers_order_after_outage(
     for base in bases:
         mine = [s for s in got if base <= s < base + total]
         assert _inversions(mine) == 0, f"producer {base}: {_inversions(mine)} inversions"
+    assert inspect_spool(str(spool_dir)).records == 0
+
+
+def test_spool_directory_serves_one_destination(
+    rabbitmq: RabbitMQ, queue_name: str, spool_dir: Path, tmp_path: Path
+) -> None:
+    """Application B (its broker unreachable) leaves 300 records in a spool directory;
+    application A, configured for another destination, is pointed at the same directory: A
+    refuses it at startup with one line naming both destinations and the fix, so A's queue
+    gets none of B's records (it got all 300 before). A handler with B's destination but
+    other tuning options accepts the directory, and ``mqlogging spool replay DIR --to URL``
+    still ships B's 300 records, in order, to whatever URL the operator names."""
+    queue_a, queue_b = f"{queue_name}-a", f"{queue_name}-b"
+    dead = f"amqp://guest:guest@127.0.0.1:{free_port()}/?exchange=&queue={queue_b}"
+    b = MQHandler(dead, spool=str(spool_dir), connect_timeout=0.5, close_timeout=1.0)
+    logger_b = _logger("b", b)
+    for i in range(300):
+        logger_b.info("b record %d", i, extra={"seq": 10_000 + i})
+    logger_b.removeHandler(b)
+    b.close()
+    assert inspect_spool(str(spool_dir)).records == 300
+
+    with pytest.raises(ConfigurationError) as refused:
+        MQHandler(amqp_url(rabbitmq, queue_a), spool=str(spool_dir))
+    message = str(refused.value)
+    assert "\n" not in message
+    assert queue_a in message
+    assert queue_b in message
+    assert "spool=" in message
+    assert "guest:" not in message  # no credentials in the key
+
+    same = MQHandler(dead, spool=str(spool_dir), connect_timeout=0.2, retry_max=5.0)
+    same.close()  # the same destination with other options: accepted
+
+    a = MQHandler(amqp_url(rabbitmq, queue_a), spool=str(tmp_path / "spool-a"))
+    logger_a = _logger("a", a)
+    try:
+        for i in range(200):
+            logger_a.info("a record %d", i, extra={"seq": i})
+        assert a.flush(30)
+    finally:
+        logger_a.removeHandler(a)
+        a.close()
+    assert list(range(200)) == seqs(drain_amqp(rabbitmq, queue_a, 200))  # none of B's
+    assert inspect_spool(str(spool_dir)).records == 300
+
+    run = subprocess.run(
+        [sys.executable, "-m", "mqlogging", "spool", "replay", str(spool_dir),
+         "--to", amqp_url(rabbitmq, queue_b), "--quiet"],
+        check=False, capture_output=True, text=True, timeout=60, cwd=ROOT,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert list(range(10_000, 10_300)) == seqs(drain_amqp(rabbitmq, queue_b, 300))
     assert inspect_spool(str(spool_dir)).records == 0
