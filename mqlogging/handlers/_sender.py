@@ -506,6 +506,21 @@ class Pipeline:
             self.fast = not self.write_ahead
             _close_at_multiprocessing_exit(self)
 
+    def write_ahead_in_child(self) -> None:
+        """Switch to write-ahead (``durability="spool"``) in a ``multiprocessing``/billiard child.
+
+        Such a child ends with ``os._exit()`` (billiard's pool workers always do, recycled
+        after ``maxtasksperchild`` or not) or is terminated by SIGTERM (``Pool.terminate()``,
+        ``with Pool() as p:``), and no finalizer runs: the records in memory died with it
+        (issue #11, defects 4 and 16). With every record in the spool before ``emit()``
+        returns, the child's open segment outlives it and any process sharing the spool
+        ships the rest (adoption of dead writers' segments). Costs one ``write(2)`` per
+        record in those children only. Without a spool (``spool=False``) nothing changes.
+        """
+        with self._start_lock:
+            if self.thread is None and all(lane.spool is not None for lane in self.lanes):
+                self.write_ahead = True
+
     def start_if_spooled(self) -> None:
         """Start the sender now if a spool already holds records (one ``listdir`` per lane).
 
@@ -670,6 +685,19 @@ class Pipeline:
                 self.flush_waiters -= 1
         self.last_flush_failed = False
         return True
+
+    def finish(self, timeout: float) -> None:
+        """Deliver within ``timeout`` before the process dies (SIGTERM in a pool child).
+
+        Closes the pipeline if nobody did; if a close is under way (the signal may have
+        interrupted the very thread running it, at exit), waits for the sender to deliver
+        instead, as that close cannot go on until the signal handler returns. What is not
+        delivered in time is in the spool (write-ahead) for another process to ship.
+        """
+        if self.state == _RUNNING:
+            self.close(timeout)
+        else:
+            self.flush(timeout)
 
     def close(self, timeout: float) -> None:
         """Flush within ``timeout``, then stop the sender and spool what is left. Idempotent."""
