@@ -9,6 +9,9 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import os
+import signal
+import subprocess
+import sys
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -19,7 +22,9 @@ from mqlogging import MQHandler
 from mqlogging.handlers._replay import inspect_spool
 from tests.brokers import RabbitMQ
 from tests.handlers.conftest import amqp_url, drain_amqp, record_id, seqs
-from tests.helpers import wait_until
+from tests.helpers import unique_name, wait_until
+
+ROOT = Path(__file__).resolve().parents[2]
 
 LOGGER = "tests.handlers.pool"
 PER_TASK = 10
@@ -47,15 +52,16 @@ def _parent_handler(rabbitmq: RabbitMQ, queue: str, spool: Path) -> tuple[MQHand
     return handler, logger
 
 
-def _check(docs: list[dict[str, Any]], total: int) -> None:
-    """Every task record once, and each worker's records in its emit order."""
+def _check(docs: list[dict[str, Any]], total: int, order: str = "seq") -> None:
+    """Every task record once, and each worker's records in its emit order (the ``order``
+    field grows in emit order within one process)."""
     got = [s for s in seqs(docs) if s >= 0]
     assert sorted(got) == list(range(total))
     assert len({record_id(d) for d in docs}) == len(docs)
     by_worker: dict[int, list[int]] = defaultdict(list)
     for doc in docs:
         if int(doc["seq"]) >= 0:
-            by_worker[int(doc["worker"])].append(int(doc["seq"]))
+            by_worker[int(doc["worker"])].append(int(doc[order]))
     for worker, mine in by_worker.items():
         assert mine == sorted(mine), f"worker {worker}: records out of order"
 
@@ -137,3 +143,44 @@ def test_billiard_pool_recycled_and_terminated_workers(
         logger.removeHandler(handler)
         handler.close()
     _check(docs, tasks * PER_TASK)
+
+
+def test_celery_prefork_worker_recycled_children_and_warm_shutdown(
+    rabbitmq: RabbitMQ, queue_name: str, spool_dir: Path
+) -> None:
+    """A real Celery worker (prefork, two children, ``--max-tasks-per-child 10``, RabbitMQ as
+    its broker) runs 100 tasks that log one record each, in ten recycled children; then a
+    SIGTERM gives it a warm shutdown. All 100 records arrive exactly once, per child in
+    order, and the spool ends empty (before the fix 0-40 of them arrived)."""
+    from celery import Celery
+
+    celery_queue = unique_name("mqlt-celery")
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        "MQLT_CELERY_BROKER": rabbitmq.amqp_url,
+        "MQLT_LOG_URL": amqp_url(rabbitmq, queue_name),
+        "MQLT_SPOOL": str(spool_dir),
+    }
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "celery", "-A", "tests.handlers._celery_app", "worker",
+         "--pool=prefork", "--concurrency=2", "--max-tasks-per-child=10", "-Q", celery_queue,
+         "--without-heartbeat", "--without-gossip", "--without-mingle", "--loglevel=WARNING"],
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    client = Celery("mqlt-client", broker=rabbitmq.amqp_url, backend="rpc://")
+    try:
+        results = [client.send_task("mqlt.log", args=(i,), queue=celery_queue) for i in range(100)]
+        assert [r.get(timeout=60) for r in results] == list(range(100))
+        worker.send_signal(signal.SIGTERM)  # warm shutdown
+        output, _ = worker.communicate(timeout=60)
+        assert worker.returncode == 0, output[-3000:]
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+            worker.wait()
+        client.close()
+    docs = drain_amqp(rabbitmq, queue_name, set(range(100)), timeout=30)
+    _check(docs, 100, order="n")  # a child runs its tasks in any order: n is its emit order
+    assert len({int(d["worker"]) for d in docs}) >= 10  # recycled children
+    assert inspect_spool(str(spool_dir)).records == 0
