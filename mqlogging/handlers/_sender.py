@@ -131,13 +131,17 @@ def destination_key(ep: Endpoint) -> str:
     return f"{ep.scheme}://{hosts}/?{query}"
 
 
-def bind_lane_spool(directory: str, endpoints: Sequence[Endpoint]) -> None:
+def bind_lane_spool(
+    directory: str, endpoints: Sequence[Endpoint], complain: Complainer | None = None
+) -> None:
     """Refuse a spool directory that already serves another destination (issue #11, defect 6).
 
     A lane ships every segment of its directory to its own endpoints, so two applications
     with different destinations sharing one directory would deliver each other's records to
     the wrong place. The key is the sorted set of the lane's destinations: failover order,
-    the strategy and credentials do not change where records go.
+    the strategy and credentials do not change where records go. A directory whose binding
+    can neither be read nor written (read-only, disk full) is used unbound, with a complaint:
+    its writes fail and are counted anyway, and refusing it would stop the application.
 
     Raises:
         ConfigurationError: the directory is bound to another destination.
@@ -146,8 +150,9 @@ def bind_lane_spool(directory: str, endpoints: Sequence[Endpoint]) -> None:
     try:
         bound = bind_destination(directory, key)
     except SpoolError as exc:
-        msg = f"{exc}; choose a writable spool= directory"
-        raise ConfigurationError(msg) from exc
+        if complain is not None:
+            complain("spool_bind", f"{exc}; the spool is used without a destination check")
+        return
     if bound != key:
         msg = (
             f"spool directory {directory!r} holds records for {bound.replace(chr(10), ' + ')}"
@@ -489,7 +494,7 @@ class Pipeline:
         for group, directory in zip(groups, dirs, strict=False):
             spool = Spool(directory, **cfg.spool_options) if directory is not None else None
             if directory is not None:
-                bind_lane_spool(directory, [ep.endpoint for ep in group])
+                bind_lane_spool(directory, [ep.endpoint for ep in group], self.complain)
             lanes.append(_Lane(group, mode, spool, cfg.batch_size))
         return lanes
 

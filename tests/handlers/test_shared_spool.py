@@ -145,3 +145,14 @@ def test_spool_directory_serves_one_destination(
     assert run.returncode == 0, run.stderr[-2000:]
     assert list(range(10_000, 10_300)) == seqs(drain_amqp(rabbitmq, queue_b, 300))
     assert inspect_spool(str(spool_dir)).records == 0
+
+
+def test_unreadable_destination_binding_is_reported_not_fatal(
+    spool_dir: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """A spool directory whose DESTINATION can be neither read nor written (here it is a
+    directory) does not stop the application: the handler starts and says so on stderr."""
+    (spool_dir / "DESTINATION").mkdir(parents=True)
+    handler = MQHandler(f"amqp://127.0.0.1:{free_port()}/", spool=str(spool_dir))
+    handler.close()
+    assert "without a destination check" in capfd.readouterr().err
