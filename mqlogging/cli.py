@@ -71,7 +71,12 @@ def _add_spool(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         "replay", help="publish the records to a broker, deleting only what it confirmed"
     )
     replay.add_argument("directory", metavar="DIR")
-    replay.add_argument("--to", required=True, metavar="URL", help="endpoint URL to publish to")
+    replay.add_argument(
+        "--to",
+        required=True,
+        metavar="URL",
+        help="endpoint URL to publish to (any URL: the DESTINATION file is not checked)",
+    )
     replay.add_argument("--batch-size", type=int, default=500, metavar="N")
     replay.add_argument("--quiet", action="store_true", help="no progress on stderr")
 

@@ -9,6 +9,8 @@ works). Nothing else in the directory matters to anyone but the spool::
     01732232990000000000-4242-1c0ffee0.ack        replay progress: {"offset": ..., "records": ...}
     01732232990000000000-4242-1c0ffee0.lock       reader claim (flock)
     dropped.log                                   one JSON line per drop event (audit, stats)
+    DESTINATION                                   where a handler's spool ships to (see
+                                                  bind_destination); readers ignore it
 
 Segment names sort in creation order (``<time_ns>-<pid>-<random>``; the pid is informative
 only). **Locks, never pids, decide liveness**: a writer holds an exclusive ``flock`` on its open
@@ -126,6 +128,7 @@ __all__ = [
     "SpoolReader",
     "SpoolRecord",
     "SpoolStats",
+    "bind_destination",
     "coerce_spool_options",
     "dropped_totals",
     "segments",
@@ -142,6 +145,7 @@ _OPEN_SUFFIX = ".open"
 _STEM = r"\d{20}-\d+-[0-9a-f]{8}"
 _NAME_RE = re.compile(rf"^({_STEM})(?:\.open|\.(\d+)\.jsonl|\.(ack|lock))$")
 _JOURNAL = "dropped.log"
+_DESTINATION = "DESTINATION"
 _CHUNK = 1 << 20
 _REFRESH_INTERVAL = 1.0
 
@@ -596,6 +600,47 @@ def _seal_orphan(
         raise SpoolError(msg) from exc
     finally:
         os.close(fd)
+
+
+def bind_destination(directory: str, key: str) -> str:
+    """Bind ``directory`` to the destination ``key`` on first use; return the bound key.
+
+    The key (secret-free text naming where the directory's records go) is written once, to
+    ``DESTINATION``, by whoever uses the directory first; later callers get that key back and
+    compare it with theirs. The write is a hard link of a complete temporary file, so
+    concurrent first users agree on one key and nobody reads a half-written one. A directory
+    used before this file existed is bound by its next user. Readers ignore the file: a spool
+    copied elsewhere is still replayed with ``mqlogging spool replay DIR --to URL`` to any
+    destination the operator names.
+
+    Raises:
+        SpoolError: the file can neither be created nor read.
+    """
+    path = os.path.join(directory, _DESTINATION)
+    text = key.rstrip("\n") + "\n"
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.read().rstrip("\n")
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        msg = f"cannot read {path!r}: {exc.strerror}"
+        raise SpoolError(msg) from exc
+    tmp = os.path.join(directory, f".{_DESTINATION}.{os.getpid()}.{getrandbits(32):08x}.tmp")
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            with open(path, encoding="utf-8") as f:
+                return f.read().rstrip("\n")
+    except OSError as exc:
+        msg = f"cannot record the destination of spool directory {directory!r}: {exc.strerror}"
+        raise SpoolError(msg) from exc
+    finally:
+        _unlink(tmp)
+    return text.rstrip("\n")
 
 
 # -- fork safety ----------------------------------------------------------------------------
@@ -1058,6 +1103,9 @@ class Spool:
 # -- reader ---------------------------------------------------------------------------------
 
 
+_BUSY = object()  # SpoolReader._take: the segment is held by another reader
+
+
 @dataclass(slots=True, eq=False)
 class _Claim:
     stem: str
@@ -1088,13 +1136,22 @@ class SpoolReader:
             only empty lines: for a write-ahead sender reading back bodies its own formatter
             produced (~2x faster replay); corrupt lines then reach the consumer.
         sealed_only: never read the open segment of a live writer (open segments of dead
-            writers are sealed and read), and take one writer's segments only in order: once
-            a segment is held by another reader or live, the newer segments of the same
-            writer (same pid field) are left alone in that :meth:`read`. For the handler's
-            adoption of segments other processes left behind: it must neither compete with
-            their live writers nor reorder a live writer's backlog that its own reader is
-            replaying.
+            writers are sealed and read), except the segments ``own`` accepts. For the
+            handler: it must not compete with other live writers' own readers.
         skip: segments (by stem) this reader must never take (the handler's own segments).
+        own: segments (by stem) of this reader's own writer (the handler's :class:`Spool`,
+            :meth:`Spool.wrote`): read even while open under ``sealed_only``, and ordered as
+            one writer of their own (see below).
+
+    Order per writer, whatever the number of readers: a reader takes one writer's segments
+    only in creation order. Once a segment is held by another reader (or is a live open
+    segment this reader may not read), the newer segments of the same writer are left alone
+    in that :meth:`read`, so no reader ships a writer's newer segment while an older one is
+    still being shipped elsewhere (issue #11, defect 3). A writer is the pid field of the
+    stem (conservative: two writers of one process, or a reused pid, are ordered together),
+    except that ``own`` segments form a writer of their own. :attr:`deferred` lists the
+    segments the last :meth:`read` left for that reason, so a caller can tell "nothing to
+    read" from "the rest is held elsewhere".
 
     One reader belongs to one thread. Segments stay claimed while this reader has records of
     them outstanding (read, not committed); a live writer's segment is released again when
@@ -1110,11 +1167,16 @@ class SpoolReader:
         validate: bool = True,
         sealed_only: bool = False,
         skip: Callable[[str], bool] | None = None,
+        own: Callable[[str], bool] | None = None,
     ) -> None:
         self.directory = os.fspath(directory)
         self._spool = spool
         self._sealed_only = sealed_only
         self._skip = skip
+        self._own = own
+        # Stems the last read() left because another reader held them (or an older segment
+        # of their writer): see the class docstring.
+        self.deferred: frozenset[str] = frozenset()
         self._fsync = fsync
         self._validate = _parse_json if validate else _nonempty
         self._claims: dict[str, _Claim] = {}
@@ -1156,7 +1218,9 @@ class SpoolReader:
                 self._read_segment(claim, out, max_records)
         if len(out) >= max_records:
             return out
-        held: set[str] = set()  # sealed_only: writers (pid field) with a segment we cannot take
+        self.deferred = frozenset()
+        held: set[str] = set()  # writers with a segment another reader holds (or live)
+        deferred: set[str] = set()
         for stem, entry in sorted(_scan(self.directory).items()):
             if len(out) >= max_records:
                 break
@@ -1168,14 +1232,17 @@ class SpoolReader:
                 continue
             if self._skip is not None and self._skip(stem):
                 continue
-            writer = stem.split("-", 2)[1]
+            writer = self._writer(stem)
             if writer in held:
+                deferred.add(stem)
                 continue
-            claim = self._take(entry)
-            if claim is not None:
-                self._read_segment(claim, out, max_records)
-            elif self._sealed_only:
+            taken = self._take(entry)
+            if isinstance(taken, _Claim):
+                self._read_segment(taken, out, max_records)
+            elif taken is _BUSY:
                 held.add(writer)
+                deferred.add(stem)
+        self.deferred = frozenset(deferred)
         return out
 
     def commit(self, records: Iterable[SpoolRecord]) -> None:
@@ -1282,10 +1349,18 @@ class SpoolReader:
         if records > 0 and not _journal(self.directory, reason, records, segment):
             self._unjournaled[reason] = self._unjournaled.get(reason, 0) + records
 
-    def _take(self, entry: _Entry) -> _Claim | None:
+    def _writer(self, stem: str) -> str:
+        """The writer a segment belongs to, for ordering (see the class docstring)."""
+        if self._owns(stem):
+            return ""  # no pid field is empty
+        return stem.split("-", 2)[1]
+
+    def _take(self, entry: _Entry) -> _Claim | object | None:
+        """Claim ``entry``: its claim, ``_BUSY`` if another reader holds it (or it is a live
+        open segment this reader may not read), ``None`` if it is gone."""
         lock_fd = _claim(self.directory, entry.stem)
         if lock_fd is None:
-            return None
+            return _BUSY
         try:
             current = _resolve(self.directory, entry.stem)
             if current is None or current.name is None:
@@ -1294,9 +1369,9 @@ class SpoolReader:
             if current.count is None:
                 sealed = _seal_orphan(self.directory, entry.stem, self._fsync, self._drop)
                 current = sealed or _resolve(self.directory, entry.stem) or current
-                if self._sealed_only and current.count is None:
+                if self._sealed_only and current.count is None and not self._owns(entry.stem):
                     os.close(lock_fd)  # a live writer's open segment: not ours to take
-                    return None
+                    return _BUSY
             try:
                 fd = os.open(
                     os.path.join(self.directory, current.name or ""), os.O_RDONLY | os.O_CLOEXEC
@@ -1323,6 +1398,9 @@ class SpoolReader:
         )  # fmt: skip
         self._claims[entry.stem] = claim
         return claim
+
+    def _owns(self, stem: str) -> bool:
+        return self._own is not None and self._own(stem)
 
     def _collect_garbage(self, stem: str) -> None:
         """Remove ``.ack``/``.lock`` files left by a segment deleted by a crashed process."""

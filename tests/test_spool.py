@@ -202,6 +202,50 @@ class TestConcurrency:
         assert {f"{w}-{n}" for w in range(2) for n in range(3000)} == set(seen)
 
 
+class TestWriterOrder:
+    def test_competing_readers_never_skip_past_a_claimed_segment(self, tmp_path: Path) -> None:
+        """One writer leaves three sealed segments; reader A holds the first (read, not
+        committed): reader B takes neither of the newer two and reports all three as
+        deferred. Once A committed the first and let it go, B reads the other two in order;
+        each record is read exactly once overall (issue #11, defect 3)."""
+        with Spool(tmp_path) as spool:
+            for k in range(3):
+                spool.append([body(0, 10 * k + i) for i in range(10)])
+                spool.seal()
+        a, b = SpoolReader(tmp_path), SpoolReader(tmp_path)
+        try:
+            first = a.read(10)
+            assert [json.loads(r.body)["n"] for r in first] == list(range(10))
+            assert b.read(100) == []
+            assert len(b.deferred) == 3
+            a.commit(first)
+            a.close()
+            rest = b.read(100)
+            assert [json.loads(r.body)["n"] for r in rest] == list(range(10, 30))
+            assert frozenset() == b.deferred
+        finally:
+            a.close()
+            b.close()
+
+    def test_own_segments_are_a_writer_of_their_own(self, tmp_path: Path) -> None:
+        """Under ``sealed_only``, a reader given ``own`` reads its writer's live open segment
+        but not another live writer's, and that other writer's held segment does not hold
+        back its own segments although both share a pid."""
+        mine, other = Spool(tmp_path), Spool(tmp_path)
+        try:
+            other.append([body(1, 0)])  # older, live, open: not ours to read
+            mine.append([body(0, 0), body(0, 1)])
+            reader = SpoolReader(tmp_path, spool=mine, sealed_only=True, own=mine.wrote)
+            records = reader.read(10)
+            assert [json.loads(r.body)["id"] for r in records] == ["0-0", "0-1"]
+            assert not any(mine.wrote(stem) for stem in reader.deferred)
+            assert len(reader.deferred) == 1  # the other writer's open segment
+            reader.close()
+        finally:
+            mine.close()
+            other.close()
+
+
 def _append_in_forked_child(spool: Spool) -> None:
     spool.append([body(1, n) for n in range(100)])
     spool.close()

@@ -110,7 +110,12 @@ class MQHandler(logging.Handler):
     Fork safety:
         In a forked child (multiprocessing, gunicorn/celery prefork) the handler starts over:
         empty queue, new locks, new connections, sender started on the child's first record; the
-        parent's queued records are the parent's to send, never resent by the child.
+        parent's queued records are the parent's to send, never resent by the child. In a
+        child of ``multiprocessing`` or billiard (``Pool`` workers, Celery prefork children) the
+        handler writes every record to the spool before ``emit()`` returns, as with
+        ``durability="spool"``: such children end with ``os._exit()`` or SIGTERM, where no
+        exit hook runs, and what they could not ship is then shipped from the spool by the
+        other processes sharing it (the parent, sibling or next children, the next run).
 
     Recursion:
         Records from the ``mqlogging``, ``pika`` and ``stomp`` loggers, and any record emitted by
@@ -163,20 +168,25 @@ class MQHandler(logging.Handler):
         formatter = JsonFormatter(
             schema=schema, static_fields=static_fields, max_bytes=max_record_bytes
         )
+        complain = Complainer()
+        try:  # before Handler.__init__: a refused handler must not join logging's shutdown list
+            pipe = Pipeline(config, complain)
+        except MQLoggingError as exc:
+            msg = f"MQHandler: {exc}"
+            raise ConfigurationError(msg) from exc
         super().__init__(level)
         self.config = config
         self._queue_size = config.queue_size
         self._batch_size = config.batch_size
-        self._complain = Complainer()
+        self._complain = complain
         self._stale: list[Pipeline] = []  # pipelines inherited through fork(): never touched
+        # In a pool child: hook SIGTERM again on the first record (billiard installs its own
+        # handler after the fork; see _fork.close_on_sigterm).
+        self._hook_sigterm = False
         self._closed = False
         self._new_producer()
         self.setFormatter(formatter)
-        try:
-            self._pipe = Pipeline(config, self._complain)
-        except MQLoggingError as exc:
-            msg = f"MQHandler: {exc}"
-            raise ConfigurationError(msg) from exc
+        self._pipe = pipe
         self._pipe.make_marker = self._make_marker
         _fork.register(self)
         self._pipe.start_if_spooled()
@@ -283,6 +293,9 @@ class MQHandler(logging.Handler):
                 if not pipe.fast:  # close() drained the queue meanwhile
                     pipe.rescue()
                 return
+        if self._hook_sigterm:
+            self._hook_sigterm = False
+            _fork.close_on_sigterm(self)
         pipe.enqueue_slow(message)
 
     # -- lifecycle ------------------------------------------------------------------------------
@@ -318,6 +331,25 @@ class MQHandler(logging.Handler):
         if self._closed:
             pipe.state = _CLOSED  # closed in the parent: records go straight to the spool
         self._pipe = pipe
+        mp_util = sys.modules.get("multiprocessing.util")
+        if mp_util is not None:  # billiard (Celery prefork) shares this registry
+            mp_util.register_after_fork(self, MQHandler._in_process_child)
+
+    def _in_process_child(self) -> None:
+        """Called by ``multiprocessing``'s (or billiard's) ``Process._bootstrap`` in a child
+        it forked: such a child ends with ``os._exit()``, or is terminated by SIGTERM
+        (``Pool.terminate()``, Celery's recycled and warm-shut-down children: issue #11,
+        defects 4 and 16), where no exit hook runs. The pipeline writes ahead to the spool
+        there, so whatever ends the child, the next process sharing the spool ships it; and
+        where SIGTERM has its default action, it first delivers what it can within a bound
+        (fewer records shipped twice, no wait for another process to adopt the rest)."""
+        self._pipe.write_ahead_in_child()
+        _fork.close_on_sigterm(self)
+        self._hook_sigterm = True
+
+    def _close_before_exit(self, timeout: float) -> None:
+        """Deliver or spool within ``timeout`` (SIGTERM in a pool child: see ``_fork``)."""
+        self._pipe.finish(min(self.config.close_timeout, timeout))
 
     # -- observability --------------------------------------------------------------------------
 

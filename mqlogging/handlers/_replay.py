@@ -3,7 +3,10 @@
 For nodes that were offline: copy the handler's spool directory anywhere and ship it with
 :func:`replay_spool`, which publishes batch by batch with broker confirmation and commits each
 confirmed batch (the spool's ``.ack`` progress files), so an interrupted replay resumes where it
-stopped and a segment is deleted only once every record of it was confirmed.
+stopped and a segment is deleted only once every record of it was confirmed. ``--to`` may name
+any endpoint: the ``DESTINATION`` file that binds a handler's spool directory to its own
+destination (a handler configured for another destination refuses the directory) does not
+apply to this explicit operator choice.
 
 :func:`inspect_spool` and :func:`export_spool` only read: they never take a claim, never write a
 progress file and never seal a segment, so they are safe next to a running application.

@@ -55,12 +55,18 @@ from .._types import Message
 from ..backends import Producer, open_producer
 from ..backends.endpoints import Endpoint
 from ..backends.local import record_id
-from ..errors import SpoolError, SpoolFull
-from ..spool import Spool, SpoolReader, SpoolRecord
+from ..errors import ConfigurationError, SpoolError, SpoolFull
+from ..spool import Spool, SpoolReader, SpoolRecord, bind_destination
 from ..wire import DroppedRange
 from ._markers import DropLedger
 
-__all__ = ["Config", "Pipeline", "default_spool_dir", "lane_directories"]
+__all__ = [
+    "Config",
+    "Pipeline",
+    "bind_lane_spool",
+    "default_spool_dir",
+    "lane_directories",
+]
 
 _COMPLAINT_INTERVAL = 30.0
 # Seconds between two checks for segments other processes left in a lane's spool directory.
@@ -97,6 +103,38 @@ def lane_directories(root: str, endpoints: Sequence[Endpoint], strategy: str) ->
         digest = hashlib.sha256(ep.destination_key().encode()).hexdigest()[:8]
         out.append(os.path.join(root, f"{slug}-{digest}"))
     return out
+
+
+def bind_lane_spool(
+    directory: str, endpoints: Sequence[Endpoint], complain: Complainer | None = None
+) -> None:
+    """Refuse a spool directory that already serves another destination (issue #11, defect 6).
+
+    A lane ships every segment of its directory to its own endpoints, so two applications
+    with different destinations sharing one directory would deliver each other's records to
+    the wrong place. The key is the sorted set of the lane's destinations: failover order,
+    the strategy and credentials do not change where records go. A directory whose binding
+    can neither be read nor written (read-only, disk full) is used unbound, with a complaint:
+    its writes fail and are counted anyway, and refusing it would stop the application.
+
+    Raises:
+        ConfigurationError: the directory is bound to another destination.
+    """
+    key = "\n".join(sorted({ep.destination_key() for ep in endpoints}))
+    try:
+        bound = bind_destination(directory, key)
+    except SpoolError as exc:
+        if complain is not None:
+            complain("spool_bind", f"{exc}; the spool is used without a destination check")
+        return
+    if bound != key:
+        msg = (
+            f"spool directory {directory!r} holds records for {bound.replace(chr(10), ' + ')}"
+            f" (its DESTINATION file), not for {key.replace(chr(10), ' + ')}: give this handler"
+            " its own spool= directory, or ship those records with 'mqlogging spool replay"
+            f" {directory} --to URL' and remove the directory"
+        )
+        raise ConfigurationError(msg)
 
 
 class Complainer:
@@ -231,10 +269,24 @@ class _Lane:
     # -- spool side ---------------------------------------------------------------------------
 
     def reader(self) -> SpoolReader:
+        """The lane's backlog reader: its own segments (open ones too, for write-ahead) and
+        the sealed ones other writers left, each writer's in order; never another live
+        writer's open segment (that writer's own reader replays it)."""
         if self._reader is None:
-            assert self.spool is not None
-            self._reader = self.spool.reader()
+            spool = self.spool
+            assert spool is not None
+            self._reader = SpoolReader(
+                spool.directory, spool=spool, sealed_only=True, own=spool.wrote
+            )
         return self._reader
+
+    def own_deferred(self) -> bool:
+        """True if the last read left one of this lane's own segments to another reader:
+        records of this lane are still being shipped elsewhere, so it is not caught up."""
+        reader, spool = self._reader, self.spool
+        if reader is None or spool is None:
+            return False
+        return any(spool.wrote(stem) for stem in reader.deferred)
 
     def close_reader(self) -> None:
         reader, self._reader = self._reader, None
@@ -432,6 +484,8 @@ class Pipeline:
         lanes = []
         for group, directory in zip(groups, dirs, strict=False):
             spool = Spool(directory, **cfg.spool_options) if directory is not None else None
+            if directory is not None:
+                bind_lane_spool(directory, [ep.endpoint for ep in group], self.complain)
             lanes.append(_Lane(group, mode, spool, cfg.batch_size))
         return lanes
 
@@ -447,6 +501,21 @@ class Pipeline:
             thread.start()
             self.fast = not self.write_ahead
             _close_at_multiprocessing_exit(self)
+
+    def write_ahead_in_child(self) -> None:
+        """Switch to write-ahead (``durability="spool"``) in a ``multiprocessing``/billiard child.
+
+        Such a child ends with ``os._exit()`` (billiard's pool workers always do, recycled
+        after ``maxtasksperchild`` or not) or is terminated by SIGTERM (``Pool.terminate()``,
+        ``with Pool() as p:``), and no finalizer runs: the records in memory died with it
+        (issue #11, defects 4 and 16). With every record in the spool before ``emit()``
+        returns, the child's open segment outlives it and any process sharing the spool
+        ships the rest (adoption of dead writers' segments). Costs one ``write(2)`` per
+        record in those children only. Without a spool (``spool=False``) nothing changes.
+        """
+        with self._start_lock:
+            if self.thread is None and all(lane.spool is not None for lane in self.lanes):
+                self.write_ahead = True
 
     def start_if_spooled(self) -> None:
         """Start the sender now if a spool already holds records (one ``listdir`` per lane).
@@ -660,6 +729,19 @@ class Pipeline:
         self.last_flush_failed = False
         return True
 
+    def finish(self, timeout: float) -> None:
+        """Deliver within ``timeout`` before the process dies (SIGTERM in a pool child).
+
+        Closes the pipeline if nobody did; if a close is under way (the signal may have
+        interrupted the very thread running it, at exit), waits for the sender to deliver
+        instead, as that close cannot go on until the signal handler returns. What is not
+        delivered in time is in the spool (write-ahead) for another process to ship.
+        """
+        if self.state == _RUNNING:
+            self.close(timeout)
+        else:
+            self.flush(timeout)
+
     def close(self, timeout: float) -> None:
         """Flush within ``timeout``, then stop the sender and spool what is left. Idempotent."""
         with self._start_lock:
@@ -835,15 +917,24 @@ class Pipeline:
             if not records:
                 with self.order_lock:
                     records = reader.read(lane.batch_size)
-                    if not records:
+                    # "Nothing readable" is "caught up" only if no segment of ours is being
+                    # shipped by another reader (issue #11, defect 3): going direct then would
+                    # send new records ahead of older ones.
+                    if not records and not lane.own_deferred():
                         lane.backlogged = False
                         self.wa_pending = 0
-                        return False
+                if not records:
+                    return False
         except SpoolError as exc:
             self.complain("spool_read", f"cannot read the spool: {exc}")
             lane.next_attempt = time.monotonic() + 1.0
             return False
-        return self._ship(lane, reader, records)
+        if self._ship(lane, reader, records):
+            return True
+        # Release the claims while our endpoints are down: another process whose broker
+        # answers may ship those segments meanwhile (never out of order: see SpoolReader).
+        lane.close_reader()
+        return False
 
     def _adopt(self, lane: _Lane, now: float) -> bool:
         """Replay one batch of the segments other processes left in ``lane``'s directory.
@@ -877,7 +968,10 @@ class Pipeline:
         if not records:
             lane.adopting = False  # nothing left to adopt (or all held by other readers)
             return False
-        return self._ship(lane, reader, records)
+        if self._ship(lane, reader, records):
+            return True
+        lane.close_foreign_reader()  # do not hold other writers' segments while down
+        return False
 
     def _ship(self, lane: _Lane, reader: SpoolReader, records: list[SpoolRecord]) -> bool:
         """Publish spooled ``records``: committed once confirmed, given back to ``reader``

@@ -149,7 +149,8 @@ class TestLifecycle:
 
     def test_records_left_by_an_earlier_run_are_counted(self, spool_dir: Path) -> None:
         """A spool written by an earlier run shows in stats() of the next handler."""
-        first = MQHandler(_refused(), spool=str(spool_dir), retry_max=0.05, close_timeout=1)
+        url = _refused()
+        first = MQHandler(url, spool=str(spool_dir), retry_max=0.05, close_timeout=1)
         logger = logging.getLogger("earlier.run")
         logger.setLevel(logging.INFO)
         logger.propagate = False
@@ -157,7 +158,7 @@ class TestLifecycle:
         _emit(logger, 7)
         logger.removeHandler(first)
         first.close()
-        second = MQHandler(_refused(), spool=str(spool_dir))
+        second = MQHandler(url, spool=str(spool_dir))  # same destination (see DESTINATION)
         try:
             assert second.stats()["spool"]["records"] == 7
             assert inspect_spool(str(spool_dir)).records == 7

@@ -17,7 +17,7 @@ from mqlogging import MQHandler
 from mqlogging.handlers._replay import inspect_spool
 from tests.brokers import RabbitMQ
 from tests.handlers.conftest import amqp_url, drain_amqp, record_id, seqs
-from tests.helpers import free_port, wait_until
+from tests.helpers import wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -154,11 +154,12 @@ def test_live_handlers_adopt_segments_of_dead_processes(
     rabbitmq: RabbitMQ, queue_name: str, spool_dir: Path
 ) -> None:
     """Two live handlers share a spool directory and are delivering directly (their own
-    backlog long replayed) when two other processes leave records there: one exits with its
-    broker unreachable (a sealed segment), one is killed -9 (an orphaned open segment). The
-    live handlers pick both up on their periodic check and deliver every one of those records
-    exactly once (claims: no segment goes out twice), their own records too, and the
-    directory ends empty."""
+    backlog long replayed) when two other processes of the same application (same
+    destination: a spool directory serves one) leave records there during a broker outage:
+    one exits with the broker unreachable (a sealed segment), one is killed -9 (an orphaned
+    open segment). Once the broker is back, the live handlers pick both up on their periodic
+    check and deliver every one of those records exactly once (claims: no segment goes out
+    twice), their own records too, and the directory ends empty."""
     url = amqp_url(rabbitmq, queue_name)
     handlers = [MQHandler(url, spool=spool_dir) for _ in range(2)]
     logger = logging.getLogger("tests.handlers.mp.adopt")
@@ -166,19 +167,20 @@ def test_live_handlers_adopt_segments_of_dead_processes(
     logger.propagate = False
     for h in handlers:
         logger.addHandler(h)  # each record goes through both handlers
-    dead = f"amqp://guest:guest@127.0.0.1:{free_port()}/?exchange=&queue={queue_name}"
     n = 2000
     try:
         for i in range(100):
             logger.info("live record %d", i, extra={"seq": i})
         assert all(h.flush(20) for h in handlers)
+        rabbitmq.stop()
         for first, how in ((10_000, "exit"), (20_000, "kill")):
             run = subprocess.run(
-                [sys.executable, "-c", _DEAD_WRITER_APP, str(ROOT), dead, str(spool_dir),
+                [sys.executable, "-c", _DEAD_WRITER_APP, str(ROOT), url, str(spool_dir),
                  str(first), str(n), how],
                 check=False, capture_output=True, text=True, timeout=60,
             )  # fmt: skip
             assert run.returncode == (0 if how == "exit" else -signal.SIGKILL), run.stderr
+        rabbitmq.start()
         assert inspect_spool(str(spool_dir)).records == 2 * n  # stranded, for now
         for i in range(100, 200):
             logger.info("live record %d", i, extra={"seq": i})
