@@ -24,7 +24,7 @@ __all__ = ["MQHandler"]
 
 STRATEGIES = ("failover", "roundrobin", "all")
 OVERFLOWS = ("spool", "drop", "block")
-DURABILITIES = ("memory", "spool")
+DURABILITIES = ("auto", "memory", "spool")
 
 # Records of these loggers never enter the handler: they would loop (the handler's own
 # trouble, pika's and stomp.py's chatter about the connection the handler is using).
@@ -75,7 +75,9 @@ class MQHandler(logging.Handler):
             (counted as ``spool_full``).
         spool_options: Other :class:`~mqlogging.spool.Spool` options (``segment_bytes``,
             ``fsync``...).
-        durability: ``"memory"`` (default) or ``"spool"`` (write-ahead: see below).
+        durability: ``"auto"`` (default: ``"memory"``, except in ``multiprocessing``/billiard
+            children, which write ahead: see *Fork safety*), ``"memory"`` (everywhere) or
+            ``"spool"`` (write-ahead everywhere: see below).
         close_timeout: :meth:`close` (hence :func:`logging.shutdown` at exit) delivers what it
             can within this many seconds, then spools the rest and returns.
         retry_max: Cap of the backoff between attempts on a failed endpoint, in seconds.
@@ -111,11 +113,13 @@ class MQHandler(logging.Handler):
         In a forked child (multiprocessing, gunicorn/celery prefork) the handler starts over:
         empty queue, new locks, new connections, sender started on the child's first record; the
         parent's queued records are the parent's to send, never resent by the child. In a
-        child of ``multiprocessing`` or billiard (``Pool`` workers, Celery prefork children) the
-        handler writes every record to the spool before ``emit()`` returns, as with
-        ``durability="spool"``: such children end with ``os._exit()`` or SIGTERM, where no
-        exit hook runs, and what they could not ship is then shipped from the spool by the
-        other processes sharing it (the parent, sibling or next children, the next run).
+        child of ``multiprocessing`` or billiard (``Pool`` workers, Celery prefork children),
+        with ``durability="auto"`` (the default), the handler writes every record to the spool
+        before ``emit()`` returns, as with ``durability="spool"``: such children end with
+        ``os._exit()`` or SIGTERM, where no exit hook runs, and what they could not ship is
+        then shipped from the spool by the other processes sharing it (the parent, sibling or
+        next children, the next run). An explicit ``durability="memory"`` is honoured there
+        too: faster, and a terminated child may then lose what it held in memory.
 
     Recursion:
         Records from the ``mqlogging``, ``pika`` and ``stomp`` loggers, and any record emitted by
@@ -141,7 +145,7 @@ class MQHandler(logging.Handler):
         block_timeout: float = 0.1,
         spool_max_bytes: int | str = 1024**3,
         spool_options: Mapping[str, Any] | None = None,
-        durability: str = "memory",
+        durability: str = "auto",
         close_timeout: float = 5.0,
         retry_max: float = 30.0,
         connect_timeout: float | None = None,
@@ -343,7 +347,8 @@ class MQHandler(logging.Handler):
         there, so whatever ends the child, the next process sharing the spool ships it; and
         where SIGTERM has its default action, it first delivers what it can within a bound
         (fewer records shipped twice, no wait for another process to adopt the rest)."""
-        self._pipe.write_ahead_in_child()
+        if self.config.durability == "auto":
+            self._pipe.write_ahead_in_child()
         _fork.close_on_sigterm(self)
         self._hook_sigterm = True
 

@@ -184,3 +184,38 @@ def test_celery_prefork_worker_recycled_children_and_warm_shutdown(
     _check(docs, 100, order="n")  # a child runs its tasks in any order: n is its emit order
     assert len({int(d["worker"]) for d in docs}) >= 10  # recycled children
     assert inspect_spool(str(spool_dir)).records == 0
+
+
+def _spooled_in_child(handler: MQHandler, conn: Any) -> None:
+    logging.getLogger(LOGGER).info("child record", extra={"seq": 0, "worker": os.getpid()})
+    conn.send(handler.stats()["spooled"])
+    handler.close()
+
+
+def test_explicit_memory_durability_is_honoured_in_pool_children(
+    rabbitmq: RabbitMQ, queue_name: str, spool_dir: Path
+) -> None:
+    """Write-ahead in ``multiprocessing`` children is what ``durability="auto"`` (the
+    default) means there; an explicit ``durability="memory"`` is never overridden: the
+    child's record goes through memory (nothing spooled), while the default spools it."""
+    url = amqp_url(rabbitmq, queue_name)
+    ctx = multiprocessing.get_context("fork")
+    spooled = {}
+    for durability in ("auto", "memory"):
+        handler = MQHandler(url, spool=str(spool_dir / durability), durability=durability)
+        logger = logging.getLogger(LOGGER)
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
+        logger.addHandler(handler)
+        try:
+            parent_end, child_end = ctx.Pipe()
+            proc = ctx.Process(target=_spooled_in_child, args=(handler, child_end))
+            proc.start()
+            assert parent_end.poll(30)
+            spooled[durability] = parent_end.recv()
+            proc.join(30)
+        finally:
+            logger.removeHandler(handler)
+            handler.close()
+    assert spooled == {"auto": 1, "memory": 0}
+    drain_amqp(rabbitmq, queue_name, 2)
