@@ -899,16 +899,19 @@ class Pipeline:
         self.wake.clear()
 
     def _hurry(self) -> None:
-        """While a flush/close waits: retry failed endpoints now (once per new waiter), then at
-        least every ``_URGENT_RETRY`` seconds, so the deadline is used to deliver (defect 2)."""
+        """While a flush/close waits: retry the endpoints of a lane that has none healthy now
+        (once per new waiter), then at least every ``_URGENT_RETRY`` seconds, so the deadline
+        is used to deliver (defect 2). A lane with a healthy endpoint keeps its normal backoff
+        for the others: it is delivering, and a slow dead primary would only hold it up."""
         now = time.monotonic()
         epoch = self.flush_epoch
         limit = now if epoch != self._hurried_epoch else now + _URGENT_RETRY
         self._hurried_epoch = epoch
-        for ep in self.endpoints:
-            if not ep.healthy:
-                ep.next_try = min(ep.next_try, limit)
         for lane in self.lanes:
+            if any(ep.healthy for ep in lane.endpoints):
+                continue
+            for ep in lane.endpoints:
+                ep.next_try = min(ep.next_try, limit)
             lane.next_attempt = min(lane.next_attempt, limit)
 
     def _cycle(self) -> bool:
