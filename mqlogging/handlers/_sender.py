@@ -19,7 +19,10 @@ already there, and the sender replays the spool FIFO). Three rules keep emit ord
 2. A spill writes, in this order: the batch the sender is publishing from memory (the lane's
    ``inflight``), then the deque, then the new record. If that publish later succeeds, the
    sender commits those records at the head of the spool instead of sending them twice.
-3. A lane becomes direct again only when its reader finds the spool empty *under the lock*.
+3. A lane becomes direct again only when its reader finds the spool empty *under the lock*
+   -- or when its spool fails a write: then it bypasses the spool for ``_SPOOL_RETRY`` seconds
+   and sends from memory (delivering beats keeping order behind a broken disk); what the spool
+   still holds is replayed once a write succeeds again (or by the next run).
 
 Adoption: several processes may share a spool directory (fork workers inherit the handler's).
 Segments another process left there (it exited while its broker was unreachable, or crashed)
@@ -702,7 +705,8 @@ class Pipeline:
             results.append((lane, batch, with_inflight, self._store_locked(lane, batch)))
         if why == "overflow" and not any(ok for _, _, _, ok in results):
             q.extendleft(reversed(drained))  # nothing stored anywhere: keep it for the sender
-            self.count_drop("spool_error", len(extra))
+            for lane in self.lanes:
+                self._count_unstored(lane, len(extra), why)
             return
         for lane, _, with_inflight, ok in results:
             if ok and with_inflight:
