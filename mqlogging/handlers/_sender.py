@@ -297,6 +297,9 @@ class _Lane:
         self.backlogged = spool is not None
         self.inflight: list[Message] | None = None
         self.inflight_spilled = False
+        # close() could not spool the in-flight batch: counted as dropped (reason, records)
+        # and un-counted if the sender gets it confirmed after all
+        self.inflight_dropped: tuple[str, int] | None = None
         self.next_attempt = 0.0
         # The spool is bypassed until then after a failed write (order_lock; see _SPOOL_RETRY).
         self.spool_retry_at = 0.0
@@ -592,8 +595,12 @@ class Pipeline:
                 self._spill_locked([], "closed")
 
     def count_drop(self, reason: str, n: int = 1) -> None:
-        """Count dropped records (call with ``order_lock`` held)."""
-        self.dropped[reason] = self.dropped.get(reason, 0) + n
+        """Count dropped records (call with ``order_lock`` held); ``n < 0`` takes a count back."""
+        total = self.dropped.get(reason, 0) + n
+        if total:
+            self.dropped[reason] = total
+        else:
+            self.dropped.pop(reason, None)
 
     def enqueue_slow(self, message: Message) -> None:
         """Everything but the plain append: first record, overflow, write-ahead, closed."""
@@ -708,11 +715,17 @@ class Pipeline:
             for lane in self.lanes:
                 self._count_unstored(lane, len(extra), why)
             return
-        for lane, _, with_inflight, ok in results:
+        for lane, batch, with_inflight, ok in results:
             if ok and with_inflight:
                 lane.inflight_spilled = True
-            elif not ok and records:  # not the in-flight batch: the sender still has it
+            elif not ok and why == "overflow":  # not the in-flight batch: the sender has it
                 self._count_unstored(lane, len(records), why)
+            elif not ok:  # close(): count the in-flight batch too; un-counted if confirmed
+                reason = self._unstored_reason(lane, why)
+                self.count_drop(reason, len(batch))
+                if with_inflight:
+                    lane.inflight_spilled = True
+                    lane.inflight_dropped = (reason, len(batch) - len(records))
         self.popped += len(drained)
         self.handled += len(drained)  # not ``extra``: it never was in the queue
         if self.blocked:
@@ -754,14 +767,15 @@ class Pipeline:
             lane.backlogged = True
         return True
 
+    def _unstored_reason(self, lane: _Lane, why: str) -> str:
+        """Why ``lane``'s spool did not take records: none, failing, or full."""
+        if lane.spool is None:
+            return why
+        return "spool_error" if not self._spool_open(lane) else "spool_full"
+
     def _count_unstored(self, lane: _Lane, n: int, why: str) -> None:
         """Count ``n`` records ``lane``'s spool did not take, by the reason it did not."""
-        if lane.spool is None:
-            self.count_drop(why, n)
-        elif not self._spool_open(lane):
-            self.count_drop("spool_error", n)
-        else:
-            self.count_drop("spool_full", n)
+        self.count_drop(self._unstored_reason(lane, why), n)
 
     def _append_lane_locked(self, lane: _Lane, messages: list[Message], why: str) -> bool:
         """Append to ``lane``'s spool (``order_lock`` held); count what could not be stored."""
@@ -963,12 +977,15 @@ class Pipeline:
         for lane in direct:
             ok = lane.publish(batch, self.complain)
             with self.order_lock:
-                spilled = lane.inflight_spilled
+                spilled, dropped = lane.inflight_spilled, lane.inflight_dropped
                 lane.inflight = None
                 lane.inflight_spilled = False
+                lane.inflight_dropped = None
                 if not ok and not spilled:
                     self._append_lane_locked(lane, batch, "unsent")
-            if ok and spilled:
+                if ok and dropped:  # close() counted it as dropped, but it arrived
+                    self.count_drop(dropped[0], -dropped[1])
+            if ok and spilled and not dropped:
                 self._skip_confirmed(lane, batch)
         with self.order_lock:
             self.handled += n
