@@ -47,7 +47,7 @@ class TestOverflow:
         """With no reachable broker and a tiny queue, records spill to the spool from the
         caller and from the sender; the spool holds every record exactly once, in emit order."""
         handler = MQHandler(_refused(), spool=str(spool_dir), queue_size=50, batch_size=20,
-                            retry_max=0.05)  # fmt: skip
+                            retry_max=0.05, close_timeout=1)  # fmt: skip
         app_logger.addHandler(handler)
         _emit(app_logger, 5000)
         handler.close()
@@ -155,7 +155,7 @@ class TestLifecycle:
         _emit(logger, 7)
         logger.removeHandler(first)
         first.close()
-        second = MQHandler(_refused(), spool=str(spool_dir))
+        second = MQHandler(_refused(), spool=str(spool_dir), close_timeout=1)
         try:
             assert second.stats()["spool"]["records"] == 7
             assert inspect_spool(str(spool_dir)).records == 7
