@@ -452,6 +452,11 @@ def _lock_free_loggers(roots: Sequence[str]) -> None:
     (``disabled``, ``manager.disable``, effective level) without the cache, hence without the
     lock; records still reach the handlers as before. The libraries create their loggers at
     import, which :func:`_preload` does on the configuring thread.
+
+    stomp.py also keeps ``isEnabledFor = logger.isEnabledFor`` (the bound method of the class,
+    taken at import) in its ``stomp.log`` module, and its receiver thread -- which our sender
+    waits on for receipts -- calls that on every frame: such module-level copies are rebound
+    to the lock-free version too.
     """
     manager = logging.Logger.manager
     for name, logger in list(manager.loggerDict.items()):
@@ -459,6 +464,12 @@ def _lock_free_loggers(roots: Sequence[str]) -> None:
             continue
         if "isEnabledFor" not in vars(logger):
             logger.isEnabledFor = _is_enabled_for(logger)  # type: ignore[method-assign]
+    for name, module in list(sys.modules.items()):
+        if module is None or name.partition(".")[0] not in roots:
+            continue
+        for attr, value in list(vars(module).items()):
+            if getattr(value, "__func__", None) is logging.Logger.isEnabledFor:
+                setattr(module, attr, value.__self__.isEnabledFor)
 
 
 def _is_enabled_for(logger: logging.Logger) -> Any:
