@@ -132,8 +132,9 @@ def usable_spool_dir(default: str, complain: Complainer) -> str:
         return default
     except OSError as exc:
         first = f"{default}: {exc.strerror or exc}"
-    fallback = _fallback_spool_dir(default)
+    fallback = "<tmp>/mqlogging-<uid>"
     try:
+        fallback = _fallback_spool_dir(default)  # gettempdir() raises if no temp dir is usable
         _make_private_dir(fallback)
     except OSError as exc:
         msg = (
