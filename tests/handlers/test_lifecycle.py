@@ -100,6 +100,51 @@ class TestCloseAfterOutage:
         assert (stats["confirmed"], stats["spool"]["records"]) == (n, 0)
         assert list(range(n)) == seqs(drain_amqp(rabbitmq, queue_name, n))
 
+    def test_shutdown_after_the_outage_ended_delivers(
+        self, rabbitmq: RabbitMQ, queue_name: str, spool_dir: Path, app_logger: Any
+    ) -> None:
+        """logging.shutdown()'s flush() runs out of time while RabbitMQ is down; the broker is
+        back before its close(): close() does not give up because the flush failed, it delivers
+        all 3,000 records (once each, in order)."""
+        n = 3000
+        rabbitmq.stop()
+        handler = MQHandler(
+            amqp_url(rabbitmq, queue_name), spool=str(spool_dir), close_timeout=20, retry_max=30
+        )
+        app_logger.addHandler(handler)
+        _emit(app_logger, n)
+        assert not handler.flush(1)
+        rabbitmq.start()
+        handler.close()
+        stats = handler.stats()
+        assert (stats["confirmed"], stats["spool"]["records"]) == (n, 0)
+        assert list(range(n)) == seqs(drain_amqp(rabbitmq, queue_name, n))
+
+    def test_shutdown_with_the_broker_still_down_waits_one_deadline(
+        self, rabbitmq: RabbitMQ, queue_name: str, spool_dir: Path, app_logger: Any
+    ) -> None:
+        """flush() then close() (logging.shutdown()) with RabbitMQ down throughout: flush uses
+        its deadline, close() sees a fresh attempt fail and returns within a bounded probe
+        instead of a second full deadline; all 2,000 records are in the spool, and the next
+        handler delivers each once when the broker is back."""
+        n = 2000
+        rabbitmq.stop()
+        handler = MQHandler(amqp_url(rabbitmq, queue_name), spool=str(spool_dir), close_timeout=3)
+        app_logger.addHandler(handler)
+        _emit(app_logger, n)
+        assert not handler.flush()
+        started = time.monotonic()
+        handler.close()
+        assert time.monotonic() - started < 1.5
+        assert inspect_spool(str(spool_dir)).records == n
+        rabbitmq.start()
+        replay = MQHandler(amqp_url(rabbitmq, queue_name), spool=str(spool_dir))
+        try:
+            assert replay.flush(30)
+        finally:
+            replay.close()
+        assert list(range(n)) == seqs(drain_amqp(rabbitmq, queue_name, n))
+
     def test_close_after_activemq_restart(
         self, activemq: ActiveMQ, queue_name: str, spool_dir: Path, app_logger: Any
     ) -> None:
