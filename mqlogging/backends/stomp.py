@@ -110,6 +110,7 @@ class _RedactPasscode(logging.Filter):
         return True
 
 
+@functools.cache  # once: logging.getLogger takes logging's lock (issue #11, defect 17)
 def _stomp() -> Any:
     try:
         import stomp

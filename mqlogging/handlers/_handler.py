@@ -18,7 +18,7 @@ from ..formatting import JsonFormatter
 from ..spool import coerce_spool_options
 from ..wire import DroppedRange
 from . import _fork
-from ._sender import _CLOSED, Complainer, Config, Pipeline, default_spool_dir
+from ._sender import _CLOSED, Complainer, Config, Pipeline, default_spool_dir, usable_spool_dir
 
 __all__ = ["MQHandler"]
 
@@ -57,8 +57,12 @@ class MQHandler(logging.Handler):
             record to every endpoint; each endpoint has its own spool, so a down endpoint gets
             its copies later while the others go on).
         spool: Spool directory; ``None`` (default) uses ``$XDG_STATE_HOME/mqlogging/spool/<id>``
-            (``~/.local/state/...``; ``<id>`` is derived from the endpoints), ``False`` disables
-            the spool (undeliverable batches are then dropped and counted as ``unsent``).
+            (``~/.local/state/...``; ``<id>`` is derived from the endpoints; if that cannot be
+            created, ``<tmp>/mqlogging-<uid>/spool/<id>``, said once on stderr), ``False``
+            disables the spool (undeliverable batches are then dropped and counted as
+            ``unsent``). If the spool fails later (disk full, directory gone), records go on to
+            the broker from memory; only those that can be neither sent nor held are dropped,
+            counted as ``spool_error``; ``durability="spool"`` then degrades to memory mode.
         schema: ``"ecs"`` (default), ``"logstash"`` or ``"flat"``: see
             :class:`~mqlogging.JsonFormatter`.
         static_fields: Fields added to every record (service, site...).
@@ -79,7 +83,8 @@ class MQHandler(logging.Handler):
             children, which write ahead: see *Fork safety*), ``"memory"`` (everywhere) or
             ``"spool"`` (write-ahead everywhere: see below).
         close_timeout: :meth:`close` (hence :func:`logging.shutdown` at exit) delivers what it
-            can within this many seconds, then spools the rest and returns.
+            can within this many seconds -- retrying a failed endpoint until then -- then spools
+            the rest and returns; it returns as soon as everything is confirmed.
         retry_max: Cap of the backoff between attempts on a failed endpoint, in seconds.
         connect_timeout: Override every endpoint's connect timeout (seconds).
         timeout: Override every endpoint's confirm timeout (seconds).
@@ -152,8 +157,10 @@ class MQHandler(logging.Handler):
         timeout: float | None = None,
         level: int | str = logging.NOTSET,
     ) -> None:
+        complain = Complainer()
         config = _build_config(
             endpoints,
+            complain=complain,
             strategy=strategy,
             spool=spool,
             batch_size=batch_size,
@@ -305,10 +312,11 @@ class MQHandler(logging.Handler):
     # -- lifecycle ------------------------------------------------------------------------------
 
     def flush(self, timeout: float | None = None) -> bool:  # type: ignore[override]
-        """Wait until the records emitted so far are confirmed by a broker, or spooled because
-        no endpoint is reachable; at most ``timeout`` seconds (default ``close_timeout``).
+        """Wait until the records emitted so far are confirmed by a broker, retrying failed
+        endpoints meanwhile; at most ``timeout`` seconds (default ``close_timeout``).
 
-        Returns False if the time ran out first (nothing is lost: the records stay queued).
+        Returns False if the time ran out first (nothing is lost: the records stay queued or
+        spooled). After :meth:`close` it returns at once (everything left is in the spool).
         """
         return self._pipe.flush(self.config.close_timeout if timeout is None else timeout)
 
@@ -399,6 +407,7 @@ def _choice(name: str, value: Any, choices: Sequence[str]) -> str:
 def _build_config(
     endpoints: Any,
     *,
+    complain: Complainer,
     strategy: Any,
     spool: Any,
     batch_size: Any,
@@ -437,7 +446,7 @@ def _build_config(
     overflow = _choice("overflow", overflow, OVERFLOWS)
     durability = _choice("durability", durability, DURABILITIES)
     if spool is None or spool is True:
-        spool_dir: str | None = default_spool_dir(parsed, strategy)
+        spool_dir: str | None = usable_spool_dir(default_spool_dir(parsed, strategy), complain)
     elif spool is False:
         spool_dir = None
     elif isinstance(spool, (str, os.PathLike)) and os.fspath(spool):

@@ -19,7 +19,10 @@ already there, and the sender replays the spool FIFO). Three rules keep emit ord
 2. A spill writes, in this order: the batch the sender is publishing from memory (the lane's
    ``inflight``), then the deque, then the new record. If that publish later succeeds, the
    sender commits those records at the head of the spool instead of sending them twice.
-3. A lane becomes direct again only when its reader finds the spool empty *under the lock*.
+3. A lane becomes direct again only when its reader finds the spool empty *under the lock*
+   -- or when its spool fails a write: then it bypasses the spool for ``_SPOOL_RETRY`` seconds
+   and sends from memory (delivering beats keeping order behind a broken disk); what the spool
+   still holds is replayed once a write succeeds again (or by the next run).
 
 Adoption: several processes may share a spool directory (fork workers inherit the handler's).
 Segments another process left there (it exited while its broker was unreachable, or crashed)
@@ -40,9 +43,12 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import importlib
+import logging
 import os
 import re
+import stat
 import sys
+import tempfile
 import threading
 import time
 from collections import deque
@@ -66,11 +72,23 @@ __all__ = [
     "bind_lane_spool",
     "default_spool_dir",
     "lane_directories",
+    "usable_spool_dir",
 ]
 
 _COMPLAINT_INTERVAL = 30.0
 # Seconds between two checks for segments other processes left in a lane's spool directory.
 _ADOPT_INTERVAL = 5.0
+# While flush()/close() waits, a failed endpoint is tried again at least this often (issue #11,
+# defect 2: the normal backoff, up to retry_max, would outlast the deadline).
+_URGENT_RETRY = 0.5
+# close() after a flush() that ran out of time: how long a fresh attempt may take to show a
+# broker is back before close() stops waiting (see Pipeline.close).
+_PROBE_WINDOW = 1.0
+# After a spool write failed, the lane bypasses its spool this long before trying it again, so a
+# broken disk costs one failed write per second, not one per record (issue #11, defect 5).
+_SPOOL_RETRY = 1.0
+# Client libraries whose loggers the sender thread calls (see _lock_free_loggers).
+_CLIENT_LOGGERS = ("pika", "stomp")
 
 
 # -- helpers ----------------------------------------------------------------------------------
@@ -89,6 +107,56 @@ def default_spool_dir(endpoints: Sequence[Endpoint], strategy: str) -> str:
     key = "\n".join([strategy, *(ep.destination_key() for ep in endpoints)])
     digest = hashlib.sha256(key.encode()).hexdigest()[:16]
     return os.path.join(base, "mqlogging", "spool", digest)
+
+
+def _fallback_spool_dir(default: str) -> str:
+    """``<tmp>/mqlogging-<uid>/spool/<digest>``: where the spool goes when the default
+    directory cannot be created (a container user with ``HOME=/nonexistent``)."""
+    digest = os.path.basename(default)
+    return os.path.join(tempfile.gettempdir(), f"mqlogging-{os.getuid()}", "spool", digest)
+
+
+def _make_private_dir(path: str) -> None:
+    """Create ``path`` (0700); refuse a shared temp directory another user prepared for us."""
+    top = os.path.dirname(os.path.dirname(path))  # <tmp>/mqlogging-<uid>
+    os.makedirs(top, mode=0o700, exist_ok=True)
+    st = os.lstat(top)
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid():
+        raise PermissionError(f"{top} is not a directory owned by uid {os.getuid()}")
+    os.makedirs(path, mode=0o700, exist_ok=True)
+
+
+def usable_spool_dir(default: str, complain: Complainer) -> str:
+    """``default`` if it can be created, else a private directory under the temp directory.
+
+    Why (issue #11, defect 11): a non-root container user often has ``HOME=/nonexistent`` and
+    no ``XDG_STATE_HOME``; the application must still start. The fallback is said once on
+    stderr; it does not survive a reboot, so the message says how to choose a directory.
+
+    Raises:
+        ConfigurationError: neither directory can be created (one line, naming ``spool=``).
+    """
+    try:
+        os.makedirs(default, exist_ok=True)
+        return default
+    except OSError as exc:
+        first = f"{default}: {exc.strerror or exc}"
+    fallback = "<tmp>/mqlogging-<uid>"
+    try:
+        fallback = _fallback_spool_dir(default)  # gettempdir() raises if no temp dir is usable
+        _make_private_dir(fallback)
+    except OSError as exc:
+        msg = (
+            f"MQHandler: cannot create the default spool directory ({first}) nor {fallback} "
+            f"({exc.strerror or exc}); pass spool='/writable/dir' (or spool=False for none)"
+        )
+        raise ConfigurationError(msg) from exc
+    complain(
+        "spool_dir",
+        f"cannot create the default spool directory ({first}); spooling to {fallback} "
+        "instead (set spool= or XDG_STATE_HOME to choose a lasting one)",
+    )
+    return fallback
 
 
 def lane_directories(root: str, endpoints: Sequence[Endpoint], strategy: str) -> list[str]:
@@ -205,6 +273,14 @@ class _EndpointState:
             self.producer = open_producer(self.endpoint)
         return self.producer
 
+    def prepare(self) -> None:
+        """Build the (unconnected) producer now, on the configuring thread, so the sender
+        thread never runs a client library's first-use set-up (stomp.py's calls
+        ``logging.getLogger``, which takes logging's lock). A failure is left for the sender
+        to meet and report."""
+        with contextlib.suppress(Exception):
+            self.get_producer()
+
     def due(self, now: float) -> bool:
         return self.healthy or now >= self.next_try
 
@@ -263,7 +339,12 @@ class _Lane:
         self.backlogged = spool is not None
         self.inflight: list[Message] | None = None
         self.inflight_spilled = False
+        # close() could not spool the in-flight batch: counted as dropped (reason, records)
+        # and un-counted if the sender gets it confirmed after all
+        self.inflight_dropped: tuple[str, int] | None = None
         self.next_attempt = 0.0
+        # The spool is bypassed until then after a failed write (order_lock; see _SPOOL_RETRY).
+        self.spool_retry_at = 0.0
         self._rr = 0
 
     # -- spool side ---------------------------------------------------------------------------
@@ -410,6 +491,74 @@ def _preload(endpoints: Sequence[Endpoint]) -> None:
     for name in dict.fromkeys(names):
         with contextlib.suppress(ImportError):
             importlib.import_module(name)
+    _lock_free_loggers(_CLIENT_LOGGERS)
+
+
+def _lock_free_loggers(roots: Sequence[str]) -> None:
+    """Give the existing loggers of the client libraries an ``isEnabledFor`` that never takes
+    :mod:`logging`'s module lock.
+
+    Why (issue #11, defect 17): :func:`logging.config.dictConfig` holds the module lock while it
+    closes the old handlers, and our ``close()`` waits for the sender thread to confirm what is
+    queued. The sender thread calls pika/stomp.py, which log (``LOGGER.debug``) on every
+    connection; ``Logger.isEnabledFor`` takes the module lock whenever its level cache is empty
+    -- and ``dictConfig``/``setLevel`` empty every logger's cache. So the sender waited for the
+    lock held by the thread waiting for the sender: ``close()`` ran out its whole deadline and
+    spooled a record that was then confirmed too. This version computes the same answer
+    (``disabled``, ``manager.disable``, effective level) without the cache, hence without the
+    lock; records still reach the handlers as before. The libraries create their loggers at
+    import, which :func:`_preload` does on the configuring thread.
+
+    stomp.py also keeps ``isEnabledFor = logger.isEnabledFor`` (the bound method of the class,
+    taken at import) in its ``stomp.log`` module, and its receiver thread -- which our sender
+    waits on for receipts -- calls that on every frame: such module-level copies are rebound
+    to the lock-free version too.
+    """
+    manager = logging.Logger.manager
+    for name, logger in list(manager.loggerDict.items()):
+        if not isinstance(logger, logging.Logger) or name.partition(".")[0] not in roots:
+            continue
+        if "isEnabledFor" not in vars(logger):
+            logger.isEnabledFor = _is_enabled_for(logger)  # type: ignore[method-assign]
+    for name, module in list(sys.modules.items()):
+        if module is None or name.partition(".")[0] not in roots:
+            continue
+        for attr, value in list(vars(module).items()):
+            if getattr(value, "__func__", None) is logging.Logger.isEnabledFor:
+                setattr(module, attr, value.__self__.isEnabledFor)
+
+
+def _is_enabled_for(logger: logging.Logger) -> Any:
+    """``logger.isEnabledFor`` without the level cache (and so without the module lock)."""
+
+    def is_enabled_for(level: int) -> bool:
+        if logger.disabled or logger.manager.disable >= level:
+            return False
+        return level >= logger.getEffectiveLevel()
+
+    return is_enabled_for
+
+
+class _Probe:
+    """Decides, for close() after a failed flush, when waiting longer cannot help.
+
+    Hopeless: no endpoint confirmed anything since the probe began, and either every endpoint
+    that still has records failed a fresh attempt, or ``_PROBE_WINDOW`` passed (a broker that
+    accepts connections and never answers). Any confirmation means a broker is back: keep going.
+    """
+
+    def __init__(self, endpoints: Sequence[_EndpointState], now: float) -> None:
+        self.began = now
+        self.failures = {id(ep): ep.failures for ep in endpoints}
+        self.confirmed = sum(ep.confirmed for ep in endpoints)
+        self.endpoints = endpoints
+
+    def hopeless(self, busy: Sequence[_EndpointState], now: float) -> bool:
+        if sum(ep.confirmed for ep in self.endpoints) > self.confirmed:
+            return False
+        if now - self.began >= _PROBE_WINDOW:
+            return True
+        return all(ep.failures > self.failures[id(ep)] for ep in busy)
 
 
 # -- the pipeline ---------------------------------------------------------------------------
@@ -457,7 +606,11 @@ class Pipeline:
         self.ignored = 0
         self.blocked = 0
         self.flush_waiters = 0
+        # Bumped by each flush(); the sender then retries backed-off endpoints at once.
+        self.flush_epoch = 0
+        self._hurried_epoch = 0
         self.last_flush_failed = False
+        self.spool_failure: str | None = None  # the last spool write error (stats)
         self.wa_pending = 0
         self.write_ahead = config.durability == "spool"
         self.endpoints = [_EndpointState(ep, config.retry_max) for ep in config.endpoints]
@@ -471,6 +624,8 @@ class Pipeline:
             if lane.spool is not None:
                 lane.spool.drop_hook = self._spool_dropped
         _preload(config.endpoints)
+        for ep in self.endpoints:
+            ep.prepare()
 
     def _build_lanes(self) -> list[_Lane]:
         cfg = self.config
@@ -542,8 +697,19 @@ class Pipeline:
 
     def count_drop(self, reason: str, messages: Sequence[Message]) -> None:
         """Count dropped records and note them for the next marker (``order_lock`` held)."""
-        self.dropped[reason] = self.dropped.get(reason, 0) + len(messages)
-        self.drops.note([m.body for m in messages], reason)
+        if messages:
+            self.dropped[reason] = self.dropped.get(reason, 0) + len(messages)
+            self.drops.note([m.body for m in messages], reason)
+
+    def _uncount_drop(self, reason: str, n: int) -> None:
+        """Take back ``n`` drops: close() counted an in-flight batch it could not spool, and
+        the sender got it confirmed after all (``order_lock`` held). The marker may still name
+        them; the audit counts a named record that arrived as delivered, not dropped."""
+        total = self.dropped.get(reason, 0) - n
+        if total > 0:
+            self.dropped[reason] = total
+        else:
+            self.dropped.pop(reason, None)
 
     def _spool_dropped(self, lines: list[bytes], reason: str) -> None:
         """A lane's spool deleted a segment's unconfirmed ``lines`` (bounds): announce them
@@ -622,56 +788,114 @@ class Pipeline:
             q.append(message)
 
     def _write_through(self, message: Message) -> None:
-        """Write-ahead (and after close): the record is in the spool when this returns."""
+        """Write-ahead (and after close): the record is in the spool when this returns.
+
+        If no lane's spool takes it while the pipeline runs in write-ahead mode, the pipeline
+        degrades to memory mode for good (said once on stderr, shown in :meth:`stats`) and
+        the record goes to the queue: a failing disk must not stop delivery to a healthy
+        broker (issue #11, defect 5).
+        """
         with self.order_lock:
-            stored = False
-            for lane in self.lanes:
-                stored = self._append_lane_locked(lane, [message], "closed") or stored
-            if stored and self.state != _CLOSED:
-                self.wa_pending += 1
-                wake = self.wa_pending >= self.config.batch_size
+            stored = [self._store_locked(lane, [message]) for lane in self.lanes]
+            failing = not any(stored) and not any(map(self._spool_open, self.lanes))
+            if self.write_ahead and self.state != _CLOSED and failing:
+                self._degrade_locked()
+                self.queue.append(message)
+                wake = True
             else:
+                for lane, ok in zip(self.lanes, stored, strict=True):
+                    if not ok:
+                        self._count_unstored(lane, [message], "closed")
                 wake = False
+                if any(stored) and self.state != _CLOSED:
+                    self.wa_pending += 1
+                    wake = self.wa_pending >= self.config.batch_size
         if wake:
             self.wake.set()
+
+    def _degrade_locked(self) -> None:
+        """durability='spool' with a spool that fails: go on in memory mode (order_lock)."""
+        self.write_ahead = False
+        self.fast = self.thread is not None and self.state == _RUNNING
+        self.complain(
+            "degraded",
+            f"the spool fails ({self.spool_failure}); durability='spool' degraded to memory "
+            "mode: records go to the broker from memory",
+        )
 
     def _spill_locked(self, extra: list[Message], why: str) -> None:
         """Move memory to the spools keeping order: in-flight batch, deque, ``extra``.
 
-        Called with ``order_lock`` held, by a caller on overflow or by close().
+        Called with ``order_lock`` held, by a caller on overflow or by close(). On overflow,
+        when no spool can take anything (it fails, or was failing less than ``_SPOOL_RETRY``
+        seconds ago), the queue and the in-flight batch stay in memory for the sender and only
+        ``extra`` is dropped and counted: a broken disk must not throw away what a healthy
+        broker would take (issue #11, defect 5).
         """
+        if why == "overflow" and not any(map(self._spool_open, self.lanes)):
+            self.count_drop("spool_error", extra)
+            return
         q = self.queue
         drained = []
         with contextlib.suppress(IndexError):
             while True:  # popleft, not list()+clear(): callers append without the lock
                 drained.append(q.popleft())
-        self.popped += len(drained)
         records = drained + extra
+        results = []
         for lane in self.lanes:
-            batch = records
-            if lane.spool is not None and lane.inflight is not None and not lane.inflight_spilled:
-                batch = lane.inflight + records
+            with_inflight = (
+                lane.spool is not None and lane.inflight is not None and not lane.inflight_spilled
+            )
+            batch = lane.inflight + records if with_inflight and lane.inflight else records
+            results.append((lane, batch, with_inflight, self._store_locked(lane, batch)))
+        if why == "overflow" and not any(ok for _, _, _, ok in results):
+            q.extendleft(reversed(drained))  # nothing stored anywhere: keep it for the sender
+            for lane in self.lanes:
+                self._count_unstored(lane, extra, why)
+            return
+        for lane, batch, with_inflight, ok in results:
+            if ok and with_inflight:
                 lane.inflight_spilled = True
-            self._append_lane_locked(lane, batch, why)
-        self.handled += len(records)
+            elif not ok and why == "overflow":  # not the in-flight batch: the sender has it
+                self._count_unstored(lane, records, why)
+            elif not ok:  # close(): count the in-flight batch too; un-counted if confirmed
+                reason = self._unstored_reason(lane, why)
+                self.count_drop(reason, batch)
+                if with_inflight:
+                    lane.inflight_spilled = True
+                    lane.inflight_dropped = (reason, len(batch) - len(records))
+        self.popped += len(drained)
+        self.handled += len(drained)  # not ``extra``: it never was in the queue
         if self.blocked:
             self.space.notify_all()
 
-    def _append_lane_locked(self, lane: _Lane, messages: list[Message], why: str) -> bool:
-        """Append to ``lane``'s spool (``order_lock`` held); count what could not be stored."""
+    def _spool_open(self, lane: _Lane) -> bool:
+        """``lane`` has a spool that is not in its ``_SPOOL_RETRY`` pause after a failure."""
+        return lane.spool is not None and time.monotonic() >= lane.spool_retry_at
+
+    def _store_locked(self, lane: _Lane, messages: list[Message]) -> bool:
+        """Append ``messages`` to ``lane``'s spool (``order_lock`` held). True if the spool
+        took them (what its bounds dropped is counted); False if it took none (no spool, it
+        failed, or it refuses when full): the caller decides what that means.
+
+        A failure makes the lane bypass its spool for ``_SPOOL_RETRY`` seconds and go direct
+        (``backlogged`` off): what the spool holds waits until it works again, what is new goes
+        to the broker from memory.
+        """
         if not messages:
             return True
-        if lane.spool is None:
-            self.count_drop(why, messages)
+        if not self._spool_open(lane):
             return False
+        assert lane.spool is not None
         try:
             n = lane.spool.append([m.body for m in messages])
         except SpoolFull as exc:
-            self.count_drop("spool_full", messages)
             self.complain("spool_full", str(exc))
             return False
         except SpoolError as exc:
-            self.count_drop("spool_error", messages)
+            self.spool_failure = str(exc)
+            lane.spool_retry_at = time.monotonic() + _SPOOL_RETRY
+            lane.backlogged = False
             self.complain("spool_error", f"cannot spool {len(messages)} records: {exc}")
             return False
         if n < len(messages):
@@ -679,16 +903,33 @@ class Pipeline:
             # reports as spool_full); counting here too would count them twice.
             self.drops.note([m.body for m in messages[n:]], "spool_full")
         self.spooled += n
-        lane.backlogged = True
-        return n > 0
+        if n:
+            lane.backlogged = True
+        return True
+
+    def _unstored_reason(self, lane: _Lane, why: str) -> str:
+        """Why ``lane``'s spool did not take records: none, failing, or full."""
+        if lane.spool is None:
+            return why
+        return "spool_error" if not self._spool_open(lane) else "spool_full"
+
+    def _count_unstored(self, lane: _Lane, messages: Sequence[Message], why: str) -> None:
+        """Count ``messages`` ``lane``'s spool did not take, by the reason it did not."""
+        self.count_drop(self._unstored_reason(lane, why), messages)
+
+    def _append_lane_locked(self, lane: _Lane, messages: list[Message], why: str) -> bool:
+        """Append to ``lane``'s spool (``order_lock`` held); count what could not be stored."""
+        if self._store_locked(lane, messages):
+            return True
+        self._count_unstored(lane, messages, why)
+        return False
 
     # -- flush / close ------------------------------------------------------------------------
 
     def _flush_done(self, target: int) -> bool:
-        if self.handled < target:
-            return False
-        now = time.monotonic()
-        return all(not lane.backlogged or lane.down(now) for lane in self.lanes)
+        """Everything popped before ``target`` was handled and no lane holds a backlog: all
+        of it was confirmed (or dropped and counted)."""
+        return self.handled >= target and not any(lane.backlogged for lane in self.lanes)
 
     def _announced(self, generation: int) -> bool:
         """True once the marker of the drops up to ``generation`` went out, or cannot."""
@@ -698,17 +939,32 @@ class Pipeline:
         return all(lane.down(now) for lane in self.lanes)
 
     def flush(self, timeout: float) -> bool:
-        """Wait until what was emitted before the call is confirmed, or spooled because no
-        endpoint is reachable. False if ``timeout`` expired first."""
+        """Wait until what was emitted before the call is confirmed by a broker; False if
+        ``timeout`` expired first (the records stay queued or spooled, nothing is lost).
+
+        The whole ``timeout`` is used: an endpoint in retry backoff is tried again at once and
+        then every ``_URGENT_RETRY`` seconds while a flush waits, so an outage that ends before
+        the deadline still gets everything delivered (issue #11, defect 2).
+        """
+        return self._wait_delivered(timeout, give_up_when_dead=False)
+
+    def _wait_delivered(self, timeout: float, *, give_up_when_dead: bool) -> bool:
+        """:meth:`flush`; with ``give_up_when_dead``, return False as soon as a fresh attempt
+        showed that no broker is taking records (see :meth:`close`)."""
         thread = self.thread
-        if thread is None or not thread.is_alive():
+        if self.state == _CLOSED or thread is None or not thread.is_alive() or self.stopping:
+            # Closed (or never started): nothing will be sent from memory any more. Returning at
+            # once keeps logging.shutdown() after close() from waiting again (defect 9).
             return not self.queue
         with self.order_lock:
             target = self.popped + len(self.queue)
         needed = -1  # the drops of the records up to target: known once they are handled
-        deadline = time.monotonic() + timeout
+        now = time.monotonic()
+        deadline = now + timeout
+        probe = _Probe(self.endpoints, now) if give_up_when_dead else None
         with self.progress:
             self.flush_waiters += 1
+            self.flush_epoch += 1
             try:
                 self.wake.set()
                 while True:
@@ -719,11 +975,14 @@ class Pipeline:
                             self.wake.set()
                         if self._announced(needed):
                             break
-                    remaining = deadline - time.monotonic()
-                    if remaining <= 0 or not thread.is_alive():
+                    now = time.monotonic()
+                    if now >= deadline or not thread.is_alive():
                         self.last_flush_failed = True
                         return False
-                    self.progress.wait(min(remaining, 0.1))
+                    if probe is not None and probe.hopeless(self._busy_endpoints(target), now):
+                        self.last_flush_failed = True
+                        return False
+                    self.progress.wait(min(deadline - now, 0.1))
             finally:
                 self.flush_waiters -= 1
         self.last_flush_failed = False
@@ -742,8 +1001,22 @@ class Pipeline:
         else:
             self.flush(timeout)
 
+    def _busy_endpoints(self, target: int) -> list[_EndpointState]:
+        """The endpoints that still have records of this flush to deliver."""
+        if self.handled < target:
+            return self.endpoints
+        return [ep for lane in self.lanes if lane.backlogged for ep in lane.endpoints]
+
     def close(self, timeout: float) -> None:
-        """Flush within ``timeout``, then stop the sender and spool what is left. Idempotent."""
+        """Flush within ``timeout``, then stop the sender and spool what is left. Idempotent.
+
+        Returns as soon as everything is confirmed. Otherwise it keeps retrying until the
+        deadline -- except right after a :meth:`flush` that ran out of time
+        (:func:`logging.shutdown` calls ``flush()`` then ``close()``): then one fresh attempt per
+        endpoint decides, within ``_PROBE_WINDOW``: a broker that confirms something gets the
+        rest of the deadline, brokers that still fail (or do not answer) do not make the
+        application wait a second full deadline.
+        """
         with self._start_lock:
             if self.state != _RUNNING:
                 return
@@ -751,14 +1024,11 @@ class Pipeline:
         deadline = time.monotonic() + timeout
         thread = self.thread
         if thread is not None and thread.is_alive():
-            # logging.shutdown() calls flush() then close(): when that flush already ran out of
-            # time the brokers are not answering, and waiting a second deadline is pointless.
-            stuck = self.last_flush_failed
-            if not stuck:
-                stuck = not self.flush(max(0.0, (deadline - time.monotonic()) * 0.9))
+            budget = max(0.0, (deadline - time.monotonic()) * 0.9)
+            delivered = self._wait_delivered(budget, give_up_when_dead=self.last_flush_failed)
             self.stopping = True
             self.wake.set()
-            grace = 0.2 if stuck else deadline - time.monotonic()
+            grace = deadline - time.monotonic() if delivered else 0.2
             thread.join(max(0.0, min(grace, deadline - time.monotonic())))
             if thread.is_alive():
                 self.complain(
@@ -834,8 +1104,26 @@ class Pipeline:
         self.wake.wait(max(timeout, 0.001))
         self.wake.clear()
 
+    def _hurry(self) -> None:
+        """While a flush/close waits: retry the endpoints of a lane that has none healthy now
+        (once per new waiter), then at least every ``_URGENT_RETRY`` seconds, so the deadline
+        is used to deliver (defect 2). A lane with a healthy endpoint keeps its normal backoff
+        for the others: it is delivering, and a slow dead primary would only hold it up."""
+        now = time.monotonic()
+        epoch = self.flush_epoch
+        limit = now if epoch != self._hurried_epoch else now + _URGENT_RETRY
+        self._hurried_epoch = epoch
+        for lane in self.lanes:
+            if any(ep.healthy for ep in lane.endpoints):
+                continue
+            for ep in lane.endpoints:
+                ep.next_try = min(ep.next_try, limit)
+            lane.next_attempt = min(lane.next_attempt, limit)
+
     def _cycle(self) -> bool:
         """One round: memory to lanes, then one replay batch per backlogged lane."""
+        if self.flush_waiters:
+            self._hurry()
         worked = False
         while (self.queue or self._marker_due()) and not self.stopping:
             self._take_and_send()
@@ -869,9 +1157,11 @@ class Pipeline:
                 return
             direct = []
             for lane in self.lanes:
-                if lane.backlogged:
-                    self._append_lane_locked(lane, batch, "unsent")
-                else:
+                if lane.backlogged and self._store_locked(lane, batch):
+                    continue
+                if lane.backlogged:  # spool full: what the spool bounds drop, counted
+                    self.count_drop("spool_full", batch)
+                else:  # direct, or the spool just failed: send from memory
                     lane.inflight = batch
                     lane.inflight_spilled = False
                     direct.append(lane)
@@ -880,12 +1170,15 @@ class Pipeline:
         for lane in direct:
             ok = lane.publish(batch, self.complain)
             with self.order_lock:
-                spilled = lane.inflight_spilled
+                spilled, dropped = lane.inflight_spilled, lane.inflight_dropped
                 lane.inflight = None
                 lane.inflight_spilled = False
+                lane.inflight_dropped = None
                 if not ok and not spilled:
                     self._append_lane_locked(lane, batch, "unsent")
-            if ok and spilled:
+                if ok and dropped:  # close() counted it as dropped, but it arrived
+                    self._uncount_drop(*dropped)
+            if ok and spilled and not dropped:
                 self._skip_confirmed(lane, batch)
         with self.order_lock:
             self.handled += n
@@ -911,8 +1204,8 @@ class Pipeline:
 
     def _replay(self, lane: _Lane) -> bool:
         """Publish the oldest spooled batch of ``lane``; True if it was confirmed."""
-        reader = lane.reader()
         try:
+            reader = lane.reader()
             records = reader.read(lane.batch_size)
             if not records:
                 with self.order_lock:
@@ -958,8 +1251,8 @@ class Pipeline:
                 self.complain("spool_read", f"cannot read the spool: {exc}")
                 return False
             lane.adopting = True
-        reader = lane.foreign_reader()
         try:
+            reader = lane.foreign_reader()
             records = reader.read(lane.batch_size)
         except SpoolError as exc:
             self.complain("spool_read", f"cannot read the spool: {exc}")
@@ -998,6 +1291,9 @@ class Pipeline:
             "bytes": sum(s.get("bytes", 0) for s in spools),
             "records": sum(s.get("records", 0) for s in spools),
             "directories": [s["directory"] for s in spools],
+            # the last spool write error, and whether durability="spool" fell back to memory
+            "error": self.spool_failure,
+            "degraded": self.config.durability == "spool" and not self.write_ahead,
         }
         for s in spools:
             for reason, n in s.get("dropped", {}).items():

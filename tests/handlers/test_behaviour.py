@@ -49,7 +49,7 @@ class TestOverflow:
         """With no reachable broker and a tiny queue, records spill to the spool from the
         caller and from the sender; the spool holds every record exactly once, in emit order."""
         handler = MQHandler(_refused(), spool=str(spool_dir), queue_size=50, batch_size=20,
-                            retry_max=0.05)  # fmt: skip
+                            retry_max=0.05, close_timeout=1)  # fmt: skip
         app_logger.addHandler(handler)
         _emit(app_logger, 5000)
         handler.close()
@@ -158,7 +158,8 @@ class TestLifecycle:
         _emit(logger, 7)
         logger.removeHandler(first)
         first.close()
-        second = MQHandler(url, spool=str(spool_dir))  # same destination (see DESTINATION)
+        # same destination (see DESTINATION); still refused: close() cannot wait long
+        second = MQHandler(url, spool=str(spool_dir), close_timeout=1)
         try:
             assert second.stats()["spool"]["records"] == 7
             assert inspect_spool(str(spool_dir)).records == 7

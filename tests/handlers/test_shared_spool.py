@@ -59,8 +59,14 @@ def test_shared_spool_keeps_each_producers_order_after_outage(
         for i in range(down):
             for logger, base in zip(loggers, bases, strict=True):
                 logger.info("record %d", base + i, extra={"seq": base + i})
-        assert all(h.flush(30) for h in handlers)  # all spooled: the broker is down
-        assert inspect_spool(str(spool_dir)).records == 2 * down
+        wait_until(  # all spooled: the broker is down
+            lambda: (
+                inspect_spool(str(spool_dir)).records == 2 * down
+                and all(h.stats()["queued"] == 0 for h in handlers)
+            ),
+            timeout=30,
+            message="everything spooled",
+        )
         rabbitmq.start()
         for chunk in range(down, down + up, 50):
             before = sum(h.stats()["replayed"] + h.stats()["confirmed"] for h in handlers)
