@@ -22,8 +22,13 @@ ones).
 
 Memory. A worker takes messages from its consumer only while it holds less than
 ``max_inflight_bytes`` of them, and only as many as fit by the size of recent messages (one is
-always allowed, so a single large message cannot deadlock); the rest waits in the broker (or,
-up to the prefetch, raw in the client's receive buffer).
+always allowed, so a single large message cannot deadlock). The broker's window shrinks the
+same way: the worker asks its consumer (:meth:`Consumer.set_window`) for a prefetch of what
+fits in ``max_inflight_bytes`` at the recent message size, within ``1 .. prefetch`` — it starts
+at the size of ``max_message_bytes`` and follows the sizes seen, changing only when the fit
+moves by a factor of two (or reaches the configured prefetch). So the rest waits in the broker,
+not raw in the client's receive buffer. Transports that fix the prefetch at subscribe time
+(STOMP) keep ``prefetch``: there the client may buffer up to ``prefetch`` messages.
 
 Shutdown. :meth:`CollectorService.stop` (SIGTERM/SIGINT): workers stop fetching, keep flushing
 what they hold until ``shutdown_timeout``, ack what succeeded and nack (requeue) the rest.
@@ -218,6 +223,7 @@ class _Worker(threading.Thread):
         # Largest recent message size (decaying), to turn free bytes into a message count;
         # starts at the largest allowed so the first fetch cannot overshoot the byte bound.
         self._size_hint = cfg.pipeline.max_message_bytes
+        self._window = self.prefetch  # the broker's prefetch in force (see _adapt_window)
         self._dead = DeadLetterWriter(
             cfg.dead_letter_target.url, source=self.label, collector=service.host_name
         )
@@ -238,6 +244,7 @@ class _Worker(threading.Thread):
     def run(self) -> None:
         try:
             self._consumer = open_source(self.source)
+            self._adapt_window()
             self._loop()
             self._drain()
         except BaseException as exc:  # a bug: log it, give everything back, let readyz say so
@@ -364,6 +371,24 @@ class _Worker(threading.Thread):
         self._m_consumed.inc(len(deliveries))
         self._m_in_flight.set(self._held)
         self._m_in_flight_bytes.set(self._held_bytes)
+        self._adapt_window()
+
+    def _adapt_window(self) -> None:
+        """Keep the broker's prefetch to what fits in ``max_inflight_bytes`` at the recent
+        message size, so the client library does not buffer more than that either.
+
+        Hysteresis: the window changes only when the fit is at least twice or at most half
+        the window in force, or reaches the configured prefetch (each change costs the
+        consumer a resubscribe on AMQP).
+        """
+        assert self._consumer is not None
+        fit = self.service.config.pipeline.max_inflight_bytes // self._size_hint
+        target = max(1, min(self.prefetch, fit))
+        window = self._window
+        if target == window:
+            return
+        if target >= 2 * window or 2 * target <= window or target == self.prefetch:
+            self._window = self._consumer.set_window(target)
 
     def _idle(self, delay: float, deadline: float | None) -> None:
         """Wait ``delay`` seconds, fetching into the pending list while there is room."""
