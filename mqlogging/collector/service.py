@@ -44,7 +44,7 @@ import signal
 import socket
 import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Sequence
 from datetime import datetime, timezone
 from types import FrameType
@@ -224,6 +224,7 @@ class _Worker(threading.Thread):
         # starts at the largest allowed so the first fetch cannot overshoot the byte bound.
         self._size_hint = cfg.pipeline.max_message_bytes
         self._window = self.prefetch  # the broker's prefetch in force (see _adapt_window)
+        self._recent_largest: deque[int] = deque(maxlen=4)  # largest message of recent fetches
         self._dead = DeadLetterWriter(
             cfg.dead_letter_target.url, source=self.label, collector=service.host_name
         )
@@ -264,8 +265,9 @@ class _Worker(threading.Thread):
     def _loop(self) -> None:
         p = self.service.config.pipeline
         stop = self.service.stopping
-        target = min(p.batch_max_count, self.prefetch)
         while not stop.is_set():
+            # A batch larger than the broker's window could only fill up by timing out.
+            target = min(p.batch_max_count, self._window)
             if self._pending:
                 wait = max(0.0, self._first_at + p.batch_max_wait - time.monotonic())
             else:
@@ -365,6 +367,7 @@ class _Worker(threading.Thread):
             self._pending_bytes += item.size
         sizes = [len(d.body) for d in deliveries]
         largest = max(sizes)
+        self._recent_largest.append(largest)
         self._size_hint = max(1, largest, self._size_hint // 2)
         self._held += len(deliveries)
         self._held_bytes += sum(sizes)
@@ -377,12 +380,16 @@ class _Worker(threading.Thread):
         """Keep the broker's prefetch to what fits in ``max_inflight_bytes`` at the recent
         message size, so the client library does not buffer more than that either.
 
-        Hysteresis: the window changes only when the fit is at least twice or at most half
-        the window in force, or reaches the configured prefetch (each change costs the
-        consumer a resubscribe on AMQP).
+        The size is the largest message of the last few fetches (``max_message_bytes``
+        before the first), so one large message narrows the window at once and it widens
+        again in one step a few fetches later. Hysteresis: the window changes only when the
+        fit is at least twice or at most half the window in force, or reaches the configured
+        prefetch (each change costs the consumer a resubscribe on AMQP).
         """
         assert self._consumer is not None
-        fit = self.service.config.pipeline.max_inflight_bytes // self._size_hint
+        p = self.service.config.pipeline
+        size = max(self._recent_largest, default=p.max_message_bytes)
+        fit = p.max_inflight_bytes // max(1, size)
         target = max(1, min(self.prefetch, fit))
         window = self._window
         if target == window:
