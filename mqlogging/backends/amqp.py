@@ -666,7 +666,10 @@ class AMQPConsumer(_AMQPClient, Consumer):
         already received keep their tags (tags belong to the channel, not the consumer) and
         are acked as before; ones pika had received for the old consumer but not yet handed
         to the callback are rejected with requeue by pika, so the broker redelivers them.
-        Until those older deliveries are settled they are in flight besides the new window.
+        When narrowing, received deliveries not yet returned by :meth:`fetch` are requeued
+        too (:meth:`_return_buffered`), so they count against the new window when they come
+        back. Deliveries already handed out stay in flight besides the new window until they
+        are settled.
 
         Not connected: the window is used when the next connection subscribes. A connection
         lost meanwhile is dropped; the next :meth:`fetch` reconnects with the new window.
@@ -674,6 +677,7 @@ class AMQPConsumer(_AMQPClient, Consumer):
         window = max(1, min(max_messages, self.endpoint.prefetch))
         if window == self._window:
             return window
+        narrowing = window < self._window
         self._window = window
         link = self._link
         if link is None or self._pid != os.getpid() or not self._consumer_tag:
@@ -685,7 +689,21 @@ class AMQPConsumer(_AMQPClient, Consumer):
                 self._queue_name, self._deliver, auto_ack=False
             )
             link.channel.basic_cancel(old_tag)
+            if narrowing:
+                self._return_buffered(link)
         return window
+
+    def _return_buffered(self, link: _Link) -> None:
+        """Requeue the received deliveries :meth:`fetch` has not handed out yet.
+
+        They were pushed under the old, wider window and only cost memory here; the broker
+        redelivers them (flagged ``redelivered``) within the new window. Never handed out,
+        so never acked: no duplicate downstream. Their tags are newer than every handed-out
+        one, so the ``multiple`` acks of :meth:`_settle` never cover them.
+        """
+        while self._buffer:
+            delivery = self._buffer.pop()
+            link.channel.basic_reject(delivery.tag[1], requeue=True)
 
     def fetch(self, max_messages: int, timeout: float) -> list[Delivery]:
         """Return up to ``max_messages`` deliveries within ``timeout`` seconds.

@@ -72,6 +72,34 @@ class TestSetWindow:
         assert {1} == set(counts.values())
         assert rabbitmq.queue_depth(queue_name) == 0
 
+    def test_narrowing_returns_the_unfetched_backlog(
+        self, rabbitmq: RabbitMQ, queue_name: str
+    ) -> None:
+        """prefetch 50, 5 of the 50 pushed deliveries fetched: narrowing to 10 requeues the 45
+        the client received but never handed out (the broker then holds 100 - 5 - 10 ready),
+        so they no longer sit in client memory; all 100 still arrive exactly once."""
+        url = f"{rabbitmq.amqp_url}?exchange=&queue={queue_name}"
+        sent = _messages(100)
+        with AMQPProducer(url) as producer:
+            producer.publish_batch(sent)
+        with AMQPConsumer(url, prefetch=50) as consumer:
+            held = _collect(consumer, 5)
+            wait_until(lambda: rabbitmq.queue_depth(queue_name) == 50, message="50 pushed")
+            consumer.set_window(10)
+            consumer.fetch(0, 0.2)  # lets the broker push the new consumer's window
+            wait_until(lambda: rabbitmq.queue_depth(queue_name) == 85, message="45 returned")
+            consumer.ack(held)
+            got = list(held)
+            while len(got) < 100:
+                batch = _collect(consumer, min(10, 100 - len(got)))
+                consumer.ack(batch)
+                got += batch
+            assert consumer.fetch(10, 0.3) == []
+        counts = Counter(d.id for d in got)
+        assert {m.id for m in sent} == set(counts)
+        assert {1} == set(counts.values())
+        assert rabbitmq.queue_depth(queue_name) == 0
+
     def test_window_is_clamped_to_one_and_prefetch(
         self, rabbitmq: RabbitMQ, queue_name: str
     ) -> None:
