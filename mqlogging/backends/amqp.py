@@ -597,6 +597,10 @@ class AMQPConsumer(_AMQPClient, Consumer):
         self._unsettled: deque[int] = deque()
         self._open: set[int] = set()
         self._settled_early: set[int] = set()
+        # The prefetch in force (see set_window), and the live consumer's tag and callback.
+        self._window = self.endpoint.prefetch
+        self._consumer_tag = ""
+        self._deliver: Callable[[Any, Any, Any, bytes], None] = lambda *_args: None
 
     def _declare(self, channel: Any) -> None:
         super()._declare(channel)
@@ -624,7 +628,7 @@ class AMQPConsumer(_AMQPClient, Consumer):
         self._unsettled.clear()
         self._open.clear()
         self._settled_early.clear()
-        link.channel.basic_qos(prefetch_count=self.endpoint.prefetch)
+        link.channel.basic_qos(prefetch_count=self._window)
         generation = link.generation
 
         def on_message(_channel: Any, method: Any, properties: Any, body: bytes) -> None:
@@ -646,7 +650,60 @@ class AMQPConsumer(_AMQPClient, Consumer):
                 )
             )
 
-        link.channel.basic_consume(self._queue_name, on_message, auto_ack=False)
+        self._deliver = on_message
+        self._consumer_tag = link.channel.basic_consume(
+            self._queue_name, on_message, auto_ack=False
+        )
+
+    def set_window(self, max_messages: int) -> int:
+        """Narrow or widen the prefetch to ``max_messages`` (within ``1 .. prefetch``).
+
+        RabbitMQ applies a per-consumer ``basic.qos`` only to consumers started after it
+        (checked on 3.10: an existing consumer keeps its old limit), and channel-wide
+        (``global``) QoS is not supported by quorum queues. So the new limit is set, a new
+        consumer is started on the same channel and the old one cancelled — in that order,
+        so an auto-delete subscription queue never loses its last consumer. Deliveries
+        already received keep their tags (tags belong to the channel, not the consumer) and
+        are acked as before; ones pika had received for the old consumer but not yet handed
+        to the callback are rejected with requeue by pika, so the broker redelivers them.
+        When narrowing, received deliveries not yet returned by :meth:`fetch` are requeued
+        too (:meth:`_return_buffered`), so they count against the new window when they come
+        back. Deliveries already handed out stay in flight besides the new window until they
+        are settled.
+
+        Not connected: the window is used when the next connection subscribes. A connection
+        lost meanwhile is dropped; the next :meth:`fetch` reconnects with the new window.
+        """
+        window = max(1, min(max_messages, self.endpoint.prefetch))
+        if window == self._window:
+            return window
+        narrowing = window < self._window
+        self._window = window
+        link = self._link
+        if link is None or self._pid != os.getpid() or not self._consumer_tag:
+            return window
+        old_tag = self._consumer_tag
+        with contextlib.suppress(ConnectError), self._map_errors("change the prefetch"):
+            link.channel.basic_qos(prefetch_count=window)
+            self._consumer_tag = link.channel.basic_consume(
+                self._queue_name, self._deliver, auto_ack=False
+            )
+            link.channel.basic_cancel(old_tag)
+            if narrowing:
+                self._return_buffered(link)
+        return window
+
+    def _return_buffered(self, link: _Link) -> None:
+        """Requeue the received deliveries :meth:`fetch` has not handed out yet.
+
+        They were pushed under the old, wider window and only cost memory here; the broker
+        redelivers them (flagged ``redelivered``) within the new window. Never handed out,
+        so never acked: no duplicate downstream. Their tags are newer than every handed-out
+        one, so the ``multiple`` acks of :meth:`_settle` never cover them.
+        """
+        while self._buffer:
+            delivery = self._buffer.pop()
+            link.channel.basic_reject(delivery.tag[1], requeue=True)
 
     def fetch(self, max_messages: int, timeout: float) -> list[Delivery]:
         """Return up to ``max_messages`` deliveries within ``timeout`` seconds.

@@ -93,6 +93,18 @@ class Consumer(ABC):
     def close(self) -> None:
         """Close the connection; unacked deliveries go back to the broker. Idempotent."""
 
+    def set_window(self, max_messages: int) -> int:
+        """Ask the broker to push at most ``max_messages`` unacknowledged deliveries, clamped
+        to ``1 .. endpoint.prefetch``; returns the window now in force.
+
+        Lets a caller that bounds memory in *bytes* narrow the broker's count-based prefetch
+        to what fits at the current message size (and widen it again, never beyond the
+        configured ``prefetch``, which stays the user's upper bound). Never loses or voids a
+        delivery already received. This default is for transports that fix the prefetch when
+        they subscribe: it changes nothing and returns ``endpoint.prefetch``.
+        """
+        return self.endpoint.prefetch
+
     def __enter__(self) -> Consumer:
         return self
 

@@ -40,7 +40,10 @@ Broker differences (found against RabbitMQ 3.10.8 and ActiveMQ 5.17.2, both spea
     * The ``host`` header is the RabbitMQ virtual host (``endpoint.vhost``, default ``/``);
       ActiveMQ ignores it.
     * Prefetch: RabbitMQ reads ``prefetch-count``, ActiveMQ ``activemq.prefetchSize`` on
-      SUBSCRIBE. The broker is recognised by the ``server`` header of CONNECTED.
+      SUBSCRIBE. The broker is recognised by the ``server`` header of CONNECTED. Both fix it
+      for the life of the subscription (changing it would take an UNSUBSCRIBE and a new
+      SUBSCRIBE), so :meth:`Consumer.set_window` keeps the default: the client may buffer up
+      to ``prefetch`` messages, whatever their size.
     * RabbitMQ confirms a SEND to ``/exchange/X/key`` that no queue is bound to (there is no
       STOMP ``mandatory``): such a record is dropped silently. Use ``/queue/NAME`` (declared
       durable on first use) or ``/amq/queue/NAME`` for log destinations.

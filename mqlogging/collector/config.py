@@ -123,8 +123,11 @@ class PipelineConfig:
     consumer, not yet settled), decoded documents and sink requests included in proportion:
     the worker takes no more while it holds that much, and takes only as many as fit by the
     size of recent messages (one message is always allowed, so a single large one cannot
-    deadlock); the rest waits in the broker or, up to ``prefetch``, in the client library's
-    receive buffer as raw bytes — choose ``prefetch`` with the message size in mind.
+    deadlock). On AMQP the broker's window follows too: the consumer's prefetch is narrowed to
+    what fits in ``max_inflight_bytes`` at the size of recent messages (never above
+    ``prefetch``), so the rest waits in the broker, not in the client library's receive
+    buffer. STOMP fixes the prefetch at SUBSCRIBE: there the client may buffer up to
+    ``prefetch`` messages as raw bytes — choose ``prefetch`` with the message size in mind.
     """
 
     batch_max_count: int = 1000

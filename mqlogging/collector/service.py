@@ -22,8 +22,13 @@ ones).
 
 Memory. A worker takes messages from its consumer only while it holds less than
 ``max_inflight_bytes`` of them, and only as many as fit by the size of recent messages (one is
-always allowed, so a single large message cannot deadlock); the rest waits in the broker (or,
-up to the prefetch, raw in the client's receive buffer).
+always allowed, so a single large message cannot deadlock). The broker's window shrinks the
+same way: the worker asks its consumer (:meth:`Consumer.set_window`) for a prefetch of what
+fits in ``max_inflight_bytes`` at the recent message size, within ``1 .. prefetch`` — it starts
+at the size of ``max_message_bytes`` and follows the sizes seen, changing only when the fit
+moves by a factor of two (or reaches the configured prefetch). So the rest waits in the broker,
+not raw in the client's receive buffer. Transports that fix the prefetch at subscribe time
+(STOMP) keep ``prefetch``: there the client may buffer up to ``prefetch`` messages.
 
 Shutdown. :meth:`CollectorService.stop` (SIGTERM/SIGINT): workers stop fetching, keep flushing
 what they hold until ``shutdown_timeout``, ack what succeeded and nack (requeue) the rest.
@@ -39,7 +44,7 @@ import signal
 import socket
 import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Sequence
 from datetime import datetime, timezone
 from types import FrameType
@@ -218,6 +223,8 @@ class _Worker(threading.Thread):
         # Largest recent message size (decaying), to turn free bytes into a message count;
         # starts at the largest allowed so the first fetch cannot overshoot the byte bound.
         self._size_hint = cfg.pipeline.max_message_bytes
+        self._window = self.prefetch  # the broker's prefetch in force (see _adapt_window)
+        self._recent_largest: deque[int] = deque(maxlen=4)  # largest message of recent fetches
         self._dead = DeadLetterWriter(
             cfg.dead_letter_target.url, source=self.label, collector=service.host_name
         )
@@ -238,6 +245,7 @@ class _Worker(threading.Thread):
     def run(self) -> None:
         try:
             self._consumer = open_source(self.source)
+            self._adapt_window()
             self._loop()
             self._drain()
         except BaseException as exc:  # a bug: log it, give everything back, let readyz say so
@@ -257,8 +265,9 @@ class _Worker(threading.Thread):
     def _loop(self) -> None:
         p = self.service.config.pipeline
         stop = self.service.stopping
-        target = min(p.batch_max_count, self.prefetch)
         while not stop.is_set():
+            # A batch larger than the broker's window could only fill up by timing out.
+            target = min(p.batch_max_count, self._window)
             if self._pending:
                 wait = max(0.0, self._first_at + p.batch_max_wait - time.monotonic())
             else:
@@ -358,12 +367,35 @@ class _Worker(threading.Thread):
             self._pending_bytes += item.size
         sizes = [len(d.body) for d in deliveries]
         largest = max(sizes)
+        self._recent_largest.append(largest)
         self._size_hint = max(1, largest, self._size_hint // 2)
         self._held += len(deliveries)
         self._held_bytes += sum(sizes)
         self._m_consumed.inc(len(deliveries))
         self._m_in_flight.set(self._held)
         self._m_in_flight_bytes.set(self._held_bytes)
+        self._adapt_window()
+
+    def _adapt_window(self) -> None:
+        """Keep the broker's prefetch to what fits in ``max_inflight_bytes`` at the recent
+        message size, so the client library does not buffer more than that either.
+
+        The size is the largest message of the last few fetches (``max_message_bytes``
+        before the first), so one large message narrows the window at once and it widens
+        again in one step a few fetches later. Hysteresis: the window changes only when the
+        fit is at least twice or at most half the window in force, or reaches the configured
+        prefetch (each change costs the consumer a resubscribe on AMQP).
+        """
+        assert self._consumer is not None
+        p = self.service.config.pipeline
+        size = max(self._recent_largest, default=p.max_message_bytes)
+        fit = p.max_inflight_bytes // max(1, size)
+        target = max(1, min(self.prefetch, fit))
+        window = self._window
+        if target == window:
+            return
+        if target >= 2 * window or 2 * target <= window or target == self.prefetch:
+            self._window = self._consumer.set_window(target)
 
     def _idle(self, delay: float, deadline: float | None) -> None:
         """Wait ``delay`` seconds, fetching into the pending list while there is room."""
