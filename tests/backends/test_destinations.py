@@ -213,7 +213,8 @@ class TestLossyDestinations:
         for broker in (rabbitmq, activemq):
             if destination.startswith("/exchange/") and broker is activemq:
                 continue
-            handler = MQHandler(broker.stomp_url + destination, spool=str(tmp_path / "s"))
+            spool = tmp_path / type(broker).__name__  # a spool directory per destination
+            handler = MQHandler(broker.stomp_url + destination, spool=str(spool))
             handler.close()
             lines = [x for x in capsys.readouterr().err.splitlines() if "warning" in x]
             assert len(lines) == 1, lines
@@ -226,8 +227,9 @@ class TestLossyDestinations:
     ) -> None:
         """Queues keep records until consumed: no warning for them or for AMQP (whose
         producer publishes with ``mandatory``)."""
-        for url in (rabbitmq.stomp_url + "/queue/q", rabbitmq.amqp_url + "?exchange=amq.topic"):
-            MQHandler(url, spool=str(tmp_path / "s")).close()
+        urls = (rabbitmq.stomp_url + "/queue/q", rabbitmq.amqp_url + "?exchange=amq.topic")
+        for k, url in enumerate(urls):  # a spool directory per destination
+            MQHandler(url, spool=str(tmp_path / f"s{k}")).close()
         assert "warning" not in capsys.readouterr().err
 
     @pytest.mark.rabbitmq
