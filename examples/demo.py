@@ -8,7 +8,8 @@ Run it with ``make demo`` (or ``python examples/demo.py [--out DIR] [--workers N
 2. It starts the collector, then a few worker processes that log through the standard
    ``logging`` module: requests, warnings, and errors with tracebacks and context fields.
 3. It waits until every record is in ``demo-out/logs.jsonl`` and prints a summary: records per
-   level and per process, and the last errors with their tracebacks.
+   level and per process, the last errors with their tracebacks, and what ``mqlogging audit``
+   finds in the output (every producer's sequence numbers, no gap).
 4. It shows the two edits that point the same setup at RabbitMQ and Elasticsearch.
 """
 
@@ -28,11 +29,19 @@ from collections import Counter
 from pathlib import Path
 
 import mqlogging
+from mqlogging.audit import Audit, audit_files
 from mqlogging.collector import CollectorService, load_config
 
-BOLD, DIM, RED, YELLOW, RESET = "\033[1m", "\033[2m", "\033[31m", "\033[33m", "\033[0m"
+BOLD, DIM, RED, GREEN, YELLOW, RESET = (
+    "\033[1m",
+    "\033[2m",
+    "\033[31m",
+    "\033[32m",
+    "\033[33m",
+    "\033[0m",
+)
 if not sys.stdout.isatty() or os.environ.get("NO_COLOR"):
-    BOLD = DIM = RED = YELLOW = RESET = ""
+    BOLD = DIM = RED = GREEN = YELLOW = RESET = ""
 
 
 def write_configs(out: Path) -> tuple[Path, Path]:
@@ -134,7 +143,22 @@ def summarise(path: Path, expected: int, elapsed: float) -> bool:
         print(f"  {DIM}order_id={doc.get('order_id')} error.type={doc['error']['type']}{RESET}")
         for line in doc["error"]["stack_trace"].rstrip().splitlines()[-3:]:
             print(f"  {DIM}{line}{RESET}")
-    return len(ids) == expected
+    return len(ids) == expected and audit(path)
+
+
+def audit(path: Path) -> bool:
+    """What ``mqlogging audit --file PATH`` says: every producer's sequence, gaps explained."""
+    report = Audit()
+    audit_files(report, [str(path)])
+    totals = report.report()["totals"]
+    gaps = totals["missing"]
+    colour = RED if gaps else GREEN
+    print(
+        f"\n{colour}mqlogging audit --file {path}: {totals['producers']} producers, "
+        f"{totals['records']} records, {gaps} missing, {totals['dropped']} dropped by policy, "
+        f"{totals['duplicates']} duplicates{RESET}"
+    )
+    return gaps == 0
 
 
 NEXT_STEPS = """
