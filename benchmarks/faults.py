@@ -980,6 +980,11 @@ def s9_spool_full(lab: Lab, s: Scenario, row: Row) -> None:
         f"{fs}; broker down while logging; handler counted {dropped} dropped "
         f"({', '.join(f'{k}={v}' for k, v in st['dropped'].items()) or 'none'})"
     )
+    if dropped > row.lost:  # the counters (and the audit) also see the markers' own numbers
+        row.note += (
+            f", of which {dropped - row.lost} drop markers that the full spool could not hold "
+            "either (their ranges went out in a later marker)"
+        )
 
 
 def s10_forked_workers(lab: Lab, s: Scenario, row: Row) -> None:
