@@ -702,7 +702,8 @@ class _LogstashSchema(_Schema):
     uses the formatting time in milliseconds); ``id`` is added; the message is always freshly
     rendered and never passed through ``str.format(**record.__dict__)`` (V1 does, which rewrites
     messages containing ``{name}``-like text and can expose attributes); a user field named
-    ``id`` is moved to ``extra.id``.
+    ``id`` or ``@timestamp`` (from ``extra``, a dict message or context) is moved to ``extra``
+    (the id and the time are ours: :mod:`mqlogging.wire`).
 
     Values V1 cannot encode well (V1 runs ``json.dumps(default=str)``), checked against
     logstash-formatter 0.5.17 by ``tests/test_logstash_differences.py``:
@@ -762,17 +763,26 @@ class _LogstashSchema(_Schema):
 
         if self._static:
             log_data.update(self._static)
-        log_data["@timestamp"] = self._clock(record.created)
+        stamp = log_data["@timestamp"] = self._clock(record.created)
         log_data["@version"] = 1
         log_data["source_host"] = self.formatter.hostname
         context = current_fields()
         if context:
             log_data.update(context)
         log_data.update(fields)
+        # The id and the time are ours (mqlogging.wire): a user field of either name is moved
+        # under ``extra``; the time keeps its place, first, as in V1.
+        diverted = []
+        user_time = log_data["@timestamp"]
+        if user_time is not stamp:
+            log_data["@timestamp"] = stamp
+            diverted.append(("@timestamp", user_time))
         user_id = log_data.pop("id", _MISSING)
         log_data["id"] = rid
         if user_id is not _MISSING:
-            _divert(log_data, [("id", user_id)])
+            diverted.append(("id", user_id))
+        if diverted:
+            _divert(log_data, diverted)
 
 
 class _FlatSchema(_Schema):

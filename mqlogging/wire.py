@@ -32,9 +32,11 @@ own (with its own ``seq``) whose ``mqlogging.dropped`` names what was dropped an
 
 so ``mqlogging audit`` tells a gap that was dropped and counted from one that was lost.
 
-Documents without ``mqlogging.schema`` (written by something else, or by an older mqlogging)
-are read by the older rule: ``event.id`` (else ``id``) when the document has ECS's ``ecs``
-object, else ``id`` (else ``event.id``); the time is ``@timestamp``, else ``timestamp``.
+Documents without ``mqlogging.schema`` (written by another producer, e.g. through the DIRAC-style
+``put()``) have no record id of ours: their ``id`` or ``event.id`` is just a user field (a job
+id shared by many records), so :func:`read_meta` returns ``None`` and each reader falls back to
+the transport's id (AMQP ``message_id``, STOMP ``message-id``) or the record's place in a spool.
+Their time is ``@timestamp``, else ``timestamp``.
 
 This module imports nothing from the package, so any layer may use it.
 """
@@ -70,11 +72,6 @@ _TIME_KEYS: Final[Mapping[str, str]] = {
     "logstash": "@timestamp",
     "flat": "timestamp",
 }
-
-
-# Documents without ``mqlogging.schema``: the place the schema that looks likely uses first.
-_LEGACY_ECS: Final = (("event", "id"), ("id",))
-_LEGACY_OTHER: Final = (("id",), ("event", "id"))
 
 
 def _get(doc: dict[str, Any], path: tuple[str, ...]) -> Any:
@@ -167,14 +164,8 @@ def read_meta(doc: Any) -> RecordMeta:
     if isinstance(schema, str) and schema in _ID_PATHS:
         rid = _usable_id(_get(doc, _ID_PATHS[schema]))
         time_value = doc.get(_TIME_KEYS[schema])
-    else:
-        schema = None
-        paths = _LEGACY_ECS if isinstance(doc.get("ecs"), dict) else _LEGACY_OTHER
-        rid = None
-        for path in paths:
-            rid = _usable_id(_get(doc, path))
-            if rid is not None:
-                break
+    else:  # not ours: whatever its fields are called, none of them is a record id of ours
+        schema, rid = None, None
         time_value = doc.get("@timestamp", doc.get("timestamp"))
     if isinstance(ns, dict):
         producer = ns.get("producer")

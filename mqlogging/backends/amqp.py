@@ -41,7 +41,6 @@ After ``fork()`` a child never touches the parent's connection: it opens its own
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import socket
 import ssl
@@ -52,6 +51,7 @@ from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any
 
+from .._ids import new_id
 from .._types import Delivery, Message
 from ..errors import (
     BackendError,
@@ -633,13 +633,10 @@ class AMQPConsumer(_AMQPClient, Consumer):
 
         def on_message(_channel: Any, method: Any, properties: Any, body: bytes) -> None:
             headers = dict(properties.headers or {})
-            # Records from other producers may lack the id: derive a stable one from the body,
-            # so that a redelivery still maps to the same Elasticsearch _id.
-            message_id = (
-                properties.message_id
-                or headers.get(_ID_HEADER)
-                or hashlib.sha256(body).hexdigest()[:32]
-            )
+            # Messages of other producers may have no id. A hash of the body would make two
+            # identical messages (the same line logged twice) one document in Elasticsearch,
+            # a silent loss; a new id costs at most a duplicate after a redelivery.
+            message_id = properties.message_id or headers.get(_ID_HEADER) or new_id()
             self._buffer.append(
                 Delivery(
                     id=str(message_id),

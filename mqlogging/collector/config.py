@@ -38,7 +38,7 @@ import sys
 from collections.abc import Mapping
 from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
-from typing import Any, TypeAlias
+from typing import Any, Final, TypeAlias
 from urllib.parse import quote, urlsplit
 
 from ..backends.endpoints import Endpoint, Secret
@@ -55,6 +55,7 @@ else:  # pragma: no cover - exercised on 3.10 only
         raise MissingDependencyError("tomli", "collector") from exc
 
 __all__ = [
+    "DEAD_LETTER_SPOOL",
     "CollectorConfig",
     "CollectorSection",
     "DeadLetterConfig",
@@ -356,26 +357,38 @@ SinkConfig: TypeAlias = (
 )
 
 
+DEAD_LETTER_SPOOL: Final[Mapping[str, str]] = {
+    "overflow": "refuse",
+    "fsync": "always",
+    "max_age": "3650d",
+}
+"""Spool options of a ``local://`` dead-letter target that its URL does not set."""
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class DeadLetterConfig:
     """Where poison messages go: a broker queue (published with confirms) or a ``local://``
     spool directory. Without a ``[dead_letter]`` table they go to :func:`default_dead_letter`
     (a spool directory under ``[collector] state_dir``): a poison message is never discarded
-    and never blocks the queue. Replay one with ``mqlogging spool replay DIR --to URL``."""
+    and never blocks the queue. Replay one with ``mqlogging spool replay DIR --to URL``.
+
+    A ``local://`` target keeps dead letters for a human: unless the URL says otherwise, its
+    spool refuses rather than drops when full (a refused dead letter keeps its message in the
+    broker, counted as a dead-letter failure), syncs every batch, and keeps its segments for
+    ten years instead of the spool's default week (:data:`DEAD_LETTER_SPOOL`)."""
 
     url: Endpoint
 
+    def __post_init__(self) -> None:
+        if self.url.transport == "local":
+            options = {**DEAD_LETTER_SPOOL, **self.url.spool_options}
+            object.__setattr__(self, "url", self.url.with_options(spool_options=options))
+
 
 def default_dead_letter(collector: CollectorSection) -> DeadLetterConfig:
-    """The dead-letter target used when none is configured: ``<state_dir>/dead-letters``.
-
-    The spool refuses rather than drops when full (a refused dead letter keeps its message in
-    the broker, counted as a dead-letter failure), syncs every batch, and keeps its segments for
-    ten years instead of the spool's default week: dead letters wait for a human.
-    """
+    """The dead-letter target used when none is configured: ``<state_dir>/dead-letters``."""
     path = collector.state_path / "dead-letters"
-    url = f"local://{quote(str(path))}?overflow=refuse&fsync=always&max_age=3650d"
-    return DeadLetterConfig(url=Endpoint.from_url(url))
+    return DeadLetterConfig(url=Endpoint.from_url(f"local://{quote(str(path))}"))
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -37,7 +37,6 @@ what they hold until ``shutdown_timeout``, ack what succeeded and nack (requeue)
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
 import os
 import signal
@@ -51,6 +50,7 @@ from types import FrameType
 from typing import Any
 
 from .._backoff import Backoff
+from .._ids import new_id
 from .._types import Delivery
 from ..backends import Consumer
 from ..errors import MQLoggingError
@@ -123,8 +123,9 @@ def _shape_problem(doc: Any, max_depth: int, max_fields: int) -> str:
 
 def _record_id(doc: dict[str, Any], delivery: Delivery) -> str:
     """The Elasticsearch ``_id``: the record's own id (never a user field that looks like it),
-    else the transport's message id, else a content hash (stable across redeliveries)."""
-    return read_meta(doc).id or delivery.id or hashlib.sha1(delivery.body).hexdigest()
+    else the transport's message id, else a new one (never a content hash: two identical
+    records are two records)."""
+    return read_meta(doc).id or delivery.id or new_id()
 
 
 def _set_path(doc: dict[str, Any], path: str, value: Any) -> None:

@@ -23,7 +23,7 @@ CTX = multiprocessing.get_context("fork")
 def ecs(n: int) -> Message:
     rid = new_id()
     doc = {"@timestamp": "2026-01-01T00:00:00.000000Z", "message": f"m{n}", "n": n,
-           "event": {"id": rid}}  # fmt: skip
+           "event": {"id": rid}, "mqlogging": {"schema": "ecs"}}  # fmt: skip
     return Message(rid, json.dumps(doc).encode())
 
 
@@ -96,20 +96,26 @@ class TestLocalBackend:
             assert consumer.fetch(10, timeout=0.2) == []
 
     def test_line_without_id_gets_a_stable_id(self, tmp_path: Path) -> None:
-        """Bodies without event.id/id get <segment>:<offset>, the same on every delivery;
-        a top-level id is used as is."""
+        """Bodies without a record id of ours get <segment>:<offset>, the same on every
+        delivery (another producer's ``id`` is a user field); a record of ours keeps its id."""
         url = f"local://{tmp_path}"
+        ours = b'{"id": "c", "mqlogging": {"schema": "flat"}}'
         with open_producer(url) as producer:
             producer.publish_batch(
-                [Message("a", b'{"msg": "no id"}'), Message("b", b'{"id": "b"}')]
+                [
+                    Message("a", b'{"msg": "no id"}'),
+                    Message("b", b'{"id": "b"}'),
+                    Message("c", ours),
+                ]
             )
         with open_consumer(url) as consumer:
             first = consumer.fetch(10, timeout=1)
             consumer.nack(first)
             second = consumer.fetch(10, timeout=1)
-        assert first[0].id == second[0].id
+        assert [d.id for d in first] == [d.id for d in second]
         assert first[0].id.endswith(":0")
-        assert first[1].id == "b"
+        assert first[1].id.rsplit(":", 1)[0] == first[0].id.rsplit(":", 1)[0]
+        assert first[2].id == "c"
 
     def test_bad_options_fail_at_construction(self, tmp_path: Path) -> None:
         """Spool options in the URL are validated when the producer/consumer is created."""

@@ -53,6 +53,7 @@ def ecs_record(i: int, **extra: Any) -> dict[str, Any]:
         "message": f"record number {i}",
         "seq": i,
         "host": {"name": "testhost"},
+        "mqlogging": {"schema": "ecs"},  # one of ours: its id is event.id (mqlogging.wire)
     }
     doc.update(extra)
     return doc

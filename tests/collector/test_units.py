@@ -45,9 +45,11 @@ class TestDecode:
         assert record.doc["log"]["level"] == "info"
 
     def test_id_fallbacks(self) -> None:
-        """Top-level ``id`` is used, else the transport id."""
-        r1, _ = decode(_d(b'{"id": "abc"}'), max_bytes=100, max_depth=5)
-        r2, _ = decode(_d(b'{"x": 1}', id="transport"), max_bytes=100, max_depth=5)
+        """A record of ours has its schema's id; another producer's ``id`` is a user field
+        (a job id many records share), so the transport id is used."""
+        ours = b'{"id": "abc", "mqlogging": {"schema": "flat"}}'
+        r1, _ = decode(_d(ours, id="transport"), max_bytes=100, max_depth=5)
+        r2, _ = decode(_d(b'{"id": "abc"}', id="transport"), max_bytes=100, max_depth=5)
         assert r1 is not None
         assert r2 is not None
         assert (r1.id, r2.id) == ("abc", "transport")

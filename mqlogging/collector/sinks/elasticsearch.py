@@ -63,6 +63,8 @@ _REQUEST_LEVEL_TYPES = {
     "security_exception",
     "action_request_validation_exception",
 }
+# Words of an illegal_argument_exception's reason that name the cluster's configuration.
+_CONFIGURATION_WORDS = ("write index", "pipeline", "data stream", "alias", "op_type")
 # Whole-request 400s that can only come from one document: worth bisecting to find it.
 _DOCUMENT_TYPES = {"document_parsing_exception", "mapper_parsing_exception"}
 
@@ -82,14 +84,20 @@ def record_time(doc: dict[str, Any]) -> datetime | None:
 
 
 def _parse_time(value: str | None) -> datetime | None:
-    """ISO-8601 text (``Z`` or an offset; naive means UTC), else None."""
+    """ISO-8601 text (``Z`` or an offset; naive means UTC) as a UTC datetime, else None.
+
+    A time that exists in its own offset but not in UTC (``0001-01-01T00:00:00+05:00``) is
+    None too: converting it later would raise on every attempt and stall the source.
+    """
     if value is None:
         return None
     try:
         when = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
-    except ValueError:
+        if when.tzinfo is None:
+            return when.replace(tzinfo=timezone.utc)
+        return when.astimezone(timezone.utc)
+    except (ValueError, OverflowError):
         return None
-    return when.replace(tzinfo=timezone.utc) if when.tzinfo is None else when
 
 
 class ElasticsearchSink(Sink):
@@ -274,9 +282,24 @@ def _classify(item: dict[str, Any]) -> Result:
     error = action.get("error")
     reason = _error_text(error)
     kind = _error_type(error)
-    if status == 400 and kind not in _REQUEST_LEVEL_TYPES:
+    if status == 400 and not _about_configuration(kind, reason):
         return Result(Outcome.REJECT, str(status), f"{status} {reason}")
     return _retry(status, kind, reason)
+
+
+def _about_configuration(kind: str, reason: str) -> bool:
+    """A per-item 400 that is the cluster's configuration, not the document's fault.
+
+    Elasticsearch reports some of those as ``illegal_argument_exception`` too ("no write index
+    is defined for alias", "pipeline with id [x] does not exist", "only write ops with an
+    op_type of create are allowed in data streams"): every record would be dead-lettered until
+    an operator fixes the cluster, so they are outages like the request-level types.
+    """
+    if kind in _REQUEST_LEVEL_TYPES:
+        return True
+    return kind == "illegal_argument_exception" and any(
+        word in reason for word in _CONFIGURATION_WORDS
+    )
 
 
 def _retry(status: int, kind: str, reason: str) -> Result:
