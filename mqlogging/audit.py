@@ -55,7 +55,7 @@ from datetime import datetime, timedelta, timezone
 from typing import IO, Any
 
 from .errors import ConfigurationError, MissingDependencyError, SinkError
-from .spool import dropped_totals, segments
+from .spool import dropped_totals, refuse_lane_root, segments
 from .wire import DroppedRange, RecordMeta, read_meta
 
 try:  # several times faster on millions of lines
@@ -456,10 +456,8 @@ def audit_spool(audit: Audit, directories: Sequence[str]) -> None:
         if not os.path.isdir(directory):
             msg = f"--spool {directory!r}: not a directory"
             raise ConfigurationError(msg)
-        views = segments(directory)
-        if not views:
-            _refuse_lane_root(directory)
-        for view in views:
+        refuse_lane_root(directory, "audit")
+        for view in segments(directory):
             try:
                 with open(view.path, "rb") as f:
                     f.seek(view.confirmed)
@@ -471,22 +469,6 @@ def audit_spool(audit: Audit, directories: Sequence[str]) -> None:
         for reason, n in dropped_totals(directory).items():
             if reason in _UNATTRIBUTED_SPOOL_REASONS:
                 audit.unattributed[reason] = audit.unattributed.get(reason, 0) + n
-
-
-def _refuse_lane_root(directory: str) -> None:
-    """A ``strategy="all"`` spool root holds one spool per endpoint, each with a copy of every
-    record: audited together they would all look duplicated, so name them instead."""
-    lanes = sorted(
-        os.path.join(directory, name)
-        for name in os.listdir(directory)
-        if os.path.isdir(os.path.join(directory, name)) and segments(os.path.join(directory, name))
-    )
-    if lanes:
-        msg = (
-            f"--spool {directory!r} holds one spool per endpoint; audit each on its own: "
-            + ", ".join(lanes)
-        )
-        raise ConfigurationError(msg)
 
 
 _ES_SOURCE = ["mqlogging", "@timestamp", "timestamp"]
