@@ -25,8 +25,15 @@ handful of runs. A duplicate is an insert that overlaps a run.
 
 What a gap means, and its limits:
 
-- Without ``--since`` a producer's sequence is checked from 1; with it, from the first seq in the
-  window (earlier numbers are outside it). A gap is checked up to the last seq seen: records lost
+- Without ``--since`` a producer's sequence is checked from 1. With it, from the seq after the
+  producer's highest one timed before ``--since`` (``"start": "after seq N"``; for
+  Elasticsearch one terms + max aggregation per 500 producers of the window finds it), so
+  records lost at the window's start are gaps. When no stamped record of the source precedes
+  the window, the window covers the whole source and the check starts at 1 as without
+  ``--since``. A producer with nothing before the window while others have something is
+  checked from its first seq in the window (``"start": "first in window"``): retention may have
+  deleted its beginning, so records lost just before that first seq cannot be seen (audit
+  without ``--since`` to check them). A gap is checked up to the last seq seen: records lost
   *after* a producer's last record in the sink cannot be seen (nothing says how many there were)
   until a later record or marker of that producer arrives. A handler's marker for drops before
   ``close()`` is sent (or spooled) during the close, so a drop at the end is visible through it.
@@ -292,18 +299,35 @@ class Window:
             return False
         return self.until is None or moment < self.until
 
+    def precedes(self, timestamp: str | None) -> bool:
+        """True if a record of that time is before the window's start (``since``)."""
+        if self.since is None or not timestamp:
+            return False
+        moment = _parse_time(timestamp)
+        return moment is not None and moment < self.since
+
 
 class Audit:
     """Accumulates records and markers, then reports per producer (:meth:`report`).
 
+    Where each producer's sequence is checked from (its *start*) follows from what precedes
+    the window: seq 1 without ``since``; the seq after the highest one timed before ``since``
+    (:meth:`add_before`), so records lost at the window's start are gaps; seq 1 again when
+    no stamped record of the source precedes the window (it then covers the whole source);
+    else, for a producer with nothing before the window while others have something, its
+    first seq in the window (retention may have deleted its beginning), reported as such.
+
     Args:
         window: which records count (markers count whatever their time).
-        from_one: check each sequence from 1 (default: unless the window has a start).
+        from_one: True checks each sequence from 1 whatever the window; False never assumes
+            that the window covers the whole source; None (default) decides as above.
     """
 
     def __init__(self, window: Window | None = None, *, from_one: bool | None = None) -> None:
         self.window = window or Window()
-        self.from_one = self.window.since is None if from_one is None else from_one
+        self.from_one = from_one
+        self.before: dict[str, int] = {}  # producer -> highest seq timed before the window
+        self.anything_before = False  # a stamped record of the source precedes the window
         self.producers: dict[str, _Producer] = {}
         self.unstamped = 0
         self.unreadable = 0
@@ -332,6 +356,8 @@ class Audit:
             return
         if not (self.window.contains(meta.timestamp) if in_window is None else in_window):
             self.outside += 1
+            if in_window is None and self.window.precedes(meta.timestamp):
+                self.add_before(meta.producer, meta.seq)
             return
         entry = self._producer(meta.producer)
         entry.records += 1
@@ -348,6 +374,23 @@ class Audit:
             if entry.last_time is None or ts > entry.last_time:
                 entry.last_time = ts
 
+    def add_before(self, producer: str, seq: int) -> None:
+        """Note a record of ``producer`` timed before the window (only its seq is kept)."""
+        self.anything_before = True
+        if seq > self.before.get(producer, 0):
+            self.before[producer] = seq
+
+    def start(self, entry: _Producer) -> tuple[int | None, str]:
+        """The seq ``entry``'s sequence is checked from, and why (see the class docstring)."""
+        if self.from_one or (self.window.since is None and self.from_one is None):
+            return 1, "seq 1"
+        before = self.before.get(entry.name)
+        if before is not None:
+            return before + 1, f"after seq {before}"
+        if self.from_one is None and not self.anything_before:
+            return 1, "seq 1 (nothing precedes the window)"
+        return entry.seqs.lowest, "first in window"
+
     def add_dropped(self, dropped: DroppedRange) -> None:
         """Account for a range a marker names (idempotent: a marker seen twice counts once)."""
         runs = self._producer(dropped.producer).dropped.setdefault(dropped.reason, SeqRuns())
@@ -355,7 +398,7 @@ class Audit:
 
     def report(self) -> dict[str, Any]:
         """The result as one JSON-ready document; ``ok`` is False when a gap is unexplained."""
-        producers = [_report_producer(p, self.from_one) for _, p in sorted(self.producers.items())]
+        producers = [_report_producer(p, *self.start(p)) for _, p in sorted(self.producers.items())]
         return {
             "ok": not any(p["gaps"] for p in producers),
             "window": {
@@ -377,7 +420,7 @@ class Audit:
         }
 
 
-def _report_producer(entry: _Producer, from_one: bool) -> dict[str, Any]:
+def _report_producer(entry: _Producer, low: int | None, start: str) -> dict[str, Any]:
     explained = SeqRuns()
     dropped_ranges = []
     for reason, runs in sorted(entry.dropped.items()):
@@ -387,11 +430,12 @@ def _report_producer(entry: _Producer, from_one: bool) -> dict[str, Any]:
     dropped_ranges.sort(key=lambda r: (r["first"], r["reason"]))
     seqs = entry.seqs
     gaps: list[list[int]] = []
-    if seqs.lowest is not None and seqs.highest is not None:
-        low = 1 if from_one else seqs.lowest
+    if low is not None and seqs.highest is not None:
         gaps = [[a, b] for a, b in explained.minus(seqs.missing(low, seqs.highest))]
     return {
         "producer": entry.name,
+        "start": start,
+        "checked_from": low,
         "records": entry.records,
         "markers": entry.markers,
         "first_seq": seqs.lowest,
@@ -505,8 +549,43 @@ def _es_window(window: Window) -> list[dict[str, Any]]:
         bounds["gte"] = window.since.isoformat()
     if window.until is not None:
         bounds["lt"] = window.until.isoformat()
+    return [_es_time_range(bounds)]
+
+
+def _es_time_range(bounds: dict[str, str]) -> dict[str, Any]:
+    """A query on the record time, ``@timestamp`` (ecs) or ``timestamp`` (other schemas)."""
     should = [{"range": {key: dict(bounds)}} for key in ("@timestamp", "timestamp")]
-    return [{"bool": {"should": should, "minimum_should_match": 1}}]
+    return {"bool": {"should": should, "minimum_should_match": 1}}
+
+
+_BEFORE_CHUNK = 500  # producers per aggregation query (well below index.max_terms_count)
+
+
+def _es_before(es: Any, index: str, field_name: str, audit: Audit) -> None:
+    """Tell ``audit`` what precedes its window: whether any stamped record does (one count),
+    and the highest seq before it of each producer of the window (one terms + max aggregation
+    per ``_BEFORE_CHUNK`` producers), so a producer is checked from the seq after it."""
+    since = audit.window.since
+    if since is None or audit.from_one:
+        return
+    before = [{"exists": {"field": "mqlogging.seq"}}, _es_time_range({"lt": since.isoformat()})]
+    if not int(es.count(index=index, query={"bool": {"filter": before}})["count"]):
+        return
+    audit.anything_before = True
+    names = sorted(name for name, entry in audit.producers.items() if entry.records)
+    for i in range(0, len(names), _BEFORE_CHUNK):
+        chunk = names[i : i + _BEFORE_CHUNK]
+        query = {"bool": {"filter": [*before, {"terms": {field_name: chunk}}]}}
+        aggs = {
+            "producers": {
+                "terms": {"field": field_name, "size": len(chunk)},
+                "aggs": {"seq": {"max": {"field": "mqlogging.seq"}}},
+            }
+        }
+        resp = es.search(index=index, size=0, query=query, aggs=aggs)
+        for bucket in resp["aggregations"]["producers"]["buckets"]:
+            if bucket["seq"]["value"] is not None:
+                audit.add_before(str(bucket["key"]), int(bucket["seq"]["value"]))
 
 
 def _pit_scan(
@@ -538,7 +617,8 @@ def audit_es(
     audit: Audit, url: str, index: str, *, page: int = 5000, ca_certs: str | None = None
 ) -> None:
     """Feed ``audit`` from Elasticsearch: the stamped records of the window sorted by (producer,
-    seq), then every marker whatever its time, then the count of unstamped documents."""
+    seq), what precedes the window (:func:`_es_before`), every marker whatever its time, then
+    the count of unstamped documents."""
     es = _es_client(url, ca_certs)
     try:
         field_name = _producer_field(es, index)
@@ -551,6 +631,7 @@ def audit_es(
                 audit.unstamped += 1
                 continue
             audit.add_meta(meta, in_window=True)
+        _es_before(es, index, field_name, audit)
         markers = {"exists": {"field": "mqlogging.dropped.first"}}
         for doc in _pit_scan(es, index, markers, [{"mqlogging.seq": "asc"}], page):
             for dropped in read_meta(doc).dropped:
@@ -584,6 +665,15 @@ def _ranges(items: Sequence[Sequence[int]], limit: int) -> str:
     return ", ".join(shown) + more if shown else "-"
 
 
+def _describe_start(start: str, low: int) -> str:
+    """The text for where a sequence was checked from (``start`` as :meth:`Audit.start`)."""
+    if start.startswith("after seq"):
+        return f"from seq {low}, {start}: the last before the window"
+    if start == "first in window":
+        return f"from seq {low}, the first in the window: none of its records precedes it"
+    return f"from seq {low}" + (": nothing precedes the window" if start != "seq 1" else "")
+
+
 def print_report(report: dict[str, Any], out: IO[str], limit: int = 20) -> None:
     """The human-readable report (``--json`` prints ``report`` itself)."""
     for p in report["producers"]:
@@ -607,6 +697,8 @@ def print_report(report: dict[str, Any], out: IO[str], limit: int = 20) -> None:
         ), file=out)  # fmt: skip
         gaps = f": {_ranges(p['gaps'], limit)}" if p["gaps"] else ""
         print(f"  gaps        {p['missing']} missing{gaps}", file=out)
+        if report["window"]["since"] and p["checked_from"] is not None:
+            print(f"  checked     {_describe_start(p['start'], p['checked_from'])}", file=out)
     t = report["totals"]
     verdict = "OK: no unexplained gap" if report["ok"] else "LOSS: unexplained gaps"
     print(

@@ -7,6 +7,7 @@ import gzip
 import itertools
 import json
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -137,11 +138,12 @@ class TestFileAudit:
         )
         assert a["duplicate_seqs"] == [[n, n]]
 
-    def test_window_counts_from_the_first_seq_in_it(
+    def test_window_counts_from_the_seq_after_the_last_before_it(
         self, tmp_path: Path, capsys: pytest.CaptureFixture[str]
     ) -> None:
         """With ``--since``, records before it are outside the window and the sequence is
-        checked from the first seq inside it (the earlier numbers are not gaps)."""
+        checked from the seq after the last one before it (the earlier numbers are not
+        gaps)."""
         lines = [_doc("a", s, f"2026-12-01T12:00:{s:02d}.000000Z") for s in range(1, 31)]
         path = _write(tmp_path / "sink.jsonl", lines)
         code, report = _audit(
@@ -151,7 +153,57 @@ class TestFileAudit:
         assert code == 0
         [a] = report["producers"]
         assert (a["records"], a["first_seq"], a["last_seq"], a["gaps"]) == (10, 10, 19, [])
+        assert (a["start"], a["checked_from"]) == ("after seq 9", 10)
         assert report["totals"]["outside_window"] == 20
+
+    def test_since_sees_records_lost_at_the_windows_start(
+        self, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """Seqs 10..12 of a producer are missing from the sink and ``--since`` falls among
+        them: the check starts after seq 9 (the last before the window), so the three are
+        missing (exit 1); they used to be outside the check (exit 0). A second producer with
+        nothing before the window is checked from its first seq there, and says so."""
+        lines = [
+            _doc("a", s, f"2026-12-01T12:00:{s:02d}.000000Z")
+            for s in range(1, 31)
+            if s not in (10, 11, 12)
+        ] + [_doc("b", s, f"2026-12-01T12:00:{s:02d}.000000Z") for s in range(20, 31)]
+        path = _write(tmp_path / "sink.jsonl", lines)
+        code, report = _audit(capsys, "--file", str(path), "--since", "2026-12-01T12:00:11Z")
+        assert code == 1
+        a, b = report["producers"]
+        assert (a["records"], a["start"], a["gaps"], a["missing"]) == (
+            18,
+            "after seq 9",
+            [[10, 12]],
+            3,
+        )
+        assert (b["records"], b["start"], b["checked_from"], b["gaps"]) == (
+            11,
+            "first in window",
+            20,
+            [],
+        )
+        assert report["totals"]["missing"] == 3
+
+    @pytest.mark.parametrize("since", ["2020-01-01T00:00:00Z", "1h"])
+    def test_since_before_everything_checks_from_seq_1(
+        self, since: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """A producer's seq 1..10 are missing from the sink and nothing in it precedes
+        ``--since`` (a date long ago, or an hour ago for records made now): the window covers
+        the whole sink, so the check starts at seq 1 as without ``--since``, and the ten are
+        missing (exit 1); the audit used to start at seq 11 and say OK."""
+        now = datetime.now(timezone.utc).isoformat()
+        path = _write(tmp_path / "sink.jsonl", [_doc("a", s, now) for s in range(11, 101)])
+        code, report = _audit(capsys, "--file", str(path), "--since", since)
+        assert code == 1
+        [a] = report["producers"]
+        assert (a["records"], a["checked_from"], a["gaps"], a["missing"]) == (90, 1, [[1, 10]], 10)
+        assert a["start"] == "seq 1 (nothing precedes the window)"
+        capsys.readouterr()
+        assert main(["audit", "--file", str(path), "--since", since]) == 1
+        assert "checked     from seq 1: nothing precedes the window" in capsys.readouterr().out
 
     def test_text_output_escapes_control_characters(
         self, tmp_path: Path, capsys: pytest.CaptureFixture[str]
