@@ -153,10 +153,16 @@ class SeqRuns:
             self._runs += 1
             self._split(b)
             return 0
+        present = max(0, min(lasts[i], last) - max(firsts[i], first) + 1)
         if self._next_first(b, i) > last + 1:  # touches run i only: widen it in place
-            present = max(0, min(lasts[i], last) - max(firsts[i], first) + 1)
             firsts[i], lasts[i] = min(firsts[i], first), max(lasts[i], last)
             self._maxes[b] = lasts[-1]
+            return present
+        if i + 2 < len(firsts) and firsts[i + 2] > last + 1:  # bridges runs i and i + 1
+            present += max(0, min(lasts[i + 1], last) - firsts[i + 1] + 1)
+            firsts[i], lasts[i] = min(firsts[i], first), max(lasts[i + 1], last)
+            del firsts[i + 1], lasts[i + 1]
+            self._runs -= 1
             return present
         return self._merge(b, i, first, last)
 
