@@ -25,8 +25,15 @@ handful of runs. A duplicate is an insert that overlaps a run.
 
 What a gap means, and its limits:
 
-- Without ``--since`` a producer's sequence is checked from 1; with it, from the first seq in the
-  window (earlier numbers are outside it). A gap is checked up to the last seq seen: records lost
+- Without ``--since`` a producer's sequence is checked from 1. With it, from the seq after the
+  producer's highest one timed before ``--since`` (``"start": "after seq N"``; for
+  Elasticsearch one terms + max aggregation per 500 producers of the window finds it), so
+  records lost at the window's start are gaps. When no stamped record of the source precedes
+  the window, the window covers the whole source and the check starts at 1 as without
+  ``--since``. A producer with nothing before the window while others have something is
+  checked from its first seq in the window (``"start": "first in window"``): retention may have
+  deleted its beginning, so records lost just before that first seq cannot be seen (audit
+  without ``--since`` to check them). A gap is checked up to the last seq seen: records lost
   *after* a producer's last record in the sink cannot be seen (nothing says how many there were)
   until a later record or marker of that producer arrives. A handler's marker for drops before
   ``close()`` is sent (or spooled) during the close, so a drop at the end is visible through it.
@@ -55,7 +62,7 @@ from datetime import datetime, timedelta, timezone
 from typing import IO, Any
 
 from .errors import ConfigurationError, MissingDependencyError, SinkError
-from .spool import dropped_totals, segments
+from .spool import dropped_totals, refuse_lane_root, segments
 from .wire import DroppedRange, RecordMeta, read_meta
 
 try:  # several times faster on millions of lines
@@ -78,26 +85,50 @@ _UNATTRIBUTED_SPOOL_REASONS = ("torn", "corrupt", "rejected")
 _SAMPLE_RUNS = 1000  # duplicate ranges kept per producer for the report (the count is exact)
 
 
+_BLOCK = 1024  # most runs per block: bounds the splice an insert makes
+
+
 class SeqRuns:
     """A set of sequence numbers kept as sorted, disjoint, non-adjacent runs ``[first, last]``.
 
-    Appending in order (the common case) is O(1); an insert elsewhere is a bisection plus a list
-    splice over the runs it touches. :meth:`add` returns how many of the numbers were present
+    The runs live in blocks of at most ``block`` runs (a B-tree of height two, as in
+    ``sortedcontainers``): an insert bisects the block maxima, then the block, and splices only
+    that block, so it costs O(log runs) plus a splice of bounded size, whatever the order of the
+    inserts. A flat list spliced on every out-of-order insert made records arriving
+    odd-first-then-even (roundrobin over two sinks) quadratic: 140 s for a million. Appending in
+    order (the common case) is O(1). :meth:`add` returns how many of the numbers were present
     already, which is how duplicates are counted without remembering every number.
+
+    Args:
+        block: the most runs a block holds before it is halved (small only in tests).
     """
 
-    __slots__ = ("firsts", "lasts")
+    __slots__ = ("_block", "_firsts", "_lasts", "_maxes", "_runs")
 
-    def __init__(self) -> None:
-        self.firsts: list[int] = []
-        self.lasts: list[int] = []
+    def __init__(self, *, block: int = _BLOCK) -> None:
+        self._block = max(2, block)
+        self._firsts: list[list[int]] = []  # per block, the first number of each run
+        self._lasts: list[list[int]] = []  # per block, the last number of each run
+        self._maxes: list[int] = []  # per block, its last number (bisected to find a block)
+        self._runs = 0
 
     def __len__(self) -> int:
         """The number of runs."""
-        return len(self.firsts)
+        return self._runs
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
-        return zip(self.firsts, self.lasts, strict=True)
+        for firsts, lasts in zip(self._firsts, self._lasts, strict=True):
+            yield from zip(firsts, lasts, strict=True)
+
+    @property
+    def lowest(self) -> int | None:
+        """The smallest number held (``None`` when empty)."""
+        return self._firsts[0][0] if self._firsts else None
+
+    @property
+    def highest(self) -> int | None:
+        """The largest number held (``None`` when empty)."""
+        return self._maxes[-1] if self._maxes else None
 
     def count(self) -> int:
         """How many numbers the set holds."""
@@ -106,24 +137,88 @@ class SeqRuns:
     def add(self, first: int, last: int | None = None) -> int:
         """Add ``first``..``last`` (inclusive); return how many of them were already present."""
         last = first if last is None else last
-        firsts, lasts = self.firsts, self.lasts
-        if not lasts or first > lasts[-1] + 1:
-            firsts.append(first)
-            lasts.append(last)
+        maxes = self._maxes
+        if not maxes or first > maxes[-1] + 1:
+            self._append(first, last)
             return 0
-        if first == lasts[-1] + 1:
-            lasts[-1] = last
+        if first == maxes[-1] + 1:
+            self._lasts[-1][-1] = maxes[-1] = last
             return 0
+        b = bisect_left(maxes, first - 1)  # first block ending at or after first - 1
+        firsts, lasts = self._firsts[b], self._lasts[b]
         i = bisect_left(lasts, first - 1)  # first run that ends at or after first - 1
-        j = bisect_right(firsts, last + 1)  # runs i..j-1 touch or overlap [first, last]
-        if i >= j:
+        if firsts[i] > last + 1:  # touches nothing: a new run
             firsts.insert(i, first)
             lasts.insert(i, last)
+            self._runs += 1
+            self._split(b)
             return 0
-        present = sum(max(0, min(lasts[k], last) - max(firsts[k], first) + 1) for k in range(i, j))
-        firsts[i:j] = [min(firsts[i], first)]
-        lasts[i:j] = [max(lasts[j - 1], last)]
+        present = max(0, min(lasts[i], last) - max(firsts[i], first) + 1)
+        if self._next_first(b, i) > last + 1:  # touches run i only: widen it in place
+            firsts[i], lasts[i] = min(firsts[i], first), max(lasts[i], last)
+            self._maxes[b] = lasts[-1]
+            return present
+        if i + 2 < len(firsts) and firsts[i + 2] > last + 1:  # bridges runs i and i + 1
+            present += max(0, min(lasts[i + 1], last) - firsts[i + 1] + 1)
+            firsts[i], lasts[i] = min(firsts[i], first), max(lasts[i + 1], last)
+            del firsts[i + 1], lasts[i + 1]
+            self._runs -= 1
+            return present
+        return self._merge(b, i, first, last)
+
+    def _next_first(self, b: int, i: int) -> float:
+        """The first number of the run after run ``i`` of block ``b`` (infinity if none)."""
+        if i + 1 < len(self._firsts[b]):
+            return self._firsts[b][i + 1]
+        return self._firsts[b + 1][0] if b + 1 < len(self._firsts) else float("inf")
+
+    def _append(self, first: int, last: int) -> None:
+        if not self._firsts or len(self._firsts[-1]) >= self._block:
+            self._firsts.append([])
+            self._lasts.append([])
+            self._maxes.append(last)
+        self._firsts[-1].append(first)
+        self._lasts[-1].append(last)
+        self._maxes[-1] = last
+        self._runs += 1
+
+    def _merge(self, b: int, i: int, first: int, last: int) -> int:
+        """Replace the runs from block ``b``, index ``i`` on that touch ``first..last`` (there is
+        at least one; they may continue into the next blocks) by their union with it."""
+        present, low, high = 0, first, last
+        block, start, done = b, i, False
+        while block < len(self._firsts):
+            firsts, lasts = self._firsts[block], self._lasts[block]
+            k = bisect_right(firsts, last + 1, start)  # runs start..k-1 touch first..last
+            if k > start:
+                low, high = min(low, firsts[start]), max(high, lasts[k - 1])
+                for a, z in zip(firsts[start:k], lasts[start:k], strict=True):
+                    present += max(0, min(z, last) - max(a, first) + 1)
+            done = k < len(firsts)
+            del firsts[start:k], lasts[start:k]
+            self._runs -= k - start
+            if done:
+                break
+            block, start = block + 1, 0
+        end = block if done else len(self._firsts)  # blocks b+1..end-1 were emptied
+        del self._firsts[b + 1 : end], self._lasts[b + 1 : end], self._maxes[b + 1 : end]
+        self._firsts[b].insert(i, low)
+        self._lasts[b].insert(i, high)
+        self._maxes[b] = self._lasts[b][-1]
+        self._runs += 1
+        self._split(b)
         return present
+
+    def _split(self, b: int) -> None:
+        """Halve block ``b`` once it holds more than ``block`` runs."""
+        firsts, lasts = self._firsts[b], self._lasts[b]
+        if len(firsts) <= self._block:
+            return
+        half = len(firsts) // 2
+        self._firsts[b + 1 : b + 1] = [firsts[half:]]
+        self._lasts[b + 1 : b + 1] = [lasts[half:]]
+        del firsts[half:], lasts[half:]
+        self._maxes[b : b + 1] = [lasts[-1], self._lasts[b + 1][-1]]
 
     def missing(self, low: int, high: int) -> Iterator[tuple[int, int]]:
         """The runs of ``low..high`` that are not in the set."""
@@ -210,18 +305,35 @@ class Window:
             return False
         return self.until is None or moment < self.until
 
+    def precedes(self, timestamp: str | None) -> bool:
+        """True if a record of that time is before the window's start (``since``)."""
+        if self.since is None or not timestamp:
+            return False
+        moment = _parse_time(timestamp)
+        return moment is not None and moment < self.since
+
 
 class Audit:
     """Accumulates records and markers, then reports per producer (:meth:`report`).
 
+    Where each producer's sequence is checked from (its *start*) follows from what precedes
+    the window: seq 1 without ``since``; the seq after the highest one timed before ``since``
+    (:meth:`add_before`), so records lost at the window's start are gaps; seq 1 again when
+    no stamped record of the source precedes the window (it then covers the whole source);
+    else, for a producer with nothing before the window while others have something, its
+    first seq in the window (retention may have deleted its beginning), reported as such.
+
     Args:
         window: which records count (markers count whatever their time).
-        from_one: check each sequence from 1 (default: unless the window has a start).
+        from_one: True checks each sequence from 1 whatever the window; False never assumes
+            that the window covers the whole source; None (default) decides as above.
     """
 
     def __init__(self, window: Window | None = None, *, from_one: bool | None = None) -> None:
         self.window = window or Window()
-        self.from_one = self.window.since is None if from_one is None else from_one
+        self.from_one = from_one
+        self.before: dict[str, int] = {}  # producer -> highest seq timed before the window
+        self.anything_before = False  # a stamped record of the source precedes the window
         self.producers: dict[str, _Producer] = {}
         self.unstamped = 0
         self.unreadable = 0
@@ -250,6 +362,8 @@ class Audit:
             return
         if not (self.window.contains(meta.timestamp) if in_window is None else in_window):
             self.outside += 1
+            if in_window is None and self.window.precedes(meta.timestamp):
+                self.add_before(meta.producer, meta.seq)
             return
         entry = self._producer(meta.producer)
         entry.records += 1
@@ -266,6 +380,23 @@ class Audit:
             if entry.last_time is None or ts > entry.last_time:
                 entry.last_time = ts
 
+    def add_before(self, producer: str, seq: int) -> None:
+        """Note a record of ``producer`` timed before the window (only its seq is kept)."""
+        self.anything_before = True
+        if seq > self.before.get(producer, 0):
+            self.before[producer] = seq
+
+    def start(self, entry: _Producer) -> tuple[int | None, str]:
+        """The seq ``entry``'s sequence is checked from, and why (see the class docstring)."""
+        if self.from_one or (self.window.since is None and self.from_one is None):
+            return 1, "seq 1"
+        before = self.before.get(entry.name)
+        if before is not None:
+            return before + 1, f"after seq {before}"
+        if self.from_one is None and not self.anything_before:
+            return 1, "seq 1 (nothing precedes the window)"
+        return entry.seqs.lowest, "first in window"
+
     def add_dropped(self, dropped: DroppedRange) -> None:
         """Account for a range a marker names (idempotent: a marker seen twice counts once)."""
         runs = self._producer(dropped.producer).dropped.setdefault(dropped.reason, SeqRuns())
@@ -273,7 +404,7 @@ class Audit:
 
     def report(self) -> dict[str, Any]:
         """The result as one JSON-ready document; ``ok`` is False when a gap is unexplained."""
-        producers = [_report_producer(p, self.from_one) for _, p in sorted(self.producers.items())]
+        producers = [_report_producer(p, *self.start(p)) for _, p in sorted(self.producers.items())]
         return {
             "ok": not any(p["gaps"] for p in producers),
             "window": {
@@ -295,7 +426,7 @@ class Audit:
         }
 
 
-def _report_producer(entry: _Producer, from_one: bool) -> dict[str, Any]:
+def _report_producer(entry: _Producer, low: int | None, start: str) -> dict[str, Any]:
     explained = SeqRuns()
     dropped_ranges = []
     for reason, runs in sorted(entry.dropped.items()):
@@ -305,15 +436,16 @@ def _report_producer(entry: _Producer, from_one: bool) -> dict[str, Any]:
     dropped_ranges.sort(key=lambda r: (r["first"], r["reason"]))
     seqs = entry.seqs
     gaps: list[list[int]] = []
-    if seqs.firsts:
-        low = 1 if from_one else seqs.firsts[0]
-        gaps = [[a, b] for a, b in explained.minus(seqs.missing(low, seqs.lasts[-1]))]
+    if low is not None and seqs.highest is not None:
+        gaps = [[a, b] for a, b in explained.minus(seqs.missing(low, seqs.highest))]
     return {
         "producer": entry.name,
+        "start": start,
+        "checked_from": low,
         "records": entry.records,
         "markers": entry.markers,
-        "first_seq": seqs.firsts[0] if seqs.firsts else None,
-        "last_seq": seqs.lasts[-1] if seqs.lasts else None,
+        "first_seq": seqs.lowest,
+        "last_seq": seqs.highest,
         "first_time": entry.first_time,
         "last_time": entry.last_time,
         "missing": sum(b - a + 1 for a, b in gaps),
@@ -374,10 +506,8 @@ def audit_spool(audit: Audit, directories: Sequence[str]) -> None:
         if not os.path.isdir(directory):
             msg = f"--spool {directory!r}: not a directory"
             raise ConfigurationError(msg)
-        views = segments(directory)
-        if not views:
-            _refuse_lane_root(directory)
-        for view in views:
+        refuse_lane_root(directory, "audit")
+        for view in segments(directory):
             try:
                 with open(view.path, "rb") as f:
                     f.seek(view.confirmed)
@@ -389,22 +519,6 @@ def audit_spool(audit: Audit, directories: Sequence[str]) -> None:
         for reason, n in dropped_totals(directory).items():
             if reason in _UNATTRIBUTED_SPOOL_REASONS:
                 audit.unattributed[reason] = audit.unattributed.get(reason, 0) + n
-
-
-def _refuse_lane_root(directory: str) -> None:
-    """A ``strategy="all"`` spool root holds one spool per endpoint, each with a copy of every
-    record: audited together they would all look duplicated, so name them instead."""
-    lanes = sorted(
-        os.path.join(directory, name)
-        for name in os.listdir(directory)
-        if os.path.isdir(os.path.join(directory, name)) and segments(os.path.join(directory, name))
-    )
-    if lanes:
-        msg = (
-            f"--spool {directory!r} holds one spool per endpoint; audit each on its own: "
-            + ", ".join(lanes)
-        )
-        raise ConfigurationError(msg)
 
 
 _ES_SOURCE = ["mqlogging", "@timestamp", "timestamp"]
@@ -441,8 +555,43 @@ def _es_window(window: Window) -> list[dict[str, Any]]:
         bounds["gte"] = window.since.isoformat()
     if window.until is not None:
         bounds["lt"] = window.until.isoformat()
+    return [_es_time_range(bounds)]
+
+
+def _es_time_range(bounds: dict[str, str]) -> dict[str, Any]:
+    """A query on the record time, ``@timestamp`` (ecs) or ``timestamp`` (other schemas)."""
     should = [{"range": {key: dict(bounds)}} for key in ("@timestamp", "timestamp")]
-    return [{"bool": {"should": should, "minimum_should_match": 1}}]
+    return {"bool": {"should": should, "minimum_should_match": 1}}
+
+
+_BEFORE_CHUNK = 500  # producers per aggregation query (well below index.max_terms_count)
+
+
+def _es_before(es: Any, index: str, field_name: str, audit: Audit) -> None:
+    """Tell ``audit`` what precedes its window: whether any stamped record does (one count),
+    and the highest seq before it of each producer of the window (one terms + max aggregation
+    per ``_BEFORE_CHUNK`` producers), so a producer is checked from the seq after it."""
+    since = audit.window.since
+    if since is None or audit.from_one:
+        return
+    before = [{"exists": {"field": "mqlogging.seq"}}, _es_time_range({"lt": since.isoformat()})]
+    if not int(es.count(index=index, query={"bool": {"filter": before}})["count"]):
+        return
+    audit.anything_before = True
+    names = sorted(name for name, entry in audit.producers.items() if entry.records)
+    for i in range(0, len(names), _BEFORE_CHUNK):
+        chunk = names[i : i + _BEFORE_CHUNK]
+        query = {"bool": {"filter": [*before, {"terms": {field_name: chunk}}]}}
+        aggs = {
+            "producers": {
+                "terms": {"field": field_name, "size": len(chunk)},
+                "aggs": {"seq": {"max": {"field": "mqlogging.seq"}}},
+            }
+        }
+        resp = es.search(index=index, size=0, query=query, aggs=aggs)
+        for bucket in resp["aggregations"]["producers"]["buckets"]:
+            if bucket["seq"]["value"] is not None:
+                audit.add_before(str(bucket["key"]), int(bucket["seq"]["value"]))
 
 
 def _pit_scan(
@@ -474,7 +623,8 @@ def audit_es(
     audit: Audit, url: str, index: str, *, page: int = 5000, ca_certs: str | None = None
 ) -> None:
     """Feed ``audit`` from Elasticsearch: the stamped records of the window sorted by (producer,
-    seq), then every marker whatever its time, then the count of unstamped documents."""
+    seq), what precedes the window (:func:`_es_before`), every marker whatever its time, then
+    the count of unstamped documents."""
     es = _es_client(url, ca_certs)
     try:
         field_name = _producer_field(es, index)
@@ -487,6 +637,7 @@ def audit_es(
                 audit.unstamped += 1
                 continue
             audit.add_meta(meta, in_window=True)
+        _es_before(es, index, field_name, audit)
         markers = {"exists": {"field": "mqlogging.dropped.first"}}
         for doc in _pit_scan(es, index, markers, [{"mqlogging.seq": "asc"}], page):
             for dropped in read_meta(doc).dropped:
@@ -520,6 +671,15 @@ def _ranges(items: Sequence[Sequence[int]], limit: int) -> str:
     return ", ".join(shown) + more if shown else "-"
 
 
+def _describe_start(start: str, low: int) -> str:
+    """The text for where a sequence was checked from (``start`` as :meth:`Audit.start`)."""
+    if start.startswith("after seq"):
+        return f"from seq {low}, {start}: the last before the window"
+    if start == "first in window":
+        return f"from seq {low}, the first in the window: none of its records precedes it"
+    return f"from seq {low}" + (": nothing precedes the window" if start != "seq 1" else "")
+
+
 def print_report(report: dict[str, Any], out: IO[str], limit: int = 20) -> None:
     """The human-readable report (``--json`` prints ``report`` itself)."""
     for p in report["producers"]:
@@ -543,6 +703,8 @@ def print_report(report: dict[str, Any], out: IO[str], limit: int = 20) -> None:
         ), file=out)  # fmt: skip
         gaps = f": {_ranges(p['gaps'], limit)}" if p["gaps"] else ""
         print(f"  gaps        {p['missing']} missing{gaps}", file=out)
+        if report["window"]["since"] and p["checked_from"] is not None:
+            print(f"  checked     {_describe_start(p['start'], p['checked_from'])}", file=out)
     t = report["totals"]
     verdict = "OK: no unexplained gap" if report["ok"] else "LOSS: unexplained gaps"
     print(

@@ -131,6 +131,8 @@ __all__ = [
     "bind_destination",
     "coerce_spool_options",
     "dropped_totals",
+    "lane_spools",
+    "refuse_lane_root",
     "segments",
 ]
 
@@ -432,6 +434,46 @@ def segments(directory: str) -> list[SegmentView]:
         for stem, entry in sorted(_scan(directory).items())
         if entry.name is not None
     ]
+
+
+def lane_spools(directory: str) -> list[str]:
+    """The sub-directories of ``directory`` that hold segments, sorted: the per-endpoint spools
+    (lanes) of a ``strategy="all"`` spool root. Each lane holds its own copy of every record,
+    for its own endpoint, so a lane root is read lane by lane (:func:`refuse_lane_root`).
+
+    A sub-directory that cannot be listed is left out (it is no spool this process can read).
+    """
+    try:
+        names = sorted(os.listdir(directory))
+    except OSError as exc:
+        msg = f"cannot list spool directory {directory!r}: {exc.strerror or exc}"
+        raise SpoolError(msg) from exc
+    lanes = []
+    for name in names:
+        sub = os.path.join(directory, name)
+        with contextlib.suppress(SpoolError):
+            if os.path.isdir(sub) and segments(sub):
+                lanes.append(sub)
+    return lanes
+
+
+def refuse_lane_root(directory: str, action: str) -> None:
+    """Refuse to ``action`` a ``strategy="all"`` spool root as one spool: it holds no segment
+    of its own, so reading it would find nothing and report success while records wait in its
+    lanes (review #11 follow-up); read together, the lanes would show every record twice.
+
+    Raises:
+        SpoolError: ``directory`` is a lane root; the message names its lanes.
+    """
+    if segments(directory):
+        return
+    lanes = lane_spools(directory)
+    if lanes:
+        msg = (
+            f'spool directory {directory!r} holds one spool per endpoint (strategy="all"); '
+            f"{action} each of them instead: " + ", ".join(lanes)
+        )
+        raise SpoolError(msg)
 
 
 def _write_ack(

@@ -6,6 +6,8 @@ from __future__ import annotations
 import gzip
 import itertools
 import json
+import time
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -39,12 +41,16 @@ def _audit(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, dict[st
 
 
 class TestSeqRuns:
-    @given(st.lists(st.tuples(st.integers(1, 300), st.integers(0, 20)), max_size=80))
-    def test_matches_a_plain_set(self, inserts: list[tuple[int, int]]) -> None:
+    @given(
+        st.lists(st.tuples(st.integers(1, 300), st.integers(0, 20)), max_size=80),
+        st.sampled_from([2, 3, 1024]),
+    )
+    def test_matches_a_plain_set(self, inserts: list[tuple[int, int]], block: int) -> None:
         """Whatever the order of inserts, the runs hold exactly the numbers inserted, stay
         sorted, disjoint and non-adjacent, ``add`` returns how many were present already, and
-        ``missing`` is the complement."""
-        runs, model = SeqRuns(), set()
+        ``missing`` is the complement; tiny blocks make inserts split blocks and merges span
+        several of them."""
+        runs, model = SeqRuns(block=block), set()
         for first, length in inserts:
             numbers = set(range(first, first + length + 1))
             assert len(numbers & model) == runs.add(first, first + length)
@@ -56,6 +62,23 @@ class TestSeqRuns:
         assert len(model) == runs.count()
         holes = {n for a, b in runs.missing(1, 330) for n in range(a, b + 1)}
         assert set(range(1, 331)) - model == holes
+        assert (min(model, default=None), max(model, default=None)) == (
+            runs.lowest,
+            runs.highest,
+        )
+        assert len(pairs) == len(runs)
+
+    def test_a_million_out_of_order_inserts_stay_fast(self) -> None:
+        """A million numbers added odd-first-then-even (records of a roundrobin handler read
+        from its two sinks one after the other: half a million runs at the turn) end as one
+        run, with no duplicate, well within a generous bound: each insert is O(log runs), where
+        splicing one flat list per insert took over two minutes."""
+        runs, n = SeqRuns(), 1_000_000
+        started = time.monotonic()
+        present = sum(runs.add(s) for s in itertools.chain(range(1, n + 1, 2), range(2, n + 1, 2)))
+        elapsed = time.monotonic() - started
+        assert (list(runs), present) == ([(1, n)], 0)
+        assert elapsed < 40, f"{elapsed:.1f}s for {n} out-of-order inserts"
 
     def test_a_contiguous_million_is_one_run(self) -> None:
         """In-order numbers extend the last run: memory does not grow with the record count."""
@@ -93,11 +116,34 @@ class TestFileAudit:
         assert (b["producer"], b["records"], b["gaps"]) == ("b", 5, [])
         assert (report["totals"]["unreadable"], report["totals"]["unstamped"]) == (1, 1)
 
-    def test_window_counts_from_the_first_seq_in_it(
+    def test_two_roundrobin_sinks_read_one_after_the_other(
+        self, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """Records of a roundrobin handler split over two sink files (odd seqs in one, even in
+        the other) and audited together are all counted, once: 20,000 records, no gap, no
+        duplicate; one line removed from the middle of the even file is named as the gap."""
+        n = 20_000
+        _write(tmp_path / "sink-a.jsonl", [_doc("a", s) for s in range(1, n + 1, 2)])
+        even = [_doc("a", s) for s in range(2, n + 1, 2) if s != 10_000]
+        _write(tmp_path / "sink-b.jsonl", [*even, _doc("a", n)])
+        code, report = _audit(capsys, "--file", str(tmp_path / "sink-*.jsonl"))
+        assert code == 1
+        [a] = report["producers"]
+        assert (a["records"], a["first_seq"], a["last_seq"], a["gaps"], a["duplicates"]) == (
+            n,
+            1,
+            n,
+            [[10_000, 10_000]],
+            1,
+        )
+        assert a["duplicate_seqs"] == [[n, n]]
+
+    def test_window_counts_from_the_seq_after_the_last_before_it(
         self, tmp_path: Path, capsys: pytest.CaptureFixture[str]
     ) -> None:
         """With ``--since``, records before it are outside the window and the sequence is
-        checked from the first seq inside it (the earlier numbers are not gaps)."""
+        checked from the seq after the last one before it (the earlier numbers are not
+        gaps)."""
         lines = [_doc("a", s, f"2026-12-01T12:00:{s:02d}.000000Z") for s in range(1, 31)]
         path = _write(tmp_path / "sink.jsonl", lines)
         code, report = _audit(
@@ -107,7 +153,57 @@ class TestFileAudit:
         assert code == 0
         [a] = report["producers"]
         assert (a["records"], a["first_seq"], a["last_seq"], a["gaps"]) == (10, 10, 19, [])
+        assert (a["start"], a["checked_from"]) == ("after seq 9", 10)
         assert report["totals"]["outside_window"] == 20
+
+    def test_since_sees_records_lost_at_the_windows_start(
+        self, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """Seqs 10..12 of a producer are missing from the sink and ``--since`` falls among
+        them: the check starts after seq 9 (the last before the window), so the three are
+        missing (exit 1); they used to be outside the check (exit 0). A second producer with
+        nothing before the window is checked from its first seq there, and says so."""
+        lines = [
+            _doc("a", s, f"2026-12-01T12:00:{s:02d}.000000Z")
+            for s in range(1, 31)
+            if s not in (10, 11, 12)
+        ] + [_doc("b", s, f"2026-12-01T12:00:{s:02d}.000000Z") for s in range(20, 31)]
+        path = _write(tmp_path / "sink.jsonl", lines)
+        code, report = _audit(capsys, "--file", str(path), "--since", "2026-12-01T12:00:11Z")
+        assert code == 1
+        a, b = report["producers"]
+        assert (a["records"], a["start"], a["gaps"], a["missing"]) == (
+            18,
+            "after seq 9",
+            [[10, 12]],
+            3,
+        )
+        assert (b["records"], b["start"], b["checked_from"], b["gaps"]) == (
+            11,
+            "first in window",
+            20,
+            [],
+        )
+        assert report["totals"]["missing"] == 3
+
+    @pytest.mark.parametrize("since", ["2020-01-01T00:00:00Z", "1h"])
+    def test_since_before_everything_checks_from_seq_1(
+        self, since: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """A producer's seq 1..10 are missing from the sink and nothing in it precedes
+        ``--since`` (a date long ago, or an hour ago for records made now): the window covers
+        the whole sink, so the check starts at seq 1 as without ``--since``, and the ten are
+        missing (exit 1); the audit used to start at seq 11 and say OK."""
+        now = datetime.now(timezone.utc).isoformat()
+        path = _write(tmp_path / "sink.jsonl", [_doc("a", s, now) for s in range(11, 101)])
+        code, report = _audit(capsys, "--file", str(path), "--since", since)
+        assert code == 1
+        [a] = report["producers"]
+        assert (a["records"], a["checked_from"], a["gaps"], a["missing"]) == (90, 1, [[1, 10]], 10)
+        assert a["start"] == "seq 1 (nothing precedes the window)"
+        capsys.readouterr()
+        assert main(["audit", "--file", str(path), "--since", since]) == 1
+        assert "checked     from seq 1: nothing precedes the window" in capsys.readouterr().out
 
     def test_text_output_escapes_control_characters(
         self, tmp_path: Path, capsys: pytest.CaptureFixture[str]

@@ -116,3 +116,68 @@ def test_missing_directory_is_an_error(tmp_path: Path) -> None:
     result = _cli("spool", "inspect", str(tmp_path / "nope"))
     assert result.returncode == 2
     assert "does not exist" in result.stderr
+
+
+LANE_N = 50
+
+
+@pytest.fixture
+def lane_root(tmp_path: Path) -> Path:
+    """A ``strategy="all"`` spool root: both brokers refused, so each of the two per-endpoint
+    spools below it holds a copy of the LANE_N records; the root holds no segment itself."""
+    root = tmp_path / "spool"
+    urls = [f"amqp://guest:guest@127.0.0.1:{free_port()}/?exchange=&queue=q{i}" for i in (1, 2)]
+    handler = MQHandler(urls, strategy="all", spool=str(root), retry_max=0.05, close_timeout=1)
+    logger = logging.getLogger(f"cli.lanes.{tmp_path.name}")
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    logger.addHandler(handler)
+    for i in range(LANE_N):
+        logger.info("record %d", i, extra={"seq": i})
+    logger.removeHandler(handler)
+    handler.close()
+    return root
+
+
+def _lanes(root: Path) -> list[Path]:
+    return sorted(p for p in root.iterdir() if p.is_dir())
+
+
+def test_replay_of_a_lane_root_is_refused_naming_its_lanes(
+    lane_root: Path, rabbitmq: RabbitMQ, queue_name: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """replay and export of a ``strategy="all"`` root (which holds no record itself) refuse
+    with one line naming the lane directories and exit 2, shipping and deleting nothing
+    (they used to answer "replayed 0 records", exit 0); replaying each named lane then
+    delivers every record of each lane: LANE_N records twice, nothing lost or duplicated."""
+    lanes = _lanes(lane_root)
+    assert len(lanes) == 2
+    url = amqp_url(rabbitmq, queue_name)
+    for action in (["replay", str(lane_root), "--to", url, "--quiet"], ["export", str(lane_root)]):
+        capsys.readouterr()
+        assert main(["spool", *action]) == 2
+        out, err = capsys.readouterr()
+        assert out == ""
+        [line] = err.strip().splitlines()
+        assert all(str(lane) in line for lane in lanes), line
+    for lane in lanes:
+        assert main(["spool", "inspect", "--json", str(lane)]) == 0
+        assert json.loads(capsys.readouterr().out)["records"] == LANE_N
+    for lane in lanes:
+        assert main(["spool", "replay", str(lane), "--to", url, "--quiet"]) == 0
+    delivered = seqs(drain_amqp(rabbitmq, queue_name, 2 * LANE_N))
+    assert sorted(2 * list(range(LANE_N))) == sorted(delivered)
+
+
+def test_inspect_of_a_lane_root_lists_its_lanes(
+    lane_root: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """inspect of a ``strategy="all"`` root counts no record of its own and lists the lanes,
+    saying they are not counted, in text and JSON."""
+    names = [lane.name for lane in _lanes(lane_root)]
+    assert main(["spool", "inspect", "--json", str(lane_root)]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert (summary["records"], summary["subdirectories"]) == (0, names)
+    assert main(["spool", "inspect", str(lane_root)]) == 0
+    text = capsys.readouterr().out
+    assert f"{', '.join(names)} (not counted above" in text

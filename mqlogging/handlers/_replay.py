@@ -25,7 +25,7 @@ from ..backends import open_producer
 from ..backends.endpoints import Endpoint
 from ..backends.local import record_id
 from ..errors import SpoolError
-from ..spool import SpoolReader, segments
+from ..spool import SpoolReader, lane_spools, refuse_lane_root, segments
 from ..wire import read_meta
 
 __all__ = ["ReplayResult", "SpoolSummary", "export_spool", "inspect_spool", "replay_spool"]
@@ -118,7 +118,8 @@ def inspect_spool(directory: str) -> SpoolSummary:
 
     ``oldest``/``newest`` are the timestamps of the first and last readable records (their
     ``@timestamp``), records being in replay order. Sub-directories holding segments (one per
-    endpoint with ``strategy="all"``) are listed, not summed: each goes to its own endpoint.
+    endpoint with ``strategy="all"``) are listed, not summed: each goes to its own endpoint and
+    is inspected, exported and replayed on its own.
 
     Raises:
         SpoolError: the directory does not exist or cannot be read.
@@ -148,10 +149,7 @@ def inspect_spool(directory: str) -> SpoolSummary:
             if summary.oldest is None:
                 summary.oldest = stamp
             summary.newest = stamp
-    for name in sorted(os.listdir(path)):
-        sub = os.path.join(path, name)
-        if os.path.isdir(sub) and segments(sub):
-            summary.subdirectories.append(name)
+    summary.subdirectories = [os.path.basename(lane) for lane in lane_spools(path)]
     return summary
 
 
@@ -159,8 +157,13 @@ def export_spool(directory: str, out: IO[bytes]) -> int:
     """Write every readable unconfirmed record to ``out`` as JSON lines; return the count.
 
     Corrupt and torn lines are skipped. Nothing in the directory changes.
+
+    Raises:
+        SpoolError: the directory does not exist, cannot be read, or is a ``strategy="all"``
+            root (one spool per endpoint below it): export each of those instead.
     """
     path = _check_dir(directory)
+    refuse_lane_root(path, "export")
     n = 0
     for line, _complete in _lines(path):
         if line is None:
@@ -190,9 +193,11 @@ def replay_spool(
 
     Raises:
         BackendError: the endpoint failed; what was confirmed so far stays confirmed.
-        SpoolError: the directory cannot be read or progress cannot be recorded.
+        SpoolError: the directory cannot be read or progress cannot be recorded, or it is a
+            ``strategy="all"`` root (one spool per endpoint below it): replay each of those.
     """
     path = _check_dir(directory)
+    refuse_lane_root(path, "replay")
     total = inspect_spool(path).records
     started = time.monotonic()
     done = batches = 0
@@ -233,7 +238,8 @@ def inspect_command(directory: str, *, as_json: bool = False) -> int:
         ("torn lines", str(summary.torn_lines)),
     ]
     if summary.subdirectories:
-        rows.append(("per-endpoint spools", ", ".join(summary.subdirectories)))
+        lanes = ", ".join(summary.subdirectories)
+        rows.append(("per-endpoint spools", f"{lanes} (not counted above: use each on its own)"))
     width = max(len(name) for name, _ in rows)
     for name, value in rows:
         print(f"{name:<{width}}  {value}")
@@ -248,6 +254,7 @@ def export_command(directory: str, out: IO[bytes] | None = None) -> int:
     n = export_spool(directory, stream)
     stream.flush()
     print(f"mqlogging: exported {n} records", file=sys.stderr)
+    _note_lanes_left(directory, "exported")
     return 0
 
 
@@ -295,6 +302,7 @@ def replay_command(directory: str, to: str, *, batch_size: int = 500, quiet: boo
             progress(n, total)
 
     endpoint = Endpoint.from_url(to)
+    refuse_lane_root(_check_dir(directory), "replay")  # a usage error (exit 2), not a failure
     try:
         result = replay_spool(directory, endpoint, batch_size=batch_size, progress=report)
     except MQLoggingError as exc:
@@ -313,4 +321,18 @@ def replay_command(directory: str, to: str, *, batch_size: int = 500, quiet: boo
         f"in {result.seconds:.1f}s",
         file=sys.stderr,
     )
+    _note_lanes_left(directory, "replayed")
     return 0
+
+
+def _note_lanes_left(directory: str, done: str) -> None:
+    """Name the per-endpoint spools below a spool that also holds segments of its own (its
+    strategy changed to ``"all"``): they were not part of what was just done."""
+    import sys
+
+    lanes = lane_spools(_check_dir(directory))
+    if lanes:
+        print(
+            f"mqlogging: note: per-endpoint spools below it were not {done}: " + ", ".join(lanes),
+            file=sys.stderr,
+        )

@@ -136,3 +136,40 @@ def test_window_and_markers_outside_it(
     [entry] = report["producers"]
     assert (entry["records"], entry["dropped"], entry["gaps"]) == (N - 2, 2, [])
     assert entry["dropped_ranges"] == [{"first": 11, "last": 12, "reason": "overflow"}]
+
+
+def test_since_sees_records_lost_at_the_windows_start(
+    elasticsearch: Any, delivered: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Seqs 998..1001 deleted and ``--since`` at seq 1001's time: the producer is checked from
+    the seq after its highest before the window (one aggregation), so exactly the four are
+    gaps; with ``--since`` before every record, nothing precedes the window and seqs 1..3,
+    deleted too, are gaps as without ``--since``. Both used to start at the first seq in the
+    window and exit 0."""
+    from elasticsearch import Elasticsearch
+
+    hits = _hits_by_seq(elasticsearch.url, delivered, [1, 2, 3, 998, 999, 1000, 1001])
+    since = next(h for h in hits if h["_source"]["mqlogging"]["seq"] == 1001)["_source"]
+    with Elasticsearch(elasticsearch.url, request_timeout=10) as es:
+        for hit in hits:
+            es.delete(index=hit["_index"], id=hit["_id"])
+        es.indices.refresh(index=delivered)
+
+    code, report = _audit(
+        capsys, "--es", elasticsearch.url, "--index", delivered, "--since", since["@timestamp"]
+    )
+    [producer] = report["producers"]
+    assert (code, producer["gaps"], producer["missing"]) == (1, [[998, 1001]], 4)
+    assert producer["start"] == f"after seq {producer['checked_from'] - 1}"
+    assert producer["checked_from"] <= 998
+    assert producer["records"] == N - producer["checked_from"] + 1 - 4  # times follow seqs
+
+    code, report = _audit(
+        capsys, "--es", elasticsearch.url, "--index", delivered, "--since", "2000-01-01T00:00:00Z"
+    )
+    [producer] = report["producers"]
+    assert (code, producer["gaps"], producer["missing"]) == (1, [[1, 3], [998, 1001]], 7)
+    assert (producer["records"], producer["start"]) == (
+        N - 7,
+        "seq 1 (nothing precedes the window)",
+    )
