@@ -30,7 +30,7 @@ from collections.abc import Callable
 from types import FrameType
 from typing import Any, Protocol
 
-__all__ = ["close_on_sigterm", "register"]
+__all__ = ["close_on_sigterm", "in_pool_child", "register"]
 
 # Longest time SIGTERM waits for the handlers to deliver or spool before the process dies.
 TERM_GRACE = 2.0
@@ -61,6 +61,20 @@ def _after_fork_in_child() -> None:
             handler._after_fork_in_child()
         except Exception as exc:  # a broken handler must not break the child process
             print(f"mqlogging: cannot reset {handler!r} after fork: {exc}", file=sys.stderr)
+
+
+def in_pool_child() -> bool:
+    """True in a process that ``multiprocessing`` (any start method) or billiard started.
+
+    A handler built there (in a pool ``initializer``, Celery's ``worker_process_init``, any
+    ``spawn``/``forkserver`` child) needs the same care as one inherited through ``fork()``:
+    such processes end with ``os._exit()`` or SIGTERM, where no exit hook runs.
+    """
+    mp = sys.modules.get("multiprocessing")
+    if mp is not None and mp.parent_process() is not None:
+        return True
+    billiard = sys.modules.get("billiard.process")
+    return billiard is not None and billiard.current_process().name != "MainProcess"
 
 
 def close_on_sigterm(handler: _Closable) -> None:

@@ -200,6 +200,8 @@ class MQHandler(logging.Handler):
         self._pipe = pipe
         self._pipe.make_marker = self._make_marker
         _fork.register(self)
+        if _fork.in_pool_child():  # built in a pool worker: the care an inherited one gets
+            self._in_process_child()
         self._pipe.start_if_spooled()
 
     def __repr__(self) -> str:
