@@ -63,12 +63,7 @@ from typing import IO, Any
 
 from .errors import ConfigurationError, MissingDependencyError, SinkError
 from .spool import dropped_totals, refuse_lane_root, segments
-from .wire import DroppedRange, RecordMeta, read_meta
-
-try:  # several times faster on millions of lines
-    from orjson import loads as _loads
-except ImportError:  # pragma: no cover - orjson is optional (mqlogging[fast])
-    from json import loads as _loads  # type: ignore[assignment]
+from .wire import DroppedRange, RecordMeta, decode, read_meta
 
 __all__ = [
     "Audit",
@@ -461,13 +456,6 @@ def _report_producer(entry: _Producer, low: int | None, start: str) -> dict[str,
 # -- sources ------------------------------------------------------------------------------------
 
 
-def _decode(line: bytes) -> Any:
-    try:
-        return _loads(line)
-    except ValueError:
-        return None
-
-
 def expand_paths(patterns: Sequence[str]) -> list[str]:
     """Every file the patterns name (globs expanded, sorted per pattern).
 
@@ -493,7 +481,7 @@ def audit_files(audit: Audit, patterns: Sequence[str]) -> None:
             with opener(path, "rb") as f:
                 for line in f:
                     if line.strip():
-                        audit.add_document(_decode(line))
+                        audit.add_document(decode(line))
         except OSError as exc:
             msg = f"cannot read {path!r}: {exc.strerror or exc}"
             raise ConfigurationError(msg) from exc
@@ -513,7 +501,7 @@ def audit_spool(audit: Audit, directories: Sequence[str]) -> None:
                     f.seek(view.confirmed)
                     for line in f:
                         if line.endswith(b"\n") and line.strip():  # a torn last line is skipped
-                            audit.add_document(_decode(line))
+                            audit.add_document(decode(line))
             except FileNotFoundError:
                 continue  # replayed and deleted meanwhile
         for reason, n in dropped_totals(directory).items():

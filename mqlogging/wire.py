@@ -46,11 +46,17 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Final, NamedTuple
 
+try:  # several times faster on millions of lines; the stdlib is the fallback
+    from orjson import loads as _loads
+except ImportError:  # pragma: no cover - orjson is optional (mqlogging[fast])
+    from json import loads as _loads  # type: ignore[assignment]
+
 __all__ = [
     "MAX_ID_BYTES",
     "NAMESPACE",
     "DroppedRange",
     "RecordMeta",
+    "decode",
     "id_path",
     "read_meta",
     "time_key",
@@ -79,6 +85,14 @@ def _get(doc: dict[str, Any], path: tuple[str, ...]) -> Any:
     for key in path:
         value = value.get(key) if isinstance(value, dict) else None
     return value
+
+
+def decode(body: bytes) -> Any:
+    """The JSON value of a record body (or a part of one), ``None`` when it is not JSON."""
+    try:
+        return _loads(body)
+    except ValueError:  # orjson.JSONDecodeError and UnicodeDecodeError are ValueErrors
+        return None
 
 
 def id_path(schema: str) -> tuple[str, ...]:

@@ -40,12 +40,7 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
-from ..wire import NAMESPACE, DroppedRange, read_meta
-
-try:
-    from orjson import loads as _loads
-except ImportError:  # pragma: no cover - orjson is optional (mqlogging[fast])
-    from json import loads as _loads  # type: ignore[assignment]
+from ..wire import NAMESPACE, DroppedRange, decode, read_meta
 
 __all__ = [
     "MARKER_INTERVAL",
@@ -73,16 +68,10 @@ def _namespace(body: bytes) -> dict[str, Any] | None:
     """
     start = body.rfind(_KEY + b"{")
     if start >= 0 and body.endswith(b"}"):
-        try:
-            ns: Any = _loads(body[start + len(_KEY) : -1])
-        except ValueError:
-            ns = None
+        ns: Any = decode(body[start + len(_KEY) : -1])
         if isinstance(ns, dict):
             return ns
-    try:
-        doc: Any = _loads(body)
-    except ValueError:
-        return None
+    doc: Any = decode(body)
     ns = doc.get(NAMESPACE) if isinstance(doc, dict) else None
     return ns if isinstance(ns, dict) else None
 
