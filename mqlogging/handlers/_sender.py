@@ -1032,7 +1032,10 @@ class Pipeline:
             thread.join(max(0.0, min(grace, deadline - time.monotonic())))
             if thread.is_alive():
                 self.complain(
-                    "close", "the sender is still waiting for a broker; spooling what is left"
+                    "close",
+                    f"close_timeout ({self.config.close_timeout:g}s) ran out before the broker "
+                    "confirmed everything; spooling what is left (the next run ships it; a "
+                    "batch confirmed meanwhile may arrive twice, same record ids)",
                 )
         with self.order_lock:
             self.fast = False
