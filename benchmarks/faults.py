@@ -1343,7 +1343,7 @@ def loss_paths() -> str:
         "Each has a regression test (against real brokers wherever one is involved) that failed "
         "before its fix; 19 and 20 are documentation, checked against pip and the real package.",
         "",
-        "| # | what was lost, misrouted or hidden | fixed by | test |",
+        "| defect | what was lost, misrouted or hidden | fixed by | test |",
         "|---|---|---|---|",
     ]
     lines += [f"| {n} | {what} | {fix} | `{test}` |" for n, what, fix, test in LOSS_PATHS]
