@@ -179,7 +179,6 @@ class MQHandler(logging.Handler):
         formatter = JsonFormatter(
             schema=schema, static_fields=static_fields, max_bytes=max_record_bytes
         )
-        complain = Complainer()
         try:  # before Handler.__init__: a refused handler must not join logging's shutdown list
             pipe = Pipeline(config, complain)
         except MQLoggingError as exc:

@@ -408,13 +408,13 @@ class TestConsumer:
         with AMQPProducer(url) as producer:
             producer.publish_batch(sent)
         with AMQPConsumer(url) as consumer:
-            got = _collect(consumer, 10)
+            got = collect(consumer, 10)
             acked = [got[i] for i in (0, 1, 2, 5, 7)]
             consumer.ack(acked)
             consumer.ack(acked)  # repeated: ignored, must not close the channel
             assert consumer.fetch(1, 0.2) == []
         with AMQPConsumer(url) as consumer:
-            again = _collect(consumer, 5)
+            again = collect(consumer, 5)
             consumer.ack(again)
         assert [sent[i].id for i in (3, 4, 6, 8, 9)] == _ids(again)
         assert all(d.redelivered for d in again)
@@ -428,10 +428,10 @@ class TestConsumer:
         with AMQPProducer(url) as producer:
             producer.publish_batch(sent)
         with AMQPConsumer(url) as consumer:
-            got = _collect(consumer, 4)
+            got = collect(consumer, 4)
             consumer.nack(got[:2], requeue=True)
             consumer.nack(got[2:], requeue=False)
-            back = _collect(consumer, 2)
+            back = collect(consumer, 2)
             consumer.ack(back)
             assert consumer.fetch(5, 0.3) == []
         assert _ids(sent[:2]) == _ids(back)
@@ -450,13 +450,13 @@ class TestConsumer:
                 for _ in range(2):
                     props = pika.BasicProperties(delivery_mode=2)
                     ch.basic_publish("", queue_name, b'{"x":1}', props)
-            got = _collect(consumer, 2)
+            got = collect(consumer, 2)
             consumer.ack(got)
         assert got[0].body == got[1].body
         assert got[0].id != got[1].id
 
 
-def _collect(consumer: AMQPConsumer, n: int) -> list[Delivery]:
+def collect(consumer: AMQPConsumer, n: int) -> list[Delivery]:
     """Fetch (without acking) until exactly ``n`` deliveries are in hand."""
     got: list[Delivery] = []
 

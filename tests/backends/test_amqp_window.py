@@ -16,6 +16,7 @@ from mqlogging._ids import new_id
 from mqlogging._types import Delivery, Message
 from mqlogging.backends.amqp import AMQPConsumer, AMQPProducer
 from mqlogging.errors import ConnectError
+from tests.backends.test_amqp import collect
 from tests.brokers import RabbitMQ
 from tests.helpers import wait_until
 
@@ -24,18 +25,6 @@ pytestmark = pytest.mark.rabbitmq
 
 def _messages(n: int) -> list[Message]:
     return [Message(new_id(), f'{{"n":{i}}}'.encode()) for i in range(n)]
-
-
-def _collect(consumer: AMQPConsumer, n: int) -> list[Delivery]:
-    """Fetch (without acking) until exactly ``n`` deliveries are in hand."""
-    got: list[Delivery] = []
-
-    def more() -> bool:
-        got.extend(consumer.fetch(n - len(got), 0.2))
-        return len(got) >= n
-
-    wait_until(more, interval=0, message=f"{n} deliveries")
-    return got
 
 
 class TestSetWindow:
@@ -52,21 +41,21 @@ class TestSetWindow:
             producer.publish_batch(sent)
         got: list[Delivery] = []
         with AMQPConsumer(url, prefetch=50) as consumer:
-            held = _collect(consumer, 50)
+            held = collect(consumer, 50)
             wait_until(lambda: rabbitmq.queue_depth(queue_name) == 50, message="50 ready")
             assert consumer.set_window(10) == 10
             consumer.ack(held)
             got += held
-            narrow = _collect(consumer, 10)
+            narrow = collect(consumer, 10)
             assert consumer.fetch(100, 0.5) == []
             assert rabbitmq.queue_depth(queue_name) == 40
             assert consumer.set_window(30) == 30
-            wide = _collect(consumer, 30)
+            wide = collect(consumer, 30)
             assert consumer.fetch(100, 0.5) == []
             assert rabbitmq.queue_depth(queue_name) == 10
             consumer.ack(narrow + wide)
             got += narrow + wide
-            rest = _collect(consumer, 10)
+            rest = collect(consumer, 10)
             consumer.ack(rest)
             got += rest
             assert consumer.fetch(100, 0.3) == []
@@ -87,7 +76,7 @@ class TestSetWindow:
         with AMQPProducer(url) as producer:
             producer.publish_batch(sent)
         with AMQPConsumer(url, prefetch=50) as consumer:
-            held = _collect(consumer, 5)
+            held = collect(consumer, 5)
             wait_until(lambda: rabbitmq.queue_depth(queue_name) == 50, message="50 pushed")
             consumer.set_window(10)
             consumer.fetch(0, 0.2)  # lets the broker push the new consumer's window
@@ -95,7 +84,7 @@ class TestSetWindow:
             consumer.ack(held)
             got = list(held)
             while len(got) < 100:
-                batch = _collect(consumer, min(10, 100 - len(got)))
+                batch = collect(consumer, min(10, 100 - len(got)))
                 consumer.ack(batch)
                 got += batch
             assert consumer.fetch(10, 0.3) == []
@@ -116,12 +105,12 @@ class TestSetWindow:
         with AMQPConsumer(url, prefetch=3) as consumer:
             assert consumer.set_window(1000) == 3
             assert consumer.set_window(0) == 1
-            first = _collect(consumer, 1)
+            first = collect(consumer, 1)
             assert consumer.fetch(5, 0.5) == []
             consumer.ack(first)
             rest = [first[0]]
             for _ in range(4):
-                one = _collect(consumer, 1)
+                one = collect(consumer, 1)
                 consumer.ack(one)
                 rest += one
         assert [m.id for m in sent] == [d.id for d in rest]
@@ -139,12 +128,12 @@ class TestSetWindow:
             consumer.fetch(1, 0.1)  # subscribes: declares and binds its queue
             with AMQPProducer(url) as producer:
                 producer.publish_batch(sent)
-            held = _collect(consumer, 10)
+            held = collect(consumer, 10)
             consumer.set_window(4)
             consumer.ack(held)
             got = list(held)
             while len(got) < 40:
-                batch = _collect(consumer, min(4, 40 - len(got)))
+                batch = collect(consumer, min(4, 40 - len(got)))
                 consumer.ack(batch)
                 got += batch
             assert consumer.fetch(10, 0.3) == []
@@ -160,7 +149,7 @@ class TestSetWindow:
             producer.publish_batch(sent)
         consumer = AMQPConsumer(url, prefetch=30)
         try:
-            stale = _collect(consumer, 3)
+            stale = collect(consumer, 3)
             consumer.set_window(5)
             rabbitmq.sync_definitions()  # the queue is new: see RabbitMQ.sync_definitions
             rabbitmq.kill()
@@ -169,13 +158,13 @@ class TestSetWindow:
                 stale += consumer.fetch(5, 1.0)
             rabbitmq.start()
             consumer.ack(stale)  # void: the broker redelivers them
-            fresh = _collect(consumer, 5)
+            fresh = collect(consumer, 5)
             assert consumer.fetch(40, 0.5) == []
             assert rabbitmq.queue_depth(queue_name) == 35
             consumer.ack(fresh)
             got = list(fresh)
             while len(got) < 40:
-                batch = _collect(consumer, min(5, 40 - len(got)))
+                batch = collect(consumer, min(5, 40 - len(got)))
                 consumer.ack(batch)
                 got += batch
             assert consumer.fetch(40, 0.3) == []

@@ -27,19 +27,10 @@ from tests.collector.support import (
     es_search,
     publish,
 )
+from tests.collector.test_pipeline import es_sink
 from tests.helpers import wait_until
 
 Make = Callable[..., CollectorService]
-
-
-def _es_sink(url: str, queue: str, **extra: Any) -> dict[str, Any]:
-    return {
-        "type": "elasticsearch",
-        "hosts": [url],
-        "dataset": dataset_for(queue),
-        "request_timeout": 5.0,
-        **extra,
-    }
 
 
 def _dead_letters(directory: Path) -> list[dict[str, Any]]:
@@ -80,7 +71,7 @@ class TestRequestLevelErrors:
         with BulkStandIn(fault) as es:
             svc = service(
                 sources=[{"url": url, "prefetch": 500}],
-                sinks=[_es_sink(es.url, queue_name)],
+                sinks=[es_sink(es.url, queue_name)],
                 pipeline={"batch_max_wait": 0.2, "retry_initial": 0.05, "retry_max": 0.2},
             )
             for now, status in (("403", "403"), ("404", "404"), ("closed", "400")):
@@ -145,7 +136,7 @@ class TestDefaultDeadLetters:
         poison = [b"{not json", b"\xff\xfe{}", b"[1, 2]", b"42", b'"text"']
         # The good ones first, so the index maps `seq` as a number before the conflicts come.
         publish(url, good)
-        sink = _es_sink(elasticsearch.url, queue_name)
+        sink = es_sink(elasticsearch.url, queue_name)
         svc = service(sources=[{"url": url}], sinks=[sink])
         index = f"logs-{dataset_for(queue_name)}-default"
         wait_until(lambda: es_count(elasticsearch.url, index) == 200, timeout=60)
@@ -217,7 +208,7 @@ class TestInFlightBytes:
         with BulkStandIn(fault) as es:
             svc = service(
                 sources=[{"url": url, "prefetch": 100}],
-                sinks=[_es_sink(es.url, queue_name)],
+                sinks=[es_sink(es.url, queue_name)],
                 pipeline={
                     "batch_max_wait": 0.2,
                     "retry_initial": 0.1,
@@ -280,8 +271,8 @@ class TestIndexTime:
         svc = service(
             sources=[{"url": url}],
             sinks=[
-                _es_sink(elasticsearch.url, queue_name, mode="index", index=pattern),
-                _es_sink(elasticsearch.url, queue_name, name="ds"),
+                es_sink(elasticsearch.url, queue_name, mode="index", index=pattern),
+                es_sink(elasticsearch.url, queue_name, name="ds"),
             ],
         )
         wait_until(lambda: svc.metrics.value("acked") == 120, timeout=60)

@@ -34,7 +34,7 @@ from tests.helpers import wait_until
 Make = Callable[..., CollectorService]
 
 
-def _es_sink(url: str, queue: str, **extra: Any) -> dict[str, Any]:
+def es_sink(url: str, queue: str, **extra: Any) -> dict[str, Any]:
     return {
         "type": "elasticsearch",
         "hosts": [url],
@@ -71,7 +71,7 @@ class TestElasticsearchEndToEnd:
         else:
             url = f"{rabbitmq.stomp_url}/queue/{queue_name}"
         log_through_handler(url, 1500, f"e2e.{queue_name}")
-        svc = service(sources=[{"url": url}], sinks=[_es_sink(elasticsearch.url, queue_name)])
+        svc = service(sources=[{"url": url}], sinks=[es_sink(elasticsearch.url, queue_name)])
         index = _index(queue_name)
         wait_until(lambda: es_count(elasticsearch.url, index) == 1500, timeout=60)
         wait_until(lambda: svc.metrics.value("acked") == 1500, timeout=20)
@@ -95,7 +95,7 @@ class TestElasticsearchEndToEnd:
         exactly once each and are searchable by field."""
         url = f"{activemq.stomp_url}/queue/{queue_name}"
         log_through_handler(url, 1000, f"e2e.{queue_name}")
-        svc = service(sources=[{"url": url}], sinks=[_es_sink(elasticsearch.url, queue_name)])
+        svc = service(sources=[{"url": url}], sinks=[es_sink(elasticsearch.url, queue_name)])
         wait_until(lambda: es_count(elasticsearch.url, _index(queue_name)) == 1000, timeout=60)
         wait_until(lambda: svc.metrics.value("acked") == 1000, timeout=20)
         hits = es_search(elasticsearch.url, _index(queue_name), {"term": {"seq": 42}})
@@ -109,7 +109,7 @@ class TestElasticsearchEndToEnd:
         applies index templates)."""
         url = amqp_queue_url(rabbitmq, queue_name)
         publish(url, (ecs_record(i) for i in range(200)))
-        sink = _es_sink(
+        sink = es_sink(
             elasticsearch.url,
             queue_name,
             mode="index",
@@ -148,7 +148,7 @@ class TestFaults:
         docs = [ecs_record(i) for i in range(3000)]
         publish(url, docs)
         with BulkStandIn(fault) as es:
-            svc = service(sources=[{"url": url}], sinks=[_es_sink(es.url, queue_name)])
+            svc = service(sources=[{"url": url}], sinks=[es_sink(es.url, queue_name)])
             wait_until(lambda: svc.metrics.value("acked") == 3000, timeout=60)
             assert {d["event"]["id"] for d in docs} == set(es.docs)
             assert len(es.docs) == 3000
@@ -181,7 +181,7 @@ class TestFaults:
         with BulkStandIn() as es:
             svc = service(
                 sources=[{"url": url}],
-                sinks=[_es_sink(es.url, queue_name)],
+                sinks=[es_sink(es.url, queue_name)],
                 pipeline={"batch_max_wait": 0.2, "max_message_bytes": 4096, "max_depth": 32},
                 dead_letter={"url": f"local://{dead_dir}"},
             )
@@ -220,7 +220,7 @@ class TestFaults:
         index = _index(queue_name)
         svc = service(
             sources=[{"url": url, "prefetch": 200}],
-            sinks=[_es_sink(elasticsearch.url, queue_name, request_timeout=2.0)],
+            sinks=[es_sink(elasticsearch.url, queue_name, request_timeout=2.0)],
             pipeline={"batch_max_wait": 0.2, "retry_initial": 0.2, "retry_max": 2.0},
         )
         publish(url, (ecs_record(i) for i in range(500)))
@@ -313,7 +313,7 @@ class TestObservability:
         reachable, ``/metrics`` exposes the counters, and no password appears in it."""
         url = amqp_queue_url(rabbitmq, queue_name)
         publish(url, (ecs_record(i) for i in range(100)))
-        svc = service(sources=[{"url": url}], sinks=[_es_sink(elasticsearch.url, queue_name)])
+        svc = service(sources=[{"url": url}], sinks=[es_sink(elasticsearch.url, queue_name)])
         wait_until(lambda: svc.metrics.value("acked") == 100, timeout=30)
         assert _get(svc, "/healthz")[0] == 200
         _, body = wait_until(lambda: (s := _get(svc, "/readyz"))[0] == 200 and s, timeout=10)
