@@ -221,9 +221,6 @@ class _Worker(threading.Thread):
         self._conn_backoff = Backoff(base=0.2, cap=service.config.pipeline.retry_max)
         cfg = service.config
         self.prefetch = source.max_in_flight
-        # Largest recent message size (decaying), to turn free bytes into a message count;
-        # starts at the largest allowed so the first fetch cannot overshoot the byte bound.
-        self._size_hint = cfg.pipeline.max_message_bytes
         self._window = self.prefetch  # the broker's prefetch in force (see _adapt_window)
         self._recent_largest: deque[int] = deque(maxlen=4)  # largest message of recent fetches
         self._dead = DeadLetterWriter(
@@ -285,11 +282,18 @@ class _Worker(threading.Thread):
         """How many more messages this worker may take: what the prefetch allows, limited to
         what fits in the free ``max_inflight_bytes`` at the recent message size; never 0
         while it holds nothing, so one oversized message still gets through."""
+        size = self._message_size()
         if not self._held:
             free = self.service.config.pipeline.max_inflight_bytes
-            return min(self.prefetch, max(1, free // self._size_hint))
+            return min(self.prefetch, max(1, free // size))
         free = self.service.config.pipeline.max_inflight_bytes - self._held_bytes
-        return min(self.prefetch - self._held, max(0, free // self._size_hint))
+        return min(self.prefetch - self._held, max(0, free // size))
+
+    def _message_size(self) -> int:
+        """The message size that turns bytes into a count: the largest of the last few
+        fetches, ``max_message_bytes`` before the first (so it cannot overshoot the bound)."""
+        default = self.service.config.pipeline.max_message_bytes
+        return max(1, max(self._recent_largest, default=default))
 
     def _ready(self, target: int) -> bool:
         if not self._pending:
@@ -367,9 +371,7 @@ class _Worker(threading.Thread):
             self._pending.append(item)
             self._pending_bytes += item.size
         sizes = [len(d.body) for d in deliveries]
-        largest = max(sizes)
-        self._recent_largest.append(largest)
-        self._size_hint = max(1, largest, self._size_hint // 2)
+        self._recent_largest.append(max(sizes))
         self._held += len(deliveries)
         self._held_bytes += sum(sizes)
         self._m_consumed.inc(len(deliveries))
@@ -389,8 +391,7 @@ class _Worker(threading.Thread):
         """
         assert self._consumer is not None
         p = self.service.config.pipeline
-        size = max(self._recent_largest, default=p.max_message_bytes)
-        fit = p.max_inflight_bytes // max(1, size)
+        fit = p.max_inflight_bytes // self._message_size()
         target = max(1, min(self.prefetch, fit))
         window = self._window
         if target == window:
