@@ -1,6 +1,6 @@
-"""The transport interface: a narrow, batch-first producer and a pull-style consumer.
+"""The transport interface: a narrow, batch-first producer, a pull-style consumer and a tap.
 
-Every backend (AMQP, STOMP, local spool) implements these two classes and nothing else is
+Every backend (AMQP, STOMP, local spool) implements these classes and nothing else is
 visible above ``backends/``. Library exceptions (pika, stomp.py, OSError) never cross this
 boundary: they are translated into :mod:`mqlogging.errors` classes, chained ``from exc``.
 """
@@ -9,12 +9,13 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
+from dataclasses import dataclass
 from types import TracebackType
 
 from .._types import Delivery, Message
 from .endpoints import Endpoint
 
-__all__ = ["Consumer", "Producer"]
+__all__ = ["Consumer", "Producer", "Tap", "TapOptions"]
 
 
 class Producer(ABC):
@@ -106,6 +107,58 @@ class Consumer(ABC):
         return self.endpoint.prefetch
 
     def __enter__(self) -> Consumer:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+@dataclass(frozen=True, kw_only=True)
+class TapOptions:
+    """What a :class:`Tap` should copy (``mqlogging tail`` builds it from its flags).
+
+    ``binding``: the routing-key pattern to copy (AMQP exchanges, STOMP on RabbitMQ); ``None``
+    means the endpoint's own ``binding_key``. ``exchange``: for STOMP on RabbitMQ, tap this
+    exchange instead of the destination. ``backlog``: also show what is already stored and not
+    yet consumed (a spool's unacknowledged records; a queue browsed without consuming), where
+    the transport can do that without taking anything away from the collector.
+    """
+
+    binding: str | None = None
+    exchange: str | None = None
+    backlog: bool = False
+
+
+class Tap(ABC):
+    """A non-destructive live view of an endpoint: copies of records, nothing consumed.
+
+    ``mqlogging tail`` reads records through taps only, so it can never take a record away
+    from the collector. ``mode`` says, in one line for the terminal, what the tap shows and
+    how (e.g. "copy of new records: exclusive queue amq.gen-... bound to exchange 'logs'").
+    Opening a tap connects at once, so configuration and connection errors surface before
+    anything is printed.
+    """
+
+    mode: str
+
+    @abstractmethod
+    def poll(self, timeout: float) -> list[bytes]:
+        """Return the raw message bodies that arrived, waiting at most ``timeout`` seconds.
+
+        Raises:
+            ConnectError: the connection was lost; the caller may open a new tap.
+        """
+
+    @abstractmethod
+    def close(self) -> None:
+        """Release the view (exclusive queues and subscriptions go away). Idempotent."""
+
+    def __enter__(self) -> Tap:
         return self
 
     def __exit__(
