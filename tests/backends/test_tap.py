@@ -167,7 +167,7 @@ class TestSTOMPTap:
 
     def test_wrong_transport_is_refused(self, rabbitmq: RabbitMQ) -> None:
         """Each tap class takes its own transport's URLs only."""
-        with pytest.raises(ConfigurationError, match="not a STOMP endpoint"):
+        with pytest.raises(ConfigurationError, match="use stomp://"):
             STOMPTap(f"{rabbitmq.amqp_url}?exchange=logs")
 
     def test_topic_subscription(self, broker: Any, queue_name: str) -> None:
