@@ -1,32 +1,22 @@
 """``mqlogging tail URL``: a live, coloured view of the records flowing through a queue or spool.
 
-The tail never takes records away from the collector. How it gets its copy depends on the URL:
+The tail never takes records away from the collector: it reads through the endpoint's *tap*
+(:class:`mqlogging.backends.base.Tap`), a non-destructive live view that each transport
+provides and documents — :class:`~mqlogging.backends.amqp.AMQPTap` (a capped, exclusive queue
+of its own bound to the exchange), :class:`~mqlogging.backends.stomp.STOMPTap` (a subscription
+of its own, or a repeated queue browser on ActiveMQ), and for ``local://`` the spool files
+followed read-only. How the copy is taken is the transport's business; the tap's ``mode`` says
+it in one line when the tail starts. :data:`DESCRIPTION` (``--help``) sums it up for users.
 
-``amqp://`` / ``amqps://``
-    A server-named, exclusive, auto-delete queue bound to the endpoint's ``exchange`` with its
-    ``binding_key`` (``--binding`` overrides): the broker routes a *copy* of every new record
-    to it. The backlog already waiting in the collector's queue is not shown. The tap queue is
-    capped (``x-max-length``, oldest dropped) so a stalled terminal cannot fill the broker, and
-    it disappears with the connection. URLs publishing through the default exchange
-    (``exchange=``) route straight to one queue: there is no copy to take, the tail refuses.
-``stomp://`` on RabbitMQ
-    ``/topic/...`` and ``/exchange/...`` destinations are subscribed as they are (each
-    subscriber gets its own copy). ``/queue/NAME`` goes through the default exchange, so a copy
-    exists only if the producers publish to an exchange: ``--exchange NAME`` subscribes to
-    ``/exchange/NAME/<binding>``; without it the tail refuses and says so.
-``stomp://`` on ActiveMQ
-    ``/topic/...``: a plain subscription (a copy). ``/queue/...``: a *queue browser*
-    (``browser:true``) run again every half second, showing the records that appeared since the
-    previous browse. Records the collector consumes between two browses are not seen, and
-    ActiveMQ shows a browser at most its first ``maxBrowsePageSize`` (400) messages.
-``local://DIR``
-    The spool's segment files are read directly, read-only: no claim, no commit, so the
-    collector's progress is untouched. Follows new lines like ``tail -f``; ``--backlog``
-    first shows the records still waiting in the spool.
+Over the bodies a tap yields, the tail is three steps, each usable and testable on its own:
+:func:`normalise` (a body of any schema, ``ecs``/``logstash``/``flat``, recognised per record,
+to a :class:`Record`; the time read by :func:`mqlogging.wire.read_meta`, the one rule every
+reader shares), :class:`Filter` (which records to show) and :class:`Printer` (:func:`render`
+or :func:`json_line`). :func:`follow` reads a tap and rides out lost connections.
 
 Output: one line per record (time, level, logger, message, key extra fields) and the traceback
 under it, coloured when stdout is a terminal; ``--json`` prints the documents as JSON lines
-for ``jq``. The schema (``ecs``, ``logstash``, ``flat``) is recognised per record.
+for ``jq``.
 
 Record text is untrusted: a message could carry ESC or BEL sequences that retitle or clear the
 operator's terminal, or a CR that overwrites the line to hide what it says. Every field of the
@@ -34,6 +24,7 @@ human rendering is escaped (:func:`escape`): C0 controls except tab and the newl
 separate traceback lines, DEL, C1 controls, lone surrogates and the bidirectional overrides
 become visible ``\\xNN``/``\\uNNNN`` text. ``--json`` re-encodes each document on one line
 with the same characters as JSON ``\\u`` escapes, so it stays valid JSON (issue #11, 10).
+A body nested too deeply to decode is shown as text, not JSON, instead of ending the tail.
 """
 
 from __future__ import annotations
@@ -46,28 +37,30 @@ import re
 import signal
 import sys
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import IO, Any, Protocol
+from typing import IO, Any
 
+from .backends.base import Tap, TapOptions
 from .backends.endpoints import Endpoint
-from .errors import BackendError, ConfigurationError, ConnectError, MQLoggingError
-from .wire import read_meta
+from .errors import ConfigurationError, ConnectError, MQLoggingError
+from .wire import NAMESPACE, RecordMeta, read_meta
 
 __all__ = [
     "Filter",
+    "Printer",
     "Record",
     "add_arguments",
     "escape",
+    "follow",
     "json_line",
     "normalise",
     "render",
     "run_command",
+    "select",
 ]
 
-_TAP_MAX_LENGTH = 100_000  # records a stalled tail may leave in its AMQP tap queue
-_BROWSE_INTERVAL = 0.5
 _SPOOL_POLL = 0.1
 _RECONNECT_DELAY = 2.0
 _EXTRA_VALUE_CHARS = 120
@@ -88,7 +81,7 @@ _LEVELS = {
 
 # Fields of each schema's skeleton: not repeated among the "key extras" of a line.
 _ECS_SKELETON = frozenset(
-    ["@timestamp", "message", "log", "process", "host", "event", "ecs", "error", "mqlogging"]
+    ["@timestamp", "message", "log", "process", "host", "event", "ecs", "error", NAMESPACE]
 )
 _LOGSTASH_SKELETON = frozenset(
     [
@@ -119,7 +112,7 @@ _LOGSTASH_SKELETON = frozenset(
         "exc_info",
         "exc_text",
         "msg",
-        "mqlogging",
+        NAMESPACE,
         "type",
         "tags",
         "host",
@@ -129,6 +122,7 @@ _LOGSTASH_SKELETON = frozenset(
     ]
 )
 _FLAT_SKELETON = _LOGSTASH_SKELETON | {"timestamp", "asctime"}
+_SKELETONS = {"ecs": _ECS_SKELETON, "logstash": _LOGSTASH_SKELETON, "flat": _FLAT_SKELETON}
 
 
 # -- normalising the three schemas -----------------------------------------------------------
@@ -180,63 +174,91 @@ def _flatten(prefix: str, value: Any, out: dict[str, Any]) -> None:
         out[prefix] = value
 
 
-def normalise(raw: bytes) -> Record:
-    """Parse one message body and map its schema (``ecs``/``logstash``/``flat``) to a Record.
+def _decode(raw: bytes) -> Any:
+    """The JSON value of ``raw``, ``None`` when it is not JSON.
 
-    Never raises: a body that is not a JSON object becomes a record whose message is the body.
+    The stdlib's ``json``, not :func:`mqlogging.wire.decode`: orjson refuses the ``\\ud800``
+    escapes Python's own ``json`` writes for a lone surrogate, and the tail must show such a
+    record (escaped), not call it "not JSON". A body nested deeper than the interpreter's
+    recursion limit is not JSON either: hostile input never ends the tail.
     """
     try:
-        doc = json.loads(raw)
-    except ValueError:
-        doc = None
-    if not isinstance(doc, dict):
-        return Record(None, raw, message=raw.decode("utf-8", "replace"))
-    extras: dict[str, Any] = {}
-    meta = read_meta(doc)
-    if meta.schema == "ecs" or (
-        meta.schema is None and (isinstance(doc.get("log"), Mapping) or "ecs" in doc)
-    ):
-        level = _text(_get(doc, "log.level"))
-        rec = Record(
-            doc,
-            raw,
-            time=_text(meta.timestamp),
-            level=level.upper(),
-            levelno=_level_number(level),
-            logger=_text(_get(doc, "log.logger")),
-            message=_text(doc.get("message")),
-            trace=_text(_get(doc, "error.stack_trace")),
-        )
-        if not rec.trace and _get(doc, "error.type"):
-            rec.trace = f"{_text(_get(doc, 'error.type'))}: {_text(_get(doc, 'error.message'))}"
-        skeleton = _ECS_SKELETON
+        return json.loads(raw)
+    except (ValueError, RecursionError):
+        return None
+
+
+def _guess_schema(doc: Mapping[str, Any]) -> str:
+    """The layout of a document without ``mqlogging.schema`` (another producer's)."""
+    if isinstance(doc.get("log"), Mapping) or "ecs" in doc:
+        return "ecs"
+    return "logstash" if "@version" in doc else "flat"
+
+
+def _ecs_record(doc: Mapping[str, Any], raw: bytes, meta: RecordMeta) -> Record:
+    level = _text(_get(doc, "log.level"))
+    trace = _text(_get(doc, "error.stack_trace"))
+    if not trace and _get(doc, "error.type"):
+        trace = f"{_text(_get(doc, 'error.type'))}: {_text(_get(doc, 'error.message'))}"
+    return Record(
+        doc,
+        raw,
+        time=_text(meta.timestamp),
+        level=level.upper(),
+        levelno=_level_number(level),
+        logger=_text(_get(doc, "log.logger")),
+        message=_text(doc.get("message")),
+        trace=trace,
+    )
+
+
+def _stdlib_record(doc: Mapping[str, Any], raw: bytes, meta: RecordMeta) -> Record:
+    """``logstash`` and ``flat``: the ``LogRecord`` attribute names, flat."""
+    exception = doc.get("exception", doc.get("exc_info"))
+    if isinstance(exception, list):
+        trace = "".join(_text(x) for x in exception)
     else:
-        exception = doc.get("exception", doc.get("exc_info"))
-        if isinstance(exception, list):
-            trace = "".join(_text(x) for x in exception)
-        else:
-            trace = _text(exception)
-        level = _text(doc.get("levelname", doc.get("level", "")))
-        rec = Record(
-            doc,
-            raw,
-            time=_text(meta.timestamp or doc.get("asctime")),
-            level=level.upper(),
-            levelno=_level_number(level, doc.get("levelno")),
-            logger=_text(doc.get("name", doc.get("logger_name", ""))),
-            message=_text(doc.get("message", doc.get("msg", ""))),
-            trace=trace.rstrip("\n"),
-        )
-        skeleton = _LOGSTASH_SKELETON if "@version" in doc else _FLAT_SKELETON
+        trace = _text(exception)
+    level = _text(doc.get("levelname", doc.get("level", "")))
+    return Record(
+        doc,
+        raw,
+        time=_text(meta.timestamp or doc.get("asctime")),
+        level=level.upper(),
+        levelno=_level_number(level, doc.get("levelno")),
+        logger=_text(doc.get("name", doc.get("logger_name", ""))),
+        message=_text(doc.get("message", doc.get("msg", ""))),
+        trace=trace.rstrip("\n"),
+    )
+
+
+def _extras(doc: Mapping[str, Any], skeleton: frozenset[str]) -> dict[str, Any]:
+    """The user's fields, flattened to dotted keys, and ``truncated`` if the formatter cut."""
+    extras: dict[str, Any] = {}
     for key, value in doc.items():
         if key in skeleton:
             continue
         # ECS moves user fields that clash with its objects under `extra`: show them bare.
         _flatten("" if key == "extra" else key, value, extras)
-    truncated = _get(doc, "mqlogging.truncated")
-    if truncated:
+    if _get(doc, f"{NAMESPACE}.truncated"):
         extras["truncated"] = True
-    rec.extras = extras
+    return extras
+
+
+def normalise(raw: bytes) -> Record:
+    """Parse one message body and map its schema (``ecs``/``logstash``/``flat``) to a Record.
+
+    The schema is the one the record names (``mqlogging.schema``), else guessed from its
+    fields; the time is where :func:`mqlogging.wire.read_meta` finds it for that schema.
+    Never raises: a body that is not a JSON object becomes a record whose message is the body.
+    """
+    doc = _decode(raw)
+    if not isinstance(doc, dict):
+        return Record(None, raw, message=raw.decode("utf-8", "replace"))
+    meta = read_meta(doc)
+    schema = meta.schema or _guess_schema(doc)
+    rec = _ecs_record(doc, raw, meta) if schema == "ecs" else _stdlib_record(doc, raw, meta)
+    rec.extras = _extras(doc, _SKELETONS[schema])
     return rec
 
 
@@ -272,6 +294,39 @@ class Filter:
             if value is None or _text(value) != wanted:
                 return False
         return True
+
+    @classmethod
+    def parse(
+        cls, level: str | None = None, logger: str | None = None, fields: Iterable[str] = ()
+    ) -> Filter:
+        """A filter from the command line's text: ``--level``, ``--logger``, ``--field`` items.
+
+        ``level`` is a level name (any case) or a number; each of ``fields`` is ``KEY=VALUE``.
+
+        Raises:
+            ConfigurationError: an unknown level or a field without ``=``, in one line.
+        """
+        pairs: list[tuple[str, str]] = []
+        for item in fields:
+            key, sep, value = item.partition("=")
+            if not sep or not key:
+                msg = f"--field {item!r}: write KEY=VALUE, e.g. --field service.name=billing"
+                raise ConfigurationError(msg)
+            pairs.append((key, value))
+        return cls(level=_parse_level(level), logger=logger or None, fields=tuple(pairs))
+
+
+def _parse_level(text: str | None) -> int | None:
+    if not text:
+        return None
+    level = _LEVELS.get(text.upper())
+    if level is not None:
+        return level
+    if not text.isdigit():
+        known = "DEBUG, INFO, WARNING, ERROR, CRITICAL or a number"
+        msg = f"unknown level {text!r} for --level (known: {known})"
+        raise ConfigurationError(msg)
+    return int(text)
 
 
 # -- rendering -------------------------------------------------------------------------------
@@ -384,216 +439,27 @@ def _clip(text: str) -> str:
 # -- taps: where the copies come from --------------------------------------------------------
 
 
-class _Tap(Protocol):
-    mode: str
+def _open_tap(endpoint: Endpoint, options: TapOptions) -> Tap:
+    """The endpoint's tap: which class implements it for each transport, nothing more.
 
-    def poll(self, timeout: float) -> list[bytes]: ...
-
-    def close(self) -> None: ...
-
-
-def _open_tap(endpoint: Endpoint, args: argparse.Namespace) -> _Tap:
+    A stand-in for the transport registry's ``open_tap`` (issue #12): all knowledge of how a
+    copy is taken lives in the tap classes.
+    """
     if endpoint.transport == "amqp":
-        return _amqp_tap(endpoint, binding=args.binding)
+        from .backends.amqp import AMQPTap
+
+        return AMQPTap(endpoint, options)
     if endpoint.transport == "stomp":
-        return _stomp_tap(
-            endpoint, exchange=args.exchange, binding=args.binding, backlog=args.backlog
-        )
-    return _SpoolTap(endpoint.path, backlog=args.backlog)
+        from .backends.stomp import STOMPTap
 
-
-def _amqp_tap(endpoint: Endpoint, *, binding: str | None) -> _Tap:
-    from .backends.amqp import _AMQPClient
-
-    if not endpoint.exchange:
-        msg = (
-            f"{endpoint.redacted()} publishes through the default exchange straight to queue "
-            f"{endpoint.queue!r}: there is no copy to tap without taking records from the "
-            "collector. Publish to a named exchange (the default, exchange=logs) and tail "
-            "amqp://HOST/?exchange=logs"
-        )
-        raise ConfigurationError(msg)
-    key = binding if binding is not None else endpoint.binding_key
-
-    class AMQPTap(_AMQPClient):
-        """An exclusive, auto-delete, server-named queue bound to the exchange; auto-ack."""
-
-        _role = "tail"
-
-        def __init__(self) -> None:
-            super().__init__(endpoint)
-            self.mode = ""
-            self._bodies: list[bytes] = []
-
-        def _declare(self, channel: Any) -> None:
-            ep = self.endpoint
-            errors = self._pika.exceptions
-            try:
-                channel.exchange_declare(
-                    ep.exchange,
-                    exchange_type=ep.exchange_type,
-                    durable=True,
-                    passive=not ep.declare,
-                )
-            except errors.ChannelClosedByBroker as exc:
-                raise self._topology_error(exc, "exchange", ep.exchange) from exc
-            result = channel.queue_declare(
-                "",
-                exclusive=True,
-                auto_delete=True,
-                arguments={"x-max-length": _TAP_MAX_LENGTH},
-            )
-            name = result.method.queue
-            channel.queue_bind(name, ep.exchange, routing_key=key)
-            self.mode = (
-                f"copy of new records: exclusive queue {name} bound to exchange "
-                f"{ep.exchange!r} with key {key!r} (the collector's queue is untouched)"
-            )
-            self._tap_queue = name
-
-        def _setup(self, link: Any) -> None:
-            def on_message(_ch: Any, _method: Any, _props: Any, body: bytes) -> None:
-                self._bodies.append(body)
-
-            link.channel.basic_consume(self._tap_queue, on_message, auto_ack=True)
-
-        def poll(self, timeout: float) -> list[bytes]:
-            link = self._ensure_link()
-            if not self._bodies:
-                with self._map_errors("receive"):
-                    link.connection.process_data_events(time_limit=timeout)
-            out, self._bodies = self._bodies, []
-            return out
-
-    tap = AMQPTap()
-    try:
-        tap.poll(0)  # connect now: errors are reported before "tailing ..." is printed
-    except BaseException:
-        tap.close()
-        raise  # connect now: errors are reported before "tailing ..." is printed
-    return tap
-
-
-def _stomp_tap(
-    endpoint: Endpoint, *, exchange: str | None, binding: str | None, backlog: bool
-) -> _Tap:
-    from .backends.stomp import STOMPConsumer, _frame
-
-    dest = endpoint.destination
-    key = binding or "#"
-
-    class STOMPTap(STOMPConsumer):
-        """A copy subscription (topic, exchange) or, on an ActiveMQ queue, a repeated browse."""
-
-        def __init__(self) -> None:
-            super().__init__(endpoint.with_options(ack="auto"))
-            self.mode = ""
-            self._browse = False
-            self._browse_id = 0
-            self._seen_before: set[str] = set()
-            self._seen_now: set[str] = set()
-            self._silent = not backlog
-            self._next_browse: float | None = None
-
-        def _subscribe(self, link: Any, destination: str, extra: dict[str, str]) -> None:
-            self._browse_id += 1
-            receipt = self._new_receipt(link)
-            headers = {
-                "destination": destination,
-                "id": f"tail-{self._browse_id}",
-                "ack": "auto",
-                "receipt": receipt,
-                **extra,
-            }
-            try:
-                link.write(_frame("SUBSCRIBE", headers))
-                self._await_receipt(link, receipt, f"SUBSCRIBE to {destination}")
-            except BackendError as exc:
-                raise ConnectError(str(exc)) from exc  # already names the endpoint
-
-        def _after_connect(self, link: Any) -> None:
-            broker = link.broker
-            if dest.startswith(("/topic/", "/exchange/")):
-                target = dest
-                self.mode = f"copy of new records: own subscription to {target}"
-            elif exchange:
-                if broker != "rabbitmq":
-                    msg = "--exchange works on RabbitMQ only (it names an AMQP exchange)"
-                    raise ConfigurationError(msg)
-                target = f"/exchange/{exchange}/{key}"
-                self.mode = (
-                    f"copy of new records: own subscription to {target} (the collector's "
-                    "queue is untouched)"
-                )
-            elif broker == "activemq" and dest.startswith("/queue/"):
-                # ActiveMQ message ids survive reconnects: the seen-sets are kept across them.
-                self._browse = True
-                self._seen_now = set()
-                self._next_browse = None
-                self._subscribe(link, dest, {"browser": "true"})
-                self.mode = (
-                    f"queue browser on {dest}, every {_BROWSE_INTERVAL:g}s: records the "
-                    "collector takes between two browses are not shown"
-                )
-                return
-            else:
-                msg = (
-                    f"cannot tap {dest} without taking records from the collector: on "
-                    "RabbitMQ a /queue/ is fed through the default exchange. Publish to "
-                    "/topic/... or /exchange/NAME/..., or if producers publish over AMQP to an "
-                    "exchange, add --exchange NAME (or tail amqp://HOST/?exchange=NAME)"
-                )
-                raise ConfigurationError(msg)
-            self._subscribe(link, target, {})
-
-        def poll(self, timeout: float) -> list[bytes]:
-            if self._browse and self._next_browse is not None:
-                wait = self._next_browse - time.monotonic()
-                if wait > 0:
-                    time.sleep(min(wait, timeout))
-                    return []
-                link = self._ensure_link()  # a reconnect browses again by itself
-                if self._next_browse is not None:
-                    self._next_browse = None
-                    try:
-                        link.write(_frame("UNSUBSCRIBE", {"id": f"tail-{self._browse_id}"}))
-                    except Exception as exc:  # OSError, stomp.py's NotConnectedException
-                        self._drop_link()
-                        msg = f"connection lost while browsing {dest}"
-                        raise ConnectError(msg, endpoint=endpoint.redacted()) from exc
-                    self._subscribe(link, dest, {"browser": "true"})
-            out: list[bytes] = []
-            for delivery in self.fetch(1000, timeout):
-                if not self._browse:
-                    out.append(delivery.body)
-                    continue
-                if delivery.headers.get("browser") == "end":
-                    self._seen_before, self._seen_now = self._seen_now, set()
-                    self._silent = False
-                    self._next_browse = time.monotonic() + _BROWSE_INTERVAL
-                    break
-                mid = str(delivery.headers.get("message-id", delivery.id))
-                if mid in self._seen_before or mid in self._seen_now:
-                    self._seen_now.add(mid)
-                    continue
-                self._seen_now.add(mid)
-                if not self._silent:
-                    out.append(delivery.body)
-            return out
-
-    tap = STOMPTap()
-    try:
-        tap.poll(0)  # connect now: errors are reported before "tailing ..." is printed
-    except BaseException:
-        tap.close()
-        raise
-    return tap
+        return STOMPTap(endpoint, options)
+    return _SpoolTap(endpoint.path, backlog=options.backlog)
 
 
 _SEGMENT_RE = re.compile(r"^(\d{20}-\d+-[0-9a-f]{8})(?:\.open|\.\d+\.jsonl)$")  # spool.py names
 
 
-class _SpoolTap:
+class _SpoolTap(Tap):
     """Follows a spool directory's segments read-only (no flock claim, no ``.ack`` written).
 
     Segments are read in name (creation) order. A file descriptor is kept on every segment
@@ -767,65 +633,42 @@ Exit status: 0 on Ctrl-C or after --count records; 2 on a configuration or conne
 def run_command(args: argparse.Namespace) -> int:
     """Run ``mqlogging tail`` with parsed ``args``; see :data:`DESCRIPTION`."""
     endpoint = Endpoint.from_url(args.url)
-    selector = _build_filter(args)
-    out = sys.stdout
-    colour = _want_colour(args.color, out)
-    shown = 0
-    skipped = 0
-    # Ctrl-C and SIGTERM end the tail normally, even when started in the background (where
-    # the shell leaves SIGINT ignored), and from the first moment on.
-    previous = {
-        signum: signal.signal(signum, _raise_interrupt)
-        for signum in (signal.SIGINT, signal.SIGTERM)
-    }
-    tap: _Tap | None = None
+    keep = Filter.parse(args.level, args.logger, args.field)
+    options = TapOptions(binding=args.binding, exchange=args.exchange, backlog=args.backlog)
+    printer = Printer(sys.stdout, as_json=args.json, colour=_want_colour(args.color, sys.stdout))
+    tap: Tap | None = None
     try:
-        tap = _open_tap(endpoint, args)
-        print(
-            f"mqlogging tail: {endpoint.redacted()}: {tap.mode}; Ctrl-C to stop",
-            file=sys.stderr,
-            flush=True,
-        )
-        for raw in _records(tap, endpoint):
-            rec = normalise(raw)
-            if not selector(rec):
-                continue
-            if args.json:
-                if rec.doc is None:
-                    skipped += 1
-                    continue
-                out.write(json_line(rec.doc) + "\n")
-            else:
-                out.write(render(rec, colour=colour) + "\n")
-            out.flush()
-            shown += 1
-            if args.count is not None and shown >= args.count:
-                break
+        with _signals_interrupt():
+            tap = _open_tap(endpoint, options)
+            _notice(f"{endpoint.redacted()}: {tap.mode}; Ctrl-C to stop")
+            bodies = follow(tap, where=endpoint.redacted(), notify=_notice)
+            printer.print_all(select(bodies, keep), limit=args.count)
     except KeyboardInterrupt:
         pass
     except BrokenPipeError:
-        # The reader went away (`| head`): stop quietly, and keep Python's exit flush quiet too.
-        with contextlib.suppress(OSError):
-            os.dup2(os.open(os.devnull, os.O_WRONLY), out.fileno())
+        _silence(sys.stdout)  # the reader went away (`| head`): stop quietly
     finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
         if tap is not None:
             with contextlib.suppress(Exception):
                 tap.close()
-    if skipped:
-        print(
-            f"mqlogging tail: {skipped} message(s) were not JSON and not printed", file=sys.stderr
-        )
+    if printer.skipped:
+        _notice(f"{printer.skipped} message(s) were not JSON and not printed")
     return 0
 
 
-def _raise_interrupt(_signum: int, _frame: Any) -> None:
-    raise KeyboardInterrupt
+def follow(
+    tap: Tap,
+    *,
+    where: str,
+    notify: Callable[[str], None],
+    retry_delay: float = _RECONNECT_DELAY,
+) -> Iterator[bytes]:
+    """Every body ``tap`` yields, endlessly; a lost connection is reported once and retried.
 
-
-def _records(tap: _Tap, endpoint: Endpoint) -> Iterator[bytes]:
-    """Every body the tap yields; a lost connection is reported once and retried."""
+    ``notify`` gets one line when the connection is lost (saying that records published
+    meanwhile are not shown) and one when ``tap`` delivers again (naming ``where``). A
+    :class:`~mqlogging.errors.ConfigurationError` is not retried: it ends the iteration.
+    """
     down = False
     while True:
         try:
@@ -834,38 +677,94 @@ def _records(tap: _Tap, endpoint: Endpoint) -> Iterator[bytes]:
             raise
         except MQLoggingError as exc:
             if not down:
-                print(
-                    f"mqlogging tail: {exc}; retrying every {_RECONNECT_DELAY:g}s "
-                    "(records published meanwhile are not shown)",
-                    file=sys.stderr,
+                notify(
+                    f"{exc}; retrying every {retry_delay:g}s "
+                    "(records published meanwhile are not shown)"
                 )
                 down = True
-            time.sleep(_RECONNECT_DELAY)
+            time.sleep(retry_delay)
             continue
         if down:
-            print(f"mqlogging tail: reconnected to {endpoint.redacted()}", file=sys.stderr)
+            notify(f"reconnected to {where}")
             down = False
         yield from bodies
 
 
-def _build_filter(args: argparse.Namespace) -> Filter:
-    level = None
-    if args.level:
-        level = _LEVELS.get(args.level.upper())
-        if level is None:
-            if not args.level.isdigit():
-                known = "DEBUG, INFO, WARNING, ERROR, CRITICAL or a number"
-                msg = f"unknown level {args.level!r} for --level (known: {known})"
-                raise ConfigurationError(msg)
-            level = int(args.level)
-    fields: list[tuple[str, str]] = []
-    for item in args.field:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            msg = f"--field {item!r}: write KEY=VALUE, e.g. --field service.name=billing"
-            raise ConfigurationError(msg)
-        fields.append((key, value))
-    return Filter(level=level, logger=args.logger or None, fields=tuple(fields))
+def select(bodies: Iterable[bytes], keep: Callable[[Record], bool]) -> Iterator[Record]:
+    """The records of ``bodies``, normalised, that ``keep`` (e.g. a :class:`Filter`) accepts."""
+    for raw in bodies:
+        rec = normalise(raw)
+        if keep(rec):
+            yield rec
+
+
+class Printer:
+    """Writes records to a text stream as they come: :func:`render` lines or JSON lines.
+
+    Each record is flushed at once (a live view). With ``as_json`` a body that is not JSON
+    cannot be printed as a document: it is left out and counted in :attr:`skipped`.
+    """
+
+    def __init__(self, out: IO[str], *, as_json: bool, colour: bool) -> None:
+        self._out = out
+        self._as_json = as_json
+        self._colour = colour
+        self.skipped = 0
+
+    def write(self, rec: Record) -> bool:
+        """Print ``rec``; ``False`` when it was skipped instead."""
+        if not self._as_json:
+            text = render(rec, colour=self._colour)
+        elif rec.doc is None:
+            self.skipped += 1
+            return False
+        else:
+            text = json_line(rec.doc)
+        self._out.write(text + "\n")
+        self._out.flush()
+        return True
+
+    def print_all(self, records: Iterable[Record], *, limit: int | None = None) -> int:
+        """Print ``records``; after ``limit`` printed ones (when given) stop. Returns how many."""
+        shown = 0
+        for rec in records:
+            if self.write(rec):
+                shown += 1
+                if limit is not None and shown >= limit:
+                    break
+        return shown
+
+
+@contextlib.contextmanager
+def _signals_interrupt() -> Iterator[None]:
+    """Ctrl-C and SIGTERM raise KeyboardInterrupt, so the tail ends normally.
+
+    Also when started in the background (where the shell leaves SIGINT ignored), and from the
+    first moment on (connecting included). The previous handlers are restored on exit.
+    """
+    previous = {
+        signum: signal.signal(signum, _raise_interrupt)
+        for signum in (signal.SIGINT, signal.SIGTERM)
+    }
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def _raise_interrupt(_signum: int, _frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
+def _notice(text: str) -> None:
+    print(f"mqlogging tail: {text}", file=sys.stderr, flush=True)
+
+
+def _silence(stream: IO[str]) -> None:
+    """Point ``stream``'s descriptor at /dev/null, so Python's exit flush is quiet too."""
+    with contextlib.suppress(OSError):
+        os.dup2(os.open(os.devnull, os.O_WRONLY), stream.fileno())
 
 
 def _want_colour(flag: bool | None, stream: IO[str]) -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
@@ -12,6 +13,7 @@ import sys
 import threading
 from collections.abc import Iterator
 from datetime import datetime
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +23,9 @@ from mqlogging import JsonFormatter, MQHandler
 from mqlogging._ids import new_id
 from mqlogging._types import Message
 from mqlogging.backends import open_consumer, open_producer
-from mqlogging.tail import Filter, normalise, render
+from mqlogging.backends.base import Tap
+from mqlogging.errors import ConfigurationError, ConnectError
+from mqlogging.tail import Filter, Printer, follow, normalise, render, select
 from tests.brokers import ActiveMQ, RabbitMQ
 from tests.helpers import free_port, wait_until
 
@@ -496,3 +500,123 @@ class TestControlCharacters:
         text = render(normalise(formatter.format(record).encode()), colour=True)
         without_ours = re.sub(r"\x1b\[[0-9;]*m", "", text)
         assert _raw_controls(without_ours.encode()) == []
+
+
+# -- the steps of the tail on their own: follow (a tap), select (normalise + filter), Printer --
+
+
+class ScriptedTap(Tap):
+    """An in-memory tap (as httpx's MockTransport): each poll returns or raises the next item."""
+
+    mode = "scripted"
+
+    def __init__(self, *script: list[bytes] | Exception) -> None:
+        self._script = list(script)
+        self.polls = 0
+
+    def poll(self, timeout: float) -> list[bytes]:
+        self.polls += 1
+        item = self._script.pop(0) if self._script else []
+        if isinstance(item, Exception):
+            raise item
+        return item
+
+    def close(self) -> None:
+        self._script.clear()
+
+
+def _ecs(level: int, message: str = "m", logger: str = "app") -> bytes:
+    record = logging.LogRecord(logger, level, "", 0, message, (), None)
+    return JsonFormatter().format(record).encode()
+
+
+class TestFollow:
+    def test_a_lost_connection_is_reported_once_then_the_reconnect(self) -> None:
+        """Polls that fail are retried; the loss is announced once (naming the gap), the
+        reconnect once, and every body before and after comes through in order."""
+        lost = ConnectError("connection lost", endpoint="amqp://h/")
+        tap = ScriptedTap([b"1"], lost, lost, lost, [b"2", b"3"])
+        notes: list[str] = []
+        bodies = follow(tap, where="amqp://h/", notify=notes.append, retry_delay=0)
+        assert list(islice(bodies, 3)) == [b"1", b"2", b"3"]
+        assert notes == [
+            "connection lost (amqp://h/); retrying every 0s "
+            "(records published meanwhile are not shown)",
+            "reconnected to amqp://h/",
+        ]
+
+    def test_a_configuration_error_is_not_retried(self) -> None:
+        """A tap that cannot work as configured ends the tail instead of retrying forever."""
+        tap = ScriptedTap(ConfigurationError("--exchange works on RabbitMQ only"))
+        with pytest.raises(ConfigurationError, match="RabbitMQ only"):
+            next(follow(tap, where="x", notify=print, retry_delay=0))
+        assert tap.polls == 1
+
+
+class TestSelectAndPrint:
+    def test_select_normalises_and_filters(self) -> None:
+        """Only the records the filter keeps come out, normalised, in order."""
+        bodies = [_ecs(logging.INFO, "a"), _ecs(logging.ERROR, "b"), b"junk", _ecs(40, "c")]
+        shown = [rec.message for rec in select(bodies, Filter.parse("warning"))]
+        assert shown == ["b", "c"]
+
+    def test_json_lines_skip_what_is_not_json_and_count_only_printed(self) -> None:
+        """--json: a body that is not JSON is counted, not printed, and not counted towards
+        --count; printing stops at the limit without reading further records."""
+        out = io.StringIO()
+        printer = Printer(out, as_json=True, colour=False)
+        records = select([_ecs(20, "a"), b"junk", _ecs(20, "b"), _ecs(20, "c")], Filter())
+        assert printer.print_all(records, limit=2) == 2
+        assert [json.loads(line)["message"] for line in out.getvalue().splitlines()] == ["a", "b"]
+        assert printer.skipped == 1
+        assert next(records).message == "c"
+
+    def test_human_lines_show_what_is_not_json(self) -> None:
+        """Without --json every record is printed, a body that is not JSON as text."""
+        out = io.StringIO()
+        printer = Printer(out, as_json=False, colour=False)
+        assert printer.print_all(select([b"junk", _ecs(20, "a")], Filter())) == 2
+        assert out.getvalue().startswith("(not JSON) junk\n")
+        assert printer.skipped == 0
+
+
+class TestFilterParse:
+    def test_levels_by_name_or_number(self) -> None:
+        """A level name in any case or a number; an empty logger means any logger."""
+        assert Filter.parse("Warning", "") == Filter(level=30)
+        assert Filter.parse("15", "app", ["a.b=c=d"]) == Filter(15, "app", (("a.b", "c=d"),))
+
+    @pytest.mark.parametrize(
+        ("level", "fields", "expected"),
+        [
+            ("loud", [], "unknown level 'loud' for --level (known: DEBUG, INFO,"),
+            (None, ["service.name"], "--field 'service.name': write KEY=VALUE"),
+            (None, ["=x"], "--field '=x': write KEY=VALUE"),
+        ],
+    )
+    def test_bad_flags_are_one_line_errors(
+        self, level: str | None, fields: list[str], expected: str
+    ) -> None:
+        """An unknown level or a field without KEY= is refused in one line saying the form."""
+        with pytest.raises(ConfigurationError) as info:
+            Filter.parse(level, None, fields)
+        assert str(info.value).startswith(expected)
+        assert "\n" not in str(info.value)
+
+
+class TestHostileBodies:
+    def test_a_deeply_nested_body_is_text_not_a_crash(self) -> None:
+        """A body nested beyond the interpreter's recursion limit is shown as text."""
+        raw = b'{"a":' * 100_000 + b"1" + b"}" * 100_000
+        rec = normalise(raw)
+        assert rec.doc is None
+        assert render(rec, colour=False).startswith("(not JSON) {")
+
+    def test_a_user_field_does_not_change_the_schema(self) -> None:
+        """A ``flat`` record is read as flat even when a user field is called ``@version``
+        (the logstash marker): its time is not repeated among the extras."""
+        record = logging.LogRecord("a", logging.INFO, "", 0, "hi", (), None)
+        record.__dict__["@version"] = "7"
+        rec = normalise(JsonFormatter(schema="flat").format(record).encode())
+        assert rec.time
+        assert "timestamp" not in rec.extras

@@ -61,10 +61,10 @@ from ..errors import (
     NotConfirmed,
     PublishTimeout,
 )
-from .base import Consumer, Producer
+from .base import Consumer, Producer, Tap, TapOptions
 from .endpoints import Endpoint, Host
 
-__all__ = ["AMQPConsumer", "AMQPProducer"]
+__all__ = ["AMQPConsumer", "AMQPProducer", "AMQPTap"]
 
 _CONTENT_TYPE = "application/json"
 # The record id also travels as this header: RabbitMQ hands AMQP headers to STOMP consumers as
@@ -797,3 +797,85 @@ class AMQPConsumer(_AMQPClient, Consumer):
         self._open.clear()
         self._settled_early.clear()
         super().close()
+
+
+# -- tap: a non-destructive live view -------------------------------------------------------
+
+_TAP_MAX_LENGTH = 100_000  # records a stalled tap may leave in its queue (oldest dropped)
+
+
+class AMQPTap(_AMQPClient, Tap):
+    """A copy of every new record: a queue of the tap's own, bound to the endpoint's exchange.
+
+    The queue is server-named, exclusive and auto-delete, bound with the endpoint's
+    ``binding_key`` (``options.binding`` overrides it) and consumed with auto-ack, so the broker
+    routes a *copy* of each record published from now on to it while the collector's queue
+    keeps every record (the backlog already waiting there is not shown). It is capped
+    (``x-max-length``, oldest dropped) so that a stalled reader cannot fill the broker, and it
+    disappears with the connection. An endpoint that publishes through the default exchange
+    (``exchange=``) routes straight to one queue: there is no copy to take, so it is refused.
+
+    Connects in the constructor (errors surface before anything is shown). A lost connection
+    makes :meth:`poll` raise :class:`~mqlogging.errors.ConnectError`; the next :meth:`poll`
+    reconnects with a new tap queue, so records published in between are not seen.
+    Thread-safety: one owner thread, like the producer and the consumer.
+    """
+
+    _role = "tail"
+
+    def __init__(self, endpoint: str | Endpoint, options: TapOptions | None = None) -> None:
+        super().__init__(endpoint)
+        ep = self.endpoint
+        if not ep.exchange:
+            msg = (
+                f"{ep.redacted()} publishes through the default exchange straight to queue "
+                f"{ep.queue!r}: there is no copy to tap without taking records from the "
+                "collector. Publish to a named exchange (the default, exchange=logs) and tail "
+                "amqp://HOST/?exchange=logs"
+            )
+            raise ConfigurationError(msg)
+        binding = (options or TapOptions()).binding
+        self._key = binding if binding is not None else ep.binding_key
+        self._tap_queue = ""
+        self._bodies: list[bytes] = []
+        self.mode = ""
+        try:
+            self._ensure_link()
+        except BaseException:
+            self.close()
+            raise
+
+    def _declare(self, channel: Any) -> None:
+        """Check (or declare) the exchange, then make and bind this connection's own queue."""
+        ep = self.endpoint
+        try:
+            channel.exchange_declare(
+                ep.exchange, exchange_type=ep.exchange_type, durable=True,
+                passive=not ep.declare,
+            )  # fmt: skip
+        except self._pika.exceptions.ChannelClosedByBroker as exc:
+            raise self._topology_error(exc, "exchange", ep.exchange) from exc
+        result = channel.queue_declare(
+            "", exclusive=True, auto_delete=True, arguments={"x-max-length": _TAP_MAX_LENGTH}
+        )
+        self._tap_queue = result.method.queue
+        channel.queue_bind(self._tap_queue, ep.exchange, routing_key=self._key)
+        self.mode = (
+            f"copy of new records: exclusive queue {self._tap_queue} bound to exchange "
+            f"{ep.exchange!r} with key {self._key!r} (the collector's queue is untouched)"
+        )
+
+    def _setup(self, link: _Link) -> None:
+        def on_message(_ch: Any, _method: Any, _props: Any, body: bytes) -> None:
+            self._bodies.append(body)
+
+        link.channel.basic_consume(self._tap_queue, on_message, auto_ack=True)
+
+    def poll(self, timeout: float) -> list[bytes]:
+        """The bodies copied to the tap queue, waiting at most ``timeout`` for the first."""
+        link = self._ensure_link()
+        if not self._bodies:
+            with self._map_errors("receive"):
+                link.connection.process_data_events(time_limit=timeout)
+        out, self._bodies = self._bodies, []
+        return out

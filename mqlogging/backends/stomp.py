@@ -72,7 +72,8 @@ import ssl
 import struct
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from .._types import Delivery, Message
@@ -83,10 +84,10 @@ from ..errors import (
     NotConfirmed,
     PublishTimeout,
 )
-from .base import Consumer, Producer
+from .base import Consumer, Producer, Tap, TapOptions
 from .endpoints import Endpoint, Host
 
-__all__ = ["STOMPConsumer", "STOMPProducer"]
+__all__ = ["STOMPConsumer", "STOMPProducer", "STOMPTap"]
 
 _CLOSE_GRACE = 2.0  # at most this long for the DISCONNECT receipt and the io thread on close()
 _LOGIN_ERROR = re.compile(r"access refused|login|passcode|password|authenticat|credential", re.I)
@@ -731,3 +732,208 @@ class STOMPConsumer(_Client, Consumer):
         except (NotConfirmed, PublishTimeout):
             return  # originals stay unacked: redelivered after the reconnect
         self.ack(deliveries)
+
+
+# -- tap: a non-destructive live view -------------------------------------------------------
+
+_BROWSE_INTERVAL = 0.5  # seconds between two browses of an ActiveMQ queue
+_TAP_BATCH = 1000
+
+
+@dataclass(frozen=True)
+class _TapPlan:
+    """What a :class:`STOMPTap` subscribes to on one broker, and how it says so."""
+
+    destination: str
+    mode: str
+    browse: bool = False
+
+
+def _tap_plan(destination: str, options: TapOptions, broker: str) -> _TapPlan:
+    """Where a copy of ``destination``'s records comes from on ``broker``, or why there is none.
+
+    Raises:
+        ConfigurationError: only the collector's own subscription would see the records.
+    """
+    if destination.startswith(("/topic/", "/exchange/")):
+        return _TapPlan(destination, f"copy of new records: own subscription to {destination}")
+    if options.exchange:
+        if broker != "rabbitmq":
+            msg = "--exchange works on RabbitMQ only (it names an AMQP exchange)"
+            raise ConfigurationError(msg)
+        target = f"/exchange/{options.exchange}/{options.binding or '#'}"
+        mode = (
+            f"copy of new records: own subscription to {target} (the collector's queue is "
+            "untouched)"
+        )
+        return _TapPlan(target, mode)
+    if broker == "activemq" and destination.startswith("/queue/"):
+        mode = (
+            f"queue browser on {destination}, every {_BROWSE_INTERVAL:g}s: records the "
+            "collector takes between two browses are not shown"
+        )
+        return _TapPlan(destination, mode, browse=True)
+    msg = (
+        f"cannot tap {destination} without taking records from the collector: on "
+        "RabbitMQ a /queue/ is fed through the default exchange. Publish to "
+        "/topic/... or /exchange/NAME/..., or if producers publish over AMQP to an "
+        "exchange, add --exchange NAME (or tail amqp://HOST/?exchange=NAME)"
+    )
+    raise ConfigurationError(msg)
+
+
+class _BrowseDiff:
+    """Which messages of a repeated queue browse are new: those the previous browse did not see.
+
+    ActiveMQ message ids survive reconnects, so the ids are kept across them. Without
+    ``backlog`` the first browse only learns what is already there (shows nothing).
+    """
+
+    def __init__(self, *, backlog: bool) -> None:
+        self._before: set[str] = set()
+        self._now: set[str] = set()
+        self._silent = not backlog
+        self.next_at: float | None = None  # when the next browse is due; None while one runs
+
+    def restart(self) -> None:
+        """A new browse starts before the current one ended (after a reconnect).
+
+        What the interrupted browse saw was shown already: it counts as seen, not as new.
+        """
+        self._before |= self._now
+        self._now = set()
+        self.next_at = None
+
+    def take(self, deliveries: Sequence[Delivery]) -> list[bytes]:
+        """The bodies of the deliveries not seen before; notes the end of a browse."""
+        out: list[bytes] = []
+        for delivery in deliveries:
+            if delivery.headers.get("browser") == "end":
+                self._before, self._now = self._now, set()
+                self._silent = False
+                self.next_at = time.monotonic() + _BROWSE_INTERVAL
+                break
+            mid = str(delivery.headers.get("message-id", delivery.id))
+            new = mid not in self._before and mid not in self._now
+            self._now.add(mid)
+            if new and not self._silent:
+                out.append(delivery.body)
+        return out
+
+
+class _TapConnection(STOMPConsumer):
+    """The connection under a :class:`STOMPTap`: the consumer's failover, receive queue and
+    reconnect-while-fetching, in ``ack:auto``, subscribing where the tap says after each
+    (re)connect instead of to the endpoint's destination."""
+
+    def __init__(self, endpoint: str | Endpoint, on_connect: Callable[[_Link], None]) -> None:
+        super().__init__(endpoint)
+        self.endpoint = self.endpoint.with_options(ack="auto")
+        self._on_connect = on_connect
+        self._subscription_ids = itertools.count(1)
+        self.subscription = ""  # the id of the live SUBSCRIBE
+
+    def _after_connect(self, link: _Link) -> None:
+        self._on_connect(link)
+
+    def connect(self) -> _Link:
+        """The live connection, made (and subscribed) again if it was lost."""
+        return self._ensure_link()
+
+    def subscribe(self, link: _Link, destination: str, extra: Mapping[str, str]) -> None:
+        """SUBSCRIBE to ``destination`` in ``ack:auto`` and wait for the broker's receipt."""
+        sub_id = f"tail-{next(self._subscription_ids)}"
+        receipt = self._new_receipt(link)
+        headers = {"destination": destination, "id": sub_id, "ack": "auto", "receipt": receipt}
+        failure = f"cannot subscribe to {destination} on {link.host}"
+        self._write(link, _frame("SUBSCRIBE", {**headers, **extra}), failure)
+        try:
+            self._await_receipt(link, receipt, f"SUBSCRIBE to {destination}")
+        except (NotConfirmed, PublishTimeout) as exc:
+            raise ConnectError(exc.reason, endpoint=exc.endpoint) from exc
+        self.subscription = sub_id
+
+    def unsubscribe(self, link: _Link, failure: str) -> None:
+        """UNSUBSCRIBE the live subscription; ``failure`` is the error message if that fails."""
+        self._write(link, _frame("UNSUBSCRIBE", {"id": self.subscription}), failure)
+
+    def _write(self, link: _Link, frame: bytes, failure: str) -> None:
+        """Write ``frame``; a connection that fails is dropped and reported as ``failure``."""
+        try:
+            link.write(frame)
+        except Exception as exc:  # OSError, stomp.py's NotConnectedException
+            self._drop_link()
+            raise ConnectError(failure, endpoint=self.endpoint.redacted()) from exc
+
+
+class STOMPTap(Tap):
+    """A copy of the records of a STOMP destination: a subscription of its own or a browser.
+
+    On RabbitMQ, ``/topic/...`` and ``/exchange/...`` destinations are subscribed as they are
+    (each subscriber gets its own copy). ``/queue/NAME`` is fed through the default exchange,
+    so a copy exists only if the producers publish to an exchange: ``options.exchange``
+    subscribes to ``/exchange/NAME/<binding>`` (binding ``#`` unless ``options.binding``);
+    without it the tap is refused with a :class:`~mqlogging.errors.ConfigurationError` that
+    says so. On ActiveMQ, ``/topic/...`` is a plain subscription (a copy) and ``/queue/...`` is
+    a *queue browser* (``browser:true``) run again every half second, showing the records that
+    appeared since the previous browse (with ``options.backlog`` the first browse shows what
+    is waiting). Records the collector consumes between two browses are not seen, and ActiveMQ
+    shows a browser at most its first ``maxBrowsePageSize`` (400) messages.
+
+    Connects in the constructor (errors surface before anything is shown). A lost connection
+    makes :meth:`poll` raise :class:`~mqlogging.errors.ConnectError`; the next :meth:`poll`
+    reconnects and subscribes again. Thread-safety: one owner thread.
+    """
+
+    def __init__(self, endpoint: str | Endpoint, options: TapOptions | None = None) -> None:
+        self._options = options or TapOptions()
+        self._conn = _TapConnection(endpoint, self._start)
+        self.endpoint = self._conn.endpoint
+        self.mode = ""
+        self._browser: _BrowseDiff | None = None
+        try:
+            self._conn.connect()
+        except BaseException:
+            self.close()
+            raise
+
+    def _start(self, link: _Link) -> None:
+        """After every (re)connect: choose the subscription on this broker and make it."""
+        plan = _tap_plan(self.endpoint.destination, self._options, link.broker)
+        self.mode = plan.mode
+        if not plan.browse:
+            self._browser = None
+            self._conn.subscribe(link, plan.destination, {})
+            return
+        if self._browser is None:
+            self._browser = _BrowseDiff(backlog=self._options.backlog)
+        self._browser.restart()
+        self._conn.subscribe(link, plan.destination, {"browser": "true"})
+
+    def poll(self, timeout: float) -> list[bytes]:
+        """New bodies, waiting at most ``timeout``; browses again when the next browse is due."""
+        browser = self._browser
+        if browser is not None and browser.next_at is not None:
+            wait = browser.next_at - time.monotonic()
+            if wait > 0:
+                time.sleep(min(wait, timeout))
+                return []
+            self._browse_again(browser)
+        deliveries = self._conn.fetch(_TAP_BATCH, timeout)
+        browser = self._browser  # a reconnect within fetch may have changed it
+        if browser is None:
+            return [delivery.body for delivery in deliveries]
+        return browser.take(deliveries)
+
+    def _browse_again(self, browser: _BrowseDiff) -> None:
+        link = self._conn.connect()  # a reconnect starts a new browse by itself
+        if browser.next_at is None:
+            return
+        browser.next_at = None
+        destination = self.endpoint.destination
+        self._conn.unsubscribe(link, f"connection lost while browsing {destination}")
+        self._conn.subscribe(link, destination, {"browser": "true"})
+
+    def close(self) -> None:
+        """Close the connection (the subscription ends with it). Idempotent; never raises."""
+        self._conn.close()
