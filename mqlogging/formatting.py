@@ -23,9 +23,7 @@ state between calls beyond an atomically replaced per-second timestamp cache.
 
 from __future__ import annotations
 
-import functools
 import itertools
-import json
 import logging
 import math
 import socket
@@ -49,14 +47,10 @@ from ._context import (
     unbind_context,
 )
 from ._ids import new_id
+from ._json import HAVE_ORJSON, strict_encoder
 from ._types import Message
 from .errors import ConfigurationError, MissingDependencyError
 from .wire import NAMESPACE
-
-try:
-    import orjson as _orjson
-except ImportError:  # pragma: no cover - exercised only without the [fast] extra
-    _orjson = None  # type: ignore[assignment]
 
 __all__ = [
     "DEFAULT_MAX_BYTES",
@@ -343,29 +337,14 @@ class _Encoder:
     __slots__ = ("default", "dumps", "name")
 
     def __init__(self, name: str, default: Callable[[Any], Any]) -> None:
-        if name == "orjson" and _orjson is None:
+        if name == "orjson" and not HAVE_ORJSON:
             raise MissingDependencyError("orjson", "fast")
         self.default = default
-        self.dumps: Callable[[Any], bytes]
+        self.name = "orjson" if name == "orjson" or (name == "auto" and HAVE_ORJSON) else "json"
+        self.dumps: Callable[[Any], bytes] = strict_encoder(
+            default, use_orjson=self.name == "orjson"
+        )
         """Encode strictly: raises on anything not plainly encodable."""
-        if name == "orjson" or (name == "auto" and _orjson is not None):
-            self.name = "orjson"
-            self.dumps = functools.partial(_orjson.dumps, default=default)
-        else:
-            self.name = "json"
-            # No cycle check on the fast path (a cycle ends in RecursionError, then _sanitize).
-            encode = json.JSONEncoder(
-                ensure_ascii=False,
-                allow_nan=False,
-                check_circular=False,
-                separators=(",", ":"),
-                default=default,
-            ).encode
-
-            def dumps(obj: Any) -> bytes:
-                return encode(obj).encode("utf-8")
-
-            self.dumps = dumps
 
     def encode(self, obj: Any) -> bytes:
         """Encode ``obj``; never raises."""
