@@ -3,7 +3,8 @@
 orjson (``mqlogging[fast]``) is several times faster on millions of records; without it every
 function here falls back to :mod:`json` with the same results for valid documents. Callers
 import these names instead of repeating the ``try: import orjson`` dance, so the fallback and
-its error classes are decided once. This module imports nothing from the package.
+its error classes are decided once. This module imports nothing from the package but
+:mod:`mqlogging.errors` (which imports nothing).
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ import functools
 import json
 from collections.abc import Callable
 from typing import Any, Final
+
+from .errors import MissingDependencyError
 
 try:
     import orjson
@@ -44,11 +47,14 @@ dumps: Callable[[Any], bytes] = (
 def strict_encoder(default: Callable[[Any], Any], *, use_orjson: bool) -> Callable[[Any], bytes]:
     """A compact encoder that raises (TypeError, ValueError, RecursionError) instead of
     writing invalid JSON: no NaN, no cycle check on the fast path (a cycle ends in
-    RecursionError), ``default`` for other types. For a caller with its own fallback."""
+    RecursionError), ``default`` for other types. For a caller with its own fallback.
+
+    Raises:
+        MissingDependencyError: ``use_orjson`` without orjson installed.
+    """
     if use_orjson:
-        if orjson is None:  # pragma: no cover - callers check HAVE_ORJSON first
-            msg = "orjson is not installed"
-            raise ImportError(msg)
+        if orjson is None:
+            raise MissingDependencyError("orjson", "fast")
         # A partial, not a closure: this is the formatter's per-record call.
         return functools.partial(orjson.dumps, default=default)
     encode = json.JSONEncoder(

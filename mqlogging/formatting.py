@@ -49,7 +49,7 @@ from ._context import (
 from ._ids import new_id
 from ._json import HAVE_ORJSON, strict_encoder
 from ._types import Message
-from .errors import ConfigurationError, MissingDependencyError
+from .errors import ConfigurationError
 from .wire import NAMESPACE
 
 __all__ = [
@@ -337,8 +337,6 @@ class _Encoder:
     __slots__ = ("default", "dumps", "name")
 
     def __init__(self, name: str, default: Callable[[Any], Any]) -> None:
-        if name == "orjson" and not HAVE_ORJSON:
-            raise MissingDependencyError("orjson", "fast")
         self.default = default
         self.name = "orjson" if name == "orjson" or (name == "auto" and HAVE_ORJSON) else "json"
         self.dumps: Callable[[Any], bytes] = strict_encoder(

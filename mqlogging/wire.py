@@ -38,8 +38,8 @@ id shared by many records), so :func:`read_meta` returns ``None`` and each reade
 the transport's id (AMQP ``message_id``, STOMP ``message-id``) or the record's place in a spool.
 Their time is ``@timestamp``, else ``timestamp``.
 
-This module imports nothing from the package but ``_json`` (which imports nothing), so any
-layer may use it.
+This module imports nothing from the package but ``_json`` (and through it ``errors``), so
+any layer may use it.
 """
 
 from __future__ import annotations
