@@ -53,7 +53,7 @@ from .errors import ConfigurationError
 from .wire import NAMESPACE
 
 __all__ = [
-    "DEFAULT_MAX_BYTES",
+    "DEFAULT_MAX_RECORD_BYTES",
     "ECS_VERSION",
     "SCHEMAS",
     "ContextToken",
@@ -65,10 +65,10 @@ __all__ = [
     "unbind_context",
 ]
 
-DEFAULT_MAX_BYTES: Final = 256 * 1024
+DEFAULT_MAX_RECORD_BYTES: Final = 256 * 1024
 """Default cap on one encoded record (bytes); larger records are truncated, never dropped."""
 
-MIN_MAX_BYTES: Final = 1024
+MIN_MAX_RECORD_BYTES: Final = 1024
 """The smallest ``max_bytes`` accepted: room for the skeleton of any schema plus the marker."""
 
 ECS_VERSION: Final = "8.11.0"
@@ -193,6 +193,23 @@ _ECS_STATIC_ALIASES: Final = {
 # --------------------------------------------------------------------------- value conversion
 
 
+def _is_set(obj: Any) -> bool:
+    return isinstance(obj, (set, frozenset))
+
+
+# python-json-logger's defaults, in its order, with sets as lists: (applies, convert) pairs.
+_DEFAULTS: Final[tuple[tuple[Callable[[Any], bool], Callable[[Any], Any]], ...]] = (
+    (_pjl.use_datetime_any, _pjl.datetime_any),
+    (_pjl.use_exception_default, _pjl.exception_default),
+    (_pjl.use_traceback_default, _pjl.traceback_default),
+    (_pjl.use_enum_default, _pjl.enum_default),
+    (_pjl.use_bytes_default, _pjl.bytes_default),
+    (_is_set, list),
+    (_pjl.use_dataclass_default, _pjl.dataclass_default),
+    (_pjl.use_type_default, _pjl.type_default),
+)
+
+
 def _json_default(obj: Any) -> Any:
     """Turn a value JSON cannot encode into one it can; never raises.
 
@@ -201,22 +218,9 @@ def _json_default(obj: Any) -> Any:
     ``repr``, then ``"__could_not_encode__"``.
     """
     try:
-        if _pjl.use_datetime_any(obj):
-            return _pjl.datetime_any(obj)
-        if _pjl.use_exception_default(obj):
-            return _pjl.exception_default(obj)
-        if _pjl.use_traceback_default(obj):
-            return _pjl.traceback_default(obj)
-        if _pjl.use_enum_default(obj):
-            return _pjl.enum_default(obj)
-        if _pjl.use_bytes_default(obj):
-            return _pjl.bytes_default(obj)
-        if isinstance(obj, (set, frozenset)):
-            return list(obj)
-        if _pjl.use_dataclass_default(obj):
-            return _pjl.dataclass_default(obj)
-        if _pjl.use_type_default(obj):
-            return _pjl.type_default(obj)
+        for applies, convert in _DEFAULTS:
+            if applies(obj):
+                return convert(obj)
     except Exception:
         pass
     return _pjl.unknown_default(obj)
@@ -284,6 +288,20 @@ def _sanitize(
     cut to ``limit`` characters and nested containers to ``limit // 16`` items (at least 8; the
     top level keeps all its keys). Never mutates ``obj``.
     """
+    scalar = _sanitize_scalar(obj, limit)
+    if scalar is not _MISSING:
+        return scalar
+    if depth >= _MAX_DEPTH:
+        return _sanitize(_pjl.unknown_default(obj), default, limit)
+    if isinstance(obj, (dict, list, tuple)):
+        return _sanitize_container(obj, default, limit, depth, set() if active is None else active)
+    return _sanitize(_converted(obj, default), default, limit, depth + 1, active)
+
+
+def _sanitize_scalar(obj: Any, limit: int | None) -> Any:
+    """The JSON-safe form of a string, ``None``, bool or number (``_MISSING`` for others):
+    text without lone surrogates (cut to ``limit``), integers beyond 64 bits as decimal
+    strings, non-finite floats as ``None``."""
     if isinstance(obj, str):
         text = _clean_str(str(obj))
         return _cut(text, limit) if limit is not None else text
@@ -293,42 +311,53 @@ def _sanitize(
         return int(obj) if _INT_MIN <= obj <= _INT_MAX else str(obj)
     if isinstance(obj, float):
         return float(obj) if math.isfinite(obj) else None
-    if depth >= _MAX_DEPTH:
-        return _sanitize(_pjl.unknown_default(obj), default, limit)
-    if isinstance(obj, (dict, list, tuple)):
-        if active is None:
-            active = set()
-        marker = id(obj)
-        if marker in active:
-            return "<cycle>"
-        active.add(marker)
-        max_items = None if limit is None or depth == 0 else max(limit // 16, 8)
-        try:
-            size = len(obj)
-            more = 0 if max_items is None or size <= max_items else size - max_items
-            if isinstance(obj, dict):
-                out: dict[str, Any] = {}
-                if more:
-                    out["\u2026"] = f"{more} more keys"
-                for key, value in itertools.islice(obj.items(), size - more):
-                    out[_key_str(key)] = _sanitize(value, default, limit, depth + 1, active)
-                return out
-            values = [
-                _sanitize(v, default, limit, depth + 1, active)
-                for v in itertools.islice(obj, size - more)
-            ]
+    return _MISSING
+
+
+def _sanitize_container(
+    obj: dict[Any, Any] | list[Any] | tuple[Any, ...],
+    default: Callable[[Any], Any],
+    limit: int | None,
+    depth: int,
+    active: set[int],
+) -> Any:
+    """:func:`_sanitize` for a dict, list or tuple: a cycle becomes ``"<cycle>"``; with
+    ``limit``, nested containers keep their first items and say how many more there were."""
+    marker = id(obj)
+    if marker in active:
+        return "<cycle>"
+    active.add(marker)
+    max_items = None if limit is None or depth == 0 else max(limit // 16, 8)
+    try:
+        size = len(obj)
+        more = 0 if max_items is None or size <= max_items else size - max_items
+        if isinstance(obj, dict):
+            out: dict[str, Any] = {}
             if more:
-                values.append(f"\u2026 {more} more items")
-            return values
-        finally:
-            active.discard(marker)
+                out["\u2026"] = f"{more} more keys"
+            for key, value in itertools.islice(obj.items(), size - more):
+                out[_key_str(key)] = _sanitize(value, default, limit, depth + 1, active)
+            return out
+        values = [
+            _sanitize(v, default, limit, depth + 1, active)
+            for v in itertools.islice(obj, size - more)
+        ]
+        if more:
+            values.append(f"\u2026 {more} more items")
+        return values
+    finally:
+        active.discard(marker)
+
+
+def _converted(obj: Any, default: Callable[[Any], Any]) -> Any:
+    """``default(obj)``, or ``unknown_default`` when it fails or gives ``obj`` back."""
     try:
         converted = default(obj)
     except Exception:
         converted = _pjl.unknown_default(obj)
     if converted is obj:
         converted = _pjl.unknown_default(obj)
-    return _sanitize(converted, default, limit, depth + 1, active)
+    return converted
 
 
 class _Encoder:
@@ -501,6 +530,54 @@ def _merge_layer(
             _merge(log_data, key, value, rules, diverted)
 
 
+def _ecs_message(record: logging.LogRecord, message_dict: dict[str, Any]) -> str:
+    """ECS ``message``: a dict message's own ``message`` key (taken out of the user fields),
+    else the rendered message (salvaged when the arguments do not fit)."""
+    if isinstance(record.msg, dict):
+        message = message_dict.pop("message", "")
+        return message if isinstance(message, str) else _safe_str(message)
+    try:
+        return record.getMessage()
+    except Exception:
+        return _get_message(record)
+
+
+def _extra_items(record: logging.LogRecord) -> Iterable[tuple[str, Any]]:
+    """The record's attributes that may be ``extra`` fields (the caller skips reserved ones).
+
+    A stdlib LogRecord holds its own attributes first, in __init__'s order, then the extras:
+    when its last own attribute is where __init__ put it, they are all skipped at once.
+    """
+    attrs = record.__dict__
+    if (
+        record.__class__ is logging.LogRecord
+        and next(itertools.islice(attrs, _STD_LAST_INDEX, None), None) == _STD_LAST
+    ):
+        return itertools.islice(attrs.items(), _STD_LAST_INDEX + 1, None)
+    return attrs.items()
+
+
+def _merge_extras(
+    log_data: dict[str, Any],
+    items: Iterable[tuple[Any, Any]],
+    rules: Mapping[str, Any],
+    diverted: list[tuple[str, Any]],
+) -> None:
+    """:func:`_merge` the user's ``extra`` attributes: not reserved ones, not ``_private``
+    ones, with the fast path of :func:`_merge_layer` for a plain new top-level key."""
+    reserved = _RESERVED  # a local: this loop may run over every record attribute
+    for key, value in items:
+        if key in reserved:
+            continue
+        if key.__class__ is str:
+            if key[:1] == "_":
+                continue
+            if key not in rules and key not in log_data and "." not in key:
+                log_data[key] = value
+                continue
+        _merge(log_data, key, value, rules, diverted)
+
+
 # --------------------------------------------------------------------------- schemas
 
 
@@ -579,9 +656,9 @@ class _EcsSchema(_Schema):
         self, log_data: dict[str, Any], record: logging.LogRecord, message_dict: dict[str, Any]
     ) -> None:
         # The hot path of the default schema: kept flat and allocation-light on purpose
-        # (benchmarks/bench_formatting.py holds it to 1.5x python-json-logger's own cost).
-        attrs = record.__dict__
-        rid = attrs.get(ID_ATTRIBUTE)
+        # (benchmarks/bench_formatting.py holds it to 1.5x python-json-logger's own cost);
+        # what only some records need (an exception, user fields) is a call made only then.
+        rid = record.__dict__.get(ID_ATTRIBUTE)
         if rid.__class__ is not str or not rid:
             rid = _record_id(record)
         levelname = record.levelname
@@ -594,14 +671,7 @@ class _EcsSchema(_Schema):
             },
         }
         log_data["@timestamp"] = self._clock(record.created)
-        if isinstance(record.msg, dict):
-            message = message_dict.pop("message", "")
-            log_data["message"] = message if isinstance(message, str) else _safe_str(message)
-        else:
-            try:
-                log_data["message"] = record.getMessage()
-            except Exception:
-                log_data["message"] = _get_message(record)
+        log_data["message"] = _ecs_message(record, message_dict)
         log_data["log"] = log
         log_data["process"] = {
             "pid": record.process,
@@ -613,22 +683,37 @@ class _EcsSchema(_Schema):
         log_data["ecs"] = self._ecs
         rules = _ECS_RULES
         if record.exc_info or record.exc_text:
-            exc_info = record.exc_info
-            if isinstance(exc_info, tuple) and len(exc_info) == 3 and exc_info[1] is not None:
-                log_data["error"] = self._error(exc_info)
-                rules = _ECS_RULES_WITH_ERROR
-            elif record.exc_text:
-                log_data["error"] = {"stack_trace": record.exc_text}
-                rules = _ECS_RULES_WITH_ERROR
+            rules = self._add_error(log_data, record)
         if record.stack_info:
             log["stack_info"] = self.formatter.formatStack(record.stack_info)
+        self._add_user_fields(log_data, record, message_dict, rules)
 
+    def _add_error(self, log_data: dict[str, Any], record: logging.LogRecord) -> dict[str, Any]:
+        """Write ``error`` for a record with an exception; return the rules that protect it
+        from user fields (the plain rules when there is nothing to write after all)."""
+        exc_info = record.exc_info
+        if isinstance(exc_info, tuple) and len(exc_info) == 3 and exc_info[1] is not None:
+            log_data["error"] = self._error(exc_info)
+        elif record.exc_text:
+            log_data["error"] = {"stack_trace": record.exc_text}
+        else:
+            return _ECS_RULES
+        return _ECS_RULES_WITH_ERROR
+
+    def _add_user_fields(
+        self,
+        log_data: dict[str, Any],
+        record: logging.LogRecord,
+        message_dict: dict[str, Any],
+        rules: dict[str, Any],
+    ) -> None:
+        """Merge static, context, dict-message and ``extra`` fields, lowest precedence first;
+        what collides with the formatter's own fields goes under ``extra``."""
         diverted: list[tuple[str, Any]] = []
         for key, value in self._static_per_record:
             _merge(log_data, key, value, rules, diverted)
         if self._static_tail:
             log_data.update(self._static_tail)
-        # User layers, lowest precedence first: context, dict message, extra.
         context = _FIELDS.get(_EMPTY_FIELDS)
         if context:
             _merge_layer(log_data, context.items(), rules, diverted)
@@ -636,26 +721,9 @@ class _EcsSchema(_Schema):
             _merge_layer(log_data, message_dict.items(), rules, diverted)
         # A record without extras has only reserved attributes: skip the scan (the subset test
         # guards against record factories that delete standard attributes).
-        reserved = _RESERVED  # a local: this loop may run over every record attribute
-        if len(attrs) > _PLAIN_RECORD_LEN or not attrs.keys() <= reserved:
-            items: Iterable[tuple[str, Any]] = attrs.items()
-            # A stdlib LogRecord holds its own attributes first, in __init__'s order, then the
-            # extras: when its last own attribute is where __init__ put it, skip them all.
-            if (
-                record.__class__ is logging.LogRecord
-                and next(itertools.islice(attrs, _STD_LAST_INDEX, None), None) == _STD_LAST
-            ):
-                items = itertools.islice(items, _STD_LAST_INDEX + 1, None)
-            for key, value in items:
-                if key in reserved:
-                    continue
-                if key.__class__ is str:
-                    if key[:1] == "_":
-                        continue
-                    if key not in rules and key not in log_data and "." not in key:
-                        log_data[key] = value
-                        continue
-                _merge(log_data, key, value, rules, diverted)
+        attrs = record.__dict__
+        if len(attrs) > _PLAIN_RECORD_LEN or not attrs.keys() <= _RESERVED:
+            _merge_extras(log_data, _extra_items(record), rules, diverted)
         if diverted:
             _divert(log_data, diverted)
 
@@ -729,15 +797,7 @@ class _LogstashSchema(_Schema):
             fields.update(message_dict)
         else:
             fields["message"] = _get_message(record)
-        exc_info = fields.pop("exc_info", None)
-        if exc_info:
-            try:
-                fields["exception"] = traceback.format_exception(*exc_info)
-            except Exception:
-                fields["exception"] = [_safe_str(exc_info)]
-        if not fields.get("exc_text", True):
-            del fields["exc_text"]
-
+        _v1_exception(fields)
         if self._static:
             log_data.update(self._static)
         stamp = log_data["@timestamp"] = self._clock(record.created)
@@ -747,19 +807,36 @@ class _LogstashSchema(_Schema):
         if context:
             log_data.update(context)
         log_data.update(fields)
-        # The id and the time are ours (mqlogging.wire): a user field of either name is moved
-        # under ``extra``; the time keeps its place, first, as in V1.
-        diverted = []
-        user_time = log_data["@timestamp"]
-        if user_time is not stamp:
-            log_data["@timestamp"] = stamp
-            diverted.append(("@timestamp", user_time))
-        user_id = log_data.pop("id", _MISSING)
-        log_data["id"] = rid
-        if user_id is not _MISSING:
-            diverted.append(("id", user_id))
-        if diverted:
-            _divert(log_data, diverted)
+        _claim_id_and_time(log_data, rid, stamp)
+
+
+def _v1_exception(fields: dict[str, Any]) -> None:
+    """V1's ``exception`` (the formatted traceback as a list of lines) in place of
+    ``exc_info``, and no ``exc_text`` field when it is empty."""
+    exc_info = fields.pop("exc_info", None)
+    if exc_info:
+        try:
+            fields["exception"] = traceback.format_exception(*exc_info)
+        except Exception:  # a broken traceback object must not lose the record
+            fields["exception"] = [_safe_str(exc_info)]
+    if not fields.get("exc_text", True):
+        del fields["exc_text"]
+
+
+def _claim_id_and_time(log_data: dict[str, Any], rid: str, stamp: str) -> None:
+    """The id and the time are ours (:mod:`mqlogging.wire`): a user field of either name is
+    moved under ``extra``; the time keeps its place, first, as in V1."""
+    diverted = []
+    user_time = log_data["@timestamp"]
+    if user_time is not stamp:
+        log_data["@timestamp"] = stamp
+        diverted.append(("@timestamp", user_time))
+    user_id = log_data.pop("id", _MISSING)
+    log_data["id"] = rid
+    if user_id is not _MISSING:
+        diverted.append(("id", user_id))
+    if diverted:
+        _divert(log_data, diverted)
 
 
 class _FlatSchema(_Schema):
@@ -781,14 +858,7 @@ class _FlatSchema(_Schema):
         formatter = self.formatter
         rid = _record_id(record)
         rename = formatter.rename_fields.get
-        # BaseJsonFormatter.format's preparation, without mutating the record.
-        if record.exc_info and not message_dict.get("exc_info"):
-            message_dict["exc_info"] = _text(formatter.formatException(record.exc_info))
-        if not message_dict.get("exc_info") and record.exc_text:
-            message_dict["exc_info"] = record.exc_text
-        if record.stack_info and not message_dict.get("stack_info"):
-            message_dict["stack_info"] = formatter.formatStack(record.stack_info)
-
+        _add_exc_and_stack(formatter, record, message_dict)
         # BaseJsonFormatter.add_fields, with context fields between static and message fields.
         for key, value in formatter.defaults.items():
             log_data[rename(key, key)] = value
@@ -813,6 +883,19 @@ class _FlatSchema(_Schema):
         log_data["id"] = rid
         if diverted:
             _divert(log_data, diverted)
+
+
+def _add_exc_and_stack(
+    formatter: JsonFormatter, record: logging.LogRecord, message_dict: dict[str, Any]
+) -> None:
+    """BaseJsonFormatter.format's preparation of ``exc_info`` and ``stack_info``, into
+    ``message_dict`` instead of the record (a record is never mutated)."""
+    if record.exc_info and not message_dict.get("exc_info"):
+        message_dict["exc_info"] = _text(formatter.formatException(record.exc_info))
+    if not message_dict.get("exc_info") and record.exc_text:
+        message_dict["exc_info"] = record.exc_text
+    if record.stack_info and not message_dict.get("stack_info"):
+        message_dict["stack_info"] = formatter.formatStack(record.stack_info)
 
 
 _SCHEMA_CLASSES: Final[dict[str, type[_Schema]]] = {
@@ -894,7 +977,7 @@ class JsonFormatter(BaseJsonFormatter):
         *,
         schema: str = "ecs",
         static_fields: Mapping[str, Any] | None = None,
-        max_bytes: int | None = DEFAULT_MAX_BYTES,
+        max_bytes: int | None = DEFAULT_MAX_RECORD_BYTES,
         hostname: str | None = None,
         encoder: str = "auto",
         json_default: Callable[[Any], Any] | None = None,
@@ -914,9 +997,10 @@ class JsonFormatter(BaseJsonFormatter):
         if max_bytes is not None and (
             isinstance(max_bytes, bool)
             or not isinstance(max_bytes, int)
-            or max_bytes < MIN_MAX_BYTES
+            or max_bytes < MIN_MAX_RECORD_BYTES
         ):
-            msg = f"max_bytes must be an integer >= {MIN_MAX_BYTES} or None, got {max_bytes!r}"
+            least = MIN_MAX_RECORD_BYTES
+            msg = f"max_bytes must be an integer >= {least} or None, got {max_bytes!r}"
             raise ConfigurationError(msg)
         if encoder not in _ENCODERS:
             msg = f"unknown encoder {encoder!r} for JsonFormatter (known: {', '.join(_ENCODERS)})"
