@@ -35,9 +35,7 @@ from typing import Any, Final
 from pythonjsonlogger import defaults as _pjl
 from pythonjsonlogger.core import RESERVED_ATTRS, BaseJsonFormatter, LogData, merge_record_extra
 
-from ._context import _EMPTY as _EMPTY_FIELDS
 from ._context import (
-    _FIELDS,
     ContextToken,
     bind_context,
     bound_context,
@@ -714,7 +712,7 @@ class _EcsSchema(_Schema):
             _merge(log_data, key, value, rules, diverted)
         if self._static_tail:
             log_data.update(self._static_tail)
-        context = _FIELDS.get(_EMPTY_FIELDS)
+        context = current_fields()
         if context:
             _merge_layer(log_data, context.items(), rules, diverted)
         if message_dict:
