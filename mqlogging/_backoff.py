@@ -13,9 +13,9 @@ class Backoff:
     """Delays ``uniform(c / 2, c)`` with ``c = min(cap, base * factor**n)``: "equal jitter".
 
     The random half spreads hundreds of clients that lost the same broker, so they do not
-    reconnect in lock-step; the fixed half keeps a floor, so that no client retries at once
-    (full jitter, ``uniform(0, c)``, sometimes waits almost nothing: a busy loop against a
-    broker that is down, and a first retry too early for a broker being restarted).
+    reconnect in lock-step; the fixed half keeps a floor that grows with every failure. Full
+    jitter (``uniform(0, c)``) would now and then retry almost at once however long the
+    broker has been down, each such retry a connection attempt (and a warning) for nothing.
 
     Not thread-safe: each loop owns its own instance.
     """
