@@ -528,41 +528,23 @@ def _merge_layer(
             _merge(log_data, key, value, rules, diverted)
 
 
-def _ecs_message(record: logging.LogRecord, message_dict: dict[str, Any]) -> str:
-    """ECS ``message``: a dict message's own ``message`` key (taken out of the user fields),
-    else the rendered message (salvaged when the arguments do not fit)."""
-    if isinstance(record.msg, dict):
-        message = message_dict.pop("message", "")
-        return message if isinstance(message, str) else _safe_str(message)
-    try:
-        return record.getMessage()
-    except Exception:
-        return _get_message(record)
-
-
-def _extra_items(record: logging.LogRecord) -> Iterable[tuple[str, Any]]:
-    """The record's attributes that may be ``extra`` fields (the caller skips reserved ones).
-
-    A stdlib LogRecord holds its own attributes first, in __init__'s order, then the extras:
-    when its last own attribute is where __init__ put it, they are all skipped at once.
-    """
-    attrs = record.__dict__
-    if (
-        record.__class__ is logging.LogRecord
-        and next(itertools.islice(attrs, _STD_LAST_INDEX, None), None) == _STD_LAST
-    ):
-        return itertools.islice(attrs.items(), _STD_LAST_INDEX + 1, None)
-    return attrs.items()
-
-
 def _merge_extras(
     log_data: dict[str, Any],
-    items: Iterable[tuple[Any, Any]],
+    record: logging.LogRecord,
     rules: Mapping[str, Any],
     diverted: list[tuple[str, Any]],
 ) -> None:
     """:func:`_merge` the user's ``extra`` attributes: not reserved ones, not ``_private``
     ones, with the fast path of :func:`_merge_layer` for a plain new top-level key."""
+    attrs = record.__dict__
+    items: Iterable[tuple[Any, Any]] = attrs.items()
+    # A stdlib LogRecord holds its own attributes first, in __init__'s order, then the
+    # extras: when its last own attribute is where __init__ put it, skip them all at once.
+    if (
+        record.__class__ is logging.LogRecord
+        and next(itertools.islice(attrs, _STD_LAST_INDEX, None), None) == _STD_LAST
+    ):
+        items = itertools.islice(items, _STD_LAST_INDEX + 1, None)
     reserved = _RESERVED  # a local: this loop may run over every record attribute
     for key, value in items:
         if key in reserved:
@@ -669,7 +651,14 @@ class _EcsSchema(_Schema):
             },
         }
         log_data["@timestamp"] = self._clock(record.created)
-        log_data["message"] = _ecs_message(record, message_dict)
+        if isinstance(record.msg, dict):
+            message = message_dict.pop("message", "")
+            log_data["message"] = message if isinstance(message, str) else _safe_str(message)
+        else:
+            try:
+                log_data["message"] = record.getMessage()
+            except Exception:
+                log_data["message"] = _get_message(record)
         log_data["log"] = log
         log_data["process"] = {
             "pid": record.process,
@@ -721,7 +710,7 @@ class _EcsSchema(_Schema):
         # guards against record factories that delete standard attributes).
         attrs = record.__dict__
         if len(attrs) > _PLAIN_RECORD_LEN or not attrs.keys() <= _RESERVED:
-            _merge_extras(log_data, _extra_items(record), rules, diverted)
+            _merge_extras(log_data, record, rules, diverted)
         if diverted:
             _divert(log_data, diverted)
 
@@ -795,7 +784,12 @@ class _LogstashSchema(_Schema):
             fields.update(message_dict)
         else:
             fields["message"] = _get_message(record)
-        _v1_exception(fields)
+        exc_info = fields.pop("exc_info", None)
+        if exc_info:
+            fields["exception"] = _v1_exception(exc_info)
+        if not fields.get("exc_text", True):
+            del fields["exc_text"]
+
         if self._static:
             log_data.update(self._static)
         stamp = log_data["@timestamp"] = self._clock(record.created)
@@ -805,36 +799,27 @@ class _LogstashSchema(_Schema):
         if context:
             log_data.update(context)
         log_data.update(fields)
-        _claim_id_and_time(log_data, rid, stamp)
+        # The id and the time are ours (mqlogging.wire): a user field of either name is moved
+        # under ``extra``; the time keeps its place, first, as in V1.
+        diverted = []
+        user_time = log_data["@timestamp"]
+        if user_time is not stamp:
+            log_data["@timestamp"] = stamp
+            diverted.append(("@timestamp", user_time))
+        user_id = log_data.pop("id", _MISSING)
+        log_data["id"] = rid
+        if user_id is not _MISSING:
+            diverted.append(("id", user_id))
+        if diverted:
+            _divert(log_data, diverted)
 
 
-def _v1_exception(fields: dict[str, Any]) -> None:
-    """V1's ``exception`` (the formatted traceback as a list of lines) in place of
-    ``exc_info``, and no ``exc_text`` field when it is empty."""
-    exc_info = fields.pop("exc_info", None)
-    if exc_info:
-        try:
-            fields["exception"] = traceback.format_exception(*exc_info)
-        except Exception:  # a broken traceback object must not lose the record
-            fields["exception"] = [_safe_str(exc_info)]
-    if not fields.get("exc_text", True):
-        del fields["exc_text"]
-
-
-def _claim_id_and_time(log_data: dict[str, Any], rid: str, stamp: str) -> None:
-    """The id and the time are ours (:mod:`mqlogging.wire`): a user field of either name is
-    moved under ``extra``; the time keeps its place, first, as in V1."""
-    diverted = []
-    user_time = log_data["@timestamp"]
-    if user_time is not stamp:
-        log_data["@timestamp"] = stamp
-        diverted.append(("@timestamp", user_time))
-    user_id = log_data.pop("id", _MISSING)
-    log_data["id"] = rid
-    if user_id is not _MISSING:
-        diverted.append(("id", user_id))
-    if diverted:
-        _divert(log_data, diverted)
+def _v1_exception(exc_info: Any) -> list[str]:
+    """V1's ``exception``: the formatted traceback as a list of lines."""
+    try:
+        return traceback.format_exception(*exc_info)
+    except Exception:  # a broken traceback object must not lose the record
+        return [_safe_str(exc_info)]
 
 
 class _FlatSchema(_Schema):
@@ -856,7 +841,8 @@ class _FlatSchema(_Schema):
         formatter = self.formatter
         rid = _record_id(record)
         rename = formatter.rename_fields.get
-        _add_exc_and_stack(formatter, record, message_dict)
+        if record.exc_info or record.exc_text or record.stack_info:
+            _add_exc_and_stack(formatter, record, message_dict)
         # BaseJsonFormatter.add_fields, with context fields between static and message fields.
         for key, value in formatter.defaults.items():
             log_data[rename(key, key)] = value
