@@ -20,7 +20,6 @@ from .errors import (
     NotConfirmed,
     PublishTimeout,
     SinkError,
-    SpoolCorrupt,
     SpoolError,
     SpoolFull,
 )
@@ -39,7 +38,6 @@ __all__ = [
     "NotConfirmed",
     "PublishTimeout",
     "SinkError",
-    "SpoolCorrupt",
     "SpoolError",
     "SpoolFull",
     "__version__",

@@ -1,4 +1,4 @@
-"""Capped exponential backoff with full jitter (used by backends, handler and collector)."""
+"""Capped exponential backoff with equal jitter (used by backends, handler and collector)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,12 @@ __all__ = ["Backoff"]
 
 @dataclass(slots=True)
 class Backoff:
-    """Delays ``random(0, min(cap, base * factor**n))`` — full jitter, so that hundreds of
-    clients that lost the same broker do not reconnect in lock-step.
+    """Delays ``uniform(c / 2, c)`` with ``c = min(cap, base * factor**n)``: "equal jitter".
+
+    The random half spreads hundreds of clients that lost the same broker, so they do not
+    reconnect in lock-step; the fixed half keeps a floor that grows with every failure. Full
+    jitter (``uniform(0, c)``) would now and then retry almost at once however long the
+    broker has been down, each such retry a connection attempt (and a warning) for nothing.
 
     Not thread-safe: each loop owns its own instance.
     """

@@ -11,9 +11,8 @@ translated at the backend boundary and chained with ``from exc``::
     │   ├── PublishTimeout                          the broker did not confirm in time
     │   └── NotConfirmed                            the broker refused or returned messages
     ├── SpoolError                                  the on-disk spool failed
-    │   ├── SpoolCorrupt                            a segment cannot be read
     │   └── SpoolFull                               the spool reached its bounds
-    └── SinkError                                   a collector sink failed
+    └── SinkError                                   a sink failed as a whole (audit reads)
 
 Messages are one line, say what is wrong and how to fix it, and never contain a password:
 exceptions carry the *redacted* endpoint.
@@ -30,7 +29,6 @@ __all__ = [
     "NotConfirmed",
     "PublishTimeout",
     "SinkError",
-    "SpoolCorrupt",
     "SpoolError",
     "SpoolFull",
 ]
@@ -86,13 +84,13 @@ class SpoolError(MQLoggingError):
     """The on-disk spool could not be written or read."""
 
 
-class SpoolCorrupt(SpoolError):
-    """A spool segment is unreadable beyond the per-line corruption the spool skips and counts."""
-
-
 class SpoolFull(SpoolError):
     """The spool reached its byte bound and its overflow policy is to refuse new records."""
 
 
 class SinkError(MQLoggingError):
-    """A collector sink failed as a whole (not a per-item rejection)."""
+    """A sink failed as a whole, not item by item: ``mqlogging audit`` cannot read the store.
+
+    The collector's sinks report per item (``Outcome``/``Result``) and treat a request-level
+    failure as an outage to retry, so they never raise it.
+    """

@@ -23,9 +23,7 @@ state between calls beyond an atomically replaced per-second timestamp cache.
 
 from __future__ import annotations
 
-import functools
 import itertools
-import json
 import logging
 import math
 import socket
@@ -37,9 +35,7 @@ from typing import Any, Final
 from pythonjsonlogger import defaults as _pjl
 from pythonjsonlogger.core import RESERVED_ATTRS, BaseJsonFormatter, LogData, merge_record_extra
 
-from ._context import _EMPTY as _EMPTY_FIELDS
 from ._context import (
-    _FIELDS,
     ContextToken,
     bind_context,
     bound_context,
@@ -49,17 +45,13 @@ from ._context import (
     unbind_context,
 )
 from ._ids import new_id
+from ._json import HAVE_ORJSON, strict_encoder
 from ._types import Message
-from .errors import ConfigurationError, MissingDependencyError
+from .errors import ConfigurationError
 from .wire import NAMESPACE
 
-try:
-    import orjson as _orjson
-except ImportError:  # pragma: no cover - exercised only without the [fast] extra
-    _orjson = None  # type: ignore[assignment]
-
 __all__ = [
-    "DEFAULT_MAX_BYTES",
+    "DEFAULT_MAX_RECORD_BYTES",
     "ECS_VERSION",
     "SCHEMAS",
     "ContextToken",
@@ -71,10 +63,10 @@ __all__ = [
     "unbind_context",
 ]
 
-DEFAULT_MAX_BYTES: Final = 256 * 1024
+DEFAULT_MAX_RECORD_BYTES: Final = 256 * 1024
 """Default cap on one encoded record (bytes); larger records are truncated, never dropped."""
 
-MIN_MAX_BYTES: Final = 1024
+MIN_MAX_RECORD_BYTES: Final = 1024
 """The smallest ``max_bytes`` accepted: room for the skeleton of any schema plus the marker."""
 
 ECS_VERSION: Final = "8.11.0"
@@ -199,6 +191,23 @@ _ECS_STATIC_ALIASES: Final = {
 # --------------------------------------------------------------------------- value conversion
 
 
+def _is_set(obj: Any) -> bool:
+    return isinstance(obj, (set, frozenset))
+
+
+# python-json-logger's defaults, in its order, with sets as lists: (applies, convert) pairs.
+_DEFAULTS: Final[tuple[tuple[Callable[[Any], bool], Callable[[Any], Any]], ...]] = (
+    (_pjl.use_datetime_any, _pjl.datetime_any),
+    (_pjl.use_exception_default, _pjl.exception_default),
+    (_pjl.use_traceback_default, _pjl.traceback_default),
+    (_pjl.use_enum_default, _pjl.enum_default),
+    (_pjl.use_bytes_default, _pjl.bytes_default),
+    (_is_set, list),
+    (_pjl.use_dataclass_default, _pjl.dataclass_default),
+    (_pjl.use_type_default, _pjl.type_default),
+)
+
+
 def _json_default(obj: Any) -> Any:
     """Turn a value JSON cannot encode into one it can; never raises.
 
@@ -207,22 +216,9 @@ def _json_default(obj: Any) -> Any:
     ``repr``, then ``"__could_not_encode__"``.
     """
     try:
-        if _pjl.use_datetime_any(obj):
-            return _pjl.datetime_any(obj)
-        if _pjl.use_exception_default(obj):
-            return _pjl.exception_default(obj)
-        if _pjl.use_traceback_default(obj):
-            return _pjl.traceback_default(obj)
-        if _pjl.use_enum_default(obj):
-            return _pjl.enum_default(obj)
-        if _pjl.use_bytes_default(obj):
-            return _pjl.bytes_default(obj)
-        if isinstance(obj, (set, frozenset)):
-            return list(obj)
-        if _pjl.use_dataclass_default(obj):
-            return _pjl.dataclass_default(obj)
-        if _pjl.use_type_default(obj):
-            return _pjl.type_default(obj)
+        for applies, convert in _DEFAULTS:
+            if applies(obj):
+                return convert(obj)
     except Exception:
         pass
     return _pjl.unknown_default(obj)
@@ -290,6 +286,20 @@ def _sanitize(
     cut to ``limit`` characters and nested containers to ``limit // 16`` items (at least 8; the
     top level keeps all its keys). Never mutates ``obj``.
     """
+    scalar = _sanitize_scalar(obj, limit)
+    if scalar is not _MISSING:
+        return scalar
+    if depth >= _MAX_DEPTH:
+        return _sanitize(_pjl.unknown_default(obj), default, limit)
+    if isinstance(obj, (dict, list, tuple)):
+        return _sanitize_container(obj, default, limit, depth, set() if active is None else active)
+    return _sanitize(_converted(obj, default), default, limit, depth + 1, active)
+
+
+def _sanitize_scalar(obj: Any, limit: int | None) -> Any:
+    """The JSON-safe form of a string, ``None``, bool or number (``_MISSING`` for others):
+    text without lone surrogates (cut to ``limit``), integers beyond 64 bits as decimal
+    strings, non-finite floats as ``None``."""
     if isinstance(obj, str):
         text = _clean_str(str(obj))
         return _cut(text, limit) if limit is not None else text
@@ -299,42 +309,53 @@ def _sanitize(
         return int(obj) if _INT_MIN <= obj <= _INT_MAX else str(obj)
     if isinstance(obj, float):
         return float(obj) if math.isfinite(obj) else None
-    if depth >= _MAX_DEPTH:
-        return _sanitize(_pjl.unknown_default(obj), default, limit)
-    if isinstance(obj, (dict, list, tuple)):
-        if active is None:
-            active = set()
-        marker = id(obj)
-        if marker in active:
-            return "<cycle>"
-        active.add(marker)
-        max_items = None if limit is None or depth == 0 else max(limit // 16, 8)
-        try:
-            size = len(obj)
-            more = 0 if max_items is None or size <= max_items else size - max_items
-            if isinstance(obj, dict):
-                out: dict[str, Any] = {}
-                if more:
-                    out["\u2026"] = f"{more} more keys"
-                for key, value in itertools.islice(obj.items(), size - more):
-                    out[_key_str(key)] = _sanitize(value, default, limit, depth + 1, active)
-                return out
-            values = [
-                _sanitize(v, default, limit, depth + 1, active)
-                for v in itertools.islice(obj, size - more)
-            ]
+    return _MISSING
+
+
+def _sanitize_container(
+    obj: dict[Any, Any] | list[Any] | tuple[Any, ...],
+    default: Callable[[Any], Any],
+    limit: int | None,
+    depth: int,
+    active: set[int],
+) -> Any:
+    """:func:`_sanitize` for a dict, list or tuple: a cycle becomes ``"<cycle>"``; with
+    ``limit``, nested containers keep their first items and say how many more there were."""
+    marker = id(obj)
+    if marker in active:
+        return "<cycle>"
+    active.add(marker)
+    max_items = None if limit is None or depth == 0 else max(limit // 16, 8)
+    try:
+        size = len(obj)
+        more = 0 if max_items is None or size <= max_items else size - max_items
+        if isinstance(obj, dict):
+            out: dict[str, Any] = {}
             if more:
-                values.append(f"\u2026 {more} more items")
-            return values
-        finally:
-            active.discard(marker)
+                out["\u2026"] = f"{more} more keys"
+            for key, value in itertools.islice(obj.items(), size - more):
+                out[_key_str(key)] = _sanitize(value, default, limit, depth + 1, active)
+            return out
+        values = [
+            _sanitize(v, default, limit, depth + 1, active)
+            for v in itertools.islice(obj, size - more)
+        ]
+        if more:
+            values.append(f"\u2026 {more} more items")
+        return values
+    finally:
+        active.discard(marker)
+
+
+def _converted(obj: Any, default: Callable[[Any], Any]) -> Any:
+    """``default(obj)``, or ``unknown_default`` when it fails or gives ``obj`` back."""
     try:
         converted = default(obj)
     except Exception:
         converted = _pjl.unknown_default(obj)
     if converted is obj:
         converted = _pjl.unknown_default(obj)
-    return _sanitize(converted, default, limit, depth + 1, active)
+    return converted
 
 
 class _Encoder:
@@ -343,29 +364,12 @@ class _Encoder:
     __slots__ = ("default", "dumps", "name")
 
     def __init__(self, name: str, default: Callable[[Any], Any]) -> None:
-        if name == "orjson" and _orjson is None:
-            raise MissingDependencyError("orjson", "fast")
         self.default = default
-        self.dumps: Callable[[Any], bytes]
+        self.name = "orjson" if name == "orjson" or (name == "auto" and HAVE_ORJSON) else "json"
+        self.dumps: Callable[[Any], bytes] = strict_encoder(
+            default, use_orjson=self.name == "orjson"
+        )
         """Encode strictly: raises on anything not plainly encodable."""
-        if name == "orjson" or (name == "auto" and _orjson is not None):
-            self.name = "orjson"
-            self.dumps = functools.partial(_orjson.dumps, default=default)
-        else:
-            self.name = "json"
-            # No cycle check on the fast path (a cycle ends in RecursionError, then _sanitize).
-            encode = json.JSONEncoder(
-                ensure_ascii=False,
-                allow_nan=False,
-                check_circular=False,
-                separators=(",", ":"),
-                default=default,
-            ).encode
-
-            def dumps(obj: Any) -> bytes:
-                return encode(obj).encode("utf-8")
-
-            self.dumps = dumps
 
     def encode(self, obj: Any) -> bytes:
         """Encode ``obj``; never raises."""
@@ -524,6 +528,36 @@ def _merge_layer(
             _merge(log_data, key, value, rules, diverted)
 
 
+def _merge_extras(
+    log_data: dict[str, Any],
+    record: logging.LogRecord,
+    rules: Mapping[str, Any],
+    diverted: list[tuple[str, Any]],
+) -> None:
+    """:func:`_merge` the user's ``extra`` attributes: not reserved ones, not ``_private``
+    ones, with the fast path of :func:`_merge_layer` for a plain new top-level key."""
+    attrs = record.__dict__
+    items: Iterable[tuple[Any, Any]] = attrs.items()
+    # A stdlib LogRecord holds its own attributes first, in __init__'s order, then the
+    # extras: when its last own attribute is where __init__ put it, skip them all at once.
+    if (
+        record.__class__ is logging.LogRecord
+        and next(itertools.islice(attrs, _STD_LAST_INDEX, None), None) == _STD_LAST
+    ):
+        items = itertools.islice(items, _STD_LAST_INDEX + 1, None)
+    reserved = _RESERVED  # a local: this loop may run over every record attribute
+    for key, value in items:
+        if key in reserved:
+            continue
+        if key.__class__ is str:
+            if key[:1] == "_":
+                continue
+            if key not in rules and key not in log_data and "." not in key:
+                log_data[key] = value
+                continue
+        _merge(log_data, key, value, rules, diverted)
+
+
 # --------------------------------------------------------------------------- schemas
 
 
@@ -602,9 +636,9 @@ class _EcsSchema(_Schema):
         self, log_data: dict[str, Any], record: logging.LogRecord, message_dict: dict[str, Any]
     ) -> None:
         # The hot path of the default schema: kept flat and allocation-light on purpose
-        # (benchmarks/bench_formatting.py holds it to 1.5x python-json-logger's own cost).
-        attrs = record.__dict__
-        rid = attrs.get(ID_ATTRIBUTE)
+        # (benchmarks/bench_formatting.py holds it to 1.5x python-json-logger's own cost);
+        # what only some records need (an exception, user fields) is a call made only then.
+        rid = record.__dict__.get(ID_ATTRIBUTE)
         if rid.__class__ is not str or not rid:
             rid = _record_id(record)
         levelname = record.levelname
@@ -636,49 +670,47 @@ class _EcsSchema(_Schema):
         log_data["ecs"] = self._ecs
         rules = _ECS_RULES
         if record.exc_info or record.exc_text:
-            exc_info = record.exc_info
-            if isinstance(exc_info, tuple) and len(exc_info) == 3 and exc_info[1] is not None:
-                log_data["error"] = self._error(exc_info)
-                rules = _ECS_RULES_WITH_ERROR
-            elif record.exc_text:
-                log_data["error"] = {"stack_trace": record.exc_text}
-                rules = _ECS_RULES_WITH_ERROR
+            rules = self._add_error(log_data, record)
         if record.stack_info:
             log["stack_info"] = self.formatter.formatStack(record.stack_info)
+        self._add_user_fields(log_data, record, message_dict, rules)
 
+    def _add_error(self, log_data: dict[str, Any], record: logging.LogRecord) -> dict[str, Any]:
+        """Write ``error`` for a record with an exception; return the rules that protect it
+        from user fields (the plain rules when there is nothing to write after all)."""
+        exc_info = record.exc_info
+        if isinstance(exc_info, tuple) and len(exc_info) == 3 and exc_info[1] is not None:
+            log_data["error"] = self._error(exc_info)
+        elif record.exc_text:
+            log_data["error"] = {"stack_trace": record.exc_text}
+        else:
+            return _ECS_RULES
+        return _ECS_RULES_WITH_ERROR
+
+    def _add_user_fields(
+        self,
+        log_data: dict[str, Any],
+        record: logging.LogRecord,
+        message_dict: dict[str, Any],
+        rules: dict[str, Any],
+    ) -> None:
+        """Merge static, context, dict-message and ``extra`` fields, lowest precedence first;
+        what collides with the formatter's own fields goes under ``extra``."""
         diverted: list[tuple[str, Any]] = []
         for key, value in self._static_per_record:
             _merge(log_data, key, value, rules, diverted)
         if self._static_tail:
             log_data.update(self._static_tail)
-        # User layers, lowest precedence first: context, dict message, extra.
-        context = _FIELDS.get(_EMPTY_FIELDS)
+        context = current_fields()
         if context:
             _merge_layer(log_data, context.items(), rules, diverted)
         if message_dict:
             _merge_layer(log_data, message_dict.items(), rules, diverted)
         # A record without extras has only reserved attributes: skip the scan (the subset test
         # guards against record factories that delete standard attributes).
-        reserved = _RESERVED  # a local: this loop may run over every record attribute
-        if len(attrs) > _PLAIN_RECORD_LEN or not attrs.keys() <= reserved:
-            items: Iterable[tuple[str, Any]] = attrs.items()
-            # A stdlib LogRecord holds its own attributes first, in __init__'s order, then the
-            # extras: when its last own attribute is where __init__ put it, skip them all.
-            if (
-                record.__class__ is logging.LogRecord
-                and next(itertools.islice(attrs, _STD_LAST_INDEX, None), None) == _STD_LAST
-            ):
-                items = itertools.islice(items, _STD_LAST_INDEX + 1, None)
-            for key, value in items:
-                if key in reserved:
-                    continue
-                if key.__class__ is str:
-                    if key[:1] == "_":
-                        continue
-                    if key not in rules and key not in log_data and "." not in key:
-                        log_data[key] = value
-                        continue
-                _merge(log_data, key, value, rules, diverted)
+        attrs = record.__dict__
+        if len(attrs) > _PLAIN_RECORD_LEN or not attrs.keys() <= _RESERVED:
+            _merge_extras(log_data, record, rules, diverted)
         if diverted:
             _divert(log_data, diverted)
 
@@ -754,10 +786,7 @@ class _LogstashSchema(_Schema):
             fields["message"] = _get_message(record)
         exc_info = fields.pop("exc_info", None)
         if exc_info:
-            try:
-                fields["exception"] = traceback.format_exception(*exc_info)
-            except Exception:
-                fields["exception"] = [_safe_str(exc_info)]
+            fields["exception"] = _v1_exception(exc_info)
         if not fields.get("exc_text", True):
             del fields["exc_text"]
 
@@ -785,6 +814,14 @@ class _LogstashSchema(_Schema):
             _divert(log_data, diverted)
 
 
+def _v1_exception(exc_info: Any) -> list[str]:
+    """V1's ``exception``: the formatted traceback as a list of lines."""
+    try:
+        return traceback.format_exception(*exc_info)
+    except Exception:  # a broken traceback object must not lose the record
+        return [_safe_str(exc_info)]
+
+
 class _FlatSchema(_Schema):
     """python-json-logger's own layout (``pythonjsonlogger.json.JsonFormatter``), plus id and time.
 
@@ -804,14 +841,8 @@ class _FlatSchema(_Schema):
         formatter = self.formatter
         rid = _record_id(record)
         rename = formatter.rename_fields.get
-        # BaseJsonFormatter.format's preparation, without mutating the record.
-        if record.exc_info and not message_dict.get("exc_info"):
-            message_dict["exc_info"] = _text(formatter.formatException(record.exc_info))
-        if not message_dict.get("exc_info") and record.exc_text:
-            message_dict["exc_info"] = record.exc_text
-        if record.stack_info and not message_dict.get("stack_info"):
-            message_dict["stack_info"] = formatter.formatStack(record.stack_info)
-
+        if record.exc_info or record.exc_text or record.stack_info:
+            _add_exc_and_stack(formatter, record, message_dict)
         # BaseJsonFormatter.add_fields, with context fields between static and message fields.
         for key, value in formatter.defaults.items():
             log_data[rename(key, key)] = value
@@ -836,6 +867,19 @@ class _FlatSchema(_Schema):
         log_data["id"] = rid
         if diverted:
             _divert(log_data, diverted)
+
+
+def _add_exc_and_stack(
+    formatter: JsonFormatter, record: logging.LogRecord, message_dict: dict[str, Any]
+) -> None:
+    """BaseJsonFormatter.format's preparation of ``exc_info`` and ``stack_info``, into
+    ``message_dict`` instead of the record (a record is never mutated)."""
+    if record.exc_info and not message_dict.get("exc_info"):
+        message_dict["exc_info"] = _text(formatter.formatException(record.exc_info))
+    if not message_dict.get("exc_info") and record.exc_text:
+        message_dict["exc_info"] = record.exc_text
+    if record.stack_info and not message_dict.get("stack_info"):
+        message_dict["stack_info"] = formatter.formatStack(record.stack_info)
 
 
 _SCHEMA_CLASSES: Final[dict[str, type[_Schema]]] = {
@@ -917,7 +961,7 @@ class JsonFormatter(BaseJsonFormatter):
         *,
         schema: str = "ecs",
         static_fields: Mapping[str, Any] | None = None,
-        max_bytes: int | None = DEFAULT_MAX_BYTES,
+        max_bytes: int | None = DEFAULT_MAX_RECORD_BYTES,
         hostname: str | None = None,
         encoder: str = "auto",
         json_default: Callable[[Any], Any] | None = None,
@@ -937,9 +981,10 @@ class JsonFormatter(BaseJsonFormatter):
         if max_bytes is not None and (
             isinstance(max_bytes, bool)
             or not isinstance(max_bytes, int)
-            or max_bytes < MIN_MAX_BYTES
+            or max_bytes < MIN_MAX_RECORD_BYTES
         ):
-            msg = f"max_bytes must be an integer >= {MIN_MAX_BYTES} or None, got {max_bytes!r}"
+            least = MIN_MAX_RECORD_BYTES
+            msg = f"max_bytes must be an integer >= {least} or None, got {max_bytes!r}"
             raise ConfigurationError(msg)
         if encoder not in _ENCODERS:
             msg = f"unknown encoder {encoder!r} for JsonFormatter (known: {', '.join(_ENCODERS)})"

@@ -108,7 +108,6 @@ import os
 import re
 import threading
 import time
-import weakref
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -116,6 +115,7 @@ from random import getrandbits
 from types import TracebackType
 from typing import Any, NamedTuple
 
+from . import _fork
 from .errors import ConfigurationError, SpoolError, SpoolFull
 
 __all__ = [
@@ -686,17 +686,9 @@ def bind_destination(directory: str, key: str) -> str:
 
 
 # -- fork safety ----------------------------------------------------------------------------
-
-_FORK_REGISTRY: weakref.WeakSet[Spool | SpoolReader] = weakref.WeakSet()
-
-
-def _after_fork_in_child() -> None:
-    for obj in list(_FORK_REGISTRY):
-        obj._after_fork()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)
+# Spool and SpoolReader register with the package's one fork registry (mqlogging._fork), which
+# calls their after_fork_in_child() in a forked child: they close their copies of the
+# parent's descriptors (never unlock them) and start with nothing of the parent's.
 
 
 # -- writer ---------------------------------------------------------------------------------
@@ -771,7 +763,7 @@ class Spool:
         #: Called (with the lock held) with the unconfirmed lines of a segment the bounds
         #: delete, and the reason, before they go: the handler announces them (drop markers).
         self.drop_hook: Callable[[list[bytes], str], None] | None = None
-        _FORK_REGISTRY.add(self)
+        _fork.register(self)
 
     def __repr__(self) -> str:
         return f"Spool({self.directory!r})"
@@ -1122,7 +1114,9 @@ class Spool:
                 return
             self._seal_current()
 
-    def _after_fork(self) -> None:
+    def after_fork_in_child(self) -> None:
+        """In a forked child (see :mod:`mqlogging._fork`): fresh locks, no segment of the
+        parent's (its descriptor closed, never unlocked), numbering of the child's own."""
         self._lock = threading.Lock()
         self._cond = threading.Condition(threading.Lock())
         if self._seg is not None:
@@ -1230,7 +1224,7 @@ class SpoolReader:
         except OSError as exc:
             msg = f"cannot create spool directory {self.directory!r}: {exc.strerror}"
             raise SpoolError(msg) from exc
-        _FORK_REGISTRY.add(self)
+        _fork.register(self)
 
     def __repr__(self) -> str:
         return f"SpoolReader({self.directory!r}, claimed={len(self._claims)})"
@@ -1582,7 +1576,9 @@ class SpoolReader:
                         os.close(fd)
             claim.lock_fd = -1
 
-    def _after_fork(self) -> None:
+    def after_fork_in_child(self) -> None:
+        """In a forked child (see :mod:`mqlogging._fork`): the parent's claims stay the
+        parent's; the child closes its copies of their descriptors and claims nothing."""
         for claim in self._claims.values():
             # Close our copies only: flock(LOCK_UN) would release the parent's claims.
             for fd in (claim.fd, claim.ack_fd, claim.lock_fd):

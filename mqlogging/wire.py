@@ -38,7 +38,8 @@ id shared by many records), so :func:`read_meta` returns ``None`` and each reade
 the transport's id (AMQP ``message_id``, STOMP ``message-id``) or the record's place in a spool.
 Their time is ``@timestamp``, else ``timestamp``.
 
-This module imports nothing from the package, so any layer may use it.
+This module imports nothing from the package but ``_json`` (and through it ``errors``), so
+any layer may use it.
 """
 
 from __future__ import annotations
@@ -46,10 +47,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Final, NamedTuple
 
-try:  # several times faster on millions of lines; the stdlib is the fallback
-    from orjson import loads as _loads
-except ImportError:  # pragma: no cover - orjson is optional (mqlogging[fast])
-    from json import loads as _loads  # type: ignore[assignment]
+from ._json import loads
 
 __all__ = [
     "MAX_ID_BYTES",
@@ -90,7 +88,7 @@ def _get(doc: dict[str, Any], path: tuple[str, ...]) -> Any:
 def decode(body: bytes) -> Any:
     """The JSON value of a record body (or a part of one), ``None`` when it is not JSON."""
     try:
-        return _loads(body)
+        return loads(body)
     except ValueError:  # orjson.JSONDecodeError and UnicodeDecodeError are ValueErrors
         return None
 

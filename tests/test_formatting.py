@@ -25,7 +25,7 @@ from pythonjsonlogger.json import JsonFormatter as PjlJsonFormatter
 from mqlogging._types import Message
 from mqlogging.errors import ConfigurationError
 from mqlogging.formatting import (
-    DEFAULT_MAX_BYTES,
+    DEFAULT_MAX_RECORD_BYTES,
     ECS_VERSION,
     SCHEMAS,
     JsonFormatter,
@@ -167,7 +167,7 @@ class TestConfiguration:
         formatter = JsonFormatter()
         assert formatter.schema == "ecs"
         assert formatter.encoder == "orjson"
-        assert formatter.max_bytes == DEFAULT_MAX_BYTES == 256 * 1024
+        assert formatter.max_bytes == DEFAULT_MAX_RECORD_BYTES == 256 * 1024
         assert_valid_ecs(decode(formatter, make_record()))
 
     def test_unknown_schema_is_a_one_line_configuration_error(self) -> None:
@@ -840,7 +840,7 @@ class TestSizeCap:
         body = JsonFormatter(schema=schema, max_bytes=None).format_message(
             make_record("y" * 400_000, ())
         )
-        assert len(body.body) > DEFAULT_MAX_BYTES
+        assert len(body.body) > DEFAULT_MAX_RECORD_BYTES
 
 
 @pytest.mark.parametrize("schema", SCHEMAS)

@@ -51,6 +51,7 @@ from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any
 
+from .. import _fork
 from .._ids import new_id
 from .._types import Delivery, Message
 from ..errors import (
@@ -126,10 +127,21 @@ class _AMQPClient:
         )
         self._link: _Link | None = None
         self._generation = 0
-        self._pid = os.getpid()
+        self._inherited: _Link | None = None  # the parent's link, in a forked child: unused
+        _fork.register(self)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.endpoint.redacted()!r})"
+
+    def after_fork_in_child(self) -> None:
+        """Void the link inherited through ``fork()`` (see :mod:`mqlogging._fork`).
+
+        Its socket is shared with the parent: the child must never write to it, not even a
+        Close frame, so the link is set aside, never closed (kept referenced, so that not even
+        a finaliser of it runs in the child). The next use connects afresh; deliveries of the
+        parent's link belong to an older generation and are ignored.
+        """
+        self._inherited, self._link = self._link, None
 
     # -- connecting ---------------------------------------------------------------------------
 
@@ -168,10 +180,6 @@ class _AMQPClient:
 
     def _ensure_link(self) -> _Link:
         """The live link, reconnecting (every host, in order) when there is none or it died."""
-        if self._pid != os.getpid():
-            # Forked: the socket is shared with the parent; never write to it from here.
-            self._link = None
-            self._pid = os.getpid()
         link = self._link
         if link is not None:
             try:
@@ -381,7 +389,7 @@ class _AMQPClient:
         heartbeat timeout. Call it from the owner thread.
         """
         link, self._link = self._link, None
-        if link is None or self._pid != os.getpid():
+        if link is None:
             return
         self._close_connection(link.connection, graceful=link.channel_error is None)
 
@@ -677,7 +685,7 @@ class AMQPConsumer(_AMQPClient, Consumer):
         narrowing = window < self._window
         self._window = window
         link = self._link
-        if link is None or self._pid != os.getpid() or not self._consumer_tag:
+        if link is None or not self._consumer_tag:
             return window
         old_tag = self._consumer_tag
         with contextlib.suppress(ConnectError), self._map_errors("change the prefetch"):
@@ -753,7 +761,7 @@ class AMQPConsumer(_AMQPClient, Consumer):
 
     def _settle(self, deliveries: Sequence[Delivery], op: Callable[[Any, int, bool], None]) -> None:
         link = self._link
-        if link is None or self._pid != os.getpid():
+        if link is None:
             return
         wanted: set[int] = set()
         for delivery in deliveries:

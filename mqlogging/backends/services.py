@@ -42,7 +42,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import sys
 import threading
 from collections.abc import Callable, Mapping
@@ -50,6 +49,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
 
+from .. import _fork
 from .._backoff import Backoff
 from .._ids import new_id
 from .._types import Delivery, Message
@@ -245,16 +245,16 @@ class _Registry:
             del self.connections[conn.endpoint]
         conn.close(timeout)
 
-    def reset_after_fork(self) -> None:
-        # The parent's I/O threads do not exist here; keep their objects alive so that nothing
-        # ever closes the parent's sockets from the child.
+    def after_fork_in_child(self) -> None:
+        """The parent's I/O threads do not exist here; keep their objects alive so that
+        nothing ever closes the parent's sockets from the child (see :mod:`mqlogging._fork`)."""
         self.lock = threading.Lock()
         self.abandoned.extend(self.connections.values())
         self.connections = {}
 
 
 _registry = _Registry()
-os.register_at_fork(after_in_child=_registry.reset_after_fork)
+_fork.register(_registry)
 
 
 class MQProducer:
@@ -326,12 +326,17 @@ class MQConsumer:
         self._callback = callback
         self._acknowledge = acknowledge
         self._stop = threading.Event()
-        self._pid = os.getpid()
+        self._owns_thread = True  # False in a forked child: the thread is the parent's
         self._consumer = open_consumer(endpoint)  # validates here, on the caller's thread
         self._thread = threading.Thread(
             target=self._run, name=f"mqlogging-consumer-{endpoint.redacted()}", daemon=True
         )
         self._thread.start()
+        _fork.register(self)
+
+    def after_fork_in_child(self) -> None:
+        """A forked child has no consuming thread of its own to join (see mqlogging._fork)."""
+        self._owns_thread = False
 
     def _run(self) -> None:
         consumer = self._consumer
@@ -370,7 +375,7 @@ class MQConsumer:
     def close(self, timeout: float = 5.0) -> None:
         """Stop consuming; unacked messages go back to the broker. Idempotent."""
         self._stop.set()
-        if self._pid == os.getpid():
+        if self._owns_thread:
             self._thread.join(timeout)
 
     def __repr__(self) -> str:

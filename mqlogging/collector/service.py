@@ -51,6 +51,7 @@ from typing import Any
 
 from .._backoff import Backoff
 from .._ids import new_id
+from .._json import DECODE_ERRORS, loads
 from .._types import Delivery
 from ..backends import Consumer
 from ..errors import MQLoggingError
@@ -64,17 +65,6 @@ from .sources import open_source
 __all__ = ["CollectorService", "decode"]
 
 log = logging.getLogger("mqlogging.collector")
-
-try:
-    import orjson
-
-    _loads: Any = orjson.loads
-    _DecodeErrors: tuple[type[Exception], ...] = (orjson.JSONDecodeError, RecursionError)
-except ImportError:  # pragma: no cover
-    import json
-
-    _loads = json.loads
-    _DecodeErrors = (ValueError, RecursionError)
 
 
 # -- decoding ---------------------------------------------------------------------------------
@@ -160,8 +150,8 @@ def decode(
     if len(body) > max_bytes:
         return None, f"oversize: {len(body)} bytes > max_message_bytes {max_bytes}"
     try:
-        doc = _loads(body)
-    except _DecodeErrors as exc:
+        doc = loads(body)
+    except DECODE_ERRORS as exc:
         try:
             body.decode("utf-8")
         except UnicodeDecodeError as uexc:

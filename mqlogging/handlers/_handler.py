@@ -11,13 +11,13 @@ import threading
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from .. import _fork
 from .._types import Message
 from ..backends.endpoints import Endpoint
 from ..errors import ConfigurationError, MQLoggingError
 from ..formatting import JsonFormatter
 from ..spool import coerce_spool_options
 from ..wire import DroppedRange
-from . import _fork
 from ._sender import _CLOSED, Complainer, Config, Pipeline, default_spool_dir, usable_spool_dir
 
 __all__ = ["MQHandler"]
@@ -334,7 +334,7 @@ class MQHandler(logging.Handler):
             self._closed = True
             super().close()
 
-    def _after_fork_in_child(self) -> None:
+    def after_fork_in_child(self) -> None:
         """Fresh pipeline in a forked child; the parent's is kept, untouched (see _fork)."""
         self._stale.append(self._pipe)
         self._new_producer()  # the child is a producer of its own: its numbers start at 1
@@ -361,7 +361,7 @@ class MQHandler(logging.Handler):
         _fork.close_on_sigterm(self)
         self._hook_sigterm = True
 
-    def _close_before_exit(self, timeout: float) -> None:
+    def close_before_exit(self, timeout: float) -> None:
         """Deliver or spool within ``timeout`` (SIGTERM in a pool child: see ``_fork``)."""
         self._pipe.finish(min(self.config.close_timeout, timeout))
 

@@ -14,26 +14,14 @@ whatever they must (the Elasticsearch and HTTP clients are thread-safe pools).
 from __future__ import annotations
 
 import enum
-import json
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..._json import dumps
+
 __all__ = ["Outcome", "Record", "Result", "Sink", "dumps"]
-
-try:
-    import orjson
-
-    def dumps(obj: Any) -> bytes:
-        """Compact JSON bytes (orjson when installed: ``mqlogging[fast]``)."""
-        return orjson.dumps(obj, default=str)
-
-except ImportError:  # pragma: no cover - orjson is in the dev environment
-
-    def dumps(obj: Any) -> bytes:
-        """Compact JSON bytes (orjson when installed: ``mqlogging[fast]``)."""
-        return json.dumps(obj, separators=(",", ":"), ensure_ascii=False, default=str).encode()
 
 
 class Outcome(enum.Enum):
