@@ -893,9 +893,23 @@ class STOMPTap(Tap):
         self._browser: _BrowseDiff | None = None
         try:
             self._conn.connect()
+            self._learn_what_is_waiting()
         except BaseException:
             self.close()
             raise
+
+    def _learn_what_is_waiting(self) -> None:
+        """Without ``backlog``, finish the first (silent) browse before the tap is handed out.
+
+        Otherwise a record sent right after the constructor returns could be read by that
+        first browse and be taken for one that was already waiting: it would never be shown.
+        """
+        browser = self._browser
+        if browser is None or self._options.backlog:
+            return
+        deadline = time.monotonic() + self.endpoint.timeout
+        while browser.next_at is None and time.monotonic() < deadline:
+            self.poll(min(0.1, max(0.0, deadline - time.monotonic())))
 
     def _start(self, link: _Link) -> None:
         """After every (re)connect: choose the subscription on this broker and make it."""
