@@ -14,7 +14,14 @@ from pathlib import Path
 import pytest
 
 from mqlogging.errors import ConfigurationError, SpoolError, SpoolFull
-from mqlogging.spool import Spool, SpoolReader, SpoolRecord, coerce_spool_options
+from mqlogging.spool import (
+    Access,
+    SegmentChoice,
+    Spool,
+    SpoolReader,
+    SpoolRecord,
+    coerce_spool_options,
+)
 from tests.helpers import wait_until
 
 CTX = multiprocessing.get_context("fork")
@@ -115,6 +122,19 @@ def run(target, *args) -> multiprocessing.process.BaseProcess:  # type: ignore[n
 
 
 # -- tests ------------------------------------------------------------------------------------
+
+
+class OwnThenSealed(SegmentChoice):
+    """The handler's policy: its own segments (open too) as one writer, others only sealed."""
+
+    def __init__(self, spool: Spool) -> None:
+        self.wrote = spool.wrote
+
+    def access(self, stem: str) -> Access:
+        return "read" if self.wrote(stem) else "sealed"
+
+    def writer(self, stem: str) -> str:
+        return "" if self.wrote(stem) else super().writer(stem)
 
 
 class TestFormat:
@@ -228,14 +248,15 @@ class TestWriterOrder:
             b.close()
 
     def test_own_segments_are_a_writer_of_their_own(self, tmp_path: Path) -> None:
-        """Under ``sealed_only``, a reader given ``own`` reads its writer's live open segment
+        """A reader whose choice reads its own writer's segments and only sealed others (the
+        handler's policy) reads its writer's live open segment
         but not another live writer's, and that other writer's held segment does not hold
         back its own segments although both share a pid."""
         mine, other = Spool(tmp_path), Spool(tmp_path)
         try:
             other.append([body(1, 0)])  # older, live, open: not ours to read
             mine.append([body(0, 0), body(0, 1)])
-            reader = SpoolReader(tmp_path, spool=mine, sealed_only=True, own=mine.wrote)
+            reader = SpoolReader(tmp_path, spool=mine, choice=OwnThenSealed(mine))
             records = reader.read(10)
             assert [json.loads(r.body)["id"] for r in records] == ["0-0", "0-1"]
             assert not any(mine.wrote(stem) for stem in reader.deferred)
