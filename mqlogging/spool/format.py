@@ -32,7 +32,7 @@ import json
 import os
 import re
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from random import getrandbits
 
@@ -50,6 +50,7 @@ __all__ = [
     "data_path",
     "frame",
     "fsync_dir",
+    "is_json_line",
     "is_open",
     "journal",
     "lane_spools",
@@ -67,6 +68,7 @@ __all__ = [
     "stem_time",
     "stem_writer",
     "temp_name",
+    "unconfirmed_lines",
     "unlink",
     "write_ack",
 ]
@@ -147,6 +149,12 @@ def frame(bodies: Sequence[bytes]) -> bytes:
     if data.count(b"\n") != len(bodies):
         data = b"\n".join(b.replace(b"\n", b" ") for b in bodies) + b"\n"
     return data
+
+
+def is_json_line(line: bytes) -> bool:
+    """True if ``line`` holds one JSON value: the spool's rule for a readable (not
+    ``corrupt``) line, shared by every reader and tool."""
+    return decode(line) is not None or line.strip() == b"null"
 
 
 def count_lines(fd: int) -> tuple[int, int, int]:
@@ -248,6 +256,29 @@ def segments(directory: str) -> list[SegmentView]:
         for stem, entry in sorted(scan(directory).items())
         if entry.name is not None
     ]
+
+
+def unconfirmed_lines(directory: str) -> Iterator[bytes | None]:
+    """Every line not yet confirmed, oldest segment first, read-only (see :func:`segments`);
+    ``None`` for a torn last line (a sealed segment ends mid-line only when a writer died).
+
+    Raises:
+        SpoolError: the directory or a segment cannot be read.
+    """
+    for segment in segments(directory):
+        try:
+            with open(segment.path, "rb") as f:
+                f.seek(segment.confirmed)
+                data = f.read()
+        except FileNotFoundError:
+            continue  # deleted by a replay meanwhile
+        except OSError as exc:
+            msg = f"cannot read spool segment {segment.path!r}: {exc.strerror}"
+            raise SpoolError(msg) from exc
+        *complete, tail = data.split(b"\n")
+        yield from complete
+        if tail and segment.sealed:
+            yield None
 
 
 def lane_spools(directory: str) -> list[str]:

@@ -73,11 +73,6 @@ EVERY_SEGMENT = SegmentChoice()
 """Take every segment, open ones included: the choice of consumers and the replay tool."""
 
 
-def _is_json(line: bytes) -> bool:
-    """True if ``line`` is one JSON value (the spool's "corrupt" rule)."""
-    return decode(line) is not None or line.strip() == b"null"
-
-
 def record_id(record: SpoolRecord) -> str:
     """The record's id (:func:`mqlogging.wire.read_meta`), else one derived from its place.
 
@@ -170,7 +165,7 @@ class SpoolReader:
         # of their writer): see the class docstring.
         self.deferred: frozenset[str] = frozenset()
         self._fsync = fsync
-        self._validate: Callable[[bytes], object] = _is_json if validate else len
+        self._validate: Callable[[bytes], object] = fmt.is_json_line if validate else len
         self._claims: dict[str, _Claim] = {}
         self._seen = 0
         self._closed = False
