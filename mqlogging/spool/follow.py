@@ -80,13 +80,9 @@ class SpoolFollower:
         for stem, entry in sorted(entries.items()):
             if entry.name is None or stem in self._files or stem in self._done:
                 continue
-            try:
-                fd = os.open(fmt.data_path(self.directory, entry), os.O_RDONLY | os.O_CLOEXEC)
-            except FileNotFoundError:
-                continue  # sealed or consumed meanwhile: seen again at the next scan
-            except OSError as exc:
-                msg = f"cannot read spool segment {entry.name!r}: {exc.strerror}"
-                raise SpoolError(msg) from exc
+            fd = self._open(entry)
+            if fd is None:
+                continue  # consumed (deleted) meanwhile
             offset = 0
             if start == "end":
                 offset = os.fstat(fd).st_size
@@ -97,6 +93,23 @@ class SpoolFollower:
                 partial = _MID_LINE
             self._files[stem] = (fd, offset, partial)
         self._done &= entries.keys()
+
+    def _open(self, entry: fmt.Entry) -> int | None:
+        """Open the data file of ``entry``, under its sealed name if it was sealed since it was
+        listed (so a segment sealed at that moment is still followed from the right place, not
+        shown again from its start at the next scan); ``None`` if it is gone."""
+        current: fmt.Entry | None = entry
+        for _ in range(2):
+            if current is None:
+                return None
+            try:
+                return os.open(fmt.data_path(self.directory, current), os.O_RDONLY | os.O_CLOEXEC)
+            except FileNotFoundError:
+                current = fmt.resolve(self.directory, entry.stem)
+            except OSError as exc:
+                msg = f"cannot read spool segment {current.name!r}: {exc.strerror}"
+                raise SpoolError(msg) from exc
+        return None
 
     def _read(self, stem: str, out: list[bytes]) -> None:
         fd, offset, partial = self._files[stem]
