@@ -167,8 +167,8 @@ class Spool:
 
         One ``listdir``, no lock, no claim: the handler's cheap periodic check for segments left
         by other processes sharing the directory (exited workers, crashed writers) before it
-        starts a ``sealed_only`` reader to adopt them. Open segments of live writers count too;
-        the reader skips those.
+        starts a reader to adopt them. Open segments of live writers count too; the handler's
+        :class:`~mqlogging.spool.SegmentChoice` leaves those to their writers.
 
         Raises:
             SpoolError: the directory cannot be listed.
