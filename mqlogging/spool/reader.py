@@ -140,9 +140,8 @@ class SpoolReader:
     in that :meth:`read`, so no reader ships a writer's newer segment while an older one is
     still being shipped elsewhere (issue #11, defect 3). A writer is what
     :meth:`SegmentChoice.writer` says (by default the pid field of the stem). :attr:`deferred`
-    lists the
-    segments the last :meth:`read` left for that reason, so a caller can tell "nothing to
-    read" from "the rest is held elsewhere".
+    lists the segments the last :meth:`read` left for that reason, so a caller can tell
+    "nothing to read" from "the rest is held elsewhere".
 
     One reader belongs to one thread. Segments stay claimed while this reader has records of
     them outstanding (read, not committed); a live writer's segment is released again when
