@@ -51,6 +51,7 @@ __all__ = [
     "frame",
     "fsync_dir",
     "is_json_line",
+    "is_json_null",
     "is_open",
     "journal",
     "lane_spools",
@@ -154,7 +155,14 @@ def frame(bodies: Sequence[bytes]) -> bytes:
 def is_json_line(line: bytes) -> bool:
     """True if ``line`` holds one JSON value: the spool's rule for a readable (not
     ``corrupt``) line, shared by every reader and tool."""
-    return decode(line) is not None or line.strip() == b"null"
+    return decode(line) is not None or is_json_null(line)
+
+
+def is_json_null(line: bytes) -> bool:
+    """True if ``line`` is the JSON value ``null``: the one readable line that
+    :func:`mqlogging.wire.decode` also answers ``None`` for (hot loops call ``decode`` and
+    ask this only when it said ``None``)."""
+    return line.strip() == b"null"
 
 
 def count_lines(fd: int) -> tuple[int, int, int]:

@@ -73,6 +73,11 @@ EVERY_SEGMENT = SegmentChoice()
 """Take every segment, open ones included: the choice of consumers and the replay tool."""
 
 
+def _nonempty(line: bytes) -> bytes | None:
+    """``line``, or ``None`` when it is empty (the only corrupt line without validation)."""
+    return line or None
+
+
 def record_id(record: SpoolRecord) -> str:
     """The record's id (:func:`mqlogging.wire.read_meta`), else one derived from its place.
 
@@ -164,7 +169,9 @@ class SpoolReader:
         # of their writer): see the class docstring.
         self.deferred: frozenset[str] = frozenset()
         self._fsync = fsync
-        self._validate: Callable[[bytes], object] = fmt.is_json_line if validate else len
+        # decode() is None for a line that is not JSON (or is null: see _parse), and so is
+        # _nonempty() for an empty line: the hot loop calls one of them per line.
+        self._parse_line: Callable[[bytes], object] = decode if validate else _nonempty
         self._claims: dict[str, _Claim] = {}
         self._seen = 0
         self._closed = False
@@ -438,7 +445,7 @@ class SpoolReader:
         corrupt = 0
         # Hot loop (one pass per record): locals instead of attribute lookups.
         stem, high, index, acked = claim.stem, claim.high, claim.line, claim.acked
-        validate = self._validate
+        parse, is_null = self._parse_line, fmt.is_json_null
         keep, give = claim.outstanding.append, out.append
         new, cls = tuple.__new__, SpoolRecord  # skips NamedTuple's Python-level __new__
         while want > 0:
@@ -450,7 +457,7 @@ class SpoolReader:
                 buf, i, base = claim.buf, 0, claim.buf_off
                 continue
             line = buf[i:j]
-            if not validate(line):
+            if parse(line) is None and not is_null(line):
                 if index >= high:
                     corrupt += 1
             else:
