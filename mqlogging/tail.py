@@ -33,7 +33,6 @@ import argparse
 import contextlib
 import json
 import os
-import re
 import signal
 import sys
 import time
@@ -44,7 +43,7 @@ from typing import IO, Any
 
 from .backends.base import Tap, TapOptions
 from .backends.endpoints import Endpoint
-from .errors import ConfigurationError, ConnectError, MQLoggingError
+from .errors import ConfigurationError, MQLoggingError
 from .wire import NAMESPACE, RecordMeta, read_meta
 
 __all__ = [
@@ -61,7 +60,6 @@ __all__ = [
     "select",
 ]
 
-_SPOOL_POLL = 0.1
 _RECONNECT_DELAY = 2.0
 _EXTRA_VALUE_CHARS = 120
 
@@ -453,114 +451,9 @@ def _open_tap(endpoint: Endpoint, options: TapOptions) -> Tap:
         from .backends.stomp import STOMPTap
 
         return STOMPTap(endpoint, options)
-    return _SpoolTap(endpoint.path, backlog=options.backlog)
+    from .backends.local import LocalTap
 
-
-_SEGMENT_RE = re.compile(r"^(\d{20}-\d+-[0-9a-f]{8})(?:\.open|\.\d+\.jsonl)$")  # spool.py names
-
-
-class _SpoolTap(Tap):
-    """Follows a spool directory's segments read-only (no flock claim, no ``.ack`` written).
-
-    Segments are read in name (creation) order. A file descriptor is kept on every segment
-    that may still grow, so a rename (sealing) or deletion (collected) never loses its tail.
-    """
-
-    def __init__(self, directory: str, *, backlog: bool) -> None:
-        if not os.path.isdir(directory):
-            msg = f"spool directory {directory!r} does not exist (yet); check the local:// path"
-            raise ConfigurationError(msg)
-        self.directory = directory
-        self.mode = (
-            "read-only follow of the spool files (no claim, no commit: the collector's "
-            "progress is untouched)"
-        )
-        self._files: dict[str, tuple[int, int, bytes]] = {}  # stem -> (fd, offset, partial)
-        self._done: set[str] = set()
-        self._scan(initial=not backlog, backlog=backlog)
-
-    def _scan(self, *, initial: bool = False, backlog: bool = False) -> None:
-        try:
-            names = sorted(os.listdir(self.directory))
-        except OSError as exc:
-            msg = f"cannot list spool directory {self.directory!r}: {exc.strerror}"
-            raise ConnectError(msg) from exc
-        present = set()
-        for name in names:
-            match = _SEGMENT_RE.match(name)
-            if not match:
-                continue
-            stem = match[1]
-            present.add(stem)
-            if stem in self._files or stem in self._done:
-                continue
-            try:
-                fd = os.open(os.path.join(self.directory, name), os.O_RDONLY | os.O_CLOEXEC)
-            except FileNotFoundError:
-                continue  # sealed or collected meanwhile: seen again at the next scan
-            except OSError as exc:
-                msg = f"cannot read spool segment {name!r}: {exc.strerror}"
-                raise ConnectError(msg) from exc
-            offset = 0
-            if initial:
-                offset = os.fstat(fd).st_size
-            elif backlog:
-                offset = _acked_offset(self.directory, stem)
-            partial = b""
-            if offset and os.pread(fd, 1, offset - 1) != b"\n":
-                partial = b"\0"  # started inside a line: drop up to the next newline
-            self._files[stem] = (fd, offset, partial)
-        self._done &= present
-
-    def poll(self, timeout: float) -> list[bytes]:
-        deadline = time.monotonic() + timeout
-        while True:
-            self._scan()
-            out: list[bytes] = []
-            for stem in sorted(self._files):
-                self._read(stem, out)
-            if out or time.monotonic() >= deadline:
-                return out
-            time.sleep(min(_SPOOL_POLL, max(0.0, deadline - time.monotonic())))
-
-    def _read(self, stem: str, out: list[bytes]) -> None:
-        fd, offset, partial = self._files[stem]
-        while True:
-            chunk = os.pread(fd, 1 << 20, offset)
-            if not chunk:
-                break
-            offset += len(chunk)
-            lines = (partial + chunk).split(b"\n")
-            partial = lines.pop()
-            if lines and lines[0].startswith(b"\0"):
-                lines.pop(0)
-            out.extend(line for line in lines if line.strip())
-        sealed_or_gone = not os.path.exists(os.path.join(self.directory, stem + ".open"))
-        if sealed_or_gone and not os.pread(fd, 1, offset):
-            os.close(fd)
-            del self._files[stem]
-            self._done.add(stem)
-            return
-        self._files[stem] = (fd, offset, partial)
-
-    def close(self) -> None:
-        for fd, _, _ in self._files.values():
-            with contextlib.suppress(OSError):
-                os.close(fd)
-        self._files.clear()
-
-
-def _acked_offset(directory: str, stem: str) -> int:
-    """Where the collector's committed progress in a segment ends (0 when none)."""
-    try:
-        with open(os.path.join(directory, stem + ".ack"), "rb") as f:
-            lines = f.read().split(b"\n")[:-1]
-    except OSError:
-        return 0
-    for raw in reversed(lines):
-        with contextlib.suppress(ValueError, KeyError, TypeError):
-            return int(json.loads(raw)["offset"])
-    return 0
+    return LocalTap(endpoint, options)
 
 
 # -- the command -----------------------------------------------------------------------------

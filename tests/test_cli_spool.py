@@ -181,3 +181,17 @@ def test_inspect_of_a_lane_root_lists_its_lanes(
     assert main(["spool", "inspect", str(lane_root)]) == 0
     text = capsys.readouterr().out
     assert f"{', '.join(names)} (not counted above" in text
+
+
+def test_old_import_path_of_the_spool_tools_still_works() -> None:
+    """``mqlogging.handlers.replay_spool``/``ReplayResult`` (moved to mqlogging.cli.spool) still
+    resolve, to the same objects, with a DeprecationWarning naming the new place."""
+    import mqlogging.handlers
+    from mqlogging.cli import spool as tools
+
+    with pytest.warns(DeprecationWarning, match="mqlogging.cli.spool.replay_spool"):
+        assert mqlogging.handlers.replay_spool is tools.replay_spool
+    with pytest.warns(DeprecationWarning, match="ReplayResult"):
+        assert mqlogging.handlers.ReplayResult is tools.ReplayResult
+    with pytest.raises(AttributeError):
+        _ = mqlogging.handlers.no_such_name  # type: ignore[attr-defined]

@@ -14,7 +14,16 @@ from pathlib import Path
 import pytest
 
 from mqlogging.errors import ConfigurationError, SpoolError, SpoolFull
-from mqlogging.spool import Spool, SpoolReader, SpoolRecord, coerce_spool_options
+from mqlogging.spool import (
+    Access,
+    SegmentChoice,
+    Spool,
+    SpoolFollower,
+    SpoolReader,
+    SpoolRecord,
+    coerce_spool_options,
+)
+from mqlogging.spool import format as fmt
 from tests.helpers import wait_until
 
 CTX = multiprocessing.get_context("fork")
@@ -115,6 +124,19 @@ def run(target, *args) -> multiprocessing.process.BaseProcess:  # type: ignore[n
 
 
 # -- tests ------------------------------------------------------------------------------------
+
+
+class OwnThenSealed(SegmentChoice):
+    """The handler's policy: its own segments (open too) as one writer, others only sealed."""
+
+    def __init__(self, spool: Spool) -> None:
+        self.wrote = spool.wrote
+
+    def access(self, stem: str) -> Access:
+        return "read" if self.wrote(stem) else "sealed"
+
+    def writer(self, stem: str) -> str:
+        return "" if self.wrote(stem) else super().writer(stem)
 
 
 class TestFormat:
@@ -228,14 +250,15 @@ class TestWriterOrder:
             b.close()
 
     def test_own_segments_are_a_writer_of_their_own(self, tmp_path: Path) -> None:
-        """Under ``sealed_only``, a reader given ``own`` reads its writer's live open segment
+        """A reader whose choice reads its own writer's segments and only sealed others (the
+        handler's policy) reads its writer's live open segment
         but not another live writer's, and that other writer's held segment does not hold
         back its own segments although both share a pid."""
         mine, other = Spool(tmp_path), Spool(tmp_path)
         try:
             other.append([body(1, 0)])  # older, live, open: not ours to read
             mine.append([body(0, 0), body(0, 1)])
-            reader = SpoolReader(tmp_path, spool=mine, sealed_only=True, own=mine.wrote)
+            reader = SpoolReader(tmp_path, spool=mine, choice=OwnThenSealed(mine))
             records = reader.read(10)
             assert [json.loads(r.body)["id"] for r in records] == ["0-0", "0-1"]
             assert not any(mine.wrote(stem) for stem in reader.deferred)
@@ -526,3 +549,84 @@ class TestLiveAndPortable:
             assert [r.body for r in records] == [b'{"a": 1}', b"not json"]
             reader.commit(records)
         assert segment_files(tmp_path) == []
+
+
+class SkipOdd(SegmentChoice):
+    """A test policy: never take the segments a given writer wrote."""
+
+    def __init__(self, spool: Spool) -> None:
+        self.wrote = spool.wrote
+
+    def access(self, stem: str) -> Access:
+        return "skip" if self.wrote(stem) else "read"
+
+
+class TestSeams:
+    def test_format_names_are_the_only_parser(self, tmp_path: Path) -> None:
+        """Names made by spool.format scan back to the same stem, count and open state, in
+        creation order; other files in the directory are ignored."""
+        first, ns = fmt.new_stem(0)
+        second, _ = fmt.new_stem(ns)
+        (tmp_path / fmt.open_name(second)).write_bytes(b"")
+        (tmp_path / fmt.sealed_name(first, 7)).write_bytes(b"")
+        (tmp_path / "DESTINATION").write_text("x\n")
+        entries = fmt.scan(str(tmp_path))
+        assert [first, second] == sorted(entries)
+        assert (entries[first].count, entries[second].count) == (7, None)
+        assert fmt.is_open(str(tmp_path), second)
+        assert not fmt.is_open(str(tmp_path), first)
+
+    def test_frame_keeps_one_record_per_line(self) -> None:
+        """A body with newlines is framed on one line; the corrupt-line rule accepts JSON
+        values (including null) and refuses the rest."""
+        assert b'{"a":\n1}\n'.replace(b":\n", b": ") == fmt.frame([b'{"a":\n1}'])
+        assert fmt.frame([b"1", b"2"]) == b"1\n2\n"
+        assert [fmt.is_json_line(x) for x in (b'{"a":1}', b"null", b"{oops", b"")] == [
+            True,
+            True,
+            False,
+            False,
+        ]
+
+    def test_skipped_segments_are_never_taken_and_hold_nothing_back(self, tmp_path: Path) -> None:
+        """A choice that skips a writer's segments leaves them untouched (no claim, no ack)
+        while the reader reads every other writer's records."""
+        skipped, other = Spool(tmp_path), Spool(tmp_path)
+        try:
+            skipped.append([body(0, 0)])
+            other.append([body(1, 0), body(1, 1)])
+            with SpoolReader(tmp_path, choice=SkipOdd(skipped)) as reader:
+                records = reader.read(10)
+                reader.commit(records)
+                assert [json.loads(r.body)["id"] for r in records] == ["1-0", "1-1"]
+                assert frozenset() == reader.deferred
+            mine = next(stem for stem in fmt.scan(str(tmp_path)) if skipped.wrote(stem))
+            assert [p.name for p in tmp_path.glob(f"{mine}.*")] == [fmt.open_name(mine)]
+        finally:
+            skipped.close()
+            other.close()
+
+    def test_follower_shows_only_complete_new_lines(self, tmp_path: Path) -> None:
+        """SpoolFollower starts at the end, returns a line once its newline is written (a
+        writer's partial line waits), follows a segment across its sealing, and writes no
+        claim or progress file."""
+        spool = Spool(tmp_path)
+        try:
+            spool.append([body(0, 0)])
+            with SpoolFollower(tmp_path) as follower:
+                assert follower.read() == []
+                spool.append([body(0, 1)])
+                path = next(tmp_path.glob("*.open"))
+                with open(path, "ab") as f:  # a writer half-way through a line
+                    f.write(b'{"id": "0-')
+                    f.flush()
+                    assert [body(0, 1)] == follower.read()
+                    f.write(b'2"}\n')
+                assert follower.read() == [b'{"id": "0-2"}']
+                spool.close()  # sealed (renamed) under the follower
+                with Spool(tmp_path) as later:
+                    later.append([body(0, 3)])
+                assert [body(0, 3)] == follower.read()
+            assert list(tmp_path.glob("*.lock")) + list(tmp_path.glob("*.ack")) == []
+        finally:
+            spool.close()

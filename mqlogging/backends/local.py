@@ -22,44 +22,28 @@ acked when a consumer stops are fetched again by the next one, with the same ids
 from __future__ import annotations
 
 import contextlib
+import os
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from .._types import Delivery, Message
-from ..errors import BackendError, ConnectError, NotConfirmed, SpoolError
-from ..spool import Spool, SpoolReader, SpoolRecord, coerce_spool_options
-from ..wire import read_meta
-from .base import Consumer, Producer
+from ..errors import BackendError, ConfigurationError, ConnectError, NotConfirmed, SpoolError
+from ..spool import (
+    Spool,
+    SpoolFollower,
+    SpoolReader,
+    SpoolRecord,
+    coerce_spool_options,
+    record_id,
+)
+from .base import Consumer, Producer, Tap, TapOptions
 from .endpoints import Endpoint
 
-__all__ = ["LocalConsumer", "LocalProducer", "record_id"]
+__all__ = ["LocalConsumer", "LocalProducer", "LocalTap", "record_id"]
 
 _POLL = 0.05
-
-try:
-    import orjson
-
-    _loads: Any = orjson.loads
-    _DecodeError: tuple[type[Exception], ...] = (orjson.JSONDecodeError,)
-except ImportError:  # pragma: no cover - exercised only without the [fast] extra
-    import json
-
-    _loads = json.loads
-    _DecodeError = (ValueError,)
-
-
-def record_id(record: SpoolRecord) -> str:
-    """The record's id (:func:`mqlogging.wire.read_meta`), else one derived from its place.
-
-    The derived id (``<segment>:<offset>``) is deterministic, so a line without an id that is
-    delivered twice still gets the same Elasticsearch ``_id``.
-    """
-    try:
-        doc = _loads(record.body)
-    except _DecodeError:
-        doc = None
-    return read_meta(doc).id or f"{record.segment}:{record.offset}"
+_TAP_POLL = 0.1
 
 
 def _options(endpoint: Endpoint) -> dict[str, Any]:
@@ -192,3 +176,67 @@ class LocalConsumer(Consumer):
     @staticmethod
     def _records(deliveries: Sequence[Delivery]) -> list[SpoolRecord]:
         return [d.tag for d in deliveries if isinstance(d.tag, SpoolRecord)]
+
+
+# -- tap: a non-destructive live view -------------------------------------------------------
+
+
+class LocalTap(Tap):
+    """Follows the spool directory ``endpoint.path`` read-only (``mqlogging tail local://``).
+
+    No claim, no commit: the collector's progress is untouched and following acknowledges
+    nothing (:class:`~mqlogging.spool.SpoolFollower`). New records appear as they are written
+    (polled every 0.1 s); with ``options.backlog`` the records still waiting in the spool come
+    first. ``binding`` and ``exchange`` do not apply to a spool and are ignored.
+
+    Raises:
+        ConfigurationError: the directory does not exist.
+        ConnectError: the directory cannot be read (also from :meth:`poll`).
+    """
+
+    def __init__(self, endpoint: Endpoint, options: TapOptions) -> None:
+        self.endpoint = endpoint
+        directory = endpoint.path
+        if not os.path.isdir(directory):
+            msg = f"spool directory {directory!r} does not exist (yet); check the local:// path"
+            raise ConfigurationError(msg)
+        self.mode = (
+            "read-only follow of the spool files (no claim, no commit: the collector's "
+            "progress is untouched)"
+        )
+        with self._connect_errors():
+            self._follower: SpoolFollower | None = SpoolFollower(directory, backlog=options.backlog)
+
+    def __repr__(self) -> str:
+        return f"LocalTap({self.endpoint.redacted()!r})"
+
+    def poll(self, timeout: float) -> list[bytes]:
+        """The records written since the last poll, waiting up to ``timeout`` for one."""
+        follower = self._follower
+        if follower is None:
+            msg = f"tap of {self.endpoint.redacted()} is closed"
+            raise ConnectError(msg, endpoint=self.endpoint.redacted())
+        deadline = time.monotonic() + timeout
+        while True:
+            with self._connect_errors():
+                out = follower.read()
+            remaining = deadline - time.monotonic()
+            if out or remaining <= 0:
+                return out
+            time.sleep(min(_TAP_POLL, remaining))
+
+    def close(self) -> None:
+        """Close the segment files. Idempotent."""
+        follower, self._follower = self._follower, None
+        if follower is not None:
+            follower.close()
+
+    @staticmethod
+    @contextlib.contextmanager
+    def _connect_errors() -> Iterator[None]:
+        """A spool that cannot be read is this transport's lost connection (the message is
+        the spool's, which names the directory: the same text ``tail`` always printed)."""
+        try:
+            yield
+        except SpoolError as exc:
+            raise ConnectError(str(exc)) from exc

@@ -2,13 +2,34 @@
 
 Implementation lives in private modules: ``_handler`` (the ``logging.Handler``: prepare,
 enqueue, flush, close), ``_sender`` (queue, lanes, sender thread: batch, confirm, failover,
-spool and replay) and ``_fork`` (the at-fork reset registry). ``replay_spool`` ships a spool
-directory to an endpoint (``mqlogging spool replay``).
+spool and replay) and ``_fork`` (the at-fork reset registry). Shipping a spool directory to an
+endpoint (``mqlogging spool replay``) is a tool of the CLI layer: :mod:`mqlogging.cli.spool`.
 """
 
 from __future__ import annotations
 
-from ._handler import MQHandler
-from ._replay import ReplayResult, replay_spool
+import warnings
+from typing import Any
 
-__all__ = ["MQHandler", "ReplayResult", "replay_spool"]
+from ._handler import MQHandler
+
+__all__ = ["MQHandler"]
+
+_MOVED = {"ReplayResult", "replay_spool"}
+
+
+def __getattr__(name: str) -> Any:
+    """``replay_spool`` and ``ReplayResult`` moved to :mod:`mqlogging.cli.spool` (issue #12);
+    the old names keep working, with a DeprecationWarning, without this package importing the
+    CLI layer."""
+    if name in _MOVED:
+        warnings.warn(
+            f"mqlogging.handlers.{name} moved to mqlogging.cli.spool.{name}",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        from ..cli import spool
+
+        return getattr(spool, name)
+    msg = f"module {__name__!r} has no attribute {name!r}"
+    raise AttributeError(msg)

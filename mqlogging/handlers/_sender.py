@@ -60,9 +60,16 @@ from .._backoff import Backoff
 from .._types import Message
 from ..backends import Producer, open_producer
 from ..backends.endpoints import Endpoint
-from ..backends.local import record_id
 from ..errors import ConfigurationError, SpoolError, SpoolFull
-from ..spool import Spool, SpoolReader, SpoolRecord, bind_destination
+from ..spool import (
+    Access,
+    SegmentChoice,
+    Spool,
+    SpoolReader,
+    SpoolRecord,
+    bind_destination,
+    record_id,
+)
 from ..wire import DroppedRange
 from ._markers import DropLedger
 
@@ -313,6 +320,32 @@ class _EndpointState:
         }
 
 
+class _OwnThenSealed(SegmentChoice):
+    """A lane's backlog: its own segments (even open, for write-ahead) as a writer of their
+    own, and segments other writers sealed or left; never another live writer's open segment
+    (that writer's own reader replays it, and a handler must not compete with it)."""
+
+    def __init__(self, spool: Spool) -> None:
+        self._wrote = spool.wrote
+
+    def access(self, stem: str) -> Access:
+        return "read" if self._wrote(stem) else "sealed"
+
+    def writer(self, stem: str) -> str:
+        return "" if self._wrote(stem) else super().writer(stem)  # no pid field is empty
+
+
+class _OthersSealed(SegmentChoice):
+    """Adoption: what other processes sealed or left (dead writers' segments get sealed),
+    never this lane's own segments, never a live writer's open segment."""
+
+    def __init__(self, spool: Spool) -> None:
+        self._wrote = spool.wrote
+
+    def access(self, stem: str) -> Access:
+        return "skip" if self._wrote(stem) else "sealed"
+
+
 class _Lane:
     """One ordered stream of records: its endpoints (one, or the failover/roundrobin set) and
     its spool. ``backlogged``, ``inflight`` and ``inflight_spilled`` are guarded by the
@@ -356,9 +389,7 @@ class _Lane:
         if self._reader is None:
             spool = self.spool
             assert spool is not None
-            self._reader = SpoolReader(
-                spool.directory, spool=spool, sealed_only=True, own=spool.wrote
-            )
+            self._reader = SpoolReader(spool.directory, spool=spool, choice=_OwnThenSealed(spool))
         return self._reader
 
     def own_deferred(self) -> bool:
@@ -382,7 +413,7 @@ class _Lane:
         if self._foreign is None:
             assert self.spool is not None
             self._foreign = SpoolReader(
-                self.spool.directory, validate=False, sealed_only=True, skip=self.spool.wrote
+                self.spool.directory, validate=False, choice=_OthersSealed(self.spool)
             )
         return self._foreign
 

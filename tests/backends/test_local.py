@@ -13,8 +13,10 @@ import pytest
 from mqlogging._ids import new_id
 from mqlogging._types import Message
 from mqlogging.backends import open_consumer, open_producer
-from mqlogging.backends.local import LocalConsumer, LocalProducer
-from mqlogging.errors import ConfigurationError, NotConfirmed
+from mqlogging.backends.base import TapOptions
+from mqlogging.backends.endpoints import Endpoint
+from mqlogging.backends.local import LocalConsumer, LocalProducer, LocalTap
+from mqlogging.errors import ConfigurationError, ConnectError, NotConfirmed
 from tests.helpers import wait_until
 
 CTX = multiprocessing.get_context("fork")
@@ -132,3 +134,81 @@ class TestLocalBackend:
             producer.publish_batch([ecs(n) for n in range(40)])  # ~5K of 8K
             with pytest.raises(NotConfirmed, match=r"full.*local://"):
                 producer.publish_batch([ecs(n) for n in range(40)])
+
+
+def _tap_until(tap: LocalTap, wanted: int, timeout: float = 10.0) -> list[bytes]:
+    """Poll ``tap`` until it returned ``wanted`` bodies (or ``timeout`` passed)."""
+    got: list[bytes] = []
+
+    def enough() -> bool:
+        got.extend(tap.poll(0.05))
+        return len(got) >= wanted
+
+    wait_until(enough, timeout=timeout)
+    return got
+
+
+def _side_files(directory: Path) -> list[str]:
+    return sorted(p.name for p in directory.iterdir() if p.suffix in (".ack", ".lock"))
+
+
+class TestLocalTap:
+    def test_shows_records_written_after_it_opened_only(self, tmp_path: Path) -> None:
+        """Without backlog the tap shows what is published after it opened, in order, across
+        a seal (the producer closing renames the segment under the tap) and a new segment."""
+        url = f"local://{tmp_path}"
+        with open_producer(url) as producer:
+            producer.publish_batch([ecs(n) for n in range(5)])  # before the tap: not shown
+            with LocalTap(Endpoint.from_url(url), TapOptions()) as tap:
+                assert tap.poll(0) == []
+                producer.publish_batch([ecs(n) for n in range(5, 8)])
+                producer.close()  # seals the segment the tap follows
+                with open_producer(url) as later:
+                    later.publish_batch([ecs(n) for n in range(8, 10)])
+                got = _tap_until(tap, 5)
+        assert [json.loads(b)["n"] for b in got] == [5, 6, 7, 8, 9]
+
+    def test_backlog_shows_unconsumed_records_first(self, tmp_path: Path) -> None:
+        """With backlog the tap first shows the records no consumer committed yet (not the
+        committed ones), then new ones."""
+        url = f"local://{tmp_path}"
+        with open_producer(url) as producer:
+            producer.publish_batch([ecs(n) for n in range(10)])
+            with open_consumer(url) as consumer:
+                consumer.ack(consumer.fetch(4, timeout=1))  # 0..3 consumed and committed
+                with LocalTap(Endpoint.from_url(url), TapOptions(backlog=True)) as tap:
+                    producer.publish_batch([ecs(10)])
+                    got = _tap_until(tap, 7)
+        assert [json.loads(b)["n"] for b in got] == list(range(4, 11))
+
+    def test_following_acknowledges_nothing(self, tmp_path: Path) -> None:
+        """The tap takes no claim and writes no progress: no .ack or .lock file appears, and a
+        consumer afterwards still gets every record the tap showed."""
+        url = f"local://{tmp_path}"
+        with LocalTap(Endpoint.from_url(url), TapOptions(backlog=True)) as tap:
+            with open_producer(url) as producer:
+                producer.publish_batch([ecs(n) for n in range(20)])
+            assert len(_tap_until(tap, 20)) == 20
+            assert _side_files(tmp_path) == []
+        with open_consumer(url) as consumer:
+            got = []
+            while batch := consumer.fetch(50, timeout=0.2):
+                got.extend(batch)
+                consumer.ack(batch)
+        assert [json.loads(d.body)["n"] for d in got] == list(range(20))
+
+    def test_missing_directory_is_a_configuration_error(self, tmp_path: Path) -> None:
+        """A local:// path that does not exist is refused in one line naming the path."""
+        with pytest.raises(ConfigurationError, match="does not exist"):
+            LocalTap(Endpoint.from_url(f"local://{tmp_path}/nope"), TapOptions())
+
+    def test_unreadable_directory_is_a_lost_connection(self, tmp_path: Path) -> None:
+        """A spool directory that disappears while tailed makes poll() raise ConnectError
+        (tail reports it and retries), not a raw OSError."""
+        spool = tmp_path / "spool"
+        spool.mkdir()
+        tap = LocalTap(Endpoint.from_url(f"local://{spool}"), TapOptions())
+        spool.rmdir()
+        with pytest.raises(ConnectError, match="cannot list spool directory"):
+            tap.poll(0)
+        tap.close()

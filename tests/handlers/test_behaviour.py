@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
+from mqlogging.cli.spool import export_spool, inspect_spool
 from mqlogging.handlers import MQHandler
-from mqlogging.handlers._replay import export_spool, inspect_spool
 from tests.helpers import BlackholeServer, free_port
 
 STATS_KEYS = {"queued", "sent", "confirmed", "spooled", "replayed", "dropped", "markers",

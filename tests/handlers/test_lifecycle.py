@@ -18,9 +18,9 @@ from typing import Any
 
 import pytest
 
+from mqlogging.cli.spool import inspect_spool, replay_spool
 from mqlogging.errors import ConfigurationError
 from mqlogging.handlers import MQHandler
-from mqlogging.handlers._replay import inspect_spool, replay_spool
 from tests.brokers import ActiveMQ, RabbitMQ
 from tests.handlers.conftest import amqp_url, drain_amqp, drain_stomp, seqs, stomp_url
 from tests.helpers import BlackholeServer, wait_until

@@ -19,7 +19,7 @@ from typing import Any
 import billiard
 
 from mqlogging import MQHandler
-from mqlogging.handlers._replay import inspect_spool
+from mqlogging.cli.spool import inspect_spool
 from tests.brokers import RabbitMQ
 from tests.handlers.conftest import amqp_url, drain_amqp, record_id, seqs
 from tests.helpers import unique_name, wait_until

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from mqlogging.handlers._replay import inspect_spool
+from mqlogging.cli.spool import inspect_spool
 from tests.brokers import RabbitMQ
 from tests.handlers.conftest import amqp_url, drain_amqp, record_id, seqs
 from tests.helpers import BlackholeServer, wait_until

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from mqlogging import ConfigurationError, MQHandler
-from mqlogging.handlers._replay import inspect_spool
+from mqlogging.cli.spool import inspect_spool
 from tests.brokers import RabbitMQ
 from tests.handlers.conftest import amqp_url, drain_amqp, record_id, seqs
 from tests.helpers import free_port, wait_until

@@ -15,7 +15,7 @@ import billiard
 import pytest
 
 from mqlogging import MQHandler
-from mqlogging.handlers._replay import inspect_spool
+from mqlogging.cli.spool import inspect_spool
 from tests.brokers import RabbitMQ
 from tests.handlers.conftest import amqp_url, drain_amqp, seqs
 from tests.helpers import wait_until

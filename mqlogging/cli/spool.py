@@ -1,4 +1,4 @@
-"""Offline spool tools: inspect, export and replay a spool directory (``mqlogging spool ...``).
+"""``mqlogging spool inspect | export | replay``: offline tools for a spool directory.
 
 For nodes that were offline: copy the handler's spool directory anywhere and ship it with
 :func:`replay_spool`, which publishes batch by batch with broker confirmation and commits each
@@ -16,28 +16,19 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import IO, Any
 
 from .._types import Message
 from ..backends import open_producer
 from ..backends.endpoints import Endpoint
-from ..backends.local import record_id
 from ..errors import SpoolError
-from ..spool import SpoolReader, lane_spools, refuse_lane_root, segments
-from ..wire import read_meta
+from ..spool import SpoolReader, lane_spools, record_id, refuse_lane_root, segments
+from ..spool.format import is_json_line, unconfirmed_lines
+from ..wire import decode, read_meta
 
 __all__ = ["ReplayResult", "SpoolSummary", "export_spool", "inspect_spool", "replay_spool"]
-
-try:
-    import orjson
-
-    _loads: Any = orjson.loads
-except ImportError:  # pragma: no cover - without the [fast] extra
-    import json
-
-    _loads = json.loads
 
 
 @dataclass(slots=True)
@@ -87,32 +78,6 @@ def _check_dir(directory: str) -> str:
     return path
 
 
-def _lines(directory: str) -> Iterator[tuple[bytes | None, bool]]:
-    """Yield ``(line, complete)`` of every unconfirmed line, oldest segment first.
-
-    ``line`` is ``None`` for a torn last line (no newline).
-    """
-    for segment in segments(directory):
-        try:
-            with open(segment.path, "rb") as f:
-                f.seek(segment.confirmed)
-                data = f.read()
-        except FileNotFoundError:
-            continue  # deleted by a replay meanwhile
-        except OSError as exc:
-            msg = f"cannot read spool segment {segment.path!r}: {exc.strerror}"
-            raise SpoolError(msg) from exc
-        *complete, tail = data.split(b"\n")
-        for line in complete:
-            yield line, True
-        if tail and segment.sealed:
-            yield None, False  # a sealed segment never ends mid-line unless it is torn
-
-
-def _timestamp(doc: Any) -> str | None:
-    return read_meta(doc).timestamp
-
-
 def inspect_spool(directory: str) -> SpoolSummary:
     """Count the records, bytes, corrupt lines and time range of a spool directory.
 
@@ -134,17 +99,16 @@ def inspect_spool(directory: str) -> SpoolSummary:
         except FileNotFoundError:
             continue
         summary.bytes += max(0, size - segment.confirmed)
-    for line, _complete in _lines(path):
+    for line in unconfirmed_lines(path):
         if line is None:
             summary.torn_lines += 1
             continue
-        try:
-            doc = _loads(line)
-        except ValueError:
+        doc = decode(line)
+        if doc is None and not is_json_line(line):
             summary.corrupt_lines += 1
             continue
         summary.records += 1
-        stamp = _timestamp(doc)
+        stamp = read_meta(doc).timestamp
         if stamp is not None:
             if summary.oldest is None:
                 summary.oldest = stamp
@@ -165,12 +129,10 @@ def export_spool(directory: str, out: IO[bytes]) -> int:
     path = _check_dir(directory)
     refuse_lane_root(path, "export")
     n = 0
-    for line, _complete in _lines(path):
+    for line in unconfirmed_lines(path):
         if line is None:
             continue
-        try:
-            _loads(line)
-        except ValueError:
+        if not is_json_line(line):
             continue
         out.write(line + b"\n")
         n += 1

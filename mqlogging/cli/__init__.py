@@ -1,7 +1,8 @@
 """The ``mqlogging`` command: a thin layer over the public API.
 
 Each subcommand is one ``_add_<name>`` function that registers its parser; the work itself lives
-in the module the subcommand is about, so the CLI never grows logic of its own.
+in the module the subcommand is about (``mqlogging spool``'s in :mod:`mqlogging.cli.spool`), so
+this module never grows logic of its own.
 """
 
 from __future__ import annotations
@@ -10,8 +11,8 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from ._version import __version__
-from .errors import MQLoggingError
+from .._version import __version__
+from ..errors import MQLoggingError
 
 __all__ = ["main"]
 
@@ -41,11 +42,11 @@ def _add_collect(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
     )
 
     def run(args: argparse.Namespace) -> int:
-        from .collector import run_command
+        from ..collector import run_command
 
         return run_command(args)
 
-    from .collector import add_arguments
+    from ..collector import add_arguments
 
     add_arguments(parser)
     parser.set_defaults(run=run)
@@ -81,13 +82,13 @@ def _add_spool(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     replay.add_argument("--quiet", action="store_true", help="no progress on stderr")
 
     def run(args: argparse.Namespace) -> int:
-        from .handlers import _replay
+        from . import spool
 
         if args.spool_command == "inspect":
-            return _replay.inspect_command(args.directory, as_json=args.json)
+            return spool.inspect_command(args.directory, as_json=args.json)
         if args.spool_command == "export":
-            return _replay.export_command(args.directory)
-        return _replay.replay_command(
+            return spool.export_command(args.directory)
+        return spool.replay_command(
             args.directory, args.to, batch_size=args.batch_size, quiet=args.quiet
         )
 
@@ -112,12 +113,12 @@ def _add_rabbitmq(subparsers: argparse._SubParsersAction[argparse.ArgumentParser
             "variables, never from the command line."
         ),
     )
-    from .rabbitmq_setup import add_arguments
+    from ..rabbitmq_setup import add_arguments
 
     add_arguments(setup)
 
     def run(args: argparse.Namespace) -> int:
-        from .rabbitmq_setup import run_command
+        from ..rabbitmq_setup import run_command
 
         return run_command(args)
 
@@ -126,7 +127,7 @@ def _add_rabbitmq(subparsers: argparse._SubParsersAction[argparse.ArgumentParser
 
 def _add_tail(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """``mqlogging tail URL``: a live view of a queue or spool that takes nothing away."""
-    from . import tail
+    from .. import tail
 
     parser = subparsers.add_parser(
         "tail",
@@ -140,7 +141,7 @@ def _add_tail(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -
 
 def _add_run(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """``mqlogging run -- CMD ...``: ship a command's output lines as records."""
-    from . import run
+    from .. import run
 
     parser = subparsers.add_parser(
         "run",
@@ -155,7 +156,7 @@ def _add_run(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 def _add_audit(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """``mqlogging audit --es URL --index P | --file PATH | --spool DIR``: prove no loss."""
-    from . import audit
+    from .. import audit
 
     parser = subparsers.add_parser(
         "audit",
