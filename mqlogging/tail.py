@@ -52,6 +52,7 @@ from datetime import datetime, timezone
 from typing import IO, Any, Protocol
 
 from .backends.endpoints import Endpoint
+from .backends.local import LocalEndpoint
 from .errors import BackendError, ConfigurationError, ConnectError, MQLoggingError
 from .wire import read_meta
 
@@ -399,11 +400,13 @@ def _open_tap(endpoint: Endpoint, args: argparse.Namespace) -> _Tap:
         return _stomp_tap(
             endpoint, exchange=args.exchange, binding=args.binding, backlog=args.backlog
         )
-    return _SpoolTap(endpoint.path, backlog=args.backlog)
+    return _SpoolTap(LocalEndpoint.from_url(endpoint).path, backlog=args.backlog)
 
 
 def _amqp_tap(endpoint: Endpoint, *, binding: str | None) -> _Tap:
-    from .backends.amqp import _AMQPClient
+    from .backends.amqp import AMQPEndpoint, _AMQPClient
+
+    endpoint = AMQPEndpoint.from_url(endpoint)
 
     if not endpoint.exchange:
         msg = (
@@ -477,8 +480,9 @@ def _amqp_tap(endpoint: Endpoint, *, binding: str | None) -> _Tap:
 def _stomp_tap(
     endpoint: Endpoint, *, exchange: str | None, binding: str | None, backlog: bool
 ) -> _Tap:
-    from .backends.stomp import STOMPConsumer, _frame
+    from .backends.stomp import STOMPConsumer, STOMPEndpoint, _frame
 
+    endpoint = STOMPEndpoint.from_url(endpoint)
     dest = endpoint.destination
     key = binding or "#"
 

@@ -22,20 +22,65 @@ acked when a consumer stops are fetched again by the next one, with the same ids
 from __future__ import annotations
 
 import contextlib
+import os
 import time
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+from urllib.parse import quote
 
 from .._types import Delivery, Message
-from ..errors import BackendError, ConnectError, NotConfirmed, SpoolError
+from ..errors import BackendError, ConfigurationError, ConnectError, NotConfirmed, SpoolError
 from ..spool import Spool, SpoolReader, SpoolRecord, coerce_spool_options
 from ..wire import read_meta
 from .base import Consumer, Producer
-from .endpoints import Endpoint
+from .endpoints import Endpoint, Scheme, URLParts
+from .registry import Transport, lazy
 
-__all__ = ["LocalConsumer", "LocalProducer", "record_id"]
+__all__ = ["TRANSPORT", "LocalConsumer", "LocalEndpoint", "LocalProducer", "record_id"]
 
 _POLL = 0.05
+
+
+# -- the endpoint: local:///var/spool/myapp?max_bytes=256M ------------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LocalEndpoint(Endpoint):
+    """A spool directory (``local:///absolute/path``); the query holds its spool options,
+    checked when a producer or consumer is created (:func:`mqlogging.spool.coerce_spool_options`).
+    """
+
+    transport: ClassVar[str] = "local"
+    schemes: ClassVar[Mapping[str, Scheme]] = {"local": Scheme()}
+    url_options: ClassVar[frozenset[str]] = frozenset({
+        "segment_bytes", "segment_age", "max_bytes", "max_age", "fsync", "overflow",
+    })  # fmt: skip
+    needs_hosts: ClassVar[bool] = False
+
+    path: str = ""
+    spool_options: Mapping[str, Any] = field(default_factory=dict, compare=False)
+
+    @classmethod
+    def from_parts(cls, url: URLParts) -> LocalEndpoint:
+        if url.hostlist or url.userinfo:
+            msg = f"{url.where}: local URLs have no host; write local:///absolute/path"
+            raise ConfigurationError(msg)
+        if not url.path or url.path == "/":
+            msg = f"{url.where}: give the spool directory, e.g. local:///var/spool/myapp"
+            raise ConfigurationError(msg)
+        return cls(path=url.path, spool_options=dict(url.query))
+
+    def redacted_path(self) -> str:
+        return quote(self.path)
+
+    def destination_key(self) -> str:
+        """``local://`` and the normalised directory (see :meth:`Endpoint.destination_key`)."""
+        return f"local://{quote(os.path.normpath(self.path))}"
+
+    def with_spool_defaults(self, defaults: Mapping[str, Any]) -> LocalEndpoint:
+        return self.with_options(spool_options={**defaults, **self.spool_options})
+
 
 try:
     import orjson
@@ -62,16 +107,18 @@ def record_id(record: SpoolRecord) -> str:
     return read_meta(doc).id or f"{record.segment}:{record.offset}"
 
 
-def _options(endpoint: Endpoint) -> dict[str, Any]:
+def _options(endpoint: LocalEndpoint) -> dict[str, Any]:
     return coerce_spool_options(endpoint.spool_options, where=endpoint.redacted())
 
 
 class LocalProducer(Producer):
     """Appends batches to the spool directory ``endpoint.path`` (see the module docstring)."""
 
-    def __init__(self, endpoint: Endpoint) -> None:
-        self.endpoint = endpoint
-        self._options = _options(endpoint)  # ConfigurationError now, not at the first publish
+    endpoint: LocalEndpoint
+
+    def __init__(self, endpoint: str | Endpoint) -> None:
+        self.endpoint = LocalEndpoint.from_url(endpoint)
+        self._options = _options(self.endpoint)  # ConfigurationError now, not at the first publish
         self._spool: Spool | None = None
 
     def __repr__(self) -> str:
@@ -112,9 +159,11 @@ class LocalProducer(Producer):
 class LocalConsumer(Consumer):
     """Consumes the spool directory ``endpoint.path`` (see the module docstring)."""
 
-    def __init__(self, endpoint: Endpoint) -> None:
-        self.endpoint = endpoint
-        _options(endpoint)  # validate the query like the producer does
+    endpoint: LocalEndpoint
+
+    def __init__(self, endpoint: str | Endpoint) -> None:
+        self.endpoint = LocalEndpoint.from_url(endpoint)
+        _options(self.endpoint)  # validate the query like the producer does
         self._reader: SpoolReader | None = None
 
     def __repr__(self) -> str:
@@ -192,3 +241,14 @@ class LocalConsumer(Consumer):
     @staticmethod
     def _records(deliveries: Sequence[Delivery]) -> list[SpoolRecord]:
         return [d.tag for d in deliveries if isinstance(d.tag, SpoolRecord)]
+
+
+# -- registration ----------------------------------------------------------------------------
+
+TRANSPORT = Transport(
+    endpoint=LocalEndpoint,
+    producer=LocalProducer,
+    consumer=LocalConsumer,
+    tap=lazy("mqlogging.backends.local:LocalTap"),
+)
+"""What the registry hands out for ``local://`` URLs."""

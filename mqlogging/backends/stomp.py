@@ -73,7 +73,8 @@ import struct
 import threading
 import time
 from collections.abc import Mapping, Sequence
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, ClassVar, Literal
 
 from .._types import Delivery, Message
 from ..errors import (
@@ -84,15 +85,87 @@ from ..errors import (
     PublishTimeout,
 )
 from .base import Consumer, Producer
-from .endpoints import Endpoint, Host
+from .endpoints import COMMON_OPTIONS, Endpoint, Host, Scheme
+from .registry import Transport, lazy
 
-__all__ = ["STOMPConsumer", "STOMPProducer"]
+__all__ = ["TRANSPORT", "STOMPConsumer", "STOMPEndpoint", "STOMPProducer"]
 
 _CLOSE_GRACE = 2.0  # at most this long for the DISCONNECT receipt and the io thread on close()
 _LOGIN_ERROR = re.compile(r"access refused|login|passcode|password|authenticat|credential", re.I)
 _SUBSCRIPTION_ID = "mqlogging"
 _REQUEUED = "mqlogging-requeued"
 _DROP_HEADERS = frozenset({"receipt", "content-length"})
+
+
+# -- the endpoint: stomp://user:pass@host:61613/queue/logs ---------------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class STOMPEndpoint(Endpoint):
+    """A STOMP 1.2 endpoint (``stomp://``, ``stomp+ssl://``); the URL path is the destination
+    (``/queue/logs``, ``/topic/logs``, ``/amq/queue/logs``, ``/exchange/NAME/KEY``...).
+
+    ``vhost`` is sent as the ``host`` header (RabbitMQ's virtual host; ActiveMQ ignores it).
+    """
+
+    transport: ClassVar[str] = "stomp"
+    schemes: ClassVar[Mapping[str, Scheme]] = {
+        "stomp": Scheme(tls=False, default_port=61613),
+        "stomp+ssl": Scheme(tls=True, default_port=61614),
+        "stomp+tls": Scheme(tls=True, default_port=61614),
+    }
+    url_options: ClassVar[frozenset[str]] = COMMON_OPTIONS | {
+        "vhost", "ack", "persistent", "destination",
+    }  # fmt: skip
+
+    destination: str = "/queue/logs"
+    ack: str = "client-individual"
+
+    @classmethod
+    def path_fields(cls, path: str, where: str) -> dict[str, Any]:
+        return {"destination": path} if path and path != "/" else {}
+
+    def validate(self, where: str) -> None:
+        if self.ack not in ("client-individual", "client", "auto"):
+            msg = f"{where}: ack must be 'client-individual' or 'client', not {self.ack!r}"
+            raise ConfigurationError(msg)
+        if not self.destination.startswith("/"):
+            msg = f"{where}: STOMP destination must start with '/', e.g. /queue/logs"
+            raise ConfigurationError(msg)
+
+    def redacted_path(self) -> str:
+        return self.destination
+
+    def destination_parts(self) -> dict[str, str]:
+        return {"vhost": self.vhost, "destination": self.destination}
+
+    @classmethod
+    def named_destination(
+        cls, kind: Literal["queue", "topic"], name: str, *, exchange: str = ""
+    ) -> tuple[str, dict[str, Any]]:
+        """``/queue/NAME`` or ``/topic/NAME``: the broker's own queues and topics."""
+        return f"/{kind}/{name}", {}
+
+    def delivery_caveat(self) -> str | None:
+        """The broker confirms a SEND to a topic nobody subscribes to, or to an exchange no
+        queue is bound to, and then drops it (STOMP has no ``mandatory``). AMQP producers
+        publish with ``mandatory``, so an unroutable record comes back and is retried or
+        spooled, never confirmed and dropped: only STOMP needs this."""
+        where = self.redacted()
+        dest = self.destination
+        if dest.startswith(("/topic/", "/temp-topic/", "/temp-queue/")):
+            return (
+                f"{where}: {dest} delivers only to consumers subscribed at that moment; records "
+                "sent while nobody subscribes are confirmed and dropped. For records that must "
+                "be kept use a queue, e.g. /queue/logs"
+            )
+        if dest.startswith("/exchange/"):
+            return (
+                f"{where}: RabbitMQ confirms and drops records sent to {dest} while no queue is "
+                "bound to it (STOMP has no 'mandatory'); bind a durable queue first (mqlogging "
+                "rabbitmq setup) or send to /queue/NAME"
+            )
+        return None
 
 
 class _RedactPasscode(logging.Filter):
@@ -355,13 +428,10 @@ class _Link:
 class _Client:
     """Connection management shared by the producer and the consumer: failover, errors."""
 
-    endpoint: Endpoint
+    endpoint: STOMPEndpoint
 
     def __init__(self, endpoint: str | Endpoint) -> None:
-        endpoint = Endpoint.from_url(endpoint)
-        if endpoint.transport != "stomp":
-            msg = f"{endpoint.redacted()} is not a STOMP endpoint; use stomp:// or stomp+ssl://"
-            raise ConfigurationError(msg)
+        endpoint = STOMPEndpoint.from_url(endpoint)
         self.endpoint = endpoint
         self._link: _Link | None = None
         self._generations = itertools.count(1)
@@ -533,6 +603,8 @@ class STOMPProducer(_Client, Producer):
     failure, reconnects on the next call (failover across the endpoint's hosts).
     """
 
+    endpoint: STOMPEndpoint
+
     def __init__(self, endpoint: str | Endpoint) -> None:
         _stomp()
         super().__init__(endpoint)
@@ -557,6 +629,8 @@ class STOMPConsumer(_Client, Consumer):
     cumulative in STOMP, so an ACK is sent for the newest delivery of the longest fetched
     prefix that is entirely acked; later acks wait until the gap is filled.
     """
+
+    endpoint: STOMPEndpoint
 
     def __init__(self, endpoint: str | Endpoint) -> None:
         _stomp()
@@ -731,3 +805,15 @@ class STOMPConsumer(_Client, Consumer):
         except (NotConfirmed, PublishTimeout):
             return  # originals stay unacked: redelivered after the reconnect
         self.ack(deliveries)
+
+
+# -- registration ----------------------------------------------------------------------------
+
+TRANSPORT = Transport(
+    endpoint=STOMPEndpoint,
+    producer=STOMPProducer,
+    consumer=STOMPConsumer,
+    tap=lazy("mqlogging.backends.stomp:STOMPTap"),
+    preload=("stomp", "stomp.connect", "stomp.protocol", "stomp.transport", "stomp.utils"),
+)
+"""What the registry hands out for ``stomp://``, ``stomp+ssl://`` and ``stomp+tls://`` URLs."""
