@@ -223,6 +223,36 @@ def _noop() -> None:
     """Timer callback whose only purpose is to make ``process_data_events`` return."""
 
 
+def _innermost(exc: BaseException, errs: Any) -> BaseException:
+    """The error under pika's wrapping: ``AMQPConnectionError(<connector error>)`` carries the
+    socket error of the last attempt."""
+    inner: BaseException = exc
+    while isinstance(inner, errs.AMQPConnectionError) and inner.args:
+        nested = getattr(inner.args[0], "exception", inner.args[0])
+        if not isinstance(nested, BaseException) or nested is inner:
+            break
+        inner = nested
+    return inner
+
+
+def _describe_network(inner: BaseException, connect_timeout: float) -> str | None:
+    """A TLS, TCP or name-resolution failure in a few words; else ``None``."""
+    if isinstance(inner, ssl.SSLCertVerificationError):
+        return f"TLS certificate verification failed: {inner.verify_message}"
+    if isinstance(inner, ssl.SSLError):
+        return f"TLS handshake failed: {inner.reason or inner}"
+    if isinstance(inner, ConnectionRefusedError):
+        return "connection refused"
+    if isinstance(inner, (TimeoutError, socket.timeout)) or type(inner).__name__ in (
+        "AMQPConnectorStackTimeout",
+        "AMQPConnectionWorkflowFailed",
+    ):
+        return f"no answer within connect_timeout={connect_timeout:g}s"
+    if isinstance(inner, socket.gaierror):
+        return f"cannot resolve host name ({inner.strerror})"
+    return inner.strerror if isinstance(inner, OSError) and inner.strerror else None
+
+
 # -- connection and topology, shared by producer and consumer -----------------------------------
 
 
@@ -418,56 +448,48 @@ class _AMQPClient:
 
     def _describe(self, exc: BaseException) -> str:
         """One line saying why a connection failed, without the password."""
-        pika = self._pika
-        errs = pika.exceptions
-        ep = self.endpoint
-        user = ep.username or ("(certificate)" if ep.tls and ep.tls.certfile else "guest")
-        inner: BaseException = exc
-        # pika wraps the socket error of the last attempt: AMQPConnectionError(<connector error>)
-        while isinstance(inner, errs.AMQPConnectionError) and inner.args:
-            nested = getattr(inner.args[0], "exception", inner.args[0])
-            if not isinstance(nested, BaseException) or nested is inner:
-                break
-            inner = nested
-        if isinstance(inner, (errs.ProbableAuthenticationError, errs.AuthenticationError)):
-            text = f"login refused for user {user!r}"
-        elif isinstance(inner, errs.ProbableAccessDeniedError):
-            text = f"access to vhost {ep.vhost!r} refused for user {user!r}"
-        elif isinstance(inner, errs.ConnectionClosedByBroker):
-            if inner.reply_code == 403:
-                text = f"login refused for user {user!r}"
-            elif inner.reply_code == 530:
-                text = f"access to vhost {ep.vhost!r} refused for user {user!r}"
-            else:
-                text = self._scrub(f"closed by the broker: {inner.reply_code} {inner.reply_text}")
-        elif isinstance(inner, errs.ConnectionBlockedTimeout):
-            text = f"broker blocked publishing (resource alarm) for more than {ep.timeout:g}s"
-        elif isinstance(inner, errs.AMQPHeartbeatTimeout):
-            text = "broker stopped answering (missed heartbeats)"
-        elif isinstance(inner, errs.IncompatibleProtocolError):
-            text = "the peer does not speak AMQP 0-9-1"
-        elif isinstance(inner, ssl.SSLCertVerificationError):
-            text = f"TLS certificate verification failed: {inner.verify_message}"
-        elif isinstance(inner, ssl.SSLError):
-            text = f"TLS handshake failed: {inner.reason or inner}"
-        elif isinstance(inner, ConnectionRefusedError):
-            text = "connection refused"
-        elif isinstance(inner, (TimeoutError, socket.timeout)) or type(inner).__name__ in (
-            "AMQPConnectorStackTimeout",
-            "AMQPConnectionWorkflowFailed",
-        ):
-            text = f"no answer within connect_timeout={ep.connect_timeout:g}s"
-        elif isinstance(inner, socket.gaierror):
-            text = f"cannot resolve host name ({inner.strerror})"
-        elif isinstance(inner, OSError) and inner.strerror:
-            text = inner.strerror
-        elif isinstance(inner, errs.StreamLostError):
-            text = "connection lost"
-        else:
-            text = self._scrub(
+        inner = _innermost(exc, self._pika.exceptions)
+        text = (
+            self._describe_refusal(inner)
+            or self._describe_broker(inner)
+            or _describe_network(inner, self.endpoint.connect_timeout)
+            or self._scrub(
                 f"{type(inner).__name__}: {inner}" if str(inner) else type(inner).__name__
             )
+        )
         return " ".join(text.split())
+
+    def _describe_refusal(self, inner: BaseException) -> str | None:
+        """A refused login or vhost, naming the user it concerns; else ``None``."""
+        errs = self._pika.exceptions
+        ep = self.endpoint
+        user = ep.username or ("(certificate)" if ep.tls and ep.tls.certfile else "guest")
+        login = f"login refused for user {user!r}"
+        vhost = f"access to vhost {ep.vhost!r} refused for user {user!r}"
+        if isinstance(inner, (errs.ProbableAuthenticationError, errs.AuthenticationError)):
+            return login
+        if isinstance(inner, errs.ProbableAccessDeniedError):
+            return vhost
+        if isinstance(inner, errs.ConnectionClosedByBroker):
+            by_code = {403: login, 530: vhost}
+            return by_code.get(inner.reply_code) or self._scrub(
+                f"closed by the broker: {inner.reply_code} {inner.reply_text}"
+            )
+        return None
+
+    def _describe_broker(self, inner: BaseException) -> str | None:
+        """What the broker (or the AMQP session) did to the connection; else ``None``."""
+        errs = self._pika.exceptions
+        if isinstance(inner, errs.ConnectionBlockedTimeout):
+            timeout = self.endpoint.timeout
+            return f"broker blocked publishing (resource alarm) for more than {timeout:g}s"
+        if isinstance(inner, errs.AMQPHeartbeatTimeout):
+            return "broker stopped answering (missed heartbeats)"
+        if isinstance(inner, errs.IncompatibleProtocolError):
+            return "the peer does not speak AMQP 0-9-1"
+        if isinstance(inner, errs.StreamLostError):  # not an OSError: no overlap below
+            return "connection lost"
+        return None
 
     def _scrub(self, text: str) -> str:
         creds = self.endpoint.credentials()

@@ -268,19 +268,7 @@ def _classes() -> tuple[Any, Any]:
             self.current_host_and_port = self._mq_host
 
         def disconnect_socket(self) -> None:
-            # No TLS close_notify exchange (stomp.py does it blocking, with no timeout): shut
-            # the socket down, the io thread sees EOF, closes it and reports "disconnected".
-            self.running = False
-            sock = self.socket
-            if sock is not None:
-                with contextlib.suppress(OSError):
-                    sock.shutdown(socket.SHUT_RDWR)
-                io_thread = self.io_thread
-                if io_thread is None or not io_thread.is_alive():
-                    with contextlib.suppress(Exception):
-                        self.cleanup()
-            if self.io_thread is None and not self.notified_on_disconnect:
-                self.notify("disconnected")
+            _shut_down(self)
 
     class _Connection(StompConnection12):  # type: ignore[misc]
         def __init__(self, transport: Any, heartbeats: tuple[int, int]) -> None:
@@ -288,6 +276,23 @@ def _classes() -> tuple[Any, Any]:
             Protocol12.__init__(self, transport, heartbeats, auto_content_length=True)
 
     return _Transport, _Connection
+
+
+def _shut_down(transport: Any) -> None:
+    """stomp.py's ``disconnect_socket`` without the TLS close_notify exchange (which stomp.py
+    does blocking, with no timeout): shut the socket down; the io thread sees EOF, closes it
+    and reports "disconnected"."""
+    transport.running = False
+    sock = transport.socket
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)
+        io_thread = transport.io_thread
+        if io_thread is None or not io_thread.is_alive():
+            with contextlib.suppress(Exception):
+                transport.cleanup()
+    if transport.io_thread is None and not transport.notified_on_disconnect:
+        transport.notify("disconnected")
 
 
 def _escape(value: str) -> str:
