@@ -252,10 +252,11 @@ def _claim(names: tuple[str, ...], entry: Transport | str) -> None:
     """Take every scheme of ``names`` for ``entry``, or none of them."""
     taken: list[str] = []
     for name in names:
-        if _TABLE.setdefault(name, entry) is not entry:
+        # Checked first: registering the same transport twice is a mistake too.
+        if name in _TABLE or _TABLE.setdefault(name, entry) is not entry:
             for done in taken:
                 del _TABLE[done]
-            owner = _TABLE[name]
+            owner = _TABLE.get(name, entry)
             by = owner.name if isinstance(owner, Transport) else owner
             msg = f"URL scheme {name!r} is already registered (by {by}); unregister it first"
             raise ConfigurationError(msg)
