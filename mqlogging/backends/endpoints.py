@@ -47,6 +47,7 @@ __all__ = [
     "TLSConfig",
     "URLParts",
     "optional_text",
+    "parse_hosts",
     "text",
 ]
 
@@ -249,7 +250,7 @@ class Endpoint:
     prefetch: int = 1000
     persistent: bool = True
 
-    def __init_subclass__(cls, **kwargs: Any) -> None:
+    def __init_subclass__(cls) -> None:
         # Runs before a subclass's @dataclass, which then leaves an existing __repr__ alone:
         # a generated one would list every field (user name, file paths) instead of the URL.
         cls.__repr__ = Endpoint.__repr__  # type: ignore[method-assign]
