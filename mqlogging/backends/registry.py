@@ -16,6 +16,9 @@ their schemes is used, never by ``import mqlogging`` (and the modules import the
 library, pika or stomp.py, only when a connection is made). Users and tests may
 :func:`register` their own transport, e.g. an in-memory one.
 
+The table is per process: a transport registered at run time exists in forked children, but
+a ``spawn``-started child must register it again (e.g. by importing the module that does).
+
 Thread-safety: lookups take no lock (resolving a lazy entry twice at once imports the same
 module and stores the same value); :func:`register` refuses a scheme that is already taken.
 """
@@ -71,9 +74,10 @@ class Transport:
             (``fetch(0, timeout)``): fetching is what services its connection (AMQP
             heartbeats), and the broker's prefetch already stops deliveries at the bound. When
             false, a full caller just waits.
-        preload: modules the producer imports on its first connection (the client library).
-            The handler imports them on the thread that configures it, so that a sender thread
-            never runs an import a ``fork()`` could catch half done.
+        preload: modules the producer imports on its first connection (the client library,
+            and the module of a :func:`lazy` producer). The handler imports them on the thread
+            that configures it, so that a sender thread never runs an import a ``fork()`` could
+            catch half done.
     """
 
     endpoint: type[Endpoint]
