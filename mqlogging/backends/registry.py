@@ -149,12 +149,17 @@ def register_lazy(target: str, schemes: Iterable[str]) -> None:
 
 
 def unregister(transport: Transport | str) -> None:
-    """Forget ``transport`` (a value or a lazy ``"module:NAME"``); unknown ones are ignored."""
-    for scheme, entry in list(_TABLE.items()):
-        if entry is transport or entry == transport:
-            del _TABLE[scheme]
+    """Forget ``transport`` (a value, or the ``"module:NAME"`` it was registered lazily as,
+    imported since or not); unknown ones are ignored."""
     if isinstance(transport, str):
-        _LAZY_SCHEMES.pop(transport, None)
+        doomed = set(_LAZY_SCHEMES.pop(transport, ()))
+    else:
+        doomed = {scheme for scheme, entry in _TABLE.items() if entry is transport}
+        for target, names in list(_LAZY_SCHEMES.items()):
+            if doomed.issuperset(names):
+                del _LAZY_SCHEMES[target]
+    for scheme in doomed:
+        _TABLE.pop(scheme, None)
 
 
 def schemes() -> list[str]:

@@ -302,6 +302,18 @@ class TestTable:
             register_lazy("somewhere:T", ("x", "x"))
         assert "x" not in schemes()
 
+    def test_a_lazy_entry_is_imported_on_first_use(self) -> None:
+        """A transport registered as ``"module:NAME"`` is imported when its scheme is first
+        used, serves it from then on, and ``unregister`` by the same name forgets it."""
+        register_lazy("tests.backends.test_registry:MEMTEST", ("memtest",))
+        try:
+            assert schemes()[-1] == "memtest"
+            assert transport_for("memtest://b1") is MEMTEST
+            assert isinstance(Endpoint.from_url("memtest://b1"), MemEndpoint)
+        finally:
+            unregister("tests.backends.test_registry:MEMTEST")
+        assert "memtest" not in schemes()
+
     def test_a_lazy_entry_must_serve_the_schemes_it_was_registered_for(self) -> None:
         """A lazily registered transport whose value serves other schemes than its registry
         line says is refused when first used, naming both lists."""
