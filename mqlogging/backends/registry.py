@@ -6,10 +6,19 @@ ports, options, validation, redaction), how to open a producer, a consumer and a
 non-destructive live view ``mqlogging tail`` reads), what its consumer needs from a caller, and
 which modules its sender imports on first use. The handler, the collector, ``tail`` and the
 DIRAC-style API ask this table and never branch on scheme strings, so adding a transport is one
-module that defines its endpoint class and a ``TRANSPORT`` value, plus one line at the end of
-this file::
+module plus one line at the end of this file::
 
     register_lazy("mqlogging.backends.kafka:TRANSPORT", ("kafka", "kafka+ssl"))
+
+The module defines, in this order of need:
+
+1. its :class:`~mqlogging.backends.endpoints.Endpoint` subclass (a frozen, slotted, keyword-only
+   dataclass): ``transport``, ``schemes`` (scheme -> TLS flag and default port),
+   ``url_options`` and ``option_types``, its own fields, and the hooks it needs (what the URL
+   path means, validation, the redacted URL's tail, what identifies the destination);
+2. its :class:`~mqlogging.backends.base.Producer` (and, if it has them, ``Consumer`` and
+   ``Tap``), importing the client library only when a connection is made;
+3. ``TRANSPORT = Transport(endpoint=..., producer=..., consumer=..., tap=..., preload=(...))``.
 
 Built-in transports are registered lazily: their module is imported the first time one of
 their schemes is used, never by ``import mqlogging`` (and the modules import their client
