@@ -41,6 +41,34 @@ __all__ = ["TRANSPORT", "LocalConsumer", "LocalEndpoint", "LocalProducer", "reco
 
 _POLL = 0.05
 
+try:
+    import orjson
+
+    _loads: Any = orjson.loads
+    _DecodeError: tuple[type[Exception], ...] = (orjson.JSONDecodeError,)
+except ImportError:  # pragma: no cover - exercised only without the [fast] extra
+    import json
+
+    _loads = json.loads
+    _DecodeError = (ValueError,)
+
+
+def record_id(record: SpoolRecord) -> str:
+    """The record's id (:func:`mqlogging.wire.read_meta`), else one derived from its place.
+
+    The derived id (``<segment>:<offset>``) is deterministic, so a line without an id that is
+    delivered twice still gets the same Elasticsearch ``_id``.
+    """
+    try:
+        doc = _loads(record.body)
+    except _DecodeError:
+        doc = None
+    return read_meta(doc).id or f"{record.segment}:{record.offset}"
+
+
+def _options(endpoint: LocalEndpoint) -> dict[str, Any]:
+    return coerce_spool_options(endpoint.spool_options, where=endpoint.redacted())
+
 
 # -- the endpoint: local:///var/spool/myapp?max_bytes=256M ------------------------------------
 
@@ -80,35 +108,6 @@ class LocalEndpoint(Endpoint):
 
     def with_spool_defaults(self, defaults: Mapping[str, Any]) -> LocalEndpoint:
         return self.with_options(spool_options={**defaults, **self.spool_options})
-
-
-try:
-    import orjson
-
-    _loads: Any = orjson.loads
-    _DecodeError: tuple[type[Exception], ...] = (orjson.JSONDecodeError,)
-except ImportError:  # pragma: no cover - exercised only without the [fast] extra
-    import json
-
-    _loads = json.loads
-    _DecodeError = (ValueError,)
-
-
-def record_id(record: SpoolRecord) -> str:
-    """The record's id (:func:`mqlogging.wire.read_meta`), else one derived from its place.
-
-    The derived id (``<segment>:<offset>``) is deterministic, so a line without an id that is
-    delivered twice still gets the same Elasticsearch ``_id``.
-    """
-    try:
-        doc = _loads(record.body)
-    except _DecodeError:
-        doc = None
-    return read_meta(doc).id or f"{record.segment}:{record.offset}"
-
-
-def _options(endpoint: LocalEndpoint) -> dict[str, Any]:
-    return coerce_spool_options(endpoint.spool_options, where=endpoint.redacted())
 
 
 class LocalProducer(Producer):
