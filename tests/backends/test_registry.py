@@ -40,7 +40,7 @@ from mqlogging.backends.endpoints import Scheme, URLParts
 from mqlogging.backends.registry import register_lazy, schemes
 from mqlogging.collector.config import parse_config
 from mqlogging.collector.service import CollectorService
-from mqlogging.errors import ConfigurationError
+from mqlogging.errors import ConfigurationError, ConnectError
 from mqlogging.handlers import MQHandler
 from tests.helpers import unique_name, wait_until
 
@@ -57,6 +57,7 @@ class Box:
         self.ready: deque[Message] = deque()
         self.unacked: dict[int, Message] = {}
         self.tags = 0
+        self.down = False  # while set, producers cannot connect (an outage)
 
     def put(self, messages: Sequence[Message]) -> None:
         with self.cond:
@@ -120,6 +121,9 @@ class MemProducer(Producer):
         self.box = BOXES.setdefault(self.endpoint.box, Box())
 
     def publish_batch(self, messages: Sequence[Message]) -> None:
+        if self.box.down:
+            msg = "box is down"
+            raise ConnectError(msg, endpoint=self.endpoint.redacted())
         self.box.put(messages)
 
     def close(self) -> None:
@@ -187,6 +191,34 @@ class TestRegisteredTransport:
         numbers = [d["n"] for d in docs if "n" in d]
         assert numbers == list(range(2000))
         assert len({d["event"]["id"] for d in docs}) == len(docs)
+
+    def test_handler_spools_through_its_outage_and_replays_in_order(
+        self, memtest: Transport, box: str, tmp_path: Path
+    ) -> None:
+        """While the transport's producer cannot connect the handler spools; once it can, every
+        record arrives once, in emit order: the handler's guarantees hold for a registered
+        transport, whose ConnectError it treats like a broker's."""
+        BOXES[box] = Box()
+        BOXES[box].down = True
+        handler = MQHandler(
+            f"memtest://{box}", spool=str(tmp_path / "spool"), retry_max=0.2, close_timeout=30
+        )
+        logger = logging.getLogger(f"registry.{box}")
+        logger.propagate = False
+        logger.addHandler(handler)
+        try:
+            for i in range(1000):
+                logger.warning("record %d", i, extra={"n": i})
+            wait_until(lambda: handler.stats()["spooled"] > 0, timeout=10)
+            BOXES[box].down = False
+            for i in range(1000, 1200):
+                logger.warning("record %d", i, extra={"n": i})
+            wait_until(lambda: BOXES[box].size()[0] >= 1200, timeout=30)
+        finally:
+            logger.removeHandler(handler)
+            handler.close()
+        docs = [json.loads(m.body) for m in BOXES[box].ready]
+        assert [d["n"] for d in docs if "n" in d] == list(range(1200))
 
     def test_collector_drains_it_into_a_sink(
         self, memtest: Transport, box: str, tmp_path: Path
