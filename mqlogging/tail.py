@@ -43,6 +43,7 @@ from typing import IO, Any
 
 from .backends.base import Tap, TapOptions
 from .backends.endpoints import Endpoint
+from .backends.registry import open_tap
 from .errors import ConfigurationError, MQLoggingError
 from .wire import NAMESPACE, RecordMeta, read_meta
 
@@ -434,28 +435,6 @@ def _clip(text: str) -> str:
     return text if len(text) <= _EXTRA_VALUE_CHARS else text[: _EXTRA_VALUE_CHARS - 1] + "…"
 
 
-# -- taps: where the copies come from --------------------------------------------------------
-
-
-def _open_tap(endpoint: Endpoint, options: TapOptions) -> Tap:
-    """The endpoint's tap: which class implements it for each transport, nothing more.
-
-    A stand-in for the transport registry's ``open_tap`` (issue #12): all knowledge of how a
-    copy is taken lives in the tap classes.
-    """
-    if endpoint.transport == "amqp":
-        from .backends.amqp import AMQPTap
-
-        return AMQPTap(endpoint, options)
-    if endpoint.transport == "stomp":
-        from .backends.stomp import STOMPTap
-
-        return STOMPTap(endpoint, options)
-    from .backends.local import LocalTap
-
-    return LocalTap(endpoint, options)
-
-
 # -- the command -----------------------------------------------------------------------------
 
 
@@ -532,7 +511,7 @@ def run_command(args: argparse.Namespace) -> int:
     tap: Tap | None = None
     try:
         with _signals_interrupt():
-            tap = _open_tap(endpoint, options)
+            tap = open_tap(endpoint, options)
             _notice(f"{endpoint.redacted()}: {tap.mode}; Ctrl-C to stop")
             bodies = follow(tap, where=endpoint.redacted(), notify=_notice)
             printer.print_all(select(bodies, keep), limit=args.count)

@@ -1,29 +1,43 @@
-"""Transports: the URL scheme picks the backend.
+"""Transports: the URL scheme picks the backend, through one registry.
 
-``create_producer`` / ``create_consumer`` accept a URL, an :class:`Endpoint`, or (for people
-coming from DIRAC) a ``service::Queues::name`` address resolved against a ``services`` mapping.
-Backends import their client library lazily, so ``mqlogging`` works without the extras that a
-given deployment does not use.
+``open_producer`` / ``open_consumer`` / ``open_tap`` accept a URL or an :class:`Endpoint`; the
+scheme picks the transport in :mod:`mqlogging.backends.registry`, where a user or a test may
+:func:`register` its own. Backends import their client library lazily, so ``mqlogging`` works
+without the extras that a given deployment does not use.
+
+The DIRAC-style API (``create_producer("svc::Queues::logs", services=...)``) is in
+:mod:`mqlogging.backends.services`; it is not imported here, so that using the backends
+does not load it.
 """
 
 from __future__ import annotations
 
-from ._factory import open_consumer, open_producer
-from .base import Consumer, Producer
+from .base import Consumer, Producer, Tap, TapOptions
 from .endpoints import Endpoint, Host, Secret, TLSConfig
-from .services import MQConsumer, MQProducer, create_consumer, create_producer
+from .registry import (
+    Transport,
+    open_consumer,
+    open_producer,
+    open_tap,
+    register,
+    transport_for,
+    unregister,
+)
 
 __all__ = [
     "Consumer",
     "Endpoint",
     "Host",
-    "MQConsumer",
-    "MQProducer",
     "Producer",
     "Secret",
     "TLSConfig",
-    "create_consumer",
-    "create_producer",
+    "Tap",
+    "TapOptions",
+    "Transport",
     "open_consumer",
     "open_producer",
+    "open_tap",
+    "register",
+    "transport_for",
+    "unregister",
 ]

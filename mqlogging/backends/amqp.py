@@ -46,12 +46,14 @@ import socket
 import ssl
 import time
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import ModuleType
-from typing import Any
+from typing import Any, ClassVar, Literal
+from urllib.parse import quote
 
 from .. import _fork
+from .._coerce import to_bool
 from .._ids import new_id
 from .._types import Delivery, Message
 from ..errors import (
@@ -63,14 +65,147 @@ from ..errors import (
     PublishTimeout,
 )
 from .base import Consumer, Producer, Tap, TapOptions
-from .endpoints import Endpoint, Host
+from .endpoints import (
+    COMMON_OPTIONS,
+    COMMON_TYPES,
+    Coercer,
+    Endpoint,
+    Host,
+    Scheme,
+    optional_text,
+)
+from .registry import Transport
 
-__all__ = ["AMQPConsumer", "AMQPProducer", "AMQPTap"]
+__all__ = ["TRANSPORT", "AMQPConsumer", "AMQPEndpoint", "AMQPProducer", "AMQPTap"]
 
 _CONTENT_TYPE = "application/json"
 # The record id also travels as this header: RabbitMQ hands AMQP headers to STOMP consumers as
 # frame headers, and `mqlogging-id` is where the STOMP backend looks for it (design.md).
 _ID_HEADER = "mqlogging-id"
+
+
+# -- the endpoint: amqp://user:pass@h1,h2/vhost?exchange=logs&routing_key=app.logs ---------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AMQPEndpoint(Endpoint):
+    """An AMQP 0-9-1 endpoint (``amqp://``, ``amqps://``); the URL path is the vhost.
+
+    The producer publishes to ``exchange`` with ``routing_key``; unless ``declare`` is off it
+    declares the exchange, the durable ``queue`` and its binding (``binding_key``), so records
+    published before any collector runs are kept, not returned as unroutable. ``exchange=``
+    (empty) is the default exchange, which delivers to the queue named by the routing key.
+    """
+
+    transport: ClassVar[str] = "amqp"
+    schemes: ClassVar[Mapping[str, Scheme]] = {
+        "amqp": Scheme(tls=False, default_port=5672),
+        "amqps": Scheme(tls=True, default_port=5671),
+    }
+    url_options: ClassVar[frozenset[str]] = COMMON_OPTIONS | {
+        "exchange", "exchange_type", "routing_key", "queue", "binding_key", "queue_type",
+        "dead_letter_exchange", "declare", "vhost", "persistent",
+    }  # fmt: skip
+    option_types: ClassVar[Mapping[str, Coercer]] = {
+        **COMMON_TYPES,
+        "declare": to_bool,
+        "dead_letter_exchange": optional_text,
+    }
+
+    exchange: str = "logs"
+    exchange_type: str = "topic"
+    routing_key: str = "logs"
+    queue: str = "logs"
+    binding_key: str = "#"
+    queue_type: str = "classic"
+    dead_letter_exchange: str | None = None
+    declare: bool = True
+
+    @classmethod
+    def path_fields(cls, path: str, where: str) -> dict[str, Any]:
+        vhost = path[1:] if path.startswith("/") else path
+        return {"vhost": vhost or "/"}
+
+    @classmethod
+    def reconcile(cls, values: dict[str, Any], where: str) -> None:
+        if values.get("exchange") == "":
+            _route_through_default_exchange(values, where)
+
+    def validate(self, where: str) -> None:
+        if self.queue_type not in ("classic", "quorum"):
+            msg = f"{where}: queue_type must be 'classic' or 'quorum', not {self.queue_type!r}"
+            raise ConfigurationError(msg)
+        if self.exchange_type not in ("topic", "direct", "fanout", "headers"):
+            msg = f"{where}: exchange_type {self.exchange_type!r} is not an AMQP exchange type"
+            raise ConfigurationError(msg)
+        if not self.exchange and self.routing_key != self.queue:
+            # The default exchange delivers to the queue named by the routing key: any other
+            # combination would publish somewhere the configuration does not say (issue #11).
+            msg = (
+                f"{where}: with the default exchange (exchange=) the routing key is the queue "
+                f"name, but routing_key={self.routing_key!r} and queue={self.queue!r}; "
+                "give only one of them"
+            )
+            raise ConfigurationError(msg)
+
+    def redacted_path(self) -> str:
+        vhost = "" if self.vhost == "/" else quote(self.vhost, safe="")
+        return f"/{vhost}?exchange={self.exchange}&routing_key={self.routing_key}"
+
+    def destination_parts(self) -> dict[str, str]:
+        return {
+            "vhost": self.vhost,
+            "exchange": self.exchange,
+            "routing_key": self.routing_key,
+            "queue": self.queue,
+            "binding_key": self.binding_key,
+        }
+
+    @classmethod
+    def named_destination(
+        cls, kind: Literal["queue", "topic"], name: str, *, exchange: str = ""
+    ) -> tuple[str, dict[str, Any]]:
+        """A queue is the durable queue ``name`` (bound by its own name to ``exchange`` if
+        one is given); a topic is a fanout exchange ``name`` to which each consumer binds its
+        own exclusive queue."""
+        if kind == "topic":
+            return "/", {"exchange": name, "exchange_type": "fanout", "queue": "",
+                         "routing_key": name}  # fmt: skip
+        options: dict[str, Any] = {"exchange": exchange, "queue": name, "routing_key": name}
+        if exchange:
+            # Bind each queue by its own name: with the default "#" every queue of the
+            # exchange would receive every other queue's messages.
+            options["binding_key"] = name
+        return "/", options
+
+
+def _route_through_default_exchange(values: dict[str, Any], where: str) -> None:
+    """Make ``routing_key`` and ``queue`` agree for ``exchange=`` (the default exchange).
+
+    The default exchange delivers to the queue named by the routing key, so whichever of the
+    two the user gave names the queue and the other follows it. Both given and different, an
+    empty queue, or a ``binding_key`` (the default exchange takes no bindings) are refused:
+    honouring one would silently override the other (issue #11, defect 13).
+    """
+    routing_key, queue = values.get("routing_key"), values.get("queue")
+    if "binding_key" in values:
+        msg = (
+            f"{where}: binding_key has no effect with the default exchange (exchange=); "
+            "drop it or name an exchange"
+        )
+        raise ConfigurationError(msg)
+    if routing_key is not None and queue is not None and routing_key != queue:
+        msg = (
+            f"{where}: with the default exchange (exchange=) the routing key is the queue name, "
+            f"but routing_key={routing_key!r} and queue={queue!r}; give only one of them"
+        )
+        raise ConfigurationError(msg)
+    name = queue if queue is not None else routing_key
+    if name == "":
+        msg = f"{where}: with the default exchange (exchange=) give the queue, e.g. queue=logs"
+        raise ConfigurationError(msg)
+    if name is not None:
+        values["routing_key"] = values["queue"] = name
 
 
 def _import_pika() -> ModuleType:
@@ -87,6 +222,36 @@ def _import_pika() -> ModuleType:
 
 def _noop() -> None:
     """Timer callback whose only purpose is to make ``process_data_events`` return."""
+
+
+def _innermost(exc: BaseException, errs: Any) -> BaseException:
+    """The error under pika's wrapping: ``AMQPConnectionError(<connector error>)`` carries the
+    socket error of the last attempt."""
+    inner: BaseException = exc
+    while isinstance(inner, errs.AMQPConnectionError) and inner.args:
+        nested = getattr(inner.args[0], "exception", inner.args[0])
+        if not isinstance(nested, BaseException) or nested is inner:
+            break
+        inner = nested
+    return inner
+
+
+def _describe_network(inner: BaseException, connect_timeout: float) -> str | None:
+    """A TLS, TCP or name-resolution failure in a few words; else ``None``."""
+    if isinstance(inner, ssl.SSLCertVerificationError):
+        return f"TLS certificate verification failed: {inner.verify_message}"
+    if isinstance(inner, ssl.SSLError):
+        return f"TLS handshake failed: {inner.reason or inner}"
+    if isinstance(inner, ConnectionRefusedError):
+        return "connection refused"
+    if isinstance(inner, (TimeoutError, socket.timeout)) or type(inner).__name__ in (
+        "AMQPConnectorStackTimeout",
+        "AMQPConnectionWorkflowFailed",
+    ):
+        return f"no answer within connect_timeout={connect_timeout:g}s"
+    if isinstance(inner, socket.gaierror):
+        return f"cannot resolve host name ({inner.strerror})"
+    return inner.strerror if isinstance(inner, OSError) and inner.strerror else None
 
 
 # -- connection and topology, shared by producer and consumer -----------------------------------
@@ -115,11 +280,10 @@ class _AMQPClient:
 
     _role = "client"
 
+    endpoint: AMQPEndpoint
+
     def __init__(self, endpoint: str | Endpoint, **options: Any) -> None:
-        self.endpoint = Endpoint.from_url(endpoint, **options)
-        if self.endpoint.transport != "amqp":
-            msg = f"{self.endpoint.redacted()} is not an AMQP endpoint (use amqp:// or amqps://)"
-            raise ConfigurationError(msg)
+        self.endpoint = AMQPEndpoint.from_url(endpoint, **options)
         self._pika = _import_pika()
         # Built once: a bad certificate or key is a ConfigurationError here, at construction.
         self._ssl_context: ssl.SSLContext | None = (
@@ -292,56 +456,48 @@ class _AMQPClient:
 
     def _describe(self, exc: BaseException) -> str:
         """One line saying why a connection failed, without the password."""
-        pika = self._pika
-        errs = pika.exceptions
-        ep = self.endpoint
-        user = ep.username or ("(certificate)" if ep.tls and ep.tls.certfile else "guest")
-        inner: BaseException = exc
-        # pika wraps the socket error of the last attempt: AMQPConnectionError(<connector error>)
-        while isinstance(inner, errs.AMQPConnectionError) and inner.args:
-            nested = getattr(inner.args[0], "exception", inner.args[0])
-            if not isinstance(nested, BaseException) or nested is inner:
-                break
-            inner = nested
-        if isinstance(inner, (errs.ProbableAuthenticationError, errs.AuthenticationError)):
-            text = f"login refused for user {user!r}"
-        elif isinstance(inner, errs.ProbableAccessDeniedError):
-            text = f"access to vhost {ep.vhost!r} refused for user {user!r}"
-        elif isinstance(inner, errs.ConnectionClosedByBroker):
-            if inner.reply_code == 403:
-                text = f"login refused for user {user!r}"
-            elif inner.reply_code == 530:
-                text = f"access to vhost {ep.vhost!r} refused for user {user!r}"
-            else:
-                text = self._scrub(f"closed by the broker: {inner.reply_code} {inner.reply_text}")
-        elif isinstance(inner, errs.ConnectionBlockedTimeout):
-            text = f"broker blocked publishing (resource alarm) for more than {ep.timeout:g}s"
-        elif isinstance(inner, errs.AMQPHeartbeatTimeout):
-            text = "broker stopped answering (missed heartbeats)"
-        elif isinstance(inner, errs.IncompatibleProtocolError):
-            text = "the peer does not speak AMQP 0-9-1"
-        elif isinstance(inner, ssl.SSLCertVerificationError):
-            text = f"TLS certificate verification failed: {inner.verify_message}"
-        elif isinstance(inner, ssl.SSLError):
-            text = f"TLS handshake failed: {inner.reason or inner}"
-        elif isinstance(inner, ConnectionRefusedError):
-            text = "connection refused"
-        elif isinstance(inner, (TimeoutError, socket.timeout)) or type(inner).__name__ in (
-            "AMQPConnectorStackTimeout",
-            "AMQPConnectionWorkflowFailed",
-        ):
-            text = f"no answer within connect_timeout={ep.connect_timeout:g}s"
-        elif isinstance(inner, socket.gaierror):
-            text = f"cannot resolve host name ({inner.strerror})"
-        elif isinstance(inner, OSError) and inner.strerror:
-            text = inner.strerror
-        elif isinstance(inner, errs.StreamLostError):
-            text = "connection lost"
-        else:
-            text = self._scrub(
+        inner = _innermost(exc, self._pika.exceptions)
+        text = (
+            self._describe_refusal(inner)
+            or self._describe_broker(inner)
+            or _describe_network(inner, self.endpoint.connect_timeout)
+            or self._scrub(
                 f"{type(inner).__name__}: {inner}" if str(inner) else type(inner).__name__
             )
+        )
         return " ".join(text.split())
+
+    def _describe_refusal(self, inner: BaseException) -> str | None:
+        """A refused login or vhost, naming the user it concerns; else ``None``."""
+        errs = self._pika.exceptions
+        ep = self.endpoint
+        user = ep.username or ("(certificate)" if ep.tls and ep.tls.certfile else "guest")
+        login = f"login refused for user {user!r}"
+        vhost = f"access to vhost {ep.vhost!r} refused for user {user!r}"
+        if isinstance(inner, (errs.ProbableAuthenticationError, errs.AuthenticationError)):
+            return login
+        if isinstance(inner, errs.ProbableAccessDeniedError):
+            return vhost
+        if isinstance(inner, errs.ConnectionClosedByBroker):
+            by_code = {403: login, 530: vhost}
+            return by_code.get(inner.reply_code) or self._scrub(
+                f"closed by the broker: {inner.reply_code} {inner.reply_text}"
+            )
+        return None
+
+    def _describe_broker(self, inner: BaseException) -> str | None:
+        """What the broker (or the AMQP session) did to the connection; else ``None``."""
+        errs = self._pika.exceptions
+        if isinstance(inner, errs.ConnectionBlockedTimeout):
+            timeout = self.endpoint.timeout
+            return f"broker blocked publishing (resource alarm) for more than {timeout:g}s"
+        if isinstance(inner, errs.AMQPHeartbeatTimeout):
+            return "broker stopped answering (missed heartbeats)"
+        if isinstance(inner, errs.IncompatibleProtocolError):
+            return "the peer does not speak AMQP 0-9-1"
+        if isinstance(inner, errs.StreamLostError):  # not an OSError: no overlap below
+            return "connection lost"
+        return None
 
     def _scrub(self, text: str) -> str:
         creds = self.endpoint.credentials()
@@ -444,6 +600,8 @@ class AMQPProducer(_AMQPClient, Producer):
     """
 
     _role = "producer"
+
+    endpoint: AMQPEndpoint
 
     def __init__(self, endpoint: str | Endpoint, **options: Any) -> None:
         super().__init__(endpoint, **options)
@@ -590,6 +748,8 @@ class AMQPConsumer(_AMQPClient, Consumer):
     """
 
     _role = "consumer"
+
+    endpoint: AMQPEndpoint
 
     def __init__(self, endpoint: str | Endpoint, **options: Any) -> None:
         super().__init__(endpoint, **options)
@@ -887,3 +1047,16 @@ class AMQPTap(_AMQPClient, Tap):
                 link.connection.process_data_events(time_limit=timeout)
         out, self._bodies = self._bodies, []
         return out
+
+
+# -- registration ----------------------------------------------------------------------------
+
+TRANSPORT = Transport(
+    endpoint=AMQPEndpoint,
+    producer=AMQPProducer,
+    consumer=AMQPConsumer,
+    tap=AMQPTap,
+    fetch_when_full=True,  # fetch(0) services heartbeats; the broker enforces the prefetch
+    preload=("pika", "pika.adapters.blocking_connection"),
+)
+"""What the registry hands out for ``amqp://`` and ``amqps://`` URLs."""

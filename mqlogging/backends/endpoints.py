@@ -1,4 +1,4 @@
-"""Endpoint URLs: parsing, validation and redaction.
+"""Endpoint URLs: parsing, validation and redaction, common to every transport.
 
 One URL names one logical destination, possibly served by several hosts::
 
@@ -6,6 +6,14 @@ One URL names one logical destination, possibly served by several hosts::
     amqps://h1/?ca_certs=/etc/ca.pem&certfile=/etc/me.pem&keyfile=/etc/me.key
     stomp://user:pass@host:61613/queue/logs        stomp+ssl://...   (/topic/... for topics)
     local:///var/spool/myapp
+
+:meth:`Endpoint.from_url` is the one entry point: it picks the transport by scheme through
+:mod:`mqlogging.backends.registry` and parses into that transport's :class:`Endpoint` subclass
+(``AMQPEndpoint``, ``STOMPEndpoint``, ``LocalEndpoint``, each in its transport's module). This
+module holds what every network endpoint shares (hosts, credentials, TLS, timeouts, heartbeat,
+prefetch, the option rules) and the hooks a subclass fills in: its schemes and options, what the
+URL path means, its own validation, the tail of its redacted URL, what identifies its
+destination, and its delivery caveat.
 
 Everything is validated here, once, at construction: a typo in an option, a missing certificate
 or a port out of range is a :class:`~mqlogging.errors.ConfigurationError` with one line that says
@@ -15,51 +23,126 @@ what to fix, long before the first record is sent. The password never appears in
 
 from __future__ import annotations
 
-import difflib
 import os
 import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, Literal, Protocol, TypeVar
 from urllib.parse import parse_qsl, quote, unquote, urlsplit
 
+from .._coerce import check_pem_file, did_you_mean, to_bool, to_number
 from ..errors import ConfigurationError
+from ._urls import redact_url, split_scheme
+from .registry import transport_for
 
-__all__ = ["Endpoint", "Host", "Secret", "TLSConfig"]
+__all__ = [
+    "COMMON_OPTIONS",
+    "COMMON_TYPES",
+    "Coercer",
+    "Endpoint",
+    "Host",
+    "Scheme",
+    "Secret",
+    "TLSConfig",
+    "URLParts",
+    "optional_text",
+    "parse_hosts",
+    "text",
+]
 
-_SCHEMES: dict[str, tuple[str, bool, int]] = {
-    # url scheme: (transport, tls, default port)
-    "amqp": ("amqp", False, 5672),
-    "amqps": ("amqp", True, 5671),
-    "stomp": ("stomp", False, 61613),
-    "stomp+ssl": ("stomp", True, 61614),
-    "stomp+tls": ("stomp", True, 61614),
-    "local": ("local", False, 0),
-}
+_E = TypeVar("_E", bound="Endpoint")
 
-_COMMON = {
+
+class Coercer(Protocol):
+    """Turns an option value into a field value, or raises a one-line ConfigurationError
+    naming ``where`` and the option ``name`` (the signature of :mod:`mqlogging._coerce`)."""
+
+    def __call__(self, value: Any, *, where: str, name: str) -> Any: ...
+
+
+COMMON_OPTIONS: frozenset[str] = frozenset({
     "connect_timeout", "timeout", "heartbeat", "prefetch", "username", "password",
     "password_file", "password_env", "ca_certs", "certfile", "keyfile", "verify",
     "server_hostname",
-}  # fmt: skip
-_KNOWN: dict[str, set[str]] = {
-    "amqp": _COMMON
-    | {
-        "exchange",
-        "exchange_type",
-        "routing_key",
-        "queue",
-        "binding_key",
-        "queue_type",
-        "dead_letter_exchange",
-        "declare",
-        "vhost",
-        "persistent",
-    },
-    "stomp": _COMMON | {"vhost", "ack", "persistent", "destination"},
-    "local": {"segment_bytes", "segment_age", "max_bytes", "max_age", "fsync", "overflow"},
+})  # fmt: skip
+"""The URL options every network endpoint takes (a transport adds its own)."""
+
+_TLS_KEYS = ("ca_certs", "certfile", "keyfile", "verify", "server_hostname")
+_PASSWORD_KEYS = ("password", "password_file", "password_env")
+
+
+def text(value: Any, *, where: str, name: str) -> Any:
+    """An option taken as text (a boolean passes as it is)."""
+    return value if isinstance(value, bool) else str(value)
+
+
+def optional_text(value: Any, *, where: str, name: str) -> str | None:
+    """An option taken as text, where empty means "none"."""
+    return str(value) or None
+
+
+def _integer(value: Any, *, where: str, name: str) -> int:
+    result: int = to_number(value, where=where, name=name, integer=True)
+    return result
+
+
+COMMON_TYPES: Mapping[str, Coercer] = {
+    "connect_timeout": to_number,
+    "timeout": to_number,
+    "heartbeat": _integer,
+    "prefetch": _integer,
+    "verify": to_bool,
+    "persistent": to_bool,
 }
+"""How the common options are read; any option not listed is taken as :func:`text`."""
+
+
+@dataclass(frozen=True, slots=True)
+class Scheme:
+    """One URL scheme of a transport: whether it means TLS, and the port a host without one
+    gets (unused by transports whose URLs name no host)."""
+
+    tls: bool = False
+    default_port: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class URLParts:
+    """A URL split once, for the endpoint class of its transport (:meth:`Endpoint.from_parts`).
+
+    ``query`` holds the query parameters with the keyword options applied over them; ``where``
+    is the URL with its password masked, for error messages.
+    """
+
+    scheme: str
+    tls: bool
+    default_port: int
+    userinfo: str
+    hostlist: str
+    path: str
+    query: dict[str, Any]
+    where: str
+
+    @classmethod
+    def split(cls, url: str, scheme: Scheme, options: Mapping[str, Any]) -> URLParts:
+        """Split ``url`` (whose scheme is ``scheme``); ``options`` win over the query."""
+        name, rest = split_scheme(url)
+        parts = urlsplit(f"x://{rest}")
+        netloc = rest.partition("/")[0].split("?", 1)[0]
+        query = dict(parse_qsl(parts.query, keep_blank_values=True))
+        query.update({k: v for k, v in options.items() if v is not None})
+        userinfo, _, hostlist = netloc.rpartition("@")
+        return cls(
+            scheme=name,
+            tls=scheme.tls,
+            default_port=scheme.default_port,
+            userinfo=userinfo,
+            hostlist=hostlist,
+            path=unquote(parts.path),
+            query=query,
+            where=redact_url(url),
+        )
 
 
 class Secret:
@@ -109,10 +192,7 @@ class TLSConfig:
 
     def __post_init__(self) -> None:
         for name in ("ca_certs", "certfile", "keyfile"):
-            path = getattr(self, name)
-            if path is not None and not os.path.isfile(path):
-                msg = f"TLS option {name}={path!r}: no such file; give the path to a PEM file"
-                raise ConfigurationError(msg)
+            check_pem_file(getattr(self, name), where="TLS option", name=name)
         if self.keyfile and not self.certfile:
             msg = "TLS option keyfile is set without certfile; give both for client certificates"
             raise ConfigurationError(msg)
@@ -140,14 +220,25 @@ class TLSConfig:
 class Endpoint:
     """A validated broker (or spool) address. Build it with :meth:`from_url`.
 
-    ``transport`` is ``"amqp"``, ``"stomp"`` or ``"local"``; ``tls`` is ``None`` for plain TCP.
-    AMQP: the producer publishes to ``exchange`` with ``routing_key``; unless ``declare`` is off it
-    declares the exchange, the durable ``queue`` and its binding (``binding_key``), so records
-    published before any collector runs are kept, not returned as unroutable. STOMP:
-    ``destination`` is the path (``/queue/logs``, ``/topic/logs``, ``/amq/queue/logs``...).
+    ``transport`` names the transport (``"amqp"``, ``"stomp"``, ``"local"``...); ``tls`` is
+    ``None`` for plain TCP. The fields here are common to every transport; each transport's
+    subclass adds its own (``exchange``, ``destination``, ``path``...), see its module.
+
+    For transport modules, a subclass is a frozen, slotted, keyword-only dataclass that sets
+    the class variables ``transport``, ``schemes``, ``url_options`` (and ``option_types`` for
+    options that are not text) and overrides the hooks it needs: :meth:`path_fields`,
+    :meth:`reconcile`, :meth:`validate`, :meth:`redacted_path`, :meth:`destination_parts`,
+    :meth:`delivery_caveat`, :meth:`named_destination` (or :meth:`from_parts` entirely, for
+    URLs that are not ``scheme://user:password@hosts/path?query``). It keeps this class's
+    ``repr`` (the redacted URL) whatever its decorator says.
     """
 
-    transport: str
+    transport: ClassVar[str] = ""
+    schemes: ClassVar[Mapping[str, Scheme]] = {}
+    url_options: ClassVar[frozenset[str]] = COMMON_OPTIONS
+    option_types: ClassVar[Mapping[str, Coercer]] = COMMON_TYPES
+    needs_hosts: ClassVar[bool] = True
+
     hosts: tuple[Host, ...] = ()
     tls: TLSConfig | None = None
     username: str | None = None
@@ -158,104 +249,157 @@ class Endpoint:
     heartbeat: int = 30
     prefetch: int = 1000
     persistent: bool = True
-    # AMQP
-    exchange: str = "logs"
-    exchange_type: str = "topic"
-    routing_key: str = "logs"
-    queue: str = "logs"
-    binding_key: str = "#"
-    queue_type: str = "classic"
-    dead_letter_exchange: str | None = None
-    declare: bool = True
-    # STOMP
-    destination: str = "/queue/logs"
-    ack: str = "client-individual"
-    # local
-    path: str = ""
-    spool_options: Mapping[str, Any] = field(default_factory=dict, compare=False)
+
+    def __init_subclass__(cls) -> None:
+        # Runs before a subclass's @dataclass, which then leaves an existing __repr__ alone:
+        # a generated one would list every field (user name, file paths) instead of the URL.
+        cls.__repr__ = Endpoint.__repr__  # type: ignore[method-assign]
 
     # -- construction -------------------------------------------------------------------------
 
     @classmethod
-    def from_url(cls, url: str | Endpoint, **options: Any) -> Endpoint:
-        """Parse ``url``; keyword ``options`` override query parameters of the same name."""
+    def from_url(cls: type[_E], url: str | Endpoint, **options: Any) -> _E:
+        """Parse ``url``; keyword ``options`` override query parameters of the same name.
+
+        Called on a subclass (``AMQPEndpoint.from_url``), it also refuses URLs of another
+        transport.
+        """
         if isinstance(url, Endpoint):
-            return url.with_options(**options) if options else url
-        if not isinstance(url, str) or "://" not in url:
+            endpoint = url.with_options(**options) if options else url
+        else:
+            scheme, _ = split_scheme(url)  # refuses what is not a URL
+            kind = transport_for(url).endpoint  # refuses an unknown scheme, listing the known
+            parts = URLParts.split(url, kind.schemes[scheme], options)
+            _refuse_unknown(parts.query, kind.url_options, parts.where)
+            endpoint = kind.from_parts(parts)
+        if not isinstance(endpoint, cls):
+            expected = " or ".join(f"{scheme}://" for scheme in cls.schemes)
             msg = (
-                f"endpoint {url!r} is not a URL; expected e.g. amqp://host/, "
-                "stomp://host:61613/queue/logs or local:///var/spool/app"
+                f"{endpoint.redacted()} is a {endpoint.transport} endpoint, not "
+                f"{cls.transport} (use {expected})"
             )
             raise ConfigurationError(msg)
-        scheme, rest = url.split("://", 1)
-        scheme = scheme.lower()
-        if scheme not in _SCHEMES:
-            known = ", ".join(_SCHEMES)
-            msg = f"unknown URL scheme {scheme!r} in {_redact_url(url)} (known: {known})"
-            raise ConfigurationError(msg)
-        transport, tls, default_port = _SCHEMES[scheme]
-        parts = urlsplit(f"x://{rest}")
-        netloc, _, _ = rest.partition("/")
-        netloc = netloc.split("?", 1)[0]
-        query = dict(parse_qsl(parts.query, keep_blank_values=True))
-        query.update({k: v for k, v in options.items() if v is not None})
-        where = _redact_url(url)
-        _check_known(transport, query, where)
+        return endpoint
 
-        kwargs: dict[str, Any] = {"transport": transport}
-        userinfo, _, hostlist = netloc.rpartition("@")
-        if transport == "local":
-            if hostlist or userinfo:
-                msg = f"{where}: local URLs have no host; write local:///absolute/path"
-                raise ConfigurationError(msg)
-            if not parts.path or parts.path == "/":
-                msg = f"{where}: give the spool directory, e.g. local:///var/spool/myapp"
-                raise ConfigurationError(msg)
-            kwargs["path"] = unquote(parts.path)
-            kwargs["spool_options"] = dict(query)
-            return cls(**kwargs)
+    @classmethod
+    def from_parts(cls, url: URLParts) -> Endpoint:
+        """Build the endpoint from a split URL whose options are known to be this class's.
 
-        kwargs["hosts"] = _parse_hosts(hostlist, default_port, where)
-        if userinfo:
-            user, sep, password = userinfo.partition(":")
-            kwargs["username"] = unquote(user)
-            if sep:
-                kwargs["password"] = Secret(unquote(password))
-        path = unquote(parts.path)
-        if transport == "amqp":
-            vhost = path[1:] if path.startswith("/") else path
-            kwargs["vhost"] = vhost or "/"
-        elif path and path != "/":
-            kwargs["destination"] = path
-        kwargs.update(_coerce_options(query, where))
-        password_sources = [k for k in ("password", "password_file", "password_env") if k in query]
-        if len(password_sources) > 1:
-            msg = f"{where}: give only one of {', '.join(password_sources)}"
+        This default reads ``user:password@host:port,host...``, the path (:meth:`path_fields`),
+        the options (typed per ``option_types``; ``password_file``/``password_env`` read now)
+        and the TLS options, which need a TLS scheme.
+        """
+        values: dict[str, Any] = {"hosts": parse_hosts(url.hostlist, url.default_port, url.where)}
+        values.update(_credentials(url.userinfo))
+        values.update(cls.path_fields(url.path, url.where))
+        values.update(cls.coerce_options(url.query, url.where))
+        sources = [k for k in _PASSWORD_KEYS if k in url.query]
+        if len(sources) > 1:
+            msg = f"{url.where}: give only one of {', '.join(sources)}"
             raise ConfigurationError(msg)
-        tls_keys = {k: kwargs.pop(k) for k in ("ca_certs", "certfile", "keyfile", "verify",
-                                                 "server_hostname") if k in kwargs}  # fmt: skip
-        if tls:
+        values.update(cls.tls_fields(values, url))
+        cls.reconcile(values, url.where)
+        return cls(**values)
+
+    @classmethod
+    def coerce_options(cls, query: Mapping[str, Any], where: str) -> dict[str, Any]:
+        """Option values (strings from a URL, or keyword values) as field values."""
+        out: dict[str, Any] = {}
+        for key, value in query.items():
+            if key in _PASSWORD_KEYS:
+                out["password"] = _password(key, value, where)
+                continue
+            coerce = cls.option_types.get(key, text)
             try:
-                kwargs["tls"] = TLSConfig(**tls_keys)
+                out[key] = coerce(value, where=where, name=key)
             except ConfigurationError as exc:
-                msg = f"{where}: {exc}"
+                # The URL's own wording, with the reason the shared rules give.
+                reason = str(exc).removeprefix(f"{where}: {key} ")
+                msg = f"{where}: option {key}={value!r} is not valid ({reason})"
                 raise ConfigurationError(msg) from None
-        elif tls_keys:
+        return out
+
+    @classmethod
+    def tls_fields(cls, values: dict[str, Any], url: URLParts) -> dict[str, Any]:
+        """Take the TLS options out of ``values`` into ``tls`` (for a TLS scheme only)."""
+        keys = {k: values.pop(k) for k in _TLS_KEYS if k in values}
+        if url.tls:
+            try:
+                return {"tls": TLSConfig(**keys)}
+            except ConfigurationError as exc:
+                msg = f"{url.where}: {exc}"
+                raise ConfigurationError(msg) from None
+        if keys:
             msg = (
-                f"{where}: TLS options ({', '.join(tls_keys)}) given for a plain-TCP URL; "
-                f"use {'amqps' if transport == 'amqp' else 'stomp+ssl'}:// to enable TLS"
+                f"{url.where}: TLS options ({', '.join(keys)}) given for a plain-TCP URL; "
+                f"use {cls.scheme_for(tls=True)}:// to enable TLS"
             )
             raise ConfigurationError(msg)
-        if transport == "amqp" and kwargs.get("exchange") == "":
-            _route_through_default_exchange(kwargs, where)
-        return cls(**kwargs)
+        return {}
+
+    @classmethod
+    def scheme_for(cls, *, tls: bool) -> str:
+        """The scheme of this transport for plain TCP or TLS (the first one registered)."""
+        for name, scheme in cls.schemes.items():
+            if scheme.tls == tls:
+                return name
+        msg = f"the {cls.transport} transport has no {'TLS' if tls else 'plain'} URL scheme"
+        raise ConfigurationError(msg)
+
+    # -- hooks for transport modules ----------------------------------------------------------
+
+    @classmethod
+    def path_fields(cls, path: str, where: str) -> dict[str, Any]:
+        """The fields the (percent-decoded) URL path gives; by default the path means nothing."""
+        return {}
+
+    @classmethod
+    def reconcile(cls, values: dict[str, Any], where: str) -> None:
+        """Make options that depend on each other agree, before construction (in place).
+
+        An explicit option is never silently overridden: contradictions are refused here.
+        """
+
+    def validate(self, where: str) -> None:
+        """Refuse values this transport cannot use (called on every construction and copy)."""
+
+    def redacted_path(self) -> str:
+        """What follows the hosts in :meth:`redacted` (path and query, secret-free)."""
+        return ""
+
+    def destination_parts(self) -> dict[str, str]:
+        """The options that decide where records go, in a fixed order (:meth:`destination_key`)."""
+        return {"vhost": self.vhost}
+
+    @classmethod
+    def named_destination(
+        cls, kind: Literal["queue", "topic"], name: str, *, exchange: str = ""
+    ) -> tuple[str, dict[str, Any]]:
+        """The URL path and options that address the queue or the topic ``name``.
+
+        Consumers of a queue compete for its messages; every subscriber of a topic gets every
+        message published while it subscribes. ``exchange`` is the exchange that queues are
+        bound to, where the transport has exchanges. Used by the DIRAC-style
+        ``service::Queues::name`` addresses (:mod:`mqlogging.backends.services`).
+        """
+        msg = f"the {cls.transport} transport has no named queues or topics"
+        raise ConfigurationError(msg)
+
+    def with_spool_defaults(self, defaults: Mapping[str, Any]) -> Endpoint:
+        """A copy whose spool options not set by the URL are taken from ``defaults``.
+
+        Only spools (``local://``) have spool options: any other endpoint is returned as it is.
+        """
+        return self
+
+    # -- validation and copies ----------------------------------------------------------------
 
     def __post_init__(self) -> None:
+        if not self.schemes:
+            msg = f"{type(self).__name__} has no URL scheme; build endpoints with from_url()"
+            raise TypeError(msg)
         where = self.redacted()
-        if self.transport not in ("amqp", "stomp", "local"):
-            msg = f"unknown transport {self.transport!r}"
-            raise ConfigurationError(msg)
-        if self.transport != "local" and not self.hosts:
+        if self.needs_hosts and not self.hosts:
             msg = f"{where}: no host given"
             raise ConfigurationError(msg)
         for name in ("connect_timeout", "timeout"):
@@ -265,29 +409,9 @@ class Endpoint:
         if self.heartbeat < 0 or self.prefetch < 1:
             msg = f"{where}: heartbeat must be >= 0 and prefetch >= 1"
             raise ConfigurationError(msg)
-        if self.queue_type not in ("classic", "quorum"):
-            msg = f"{where}: queue_type must be 'classic' or 'quorum', not {self.queue_type!r}"
-            raise ConfigurationError(msg)
-        if self.exchange_type not in ("topic", "direct", "fanout", "headers"):
-            msg = f"{where}: exchange_type {self.exchange_type!r} is not an AMQP exchange type"
-            raise ConfigurationError(msg)
-        if self.ack not in ("client-individual", "client", "auto"):
-            msg = f"{where}: ack must be 'client-individual' or 'client', not {self.ack!r}"
-            raise ConfigurationError(msg)
-        if self.transport == "stomp" and not self.destination.startswith("/"):
-            msg = f"{where}: STOMP destination must start with '/', e.g. /queue/logs"
-            raise ConfigurationError(msg)
-        if self.transport == "amqp" and not self.exchange and self.routing_key != self.queue:
-            # The default exchange delivers to the queue named by the routing key: any other
-            # combination would publish somewhere the configuration does not say (issue #11).
-            msg = (
-                f"{where}: with the default exchange (exchange=) the routing key is the queue "
-                f"name, but routing_key={self.routing_key!r} and queue={self.queue!r}; "
-                "give only one of them"
-            )
-            raise ConfigurationError(msg)
+        self.validate(where)
 
-    def with_options(self, **options: Any) -> Endpoint:
+    def with_options(self: _E, **options: Any) -> _E:
         """A copy with some fields replaced (validated again)."""
         known = {f.name for f in fields(self)}
         unknown = sorted(set(options) - known)
@@ -300,26 +424,16 @@ class Endpoint:
 
     @property
     def scheme(self) -> str:
-        if self.transport == "local":
-            return "local"
-        if self.tls is None:
-            return self.transport
-        return "amqps" if self.transport == "amqp" else "stomp+ssl"
+        """The URL scheme: the transport's, with TLS or without."""
+        return self.scheme_for(tls=self.tls is not None)
 
     def redacted(self) -> str:
         """The URL with the password masked: safe for logs, errors, metrics labels and the CLI."""
-        if self.transport == "local":
-            return f"local://{quote(self.path)}"
         user = ""
         if self.username is not None:
             user = quote(self.username, safe="") + (":***" if self.password else "") + "@"
         hosts = ",".join(str(h) for h in self.hosts)
-        if self.transport == "amqp":
-            vhost = "" if self.vhost == "/" else quote(self.vhost, safe="")
-            tail = f"/{vhost}?exchange={self.exchange}&routing_key={self.routing_key}"
-        else:
-            tail = self.destination
-        return f"{self.scheme}://{user}{hosts}{tail}"
+        return f"{self.scheme}://{user}{hosts}{self.redacted_path()}"
 
     def destination_key(self) -> str:
         """A stable, secret-free string naming where this endpoint's records go.
@@ -331,9 +445,10 @@ class Endpoint:
         the same across runs and releases: changing what it covers moves default spools.
 
         Covered (each changes where a record ends up): the transport and TLS (``scheme``), the
-        hosts in URL order (names compared without case, never resolved), the vhost and, for
-        AMQP, ``exchange``, ``routing_key``, ``queue`` and ``binding_key``; for STOMP the
-        ``destination``; for ``local`` the directory.
+        hosts in URL order (names compared without case, never resolved), and the transport's
+        :meth:`destination_parts` (the vhost and, for AMQP, ``exchange``, ``routing_key``,
+        ``queue`` and ``binding_key``; for STOMP the ``destination``; for ``local`` the
+        directory).
         Not covered (they change how records travel, not where): user name and password (a
         secret must never reach a directory name), timeouts, heartbeat, prefetch, TLS file
         paths, ``persistent``, ``declare``, and the *kind* of exchange or queue
@@ -341,19 +456,8 @@ class Endpoint:
         second declaration of the same name with other settings, so these never make two
         distinct destinations.
         """
-        if self.transport == "local":
-            return f"local://{quote(os.path.normpath(self.path))}"
         hosts = ",".join(str(h).lower() for h in self.hosts)  # DNS names ignore case
-        parts = {"vhost": self.vhost}
-        if self.transport == "amqp":
-            parts.update(
-                exchange=self.exchange,
-                routing_key=self.routing_key,
-                queue=self.queue,
-                binding_key=self.binding_key,
-            )
-        else:
-            parts["destination"] = self.destination
+        parts = self.destination_parts()
         query = "&".join(f"{k}={quote(v, safe='')}" for k, v in parts.items())
         return f"{self.scheme}://{hosts}/?{query}"
 
@@ -361,28 +465,10 @@ class Endpoint:
         """One line saying how this destination can drop records by design, or ``None``.
 
         Publishing code prints it once at configuration time (issue #11, defect 14). It is a
-        warning, not an error: a topic is a legitimate choice for live views, and refusing it
-        would override the user. Only STOMP needs it: the broker confirms a SEND to a topic
-        nobody subscribes to, or to an exchange no queue is bound to, and then drops it. AMQP
-        producers publish with ``mandatory``, so an unroutable record comes back and is
-        retried or spooled, never confirmed and dropped.
+        warning, not an error: a lossy destination is a legitimate choice for live views, and
+        refusing it would override the user. Transports whose broker confirms and then drops
+        (STOMP topics) say so here.
         """
-        if self.transport != "stomp":
-            return None
-        where = self.redacted()
-        dest = self.destination
-        if dest.startswith(("/topic/", "/temp-topic/", "/temp-queue/")):
-            return (
-                f"{where}: {dest} delivers only to consumers subscribed at that moment; records "
-                "sent while nobody subscribes are confirmed and dropped. For records that must "
-                "be kept use a queue, e.g. /queue/logs"
-            )
-        if dest.startswith("/exchange/"):
-            return (
-                f"{where}: RabbitMQ confirms and drops records sent to {dest} while no queue is "
-                "bound to it (STOMP has no 'mandatory'); bind a durable queue first (mqlogging "
-                "rabbitmq setup) or send to /queue/NAME"
-            )
         return None
 
     def __repr__(self) -> str:
@@ -400,134 +486,63 @@ class Endpoint:
 # -- helpers ---------------------------------------------------------------------------------
 
 
-def _redact_url(url: str) -> str:
-    """Mask the password of a raw URL string, for error messages before parsing succeeded."""
-    scheme, sep, rest = url.partition("://")
-    netloc, slash, tail = rest.partition("/")
-    userinfo, at, hosts = netloc.rpartition("@")
-    if at and ":" in userinfo:
-        userinfo = userinfo.split(":", 1)[0] + ":***"
-    tail = "&".join(
-        f"{k}=***" if k.lower() == "password" else f"{k}={v}"
-        for k, v in parse_qsl(tail.partition("?")[2], keep_blank_values=True)
-    )
-    path = rest.partition("/")[2].partition("?")[0]
-    return f"{scheme}{sep}{userinfo}{at}{hosts}{slash}{path}{'?' + tail if tail else ''}"
-
-
-def _route_through_default_exchange(kwargs: dict[str, Any], where: str) -> None:
-    """Make ``routing_key`` and ``queue`` agree for ``exchange=`` (the default exchange).
-
-    The default exchange delivers to the queue named by the routing key, so whichever of the
-    two the user gave names the queue and the other follows it. Both given and different, an
-    empty queue, or a ``binding_key`` (the default exchange takes no bindings) are refused:
-    honouring one would silently override the other (issue #11, defect 13).
-    """
-    routing_key, queue = kwargs.get("routing_key"), kwargs.get("queue")
-    if "binding_key" in kwargs:
-        msg = (
-            f"{where}: binding_key has no effect with the default exchange (exchange=); "
-            "drop it or name an exchange"
-        )
-        raise ConfigurationError(msg)
-    if routing_key is not None and queue is not None and routing_key != queue:
-        msg = (
-            f"{where}: with the default exchange (exchange=) the routing key is the queue name, "
-            f"but routing_key={routing_key!r} and queue={queue!r}; give only one of them"
-        )
-        raise ConfigurationError(msg)
-    name = queue if queue is not None else routing_key
-    if name == "":
-        msg = f"{where}: with the default exchange (exchange=) give the queue, e.g. queue=logs"
-        raise ConfigurationError(msg)
-    if name is not None:
-        kwargs["routing_key"] = kwargs["queue"] = name
-
-
-def _check_known(transport: str, query: Mapping[str, Any], where: str) -> None:
-    known = _KNOWN[transport]
+def _refuse_unknown(query: Mapping[str, Any], known: frozenset[str], where: str) -> None:
     for key in query:
         if key not in known:
-            hint = difflib.get_close_matches(key, known, n=1)
-            did = f"did you mean {hint[0]!r}? " if hint else ""
-            msg = f"unknown option {key!r} for {where} ({did}known: {', '.join(sorted(known))})"
+            hint = did_you_mean(key, known)
+            msg = f"unknown option {key!r} for {where} ({hint}known: {', '.join(sorted(known))})"
             raise ConfigurationError(msg)
 
 
-def _parse_hosts(hostlist: str, default_port: int, where: str) -> tuple[Host, ...]:
-    hosts: list[Host] = []
-    for item in filter(None, hostlist.split(",")):
-        if item.startswith("["):
-            host, _, port_s = item[1:].partition("]")
-            port_s = port_s.lstrip(":")
-        else:
-            host, _, port_s = item.partition(":")
-        try:
-            port = int(port_s) if port_s else default_port
-        except ValueError:
-            port = -1
-        if not 0 < port < 65536:
-            msg = f"{where}: port {port_s!r} of host {host!r} is not a number from 1 to 65535"
-            raise ConfigurationError(msg)
-        if not host:
-            msg = f"{where}: empty host name in the host list"
-            raise ConfigurationError(msg)
-        hosts.append(Host(host, port))
+def _credentials(userinfo: str) -> dict[str, Any]:
+    if not userinfo:
+        return {}
+    user, sep, password = userinfo.partition(":")
+    out: dict[str, Any] = {"username": unquote(user)}
+    if sep:
+        out["password"] = Secret(unquote(password))
+    return out
+
+
+def parse_hosts(hostlist: str, default_port: int, where: str) -> tuple[Host, ...]:
+    """``h1:port,[::1]:port,h3`` as hosts, in order; at least one."""
+    hosts = tuple(_parse_host(item, default_port, where) for item in hostlist.split(",") if item)
     if not hosts:
         scheme = where.split("://", maxsplit=1)[0]
         msg = f"{where}: no host given; write e.g. {scheme}://broker.example.org/"
         raise ConfigurationError(msg)
-    return tuple(hosts)
+    return hosts
 
 
-_FLOATS = {"connect_timeout", "timeout"}
-_INTS = {"heartbeat", "prefetch"}
-_BOOLS = {"verify", "declare", "persistent"}
-_TRUE = {"1", "true", "yes", "on"}
-_FALSE = {"0", "false", "no", "off"}
+def _parse_host(item: str, default_port: int, where: str) -> Host:
+    if item.startswith("["):
+        host, _, port_s = item[1:].partition("]")
+        port_s = port_s.lstrip(":")
+    else:
+        host, _, port_s = item.partition(":")
+    try:
+        port = int(port_s) if port_s else default_port
+    except ValueError:
+        port = -1
+    if not 0 < port < 65536:
+        msg = f"{where}: port {port_s!r} of host {host!r} is not a number from 1 to 65535"
+        raise ConfigurationError(msg)
+    if not host:
+        msg = f"{where}: empty host name in the host list"
+        raise ConfigurationError(msg)
+    return Host(host, port)
 
 
-def _coerce_options(query: Mapping[str, Any], where: str) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in query.items():
-        try:
-            if key in _FLOATS:
-                out[key] = float(value)
-            elif key in _INTS:
-                out[key] = int(value)
-            elif key in _BOOLS:
-                out[key] = _to_bool(value)
-            elif key == "password":
-                out[key] = value if isinstance(value, Secret) else Secret(str(value))
-            elif key == "password_file":
-                out["password"] = Secret(_read_secret_file(str(value), where))
-            elif key == "password_env":
-                if str(value) not in os.environ:
-                    msg = f"{where}: password_env={value!r} but that variable is not set"
-                    raise ConfigurationError(msg)
-                out["password"] = Secret(os.environ[str(value)])
-            elif key == "dead_letter_exchange":
-                out[key] = str(value) or None
-            else:
-                out[key] = value if isinstance(value, bool) else str(value)
-        except (TypeError, ValueError) as exc:
-            if isinstance(exc, ConfigurationError):
-                raise
-            msg = f"{where}: option {key}={value!r} is not valid ({exc})"
-            raise ConfigurationError(msg) from None
-    return out
-
-
-def _to_bool(value: Any) -> bool:
-    if isinstance(value, bool):
-        return value
-    text = str(value).strip().lower()
-    if text in _TRUE:
-        return True
-    if text in _FALSE:
-        return False
-    msg = f"expected true or false, got {value!r}"
-    raise ValueError(msg)
+def _password(key: str, value: Any, where: str) -> Secret:
+    """The password from ``password``, ``password_file`` or ``password_env``."""
+    if key == "password":
+        return value if isinstance(value, Secret) else Secret(str(value))
+    if key == "password_file":
+        return Secret(_read_secret_file(str(value), where))
+    if str(value) not in os.environ:
+        msg = f"{where}: password_env={value!r} but that variable is not set"
+        raise ConfigurationError(msg)
+    return Secret(os.environ[str(value)])
 
 
 def _read_secret_file(path: str, where: str) -> str:

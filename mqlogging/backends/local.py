@@ -24,8 +24,10 @@ from __future__ import annotations
 import contextlib
 import os
 import time
-from collections.abc import Iterator, Sequence
-from typing import Any
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+from urllib.parse import quote
 
 from .._types import Delivery, Message
 from ..errors import BackendError, ConfigurationError, ConnectError, NotConfirmed, SpoolError
@@ -38,24 +40,67 @@ from ..spool import (
     record_id,
 )
 from .base import Consumer, Producer, Tap, TapOptions
-from .endpoints import Endpoint
+from .endpoints import Endpoint, Scheme, URLParts
+from .registry import Transport
 
-__all__ = ["LocalConsumer", "LocalProducer", "LocalTap", "record_id"]
+__all__ = ["TRANSPORT", "LocalConsumer", "LocalEndpoint", "LocalProducer", "LocalTap", "record_id"]
 
 _POLL = 0.05
 _TAP_POLL = 0.1
 
 
-def _options(endpoint: Endpoint) -> dict[str, Any]:
+def _options(endpoint: LocalEndpoint) -> dict[str, Any]:
     return coerce_spool_options(endpoint.spool_options, where=endpoint.redacted())
+
+
+# -- the endpoint: local:///var/spool/myapp?max_bytes=256M ------------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LocalEndpoint(Endpoint):
+    """A spool directory (``local:///absolute/path``); the query holds its spool options,
+    checked when a producer or consumer is created (:func:`mqlogging.spool.coerce_spool_options`).
+    """
+
+    transport: ClassVar[str] = "local"
+    schemes: ClassVar[Mapping[str, Scheme]] = {"local": Scheme()}
+    url_options: ClassVar[frozenset[str]] = frozenset({
+        "segment_bytes", "segment_age", "max_bytes", "max_age", "fsync", "overflow",
+    })  # fmt: skip
+    needs_hosts: ClassVar[bool] = False
+
+    path: str = ""
+    spool_options: Mapping[str, Any] = field(default_factory=dict, compare=False)
+
+    @classmethod
+    def from_parts(cls, url: URLParts) -> LocalEndpoint:
+        if url.hostlist or url.userinfo:
+            msg = f"{url.where}: local URLs have no host; write local:///absolute/path"
+            raise ConfigurationError(msg)
+        if not url.path or url.path == "/":
+            msg = f"{url.where}: give the spool directory, e.g. local:///var/spool/myapp"
+            raise ConfigurationError(msg)
+        return cls(path=url.path, spool_options=dict(url.query))
+
+    def redacted_path(self) -> str:
+        return quote(self.path)
+
+    def destination_key(self) -> str:
+        """``local://`` and the normalised directory (see :meth:`Endpoint.destination_key`)."""
+        return f"local://{quote(os.path.normpath(self.path))}"
+
+    def with_spool_defaults(self, defaults: Mapping[str, Any]) -> LocalEndpoint:
+        return self.with_options(spool_options={**defaults, **self.spool_options})
 
 
 class LocalProducer(Producer):
     """Appends batches to the spool directory ``endpoint.path`` (see the module docstring)."""
 
-    def __init__(self, endpoint: Endpoint) -> None:
-        self.endpoint = endpoint
-        self._options = _options(endpoint)  # ConfigurationError now, not at the first publish
+    endpoint: LocalEndpoint
+
+    def __init__(self, endpoint: str | Endpoint) -> None:
+        self.endpoint = LocalEndpoint.from_url(endpoint)
+        self._options = _options(self.endpoint)  # ConfigurationError now, not at the first publish
         self._spool: Spool | None = None
 
     def __repr__(self) -> str:
@@ -96,9 +141,11 @@ class LocalProducer(Producer):
 class LocalConsumer(Consumer):
     """Consumes the spool directory ``endpoint.path`` (see the module docstring)."""
 
-    def __init__(self, endpoint: Endpoint) -> None:
-        self.endpoint = endpoint
-        _options(endpoint)  # validate the query like the producer does
+    endpoint: LocalEndpoint
+
+    def __init__(self, endpoint: str | Endpoint) -> None:
+        self.endpoint = LocalEndpoint.from_url(endpoint)
+        _options(self.endpoint)  # validate the query like the producer does
         self._reader: SpoolReader | None = None
 
     def __repr__(self) -> str:
@@ -194,9 +241,10 @@ class LocalTap(Tap):
         ConnectError: the directory cannot be read (also from :meth:`poll`).
     """
 
-    def __init__(self, endpoint: Endpoint, options: TapOptions) -> None:
-        self.endpoint = endpoint
-        directory = endpoint.path
+    def __init__(self, endpoint: str | Endpoint, options: TapOptions | None = None) -> None:
+        self.endpoint = LocalEndpoint.from_url(endpoint)
+        options = options or TapOptions()
+        directory = self.endpoint.path
         if not os.path.isdir(directory):
             msg = f"spool directory {directory!r} does not exist (yet); check the local:// path"
             raise ConfigurationError(msg)
@@ -240,3 +288,14 @@ class LocalTap(Tap):
             yield
         except SpoolError as exc:
             raise ConnectError(str(exc)) from exc
+
+
+# -- registration ----------------------------------------------------------------------------
+
+TRANSPORT = Transport(
+    endpoint=LocalEndpoint,
+    producer=LocalProducer,
+    consumer=LocalConsumer,
+    tap=LocalTap,
+)
+"""What the registry hands out for ``local://`` URLs."""

@@ -47,16 +47,16 @@ import threading
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from .. import _fork
 from .._backoff import Backoff
 from .._ids import new_id
 from .._types import Delivery, Message
 from ..errors import BackendError, ConfigurationError, PublishTimeout
-from ._factory import open_consumer, open_producer
 from .base import Consumer
 from .endpoints import Endpoint
+from .registry import open_consumer, open_producer, transport_for
 
 __all__ = ["MQConsumer", "MQProducer", "create_consumer", "create_producer", "resolve"]
 
@@ -64,12 +64,14 @@ _log = logging.getLogger("mqlogging.backends.services")
 
 Callback = Callable[[Mapping[str, Any], Any], None]
 
+# DIRAC's MQ types, as the URL scheme (plain TCP) of the transport that serves them
 _TYPES = {"rabbitmq": "stomp", "activemq": "stomp", "stomp": "stomp", "amqp": "amqp"}
 _SERVICE_KEYS = {
     "type", "mqtype", "host", "port", "user", "password", "password_file", "password_env",
     "vhost", "ssl", "ca_certs", "certfile", "keyfile", "verify", "heartbeat", "queues", "topics",
     "exchange",
 }  # fmt: skip
+_KINDS: dict[str, Literal["queue", "topic"]] = {"queues": "queue", "topics": "topic"}
 
 
 def resolve(
@@ -77,18 +79,42 @@ def resolve(
 ) -> tuple[Endpoint, bool]:
     """Turn ``address`` into an endpoint and its ``Acknowledgement`` flag.
 
-    URLs (and endpoints) pass through with acknowledgement on.
+    URLs (and endpoints) pass through with acknowledgement on. A DIRAC address is looked up in
+    ``services``; the service's ``type`` picks the transport, which says how it addresses a
+    queue or a topic (:meth:`Endpoint.named_destination`).
     """
     if isinstance(address, Endpoint) or "://" in address:
         return Endpoint.from_url(address), True
+    svc_name, kind, dest = _split_address(address)
+    svc = _service(address, svc_name, services)
+    kind_of_endpoint = _endpoint_class(svc_name, svc)
+    ack, persistent = _destination_flags(address, svc, kind, dest)
+    path, options = kind_of_endpoint.named_destination(
+        _KINDS[kind], dest, exchange=str(svc.get("exchange", ""))
+    )
+    options.update(_connection_options(svc), persistent=persistent)
+    scheme = kind_of_endpoint.scheme_for(tls=bool(svc.get("ssl", False)))
+    port = svc.get("port")
+    hosts = ",".join(
+        f"{h.strip()}:{port}" if port else h.strip() for h in str(svc["host"]).split(",")
+    )
+    return Endpoint.from_url(f"{scheme}://{hosts}{path}", **options), ack
+
+
+def _split_address(address: str) -> tuple[str, str, str]:
+    """``(service, "queues" | "topics", name)`` of ``service::Queues::name``."""
     parts = address.split("::")
-    if len(parts) != 3 or parts[1].lower() not in ("queues", "topics") or not all(parts):
+    if len(parts) != 3 or parts[1].lower() not in _KINDS or not all(parts):
         msg = (
             f"MQ address {address!r} is neither a URL nor of the form "
             "'service::Queues::name' or 'service::Topics::name'"
         )
         raise ConfigurationError(msg)
-    svc_name, kind, dest = parts[0], parts[1].lower(), parts[2]
+    return parts[0], parts[1].lower(), parts[2]
+
+
+def _service(address: str, svc_name: str, services: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The service's description, its keys in lower case and checked."""
     lookup = {k.lower(): v for k, v in (services or {}).items()}
     if svc_name.lower() not in lookup:
         known = ", ".join(sorted(services or {})) or "none configured"
@@ -100,14 +126,25 @@ def resolve(
         known = ", ".join(sorted(_SERVICE_KEYS))
         msg = f"MQ service {svc_name!r}: unknown key {unknown[0]!r} (known: {known})"
         raise ConfigurationError(msg)
+    return svc
+
+
+def _endpoint_class(svc_name: str, svc: Mapping[str, Any]) -> type[Endpoint]:
+    """The endpoint class of the transport serving the service's ``type``."""
     mqtype = str(svc.get("type", svc.get("mqtype", "stomp"))).lower()
     if mqtype not in _TYPES:
         msg = f"MQ service {svc_name!r}: type {mqtype!r} is not one of {', '.join(_TYPES)}"
         raise ConfigurationError(msg)
-    transport = _TYPES[mqtype]
     if "host" not in svc:
         msg = f"MQ service {svc_name!r}: no host configured"
         raise ConfigurationError(msg)
+    return transport_for(_TYPES[mqtype]).endpoint
+
+
+def _destination_flags(
+    address: str, svc: Mapping[str, Any], kind: str, dest: str
+) -> tuple[bool, bool]:
+    """``(Acknowledgement, Persistent)`` of the destination (both on unless configured off)."""
     dests = {str(k): v for k, v in (svc.get(kind) or {}).items()}
     if dests and dest not in dests:
         known = ", ".join(sorted(dests))
@@ -122,39 +159,19 @@ def resolve(
             "(known: Acknowledgement, Persistent)"
         )
         raise ConfigurationError(msg)
+    return ack, persistent
 
-    tls = bool(svc.get("ssl", False))
-    scheme = transport + ("s" if transport == "amqp" else "+ssl") * tls
-    port = svc.get("port")
-    hosts = ",".join(
-        f"{h.strip()}:{port}" if port else h.strip() for h in str(svc["host"]).split(",")
-    )
-    options: dict[str, Any] = {"persistent": persistent}
-    for key in ("user", "password", "password_file", "password_env", "heartbeat"):
+
+def _connection_options(svc: Mapping[str, Any]) -> dict[str, Any]:
+    """Credentials, heartbeat, vhost and (with ``ssl``) the TLS files, as URL options."""
+    options: dict[str, Any] = {}
+    for key in ("user", "password", "password_file", "password_env", "heartbeat", "vhost"):
         if key in svc:
             options["username" if key == "user" else key] = svc[key]
-    if tls:
+    if svc.get("ssl", False):
         tls_keys = ("ca_certs", "certfile", "keyfile", "verify")
         options.update({k: svc[k] for k in tls_keys if k in svc})
-    if transport == "stomp":
-        if "vhost" in svc:
-            options["vhost"] = svc["vhost"]
-        url = f"{scheme}://{hosts}/{'queue' if kind == 'queues' else 'topic'}/{dest}"
-    else:
-        vhost = str(svc.get("vhost", "/"))
-        url = f"{scheme}://{hosts}/{'' if vhost == '/' else vhost}"
-        if kind == "queues":
-            exchange = str(svc.get("exchange", ""))
-            options.update(exchange=exchange, queue=dest, routing_key=dest)
-            if exchange:
-                # Bind each queue by its own name: with the default "#" every queue of the
-                # service would receive every other queue's messages.
-                options["binding_key"] = dest
-        else:
-            # A topic fans out: no shared queue (consumers of one queue compete); each consumer
-            # subscribes with its own exclusive queue bound to the fanout exchange.
-            options.update(exchange=dest, exchange_type="fanout", queue="", routing_key=dest)
-    return Endpoint.from_url(url, **options), ack
+    return options
 
 
 # -- producers -------------------------------------------------------------------------------

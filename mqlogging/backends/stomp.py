@@ -74,7 +74,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar, Literal
 
 from .._types import Delivery, Message
 from ..errors import (
@@ -85,15 +85,87 @@ from ..errors import (
     PublishTimeout,
 )
 from .base import Consumer, Producer, Tap, TapOptions
-from .endpoints import Endpoint, Host
+from .endpoints import COMMON_OPTIONS, Endpoint, Host, Scheme
+from .registry import Transport
 
-__all__ = ["STOMPConsumer", "STOMPProducer", "STOMPTap"]
+__all__ = ["TRANSPORT", "STOMPConsumer", "STOMPEndpoint", "STOMPProducer", "STOMPTap"]
 
 _CLOSE_GRACE = 2.0  # at most this long for the DISCONNECT receipt and the io thread on close()
 _LOGIN_ERROR = re.compile(r"access refused|login|passcode|password|authenticat|credential", re.I)
 _SUBSCRIPTION_ID = "mqlogging"
 _REQUEUED = "mqlogging-requeued"
 _DROP_HEADERS = frozenset({"receipt", "content-length"})
+
+
+# -- the endpoint: stomp://user:pass@host:61613/queue/logs ---------------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class STOMPEndpoint(Endpoint):
+    """A STOMP 1.2 endpoint (``stomp://``, ``stomp+ssl://``); the URL path is the destination
+    (``/queue/logs``, ``/topic/logs``, ``/amq/queue/logs``, ``/exchange/NAME/KEY``...).
+
+    ``vhost`` is sent as the ``host`` header (RabbitMQ's virtual host; ActiveMQ ignores it).
+    """
+
+    transport: ClassVar[str] = "stomp"
+    schemes: ClassVar[Mapping[str, Scheme]] = {
+        "stomp": Scheme(tls=False, default_port=61613),
+        "stomp+ssl": Scheme(tls=True, default_port=61614),
+        "stomp+tls": Scheme(tls=True, default_port=61614),
+    }
+    url_options: ClassVar[frozenset[str]] = COMMON_OPTIONS | {
+        "vhost", "ack", "persistent", "destination",
+    }  # fmt: skip
+
+    destination: str = "/queue/logs"
+    ack: str = "client-individual"
+
+    @classmethod
+    def path_fields(cls, path: str, where: str) -> dict[str, Any]:
+        return {"destination": path} if path and path != "/" else {}
+
+    def validate(self, where: str) -> None:
+        if self.ack not in ("client-individual", "client", "auto"):
+            msg = f"{where}: ack must be 'client-individual' or 'client', not {self.ack!r}"
+            raise ConfigurationError(msg)
+        if not self.destination.startswith("/"):
+            msg = f"{where}: STOMP destination must start with '/', e.g. /queue/logs"
+            raise ConfigurationError(msg)
+
+    def redacted_path(self) -> str:
+        return self.destination
+
+    def destination_parts(self) -> dict[str, str]:
+        return {"vhost": self.vhost, "destination": self.destination}
+
+    @classmethod
+    def named_destination(
+        cls, kind: Literal["queue", "topic"], name: str, *, exchange: str = ""
+    ) -> tuple[str, dict[str, Any]]:
+        """``/queue/NAME`` or ``/topic/NAME``: the broker's own queues and topics."""
+        return f"/{kind}/{name}", {}
+
+    def delivery_caveat(self) -> str | None:
+        """The broker confirms a SEND to a topic nobody subscribes to, or to an exchange no
+        queue is bound to, and then drops it (STOMP has no ``mandatory``). AMQP producers
+        publish with ``mandatory``, so an unroutable record comes back and is retried or
+        spooled, never confirmed and dropped: only STOMP needs this."""
+        where = self.redacted()
+        dest = self.destination
+        if dest.startswith(("/topic/", "/temp-topic/", "/temp-queue/")):
+            return (
+                f"{where}: {dest} delivers only to consumers subscribed at that moment; records "
+                "sent while nobody subscribes are confirmed and dropped. For records that must "
+                "be kept use a queue, e.g. /queue/logs"
+            )
+        if dest.startswith("/exchange/"):
+            return (
+                f"{where}: RabbitMQ confirms and drops records sent to {dest} while no queue is "
+                "bound to it (STOMP has no 'mandatory'); bind a durable queue first (mqlogging "
+                "rabbitmq setup) or send to /queue/NAME"
+            )
+        return None
 
 
 class _RedactPasscode(logging.Filter):
@@ -196,19 +268,7 @@ def _classes() -> tuple[Any, Any]:
             self.current_host_and_port = self._mq_host
 
         def disconnect_socket(self) -> None:
-            # No TLS close_notify exchange (stomp.py does it blocking, with no timeout): shut
-            # the socket down, the io thread sees EOF, closes it and reports "disconnected".
-            self.running = False
-            sock = self.socket
-            if sock is not None:
-                with contextlib.suppress(OSError):
-                    sock.shutdown(socket.SHUT_RDWR)
-                io_thread = self.io_thread
-                if io_thread is None or not io_thread.is_alive():
-                    with contextlib.suppress(Exception):
-                        self.cleanup()
-            if self.io_thread is None and not self.notified_on_disconnect:
-                self.notify("disconnected")
+            _shut_down(self)
 
     class _Connection(StompConnection12):  # type: ignore[misc]
         def __init__(self, transport: Any, heartbeats: tuple[int, int]) -> None:
@@ -216,6 +276,23 @@ def _classes() -> tuple[Any, Any]:
             Protocol12.__init__(self, transport, heartbeats, auto_content_length=True)
 
     return _Transport, _Connection
+
+
+def _shut_down(transport: Any) -> None:
+    """stomp.py's ``disconnect_socket`` without the TLS close_notify exchange (which stomp.py
+    does blocking, with no timeout): shut the socket down; the io thread sees EOF, closes it
+    and reports "disconnected"."""
+    transport.running = False
+    sock = transport.socket
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)
+        io_thread = transport.io_thread
+        if io_thread is None or not io_thread.is_alive():
+            with contextlib.suppress(Exception):
+                transport.cleanup()
+    if transport.io_thread is None and not transport.notified_on_disconnect:
+        transport.notify("disconnected")
 
 
 def _escape(value: str) -> str:
@@ -356,13 +433,10 @@ class _Link:
 class _Client:
     """Connection management shared by the producer and the consumer: failover, errors."""
 
-    endpoint: Endpoint
+    endpoint: STOMPEndpoint
 
     def __init__(self, endpoint: str | Endpoint) -> None:
-        endpoint = Endpoint.from_url(endpoint)
-        if endpoint.transport != "stomp":
-            msg = f"{endpoint.redacted()} is not a STOMP endpoint; use stomp:// or stomp+ssl://"
-            raise ConfigurationError(msg)
+        endpoint = STOMPEndpoint.from_url(endpoint)
         self.endpoint = endpoint
         self._link: _Link | None = None
         self._generations = itertools.count(1)
@@ -534,6 +608,8 @@ class STOMPProducer(_Client, Producer):
     failure, reconnects on the next call (failover across the endpoint's hosts).
     """
 
+    endpoint: STOMPEndpoint
+
     def __init__(self, endpoint: str | Endpoint) -> None:
         _stomp()
         super().__init__(endpoint)
@@ -558,6 +634,8 @@ class STOMPConsumer(_Client, Consumer):
     cumulative in STOMP, so an ACK is sent for the newest delivery of the longest fetched
     prefix that is entirely acked; later acks wait until the gap is filled.
     """
+
+    endpoint: STOMPEndpoint
 
     def __init__(self, endpoint: str | Endpoint) -> None:
         _stomp()
@@ -951,3 +1029,15 @@ class STOMPTap(Tap):
     def close(self) -> None:
         """Close the connection (the subscription ends with it). Idempotent; never raises."""
         self._conn.close()
+
+
+# -- registration ----------------------------------------------------------------------------
+
+TRANSPORT = Transport(
+    endpoint=STOMPEndpoint,
+    producer=STOMPProducer,
+    consumer=STOMPConsumer,
+    tap=STOMPTap,
+    preload=("stomp", "stomp.connect", "stomp.protocol", "stomp.transport", "stomp.utils"),
+)
+"""What the registry hands out for ``stomp://``, ``stomp+ssl://`` and ``stomp+tls://`` URLs."""

@@ -380,9 +380,7 @@ class DeadLetterConfig:
     url: Endpoint
 
     def __post_init__(self) -> None:
-        if self.url.transport == "local":
-            options = {**DEAD_LETTER_SPOOL, **self.url.spool_options}
-            object.__setattr__(self, "url", self.url.with_options(spool_options=options))
+        object.__setattr__(self, "url", self.url.with_spool_defaults(DEAD_LETTER_SPOOL))
 
 
 def default_dead_letter(collector: CollectorSection) -> DeadLetterConfig:

@@ -53,7 +53,8 @@ from .._backoff import Backoff
 from .._ids import new_id
 from .._json import DECODE_ERRORS, loads
 from .._types import Delivery
-from ..backends import Consumer
+from ..backends import Consumer, transport_for
+from ..backends.local import LocalEndpoint
 from ..errors import MQLoggingError
 from ..wire import read_meta
 from .config import CollectorConfig, SourceConfig
@@ -217,7 +218,7 @@ class _Worker(threading.Thread):
             cfg.dead_letter_target.url, source=self.label, collector=service.host_name
         )
         # AMQP: the broker enforces prefetch, so fetching at the bound only services heartbeats.
-        self._fetch_when_full = source.url.transport == "amqp"
+        self._fetch_when_full = transport_for(source.url).fetch_when_full
         m = service.metrics
         self._m_consumed = m.consumed.labels(self.label)
         self._m_acked = m.acked.labels(self.label)
@@ -643,13 +644,14 @@ class CollectorService:
             log.info("dead letters -> %s", target.redacted())
             return
         log.info("dead letters -> %s (default; set [dead_letter] url to change)", target.redacted())
+        directory = LocalEndpoint.from_url(target).path  # the default is a local:// spool
         try:
-            os.makedirs(target.path, exist_ok=True)
+            os.makedirs(directory, exist_ok=True)
         except OSError as exc:
             log.error(
                 "dead-letter directory %s cannot be created (%s): poison messages stay in the "
                 "broker until it can; set [collector] state_dir or [dead_letter] url",
-                target.path,
+                directory,
                 exc,
             )
 

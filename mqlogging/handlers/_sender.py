@@ -58,7 +58,7 @@ from typing import Any
 
 from .._backoff import Backoff
 from .._types import Message
-from ..backends import Producer, open_producer
+from ..backends import Producer, open_producer, transport_for
 from ..backends.endpoints import Endpoint
 from ..errors import ConfigurationError, SpoolError, SpoolFull
 from ..spool import (
@@ -490,19 +490,6 @@ def _close_at_multiprocessing_exit(pipe: Pipeline) -> None:
     util.Finalize(None, pipe.close, args=(pipe.config.close_timeout,), exitpriority=0)
 
 
-# Modules the sender thread would otherwise import on its first connection: the backend and
-# its client library (pika pulls in asyncio, decimal...: hundreds of milliseconds), and the IDNA
-# codec that ``socket.getaddrinfo`` loads for the first host name. See :func:`_preload`.
-_PRELOAD = {
-    "amqp": ("mqlogging.backends.amqp", "pika", "pika.adapters.blocking_connection"),
-    "stomp": (
-        "mqlogging.backends.stomp", "stomp", "stomp.connect", "stomp.protocol",
-        "stomp.transport", "stomp.utils",
-    ),
-    "local": ("mqlogging.backends.local",),
-}  # fmt: skip
-
-
 def _preload(endpoints: Sequence[Endpoint]) -> None:
     """Import what the sender thread needs now, on the thread that builds the handler.
 
@@ -516,9 +503,9 @@ def _preload(endpoints: Sequence[Endpoint]) -> None:
     sender thread never runs an import, so no fork can catch one half done. A missing client
     library is left for the sender to report, as before.
     """
-    names = ["encodings.idna"]
+    names = ["encodings.idna"]  # the IDNA codec socket.getaddrinfo loads for a host name
     for ep in endpoints:
-        names.extend(_PRELOAD.get(ep.transport, ()))
+        names.extend(transport_for(ep).preload)  # the client library (pika: asyncio, decimal...)
     for name in dict.fromkeys(names):
         with contextlib.suppress(ImportError):
             importlib.import_module(name)

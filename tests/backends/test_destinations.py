@@ -18,8 +18,9 @@ import pytest
 
 from mqlogging._ids import new_id
 from mqlogging._types import Message
-from mqlogging.backends import Endpoint, create_consumer, create_producer
+from mqlogging.backends import Endpoint
 from mqlogging.backends.amqp import AMQPConsumer, AMQPProducer
+from mqlogging.backends.services import create_consumer, create_producer
 from mqlogging.errors import BackendError, ConfigurationError
 from mqlogging.handlers import MQHandler
 from tests.brokers import ActiveMQ, RabbitMQ

@@ -10,8 +10,7 @@ from typing import Any
 
 import pytest
 
-from mqlogging.backends import create_consumer, create_producer
-from mqlogging.backends.services import resolve
+from mqlogging.backends.services import create_consumer, create_producer, resolve
 from mqlogging.errors import ConfigurationError
 from tests.helpers import wait_until
 
