@@ -316,17 +316,7 @@ class ElasticsearchSink(Sink):
         try:
             response = self.client.bulk(operations=body)  # type: ignore[arg-type]  # ndjson bytes
         except es.ApiError as exc:
-            status = int(exc.meta.status)
-            about_document = status == 413 or (
-                status == 400 and _error_type(exc.body) in _DOCUMENT_TYPES
-            )
-            if about_document and len(records) > 1:
-                half = len(records) // 2
-                return self._write(records[:half]) + self._write(records[half:])
-            reason = _error_text(exc.body) or str(exc)
-            if about_document:
-                return [Result(Outcome.REJECT, str(status), f"{status} {reason}")]
-            return [_retry(status, _error_type(exc.body), reason)] * len(records)
+            return self._refused(records, exc)
         except es.ConnectionTimeout as exc:
             return [Result(Outcome.RETRY, "timeout", f"timeout: {exc}")] * len(records)
         except es.TransportError as exc:
@@ -339,6 +329,25 @@ class ElasticsearchSink(Sink):
         if not response.body.get("errors"):
             return [DONE] * len(records)
         return [_classify(item) for item in items]
+
+    def _refused(self, records: Sequence[Record], exc: Any) -> list[Result]:
+        """Results for a whole request the cluster refused (``exc``: the client's ApiError).
+
+        A 413, or a 400 naming a document parse error, can only be one document's fault: the
+        batch is split in halves until it is alone (``REJECT``). Anything else is ``RETRY``
+        for every record.
+        """
+        status = int(exc.meta.status)
+        about_document = status == 413 or (
+            status == 400 and _error_type(exc.body) in _DOCUMENT_TYPES
+        )
+        if about_document and len(records) > 1:
+            half = len(records) // 2
+            return self._write(records[:half]) + self._write(records[half:])
+        reason = _error_text(exc.body) or str(exc)
+        if about_document:
+            return [Result(Outcome.REJECT, str(status), f"{status} {reason}")]
+        return [_retry(status, _error_type(exc.body), reason)] * len(records)
 
     def _body(self, records: Sequence[Record]) -> bytes:
         parts: list[bytes] = []
