@@ -111,6 +111,9 @@ def _read_fields(cls: type[Any]) -> tuple[_Field, ...]:
         if get_origin(kind) is Annotated:
             kind, *extra = get_args(kind)
             checks = tuple(extra)
+        if get_origin(kind) is not Literal and kind not in _CONVERTERS:
+            msg = f"{cls.__name__}.{spec.name}: no converter for {kind!r} (see _CONVERTERS)"
+            raise TypeError(msg)
         required = spec.default is MISSING and spec.default_factory is MISSING
         out.append(_Field(spec.name, kind, optional, checks, required))
     return tuple(out)

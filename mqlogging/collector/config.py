@@ -184,6 +184,7 @@ class SourceConfig(FromTable):
     prefetch: int = 0
 
     def __post_init__(self) -> None:
+        check_fields(self)
         if self.prefetch < 0:
             msg = "prefetch must be >= 1 (or 0 for the URL's prefetch)"
             raise ConfigurationError(msg)
@@ -211,6 +212,7 @@ class HttpConfig(FromTable):
     listen: str = "127.0.0.1:9108"
 
     def __post_init__(self) -> None:
+        check_fields(self)
         if self.listen:
             _split_listen(self.listen)
 

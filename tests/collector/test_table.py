@@ -159,6 +159,17 @@ class TestReadTable:
         with pytest.raises(ConfigurationError, match="ElasticsearchSinkConfig: mode must be"):
             ElasticsearchSinkConfig(mode="idx")  # type: ignore[arg-type]
 
+    def test_field_type_without_converter(self) -> None:
+        """A field whose type the reader cannot convert is a programming error named at the
+        first read, not a KeyError deep inside."""
+
+        @dataclass(frozen=True, slots=True, kw_only=True)
+        class Odd(FromTable):
+            extra: dict[str, str] | None = None
+
+        with pytest.raises(TypeError, match=r"Odd\.extra: no converter"):
+            Odd.from_table(_table({}))
+
     def test_concurrent_first_reads(self) -> None:
         """Reading one class from many threads at once (the first read works out its fields)
         gives every thread the same value."""

@@ -28,7 +28,7 @@ from ..._ids import new_id
 from ..._types import Delivery, Message
 from ...backends import Producer, open_producer
 from ...backends.endpoints import Endpoint
-from .._table import FromTable
+from .._table import FromTable, check_fields
 from .base import dumps
 
 __all__ = [
@@ -64,6 +64,7 @@ class DeadLetterConfig(FromTable):
     url: Endpoint
 
     def __post_init__(self) -> None:
+        check_fields(self)
         if self.url.transport == "local":
             options = {**DEAD_LETTER_SPOOL, **self.url.spool_options}
             object.__setattr__(self, "url", self.url.with_options(spool_options=options))
