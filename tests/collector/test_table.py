@@ -284,7 +284,7 @@ def test_a_new_sink_is_one_registry_line(
 ) -> None:
     """Registering a config class under a new ``type`` is all it takes for ``[[sinks]]`` to
     accept it and for the collector to drain a source into the new sink."""
-    monkeypatch.setitem(SINK_TYPES, "memory", MemorySinkConfig.from_table)  # type: ignore[index]
+    monkeypatch.setitem(SINK_TYPES, "memory", MemorySinkConfig.from_table)
     spool = tmp_path / "spool"
     url = f"local://{spool}"
     log_through_handler(url, 200, "collector.test_table")

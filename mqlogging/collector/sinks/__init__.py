@@ -7,7 +7,7 @@ plus one line here. :func:`build_sink` turns a sink config into a sink.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Final
 
 from .._table import Table
@@ -33,7 +33,7 @@ __all__ = [
     "build_sink",
 ]
 
-SINK_TYPES: Final[Mapping[str, Callable[[Table], SinkConfig]]] = {
+SINK_TYPES: Final[dict[str, Callable[[Table], SinkConfig]]] = {
     "elasticsearch": ElasticsearchSinkConfig.from_table,
     "logstash": LogstashSinkConfig.from_table,
     "file": FileSinkConfig.from_table,
@@ -41,7 +41,8 @@ SINK_TYPES: Final[Mapping[str, Callable[[Table], SinkConfig]]] = {
     "null": NullSinkConfig.from_table,
 }
 """``type`` of a ``[[sinks]]`` table -> the constructor of its config, in the order the
-"known:" list of an error message shows them."""
+"known:" list of an error message shows them. A plugin or a test adds a sink type by adding an
+entry (before the configuration is read)."""
 
 
 def build_sink(config: SinkConfig, metrics: CollectorMetrics | None = None) -> Sink:
