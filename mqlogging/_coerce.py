@@ -118,13 +118,18 @@ def choose(value: Any, allowed: Sequence[_S], *, where: str, name: str) -> _S:
     raise _fail(where, name, f"must be one of {', '.join(allowed)}, not {value!r} {hint}".rstrip())
 
 
-def refuse_unknown(keys: Iterable[str], known: Iterable[str], *, where: str) -> None:
-    """Refuse the first key that is not ``known``, suggesting the closest known one."""
+def refuse_unknown(
+    keys: Iterable[str], known: Iterable[str], *, where: str, noun: str = "option"
+) -> None:
+    """Refuse the first key that is not ``known``, suggesting the closest known one.
+
+    ``noun`` is what the reader calls a key there (``"key"`` in a TOML table).
+    """
     known = sorted(known)
     for key in keys:
         if key not in known:
             msg = (
-                f"{where}: unknown option {key!r} ({did_you_mean(key, known)}"
+                f"{where}: unknown {noun} {key!r} ({did_you_mean(key, known)}"
                 f"known: {', '.join(known)})"
             )
             raise ConfigurationError(msg)

@@ -12,9 +12,9 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, get_args
 
-from .config import CollectorConfig, load_config, parse_config
+from .config import CollectorConfig, LogLevel, load_config, parse_config
 
 if TYPE_CHECKING:
     from .service import CollectorService
@@ -69,7 +69,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--log-level",
         default=None,
-        choices=("debug", "info", "warning", "error"),
+        choices=get_args(LogLevel),
         help="override [collector] log_level",
     )
 

@@ -153,13 +153,7 @@ def decode(
     try:
         doc = loads(body)
     except DECODE_ERRORS as exc:
-        try:
-            body.decode("utf-8")
-        except UnicodeDecodeError as uexc:
-            return None, f"invalid UTF-8: {uexc}"
-        if isinstance(exc, RecursionError) or "recursion" in str(exc).lower():
-            return None, f"nested too deeply: more than {max_depth} levels"
-        return None, f"invalid JSON: {exc}"
+        return None, _undecodable(body, exc, max_depth)
     if not isinstance(doc, dict):
         return None, f"not a JSON object: got {type(doc).__name__}"
     # Cheap pre-checks (C speed): fewer brackets than the limit cannot nest deeper than it,
@@ -171,6 +165,17 @@ def decode(
     for path, value in enrich:
         _set_path(doc, path, value)
     return Record(_record_id(doc, delivery), doc, len(body)), ""
+
+
+def _undecodable(body: bytes, exc: Exception, max_depth: int) -> str:
+    """Why ``body`` did not decode (``exc``: the JSON library's error), in dead-letter words."""
+    try:
+        body.decode("utf-8")
+    except UnicodeDecodeError as uexc:
+        return f"invalid UTF-8: {uexc}"
+    if isinstance(exc, RecursionError) or "recursion" in str(exc).lower():
+        return f"nested too deeply: more than {max_depth} levels"
+    return f"invalid JSON: {exc}"
 
 
 def _reason_class(reason: str) -> str:

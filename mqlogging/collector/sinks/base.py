@@ -17,11 +17,14 @@ import enum
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ..._json import dumps
 
-__all__ = ["Outcome", "Record", "Result", "Sink", "dumps"]
+if TYPE_CHECKING:  # the metrics module needs prometheus-client; sinks alone do not
+    from ..metrics import CollectorMetrics
+
+__all__ = ["Outcome", "Record", "Result", "Sink", "SinkConfig", "dumps"]
 
 
 class Outcome(enum.Enum):
@@ -91,6 +94,25 @@ class Sink(ABC):
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections and files. Idempotent."""
+
+
+class SinkConfig(Protocol):
+    """What every sink's config offers: it is a description (frozen, validated when read),
+    and :meth:`build` makes the runtime sink from it (bytewax's ``Sink.build``, Vector's
+    ``SinkConfig::build``). Each sink module keeps its config beside its code; the
+    ``SINK_TYPES`` table in :mod:`mqlogging.collector.sinks` maps a ``type`` to it."""
+
+    @property
+    def type(self) -> str:
+        """The ``type`` key of its ``[[sinks]]`` table."""
+
+    @property
+    def label(self) -> str:
+        """The sink's name in metrics and logs (the configured name; never a secret)."""
+
+    def build(self, metrics: CollectorMetrics | None = None) -> Sink:
+        """The sink this config describes (imports its client library only now);
+        ``metrics`` receives the sink's own counters."""
 
 
 def all_results(count: int, result: Result) -> list[Result]:

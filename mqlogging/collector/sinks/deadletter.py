@@ -20,15 +20,57 @@ import base64
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any
+from pathlib import Path
+from typing import Any, Final
+from urllib.parse import quote
 
 from ..._ids import new_id
 from ..._types import Delivery, Message
 from ...backends import Producer, open_producer
 from ...backends.endpoints import Endpoint
+from .._table import FromTable, check_fields
 from .base import dumps
 
-__all__ = ["DeadLetter", "DeadLetterWriter", "dead_letter_body"]
+__all__ = [
+    "DEAD_LETTER_SPOOL",
+    "DeadLetter",
+    "DeadLetterConfig",
+    "DeadLetterWriter",
+    "dead_letter_body",
+]
+
+
+DEAD_LETTER_SPOOL: Final[Mapping[str, str]] = {
+    "overflow": "refuse",
+    "fsync": "always",
+    "max_age": "3650d",
+}
+"""Spool options of a ``local://`` dead-letter target that its URL does not set."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DeadLetterConfig(FromTable):
+    """Where poison messages go: a broker queue (published with confirms) or a ``local://``
+    spool directory. Without a ``[dead_letter]`` table they go to
+    :func:`~mqlogging.collector.config.default_dead_letter` (a spool directory under
+    ``[collector] state_dir``): a poison message is never discarded and never blocks the queue.
+    Replay one with ``mqlogging spool replay DIR --to URL``.
+
+    A ``local://`` target keeps dead letters for a human: unless the URL says otherwise, its
+    spool refuses rather than drops when full (a refused dead letter keeps its message in the
+    broker, counted as a dead-letter failure), syncs every batch, and keeps its segments for
+    ten years instead of the spool's default week (:data:`DEAD_LETTER_SPOOL`)."""
+
+    url: Endpoint
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+        object.__setattr__(self, "url", self.url.with_spool_defaults(DEAD_LETTER_SPOOL))
+
+    @classmethod
+    def in_directory(cls, path: Path) -> DeadLetterConfig:
+        """A ``local://`` spool directory at ``path`` as the target."""
+        return cls(url=Endpoint.from_url(f"local://{quote(str(path))}"))
 
 
 @dataclass(frozen=True, slots=True)

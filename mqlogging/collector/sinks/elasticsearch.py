@@ -36,18 +36,25 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import re
 import ssl
 import threading
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
 
-from ...errors import MissingDependencyError
+from ...backends.endpoints import Secret
+from ...errors import ConfigurationError, MissingDependencyError
 from ...wire import read_meta
-from ..config import ElasticsearchSinkConfig
+from .._table import FromTable, PemPath, PositiveFloat, Table, check_fields, read_table, shared_env
+from ._urls import check_http_url, redact_http
 from .base import DONE, Outcome, Record, Result, Sink, dumps
 
-__all__ = ["ElasticsearchSink", "record_time"]
+if TYPE_CHECKING:
+    from ..metrics import CollectorMetrics
+
+__all__ = ["ElasticsearchSink", "ElasticsearchSinkConfig", "record_time"]
 
 log = logging.getLogger("mqlogging.collector")
 
@@ -67,6 +74,104 @@ _REQUEST_LEVEL_TYPES = {
 _CONFIGURATION_WORDS = ("write index", "pipeline", "data stream", "alias", "op_type")
 # Whole-request 400s that can only come from one document: worth bisecting to find it.
 _DOCUMENT_TYPES = {"document_parsing_exception", "mapper_parsing_exception"}
+
+
+# -- configuration ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ElasticsearchSinkConfig(FromTable):
+    """Elasticsearch through the official client, ``_bulk`` with ``op_type=create``.
+
+    ``mode = "data_stream"`` writes to ``logs-<dataset>-<namespace>`` (documents need
+    ``@timestamp``; one is added from the receive time when missing); ``mode = "index"`` writes
+    to ``index`` expanded with ``strftime`` on the record's own time (UTC; ``@timestamp``, or
+    ``timestamp`` for the ``flat`` schema), e.g. ``mqlogging-%Y.%m.%d``, so a redelivery always
+    lands in the same index. A record time more than ``index_window_days_back`` days before now
+    or ``index_window_days_ahead`` days after it is not trusted to pick an index (arbitrary
+    dates would create arbitrary indices): such a record goes to today's index and is counted
+    (``index_time_out_of_window``). The default reaches back 30 days for spools shipped after
+    a long time offline. ``install_template`` puts an index template at start.
+
+    ``MQLOGGING_ES_API_KEY``, ``MQLOGGING_ES_USERNAME`` and ``MQLOGGING_ES_PASSWORD`` set the
+    credentials of every ``elasticsearch`` sink (:meth:`from_table`).
+    """
+
+    type: Literal["elasticsearch"] = "elasticsearch"
+    name: str = ""
+    hosts: tuple[str, ...] = ("http://127.0.0.1:9200",)
+    mode: Literal["data_stream", "index"] = "data_stream"
+    dataset: str = "mqlogging"
+    namespace: str = "default"
+    index: str = "mqlogging-%Y.%m.%d"
+    install_template: bool = False
+    template_name: str = ""
+    api_key: Secret | None = None
+    username: str | None = None
+    password: Secret | None = None
+    ca_certs: PemPath | None = None
+    verify: bool = True
+    client_cert: PemPath | None = None
+    client_key: PemPath | None = None
+    request_timeout: PositiveFloat = 30.0
+    max_bulk_bytes: int = 10 * 1024 * 1024
+    index_window_days_back: PositiveFloat = 30.0
+    index_window_days_ahead: PositiveFloat = 1.0
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+        if not self.hosts:
+            msg = "hosts is empty; give at least one URL such as https://es1:9200"
+            raise ConfigurationError(msg)
+        for url in self.hosts:
+            check_http_url(url, "hosts")
+        self._check_names()
+        self._check_credentials()
+        if self.max_bulk_bytes < 1024:
+            msg = "max_bulk_bytes must be at least 1024"
+            raise ConfigurationError(msg)
+
+    def _check_names(self) -> None:
+        """Elasticsearch refuses upper case and these characters in index and stream names."""
+        for part in ("dataset", "namespace"):
+            value = getattr(self, part)
+            if not value or any(c in value for c in '-\\/*?"<>| ,#:') or value != value.lower():
+                msg = f"{part}={value!r}: use lower-case letters, digits, '_' and '.' only"
+                raise ConfigurationError(msg)
+        literal = re.sub(r"%.", "", self.index)
+        if self.mode == "index" and (not self.index or literal != literal.lower()):
+            msg = f"index={self.index!r}: Elasticsearch index names must be lower-case"
+            raise ConfigurationError(msg)
+
+    def _check_credentials(self) -> None:
+        if self.api_key and (self.username or self.password):
+            msg = "give either api_key or username/password, not both"
+            raise ConfigurationError(msg)
+        if (self.username is None) != (self.password is None):
+            msg = "username and password go together; set both (password via MQLOGGING_ES_PASSWORD)"
+            raise ConfigurationError(msg)
+        if self.client_key and not self.client_cert:
+            msg = "client_key is set without client_cert"
+            raise ConfigurationError(msg)
+
+    @classmethod
+    def from_table(cls, table: Table) -> ElasticsearchSinkConfig:
+        """Read one ``[[sinks]]`` table; ``MQLOGGING_ES_*`` credentials apply to it (to every
+        elasticsearch sink), ``MQLOGGING_SINKS_<N>_*`` still win over them."""
+        shared = shared_env(table.env, "ES", ("api_key", "username", "password"))
+        return read_table(cls, table.merged(shared))
+
+    @property
+    def label(self) -> str:
+        return self.name or f"elasticsearch:{redact_http(self.hosts[0])}"
+
+    def build(self, metrics: CollectorMetrics | None = None) -> Sink:
+        """The sink, counting records whose own time could not pick their index."""
+        counter = None if metrics is None else metrics.index_time_out_of_window.labels(self.label)
+        return ElasticsearchSink(self, out_of_window=None if counter is None else counter.inc)
+
+
+# -- the sink ---------------------------------------------------------------------------------
 
 
 def _utcnow_iso() -> str:
@@ -211,17 +316,7 @@ class ElasticsearchSink(Sink):
         try:
             response = self.client.bulk(operations=body)  # type: ignore[arg-type]  # ndjson bytes
         except es.ApiError as exc:
-            status = int(exc.meta.status)
-            about_document = status == 413 or (
-                status == 400 and _error_type(exc.body) in _DOCUMENT_TYPES
-            )
-            if about_document and len(records) > 1:
-                half = len(records) // 2
-                return self._write(records[:half]) + self._write(records[half:])
-            reason = _error_text(exc.body) or str(exc)
-            if about_document:
-                return [Result(Outcome.REJECT, str(status), f"{status} {reason}")]
-            return [_retry(status, _error_type(exc.body), reason)] * len(records)
+            return self._refused(records, exc)
         except es.ConnectionTimeout as exc:
             return [Result(Outcome.RETRY, "timeout", f"timeout: {exc}")] * len(records)
         except es.TransportError as exc:
@@ -234,6 +329,25 @@ class ElasticsearchSink(Sink):
         if not response.body.get("errors"):
             return [DONE] * len(records)
         return [_classify(item) for item in items]
+
+    def _refused(self, records: Sequence[Record], exc: Any) -> list[Result]:
+        """Results for a whole request the cluster refused (``exc``: the client's ApiError).
+
+        A 413, or a 400 naming a document parse error, can only be one document's fault: the
+        batch is split in halves until it is alone (``REJECT``). Anything else is ``RETRY``
+        for every record.
+        """
+        status = int(exc.meta.status)
+        about_document = status == 413 or (
+            status == 400 and _error_type(exc.body) in _DOCUMENT_TYPES
+        )
+        if about_document and len(records) > 1:
+            half = len(records) // 2
+            return self._write(records[:half]) + self._write(records[half:])
+        reason = _error_text(exc.body) or str(exc)
+        if about_document:
+            return [Result(Outcome.REJECT, str(status), f"{status} {reason}")]
+        return [_retry(status, _error_type(exc.body), reason)] * len(records)
 
     def _body(self, records: Sequence[Record]) -> bytes:
         parts: list[bytes] = []

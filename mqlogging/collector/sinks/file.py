@@ -14,12 +14,73 @@ import os
 import sys
 import threading
 from collections.abc import Sequence
-from typing import BinaryIO
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, BinaryIO, Literal
 
-from ..config import FileSinkConfig, NullSinkConfig
+from ...errors import ConfigurationError
+from .._table import FromTable, check_fields
 from .base import DONE, Outcome, Record, Result, Sink
 
-__all__ = ["FileSink", "NullSink", "StdoutSink"]
+if TYPE_CHECKING:
+    from ..metrics import CollectorMetrics
+
+__all__ = ["FileSink", "FileSinkConfig", "NullSink", "NullSinkConfig", "StdoutSink"]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FileSinkConfig(FromTable):
+    """JSON lines to ``path`` (``type = "stdout"``: standard output). Rotated when it exceeds
+    ``max_bytes`` (0: never), keeping ``backups`` old files; SIGHUP reopens (for logrotate).
+    ``fsync`` makes every batch durable on disk before its messages are acked.
+    """
+
+    type: Literal["file", "stdout"] = "file"
+    name: str = ""
+    path: str = ""
+    max_bytes: int = 100 * 1024 * 1024
+    backups: int = 5
+    fsync: bool = True
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+        if self.type == "file":
+            if not self.path:
+                msg = "path is required for a file sink"
+                raise ConfigurationError(msg)
+            parent = Path(self.path).expanduser().resolve().parent
+            if not parent.is_dir():
+                msg = f"path={self.path!r}: directory {str(parent)!r} does not exist"
+                raise ConfigurationError(msg)
+        if self.max_bytes < 0 or self.backups < 0:
+            msg = "max_bytes and backups must be >= 0"
+            raise ConfigurationError(msg)
+
+    @property
+    def label(self) -> str:
+        return self.name or ("stdout" if self.type == "stdout" else f"file:{self.path}")
+
+    def build(self, metrics: CollectorMetrics | None = None) -> Sink:
+        """A :class:`StdoutSink` for ``type = "stdout"``, else a :class:`FileSink`."""
+        return StdoutSink(self) if self.type == "stdout" else FileSink(self)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NullSinkConfig(FromTable):
+    """Accepts and discards everything (benchmarks, smoke tests)."""
+
+    type: Literal["null"] = "null"
+    name: str = ""
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+
+    @property
+    def label(self) -> str:
+        return self.name or "null"
+
+    def build(self, metrics: CollectorMetrics | None = None) -> Sink:
+        return NullSink(self)
 
 
 class FileSink(Sink):

@@ -27,15 +27,79 @@ import socket
 import ssl
 import threading
 from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal
 from urllib.parse import urlsplit
 
-from ..config import LogstashSinkConfig
+from ...backends.endpoints import Secret
+from ...errors import ConfigurationError
+from .._table import FromTable, PemPath, PositiveFloat, Table, check_fields, read_table, shared_env
+from ._urls import check_http_url, redact_http
 from .base import DONE, Outcome, Record, Result, Sink
+
+if TYPE_CHECKING:
+    from ..metrics import CollectorMetrics
 
 # Answers that would refuse any event: the configuration or the peer is wrong, not one record.
 _OUTAGE_STATUSES = {401, 403, 404}
 
-__all__ = ["LogstashHttpSink", "LogstashTcpSink", "make_logstash_sink"]
+__all__ = ["LogstashHttpSink", "LogstashSinkConfig", "LogstashTcpSink", "make_logstash_sink"]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LogstashSinkConfig(FromTable):
+    """Logstash ``http`` input (``http://`` / ``https://``; acknowledged) or ``tcp`` input with
+    the ``json_lines`` codec (``tcp://`` / ``tcp+ssl://``; no acknowledgement: a record counts as
+    delivered once the kernel took it, so a Logstash crash can lose what it had not processed).
+
+    ``MQLOGGING_LOGSTASH_USERNAME`` and ``MQLOGGING_LOGSTASH_PASSWORD`` set the credentials of
+    every ``logstash`` sink (:meth:`from_table`).
+    """
+
+    type: Literal["logstash"] = "logstash"
+    name: str = ""
+    url: str = "http://127.0.0.1:8080/"
+    username: str | None = None
+    password: Secret | None = None
+    ca_certs: PemPath | None = None
+    verify: bool = True
+    certfile: PemPath | None = None
+    keyfile: PemPath | None = None
+    timeout: PositiveFloat = 30.0
+    max_request_bytes: int = 10 * 1024 * 1024
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+        scheme = urlsplit(self.url).scheme
+        if scheme not in ("http", "https", "tcp", "tcp+ssl"):
+            msg = (
+                f"url={redact_http(self.url)!r}: use http(s)://host:port/ for the http input "
+                "or tcp://host:port (tcp+ssl://) for the tcp input"
+            )
+            raise ConfigurationError(msg)
+        check_http_url(self.url, "url", require_port=scheme.startswith("tcp"))
+        if self.keyfile and not self.certfile:
+            msg = "keyfile is set without certfile"
+            raise ConfigurationError(msg)
+
+    @classmethod
+    def from_table(cls, table: Table) -> LogstashSinkConfig:
+        """Read one ``[[sinks]]`` table; ``MQLOGGING_LOGSTASH_*`` credentials apply to it (to
+        every logstash sink), ``MQLOGGING_SINKS_<N>_*`` still win over them."""
+        shared = shared_env(table.env, "LOGSTASH", ("username", "password"))
+        return read_table(cls, table.merged(shared))
+
+    @property
+    def protocol(self) -> Literal["http", "tcp"]:
+        return "tcp" if urlsplit(self.url).scheme.startswith("tcp") else "http"
+
+    @property
+    def label(self) -> str:
+        return self.name or f"logstash:{redact_http(self.url)}"
+
+    def build(self, metrics: CollectorMetrics | None = None) -> Sink:
+        """The ``tcp`` or the ``http`` sink, by the URL's scheme."""
+        return make_logstash_sink(self)
 
 
 def make_logstash_sink(config: LogstashSinkConfig) -> Sink:
