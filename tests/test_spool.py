@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
+from harness.helpers import wait_until
 from mqlogging.errors import ConfigurationError, SpoolError, SpoolFull
 from mqlogging.spool import Spool, SpoolReader, SpoolRecord, coerce_spool_options
-from tests.helpers import wait_until
 
 CTX = multiprocessing.get_context("fork")
 

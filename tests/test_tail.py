@@ -17,13 +17,13 @@ from typing import Any
 
 import pytest
 
+from harness.brokers import ActiveMQ, RabbitMQ
+from harness.helpers import free_port, wait_until
 from mqlogging import JsonFormatter, MQHandler
 from mqlogging._ids import new_id
 from mqlogging._types import Message
 from mqlogging.backends import open_consumer, open_producer
 from mqlogging.tail import Filter, normalise, render
-from tests.brokers import ActiveMQ, RabbitMQ
-from tests.helpers import free_port, wait_until
 
 N = 50
 

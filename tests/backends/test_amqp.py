@@ -16,13 +16,13 @@ import pika
 import pytest
 import stomp
 
+from harness.brokers import RabbitMQ
+from harness.helpers import BlackholeServer, free_port, wait_until
+from harness.tls import make_pki
 from mqlogging._ids import new_id
 from mqlogging._types import Delivery, Message
 from mqlogging.backends.amqp import AMQPConsumer, AMQPProducer
 from mqlogging.errors import BackendError, ConnectError, NotConfirmed, PublishTimeout
-from tests.brokers import RabbitMQ
-from tests.helpers import BlackholeServer, free_port, wait_until
-from tests.tls import make_pki
 
 pytestmark = pytest.mark.rabbitmq
 

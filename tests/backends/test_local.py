@@ -10,12 +10,12 @@ from pathlib import Path
 
 import pytest
 
+from harness.helpers import wait_until
 from mqlogging._ids import new_id
 from mqlogging._types import Message
 from mqlogging.backends import open_consumer, open_producer
 from mqlogging.backends.local import LocalConsumer, LocalProducer
 from mqlogging.errors import ConfigurationError, NotConfirmed
-from tests.helpers import wait_until
 
 CTX = multiprocessing.get_context("fork")
 

@@ -10,10 +10,10 @@ from typing import Any
 
 import pytest
 
+from harness.helpers import wait_until
 from mqlogging.backends import create_consumer, create_producer
 from mqlogging.backends.services import resolve
 from mqlogging.errors import ConfigurationError
-from tests.helpers import wait_until
 
 SECRET = "not-the-guest-password"
 

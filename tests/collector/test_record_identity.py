@@ -16,12 +16,12 @@ from typing import Any
 
 import pytest
 
+from harness.collector import amqp_queue_url, dataset_for, es_count, es_search
+from harness.drain import drain_amqp
+from harness.helpers import wait_until
 from mqlogging.collector.service import CollectorService
 from mqlogging.handlers import MQHandler
 from mqlogging.wire import read_meta
-from tests.collector.support import amqp_queue_url, dataset_for, es_count, es_search
-from tests.handlers.conftest import drain_amqp
-from tests.helpers import wait_until
 
 Make = Callable[..., CollectorService]
 
