@@ -400,6 +400,26 @@ class Broker:
         self._reap_group()
         self._wait_ports_free(15.0)
 
+    def freeze(self) -> None:
+        """SIGSTOP the broker's whole process group: a black-holed broker. The kernel still
+        completes TCP handshakes on its ports, but nothing answers until :meth:`thaw`.
+
+        :meth:`kill` and :meth:`close` work on a frozen broker (SIGKILL needs no resume).
+        """
+        self._signal_group(signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        """SIGCONT the process group after :meth:`freeze`. Idempotent; a no-op when the broker
+        is not running (a scenario's clean-up may call it after a kill)."""
+        self._signal_group(signal.SIGCONT)
+
+    def _signal_group(self, signum: signal.Signals) -> None:
+        # The supervisor leads the group, so its pid is the pgid of every broker process.
+        if self.is_running():
+            assert self._proc is not None
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self._proc.pid, signum)
+
     def _close_lifeline(self) -> None:
         if self._lifeline is not None:
             with contextlib.suppress(OSError):

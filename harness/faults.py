@@ -492,6 +492,11 @@ class Lab:
     def es(self) -> Any:
         return self._running("_es", NoidaES)
 
+    def serves_es(self, url: str) -> bool:
+        """True when ``url`` is the lab's noida-db (started already), not a stand-in: its
+        index is what ``mqlogging audit`` reads afterwards."""
+        return self._es is not None and url == self._es.url
+
     def close(self) -> None:
         for broker in (self._rabbit, self._rabbit2, self._es):
             if broker is not None:
@@ -531,7 +536,7 @@ class Scenario:
         return {"type": "file", "path": str(path), "fsync": False, "max_bytes": 0}
 
     def es_sink(self, url: str) -> dict[str, Any]:
-        if self.lab._es is not None and url == self.lab._es.url:
+        if self.lab.serves_es(url):
             self.es_indices.append((url, self.es_index))
         return {
             "type": "elasticsearch",
@@ -773,14 +778,13 @@ def s4_blackhole(lab: Lab, s: Scenario, row: Row) -> None:
         "first": 0, "count": n, "rate": n / (hold + 6.0),
     })  # fmt: skip
     s.until(lambda: app.emitted() >= n * 0.2 or app.exited(), 120, "progress")
-    pgid = rabbit._proc.pid  # the broker's process group (tests/brokers.py supervisor)
-    os.killpg(pgid, signal.SIGSTOP)
-    s.closers.append(lambda: os.killpg(pgid, signal.SIGCONT))
+    rabbit.freeze()
+    s.closers.append(rabbit.thaw)
     t = time.monotonic()
     at = app.emitted()
     s.until(lambda: time.monotonic() - t >= hold, hold + 5, "the black hole")
     emitted_during = app.emitted() - at
-    os.killpg(pgid, signal.SIGCONT)
+    rabbit.thaw()
     fault_end = time.monotonic()
     s.delivered(app, reader, row, n, fault_end=fault_end, brokers=[rabbit])
     st = app.stats()
