@@ -87,9 +87,7 @@ class TestReservePort:
 
 
 class TestFreeze:
-    def test_frozen_broker_accepts_but_never_answers_until_thawed(
-        self, rabbitmq: RabbitMQ
-    ) -> None:
+    def test_frozen_broker_accepts_but_never_answers_until_thawed(self, rabbitmq: RabbitMQ) -> None:
         """``freeze()`` black-holes the broker: TCP connects, the AMQP protocol header gets no
         answer; after ``thaw()`` the same handshake is answered (Connection.Start)."""
         header = b"AMQP\x00\x00\x09\x01"
