@@ -1,4 +1,4 @@
-"""The AMQP backend against a real RabbitMQ node (private, from ``tests/brokers.py``).
+"""The AMQP backend against a real RabbitMQ node (private, from ``harness/brokers.py``).
 
 Every test uses its own queue (and exchange) name; tests that stop or kill the broker leave it
 to the ``rabbitmq`` fixture to start it again for the next test.
@@ -472,7 +472,7 @@ def collect(consumer: AMQPConsumer, n: int) -> list[Delivery]:
 
 
 def _write_pki(directory: Path) -> dict[str, str]:
-    """The shared throwaway PKI (``tests/tls.py``): CA, server certificate for 127.0.0.1, a
+    """The shared throwaway PKI (``harness/tls.py``): CA, server certificate for 127.0.0.1, a
     client certificate whose CN is the RabbitMQ user ``mqlt-x509``, an unrelated CA."""
     return make_pki(directory).as_dict()
 

@@ -2,7 +2,7 @@
 
 A user field can never pass for the record id: every reader takes it from
 :func:`mqlogging.wire.read_meta`, which knows where each schema keeps it. Elasticsearch is the
-noida-db stand-in (it speaks the REST API to the official client; see tests/brokers.py).
+noida-db stand-in (it speaks the REST API to the official client; see harness/brokers.py).
 """
 
 from __future__ import annotations

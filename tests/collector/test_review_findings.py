@@ -1,6 +1,6 @@
 """Loss paths an adversarial review found in the issue #11 fixes, each a regression test
 against the real RabbitMQ and the ``_bulk`` stand-in (it answers like Elasticsearch: per-item
-statuses, ``X-Elastic-Product``; see tests/collector/support.py).
+statuses, ``X-Elastic-Product``; see harness/collector.py).
 
 - Documents of other producers (no ``mqlogging`` namespace, e.g. the DIRAC-style ``put()``)
   have no record id of ours: a user ``id`` field never becomes the ``_id``.
