@@ -4,6 +4,7 @@
 # or on every Python file under tests/ and benchmarks/:
 #   grep -rlE 'tests\.(brokers|tls|helpers|collector\.support|handlers\.conftest)\b' \
 #       --include='*.py' tests benchmarks | xargs -r sed -i -E -f scripts/harness-imports.sed
+# Then `ruff check --fix FILES` to re-sort the imports (harness sorts before mqlogging).
 # Names moved unchanged, except brokers' _reserve_port (now reserve_port) and HOST; the drain
 # helpers amqp_url, stomp_url, drain_amqp, drain_stomp, is_marker, seqs, record_id moved from
 # tests/handlers/conftest.py to harness/drain.py (its fixtures spool_dir, app_logger stay there).
