@@ -2,6 +2,8 @@
 #   make demo   run the embedded default pipeline (no broker, no Elasticsearch)
 #   make test   install brokers if missing, lint, type-check and run the whole test suite
 # Both create ./.venv on first use. Other targets: make bench, make faults, make lint.
+# Test tooling shared by tests/, benchmarks/ and `make faults` is the harness/ package; the
+# commands run from this directory so `python -m harness.faults` / `-m benchmarks.run` find it.
 
 PYTHON ?= python3
 VENV   := .venv
@@ -16,11 +18,11 @@ demo: $(VENV)/.core
 test: brokers $(VENV)/.dev lint typecheck pytest
 
 lint: $(VENV)/.dev
-	$(BIN)/ruff check mqlogging tests benchmarks examples
-	$(BIN)/ruff format --check mqlogging tests benchmarks examples
+	$(BIN)/ruff check mqlogging harness tests benchmarks examples
+	$(BIN)/ruff format --check mqlogging harness tests benchmarks examples
 
 typecheck: $(VENV)/.dev
-	$(BIN)/mypy --strict mqlogging
+	$(BIN)/mypy --strict mqlogging harness
 
 pytest: $(VENV)/.dev
 	$(BIN)/pytest $(PYTEST_ARGS)
@@ -32,10 +34,10 @@ brokers:
 	scripts/install-brokers.sh
 
 bench: brokers $(VENV)/.bench
-	$(BIN)/python benchmarks/run.py
+	$(BIN)/python -m benchmarks.run
 
 faults: brokers $(VENV)/.dev
-	$(BIN)/python benchmarks/faults.py --write docs/reliability.md
+	$(BIN)/python -m harness.faults --write docs/reliability.md
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)

@@ -1,6 +1,6 @@
 """Transport throughput: our producers/consumers against the raw client libraries.
 
-All figures come from one run on a private RabbitMQ node (``tests/brokers.py``), with ~323-byte
+All figures come from one run on a private RabbitMQ node (:mod:`harness.brokers`), with ~323-byte
 persistent JSON records, each measurement on a fresh durable queue. Publish figures are
 interleaved over several rounds and the median is reported, because the machine is shared.
 
@@ -17,7 +17,7 @@ AMQP section (``amqp_rows``):
 
 STOMP section (``stomp_rows``): owned by the STOMP backend; same row format.
 
-Run: ``.venv/bin/python benchmarks/bench_backends.py [messages] [rounds]`` (default 10000 3,
+Run: ``.venv/bin/python -m benchmarks.bench_backends [messages] [rounds]`` (default 10000 3,
 about a minute including the broker boot).
 """
 
@@ -28,16 +28,13 @@ import statistics
 import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
+from harness.brokers import RabbitMQ
+from harness.helpers import unique_name
 from mqlogging._ids import new_id
 from mqlogging._types import Message
 from mqlogging.backends.amqp import AMQPConsumer, AMQPProducer
-from tests.brokers import RabbitMQ
-from tests.helpers import unique_name
 
 Row = dict[str, object]
 
@@ -442,7 +439,7 @@ def stomp_rows(rabbitmq: RabbitMQ, n: int = 10_000, rounds: int = 3) -> list[Row
     message from the listener against ``STOMPConsumer.fetch(500)`` + ``ack`` (one receipt per
     ack call), both with prefetch 1000.
     """
-    from tests.brokers import ActiveMQ
+    from harness.brokers import ActiveMQ
 
     messages = make_messages(n)
     rows = _stomp_broker_rows(

@@ -11,7 +11,7 @@ one ``multiple`` ack every 500 messages — the fastest plain consumer. Then the
 
 Logstash's published rabbitmq-input figure, ~14.6k events/s, is printed as the peer to beat.
 
-Run: ``.venv/bin/python benchmarks/bench_collector.py`` (``BENCH_COLLECTOR_N`` records, default
+Run: ``.venv/bin/python -m benchmarks.bench_collector`` (``BENCH_COLLECTOR_N`` records, default
 30000; ``BENCH_COLLECTOR_ES_N`` for the noida-db run, default 10000).
 """
 
@@ -19,19 +19,14 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import tempfile
 import time
-from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from mqlogging._ids import new_id  # noqa: E402
-from mqlogging.collector.config import parse_config  # noqa: E402
-from mqlogging.collector.service import CollectorService  # noqa: E402
-from tests.brokers import NoidaES, RabbitMQ  # noqa: E402
+from harness.brokers import NoidaES, RabbitMQ
+from mqlogging._ids import new_id
+from mqlogging.collector.config import parse_config
+from mqlogging.collector.service import CollectorService
 
 N = int(os.environ.get("BENCH_COLLECTOR_N", "30000"))
 ES_N = int(os.environ.get("BENCH_COLLECTOR_ES_N", "10000"))

@@ -1,6 +1,6 @@
 """Per-record cost of mqlogging's JsonFormatter against python-json-logger and logstash-formatter.
 
-Run: ``.venv/bin/python benchmarks/bench_formatting.py [--rounds N] [--chunk N]``
+Run: ``.venv/bin/python -m benchmarks.bench_formatting [--rounds N] [--chunk N]``
 
 Every contender formats the same kind of record (a %-style message with two arguments and two
 ``extra`` fields), each on freshly made records (our formatter stamps an id on the record, and
@@ -21,13 +21,9 @@ import functools
 import json
 import logging
 import statistics
-import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import orjson
 from logstash_formatter import LogstashFormatterV1

@@ -1,6 +1,6 @@
 """MQHandler: caller cost, end-to-end throughput, memory while the broker is down.
 
-Everything is measured in one run on a private RabbitMQ node (``tests/brokers.py``):
+Everything is measured in one run on a private RabbitMQ node (:mod:`harness.brokers`):
 
 1. Caller-thread cost of ``logger.info("job %d done", i, extra={...})`` (mean µs per call, best
    of 3 rounds) with: a ``NullHandler`` (baseline), the stdlib ``QueueHandler`` drained by a
@@ -15,7 +15,7 @@ Everything is measured in one run on a private RabbitMQ node (``tests/brokers.py
 3. RSS while the broker is down and the application logs 1M records: sampled every 10% and
    printed; records go to the spool on disk, so RSS should stay flat.
 
-Run: ``.venv/bin/python benchmarks/bench_handler.py [--burst N] [--down N] [--calls N]``.
+Run: ``.venv/bin/python -m benchmarks.bench_handler [--burst N] [--down N] [--calls N]``.
 """
 
 from __future__ import annotations
@@ -33,12 +33,10 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
+from harness.brokers import RabbitMQ
+from harness.helpers import free_port, unique_name
 from mqlogging.formatting import JsonFormatter
 from mqlogging.handlers import MQHandler
-from tests.brokers import RabbitMQ
-from tests.helpers import free_port, unique_name
 
 Row = dict[str, object]
 

@@ -12,7 +12,7 @@ Reported per N: records/s and the process's peak RSS. The cost must grow linearl
 roughly constant) and memory stay flat. ``make bench`` plots both curves into
 ``docs/performance-scaling.png``.
 
-Run: ``.venv/bin/python benchmarks/bench_scaling.py [--sizes 10000,100000,1000000]``.
+Run: ``.venv/bin/python -m benchmarks.bench_scaling [--sizes 10000,100000,1000000]``.
 """
 
 from __future__ import annotations
@@ -25,11 +25,10 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from harness.brokers import RabbitMQ
+from harness.helpers import free_port, unique_name
 
-from tests.brokers import RabbitMQ  # noqa: E402
-from tests.helpers import free_port, unique_name  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 SIZES = (10_000, 30_000, 100_000, 300_000, 1_000_000)
 

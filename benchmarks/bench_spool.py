@@ -6,7 +6,7 @@ file. The spool does more per record (newline checks, segment rotation and seali
 on read JSON validation, positions, durable progress and deletion), so the ratio is the price
 of those guarantees. Goal: >= 100k records/s each way for ~300-byte JSON records.
 
-Run: ``.venv/bin/python benchmarks/bench_spool.py [records]`` (default 300000, ~10 s).
+Run: ``.venv/bin/python -m benchmarks.bench_spool [records]`` (default 300000, ~10 s).
 """
 
 from __future__ import annotations
@@ -17,8 +17,6 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from mqlogging.spool import Spool, SpoolReader
 

@@ -17,8 +17,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.brokers import ActiveMQ, Broker, BrokerNotInstalled, NoidaES, RabbitMQ
-from tests.helpers import unique_name
+from harness.brokers import ActiveMQ, Broker, BrokerNotInstalled, NoidaES, RabbitMQ
+from harness.helpers import unique_name
 
 ES_URL_ENV = "MQLOGGING_ES_URL"
 

@@ -15,8 +15,8 @@ import pytest
 import stomp
 from elasticsearch import Elasticsearch, helpers
 
-from tests.brokers import ActiveMQ, NoidaES, RabbitMQ
-from tests.helpers import BlackholeServer, free_port, unique_name, wait_until
+from harness.brokers import ActiveMQ, NoidaES, RabbitMQ
+from harness.helpers import BlackholeServer, free_port, unique_name, wait_until
 
 
 class _Collector(stomp.ConnectionListener):  # type: ignore[misc]

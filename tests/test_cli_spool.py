@@ -10,12 +10,12 @@ from pathlib import Path
 
 import pytest
 
+from harness.brokers import RabbitMQ
+from harness.drain import amqp_url, drain_amqp, seqs
+from harness.helpers import free_port
 from mqlogging.cli import main
 from mqlogging.handlers import MQHandler
 from mqlogging.spool import Spool, SpoolReader
-from tests.brokers import RabbitMQ
-from tests.handlers.conftest import amqp_url, drain_amqp, seqs
-from tests.helpers import free_port
 
 N = 600
 

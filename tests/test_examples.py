@@ -23,10 +23,10 @@ from typing import Any
 import pytest
 import yaml
 
+from harness.brokers import RabbitMQ
+from harness.drain import amqp_url, drain_amqp
+from harness.helpers import free_port, wait_until
 from mqlogging.collector.config import load_config
-from tests.brokers import RabbitMQ
-from tests.handlers.conftest import amqp_url, drain_amqp
-from tests.helpers import free_port, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"

@@ -1,6 +1,6 @@
-"""Smoke test of the reliability runner (``make faults``, benchmarks/faults.py): two scenarios at
-``--quick`` scale, so the runner itself is exercised by the normal test run. The full figures
-are ``docs/reliability.md``."""
+"""Smoke test of the reliability runner (``make faults``, ``python -m harness.faults``): two
+scenarios at ``--quick`` scale, so the runner itself is exercised by the normal test run. The
+full figures are ``docs/reliability.md``."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ def test_quick_faults_meet_the_goal(tmp_path: Path) -> None:
     twice; the Markdown report carries the table and the regenerating command."""
     report = tmp_path / "reliability.md"
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "faults.py"), "--quick", "--only", "5,10",
+        [sys.executable, "-m", "harness.faults", "--quick", "--only", "5,10",
          "--write", str(report)],
         capture_output=True,
         check=False,
@@ -30,7 +30,7 @@ def test_quick_faults_meet_the_goal(tmp_path: Path) -> None:
     )  # fmt: skip
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     text = report.read_text()
-    assert "benchmarks/faults.py --write docs/reliability.md" in text
+    assert "-m harness.faults --write docs/reliability.md" in text
     figures = text.split("## How each scenario is measured")[0]  # not the loss-path list
     rows = [line for line in figures.splitlines() if line.startswith(("| 5 |", "| 10 |"))]
     assert len(rows) == 2

@@ -13,11 +13,11 @@ from collections.abc import Callable
 
 import pytest
 
+from harness.brokers import RabbitMQ
 from mqlogging import _fork
 from mqlogging._ids import new_id
 from mqlogging._types import Message
 from mqlogging.backends.amqp import AMQPProducer
-from tests.brokers import RabbitMQ
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork()")
 

@@ -8,13 +8,13 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.helpers import wait_until
+from harness.helpers import wait_until
 
 ROOT = Path(__file__).resolve().parents[1]
 
 _STARTER = """
 import subprocess, sys
-from tests.helpers import die_with_parent
+from harness.helpers import die_with_parent
 child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"],
                          preexec_fn=die_with_parent)
 print(child.pid, flush=True)

@@ -10,9 +10,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from tests.brokers import RabbitMQ
-from tests.handlers.conftest import amqp_url, drain_amqp
-from tests.helpers import free_port, wait_until
+from harness.brokers import RabbitMQ
+from harness.drain import amqp_url, drain_amqp
+from harness.helpers import free_port, wait_until
 
 
 def _run(*args: str, timeout: float = 60, **kwargs: Any) -> subprocess.CompletedProcess[bytes]:

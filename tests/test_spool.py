@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from harness.helpers import wait_until
 from mqlogging.errors import ConfigurationError, SpoolError, SpoolFull
 from mqlogging.spool import (
     Access,
@@ -24,7 +25,6 @@ from mqlogging.spool import (
     coerce_spool_options,
 )
 from mqlogging.spool import format as fmt
-from tests.helpers import wait_until
 
 CTX = multiprocessing.get_context("fork")
 

@@ -19,6 +19,8 @@ from typing import Any
 
 import pytest
 
+from harness.brokers import ActiveMQ, RabbitMQ
+from harness.helpers import free_port, wait_until
 from mqlogging import JsonFormatter, MQHandler
 from mqlogging._ids import new_id
 from mqlogging._types import Message
@@ -26,8 +28,6 @@ from mqlogging.backends import open_consumer, open_producer
 from mqlogging.backends.base import Tap
 from mqlogging.errors import ConfigurationError, ConnectError
 from mqlogging.tail import Filter, Printer, follow, normalise, render, select
-from tests.brokers import ActiveMQ, RabbitMQ
-from tests.helpers import free_port, wait_until
 
 N = 50
 

@@ -1,4 +1,4 @@
-"""The AMQP backend against a real RabbitMQ node (private, from ``tests/brokers.py``).
+"""The AMQP backend against a real RabbitMQ node (private, from ``harness/brokers.py``).
 
 Every test uses its own queue (and exchange) name; tests that stop or kill the broker leave it
 to the ``rabbitmq`` fixture to start it again for the next test.
@@ -16,13 +16,13 @@ import pika
 import pytest
 import stomp
 
+from harness.brokers import RabbitMQ
+from harness.helpers import BlackholeServer, free_port, wait_until
+from harness.tls import make_pki
 from mqlogging._ids import new_id
 from mqlogging._types import Delivery, Message
 from mqlogging.backends.amqp import AMQPConsumer, AMQPProducer
 from mqlogging.errors import BackendError, ConnectError, NotConfirmed, PublishTimeout
-from tests.brokers import RabbitMQ
-from tests.helpers import BlackholeServer, free_port, wait_until
-from tests.tls import make_pki
 
 pytestmark = pytest.mark.rabbitmq
 
@@ -472,7 +472,7 @@ def collect(consumer: AMQPConsumer, n: int) -> list[Delivery]:
 
 
 def _write_pki(directory: Path) -> dict[str, str]:
-    """The shared throwaway PKI (``tests/tls.py``): CA, server certificate for 127.0.0.1, a
+    """The shared throwaway PKI (``harness/tls.py``): CA, server certificate for 127.0.0.1, a
     client certificate whose CN is the RabbitMQ user ``mqlt-x509``, an unrelated CA."""
     return make_pki(directory).as_dict()
 

@@ -12,13 +12,13 @@ from collections import Counter
 
 import pytest
 
+from harness.brokers import RabbitMQ
+from harness.helpers import wait_until
 from mqlogging._ids import new_id
 from mqlogging._types import Delivery, Message
 from mqlogging.backends.amqp import AMQPConsumer, AMQPProducer
 from mqlogging.errors import ConnectError
 from tests.backends.test_amqp import collect
-from tests.brokers import RabbitMQ
-from tests.helpers import wait_until
 
 pytestmark = pytest.mark.rabbitmq
 

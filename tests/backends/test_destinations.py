@@ -16,6 +16,9 @@ from typing import Any
 
 import pytest
 
+from harness.brokers import ActiveMQ, RabbitMQ
+from harness.drain import drain_amqp, seqs
+from harness.helpers import wait_until
 from mqlogging._ids import new_id
 from mqlogging._types import Message
 from mqlogging.backends import Endpoint
@@ -23,9 +26,6 @@ from mqlogging.backends.amqp import AMQPConsumer, AMQPProducer
 from mqlogging.backends.services import create_consumer, create_producer
 from mqlogging.errors import BackendError, ConfigurationError
 from mqlogging.handlers import MQHandler
-from tests.brokers import ActiveMQ, RabbitMQ
-from tests.handlers.conftest import drain_amqp, seqs
-from tests.helpers import wait_until
 
 SECRET = "n0t-in-the-key"
 

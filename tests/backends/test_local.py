@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from harness.helpers import wait_until
 from mqlogging._ids import new_id
 from mqlogging._types import Message
 from mqlogging.backends import open_consumer, open_producer
@@ -17,7 +18,6 @@ from mqlogging.backends.base import TapOptions
 from mqlogging.backends.endpoints import Endpoint
 from mqlogging.backends.local import LocalConsumer, LocalProducer, LocalTap
 from mqlogging.errors import ConfigurationError, ConnectError, NotConfirmed
-from tests.helpers import wait_until
 
 CTX = multiprocessing.get_context("fork")
 

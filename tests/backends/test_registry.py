@@ -21,6 +21,7 @@ from typing import ClassVar
 
 import pytest
 
+from harness.helpers import unique_name, wait_until
 from mqlogging._types import Delivery, Message
 from mqlogging.backends import (
     Consumer,
@@ -42,7 +43,6 @@ from mqlogging.collector.config import parse_config
 from mqlogging.collector.service import CollectorService
 from mqlogging.errors import ConfigurationError, ConnectError
 from mqlogging.handlers import MQHandler
-from tests.helpers import unique_name, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -10,9 +10,9 @@ from typing import Any
 
 import pytest
 
+from harness.helpers import wait_until
 from mqlogging.backends.services import create_consumer, create_producer, resolve
 from mqlogging.errors import ConfigurationError
-from tests.helpers import wait_until
 
 SECRET = "not-the-guest-password"
 

@@ -15,13 +15,13 @@ from typing import Any
 
 import pytest
 
+from harness.helpers import BlackholeServer, free_port, wait_until
 from mqlogging._ids import new_id
 from mqlogging._types import Delivery, Message
 from mqlogging.backends import open_consumer, open_producer
 from mqlogging.backends.endpoints import Endpoint
 from mqlogging.backends.stomp import STOMPConsumer, STOMPProducer
 from mqlogging.errors import BackendError, ConnectError, NotConfirmed, PublishTimeout
-from tests.helpers import BlackholeServer, free_port, wait_until
 
 BROKERS = ["rabbitmq", "activemq"]
 

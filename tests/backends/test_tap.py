@@ -13,6 +13,8 @@ from typing import Any
 
 import pytest
 
+from harness.brokers import ActiveMQ, RabbitMQ
+from harness.helpers import free_port, wait_until
 from mqlogging._ids import new_id
 from mqlogging._types import Message
 from mqlogging.backends import open_consumer, open_producer
@@ -20,8 +22,6 @@ from mqlogging.backends.amqp import AMQPTap
 from mqlogging.backends.base import Tap, TapOptions
 from mqlogging.backends.stomp import STOMPTap
 from mqlogging.errors import ConfigurationError, ConnectError
-from tests.brokers import ActiveMQ, RabbitMQ
-from tests.helpers import free_port, wait_until
 
 N = 200
 

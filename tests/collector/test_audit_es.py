@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 
+from harness.collector import amqp_queue_url, dataset_for, es_count, log_through_handler
+from harness.helpers import wait_until
 from mqlogging.cli import main
-from tests.collector.support import amqp_queue_url, dataset_for, es_count, log_through_handler
-from tests.helpers import wait_until
 
 N = 2000
 

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from harness.collector import REPO
 from mqlogging import cli
 from mqlogging.collector.config import (
     ElasticsearchSinkConfig,
@@ -18,7 +19,6 @@ from mqlogging.collector.config import (
     parse_config,
 )
 from mqlogging.errors import ConfigurationError
-from tests.collector.support import REPO
 
 GOOD = """
 [collector]

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from tests.collector.support import (
+from harness.collector import (
     BulkStandIn,
     CollectorProcess,
     amqp_queue_url,
@@ -23,7 +23,7 @@ from tests.collector.support import (
     publish,
     write_config,
 )
-from tests.helpers import free_port, wait_until
+from harness.helpers import free_port, wait_until
 
 MIB = 1024 * 1024
 BIG = 900 * 1024  # body padding: each message is a little over 900 KiB

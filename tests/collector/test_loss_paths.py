@@ -15,9 +15,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
-from mqlogging._ids import new_id
-from mqlogging.collector.service import CollectorService
-from tests.collector.support import (
+from harness.collector import (
     BulkStandIn,
     LogstashHttpStandIn,
     amqp_queue_url,
@@ -27,8 +25,10 @@ from tests.collector.support import (
     es_search,
     publish,
 )
+from harness.helpers import wait_until
+from mqlogging._ids import new_id
+from mqlogging.collector.service import CollectorService
 from tests.collector.test_pipeline import es_sink
-from tests.helpers import wait_until
 
 Make = Callable[..., CollectorService]
 

@@ -15,8 +15,7 @@ from typing import Any
 
 import pytest
 
-from mqlogging.collector.service import CollectorService
-from tests.collector.support import (
+from harness.collector import (
     BulkStandIn,
     LogstashHttpStandIn,
     LogstashTcpStandIn,
@@ -29,7 +28,8 @@ from tests.collector.support import (
     metric_sum,
     publish,
 )
-from tests.helpers import wait_until
+from harness.helpers import wait_until
+from mqlogging.collector.service import CollectorService
 
 Make = Callable[..., CollectorService]
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from tests.collector.support import (
+from harness.collector import (
     CollectorProcess,
     amqp_queue_url,
     dataset_for,
@@ -23,7 +23,7 @@ from tests.collector.support import (
     publish,
     write_config,
 )
-from tests.helpers import free_port, wait_until
+from harness.helpers import free_port, wait_until
 
 
 @pytest.fixture

@@ -2,7 +2,7 @@
 
 A user field can never pass for the record id: every reader takes it from
 :func:`mqlogging.wire.read_meta`, which knows where each schema keeps it. Elasticsearch is the
-noida-db stand-in (it speaks the REST API to the official client; see tests/brokers.py).
+noida-db stand-in (it speaks the REST API to the official client; see harness/brokers.py).
 """
 
 from __future__ import annotations
@@ -16,12 +16,12 @@ from typing import Any
 
 import pytest
 
+from harness.collector import amqp_queue_url, dataset_for, es_count, es_search
+from harness.drain import drain_amqp
+from harness.helpers import wait_until
 from mqlogging.collector.service import CollectorService
 from mqlogging.handlers import MQHandler
 from mqlogging.wire import read_meta
-from tests.collector.support import amqp_queue_url, dataset_for, es_count, es_search
-from tests.handlers.conftest import drain_amqp
-from tests.helpers import wait_until
 
 Make = Callable[..., CollectorService]
 

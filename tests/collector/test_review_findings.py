@@ -1,6 +1,6 @@
 """Loss paths an adversarial review found in the issue #11 fixes, each a regression test
 against the real RabbitMQ and the ``_bulk`` stand-in (it answers like Elasticsearch: per-item
-statuses, ``X-Elastic-Product``; see tests/collector/support.py).
+statuses, ``X-Elastic-Product``; see harness/collector.py).
 
 - Documents of other producers (no ``mqlogging`` namespace, e.g. the DIRAC-style ``put()``)
   have no record id of ours: a user ``id`` field never becomes the ``_id``.
@@ -20,6 +20,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from harness.collector import BulkStandIn, amqp_queue_url, ecs_record, publish
+from harness.helpers import wait_until
 from mqlogging._ids import new_id
 from mqlogging._types import Message
 from mqlogging.backends import open_producer
@@ -29,9 +31,7 @@ from mqlogging.collector.sinks import Outcome
 from mqlogging.collector.sinks.elasticsearch import _classify
 from mqlogging.formatting import JsonFormatter
 from mqlogging.wire import read_meta
-from tests.collector.support import BulkStandIn, amqp_queue_url, ecs_record, publish
 from tests.collector.test_loss_paths import _dead_letters
-from tests.helpers import wait_until
 
 
 def test_foreign_documents_sharing_a_user_id_field(

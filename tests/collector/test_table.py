@@ -13,6 +13,8 @@ from typing import Any, Literal, get_args
 
 import pytest
 
+from harness.collector import log_through_handler
+from harness.helpers import wait_until
 from mqlogging.backends.endpoints import Endpoint, Secret
 from mqlogging.collector import add_arguments
 from mqlogging.collector._table import (
@@ -30,8 +32,6 @@ from mqlogging.collector.sinks import SINK_TYPES, Record, Result, Sink, build_si
 from mqlogging.collector.sinks.base import DONE
 from mqlogging.collector.sinks.elasticsearch import ElasticsearchSinkConfig
 from mqlogging.errors import ConfigurationError
-from tests.collector.support import log_through_handler
-from tests.helpers import wait_until
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from harness.collector import BulkStandIn, ecs_record
 from mqlogging._types import Delivery
 from mqlogging.collector.config import ElasticsearchSinkConfig, FileSinkConfig
 from mqlogging.collector.service import decode
@@ -13,7 +14,6 @@ from mqlogging.collector.sinks import Outcome, Record
 from mqlogging.collector.sinks.deadletter import DeadLetter, dead_letter_body
 from mqlogging.collector.sinks.elasticsearch import ElasticsearchSink
 from mqlogging.collector.sinks.file import FileSink
-from tests.collector.support import BulkStandIn, ecs_record
 
 
 def _d(body: bytes, id: str = "t-1") -> Delivery:

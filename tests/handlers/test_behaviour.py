@@ -11,9 +11,9 @@ from typing import Any
 
 import pytest
 
+from harness.helpers import BlackholeServer, free_port
 from mqlogging.cli.spool import export_spool, inspect_spool
 from mqlogging.handlers import MQHandler
-from tests.helpers import BlackholeServer, free_port
 
 STATS_KEYS = {"queued", "sent", "confirmed", "spooled", "replayed", "dropped", "markers",
               "ignored", "endpoints", "spool"}  # fmt: skip

@@ -9,10 +9,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+from harness.brokers import RabbitMQ
+from harness.drain import amqp_url, drain_amqp, record_id, seqs
+from harness.helpers import wait_until
 from mqlogging import MQHandler
-from tests.brokers import RabbitMQ
-from tests.handlers.conftest import amqp_url, drain_amqp, record_id, seqs
-from tests.helpers import wait_until
 
 
 def _watermark(rabbitmq: RabbitMQ, value: str) -> None:

@@ -15,9 +15,9 @@ import pytest
 import yaml
 
 import mqlogging
+from harness.brokers import ActiveMQ, RabbitMQ
+from harness.drain import amqp_url, drain_amqp, drain_stomp, record_id, seqs, stomp_url
 from mqlogging.handlers import MQHandler
-from tests.brokers import ActiveMQ, RabbitMQ
-from tests.handlers.conftest import amqp_url, drain_amqp, drain_stomp, record_id, seqs, stomp_url
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 SECRET = "never-Show-th1s"

@@ -8,10 +8,10 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+from harness.brokers import ActiveMQ, RabbitMQ
+from harness.drain import amqp_url, drain_amqp, drain_stomp, record_id, seqs, stomp_url
+from harness.helpers import wait_until
 from mqlogging.handlers import MQHandler
-from tests.brokers import ActiveMQ, RabbitMQ
-from tests.handlers.conftest import amqp_url, drain_amqp, drain_stomp, record_id, seqs, stomp_url
-from tests.helpers import wait_until
 
 
 def _handler(urls: str | list[str], spool: Path, **kwargs: Any) -> MQHandler:

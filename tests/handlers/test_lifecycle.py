@@ -18,12 +18,12 @@ from typing import Any
 
 import pytest
 
+from harness.brokers import ActiveMQ, RabbitMQ
+from harness.drain import amqp_url, drain_amqp, drain_stomp, seqs, stomp_url
+from harness.helpers import BlackholeServer, wait_until
 from mqlogging.cli.spool import inspect_spool, replay_spool
 from mqlogging.errors import ConfigurationError
 from mqlogging.handlers import MQHandler
-from tests.brokers import ActiveMQ, RabbitMQ
-from tests.handlers.conftest import amqp_url, drain_amqp, drain_stomp, seqs, stomp_url
-from tests.helpers import BlackholeServer, wait_until
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -11,13 +11,13 @@ from typing import Any
 
 import pytest
 
+from harness.brokers import RabbitMQ
+from harness.drain import amqp_url, drain_amqp
+from harness.helpers import free_port, wait_until
 from mqlogging import MQHandler
 from mqlogging.cli import main
 from mqlogging.handlers._markers import DropLedger
 from mqlogging.wire import DroppedRange
-from tests.brokers import RabbitMQ
-from tests.handlers.conftest import amqp_url, drain_amqp
-from tests.helpers import free_port, wait_until
 
 N = 3000
 

@@ -18,11 +18,11 @@ from typing import Any
 
 import billiard
 
+from harness.brokers import RabbitMQ
+from harness.drain import amqp_url, drain_amqp, record_id, seqs
+from harness.helpers import unique_name, wait_until
 from mqlogging import MQHandler
 from mqlogging.cli.spool import inspect_spool
-from tests.brokers import RabbitMQ
-from tests.handlers.conftest import amqp_url, drain_amqp, record_id, seqs
-from tests.helpers import unique_name, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -12,10 +12,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+from harness.brokers import RabbitMQ
+from harness.drain import amqp_url, drain_amqp, record_id, seqs
+from harness.helpers import BlackholeServer, wait_until
 from mqlogging.cli.spool import inspect_spool
-from tests.brokers import RabbitMQ
-from tests.handlers.conftest import amqp_url, drain_amqp, record_id, seqs
-from tests.helpers import BlackholeServer, wait_until
 
 APP = Path(__file__).with_name("_app.py")
 

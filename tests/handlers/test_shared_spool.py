@@ -13,11 +13,11 @@ from typing import Any
 
 import pytest
 
+from harness.brokers import RabbitMQ
+from harness.drain import amqp_url, drain_amqp, record_id, seqs
+from harness.helpers import free_port, wait_until
 from mqlogging import ConfigurationError, MQHandler
 from mqlogging.cli.spool import inspect_spool
-from tests.brokers import RabbitMQ
-from tests.handlers.conftest import amqp_url, drain_amqp, record_id, seqs
-from tests.helpers import free_port, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -16,11 +16,11 @@ from typing import Any
 
 import pytest
 
+from harness.brokers import RabbitMQ
+from harness.drain import amqp_url, drain_amqp, is_marker, seqs
+from harness.helpers import wait_until
 from mqlogging.handlers import MQHandler
 from mqlogging.wire import read_meta
-from tests.brokers import RabbitMQ
-from tests.handlers.conftest import amqp_url, drain_amqp, is_marker, seqs
-from tests.helpers import wait_until
 
 
 def _break(spool_dir: Path) -> None:

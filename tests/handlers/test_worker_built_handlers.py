@@ -14,11 +14,11 @@ from typing import Any
 import billiard
 import pytest
 
+from harness.brokers import RabbitMQ
+from harness.drain import amqp_url, drain_amqp, seqs
+from harness.helpers import wait_until
 from mqlogging import MQHandler
 from mqlogging.cli.spool import inspect_spool
-from tests.brokers import RabbitMQ
-from tests.handlers.conftest import amqp_url, drain_amqp, seqs
-from tests.helpers import wait_until
 
 LOGGER = "tests.handlers.worker_built"
 PER_TASK = 10

@@ -17,12 +17,12 @@ from types import TracebackType
 
 import pytest
 
+from harness.brokers import NoidaES
+from harness.helpers import unique_name
+from harness.tls import PKI
 from mqlogging._ids import new_id
 from mqlogging.collector.config import ElasticsearchSinkConfig
 from mqlogging.collector.sinks import Outcome, Record, build_sink
-from tests.brokers import NoidaES
-from tests.helpers import unique_name
-from tests.tls import PKI
 
 
 class TLSTerminator:

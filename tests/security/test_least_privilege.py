@@ -18,14 +18,14 @@ from pathlib import Path
 
 import pytest
 
+from harness.brokers import RabbitMQ
+from harness.helpers import unique_name, wait_until
 from mqlogging._ids import new_id
 from mqlogging._types import Message
 from mqlogging.backends import open_consumer, open_producer
 from mqlogging.backends.amqp import AMQPConsumer, AMQPProducer
 from mqlogging.cli import main
 from mqlogging.errors import ConnectError, NotConfirmed
-from tests.brokers import RabbitMQ
-from tests.helpers import unique_name, wait_until
 
 PRODUCER_PASSWORD = "Prod-Pa55-7f1c0e"
 COLLECTOR_PASSWORD = "Coll-Pa55-9a2b4d"

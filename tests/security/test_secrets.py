@@ -29,6 +29,8 @@ from urllib.parse import quote
 
 import pytest
 
+from harness.brokers import NoidaES, RabbitMQ
+from harness.helpers import unique_name, wait_until
 from mqlogging import MQHandler
 from mqlogging._ids import new_id
 from mqlogging._types import Message
@@ -39,8 +41,6 @@ from mqlogging.collector.config import parse_config
 from mqlogging.collector.service import CollectorService
 from mqlogging.errors import MQLoggingError
 from mqlogging.rabbitmq_setup import ManagementAPI, Topology, setup
-from tests.brokers import NoidaES, RabbitMQ
-from tests.helpers import unique_name, wait_until
 
 PRODUCER_SECRET = "Pr0d-S3CRET-q8Zx"
 COLLECTOR_SECRET = "C0ll-S3CRET-w4Yv"

@@ -17,14 +17,14 @@ from pathlib import Path
 
 import pytest
 
+from harness.helpers import unique_name, wait_until
+from harness.tls import EXPIRED_SNI, PKI
 from mqlogging import MQHandler
 from mqlogging._ids import new_id
 from mqlogging._types import Delivery, Message
 from mqlogging.backends import open_consumer, open_producer
 from mqlogging.backends.base import Consumer
 from mqlogging.errors import ConnectError
-from tests.helpers import unique_name, wait_until
-from tests.tls import EXPIRED_SNI, PKI
 
 PASSWORD = "guest"
 

@@ -18,14 +18,14 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from harness.brokers import RabbitMQ
+from harness.helpers import unique_name, wait_until
 from mqlogging._ids import new_id
 from mqlogging._types import Delivery, Message
 from mqlogging.backends import open_producer
 from mqlogging.collector.config import parse_config
 from mqlogging.collector.service import CollectorService, decode
 from mqlogging.collector.sinks.base import dumps
-from tests.brokers import RabbitMQ
-from tests.helpers import unique_name, wait_until
 
 MAX_BYTES = 64 * 1024
 MAX_DEPTH = 32

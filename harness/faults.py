@@ -1,16 +1,16 @@
 """Reliability figures: run the pipeline through ten faults and count every record end to end.
 
-``make faults`` (``.venv/bin/python benchmarks/faults.py --write docs/reliability.md``) starts
-private brokers (``tests/brokers.py``), then for each scenario runs the real pipeline::
+``make faults`` (``.venv/bin/python -m harness.faults --write docs/reliability.md``) starts
+private brokers (:mod:`harness.brokers`), then for each scenario runs the real pipeline::
 
     application ──MQHandler──> RabbitMQ ──collector process──> sink (file / noida-db / stand-in)
     (subprocess, dictConfig)                (python -m mqlogging.collector)
 
-The application is this file run as ``faults.py app SPEC.json``: a separate process that
-configures :class:`mqlogging.MQHandler` with :func:`logging.config.dictConfig` and logs records
-``extra={"seq": i}``, then waits until its handler has delivered everything (what a long-running
-service does) and prints the handler's ``stats()``. The sink is read back and the set of ``seq``
-values compared with what was emitted:
+The application is this module run as ``python -m harness.faults app SPEC.json``: a separate
+process that configures :class:`mqlogging.MQHandler` with :func:`logging.config.dictConfig` and
+logs records ``extra={"seq": i}``, then waits until its handler has delivered everything (what a
+long-running service does) and prints the handler's ``stats()``. The sink is read back and the
+set of ``seq`` values compared with what was emitted:
 
 - *lost* = emitted - distinct records in the sink (scenario 9: must equal the handler's drop
   counter instead of 0);
@@ -49,16 +49,24 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from harness.brokers import NoidaES, RabbitMQ
+from harness.collector import (
+    BulkStandIn,
+    CollectorProcess,
+    amqp_queue_url,
+    dataset_for,
+    write_config,
+)
+from harness.helpers import die_with_parent, free_port, unique_name
+
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
 APP_LOGGER = "faultapp"  # not "mqlogging.*": the handler ignores its own loggers
-COMMAND = ".venv/bin/python benchmarks/faults.py --write docs/reliability.md   (make faults)"
+COMMAND = ".venv/bin/python -m harness.faults --write docs/reliability.md   (make faults)"
 
 
 # =============================================================================================
-# The application under test (a subprocess: ``faults.py app SPEC.json``)
+# The application under test (a subprocess: ``python -m harness.faults app SPEC.json``)
 # =============================================================================================
 
 
@@ -242,9 +250,8 @@ class Row:
         mqlogging/audit.py; this runner's own count by ``seq`` covers those)."""
         if self.audit is None:
             return True
-        if self.counted_drops is not None:
-            return self.audit["missing"] == 0 and self.audit["dropped"] == self.counted_drops
-        return self.audit["missing"] == 0 and self.audit["dropped"] == 0
+        allowed = self.counted_drops or 0
+        return bool(self.audit["missing"] == 0 and self.audit["dropped"] == allowed)
 
 
 @dataclass
@@ -372,8 +379,6 @@ class App:
     """One run of the application subprocess."""
 
     def __init__(self, workdir: Path, name: str, spec: dict[str, Any]) -> None:
-        from tests.helpers import die_with_parent
-
         self.counter = _counter_file(workdir / f"{name}.counter")
         spec = {**spec, "counter": str(self.counter)}
         spec_path = workdir / f"{name}.json"
@@ -382,7 +387,7 @@ class App:
         self.err_path = workdir / f"{name}.err"
         with open(self.out_path, "wb") as out, open(self.err_path, "wb") as err:
             self.proc = subprocess.Popen(
-                [sys.executable, str(Path(__file__).resolve()), "app", str(spec_path)],
+                [sys.executable, "-m", "harness.faults", "app", str(spec_path)],
                 stdout=out,
                 stderr=err,
                 cwd=str(ROOT),
@@ -449,8 +454,6 @@ def handler_logging(endpoints: list[str], spool: Path, **options: Any) -> dict[s
 
 def queue_url(broker: Any, queue: str) -> str:
     """Default exchange, routing key = the scenario's queue (declared durable)."""
-    from tests.collector.support import amqp_queue_url
-
     return str(amqp_queue_url(broker, queue))
 
 
@@ -479,21 +482,20 @@ class Lab:
 
     @property
     def rabbit(self) -> Any:
-        from tests.brokers import RabbitMQ
-
         return self._running("_rabbit", RabbitMQ)
 
     @property
     def rabbit2(self) -> Any:
-        from tests.brokers import RabbitMQ
-
         return self._running("_rabbit2", RabbitMQ)
 
     @property
     def es(self) -> Any:
-        from tests.brokers import NoidaES
-
         return self._running("_es", NoidaES)
+
+    def serves_es(self, url: str) -> bool:
+        """True when ``url`` is the lab's noida-db (started already), not a stand-in: its
+        index is what ``mqlogging audit`` reads afterwards."""
+        return self._es is not None and url == self._es.url
 
     def close(self) -> None:
         for broker in (self._rabbit, self._rabbit2, self._es):
@@ -506,8 +508,6 @@ class Scenario:
     """Per-scenario plumbing: a queue name, a directory, collectors, apps, the readers."""
 
     def __init__(self, lab: Lab, number: int) -> None:
-        from tests.helpers import unique_name
-
         self.lab = lab
         self.queue = unique_name(f"faults{number}")
         self.dir = lab.workdir / f"s{number}"
@@ -536,9 +536,7 @@ class Scenario:
         return {"type": "file", "path": str(path), "fsync": False, "max_bytes": 0}
 
     def es_sink(self, url: str) -> dict[str, Any]:
-        from tests.collector.support import dataset_for
-
-        if self.lab._es is not None and url == self.lab._es.url:
+        if self.lab.serves_es(url):
             self.es_indices.append((url, self.es_index))
         return {
             "type": "elasticsearch",
@@ -549,16 +547,11 @@ class Scenario:
 
     @property
     def es_index(self) -> str:
-        from tests.collector.support import dataset_for
-
         return f"logs-{dataset_for(self.queue)}-default"
 
     def collector(
         self, name: str, sources: list[str], sinks: list[dict[str, Any]], wait: bool = True
     ) -> Any:
-        from tests.collector.support import CollectorProcess, write_config
-        from tests.helpers import free_port
-
         port = free_port()
         config = write_config(
             self.dir / f"{name}.toml",
@@ -627,9 +620,10 @@ class Scenario:
     def delivered(
         self,
         app: App,
-        reader: FileReader,
+        reader: FileReader | StandInReader,
         row: Row,
         n: int,
+        *,
         fault_end: float | None,
         brokers: list[Any],
     ) -> None:
@@ -708,7 +702,7 @@ def s1_broker_down_at_start(lab: Lab, s: Scenario, row: Row) -> None:
     s.until(lambda: time.monotonic() - t0 >= down_for, down_for + 5, "the outage")
     rabbit.start()
     fault_end = time.monotonic()
-    s.delivered(app, reader, row, n, fault_end, [rabbit])
+    s.delivered(app, reader, row, n, fault_end=fault_end, brokers=[rabbit])
     st = app.stats()
     row.note = (
         f"broker back after {fault_end - t0:.0f} s (restart included); "
@@ -737,7 +731,7 @@ def s2_broker_kill_twice(lab: Lab, s: Scenario, row: Row) -> None:
         rabbit.start()
         fault_end = time.monotonic()
         restarts.append(f"kill at {at} emitted, down {fault_end - t:.1f} s")
-    s.delivered(app, reader, row, n, fault_end, [rabbit])
+    s.delivered(app, reader, row, n, fault_end=fault_end, brokers=[rabbit])
     row.note = "; ".join(restarts)
 
 
@@ -764,7 +758,7 @@ def s3_failover(lab: Lab, s: Scenario, row: Row) -> None:
     s.until(app.done_emitting, 300, "the end of the emission")
     primary.start()  # records it confirmed before dying are still in its queue
     fault_end = time.monotonic()
-    s.delivered(app, reader, row, n, fault_end, [primary, secondary])
+    s.delivered(app, reader, row, n, fault_end=fault_end, brokers=[primary, secondary])
     depth2 = secondary.queue_depth(s.queue)
     row.note = (
         f"primary killed at {at} emitted; new records flowed through the secondary "
@@ -784,16 +778,15 @@ def s4_blackhole(lab: Lab, s: Scenario, row: Row) -> None:
         "first": 0, "count": n, "rate": n / (hold + 6.0),
     })  # fmt: skip
     s.until(lambda: app.emitted() >= n * 0.2 or app.exited(), 120, "progress")
-    pgid = rabbit._proc.pid  # the broker's process group (tests/brokers.py supervisor)
-    os.killpg(pgid, signal.SIGSTOP)
-    s.closers.append(lambda: os.killpg(pgid, signal.SIGCONT))
+    rabbit.freeze()
+    s.closers.append(rabbit.thaw)
     t = time.monotonic()
     at = app.emitted()
     s.until(lambda: time.monotonic() - t >= hold, hold + 5, "the black hole")
     emitted_during = app.emitted() - at
-    os.killpg(pgid, signal.SIGCONT)
+    rabbit.thaw()
     fault_end = time.monotonic()
-    s.delivered(app, reader, row, n, fault_end, [rabbit])
+    s.delivered(app, reader, row, n, fault_end=fault_end, brokers=[rabbit])
     st = app.stats()
     row.note = (
         f"broker frozen {hold:.0f} s from record {at}; the application kept logging "
@@ -863,8 +856,6 @@ def s6_collector_kill(lab: Lab, s: Scenario, row: Row) -> None:
 
 def s7_sink_errors(lab: Lab, s: Scenario, row: Row) -> None:
     """The Elasticsearch ``_bulk`` endpoint answers 429 / 503 for 20 s."""
-    from tests.collector.support import BulkStandIn
-
     rabbit = lab.rabbit
     n = lab.scale(20_000)
     hold = 3.0 if lab.quick else 20.0
@@ -892,7 +883,7 @@ def s7_sink_errors(lab: Lab, s: Scenario, row: Row) -> None:
     s.until(lambda: time.monotonic() - window[0] >= hold, hold + 5, "the sink outage")
     window.append(time.monotonic())
     fault_end = window[1]
-    s.delivered(app, reader, row, n, fault_end, [rabbit])
+    s.delivered(app, reader, row, n, fault_end=fault_end, brokers=[rabbit])
     with bulk.lock:
         refused = bulk.statuses.get(429, 0) + bulk.statuses.get(503, 0)
         requests = bulk.requests
@@ -1027,7 +1018,7 @@ def s11_close_in_backoff(lab: Lab, s: Scenario, row: Row) -> None:
     rabbit.start()
     fault_end = time.monotonic()
     go.touch()  # the application exits now, while its endpoint is still backing off
-    s.delivered(app, reader, row, n, fault_end, [rabbit])
+    s.delivered(app, reader, row, n, fault_end=fault_end, brokers=[rabbit])
     st = app.stats()
     row.note = (
         f"broker down for the whole emission (retry_max 30 s), back before exit; "
@@ -1067,7 +1058,7 @@ def _pool_row(lab: Lab, s: Scenario, row: Row, pool: dict[str, Any], n: int) -> 
         "logging": handler_logging([url], s.dir / "spool"),
         "first": 0, "count": n, "pool": pool,
     })  # fmt: skip
-    s.delivered(app, reader, row, n, None, [rabbit])
+    s.delivered(app, reader, row, n, fault_end=None, brokers=[rabbit])
     row.recovery = None
 
 
@@ -1299,8 +1290,8 @@ LOSS_PATHS = [
      "tests/collector/test_loss_paths.py::TestRequestLevelErrors, ::TestDefaultDeadLetters"),
     ("8", "collector memory bounded by prefetch x message size",
      "`max_inflight_bytes`, and the AMQP window follows it",
-     "tests/collector/test_loss_paths.py::TestInFlightBytes, tests/collector/test_inflight_memory.py, "
-     "tests/backends/test_amqp_window.py"),
+     "tests/collector/test_loss_paths.py::TestInFlightBytes, "
+     "tests/collector/test_inflight_memory.py, tests/backends/test_amqp_window.py"),
     ("9", "`flush()` after `close()` waited its whole timeout", "returns at once when closed",
      "tests/handlers/test_lifecycle.py::TestShutdownTwice"),
     ("10", "`mqlogging tail` printed terminal control sequences", "every rendered field escaped",
@@ -1314,7 +1305,8 @@ LOSS_PATHS = [
      "an explicit routing key is honoured, contradictions refused",
      "tests/backends/test_destinations.py::TestDefaultExchange"),
     ("14", "STOMP to `/exchange/...` or `/topic/...` dropped records with no word",
-     "one stderr line at configuration", "tests/backends/test_destinations.py::TestLossyDestinations"),
+     "one stderr line at configuration",
+     "tests/backends/test_destinations.py::TestLossyDestinations"),
     ("15", "the index came from receive time (flat) or from any date in the record",
      "the record's own time, clamped to a window, counted",
      "tests/collector/test_loss_paths.py::TestIndexTime"),
@@ -1443,7 +1435,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run() -> list[dict[str, Any]]:
-    """Rows for ``benchmarks/run.py``: lost records per scenario (goal 0)."""
+    """Rows in the shape of ``benchmarks/run.py``'s suites: lost records per scenario (goal 0)."""
     rows = []
     with tempfile.TemporaryDirectory(prefix="mqlogging-faults-") as tmp:
         lab = Lab(Path(tmp), quick=True)

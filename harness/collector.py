@@ -1,4 +1,4 @@
-"""Test peers and helpers for the collector tests.
+"""Collector peers and helpers for the tests and ``make faults``.
 
 - :class:`BulkStandIn`: a small HTTP server that answers like Elasticsearch's ``_bulk`` API
   (``X-Elastic-Product: Elasticsearch`` header, per-item ``create`` statuses, 409 for an id it
@@ -32,12 +32,13 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+from harness.helpers import die_with_parent, wait_until
 from mqlogging._ids import new_id
 from mqlogging._types import Message
 from mqlogging.backends import open_producer
-from tests.helpers import die_with_parent, free_port, wait_until
 
-REPO = Path(__file__).resolve().parents[2]
+#: The repository root: the collector child runs there, importing this checkout's mqlogging.
+REPO = Path(__file__).resolve().parents[1]
 
 
 # -- publishing -------------------------------------------------------------------------------
@@ -525,6 +526,7 @@ def dataset_for(queue: str) -> str:
 
 __all__ = [
     "INJECTED_TYPES",
+    "REPO",
     "BulkStandIn",
     "CollectorProcess",
     "LogstashHttpStandIn",
@@ -534,7 +536,6 @@ __all__ = [
     "ecs_record",
     "es_count",
     "es_search",
-    "free_port",
     "log_through_handler",
     "metric_sum",
     "publish",

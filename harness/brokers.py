@@ -47,12 +47,14 @@ from types import TracebackType
 from typing import Any
 
 __all__ = [
+    "HOST",
     "ActiveMQ",
     "Broker",
     "BrokerNotInstalled",
     "BrokerStartError",
     "NoidaES",
     "RabbitMQ",
+    "reserve_port",
 ]
 
 HOST = "127.0.0.1"
@@ -101,8 +103,13 @@ class BrokerStartError(RuntimeError):
 # process plumbing
 
 
-def _reserve_port(taken: set[int] | None = None) -> int:
-    """Pick a random port outside the ephemeral range that can be bound right now."""
+def reserve_port(taken: set[int] | None = None) -> int:
+    """Pick a random port outside the ephemeral range that can be bound right now.
+
+    Public because broker variants with extra listeners (the TLS ones in
+    :mod:`harness.tls_brokers`) need ports with the same guarantee: no outgoing client
+    connection grabs them while the broker is down for a restart. *taken*: ports to avoid.
+    """
     rng = random.SystemRandom()
     for _ in range(200):
         port = rng.randrange(*_PORT_RANGE)
@@ -393,6 +400,26 @@ class Broker:
         self._reap_group()
         self._wait_ports_free(15.0)
 
+    def freeze(self) -> None:
+        """SIGSTOP the broker's whole process group: a black-holed broker. The kernel still
+        completes TCP handshakes on its ports, but nothing answers until :meth:`thaw`.
+
+        :meth:`kill` and :meth:`close` work on a frozen broker (SIGKILL needs no resume).
+        """
+        self._signal_group(signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        """SIGCONT the process group after :meth:`freeze`. Idempotent; a no-op when the broker
+        is not running (a scenario's clean-up may call it after a kill)."""
+        self._signal_group(signal.SIGCONT)
+
+    def _signal_group(self, signum: signal.Signals) -> None:
+        # The supervisor leads the group, so its pid is the pgid of every broker process.
+        if self.is_running():
+            assert self._proc is not None
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self._proc.pid, signum)
+
     def _close_lifeline(self) -> None:
         if self._lifeline is not None:
             with contextlib.suppress(OSError):
@@ -540,7 +567,7 @@ class RabbitMQ(Broker):
         taken: set[int] = {self._fixed_management} if self._fixed_management else set()
 
         def pick() -> int:
-            port = _reserve_port(taken)
+            port = reserve_port(taken)
             taken.add(port)
             return port
 
@@ -805,10 +832,10 @@ class ActiveMQ(Broker):
         self.extra_xml = extra_xml
         self.extra_connectors = extra_connectors
         self.extra_ports = tuple(extra_ports)
-        self.stomp_port = _reserve_port(set(self.extra_ports))
+        self.stomp_port = reserve_port(set(self.extra_ports))
 
     def _reallocate_ports(self) -> None:
-        self.stomp_port = _reserve_port(set(self.extra_ports))
+        self.stomp_port = reserve_port(set(self.extra_ports))
 
     @property
     def ports(self) -> tuple[int, ...]:
@@ -967,10 +994,10 @@ class NoidaES(Broker):
     def __init__(self, base_dir: str | os.PathLike[str] | None = None) -> None:
         super().__init__(base_dir)
         self.host = HOST
-        self.port = _reserve_port()
+        self.port = reserve_port()
 
     def _reallocate_ports(self) -> None:
-        self.port = _reserve_port()
+        self.port = reserve_port()
 
     @property
     def ports(self) -> tuple[int, ...]:
