@@ -41,405 +41,43 @@ and readers belong to the sender thread.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import importlib
 import logging
-import os
-import re
-import stat
 import sys
-import tempfile
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
-from .._backoff import Backoff
 from .._types import Message
-from ..backends import Producer, open_producer
 from ..backends.endpoints import Endpoint
 from ..backends.local import record_id
-from ..errors import ConfigurationError, SpoolError, SpoolFull
-from ..spool import Spool, SpoolReader, SpoolRecord, bind_destination
+from ..errors import SpoolError, SpoolFull
+from ..spool import Spool, SpoolReader, SpoolRecord
 from ..wire import DroppedRange
+from ._complain import Complainer
+from ._config import HandlerConfig
+from ._lanes import EndpointState, Lane, Probe
 from ._markers import DropLedger
+from ._spooldir import bind_lane_spool, lane_directories
+from ._state import State
 
-__all__ = [
-    "Config",
-    "Pipeline",
-    "bind_lane_spool",
-    "default_spool_dir",
-    "lane_directories",
-    "usable_spool_dir",
-]
+__all__ = ["MakeMarker", "Pipeline"]
 
-_COMPLAINT_INTERVAL = 30.0
+#: Builds the record announcing dropped ranges (the handler's: it owns formatter and seq).
+MakeMarker = Callable[[Sequence[DroppedRange]], Message]
+
 # Seconds between two checks for segments other processes left in a lane's spool directory.
 _ADOPT_INTERVAL = 5.0
 # While flush()/close() waits, a failed endpoint is tried again at least this often (issue #11,
 # defect 2: the normal backoff, up to retry_max, would outlast the deadline).
 _URGENT_RETRY = 0.5
-# close() after a flush() that ran out of time: how long a fresh attempt may take to show a
-# broker is back before close() stops waiting (see Pipeline.close).
-_PROBE_WINDOW = 1.0
 # After a spool write failed, the lane bypasses its spool this long before trying it again, so a
 # broken disk costs one failed write per second, not one per record (issue #11, defect 5).
 _SPOOL_RETRY = 1.0
 # Client libraries whose loggers the sender thread calls (see _lock_free_loggers).
 _CLIENT_LOGGERS = ("pika", "stomp")
-
-
-# -- helpers ----------------------------------------------------------------------------------
-
-
-def default_spool_dir(endpoints: Sequence[Endpoint], strategy: str) -> str:
-    """``$XDG_STATE_HOME/mqlogging/spool/<digest>`` (``~/.local/state`` by default).
-
-    The digest covers the endpoints' destinations (:meth:`Endpoint.destination_key`) and the
-    strategy, so two applications sending to different destinations never replay each other's
-    records, and the same configuration finds its spool again after a restart.
-    """
-    base = os.environ.get("XDG_STATE_HOME") or os.path.join(
-        os.path.expanduser("~"), ".local", "state"
-    )
-    key = "\n".join([strategy, *(ep.destination_key() for ep in endpoints)])
-    digest = hashlib.sha256(key.encode()).hexdigest()[:16]
-    return os.path.join(base, "mqlogging", "spool", digest)
-
-
-def _fallback_spool_dir(default: str) -> str:
-    """``<tmp>/mqlogging-<uid>/spool/<digest>``: where the spool goes when the default
-    directory cannot be created (a container user with ``HOME=/nonexistent``)."""
-    digest = os.path.basename(default)
-    return os.path.join(tempfile.gettempdir(), f"mqlogging-{os.getuid()}", "spool", digest)
-
-
-def _make_private_dir(path: str) -> None:
-    """Create ``path`` (0700); refuse a shared temp directory another user prepared for us."""
-    top = os.path.dirname(os.path.dirname(path))  # <tmp>/mqlogging-<uid>
-    os.makedirs(top, mode=0o700, exist_ok=True)
-    st = os.lstat(top)
-    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid():
-        raise PermissionError(f"{top} is not a directory owned by uid {os.getuid()}")
-    os.makedirs(path, mode=0o700, exist_ok=True)
-
-
-def usable_spool_dir(default: str, complain: Complainer) -> str:
-    """``default`` if it can be created, else a private directory under the temp directory.
-
-    Why (issue #11, defect 11): a non-root container user often has ``HOME=/nonexistent`` and
-    no ``XDG_STATE_HOME``; the application must still start. The fallback is said once on
-    stderr; it does not survive a reboot, so the message says how to choose a directory.
-
-    Raises:
-        ConfigurationError: neither directory can be created (one line, naming ``spool=``).
-    """
-    try:
-        os.makedirs(default, exist_ok=True)
-        return default
-    except OSError as exc:
-        first = f"{default}: {exc.strerror or exc}"
-    fallback = "<tmp>/mqlogging-<uid>"
-    try:
-        fallback = _fallback_spool_dir(default)  # gettempdir() raises if no temp dir is usable
-        _make_private_dir(fallback)
-    except OSError as exc:
-        msg = (
-            f"MQHandler: cannot create the default spool directory ({first}) nor {fallback} "
-            f"({exc.strerror or exc}); pass spool='/writable/dir' (or spool=False for none)"
-        )
-        raise ConfigurationError(msg) from exc
-    complain(
-        "spool_dir",
-        f"cannot create the default spool directory ({first}); spooling to {fallback} "
-        "instead (set spool= or XDG_STATE_HOME to choose a lasting one)",
-    )
-    return fallback
-
-
-def lane_directories(root: str, endpoints: Sequence[Endpoint], strategy: str) -> list[str]:
-    """The spool directory of each lane: ``root`` itself, or one sub-directory per endpoint."""
-    if strategy != "all":
-        return [root]
-    out = []
-    for ep in endpoints:
-        first = ep.hosts[0] if ep.hosts else None
-        slug = f"{ep.transport}-{first.host}-{first.port}" if first else ep.transport
-        slug = re.sub(r"[^A-Za-z0-9._-]", "_", slug)
-        digest = hashlib.sha256(ep.destination_key().encode()).hexdigest()[:8]
-        out.append(os.path.join(root, f"{slug}-{digest}"))
-    return out
-
-
-def bind_lane_spool(
-    directory: str, endpoints: Sequence[Endpoint], complain: Complainer | None = None
-) -> None:
-    """Refuse a spool directory that already serves another destination (issue #11, defect 6).
-
-    A lane ships every segment of its directory to its own endpoints, so two applications
-    with different destinations sharing one directory would deliver each other's records to
-    the wrong place. The key is the sorted set of the lane's destinations: failover order,
-    the strategy and credentials do not change where records go. A directory whose binding
-    can neither be read nor written (read-only, disk full) is used unbound, with a complaint:
-    its writes fail and are counted anyway, and refusing it would stop the application.
-
-    Raises:
-        ConfigurationError: the directory is bound to another destination.
-    """
-    key = "\n".join(sorted({ep.destination_key() for ep in endpoints}))
-    try:
-        bound = bind_destination(directory, key)
-    except SpoolError as exc:
-        if complain is not None:
-            complain("spool_bind", f"{exc}; the spool is used without a destination check")
-        return
-    if bound != key:
-        msg = (
-            f"spool directory {directory!r} holds records for {bound.replace(chr(10), ' + ')}"
-            f" (its DESTINATION file), not for {key.replace(chr(10), ' + ')}: give this handler"
-            " its own spool= directory, or ship those records with 'mqlogging spool replay"
-            f" {directory} --to URL' and remove the directory"
-        )
-        raise ConfigurationError(msg)
-
-
-class Complainer:
-    """Reports the handler's own troubles on stderr, at most once per ``interval`` per kind.
-
-    stderr, not logging: a logging call from here could re-enter the handler. Thread-safe.
-    """
-
-    def __init__(self, interval: float = _COMPLAINT_INTERVAL) -> None:
-        self.interval = interval
-        self._lock = threading.Lock()
-        self._last: dict[str, float] = {}
-        self._suppressed: dict[str, int] = {}
-
-    def __call__(self, kind: str, message: str) -> None:
-        now = time.monotonic()
-        with self._lock:
-            last = self._last.get(kind)
-            if last is not None and now - last < self.interval:
-                self._suppressed[kind] = self._suppressed.get(kind, 0) + 1
-                return
-            self._last[kind] = now
-            hidden = self._suppressed.pop(kind, 0)
-        more = f" ({hidden} similar messages suppressed)" if hidden else ""
-        with contextlib.suppress(Exception):
-            print(f"mqlogging: {message}{more}", file=sys.stderr, flush=True)
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Config:
-    """Validated handler settings (see :class:`~mqlogging.handlers.MQHandler`)."""
-
-    endpoints: tuple[Endpoint, ...]
-    strategy: str
-    spool_dir: str | None
-    spool_options: dict[str, Any] = field(default_factory=dict)
-    batch_size: int
-    flush_interval: float
-    queue_size: int
-    overflow: str
-    block_timeout: float
-    durability: str
-    close_timeout: float
-    retry_max: float
-
-
-# -- endpoints and lanes ----------------------------------------------------------------------
-
-
-class _EndpointState:
-    """One endpoint as seen by the sender: its producer, health and counters."""
-
-    def __init__(self, endpoint: Endpoint, retry_max: float) -> None:
-        self.endpoint = endpoint
-        self.name = endpoint.redacted()
-        self.producer: Producer | None = None
-        self.healthy = True
-        self.last_error: str | None = None
-        self.last_error_at: float | None = None
-        self.next_try = 0.0
-        self.backoff = Backoff(base=0.2, cap=retry_max)
-        self.sent = 0
-        self.confirmed = 0
-        self.failures = 0
-
-    def get_producer(self) -> Producer:
-        if self.producer is None:
-            self.producer = open_producer(self.endpoint)
-        return self.producer
-
-    def prepare(self) -> None:
-        """Build the (unconnected) producer now, on the configuring thread, so the sender
-        thread never runs a client library's first-use set-up (stomp.py's calls
-        ``logging.getLogger``, which takes logging's lock). A failure is left for the sender
-        to meet and report."""
-        with contextlib.suppress(Exception):
-            self.get_producer()
-
-    def due(self, now: float) -> bool:
-        return self.healthy or now >= self.next_try
-
-    def succeeded(self, n: int) -> None:
-        self.confirmed += n
-        self.healthy = True
-        self.backoff.reset()
-
-    def failed(self, exc: BaseException) -> None:
-        self.failures += 1
-        self.healthy = False
-        self.last_error = str(exc) or type(exc).__name__
-        self.last_error_at = time.time()
-        self.next_try = time.monotonic() + self.backoff.next_delay()
-
-    def close(self) -> None:
-        producer, self.producer = self.producer, None
-        if producer is not None:
-            with contextlib.suppress(Exception):
-                producer.close()
-
-    def stats(self) -> dict[str, Any]:
-        return {
-            "healthy": self.healthy,
-            "last_error": self.last_error,
-            "last_error_at": self.last_error_at,
-            "sent": self.sent,
-            "confirmed": self.confirmed,
-            "failures": self.failures,
-        }
-
-
-class _Lane:
-    """One ordered stream of records: its endpoints (one, or the failover/roundrobin set) and
-    its spool. ``backlogged``, ``inflight`` and ``inflight_spilled`` are guarded by the
-    pipeline's ``order_lock``; the reader belongs to the sender thread.
-    """
-
-    def __init__(
-        self,
-        endpoints: list[_EndpointState],
-        mode: str,
-        spool: Spool | None,
-        batch_size: int,
-    ) -> None:
-        self.endpoints = endpoints
-        self.mode = mode
-        self.spool = spool
-        self.batch_size = batch_size
-        self._reader: SpoolReader | None = None
-        # Adoption of other processes' segments (sender thread only; see the module docstring).
-        self._foreign: SpoolReader | None = None
-        self.adopting = False
-        self.next_scan = 0.0
-        # Start backlogged: records left by an earlier run are replayed before new ones.
-        self.backlogged = spool is not None
-        self.inflight: list[Message] | None = None
-        self.inflight_spilled = False
-        # close() could not spool the in-flight batch: counted as dropped (reason, records)
-        # and un-counted if the sender gets it confirmed after all
-        self.inflight_dropped: tuple[str, int] | None = None
-        self.next_attempt = 0.0
-        # The spool is bypassed until then after a failed write (order_lock; see _SPOOL_RETRY).
-        self.spool_retry_at = 0.0
-        self._rr = 0
-
-    # -- spool side ---------------------------------------------------------------------------
-
-    def reader(self) -> SpoolReader:
-        """The lane's backlog reader: its own segments (open ones too, for write-ahead) and
-        the sealed ones other writers left, each writer's in order; never another live
-        writer's open segment (that writer's own reader replays it)."""
-        if self._reader is None:
-            spool = self.spool
-            assert spool is not None
-            self._reader = SpoolReader(
-                spool.directory, spool=spool, sealed_only=True, own=spool.wrote
-            )
-        return self._reader
-
-    def own_deferred(self) -> bool:
-        """True if the last read left one of this lane's own segments to another reader:
-        records of this lane are still being shipped elsewhere, so it is not caught up."""
-        reader, spool = self._reader, self.spool
-        if reader is None or spool is None:
-            return False
-        return any(spool.wrote(stem) for stem in reader.deferred)
-
-    def close_reader(self) -> None:
-        reader, self._reader = self._reader, None
-        if reader is not None:
-            with contextlib.suppress(Exception):
-                reader.close()
-        self.close_foreign_reader()
-
-    def foreign_reader(self) -> SpoolReader:
-        """The reader of segments other processes left: sealed (or of dead writers), never
-        one of this lane's spool, never a live writer's open segment."""
-        if self._foreign is None:
-            assert self.spool is not None
-            self._foreign = SpoolReader(
-                self.spool.directory, validate=False, sealed_only=True, skip=self.spool.wrote
-            )
-        return self._foreign
-
-    def close_foreign_reader(self) -> None:
-        """Release the adopted segments' claims (uncommitted records go to the next reader)."""
-        reader, self._foreign = self._foreign, None
-        self.adopting = False
-        if reader is not None:
-            with contextlib.suppress(Exception):
-                reader.close()
-
-    # -- publishing ---------------------------------------------------------------------------
-
-    def down(self, now: float) -> bool:
-        """True while every endpoint failed its last attempt and none is due for a retry."""
-        return not any(ep.due(now) for ep in self.endpoints)
-
-    def publish(self, messages: Sequence[Message], complain: Complainer) -> bool:
-        """Publish to one endpoint (strategy order); True once a broker confirmed the batch."""
-        now = time.monotonic()
-        order = self.endpoints
-        if self.mode == "roundrobin" and len(order) > 1:
-            start = self._rr % len(order)
-            self._rr += 1
-            order = order[start:] + order[:start]
-        for ep in order:
-            if not ep.due(now):
-                continue
-            ep.sent += len(messages)
-            try:
-                ep.get_producer().publish_batch(messages)
-            except Exception as exc:  # BackendError, or a backend bug: never kill the sender
-                was_healthy = ep.healthy
-                ep.failed(exc)
-                if was_healthy:
-                    complain(f"endpoint:{ep.name}", f"cannot deliver to {ep.name}: {exc}")
-                continue
-            ep.succeeded(len(messages))
-            return True
-        self.next_attempt = min(ep.next_try for ep in self.endpoints)
-        return False
-
-    def stats(self) -> dict[str, Any]:
-        if self.spool is None:
-            return {}
-        try:
-            st = self.spool.stats()
-        except SpoolError:
-            return {"directory": self.spool.directory}
-        return {
-            "directory": self.spool.directory,
-            "bytes": st.bytes,
-            "records": st.records,
-            "segments": st.segments,
-            "dropped": dict(st.dropped),
-            "oldest": st.oldest,
-        }
 
 
 def _close_at_multiprocessing_exit(pipe: Pipeline) -> None:
@@ -539,31 +177,8 @@ def _is_enabled_for(logger: logging.Logger) -> Any:
     return is_enabled_for
 
 
-class _Probe:
-    """Decides, for close() after a failed flush, when waiting longer cannot help.
-
-    Hopeless: no endpoint confirmed anything since the probe began, and either every endpoint
-    that still has records failed a fresh attempt, or ``_PROBE_WINDOW`` passed (a broker that
-    accepts connections and never answers). Any confirmation means a broker is back: keep going.
-    """
-
-    def __init__(self, endpoints: Sequence[_EndpointState], now: float) -> None:
-        self.began = now
-        self.failures = {id(ep): ep.failures for ep in endpoints}
-        self.confirmed = sum(ep.confirmed for ep in endpoints)
-        self.endpoints = endpoints
-
-    def hopeless(self, busy: Sequence[_EndpointState], now: float) -> bool:
-        if sum(ep.confirmed for ep in self.endpoints) > self.confirmed:
-            return False
-        if now - self.began >= _PROBE_WINDOW:
-            return True
-        return all(ep.failures > self.failures[id(ep)] for ep in busy)
-
-
 # -- the pipeline ---------------------------------------------------------------------------
 
-_RUNNING, _CLOSING, _CLOSED = 0, 1, 2
 
 # The spool's drop reasons (``dropped.log``) under the names of :meth:`Pipeline.stats`.
 _SPOOL_REASONS = {
@@ -578,25 +193,45 @@ _SPOOL_REASONS = {
 class Pipeline:
     """Everything of one handler that belongs to one process: queue, locks, lanes, thread.
 
-    After ``fork()`` the handler builds a new pipeline and keeps the old one referenced and
-    untouched (its producers share sockets with the parent).
+    Its interface is what the handler needs, as ``QueueHandler`` needs only its queue:
+    :meth:`offer` (one call per record), :meth:`flush`, :meth:`close`, :meth:`reset_after_fork`,
+    the process-end hooks :meth:`start_if_spooled`, :meth:`write_ahead_in_child` and
+    :meth:`finish`, the recursion guard (:attr:`sender_ident`, :meth:`ignore`) and
+    :meth:`stats`. Its life is one :class:`~._state.State` value, changed under
+    ``order_lock``; everything else here is the pipeline's own.
+
+    After ``fork()`` the child uses :meth:`reset_after_fork`'s new pipeline; this one stays
+    referenced and untouched (its producers share sockets with the parent).
     """
 
-    def __init__(self, config: Config, complain: Complainer) -> None:
+    def __init__(
+        self,
+        config: HandlerConfig,
+        complain: Complainer,
+        make_marker: MakeMarker | None,
+        *,
+        inherited: Pipeline | None = None,
+    ) -> None:
         self.config = config
         self.complain = complain
+        self.make_marker = make_marker
+        #: The parent's pipeline, in a forked child: kept referenced, never touched.
+        self.inherited = inherited
+        closed = inherited is not None and inherited.state is State.CLOSED
+        self.state: State = State.CLOSED if closed else State.IDLE
         self.queue: deque[Message] = deque()
+        self._queue_size = config.queue_size
+        self._batch_size = config.batch_size
         self.order_lock = threading.Lock()
         self.space = threading.Condition(self.order_lock)  # overflow="block" waits here
         self.wake = threading.Event()
         self.progress = threading.Condition(threading.Lock())  # flush() waits here
-        self.state = _RUNNING
-        # True while emit() may simply append to the deque (sender started, memory mode).
-        self.fast = False
-        self.stopping = False
+        self._stop = threading.Event()  # close() tells the sender thread to end
         self.thread: threading.Thread | None = None
+        #: The sender thread's id: records it emits are refused (the handler's recursion guard).
         self.sender_ident: int | None = None
         self._start_lock = threading.Lock()
+        self._ignored_lock = threading.Lock()  # never held with another lock: see ignore()
         # counters (order_lock for those callers touch, the sender for the rest)
         self.popped = 0
         self.handled = 0
@@ -611,23 +246,24 @@ class Pipeline:
         self._hurried_epoch = 0
         self.last_flush_failed = False
         self.spool_failure: str | None = None  # the last spool write error (stats)
+        self.degraded = False  # durability="spool" fell back to memory mode (stats)
         self.wa_pending = 0
-        self.write_ahead = config.durability == "spool"
-        self.endpoints = [_EndpointState(ep, config.retry_max) for ep in config.endpoints]
-        # Drop markers (see _markers): the handler sets make_marker; the ledger is thread-safe.
+        self.endpoints = [EndpointState(ep, config.retry_max) for ep in config.endpoints]
+        # Drop markers (see _markers): make_marker is the handler's; the ledger is thread-safe.
         self.drops = DropLedger()
         self.announced = 0  # the ledger generation whose marker went out (published or spooled)
         self.flush_generation = 0  # the ledger generation a flush() waits to see announced
-        self.make_marker: Callable[[Sequence[DroppedRange]], Message] | None = None
         self.lanes = self._build_lanes()
         for lane in self.lanes:
             if lane.spool is not None:
                 lane.spool.drop_hook = self._spool_dropped
+        if config.durability == "spool" and not closed:
+            self.state = State.IDLE_WRITE_AHEAD
         _preload(config.endpoints)
         for ep in self.endpoints:
             ep.prepare()
 
-    def _build_lanes(self) -> list[_Lane]:
+    def _build_lanes(self) -> list[Lane]:
         cfg = self.config
         mode = "roundrobin" if cfg.strategy == "roundrobin" else "failover"
         groups = [[ep] for ep in self.endpoints] if cfg.strategy == "all" else [self.endpoints]
@@ -641,20 +277,54 @@ class Pipeline:
             spool = Spool(directory, **cfg.spool_options) if directory is not None else None
             if directory is not None:
                 bind_lane_spool(directory, [ep.endpoint for ep in group], self.complain)
-            lanes.append(_Lane(group, mode, spool, cfg.batch_size))
+            lanes.append(Lane(group, mode, spool, cfg.batch_size))
         return lanes
 
-    # -- caller side --------------------------------------------------------------------------
+    # -- the caller's path ----------------------------------------------------------------------
 
-    def start(self) -> None:
+    def offer(self, message: Message) -> None:
+        """Take ``message`` for delivery: a deque append in the normal path (memory mode).
+
+        Lock-free there: ``deque.append`` is atomic, and a :meth:`close` that drained the
+        deque between the state check and the append is caught by the second check.
+        Everything else (first record, overflow, write-ahead, closed) is :meth:`_offer_slow`.
+        """
+        if self.state is State.MEMORY:
+            q = self.queue
+            if len(q) < self._queue_size:
+                q.append(message)
+                if len(q) >= self._batch_size and not self.wake.is_set():
+                    self.wake.set()
+                if self.state is not State.MEMORY:  # close() may have drained the queue
+                    self._rescue()
+                return
+        self._offer_slow(message)
+
+    def ignore(self) -> None:
+        """Count a record the handler's recursion guard refused.
+
+        Its own lock: the sender thread may emit such a record while it holds ``order_lock``.
+        """
+        with self._ignored_lock:
+            self.ignored += 1
+
+    def reset_after_fork(self) -> Pipeline:
+        """The pipeline a forked child uses instead of this one: same config, empty queue, new
+        locks and connections, sender started on the child's first record (closed if this one
+        is: then the child's records go straight to the spool). This one is kept referenced
+        by the new one and never touched (see :mod:`._fork`)."""
+        return Pipeline(self.config, Complainer(), self.make_marker, inherited=self)
+
+    def _start(self) -> None:
         """Start the sender thread (idempotent; called on the first record)."""
         with self._start_lock:
-            if self.thread is not None or self.state != _RUNNING:
+            if self.thread is not None or not self.state.idle:
                 return
             thread = threading.Thread(target=self._run, name="mqlogging-sender", daemon=True)
             self.thread = thread
             thread.start()
-            self.fast = not self.write_ahead
+            with self.order_lock:
+                self.state = self.state.started()
             _close_at_multiprocessing_exit(self)
 
     def write_ahead_in_child(self) -> None:
@@ -667,10 +337,12 @@ class Pipeline:
         returns, the child's open segment outlives it and any process sharing the spool
         ships the rest (adoption of dead writers' segments). Costs one ``write(2)`` per
         record in those children only. Without a spool (``spool=False``) nothing changes.
+        Only before the sender started (the child's first record).
         """
         with self._start_lock:
-            if self.thread is None and all(lane.spool is not None for lane in self.lanes):
-                self.write_ahead = True
+            if all(lane.spool is not None for lane in self.lanes):
+                with self.order_lock:
+                    self.state = self.state.to_write_ahead()
 
     def start_if_spooled(self) -> None:
         """Start the sender now if a spool already holds records (one ``listdir`` per lane).
@@ -686,13 +358,13 @@ class Pipeline:
                 self.complain("spool_read", f"cannot read the spool: {exc}")
                 continue
             if found:
-                self.start()
+                self._start()
                 return
 
-    def rescue(self) -> None:
-        """A record was appended after close() drained the deque: spool it too."""
+    def _rescue(self) -> None:
+        """A record was appended while close() drained the deque: spool it too."""
         with self.order_lock:
-            if self.state == _CLOSED:
+            if self.state is State.CLOSED:
                 self._spill_locked([], "closed")
 
     def count_drop(self, reason: str, messages: Sequence[Message]) -> None:
@@ -740,26 +412,33 @@ class Pipeline:
         ranges, generation = self.drops.take()
         return (self.make_marker(ranges) if ranges else None), generation
 
-    def enqueue_slow(self, message: Message) -> None:
+    def _offer_slow(self, message: Message) -> None:
         """Everything but the plain append: first record, overflow, write-ahead, closed."""
-        if self.thread is None and self.state == _RUNNING:
-            self.start()
-        if self.write_ahead or self.state == _CLOSED:
+        if self.state.idle:
+            self._start()
+        state = self.state
+        if state.write_ahead or state is State.CLOSED:
             self._write_through(message)
             return
         q = self.queue
-        if len(q) < self.config.queue_size:
+        if len(q) < self._queue_size:
             q.append(message)
-            if len(q) >= self.config.batch_size:
+            if len(q) >= self._batch_size:
                 self.wake.set()
+            if self.state.closing:  # close() may have drained the queue meanwhile
+                self._rescue()
             return
+        self._overflow(message)
+
+    def _overflow(self, message: Message) -> None:
+        """The queue is full: block a while, spill it to the spool, or drop ``message``."""
         policy = self.config.overflow
         if policy == "block":
             self._enqueue_blocking(message)
         elif policy == "spool":
             with self.order_lock:
-                if len(q) < self.config.queue_size:  # the sender made room meanwhile
-                    q.append(message)
+                if len(self.queue) < self._queue_size:  # the sender made room meanwhile
+                    self.queue.append(message)
                     return
                 self._spill_locked([message], "overflow")
             self.wake.set()
@@ -771,7 +450,7 @@ class Pipeline:
         deadline = time.monotonic() + self.config.block_timeout
         q = self.queue
         with self.space:
-            while len(q) >= self.config.queue_size and self.state != _CLOSED:
+            while len(q) >= self._queue_size and self.state is not State.CLOSED:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     self.count_drop("overflow", [message])
@@ -782,7 +461,7 @@ class Pipeline:
                     self.space.wait(remaining)
                 finally:
                     self.blocked -= 1
-            if self.state == _CLOSED:
+            if self.state is State.CLOSED:
                 self._spill_locked([message], "closed")
                 return
             q.append(message)
@@ -798,7 +477,7 @@ class Pipeline:
         with self.order_lock:
             stored = [self._store_locked(lane, [message]) for lane in self.lanes]
             failing = not any(stored) and not any(map(self._spool_open, self.lanes))
-            if self.write_ahead and self.state != _CLOSED and failing:
+            if self.state.write_ahead and failing:
                 self._degrade_locked()
                 self.queue.append(message)
                 wake = True
@@ -807,7 +486,7 @@ class Pipeline:
                     if not ok:
                         self._count_unstored(lane, [message], "closed")
                 wake = False
-                if any(stored) and self.state != _CLOSED:
+                if any(stored) and self.state is not State.CLOSED:
                     self.wa_pending += 1
                     wake = self.wa_pending >= self.config.batch_size
         if wake:
@@ -815,8 +494,8 @@ class Pipeline:
 
     def _degrade_locked(self) -> None:
         """durability='spool' with a spool that fails: go on in memory mode (order_lock)."""
-        self.write_ahead = False
-        self.fast = self.thread is not None and self.state == _RUNNING
+        self.state = self.state.degraded()
+        self.degraded = True
         self.complain(
             "degraded",
             f"the spool fails ({self.spool_failure}); durability='spool' degraded to memory "
@@ -869,11 +548,11 @@ class Pipeline:
         if self.blocked:
             self.space.notify_all()
 
-    def _spool_open(self, lane: _Lane) -> bool:
+    def _spool_open(self, lane: Lane) -> bool:
         """``lane`` has a spool that is not in its ``_SPOOL_RETRY`` pause after a failure."""
         return lane.spool is not None and time.monotonic() >= lane.spool_retry_at
 
-    def _store_locked(self, lane: _Lane, messages: list[Message]) -> bool:
+    def _store_locked(self, lane: Lane, messages: list[Message]) -> bool:
         """Append ``messages`` to ``lane``'s spool (``order_lock`` held). True if the spool
         took them (what its bounds dropped is counted); False if it took none (no spool, it
         failed, or it refuses when full): the caller decides what that means.
@@ -907,17 +586,17 @@ class Pipeline:
             lane.backlogged = True
         return True
 
-    def _unstored_reason(self, lane: _Lane, why: str) -> str:
+    def _unstored_reason(self, lane: Lane, why: str) -> str:
         """Why ``lane``'s spool did not take records: none, failing, or full."""
         if lane.spool is None:
             return why
         return "spool_error" if not self._spool_open(lane) else "spool_full"
 
-    def _count_unstored(self, lane: _Lane, messages: Sequence[Message], why: str) -> None:
+    def _count_unstored(self, lane: Lane, messages: Sequence[Message], why: str) -> None:
         """Count ``messages`` ``lane``'s spool did not take, by the reason it did not."""
         self.count_drop(self._unstored_reason(lane, why), messages)
 
-    def _append_lane_locked(self, lane: _Lane, messages: list[Message], why: str) -> bool:
+    def _append_lane_locked(self, lane: Lane, messages: list[Message], why: str) -> bool:
         """Append to ``lane``'s spool (``order_lock`` held); count what could not be stored."""
         if self._store_locked(lane, messages):
             return True
@@ -952,7 +631,12 @@ class Pipeline:
         """:meth:`flush`; with ``give_up_when_dead``, return False as soon as a fresh attempt
         showed that no broker is taking records (see :meth:`close`)."""
         thread = self.thread
-        if self.state == _CLOSED or thread is None or not thread.is_alive() or self.stopping:
+        if (
+            self.state is State.CLOSED
+            or thread is None
+            or not thread.is_alive()
+            or self._stop.is_set()
+        ):
             # Closed (or never started): nothing will be sent from memory any more. Returning at
             # once keeps logging.shutdown() after close() from waiting again (defect 9).
             return not self.queue
@@ -961,7 +645,7 @@ class Pipeline:
         needed = -1  # the drops of the records up to target: known once they are handled
         now = time.monotonic()
         deadline = now + timeout
-        probe = _Probe(self.endpoints, now) if give_up_when_dead else None
+        probe = Probe(self.endpoints, now) if give_up_when_dead else None
         with self.progress:
             self.flush_waiters += 1
             self.flush_epoch += 1
@@ -996,12 +680,12 @@ class Pipeline:
         instead, as that close cannot go on until the signal handler returns. What is not
         delivered in time is in the spool (write-ahead) for another process to ship.
         """
-        if self.state == _RUNNING:
+        if not self.state.closing:
             self.close(timeout)
         else:
             self.flush(timeout)
 
-    def _busy_endpoints(self, target: int) -> list[_EndpointState]:
+    def _busy_endpoints(self, target: int) -> list[EndpointState]:
         """The endpoints that still have records of this flush to deliver."""
         if self.handled < target:
             return self.endpoints
@@ -1013,20 +697,21 @@ class Pipeline:
         Returns as soon as everything is confirmed. Otherwise it keeps retrying until the
         deadline -- except right after a :meth:`flush` that ran out of time
         (:func:`logging.shutdown` calls ``flush()`` then ``close()``): then one fresh attempt per
-        endpoint decides, within ``_PROBE_WINDOW``: a broker that confirms something gets the
+        endpoint decides, within ``PROBE_WINDOW``: a broker that confirms something gets the
         rest of the deadline, brokers that still fail (or do not answer) do not make the
         application wait a second full deadline.
         """
         with self._start_lock:
-            if self.state != _RUNNING:
+            if self.state.closing:
                 return
-            self.state = _CLOSING
+            with self.order_lock:
+                self.state = self.state.closing_began()
         deadline = time.monotonic() + timeout
         thread = self.thread
         if thread is not None and thread.is_alive():
             budget = max(0.0, (deadline - time.monotonic()) * 0.9)
             delivered = self._wait_delivered(budget, give_up_when_dead=self.last_flush_failed)
-            self.stopping = True
+            self._stop.set()
             self.wake.set()
             grace = deadline - time.monotonic() if delivered else 0.2
             thread.join(max(0.0, min(grace, deadline - time.monotonic())))
@@ -1038,10 +723,9 @@ class Pipeline:
                     "batch confirmed meanwhile may arrive twice, same record ids)",
                 )
         with self.order_lock:
-            self.fast = False
             self._spill_locked([], "closed")
             self._spill_markers_locked()
-            self.state = _CLOSED
+            self.state = self.state.closed()
             self.space.notify_all()
         for lane in self.lanes:
             if lane.spool is not None:
@@ -1070,7 +754,7 @@ class Pipeline:
     def _run(self) -> None:
         self.sender_ident = threading.get_ident()
         try:
-            while not self.stopping:
+            while not self._stop.is_set():
                 try:
                     worked = self._cycle()
                 except Exception as exc:  # a bug or an unexpected error: report, slow down
@@ -1078,7 +762,7 @@ class Pipeline:
                     worked = False
                     self.wake.wait(1.0)
                 self._notify_progress()
-                if not worked and not self.stopping:
+                if not worked and not self._stop.is_set():
                     self._wait()
         finally:
             for lane in self.lanes:
@@ -1128,12 +812,12 @@ class Pipeline:
         if self.flush_waiters:
             self._hurry()
         worked = False
-        while (self.queue or self._marker_due()) and not self.stopping:
+        while (self.queue or self._marker_due()) and not self._stop.is_set():
             self._take_and_send()
             worked = True
         now = time.monotonic()
         for lane in self.lanes:
-            if self.stopping:
+            if self._stop.is_set():
                 break
             if lane.spool is None:
                 continue
@@ -1187,7 +871,7 @@ class Pipeline:
             self.handled += n
             self.announced = max(self.announced, generation)
 
-    def _skip_confirmed(self, lane: _Lane, batch: list[Message]) -> None:
+    def _skip_confirmed(self, lane: Lane, batch: list[Message]) -> None:
         """A spill copied ``batch`` to the spool while it was being confirmed: commit those
         copies at the head of the spool instead of sending them twice."""
         try:
@@ -1205,7 +889,7 @@ class Pipeline:
         except SpoolError as exc:
             self.complain("spool_error", f"cannot skip confirmed records: {exc}")
 
-    def _replay(self, lane: _Lane) -> bool:
+    def _replay(self, lane: Lane) -> bool:
         """Publish the oldest spooled batch of ``lane``; True if it was confirmed."""
         try:
             reader = lane.reader()
@@ -1232,7 +916,7 @@ class Pipeline:
         lane.close_reader()
         return False
 
-    def _adopt(self, lane: _Lane, now: float) -> bool:
+    def _adopt(self, lane: Lane, now: float) -> bool:
         """Replay one batch of the segments other processes left in ``lane``'s directory.
 
         Only while the lane is direct and an endpoint is up: a backlogged lane's own reader
@@ -1269,7 +953,7 @@ class Pipeline:
         lane.close_foreign_reader()  # do not hold other writers' segments while down
         return False
 
-    def _ship(self, lane: _Lane, reader: SpoolReader, records: list[SpoolRecord]) -> bool:
+    def _ship(self, lane: Lane, reader: SpoolReader, records: list[SpoolRecord]) -> bool:
         """Publish spooled ``records``: committed once confirmed, given back to ``reader``
         otherwise. True if the broker confirmed them."""
         messages = [Message(record_id(r), r.body) for r in records]
@@ -1296,7 +980,7 @@ class Pipeline:
             "directories": [s["directory"] for s in spools],
             # the last spool write error, and whether durability="spool" fell back to memory
             "error": self.spool_failure,
-            "degraded": self.config.durability == "spool" and not self.write_ahead,
+            "degraded": self.config.durability == "spool" and self.degraded,
         }
         for s in spools:
             for reason, n in s.get("dropped", {}).items():
