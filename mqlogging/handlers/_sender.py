@@ -514,21 +514,11 @@ class Pipeline:
         if why == "overflow" and not any(map(self._spool_open, self.lanes)):
             self.count_drop("spool_error", extra)
             return
-        q = self.queue
-        drained = []
-        with contextlib.suppress(IndexError):
-            while True:  # popleft, not list()+clear(): callers append without the lock
-                drained.append(q.popleft())
+        drained = self._drain_queue_locked()
         records = drained + extra
-        results = []
-        for lane in self.lanes:
-            with_inflight = (
-                lane.spool is not None and lane.inflight is not None and not lane.inflight_spilled
-            )
-            batch = lane.inflight + records if with_inflight and lane.inflight else records
-            results.append((lane, batch, with_inflight, self._store_locked(lane, batch)))
+        results = [self._spill_lane_locked(lane, records) for lane in self.lanes]
         if why == "overflow" and not any(ok for _, _, _, ok in results):
-            q.extendleft(reversed(drained))  # nothing stored anywhere: keep it for the sender
+            self.queue.extendleft(reversed(drained))  # stored nowhere: keep it for the sender
             for lane in self.lanes:
                 self._count_unstored(lane, extra, why)
             return
@@ -547,6 +537,27 @@ class Pipeline:
         self.handled += len(drained)  # not ``extra``: it never was in the queue
         if self.blocked:
             self.space.notify_all()
+
+    def _drain_queue_locked(self) -> list[Message]:
+        """Empty the deque (``order_lock`` held) with ``popleft``, not ``list()`` + ``clear()``:
+        callers on the fast path append without the lock."""
+        q = self.queue
+        drained = []
+        with contextlib.suppress(IndexError):
+            while True:
+                drained.append(q.popleft())
+        return drained
+
+    def _spill_lane_locked(
+        self, lane: Lane, records: list[Message]
+    ) -> tuple[Lane, list[Message], bool, bool]:
+        """Store ``records`` in ``lane``'s spool, behind its in-flight batch if not spilled yet:
+        ``(lane, what was stored, whether the in-flight batch was in it, stored?)``."""
+        with_inflight = (
+            lane.spool is not None and lane.inflight is not None and not lane.inflight_spilled
+        )
+        batch = lane.inflight + records if with_inflight and lane.inflight else records
+        return lane, batch, with_inflight, self._store_locked(lane, batch)
 
     def _spool_open(self, lane: Lane) -> bool:
         """``lane`` has a spool that is not in its ``_SPOOL_RETRY`` pause after a failure."""
@@ -831,45 +842,57 @@ class Pipeline:
         return worked
 
     def _take_and_send(self) -> None:
-        size = self.config.batch_size
+        """Move one batch from memory to the lanes: into a backlogged lane's spool (behind its
+        backlog), or published from memory by a direct lane (spooled if that fails)."""
         marker, generation = self._take_marker()  # rides at the end of the batch
         with self.order_lock:
             q = self.queue
-            n = min(len(q), size)
+            n = min(len(q), self.config.batch_size)
             batch = [q.popleft() for _ in range(n)]
             self.popped += n
             if marker is not None:
                 batch.append(marker)
             if not batch:
                 return
-            direct = []
-            for lane in self.lanes:
-                if lane.backlogged and self._store_locked(lane, batch):
-                    continue
-                if lane.backlogged:  # spool full: what the spool bounds drop, counted
-                    self.count_drop("spool_full", batch)
-                else:  # direct, or the spool just failed: send from memory
-                    lane.inflight = batch
-                    lane.inflight_spilled = False
-                    direct.append(lane)
+            direct = self._route_locked(batch)
             if self.blocked:
                 self.space.notify_all()
         for lane in direct:
-            ok = lane.publish(batch, self.complain)
-            with self.order_lock:
-                spilled, dropped = lane.inflight_spilled, lane.inflight_dropped
-                lane.inflight = None
-                lane.inflight_spilled = False
-                lane.inflight_dropped = None
-                if not ok and not spilled:
-                    self._append_lane_locked(lane, batch, "unsent")
-                if ok and dropped:  # close() counted it as dropped, but it arrived
-                    self._uncount_drop(*dropped)
-            if ok and spilled and not dropped:
-                self._skip_confirmed(lane, batch)
+            self._send_direct(lane, batch)
         with self.order_lock:
             self.handled += n
             self.announced = max(self.announced, generation)
+
+    def _route_locked(self, batch: list[Message]) -> list[Lane]:
+        """Append ``batch`` to each backlogged lane's spool; return the lanes that publish it
+        from memory (direct ones, and those whose spool just failed)."""
+        direct = []
+        for lane in self.lanes:
+            if lane.backlogged and self._store_locked(lane, batch):
+                continue
+            if lane.backlogged:  # spool full: what the spool bounds drop, counted
+                self.count_drop("spool_full", batch)
+            else:  # direct, or the spool just failed: send from memory
+                lane.inflight = batch
+                lane.inflight_spilled = False
+                direct.append(lane)
+        return direct
+
+    def _send_direct(self, lane: Lane, batch: list[Message]) -> None:
+        """Publish ``lane``'s in-flight ``batch``; spool it if no endpoint confirmed it, and
+        settle with a close() that spilled (or counted) it meanwhile."""
+        ok = lane.publish(batch, self.complain)
+        with self.order_lock:
+            spilled, dropped = lane.inflight_spilled, lane.inflight_dropped
+            lane.inflight = None
+            lane.inflight_spilled = False
+            lane.inflight_dropped = None
+            if not ok and not spilled:
+                self._append_lane_locked(lane, batch, "unsent")
+            if ok and dropped:  # close() counted it as dropped, but it arrived
+                self._uncount_drop(*dropped)
+        if ok and spilled and not dropped:
+            self._skip_confirmed(lane, batch)
 
     def _skip_confirmed(self, lane: Lane, batch: list[Message]) -> None:
         """A spill copied ``batch`` to the spool while it was being confirmed: commit those
@@ -929,15 +952,9 @@ class Pipeline:
         assert spool is not None
         if lane.down(now) or not any(ep.healthy for ep in lane.endpoints):
             return False  # adopt only through a healthy endpoint; looked at again when it is
-        if not lane.adopting:
-            lane.next_scan = now + _ADOPT_INTERVAL
-            try:
-                if not spool.foreign_segments():
-                    return False
-            except SpoolError as exc:
-                self.complain("spool_read", f"cannot read the spool: {exc}")
-                return False
-            lane.adopting = True
+        if not lane.adopting and not self._found_foreign(lane, spool, now):
+            return False
+        lane.adopting = True
         try:
             reader = lane.foreign_reader()
             records = reader.read(lane.batch_size)
@@ -952,6 +969,16 @@ class Pipeline:
             return True
         lane.close_foreign_reader()  # do not hold other writers' segments while down
         return False
+
+    def _found_foreign(self, lane: Lane, spool: Spool, now: float) -> bool:
+        """The scan for segments other processes left (one ``listdir``), at most once per
+        ``_ADOPT_INTERVAL`` seconds per lane."""
+        lane.next_scan = now + _ADOPT_INTERVAL
+        try:
+            return bool(spool.foreign_segments())
+        except SpoolError as exc:
+            self.complain("spool_read", f"cannot read the spool: {exc}")
+            return False
 
     def _ship(self, lane: Lane, reader: SpoolReader, records: list[SpoolRecord]) -> bool:
         """Publish spooled ``records``: committed once confirmed, given back to ``reader``
