@@ -184,10 +184,11 @@ def test_handler_uses_only_the_pipeline_interface() -> None:
     tree = ast.parse(Path(_handler.__file__).read_text())
     used = set()
     for node in ast.walk(tree):
-        if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Attribute):
-            if node.value.attr == "_pipe":
-                used.add(node.attr)
-                assert not isinstance(node.ctx, ast.Store), f"handler assigns pipe.{node.attr}"
+        if isinstance(node, ast.Attribute) and getattr(node.value, "attr", None) == "_pipe":
+            used.add(node.attr)
+            assert not isinstance(node.ctx, ast.Store), f"handler assigns pipe.{node.attr}"
+        if isinstance(node, ast.Assign) and getattr(node.value, "attr", None) == "_pipe":
+            raise AssertionError("the handler keeps no alias of its pipeline (checked above)")
         if isinstance(node, ast.ImportFrom) and node.module:
             assert all(not a.name.startswith("_") for a in node.names), ast.dump(node)
     assert used <= interface, used - interface
