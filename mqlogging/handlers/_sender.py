@@ -2,11 +2,13 @@
 
 Data flow (one :class:`Pipeline` per handler and per process)::
 
-    emit() ──append──> deque (bounded) ──pop (sender thread)──> lane ──publish_batch──> broker
+    offer() ──append──> deque (bounded) ──pop (sender thread)──> lane ──publish_batch──> broker
        │ overflow="spool": spill the deque     │ lane backlogged?  └─ failure ──> spool (the lane's)
        │ durability="spool": append ───────────┴──> spool ──replay FIFO (SpoolReader)──> broker
 
-A *lane* is one ordered stream of records with its own spool directory: ``failover`` and
+The handler calls :meth:`Pipeline.offer` once per record (as ``QueueHandler`` only enqueues);
+the pipeline's life is one :class:`~._state.State`. A *lane* (:mod:`._lanes`) is one ordered
+stream of records with its own spool directory (:mod:`._spooldir`): ``failover`` and
 ``roundrobin`` have one lane whose publishes go to one of the endpoints; ``all`` has one lane
 per endpoint, so a down endpoint gets its copies later without holding up the others.
 
