@@ -297,7 +297,7 @@ class Pipeline:
                 q.append(message)
                 if len(q) >= self._batch_size and not self.wake.is_set():
                     self.wake.set()
-                if self.state is not State.MEMORY:  # close() may have drained the queue
+                if self.state is State.CLOSED:  # close() may have drained the queue meanwhile
                     self._rescue()
                 return
         self._offer_slow(message)
@@ -427,7 +427,7 @@ class Pipeline:
             q.append(message)
             if len(q) >= self._batch_size:
                 self.wake.set()
-            if self.state.closing:  # close() may have drained the queue meanwhile
+            if self.state is State.CLOSED:  # close() may have drained the queue meanwhile
                 self._rescue()
             return
         self._overflow(message)
@@ -736,9 +736,11 @@ class Pipeline:
                     "batch confirmed meanwhile may arrive twice, same record ids)",
                 )
         with self.order_lock:
+            # CLOSED before the drain: a caller's append that misses the drain then sees it
+            # (offer's second check) and spools its record.
+            self.state = self.state.closed()
             self._spill_locked([], "closed")
             self._spill_markers_locked()
-            self.state = self.state.closed()
             self.space.notify_all()
         for lane in self.lanes:
             if lane.spool is not None:
