@@ -297,7 +297,8 @@ class Pipeline:
                 q.append(message)
                 if len(q) >= self._batch_size and not self.wake.is_set():
                     self.wake.set()
-                if self.state is State.CLOSED:  # close() may have drained the queue meanwhile
+                # close() may have drained the queue meanwhile (another thread: mypy cannot know)
+                if self.state is State.CLOSED:  # type: ignore[comparison-overlap]
                     self._rescue()
                 return
         self._offer_slow(message)
