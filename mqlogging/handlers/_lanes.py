@@ -121,7 +121,7 @@ class Lane:
         # and un-counted if the sender gets it confirmed after all
         self.inflight_dropped: tuple[str, int] | None = None
         self.next_attempt = 0.0
-        # The spool is bypassed until then after a failed write (order_lock; see SPOOL_RETRY).
+        # The spool is bypassed until then after a failed write (order_lock; _spools.SPOOL_RETRY).
         self.spool_retry_at = 0.0
         self._rr = 0
 

@@ -22,9 +22,10 @@ already there, and the sender replays the spool FIFO). Three rules keep emit ord
    ``inflight``), then the deque, then the new record. If that publish later succeeds, the
    sender commits those records at the head of the spool instead of sending them twice.
 3. A lane becomes direct again only when its reader finds the spool empty *under the lock*
-   -- or when its spool fails a write: then it bypasses the spool for ``_SPOOL_RETRY`` seconds
-   and sends from memory (delivering beats keeping order behind a broken disk); what the spool
-   still holds is replayed once a write succeeds again (or by the next run).
+   -- or when its spool fails a write: then it bypasses the spool for ``SPOOL_RETRY`` seconds
+   (:mod:`._spools`) and sends from memory (delivering beats keeping order behind a broken
+   disk); what the spool still holds is replayed once a write succeeds again (or by the next
+   run).
 
 Adoption: several processes may share a spool directory (fork workers inherit the handler's).
 Segments another process left there (it exited while its broker was unreachable, or crashed)
@@ -55,7 +56,7 @@ from typing import Any
 from .._types import Message
 from ..backends.endpoints import Endpoint
 from ..backends.local import record_id
-from ..errors import SpoolError, SpoolFull
+from ..errors import SpoolError
 from ..spool import Spool, SpoolReader, SpoolRecord
 from ..wire import DroppedRange
 from ._complain import Complainer
@@ -63,6 +64,7 @@ from ._config import HandlerConfig
 from ._lanes import EndpointState, Lane, Probe
 from ._markers import DropLedger
 from ._spooldir import bind_lane_spool, lane_directories
+from ._spools import LaneSpools, spool_reason
 from ._state import State
 
 __all__ = ["MakeMarker", "Pipeline"]
@@ -80,9 +82,6 @@ _ADOPT_INTERVAL = 5.0
 # While flush()/close() waits, a failed endpoint is tried again at least this often (issue #11,
 # defect 2: the normal backoff, up to retry_max, would outlast the deadline).
 _URGENT_RETRY = 0.5
-# After a spool write failed, the lane bypasses its spool this long before trying it again, so a
-# broken disk costs one failed write per second, not one per record (issue #11, defect 5).
-_SPOOL_RETRY = 1.0
 # Client libraries whose loggers the sender thread calls (see _lock_free_loggers).
 _CLIENT_LOGGERS = ("pika", "stomp")
 
@@ -187,16 +186,6 @@ def _is_enabled_for(logger: logging.Logger) -> Any:
 # -- the pipeline ---------------------------------------------------------------------------
 
 
-# The spool's drop reasons (``dropped.log``) under the names of :meth:`Pipeline.stats`.
-_SPOOL_REASONS = {
-    "max_bytes": "spool_full",
-    "overflow": "spool_full",
-    "max_age": "spool_expired",
-    "torn": "spool_corrupt",
-    "corrupt": "spool_corrupt",
-}
-
-
 class Pipeline:
     """Everything of one handler that belongs to one process: queue, locks, lanes, thread.
 
@@ -242,9 +231,7 @@ class Pipeline:
         # counters (order_lock for those callers touch, the sender for the rest)
         self.popped = 0
         self.handled = 0
-        self.spooled = 0
         self.replayed = 0
-        self.dropped: dict[str, int] = {}
         self.ignored = 0
         self.blocked = 0
         self.flush_waiters = 0
@@ -252,18 +239,19 @@ class Pipeline:
         self.flush_epoch = 0
         self._hurried_epoch = 0
         self.last_flush_failed = False
-        self.spool_failure: str | None = None  # the last spool write error (stats)
         self.degraded = False  # durability="spool" fell back to memory mode (stats)
         self.wa_pending = 0
         self.endpoints = [EndpointState(ep, config.retry_max) for ep in config.endpoints]
         # Drop markers (see _markers): make_marker is the handler's; the ledger is thread-safe.
         self.drops = DropLedger()
+        # Writes to the lanes' spools and counts what they do not take (order_lock held).
+        self.spools = LaneSpools(self.drops, complain)
         self.announced = 0  # the ledger generation whose marker went out (published or spooled)
         self.flush_generation = 0  # the ledger generation a flush() waits to see announced
         self.lanes = self._build_lanes()
         for lane in self.lanes:
             if lane.spool is not None:
-                lane.spool.drop_hook = self._spool_dropped
+                lane.spool.drop_hook = self.spools.spool_dropped
         if config.durability == "spool" and not closed:
             self.state = State.IDLE_WRITE_AHEAD
         _preload(config.endpoints)
@@ -375,27 +363,6 @@ class Pipeline:
             if self.state is State.CLOSED:
                 self._spill_locked([], "closed")
 
-    def count_drop(self, reason: str, messages: Sequence[Message]) -> None:
-        """Count dropped records and note them for the next marker (``order_lock`` held)."""
-        if messages:
-            self.dropped[reason] = self.dropped.get(reason, 0) + len(messages)
-            self.drops.note([m.body for m in messages], reason)
-
-    def _uncount_drop(self, reason: str, n: int) -> None:
-        """Take back ``n`` drops: close() counted an in-flight batch it could not spool, and
-        the sender got it confirmed after all (``order_lock`` held). The marker may still name
-        them; the audit counts a named record that arrived as delivered, not dropped."""
-        total = self.dropped.get(reason, 0) - n
-        if total > 0:
-            self.dropped[reason] = total
-        else:
-            self.dropped.pop(reason, None)
-
-    def _spool_dropped(self, lines: list[bytes], reason: str) -> None:
-        """A lane's spool deleted a segment's unconfirmed ``lines`` (bounds): announce them
-        under the names :meth:`stats` uses."""
-        self.drops.note(lines, _SPOOL_REASONS.get(reason, f"spool_{reason}"))
-
     def _marker_due(self) -> bool:
         """A marker is due: flush() waits for it, or the interval passed and it has a way out.
 
@@ -452,7 +419,7 @@ class Pipeline:
             self.wake.set()
         else:
             with self.order_lock:
-                self.count_drop("overflow", [message])
+                self.spools.count_drop("overflow", [message])
 
     def _enqueue_blocking(self, message: Message) -> None:
         deadline = time.monotonic() + self.config.block_timeout
@@ -461,7 +428,7 @@ class Pipeline:
             while len(q) >= self._queue_size and self.state is not State.CLOSED:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
-                    self.count_drop("overflow", [message])
+                    self.spools.count_drop("overflow", [message])
                     return
                 self.wake.set()
                 self.blocked += 1
@@ -483,8 +450,8 @@ class Pipeline:
         broker (issue #11, defect 5).
         """
         with self.order_lock:
-            stored = [self._store_locked(lane, [message]) for lane in self.lanes]
-            failing = not any(stored) and not any(map(self._spool_open, self.lanes))
+            stored = [self.spools.write(lane, [message]) for lane in self.lanes]
+            failing = not any(stored) and not any(map(self.spools.is_open, self.lanes))
             if self.state.write_ahead and failing:
                 self._degrade_locked()
                 self.queue.append(message)
@@ -492,7 +459,7 @@ class Pipeline:
             else:
                 for lane, ok in zip(self.lanes, stored, strict=True):
                     if not ok:
-                        self._count_unstored(lane, [message], "closed")
+                        self.spools.count_unstored(lane, [message], "closed")
                 wake = False
                 if any(stored) and self.state is not State.CLOSED:
                     self.wa_pending += 1
@@ -506,7 +473,7 @@ class Pipeline:
         self.degraded = True
         self.complain(
             "degraded",
-            f"the spool fails ({self.spool_failure}); durability='spool' degraded to memory "
+            f"the spool fails ({self.spools.failure}); durability='spool' degraded to memory "
             "mode: records go to the broker from memory",
         )
 
@@ -514,13 +481,13 @@ class Pipeline:
         """Move memory to the spools keeping order: in-flight batch, deque, ``extra``.
 
         Called with ``order_lock`` held, by a caller on overflow or by close(). On overflow,
-        when no spool can take anything (it fails, or was failing less than ``_SPOOL_RETRY``
+        when no spool can take anything (it fails, or was failing less than ``SPOOL_RETRY``
         seconds ago), the queue and the in-flight batch stay in memory for the sender and only
         ``extra`` is dropped and counted: a broken disk must not throw away what a healthy
         broker would take (issue #11, defect 5).
         """
-        if why == "overflow" and not any(map(self._spool_open, self.lanes)):
-            self.count_drop("spool_error", extra)
+        if why == "overflow" and not any(map(self.spools.is_open, self.lanes)):
+            self.spools.count_drop("spool_error", extra)
             return
         drained = self._drain_queue_locked()
         records = drained + extra
@@ -528,16 +495,16 @@ class Pipeline:
         if why == "overflow" and not any(ok for _, _, _, ok in results):
             self.queue.extendleft(reversed(drained))  # stored nowhere: keep it for the sender
             for lane in self.lanes:
-                self._count_unstored(lane, extra, why)
+                self.spools.count_unstored(lane, extra, why)
             return
         for lane, batch, with_inflight, ok in results:
             if ok and with_inflight:
                 lane.inflight_spilled = True
             elif not ok and why == "overflow":  # not the in-flight batch: the sender has it
-                self._count_unstored(lane, records, why)
+                self.spools.count_unstored(lane, records, why)
             elif not ok:  # close(): count the in-flight batch too; un-counted if confirmed
-                reason = self._unstored_reason(lane, why)
-                self.count_drop(reason, batch)
+                reason = self.spools.unstored_reason(lane, why)
+                self.spools.count_drop(reason, batch)
                 if with_inflight:
                     lane.inflight_spilled = True
                     lane.inflight_dropped = (reason, len(batch) - len(records))
@@ -565,62 +532,7 @@ class Pipeline:
             lane.spool is not None and lane.inflight is not None and not lane.inflight_spilled
         )
         batch = lane.inflight + records if with_inflight and lane.inflight else records
-        return lane, batch, with_inflight, self._store_locked(lane, batch)
-
-    def _spool_open(self, lane: Lane) -> bool:
-        """``lane`` has a spool that is not in its ``_SPOOL_RETRY`` pause after a failure."""
-        return lane.spool is not None and time.monotonic() >= lane.spool_retry_at
-
-    def _store_locked(self, lane: Lane, messages: list[Message]) -> bool:
-        """Append ``messages`` to ``lane``'s spool (``order_lock`` held). True if the spool
-        took them (what its bounds dropped is counted); False if it took none (no spool, it
-        failed, or it refuses when full): the caller decides what that means.
-
-        A failure makes the lane bypass its spool for ``_SPOOL_RETRY`` seconds and go direct
-        (``backlogged`` off): what the spool holds waits until it works again, what is new goes
-        to the broker from memory.
-        """
-        if not messages:
-            return True
-        if not self._spool_open(lane):
-            return False
-        assert lane.spool is not None
-        try:
-            n = lane.spool.append([m.body for m in messages])
-        except SpoolFull as exc:
-            self.complain("spool_full", str(exc))
-            return False
-        except SpoolError as exc:
-            self.spool_failure = str(exc)
-            lane.spool_retry_at = time.monotonic() + _SPOOL_RETRY
-            lane.backlogged = False
-            self.complain("spool_error", f"cannot spool {len(messages)} records: {exc}")
-            return False
-        if n < len(messages):
-            # Refused by the spool's bounds: counted in its journal (``overflow``, which stats()
-            # reports as spool_full); counting here too would count them twice.
-            self.drops.note([m.body for m in messages[n:]], "spool_full")
-        self.spooled += n
-        if n:
-            lane.backlogged = True
-        return True
-
-    def _unstored_reason(self, lane: Lane, why: str) -> str:
-        """Why ``lane``'s spool did not take records: none, failing, or full."""
-        if lane.spool is None:
-            return why
-        return "spool_error" if not self._spool_open(lane) else "spool_full"
-
-    def _count_unstored(self, lane: Lane, messages: Sequence[Message], why: str) -> None:
-        """Count ``messages`` ``lane``'s spool did not take, by the reason it did not."""
-        self.count_drop(self._unstored_reason(lane, why), messages)
-
-    def _append_lane_locked(self, lane: Lane, messages: list[Message], why: str) -> bool:
-        """Append to ``lane``'s spool (``order_lock`` held); count what could not be stored."""
-        if self._store_locked(lane, messages):
-            return True
-        self._count_unstored(lane, messages, why)
-        return False
+        return lane, batch, with_inflight, self.spools.write(lane, batch)
 
     # -- flush / close ------------------------------------------------------------------------
 
@@ -878,10 +790,10 @@ class Pipeline:
         from memory (direct ones, and those whose spool just failed)."""
         direct = []
         for lane in self.lanes:
-            if lane.backlogged and self._store_locked(lane, batch):
+            if lane.backlogged and self.spools.write(lane, batch):
                 continue
             if lane.backlogged:  # spool full: what the spool bounds drop, counted
-                self.count_drop("spool_full", batch)
+                self.spools.count_drop("spool_full", batch)
             else:  # direct, or the spool just failed: send from memory
                 lane.inflight = batch
                 lane.inflight_spilled = False
@@ -898,9 +810,9 @@ class Pipeline:
             lane.inflight_spilled = False
             lane.inflight_dropped = None
             if not ok and not spilled:
-                self._append_lane_locked(lane, batch, "unsent")
+                self.spools.write_or_count(lane, batch, "unsent")
             if ok and dropped:  # close() counted it as dropped, but it arrived
-                self._uncount_drop(*dropped)
+                self.spools.uncount_drop(*dropped)
         if ok and spilled and not dropped:
             self._skip_confirmed(lane, batch)
 
@@ -1008,7 +920,7 @@ class Pipeline:
 
     def stats(self) -> dict[str, Any]:
         with self.order_lock:
-            dropped = dict(self.dropped)
+            dropped = dict(self.spools.dropped)
             queued = len(self.queue)
         spools = [lane.stats() for lane in self.lanes if lane.spool is not None]
         spool: dict[str, Any] = {
@@ -1016,18 +928,18 @@ class Pipeline:
             "records": sum(s.get("records", 0) for s in spools),
             "directories": [s["directory"] for s in spools],
             # the last spool write error, and whether durability="spool" fell back to memory
-            "error": self.spool_failure,
+            "error": self.spools.failure,
             "degraded": self.config.durability == "spool" and self.degraded,
         }
         for s in spools:
             for reason, n in s.get("dropped", {}).items():
-                key = _SPOOL_REASONS.get(reason, f"spool_{reason}")
+                key = spool_reason(reason)
                 dropped[key] = dropped.get(key, 0) + n
         return {
             "queued": queued,
             "sent": sum(ep.sent for ep in self.endpoints),
             "confirmed": sum(ep.confirmed for ep in self.endpoints),
-            "spooled": self.spooled,
+            "spooled": self.spools.spooled,
             "replayed": self.replayed,
             "dropped": dropped,
             "markers": {
