@@ -41,6 +41,8 @@ from collections.abc import Mapping, Sequence
 from typing import IO, Any
 
 from .errors import ConfigurationError
+from .formatting import DEFAULT_MAX_RECORD_BYTES, SCHEMAS
+from .handlers._config import IGNORED_ROOTS, HandlerConfig
 
 __all__ = ["add_arguments", "run_command"]
 
@@ -48,7 +50,9 @@ URL_ENV = "MQLOGGING_URL"
 _LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 _FORWARDED = ("SIGTERM", "SIGHUP", "SIGUSR1", "SIGUSR2")
 _CHUNK = 65536
-_DEFAULT_MAX_RECORD = 256 * 1024
+# A job's output may be large and its node about to be reclaimed: more time than the handler's
+# own default to deliver before spooling.
+_CLOSE_TIMEOUT = 10.0
 
 
 class _LineShipper:
@@ -143,20 +147,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--stdout-level", default="INFO", type=str.upper, choices=_LEVELS)
     parser.add_argument("--stderr-level", default="WARNING", type=str.upper, choices=_LEVELS)
-    parser.add_argument("--schema", default="ecs", choices=("ecs", "logstash", "flat"))
+    parser.add_argument("--schema", default=HandlerConfig.schema, choices=SCHEMAS)
     parser.add_argument(
         "--close-timeout",
         type=float,
-        default=10.0,
+        default=_CLOSE_TIMEOUT,
         metavar="SECONDS",
-        help="after the command ended, deliver for at most this long, then spool (default 10)",
+        help="after the command ended, deliver for at most this long, then spool "
+        f"(default {_CLOSE_TIMEOUT:g})",
     )
     parser.add_argument(
         "--max-record-bytes",
         type=int,
-        default=_DEFAULT_MAX_RECORD,
+        default=DEFAULT_MAX_RECORD_BYTES,
         metavar="N",
-        help="longer lines are truncated in the record (default 256 KiB)",
+        help="longer lines are truncated in the record "
+        f"(default {DEFAULT_MAX_RECORD_BYTES // 1024} KiB)",
     )
     parser.add_argument("command", nargs=argparse.REMAINDER, metavar="-- CMD ARGS...")
 
@@ -186,7 +192,7 @@ def run_command(args: argparse.Namespace) -> int:
     static = _static_fields(args.static)
     static.setdefault("command", shlex.join(command))
     name = args.logger or os.path.basename(command[0]) or "run"
-    if name.partition(".")[0] in ("mqlogging", "pika", "stomp"):
+    if name.partition(".")[0] in IGNORED_ROOTS:
         msg = f"--logger {name!r}: records of that logger are ignored by MQHandler; choose another"
         raise ConfigurationError(msg)
 

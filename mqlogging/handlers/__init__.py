@@ -1,9 +1,13 @@
 """Logging handlers: :class:`MQHandler` publishes records to message brokers.
 
 Implementation lives in private modules: ``_handler`` (the ``logging.Handler``: prepare,
-enqueue, flush, close), ``_sender`` (queue, lanes, sender thread: batch, confirm, failover,
-spool and replay) and ``_fork`` (the at-fork reset registry). Shipping a spool directory to an
-endpoint (``mqlogging spool replay``) is a tool of the CLI layer: :mod:`mqlogging.cli.spool`.
+enqueue, flush, close), ``_config`` (``HandlerConfig``: every option, its type and default),
+``_sender`` (the ``Pipeline``: queue, sender thread, batch, confirm, spill and replay; its one
+state in ``_state``), ``_lanes`` (per-endpoint sending and the strategy), ``_spools`` (writes to the
+lanes' spools and the count of what they do not take), ``_spooldir`` (where a lane's spool
+lives and what it is bound to), ``_markers`` (drop markers) and ``_complain`` (troubles on
+stderr); the at-fork reset registry is :mod:`mqlogging._fork`. Shipping a spool directory to
+an endpoint (``mqlogging spool replay``) is a tool of the CLI layer: :mod:`mqlogging.cli.spool`.
 """
 
 from __future__ import annotations

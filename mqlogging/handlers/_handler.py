@@ -16,19 +16,14 @@ from .._types import Message
 from ..backends.endpoints import Endpoint
 from ..errors import ConfigurationError, MQLoggingError
 from ..formatting import JsonFormatter
-from ..spool import coerce_spool_options
 from ..wire import DroppedRange
-from ._sender import _CLOSED, Complainer, Config, Pipeline, default_spool_dir, usable_spool_dir
+from ._complain import Complainer
+from ._config import IGNORED_ROOTS, HandlerConfig
+from ._sender import Pipeline
 
 __all__ = ["MQHandler"]
 
-STRATEGIES = ("failover", "roundrobin", "all")
-OVERFLOWS = ("spool", "drop", "block")
-DURABILITIES = ("auto", "memory", "spool")
-
-# Records of these loggers never enter the handler: they would loop (the handler's own
-# trouble, pika's and stomp.py's chatter about the connection the handler is using).
-_IGNORED_ROOTS = frozenset({"mqlogging", "pika", "stomp"})
+_DEFAULT = HandlerConfig  # the class attributes are the options' defaults
 
 
 class MQHandler(logging.Handler):
@@ -138,38 +133,41 @@ class MQHandler(logging.Handler):
         self,
         endpoints: str | Endpoint | Sequence[str | Endpoint],
         *,
-        strategy: str = "failover",
+        strategy: str = _DEFAULT.strategy,
         spool: str | os.PathLike[str] | bool | None = None,
-        schema: str = "ecs",
-        static_fields: Mapping[str, Any] | None = None,
-        max_record_bytes: int | None = 256 * 1024,
-        batch_size: int = 500,
-        flush_interval: float = 0.2,
-        queue_size: int = 10_000,
-        overflow: str = "spool",
-        block_timeout: float = 0.1,
-        spool_max_bytes: int | str = 1024**3,
+        schema: str = _DEFAULT.schema,
+        static_fields: Mapping[str, Any] | None = _DEFAULT.static_fields,
+        max_record_bytes: int | None = _DEFAULT.max_record_bytes,
+        batch_size: int = _DEFAULT.batch_size,
+        flush_interval: float = _DEFAULT.flush_interval,
+        queue_size: int = _DEFAULT.queue_size,
+        overflow: str = _DEFAULT.overflow,
+        block_timeout: float = _DEFAULT.block_timeout,
+        spool_max_bytes: int | str = _DEFAULT.spool_max_bytes,
         spool_options: Mapping[str, Any] | None = None,
-        durability: str = "auto",
-        close_timeout: float = 5.0,
-        retry_max: float = 30.0,
-        connect_timeout: float | None = None,
-        timeout: float | None = None,
+        durability: str = _DEFAULT.durability,
+        close_timeout: float = _DEFAULT.close_timeout,
+        retry_max: float = _DEFAULT.retry_max,
+        connect_timeout: float | None = _DEFAULT.connect_timeout,
+        timeout: float | None = _DEFAULT.timeout,
         level: int | str = logging.NOTSET,
     ) -> None:
         complain = Complainer()
-        config = _build_config(
+        config = HandlerConfig.from_options(
             endpoints,
+            spool=spool,
+            spool_options=spool_options,
             complain=complain,
             strategy=strategy,
-            spool=spool,
+            schema=schema,
+            static_fields=static_fields,
+            max_record_bytes=max_record_bytes,
             batch_size=batch_size,
             flush_interval=flush_interval,
             queue_size=queue_size,
             overflow=overflow,
             block_timeout=block_timeout,
             spool_max_bytes=spool_max_bytes,
-            spool_options=spool_options,
             durability=durability,
             close_timeout=close_timeout,
             retry_max=retry_max,
@@ -177,27 +175,23 @@ class MQHandler(logging.Handler):
             timeout=timeout,
         )
         formatter = JsonFormatter(
-            schema=schema, static_fields=static_fields, max_bytes=max_record_bytes
+            schema=config.schema,
+            static_fields=config.static_fields,
+            max_bytes=config.max_record_bytes,
         )
         try:  # before Handler.__init__: a refused handler must not join logging's shutdown list
-            pipe = Pipeline(config, complain)
+            pipe = Pipeline(config, complain, self._make_marker)
         except MQLoggingError as exc:
             msg = f"MQHandler: {exc}"
             raise ConfigurationError(msg) from exc
         super().__init__(level)
         self.config = config
-        self._queue_size = config.queue_size
-        self._batch_size = config.batch_size
-        self._complain = complain
-        self._stale: list[Pipeline] = []  # pipelines inherited through fork(): never touched
         # In a pool child: hook SIGTERM again on the first record (billiard installs its own
         # handler after the fork; see _fork.close_on_sigterm).
         self._hook_sigterm = False
-        self._closed = False
         self._new_producer()
         self.setFormatter(formatter)
         self._pipe = pipe
-        self._pipe.make_marker = self._make_marker
         _fork.register(self)
         if _fork.in_pool_child():  # built in a pool worker: the care an inherited one gets
             self._in_process_child()
@@ -242,12 +236,11 @@ class MQHandler(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         """Format ``record`` and queue it; never raises (errors go to :meth:`handleError`)."""
-        pipe = self._pipe
         if (
-            record.name.partition(".")[0] in _IGNORED_ROOTS
-            or threading.get_ident() == pipe.sender_ident
+            record.name.partition(".")[0] in IGNORED_ROOTS
+            or threading.get_ident() == self._pipe.sender_ident
         ):
-            pipe.ignored += 1
+            self._pipe.ignore()
             return
         try:
             self.enqueue(self.prepare(record))
@@ -294,21 +287,11 @@ class MQHandler(logging.Handler):
         return self._format_message(record, stamp)
 
     def enqueue(self, message: Message) -> None:
-        """Hand ``message`` to the sender: a deque append in the normal path."""
-        pipe = self._pipe
-        if pipe.fast:
-            q = pipe.queue
-            if len(q) < self._queue_size:
-                q.append(message)
-                if len(q) >= self._batch_size and not pipe.wake.is_set():
-                    pipe.wake.set()
-                if not pipe.fast:  # close() drained the queue meanwhile
-                    pipe.rescue()
-                return
+        """Hand ``message`` to the pipeline (one call: a deque append in the normal path)."""
         if self._hook_sigterm:
             self._hook_sigterm = False
             _fork.close_on_sigterm(self)
-        pipe.enqueue_slow(message)
+        self._pipe.offer(message)
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -331,19 +314,12 @@ class MQHandler(logging.Handler):
         try:
             self._pipe.close(self.config.close_timeout)
         finally:
-            self._closed = True
             super().close()
 
     def after_fork_in_child(self) -> None:
         """Fresh pipeline in a forked child; the parent's is kept, untouched (see _fork)."""
-        self._stale.append(self._pipe)
         self._new_producer()  # the child is a producer of its own: its numbers start at 1
-        self._complain = Complainer()
-        pipe = Pipeline(self.config, self._complain)
-        pipe.make_marker = self._make_marker
-        if self._closed:
-            pipe.state = _CLOSED  # closed in the parent: records go straight to the spool
-        self._pipe = pipe
+        self._pipe = self._pipe.reset_after_fork()
         mp_util = sys.modules.get("multiprocessing.util")
         if mp_util is not None:  # billiard (Celery prefork) shares this registry
             mp_util.register_after_fork(self, MQHandler._in_process_child)
@@ -382,100 +358,3 @@ class MQHandler(logging.Handler):
         ``confirmed``, ``failures``) and ``spool`` (``bytes``, ``records``, ``directories``).
         """
         return self._pipe.stats()
-
-
-# -- validation ---------------------------------------------------------------------------------
-
-
-def _number(name: str, value: Any, *, minimum: float, integer: bool = False) -> Any:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-    if ok and integer and not float(value).is_integer():
-        ok = False
-    if not ok or value < minimum:
-        kind = "an integer" if integer else "a number"
-        msg = f"MQHandler: {name} must be {kind} >= {minimum:g}, got {value!r}"
-        raise ConfigurationError(msg)
-    return int(value) if integer else float(value)
-
-
-def _choice(name: str, value: Any, choices: Sequence[str]) -> str:
-    if value not in choices:
-        msg = f"MQHandler: {name} must be one of {', '.join(choices)}, not {value!r}"
-        raise ConfigurationError(msg)
-    return str(value)
-
-
-def _build_config(
-    endpoints: Any,
-    *,
-    complain: Complainer,
-    strategy: Any,
-    spool: Any,
-    batch_size: Any,
-    flush_interval: Any,
-    queue_size: Any,
-    overflow: Any,
-    block_timeout: Any,
-    spool_max_bytes: Any,
-    spool_options: Any,
-    durability: Any,
-    close_timeout: Any,
-    retry_max: Any,
-    connect_timeout: Any,
-    timeout: Any,
-) -> Config:
-    if isinstance(endpoints, (str, Endpoint)):
-        endpoints = [endpoints]
-    if not isinstance(endpoints, Sequence) or not endpoints:
-        msg = f"MQHandler: endpoints must be a URL or a non-empty list of URLs, got {endpoints!r}"
-        raise ConfigurationError(msg)
-    overrides = {}
-    if connect_timeout is not None:
-        overrides["connect_timeout"] = _number("connect_timeout", connect_timeout, minimum=0.001)
-    if timeout is not None:
-        overrides["timeout"] = _number("timeout", timeout, minimum=0.001)
-    parsed = tuple(Endpoint.from_url(url, **overrides) for url in endpoints)
-    keys = [ep.destination_key() for ep in parsed]
-    if len(set(keys)) != len(keys):
-        twice = next(ep for ep, key in zip(parsed, keys, strict=True) if keys.count(key) > 1)
-        msg = f"MQHandler: an endpoint is listed twice ({twice.redacted()})"
-        raise ConfigurationError(msg)
-    for ep in parsed:
-        if (caveat := ep.delivery_caveat()) is not None:
-            print(f"mqlogging: warning: {caveat}", file=sys.stderr, flush=True)
-    strategy = _choice("strategy", strategy, STRATEGIES)
-    overflow = _choice("overflow", overflow, OVERFLOWS)
-    durability = _choice("durability", durability, DURABILITIES)
-    if spool is None or spool is True:
-        spool_dir: str | None = usable_spool_dir(default_spool_dir(parsed, strategy), complain)
-    elif spool is False:
-        spool_dir = None
-    elif isinstance(spool, (str, os.PathLike)) and os.fspath(spool):
-        spool_dir = os.path.abspath(os.path.expanduser(os.fspath(spool)))
-    else:
-        msg = f"MQHandler: spool must be a directory, None (default) or False, got {spool!r}"
-        raise ConfigurationError(msg)
-    if spool_dir is None and (overflow == "spool" or durability == "spool"):
-        if durability == "spool":
-            msg = "MQHandler: durability='spool' needs a spool directory; do not set spool=False"
-            raise ConfigurationError(msg)
-        overflow = "drop"  # no disk: a full queue can only drop
-    options = dict(spool_options or {})
-    options["max_bytes"] = spool_max_bytes
-    spool_kwargs = coerce_spool_options(options, where="MQHandler spool")
-    batch = _number("batch_size", batch_size, minimum=1, integer=True)
-    qsize = _number("queue_size", queue_size, minimum=1, integer=True)
-    return Config(
-        endpoints=parsed,
-        strategy=strategy,
-        spool_dir=spool_dir,
-        spool_options=spool_kwargs,
-        batch_size=batch,
-        flush_interval=_number("flush_interval", flush_interval, minimum=0.001),
-        queue_size=qsize,
-        overflow=overflow,
-        block_timeout=_number("block_timeout", block_timeout, minimum=0),
-        durability=durability,
-        close_timeout=_number("close_timeout", close_timeout, minimum=0),
-        retry_max=_number("retry_max", retry_max, minimum=0.01),
-    )

@@ -2,11 +2,13 @@
 
 Data flow (one :class:`Pipeline` per handler and per process)::
 
-    emit() ──append──> deque (bounded) ──pop (sender thread)──> lane ──publish_batch──> broker
+    offer() ──append──> deque (bounded) ──pop (sender thread)──> lane ──publish_batch──> broker
        │ overflow="spool": spill the deque     │ lane backlogged?  └─ failure ──> spool (the lane's)
        │ durability="spool": append ───────────┴──> spool ──replay FIFO (SpoolReader)──> broker
 
-A *lane* is one ordered stream of records with its own spool directory: ``failover`` and
+The handler calls :meth:`Pipeline.offer` once per record (as ``QueueHandler`` only enqueues);
+the pipeline's life is one :class:`~._state.State`. A *lane* (:mod:`._lanes`) is one ordered
+stream of records with its own spool directory (:mod:`._spooldir`): ``failover`` and
 ``roundrobin`` have one lane whose publishes go to one of the endpoints; ``all`` has one lane
 per endpoint, so a down endpoint gets its copies later without holding up the others.
 
@@ -20,9 +22,10 @@ already there, and the sender replays the spool FIFO). Three rules keep emit ord
    ``inflight``), then the deque, then the new record. If that publish later succeeds, the
    sender commits those records at the head of the spool instead of sending them twice.
 3. A lane becomes direct again only when its reader finds the spool empty *under the lock*
-   -- or when its spool fails a write: then it bypasses the spool for ``_SPOOL_RETRY`` seconds
-   and sends from memory (delivering beats keeping order behind a broken disk); what the spool
-   still holds is replayed once a write succeeds again (or by the next run).
+   -- or when its spool fails a write: then it bypasses the spool for ``SPOOL_RETRY`` seconds
+   (:mod:`._spools`) and sends from memory (delivering beats keeping order behind a broken
+   disk); what the spool still holds is replayed once a write succeeds again (or by the next
+   run).
 
 Adoption: several processes may share a spool directory (fork workers inherit the handler's).
 Segments another process left there (it exited while its broker was unreachable, or crashed)
@@ -41,436 +44,46 @@ and readers belong to the sender thread.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import importlib
 import logging
-import os
-import re
-import stat
 import sys
-import tempfile
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
-from .._backoff import Backoff
 from .._types import Message
-from ..backends import Producer, open_producer, transport_for
+from ..backends import transport_for
 from ..backends.endpoints import Endpoint
-from ..errors import ConfigurationError, SpoolError, SpoolFull
-from ..spool import (
-    Access,
-    SegmentChoice,
-    Spool,
-    SpoolReader,
-    SpoolRecord,
-    bind_destination,
-    record_id,
-)
+from ..errors import SpoolError
+from ..spool import Spool, SpoolReader, SpoolRecord, record_id
 from ..wire import DroppedRange
+from ._complain import Complainer
+from ._config import HandlerConfig
+from ._lanes import EndpointState, Lane, Probe
 from ._markers import DropLedger
+from ._spooldir import bind_lane_spool, lane_directories
+from ._spools import LaneSpools, spool_reason
+from ._state import State
 
-__all__ = [
-    "Config",
-    "Pipeline",
-    "bind_lane_spool",
-    "default_spool_dir",
-    "lane_directories",
-    "usable_spool_dir",
-]
+__all__ = ["MakeMarker", "Pipeline"]
 
-_COMPLAINT_INTERVAL = 30.0
+#: Builds the record announcing dropped ranges (the handler's: it owns formatter and seq).
+MakeMarker = Callable[[Sequence[DroppedRange]], Message]
+
+# The states offer()'s fast path compares with, as module globals: reading an Enum member as a
+# class attribute costs a descriptor call on Python 3.11 (~100 ns, twice per record).
+_MEMORY = State.MEMORY
+_CLOSED = State.CLOSED
+
 # Seconds between two checks for segments other processes left in a lane's spool directory.
 _ADOPT_INTERVAL = 5.0
 # While flush()/close() waits, a failed endpoint is tried again at least this often (issue #11,
 # defect 2: the normal backoff, up to retry_max, would outlast the deadline).
 _URGENT_RETRY = 0.5
-# close() after a flush() that ran out of time: how long a fresh attempt may take to show a
-# broker is back before close() stops waiting (see Pipeline.close).
-_PROBE_WINDOW = 1.0
-# After a spool write failed, the lane bypasses its spool this long before trying it again, so a
-# broken disk costs one failed write per second, not one per record (issue #11, defect 5).
-_SPOOL_RETRY = 1.0
 # Client libraries whose loggers the sender thread calls (see _lock_free_loggers).
 _CLIENT_LOGGERS = ("pika", "stomp")
-
-
-# -- helpers ----------------------------------------------------------------------------------
-
-
-def default_spool_dir(endpoints: Sequence[Endpoint], strategy: str) -> str:
-    """``$XDG_STATE_HOME/mqlogging/spool/<digest>`` (``~/.local/state`` by default).
-
-    The digest covers the endpoints' destinations (:meth:`Endpoint.destination_key`) and the
-    strategy, so two applications sending to different destinations never replay each other's
-    records, and the same configuration finds its spool again after a restart.
-    """
-    base = os.environ.get("XDG_STATE_HOME") or os.path.join(
-        os.path.expanduser("~"), ".local", "state"
-    )
-    key = "\n".join([strategy, *(ep.destination_key() for ep in endpoints)])
-    digest = hashlib.sha256(key.encode()).hexdigest()[:16]
-    return os.path.join(base, "mqlogging", "spool", digest)
-
-
-def _fallback_spool_dir(default: str) -> str:
-    """``<tmp>/mqlogging-<uid>/spool/<digest>``: where the spool goes when the default
-    directory cannot be created (a container user with ``HOME=/nonexistent``)."""
-    digest = os.path.basename(default)
-    return os.path.join(tempfile.gettempdir(), f"mqlogging-{os.getuid()}", "spool", digest)
-
-
-def _make_private_dir(path: str) -> None:
-    """Create ``path`` (0700); refuse a shared temp directory another user prepared for us."""
-    top = os.path.dirname(os.path.dirname(path))  # <tmp>/mqlogging-<uid>
-    os.makedirs(top, mode=0o700, exist_ok=True)
-    st = os.lstat(top)
-    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid():
-        raise PermissionError(f"{top} is not a directory owned by uid {os.getuid()}")
-    os.makedirs(path, mode=0o700, exist_ok=True)
-
-
-def usable_spool_dir(default: str, complain: Complainer) -> str:
-    """``default`` if it can be created, else a private directory under the temp directory.
-
-    Why (issue #11, defect 11): a non-root container user often has ``HOME=/nonexistent`` and
-    no ``XDG_STATE_HOME``; the application must still start. The fallback is said once on
-    stderr; it does not survive a reboot, so the message says how to choose a directory.
-
-    Raises:
-        ConfigurationError: neither directory can be created (one line, naming ``spool=``).
-    """
-    try:
-        os.makedirs(default, exist_ok=True)
-        return default
-    except OSError as exc:
-        first = f"{default}: {exc.strerror or exc}"
-    fallback = "<tmp>/mqlogging-<uid>"
-    try:
-        fallback = _fallback_spool_dir(default)  # gettempdir() raises if no temp dir is usable
-        _make_private_dir(fallback)
-    except OSError as exc:
-        msg = (
-            f"MQHandler: cannot create the default spool directory ({first}) nor {fallback} "
-            f"({exc.strerror or exc}); pass spool='/writable/dir' (or spool=False for none)"
-        )
-        raise ConfigurationError(msg) from exc
-    complain(
-        "spool_dir",
-        f"cannot create the default spool directory ({first}); spooling to {fallback} "
-        "instead (set spool= or XDG_STATE_HOME to choose a lasting one)",
-    )
-    return fallback
-
-
-def lane_directories(root: str, endpoints: Sequence[Endpoint], strategy: str) -> list[str]:
-    """The spool directory of each lane: ``root`` itself, or one sub-directory per endpoint."""
-    if strategy != "all":
-        return [root]
-    out = []
-    for ep in endpoints:
-        first = ep.hosts[0] if ep.hosts else None
-        slug = f"{ep.transport}-{first.host}-{first.port}" if first else ep.transport
-        slug = re.sub(r"[^A-Za-z0-9._-]", "_", slug)
-        digest = hashlib.sha256(ep.destination_key().encode()).hexdigest()[:8]
-        out.append(os.path.join(root, f"{slug}-{digest}"))
-    return out
-
-
-def bind_lane_spool(
-    directory: str, endpoints: Sequence[Endpoint], complain: Complainer | None = None
-) -> None:
-    """Refuse a spool directory that already serves another destination (issue #11, defect 6).
-
-    A lane ships every segment of its directory to its own endpoints, so two applications
-    with different destinations sharing one directory would deliver each other's records to
-    the wrong place. The key is the sorted set of the lane's destinations: failover order,
-    the strategy and credentials do not change where records go. A directory whose binding
-    can neither be read nor written (read-only, disk full) is used unbound, with a complaint:
-    its writes fail and are counted anyway, and refusing it would stop the application.
-
-    Raises:
-        ConfigurationError: the directory is bound to another destination.
-    """
-    key = "\n".join(sorted({ep.destination_key() for ep in endpoints}))
-    try:
-        bound = bind_destination(directory, key)
-    except SpoolError as exc:
-        if complain is not None:
-            complain("spool_bind", f"{exc}; the spool is used without a destination check")
-        return
-    if bound != key:
-        msg = (
-            f"spool directory {directory!r} holds records for {bound.replace(chr(10), ' + ')}"
-            f" (its DESTINATION file), not for {key.replace(chr(10), ' + ')}: give this handler"
-            " its own spool= directory, or ship those records with 'mqlogging spool replay"
-            f" {directory} --to URL' and remove the directory"
-        )
-        raise ConfigurationError(msg)
-
-
-class Complainer:
-    """Reports the handler's own troubles on stderr, at most once per ``interval`` per kind.
-
-    stderr, not logging: a logging call from here could re-enter the handler. Thread-safe.
-    """
-
-    def __init__(self, interval: float = _COMPLAINT_INTERVAL) -> None:
-        self.interval = interval
-        self._lock = threading.Lock()
-        self._last: dict[str, float] = {}
-        self._suppressed: dict[str, int] = {}
-
-    def __call__(self, kind: str, message: str) -> None:
-        now = time.monotonic()
-        with self._lock:
-            last = self._last.get(kind)
-            if last is not None and now - last < self.interval:
-                self._suppressed[kind] = self._suppressed.get(kind, 0) + 1
-                return
-            self._last[kind] = now
-            hidden = self._suppressed.pop(kind, 0)
-        more = f" ({hidden} similar messages suppressed)" if hidden else ""
-        with contextlib.suppress(Exception):
-            print(f"mqlogging: {message}{more}", file=sys.stderr, flush=True)
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Config:
-    """Validated handler settings (see :class:`~mqlogging.handlers.MQHandler`)."""
-
-    endpoints: tuple[Endpoint, ...]
-    strategy: str
-    spool_dir: str | None
-    spool_options: dict[str, Any] = field(default_factory=dict)
-    batch_size: int
-    flush_interval: float
-    queue_size: int
-    overflow: str
-    block_timeout: float
-    durability: str
-    close_timeout: float
-    retry_max: float
-
-
-# -- endpoints and lanes ----------------------------------------------------------------------
-
-
-class _EndpointState:
-    """One endpoint as seen by the sender: its producer, health and counters."""
-
-    def __init__(self, endpoint: Endpoint, retry_max: float) -> None:
-        self.endpoint = endpoint
-        self.name = endpoint.redacted()
-        self.producer: Producer | None = None
-        self.healthy = True
-        self.last_error: str | None = None
-        self.last_error_at: float | None = None
-        self.next_try = 0.0
-        self.backoff = Backoff(base=0.2, cap=retry_max)
-        self.sent = 0
-        self.confirmed = 0
-        self.failures = 0
-
-    def get_producer(self) -> Producer:
-        if self.producer is None:
-            self.producer = open_producer(self.endpoint)
-        return self.producer
-
-    def prepare(self) -> None:
-        """Build the (unconnected) producer now, on the configuring thread, so the sender
-        thread never runs a client library's first-use set-up (stomp.py's calls
-        ``logging.getLogger``, which takes logging's lock). A failure is left for the sender
-        to meet and report."""
-        with contextlib.suppress(Exception):
-            self.get_producer()
-
-    def due(self, now: float) -> bool:
-        return self.healthy or now >= self.next_try
-
-    def succeeded(self, n: int) -> None:
-        self.confirmed += n
-        self.healthy = True
-        self.backoff.reset()
-
-    def failed(self, exc: BaseException) -> None:
-        self.failures += 1
-        self.healthy = False
-        self.last_error = str(exc) or type(exc).__name__
-        self.last_error_at = time.time()
-        self.next_try = time.monotonic() + self.backoff.next_delay()
-
-    def close(self) -> None:
-        producer, self.producer = self.producer, None
-        if producer is not None:
-            with contextlib.suppress(Exception):
-                producer.close()
-
-    def stats(self) -> dict[str, Any]:
-        return {
-            "healthy": self.healthy,
-            "last_error": self.last_error,
-            "last_error_at": self.last_error_at,
-            "sent": self.sent,
-            "confirmed": self.confirmed,
-            "failures": self.failures,
-        }
-
-
-class _OwnThenSealed(SegmentChoice):
-    """A lane's backlog: its own segments (even open, for write-ahead) as a writer of their
-    own, and segments other writers sealed or left; never another live writer's open segment
-    (that writer's own reader replays it, and a handler must not compete with it)."""
-
-    def __init__(self, spool: Spool) -> None:
-        self._wrote = spool.wrote
-
-    def access(self, stem: str) -> Access:
-        return "read" if self._wrote(stem) else "sealed"
-
-    def writer(self, stem: str) -> str:
-        return "" if self._wrote(stem) else super().writer(stem)  # no pid field is empty
-
-
-class _OthersSealed(SegmentChoice):
-    """Adoption: what other processes sealed or left (dead writers' segments get sealed),
-    never this lane's own segments, never a live writer's open segment."""
-
-    def __init__(self, spool: Spool) -> None:
-        self._wrote = spool.wrote
-
-    def access(self, stem: str) -> Access:
-        return "skip" if self._wrote(stem) else "sealed"
-
-
-class _Lane:
-    """One ordered stream of records: its endpoints (one, or the failover/roundrobin set) and
-    its spool. ``backlogged``, ``inflight`` and ``inflight_spilled`` are guarded by the
-    pipeline's ``order_lock``; the reader belongs to the sender thread.
-    """
-
-    def __init__(
-        self,
-        endpoints: list[_EndpointState],
-        mode: str,
-        spool: Spool | None,
-        batch_size: int,
-    ) -> None:
-        self.endpoints = endpoints
-        self.mode = mode
-        self.spool = spool
-        self.batch_size = batch_size
-        self._reader: SpoolReader | None = None
-        # Adoption of other processes' segments (sender thread only; see the module docstring).
-        self._foreign: SpoolReader | None = None
-        self.adopting = False
-        self.next_scan = 0.0
-        # Start backlogged: records left by an earlier run are replayed before new ones.
-        self.backlogged = spool is not None
-        self.inflight: list[Message] | None = None
-        self.inflight_spilled = False
-        # close() could not spool the in-flight batch: counted as dropped (reason, records)
-        # and un-counted if the sender gets it confirmed after all
-        self.inflight_dropped: tuple[str, int] | None = None
-        self.next_attempt = 0.0
-        # The spool is bypassed until then after a failed write (order_lock; see _SPOOL_RETRY).
-        self.spool_retry_at = 0.0
-        self._rr = 0
-
-    # -- spool side ---------------------------------------------------------------------------
-
-    def reader(self) -> SpoolReader:
-        """The lane's backlog reader: its own segments (open ones too, for write-ahead) and
-        the sealed ones other writers left, each writer's in order; never another live
-        writer's open segment (that writer's own reader replays it)."""
-        if self._reader is None:
-            spool = self.spool
-            assert spool is not None
-            self._reader = SpoolReader(spool.directory, spool=spool, choice=_OwnThenSealed(spool))
-        return self._reader
-
-    def own_deferred(self) -> bool:
-        """True if the last read left one of this lane's own segments to another reader:
-        records of this lane are still being shipped elsewhere, so it is not caught up."""
-        reader, spool = self._reader, self.spool
-        if reader is None or spool is None:
-            return False
-        return any(spool.wrote(stem) for stem in reader.deferred)
-
-    def close_reader(self) -> None:
-        reader, self._reader = self._reader, None
-        if reader is not None:
-            with contextlib.suppress(Exception):
-                reader.close()
-        self.close_foreign_reader()
-
-    def foreign_reader(self) -> SpoolReader:
-        """The reader of segments other processes left: sealed (or of dead writers), never
-        one of this lane's spool, never a live writer's open segment."""
-        if self._foreign is None:
-            assert self.spool is not None
-            self._foreign = SpoolReader(
-                self.spool.directory, validate=False, choice=_OthersSealed(self.spool)
-            )
-        return self._foreign
-
-    def close_foreign_reader(self) -> None:
-        """Release the adopted segments' claims (uncommitted records go to the next reader)."""
-        reader, self._foreign = self._foreign, None
-        self.adopting = False
-        if reader is not None:
-            with contextlib.suppress(Exception):
-                reader.close()
-
-    # -- publishing ---------------------------------------------------------------------------
-
-    def down(self, now: float) -> bool:
-        """True while every endpoint failed its last attempt and none is due for a retry."""
-        return not any(ep.due(now) for ep in self.endpoints)
-
-    def publish(self, messages: Sequence[Message], complain: Complainer) -> bool:
-        """Publish to one endpoint (strategy order); True once a broker confirmed the batch."""
-        now = time.monotonic()
-        order = self.endpoints
-        if self.mode == "roundrobin" and len(order) > 1:
-            start = self._rr % len(order)
-            self._rr += 1
-            order = order[start:] + order[:start]
-        for ep in order:
-            if not ep.due(now):
-                continue
-            ep.sent += len(messages)
-            try:
-                ep.get_producer().publish_batch(messages)
-            except Exception as exc:  # BackendError, or a backend bug: never kill the sender
-                was_healthy = ep.healthy
-                ep.failed(exc)
-                if was_healthy:
-                    complain(f"endpoint:{ep.name}", f"cannot deliver to {ep.name}: {exc}")
-                continue
-            ep.succeeded(len(messages))
-            return True
-        self.next_attempt = min(ep.next_try for ep in self.endpoints)
-        return False
-
-    def stats(self) -> dict[str, Any]:
-        if self.spool is None:
-            return {}
-        try:
-            st = self.spool.stats()
-        except SpoolError:
-            return {"directory": self.spool.directory}
-        return {
-            "directory": self.spool.directory,
-            "bytes": st.bytes,
-            "records": st.records,
-            "segments": st.segments,
-            "dropped": dict(st.dropped),
-            "oldest": st.oldest,
-        }
 
 
 def _close_at_multiprocessing_exit(pipe: Pipeline) -> None:
@@ -557,70 +170,55 @@ def _is_enabled_for(logger: logging.Logger) -> Any:
     return is_enabled_for
 
 
-class _Probe:
-    """Decides, for close() after a failed flush, when waiting longer cannot help.
-
-    Hopeless: no endpoint confirmed anything since the probe began, and either every endpoint
-    that still has records failed a fresh attempt, or ``_PROBE_WINDOW`` passed (a broker that
-    accepts connections and never answers). Any confirmation means a broker is back: keep going.
-    """
-
-    def __init__(self, endpoints: Sequence[_EndpointState], now: float) -> None:
-        self.began = now
-        self.failures = {id(ep): ep.failures for ep in endpoints}
-        self.confirmed = sum(ep.confirmed for ep in endpoints)
-        self.endpoints = endpoints
-
-    def hopeless(self, busy: Sequence[_EndpointState], now: float) -> bool:
-        if sum(ep.confirmed for ep in self.endpoints) > self.confirmed:
-            return False
-        if now - self.began >= _PROBE_WINDOW:
-            return True
-        return all(ep.failures > self.failures[id(ep)] for ep in busy)
-
-
 # -- the pipeline ---------------------------------------------------------------------------
-
-_RUNNING, _CLOSING, _CLOSED = 0, 1, 2
-
-# The spool's drop reasons (``dropped.log``) under the names of :meth:`Pipeline.stats`.
-_SPOOL_REASONS = {
-    "max_bytes": "spool_full",
-    "overflow": "spool_full",
-    "max_age": "spool_expired",
-    "torn": "spool_corrupt",
-    "corrupt": "spool_corrupt",
-}
 
 
 class Pipeline:
     """Everything of one handler that belongs to one process: queue, locks, lanes, thread.
 
-    After ``fork()`` the handler builds a new pipeline and keeps the old one referenced and
-    untouched (its producers share sockets with the parent).
+    Its interface is what the handler needs, as ``QueueHandler`` needs only its queue:
+    :meth:`offer` (one call per record), :meth:`flush`, :meth:`close`, :meth:`reset_after_fork`,
+    the process-end hooks :meth:`start_if_spooled`, :meth:`write_ahead_in_child` and
+    :meth:`finish`, the recursion guard (:attr:`sender_ident`, :meth:`ignore`) and
+    :meth:`stats`. Its life is one :class:`~._state.State` value, changed under
+    ``order_lock``; everything else here is the pipeline's own.
+
+    After ``fork()`` the child uses :meth:`reset_after_fork`'s new pipeline; this one stays
+    referenced and untouched (its producers share sockets with the parent).
     """
 
-    def __init__(self, config: Config, complain: Complainer) -> None:
+    def __init__(
+        self,
+        config: HandlerConfig,
+        complain: Complainer,
+        make_marker: MakeMarker | None,
+        *,
+        inherited: Pipeline | None = None,
+    ) -> None:
         self.config = config
         self.complain = complain
+        self.make_marker = make_marker
+        #: The parent's pipeline, in a forked child: kept referenced, never touched.
+        self.inherited = inherited
+        closed = inherited is not None and inherited.state is State.CLOSED
+        self.state: State = State.CLOSED if closed else State.IDLE
         self.queue: deque[Message] = deque()
+        self._queue_size = config.queue_size
+        self._batch_size = config.batch_size
         self.order_lock = threading.Lock()
         self.space = threading.Condition(self.order_lock)  # overflow="block" waits here
         self.wake = threading.Event()
         self.progress = threading.Condition(threading.Lock())  # flush() waits here
-        self.state = _RUNNING
-        # True while emit() may simply append to the deque (sender started, memory mode).
-        self.fast = False
-        self.stopping = False
+        self._stop = threading.Event()  # close() tells the sender thread to end
         self.thread: threading.Thread | None = None
+        #: The sender thread's id: records it emits are refused (the handler's recursion guard).
         self.sender_ident: int | None = None
         self._start_lock = threading.Lock()
+        self._ignored_lock = threading.Lock()  # never held with another lock: see ignore()
         # counters (order_lock for those callers touch, the sender for the rest)
         self.popped = 0
         self.handled = 0
-        self.spooled = 0
         self.replayed = 0
-        self.dropped: dict[str, int] = {}
         self.ignored = 0
         self.blocked = 0
         self.flush_waiters = 0
@@ -628,24 +226,26 @@ class Pipeline:
         self.flush_epoch = 0
         self._hurried_epoch = 0
         self.last_flush_failed = False
-        self.spool_failure: str | None = None  # the last spool write error (stats)
+        self.degraded = False  # durability="spool" fell back to memory mode (stats)
         self.wa_pending = 0
-        self.write_ahead = config.durability == "spool"
-        self.endpoints = [_EndpointState(ep, config.retry_max) for ep in config.endpoints]
-        # Drop markers (see _markers): the handler sets make_marker; the ledger is thread-safe.
+        self.endpoints = [EndpointState(ep, config.retry_max) for ep in config.endpoints]
+        # Drop markers (see _markers): make_marker is the handler's; the ledger is thread-safe.
         self.drops = DropLedger()
+        # Writes to the lanes' spools and counts what they do not take (order_lock held).
+        self.spools = LaneSpools(self.drops, complain)
         self.announced = 0  # the ledger generation whose marker went out (published or spooled)
         self.flush_generation = 0  # the ledger generation a flush() waits to see announced
-        self.make_marker: Callable[[Sequence[DroppedRange]], Message] | None = None
         self.lanes = self._build_lanes()
         for lane in self.lanes:
             if lane.spool is not None:
-                lane.spool.drop_hook = self._spool_dropped
+                lane.spool.drop_hook = self.spools.spool_dropped
+        if config.durability == "spool" and not closed:
+            self.state = State.IDLE_WRITE_AHEAD
         _preload(config.endpoints)
         for ep in self.endpoints:
             ep.prepare()
 
-    def _build_lanes(self) -> list[_Lane]:
+    def _build_lanes(self) -> list[Lane]:
         cfg = self.config
         mode = "roundrobin" if cfg.strategy == "roundrobin" else "failover"
         groups = [[ep] for ep in self.endpoints] if cfg.strategy == "all" else [self.endpoints]
@@ -659,20 +259,55 @@ class Pipeline:
             spool = Spool(directory, **cfg.spool_options) if directory is not None else None
             if directory is not None:
                 bind_lane_spool(directory, [ep.endpoint for ep in group], self.complain)
-            lanes.append(_Lane(group, mode, spool, cfg.batch_size))
+            lanes.append(Lane(group, mode, spool, cfg.batch_size))
         return lanes
 
-    # -- caller side --------------------------------------------------------------------------
+    # -- the caller's path ----------------------------------------------------------------------
 
-    def start(self) -> None:
+    def offer(self, message: Message) -> None:
+        """Take ``message`` for delivery: a deque append in the normal path (memory mode).
+
+        Lock-free there: ``deque.append`` is atomic, and a :meth:`close` that drained the
+        deque between the state check and the append is caught by the second check.
+        Everything else (first record, overflow, write-ahead, closed) is :meth:`_offer_slow`.
+        """
+        if self.state is _MEMORY:
+            q = self.queue
+            if len(q) < self._queue_size:
+                q.append(message)
+                if len(q) >= self._batch_size and not self.wake.is_set():
+                    self.wake.set()
+                # close() may have drained the queue meanwhile
+                if self.state is _CLOSED:
+                    self._rescue()
+                return
+        self._offer_slow(message)
+
+    def ignore(self) -> None:
+        """Count a record the handler's recursion guard refused.
+
+        Its own lock: the sender thread may emit such a record while it holds ``order_lock``.
+        """
+        with self._ignored_lock:
+            self.ignored += 1
+
+    def reset_after_fork(self) -> Pipeline:
+        """The pipeline a forked child uses instead of this one: same config, empty queue, new
+        locks and connections, sender started on the child's first record (closed if this one
+        is: then the child's records go straight to the spool). This one is kept referenced
+        by the new one and never touched (see :mod:`._fork`)."""
+        return Pipeline(self.config, Complainer(), self.make_marker, inherited=self)
+
+    def _start(self) -> None:
         """Start the sender thread (idempotent; called on the first record)."""
         with self._start_lock:
-            if self.thread is not None or self.state != _RUNNING:
+            if self.thread is not None or not self.state.idle:
                 return
             thread = threading.Thread(target=self._run, name="mqlogging-sender", daemon=True)
             self.thread = thread
             thread.start()
-            self.fast = not self.write_ahead
+            with self.order_lock:
+                self.state = self.state.started()
             _close_at_multiprocessing_exit(self)
 
     def write_ahead_in_child(self) -> None:
@@ -685,10 +320,12 @@ class Pipeline:
         returns, the child's open segment outlives it and any process sharing the spool
         ships the rest (adoption of dead writers' segments). Costs one ``write(2)`` per
         record in those children only. Without a spool (``spool=False``) nothing changes.
+        Only before the sender started (the child's first record).
         """
         with self._start_lock:
-            if self.thread is None and all(lane.spool is not None for lane in self.lanes):
-                self.write_ahead = True
+            if all(lane.spool is not None for lane in self.lanes):
+                with self.order_lock:
+                    self.state = self.state.to_write_ahead()
 
     def start_if_spooled(self) -> None:
         """Start the sender now if a spool already holds records (one ``listdir`` per lane).
@@ -704,35 +341,14 @@ class Pipeline:
                 self.complain("spool_read", f"cannot read the spool: {exc}")
                 continue
             if found:
-                self.start()
+                self._start()
                 return
 
-    def rescue(self) -> None:
-        """A record was appended after close() drained the deque: spool it too."""
+    def _rescue(self) -> None:
+        """A record was appended while close() drained the deque: spool it too."""
         with self.order_lock:
-            if self.state == _CLOSED:
+            if self.state is State.CLOSED:
                 self._spill_locked([], "closed")
-
-    def count_drop(self, reason: str, messages: Sequence[Message]) -> None:
-        """Count dropped records and note them for the next marker (``order_lock`` held)."""
-        if messages:
-            self.dropped[reason] = self.dropped.get(reason, 0) + len(messages)
-            self.drops.note([m.body for m in messages], reason)
-
-    def _uncount_drop(self, reason: str, n: int) -> None:
-        """Take back ``n`` drops: close() counted an in-flight batch it could not spool, and
-        the sender got it confirmed after all (``order_lock`` held). The marker may still name
-        them; the audit counts a named record that arrived as delivered, not dropped."""
-        total = self.dropped.get(reason, 0) - n
-        if total > 0:
-            self.dropped[reason] = total
-        else:
-            self.dropped.pop(reason, None)
-
-    def _spool_dropped(self, lines: list[bytes], reason: str) -> None:
-        """A lane's spool deleted a segment's unconfirmed ``lines`` (bounds): announce them
-        under the names :meth:`stats` uses."""
-        self.drops.note(lines, _SPOOL_REASONS.get(reason, f"spool_{reason}"))
 
     def _marker_due(self) -> bool:
         """A marker is due: flush() waits for it, or the interval passed and it has a way out.
@@ -758,41 +374,48 @@ class Pipeline:
         ranges, generation = self.drops.take()
         return (self.make_marker(ranges) if ranges else None), generation
 
-    def enqueue_slow(self, message: Message) -> None:
+    def _offer_slow(self, message: Message) -> None:
         """Everything but the plain append: first record, overflow, write-ahead, closed."""
-        if self.thread is None and self.state == _RUNNING:
-            self.start()
-        if self.write_ahead or self.state == _CLOSED:
+        if self.state.idle:
+            self._start()
+        state = self.state
+        if state.write_ahead or state is State.CLOSED:
             self._write_through(message)
             return
         q = self.queue
-        if len(q) < self.config.queue_size:
+        if len(q) < self._queue_size:
             q.append(message)
-            if len(q) >= self.config.batch_size:
+            if len(q) >= self._batch_size:
                 self.wake.set()
+            if self.state is State.CLOSED:  # close() may have drained the queue meanwhile
+                self._rescue()
             return
+        self._overflow(message)
+
+    def _overflow(self, message: Message) -> None:
+        """The queue is full: block a while, spill it to the spool, or drop ``message``."""
         policy = self.config.overflow
         if policy == "block":
             self._enqueue_blocking(message)
         elif policy == "spool":
             with self.order_lock:
-                if len(q) < self.config.queue_size:  # the sender made room meanwhile
-                    q.append(message)
+                if len(self.queue) < self._queue_size:  # the sender made room meanwhile
+                    self.queue.append(message)
                     return
                 self._spill_locked([message], "overflow")
             self.wake.set()
         else:
             with self.order_lock:
-                self.count_drop("overflow", [message])
+                self.spools.count_drop("overflow", [message])
 
     def _enqueue_blocking(self, message: Message) -> None:
         deadline = time.monotonic() + self.config.block_timeout
         q = self.queue
         with self.space:
-            while len(q) >= self.config.queue_size and self.state != _CLOSED:
+            while len(q) >= self._queue_size and self.state is not State.CLOSED:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
-                    self.count_drop("overflow", [message])
+                    self.spools.count_drop("overflow", [message])
                     return
                 self.wake.set()
                 self.blocked += 1
@@ -800,7 +423,7 @@ class Pipeline:
                     self.space.wait(remaining)
                 finally:
                     self.blocked -= 1
-            if self.state == _CLOSED:
+            if self.state is State.CLOSED:
                 self._spill_locked([message], "closed")
                 return
             q.append(message)
@@ -814,18 +437,18 @@ class Pipeline:
         broker (issue #11, defect 5).
         """
         with self.order_lock:
-            stored = [self._store_locked(lane, [message]) for lane in self.lanes]
-            failing = not any(stored) and not any(map(self._spool_open, self.lanes))
-            if self.write_ahead and self.state != _CLOSED and failing:
+            stored = [self.spools.write(lane, [message]) for lane in self.lanes]
+            failing = not any(stored) and not any(map(self.spools.is_open, self.lanes))
+            if self.state.write_ahead and failing:
                 self._degrade_locked()
                 self.queue.append(message)
                 wake = True
             else:
                 for lane, ok in zip(self.lanes, stored, strict=True):
                     if not ok:
-                        self._count_unstored(lane, [message], "closed")
+                        self.spools.count_unstored(lane, [message], "closed")
                 wake = False
-                if any(stored) and self.state != _CLOSED:
+                if any(stored) and self.state is not State.CLOSED:
                     self.wa_pending += 1
                     wake = self.wa_pending >= self.config.batch_size
         if wake:
@@ -833,11 +456,11 @@ class Pipeline:
 
     def _degrade_locked(self) -> None:
         """durability='spool' with a spool that fails: go on in memory mode (order_lock)."""
-        self.write_ahead = False
-        self.fast = self.thread is not None and self.state == _RUNNING
+        self.state = self.state.degraded()
+        self.degraded = True
         self.complain(
             "degraded",
-            f"the spool fails ({self.spool_failure}); durability='spool' degraded to memory "
+            f"the spool fails ({self.spools.failure}); durability='spool' degraded to memory "
             "mode: records go to the broker from memory",
         )
 
@@ -845,40 +468,30 @@ class Pipeline:
         """Move memory to the spools keeping order: in-flight batch, deque, ``extra``.
 
         Called with ``order_lock`` held, by a caller on overflow or by close(). On overflow,
-        when no spool can take anything (it fails, or was failing less than ``_SPOOL_RETRY``
+        when no spool can take anything (it fails, or was failing less than ``SPOOL_RETRY``
         seconds ago), the queue and the in-flight batch stay in memory for the sender and only
         ``extra`` is dropped and counted: a broken disk must not throw away what a healthy
         broker would take (issue #11, defect 5).
         """
-        if why == "overflow" and not any(map(self._spool_open, self.lanes)):
-            self.count_drop("spool_error", extra)
+        if why == "overflow" and not any(map(self.spools.is_open, self.lanes)):
+            self.spools.count_drop("spool_error", extra)
             return
-        q = self.queue
-        drained = []
-        with contextlib.suppress(IndexError):
-            while True:  # popleft, not list()+clear(): callers append without the lock
-                drained.append(q.popleft())
+        drained = self._drain_queue_locked()
         records = drained + extra
-        results = []
-        for lane in self.lanes:
-            with_inflight = (
-                lane.spool is not None and lane.inflight is not None and not lane.inflight_spilled
-            )
-            batch = lane.inflight + records if with_inflight and lane.inflight else records
-            results.append((lane, batch, with_inflight, self._store_locked(lane, batch)))
+        results = [self._spill_lane_locked(lane, records) for lane in self.lanes]
         if why == "overflow" and not any(ok for _, _, _, ok in results):
-            q.extendleft(reversed(drained))  # nothing stored anywhere: keep it for the sender
+            self.queue.extendleft(reversed(drained))  # stored nowhere: keep it for the sender
             for lane in self.lanes:
-                self._count_unstored(lane, extra, why)
+                self.spools.count_unstored(lane, extra, why)
             return
         for lane, batch, with_inflight, ok in results:
             if ok and with_inflight:
                 lane.inflight_spilled = True
             elif not ok and why == "overflow":  # not the in-flight batch: the sender has it
-                self._count_unstored(lane, records, why)
+                self.spools.count_unstored(lane, records, why)
             elif not ok:  # close(): count the in-flight batch too; un-counted if confirmed
-                reason = self._unstored_reason(lane, why)
-                self.count_drop(reason, batch)
+                reason = self.spools.unstored_reason(lane, why)
+                self.spools.count_drop(reason, batch)
                 if with_inflight:
                     lane.inflight_spilled = True
                     lane.inflight_dropped = (reason, len(batch) - len(records))
@@ -887,60 +500,26 @@ class Pipeline:
         if self.blocked:
             self.space.notify_all()
 
-    def _spool_open(self, lane: _Lane) -> bool:
-        """``lane`` has a spool that is not in its ``_SPOOL_RETRY`` pause after a failure."""
-        return lane.spool is not None and time.monotonic() >= lane.spool_retry_at
+    def _drain_queue_locked(self) -> list[Message]:
+        """Empty the deque (``order_lock`` held) with ``popleft``, not ``list()`` + ``clear()``:
+        callers on the fast path append without the lock."""
+        q = self.queue
+        drained = []
+        with contextlib.suppress(IndexError):
+            while True:
+                drained.append(q.popleft())
+        return drained
 
-    def _store_locked(self, lane: _Lane, messages: list[Message]) -> bool:
-        """Append ``messages`` to ``lane``'s spool (``order_lock`` held). True if the spool
-        took them (what its bounds dropped is counted); False if it took none (no spool, it
-        failed, or it refuses when full): the caller decides what that means.
-
-        A failure makes the lane bypass its spool for ``_SPOOL_RETRY`` seconds and go direct
-        (``backlogged`` off): what the spool holds waits until it works again, what is new goes
-        to the broker from memory.
-        """
-        if not messages:
-            return True
-        if not self._spool_open(lane):
-            return False
-        assert lane.spool is not None
-        try:
-            n = lane.spool.append([m.body for m in messages])
-        except SpoolFull as exc:
-            self.complain("spool_full", str(exc))
-            return False
-        except SpoolError as exc:
-            self.spool_failure = str(exc)
-            lane.spool_retry_at = time.monotonic() + _SPOOL_RETRY
-            lane.backlogged = False
-            self.complain("spool_error", f"cannot spool {len(messages)} records: {exc}")
-            return False
-        if n < len(messages):
-            # Refused by the spool's bounds: counted in its journal (``overflow``, which stats()
-            # reports as spool_full); counting here too would count them twice.
-            self.drops.note([m.body for m in messages[n:]], "spool_full")
-        self.spooled += n
-        if n:
-            lane.backlogged = True
-        return True
-
-    def _unstored_reason(self, lane: _Lane, why: str) -> str:
-        """Why ``lane``'s spool did not take records: none, failing, or full."""
-        if lane.spool is None:
-            return why
-        return "spool_error" if not self._spool_open(lane) else "spool_full"
-
-    def _count_unstored(self, lane: _Lane, messages: Sequence[Message], why: str) -> None:
-        """Count ``messages`` ``lane``'s spool did not take, by the reason it did not."""
-        self.count_drop(self._unstored_reason(lane, why), messages)
-
-    def _append_lane_locked(self, lane: _Lane, messages: list[Message], why: str) -> bool:
-        """Append to ``lane``'s spool (``order_lock`` held); count what could not be stored."""
-        if self._store_locked(lane, messages):
-            return True
-        self._count_unstored(lane, messages, why)
-        return False
+    def _spill_lane_locked(
+        self, lane: Lane, records: list[Message]
+    ) -> tuple[Lane, list[Message], bool, bool]:
+        """Store ``records`` in ``lane``'s spool, behind its in-flight batch if not spilled yet:
+        ``(lane, what was stored, whether the in-flight batch was in it, stored?)``."""
+        with_inflight = (
+            lane.spool is not None and lane.inflight is not None and not lane.inflight_spilled
+        )
+        batch = lane.inflight + records if with_inflight and lane.inflight else records
+        return lane, batch, with_inflight, self.spools.write(lane, batch)
 
     # -- flush / close ------------------------------------------------------------------------
 
@@ -970,7 +549,12 @@ class Pipeline:
         """:meth:`flush`; with ``give_up_when_dead``, return False as soon as a fresh attempt
         showed that no broker is taking records (see :meth:`close`)."""
         thread = self.thread
-        if self.state == _CLOSED or thread is None or not thread.is_alive() or self.stopping:
+        if (
+            self.state is State.CLOSED
+            or thread is None
+            or not thread.is_alive()
+            or self._stop.is_set()
+        ):
             # Closed (or never started): nothing will be sent from memory any more. Returning at
             # once keeps logging.shutdown() after close() from waiting again (defect 9).
             return not self.queue
@@ -979,7 +563,7 @@ class Pipeline:
         needed = -1  # the drops of the records up to target: known once they are handled
         now = time.monotonic()
         deadline = now + timeout
-        probe = _Probe(self.endpoints, now) if give_up_when_dead else None
+        probe = Probe(self.endpoints, now) if give_up_when_dead else None
         with self.progress:
             self.flush_waiters += 1
             self.flush_epoch += 1
@@ -1014,12 +598,12 @@ class Pipeline:
         instead, as that close cannot go on until the signal handler returns. What is not
         delivered in time is in the spool (write-ahead) for another process to ship.
         """
-        if self.state == _RUNNING:
+        if not self.state.closing:
             self.close(timeout)
         else:
             self.flush(timeout)
 
-    def _busy_endpoints(self, target: int) -> list[_EndpointState]:
+    def _busy_endpoints(self, target: int) -> list[EndpointState]:
         """The endpoints that still have records of this flush to deliver."""
         if self.handled < target:
             return self.endpoints
@@ -1031,20 +615,21 @@ class Pipeline:
         Returns as soon as everything is confirmed. Otherwise it keeps retrying until the
         deadline -- except right after a :meth:`flush` that ran out of time
         (:func:`logging.shutdown` calls ``flush()`` then ``close()``): then one fresh attempt per
-        endpoint decides, within ``_PROBE_WINDOW``: a broker that confirms something gets the
+        endpoint decides, within ``PROBE_WINDOW``: a broker that confirms something gets the
         rest of the deadline, brokers that still fail (or do not answer) do not make the
         application wait a second full deadline.
         """
         with self._start_lock:
-            if self.state != _RUNNING:
+            if self.state.closing:
                 return
-            self.state = _CLOSING
+            with self.order_lock:
+                self.state = self.state.closing_began()
         deadline = time.monotonic() + timeout
         thread = self.thread
         if thread is not None and thread.is_alive():
             budget = max(0.0, (deadline - time.monotonic()) * 0.9)
             delivered = self._wait_delivered(budget, give_up_when_dead=self.last_flush_failed)
-            self.stopping = True
+            self._stop.set()
             self.wake.set()
             grace = deadline - time.monotonic() if delivered else 0.2
             thread.join(max(0.0, min(grace, deadline - time.monotonic())))
@@ -1056,10 +641,11 @@ class Pipeline:
                     "batch confirmed meanwhile may arrive twice, same record ids)",
                 )
         with self.order_lock:
-            self.fast = False
+            # CLOSED before the drain: a caller's append that misses the drain then sees it
+            # (offer's second check) and spools its record.
+            self.state = self.state.closed()
             self._spill_locked([], "closed")
             self._spill_markers_locked()
-            self.state = _CLOSED
             self.space.notify_all()
         for lane in self.lanes:
             if lane.spool is not None:
@@ -1088,7 +674,7 @@ class Pipeline:
     def _run(self) -> None:
         self.sender_ident = threading.get_ident()
         try:
-            while not self.stopping:
+            while not self._stop.is_set():
                 try:
                     worked = self._cycle()
                 except Exception as exc:  # a bug or an unexpected error: report, slow down
@@ -1096,7 +682,7 @@ class Pipeline:
                     worked = False
                     self.wake.wait(1.0)
                 self._notify_progress()
-                if not worked and not self.stopping:
+                if not worked and not self._stop.is_set():
                     self._wait()
         finally:
             for lane in self.lanes:
@@ -1146,12 +732,12 @@ class Pipeline:
         if self.flush_waiters:
             self._hurry()
         worked = False
-        while (self.queue or self._marker_due()) and not self.stopping:
+        while (self.queue or self._marker_due()) and not self._stop.is_set():
             self._take_and_send()
             worked = True
         now = time.monotonic()
         for lane in self.lanes:
-            if self.stopping:
+            if self._stop.is_set():
                 break
             if lane.spool is None:
                 continue
@@ -1165,47 +751,59 @@ class Pipeline:
         return worked
 
     def _take_and_send(self) -> None:
-        size = self.config.batch_size
+        """Move one batch from memory to the lanes: into a backlogged lane's spool (behind its
+        backlog), or published from memory by a direct lane (spooled if that fails)."""
         marker, generation = self._take_marker()  # rides at the end of the batch
         with self.order_lock:
             q = self.queue
-            n = min(len(q), size)
+            n = min(len(q), self.config.batch_size)
             batch = [q.popleft() for _ in range(n)]
             self.popped += n
             if marker is not None:
                 batch.append(marker)
             if not batch:
                 return
-            direct = []
-            for lane in self.lanes:
-                if lane.backlogged and self._store_locked(lane, batch):
-                    continue
-                if lane.backlogged:  # spool full: what the spool bounds drop, counted
-                    self.count_drop("spool_full", batch)
-                else:  # direct, or the spool just failed: send from memory
-                    lane.inflight = batch
-                    lane.inflight_spilled = False
-                    direct.append(lane)
+            direct = self._route_locked(batch)
             if self.blocked:
                 self.space.notify_all()
         for lane in direct:
-            ok = lane.publish(batch, self.complain)
-            with self.order_lock:
-                spilled, dropped = lane.inflight_spilled, lane.inflight_dropped
-                lane.inflight = None
-                lane.inflight_spilled = False
-                lane.inflight_dropped = None
-                if not ok and not spilled:
-                    self._append_lane_locked(lane, batch, "unsent")
-                if ok and dropped:  # close() counted it as dropped, but it arrived
-                    self._uncount_drop(*dropped)
-            if ok and spilled and not dropped:
-                self._skip_confirmed(lane, batch)
+            self._send_direct(lane, batch)
         with self.order_lock:
             self.handled += n
             self.announced = max(self.announced, generation)
 
-    def _skip_confirmed(self, lane: _Lane, batch: list[Message]) -> None:
+    def _route_locked(self, batch: list[Message]) -> list[Lane]:
+        """Append ``batch`` to each backlogged lane's spool; return the lanes that publish it
+        from memory (direct ones, and those whose spool just failed)."""
+        direct = []
+        for lane in self.lanes:
+            if lane.backlogged and self.spools.write(lane, batch):
+                continue
+            if lane.backlogged:  # spool full: what the spool bounds drop, counted
+                self.spools.count_drop("spool_full", batch)
+            else:  # direct, or the spool just failed: send from memory
+                lane.inflight = batch
+                lane.inflight_spilled = False
+                direct.append(lane)
+        return direct
+
+    def _send_direct(self, lane: Lane, batch: list[Message]) -> None:
+        """Publish ``lane``'s in-flight ``batch``; spool it if no endpoint confirmed it, and
+        settle with a close() that spilled (or counted) it meanwhile."""
+        ok = lane.publish(batch, self.complain)
+        with self.order_lock:
+            spilled, dropped = lane.inflight_spilled, lane.inflight_dropped
+            lane.inflight = None
+            lane.inflight_spilled = False
+            lane.inflight_dropped = None
+            if not ok and not spilled:
+                self.spools.write_or_count(lane, batch, "unsent")
+            if ok and dropped:  # close() counted it as dropped, but it arrived
+                self.spools.uncount_drop(*dropped)
+        if ok and spilled and not dropped:
+            self._skip_confirmed(lane, batch)
+
+    def _skip_confirmed(self, lane: Lane, batch: list[Message]) -> None:
         """A spill copied ``batch`` to the spool while it was being confirmed: commit those
         copies at the head of the spool instead of sending them twice."""
         try:
@@ -1223,7 +821,7 @@ class Pipeline:
         except SpoolError as exc:
             self.complain("spool_error", f"cannot skip confirmed records: {exc}")
 
-    def _replay(self, lane: _Lane) -> bool:
+    def _replay(self, lane: Lane) -> bool:
         """Publish the oldest spooled batch of ``lane``; True if it was confirmed."""
         try:
             reader = lane.reader()
@@ -1250,7 +848,7 @@ class Pipeline:
         lane.close_reader()
         return False
 
-    def _adopt(self, lane: _Lane, now: float) -> bool:
+    def _adopt(self, lane: Lane, now: float) -> bool:
         """Replay one batch of the segments other processes left in ``lane``'s directory.
 
         Only while the lane is direct and an endpoint is up: a backlogged lane's own reader
@@ -1263,15 +861,9 @@ class Pipeline:
         assert spool is not None
         if lane.down(now) or not any(ep.healthy for ep in lane.endpoints):
             return False  # adopt only through a healthy endpoint; looked at again when it is
-        if not lane.adopting:
-            lane.next_scan = now + _ADOPT_INTERVAL
-            try:
-                if not spool.foreign_segments():
-                    return False
-            except SpoolError as exc:
-                self.complain("spool_read", f"cannot read the spool: {exc}")
-                return False
-            lane.adopting = True
+        if not lane.adopting and not self._found_foreign(lane, spool, now):
+            return False
+        lane.adopting = True
         try:
             reader = lane.foreign_reader()
             records = reader.read(lane.batch_size)
@@ -1287,7 +879,17 @@ class Pipeline:
         lane.close_foreign_reader()  # do not hold other writers' segments while down
         return False
 
-    def _ship(self, lane: _Lane, reader: SpoolReader, records: list[SpoolRecord]) -> bool:
+    def _found_foreign(self, lane: Lane, spool: Spool, now: float) -> bool:
+        """The scan for segments other processes left (one ``listdir``), at most once per
+        ``_ADOPT_INTERVAL`` seconds per lane."""
+        lane.next_scan = now + _ADOPT_INTERVAL
+        try:
+            return bool(spool.foreign_segments())
+        except SpoolError as exc:
+            self.complain("spool_read", f"cannot read the spool: {exc}")
+            return False
+
+    def _ship(self, lane: Lane, reader: SpoolReader, records: list[SpoolRecord]) -> bool:
         """Publish spooled ``records``: committed once confirmed, given back to ``reader``
         otherwise. True if the broker confirmed them."""
         messages = [Message(record_id(r), r.body) for r in records]
@@ -1305,7 +907,7 @@ class Pipeline:
 
     def stats(self) -> dict[str, Any]:
         with self.order_lock:
-            dropped = dict(self.dropped)
+            dropped = dict(self.spools.dropped)
             queued = len(self.queue)
         spools = [lane.stats() for lane in self.lanes if lane.spool is not None]
         spool: dict[str, Any] = {
@@ -1313,18 +915,18 @@ class Pipeline:
             "records": sum(s.get("records", 0) for s in spools),
             "directories": [s["directory"] for s in spools],
             # the last spool write error, and whether durability="spool" fell back to memory
-            "error": self.spool_failure,
-            "degraded": self.config.durability == "spool" and not self.write_ahead,
+            "error": self.spools.failure,
+            "degraded": self.config.durability == "spool" and self.degraded,
         }
         for s in spools:
             for reason, n in s.get("dropped", {}).items():
-                key = _SPOOL_REASONS.get(reason, f"spool_{reason}")
+                key = spool_reason(reason)
                 dropped[key] = dropped.get(key, 0) + n
         return {
             "queued": queued,
             "sent": sum(ep.sent for ep in self.endpoints),
             "confirmed": sum(ep.confirmed for ep in self.endpoints),
-            "spooled": self.spooled,
+            "spooled": self.spools.spooled,
             "replayed": self.replayed,
             "dropped": dropped,
             "markers": {
