@@ -11,7 +11,7 @@ import pytest
 
 from mqlogging import run
 from mqlogging.errors import ConfigurationError
-from mqlogging.formatting import DEFAULT_MAX_BYTES
+from mqlogging.formatting import DEFAULT_MAX_RECORD_BYTES
 from mqlogging.handlers import MQHandler
 from mqlogging.handlers._config import DURABILITIES, OVERFLOWS, STRATEGIES, HandlerConfig
 
@@ -27,7 +27,7 @@ def test_handler_signature_defaults_come_from_the_config() -> None:
     assert len(shared) >= 15
     for f in shared:
         assert params[f.name].default == f.default, f.name
-    assert HandlerConfig.max_record_bytes == DEFAULT_MAX_BYTES
+    assert HandlerConfig.max_record_bytes == DEFAULT_MAX_RECORD_BYTES
 
 
 def test_run_command_uses_the_same_record_limit() -> None:
@@ -36,7 +36,7 @@ def test_run_command_uses_the_same_record_limit() -> None:
 
     parser = argparse.ArgumentParser()
     run.add_arguments(parser)
-    assert parser.parse_args(["--", "true"]).max_record_bytes == DEFAULT_MAX_BYTES
+    assert parser.parse_args(["--", "true"]).max_record_bytes == DEFAULT_MAX_RECORD_BYTES
 
 
 def test_choices_are_the_literal_types() -> None:
