@@ -1058,5 +1058,6 @@ TRANSPORT = Transport(
     tap=AMQPTap,
     fetch_when_full=True,  # fetch(0) services heartbeats; the broker enforces the prefetch
     preload=("pika", "pika.adapters.blocking_connection"),
+    loggers=("pika",),
 )
 """What the registry hands out for ``amqp://`` and ``amqps://`` URLs."""

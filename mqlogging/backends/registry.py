@@ -87,6 +87,9 @@ class Transport:
             and the module of a :func:`lazy` producer). The handler imports them on the thread
             that configures it, so that a sender thread never runs an import a ``fork()`` could
             catch half done.
+        loggers: the root names of the loggers its client library writes to (``"pika"``). A
+            handler sending over this transport ignores their records, which would loop back
+            into it, and makes their ``isEnabledFor`` lock-free for its sender thread.
     """
 
     endpoint: type[Endpoint]
@@ -95,6 +98,7 @@ class Transport:
     tap: TapFactory | None = None
     fetch_when_full: bool = False
     preload: tuple[str, ...] = ()
+    loggers: tuple[str, ...] = ()
 
     @property
     def name(self) -> str:

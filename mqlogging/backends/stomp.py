@@ -1039,5 +1039,6 @@ TRANSPORT = Transport(
     consumer=STOMPConsumer,
     tap=STOMPTap,
     preload=("stomp", "stomp.connect", "stomp.protocol", "stomp.transport", "stomp.utils"),
+    loggers=("stomp",),
 )
 """What the registry hands out for ``stomp://``, ``stomp+ssl://`` and ``stomp+tls://`` URLs."""

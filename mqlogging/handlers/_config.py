@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any, Literal, get_args, get_origin, get_type_hints
 
 from .._coerce import choose, refuse_unknown, to_number
+from ..backends import transport_for
 from ..backends.endpoints import Endpoint
 from ..errors import ConfigurationError
 from ..formatting import DEFAULT_MAX_RECORD_BYTES
@@ -25,13 +26,13 @@ from ._spooldir import default_spool_dir, usable_spool_dir
 
 __all__ = [
     "DURABILITIES",
-    "IGNORED_ROOTS",
     "OVERFLOWS",
     "STRATEGIES",
     "Durability",
     "HandlerConfig",
     "Overflow",
     "Strategy",
+    "ignored_roots",
 ]
 
 Strategy = Literal["failover", "roundrobin", "all"]
@@ -41,9 +42,15 @@ STRATEGIES: tuple[Strategy, ...] = get_args(Strategy)
 OVERFLOWS: tuple[Overflow, ...] = get_args(Overflow)
 DURABILITIES: tuple[Durability, ...] = get_args(Durability)
 
-#: Records of these loggers never enter the handler: they would loop (the handler's own
-#: trouble, pika's and stomp.py's chatter about the connection the handler is using).
-IGNORED_ROOTS = frozenset({"mqlogging", "pika", "stomp"})
+
+def ignored_roots(endpoints: Iterable[Endpoint]) -> frozenset[str]:
+    """Loggers whose records never enter a handler sending to ``endpoints``: they would loop.
+
+    mqlogging's own troubles, and the chatter of each transport's client library about the
+    connection the handler is using (``Transport.loggers``: pika's, stomp.py's).
+    """
+    return frozenset({"mqlogging"}.union(*(transport_for(ep).loggers for ep in endpoints)))
+
 
 _WHERE = "MQHandler"
 

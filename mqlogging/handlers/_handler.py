@@ -18,7 +18,7 @@ from ..errors import ConfigurationError, MQLoggingError
 from ..formatting import JsonFormatter
 from ..wire import DroppedRange
 from ._complain import Complainer
-from ._config import IGNORED_ROOTS, HandlerConfig
+from ._config import HandlerConfig, ignored_roots
 from ._sender import Pipeline
 
 __all__ = ["MQHandler"]
@@ -186,6 +186,7 @@ class MQHandler(logging.Handler):
             raise ConfigurationError(msg) from exc
         super().__init__(level)
         self.config = config
+        self._ignored_roots = ignored_roots(config.endpoints)
         # In a pool child: hook SIGTERM again on the first record (billiard installs its own
         # handler after the fork; see _fork.close_on_sigterm).
         self._hook_sigterm = False
@@ -237,7 +238,7 @@ class MQHandler(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
         """Format ``record`` and queue it; never raises (errors go to :meth:`handleError`)."""
         if (
-            record.name.partition(".")[0] in IGNORED_ROOTS
+            record.name.partition(".")[0] in self._ignored_roots
             or threading.get_ident() == self._pipe.sender_ident
         ):
             self._pipe.ignore()

@@ -82,8 +82,6 @@ _ADOPT_INTERVAL = 5.0
 # While flush()/close() waits, a failed endpoint is tried again at least this often (issue #11,
 # defect 2: the normal backoff, up to retry_max, would outlast the deadline).
 _URGENT_RETRY = 0.5
-# Client libraries whose loggers the sender thread calls (see _lock_free_loggers).
-_CLIENT_LOGGERS = ("pika", "stomp")
 
 
 def _close_at_multiprocessing_exit(pipe: Pipeline) -> None:
@@ -117,12 +115,15 @@ def _preload(endpoints: Sequence[Endpoint]) -> None:
     library is left for the sender to report, as before.
     """
     names = ["encodings.idna"]  # the IDNA codec socket.getaddrinfo loads for a host name
+    loggers: list[str] = []
     for ep in endpoints:
-        names.extend(transport_for(ep).preload)  # the client library (pika: asyncio, decimal...)
+        transport = transport_for(ep)
+        names.extend(transport.preload)  # the client library (pika: asyncio, decimal...)
+        loggers.extend(transport.loggers)
     for name in dict.fromkeys(names):
         with contextlib.suppress(ImportError):
             importlib.import_module(name)
-    _lock_free_loggers(_CLIENT_LOGGERS)
+    _lock_free_loggers(loggers)
 
 
 def _lock_free_loggers(roots: Sequence[str]) -> None:

@@ -152,7 +152,9 @@ class MemConsumer(Consumer):
         self.box.settle(tags, requeue=True)
 
 
-MEMTEST = Transport(endpoint=MemEndpoint, producer=MemProducer, consumer=MemConsumer)
+MEMTEST = Transport(
+    endpoint=MemEndpoint, producer=MemProducer, consumer=MemConsumer, loggers=("memtestlib",)
+)
 
 
 @pytest.fixture
@@ -191,6 +193,28 @@ class TestRegisteredTransport:
         numbers = [d["n"] for d in docs if "n" in d]
         assert numbers == list(range(2000))
         assert len({d["event"]["id"] for d in docs}) == len(docs)
+
+    def test_handler_ignores_its_client_librarys_loggers(
+        self, memtest: Transport, box: str
+    ) -> None:
+        """Records of the transport's client-library loggers (``Transport.loggers``) never
+        enter a handler sending over it (they would loop back into it), and are counted as
+        ignored; other loggers' records are delivered. The list lives with the transport, not
+        in the handler."""
+        handler = MQHandler(f"memtest://{box}", spool=False, close_timeout=30)
+        root = logging.getLogger()
+        root.addHandler(handler)
+        try:
+            logging.getLogger("memtestlib.connection").warning("chatter")
+            logging.getLogger(f"app.{box}").warning("kept", extra={"n": 1})
+            handler.flush(10)
+            assert handler.stats()["ignored"] == 1
+        finally:
+            root.removeHandler(handler)
+            handler.close()
+        docs = [json.loads(m.body) for m in BOXES[box].ready]
+        assert [d.get("n") for d in docs if d.get("message") != "chatter"] == [1]
+        assert all(d.get("message") != "chatter" for d in docs)
 
     def test_handler_spools_through_its_outage_and_replays_in_order(
         self, memtest: Transport, box: str, tmp_path: Path
@@ -376,6 +400,8 @@ class TestTable:
             assert transport.tap is not None
         assert "pika" in transport_for("amqp").preload
         assert "stomp" in transport_for("stomp").preload
+        assert transport_for("amqp").loggers == ("pika",)
+        assert transport_for("stomp").loggers == ("stomp",)
 
     def test_importing_mqlogging_loads_no_transport_module(self) -> None:
         """``import mqlogging`` (and the backends package) imports neither a broker transport,
