@@ -15,8 +15,10 @@ from .._coerce import choose, refuse_unknown, to_age, to_size
 from ..errors import ConfigurationError
 
 __all__ = [
+    "DEFAULT_FSYNC",
     "DEFAULT_MAX_AGE",
     "DEFAULT_MAX_BYTES",
+    "DEFAULT_OVERFLOW",
     "DEFAULT_SEGMENT_AGE",
     "DEFAULT_SEGMENT_BYTES",
     "FSYNC_POLICIES",
@@ -29,6 +31,8 @@ DEFAULT_SEGMENT_BYTES: Final = 16 * 1024 * 1024
 DEFAULT_SEGMENT_AGE: Final = 600.0
 DEFAULT_MAX_BYTES: Final = 1024 * 1024 * 1024
 DEFAULT_MAX_AGE: Final = 7 * 24 * 3600.0
+DEFAULT_FSYNC: Final = "segment"
+DEFAULT_OVERFLOW: Final = "drop_oldest"
 FSYNC_POLICIES: Final = ("segment", "never", "always")
 OVERFLOW_POLICIES: Final = ("drop_oldest", "drop_newest", "refuse")
 
@@ -66,8 +70,8 @@ def check_spool_options(
     segment_age: float = DEFAULT_SEGMENT_AGE,
     max_bytes: int = DEFAULT_MAX_BYTES,
     max_age: float = DEFAULT_MAX_AGE,
-    fsync: str = "segment",
-    overflow: str = "drop_oldest",
+    fsync: str = DEFAULT_FSYNC,
+    overflow: str = DEFAULT_OVERFLOW,
 ) -> None:
     """Refuse option values a spool cannot work with, in one line naming the option.
 

@@ -41,8 +41,10 @@ from .. import _fork
 from ..errors import SpoolError, SpoolFull
 from . import format as fmt
 from .options import (
+    DEFAULT_FSYNC,
     DEFAULT_MAX_AGE,
     DEFAULT_MAX_BYTES,
+    DEFAULT_OVERFLOW,
     DEFAULT_SEGMENT_AGE,
     DEFAULT_SEGMENT_BYTES,
     check_spool_options,
@@ -119,8 +121,8 @@ class Spool:
         segment_age: float = DEFAULT_SEGMENT_AGE,
         max_bytes: int = DEFAULT_MAX_BYTES,
         max_age: float = DEFAULT_MAX_AGE,
-        fsync: str = "segment",
-        overflow: str = "drop_oldest",
+        fsync: str = DEFAULT_FSYNC,
+        overflow: str = DEFAULT_OVERFLOW,
     ) -> None:
         self.directory = os.fspath(directory)
         check_spool_options(
