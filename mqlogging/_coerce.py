@@ -136,7 +136,11 @@ def refuse_unknown(
 
 
 def check_pem_file(path: str | None, *, where: str, name: str) -> None:
-    """A certificate or key option must name an existing file (checked at startup)."""
+    """A certificate or key option must name an existing file (checked at startup).
+
+    ``where`` may be empty when ``name`` says it all (``"TLS option certfile"``).
+    """
     if path is not None and not os.path.isfile(path):
-        msg = f"{where}: {name}={path!r}: no such file; give the path to a PEM file"
+        place = f"{where}: {name}" if where else name
+        msg = f"{place}={path!r}: no such file; give the path to a PEM file"
         raise ConfigurationError(msg)

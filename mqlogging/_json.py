@@ -30,7 +30,15 @@ HAVE_ORJSON: Final = orjson is not None
 DECODE_ERRORS: Final[tuple[type[Exception], ...]] = (ValueError, RecursionError)
 
 
-loads: Callable[[bytes | bytearray | str], Any] = orjson.loads if HAVE_ORJSON else json.loads
+def _loads_json(data: bytes | bytearray | str) -> Any:
+    """The stdlib's ``json.loads``, but bytes must be UTF-8 as for orjson (``json`` would also
+    take UTF-16 and UTF-32, so a line orjson counts as corrupt would be a record)."""
+    if not isinstance(data, str):
+        data = bytes(data).decode("utf-8")  # UnicodeDecodeError is a ValueError
+    return json.loads(data)
+
+
+loads: Callable[[bytes | bytearray | str], Any] = orjson.loads if HAVE_ORJSON else _loads_json
 """Parse JSON bytes or text; raises one of :data:`DECODE_ERRORS` on anything else."""
 
 

@@ -59,3 +59,23 @@ class TestEncode:
 class _Odd:
     def __str__(self) -> str:
         return "odd"
+
+
+def test_without_orjson_a_line_is_json_only_if_it_is_utf8_json() -> None:
+    """With orjson missing (the stdlib fallback), a spool line is a record under the same rule
+    as with it: a UTF-16 encoded document, which the stdlib would sniff and accept, is
+    corrupt; and ``null`` followed by a non-JSON whitespace byte is not the value ``null``."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; sys.modules['orjson'] = None\n"
+        "from mqlogging import _json, wire\n"
+        "from mqlogging.spool import format as fmt\n"
+        "assert not _json.HAVE_ORJSON\n"
+        "assert wire.decode('{\"a\": 1}'.encode('utf-16')) is None\n"
+        "assert not fmt.is_json_line('{\"a\": 1}'.encode('utf-16'))\n"
+        "assert fmt.is_json_line(b'{\"a\": 1}') and fmt.is_json_line(b' null\\r')\n"
+        "assert not fmt.is_json_line(b'null\\x0b')\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)

@@ -192,7 +192,7 @@ class TLSConfig:
 
     def __post_init__(self) -> None:
         for name in ("ca_certs", "certfile", "keyfile"):
-            check_pem_file(getattr(self, name), where="TLS option", name=name)
+            check_pem_file(getattr(self, name), where="", name=f"TLS option {name}")
         if self.keyfile and not self.certfile:
             msg = "TLS option keyfile is set without certfile; give both for client certificates"
             raise ConfigurationError(msg)
@@ -274,9 +274,9 @@ class Endpoint:
             endpoint = kind.from_parts(parts)
         if not isinstance(endpoint, cls):
             expected = " or ".join(f"{scheme}://" for scheme in cls.schemes)
+            article = "an" if cls.transport[:1] in "aeiou" else "a"
             msg = (
-                f"{endpoint.redacted()} is a {endpoint.transport} endpoint, not "
-                f"{cls.transport} (use {expected})"
+                f"{endpoint.redacted()} is not {article} {cls.transport} endpoint (use {expected})"
             )
             raise ConfigurationError(msg)
         return endpoint

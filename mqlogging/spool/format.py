@@ -162,7 +162,7 @@ def is_json_null(line: bytes) -> bool:
     """True if ``line`` is the JSON value ``null``: the one readable line that
     :func:`mqlogging.wire.decode` also answers ``None`` for (hot loops call ``decode`` and
     ask this only when it said ``None``)."""
-    return line.strip() == b"null"
+    return line.strip(b" \t\r\n") == b"null"  # JSON's whitespace only, as the decoder
 
 
 def count_lines(fd: int) -> tuple[int, int, int]:

@@ -321,7 +321,7 @@ class TestRegisteredTransport:
         """A transport's own classes refuse an endpoint of another transport in one line."""
         with pytest.raises(ConfigurationError) as info:
             AMQPProducer(Endpoint.from_url("memtest://b1"))
-        assert "is a memtest endpoint, not amqp (use amqp:// or amqps://)" in str(info.value)
+        assert "is not an amqp endpoint (use amqp:// or amqps://)" in str(info.value)
 
 
 # -- the table itself ----------------------------------------------------------------------------

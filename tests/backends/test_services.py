@@ -141,3 +141,22 @@ def test_child_after_fork_gets_its_own_connection(rabbitmq, activemq, queue_name
         while (got := channel.basic_get(queue_name, auto_ack=True))[0] is not None:
             bodies.append(json.loads(got[2])["who"])
     assert sorted(bodies) == ["child", "parent-after", "parent-before"]
+
+
+def test_the_old_import_path_still_works_and_loads_the_api_only_when_asked() -> None:
+    """``from mqlogging.backends import create_producer`` (the path the README showed before
+    #12) still gives the DIRAC-style API, but importing ``mqlogging.backends`` alone does not
+    load it (its connection-sharing registry stays out of applications that do not use it)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, mqlogging.backends as b\n"
+        "assert 'mqlogging.backends.services' not in sys.modules\n"
+        "from mqlogging.backends import MQConsumer, MQProducer, create_consumer, create_producer\n"
+        "from mqlogging.backends import services\n"
+        "assert create_producer is services.create_producer\n"
+        "assert MQConsumer is services.MQConsumer and MQProducer is services.MQProducer\n"
+        "assert create_consumer is services.create_consumer\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
