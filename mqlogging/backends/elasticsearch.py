@@ -327,12 +327,20 @@ def _client_options(ep: ElasticsearchEndpoint) -> dict[str, Any]:
     credentials = ep.credentials()
     if credentials is not None:
         options["basic_auth"] = credentials
-    if ep.tls is not None:
-        options["ssl_context"] = ep.tls.ssl_context()
-        if not ep.tls.verify:
+    tls = ep.tls
+    if tls is not None:
+        # The client's own TLS options, as the collector's sink passes them: an ssl_context
+        # would get certifi's CAs loaded into it as well, trusting more than ca_certs says.
+        options["verify_certs"] = tls.verify
+        optional = {
+            "ca_certs": tls.ca_certs,
+            "client_cert": tls.certfile,
+            "client_key": tls.keyfile,
+            "ssl_assert_hostname": tls.server_hostname,
+        }
+        options.update({k: v for k, v in optional.items() if v})
+        if not tls.verify:
             options["ssl_show_warn"] = False
-        if ep.tls.server_hostname:
-            options["ssl_assert_hostname"] = ep.tls.server_hostname
     return options
 
 

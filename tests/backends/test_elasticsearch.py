@@ -23,6 +23,7 @@ import pytest
 from harness.brokers import NoidaES, RabbitMQ
 from harness.collector import BulkStandIn, amqp_queue_url, dataset_for, es_count, es_search
 from harness.helpers import unique_name, wait_until
+from harness.tls import PKI, make_pki
 from mqlogging._types import Message
 from mqlogging.backends import Endpoint, TapOptions, open_consumer, open_producer, open_tap
 from mqlogging.backends import transport_for as transport_of
@@ -32,6 +33,7 @@ from mqlogging.collector.service import CollectorService
 from mqlogging.errors import ConfigurationError, ConnectError, NotConfirmed
 from mqlogging.handlers import MQHandler
 from mqlogging.spool import SpoolReader
+from tests.security.test_https_sinks import TLSTerminator
 
 
 def es_url(es: NoidaES | BulkStandIn | str, **query: str) -> str:
@@ -360,3 +362,64 @@ class TestConfiguration:
             open_consumer("elasticsearch+http://es/")
         with pytest.raises(ConfigurationError, match="no live view"):
             open_tap("elasticsearch+http://es/", TapOptions())
+
+
+# -- TLS ----------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> PKI:
+    """A throwaway CA, a server certificate for 127.0.0.1 and another CA."""
+    return make_pki(tmp_path_factory.mktemp("pki"))
+
+
+@pytest.fixture
+def https_es(pki: PKI, elasticsearch: NoidaES) -> Iterator[int]:
+    """A port presenting the test PKI's server certificate (for 127.0.0.1) in front of
+    noida-db, which speaks plain HTTP only (:class:`TLSTerminator`: a test relay, not part of
+    Elasticsearch)."""
+    with TLSTerminator(pki.server, pki.server_key, elasticsearch.port) as relay:
+        yield relay.port
+
+
+class TestTLS:
+    def test_https_with_the_ca_delivers(
+        self, https_es: int, pki: PKI, elasticsearch: NoidaES, dataset: str
+    ) -> None:
+        """``elasticsearch+https://`` with ``ca_certs`` verifies the server (hostname checked)
+        and stores the batch."""
+        url = f"elasticsearch+https://127.0.0.1:{https_es}/?dataset={dataset}&ca_certs={pki.ca}"
+        with open_producer(url) as producer:
+            producer.publish_batch([Message("tls-1", b'{"@timestamp": "2026-01-01T00:00:00Z"}')])
+        assert es_count(elasticsearch.url, f"logs-{dataset}-default") == 1
+
+    @pytest.mark.parametrize(
+        ("host", "option", "expected"),
+        [
+            ("127.0.0.1", "ca_certs={other_ca}", "CERTIFICATE_VERIFY_FAILED"),
+            ("localhost", "ca_certs={ca}", "Hostname mismatch"),
+            ("127.0.0.1", "timeout=5", "CERTIFICATE_VERIFY_FAILED"),
+        ],
+    )
+    def test_unverified_server_is_not_confirmed(
+        self, https_es: int, pki: PKI, host: str, option: str, expected: str
+    ) -> None:
+        """Another CA, a certificate for another host, or no CA (the system trust store): the
+        producer refuses the server with ``ConnectError`` saying what is wrong with its
+        certificate; nothing is confirmed."""
+        query = option.format(ca=pki.ca, other_ca=pki.other_ca)
+        url = f"elasticsearch+https://{host}:{https_es}/?{query}"
+        with (
+            open_producer(url) as producer,
+            pytest.raises(ConnectError, match=expected),
+        ):
+            producer.publish_batch([Message("tls-2", b"{}")])
+
+    def test_verify_off_accepts_any_certificate(
+        self, https_es: int, pki: PKI, elasticsearch: NoidaES, dataset: str
+    ) -> None:
+        """``verify=false`` (an explicit choice) accepts a certificate of an unknown CA."""
+        url = f"elasticsearch+https://localhost:{https_es}/?dataset={dataset}&verify=false"
+        with open_producer(url) as producer:
+            producer.publish_batch([Message("tls-3", b'{"@timestamp": "2026-01-01T00:00:00Z"}')])
+        assert es_count(elasticsearch.url, f"logs-{dataset}-default") == 1
