@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,7 +31,7 @@ from mqlogging.backends import transport_for as transport_of
 from mqlogging.backends.elasticsearch import ElasticsearchEndpoint, ElasticsearchProducer
 from mqlogging.collector.config import parse_config
 from mqlogging.collector.service import CollectorService
-from mqlogging.errors import ConfigurationError, ConnectError, NotConfirmed
+from mqlogging.errors import ConfigurationError, ConnectError, NotConfirmed, PublishTimeout
 from mqlogging.handlers import MQHandler
 from mqlogging.spool import SpoolReader
 from tests.security.test_https_sinks import TLSTerminator
@@ -285,6 +286,62 @@ class TestOutcomes:
                     producer.publish_batch(messages)
                 producer.publish_batch(messages)
             assert sorted(es.docs) == ["id-0", "id-1", "id-2"]
+
+    def test_request_level_refusal_is_not_confirmed(self) -> None:
+        """A whole request refused for a reason no document causes (401: credentials) is an
+        outage, not a rejection: ``NotConfirmed`` saying so, nothing kept as rejected."""
+        with (
+            BulkStandIn(lambda request, item: 401 if item == -1 else None) as es,
+            ElasticsearchProducer(es_url(es)) as producer,
+        ):
+            with pytest.raises(NotConfirmed, match="did not store 2 of 2 records: outage: 401"):
+                producer.publish_batch([Message("a", b"{}"), Message("b", b"{}")])
+            assert producer.stats()["rejected"] == 0
+
+    def test_a_rejection_is_kept_only_once_its_batch_is_confirmed(self, tmp_path: Path) -> None:
+        """In a batch with a rejected record (400) and a throttled one (429), nothing is kept
+        as rejected yet: the batch is not confirmed and will be sent again (or to the next
+        endpoint), where the rejected record meets its fate once."""
+        statuses = {0: 400, 1: 429}
+        url_query = {"rejected": str(tmp_path / "rejected")}
+        with (
+            BulkStandIn(lambda request, item: statuses.get(item) if request == 1 else None) as es,
+            ElasticsearchProducer(es_url(es, **url_query)) as producer,
+        ):
+            with pytest.raises(NotConfirmed, match="did not store 1 of 2 records: 429"):
+                producer.publish_batch([Message("a", b"{}"), Message("b", b"{}")])
+            assert producer.stats()["rejected"] == 0
+            assert not (tmp_path / "rejected").exists()
+
+    def test_a_body_that_is_not_a_json_object_is_kept_as_rejected(self, tmp_path: Path) -> None:
+        """A message whose body is not a JSON object (a damaged spool line) is never sent; it
+        is kept in the rejected spool (base64 when it is not UTF-8) and the rest is stored."""
+        rejected = tmp_path / "rejected"
+        with BulkStandIn() as es:
+            with ElasticsearchProducer(es_url(es, rejected=str(rejected))) as producer:
+                producer.publish_batch(
+                    [Message("a", b"[1]"), Message("b", b"{}"), Message("c", b"\xff{")]
+                )
+                assert producer.stats()["rejected"] == 2
+            assert sorted(es.docs) == ["b"]
+        with SpoolReader(str(rejected)) as reader:
+            kept = {d["record_id"]: d for d in (json.loads(r.body) for r in reader.read(10))}
+        assert kept["a"]["message"] == "[1]"
+        assert kept["a"]["reason"] == "not a JSON object"
+        assert "message_base64" in kept["c"]
+
+    def test_an_answer_that_never_comes_is_a_publish_timeout(self) -> None:
+        """A server that accepts the connection and never answers: ``PublishTimeout`` after
+        ``timeout`` (the batch may or may not be stored), not a hang."""
+        with socket.create_server(("127.0.0.1", 0)) as silent:
+            port = silent.getsockname()[1]
+            started = time.monotonic()
+            with (
+                ElasticsearchProducer(f"elasticsearch+http://127.0.0.1:{port}/?timeout=1") as p,
+                pytest.raises(PublishTimeout, match="did not answer in time"),
+            ):
+                p.publish_batch([Message("a", b"{}")])
+            assert time.monotonic() - started < 10
 
     def test_unreachable_is_a_connect_error(self) -> None:
         """Nothing listening: ``ConnectError`` naming the redacted endpoint, quickly."""
