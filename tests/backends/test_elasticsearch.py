@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import socket
 import time
 from collections.abc import Iterator
@@ -480,3 +481,37 @@ class TestTLS:
         with open_producer(url) as producer:
             producer.publish_batch([Message("tls-3", b'{"@timestamp": "2026-01-01T00:00:00Z"}')])
         assert es_count(elasticsearch.url, f"logs-{dataset}-default") == 1
+
+
+# -- the README's example ---------------------------------------------------------------------------
+
+
+def test_readme_monitoring_example_runs(
+    elasticsearch: NoidaES,
+    rabbitmq: RabbitMQ,
+    queue_name: str,
+    dataset: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The README's "Monitoring" snippet runs unchanged except for the addresses (noida-db
+    standing in for Elasticsearch, the private RabbitMQ for the broker) and its record lands
+    in the data stream with its extra field."""
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path))
+    monkeypatch.setenv("ES_API_KEY", "unused-by-the-stand-in")
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    (code,) = re.findall(r"```py\n(.*?)```", readme, flags=re.S)
+    code = code.replace(
+        "elasticsearch+https://es1:9200,es2:9200/?dataset=monitoring",
+        es_url(elasticsearch, dataset=dataset),
+    ).replace("amqps://broker1/?queue=logs", amqp_queue_url(rabbitmq, queue_name))
+    namespace: dict[str, Any] = {}
+    exec(compile(code, "README.md", "exec"), namespace)
+    handler = namespace["handler"]
+    try:
+        assert handler.flush(30)
+    finally:
+        logging.getLogger("monitoring").removeHandler(handler)
+        handler.close()
+    (doc,) = all_docs(elasticsearch.url, f"logs-{dataset}-default", 5)
+    assert (doc["message"], doc["load"]) == ("load", 0.7)
