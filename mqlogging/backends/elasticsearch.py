@@ -37,8 +37,11 @@ Options (query parameters or keyword arguments): ``index``, or ``dataset``/``nam
 both); ``api_key`` / ``api_key_file`` / ``api_key_env``, or basic auth (``user:password@``,
 ``username``, ``password``/``password_file``/``password_env``; not both kinds); TLS with
 ``ca_certs``, ``certfile``/``keyfile`` (client certificate), ``verify``, ``server_hostname``;
-``timeout`` (seconds per bulk request), ``max_bulk_bytes``, ``rejected``. Several hosts
-(``es1,es2``) are one cluster: a request that cannot connect to one tries the next.
+``timeout`` (seconds per bulk request attempt, connecting included: the client has no separate
+connect timeout, so ``connect_timeout`` is accepted for the handler's sake and not used),
+``max_bulk_bytes``, ``rejected``. Several hosts (``es1,es2``) are one cluster: a request that
+cannot connect to one, or gets 502/503/504 from it, tries the next once (never on a timeout,
+never on 429: backpressure is answered with the handler's backoff).
 
 There is no consumer and no tap: records are read back from Elasticsearch, not from this
 endpoint. Needs ``pip install 'mqlogging[elasticsearch]'``.
@@ -247,7 +250,12 @@ class ElasticsearchProducer(Producer):
                 mode=ep.mode, dataset=ep.dataset, namespace=ep.namespace, index=ep.index
             )
             hosts = [f"{'https' if ep.tls else 'http'}://{host}" for host in ep.hosts]
-            client = new_client(hosts, max_retries=len(hosts) - 1, **_client_options(ep))
+            client = new_client(
+                hosts,
+                max_retries=len(hosts) - 1,  # each other host once; backoff is the handler's
+                retry_on_status=(502, 503, 504),
+                **_client_options(ep),
+            )
             self._writer = BulkWriter(client, chooser, max_bulk_bytes=ep.max_bulk_bytes)
         return self._writer
 

@@ -121,6 +121,18 @@ class TestDelivery:
             producer.publish_batch([again])  # 409: already stored, so delivered
         assert es_count(elasticsearch.url, index) == 200
 
+    def test_a_dead_host_of_the_cluster_is_skipped(
+        self, elasticsearch: NoidaES, dataset: str
+    ) -> None:
+        """``elasticsearch+http://dead,alive/``: every batch is stored through the host that
+        answers, none fails (several hosts are one cluster)."""
+        url = f"elasticsearch+http://127.0.0.1:1,127.0.0.1:{elasticsearch.port}/?dataset={dataset}"
+        body = b'{"@timestamp": "2026-01-01T00:00:00Z"}'
+        with open_producer(url) as producer:
+            for batch in range(5):
+                producer.publish_batch([Message(f"h{batch}-{i}", body) for i in range(10)])
+        assert es_count(elasticsearch.url, f"logs-{dataset}-default") == 50
+
     @pytest.mark.real_es
     def test_delivers_to_a_real_cluster(self, real_es_url: str, logger: logging.Logger) -> None:
         """Against a real cluster (``MQLOGGING_ES_URL``): 500 records in a data stream."""
