@@ -43,6 +43,13 @@ connect timeout, so ``connect_timeout`` is accepted for the handler's sake and n
 cannot connect to one, or gets 502/503/504 from it, tries the next once (never on a timeout,
 never on 429: backpressure is answered with the handler's backoff).
 
+As the first endpoint of ``MQHandler(strategy="failover")`` with a broker after it, records go
+to Elasticsearch while it confirms and to the broker while it does not. Failback is the
+handler's failover rule: a failed endpoint is tried again, first in list order, after a capped,
+jittered backoff (``retry_max``), and takes the records again once it confirms a batch. A
+collector draining the broker into the same index (same ``dataset`` or ``index``) stores the
+broker's share; ``_id`` = record id keeps every record there once.
+
 There is no consumer and no tap: records are read back from Elasticsearch, not from this
 endpoint. Needs ``pip install 'mqlogging[elasticsearch]'``.
 """

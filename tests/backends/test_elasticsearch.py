@@ -375,8 +375,9 @@ class TestOutcomes:
 
 class TestConfiguration:
     def test_url_options(self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-        """Hosts, index or data stream, API key from the environment (never shown), and the
-        destination key the handler's spool directory is named after."""
+        """Hosts, index or data stream, API key from the environment (never shown), the
+        rejected spool's directory (given, or under ``$XDG_STATE_HOME``), and the destination
+        key the handler's spool directory is named after."""
         monkeypatch.setenv("ESEP_KEY", "k3y-secret")
         ep = Endpoint.from_url(
             "elasticsearch+http://es1,es2:9201/?index=app-%Y.%m&api_key_env=ESEP_KEY&timeout=3"
@@ -388,6 +389,11 @@ class TestConfiguration:
         assert ep.api_key.reveal() == "k3y-secret"
         assert "k3y" not in repr(ep) + str(ep) + ep.destination_key()
         assert ep.redacted() == "elasticsearch+http://es1:9200,es2:9201/?index=app-%Y.%m"
+        assert ElasticsearchEndpoint.from_url(ep, rejected="/r").rejected_dir() == "/r"
+        monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path))
+        default = Path(ep.rejected_dir())
+        assert default.parent == tmp_path / "mqlogging" / "rejected"
+        assert len(default.name) == 16
         ds = Endpoint.from_url("elasticsearch+https://u:pw@es/?dataset=billing&namespace=prod")
         assert (ds.mode, ds.destination_key()) == (
             "data_stream",
