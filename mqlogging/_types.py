@@ -5,11 +5,12 @@ This module imports nothing from the package, so any layer may import it.
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
-__all__ = ["Delivery", "Message"]
+__all__ = ["DONE", "Delivery", "Message", "Outcome", "Result"]
 
 
 class Message(NamedTuple):
@@ -37,3 +38,25 @@ class Delivery:
     tag: Any
     headers: Mapping[str, Any] = field(default_factory=dict)
     redelivered: bool = False
+
+
+class Outcome(enum.Enum):
+    """Per-record result of one write attempt to a store (a collector sink, or the
+    Elasticsearch endpoint of a handler)."""
+
+    DONE = "done"
+    RETRY = "retry"
+    REJECT = "reject"
+
+
+@dataclass(frozen=True, slots=True)
+class Result:
+    """The outcome for one record, with the store's words for why (``status``: a metric label
+    such as ``created``, ``conflict``, ``429``, ``timeout``; ``reason``: free text)."""
+
+    outcome: Outcome
+    status: str = ""
+    reason: str = ""
+
+
+DONE = Result(Outcome.DONE, "ok")

@@ -48,6 +48,11 @@ class Producer(ABC):
     def close(self) -> None:
         """Close the connection. Idempotent; never raises."""
 
+    def stats(self) -> dict[str, int]:
+        """The producer's own counters, shown under its endpoint in the handler's ``stats()``
+        (e.g. records an Elasticsearch endpoint kept in its rejected spool). None by default."""
+        return {}
+
     def __enter__(self) -> Producer:
         return self
 

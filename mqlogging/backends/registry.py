@@ -300,3 +300,6 @@ def _load(target: str) -> Any:
 register_lazy("mqlogging.backends.amqp:TRANSPORT", ("amqp", "amqps"))
 register_lazy("mqlogging.backends.stomp:TRANSPORT", ("stomp", "stomp+ssl", "stomp+tls"))
 register_lazy("mqlogging.backends.local:TRANSPORT", ("local",))
+register_lazy(
+    "mqlogging.backends.elasticsearch:TRANSPORT", ("elasticsearch+http", "elasticsearch+https")
+)

@@ -44,8 +44,8 @@ class MQHandler(logging.Handler):
                             "static_fields": {"service": "billing"}}}
 
     Args:
-        endpoints: One URL or a list (``amqp[s]://``, ``stomp[+ssl]://``, ``local://``), see
-            :class:`~mqlogging.backends.Endpoint`.
+        endpoints: One URL or a list (``amqp[s]://``, ``stomp[+ssl]://``, ``local://``,
+            ``elasticsearch+https://``...), see :class:`~mqlogging.backends.Endpoint`.
         strategy: ``"failover"`` (the first healthy endpoint in list order; the earlier ones are
             probed again with capped, jittered backoff and take over when they recover),
             ``"roundrobin"`` (batches alternate among healthy endpoints) or ``"all"`` (every

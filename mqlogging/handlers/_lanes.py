@@ -81,7 +81,9 @@ class EndpointState:
                 producer.close()
 
     def stats(self) -> dict[str, Any]:
+        own = self.producer.stats() if self.producer is not None else {}
         return {
+            **own,
             "healthy": self.healthy,
             "last_error": self.last_error,
             "last_error_at": self.last_error_at,

@@ -336,7 +336,8 @@ class TestTable:
         text = str(info.value)
         assert text == (
             "unknown URL scheme 'amqq' in amqq://user:***@h/ "
-            "(known: amqp, amqps, stomp, stomp+ssl, stomp+tls, local, memtest)"
+            "(known: amqp, amqps, stomp, stomp+ssl, stomp+tls, local, elasticsearch+http, "
+            "elasticsearch+https, memtest)"
         )
         with pytest.raises(ConfigurationError, match="unknown URL scheme 'amqq'"):
             open_producer("amqq://h/")

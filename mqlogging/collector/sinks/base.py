@@ -13,39 +13,18 @@ whatever they must (the Elasticsearch and HTTP clients are thread-safe pools).
 
 from __future__ import annotations
 
-import enum
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 from ..._json import dumps
+from ..._types import DONE, Outcome, Result
 
 if TYPE_CHECKING:  # the metrics module needs prometheus-client; sinks alone do not
     from ..metrics import CollectorMetrics
 
-__all__ = ["Outcome", "Record", "Result", "Sink", "SinkConfig", "dumps"]
-
-
-class Outcome(enum.Enum):
-    """Per-record result of one write attempt."""
-
-    DONE = "done"
-    RETRY = "retry"
-    REJECT = "reject"
-
-
-@dataclass(frozen=True, slots=True)
-class Result:
-    """The outcome for one record, with the sink's words for why (``status``: a metric label
-    such as ``created``, ``conflict``, ``429``, ``timeout``; ``reason``: free text)."""
-
-    outcome: Outcome
-    status: str = ""
-    reason: str = ""
-
-
-DONE = Result(Outcome.DONE, "ok")
+__all__ = ["DONE", "Outcome", "Record", "Result", "Sink", "SinkConfig", "dumps"]
 
 
 @dataclass(slots=True, eq=False)

@@ -1,0 +1,535 @@
+"""``elasticsearch+http(s)://`` as a handler endpoint (issue #15), through the registry.
+
+The ``elasticsearch`` fixture is noida-db, a stand-in for Elasticsearch that speaks its REST
+API (``_bulk`` ``create``, per-item 409 and mapping-conflict 400s, ``_count``, ``_search``);
+tests marked ``real_es`` run the delivery test against a real cluster when
+``MQLOGGING_ES_URL`` is set. Faults Elasticsearch itself cannot be made to answer on demand
+(429, 503) come from :class:`harness.collector.BulkStandIn`, a small HTTP server answering
+``_bulk`` like Elasticsearch, talked to by the official client.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+
+from harness.brokers import NoidaES, RabbitMQ
+from harness.collector import BulkStandIn, amqp_queue_url, dataset_for, es_count, es_search
+from harness.helpers import unique_name, wait_until
+from harness.tls import PKI, make_pki
+from mqlogging._types import Message
+from mqlogging.backends import Endpoint, TapOptions, open_consumer, open_producer, open_tap
+from mqlogging.backends import transport_for as transport_of
+from mqlogging.backends.elasticsearch import ElasticsearchEndpoint, ElasticsearchProducer
+from mqlogging.collector.config import parse_config
+from mqlogging.collector.service import CollectorService
+from mqlogging.errors import ConfigurationError, ConnectError, NotConfirmed, PublishTimeout
+from mqlogging.handlers import MQHandler
+from mqlogging.spool import SpoolReader
+from tests.security.test_https_sinks import TLSTerminator
+
+
+def es_url(es: NoidaES | BulkStandIn | str, **query: str) -> str:
+    """The ``elasticsearch+http://`` URL of a stand-in (or of ``http(s)://host:port``)."""
+    base = es if isinstance(es, str) else es.url
+    parts = urlsplit(base)
+    scheme = "elasticsearch+https" if parts.scheme == "https" else "elasticsearch+http"
+    tail = "&".join(f"{k}={v}" for k, v in query.items())
+    return f"{scheme}://{parts.netloc}/?{tail}" if tail else f"{scheme}://{parts.netloc}/"
+
+
+@pytest.fixture
+def dataset(request: pytest.FixtureRequest) -> str:
+    """A data-stream dataset no other test writes to."""
+    return dataset_for(unique_name("esep"))
+
+
+@pytest.fixture
+def logger(request: pytest.FixtureRequest) -> Iterator[logging.Logger]:
+    """A fresh non-propagating logger; its handlers are closed afterwards."""
+    log = logging.getLogger(f"esep.{unique_name('t')}")
+    log.setLevel(logging.DEBUG)
+    log.propagate = False
+    yield log
+    for handler in list(log.handlers):
+        log.removeHandler(handler)
+        handler.close()
+
+
+def all_docs(url: str, index: str, size: int) -> list[dict[str, Any]]:
+    """Every stored document of ``index`` (``_source`` plus its ``_id``)."""
+    return es_search(url, index, {"match_all": {}}, size=size)
+
+
+def emit(log: logging.Logger, numbers: range) -> None:
+    for i in numbers:
+        log.warning("record %d", i, extra={"n": i})
+
+
+# -- delivery -------------------------------------------------------------------------------------
+
+
+class TestDelivery:
+    def test_handler_delivers_every_record_with_its_id_as_id(
+        self, elasticsearch: NoidaES, dataset: str, logger: logging.Logger, tmp_path: Path
+    ) -> None:
+        """MQHandler with one ``elasticsearch+http://`` endpoint stores 3,000 records in the
+        data stream ``logs-<dataset>-default``, each once, with the record id (``event.id``)
+        as the document ``_id``; the endpoint's stats show them confirmed, none rejected."""
+        handler = MQHandler(
+            es_url(elasticsearch, dataset=dataset), spool=str(tmp_path / "spool"), close_timeout=30
+        )
+        logger.addHandler(handler)
+        emit(logger, range(3000))
+        assert handler.flush(60)
+        stats = next(iter(handler.stats()["endpoints"].values()))
+        assert (stats["confirmed"], stats["rejected"]) == (3000, 0)
+        index = f"logs-{dataset}-default"
+        assert es_count(elasticsearch.url, index) == 3000
+        docs = all_docs(elasticsearch.url, index, 3000)
+        assert sorted(d["n"] for d in docs) == list(range(3000))
+        assert all(d["_id"] == d["event"]["id"] for d in docs)
+
+    def test_index_pattern_uses_the_record_time(
+        self, elasticsearch: NoidaES, dataset: str, logger: logging.Logger
+    ) -> None:
+        """``index=NAME-%Y.%m.%d`` writes each record to the index of its own day (UTC), as the
+        collector's sink does, and a record sent twice (same id) is stored once: the 409 of the
+        second ``create`` counts as delivered."""
+        pattern = f"{dataset.replace('_', '-')}-%Y.%m.%d"
+        url = es_url(elasticsearch, index=pattern)
+        handler = MQHandler(url, spool=False, close_timeout=30)
+        logger.addHandler(handler)
+        emit(logger, range(200))
+        assert handler.flush(30)
+        index = time.strftime(pattern, time.gmtime())
+        assert es_count(elasticsearch.url, index) == 200
+        doc = all_docs(elasticsearch.url, index, 1)[0]
+        again = Message(
+            doc["_id"], json.dumps({k: v for k, v in doc.items() if k != "_id"}).encode()
+        )
+        with open_producer(url) as producer:
+            producer.publish_batch([again])  # 409: already stored, so delivered
+        assert es_count(elasticsearch.url, index) == 200
+
+    def test_a_dead_host_of_the_cluster_is_skipped(
+        self, elasticsearch: NoidaES, dataset: str
+    ) -> None:
+        """``elasticsearch+http://dead,alive/``: every batch is stored through the host that
+        answers, none fails (several hosts are one cluster)."""
+        url = f"elasticsearch+http://127.0.0.1:1,127.0.0.1:{elasticsearch.port}/?dataset={dataset}"
+        body = b'{"@timestamp": "2026-01-01T00:00:00Z"}'
+        with open_producer(url) as producer:
+            for batch in range(5):
+                producer.publish_batch([Message(f"h{batch}-{i}", body) for i in range(10)])
+        assert es_count(elasticsearch.url, f"logs-{dataset}-default") == 50
+
+    @pytest.mark.real_es
+    def test_delivers_to_a_real_cluster(self, real_es_url: str, logger: logging.Logger) -> None:
+        """Against a real cluster (``MQLOGGING_ES_URL``): 500 records in a data stream."""
+        dataset = dataset_for(unique_name("esep"))
+        handler = MQHandler(es_url(real_es_url, dataset=dataset), spool=False, close_timeout=30)
+        logger.addHandler(handler)
+        emit(logger, range(500))
+        assert handler.flush(60)
+        assert es_count(real_es_url, f"logs-{dataset}-default") == 500
+
+
+# -- failover to a broker and back ------------------------------------------------------------------
+
+
+class TestFailover:
+    def test_es_down_mid_stream_fails_over_to_amqp_and_back(
+        self,
+        elasticsearch: NoidaES,
+        rabbitmq: RabbitMQ,
+        queue_name: str,
+        dataset: str,
+        logger: logging.Logger,
+        tmp_path: Path,
+    ) -> None:
+        """``strategy="failover"`` with ``[elasticsearch, amqp]``: Elasticsearch (noida-db) is
+        stopped while records are being sent; the next ones go to RabbitMQ. Once it is back,
+        the handler probes it again (capped backoff, ``retry_max``) and new records go to it,
+        none to the broker. A collector drains the queue into the same data stream: every one
+        of the 3,200 records is in the index exactly once (``_id`` = record id)."""
+        broker = amqp_queue_url(rabbitmq, queue_name)
+        handler = MQHandler(
+            [es_url(elasticsearch, dataset=dataset), broker],
+            strategy="failover",
+            spool=str(tmp_path / "spool"),
+            retry_max=0.5,
+            batch_size=100,
+            close_timeout=30,
+        )
+        es_name, amqp_name = list(handler.stats()["endpoints"])
+        logger.addHandler(handler)
+
+        def confirmed(name: str) -> int:
+            return int(handler.stats()["endpoints"][name]["confirmed"])
+
+        emit(logger, range(1000))
+        elasticsearch.stop()  # mid-stream: batches may be in flight
+        emit(logger, range(1000, 2000))
+        assert handler.flush(60)
+        assert confirmed(amqp_name) >= 1000
+        elasticsearch.start()
+        emit(logger, range(2000, 3000))
+        assert handler.flush(60)
+        wait_until(lambda: handler.stats()["endpoints"][es_name]["healthy"], timeout=30)
+        to_broker = confirmed(amqp_name)
+        emit(logger, range(3000, 3200))  # Elasticsearch answers again: all of these go there
+        assert handler.flush(30)
+        assert confirmed(amqp_name) == to_broker
+        handler.close()
+
+        index = f"logs-{dataset}-default"
+        service = CollectorService(
+            parse_config(
+                {
+                    "sources": [{"url": broker}],
+                    "sinks": [
+                        {
+                            "type": "elasticsearch",
+                            "hosts": [elasticsearch.url],
+                            "dataset": dataset,
+                            "request_timeout": 5.0,
+                        }
+                    ],
+                    "http": {"listen": ""},
+                    "pipeline": {"batch_max_wait": 0.1},
+                    "collector": {"state_dir": str(tmp_path / "state"), "shutdown_timeout": 5.0},
+                },
+                env={},
+            )
+        )
+        service.start()
+        try:
+            wait_until(lambda: service.metrics.value("acked") >= to_broker, timeout=60)
+        finally:
+            service.close()
+        assert rabbitmq.queue_depth(queue_name) == 0
+        docs = all_docs(elasticsearch.url, index, 4000)
+        assert sorted(d["n"] for d in docs) == list(range(3200))
+        assert len({d["_id"] for d in docs}) == 3200
+        assert all(d["_id"] == d["event"]["id"] for d in docs)
+
+
+# -- per-item outcomes ----------------------------------------------------------------------------
+
+
+class TestOutcomes:
+    def test_mapping_conflict_is_kept_with_its_error_and_the_rest_delivered(
+        self, elasticsearch: NoidaES, dataset: str, logger: logging.Logger, tmp_path: Path
+    ) -> None:
+        """A record whose field contradicts the index mapping (noida-db answers a per-item 400
+        ``document_parsing_exception``) is kept in the rejected spool with Elasticsearch's
+        error and counted; the other records of its batch are stored, and the lane goes on
+        (the records after it are delivered too, nothing is spooled)."""
+        rejected = tmp_path / "rejected"
+        handler = MQHandler(
+            es_url(elasticsearch, dataset=dataset, rejected=str(rejected)),
+            spool=str(tmp_path / "spool"),
+            close_timeout=30,
+        )
+        logger.addHandler(handler)
+        logger.warning("typed", extra={"size": 1})
+        assert handler.flush(30)  # the index now maps "size" as a number
+        for i in range(100):
+            size: Any = {"not": "a number"} if i == 50 else i
+            logger.warning("record %d", i, extra={"n": i, "size": size})
+        assert handler.flush(30)
+        stats = next(iter(handler.stats()["endpoints"].values()))
+        assert stats["rejected"] == 1
+        assert handler.stats()["spooled"] == 0
+        index = f"logs-{dataset}-default"
+        assert es_count(elasticsearch.url, index) == 100
+        with SpoolReader(str(rejected)) as reader:
+            kept = [json.loads(r.body) for r in reader.read(10)]
+        assert len(kept) == 1
+        assert "document_parsing_exception" in kept[0]["reason"]
+        assert kept[0]["stage"] == "sink"
+        original = json.loads(kept[0]["message"])
+        assert (original["n"], original["event"]["id"]) == (50, kept[0]["record_id"])
+
+    def test_unwritable_rejected_spool_does_not_confirm(
+        self, elasticsearch: NoidaES, dataset: str, tmp_path: Path
+    ) -> None:
+        """When the rejected spool cannot be written, the batch is not confirmed
+        (``NotConfirmed``, naming the option to fix) and the record is counted as
+        ``rejected_unsaved``: the handler keeps it rather than losing it."""
+        blocker = tmp_path / "a-file"
+        blocker.write_text("")
+        url = es_url(elasticsearch, dataset=dataset, rejected=str(blocker / "rejected"))
+        body = {"@timestamp": "2026-01-01T00:00:00Z", "size": 1}
+        with ElasticsearchProducer(url) as producer:
+            producer.publish_batch([Message("first", json.dumps(body).encode())])
+            bad = json.dumps({**body, "size": {"x": 1}}).encode()
+            with pytest.raises(NotConfirmed, match=r"cannot be kept.*set rejected="):
+                producer.publish_batch([Message("second", bad)])
+            assert producer.stats() == {"rejected": 0, "rejected_unsaved": 1}
+
+    @pytest.mark.parametrize(("status", "error"), [(429, NotConfirmed), (503, NotConfirmed)])
+    def test_throttled_or_unavailable_items_are_not_confirmed(
+        self, status: int, error: type[Exception]
+    ) -> None:
+        """A per-item 429 or 503 (from the ``_bulk`` stand-in, through the official client)
+        leaves the batch unconfirmed with the status in the message; sent again, the records
+        that were stored answer 409 and the batch is confirmed."""
+        answers = {"request": 0}
+
+        def fault(request: int, item: int) -> int | None:
+            answers["request"] = request
+            return status if request == 1 and item == 1 else None
+
+        with BulkStandIn(fault) as es:
+            messages = [Message(f"id-{i}", b'{"@timestamp": "2026-01-01T00:00:00Z"}')
+                        for i in range(3)]  # fmt: skip
+            with ElasticsearchProducer(es_url(es)) as producer:
+                with pytest.raises(error, match=f"did not store 1 of 3 records: {status}"):
+                    producer.publish_batch(messages)
+                producer.publish_batch(messages)
+            assert sorted(es.docs) == ["id-0", "id-1", "id-2"]
+
+    def test_request_level_refusal_is_not_confirmed(self) -> None:
+        """A whole request refused for a reason no document causes (401: credentials) is an
+        outage, not a rejection: ``NotConfirmed`` saying so, nothing kept as rejected."""
+        with (
+            BulkStandIn(lambda request, item: 401 if item == -1 else None) as es,
+            ElasticsearchProducer(es_url(es)) as producer,
+        ):
+            with pytest.raises(NotConfirmed, match="did not store 2 of 2 records: outage: 401"):
+                producer.publish_batch([Message("a", b"{}"), Message("b", b"{}")])
+            assert producer.stats()["rejected"] == 0
+
+    def test_a_rejection_is_kept_only_once_its_batch_is_confirmed(self, tmp_path: Path) -> None:
+        """In a batch with a rejected record (400) and a throttled one (429), nothing is kept
+        as rejected yet: the batch is not confirmed and will be sent again (or to the next
+        endpoint), where the rejected record meets its fate once."""
+        statuses = {0: 400, 1: 429}
+        url_query = {"rejected": str(tmp_path / "rejected")}
+        with (
+            BulkStandIn(lambda request, item: statuses.get(item) if request == 1 else None) as es,
+            ElasticsearchProducer(es_url(es, **url_query)) as producer,
+        ):
+            with pytest.raises(NotConfirmed, match="did not store 1 of 2 records: 429"):
+                producer.publish_batch([Message("a", b"{}"), Message("b", b"{}")])
+            assert producer.stats()["rejected"] == 0
+            assert not (tmp_path / "rejected").exists()
+
+    def test_a_body_that_is_not_a_json_object_is_kept_as_rejected(self, tmp_path: Path) -> None:
+        """A message whose body is not a JSON object (a damaged spool line) is never sent; it
+        is kept in the rejected spool (base64 when it is not UTF-8) and the rest is stored."""
+        rejected = tmp_path / "rejected"
+        with BulkStandIn() as es:
+            with ElasticsearchProducer(es_url(es, rejected=str(rejected))) as producer:
+                producer.publish_batch(
+                    [Message("a", b"[1]"), Message("b", b"{}"), Message("c", b"\xff{")]
+                )
+                assert producer.stats()["rejected"] == 2
+            assert sorted(es.docs) == ["b"]
+        with SpoolReader(str(rejected)) as reader:
+            kept = {d["record_id"]: d for d in (json.loads(r.body) for r in reader.read(10))}
+        assert kept["a"]["message"] == "[1]"
+        assert kept["a"]["reason"] == "not a JSON object"
+        assert "message_base64" in kept["c"]
+
+    def test_an_answer_that_never_comes_is_a_publish_timeout(self) -> None:
+        """A server that accepts the connection and never answers: ``PublishTimeout`` after
+        ``timeout`` (the batch may or may not be stored), not a hang."""
+        with socket.create_server(("127.0.0.1", 0)) as silent:
+            port = silent.getsockname()[1]
+            started = time.monotonic()
+            with (
+                ElasticsearchProducer(f"elasticsearch+http://127.0.0.1:{port}/?timeout=1") as p,
+                pytest.raises(PublishTimeout, match="did not answer in time"),
+            ):
+                p.publish_batch([Message("a", b"{}")])
+            assert time.monotonic() - started < 10
+
+    def test_unreachable_is_a_connect_error(self) -> None:
+        """Nothing listening: ``ConnectError`` naming the redacted endpoint, quickly."""
+        url = "elasticsearch+http://writer:s3cret@127.0.0.1:1/?timeout=2"
+        started = time.monotonic()
+        with (
+            ElasticsearchProducer(url) as producer,
+            pytest.raises(ConnectError, match=r"cannot reach Elasticsearch") as info,
+        ):
+            producer.publish_batch([Message("a", b"{}")])
+        assert time.monotonic() - started < 10
+        assert "writer:***@127.0.0.1:1" in str(info.value)
+        assert "s3cret" not in str(info.value)
+
+
+# -- configuration ----------------------------------------------------------------------------------
+
+
+class TestConfiguration:
+    def test_url_options(self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        """Hosts, index or data stream, API key from the environment (never shown), the
+        rejected spool's directory (given, or under ``$XDG_STATE_HOME``), and the destination
+        key the handler's spool directory is named after."""
+        monkeypatch.setenv("ESEP_KEY", "k3y-secret")
+        ep = Endpoint.from_url(
+            "elasticsearch+http://es1,es2:9201/?index=app-%Y.%m&api_key_env=ESEP_KEY&timeout=3"
+        )
+        assert isinstance(ep, ElasticsearchEndpoint)
+        assert [str(h) for h in ep.hosts] == ["es1:9200", "es2:9201"]
+        assert (ep.mode, ep.index, ep.timeout) == ("index", "app-%Y.%m", 3.0)
+        assert ep.api_key is not None
+        assert ep.api_key.reveal() == "k3y-secret"
+        assert "k3y" not in repr(ep) + str(ep) + ep.destination_key()
+        assert ep.redacted() == "elasticsearch+http://es1:9200,es2:9201/?index=app-%Y.%m"
+        assert ElasticsearchEndpoint.from_url(ep, rejected="/r").rejected_dir() == "/r"
+        monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path))
+        default = Path(ep.rejected_dir())
+        assert default.parent == tmp_path / "mqlogging" / "rejected"
+        assert len(default.name) == 16
+        ds = Endpoint.from_url("elasticsearch+https://u:pw@es/?dataset=billing&namespace=prod")
+        assert (ds.mode, ds.destination_key()) == (
+            "data_stream",
+            "elasticsearch+https://es:9200/?index=logs-billing-prod",
+        )
+        assert ds.redacted() == (
+            "elasticsearch+https://u:***@es:9200/?dataset=billing&namespace=prod"
+        )
+
+    @pytest.mark.parametrize(
+        ("url", "expected"),
+        [
+            ("elasticsearch+http://es/?indx=a", "unknown option 'indx' .*did you mean 'index'"),
+            ("elasticsearch+https://es/?ca_certs=/nonexistent/ca.pem", "ca_certs.*nonexistent"),
+            ("elasticsearch+http://es/?ca_certs=/x.pem", "use elasticsearch\\+https://"),
+            ("elasticsearch+http://es/?index=a&dataset=b", "give either index= .* not both"),
+            ("elasticsearch+http://u:p@es/?api_key=k", "API key or a user name"),
+            ("elasticsearch+http://es/logs", "name the index with \\?index=NAME"),
+            ("elasticsearch+http://es/?index=Logs", "must be lower-case"),
+            ("elasticsearch+http://es/?dataset=a-b", "dataset='a-b': use lower-case"),
+            ("elasticsearch+http://es/?api_key_env=ESEP_UNSET_VAR", "that variable is not set"),
+            ("elasticsearch+http://es/?max_bulk_bytes=10", "at least 1024"),
+        ],
+    )
+    def test_bad_configuration_is_one_line(self, url: str, expected: str) -> None:
+        """Every mistake is refused when the URL is parsed, in one line saying what to fix
+        (a missing CA file, an unknown option with a suggestion, TLS options on plain HTTP,
+        contradicting options, names Elasticsearch would refuse)."""
+        with pytest.raises(ConfigurationError, match=expected) as info:
+            MQHandler(url, spool=False)
+        assert "\n" not in str(info.value)
+
+    def test_a_producer_only_transport(self) -> None:
+        """The registry serves both schemes with one transport that has a producer but no
+        consumer and no tap (clear errors), preloads the client and ignores its loggers."""
+        transport = transport_of("elasticsearch+https")
+        assert transport is transport_of("elasticsearch+http")
+        assert (transport.consumer, transport.tap) == (None, None)
+        assert "elasticsearch" in transport.preload
+        assert "elastic_transport" in transport.loggers
+        with pytest.raises(ConfigurationError, match="cannot be consumed"):
+            open_consumer("elasticsearch+http://es/")
+        with pytest.raises(ConfigurationError, match="no live view"):
+            open_tap("elasticsearch+http://es/", TapOptions())
+
+
+# -- TLS ----------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> PKI:
+    """A throwaway CA, a server certificate for 127.0.0.1 and another CA."""
+    return make_pki(tmp_path_factory.mktemp("pki"))
+
+
+@pytest.fixture
+def https_es(pki: PKI, elasticsearch: NoidaES) -> Iterator[int]:
+    """A port presenting the test PKI's server certificate (for 127.0.0.1) in front of
+    noida-db, which speaks plain HTTP only (:class:`TLSTerminator`: a test relay, not part of
+    Elasticsearch)."""
+    with TLSTerminator(pki.server, pki.server_key, elasticsearch.port) as relay:
+        yield relay.port
+
+
+class TestTLS:
+    def test_https_with_the_ca_delivers(
+        self, https_es: int, pki: PKI, elasticsearch: NoidaES, dataset: str
+    ) -> None:
+        """``elasticsearch+https://`` with ``ca_certs`` verifies the server (hostname checked)
+        and stores the batch."""
+        url = f"elasticsearch+https://127.0.0.1:{https_es}/?dataset={dataset}&ca_certs={pki.ca}"
+        with open_producer(url) as producer:
+            producer.publish_batch([Message("tls-1", b'{"@timestamp": "2026-01-01T00:00:00Z"}')])
+        assert es_count(elasticsearch.url, f"logs-{dataset}-default") == 1
+
+    @pytest.mark.parametrize(
+        ("host", "option", "expected"),
+        [
+            ("127.0.0.1", "ca_certs={other_ca}", "CERTIFICATE_VERIFY_FAILED"),
+            ("localhost", "ca_certs={ca}", "Hostname mismatch"),
+            ("127.0.0.1", "timeout=5", "CERTIFICATE_VERIFY_FAILED"),
+        ],
+    )
+    def test_unverified_server_is_not_confirmed(
+        self, https_es: int, pki: PKI, host: str, option: str, expected: str
+    ) -> None:
+        """Another CA, a certificate for another host, or no CA (the system trust store): the
+        producer refuses the server with ``ConnectError`` saying what is wrong with its
+        certificate; nothing is confirmed."""
+        query = option.format(ca=pki.ca, other_ca=pki.other_ca)
+        url = f"elasticsearch+https://{host}:{https_es}/?{query}"
+        with (
+            open_producer(url) as producer,
+            pytest.raises(ConnectError, match=expected),
+        ):
+            producer.publish_batch([Message("tls-2", b"{}")])
+
+    def test_verify_off_accepts_any_certificate(
+        self, https_es: int, pki: PKI, elasticsearch: NoidaES, dataset: str
+    ) -> None:
+        """``verify=false`` (an explicit choice) accepts a certificate of an unknown CA."""
+        url = f"elasticsearch+https://localhost:{https_es}/?dataset={dataset}&verify=false"
+        with open_producer(url) as producer:
+            producer.publish_batch([Message("tls-3", b'{"@timestamp": "2026-01-01T00:00:00Z"}')])
+        assert es_count(elasticsearch.url, f"logs-{dataset}-default") == 1
+
+
+# -- the README's example ---------------------------------------------------------------------------
+
+
+def test_readme_monitoring_example_runs(
+    elasticsearch: NoidaES,
+    rabbitmq: RabbitMQ,
+    queue_name: str,
+    dataset: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The README's "Monitoring" snippet runs unchanged except for the addresses (noida-db
+    standing in for Elasticsearch, the private RabbitMQ for the broker) and its record lands
+    in the data stream with its extra field."""
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path))
+    monkeypatch.setenv("ES_API_KEY", "unused-by-the-stand-in")
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    (code,) = re.findall(r"```py\n(.*?)```", readme, flags=re.S)
+    code = code.replace(
+        "elasticsearch+https://es1:9200,es2:9200/?dataset=monitoring",
+        es_url(elasticsearch, dataset=dataset),
+    ).replace("amqps://broker1/?queue=logs", amqp_queue_url(rabbitmq, queue_name))
+    namespace: dict[str, Any] = {}
+    exec(compile(code, "README.md", "exec"), namespace)
+    handler = namespace["handler"]
+    try:
+        assert handler.flush(30)
+    finally:
+        logging.getLogger("monitoring").removeHandler(handler)
+        handler.close()
+    (doc,) = all_docs(elasticsearch.url, f"logs-{dataset}-default", 5)
+    assert (doc["message"], doc["load"]) == ("load", 0.7)
