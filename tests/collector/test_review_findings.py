@@ -28,7 +28,7 @@ from mqlogging.backends import open_producer
 from mqlogging.collector.config import parse_config
 from mqlogging.collector.service import CollectorService
 from mqlogging.collector.sinks import Outcome
-from mqlogging.collector.sinks.elasticsearch import _classify
+from mqlogging.esbulk import classify
 from mqlogging.formatting import JsonFormatter
 from mqlogging.wire import read_meta
 from tests.collector.test_loss_paths import _dead_letters
@@ -153,7 +153,7 @@ def test_configuration_errors_reported_per_item_are_outages() -> None:
         error = {"type": "illegal_argument_exception", "reason": reason}
         return {"create": {"status": 400, "error": error}}
 
-    assert _classify(item("no write index is defined for alias [logs]")).outcome is Outcome.RETRY
-    assert _classify(item("pipeline with id [geo] does not exist")).outcome is Outcome.RETRY
+    assert classify(item("no write index is defined for alias [logs]")).outcome is Outcome.RETRY
+    assert classify(item("pipeline with id [geo] does not exist")).outcome is Outcome.RETRY
     too_many = item("Limit of total fields [1000] has been exceeded")
-    assert _classify(too_many).outcome is Outcome.REJECT
+    assert classify(too_many).outcome is Outcome.REJECT

@@ -39,7 +39,6 @@ from ...esbulk import (
     new_client,
     record_time,
 )
-from ...esbulk import classify as _classify  # noqa: F401 - its old name, for existing callers
 from .._table import FromTable, PemPath, PositiveFloat, Table, check_fields, read_table, shared_env
 from ._urls import check_http_url, redact_http
 from .base import Record, Result, Sink
