@@ -124,8 +124,9 @@ class MQHandler(logging.Handler):
     Recursion:
         Records from the ``mqlogging`` loggers and from the client library of each endpoint's
         transport (``pika``, ``stomp``, ``elasticsearch``...: ``Transport.loggers``), and any
-        record emitted by the sender thread, are ignored (counted as ``ignored``). The handler's own troubles go to
-        stderr, at most once per 30 s per kind, and to :meth:`stats`.
+        record emitted by the sender thread, are ignored (counted as ``ignored``). The
+        handler's own troubles go to stderr, at most once per 30 s per kind, and to
+        :meth:`stats`.
 
     Thread-safety: every method may be called from any thread.
     """
