@@ -114,8 +114,9 @@ def choose(value: Any, allowed: Sequence[_S], *, where: str, name: str) -> _S:
     for choice in allowed:
         if value == choice:
             return choice
-    hint = did_you_mean(str(value), allowed)
-    raise _fail(where, name, f"must be one of {', '.join(allowed)}, not {value!r} {hint}".rstrip())
+    hint = did_you_mean(str(value), allowed).rstrip()
+    text = f"must be one of {', '.join(allowed)}, not {value!r}"
+    raise _fail(where, name, f"{text}; {hint}" if hint else text)
 
 
 def refuse_unknown(

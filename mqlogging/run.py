@@ -40,7 +40,6 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import IO, Any
 
-from .backends.endpoints import Endpoint
 from .errors import ConfigurationError
 from .formatting import DEFAULT_MAX_RECORD_BYTES, SCHEMAS
 from .handlers._config import HandlerConfig, ignored_roots
@@ -193,7 +192,7 @@ def run_command(args: argparse.Namespace) -> int:
     static = _static_fields(args.static)
     static.setdefault("command", shlex.join(command))
     name = args.logger or os.path.basename(command[0]) or "run"
-    if name.partition(".")[0] in ignored_roots(Endpoint.from_url(url) for url in endpoints):
+    if name.partition(".")[0] in ignored_roots():
         msg = f"--logger {name!r}: records of that logger are ignored by MQHandler; choose another"
         raise ConfigurationError(msg)
 

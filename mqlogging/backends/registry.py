@@ -51,6 +51,7 @@ __all__ = [
     "ProducerFactory",
     "TapFactory",
     "Transport",
+    "client_loggers",
     "lazy",
     "open_consumer",
     "open_producer",
@@ -173,6 +174,15 @@ def unregister(transport: Transport | str) -> None:
                 del _LAZY_SCHEMES[target]
     for scheme in doomed:
         _TABLE.pop(scheme, None)
+
+
+def client_loggers() -> frozenset[str]:
+    """The client-library loggers of every registered transport (``Transport.loggers``).
+
+    Resolves the lazy entries (their modules do not import the client libraries), so call it
+    when configuring, not per record.
+    """
+    return frozenset(name for scheme in list(_TABLE) for name in transport_for(scheme).loggers)
 
 
 def schemes() -> list[str]:

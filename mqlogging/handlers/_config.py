@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any, Literal, get_args, get_origin, get_type_hints
 
 from .._coerce import choose, refuse_unknown, to_number
-from ..backends import transport_for
 from ..backends.endpoints import Endpoint
+from ..backends.registry import client_loggers
 from ..errors import ConfigurationError
 from ..formatting import DEFAULT_MAX_RECORD_BYTES
 from ..spool import coerce_spool_options
@@ -43,13 +43,15 @@ OVERFLOWS: tuple[Overflow, ...] = get_args(Overflow)
 DURABILITIES: tuple[Durability, ...] = get_args(Durability)
 
 
-def ignored_roots(endpoints: Iterable[Endpoint]) -> frozenset[str]:
-    """Loggers whose records never enter a handler sending to ``endpoints``: they would loop.
+def ignored_roots() -> frozenset[str]:
+    """Loggers whose records never enter a handler: they would loop.
 
-    mqlogging's own troubles, and the chatter of each transport's client library about the
-    connection the handler is using (``Transport.loggers``: pika's, stomp.py's).
+    mqlogging's own troubles, and the chatter of every registered transport's client library
+    (``Transport.loggers``: pika's, stomp.py's...), not only of the handler's own transports:
+    two handlers over different transports would otherwise ship each other's connection
+    records, each publish logging more, forever at DEBUG.
     """
-    return frozenset({"mqlogging"}.union(*(transport_for(ep).loggers for ep in endpoints)))
+    return frozenset({"mqlogging"}) | client_loggers()
 
 
 _WHERE = "MQHandler"
@@ -138,7 +140,7 @@ def _normalise(options: Mapping[str, Any]) -> dict[str, Any]:
         meta = _FIELDS[name].metadata
         if name in _CHOICES:
             values[name] = choose(value, _CHOICES[name], where=_WHERE, name=name)
-        elif "minimum" in meta and value is not None:
+        elif "minimum" in meta and (value is not None or _FIELDS[name].default is not None):
             values[name] = to_number(
                 value, where=_WHERE, name=name, minimum=meta["minimum"], integer=meta["integer"]
             )

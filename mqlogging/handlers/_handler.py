@@ -122,7 +122,7 @@ class MQHandler(logging.Handler):
         too: faster, and a terminated child may then lose what it held in memory.
 
     Recursion:
-        Records from the ``mqlogging`` loggers and from the client library of each endpoint's
+        Records from the ``mqlogging`` loggers and from the client library of every registered
         transport (``pika``, ``stomp``, ``elasticsearch``...: ``Transport.loggers``), and any
         record emitted by the sender thread, are ignored (counted as ``ignored``). The
         handler's own troubles go to stderr, at most once per 30 s per kind, and to
@@ -188,7 +188,7 @@ class MQHandler(logging.Handler):
             raise ConfigurationError(msg) from exc
         super().__init__(level)
         self.config = config
-        self._ignored_roots = ignored_roots(config.endpoints)
+        self._ignored_roots = ignored_roots()
         # In a pool child: hook SIGTERM again on the first record (billiard installs its own
         # handler after the fork; see _fork.close_on_sigterm).
         self._hook_sigterm = False
