@@ -1,0 +1,124 @@
+"""REVIEW3 (adversarial review of the Elasticsearch endpoint, issue #15): FAILING regression
+tests, one per finding. Each fails on the reviewed main (cd36436) and proves a defect; they are
+meant to pass once the finding is fixed. Do not "fix" them by weakening the assertions.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from harness.brokers import NoidaES, RabbitMQ
+from harness.collector import amqp_queue_url, dataset_for, es_count, es_search
+from harness.helpers import unique_name, wait_until
+from mqlogging._types import Message
+from mqlogging.backends import open_producer
+from mqlogging.collector.config import parse_config
+from mqlogging.collector.service import CollectorService
+from mqlogging.formatting import JsonFormatter
+
+
+@pytest.fixture
+def blackhole() -> Iterator[int]:
+    """A loopback port whose accept queue is full: a connect to it hangs until it times out,
+    as a host that is powered off (no RST) does."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(0)
+    port = server.getsockname()[1]
+    held = socket.create_connection(("127.0.0.1", port), timeout=2)
+    try:
+        yield port
+    finally:
+        held.close()
+        server.close()
+
+
+def test_a_host_that_cannot_be_connected_in_time_is_skipped(
+    elasticsearch: NoidaES, blackhole: int
+) -> None:
+    """REVIEW3 finding 1. ``elasticsearch+http://blackholed,alive/``: the module docstring
+    says a request that *cannot connect* to one host tries the next. A host that is down
+    without refusing (powered off, firewalled: connect times out) is not skipped: the
+    client's connect timeout is a ``ConnectionTimeout`` and ``retry_on_timeout=False``, so
+    every request that lands on it fails the whole batch (PublishTimeout) and the handler
+    fails over, although nothing was sent and the other host answers."""
+    dataset = dataset_for(unique_name("r3bh"))
+    url = (
+        f"elasticsearch+http://127.0.0.1:{blackhole},127.0.0.1:{elasticsearch.port}/"
+        f"?dataset={dataset}&timeout=1"
+    )
+    body = b'{"@timestamp": "2026-01-01T00:00:00Z"}'
+    failures: list[str] = []
+    with open_producer(url) as producer:
+        for batch in range(4):
+            try:
+                producer.publish_batch([Message(f"bh{batch}-{i}", body) for i in range(10)])
+            except Exception as exc:  # noqa: BLE001 - collected to show which batches failed
+                failures.append(f"batch {batch}: {type(exc).__name__}: {exc}")
+    assert failures == []
+
+
+def test_endpoint_and_collector_put_an_old_record_in_the_same_index(
+    elasticsearch: NoidaES, rabbitmq: RabbitMQ, queue_name: str, tmp_path: Path
+) -> None:
+    """REVIEW3 finding 2. The same record stored by the endpoint (its batch then not
+    confirmed, e.g. a timeout after ES stored it) and by the collector draining the
+    failover broker must land in one index under one ``_id`` (esbulk's promise). With an
+    index pattern and a collector configured for a longer offline window
+    (``index_window_days_back = 90``, documented for spools shipped after a long time
+    offline), a 45-day-old record goes to today's index from the endpoint (its window is
+    fixed at 30 days, no option) and to its own day's index from the collector: stored
+    twice."""
+    prefix = dataset_for(unique_name("r3win")).replace("_", "-")
+    pattern = f"{prefix}-%Y.%m.%d"
+    record = logging.LogRecord("r3", logging.WARNING, __file__, 1, "old record", None, None)
+    record.created = time.time() - 45 * 86400
+    message = JsonFormatter().format_message(record)
+
+    with open_producer(f"elasticsearch+http://127.0.0.1:{elasticsearch.port}/?index={pattern}") as p:
+        p.publish_batch([message])  # stored in ES; say the answer timed out -> failover
+    broker = amqp_queue_url(rabbitmq, queue_name)
+    with open_producer(broker) as p:
+        p.publish_batch([message])  # the failover copy
+
+    service = CollectorService(
+        parse_config(
+            {
+                "sources": [{"url": broker}],
+                "sinks": [
+                    {
+                        "type": "elasticsearch",
+                        "hosts": [elasticsearch.url],
+                        "mode": "index",
+                        "index": pattern,
+                        "index_window_days_back": 90.0,
+                        "request_timeout": 5.0,
+                    }
+                ],
+                "http": {"listen": ""},
+                "pipeline": {"batch_max_wait": 0.1},
+                "collector": {"state_dir": str(tmp_path / "state"), "shutdown_timeout": 5.0},
+            },
+            env={},
+        )
+    )
+    service.start()
+    try:
+        wait_until(lambda: service.metrics.value("acked") >= 1, timeout=60)
+    finally:
+        service.close()
+    today = time.strftime(pattern, time.gmtime())
+    own_day = time.strftime(pattern, time.gmtime(record.created))
+    copies = es_count(elasticsearch.url, today) + es_count(elasticsearch.url, own_day)
+    stored = [
+        d["_id"]
+        for index in (today, own_day)
+        for d in es_search(elasticsearch.url, index, {"match_all": {}}, size=10)
+    ] if copies else []
+    assert copies == 1, f"record {message.id} stored {copies} times: {stored}"
