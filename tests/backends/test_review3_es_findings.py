@@ -21,6 +21,7 @@ from mqlogging.backends import open_producer
 from mqlogging.collector.config import parse_config
 from mqlogging.collector.service import CollectorService
 from mqlogging.formatting import JsonFormatter
+from mqlogging.handlers import MQHandler
 
 
 @pytest.fixture
@@ -59,7 +60,7 @@ def test_a_host_that_cannot_be_connected_in_time_is_skipped(
         for batch in range(4):
             try:
                 producer.publish_batch([Message(f"bh{batch}-{i}", body) for i in range(10)])
-            except Exception as exc:  # noqa: BLE001 - collected to show which batches failed
+            except Exception as exc:  # collected: shows which batches failed
                 failures.append(f"batch {batch}: {type(exc).__name__}: {exc}")
     assert failures == []
 
@@ -81,7 +82,9 @@ def test_endpoint_and_collector_put_an_old_record_in_the_same_index(
     record.created = time.time() - 45 * 86400
     message = JsonFormatter().format_message(record)
 
-    with open_producer(f"elasticsearch+http://127.0.0.1:{elasticsearch.port}/?index={pattern}") as p:
+    with open_producer(
+        f"elasticsearch+http://127.0.0.1:{elasticsearch.port}/?index={pattern}"
+    ) as p:
         p.publish_batch([message])  # stored in ES; say the answer timed out -> failover
     broker = amqp_queue_url(rabbitmq, queue_name)
     with open_producer(broker) as p:
@@ -116,9 +119,61 @@ def test_endpoint_and_collector_put_an_old_record_in_the_same_index(
     today = time.strftime(pattern, time.gmtime())
     own_day = time.strftime(pattern, time.gmtime(record.created))
     copies = es_count(elasticsearch.url, today) + es_count(elasticsearch.url, own_day)
-    stored = [
-        d["_id"]
-        for index in (today, own_day)
-        for d in es_search(elasticsearch.url, index, {"match_all": {}}, size=10)
-    ] if copies else []
+    stored = (
+        [
+            d["_id"]
+            for index in (today, own_day)
+            for d in es_search(elasticsearch.url, index, {"match_all": {}}, size=10)
+        ]
+        if copies
+        else []
+    )
     assert copies == 1, f"record {message.id} stored {copies} times: {stored}"
+
+
+def test_one_rejected_record_does_not_hold_up_the_stream_when_it_cannot_be_kept(
+    elasticsearch: NoidaES, tmp_path: Path
+) -> None:
+    """REVIEW3 finding 3. ``MQHandler`` with one ``elasticsearch`` endpoint whose rejected
+    spool cannot be written (the default ``$XDG_STATE_HOME``/``~/.local/state`` is read-only
+    in many containers): one record with a mapping conflict makes every attempt of its
+    batch ``NotConfirmed``, for ever, and every record logged after it waits behind it
+    (spooled until the spool overflows), while Elasticsearch is healthy and would store
+    them. The record can never be stored as it is; it should be counted and announced (or
+    kept elsewhere), not block the lane -- or the unusable directory refused at
+    configuration time."""
+    dataset = dataset_for(unique_name("r3rej"))
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    url = (
+        f"elasticsearch+http://127.0.0.1:{elasticsearch.port}/"
+        f"?dataset={dataset}&rejected={blocker / 'rejected'}"
+    )
+    handler = MQHandler(
+        url, spool=str(tmp_path / "spool"), retry_max=0.5, batch_size=10, close_timeout=5
+    )
+    log = logging.getLogger(unique_name("r3rej"))
+    log.propagate = False
+    log.setLevel(logging.INFO)
+    log.addHandler(handler)
+    try:
+        log.info("typed", extra={"size": 1})
+        assert handler.flush(30)  # the index maps "size" as a number
+        log.info("conflict", extra={"size": {"not": "a number"}})
+        for i in range(50):
+            log.info("good %d", i, extra={"size": i})
+        index = f"logs-{dataset}-default"
+        deadline = time.monotonic() + 15
+        delivered = False
+        while not delivered and time.monotonic() < deadline:
+            # flush() is the poll with a deadline (a bounded wait, not a sleep)
+            delivered = handler.flush(0.5) and es_count(elasticsearch.url, index) >= 51
+        endpoint = next(iter(handler.stats()["endpoints"].values()))
+        assert delivered, (
+            f"{es_count(elasticsearch.url, index) - 1} of 50 good records stored after 15 s, "
+            f"{handler.stats()['spool']['records']} records held in the spool; endpoint: "
+            f"failures={endpoint['failures']} last_error={endpoint['last_error']!r}"
+        )
+    finally:
+        log.removeHandler(handler)
+        handler.close()
