@@ -177,3 +177,46 @@ def test_one_rejected_record_does_not_hold_up_the_stream_when_it_cannot_be_kept(
     finally:
         log.removeHandler(handler)
         handler.close()
+
+
+def test_a_record_id_elasticsearch_cannot_take_does_not_stall_the_endpoint(
+    elasticsearch: NoidaES, tmp_path: Path
+) -> None:
+    """REVIEW3 finding 4 (low). A record whose id is longer than Elasticsearch's 512-byte
+    ``_id`` limit (the formatter takes ``record.mqlogging_id`` as it is, e.g. set through
+    ``extra=``; ``mqlogging.wire`` bounds ids at ``MAX_ID_BYTES`` only when reading) gets
+    ``action_request_validation_exception``, which esbulk classifies as an *outage*: the
+    endpoint is marked down for a fault of one record. Without a spool, the 30 good records
+    of its batch and after it are dropped (counted ``unsent``) although Elasticsearch is up;
+    with a spool they wait for the replay, which re-ids the record (``segment:offset``, not
+    its ``event.id``). Expected: the id bounded at the source (or that record rejected and
+    kept), the good records delivered."""
+    dataset = dataset_for(unique_name("r3id"))
+    url = (
+        f"elasticsearch+http://127.0.0.1:{elasticsearch.port}/"
+        f"?dataset={dataset}&rejected={tmp_path / 'rejected'}"
+    )
+    handler = MQHandler(url, spool=False, retry_max=0.5, batch_size=10, close_timeout=5)
+    log = logging.getLogger(unique_name("r3id"))
+    log.propagate = False
+    log.setLevel(logging.INFO)
+    log.addHandler(handler)
+    try:
+        log.info("long id", extra={"mqlogging_id": "x" * 600})
+        for i in range(30):
+            log.info("good %d", i)
+        index = f"logs-{dataset}-default"
+        deadline = time.monotonic() + 15
+        flushed = False
+        while not flushed and time.monotonic() < deadline:
+            flushed = handler.flush(0.5)  # the poll with a deadline
+        endpoint = next(iter(handler.stats()["endpoints"].values()))
+        assert flushed, (
+            f"{es_count(elasticsearch.url, index)} of 30 good records stored after 15 s, "
+            f"failures={endpoint['failures']} last_error={str(endpoint['last_error'])[:160]!r}"
+        )
+        stored = es_count(elasticsearch.url, index)
+        assert stored >= 30, f"{stored} of 30 good records stored; {handler.stats()['dropped']}"
+    finally:
+        log.removeHandler(handler)
+        handler.close()
