@@ -29,8 +29,9 @@ What "confirmed" means for :meth:`ElasticsearchProducer.publish_batch`, per reco
 
 A rejected record is stored as the collector stores a dead letter (``reason``, ``stage``
 ``"sink"``, ``source``, ``record_id``, ``dead_lettered_at``, ``message``), so one tool reads
-both. The rejected directory is created when the endpoint is configured: one that cannot be
-used is a :class:`~mqlogging.errors.ConfigurationError` naming ``rejected=``. If the spool
+both. The rejected directory is created when a handler is configured with the endpoint
+(:meth:`~ElasticsearchEndpoint.prepare_local`): one that cannot be used is a
+:class:`~mqlogging.errors.ConfigurationError` naming ``rejected=``. If the spool
 still cannot take a record later (the disk failed, it is full), the record is not kept and
 not retried (it can never be stored, and retrying would hold up every record behind it): the
 producer counts it once (``rejected_unsaved``) and raises
@@ -187,7 +188,6 @@ class ElasticsearchEndpoint(Endpoint):
             if not getattr(self, name) > 0:
                 msg = f"{where}: {name} must be a number of days above 0"
                 raise ConfigurationError(msg)
-        _check_rejected_dir(self.rejected_dir(), where)
 
     def redacted_path(self) -> str:
         if self.index:
@@ -197,6 +197,11 @@ class ElasticsearchEndpoint(Endpoint):
     def destination_parts(self) -> dict[str, str]:
         target = self.index or f"logs-{self.dataset}-{self.namespace}"
         return {"index": target}
+
+    def prepare_local(self) -> None:
+        """Create the rejected spool's directory now: one that cannot be used is refused at
+        configuration (naming ``rejected=``) instead of failing on the first rejection."""
+        _check_rejected_dir(self.rejected_dir(), self.redacted())
 
     def rejected_dir(self) -> str:
         """Where rejected records are kept: ``rejected``, else
