@@ -13,8 +13,8 @@ from __future__ import annotations
 import json
 import logging
 import re
-import socket
 import shutil
+import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
