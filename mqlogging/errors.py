@@ -10,6 +10,7 @@ translated at the backend boundary and chained with ``from exc``::
     │   ├── ConnectError                            no host of the endpoint could be reached
     │   ├── PublishTimeout                          the broker did not confirm in time
     │   └── NotConfirmed                            the broker refused or returned messages
+    │       └── PartlyRefused                       some refused for good, the rest confirmed
     ├── SpoolError                                  the on-disk spool failed
     │   └── SpoolFull                               the spool reached its bounds
     └── SinkError                                   a sink failed as a whole (audit reads)
@@ -27,6 +28,7 @@ __all__ = [
     "MQLoggingError",
     "MissingDependencyError",
     "NotConfirmed",
+    "PartlyRefused",
     "PublishTimeout",
     "SinkError",
     "SpoolError",
@@ -78,6 +80,23 @@ class PublishTimeout(BackendError):
 
 class NotConfirmed(BackendError):
     """The broker explicitly refused (nack) or returned (unroutable) a message of the batch."""
+
+
+class PartlyRefused(NotConfirmed):
+    """The destination refused some messages of the batch for good and they could not be kept.
+
+    ``ids`` are those messages' ids: they can never be stored as they are (e.g. a document
+    Elasticsearch rejects), so resending them cannot help, and they were not kept anywhere
+    (the rejected spool failed). Every *other* message of the batch is confirmed. The handler
+    counts the refused ones as dropped (reason ``"rejected_unsaved"``, announced by a drop
+    marker) and goes on, so one bad record never holds up the records behind it. A caller that
+    does not know this class treats it as :class:`NotConfirmed` and sends the batch again,
+    which is safe (the stored records come back as already stored).
+    """
+
+    def __init__(self, message: str, *, ids: frozenset[str], endpoint: str = "") -> None:
+        super().__init__(message, endpoint=endpoint)
+        self.ids = ids
 
 
 class SpoolError(MQLoggingError):

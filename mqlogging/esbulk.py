@@ -55,6 +55,8 @@ from .wire import read_meta
 
 __all__ = [
     "MAPPINGS",
+    "WINDOW_DAYS_AHEAD",
+    "WINDOW_DAYS_BACK",
     "BulkWriter",
     "Document",
     "IndexChooser",
@@ -69,6 +71,12 @@ __all__ = [
 ]
 
 Mode = Literal["data_stream", "index"]
+
+WINDOW_DAYS_BACK = 30.0
+"""Default of ``index_window_days_back`` (collector sink and handler endpoint alike: both must
+use the same window, or a record older than it lands in two indices)."""
+WINDOW_DAYS_AHEAD = 1.0
+"""Default of ``index_window_days_ahead`` (see :data:`WINDOW_DAYS_BACK`)."""
 
 CONFLICT = Result(Outcome.DONE, "conflict")
 # Statuses that mean "the request could not be served as configured" (not "this document").
@@ -113,16 +121,20 @@ def import_client() -> Any:
     return elasticsearch
 
 
-def new_client(hosts: Sequence[str], *, max_retries: int = 0, **options: Any) -> Any:
+def new_client(
+    hosts: Sequence[str], *, max_retries: int = 0, retry_on_timeout: bool = False, **options: Any
+) -> Any:
     """An ``elasticsearch.Elasticsearch`` client for ``hosts`` whose retries are the caller's.
 
-    ``max_retries`` is how many *other* hosts a request may try after a connection error
-    (never a timeout: a timed-out bulk may have been applied, and retrying is the caller's
-    decision, with backoff); ``options`` go to the client as they are (``request_timeout``,
-    ``api_key``, ``basic_auth``, ``ca_certs``, ``ssl_context``...).
+    ``max_retries`` is how many *other* hosts a request may try after a connection error, and
+    after a timeout too when ``retry_on_timeout`` (off by default: a timed-out bulk may have
+    been applied, and retrying is the caller's decision, with backoff); ``options`` go to the
+    client as they are (``request_timeout``, ``api_key``, ``basic_auth``, ``ca_certs``...).
     """
     es = import_client()
-    return es.Elasticsearch(list(hosts), max_retries=max_retries, retry_on_timeout=False, **options)
+    return es.Elasticsearch(
+        list(hosts), max_retries=max_retries, retry_on_timeout=retry_on_timeout, **options
+    )
 
 
 # -- names and times ---------------------------------------------------------------------------
@@ -193,8 +205,8 @@ class IndexChooser:
         dataset: str = "mqlogging",
         namespace: str = "default",
         index: str = "mqlogging-%Y.%m.%d",
-        window_back: timedelta = timedelta(days=30),
-        window_ahead: timedelta = timedelta(days=1),
+        window_back: timedelta = timedelta(days=WINDOW_DAYS_BACK),
+        window_ahead: timedelta = timedelta(days=WINDOW_DAYS_AHEAD),
         out_of_window: Callable[[float], None] | None = None,
     ) -> None:
         self.mode = mode

@@ -48,7 +48,7 @@ from ._ids import new_id
 from ._json import HAVE_ORJSON, strict_encoder
 from ._types import Message
 from .errors import ConfigurationError
-from .wire import NAMESPACE
+from .wire import MAX_ID_BYTES, NAMESPACE, id_fits
 
 __all__ = [
     "DEFAULT_MAX_RECORD_BYTES",
@@ -90,7 +90,12 @@ _MISSING: Final[Any] = object()
 
 # Record attributes that are not user fields: the stdlib LogRecord's own (python-json-logger's
 # list, taskName from 3.12) plus the id this formatter stamps on the record.
-_RESERVED: Final = frozenset([*RESERVED_ATTRS, "taskName", ID_ATTRIBUTE])
+# Where _record_id keeps a caller's id too long to be the record id (shown as extra.mqlogging_id).
+_REFUSED_ID: Final = "_mqlogging_refused_id"
+_RESERVED: Final = frozenset([*RESERVED_ATTRS, "taskName", ID_ATTRIBUTE, _REFUSED_ID])
+# A str id this short always fits MAX_ID_BYTES (4 UTF-8 bytes a character at most): the hot
+# paths check only this, and leave longer ones to _record_id's exact check.
+_SHORT_ID: Final = MAX_ID_BYTES // 4
 # Attributes of a record made by the stdlib, once the formatter stamped its id; a record with
 # no more than that and only reserved names has no user fields.
 _STD_ATTRIBUTES: Final = tuple(logging.LogRecord("", 0, "", 0, "", (), None).__dict__)
@@ -412,11 +417,20 @@ class _Clock:
 
 
 def _record_id(record: logging.LogRecord) -> str:
-    """The record's id, stamped on the record on first use so every formatting agrees."""
-    rid = record.__dict__.get(ID_ATTRIBUTE)
-    if rid.__class__ is not str or not rid:
-        rid = new_id()
-        record.__dict__[ID_ATTRIBUTE] = rid
+    """The record's id, stamped on the record on first use so every formatting agrees.
+
+    A caller's ``mqlogging_id`` longer than :data:`~mqlogging.wire.MAX_ID_BYTES` is not used:
+    every reader would ignore it and Elasticsearch refuses it as ``_id`` (the whole request).
+    A new id replaces it and the caller's value stays visible as ``extra.mqlogging_id``.
+    """
+    attrs = record.__dict__
+    rid = attrs.get(ID_ATTRIBUTE)
+    if rid.__class__ is str and rid:
+        if id_fits(rid):
+            return rid
+        attrs[_REFUSED_ID] = rid
+    rid = new_id()
+    attrs[ID_ATTRIBUTE] = rid
     return rid
 
 
@@ -639,7 +653,7 @@ class _EcsSchema(_Schema):
         # (benchmarks/bench_formatting.py holds it to 1.5x python-json-logger's own cost);
         # what only some records need (an exception, user fields) is a call made only then.
         rid = record.__dict__.get(ID_ATTRIBUTE)
-        if rid.__class__ is not str or not rid:
+        if rid.__class__ is not str or not rid or len(rid) > _SHORT_ID:
             rid = _record_id(record)
         levelname = record.levelname
         log: dict[str, Any] = {
@@ -778,6 +792,7 @@ class _LogstashSchema(_Schema):
         rid = _record_id(record)
         fields = record.__dict__.copy()
         del fields[ID_ATTRIBUTE]
+        fields.pop(_REFUSED_ID, None)
         msg = fields.pop("msg", None)
         fields.pop("message", None)  # left by another formatter: always render it afresh
         if isinstance(msg, dict):
@@ -1072,7 +1087,7 @@ class JsonFormatter(BaseJsonFormatter):
         """
         attrs = record.__dict__
         rid = attrs.get(ID_ATTRIBUTE)
-        if rid.__class__ is not str or not rid:
+        if rid.__class__ is not str or not rid or len(rid) > _SHORT_ID:
             rid = _record_id(record)
         msg = record.msg
         # python-json-logger 4.2 semantics: a dict message is copied, never modified.
@@ -1088,6 +1103,9 @@ class JsonFormatter(BaseJsonFormatter):
         user_namespace = log_data.pop(NAMESPACE, _MISSING)
         if user_namespace is not _MISSING:
             _divert(log_data, [(NAMESPACE, user_namespace)])
+        refused_id = attrs.get(_REFUSED_ID)
+        if refused_id is not None:  # a caller's id too long to be the record id (_record_id)
+            _divert(log_data, [(ID_ATTRIBUTE, refused_id)])
         log_data[NAMESPACE] = self._namespace if stamp is None else {**self._namespace, **stamp}
         if self._custom_jsonify:
             body = _clean_str(self.jsonify_log_record(log_data)).encode("utf-8")

@@ -55,6 +55,7 @@ __all__ = [
     "DroppedRange",
     "RecordMeta",
     "decode",
+    "id_fits",
     "id_path",
     "read_meta",
     "time_key",
@@ -135,11 +136,15 @@ class RecordMeta(NamedTuple):
 _NOTHING: Final = RecordMeta(None, None, None, None, None, ())
 
 
+def id_fits(value: str) -> bool:
+    """True if ``value`` is a usable record id: not empty, at most :data:`MAX_ID_BYTES` UTF-8
+    bytes. The formatter applies it when it picks an id, every reader when it reads one."""
+    return bool(value) and len(value) <= MAX_ID_BYTES and len(value.encode()) <= MAX_ID_BYTES
+
+
 def _usable_id(value: Any) -> str | None:
     if value.__class__ is str:
-        if value and len(value) <= MAX_ID_BYTES and len(value.encode()) <= MAX_ID_BYTES:
-            return value
-        return None
+        return value if id_fits(value) else None
     if value.__class__ is int:
         return str(value)
     return None

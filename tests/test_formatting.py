@@ -35,6 +35,7 @@ from mqlogging.formatting import (
     get_context,
     unbind_context,
 )
+from mqlogging.wire import MAX_ID_BYTES, read_meta
 
 LOGGER = logging.getLogger("tests.formatting")
 ENCODERS = ["orjson", "json"]
@@ -874,3 +875,25 @@ class TestIds:
         message = JsonFormatter(schema=schema).format_message(record)
         assert message.id == "0190a0d0-0000-7000-8000-000000000001"
         assert record_id_of(orjson.loads(message.body), schema) == message.id
+
+    @pytest.mark.parametrize("too_long", ["x" * (MAX_ID_BYTES + 1), "é" * 300])
+    def test_an_id_over_the_limit_is_not_the_record_id(self, schema: str, too_long: str) -> None:
+        """A caller's mqlogging_id over wire.MAX_ID_BYTES (in UTF-8 bytes: 300 two-byte
+        characters are 600 bytes) is not used as the record id, which every reader would
+        ignore and Elasticsearch refuses: a new id is generated, the same on every formatting,
+        and the caller's value stays visible as ``extra.mqlogging_id``. An id of exactly the
+        limit is kept."""
+        record = make_record(extra={"mqlogging_id": too_long})
+        first = JsonFormatter(schema=schema).format_message(record)
+        second = JsonFormatter(schema=schema).format_message(record)
+        assert UUID_RE.match(first.id)
+        assert first.id == second.id
+        doc = orjson.loads(first.body)
+        assert record_id_of(doc, schema) == first.id
+        assert doc["extra"]["mqlogging_id"] == too_long
+        assert read_meta(doc).id == first.id
+        at_limit = "y" * MAX_ID_BYTES
+        kept = JsonFormatter(schema=schema).format_message(
+            make_record(extra={"mqlogging_id": at_limit})
+        )
+        assert kept.id == at_limit

@@ -42,6 +42,10 @@ class Producer(ABC):
             PublishTimeout: the batch was (partly) sent but not confirmed in time: the caller
                 must treat every message of it as not delivered (it may be a duplicate later).
             NotConfirmed: the broker refused or returned a message of the batch.
+            PartlyRefused: (a :class:`NotConfirmed`) the destination refused the messages
+                named in ``ids`` for good and they could not be kept; every other message
+                of the batch is confirmed. The caller must not resend those (they can never
+                be stored) and must count them as dropped.
         """
 
     @abstractmethod

@@ -29,19 +29,32 @@ What "confirmed" means for :meth:`ElasticsearchProducer.publish_batch`, per reco
 
 A rejected record is stored as the collector stores a dead letter (``reason``, ``stage``
 ``"sink"``, ``source``, ``record_id``, ``dead_lettered_at``, ``message``), so one tool reads
-both. If the rejected spool cannot take it (unwritable, full), the batch is not confirmed
-either (``rejected_unsaved`` counts it): the handler keeps the records, and a failover endpoint
-takes them, rather than losing one.
+both. The rejected directory is created when a handler is configured with the endpoint
+(:meth:`~ElasticsearchEndpoint.prepare_local`): one that cannot be used is a
+:class:`~mqlogging.errors.ConfigurationError` naming ``rejected=``. If the spool
+still cannot take a record later (the disk failed, it is full), the record is not kept and
+not retried (it can never be stored, and retrying would hold up every record behind it): the
+producer counts it once (``rejected_unsaved``) and raises
+:class:`~mqlogging.errors.PartlyRefused` naming it, the rest of the batch confirmed; the
+handler counts it as dropped (reason ``rejected_unsaved``) and announces it with a drop
+marker, so ``mqlogging audit`` explains the gap.
 
 Options (query parameters or keyword arguments): ``index``, or ``dataset``/``namespace`` (not
 both); ``api_key`` / ``api_key_file`` / ``api_key_env``, or basic auth (``user:password@``,
 ``username``, ``password``/``password_file``/``password_env``; not both kinds); TLS with
 ``ca_certs``, ``certfile``/``keyfile`` (client certificate), ``verify``, ``server_hostname``;
-``timeout`` (seconds per bulk request attempt, connecting included: the client has no separate
-connect timeout, so ``connect_timeout`` is accepted for the handler's sake and not used),
-``max_bulk_bytes``, ``rejected``. Several hosts (``es1,es2``) are one cluster: a request that
-cannot connect to one, or gets 502/503/504 from it, tries the next once (never on a timeout,
-never on 429: backpressure is answered with the handler's backoff).
+``timeout`` (seconds per bulk request attempt on one host, connecting included: the client
+has one ``request_timeout``, turned into urllib3's ``Timeout(total=...)`` by the transport, and
+no separate connect timeout, so ``connect_timeout`` is accepted for the handler's sake and not
+used), ``max_bulk_bytes``, ``rejected``, ``index_window_days_back`` /
+``index_window_days_ahead`` (days; how far a record's own time may lie before / after now and
+still pick its index with an ``index=`` pattern, else the current time's index is used and
+``out_of_window`` counts it: they must be the same as the collector's Elasticsearch sink's,
+whose defaults they share, or a record outside one window and inside the other is stored in
+two indices). Several hosts (``es1,es2``) are one cluster: a request that cannot connect to
+one, times out on it, or gets 502/503/504 from it, tries the next once (never on 429:
+backpressure is answered with the handler's backoff). Retrying a timed-out bulk is safe: its
+records already stored come back as ``409``; a request may so take up to ``timeout`` per host.
 
 As the first endpoint of ``MQHandler(strategy="failover")`` with a broker after it, records go
 to Elasticsearch while it confirms and to the broker while it does not. Failback is the
@@ -62,15 +75,29 @@ import hashlib
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-from .._coerce import to_size
+from .._coerce import to_number, to_size
 from .._json import DECODE_ERRORS, dumps, loads
 from .._types import Message, Outcome, Result
-from ..errors import ConfigurationError, ConnectError, NotConfirmed, PublishTimeout, SpoolError
-from ..esbulk import BulkWriter, IndexChooser, check_index_names, new_client
+from ..errors import (
+    ConfigurationError,
+    ConnectError,
+    NotConfirmed,
+    PartlyRefused,
+    PublishTimeout,
+    SpoolError,
+)
+from ..esbulk import (
+    WINDOW_DAYS_AHEAD,
+    WINDOW_DAYS_BACK,
+    BulkWriter,
+    IndexChooser,
+    check_index_names,
+    new_client,
+)
 from ..spool import Spool
 from .base import Producer
 from .endpoints import COMMON_OPTIONS, COMMON_TYPES, Coercer, Endpoint, Scheme, Secret
@@ -103,8 +130,14 @@ class ElasticsearchEndpoint(Endpoint):
     }
     url_options: ClassVar[frozenset[str]] = (COMMON_OPTIONS - {"heartbeat", "prefetch"}) | {
         "index", "dataset", "namespace", "max_bulk_bytes", "rejected", *_API_KEY_KEYS,
+        "index_window_days_back", "index_window_days_ahead",
     }  # fmt: skip
-    option_types: ClassVar[Mapping[str, Coercer]] = {**COMMON_TYPES, "max_bulk_bytes": to_size}
+    option_types: ClassVar[Mapping[str, Coercer]] = {
+        **COMMON_TYPES,
+        "max_bulk_bytes": to_size,
+        "index_window_days_back": to_number,
+        "index_window_days_ahead": to_number,
+    }
 
     index: str = ""
     dataset: str = "mqlogging"
@@ -112,6 +145,8 @@ class ElasticsearchEndpoint(Endpoint):
     api_key: Secret | None = field(default=None, compare=False)
     max_bulk_bytes: int = 10 * 1024 * 1024
     rejected: str = ""
+    index_window_days_back: float = WINDOW_DAYS_BACK
+    index_window_days_ahead: float = WINDOW_DAYS_AHEAD
 
     @property
     def mode(self) -> Literal["data_stream", "index"]:
@@ -149,6 +184,10 @@ class ElasticsearchEndpoint(Endpoint):
         if self.max_bulk_bytes < 1024:
             msg = f"{where}: max_bulk_bytes must be at least 1024"
             raise ConfigurationError(msg)
+        for name in ("index_window_days_back", "index_window_days_ahead"):
+            if not getattr(self, name) > 0:
+                msg = f"{where}: {name} must be a number of days above 0"
+                raise ConfigurationError(msg)
 
     def redacted_path(self) -> str:
         if self.index:
@@ -158,6 +197,11 @@ class ElasticsearchEndpoint(Endpoint):
     def destination_parts(self) -> dict[str, str]:
         target = self.index or f"logs-{self.dataset}-{self.namespace}"
         return {"index": target}
+
+    def prepare_local(self) -> None:
+        """Create the rejected spool's directory now: one that cannot be used is refused at
+        configuration (naming ``rejected=``) instead of failing on the first rejection."""
+        _check_rejected_dir(self.rejected_dir(), self.redacted())
 
     def rejected_dir(self) -> str:
         """Where rejected records are kept: ``rejected``, else
@@ -169,6 +213,23 @@ class ElasticsearchEndpoint(Endpoint):
         )
         digest = hashlib.sha256(self.destination_key().encode()).hexdigest()[:16]
         return os.path.join(base, "mqlogging", "rejected", digest)
+
+
+def _check_rejected_dir(directory: str, where: str) -> None:
+    """Create the rejected spool's directory now, so an unusable one is a configuration error
+    (naming ``rejected=``) instead of a record that cannot be kept later."""
+    try:
+        os.makedirs(directory, exist_ok=True)
+        usable = os.access(directory, os.W_OK | os.X_OK)
+        reason = "not writable"
+    except OSError as exc:
+        usable, reason = False, exc.strerror or str(exc)
+    if not usable:
+        msg = (
+            f"{where}: cannot keep rejected records in {directory!r} ({reason}); "
+            "set rejected=/a/writable/dir"
+        )
+        raise ConfigurationError(msg)
 
 
 def _api_key(key: str, value: Any, where: str) -> Secret:
@@ -214,7 +275,7 @@ class ElasticsearchProducer(Producer):
         self.endpoint = ElasticsearchEndpoint.from_url(endpoint)
         self._writer: BulkWriter | None = None
         self._rejected: Spool | None = None
-        self._counts = {"rejected": 0, "rejected_unsaved": 0}
+        self._counts = {"rejected": 0, "rejected_unsaved": 0, "out_of_window": 0}
 
     def publish_batch(self, messages: Sequence[Message]) -> None:
         """Write ``messages``; return once each is stored, already stored, or rejected and
@@ -234,7 +295,9 @@ class ElasticsearchProducer(Producer):
 
     def stats(self) -> dict[str, int]:
         """``rejected``: records kept in the rejected spool; ``rejected_unsaved``: records
-        rejected whose copy could not be kept (their batch was not confirmed)."""
+        rejected whose copy could not be kept (each counted once: the handler drops them);
+        ``out_of_window``: write attempts of records whose own time lay outside the index
+        window (they went to the current time's index, as the collector's sink does)."""
         return dict(self._counts)
 
     def close(self) -> None:
@@ -254,17 +317,29 @@ class ElasticsearchProducer(Producer):
         if self._writer is None:
             ep = self.endpoint
             chooser = IndexChooser(
-                mode=ep.mode, dataset=ep.dataset, namespace=ep.namespace, index=ep.index
+                mode=ep.mode,
+                dataset=ep.dataset,
+                namespace=ep.namespace,
+                index=ep.index,
+                window_back=timedelta(days=ep.index_window_days_back),
+                window_ahead=timedelta(days=ep.index_window_days_ahead),
+                out_of_window=self._out_of_window,
             )
             hosts = [f"{'https' if ep.tls else 'http'}://{host}" for host in ep.hosts]
             client = new_client(
                 hosts,
                 max_retries=len(hosts) - 1,  # each other host once; backoff is the handler's
+                # A host that times out (on connect: powered off, firewalled) is skipped too.
+                # Safe: a resent create with the same _id answers 409, "already stored".
+                retry_on_timeout=True,
                 retry_on_status=(502, 503, 504),
                 **_client_options(ep),
             )
             self._writer = BulkWriter(client, chooser, max_bulk_bytes=ep.max_bulk_bytes)
         return self._writer
+
+    def _out_of_window(self, n: float) -> None:
+        self._counts["out_of_window"] += int(n)
 
     def _settle(self, messages: Sequence[Message], results: Sequence[Result]) -> None:
         """Raise unless every record is done or rejected; keep the rejected ones."""
@@ -289,7 +364,8 @@ class ElasticsearchProducer(Producer):
         return NotConfirmed(msg, endpoint=where)
 
     def _keep(self, rejected: Sequence[tuple[Message, Result]]) -> None:
-        """Store the rejected records with their errors; raise NotConfirmed if that fails."""
+        """Store the rejected records with their errors; raise PartlyRefused (naming them)
+        if that fails: they can never be stored, so they must not hold up the rest."""
         now = datetime.now(timezone.utc).isoformat(timespec="milliseconds")
         source = self.endpoint.redacted()
         bodies = [_rejected_body(m, r, source, now.replace("+00:00", "Z")) for m, r in rejected]
@@ -303,7 +379,8 @@ class ElasticsearchProducer(Producer):
                 f"Elasticsearch rejected {len(bodies)} records ({rejected[0][1].reason}) and "
                 f"they cannot be kept: {exc}; set rejected=/writable/dir"
             )
-            raise NotConfirmed(msg, endpoint=source) from exc
+            ids = frozenset(m.id for m, _ in rejected)
+            raise PartlyRefused(msg, ids=ids, endpoint=source) from exc
         self._counts["rejected"] += len(bodies)
 
 

@@ -471,6 +471,16 @@ class Endpoint:
         """
         return None
 
+    def prepare_local(self) -> None:
+        """Create or check what this endpoint keeps on this machine; raise a one-line
+        :class:`~mqlogging.errors.ConfigurationError` if it cannot be used.
+
+        Called once when a handler is configured with the endpoint (not when a URL is merely
+        parsed: ``mqlogging tail`` or a config check must not create directories), so a
+        local directory that would fail later fails at configuration instead. Nothing by
+        default; the Elasticsearch endpoint creates its rejected spool's directory.
+        """
+
     def __repr__(self) -> str:
         return f"Endpoint({self.redacted()!r})"
 

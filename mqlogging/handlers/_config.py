@@ -166,6 +166,7 @@ def _parse_endpoints(endpoints: Any, values: Mapping[str, Any]) -> tuple[Endpoin
         msg = f"{_WHERE}: an endpoint is listed twice ({twice.redacted()})"
         raise ConfigurationError(msg)
     for ep in parsed:
+        ep.prepare_local()
         if (caveat := ep.delivery_caveat()) is not None:
             print(f"mqlogging: warning: {caveat}", file=sys.stderr, flush=True)
     return parsed

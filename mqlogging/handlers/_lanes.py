@@ -12,14 +12,14 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from .._backoff import Backoff
 from .._types import Message
 from ..backends import Producer, open_producer
 from ..backends.endpoints import Endpoint
-from ..errors import SpoolError
+from ..errors import PartlyRefused, SpoolError
 from ..spool import Access, SegmentChoice, Spool, SpoolReader
 from ._complain import Complainer
 
@@ -204,8 +204,17 @@ class Lane:
         """True while every endpoint failed its last attempt and none is due for a retry."""
         return not any(ep.due(now) for ep in self.endpoints)
 
-    def publish(self, messages: Sequence[Message], complain: Complainer) -> bool:
-        """Publish to one endpoint (strategy order); True once a broker confirmed the batch."""
+    def publish(
+        self,
+        messages: Sequence[Message],
+        complain: Complainer,
+        refused: Callable[[Sequence[Message]], None],
+    ) -> bool:
+        """Publish to one endpoint (strategy order); True once a broker confirmed the batch.
+
+        A batch the destination confirmed except for records it refused for good and could
+        not keep (:class:`~mqlogging.errors.PartlyRefused`) is confirmed too: those records
+        go to ``refused`` (counted as dropped, announced), so they never hold up the lane."""
         now = time.monotonic()
         order = self.endpoints
         if self.mode == "roundrobin" and len(order) > 1:
@@ -218,6 +227,9 @@ class Lane:
             ep.sent += len(messages)
             try:
                 ep.get_producer().publish_batch(messages)
+            except PartlyRefused as exc:
+                complain(f"refused:{ep.name}", f"{ep.name} refused records for good: {exc}")
+                refused([m for m in messages if m.id in exc.ids])
             except Exception as exc:  # BackendError, or a backend bug: never kill the sender
                 was_healthy = ep.healthy
                 ep.failed(exc)

@@ -791,7 +791,7 @@ class Pipeline:
     def _send_direct(self, lane: Lane, batch: list[Message]) -> None:
         """Publish ``lane``'s in-flight ``batch``; spool it if no endpoint confirmed it, and
         settle with a close() that spilled (or counted) it meanwhile."""
-        ok = lane.publish(batch, self.complain)
+        ok = lane.publish(batch, self.complain, self._refused)
         with self.order_lock:
             spilled, dropped = lane.inflight_spilled, lane.inflight_dropped
             lane.inflight = None
@@ -803,6 +803,13 @@ class Pipeline:
                 self.spools.uncount_drop(*dropped)
         if ok and spilled and not dropped:
             self._skip_confirmed(lane, batch)
+
+    def _refused(self, messages: Sequence[Message]) -> None:
+        """Records a destination refused for good and could not keep: dropped, counted and
+        announced by the next marker (``rejected_unsaved``), so ``mqlogging audit`` explains
+        the gap."""
+        with self.order_lock:
+            self.spools.count_drop("rejected_unsaved", messages)
 
     def _skip_confirmed(self, lane: Lane, batch: list[Message]) -> None:
         """A spill copied ``batch`` to the spool while it was being confirmed: commit those
@@ -894,7 +901,7 @@ class Pipeline:
         """Publish spooled ``records``: committed once confirmed, given back to ``reader``
         otherwise. True if the broker confirmed them."""
         messages = [Message(record_id(r), r.body) for r in records]
-        if not lane.publish(messages, self.complain):
+        if not lane.publish(messages, self.complain, self._refused):
             reader.rewind()
             return False
         try:

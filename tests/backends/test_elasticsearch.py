@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import shutil
 import socket
 import time
 from collections.abc import Iterator
@@ -32,7 +33,14 @@ from mqlogging.backends import transport_for as transport_of
 from mqlogging.backends.elasticsearch import ElasticsearchEndpoint, ElasticsearchProducer
 from mqlogging.collector.config import parse_config
 from mqlogging.collector.service import CollectorService
-from mqlogging.errors import ConfigurationError, ConnectError, NotConfirmed, PublishTimeout
+from mqlogging.errors import (
+    ConfigurationError,
+    ConnectError,
+    NotConfirmed,
+    PartlyRefused,
+    PublishTimeout,
+)
+from mqlogging.formatting import JsonFormatter
 from mqlogging.handlers import MQHandler
 from mqlogging.spool import SpoolReader
 from tests.security.test_https_sinks import TLSTerminator
@@ -63,6 +71,31 @@ def logger(request: pytest.FixtureRequest) -> Iterator[logging.Logger]:
     for handler in list(log.handlers):
         log.removeHandler(handler)
         handler.close()
+
+
+@pytest.fixture
+def blackhole() -> Iterator[int]:
+    """A loopback port whose accept queue is full: a connect to it hangs until it times out,
+    as a host that is powered off (no RST) does."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(0)
+    port = server.getsockname()[1]
+    held = socket.create_connection(("127.0.0.1", port), timeout=2)
+    try:
+        yield port
+    finally:
+        held.close()
+        server.close()
+
+
+def poll_flush(handler: MQHandler, done: Any, seconds: float = 15) -> bool:
+    """Flush ``handler`` until ``done()`` or ``seconds`` pass (flush is the bounded wait)."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if handler.flush(0.5) and done():
+            return True
+    return False
 
 
 def all_docs(url: str, index: str, size: int) -> list[dict[str, Any]]:
@@ -121,6 +154,78 @@ class TestDelivery:
             producer.publish_batch([again])  # 409: already stored, so delivered
         assert es_count(elasticsearch.url, index) == 200
 
+    def test_endpoint_and_collector_put_an_old_record_in_the_same_index(
+        self,
+        elasticsearch: NoidaES,
+        rabbitmq: RabbitMQ,
+        queue_name: str,
+        dataset: str,
+        tmp_path: Path,
+    ) -> None:
+        """The same record stored by the endpoint (its batch then not confirmed, e.g. a
+        timeout after ES stored it) and by the collector draining the failover broker lands
+        in one index under one ``_id``, when both are given the same index window
+        (``index_window_days_back=90``, longer than the 30-day default): a 45-day-old record
+        goes to its own day's index from both, and the endpoint did not count it out of
+        window (review 3, finding 2)."""
+        pattern = f"{dataset.replace('_', '-')}-%Y.%m.%d"
+        record = logging.LogRecord("r3", logging.WARNING, __file__, 1, "old record", None, None)
+        record.created = time.time() - 45 * 86400
+        message = JsonFormatter().format_message(record)
+        url = es_url(elasticsearch, index=pattern, index_window_days_back="90")
+        with ElasticsearchProducer(url) as p:
+            p.publish_batch([message])  # stored in ES; say the answer timed out -> failover
+            assert p.stats()["out_of_window"] == 0
+        broker = amqp_queue_url(rabbitmq, queue_name)
+        with open_producer(broker) as p:
+            p.publish_batch([message])  # the failover copy
+        service = CollectorService(
+            parse_config(
+                {
+                    "sources": [{"url": broker}],
+                    "sinks": [
+                        {
+                            "type": "elasticsearch",
+                            "hosts": [elasticsearch.url],
+                            "mode": "index",
+                            "index": pattern,
+                            "index_window_days_back": 90.0,
+                            "request_timeout": 5.0,
+                        }
+                    ],
+                    "http": {"listen": ""},
+                    "pipeline": {"batch_max_wait": 0.1},
+                    "collector": {"state_dir": str(tmp_path / "state"), "shutdown_timeout": 5.0},
+                },
+                env={},
+            )
+        )
+        service.start()
+        try:
+            wait_until(lambda: service.metrics.value("acked") >= 1, timeout=60)
+        finally:
+            service.close()
+        today = time.strftime(pattern, time.gmtime())
+        own_day = time.strftime(pattern, time.gmtime(record.created))
+        assert es_count(elasticsearch.url, today) == 0
+        assert [d["_id"] for d in all_docs(elasticsearch.url, own_day, 10)] == [message.id]
+
+    def test_a_record_outside_the_window_goes_to_todays_index_and_is_counted(
+        self, elasticsearch: NoidaES, dataset: str
+    ) -> None:
+        """With the default window (30 days back, as the collector's sink), a 45-day-old
+        record goes to the current day's index, as the sink would put it, and the producer
+        counts it (``out_of_window``)."""
+        pattern = f"{dataset.replace('_', '-')}-%Y.%m.%d"
+        record = logging.LogRecord("r3", logging.WARNING, __file__, 1, "old record", None, None)
+        record.created = time.time() - 45 * 86400
+        message = JsonFormatter().format_message(record)
+        with ElasticsearchProducer(es_url(elasticsearch, index=pattern)) as producer:
+            producer.publish_batch([message])
+            assert producer.stats()["out_of_window"] == 1
+        today = time.strftime(pattern, time.gmtime())
+        assert [d["_id"] for d in all_docs(elasticsearch.url, today, 10)] == [message.id]
+
     def test_a_dead_host_of_the_cluster_is_skipped(
         self, elasticsearch: NoidaES, dataset: str
     ) -> None:
@@ -132,6 +237,51 @@ class TestDelivery:
             for batch in range(5):
                 producer.publish_batch([Message(f"h{batch}-{i}", body) for i in range(10)])
         assert es_count(elasticsearch.url, f"logs-{dataset}-default") == 50
+
+    def test_a_host_that_cannot_be_connected_in_time_is_skipped(
+        self, elasticsearch: NoidaES, dataset: str, blackhole: int
+    ) -> None:
+        """``elasticsearch+http://blackholed,alive/``: a host that is down without refusing
+        (powered off, firewalled: connect times out) is skipped like a refusing one; no
+        batch fails although every request may land on it first (review 3, finding 3)."""
+        url = (
+            f"elasticsearch+http://127.0.0.1:{blackhole},127.0.0.1:{elasticsearch.port}/"
+            f"?dataset={dataset}&timeout=1"
+        )
+        body = b'{"@timestamp": "2026-01-01T00:00:00Z"}'
+        failures: list[str] = []
+        with open_producer(url) as producer:
+            for batch in range(4):
+                try:
+                    producer.publish_batch([Message(f"bh{batch}-{i}", body) for i in range(10)])
+                except Exception as exc:  # collected: shows which batches failed
+                    failures.append(f"batch {batch}: {type(exc).__name__}: {exc}")
+        assert failures == []
+        assert es_count(elasticsearch.url, f"logs-{dataset}-default") == 40
+
+    def test_a_record_id_over_the_limit_does_not_stall_the_endpoint(
+        self, elasticsearch: NoidaES, dataset: str, logger: logging.Logger, tmp_path: Path
+    ) -> None:
+        """A caller's ``mqlogging_id`` longer than Elasticsearch's 512-byte ``_id`` limit is
+        not the record id (the formatter generates one and keeps the value as
+        ``extra.mqlogging_id``), so the request is not refused as a whole and the 30 good
+        records of its batch and after it are stored, without a spool (review 3, finding 4)."""
+        url = es_url(elasticsearch, dataset=dataset, rejected=str(tmp_path / "rejected"))
+        handler = MQHandler(url, spool=False, retry_max=0.5, batch_size=10, close_timeout=5)
+        logger.addHandler(handler)
+        logger.info("long id", extra={"mqlogging_id": "x" * 600})
+        for i in range(30):
+            logger.info("good %d", i)
+        index = f"logs-{dataset}-default"
+        assert poll_flush(handler, lambda: es_count(elasticsearch.url, index) >= 31), (
+            f"{es_count(elasticsearch.url, index)} of 31 records stored; {handler.stats()}"
+        )
+        assert handler.stats()["dropped"] == {}
+        docs = all_docs(elasticsearch.url, index, 40)
+        long_id = [d for d in docs if d["message"] == "long id"]
+        assert len(long_id) == 1
+        assert long_id[0]["extra"]["mqlogging_id"] == "x" * 600
+        assert long_id[0]["_id"] == long_id[0]["event"]["id"] != "x" * 600
 
     @pytest.mark.real_es
     def test_delivers_to_a_real_cluster(self, real_es_url: str, logger: logging.Logger) -> None:
@@ -261,22 +411,75 @@ class TestOutcomes:
         original = json.loads(kept[0]["message"])
         assert (original["n"], original["event"]["id"]) == (50, kept[0]["record_id"])
 
-    def test_unwritable_rejected_spool_does_not_confirm(
-        self, elasticsearch: NoidaES, dataset: str, tmp_path: Path
-    ) -> None:
-        """When the rejected spool cannot be written, the batch is not confirmed
-        (``NotConfirmed``, naming the option to fix) and the record is counted as
-        ``rejected_unsaved``: the handler keeps it rather than losing it."""
+    def test_unusable_rejected_dir_is_refused_at_configuration(self, tmp_path: Path) -> None:
+        """A rejected spool directory that cannot be created is refused when the handler is
+        configured, in one line naming ``rejected=`` (not found out on the first rejection)."""
         blocker = tmp_path / "a-file"
         blocker.write_text("")
-        url = es_url(elasticsearch, dataset=dataset, rejected=str(blocker / "rejected"))
+        url = f"elasticsearch+http://127.0.0.1:9/?rejected={blocker / 'rejected'}"
+        with pytest.raises(ConfigurationError, match=r"cannot keep rejected.*set rejected=") as e:
+            MQHandler(url, spool=False)
+        assert "\n" not in str(e.value)
+
+    def test_a_rejected_record_that_cannot_be_kept_is_partly_refused(
+        self, elasticsearch: NoidaES, dataset: str, tmp_path: Path
+    ) -> None:
+        """When the rejected spool cannot be written after all (its directory replaced by a
+        file), the producer raises ``PartlyRefused`` naming only the rejected record (the
+        rest of the batch is stored and confirmed) and counts it once
+        (``rejected_unsaved``)."""
+        rejected = tmp_path / "rejected"
+        url = es_url(elasticsearch, dataset=dataset, rejected=str(rejected))
         body = {"@timestamp": "2026-01-01T00:00:00Z", "size": 1}
         with ElasticsearchProducer(url) as producer:
+            producer.endpoint.prepare_local()
             producer.publish_batch([Message("first", json.dumps(body).encode())])
+            shutil.rmtree(rejected)
+            rejected.write_text("")  # the directory is gone: the spool cannot be opened
             bad = json.dumps({**body, "size": {"x": 1}}).encode()
-            with pytest.raises(NotConfirmed, match=r"cannot be kept.*set rejected="):
-                producer.publish_batch([Message("second", bad)])
-            assert producer.stats() == {"rejected": 0, "rejected_unsaved": 1}
+            good = json.dumps(body).encode()
+            batch = [Message("second", bad), Message("third", good)]
+            with pytest.raises(PartlyRefused, match=r"cannot be kept.*set rejected=") as info:
+                producer.publish_batch(batch)
+            assert info.value.ids == frozenset({"second"})
+            assert producer.stats()["rejected_unsaved"] == 1
+            assert producer.stats()["rejected"] == 0
+        assert es_count(elasticsearch.url, f"logs-{dataset}-default") == 2
+
+    def test_one_rejected_record_that_cannot_be_kept_does_not_hold_up_the_stream(
+        self, elasticsearch: NoidaES, dataset: str, logger: logging.Logger, tmp_path: Path
+    ) -> None:
+        """``MQHandler`` with one endpoint whose rejected spool fails after configuration:
+        one record with a mapping conflict is dropped, counted once (``rejected_unsaved``,
+        in the handler's and the producer's stats) and announced by a drop marker; the 50
+        good records logged after it are stored while Elasticsearch is healthy, not held
+        in the spool behind it (review 3, finding 1)."""
+        rejected = tmp_path / "rejected"
+        url = es_url(elasticsearch, dataset=dataset, rejected=str(rejected))
+        handler = MQHandler(
+            url, spool=str(tmp_path / "spool"), retry_max=0.5, batch_size=10, close_timeout=5
+        )
+        logger.addHandler(handler)
+        logger.info("typed", extra={"size": 1})
+        assert handler.flush(30)  # the index maps "size" as a number
+        shutil.rmtree(rejected)
+        rejected.write_text("")
+        logger.info("conflict", extra={"size": {"not": "a number"}})
+        for i in range(50):
+            logger.info("good %d", i, extra={"size": i})
+        index = f"logs-{dataset}-default"
+        stored = poll_flush(handler, lambda: es_count(elasticsearch.url, index) >= 52)
+        endpoint = next(iter(handler.stats()["endpoints"].values()))
+        assert stored, (
+            f"{es_count(elasticsearch.url, index)} of 51 records and a marker stored; "
+            f"spool: {handler.stats()['spool']}; endpoint: {endpoint}"
+        )
+        assert handler.stats()["dropped"] == {"rejected_unsaved": 1}
+        assert endpoint["rejected_unsaved"] == 1
+        docs = all_docs(elasticsearch.url, index, 60)
+        reasons = [r["reason"] for d in docs for r in d.get("mqlogging", {}).get("dropped", [])]
+        assert reasons == ["rejected_unsaved"]
+        assert sorted(d["size"] for d in docs if "good" in d["message"]) == list(range(50))
 
     @pytest.mark.parametrize(("status", "error"), [(429, NotConfirmed), (503, NotConfirmed)])
     def test_throttled_or_unavailable_items_are_not_confirmed(
@@ -324,7 +527,7 @@ class TestOutcomes:
             with pytest.raises(NotConfirmed, match="did not store 1 of 2 records: 429"):
                 producer.publish_batch([Message("a", b"{}"), Message("b", b"{}")])
             assert producer.stats()["rejected"] == 0
-            assert not (tmp_path / "rejected").exists()
+            assert not list((tmp_path / "rejected").glob("*"))
 
     def test_a_body_that_is_not_a_json_object_is_kept_as_rejected(self, tmp_path: Path) -> None:
         """A message whose body is not a JSON object (a damaged spool line) is never sent; it

@@ -32,6 +32,8 @@ from ...backends.endpoints import Secret
 from ...errors import ConfigurationError
 from ...esbulk import (
     MAPPINGS,
+    WINDOW_DAYS_AHEAD,
+    WINDOW_DAYS_BACK,
     BulkWriter,
     IndexChooser,
     check_index_names,
@@ -89,8 +91,8 @@ class ElasticsearchSinkConfig(FromTable):
     client_key: PemPath | None = None
     request_timeout: PositiveFloat = 30.0
     max_bulk_bytes: int = 10 * 1024 * 1024
-    index_window_days_back: PositiveFloat = 30.0
-    index_window_days_ahead: PositiveFloat = 1.0
+    index_window_days_back: PositiveFloat = WINDOW_DAYS_BACK
+    index_window_days_ahead: PositiveFloat = WINDOW_DAYS_AHEAD
 
     def __post_init__(self) -> None:
         check_fields(self)
