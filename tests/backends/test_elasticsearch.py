@@ -10,13 +10,14 @@ tests marked ``real_es`` run the delivery test against a real cluster when
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import re
 import shutil
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -103,7 +104,7 @@ def all_docs(url: str, index: str, size: int) -> list[dict[str, Any]]:
     return es_search(url, index, {"match_all": {}}, size=size)
 
 
-def emit(log: logging.Logger, numbers: range) -> None:
+def emit(log: logging.Logger, numbers: Iterable[int]) -> None:
     for i in numbers:
         log.warning("record %d", i, extra={"n": i})
 
@@ -333,9 +334,18 @@ class TestFailover:
         assert handler.flush(60)
         assert confirmed(amqp_name) >= 1000
         elasticsearch.start()
-        emit(logger, range(2000, 3000))
+        # The handler learns that Elasticsearch is back only by sending to it: keep logging
+        # (ten records at a time) until a batch to it is confirmed, then log the rest.
+        after = iter(range(2000, 3000))
+
+        def es_is_back() -> bool:
+            emit(logger, itertools.islice(after, 10))
+            assert handler.flush(60)
+            return bool(handler.stats()["endpoints"][es_name]["healthy"])
+
+        wait_until(es_is_back, timeout=60, interval=0.2, message="Elasticsearch taken back")
+        emit(logger, after)
         assert handler.flush(60)
-        wait_until(lambda: handler.stats()["endpoints"][es_name]["healthy"], timeout=30)
         to_broker = confirmed(amqp_name)
         emit(logger, range(3000, 3200))  # Elasticsearch answers again: all of these go there
         assert handler.flush(30)
