@@ -51,6 +51,7 @@ from typing import Any, Literal
 
 from .. import _fork
 from .._backoff import Backoff
+from .._coerce import to_bool
 from .._ids import new_id
 from .._types import Delivery, Message
 from ..errors import BackendError, ConfigurationError, PublishTimeout
@@ -93,7 +94,7 @@ def resolve(
         _KINDS[kind], dest, exchange=str(svc.get("exchange", ""))
     )
     options.update(_connection_options(svc), persistent=persistent)
-    scheme = kind_of_endpoint.scheme_for(tls=bool(svc.get("ssl", False)))
+    scheme = kind_of_endpoint.scheme_for(tls=_wants_tls(address, svc))
     port = svc.get("port")
     hosts = ",".join(
         f"{h.strip()}:{port}" if port else h.strip() for h in str(svc["host"]).split(",")
@@ -162,13 +163,19 @@ def _destination_flags(
     return ack, persistent
 
 
+def _wants_tls(address: str, svc: Mapping[str, Any]) -> bool:
+    """The service's ``ssl`` flag, from a bool or from text (``"false"`` is false: DIRAC's
+    configuration is text)."""
+    return to_bool(svc.get("ssl", False), where=address or "service", name="ssl")
+
+
 def _connection_options(svc: Mapping[str, Any]) -> dict[str, Any]:
     """Credentials, heartbeat, vhost and (with ``ssl``) the TLS files, as URL options."""
     options: dict[str, Any] = {}
     for key in ("user", "password", "password_file", "password_env", "heartbeat", "vhost"):
         if key in svc:
             options["username" if key == "user" else key] = svc[key]
-    if svc.get("ssl", False):
+    if _wants_tls("", svc):
         tls_keys = ("ca_certs", "certfile", "keyfile", "verify")
         options.update({k: svc[k] for k in tls_keys if k in svc})
     return options

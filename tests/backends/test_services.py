@@ -56,6 +56,19 @@ class TestResolve:
         assert (endpoint.persistent, ack) == (False, False)
         assert endpoint.credentials() == ("u", SECRET)
 
+    @pytest.mark.parametrize(("ssl", "scheme"), [("false", "stomp"), ("no", "stomp"),
+                                                 (False, "stomp"), ("true", "stomp+ssl"),
+                                                 (True, "stomp+ssl")])  # fmt: skip
+    def test_ssl_flag_given_as_text(self, ssl: object, scheme: str) -> None:
+        """DIRAC's configuration is text: ``SSL = false`` means plain TCP (``bool("false")``
+        used to switch TLS on), and a value that is not a boolean is a one-line error."""
+        services = {"mq": {"type": "stomp", "host": "h", "ssl": ssl, "Queues": {"logs": {}}}}
+        endpoint, _ = resolve("mq::Queues::logs", services)
+        assert endpoint.scheme == scheme
+        services["mq"]["ssl"] = "maybe"
+        with pytest.raises(ConfigurationError, match="ssl must be true or false"):
+            resolve("mq::Queues::logs", services)
+
     @pytest.mark.parametrize(
         ("address", "expected"),
         [
