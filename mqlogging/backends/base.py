@@ -11,6 +11,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
 from types import TracebackType
+from typing import TypeVar
 
 from .._types import Delivery, Message
 from .endpoints import Endpoint
@@ -18,7 +19,29 @@ from .endpoints import Endpoint
 __all__ = ["Consumer", "Producer", "Tap", "TapOptions"]
 
 
-class Producer(ABC):
+_Self = TypeVar("_Self", bound="_ClosedOnExit")
+
+
+class _ClosedOnExit(ABC):
+    """``with producer:`` (or consumer, or tap) closes it at the end of the block."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Release the connection. Idempotent; never raises."""
+
+    def __enter__(self: _Self) -> _Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+class Producer(_ClosedOnExit):
     """Publishes batches of messages to one endpoint and reports only confirmed success.
 
     Thread-safety: a producer is owned by one thread (pika's connection must only be used by
@@ -57,19 +80,8 @@ class Producer(ABC):
         (e.g. records an Elasticsearch endpoint kept in its rejected spool). None by default."""
         return {}
 
-    def __enter__(self) -> Producer:
-        return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
-
-class Consumer(ABC):
+class Consumer(_ClosedOnExit):
     """Receives messages from one endpoint with manual acknowledgement and bounded prefetch.
 
     Thread-safety: like :class:`Producer`, owned by the thread that calls :meth:`fetch`;
@@ -115,17 +127,6 @@ class Consumer(ABC):
         """
         return self.endpoint.prefetch
 
-    def __enter__(self) -> Consumer:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
 
 @dataclass(frozen=True, kw_only=True)
 class TapOptions:
@@ -143,7 +144,7 @@ class TapOptions:
     backlog: bool = False
 
 
-class Tap(ABC):
+class Tap(_ClosedOnExit):
     """A non-destructive live view of an endpoint: copies of records, nothing consumed.
 
     ``mqlogging tail`` reads records through taps only, so it can never take a record away
@@ -166,14 +167,3 @@ class Tap(ABC):
     @abstractmethod
     def close(self) -> None:
         """Release the view (exclusive queues and subscriptions go away). Idempotent."""
-
-    def __enter__(self) -> Tap:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()

@@ -92,24 +92,3 @@ class SinkConfig(Protocol):
     def build(self, metrics: CollectorMetrics | None = None) -> Sink:
         """The sink this config describes (imports its client library only now);
         ``metrics`` receives the sink's own counters."""
-
-
-def all_results(count: int, result: Result) -> list[Result]:
-    return [result] * count
-
-
-def split_by_size(records: Sequence[Record], limit: int, overhead: int = 0) -> list[list[Record]]:
-    """Cut ``records`` into consecutive chunks whose encoded size stays under ``limit``."""
-    chunks: list[list[Record]] = []
-    current: list[Record] = []
-    size = 0
-    for record in records:
-        item = len(record.encoded()) + overhead
-        if current and size + item > limit:
-            chunks.append(current)
-            current, size = [], 0
-        current.append(record)
-        size += item
-    if current:
-        chunks.append(current)
-    return chunks
