@@ -53,11 +53,11 @@ from .._backoff import Backoff
 from .._ids import new_id
 from .._json import DECODE_ERRORS, loads
 from .._types import Delivery
-from ..backends import Consumer, transport_for
+from ..backends import Consumer
 from ..backends.local import LocalEndpoint
 from ..errors import MQLoggingError
 from ..wire import read_meta
-from .config import CollectorConfig, SourceConfig
+from .config import CollectorConfig, SourceAny
 from .metrics import CollectorMetrics, HttpServer
 from .sinks import Outcome, Record, Result, Sink, build_sink
 from .sinks.deadletter import DeadLetter, DeadLetterWriter
@@ -201,7 +201,7 @@ def _reason_class(reason: str) -> str:
 class _Worker(threading.Thread):
     """Owns one source's consumer: fetch, decode, batch, write, ack — all on this thread."""
 
-    def __init__(self, service: CollectorService, source: SourceConfig) -> None:
+    def __init__(self, service: CollectorService, source: SourceAny) -> None:
         super().__init__(name=f"mqlogging-collector[{source.label}]", daemon=True)
         self.service = service
         self.source = source
@@ -223,7 +223,7 @@ class _Worker(threading.Thread):
             cfg.dead_letter_target.url, source=self.label, collector=service.host_name
         )
         # AMQP: the broker enforces prefetch, so fetching at the bound only services heartbeats.
-        self._fetch_when_full = transport_for(source.url).fetch_when_full
+        self._fetch_when_full = source.fetch_when_full
         m = service.metrics
         self._m_consumed = m.consumed.labels(self.label)
         self._m_acked = m.acked.labels(self.label)
