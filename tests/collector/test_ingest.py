@@ -237,3 +237,25 @@ def test_broker_down_behind_ingest_answers_503_then_delivers_everything_once(
     assert sorted(seqs(logged)) == list(range(1100))
     ids = _ids(logged)
     assert len(ids) == len(set(ids)), "a record was published twice"
+
+
+def test_run_to_https_ships_a_pilot_bootstrap(
+    ingest: Ingest, rabbitmq: Any, queue_name: str, tmp_path: Path
+) -> None:
+    """``mqlogging run --to https://...`` (what a pilot's bootstrap script runs) ships the
+    command's lines through the ingest, authenticated by its proxy certificate."""
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2]))
+    done = subprocess.run(
+        [sys.executable, "-m", "mqlogging", "run", "--spool", str(tmp_path / "spool"),
+         "--to", ingest.handler_url(certfile=ingest.grid.proxy),
+         "--", "sh", "-c", "echo booted; echo matched a job"],
+        capture_output=True, timeout=60, env=env, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr.decode()
+    docs = drain_amqp(rabbitmq, queue_name, 3)
+    assert {"booted", "matched a job"} <= {d["message"] for d in docs}
+    assert {d["mqlogging"]["ingest"]["identity"] for d in docs} == {USER_DN}

@@ -1,0 +1,125 @@
+"""The ``https://`` endpoint (handler -> collector ingest) and the ingest source's config,
+without brokers: the ingest runs in this process (plain HTTP on loopback, explicitly allowed)
+and a thread plays the collector pipeline, acking what it fetches."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from harness.brokers import reserve_port
+from harness.helpers import wait_until
+from mqlogging._types import Message
+from mqlogging.backends import open_producer
+from mqlogging.backends.https import HTTPSEndpoint
+from mqlogging.collector.ingest import HttpSourceConfig
+from mqlogging.errors import ConfigurationError, ConnectError, PartlyRefused
+
+TOKEN = "unit-token-0123456789abcdef"
+
+
+class TestEndpoint:
+    def test_plain_http_needs_an_explicit_option(self) -> None:
+        """``http://`` is refused in one line naming the fix; ``allow_http=true`` allows it."""
+        with pytest.raises(ConfigurationError, match="allow_http=true"):
+            HTTPSEndpoint.from_url("http://127.0.0.1:8080/ingest")
+        ep = HTTPSEndpoint.from_url("http://127.0.0.1:8080/ingest?allow_http=true")
+        assert ep.path == "/ingest"
+        assert ep.tls is None
+
+    def test_token_is_never_shown(self, tmp_path: Path) -> None:
+        """A token from ``token_file`` is read at once and appears in no repr, str or
+        redacted URL; two token sources are refused."""
+        (tmp_path / "t").write_text(TOKEN + "\n")
+        ep = HTTPSEndpoint.from_url(f"https://c.example.org:8443/ingest?token_file={tmp_path}/t")
+        assert ep.token is not None
+        assert ep.token.reveal() == TOKEN
+        for text in (repr(ep), str(ep), ep.redacted(), repr(ep.token)):
+            assert TOKEN not in text
+        assert ep.redacted() == "https://c.example.org:8443/ingest"
+        with pytest.raises(ConfigurationError, match="only one of"):
+            HTTPSEndpoint.from_url(f"https://c/ingest?token=x&token_file={tmp_path}/t")
+
+
+class TestSourceConfig:
+    def test_refuses_what_would_fail_later(self, tmp_path: Path) -> None:
+        """No way to authenticate, HTTPS without a certificate, certificates with
+        ``tls = false``, and proxies without a client CA are each one-line errors."""
+        tokens = tmp_path / "tokens"
+        tokens.write_text(f"{TOKEN}\n")
+        with pytest.raises(ConfigurationError, match="no way to authenticate"):
+            HttpSourceConfig(tls=False)
+        with pytest.raises(ConfigurationError, match="certfile"):
+            HttpSourceConfig(tokens_file=str(tokens))
+        with pytest.raises(ConfigurationError, match="tls = false"):
+            HttpSourceConfig(tls=False, tokens_file=str(tokens), client_ca=str(tokens))
+        tokens.write_text("short\n")
+        with pytest.raises(ConfigurationError, match="at least 16"):
+            HttpSourceConfig(tls=False, tokens_file=str(tokens))
+
+
+@pytest.fixture
+def plain_ingest(tmp_path: Path) -> Iterator[tuple[str, list[bytes]]]:
+    """An in-process ingest on plain HTTP (1 KiB body limit) whose records a thread acks;
+    yields its URL and the list of acked bodies."""
+    (tmp_path / "tokens").write_text(f"unit:{TOKEN}\n")
+    port = reserve_port()
+    config = HttpSourceConfig(
+        tls=False, listen=f"127.0.0.1:{port}", tokens_file=str(tmp_path / "tokens"),
+        max_body_bytes=1024, timeout=5.0,
+    )  # fmt: skip
+    consumer = config.open()
+    acked: list[bytes] = []
+    stop = threading.Event()
+
+    def pipeline() -> None:
+        while not stop.is_set():
+            deliveries = consumer.fetch(100, 0.05)
+            acked.extend(d.body for d in deliveries)
+            consumer.ack(deliveries)
+
+    consumer.fetch(0, 0)  # starts listening
+    thread = threading.Thread(target=pipeline, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{port}/ingest?allow_http=true&gzip=false", acked
+    finally:
+        stop.set()
+        thread.join(5)
+        consumer.close()
+
+
+def test_producer_halves_on_413_and_reports_refused_lines(
+    plain_ingest: tuple[str, list[bytes]],
+) -> None:
+    """A batch above the ingest's body limit is sent again in halves; a single record that
+    is too large, and a line the ingest refuses (400), are reported as PartlyRefused with
+    exactly their ids, while every other record of the batch was handed on."""
+    url, acked = plain_ingest
+    messages = [
+        Message("a", b'{"n": "a"}'),
+        Message("b", b'{"n": "' + b"b" * 2000 + b'"}'),
+        Message("c", b'{"n": "c"}'),
+        Message("d", b"[1]"),
+    ]
+    with open_producer(url, token=TOKEN) as producer, pytest.raises(PartlyRefused) as info:
+        producer.publish_batch(messages)
+    assert info.value.ids == frozenset({"b", "d"})
+    wait_until(lambda: len(acked) >= 2, timeout=5)
+    assert sorted(b.split(b'"n":"')[1][:1] for b in acked) == [b"a", b"c"]
+
+
+def test_producer_reports_a_refused_login_as_connect_error(
+    plain_ingest: tuple[str, list[bytes]],
+) -> None:
+    """A token the ingest does not accept is a ConnectError (the login was refused), so the
+    handler retries, fails over or spools, as for a broker that refuses a password."""
+    url, _ = plain_ingest
+    with (
+        open_producer(url, token="not-the-token-0123456789") as producer,
+        pytest.raises(ConnectError, match="401"),
+    ):
+        producer.publish_batch([Message("x", b'{"n": 1}')])
