@@ -39,8 +39,10 @@ class HttpSourceConfig(FromTable):
     revokes a token without a restart. At least one way to authenticate is required.
     ``max_body_bytes``: the largest request body, before and after gzip (413 above).
     ``max_inflight_bytes``: record bytes waiting to be handed on; a request that would exceed
-    it gets 429 with ``Retry-After``. ``timeout``: seconds a request waits for its records to
-    be handed on before it gets 503 with ``Retry-After`` (``retry_after`` seconds).
+    it gets 429 with ``Retry-After`` (bodies being received count too). ``timeout``: seconds a
+    request waits for its records to be handed on before it gets 503 with ``Retry-After``
+    (``retry_after`` seconds); keep it below the clients' own request timeout (the handler's
+    ``timeout``, 10 s by default), so they hear 503 rather than time out.
     ``prefetch``: most records handed to the pipeline and not yet settled.
     """
 
@@ -58,7 +60,7 @@ class HttpSourceConfig(FromTable):
     tokens_env: str = ""
     max_body_bytes: PositiveInt = 8 * 1024 * 1024
     max_inflight_bytes: PositiveInt = 64 * 1024 * 1024
-    timeout: PositiveFloat = 30.0
+    timeout: PositiveFloat = 8.0
     retry_after: PositiveInt = 5
     prefetch: PositiveInt = 10000
 

@@ -74,12 +74,15 @@ class _Request:
         """Count one record settled (``ok``) or fail the request; thread-safe via the loop."""
         if not ok:
             self.remaining = -1
-            self.loop.call_soon_threadsafe(_resolve, self.future, False)
-            return
-        if self.remaining > 0:
+            self._answer(False)
+        elif self.remaining > 0:
             self.remaining -= 1
             if self.remaining == 0:
-                self.loop.call_soon_threadsafe(_resolve, self.future, True)
+                self._answer(True)
+
+    def _answer(self, ok: bool) -> None:
+        with contextlib.suppress(RuntimeError):  # the server loop is gone: nobody waits
+            self.loop.call_soon_threadsafe(_resolve, self.future, ok)
 
 
 def _resolve(future: asyncio.Future[bool], ok: bool) -> None:
@@ -186,6 +189,7 @@ class IngestConsumer(Consumer):
         self._runner: web.AppRunner | None = None
         self._started = threading.Event()
         self._start_error: BaseException | None = None
+        self._reading = 0  # body bytes reserved by requests being read (event-loop thread)
 
     # -- Consumer ---------------------------------------------------------------------------
 
@@ -292,14 +296,40 @@ class IngestConsumer(Consumer):
         who = self._authenticate(request)
         if isinstance(who, web.Response):
             return who
-        identity, method = who
-        body = await self._body(request)
-        if isinstance(body, web.Response):
-            return body
-        parsed = parse_body(body, identity=identity, auth=method)
+        # Bodies being read and parsed count against max_inflight_bytes too, so many
+        # concurrent uploads cannot hold more than the bound either (this runs on the one
+        # event-loop thread: no lock needed).
+        cfg = self.config
+        gzipped = bool(request.headers.get("Content-Encoding", "").strip())
+        reserve = cfg.max_body_bytes if gzipped else request.content_length or cfg.max_body_bytes
+        reserve = min(reserve, cfg.max_body_bytes)
+        if self._reading and self._reading + reserve > cfg.max_inflight_bytes:
+            return _busy(429, "too many bodies being received", cfg.retry_after)
+        self._reading += reserve
+        try:
+            parsed = await self._parse(request, *who)
+        finally:
+            self._reading -= reserve
+        if isinstance(parsed, web.Response):
+            return parsed
         if not parsed.records:
             return _json(400, _report(parsed, accepted=0))
         return await self._hand_on(parsed)
+
+    async def _parse(
+        self, request: web.Request, identity: str, method: str
+    ) -> Parsed | web.Response:
+        """The body's records and refused lines (parsed off the event loop), or the error
+        answer for the body as a whole."""
+        from aiohttp import web
+
+        body = await self._body(request)
+        if isinstance(body, web.Response):
+            return body
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(
+            None, lambda: parse_body(body, identity=identity, auth=method)
+        )
 
     def _authenticate(self, request: web.Request) -> tuple[str, str] | web.Response:
         """``(identity, "x509" | "token")``, or the 401/403 answer."""
@@ -343,6 +373,10 @@ class IngestConsumer(Consumer):
     async def _hand_on(self, parsed: Parsed) -> web.Response:
         """Queue the records, wait until the pipeline settled them, answer."""
         cfg = self.config
+        size = sum(len(body) for _, body in parsed.records)
+        if size > cfg.max_inflight_bytes:
+            msg = f"the records of this request exceed max_inflight_bytes ({size} bytes)"
+            return _json(413, {"error": f"{msg}; send smaller batches"})
         loop = asyncio.get_running_loop()
         pending = _Request(loop, loop.create_future(), len({rid for rid, _ in parsed.records}))
         if not self._queue.offer(parsed.records, pending):
