@@ -123,3 +123,26 @@ def test_producer_reports_a_refused_login_as_connect_error(
         pytest.raises(ConnectError, match="401"),
     ):
         producer.publish_batch([Message("x", b'{"n": 1}')])
+
+
+def test_pilots_example_config_loads(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``examples/collector-pilots.toml`` is a valid collector config (its certificate, CA and
+    token paths overridden from the environment, as a deployment may do)."""
+    from harness.pilot_pki import make_pilot_pki
+    from mqlogging.collector.config import load_config
+
+    grid = make_pilot_pki(tmp_path / "grid")
+    (tmp_path / "tokens").write_text(f"pilots:{TOKEN}\n")
+    env = {
+        "MQLOGGING_SOURCES_0_CERTFILE": grid.server,
+        "MQLOGGING_SOURCES_0_KEYFILE": grid.server_key,
+        "MQLOGGING_SOURCES_0_CLIENT_CA": grid.ca,
+        "MQLOGGING_SOURCES_0_TOKENS_FILE": str(tmp_path / "tokens"),
+    }
+    monkeypatch.setenv("MQ_PASSWORD", "x")  # the broker URL's password_env
+    example = Path(__file__).resolve().parents[2] / "examples" / "collector-pilots.toml"
+    config = load_config(example, env=env)
+    (source,) = config.sources
+    assert isinstance(source, HttpSourceConfig)
+    assert source.allow_proxy_certs
+    assert [s.type for s in config.sinks] == ["broker"]
