@@ -44,6 +44,9 @@ class HttpSourceConfig(FromTable):
     (``retry_after`` seconds); keep it below the clients' own request timeout (the handler's
     ``timeout``, 10 s by default), so they hear 503 rather than time out.
     ``prefetch``: most records handed to the pipeline and not yet settled.
+    ``remember_ids``: how many ids of records handed on lately are remembered, so a client
+    resending them (its earlier request got 503 after some were published) does not publish
+    them again (about 100 bytes each).
     """
 
     type: Literal["http"] = "http"
@@ -63,6 +66,7 @@ class HttpSourceConfig(FromTable):
     timeout: PositiveFloat = 8.0
     retry_after: PositiveInt = 5
     prefetch: PositiveInt = 10000
+    remember_ids: PositiveInt = 100_000
 
     def __post_init__(self) -> None:
         check_fields(self)

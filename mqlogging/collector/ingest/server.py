@@ -21,8 +21,10 @@ already wait to be handed on (the broker or the sinks are slow: backpressure).
 
 Retries do not duplicate: a record whose id is already waiting (the client's earlier attempt
 timed out while the broker was down) is not queued again; the new request waits for the same
-record. A record acked after its request timed out is simply forgotten (the client sent it
-again, or will, and the id makes that harmless).
+record. A record whose id was handed on lately (the last ``remember_ids`` ids) counts as done
+at once: a client resending a batch that was partly published before a 503 does not publish
+those records twice. (Past that window a resent record is published again; the id keeps
+Elasticsearch from storing it twice.)
 
 HTTP stack: aiohttp's server (``aiohttp.web``): maintained, asyncio-native (thousands of
 pilots keep connections open cheaply in one thread), exposes the TLS object for the
@@ -40,7 +42,7 @@ import contextlib
 import logging
 import threading
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -74,13 +76,14 @@ class _Request:
         """Count one record settled (``ok``) or fail the request; thread-safe via the loop."""
         if not ok:
             self.remaining = -1
-            self._answer(False)
+            self.answer(False)
         elif self.remaining > 0:
             self.remaining -= 1
             if self.remaining == 0:
-                self._answer(True)
+                self.answer(True)
 
-    def _answer(self, ok: bool) -> None:
+    def answer(self, ok: bool) -> None:
+        """Resolve the request's future from any thread (once; later calls do nothing)."""
         with contextlib.suppress(RuntimeError):  # the server loop is gone: nobody waits
             self.loop.call_soon_threadsafe(_resolve, self.future, ok)
 
@@ -103,8 +106,10 @@ class _Slot:
 class _Queue:
     """Records between the server thread and the pipeline worker; bounded in bytes."""
 
-    def __init__(self, max_bytes: int) -> None:
+    def __init__(self, max_bytes: int, remember: int) -> None:
         self.max_bytes = max_bytes
+        self.remember = remember
+        self._done: OrderedDict[str, None] = OrderedDict()  # ids handed on lately, oldest first
         self._lock = threading.Lock()
         self._ready = threading.Condition(self._lock)
         self._waiting: deque[_Slot] = deque()  # not yet fetched
@@ -112,13 +117,16 @@ class _Queue:
         self._bytes = 0
 
     def offer(self, records: list[tuple[str, bytes]], request: _Request) -> bool:
-        """Queue ``records`` for ``request`` (joining slots already waiting with the same id);
-        False, nothing queued, when the new bytes do not fit."""
+        """Queue ``records`` for ``request``: an id handed on recently counts as done at
+        once, an id already waiting is joined (not queued twice); False, nothing queued, when
+        the new bytes do not fit. Sets ``request.remaining`` to the records it waits for."""
         with self._lock:
-            size = sum(len(body) for rid, body in dict(records).items() if rid not in self._by_id)
+            todo = {rid: body for rid, body in records if rid not in self._done}
+            size = sum(len(body) for rid, body in todo.items() if rid not in self._by_id)
             if self._bytes and self._bytes + size > self.max_bytes:
                 return False
-            for rid, body in dict(records).items():  # an id twice in a request: once
+            request.remaining = len(todo)
+            for rid, body in todo.items():
                 slot = self._by_id.get(rid)
                 if slot is None:
                     slot = self._by_id[rid] = _Slot(rid, body)
@@ -126,7 +134,9 @@ class _Queue:
                     self._bytes += len(body)
                 slot.waiters.append(request)
             self._ready.notify()
-            return True
+        if not todo:
+            request.answer(True)
+        return True
 
     def take(self, max_messages: int, timeout: float) -> list[_Slot]:
         with self._lock:
@@ -145,6 +155,10 @@ class _Queue:
                 if self._by_id.get(slot.id) is slot:
                     del self._by_id[slot.id]
                     self._bytes -= len(slot.body)
+                if ok:
+                    self._done[slot.id] = None
+            while len(self._done) > self.remember:
+                self._done.popitem(last=False)
             waiters = [w for slot in slots for w in slot.waiters]
         for waiter in waiters:
             waiter.settle(ok)
@@ -181,7 +195,7 @@ class IngestConsumer(Consumer):
 
     def __init__(self, config: HttpSourceConfig) -> None:
         self.config = config
-        self._queue = _Queue(config.max_inflight_bytes)
+        self._queue = _Queue(config.max_inflight_bytes, config.remember_ids)
         self._tokens = config.tokens()
         self._tokens.check()
         self._thread: threading.Thread | None = None
@@ -378,7 +392,7 @@ class IngestConsumer(Consumer):
             msg = f"the records of this request exceed max_inflight_bytes ({size} bytes)"
             return _json(413, {"error": f"{msg}; send smaller batches"})
         loop = asyncio.get_running_loop()
-        pending = _Request(loop, loop.create_future(), len({rid for rid, _ in parsed.records}))
+        pending = _Request(loop, loop.create_future(), 0)
         if not self._queue.offer(parsed.records, pending):
             return _busy(429, "too many records waiting to be handed on", cfg.retry_after)
         started = time.monotonic()
