@@ -160,3 +160,38 @@ def test_a_resent_batch_is_not_handed_on_twice(plain_ingest: tuple[str, list[byt
         producer.publish_batch(batch)
     wait_until(lambda: len(acked) >= 3, timeout=5)
     assert len(acked) == 3
+
+
+def test_full_inflight_bound_is_429_and_a_nack_is_503(tmp_path: Path) -> None:
+    """While records the pipeline took are not settled and fill ``max_inflight_bytes``, a new
+    request gets 429 with Retry-After (backpressure); when the pipeline gives the records
+    back (nack), their request gets 503 with Retry-After: never 2xx for records not handed
+    on."""
+    import httpx
+
+    (tmp_path / "tokens").write_text(f"unit:{TOKEN}\n")
+    port = reserve_port()
+    config = HttpSourceConfig(
+        tls=False, listen=f"127.0.0.1:{port}", tokens_file=str(tmp_path / "tokens"),
+        max_inflight_bytes=200, timeout=10.0, retry_after=7,
+    )  # fmt: skip
+    consumer = config.open()
+    consumer.fetch(0, 0)
+    url = f"http://127.0.0.1:{port}/ingest"
+    headers = {"Authorization": f"Bearer {TOKEN}"}
+    answers: list[httpx.Response] = []
+    first = threading.Thread(
+        target=lambda: answers.append(httpx.post(url, content=b'{"n": 1}', headers=headers))
+    )
+    try:
+        first.start()
+        taken = wait_until(lambda: consumer.fetch(10, 0.1), timeout=10)
+        busy = httpx.post(url, content=b'{"n": 2, "pad": "' + b"x" * 60 + b'"}', headers=headers)
+        assert busy.status_code == 429
+        assert busy.headers["Retry-After"] == "7"
+        consumer.nack(taken)
+        first.join(10)
+        assert answers[0].status_code == 503
+        assert answers[0].headers["Retry-After"] == "7"
+    finally:
+        consumer.close()
