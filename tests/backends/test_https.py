@@ -4,14 +4,17 @@ and a thread plays the collector pipeline, acking what it fetches."""
 
 from __future__ import annotations
 
+import ssl
 import threading
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
 from harness.brokers import reserve_port
 from harness.helpers import wait_until
+from harness.pilot_pki import USER_DN, make_pilot_pki
 from mqlogging._types import Message
 from mqlogging.backends import open_producer
 from mqlogging.backends.https import HTTPSEndpoint
@@ -128,7 +131,6 @@ def test_producer_reports_a_refused_login_as_connect_error(
 def test_pilots_example_config_loads(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """``examples/collector-pilots.toml`` is a valid collector config (its certificate, CA and
     token paths overridden from the environment, as a deployment may do)."""
-    from harness.pilot_pki import make_pilot_pki
     from mqlogging.collector.config import load_config
 
     grid = make_pilot_pki(tmp_path / "grid")
@@ -167,8 +169,6 @@ def test_full_inflight_bound_is_429_and_a_nack_is_503(tmp_path: Path) -> None:
     request gets 429 with Retry-After (backpressure); when the pipeline gives the records
     back (nack), their request gets 503 with Retry-After: never 2xx for records not handed
     on."""
-    import httpx
-
     (tmp_path / "tokens").write_text(f"unit:{TOKEN}\n")
     port = reserve_port()
     config = HttpSourceConfig(
@@ -193,5 +193,37 @@ def test_full_inflight_bound_is_429_and_a_nack_is_503(tmp_path: Path) -> None:
         first.join(10)
         assert answers[0].status_code == 503
         assert answers[0].headers["Retry-After"] == "7"
+    finally:
+        consumer.close()
+
+
+@pytest.mark.parametrize(("allowed", "expected"), [(("CN=someone else",), 403), ((USER_DN,), 200)])
+def test_certificate_outside_allowed_subjects_is_403(
+    tmp_path: Path, allowed: tuple[str, ...], expected: int
+) -> None:
+    """With ``allowed_subjects``, a verified certificate (here an RFC 3820 proxy, whose
+    identity is its user's subject) that is not listed gets 403; a listed one gets in."""
+    grid = make_pilot_pki(tmp_path / "grid")
+    port = reserve_port()
+    consumer = HttpSourceConfig(
+        listen=f"127.0.0.1:{port}", certfile=grid.server, keyfile=grid.server_key,
+        client_ca=grid.ca, allow_proxy_certs=True, allowed_subjects=allowed,
+    ).open()  # fmt: skip
+    consumer.fetch(0, 0)
+    ctx = ssl.create_default_context(cafile=grid.ca)
+    ctx.load_cert_chain(grid.proxy)
+    answers: list[int] = []
+
+    def post() -> None:
+        url = f"https://127.0.0.1:{port}/ingest"
+        answers.append(httpx.post(url, content=b'{"n": 1}', verify=ctx).status_code)
+
+    poster = threading.Thread(target=post)
+    try:
+        poster.start()
+        if expected == 200:
+            consumer.ack(wait_until(lambda: consumer.fetch(10, 0.1), timeout=10))
+        poster.join(10)
+        assert answers == [expected]
     finally:
         consumer.close()

@@ -12,12 +12,16 @@ some lines refused, the rest acked    ``400 {"accepted": N, "errors": [{"line", 
 a record nacked, or ``timeout``       ``503`` with ``Retry-After`` (send the request again)
 ====================================  ========================================================
 
-So 2xx means the records are durably handed on, never less. Other answers: ``401`` (no or
-unknown token, no certificate) with ``WWW-Authenticate: Bearer``; ``403`` (a certificate whose
-subject is not in ``allowed_subjects``); ``404``/``405`` (wrong path or method, from aiohttp);
-``413`` (body above ``max_body_bytes``, before or after gzip); ``415`` (a ``Content-Encoding``
-other than gzip/identity); ``429`` with ``Retry-After`` when ``max_inflight_bytes`` of records
-already wait to be handed on (the broker or the sinks are slow: backpressure).
+So 2xx means the records are durably handed on, never less. (A record the pipeline
+dead-letters — larger than ``max_message_bytes``, nested too deeply, or refused by a sink for
+its content — counts as handed on once its dead letter is confirmed, as for every source.)
+
+Other answers: ``401`` (no or unknown token, no certificate) with ``WWW-Authenticate: Bearer``;
+``403`` (a certificate whose subject is not in ``allowed_subjects``); ``404``/``405`` (wrong
+path or method, from aiohttp); ``413`` (body above ``max_body_bytes``, before or after gzip);
+``415`` (a ``Content-Encoding`` other than gzip/identity); ``429`` with ``Retry-After`` when
+``max_inflight_bytes`` of records already wait to be handed on (the broker or the sinks are
+slow: backpressure).
 
 Retries do not duplicate: a record whose id is already waiting (the client's earlier attempt
 timed out while the broker was down) is not queued again; the new request waits for the same
@@ -358,6 +362,7 @@ class IngestConsumer(Consumer):
         if subject is not None:
             allowed = self.config.allowed_subjects
             if allowed and subject not in allowed:
+                log.info("ingest: 403 for certificate subject %r", subject)
                 return _json(403, {"error": f"certificate subject {subject!r} is not allowed"})
             return subject, "x509"
         return _unauthorized("", "send Authorization: Bearer <token> or a client certificate")
@@ -443,5 +448,6 @@ def _busy(status: int, text: str, retry_after: int) -> web.Response:
 
 
 def _unauthorized(code: str, text: str) -> web.Response:
+    log.info("ingest: 401 (%s)", text)
     challenge = f'Bearer error="{code}"' if code else "Bearer"
     return _json(401, {"error": text}, {"WWW-Authenticate": challenge})
