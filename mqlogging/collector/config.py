@@ -214,14 +214,15 @@ class SourceConfig(FromTable):
         """Whether a worker holding all it may must still fetch (see ``Transport``)."""
         return transport_for(self.url).fetch_when_full
 
-    def open(self) -> Consumer:
-        """A consumer whose prefetch is the source's in-flight bound (not connected yet)."""
+    def open(self, answered: Callable[[int], None] | None = None) -> Consumer:
+        """A consumer whose prefetch is the source's in-flight bound (not connected yet);
+        ``answered`` is unused (a broker source answers no requests)."""
         return open_consumer(self.url, prefetch=self.max_in_flight)
 
 
 SourceAny = SourceConfig | HttpSourceConfig
 """Any ``[[sources]]`` entry: each offers ``label``, ``max_in_flight``, ``fetch_when_full``
-and ``open()`` (a :class:`~mqlogging.backends.base.Consumer`), all the pipeline uses."""
+and ``open(answered)`` (a :class:`~mqlogging.backends.base.Consumer`), all the pipeline uses."""
 
 SOURCE_TYPES: dict[str, Callable[[Table], SourceAny]] = {
     "broker": SourceConfig.from_table,

@@ -238,7 +238,7 @@ class _Worker(threading.Thread):
 
     def run(self) -> None:
         try:
-            self._consumer = open_source(self.source)
+            self._consumer = open_source(self.source, self._answered)
             self._adapt_window()
             self._loop()
             self._drain()
@@ -273,6 +273,10 @@ class _Worker(threading.Thread):
                 stop.wait(min(wait, 0.05))
             if self._ready(target):
                 self._process(self._take_batch(), deadline=None)
+
+    def _answered(self, status: int) -> None:
+        """Count one answer of an HTTPS ingest source (called on its server thread)."""
+        self.service.metrics.ingest_requests.labels(self.label, str(status)).inc()
 
     def _room(self) -> int:
         """How many more messages this worker may take: what the prefetch allows, limited to

@@ -160,8 +160,8 @@ def _refused_tls(ingest: Ingest, **kwargs: Any) -> bool:
 def test_wrong_ca_expired_cert_and_revoked_token_are_refused(ingest: Ingest) -> None:
     """A certificate from another CA and an expired one fail the handshake; a token removed
     from the tokens file is refused (401) from the next request on, without a restart; no
-    credentials at all is 401 with a Bearer challenge; a pilot trusting the wrong CA does not
-    talk to the ingest at all."""
+    credentials at all is 401 with a Bearer challenge (counted in the metrics by status); a
+    pilot trusting the wrong CA does not talk to the ingest at all."""
     assert _refused_tls(ingest, token=None, cert=ingest.grid.stranger)
     assert _refused_tls(ingest, token=None, cert=ingest.grid.expired)
     ok = ingest.post(b'{"m": 1}', token=None, cert=ingest.grid.user)
@@ -175,6 +175,7 @@ def test_wrong_ca_expired_cert_and_revoked_token_are_refused(ingest: Ingest) -> 
     assert ingest.post(b'{"m": 1}').status_code == 401
     assert ingest.post(b'{"m": 1}', token="another-token-0123456789").status_code == 200
 
+    assert ingest.proc.metric("ingest_requests", status="401") >= 2  # counted, by status
     wrong_ca = ssl.create_default_context(cafile=ingest.grid.stranger)
     with pytest.raises(httpx.ConnectError), httpx.Client(verify=wrong_ca) as client:
         client.post(ingest.url, content=b"{}")

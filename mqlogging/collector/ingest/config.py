@@ -8,6 +8,7 @@ and key, the client CA file or directory, the token file or variable, the listen
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
@@ -127,9 +128,9 @@ class HttpSourceConfig(FromTable):
         """The bearer tokens this source accepts (re-read from the file when it changes)."""
         return TokenStore(file=self.tokens_file, env=self.tokens_env)
 
-    def open(self) -> Consumer:
+    def open(self, answered: Callable[[int], None] | None = None) -> Consumer:
         """The ingest server as a :class:`~mqlogging.backends.base.Consumer` (it starts
-        listening on the first ``fetch``)."""
+        listening on the first ``fetch``); ``answered`` gets the status of every answer."""
         from .server import IngestConsumer
 
-        return IngestConsumer(self)
+        return IngestConsumer(self, answered)

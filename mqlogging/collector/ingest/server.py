@@ -47,7 +47,7 @@ import logging
 import threading
 import time
 from collections import OrderedDict, deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -197,8 +197,11 @@ class _Queue:
 class IngestConsumer(Consumer):
     """Serves ``POST <path>`` and hands the records to the pipeline (module docstring)."""
 
-    def __init__(self, config: HttpSourceConfig) -> None:
+    def __init__(
+        self, config: HttpSourceConfig, answered: Callable[[int], None] | None = None
+    ) -> None:
         self.config = config
+        self._answered = answered
         self._queue = _Queue(config.max_inflight_bytes, config.remember_ids)
         self._tokens = config.tokens()
         self._tokens.check()
@@ -287,7 +290,7 @@ class IngestConsumer(Consumer):
             raise MissingDependencyError("aiohttp", "collector") from exc
         cfg = self.config
         app = web.Application(client_max_size=cfg.max_body_bytes)
-        app.router.add_post(cfg.path, self._handle)
+        app.router.add_post(cfg.path, self._counted)
         # Our bounded gunzip is the only inflater (a bomb must stop at max_body_bytes).
         runner = web.AppRunner(app, auto_decompress=False, access_log=None, shutdown_timeout=2.0)
         await runner.setup()
@@ -307,6 +310,14 @@ class IngestConsumer(Consumer):
         log.info("ingest %s listening on %s:%d%s", cfg.label, host, port, cfg.path)
 
     # -- one request ------------------------------------------------------------------------------
+
+    async def _counted(self, request: web.Request) -> web.StreamResponse:
+        """:meth:`_handle`, with its answer's status passed to ``answered`` (the metrics)."""
+        response = await self._handle(request)
+        if self._answered is not None:
+            with contextlib.suppress(Exception):  # metrics never break an answer
+                self._answered(response.status)
+        return response
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         from aiohttp import web
