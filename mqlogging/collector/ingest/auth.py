@@ -54,7 +54,7 @@ def _parse_tokens(entries: list[str], origin: str) -> list[_Token]:
         entry = raw.strip()
         if not entry or entry.startswith("#"):
             continue
-        name, sep, value = entry.rpartition(":")
+        name, sep, value = entry.partition(":")  # a token with ':' in it needs a name
         if not sep:
             value, name = entry, ""
         if len(value) < 16:

@@ -114,10 +114,10 @@ def _items(body: bytes) -> list[tuple[int, Any, str]]:
     return out
 
 
-def _client_id(value: Any) -> str:
+def _client_id(value: dict[str, Any]) -> str:
     """The id a refused line carries, for the error report (the client maps errors to its
     records by line; the id helps a human)."""
-    return read_meta(value).id or "" if isinstance(value, dict) else ""
+    return read_meta(value).id or ""
 
 
 def parse_body(body: bytes, *, identity: str, auth: str) -> Parsed:

@@ -37,7 +37,8 @@ class HttpSourceConfig(FromTable):
     ``mqlogging.ingest.identity``) are let in; others get 403. ``tokens_file`` /
     ``tokens_env``: bearer tokens, one per line (file) or comma-separated (variable), each
     ``token`` or ``name:token``; the file is read again when it changes, so removing a line
-    revokes a token without a restart. At least one way to authenticate is required.
+    revokes a token without a restart (a token that contains ``:`` must be given a name).
+    At least one way to authenticate is required.
     ``max_body_bytes``: the largest request body, before and after gzip (413 above).
     ``max_inflight_bytes``: record bytes waiting to be handed on; a request that would exceed
     it gets 429 with ``Retry-After`` (bodies being received count too). ``timeout``: seconds a
