@@ -49,7 +49,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from harness.brokers import NoidaES, RabbitMQ
+from harness.brokers import NoidaES, RabbitMQ, reserve_port
 from harness.collector import (
     BulkStandIn,
     CollectorProcess,
@@ -1136,6 +1136,55 @@ def s15_spool_two_destinations(lab: Lab, s: Scenario, row: Row) -> None:
     )
 
 
+def s17_https_ingest_broker_restart(lab: Lab, s: Scenario, row: Row) -> None:
+    """Pilots log over HTTPS (RFC 3820 proxy certificate) to the collector's ingest, which
+    publishes with confirms to RabbitMQ; the broker is killed and restarted mid-stream."""
+    from harness.pilot_pki import make_pilot_pki
+
+    rabbit = lab.rabbit
+    n = lab.scale(20_000)
+    url = queue_url(rabbit, s.queue)
+    reader = s.file_collector([url])  # drains the queue; declares it while the broker is up
+    grid = make_pilot_pki(s.dir / "grid")
+    (s.dir / "tokens").write_text("unused:unused-token-0123456789\n")
+    port, http_port = reserve_port(), reserve_port()
+    config = write_config(
+        s.dir / "ingest.toml",
+        sources=[{
+            "type": "http", "listen": f"127.0.0.1:{port}", "certfile": grid.server,
+            "keyfile": grid.server_key, "client_ca": grid.ca, "allow_proxy_certs": True,
+            "tokens_file": str(s.dir / "tokens"), "timeout": 3.0, "retry_after": 1,
+        }],
+        sinks=[{"type": "broker", "url": url}],
+        pipeline={"batch_max_wait": 0.05, "retry_initial": 0.2, "retry_max": 1.0,
+                  "enrich": False},
+        collector={"shutdown_timeout": 5.0},
+        http={"listen": f"127.0.0.1:{http_port}"},
+    )  # fmt: skip
+    ingest = CollectorProcess(config, http_port, s.dir / "ingest.log")
+    s.collectors.append(ingest)
+    ingest.wait_http(timeout=60)
+    https = f"https://127.0.0.1:{port}/ingest?certfile={grid.proxy}&ca_certs={grid.ca}"
+    app = s.app("app", {
+        "logging": handler_logging([https], s.dir / "spool"),
+        "first": 0, "count": n, "rate": n / 10 if lab.quick else 2000,
+    })  # fmt: skip
+    s.until(lambda: app.emitted() >= n * 0.4 or app.exited(), 300, "progress")
+    at = app.emitted()
+    rabbit.sync_definitions()  # a fresh queue's definition: see RabbitMQ.sync_definitions
+    rabbit.kill()
+    t = time.monotonic()
+    rabbit.start()
+    fault_end = time.monotonic()
+    s.delivered(app, reader, row, n, fault_end=fault_end, brokers=[rabbit])
+    answered_503 = ingest.log_path.read_text(errors="replace").count("answered 503")
+    st = app.stats()
+    row.note = (
+        f"broker killed at {at} emitted, down {fault_end - t:.1f} s; the ingest answered 503 "
+        f"{answered_503} times; {st['spooled']} records went through the pilot's spool"
+    )
+
+
 SCENARIOS: list[tuple[int, str, str, Callable[[Lab, Scenario, Row], None]]] = [
     (1, "broker down for the first 30 s", "file", s1_broker_down_at_start),
     (2, "broker killed -9 twice", "file", s2_broker_kill_twice),
@@ -1152,6 +1201,12 @@ SCENARIOS: list[tuple[int, str, str, Callable[[Lab, Scenario, Row], None]]] = [
     (13, "multiprocessing Pool terminated by its with-block", "file", s13_pool_terminate),
     (14, "billiard (Celery prefork) workers recycled", "file", s14_recycled_workers),
     (15, "two applications, two destinations, one spool", "file", s15_spool_two_destinations),
+    (
+        17,
+        "broker behind HTTPS ingest restarted mid-stream",
+        "file",
+        s17_https_ingest_broker_restart,
+    ),
 ]
 
 
@@ -1260,6 +1315,14 @@ HOW = {
     "Goal: no record in the other's queue (`misrouted` 0); A either refuses the directory "
     "(then runs with its own, as the error says) or leaves B's records alone; B's next run "
     "ships them.",
+    17: "A pilot logs through `MQHandler` over `https://` with an RFC 3820 proxy certificate to "
+    "the collector's HTTPS ingest, whose `broker` sink publishes with confirms to RabbitMQ; a "
+    "second collector drains the queue into a file. At 40 % of the emission the broker is "
+    "SIGKILLed and started again: the ingest answers 503 (records not handed on) and the "
+    "handler retries and spools. A batch the ingest had partly published when the broker died "
+    "is sent again with the same ids: the ingest remembers the ids it handed on lately and "
+    "does not publish those twice (duplicate deliveries), and past that window Elasticsearch "
+    "would store them once by id (`dup` counts copies under another id).",
 }
 
 

@@ -9,7 +9,8 @@ File layout (see ``examples/collector-*.toml``)::
 
     [collector]          shutdown_timeout, log_level, host_name, state_dir
     [pipeline]           batching, size/depth limits, in-flight byte bound, enrichment, retry
-    [[sources]]          url (amqp://, amqps://, stomp://, stomp+ssl://, local://), name, prefetch
+    [[sources]]          url (amqp://, amqps://, stomp://, stomp+ssl://, local://), name, prefetch;
+                         or type = "http": the HTTPS ingest (:mod:`mqlogging.collector.ingest`)
     [[sinks]]            type = "elasticsearch" | "logstash" | "file" | "stdout" | "null"
     [dead_letter]        url (a broker queue or local:// spool directory; default: a spool
                          directory under state_dir)
@@ -40,12 +41,13 @@ from __future__ import annotations
 import dataclasses
 import os
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 from .._coerce import did_you_mean, refuse_unknown
+from ..backends import Consumer, open_consumer, transport_for
 from ..backends.endpoints import Endpoint
 from ..errors import ConfigurationError
 from ._table import (
@@ -57,6 +59,7 @@ from ._table import (
     check_fields,
     env_indices,
 )
+from .ingest import HttpSourceConfig
 from .sinks import SINK_TYPES, SinkConfig
 from .sinks.deadletter import DEAD_LETTER_SPOOL, DeadLetterConfig
 from .sinks.elasticsearch import ElasticsearchSinkConfig
@@ -75,17 +78,20 @@ else:  # pragma: no cover - exercised on 3.10 only
 
 __all__ = [
     "DEAD_LETTER_SPOOL",
+    "SOURCE_TYPES",
     "CollectorConfig",
     "CollectorSection",
     "DeadLetterConfig",
     "ElasticsearchSinkConfig",
     "FileSinkConfig",
     "HttpConfig",
+    "HttpSourceConfig",
     "LogLevel",
     "LogstashSinkConfig",
     "NullSinkConfig",
     "PipelineConfig",
     "SinkConfig",
+    "SourceAny",
     "SourceConfig",
     "default_dead_letter",
     "load_config",
@@ -177,9 +183,13 @@ class PipelineConfig(FromTable):
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class SourceConfig(FromTable):
-    """One queue (or spool directory) to drain; ``prefetch`` bounds unacked messages held."""
+    """One queue (or spool directory) to drain; ``prefetch`` bounds unacked messages held.
+
+    ``type = "broker"`` is the default (a ``[[sources]]`` table without ``type``).
+    """
 
     url: Endpoint
+    type: Literal["broker"] = "broker"
     name: str = ""
     prefetch: int = 0
 
@@ -198,6 +208,27 @@ class SourceConfig(FromTable):
     def max_in_flight(self) -> int:
         """The configured prefetch (``prefetch``, else the URL's)."""
         return self.prefetch or self.url.prefetch
+
+    @property
+    def fetch_when_full(self) -> bool:
+        """Whether a worker holding all it may must still fetch (see ``Transport``)."""
+        return transport_for(self.url).fetch_when_full
+
+    def open(self, answered: Callable[[int], None] | None = None) -> Consumer:
+        """A consumer whose prefetch is the source's in-flight bound (not connected yet);
+        ``answered`` is unused (a broker source answers no requests)."""
+        return open_consumer(self.url, prefetch=self.max_in_flight)
+
+
+SourceAny = SourceConfig | HttpSourceConfig
+"""Any ``[[sources]]`` entry: each offers ``label``, ``max_in_flight``, ``fetch_when_full``
+and ``open(answered)`` (a :class:`~mqlogging.backends.base.Consumer`), all the pipeline uses."""
+
+SOURCE_TYPES: dict[str, Callable[[Table], SourceAny]] = {
+    "broker": SourceConfig.from_table,
+    "http": HttpSourceConfig.from_table,
+}
+"""``type`` of a ``[[sources]]`` table (default ``"broker"``) -> the constructor of its config."""
 
 
 def default_dead_letter(collector: CollectorSection) -> DeadLetterConfig:
@@ -225,7 +256,7 @@ class HttpConfig(FromTable):
 class CollectorConfig:
     """The whole validated configuration; build it with :func:`load_config`."""
 
-    sources: tuple[SourceConfig, ...]
+    sources: tuple[SourceAny, ...]
     sinks: tuple[SinkConfig, ...]
     collector: CollectorSection = field(default_factory=CollectorSection)
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
@@ -306,9 +337,9 @@ def _parse(data: Mapping[str, Any], env: Mapping[str, str], where: str) -> Colle
     )
 
 
-def _read_sources(data: Mapping[str, Any], env: Mapping[str, str]) -> tuple[SourceConfig, ...]:
+def _read_sources(data: Mapping[str, Any], env: Mapping[str, str]) -> tuple[SourceAny, ...]:
     missing = 'no [[sources]] configured; add at least one, e.g. url = "amqp://host/?queue=logs"'
-    sources = tuple(SourceConfig.from_table(t) for t in _entries(data, env, "sources", missing))
+    sources = tuple(_read_source(t) for t in _entries(data, env, "sources", missing))
     _refuse_twins(
         [s.label for s in sources],
         "two [[sources]] have the same name/url; give each a distinct name",
@@ -324,6 +355,16 @@ def _read_sinks(data: Mapping[str, Any], env: Mapping[str, str]) -> tuple[SinkCo
         "two [[sinks]] would have the same name; give each a distinct name",
     )
     return sinks
+
+
+def _read_source(table: Table) -> SourceAny:
+    """One ``[[sources]]`` table, read by the config its ``type`` names in SOURCE_TYPES."""
+    kind = table.values.get("type", table.env.get(f"{table.prefix}_TYPE", "broker"))
+    if not isinstance(kind, str) or kind not in SOURCE_TYPES:
+        hint = did_you_mean(str(kind), SOURCE_TYPES)
+        msg = f"{table.place}: type={kind!r} is not a source type ({hint}known: broker, http)"
+        raise ConfigurationError(msg)
+    return SOURCE_TYPES[kind](table)
 
 
 def _read_sink(table: Table) -> SinkConfig:

@@ -110,6 +110,12 @@ class CollectorMetrics:
             ["sink"],
             registry=r,
         )
+        self.ingest_requests = Counter(
+            f"{_PREFIX}_ingest_requests",
+            "HTTPS ingest requests by the status answered (200, 400, 401, 413, 429, 503...).",
+            ["source", "status"],
+            registry=r,
+        )
         self.connected = Gauge(
             f"{_PREFIX}_source_connected",
             "1 while the source's last fetch succeeded.",

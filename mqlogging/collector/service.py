@@ -53,11 +53,11 @@ from .._backoff import Backoff
 from .._ids import new_id
 from .._json import DECODE_ERRORS, loads
 from .._types import Delivery
-from ..backends import Consumer, transport_for
+from ..backends import Consumer
 from ..backends.local import LocalEndpoint
 from ..errors import MQLoggingError
 from ..wire import read_meta
-from .config import CollectorConfig, SourceConfig
+from .config import CollectorConfig, SourceAny
 from .metrics import CollectorMetrics, HttpServer
 from .sinks import Outcome, Record, Result, Sink, build_sink
 from .sinks.deadletter import DeadLetter, DeadLetterWriter
@@ -201,7 +201,7 @@ def _reason_class(reason: str) -> str:
 class _Worker(threading.Thread):
     """Owns one source's consumer: fetch, decode, batch, write, ack — all on this thread."""
 
-    def __init__(self, service: CollectorService, source: SourceConfig) -> None:
+    def __init__(self, service: CollectorService, source: SourceAny) -> None:
         super().__init__(name=f"mqlogging-collector[{source.label}]", daemon=True)
         self.service = service
         self.source = source
@@ -223,7 +223,7 @@ class _Worker(threading.Thread):
             cfg.dead_letter_target.url, source=self.label, collector=service.host_name
         )
         # AMQP: the broker enforces prefetch, so fetching at the bound only services heartbeats.
-        self._fetch_when_full = transport_for(source.url).fetch_when_full
+        self._fetch_when_full = source.fetch_when_full
         m = service.metrics
         self._m_consumed = m.consumed.labels(self.label)
         self._m_acked = m.acked.labels(self.label)
@@ -238,7 +238,7 @@ class _Worker(threading.Thread):
 
     def run(self) -> None:
         try:
-            self._consumer = open_source(self.source)
+            self._consumer = open_source(self.source, self._answered)
             self._adapt_window()
             self._loop()
             self._drain()
@@ -273,6 +273,10 @@ class _Worker(threading.Thread):
                 stop.wait(min(wait, 0.05))
             if self._ready(target):
                 self._process(self._take_batch(), deadline=None)
+
+    def _answered(self, status: int) -> None:
+        """Count one answer of an HTTPS ingest source (called on its server thread)."""
+        self.service.metrics.ingest_requests.labels(self.label, str(status)).inc()
 
     def _room(self) -> int:
         """How many more messages this worker may take: what the prefetch allows, limited to

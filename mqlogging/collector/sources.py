@@ -9,13 +9,17 @@ worker that fetches from a source is the only thread that acks or nacks its deli
 
 from __future__ import annotations
 
-from ..backends import Consumer, open_consumer
-from .config import SourceConfig
+from collections.abc import Callable
+
+from ..backends import Consumer
+from .config import SourceAny
 
 __all__ = ["open_source"]
 
 
-def open_source(config: SourceConfig) -> Consumer:
+def open_source(config: SourceAny, answered: Callable[[int], None] | None = None) -> Consumer:
     """A consumer for ``config`` whose prefetch is the source's in-flight bound (not connected
-    yet: the first ``fetch`` connects)."""
-    return open_consumer(config.url, prefetch=config.max_in_flight)
+    yet: the first ``fetch`` connects). An HTTPS ingest source (``type = "http"``) is a
+    consumer too: its deliveries are the records of pending requests, and ``answered`` is
+    called with the status of each request it answers (the metrics)."""
+    return config.open(answered)

@@ -198,7 +198,11 @@ class TestSinkTypes:
         """Each registered ``type`` is read by a config that accepts that type and builds a
         sink (no client connects until the first write)."""
         for kind, from_table in SINK_TYPES.items():
-            values = {"type": kind, "path": str(tmp_path / "out.jsonl")} if kind == "file" else {}
+            needs = {
+                "file": {"path": str(tmp_path / "out.jsonl")},
+                "broker": {"url": "amqp://127.0.0.1/?queue=q"},
+            }
+            values = needs.get(kind, {})
             config = from_table(Table({"type": kind, **values}, "[[sinks]] #1", {}, "P"))
             assert kind == config.type
             sink = build_sink(config)

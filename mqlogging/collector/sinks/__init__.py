@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Final
 
 from .._table import Table
 from .base import Outcome, Record, Result, Sink, SinkConfig
+from .broker import BrokerSinkConfig
 from .elasticsearch import ElasticsearchSinkConfig
 from .file import FileSinkConfig, NullSinkConfig
 from .logstash import LogstashSinkConfig
@@ -21,6 +22,7 @@ if TYPE_CHECKING:  # the metrics module needs prometheus-client; sinks alone do 
 
 __all__ = [
     "SINK_TYPES",
+    "BrokerSinkConfig",
     "ElasticsearchSinkConfig",
     "FileSinkConfig",
     "LogstashSinkConfig",
@@ -39,6 +41,7 @@ SINK_TYPES: Final[dict[str, Callable[[Table], SinkConfig]]] = {
     "file": FileSinkConfig.from_table,
     "stdout": FileSinkConfig.from_table,
     "null": NullSinkConfig.from_table,
+    "broker": BrokerSinkConfig.from_table,
 }
 """``type`` of a ``[[sinks]]`` table -> the constructor of its config, in the order the
 "known:" list of an error message shows them. A plugin or a test adds a sink type by adding an

@@ -1,0 +1,141 @@
+"""A request body into records: gzip with a hard limit, JSON lines or a JSON array.
+
+What happens to each line:
+
+- a JSON object → a record. Its id is kept when it carries one of ours (``event.id`` / ``id``
+  with ``mqlogging.schema``, read by :func:`mqlogging.wire.read_meta`); one without gets a
+  new id here, so from here on (broker redeliveries, collector retries) it is stored once in
+  Elasticsearch. (A client that retries a whole request must send ids itself to avoid
+  duplicates; the mqlogging handler always does.)
+- the ingest stamps ``mqlogging.ingest = {"identity": ..., "auth": "token" | "x509"}`` on
+  every record, replacing whatever the client put there: a record cannot claim another
+  identity. A record whose ``mqlogging`` is not an object is refused (there is nowhere to put
+  the stamp without changing the user's value).
+- anything else (invalid JSON or UTF-8, not an object, an empty array element) → an error
+  naming the line (1-based; the element index + 1 for an array) and, when it has one, its id.
+
+Limits are bytes: the body on the wire and after decompression both stop at
+``max_body_bytes`` (:class:`TooLarge`), decompression is done in bounded steps, so a gzip bomb
+costs at most that much memory.
+"""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..._ids import new_id
+from ..._json import DECODE_ERRORS, dumps, loads
+from ...wire import NAMESPACE, read_meta
+
+__all__ = ["BadEncoding", "LineError", "Parsed", "TooLarge", "gunzip", "parse_body"]
+
+_STEP = 64 * 1024
+
+
+class TooLarge(Exception):
+    """The body (or what it decompresses to) is above the limit."""
+
+
+class BadEncoding(Exception):
+    """The body says it is gzip but is not."""
+
+
+@dataclass(frozen=True, slots=True)
+class LineError:
+    """One refused line: where, its id when it had one, and why."""
+
+    line: int
+    error: str
+    id: str = ""
+
+    def as_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"line": self.line, "error": self.error}
+        if self.id:
+            out["id"] = self.id
+        return out
+
+
+@dataclass(slots=True)
+class Parsed:
+    """The records of one request (``(id, body)`` pairs, stamped) and the refused lines."""
+
+    records: list[tuple[str, bytes]] = field(default_factory=list)
+    errors: list[LineError] = field(default_factory=list)
+
+
+def gunzip(data: bytes, limit: int) -> bytes:
+    """Decompress gzip ``data``, refusing more than ``limit`` bytes of output.
+
+    Raises:
+        TooLarge: the output would exceed ``limit`` (a bomb stops here, at ``limit`` bytes).
+        BadEncoding: not gzip, or truncated.
+    """
+    inflater = zlib.decompressobj(wbits=31)
+    out = bytearray()
+    pending = data
+    try:
+        while pending:
+            out += inflater.decompress(pending, _STEP)
+            if len(out) > limit:
+                raise TooLarge
+            pending = inflater.unconsumed_tail
+        out += inflater.flush(_STEP)
+    except zlib.error as exc:
+        raise BadEncoding(str(exc)) from None
+    if len(out) > limit:
+        raise TooLarge
+    if not inflater.eof:
+        msg = "truncated gzip stream"
+        raise BadEncoding(msg)
+    return bytes(out)
+
+
+def _items(body: bytes) -> list[tuple[int, Any, str]]:
+    """``(line, value, error)`` per line or array element (``error`` empty when it decoded)."""
+    stripped = body.lstrip()
+    if stripped.startswith(b"["):
+        try:
+            values = loads(body)
+        except DECODE_ERRORS as exc:
+            return [(1, None, f"invalid JSON array: {exc}")]
+        if not isinstance(values, list):
+            return [(1, None, "not a JSON array")]
+        return [(i + 1, v, "") for i, v in enumerate(values)]
+    out: list[tuple[int, Any, str]] = []
+    for number, line in enumerate(body.split(b"\n"), 1):
+        if not line.strip():
+            continue
+        try:
+            out.append((number, loads(line), ""))
+        except DECODE_ERRORS as exc:
+            out.append((number, None, f"invalid JSON: {exc}"))
+    return out
+
+
+def _client_id(value: dict[str, Any]) -> str:
+    """The id a refused line carries, for the error report (the client maps errors to its
+    records by line; the id helps a human)."""
+    return read_meta(value).id or ""
+
+
+def parse_body(body: bytes, *, identity: str, auth: str) -> Parsed:
+    """Split ``body`` into stamped records and per-line errors (see the module docstring)."""
+    parsed = Parsed()
+    stamp = {"identity": identity, "auth": auth}
+    for number, value, error in _items(body):
+        if error:
+            parsed.errors.append(LineError(number, error))
+            continue
+        if not isinstance(value, dict):
+            parsed.errors.append(LineError(number, f"not a JSON object: {type(value).__name__}"))
+            continue
+        ns = value.setdefault(NAMESPACE, {})
+        if not isinstance(ns, dict):
+            why = f"field {NAMESPACE!r} must be an object (the ingest adds {NAMESPACE}.ingest)"
+            parsed.errors.append(LineError(number, why, _client_id(value)))
+            continue
+        ns["ingest"] = stamp
+        parsed.records.append((read_meta(value).id or new_id(), dumps(value)))
+    return parsed

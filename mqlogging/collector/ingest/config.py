@@ -1,0 +1,137 @@
+"""``[[sources]] type = "http"``: the HTTPS ingest source's configuration.
+
+Read like every collector table (:mod:`mqlogging.collector._table`: by the fields' types).
+Everything that could fail at the first request fails here instead: the server certificate
+and key, the client CA file or directory, the token file or variable, the listen address.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal
+
+from ...errors import ConfigurationError
+from .._table import FromTable, PemPath, PositiveFloat, PositiveInt, check_fields
+from .auth import TokenStore
+
+if TYPE_CHECKING:
+    from ...backends.base import Consumer
+
+__all__ = ["HttpSourceConfig"]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HttpSourceConfig(FromTable):
+    """An HTTPS endpoint that takes records by ``POST`` (see :mod:`mqlogging.collector.ingest`).
+
+    ``listen``: ``host:port``. ``path``: the ingest path. TLS is on unless ``tls = false``
+    (plain HTTP, e.g. behind a TLS-terminating proxy on the same host): then ``certfile``
+    must not be given and client certificates cannot be used. ``certfile``/``keyfile``: the
+    server's certificate (chain) and key. ``client_ca``: a CA file or a hashed CA directory
+    (``c_rehash``) that client certificates are verified against; with it, a client may
+    authenticate by certificate. ``allow_proxy_certs``: also accept RFC 3820 proxy
+    certificates (the identity is then the end-entity certificate's subject).
+    ``allowed_subjects``: when given, only these certificate subjects (RFC 4514 strings, as in
+    ``mqlogging.ingest.identity``) are let in; others get 403. ``tokens_file`` /
+    ``tokens_env``: bearer tokens, one per line (file) or comma-separated (variable), each
+    ``token`` or ``name:token``; the file is read again when it changes, so removing a line
+    revokes a token without a restart (a token that contains ``:`` must be given a name).
+    At least one way to authenticate is required.
+    ``max_body_bytes``: the largest request body, before and after gzip (413 above).
+    ``max_inflight_bytes``: record bytes waiting to be handed on; a request that would exceed
+    it gets 429 with ``Retry-After`` (bodies being received count too). ``timeout``: seconds a
+    request waits for its records to be handed on before it gets 503 with ``Retry-After``
+    (``retry_after`` seconds); keep it below the clients' own request timeout (the handler's
+    ``timeout``, 10 s by default), so they hear 503 rather than time out.
+    ``prefetch``: most records handed to the pipeline and not yet settled.
+    ``remember_ids``: how many ids of records handed on lately are remembered, so a client
+    resending them (its earlier request got 503 after some were published) does not publish
+    them again (about 100 bytes each).
+    """
+
+    type: Literal["http"] = "http"
+    name: str = ""
+    listen: str = "0.0.0.0:8443"
+    path: str = "/ingest"
+    tls: bool = True
+    certfile: PemPath | None = None
+    keyfile: PemPath | None = None
+    client_ca: str = ""
+    allow_proxy_certs: bool = False
+    allowed_subjects: tuple[str, ...] = ()
+    tokens_file: str = ""
+    tokens_env: str = ""
+    max_body_bytes: PositiveInt = 8 * 1024 * 1024
+    max_inflight_bytes: PositiveInt = 64 * 1024 * 1024
+    timeout: PositiveFloat = 8.0
+    retry_after: PositiveInt = 5
+    prefetch: PositiveInt = 10000
+    remember_ids: PositiveInt = 100_000
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+        self.address  # noqa: B018 - refuses a bad listen address now
+        if not self.path.startswith("/"):
+            msg = f"path={self.path!r} must start with '/', e.g. /ingest"
+            raise ConfigurationError(msg)
+        self._check_tls()
+        if not (self.tokens_file or self.tokens_env or self.client_ca):
+            msg = (
+                "no way to authenticate: set tokens_file, tokens_env (bearer tokens) "
+                "and/or client_ca (X.509 client certificates)"
+            )
+            raise ConfigurationError(msg)
+        self.tokens().check()
+
+    def _check_tls(self) -> None:
+        if not self.tls:
+            if self.certfile or self.keyfile or self.client_ca:
+                msg = "tls = false but certfile/keyfile/client_ca given; remove them or drop tls"
+                raise ConfigurationError(msg)
+            return
+        if not self.certfile:
+            msg = "certfile (and keyfile) are required for HTTPS; set tls = false for plain HTTP"
+            raise ConfigurationError(msg)
+        if self.client_ca and not os.path.exists(self.client_ca):
+            msg = f"client_ca={self.client_ca!r}: no such file or directory"
+            raise ConfigurationError(msg)
+        if self.allow_proxy_certs and not self.client_ca:
+            msg = "allow_proxy_certs = true needs client_ca (the CAs of the user certificates)"
+            raise ConfigurationError(msg)
+
+    @property
+    def label(self) -> str:
+        """Metric label / log name: the configured name, else ``http:<listen><path>``."""
+        return self.name or f"http:{self.listen}{self.path}"
+
+    @property
+    def address(self) -> tuple[str, int]:
+        """``listen`` as ``(host, port)``."""
+        host, sep, port_s = self.listen.rpartition(":")
+        if not sep or not port_s.isdigit() or not 0 <= int(port_s) < 65536:
+            msg = f"listen={self.listen!r} must be host:port, e.g. 0.0.0.0:8443"
+            raise ConfigurationError(msg)
+        return host.strip("[]") or "0.0.0.0", int(port_s)
+
+    @property
+    def max_in_flight(self) -> int:
+        """Records handed to the pipeline and not settled, at most."""
+        return self.prefetch
+
+    @property
+    def fetch_when_full(self) -> bool:
+        """The pipeline need not call a full source: the server needs no servicing."""
+        return False
+
+    def tokens(self) -> TokenStore:
+        """The bearer tokens this source accepts (re-read from the file when it changes)."""
+        return TokenStore(file=self.tokens_file, env=self.tokens_env)
+
+    def open(self, answered: Callable[[int], None] | None = None) -> Consumer:
+        """The ingest server as a :class:`~mqlogging.backends.base.Consumer` (it starts
+        listening on the first ``fetch``); ``answered`` gets the status of every answer."""
+        from .server import IngestConsumer
+
+        return IngestConsumer(self, answered)

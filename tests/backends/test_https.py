@@ -1,0 +1,229 @@
+"""The ``https://`` endpoint (handler -> collector ingest) and the ingest source's config,
+without brokers: the ingest runs in this process (plain HTTP on loopback, explicitly allowed)
+and a thread plays the collector pipeline, acking what it fetches."""
+
+from __future__ import annotations
+
+import ssl
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from harness.brokers import reserve_port
+from harness.helpers import wait_until
+from harness.pilot_pki import USER_DN, make_pilot_pki
+from mqlogging._types import Message
+from mqlogging.backends import open_producer
+from mqlogging.backends.https import HTTPSEndpoint
+from mqlogging.collector.ingest import HttpSourceConfig
+from mqlogging.errors import ConfigurationError, ConnectError, PartlyRefused
+
+TOKEN = "unit-token-0123456789abcdef"
+
+
+class TestEndpoint:
+    def test_plain_http_needs_an_explicit_option(self) -> None:
+        """``http://`` is refused in one line naming the fix; ``allow_http=true`` allows it."""
+        with pytest.raises(ConfigurationError, match="allow_http=true"):
+            HTTPSEndpoint.from_url("http://127.0.0.1:8080/ingest")
+        ep = HTTPSEndpoint.from_url("http://127.0.0.1:8080/ingest?allow_http=true")
+        assert ep.path == "/ingest"
+        assert ep.tls is None
+
+    def test_token_is_never_shown(self, tmp_path: Path) -> None:
+        """A token from ``token_file`` is read at once and appears in no repr, str or
+        redacted URL; two token sources are refused."""
+        (tmp_path / "t").write_text(TOKEN + "\n")
+        ep = HTTPSEndpoint.from_url(f"https://c.example.org:8443/ingest?token_file={tmp_path}/t")
+        assert ep.token is not None
+        assert ep.token.reveal() == TOKEN
+        for text in (repr(ep), str(ep), ep.redacted(), repr(ep.token)):
+            assert TOKEN not in text
+        assert ep.redacted() == "https://c.example.org:8443/ingest"
+        with pytest.raises(ConfigurationError, match="only one of"):
+            HTTPSEndpoint.from_url(f"https://c/ingest?token=x&token_file={tmp_path}/t")
+
+
+class TestSourceConfig:
+    def test_refuses_what_would_fail_later(self, tmp_path: Path) -> None:
+        """No way to authenticate, HTTPS without a certificate, certificates with
+        ``tls = false``, and proxies without a client CA are each one-line errors."""
+        tokens = tmp_path / "tokens"
+        tokens.write_text(f"{TOKEN}\n")
+        with pytest.raises(ConfigurationError, match="no way to authenticate"):
+            HttpSourceConfig(tls=False)
+        with pytest.raises(ConfigurationError, match="certfile"):
+            HttpSourceConfig(tokens_file=str(tokens))
+        with pytest.raises(ConfigurationError, match="tls = false"):
+            HttpSourceConfig(tls=False, tokens_file=str(tokens), client_ca=str(tokens))
+        tokens.write_text("short\n")
+        with pytest.raises(ConfigurationError, match="at least 16"):
+            HttpSourceConfig(tls=False, tokens_file=str(tokens))
+
+
+@pytest.fixture
+def plain_ingest(tmp_path: Path) -> Iterator[tuple[str, list[bytes]]]:
+    """An in-process ingest on plain HTTP (1 KiB body limit) whose records a thread acks;
+    yields its URL and the list of acked bodies."""
+    (tmp_path / "tokens").write_text(f"unit:{TOKEN}\n")
+    port = reserve_port()
+    config = HttpSourceConfig(
+        tls=False, listen=f"127.0.0.1:{port}", tokens_file=str(tmp_path / "tokens"),
+        max_body_bytes=1024, timeout=5.0,
+    )  # fmt: skip
+    consumer = config.open()
+    acked: list[bytes] = []
+    stop = threading.Event()
+
+    def pipeline() -> None:
+        while not stop.is_set():
+            deliveries = consumer.fetch(100, 0.05)
+            acked.extend(d.body for d in deliveries)
+            consumer.ack(deliveries)
+
+    consumer.fetch(0, 0)  # starts listening
+    thread = threading.Thread(target=pipeline, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{port}/ingest?allow_http=true&gzip=false", acked
+    finally:
+        stop.set()
+        thread.join(5)
+        consumer.close()
+
+
+def test_producer_halves_on_413_and_reports_refused_lines(
+    plain_ingest: tuple[str, list[bytes]],
+) -> None:
+    """A batch above the ingest's body limit is sent again in halves; a single record that
+    is too large, and a line the ingest refuses (400), are reported as PartlyRefused with
+    exactly their ids, while every other record of the batch was handed on."""
+    url, acked = plain_ingest
+    messages = [
+        Message("a", b'{"n": "a"}'),
+        Message("b", b'{"n": "' + b"b" * 2000 + b'"}'),
+        Message("c", b'{"n": "c"}'),
+        Message("d", b"[1]"),
+    ]
+    with open_producer(url, token=TOKEN) as producer, pytest.raises(PartlyRefused) as info:
+        producer.publish_batch(messages)
+    assert info.value.ids == frozenset({"b", "d"})
+    wait_until(lambda: len(acked) >= 2, timeout=5)
+    assert sorted(b.split(b'"n":"')[1][:1] for b in acked) == [b"a", b"c"]
+
+
+def test_producer_reports_a_refused_login_as_connect_error(
+    plain_ingest: tuple[str, list[bytes]],
+) -> None:
+    """A token the ingest does not accept is a ConnectError (the login was refused), so the
+    handler retries, fails over or spools, as for a broker that refuses a password."""
+    url, _ = plain_ingest
+    with (
+        open_producer(url, token="not-the-token-0123456789") as producer,
+        pytest.raises(ConnectError, match="401"),
+    ):
+        producer.publish_batch([Message("x", b'{"n": 1}')])
+
+
+def test_pilots_example_config_loads(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``examples/collector-pilots.toml`` is a valid collector config (its certificate, CA and
+    token paths overridden from the environment, as a deployment may do)."""
+    from mqlogging.collector.config import load_config
+
+    grid = make_pilot_pki(tmp_path / "grid")
+    (tmp_path / "tokens").write_text(f"pilots:{TOKEN}\n")
+    env = {
+        "MQLOGGING_SOURCES_0_CERTFILE": grid.server,
+        "MQLOGGING_SOURCES_0_KEYFILE": grid.server_key,
+        "MQLOGGING_SOURCES_0_CLIENT_CA": grid.ca,
+        "MQLOGGING_SOURCES_0_TOKENS_FILE": str(tmp_path / "tokens"),
+    }
+    monkeypatch.setenv("MQ_PASSWORD", "x")  # the broker URL's password_env
+    example = Path(__file__).resolve().parents[2] / "examples" / "collector-pilots.toml"
+    config = load_config(example, env=env)
+    (source,) = config.sources
+    assert isinstance(source, HttpSourceConfig)
+    assert source.allow_proxy_certs
+    assert [s.type for s in config.sinks] == ["broker"]
+
+
+def test_a_resent_batch_is_not_handed_on_twice(plain_ingest: tuple[str, list[bytes]]) -> None:
+    """A client resending records the ingest handed on lately (its earlier answer was lost,
+    or a 503 came after part of the batch was published) gets 200 without the records being
+    handed on again: the ingest remembers recent ids."""
+    url, acked = plain_ingest
+    batch = [Message(f"id-{i}", b'{"mqlogging": {"schema": "flat"}, "id": "id-%d"}' % i)
+             for i in range(3)]  # fmt: skip
+    with open_producer(url, token=TOKEN) as producer:
+        producer.publish_batch(batch[:2])
+        producer.publish_batch(batch)
+    wait_until(lambda: len(acked) >= 3, timeout=5)
+    assert len(acked) == 3
+
+
+def test_full_inflight_bound_is_429_and_a_nack_is_503(tmp_path: Path) -> None:
+    """While records the pipeline took are not settled and fill ``max_inflight_bytes``, a new
+    request gets 429 with Retry-After (backpressure); when the pipeline gives the records
+    back (nack), their request gets 503 with Retry-After: never 2xx for records not handed
+    on."""
+    (tmp_path / "tokens").write_text(f"unit:{TOKEN}\n")
+    port = reserve_port()
+    config = HttpSourceConfig(
+        tls=False, listen=f"127.0.0.1:{port}", tokens_file=str(tmp_path / "tokens"),
+        max_inflight_bytes=200, timeout=10.0, retry_after=7,
+    )  # fmt: skip
+    consumer = config.open()
+    consumer.fetch(0, 0)
+    url = f"http://127.0.0.1:{port}/ingest"
+    headers = {"Authorization": f"Bearer {TOKEN}"}
+    answers: list[httpx.Response] = []
+    first = threading.Thread(
+        target=lambda: answers.append(httpx.post(url, content=b'{"n": 1}', headers=headers))
+    )
+    try:
+        first.start()
+        taken = wait_until(lambda: consumer.fetch(10, 0.1), timeout=10)
+        busy = httpx.post(url, content=b'{"n": 2, "pad": "' + b"x" * 60 + b'"}', headers=headers)
+        assert busy.status_code == 429
+        assert busy.headers["Retry-After"] == "7"
+        consumer.nack(taken)
+        first.join(10)
+        assert answers[0].status_code == 503
+        assert answers[0].headers["Retry-After"] == "7"
+    finally:
+        consumer.close()
+
+
+@pytest.mark.parametrize(("allowed", "expected"), [(("CN=someone else",), 403), ((USER_DN,), 200)])
+def test_certificate_outside_allowed_subjects_is_403(
+    tmp_path: Path, allowed: tuple[str, ...], expected: int
+) -> None:
+    """With ``allowed_subjects``, a verified certificate (here an RFC 3820 proxy, whose
+    identity is its user's subject) that is not listed gets 403; a listed one gets in."""
+    grid = make_pilot_pki(tmp_path / "grid")
+    port = reserve_port()
+    consumer = HttpSourceConfig(
+        listen=f"127.0.0.1:{port}", certfile=grid.server, keyfile=grid.server_key,
+        client_ca=grid.ca, allow_proxy_certs=True, allowed_subjects=allowed,
+    ).open()  # fmt: skip
+    consumer.fetch(0, 0)
+    ctx = ssl.create_default_context(cafile=grid.ca)
+    ctx.load_cert_chain(grid.proxy)
+    answers: list[int] = []
+
+    def post() -> None:
+        url = f"https://127.0.0.1:{port}/ingest"
+        answers.append(httpx.post(url, content=b'{"n": 1}', verify=ctx).status_code)
+
+    poster = threading.Thread(target=post)
+    try:
+        poster.start()
+        if expected == 200:
+            consumer.ack(wait_until(lambda: consumer.fetch(10, 0.1), timeout=10))
+        poster.join(10)
+        assert answers == [expected]
+    finally:
+        consumer.close()
