@@ -46,8 +46,6 @@ def current_span() -> SpanIds | None:
         if not context.is_valid:
             return None
         flags = int(context.trace_flags)
-        return SpanIds(
-            f"{context.trace_id:032x}", f"{context.span_id:016x}", f"{flags:02x}", flags
-        )
+        return SpanIds(f"{context.trace_id:032x}", f"{context.span_id:016x}", f"{flags:02x}", flags)
     except Exception:
         return None

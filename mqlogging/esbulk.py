@@ -451,7 +451,18 @@ MAPPINGS: dict[str, Any] = {
     "properties": {
         "@timestamp": {"type": "date"},
         "message": {"type": "text"},
-        "log": {"properties": {"level": {"type": "keyword"}, "logger": {"type": "keyword"}}},
+        "log": {
+            "properties": {
+                "level": {"type": "keyword"},
+                "logger": {"type": "keyword"},
+                "template": {"type": "keyword", "ignore_above": 8191},
+            }
+        },
+        "message_template": {"type": "keyword", "ignore_above": 8191},
+        "trace": {"properties": {"id": {"type": "keyword"}, "flags": {"type": "keyword"}}},
+        "span": {"properties": {"id": {"type": "keyword"}}},
+        "trace_id": {"type": "keyword"},
+        "span_id": {"type": "keyword"},
         "event": {"properties": {"id": {"type": "keyword"}, "ingested": {"type": "date"}}},
         "service": {"properties": {"name": {"type": "keyword"}}},
         "host": {"properties": {"name": {"type": "keyword"}, "hostname": {"type": "keyword"}}},

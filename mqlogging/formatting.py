@@ -45,8 +45,8 @@ from ._context import (
     unbind_context,
 )
 from ._ids import new_id
-from ._trace import SpanIds, current_span
 from ._json import HAVE_ORJSON, strict_encoder
+from ._trace import SpanIds, current_span
 from ._types import Message
 from .errors import ConfigurationError
 from .wire import MAX_ID_BYTES, NAMESPACE, id_fits
@@ -186,7 +186,10 @@ _ECS_RULES_WITH_ERROR: Final[dict[str, Any]] = {
 }
 
 # With an active span, the trace fields are the formatter's too (issue #16).
-_ECS_TRACE_RULES: Final[dict[str, Any]] = {"trace": {"id": True, "flags": True}, "span": {"id": True}}
+_ECS_TRACE_RULES: Final[dict[str, Any]] = {
+    "trace": {"id": True, "flags": True},
+    "span": {"id": True},
+}
 _ECS_RULES_WITH_TRACE: Final[dict[str, Any]] = {**_ECS_RULES, **_ECS_TRACE_RULES}
 _ECS_RULES_WITH_ERROR_AND_TRACE: Final[dict[str, Any]] = {
     **_ECS_RULES_WITH_ERROR,
@@ -767,7 +770,9 @@ def _ecs_trace(log_data: dict[str, Any], span: SpanIds, rules: dict[str, Any]) -
     """Write ECS ``trace.id``/``trace.flags``/``span.id``; return the rules that protect them."""
     log_data["trace"] = {"id": span.trace_id, "flags": span.trace_flags}
     log_data["span"] = {"id": span.span_id}
-    return _ECS_RULES_WITH_ERROR_AND_TRACE if rules is _ECS_RULES_WITH_ERROR else _ECS_RULES_WITH_TRACE
+    if rules is _ECS_RULES_WITH_ERROR:
+        return _ECS_RULES_WITH_ERROR_AND_TRACE
+    return _ECS_RULES_WITH_TRACE
 
 
 def _template(record: logging.LogRecord) -> str | None:
@@ -1103,9 +1108,7 @@ def _add_user_attributes(
     that would replace an attribute of ours goes under the ``extra`` attribute."""
     diverted: list[tuple[str, Any]] = []
     attrs = record.__dict__
-    extras = (
-        (k, v) for k, v in attrs.items() if k not in _RESERVED and not str(k).startswith("_")
-    )
+    extras = ((k, v) for k, v in attrs.items() if k not in _RESERVED and not str(k).startswith("_"))
     for layer in (current_fields().items(), message_dict.items(), extras):
         for key, value in layer:
             name = key if key.__class__ is str else _key_str(key)
