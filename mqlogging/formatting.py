@@ -615,6 +615,10 @@ class _Schema:
     ) -> None:
         raise NotImplementedError
 
+    def divert(self, log_data: dict[str, Any], diverted: list[tuple[str, Any]]) -> None:
+        """Keep user values that collided with the formatter's fields under ``extra``."""
+        _divert(log_data, diverted)
+
     def skeleton(self, record: logging.LogRecord, rid: str) -> dict[str, Any]:
         """The smallest document that still identifies the record (last-resort truncation)."""
         doc: dict[str, Any] = {}
@@ -1045,6 +1049,13 @@ class _OtelSchema(_Schema):
             cached = self._resource = (pid, {**self._resource_base, "process.pid": pid})
         return cached[1]
 
+    def divert(self, log_data: dict[str, Any], diverted: list[tuple[str, Any]]) -> None:
+        """In ``otel`` every user value is an attribute: the ``extra`` attribute it is."""
+        attributes = log_data.get("attributes")
+        if not isinstance(attributes, dict):
+            attributes = log_data["attributes"] = {}
+        _divert(attributes, diverted)
+
     def skeleton(self, record: logging.LogRecord, rid: str) -> dict[str, Any]:
         return {"timeUnixNano": _unix_nanos(record.created), "attributes": {OTEL_UID: rid}}
 
@@ -1329,7 +1340,7 @@ class JsonFormatter(BaseJsonFormatter):
             _divert(log_data, [(NAMESPACE, user_namespace)])
         refused_id = attrs.get(_REFUSED_ID)
         if refused_id is not None:  # a caller's id too long to be the record id (_record_id)
-            _divert(log_data, [(ID_ATTRIBUTE, refused_id)])
+            self._schema.divert(log_data, [(ID_ATTRIBUTE, refused_id)])
         log_data[NAMESPACE] = self._namespace if stamp is None else {**self._namespace, **stamp}
         if self._custom_jsonify:
             body = _clean_str(self.jsonify_log_record(log_data)).encode("utf-8")
