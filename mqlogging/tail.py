@@ -172,6 +172,8 @@ class Record:
     message: str = ""
     trace: str = ""
     extras: dict[str, Any] = field(default_factory=dict)
+    template: str = ""
+    host: str = ""
 
 
 def _get(doc: Mapping[str, Any], dotted: str) -> Any:
@@ -242,6 +244,8 @@ def _ecs_record(doc: Mapping[str, Any], raw: bytes, meta: RecordMeta) -> Record:
         logger=_text(_get(doc, "log.logger")),
         message=_text(doc.get("message")),
         trace=trace,
+        template=_text(_get(doc, "log.template")),
+        host=_text(_get(doc, "host.hostname") or _get(doc, "host.name")),
     )
 
 
@@ -262,6 +266,8 @@ def _stdlib_record(doc: Mapping[str, Any], raw: bytes, meta: RecordMeta) -> Reco
         logger=_text(doc.get("name", doc.get("logger_name", ""))),
         message=_text(doc.get("message", doc.get("msg", ""))),
         trace=trace.rstrip("\n"),
+        template=_text(doc.get("message_template")),
+        host=_text(doc.get("source_host") or doc.get("host")),
     )
 
 
@@ -281,6 +287,7 @@ def _otel_record(doc: Mapping[str, Any], raw: bytes, meta: RecordMeta) -> Record
     if not trace and attributes.get("exception.type"):
         message = _text(attributes.get("exception.message"))
         trace = f"{_text(attributes['exception.type'])}: {message}"
+    resource = doc.get("resource")
     level = _text(doc.get("severityText"))
     levelno = _otel_levelno(doc.get("severityNumber"))
     return Record(
@@ -292,6 +299,8 @@ def _otel_record(doc: Mapping[str, Any], raw: bytes, meta: RecordMeta) -> Record
         logger=_text(_get(doc, "scope.name")),
         message=_text(doc.get("body")),
         trace=trace.rstrip("\n"),
+        template=_text(attributes.get("log.record.template")),
+        host=_text(resource.get("host.name") if isinstance(resource, Mapping) else None),
     )
 
 
