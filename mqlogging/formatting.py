@@ -984,10 +984,13 @@ _OTEL_OWNED: Final = frozenset(
 )
 
 
-def otel_severity(levelno: int) -> int:
+def otel_severity(levelno: Any) -> int:
     """OpenTelemetry's severity number for a stdlib level, as its Python SDK maps it:
     DEBUG 5, INFO 9, WARNING 13, ERROR 17, CRITICAL 21, levels in between on the next
-    steps (``INFO + 1`` is 10), below DEBUG 1 (TRACE), above ``CRITICAL + 3`` 24."""
+    steps (``INFO + 1`` is 10), below DEBUG 1 (TRACE), above ``CRITICAL + 3`` 24; a level that
+    is not an integer (a hand-made record) 0, UNSPECIFIED."""
+    if levelno.__class__ is not int:
+        return 0
     if levelno < logging.DEBUG:
         return 1
     if levelno > logging.CRITICAL + 3:

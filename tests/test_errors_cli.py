@@ -98,8 +98,13 @@ class TestFiles:
             fmt.format_message(_record("old %s", ("x",), logging.ERROR, created=old)).body,
             fmt.format_message(_record("new %s", ("x",), logging.ERROR)).body,
             fmt.format_message(_record("warn", (), logging.WARNING)).body,
-            json.dumps({"@timestamp": "2999-01-01T00:00:00Z", "log": {"level": "error"},
-                        "message": "foreign"}).encode(),
+            json.dumps(
+                {
+                    "@timestamp": "2999-01-01T00:00:00Z",
+                    "log": {"level": "error"},
+                    "message": "foreign",
+                }
+            ).encode(),
         ]
         path = tmp_path / "r.jsonl"
         path.write_bytes(b"\n".join(bodies))
