@@ -109,6 +109,7 @@ class TestFiles:
         path = tmp_path / "r.jsonl"
         path.write_bytes(b"\n".join(bodies))
         code, out = _run(capsys, "--file", str(path), "--since", "1h", "--level", "error", "--json")
+        assert code == 0
         groups = {g.get("template") or g.get("message"): g for g in json.loads(out)["groups"]}
         assert set(groups) == {"new %s", "foreign"}
         assert groups["foreign"]["grouped_by"] == "message"
@@ -118,7 +119,8 @@ class TestFiles:
         assert main(["errors", "--es", "http://127.0.0.1:1"]) == 2
         assert main(["errors", "--file", "x", "--since", "yesterday"]) == 2
         err = capsys.readouterr().err.strip().splitlines()
-        assert len(err) == 2 and all(line.startswith("mqlogging: error:") for line in err)
+        assert len(err) == 2
+        assert all(line.startswith("mqlogging: error:") for line in err)
 
 
 @dataclass
@@ -143,7 +145,8 @@ class TestElasticsearch:
         for body in _bodies():
             doc = json.loads(body)
             meta = read_meta(doc)
-            assert meta.id is not None and meta.schema is not None
+            assert meta.id is not None
+            assert meta.schema is not None
             chooser = IndexChooser(mode="index", index=f"{base}-{meta.schema}")
             writer = BulkWriter(client, chooser, max_bulk_bytes=1 << 20)
             [result] = writer.write([_Doc(meta.id, doc, body)])
@@ -160,7 +163,9 @@ class TestElasticsearch:
             2,
         )
         assert top["example"]["message"] == "job 4 failed"
-        assert top["first_seen"] and top["first_seen"] <= top["last_seen"]
+        assert top["first_seen"]
+        assert top["first_seen"] <= top["last_seen"]
         assert report["total"] == 6 * len(LEVELLED)
         code, out = _run(capsys, "--es", elasticsearch.url, "--index", index, "--level", "error")
-        assert "disk" not in out and "job %d failed" in out
+        assert "disk" not in out
+        assert "job %d failed" in out

@@ -12,7 +12,6 @@ import logging
 import subprocess
 import sys
 import types
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -261,7 +260,8 @@ class TestOtelSchema:
             meta.timestamp
         )
         when = record_time(doc)
-        assert when is not None and when.isoformat().startswith(ecs["@timestamp"][:19])
+        assert when is not None
+        assert when.isoformat().startswith(ecs["@timestamp"][:19])
         rec = normalise(body)
         assert (rec.level, rec.levelno, rec.logger, rec.message) == (
             "ERROR",
@@ -274,7 +274,6 @@ class TestOtelSchema:
 
 
 @pytest.fixture(autouse=True)
-def _no_leftover_span() -> Iterator[None]:
+def _no_leftover_span() -> None:
     """Each test starts outside any span (a failing test must not leak one)."""
     assert not trace.get_current_span().get_span_context().is_valid
-    yield
