@@ -33,19 +33,32 @@ class SpanIds(NamedTuple):
     flags: int
 
 
+# The last span context seen and its ids: records logged in one span (the common case) format
+# the hex ids once. One tuple, replaced atomically: consistent across threads.
+_last: tuple[object, SpanIds | None] = (object(), None)
+
+
 def current_span() -> SpanIds | None:
     """The ids of the span active in the current context, ``None`` when there is none.
 
     Never raises: a broken or foreign tracer implementation must not cost the record.
     """
+    global _last
     trace = sys.modules.get(_TRACE_MODULE)
     if trace is None:
         return None
     try:
         context = trace.get_current_span().get_span_context()
-        if not context.is_valid:
-            return None
-        flags = int(context.trace_flags)
-        return SpanIds(f"{context.trace_id:032x}", f"{context.span_id:016x}", f"{flags:02x}", flags)
+        last = _last
+        if context is last[0]:  # a SpanContext is immutable: same object, same ids
+            return last[1]
+        ids = None
+        if context.is_valid:
+            flags = int(context.trace_flags)
+            ids = SpanIds(
+                f"{context.trace_id:032x}", f"{context.span_id:016x}", f"{flags:02x}", flags
+            )
+        _last = (context, ids)
+        return ids
     except Exception:
         return None
