@@ -966,22 +966,38 @@ def _add_exc_and_stack(
 # is moved under the ``extra`` attribute.
 OTEL_UID: Final = "log.record.uid"
 OTEL_TEMPLATE: Final = "log.record.template"
-_OTEL_OWNED: Final = frozenset(
-    [
-        OTEL_UID,
-        OTEL_TEMPLATE,
-        "code.file.path",
-        "code.function.name",
-        "code.line.number",
-        "code.stacktrace",
-        "thread.id",
-        "thread.name",
-        "exception.type",
-        "exception.message",
-        "exception.stacktrace",
-        _DIVERTED_KEY,
-    ]
+_OTEL_ATTRIBUTES: Final = (
+    OTEL_UID,
+    OTEL_TEMPLATE,
+    "code.file.path",
+    "code.function.name",
+    "code.line.number",
+    "code.stacktrace",
+    "thread.id",
+    "thread.name",
+    "exception.type",
+    "exception.message",
+    "exception.stacktrace",
 )
+
+
+def _with_prefixes(names: Iterable[str]) -> frozenset[str]:
+    """``names`` and each dotted prefix of them (``code.file.path``: ``code``, ``code.file``).
+
+    Elasticsearch expands dotted keys into objects: a user attribute ``code`` (a scalar) next
+    to our ``code.file.path`` would make the whole document a mapping error (a dead letter), so
+    a user key equal to one of our names or to one of their prefixes is moved aside.
+    """
+    out: set[str] = set()
+    for name in names:
+        parts = name.split(".")
+        out.update(".".join(parts[:i]) for i in range(1, len(parts) + 1))
+    return frozenset(out)
+
+
+_OTEL_OWNED: Final = _with_prefixes(_OTEL_ATTRIBUTES) | {_DIVERTED_KEY}
+_OTEL_RESOURCE: Final = ("service.name", "host.name", "process.pid")
+_OTEL_RESOURCE_OWNED: Final = _with_prefixes(_OTEL_RESOURCE) - {"service.name", "host.name"}
 
 
 def otel_severity(levelno: Any) -> int:
@@ -1039,9 +1055,15 @@ class _OtelSchema(_Schema):
     def __init__(self, formatter: JsonFormatter) -> None:
         super().__init__(formatter)
         base: dict[str, Any] = {"service.name": "unknown_service", "host.name": formatter.hostname}
+        diverted: list[tuple[str, Any]] = []
         for key, value in {**formatter.defaults, **formatter.static_fields}.items():
-            alias = _ECS_STATIC_ALIASES.get(key)
-            base[alias if alias else key] = value
+            name = _ECS_STATIC_ALIASES.get(key) or key
+            if name in _OTEL_RESOURCE_OWNED:  # "process.pid", or a prefix such as "host"
+                diverted.append((name, value))
+            else:  # a static "service.name" or "host.name" is the operator's explicit choice
+                base[name] = value
+        if diverted:
+            _divert(base, diverted)
         self._resource_base = base
         self._resource: tuple[int | None, dict[str, Any]] = (None, {})
 

@@ -83,10 +83,13 @@ def record_id_of(doc: dict[str, Any], schema: str) -> Any:
 
 def fields_of(doc: dict[str, Any], schema: str) -> dict[str, Any]:
     """Where each schema keeps user fields: the top level, or otel's resource (static fields)
-    and attributes (the others), with the message under ``message`` in every schema."""
+    and attributes (the others, those set aside under its ``extra`` attribute too), with the
+    message under ``message`` in every schema."""
     if schema != "otel":
         return doc
-    return {**doc["resource"], **doc["attributes"], "message": doc["body"]}
+    attributes = doc["attributes"]
+    aside = attributes.get("extra", {})
+    return {**doc["resource"], **aside, **attributes, "message": doc["body"]}
 
 
 def walk_keys(obj: Any, path: str = "") -> list[str]:

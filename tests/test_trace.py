@@ -220,6 +220,20 @@ class TestOtelSchema:
         assert attributes["user_id"] == 42
         assert doc["mqlogging"] == {"schema": "otel"}
 
+    def test_user_keys_that_would_break_an_index_mapping_move_aside(self) -> None:
+        """A user attribute ``code`` (scalar) beside our ``code.file.path``, or a static
+        ``host`` beside ``host.name``, would be an object/scalar clash in Elasticsearch (the
+        record a dead letter): they go under ``extra`` instead, nothing is lost."""
+        record = make_record(code=500, exception="t", user_id=1)
+        doc = fmt("otel", record, static_fields={"host": "web1", "process.pid": 1, "site": "x"})
+        attributes, resource = doc["attributes"], doc["resource"]
+        assert attributes["extra"] == {"code": 500, "exception": "t"}
+        assert attributes["code.line.number"] == 12
+        assert attributes["user_id"] == 1
+        assert resource["extra"] == {"host": "web1", "process_pid": 1}
+        assert resource["process.pid"] == record.process
+        assert resource["site"] == "x"
+
     @pytest.mark.parametrize(
         ("level", "number"),
         [(5, 1), (10, 5), (11, 6), (19, 8), (20, 9), (30, 13), (40, 17), (50, 21), (99, 24)],
