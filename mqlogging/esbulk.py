@@ -160,7 +160,8 @@ def record_time(doc: dict[str, Any]) -> datetime | None:
     """The record's own time (UTC), or None when it has none that parses.
 
     The time is where the record's schema keeps it (:func:`mqlogging.wire.read_meta`:
-    ``@timestamp`` for ecs and logstash, ``timestamp`` for flat), the same rule every
+    ``@timestamp`` for ecs and logstash, ``timestamp`` for flat, ``timeUnixNano`` for otel),
+    the same rule every
     reader uses.
     """
     return _parse_time(read_meta(doc).timestamp)

@@ -1,4 +1,5 @@
-"""Log records as JSON documents: the wire format of mqlogging (``ecs``, ``logstash``, ``flat``).
+"""Log records as JSON documents: the wire format of mqlogging (``ecs``, ``logstash``, ``flat``,
+``otel``).
 
 :class:`JsonFormatter` is a python-json-logger (v4) formatter: the usual template method
 (``add_fields`` -> ``process_log_record`` -> ``jsonify_log_record``), where each *schema* decides
@@ -6,10 +7,18 @@ what ``add_fields`` does and the encoder (orjson when installed, else :mod:`json
 On top of python-json-logger it guarantees what a log shipper needs:
 
 - every record gets a unique, time-ordered id (:func:`mqlogging._ids.new_id`), written into the
-  document (``event.id`` in ``ecs``, ``id`` otherwise) and returned next to the bytes by
+  document (``event.id`` in ``ecs``, the ``log.record.uid`` attribute in ``otel``, ``id``
+  otherwise) and returned next to the bytes by
   :meth:`JsonFormatter.format_message`, so the handler never parses what it just encoded;
 - ``extra={...}`` fields, static fields and context fields (:func:`bind_context`) appear in every
   schema; a user field never overwrites a field the formatter owns (it is moved under ``extra``);
+- every record keeps its unformatted message template (``record.msg`` when it is a string:
+  ``log.template`` in ``ecs``, ``message_template`` in ``logstash``/``flat``, the
+  ``log.record.template`` attribute in ``otel``), so records group by template;
+- inside an active OpenTelemetry span, the trace id, span id and trace flags (lower hex; see
+  :mod:`mqlogging._trace`): ``trace.id``/``span.id``/``trace.flags`` in ``ecs``,
+  ``trace_id``/``span_id``/``trace_flags`` in ``logstash``/``flat``, ``traceId``/``spanId``/
+  ``flags`` in ``otel``; a user field of one of these names is moved under ``extra``;
 - values JSON cannot encode are converted like python-json-logger's ``unknown_default`` (``str``,
   then ``repr``, then a placeholder), so formatting never fails because of a value;
 - a document larger than ``max_bytes`` is shortened (long strings and containers cut in the
@@ -807,7 +816,9 @@ class _LogstashSchema(_Schema):
     """Logstash v1 event, field for field what ``logstash_formatter.LogstashFormatterV1`` emits.
 
     Deliberate differences: ``@timestamp`` is the record's creation time with microseconds (V1
-    uses the formatting time in milliseconds); ``id`` is added; the message is always freshly
+    uses the formatting time in milliseconds); ``id`` and ``message_template`` (``record.msg``)
+    are added, and inside an OpenTelemetry span ``trace_id``/``span_id``/``trace_flags``; the
+    message is always freshly
     rendered and never passed through ``str.format(**record.__dict__)`` (V1 does, which rewrites
     messages containing ``{name}``-like text and can expose attributes); a user field named
     ``id`` or ``@timestamp`` (from ``extra``, a dict message or context) is moved to ``extra``
@@ -1177,7 +1188,8 @@ def _check_fields(name: str, value: Any) -> dict[str, Any]:
 
 
 class JsonFormatter(BaseJsonFormatter):
-    """Format each record as one JSON document in the ``ecs``, ``logstash`` or ``flat`` schema.
+    """Format each record as one JSON document in the ``ecs``, ``logstash``, ``flat`` or ``otel``
+    schema.
 
     Use it like any :class:`logging.Formatter`; from :func:`logging.config.dictConfig` prefer the
     factory form, the only one that can pass options::
@@ -1195,8 +1207,9 @@ class JsonFormatter(BaseJsonFormatter):
         style: ``fmt``'s style (``%``, ``{``, ``$``, or python-json-logger's ``,``).
         validate: Validate ``fmt`` against ``style``.
         schema: ``"ecs"`` (Elastic Common Schema, the default), ``"logstash"`` (a Logstash v1
-            event as ``logstash-formatter``'s V1 formatter writes it) or ``"flat"``
-            (python-json-logger's layout).
+            event as ``logstash-formatter``'s V1 formatter writes it), ``"flat"``
+            (python-json-logger's layout) or ``"otel"`` (OpenTelemetry's log data model as
+            JSON; static fields go to its ``resource``, user fields to its ``attributes``).
         static_fields: Fields added to every record (service name, site, pilot id...). In
             ``ecs``, ``service``/``service_name``/``service_version``/``environment`` go to
             ``service.name``/``service.version``/``service.environment`` and dotted names
