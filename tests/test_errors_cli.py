@@ -122,6 +122,28 @@ class TestFiles:
         assert len(err) == 2
         assert all(line.startswith("mqlogging: error:") for line in err)
 
+    def test_credential_options_are_checked_in_one_line(
+        self, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """Credentials come as the ES sink takes them (API key or user + password, from a file
+        or the environment); contradictions and missing variables are one-line errors, and a
+        password never appears in the output."""
+        monkeypatch.setenv("ERRORS_TEST_KEY", "k3y-s3cret")
+        monkeypatch.delenv("ERRORS_TEST_MISSING", raising=False)
+        es = ["errors", "--es", "http://u:hunter2@127.0.0.1:1", "--index", "x"]
+        both = [*es, "--api-key-env", "ERRORS_TEST_KEY", "--username", "u",
+                "--password-env", "ERRORS_TEST_KEY"]  # fmt: skip
+        assert main(both) == 2
+        assert main([*es, "--password-env", "ERRORS_TEST_KEY"]) == 2
+        assert main([*es, "--api-key-env", "ERRORS_TEST_MISSING"]) == 2
+        assert main([*es, "--api-key-env", "ERRORS_TEST_KEY"]) == 2  # nothing listens there
+        captured = capsys.readouterr()
+        err = captured.err.strip().splitlines()
+        assert len(err) == 4
+        assert all(line.startswith("mqlogging: error:") for line in err)
+        assert "hunter2" not in captured.err + captured.out
+        assert "k3y-s3cret" not in captured.err + captured.out
+
 
 @dataclass
 class _Doc:

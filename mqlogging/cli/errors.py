@@ -37,7 +37,8 @@ from datetime import datetime, timezone
 from typing import IO, Any, Final
 
 from ..audit import Window, expand_paths, parse_moment
-from ..errors import ConfigurationError, MissingDependencyError, SinkError
+from ..errors import ConfigurationError, SinkError
+from ..esbulk import import_client, new_client
 from ..tail import Record, normalise
 
 __all__ = [
@@ -364,19 +365,15 @@ def errors_from_es(
     options: Mapping[str, Any] | None = None,
 ) -> Report:
     """Group the records of ``index`` (a pattern) in one aggregation query."""
-    try:
-        from elasticsearch import Elasticsearch
-        from elasticsearch import NotFoundError as EsNotFound
-    except ImportError as exc:
-        raise MissingDependencyError("elasticsearch", "elasticsearch") from exc
+    es_module = import_client()  # MissingDependencyError names the extra
     report = _new_report(f"{_redact(url)} {index}", window, min_level)
-    es = Elasticsearch(url, **dict(options or {}))
+    es = new_client([url], **dict(options or {}))
     try:
         paths = (*_TEMPLATE_FIELDS, *_MESSAGE_FIELDS, *_HOST_FIELDS, *(t[0] for t in _LEVEL_TERMS))
         keywords = _keyword_fields(es, index, paths)
         body = _search_body(keywords, window, min_level, top)
         result = es.search(index=index, size=0, track_total_hits=True, **body)
-    except EsNotFound:
+    except es_module.NotFoundError:
         return report  # no such index: nothing broke there
     except Exception as exc:
         msg = f"Elasticsearch {_redact(url)}: {type(exc).__name__}: {exc}"
