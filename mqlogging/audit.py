@@ -63,7 +63,7 @@ from typing import IO, Any
 
 from .errors import ConfigurationError, MissingDependencyError, SinkError
 from .spool import dropped_totals, refuse_lane_root, segments
-from .wire import DroppedRange, RecordMeta, decode, read_meta
+from .wire import TIME_KEYS, DroppedRange, RecordMeta, decode, read_meta
 
 __all__ = [
     "Audit",
@@ -509,7 +509,7 @@ def audit_spool(audit: Audit, directories: Sequence[str]) -> None:
                 audit.unattributed[reason] = audit.unattributed.get(reason, 0) + n
 
 
-_ES_SOURCE = ["mqlogging", "@timestamp", "timestamp"]
+_ES_SOURCE = ["mqlogging", *TIME_KEYS]  # the time of every schema (wire.read_meta)
 
 
 def _es_client(url: str, ca_certs: str | None) -> Any:

@@ -160,7 +160,8 @@ def record_time(doc: dict[str, Any]) -> datetime | None:
     """The record's own time (UTC), or None when it has none that parses.
 
     The time is where the record's schema keeps it (:func:`mqlogging.wire.read_meta`:
-    ``@timestamp`` for ecs and logstash, ``timestamp`` for flat), the same rule every
+    ``@timestamp`` for ecs and logstash, ``timestamp`` for flat, ``timeUnixNano`` for otel),
+    the same rule every
     reader uses.
     """
     return _parse_time(read_meta(doc).timestamp)
@@ -451,7 +452,18 @@ MAPPINGS: dict[str, Any] = {
     "properties": {
         "@timestamp": {"type": "date"},
         "message": {"type": "text"},
-        "log": {"properties": {"level": {"type": "keyword"}, "logger": {"type": "keyword"}}},
+        "log": {
+            "properties": {
+                "level": {"type": "keyword"},
+                "logger": {"type": "keyword"},
+                "template": {"type": "keyword", "ignore_above": 8191},
+            }
+        },
+        "message_template": {"type": "keyword", "ignore_above": 8191},
+        "trace": {"properties": {"id": {"type": "keyword"}, "flags": {"type": "keyword"}}},
+        "span": {"properties": {"id": {"type": "keyword"}}},
+        "trace_id": {"type": "keyword"},
+        "span_id": {"type": "keyword"},
         "event": {"properties": {"id": {"type": "keyword"}, "ingested": {"type": "date"}}},
         "service": {"properties": {"name": {"type": "keyword"}}},
         "host": {"properties": {"name": {"type": "keyword"}, "hostname": {"type": "keyword"}}},

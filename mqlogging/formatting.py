@@ -1,4 +1,5 @@
-"""Log records as JSON documents: the wire format of mqlogging (``ecs``, ``logstash``, ``flat``).
+"""Log records as JSON documents: the wire format of mqlogging (``ecs``, ``logstash``, ``flat``,
+``otel``).
 
 :class:`JsonFormatter` is a python-json-logger (v4) formatter: the usual template method
 (``add_fields`` -> ``process_log_record`` -> ``jsonify_log_record``), where each *schema* decides
@@ -6,10 +7,18 @@ what ``add_fields`` does and the encoder (orjson when installed, else :mod:`json
 On top of python-json-logger it guarantees what a log shipper needs:
 
 - every record gets a unique, time-ordered id (:func:`mqlogging._ids.new_id`), written into the
-  document (``event.id`` in ``ecs``, ``id`` otherwise) and returned next to the bytes by
+  document (``event.id`` in ``ecs``, the ``log.record.uid`` attribute in ``otel``, ``id``
+  otherwise) and returned next to the bytes by
   :meth:`JsonFormatter.format_message`, so the handler never parses what it just encoded;
 - ``extra={...}`` fields, static fields and context fields (:func:`bind_context`) appear in every
   schema; a user field never overwrites a field the formatter owns (it is moved under ``extra``);
+- every record keeps its unformatted message template (``record.msg`` when it is a string:
+  ``log.template`` in ``ecs``, ``message_template`` in ``logstash``/``flat``, the
+  ``log.record.template`` attribute in ``otel``), so records group by template;
+- inside an active OpenTelemetry span, the trace id, span id and trace flags (lower hex; see
+  :mod:`mqlogging._trace`): ``trace.id``/``span.id``/``trace.flags`` in ``ecs``,
+  ``trace_id``/``span_id``/``trace_flags`` in ``logstash``/``flat``, ``traceId``/``spanId``/
+  ``flags`` in ``otel``; a user field of one of these names is moved under ``extra``;
 - values JSON cannot encode are converted like python-json-logger's ``unknown_default`` (``str``,
   then ``repr``, then a placeholder), so formatting never fails because of a value;
 - a document larger than ``max_bytes`` is shortened (long strings and containers cut in the
@@ -46,6 +55,7 @@ from ._context import (
 )
 from ._ids import new_id
 from ._json import HAVE_ORJSON, strict_encoder
+from ._trace import SpanIds, current_span
 from ._types import Message
 from .errors import ConfigurationError
 from .wire import MAX_ID_BYTES, NAMESPACE, id_fits
@@ -72,7 +82,7 @@ MIN_MAX_RECORD_BYTES: Final = 1024
 ECS_VERSION: Final = "8.11.0"
 """The Elastic Common Schema version the ``ecs`` schema's field names follow."""
 
-SCHEMAS: Final = ("ecs", "logstash", "flat")
+SCHEMAS: Final = ("ecs", "logstash", "flat", "otel")
 """The schema names :class:`JsonFormatter` accepts (``ecs`` is the default)."""
 
 ID_ATTRIBUTE: Final = "mqlogging_id"
@@ -167,6 +177,7 @@ _ECS_RULES: Final[dict[str, Any]] = {
     "log": {
         "level": True,
         "logger": True,
+        "template": True,
         "origin": {"file": {"name": True, "line": True}, "function": True},
         "stack_info": True,
     },
@@ -182,6 +193,22 @@ _ECS_RULES_WITH_ERROR: Final[dict[str, Any]] = {
     **_ECS_RULES,
     "error": {"type": True, "message": True, "stack_trace": True},
 }
+
+# With an active span, the trace fields are the formatter's too (issue #16).
+_ECS_TRACE_RULES: Final[dict[str, Any]] = {
+    "trace": {"id": True, "flags": True},
+    "span": {"id": True},
+}
+_ECS_RULES_WITH_TRACE: Final[dict[str, Any]] = {**_ECS_RULES, **_ECS_TRACE_RULES}
+_ECS_RULES_WITH_ERROR_AND_TRACE: Final[dict[str, Any]] = {
+    **_ECS_RULES_WITH_ERROR,
+    **_ECS_TRACE_RULES,
+}
+
+# The top-level names the logstash and flat schemas give the trace fields and the template.
+_TRACE_KEYS: Final = ("trace_id", "span_id", "trace_flags")
+TEMPLATE_KEY: Final = "message_template"
+"""Where logstash and flat records keep the unformatted message (``record.msg``)."""
 
 # Well-known static field names mapped to their ECS homes (``static_fields={"service": "api"}``).
 _ECS_STATIC_ALIASES: Final = {
@@ -585,6 +612,7 @@ class _Schema:
     id_path: tuple[str, ...] = ("id",)
     timestamp_key = "@timestamp"
     timestamp_suffix = "Z"
+    message_key = "message"
     essential: tuple[str, ...] = ()
 
     def __init__(self, formatter: JsonFormatter) -> None:
@@ -595,6 +623,10 @@ class _Schema:
         self, log_data: dict[str, Any], record: logging.LogRecord, message_dict: dict[str, Any]
     ) -> None:
         raise NotImplementedError
+
+    def divert(self, log_data: dict[str, Any], diverted: list[tuple[str, Any]]) -> None:
+        """Keep user values that collided with the formatter's fields under ``extra``."""
+        _divert(log_data, diverted)
 
     def skeleton(self, record: logging.LogRecord, rid: str) -> dict[str, Any]:
         """The smallest document that still identifies the record (last-resort truncation)."""
@@ -682,9 +714,15 @@ class _EcsSchema(_Schema):
         log_data["host"] = self._host
         log_data["event"] = {"id": rid}
         log_data["ecs"] = self._ecs
+        template = record.msg
+        if template.__class__ is str:
+            log["template"] = template
         rules = _ECS_RULES
         if record.exc_info or record.exc_text:
             rules = self._add_error(log_data, record)
+        span = current_span()
+        if span is not None:
+            rules = _ecs_trace(log_data, span, rules)
         if record.stack_info:
             log["stack_info"] = self.formatter.formatStack(record.stack_info)
         self._add_user_fields(log_data, record, message_dict, rules)
@@ -741,11 +779,46 @@ class _EcsSchema(_Schema):
         }
 
 
+def _ecs_trace(log_data: dict[str, Any], span: SpanIds, rules: dict[str, Any]) -> dict[str, Any]:
+    """Write ECS ``trace.id``/``trace.flags``/``span.id``; return the rules that protect them."""
+    log_data["trace"] = {"id": span.trace_id, "flags": span.trace_flags}
+    log_data["span"] = {"id": span.span_id}
+    if rules is _ECS_RULES_WITH_ERROR:
+        return _ECS_RULES_WITH_ERROR_AND_TRACE
+    return _ECS_RULES_WITH_TRACE
+
+
+def _template(record: logging.LogRecord) -> str | None:
+    """The unformatted message (``"job %d done"``), ``None`` when ``msg`` is not a string."""
+    msg = record.msg
+    return msg if isinstance(msg, str) else None
+
+
+def _add_flat_extras(
+    log_data: dict[str, Any], record: logging.LogRecord, diverted: list[tuple[str, Any]]
+) -> None:
+    """The template and trace fields of the logstash and flat schemas: formatter-owned, so a
+    user field of one of these names is appended to ``diverted`` (it goes under ``extra``)."""
+    ours: list[tuple[str, Any]] = []
+    template = _template(record)
+    if template is not None:
+        ours.append((TEMPLATE_KEY, template))
+    span = current_span()
+    if span is not None:
+        ours.extend(zip(_TRACE_KEYS, span[:3], strict=True))
+    for key in (TEMPLATE_KEY, *_TRACE_KEYS):
+        if key in log_data:
+            diverted.append((key, log_data.pop(key)))
+    log_data.update(ours)
+
+
 class _LogstashSchema(_Schema):
     """Logstash v1 event, field for field what ``logstash_formatter.LogstashFormatterV1`` emits.
 
     Deliberate differences: ``@timestamp`` is the record's creation time with microseconds (V1
-    uses the formatting time in milliseconds); ``id`` is added; the message is always freshly
+    uses the formatting time in milliseconds); ``id`` and ``message_template`` (``record.msg``)
+    are added, and inside an OpenTelemetry span ``trace_id``/``span_id``/``trace_flags``; the
+    message is always freshly
     rendered and never passed through ``str.format(**record.__dict__)`` (V1 does, which rewrites
     messages containing ``{name}``-like text and can expose attributes); a user field named
     ``id`` or ``@timestamp`` (from ``extra``, a dict message or context) is moved to ``extra``
@@ -825,6 +898,7 @@ class _LogstashSchema(_Schema):
         log_data["id"] = rid
         if user_id is not _MISSING:
             diverted.append(("id", user_id))
+        _add_flat_extras(log_data, record, diverted)
         if diverted:
             _divert(log_data, diverted)
 
@@ -880,6 +954,7 @@ class _FlatSchema(_Schema):
         ]
         log_data[self.timestamp_key] = self._clock(record.created)
         log_data["id"] = rid
+        _add_flat_extras(log_data, record, diverted)
         if diverted:
             _divert(log_data, diverted)
 
@@ -897,10 +972,206 @@ def _add_exc_and_stack(
         message_dict["stack_info"] = formatter.formatStack(record.stack_info)
 
 
+# OpenTelemetry attribute names the ``otel`` schema writes (semantic conventions; the template
+# attribute is ours, there is no convention for it). A user attribute of one of these names
+# is moved under the ``extra`` attribute.
+OTEL_UID: Final = "log.record.uid"
+OTEL_TEMPLATE: Final = "log.record.template"
+_OTEL_ATTRIBUTES: Final = (
+    OTEL_UID,
+    OTEL_TEMPLATE,
+    "code.file.path",
+    "code.function.name",
+    "code.line.number",
+    "code.stacktrace",
+    "thread.id",
+    "thread.name",
+    "exception.type",
+    "exception.message",
+    "exception.stacktrace",
+)
+
+
+def _with_prefixes(names: Iterable[str]) -> frozenset[str]:
+    """``names`` and each dotted prefix of them (``code.file.path``: ``code``, ``code.file``).
+
+    Elasticsearch expands dotted keys into objects: a user attribute ``code`` (a scalar) next
+    to our ``code.file.path`` would make the whole document a mapping error (a dead letter), so
+    a user key equal to one of our names or to one of their prefixes is moved aside.
+    """
+    out: set[str] = set()
+    for name in names:
+        parts = name.split(".")
+        out.update(".".join(parts[:i]) for i in range(1, len(parts) + 1))
+    return frozenset(out)
+
+
+_OTEL_OWNED: Final = _with_prefixes(_OTEL_ATTRIBUTES) | {_DIVERTED_KEY}
+_OTEL_RESOURCE: Final = ("service.name", "host.name", "process.pid")
+_OTEL_RESOURCE_OWNED: Final = _with_prefixes(_OTEL_RESOURCE) - {"service.name", "host.name"}
+
+
+def otel_severity(levelno: Any) -> int:
+    """OpenTelemetry's severity number for a stdlib level, as its Python SDK maps it:
+    DEBUG 5, INFO 9, WARNING 13, ERROR 17, CRITICAL 21, levels in between on the next
+    steps (``INFO + 1`` is 10), below DEBUG 1 (TRACE), above ``CRITICAL + 3`` 24; a level that
+    is not an integer (a hand-made record) 0, UNSPECIFIED."""
+    if levelno.__class__ is not int:
+        return 0
+    if levelno < logging.DEBUG:
+        return 1
+    if levelno > logging.CRITICAL + 3:
+        return 24
+    return (levelno // 10) * 4 + 1 + min(levelno % 10, 3)
+
+
+def _unix_nanos(created: float) -> int:
+    """``record.created`` in nanoseconds, cut to the microsecond like the ISO schemas' time,
+    so the same record reads as the same instant in every schema."""
+    seconds = int(created)
+    return (seconds * 1_000_000 + int((created - seconds) * 1e6)) * 1000
+
+
+class _OtelSchema(_Schema):
+    """OpenTelemetry's log data model as JSON, with OTLP's field names.
+
+    ``timeUnixNano`` (the record's time) and ``observedTimeUnixNano`` (when it was formatted) as
+    integers, ``severityNumber``/``severityText``, ``body`` (the formatted message),
+    ``attributes`` (a flat map: ``log.record.uid`` = the record id, ``log.record.template``,
+    ``code.*``, ``thread.*``, ``exception.*``, then context, dict-message and ``extra`` fields),
+    ``resource`` (``service.name``, ``host.name``, ``process.pid`` and the static fields),
+    ``scope`` (``{"name": logger name}``) and, with an active span, ``traceId``/``spanId`` (lower
+    hex) and ``flags`` (integer). The ``mqlogging`` object stays at the top level as in every
+    schema (:mod:`mqlogging.wire`): a consumer mapping records to OTLP moves it to attributes.
+    """
+
+    __slots__ = ("_resource", "_resource_base")
+    id_path = ("attributes", OTEL_UID)
+    timestamp_key = "timeUnixNano"
+    message_key = "body"
+    essential = (
+        "timeUnixNano",
+        "observedTimeUnixNano",
+        "severityNumber",
+        "severityText",
+        "body",
+        "attributes",
+        "resource",
+        "scope",
+        "traceId",
+        "spanId",
+        "flags",
+    )
+
+    def __init__(self, formatter: JsonFormatter) -> None:
+        super().__init__(formatter)
+        base: dict[str, Any] = {"service.name": "unknown_service", "host.name": formatter.hostname}
+        diverted: list[tuple[str, Any]] = []
+        for key, value in {**formatter.defaults, **formatter.static_fields}.items():
+            name = _ECS_STATIC_ALIASES.get(key) or key
+            if name in _OTEL_RESOURCE_OWNED:  # "process.pid", or a prefix such as "host"
+                diverted.append((name, value))
+            else:  # a static "service.name" or "host.name" is the operator's explicit choice
+                base[name] = value
+        if diverted:
+            _divert(base, diverted)
+        self._resource_base = base
+        self._resource: tuple[int | None, dict[str, Any]] = (None, {})
+
+    def _resource_for(self, pid: int | None) -> dict[str, Any]:
+        """The resource of process ``pid``: one shared dict per process (never mutated)."""
+        cached = self._resource  # one tuple, replaced atomically: consistent across threads
+        if cached[0] != pid or not cached[1]:
+            cached = self._resource = (pid, {**self._resource_base, "process.pid": pid})
+        return cached[1]
+
+    def divert(self, log_data: dict[str, Any], diverted: list[tuple[str, Any]]) -> None:
+        """In ``otel`` every user value is an attribute: the ``extra`` attribute it is."""
+        attributes = log_data.get("attributes")
+        if not isinstance(attributes, dict):
+            attributes = log_data["attributes"] = {}
+        _divert(attributes, diverted)
+
+    def skeleton(self, record: logging.LogRecord, rid: str) -> dict[str, Any]:
+        return {"timeUnixNano": _unix_nanos(record.created), "attributes": {OTEL_UID: rid}}
+
+    def add_fields(
+        self, log_data: dict[str, Any], record: logging.LogRecord, message_dict: dict[str, Any]
+    ) -> None:
+        rid = _record_id(record)
+        log_data["timeUnixNano"] = _unix_nanos(record.created)
+        log_data["observedTimeUnixNano"] = time.time_ns()
+        log_data["severityNumber"] = otel_severity(record.levelno)
+        log_data["severityText"] = _safe_str(record.levelname)
+        if isinstance(record.msg, dict):
+            body = message_dict.pop("message", "")
+            log_data["body"] = body if isinstance(body, str) else _safe_str(body)
+        else:
+            log_data["body"] = _get_message(record)
+        # The uid first: truncation keeps the first items of a nested object.
+        attributes: dict[str, Any] = {OTEL_UID: rid}
+        template = _template(record)
+        if template is not None:
+            attributes[OTEL_TEMPLATE] = template
+        attributes["code.file.path"] = record.pathname
+        attributes["code.function.name"] = record.funcName
+        attributes["code.line.number"] = record.lineno
+        attributes["thread.id"] = record.thread
+        attributes["thread.name"] = record.threadName
+        if record.exc_info or record.exc_text:
+            attributes.update(self._exception(record))
+        if record.stack_info:
+            attributes["code.stacktrace"] = self.formatter.formatStack(record.stack_info)
+        _add_user_attributes(attributes, record, message_dict)
+        log_data["attributes"] = attributes
+        log_data["resource"] = self._resource_for(record.process)
+        log_data["scope"] = {"name": record.name}
+        span = current_span()
+        if span is not None:
+            log_data["traceId"] = span.trace_id
+            log_data["spanId"] = span.span_id
+            log_data["flags"] = span.flags
+
+    def _exception(self, record: logging.LogRecord) -> dict[str, Any]:
+        """OpenTelemetry's ``exception.type``/``message``/``stacktrace`` attributes."""
+        exc_info = record.exc_info
+        if isinstance(exc_info, tuple) and len(exc_info) == 3 and exc_info[1] is not None:
+            try:
+                stacktrace = _text(self.formatter.formatException(exc_info))
+            except Exception:  # a broken traceback object must not lose the record
+                stacktrace = _safe_str(exc_info[1])
+            return {
+                "exception.type": _exception_type(exc_info[0]),
+                "exception.message": _safe_str(exc_info[1]),
+                "exception.stacktrace": stacktrace,
+            }
+        return {"exception.stacktrace": record.exc_text} if record.exc_text else {}
+
+
+def _add_user_attributes(
+    attributes: dict[str, Any], record: logging.LogRecord, message_dict: dict[str, Any]
+) -> None:
+    """Context, dict-message and ``extra`` fields as attributes, lowest precedence first; one
+    that would replace an attribute of ours goes under the ``extra`` attribute."""
+    diverted: list[tuple[str, Any]] = []
+    attrs = record.__dict__
+    extras = ((k, v) for k, v in attrs.items() if k not in _RESERVED and not str(k).startswith("_"))
+    for layer in (current_fields().items(), message_dict.items(), extras):
+        for key, value in layer:
+            name = key if key.__class__ is str else _key_str(key)
+            if name in _OTEL_OWNED:
+                diverted.append((name, value))
+            else:
+                attributes[name] = value
+    if diverted:
+        _divert(attributes, diverted)
+
+
 _SCHEMA_CLASSES: Final[dict[str, type[_Schema]]] = {
     "ecs": _EcsSchema,
     "logstash": _LogstashSchema,
     "flat": _FlatSchema,
+    "otel": _OtelSchema,
 }
 
 
@@ -917,7 +1188,8 @@ def _check_fields(name: str, value: Any) -> dict[str, Any]:
 
 
 class JsonFormatter(BaseJsonFormatter):
-    """Format each record as one JSON document in the ``ecs``, ``logstash`` or ``flat`` schema.
+    """Format each record as one JSON document in the ``ecs``, ``logstash``, ``flat`` or ``otel``
+    schema.
 
     Use it like any :class:`logging.Formatter`; from :func:`logging.config.dictConfig` prefer the
     factory form, the only one that can pass options::
@@ -935,8 +1207,9 @@ class JsonFormatter(BaseJsonFormatter):
         style: ``fmt``'s style (``%``, ``{``, ``$``, or python-json-logger's ``,``).
         validate: Validate ``fmt`` against ``style``.
         schema: ``"ecs"`` (Elastic Common Schema, the default), ``"logstash"`` (a Logstash v1
-            event as ``logstash-formatter``'s V1 formatter writes it) or ``"flat"``
-            (python-json-logger's layout).
+            event as ``logstash-formatter``'s V1 formatter writes it), ``"flat"``
+            (python-json-logger's layout) or ``"otel"`` (OpenTelemetry's log data model as
+            JSON; static fields go to its ``resource``, user fields to its ``attributes``).
         static_fields: Fields added to every record (service name, site, pilot id...). In
             ``ecs``, ``service``/``service_name``/``service_version``/``environment`` go to
             ``service.name``/``service.version``/``service.environment`` and dotted names
@@ -1105,7 +1378,7 @@ class JsonFormatter(BaseJsonFormatter):
             _divert(log_data, [(NAMESPACE, user_namespace)])
         refused_id = attrs.get(_REFUSED_ID)
         if refused_id is not None:  # a caller's id too long to be the record id (_record_id)
-            _divert(log_data, [(ID_ATTRIBUTE, refused_id)])
+            self._schema.divert(log_data, [(ID_ATTRIBUTE, refused_id)])
         log_data[NAMESPACE] = self._namespace if stamp is None else {**self._namespace, **stamp}
         if self._custom_jsonify:
             body = _clean_str(self.jsonify_log_record(log_data)).encode("utf-8")
@@ -1172,9 +1445,10 @@ class JsonFormatter(BaseJsonFormatter):
         skeleton = self._schema.skeleton(record, rid)
         skeleton[_TRUNCATION_KEY] = {**namespace, **marker}
         body = encoder.dumps(skeleton)
-        message = log_data.get("message")
+        message_key = self._schema.message_key
+        message = log_data.get(message_key)
         if isinstance(message, str):  # keep the start of the message if it fits
-            skeleton["message"] = _clean_str(_cut(message, _MIN_STRING_LIMIT))
+            skeleton[message_key] = _clean_str(_cut(message, _MIN_STRING_LIMIT))
             with_message = encoder.dumps(skeleton)
             if len(with_message) <= limit:
                 return with_message

@@ -80,7 +80,19 @@ _LEVELS = {
 
 # Fields of each schema's skeleton: not repeated among the "key extras" of a line.
 _ECS_SKELETON = frozenset(
-    ["@timestamp", "message", "log", "process", "host", "event", "ecs", "error", NAMESPACE]
+    [
+        "@timestamp",
+        "message",
+        "log",
+        "process",
+        "host",
+        "event",
+        "ecs",
+        "error",
+        "trace",
+        "span",
+        NAMESPACE,
+    ]
 )
 _LOGSTASH_SKELETON = frozenset(
     [
@@ -118,10 +130,30 @@ _LOGSTASH_SKELETON = frozenset(
         "path",
         "logger_name",
         "level",
+        "message_template",
+        "trace_id",
+        "span_id",
+        "trace_flags",
     ]
 )
 _FLAT_SKELETON = _LOGSTASH_SKELETON | {"timestamp", "asctime"}
 _SKELETONS = {"ecs": _ECS_SKELETON, "logstash": _LOGSTASH_SKELETON, "flat": _FLAT_SKELETON}
+# The otel schema's own attributes (OpenTelemetry semantic conventions), not shown as extras.
+_OTEL_OWN_ATTRIBUTES = frozenset(
+    [
+        "log.record.uid",
+        "log.record.template",
+        "code.file.path",
+        "code.function.name",
+        "code.line.number",
+        "code.stacktrace",
+        "thread.id",
+        "thread.name",
+        "exception.type",
+        "exception.message",
+        "exception.stacktrace",
+    ]
+)
 
 
 # -- normalising the three schemas -----------------------------------------------------------
@@ -140,6 +172,8 @@ class Record:
     message: str = ""
     trace: str = ""
     extras: dict[str, Any] = field(default_factory=dict)
+    template: str = ""
+    host: str = ""
 
 
 def _get(doc: Mapping[str, Any], dotted: str) -> Any:
@@ -189,6 +223,8 @@ def _decode(raw: bytes) -> Any:
 
 def _guess_schema(doc: Mapping[str, Any]) -> str:
     """The layout of a document without ``mqlogging.schema`` (another producer's)."""
+    if "severityNumber" in doc or "timeUnixNano" in doc:
+        return "otel"
     if isinstance(doc.get("log"), Mapping) or "ecs" in doc:
         return "ecs"
     return "logstash" if "@version" in doc else "flat"
@@ -208,6 +244,8 @@ def _ecs_record(doc: Mapping[str, Any], raw: bytes, meta: RecordMeta) -> Record:
         logger=_text(_get(doc, "log.logger")),
         message=_text(doc.get("message")),
         trace=trace,
+        template=_text(_get(doc, "log.template")),
+        host=_text(_get(doc, "host.hostname") or _get(doc, "host.name")),
     )
 
 
@@ -228,7 +266,55 @@ def _stdlib_record(doc: Mapping[str, Any], raw: bytes, meta: RecordMeta) -> Reco
         logger=_text(doc.get("name", doc.get("logger_name", ""))),
         message=_text(doc.get("message", doc.get("msg", ""))),
         trace=trace.rstrip("\n"),
+        template=_text(doc.get("message_template")),
+        host=_text(doc.get("source_host") or doc.get("host")),
     )
+
+
+def _otel_levelno(severity: Any) -> int | None:
+    """A stdlib level for an OpenTelemetry severity number (DEBUG 5-8 -> 10, INFO 9-12 -> 20,
+    WARN 13-16 -> 30, ERROR 17-20 -> 40, FATAL 21-24 -> 50, TRACE 1-4 -> 5)."""
+    if not isinstance(severity, int) or isinstance(severity, bool) or not 1 <= severity <= 24:
+        return None
+    return 5 if severity <= 4 else ((severity - 1) // 4) * 10
+
+
+def _otel_record(doc: Mapping[str, Any], raw: bytes, meta: RecordMeta) -> Record:
+    """``otel``: OpenTelemetry's log data model (see :class:`mqlogging.JsonFormatter`)."""
+    attributes = doc.get("attributes")
+    attributes = attributes if isinstance(attributes, Mapping) else {}
+    trace = _text(attributes.get("exception.stacktrace"))
+    if not trace and attributes.get("exception.type"):
+        message = _text(attributes.get("exception.message"))
+        trace = f"{_text(attributes['exception.type'])}: {message}"
+    resource = doc.get("resource")
+    level = _text(doc.get("severityText"))
+    levelno = _otel_levelno(doc.get("severityNumber"))
+    return Record(
+        doc,
+        raw,
+        time=_text(meta.timestamp),
+        level=level.upper(),
+        levelno=levelno if levelno is not None else _level_number(level),
+        logger=_text(_get(doc, "scope.name")),
+        message=_text(doc.get("body")),
+        trace=trace.rstrip("\n"),
+        template=_text(attributes.get("log.record.template")),
+        host=_text(resource.get("host.name") if isinstance(resource, Mapping) else None),
+    )
+
+
+def _otel_extras(doc: Mapping[str, Any]) -> dict[str, Any]:
+    """The user's attributes (ours left out), flattened to dotted keys."""
+    extras: dict[str, Any] = {}
+    attributes = doc.get("attributes")
+    if isinstance(attributes, Mapping):
+        for key, value in attributes.items():
+            if key not in _OTEL_OWN_ATTRIBUTES:
+                _flatten("" if key == "extra" else str(key), value, extras)
+    if _get(doc, f"{NAMESPACE}.truncated"):
+        extras["truncated"] = True
+    return extras
 
 
 def _extras(doc: Mapping[str, Any], skeleton: frozenset[str]) -> dict[str, Any]:
@@ -245,7 +331,8 @@ def _extras(doc: Mapping[str, Any], skeleton: frozenset[str]) -> dict[str, Any]:
 
 
 def normalise(raw: bytes) -> Record:
-    """Parse one message body and map its schema (``ecs``/``logstash``/``flat``) to a Record.
+    """Parse one message body and map its schema (``ecs``/``logstash``/``flat``/``otel``) to a
+    Record.
 
     The schema is the one the record names (``mqlogging.schema``), else guessed from its
     fields; the time is where :func:`mqlogging.wire.read_meta` finds it for that schema.
@@ -256,6 +343,10 @@ def normalise(raw: bytes) -> Record:
         return Record(None, raw, message=raw.decode("utf-8", "replace"))
     meta = read_meta(doc)
     schema = meta.schema or _guess_schema(doc)
+    if schema == "otel":
+        rec = _otel_record(doc, raw, meta)
+        rec.extras = _otel_extras(doc)
+        return rec
     rec = _ecs_record(doc, raw, meta) if schema == "ecs" else _stdlib_record(doc, raw, meta)
     rec.extras = _extras(doc, _SKELETONS[schema])
     return rec

@@ -12,7 +12,13 @@ schema     record id               record time      mqlogging namespace
 ``ecs``    ``event.id``            ``@timestamp``   ``mqlogging``
 ``logstash`` ``id``                ``@timestamp``   ``mqlogging``
 ``flat``   ``id``                  ``timestamp``    ``mqlogging``
+``otel``   ``attributes`` →        ``timeUnixNano`` ``mqlogging``
+           ``log.record.uid``      (integer ns)
 ========== ======================= ================ ==================================
+
+``otel``'s time is an integer of nanoseconds since the epoch (or its decimal string, as
+OTLP/JSON writes 64-bit integers); :func:`read_meta` returns it as ISO-8601 UTC with
+microseconds like the other schemas' times, so every reader compares one kind of time.
 
 The formatter owns the ``mqlogging`` object in every schema (a user field of that name is moved
 under ``extra``, like every user field that would shadow one of ours) and always writes
@@ -45,6 +51,7 @@ any layer may use it.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from datetime import datetime, timedelta, timezone
 from typing import Any, Final, NamedTuple
 
 from ._json import loads
@@ -52,6 +59,7 @@ from ._json import loads
 __all__ = [
     "MAX_ID_BYTES",
     "NAMESPACE",
+    "TIME_KEYS",
     "DroppedRange",
     "RecordMeta",
     "decode",
@@ -71,12 +79,19 @@ _ID_PATHS: Final[Mapping[str, tuple[str, ...]]] = {
     "ecs": ("event", "id"),
     "logstash": ("id",),
     "flat": ("id",),
+    "otel": ("attributes", "log.record.uid"),
 }
 _TIME_KEYS: Final[Mapping[str, str]] = {
     "ecs": "@timestamp",
     "logstash": "@timestamp",
     "flat": "timestamp",
+    "otel": "timeUnixNano",
 }
+_NANOS_SCHEMAS: Final = frozenset(["otel"])  # whose time is an integer of nanoseconds
+
+TIME_KEYS: Final = tuple(dict.fromkeys(_TIME_KEYS.values()))
+"""Every top-level key a record time may live in, whatever the schema (for a reader that
+fetches only part of a document, e.g. ``_source`` filtering in Elasticsearch)."""
 
 
 def _get(doc: dict[str, Any], path: tuple[str, ...]) -> Any:
@@ -84,6 +99,21 @@ def _get(doc: dict[str, Any], path: tuple[str, ...]) -> Any:
     for key in path:
         value = value.get(key) if isinstance(value, dict) else None
     return value
+
+
+def _nanos_iso(value: Any) -> str | None:
+    """Nanoseconds since the epoch (an int, or its decimal string) as ISO-8601 UTC with
+    microseconds (``2026-12-01T10:00:00.123456Z``), ``None`` when it is not one."""
+    if value.__class__ is str and value.isdigit():
+        value = int(value)
+    if value.__class__ is not int or value < 0:
+        return None
+    micros = value // 1000
+    try:
+        moment = _EPOCH + timedelta(microseconds=micros)
+    except OverflowError:
+        return None
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def decode(body: bytes) -> Any:
@@ -134,6 +164,7 @@ class RecordMeta(NamedTuple):
 
 
 _NOTHING: Final = RecordMeta(None, None, None, None, None, ())
+_EPOCH: Final = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
 
 def id_fits(value: str) -> bool:
@@ -181,6 +212,8 @@ def read_meta(doc: Any) -> RecordMeta:
     if isinstance(schema, str) and schema in _ID_PATHS:
         rid = _usable_id(_get(doc, _ID_PATHS[schema]))
         time_value = doc.get(_TIME_KEYS[schema])
+        if schema in _NANOS_SCHEMAS:
+            time_value = _nanos_iso(time_value)
     else:  # not ours: whatever its fields are called, none of them is a record id of ours
         schema, rid = None, None
         time_value = doc.get("@timestamp", doc.get("timestamp"))

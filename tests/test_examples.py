@@ -203,6 +203,21 @@ def test_offline_node(rabbitmq: RabbitMQ, queue_name: str, tmp_path: Path) -> No
     assert not list(spool.glob("*.open"))
 
 
+def test_what_broke(tmp_path: Path) -> None:
+    """Records logged in spans carry trace ids and templates; `mqlogging errors` prints the
+    groups: 10 declined cards (one template), 4 slow gateways, nothing at INFO."""
+    path = tmp_path / "app.jsonl"
+    out = _run([sys.executable, str(EXAMPLES / "what_broke.py"), str(path)], _env("", tmp_path))
+    docs = [json.loads(line) for line in path.read_text().splitlines()]
+    assert len(docs) == 30
+    assert all(len(d["trace"]["id"]) == 32 and len(d["span"]["id"]) == 16 for d in docs)
+    assert docs[2]["log"]["template"] == "card declined for order %d"
+    lines = out.splitlines()
+    assert any(" 10 " in line and "card declined for order %d" in line for line in lines)
+    assert any(" 4 " in line and "slow payment gateway: %d ms" in line for line in lines)
+    assert "charged order" not in out
+
+
 def test_docker_compose_file() -> None:
     """docker-compose.yml parses and wires RabbitMQ (management + STOMP), Elasticsearch,
     Kibana and the collector, whose config validates with the collector's own loader."""
@@ -230,6 +245,7 @@ def test_every_example_says_how_to_run_it() -> None:
     names = [
         "django_settings.py", "flask_app.py", "worker_pool.py", "gunicorn_conf.py",
         "offline_node.py", "docker-compose.yml", "collector-compose.toml", "logging.yaml",
+        "what_broke.py",
     ]  # fmt: skip
     for name in names:
         head = (EXAMPLES / name).read_text().splitlines()[:6]

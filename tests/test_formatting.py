@@ -76,7 +76,20 @@ def decode(formatter: JsonFormatter, record: logging.LogRecord) -> dict[str, Any
 
 def record_id_of(doc: dict[str, Any], schema: str) -> Any:
     """Where each schema keeps the record id."""
+    if schema == "otel":
+        return doc["attributes"]["log.record.uid"]
     return doc["event"]["id"] if schema == "ecs" else doc["id"]
+
+
+def fields_of(doc: dict[str, Any], schema: str) -> dict[str, Any]:
+    """Where each schema keeps user fields: the top level, or otel's resource (static fields)
+    and attributes (the others, those set aside under its ``extra`` attribute too), with the
+    message under ``message`` in every schema."""
+    if schema != "otel":
+        return doc
+    attributes = doc["attributes"]
+    aside = attributes.get("extra", {})
+    return {**doc["resource"], **aside, **attributes, "message": doc["body"]}
 
 
 def walk_keys(obj: Any, path: str = "") -> list[str]:
@@ -232,6 +245,7 @@ class TestEcs:
                 "level": "warning",
                 "logger": LOGGER.name,
                 "origin": {"file": {"name": "module.py", "line": 42}, "function": "handler"},
+                "template": "user %s logged in",
             },
             "process": {
                 "pid": record.process,
@@ -406,7 +420,7 @@ class TestLogstashCompatibility:
     """Field for field what logstash_formatter.LogstashFormatterV1 writes for the same record.
 
     Allowed differences: ``@timestamp`` (V1 takes the formatting time in milliseconds, we take
-    record.created in microseconds) and our added ``id``.
+    record.created in microseconds) and our added ``id`` and ``message_template``.
     """
 
     CASES = {
@@ -428,6 +442,8 @@ class TestLogstashCompatibility:
         actual = decode(ours, record)
         assert UUID_RE.match(actual.pop("id"))
         assert actual.pop("mqlogging") == {"schema": "logstash"}  # ours: see mqlogging.wire
+        template = record.msg if isinstance(record.msg, str) else None
+        assert actual.pop("message_template", None) == template
         ts_expected = datetime.datetime.strptime(
             expected.pop("@timestamp"), "%Y-%m-%dT%H:%M:%S.%fZ"
         )
@@ -490,6 +506,8 @@ class TestFlat:
         actual = decode(JsonFormatter(schema="flat", **options), record)
         assert UUID_RE.match(actual.pop("id"))
         assert actual.pop("mqlogging") == {"schema": "flat"}  # ours: see mqlogging.wire
+        template = record.msg if isinstance(record.msg, str) else None
+        assert actual.pop("message_template", None) == template
         assert re.match(r"^\d{4}-.*T.*\.\d{6}\+00:00$", actual.pop("timestamp"))
         assert expected == actual
 
@@ -506,24 +524,25 @@ class TestUserFields:
         """All three sources of user fields reach the document in every schema."""
         formatter = JsonFormatter(schema=schema, static_fields={"site": "CERN"})
         with bound_context(request_id="r-1"):
-            doc = decode(formatter, make_record(extra={"user_id": 42}))
+            doc = fields_of(decode(formatter, make_record(extra={"user_id": 42})), schema)
         assert (doc["site"], doc["request_id"], doc["user_id"]) == ("CERN", "r-1", 42)
 
     def test_precedence_static_context_extra(self, schema: str) -> None:
-        """On a name clash, extra beats context, which beats static fields."""
+        """On a name clash, extra beats context, which beats static fields (in ``otel``,
+        static fields describe the process: the resource keeps them, attributes win)."""
         formatter = JsonFormatter(schema=schema, static_fields={"a": "static", "b": "static"})
         with bind_context(a="context", c="context"):
-            doc = decode(formatter, make_record(extra={"a": "extra"}))
+            doc = fields_of(decode(formatter, make_record(extra={"a": "extra"})), schema)
         assert (doc["a"], doc["b"], doc["c"]) == ("extra", "static", "context")
 
     def test_user_id_field_does_not_replace_record_id(self, schema: str) -> None:
         """A user field named like the id field is moved under extra; the id stays ours."""
-        key = "event.id" if schema == "ecs" else "id"
+        key = {"ecs": "event.id", "otel": "log.record.uid"}.get(schema, "id")
         record = make_record(extra={key: "forged"})
         message = JsonFormatter(schema=schema).format_message(record)
         doc = orjson.loads(message.body)
         assert record_id_of(doc, schema) == message.id != "forged"
-        assert doc["extra"] == {key.replace(".", "_"): "forged"}
+        assert fields_of(doc, schema)["extra"] == {key.replace(".", "_"): "forged"}
 
     def test_mqlogging_id_attribute_is_not_a_user_field(self, schema: str) -> None:
         """The id stamped on the record never shows up as an extra field."""
@@ -681,7 +700,7 @@ class TestUnencodableValues:
             node = node[0]
         extra = {**ODD_VALUES, "cyclic": cyclic, "deep": deep}
         with bound_context(ctx_object=Unprintable()):
-            doc = decode(formatter, make_record(extra=extra))
+            doc = fields_of(decode(formatter, make_record(extra=extra)), schema)
         assert doc["unprintable"] == "__could_not_encode__"
         assert doc["only_repr"] == "<OnlyRepr>"
         assert doc["ctx_object"] == "__could_not_encode__"
@@ -697,6 +716,7 @@ class TestUnencodableValues:
         """Without a failure elsewhere in the record, the usual conversions apply."""
         extra = {k: ODD_VALUES[k] for k in ("bytes", "datetime", "enum", "dataclass", "class")}
         doc = decode(JsonFormatter(schema=schema, encoder=encoder), make_record(extra=extra))
+        doc = fields_of(doc, schema)
         assert doc["bytes"] == "AP8="
         assert doc["datetime"].startswith("2024-05-06T07:08:09")
         assert doc["enum"] == "red"
@@ -708,10 +728,10 @@ class TestUnencodableValues:
     ) -> None:
         """A message that cannot be rendered is salvaged, not lost as stdlib logging would."""
         formatter = JsonFormatter(schema=schema, encoder=encoder)
-        doc = decode(formatter, make_record("count %d", ("not a number",)))
+        doc = fields_of(decode(formatter, make_record("count %d", ("not a number",))), schema)
         assert doc["message"].startswith("count %d")
         assert "not a number" in doc["message"]
-        doc = decode(formatter, make_record(Unprintable(), ()))
+        doc = fields_of(decode(formatter, make_record(Unprintable(), ())), schema)
         assert doc["message"].startswith("__could_not_encode__")
 
     def test_json_default_is_used_and_may_fail(self, schema: str, encoder: str) -> None:
@@ -727,7 +747,7 @@ class TestUnencodableValues:
             raise TypeError("unknown")
 
         formatter = JsonFormatter(schema=schema, encoder=encoder, json_default=default)
-        doc = decode(formatter, make_record(extra={"v": Vector(1, 2), "s": {1}}))
+        doc = fields_of(decode(formatter, make_record(extra={"v": Vector(1, 2), "s": {1}})), schema)
         assert doc["v"] == "V(1,2)"
         assert doc["s"] == [1]
 
@@ -779,7 +799,7 @@ class TestSizeCap:
         assert doc["mqlogging"]["truncated"] is True
         assert doc["mqlogging"]["original_bytes"] > self.LIMIT
         assert record_id_of(doc, schema) == message.id
-        return doc
+        return fields_of(doc, schema)
 
     def test_long_message_is_cut_keeping_head_and_tail(self, schema: str) -> None:
         """A huge message is shortened around an ellipsis; the record is kept and marked."""
@@ -811,7 +831,13 @@ class TestSizeCap:
         assert doc["blob"].startswith("bbb")
 
     def test_thousands_of_fields_drop_non_essential_ones(self, schema: str) -> None:
-        """When cutting values is not enough, optional fields go, and the marker lists them."""
+        """When cutting values is not enough, optional fields go, and the marker lists them
+        (``otel``: the attributes keep their first entries, the record id first)."""
+        if schema == "otel":
+            doc = self.check(schema, make_record(extra={f"field_{i}": i for i in range(5000)}))
+            assert doc["\u2026"].endswith("more keys")
+            assert doc["message"] == "hello world"
+            return
         doc = self.check(schema, make_record(extra={f"field_{i}": i for i in range(5000)}))
         assert doc["mqlogging"]["dropped_count"] >= 5000
         assert "field_0" in doc["mqlogging"]["dropped_fields"]
@@ -832,7 +858,8 @@ class TestSizeCap:
         doc = orjson.loads(message.body)
         assert record_id_of(doc, schema) == message.id
         assert doc["mqlogging"]["truncated"] is True
-        assert doc["mqlogging"]["dropped_count"] >= 2000
+        if schema != "otel":  # otel's user fields are one attributes object, cut not dropped
+            assert doc["mqlogging"]["dropped_count"] >= 2000
 
     def test_small_records_are_untouched(self, schema: str) -> None:
         """A record under the cap carries no marker; max_bytes=None disables the cap."""
@@ -890,7 +917,7 @@ class TestIds:
         assert first.id == second.id
         doc = orjson.loads(first.body)
         assert record_id_of(doc, schema) == first.id
-        assert doc["extra"]["mqlogging_id"] == too_long
+        assert fields_of(doc, schema)["extra"]["mqlogging_id"] == too_long
         assert read_meta(doc).id == first.id
         at_limit = "y" * MAX_ID_BYTES
         kept = JsonFormatter(schema=schema).format_message(

@@ -30,6 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_tail(subparsers)
     _add_run(subparsers)
     _add_audit(subparsers)
+    _add_errors(subparsers)
     return parser
 
 
@@ -166,6 +167,19 @@ def _add_audit(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     )
     audit.add_arguments(parser)
     parser.set_defaults(run=audit.run_command)
+
+
+def _add_errors(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """``mqlogging errors --es URL --index P | --file PATH [--since 1h]``: what broke."""
+    from . import errors
+
+    parser = subparsers.add_parser(
+        "errors",
+        help="top error/warning groups of a time window, by message template",
+        description=errors.DESCRIPTION,
+    )
+    errors.add_arguments(parser)
+    parser.set_defaults(run=errors.run_command)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

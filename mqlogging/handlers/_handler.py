@@ -58,7 +58,7 @@ class MQHandler(logging.Handler):
             ``unsent``). If the spool fails later (disk full, directory gone), records go on to
             the broker from memory; only those that can be neither sent nor held are dropped,
             counted as ``spool_error``; ``durability="spool"`` then degrades to memory mode.
-        schema: ``"ecs"`` (default), ``"logstash"`` or ``"flat"``: see
+        schema: ``"ecs"`` (default), ``"logstash"``, ``"flat"`` or ``"otel"``: see
             :class:`~mqlogging.JsonFormatter`.
         static_fields: Fields added to every record (service, site...).
         max_record_bytes: Largest record; longer ones are truncated and marked (256 KiB).

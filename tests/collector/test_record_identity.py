@@ -41,7 +41,7 @@ def _log(url: str, schema: str, count: int, name: str, **extra: Any) -> MQHandle
     return handler
 
 
-@pytest.mark.parametrize("schema", ["ecs", "logstash", "flat"])
+@pytest.mark.parametrize("schema", ["ecs", "logstash", "flat", "otel"])
 def test_user_event_id_never_becomes_the_document_id(
     rabbitmq: Any, elasticsearch: Any, queue_name: str, service: Make, schema: str
 ) -> None:

@@ -215,7 +215,7 @@ class TestLedger:
             1,
         )
 
-    @pytest.mark.parametrize("schema", ["ecs", "logstash", "flat"])
+    @pytest.mark.parametrize("schema", ["ecs", "logstash", "flat", "otel"])
     def test_a_user_field_cannot_pass_for_the_stamp(self, schema: str) -> None:
         """The seq of a dropped record is read from the handler's own ``mqlogging`` object in
         every schema, never from a user field of that name (moved under ``extra``)."""

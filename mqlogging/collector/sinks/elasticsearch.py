@@ -60,14 +60,16 @@ class ElasticsearchSinkConfig(FromTable):
     """Elasticsearch through the official client, ``_bulk`` with ``op_type=create``.
 
     ``mode = "data_stream"`` writes to ``logs-<dataset>-<namespace>`` (documents need
-    ``@timestamp``; one is added from the receive time when missing); ``mode = "index"`` writes
-    to ``index`` expanded with ``strftime`` on the record's own time (UTC; ``@timestamp``, or
-    ``timestamp`` for the ``flat`` schema), e.g. ``mqlogging-%Y.%m.%d``, so a redelivery always
-    lands in the same index. A record time more than ``index_window_days_back`` days before now
-    or ``index_window_days_ahead`` days after it is not trusted to pick an index (arbitrary
-    dates would create arbitrary indices): such a record goes to today's index and is counted
-    (``index_time_out_of_window``). The default reaches back 30 days for spools shipped after
-    a long time offline. ``install_template`` puts an index template at start.
+    ``@timestamp``; one is added from the record's own time, else the receive time, when
+    missing); ``mode = "index"`` writes to ``index`` expanded with ``strftime`` on the record's
+    own time (UTC; where :func:`mqlogging.wire.read_meta` finds it: ``@timestamp``,
+    ``timestamp`` for ``flat``, ``timeUnixNano`` for ``otel``), e.g. ``mqlogging-%Y.%m.%d``, so
+    a redelivery always lands in the same index. A record time more than
+    ``index_window_days_back`` days before now or ``index_window_days_ahead`` days after it is
+    not trusted to pick an index (arbitrary dates would create arbitrary indices): such a
+    record goes to today's index and is counted (``index_time_out_of_window``). The default
+    reaches back 30 days for spools shipped after a long time offline. ``install_template``
+    puts an index template at start.
 
     ``MQLOGGING_ES_API_KEY``, ``MQLOGGING_ES_USERNAME`` and ``MQLOGGING_ES_PASSWORD`` set the
     credentials of every ``elasticsearch`` sink (:meth:`from_table`).
