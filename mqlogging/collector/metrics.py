@@ -110,6 +110,13 @@ class CollectorMetrics:
             ["sink"],
             registry=r,
         )
+        self.sink_rejected_records = Counter(
+            f"{_PREFIX}_sink_rejected_records",
+            "Records a sink's peer said it refused without saying which (OTLP partial "
+            "success); how they were handled is the sink's partial_success policy.",
+            ["sink"],
+            registry=r,
+        )
         self.connected = Gauge(
             f"{_PREFIX}_source_connected",
             "1 while the source's last fetch succeeded.",

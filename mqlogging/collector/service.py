@@ -74,7 +74,17 @@ log = logging.getLogger("mqlogging.collector")
 class _Item:
     """One delivery on its way through the pipeline."""
 
-    __slots__ = ("attempts", "dead", "delivery", "last_error", "record", "size", "stage", "todo")
+    __slots__ = (
+        "attempts",
+        "dead",
+        "delivery",
+        "last_error",
+        "record",
+        "retry_after",
+        "size",
+        "stage",
+        "todo",
+    )
 
     def __init__(self, delivery: Delivery, record: Record | None, todo: set[int]) -> None:
         self.delivery = delivery
@@ -85,6 +95,7 @@ class _Item:
         self.stage = ""
         self.attempts = 0
         self.last_error = ""
+        self.retry_after = 0.0  # the longest Retry-After a sink gave in the last attempt
 
 
 def _utcnow_iso() -> str:
@@ -441,7 +452,8 @@ class _Worker(threading.Thread):
                     if item.dead is None and item.attempts >= p.max_attempts:
                         item.dead = f"gave up after {item.attempts} attempts: {item.last_error}"
                         item.stage = "retries"
-            delay = backoff.next_delay()
+            # A store's Retry-After is honoured: never try again sooner than it asked.
+            delay = max(backoff.next_delay(), max((i.retry_after for i in open_items), default=0))
             retry_sinks = Counter(
                 service.sinks[i].name for item in open_items if item.dead is None for i in item.todo
             )
@@ -466,6 +478,8 @@ class _Worker(threading.Thread):
 
     def _attempt(self, items: list[_Item]) -> None:
         service = self.service
+        for item in items:
+            item.retry_after = 0.0
         for index, sink in enumerate(service.sinks):
             todo = [it for it in items if it.dead is None and index in it.todo]
             if not todo:
@@ -481,6 +495,7 @@ class _Worker(threading.Thread):
                     item.dead, item.stage = f"{sink.name}: {result.reason}", "sink"
                 else:
                     item.last_error = f"{sink.name}: {result.reason}"
+                    item.retry_after = max(item.retry_after, result.retry_after)
             for status, n in statuses.items():
                 service.metrics.sink_items.labels(sink.name, status).inc(n)
         for item in items:
