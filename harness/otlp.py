@@ -18,6 +18,7 @@ from __future__ import annotations
 import gzip
 import json
 import threading
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -83,6 +84,7 @@ class OtlpReceiver:
         self.content_types: Counter[str] = Counter()
         self.encodings: Counter[str] = Counter()
         self.headers_seen: list[dict[str, str]] = []
+        self.answered: list[tuple[float, int]] = []  # (time.monotonic(), status) per request
         self.script = _Script()
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
@@ -154,13 +156,14 @@ class OtlpReceiver:
             if self.script.fail:
                 status, retry_after = self.script.fail.pop(0)
                 self.statuses[status] += 1
+                self.answered.append((time.monotonic(), status))
                 return status, {"Retry-After": retry_after} if retry_after else {}, b""
             rejected = self.script.partial.pop(0) if self.script.partial else 0
         try:
             if headers.get("content-encoding") == "gzip":
                 body = gzip.decompress(body)
             request = from_json(json.loads(body)) if is_json else _parse(body)
-        except Exception as exc:  # noqa: BLE001 - any parse failure is the client's 400
+        except Exception as exc:
             with self.lock:
                 self.statuses[400] += 1
             return 400, {}, f"cannot parse request: {exc}".encode()
@@ -168,6 +171,7 @@ class OtlpReceiver:
         kept = logs[: len(logs) - rejected] if rejected else logs
         with self.lock:
             self.statuses[200] += 1
+            self.answered.append((time.monotonic(), 200))
             self.logs += kept
             self.uids.update(r.uid for r in kept)
         answer = ExportLogsServiceResponse()
@@ -219,6 +223,7 @@ class _Handler(BaseHTTPRequestHandler):
         length = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(length)
         headers = {k.lower(): v for k, v in self.headers.items()}
+        extra: dict[str, str]
         if self.path.split("?")[0] != "/v1/logs":
             status, extra, answer = 404, {}, b"not found"
         else:

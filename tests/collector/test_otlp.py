@@ -61,27 +61,27 @@ class TestMapping:
         doc = _formatted(schema)
         record, resource, scope = to_log_record(doc, "rid-1")
         attributes = {kv.key: kv.value for kv in record.attributes}
-        assert "app.db" == scope
-        assert (13, "WARNING") == (record.severity_number, record.severity_text)
-        assert "job 3 done" == record.body.string_value
+        assert scope == "app.db"
+        assert (record.severity_number, record.severity_text) == (13, "WARNING")
+        assert record.body.string_value == "job 3 done"
         assert record.time_unix_nano > 1_700_000_000 * 10**9
-        assert "billing" == dict(resource)["service.name"]
+        assert dict(resource)["service.name"] == "billing"
         assert os.getpid() == dict(resource)["process.pid"]
         assert "host.name" in dict(resource)
-        assert 5 == attributes["count"].int_value
-        assert "rid-1" == attributes["log.record.uid"].string_value
+        assert attributes["count"].int_value == 5
+        assert attributes["log.record.uid"].string_value == "rid-1"
         assert "KeyError" in attributes["exception.stacktrace"].string_value
 
     def test_logstash_trace_ids_become_bytes(self) -> None:
         """A lower-hex trace id field becomes LogRecord.trace_id (16 bytes)."""
         record, _, _ = to_log_record(_formatted("logstash"), "rid")
-        assert "0af7651916cd43dd8448eb211c80319c" == record.trace_id.hex()
+        assert record.trace_id.hex() == "0af7651916cd43dd8448eb211c80319c"
 
     def test_time_is_exact_to_the_microsecond(self) -> None:
         """@timestamp with microseconds converts to unix nanoseconds without float error."""
         doc = ecs_record(0, **{"@timestamp": "2024-05-01T12:00:00.123456Z"})
         record, _, _ = to_log_record(doc, "rid")
-        assert 1714564800_123456000 == record.time_unix_nano
+        assert record.time_unix_nano == 1714564800_123456000
 
     def test_otel_shaped_record_maps_directly(self) -> None:
         """A record already in OpenTelemetry's data model (the ``otel`` schema, attributes as
@@ -101,15 +101,15 @@ class TestMapping:
         }
         record, resource, scope = to_log_record(doc, "rid")
         attributes = {kv.key: kv.value.string_value for kv in record.attributes}
-        assert 1714564800123456789 == record.time_unix_nano
-        assert (17, "ERROR", "boom") == (
+        assert record.time_unix_nano == 1714564800123456789
+        assert (
             record.severity_number,
             record.severity_text,
             record.body.string_value,
-        )
-        assert {"user": "bob", "log.record.uid": "rid"} == attributes
-        assert {"service.name": "api", "host.name": "h1"} == dict(resource)
-        assert ("app", "b7ad6b7169203331", 1) == (scope, record.span_id.hex(), record.flags)
+        ) == (17, "ERROR", "boom")
+        assert attributes == {"user": "bob", "log.record.uid": "rid"}
+        assert dict(resource) == {"service.name": "api", "host.name": "h1"}
+        assert (scope, record.span_id.hex(), record.flags) == ("app", "b7ad6b7169203331", 1)
 
     def test_grouped_by_resource_and_scope(self) -> None:
         """Records of two services and two loggers make two ResourceLogs, scopes per logger."""
@@ -118,8 +118,8 @@ class TestMapping:
             for i in range(8)
         ]
         request = build_request([(d, d["event"]["id"]) for d in docs])
-        assert 2 == len(request.resource_logs)
-        assert [2, 2] == [len(r.scope_logs) for r in request.resource_logs]
+        assert len(request.resource_logs) == 2
+        assert [len(r.scope_logs) for r in request.resource_logs] == [2, 2]
 
 
 class TestConfig:
@@ -135,8 +135,8 @@ class TestConfig:
         (sink,) = config.sinks
         assert "otlp" in SINK_TYPES
         assert isinstance(sink, OtlpSinkConfig)
-        assert "http://c:4318/v1/logs" == sink.endpoint
-        assert ("protobuf", "gzip", True) == (sink.encoding, sink.compression, sink.verify)
+        assert sink.endpoint == "http://c:4318/v1/logs"
+        assert (sink.encoding, sink.compression, sink.verify) == ("protobuf", "gzip", True)
 
     def test_headers_from_env_never_shown(self) -> None:
         """MQLOGGING_OTLP_HEADERS sets the headers; neither repr nor a bad-entry message shows
@@ -160,11 +160,12 @@ class TestConfig:
 
     def test_retry_after_forms(self) -> None:
         """Retry-After in seconds or as an HTTP date; capped; junk means no wish."""
-        assert 3.0 == parse_retry_after("3")
-        assert 300.0 == parse_retry_after("86400")
-        assert 0.0 == parse_retry_after("soon")
-        assert 10.0 == pytest.approx(
-            parse_retry_after("Thu, 01 Jan 1970 00:00:20 GMT", now=10.0), abs=0.01
+        assert parse_retry_after("3") == 3.0
+        assert parse_retry_after("86400") == 300.0
+        assert parse_retry_after("soon") == 0.0
+        assert (
+            pytest.approx(parse_retry_after("Thu, 01 Jan 1970 00:00:20 GMT", now=10.0), abs=0.01)
+            == 10.0
         )
 
 
@@ -188,7 +189,7 @@ class TestAnswers:
             assert all(r.outcome is Outcome.DONE for r in sink.write(records))
             sink.close()
             assert sorted(r.id for r in records) == sorted(rx.uids)
-            assert "Bearer tok" == rx.headers_seen[0]["authorization"]
+            assert rx.headers_seen[0]["authorization"] == "Bearer tok"
             assert ("gzip" if compression == "gzip" else "") in rx.encodings
 
     def test_503_retried_with_retry_after(self) -> None:
@@ -214,7 +215,7 @@ class TestAnswers:
             results = sink.write([_record(i) for i in range(10)])
             assert {outcome} == {r.outcome for r in results}
             assert "rejected 2 of 10" in results[0].reason
-            assert 1 == rx.requests
+            assert rx.requests == 1
 
     def test_400_finds_the_refused_record_and_outage_when_all_refused(self) -> None:
         """A blanket 400 for every request is an outage (retried, not ready), not 8 dead
@@ -244,7 +245,8 @@ class TestEndToEnd:
     ) -> None:
         """2,000 records logged through MQHandler to RabbitMQ reach the receiver through the
         collector while the receiver starts down, then comes up, then answers 503 with
-        Retry-After once: lost 0, duplicates 0, the queue drained (all acked)."""
+        Retry-After once (honoured: the next request waits for it): lost 0, duplicates 0, the
+        queue drained (all acked)."""
         n = 2000
         url = amqp_queue_url(rabbitmq, queue_name)
         log_through_handler(url, n, f"otlp.{queue_name}")
@@ -263,10 +265,14 @@ class TestEndToEnd:
             rx.up()
             wait_until(lambda: svc.metrics.value("acked") == n, timeout=60)
             assert n == len(rx.uids)
-            assert 0 == rx.duplicates()
+            assert rx.duplicates() == 0
             assert list(range(n)) == sorted(log.attributes["seq"] for log in rx.logs)
             assert {"collector-tests"} == {log.resource["service.name"] for log in rx.logs}
-            assert 1 == rx.statuses[503]
+            assert rx.statuses[503] == 1
+            # Retry-After: 1 was honoured although retry_max is 0.5 s.
+            after = [t for t, status in rx.answered]
+            i = next(i for i, (_, status) in enumerate(rx.answered) if status == 503)
+            assert after[i + 1] - after[i] >= 0.9
         finally:
             rx.down()
 
@@ -283,12 +289,12 @@ class TestEndToEnd:
             svc = service(sources=[{"url": url}], sinks=[{"type": "otlp", "url": rx.url}])
             wait_until(lambda: svc.metrics.value("acked") == 300, timeout=30)
             dead = svc.metrics.value("dead_lettered")
-            assert 5 == svc.metrics.value("sink_rejected_records")
+            assert svc.metrics.value("sink_rejected_records") == 5
             # The receiver kept all but the 5 it refused; the whole refused request (those 5
             # and the ones kept with them) is in the dead letters: a superset, nothing lost.
-            assert 300 - 5 == len(rx.uids)
+            assert len(rx.uids) == 300 - 5
             assert 5 <= dead < 300
-            assert 0 == rx.duplicates()
+            assert rx.duplicates() == 0
 
 
 @pytest.mark.skipif(not os.environ.get("MQLOGGING_OTLP_URL"), reason="MQLOGGING_OTLP_URL not set")
