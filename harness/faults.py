@@ -1337,11 +1337,11 @@ HOW = {
     "ships them.",
     16: "The application logs to noida-db directly (`elasticsearch+http://` endpoint) with the "
     "broker as failover (`strategy: failover`); a collector drains the broker into the same "
-    "data stream. Once 40 % of the records are emitted (1,000 a second), noida-db is stopped (SIGTERM: "
-    "noida-db loses acknowledged documents on SIGKILL, real Elasticsearch does not) and started "
-    "again 3 s after the application finished emitting. Goal: every record in the index exactly "
-    "once (`_id` = record id). Recovery: from noida-db accepting clients to the last record in "
-    "the index (the collector draining the broker at noida-db's ingest speed).",
+    "data stream. Once 40 % of the records are emitted (1,000 a second), noida-db is stopped "
+    "(SIGTERM: noida-db loses acknowledged documents on SIGKILL, real Elasticsearch does not) "
+    "and started again 3 s after the application finished emitting. Goal: every record in the "
+    "index exactly once (`_id` = record id). Recovery: from noida-db accepting clients to the "
+    "last record in the index (the collector draining the broker at noida-db's ingest speed).",
 }
 
 
