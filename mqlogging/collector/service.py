@@ -417,13 +417,16 @@ class _Worker(threading.Thread):
             if remaining <= 0:
                 return
             if stop.is_set():
-                # Shutting down: no new messages; wake up only for the deadline.
-                self.service.finished.wait(remaining)
+                # Shutting down: no new messages; wake up at the shutdown deadline at the
+                # latest, even when the stop came during a longer wait (a sink's Retry-After).
+                until_deadline = self.service.deadline - time.monotonic()
+                self.service.finished.wait(max(0.0, min(remaining, until_deadline)))
                 return
             room = self._room()
             if room > 0 or self._fetch_when_full:
                 # fetch(0): an AMQP consumer only services its connection (heartbeats).
-                self._fetch(max(room, 0), remaining)
+                # At most 1 s at a time, so a stop during a long wait is seen promptly.
+                self._fetch(max(room, 0), min(remaining, 1.0))
             elif stop.wait(remaining):
                 continue
 
@@ -444,7 +447,7 @@ class _Worker(threading.Thread):
                 break
             now = time.monotonic()
             stopping = service.stopping.is_set()
-            if stopping and now >= (deadline if deadline is not None else service.deadline):
+            if self._out_of_time(deadline):
                 self._nack(open_items)
                 break
             if p.max_attempts:
@@ -474,7 +477,17 @@ class _Worker(threading.Thread):
                     backoff.attempt,
                 )
             self._idle(delay, service.deadline if stopping else None)
+            if self._out_of_time(deadline):  # stopped during the wait: no attempt after it
+                self._nack(open_items)
+                break
         self._m_batch.observe(time.monotonic() - started)
+
+    def _out_of_time(self, deadline: float | None) -> bool:
+        """Stopping, and the flush deadline (``deadline``, else the service's) has passed."""
+        service = self.service
+        if not service.stopping.is_set():
+            return False
+        return time.monotonic() >= (deadline if deadline is not None else service.deadline)
 
     def _attempt(self, items: list[_Item]) -> None:
         service = self.service

@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import sys
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -295,6 +296,28 @@ class TestEndToEnd:
             assert len(rx.uids) == 300 - 5
             assert 5 <= dead < 300
             assert rx.duplicates() == 0
+
+
+def test_long_retry_after_does_not_hold_up_shutdown(
+    rabbitmq: Any, queue_name: str, service: Make
+) -> None:
+    """A receiver asking for Retry-After: 120 is honoured, but a stop during that wait ends
+    at the shutdown deadline (not 120 s later) and gives every message back to the broker."""
+    url = amqp_queue_url(rabbitmq, queue_name)
+    publish(url, (ecs_record(i) for i in range(50)))
+    with OtlpReceiver() as rx:
+        rx.fail_next(1000, 503, retry_after="120")
+        svc = service(
+            sources=[{"url": url}],
+            sinks=[{"type": "otlp", "url": rx.url}],
+            collector={"shutdown_timeout": 2.0},
+        )
+        wait_until(lambda: rx.statuses[503] >= 1, timeout=20)
+        started = time.monotonic()
+        svc.close()
+        assert time.monotonic() - started < 20  # generous: far below the 120 s asked for
+        assert rx.statuses[503] == 1  # no second request within the Retry-After
+        wait_until(lambda: rabbitmq.queue_depth(queue_name) == 50, timeout=20)
 
 
 @pytest.mark.skipif(not os.environ.get("MQLOGGING_OTLP_URL"), reason="MQLOGGING_OTLP_URL not set")
