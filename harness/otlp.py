@@ -98,7 +98,9 @@ class OtlpReceiver:
         server.owner = self  # type: ignore[attr-defined]
         self.port = int(server.server_address[1])
         self._server = server
-        self._thread = threading.Thread(target=server.serve_forever, daemon=True)
+        self._thread = threading.Thread(
+            target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        )
         self._thread.start()
 
     def __enter__(self) -> OtlpReceiver:
