@@ -6,7 +6,8 @@ Everything is measured in one run on a private RabbitMQ node (:mod:`harness.brok
    of 3 rounds) with: a ``NullHandler`` (baseline), the stdlib ``QueueHandler`` drained by a
    ``QueueListener`` into a ``NullHandler``, python-logstash-async's
    ``AsynchronousLogstashHandler`` (closed port, in-memory buffer) and ``MQHandler`` (healthy
-   broker). Goal: MQHandler <= 1.5x NullHandler. Also reported: the cost of
+   broker). Goal: MQHandler <= 1.5x NullHandler. structlog into the same MQHandler, through
+   structlog's stdlib integration and directly (``mqlogging.structlog``). Also reported: the cost of
    ``JsonFormatter.format_message`` alone — the part of ``emit()`` that must run on the caller
    to capture ``args``/``exc_info``/context correctly — and the rest of the MQHandler path.
 2. Records/s for a burst (100k by default) from the first ``emit()`` to the last broker
@@ -67,6 +68,42 @@ def _per_call_us(logger: logging.Logger, calls: int, rounds: int = 3) -> float:
     return best
 
 
+def _structlog_us(handler: logging.Handler, calls: int, rounds: int = 3) -> dict[str, float]:
+    """structlog into ``handler`` two ways (issue #16): through structlog's stdlib
+    integration (``render_to_log_kwargs`` -> a stdlib logger) and directly
+    (:class:`mqlogging.structlog.MQLogger`); same call shape as :func:`_per_call_us`."""
+    try:
+        import structlog
+    except ImportError:  # pragma: no cover
+        return {}
+    from mqlogging.structlog import MQLogger
+
+    via_stdlib = structlog.wrap_logger(
+        _logger("sl-stdlib", handler),
+        processors=[
+            structlog.stdlib.PositionalArgumentsFormatter(),
+            structlog.stdlib.render_to_log_kwargs,
+        ],
+        wrapper_class=structlog.stdlib.BoundLogger,
+    )
+    direct = structlog.wrap_logger(
+        MQLogger(handler, "bench.sl-direct"),
+        processors=[],
+        wrapper_class=structlog.make_filtering_bound_logger(logging.INFO),
+    )
+    results = {}
+    for name, log in (("structlog via stdlib", via_stdlib), ("structlog direct", direct)):
+        best = float("inf")
+        for r in range(rounds):
+            gc.collect()
+            t0 = time.perf_counter()
+            for i in range(calls):
+                log.info("job %d done in %.3f ms", i, 12.5, job=r, queue="default")
+            best = min(best, (time.perf_counter() - t0) / calls * 1e6)
+        results[f"MQHandler, {name}"] = best
+    return results
+
+
 def caller_cost(rabbitmq: RabbitMQ, calls: int) -> list[Row]:
     results: dict[str, float] = {}
     results["NullHandler"] = _per_call_us(_logger("null", logging.NullHandler()), calls)
@@ -90,11 +127,13 @@ def caller_cost(rabbitmq: RabbitMQ, calls: int) -> list[Row]:
 
     spool = tempfile.mkdtemp(prefix="bench-mq-")
     url = f"{rabbitmq.amqp_url}?exchange=&queue={unique_name('bench-caller')}"
-    handler = MQHandler(url, spool=spool, queue_size=4 * calls, batch_size=500)
+    handler = MQHandler(url, spool=spool, queue_size=8 * calls, batch_size=500)
     mq_logger = _logger("mq", handler)
     mq_logger.info("warm up")  # starts the sender and connects
     handler.flush(30)
     results["MQHandler"] = _per_call_us(mq_logger, calls)
+    handler.flush(60)
+    results.update(_structlog_us(handler, calls))
     handler.flush(60)
 
     # What dominates: formatting (required on the caller) vs the rest of the path.

@@ -349,6 +349,29 @@ class StandInReader:
         return self.tally
 
 
+class EsReader:
+    """Tallies an index of the lab's noida-db, read back at most once a second (a scan)."""
+
+    def __init__(self, url: str, index: str) -> None:
+        self.url = url
+        self.index = index
+        self.tally = Tally()
+        self._read_at = 0.0
+
+    def poll(self) -> Tally:
+        now = time.monotonic()
+        if now - self._read_at >= 1.0:
+            self._read_at = now
+            with contextlib.suppress(Exception):  # noida-db down: keep the last count
+                fresh = es_readback(self.url, self.index)
+                tally = self.tally  # updated in place: the runner holds on to it
+                if fresh.distinct != tally.distinct:
+                    tally.changed_at = now
+                tally.deliveries, tally.ids = fresh.deliveries, fresh.ids
+                tally.seq_ids, tally.order = fresh.seq_ids, fresh.order
+        return self.tally
+
+
 def es_readback(url: str, index: str) -> Tally:
     """Every document of ``index`` in noida-db (scan), tallied by ``_id`` and ``seq``."""
     from elasticsearch import Elasticsearch, NotFoundError, helpers
@@ -1136,6 +1159,52 @@ def s15_spool_two_destinations(lab: Lab, s: Scenario, row: Row) -> None:
     )
 
 
+def s16_es_failover(lab: Lab, s: Scenario, row: Row) -> None:
+    """Elasticsearch (noida-db) stopped mid-stream; the handler writes to it directly with
+    ``[elasticsearch, amqp]`` failover, and a collector drains the broker into the same index
+    (issue #15): every record in the index exactly once (``_id`` = record id).
+
+    The stand-in is stopped with SIGTERM (it exits within about a second, cutting the requests
+    in flight), not SIGKILL: noida-db loses documents it had acknowledged when it is killed -9
+    (a whole index of 1,000 created documents disappeared in a direct check), which real
+    Elasticsearch does not (its translog is fsynced before a bulk request is answered). A
+    SIGKILL row would measure the stand-in, not mqlogging."""
+    rabbit, es = lab.rabbit, lab.es
+    n = lab.scale(20_000)
+    broker = queue_url(rabbit, s.queue)
+    dataset = dataset_for(s.queue)
+    direct = f"elasticsearch+{es.url.rstrip('/')}/?dataset={dataset}&rejected={s.dir / 'rej'}"
+    reader = EsReader(es.url, s.es_index)
+    s.readers.append(reader)
+    s.collector("c", [broker], [s.es_sink(es.url)])
+    app = s.app("app", {
+        "logging": handler_logging([direct, broker], s.dir / "spool", strategy="failover"),
+        "first": 0, "count": n, "rate": 0 if lab.quick else 1000,
+    })  # fmt: skip
+    s.until(lambda: app.emitted() >= n * 0.4 or app.exited(), 300, "40 % emitted")
+    at = app.emitted()
+    es.stop()
+    down_at = time.monotonic()
+    s.until(app.done_emitting, 300, "the end of the emission")
+    s.until(lambda: time.monotonic() - down_at >= 3.0, 10, "the outage")
+    es.start()
+    fault_end = time.monotonic()
+    s.until(app.exited, 300, "the application to deliver and exit")
+    s.settle(reader.tally, n, 180, [rabbit])
+    stored = es_readback(es.url, s.es_index)
+    _fill_row(row, stored, n, fault_end)
+    row.recovery = _recovery(reader.tally, fault_end)
+    endpoints = app.stats().get("endpoints", {})
+    via_broker = next(
+        (int(v.get("confirmed", 0)) for k, v in endpoints.items() if k.startswith("amqp")), 0
+    )
+    row.note = (
+        f"noida-db stopped at {at} emitted, down {fault_end - down_at:.0f} s; "
+        f"{via_broker} records went through the broker and the collector; "
+        f"{stored.deliveries} documents in the index"
+    )
+
+
 def s17_https_ingest_broker_restart(lab: Lab, s: Scenario, row: Row) -> None:
     """Pilots log over HTTPS (RFC 3820 proxy certificate) to the collector's ingest, which
     publishes with confirms to RabbitMQ; the broker is killed and restarted mid-stream."""
@@ -1201,6 +1270,12 @@ SCENARIOS: list[tuple[int, str, str, Callable[[Lab, Scenario, Row], None]]] = [
     (13, "multiprocessing Pool terminated by its with-block", "file", s13_pool_terminate),
     (14, "billiard (Celery prefork) workers recycled", "file", s14_recycled_workers),
     (15, "two applications, two destinations, one spool", "file", s15_spool_two_destinations),
+    (
+        16,
+        "Elasticsearch stopped mid-stream, [elasticsearch, amqp] failover",
+        "noida-db ES",
+        s16_es_failover,
+    ),
     (
         17,
         "broker behind HTTPS ingest restarted mid-stream",
@@ -1315,6 +1390,13 @@ HOW = {
     "Goal: no record in the other's queue (`misrouted` 0); A either refuses the directory "
     "(then runs with its own, as the error says) or leaves B's records alone; B's next run "
     "ships them.",
+    16: "The application logs to noida-db directly (`elasticsearch+http://` endpoint) with the "
+    "broker as failover (`strategy: failover`); a collector drains the broker into the same "
+    "data stream. Once 40 % of the records are emitted (1,000 a second), noida-db is stopped "
+    "(SIGTERM: noida-db loses acknowledged documents on SIGKILL, real Elasticsearch does not) "
+    "and started again 3 s after the application finished emitting. Goal: every record in the "
+    "index exactly once (`_id` = record id). Recovery: from noida-db accepting clients to the "
+    "last record in the index (the collector draining the broker at noida-db's ingest speed).",
     17: "A pilot logs through `MQHandler` over `https://` with an RFC 3820 proxy certificate to "
     "the collector's HTTPS ingest, whose `broker` sink publishes with confirms to RabbitMQ; a "
     "second collector drains the queue into a file. At 40 % of the emission the broker is "

@@ -52,11 +52,15 @@ class Outcome(enum.Enum):
 @dataclass(frozen=True, slots=True)
 class Result:
     """The outcome for one record, with the store's words for why (``status``: a metric label
-    such as ``created``, ``conflict``, ``429``, ``timeout``; ``reason``: free text)."""
+    such as ``created``, ``conflict``, ``429``, ``timeout``; ``reason``: free text).
+
+    ``retry_after``: for a ``RETRY``, the seconds the store asked us to wait before trying
+    again (an HTTP ``Retry-After``); the retry loop waits at least that long. 0: no wish."""
 
     outcome: Outcome
     status: str = ""
     reason: str = ""
+    retry_after: float = 0.0
 
 
 DONE = Result(Outcome.DONE, "ok")

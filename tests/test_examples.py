@@ -147,6 +147,22 @@ def test_worker_pool(rabbitmq: RabbitMQ, queue_name: str, tmp_path: Path) -> Non
     assert len({d["process"]["pid"] for d in docs}) > 1
 
 
+def test_structlog_app(rabbitmq: RabbitMQ, queue_name: str, tmp_path: Path) -> None:
+    """structlog, directly and through the stdlib integration: three records, each with its
+    event dict's keys as fields."""
+    env = _env(amqp_url(rabbitmq, queue_name), tmp_path)
+    out = _run([sys.executable, str(EXAMPLES / "structlog_app.py")], env)
+    assert "logged 3 records" in out
+    docs = {d["message"]: d for d in drain_amqp(rabbitmq, queue_name, 3)}
+    assert tuple(docs["order placed"][k] for k in ("order_id", "tenant", "amount")) == (
+        42,
+        "acme",
+        19.99,
+    )
+    assert docs["payment failed"]["error"]["type"] == "TimeoutError"
+    assert docs["order 42 shipped"]["carrier"] == "ups"
+
+
 def test_gunicorn_logconfig_dict(rabbitmq: RabbitMQ, queue_name: str, tmp_path: Path) -> None:
     """gunicorn with the example config and the Flask app: gunicorn's own records, one access
     record per request and the app's records arrive once each, from master and workers."""
@@ -246,6 +262,7 @@ def test_every_example_says_how_to_run_it() -> None:
         "django_settings.py", "flask_app.py", "worker_pool.py", "gunicorn_conf.py",
         "offline_node.py", "docker-compose.yml", "collector-compose.toml", "logging.yaml",
         "what_broke.py",
+        "structlog_app.py",
     ]  # fmt: skip
     for name in names:
         head = (EXAMPLES / name).read_text().splitlines()[:6]

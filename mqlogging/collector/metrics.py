@@ -116,6 +116,13 @@ class CollectorMetrics:
             ["source", "status"],
             registry=r,
         )
+        self.sink_rejected_records = Counter(
+            f"{_PREFIX}_sink_rejected_records",
+            "Records a sink's peer said it refused without saying which (OTLP partial "
+            "success); how they were handled is the sink's partial_success policy.",
+            ["sink"],
+            registry=r,
+        )
         self.connected = Gauge(
             f"{_PREFIX}_source_connected",
             "1 while the source's last fetch succeeded.",

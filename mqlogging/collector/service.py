@@ -74,7 +74,17 @@ log = logging.getLogger("mqlogging.collector")
 class _Item:
     """One delivery on its way through the pipeline."""
 
-    __slots__ = ("attempts", "dead", "delivery", "last_error", "record", "size", "stage", "todo")
+    __slots__ = (
+        "attempts",
+        "dead",
+        "delivery",
+        "last_error",
+        "record",
+        "retry_after",
+        "size",
+        "stage",
+        "todo",
+    )
 
     def __init__(self, delivery: Delivery, record: Record | None, todo: set[int]) -> None:
         self.delivery = delivery
@@ -85,6 +95,7 @@ class _Item:
         self.stage = ""
         self.attempts = 0
         self.last_error = ""
+        self.retry_after = 0.0  # the longest Retry-After a sink gave in the last attempt
 
 
 def _utcnow_iso() -> str:
@@ -410,13 +421,16 @@ class _Worker(threading.Thread):
             if remaining <= 0:
                 return
             if stop.is_set():
-                # Shutting down: no new messages; wake up only for the deadline.
-                self.service.finished.wait(remaining)
+                # Shutting down: no new messages; wake up at the shutdown deadline at the
+                # latest, even when the stop came during a longer wait (a sink's Retry-After).
+                until_deadline = self.service.deadline - time.monotonic()
+                self.service.finished.wait(max(0.0, min(remaining, until_deadline)))
                 return
             room = self._room()
             if room > 0 or self._fetch_when_full:
                 # fetch(0): an AMQP consumer only services its connection (heartbeats).
-                self._fetch(max(room, 0), remaining)
+                # At most 1 s at a time, so a stop during a long wait is seen promptly.
+                self._fetch(max(room, 0), min(remaining, 1.0))
             elif stop.wait(remaining):
                 continue
 
@@ -437,7 +451,7 @@ class _Worker(threading.Thread):
                 break
             now = time.monotonic()
             stopping = service.stopping.is_set()
-            if stopping and now >= (deadline if deadline is not None else service.deadline):
+            if self._out_of_time(deadline):
                 self._nack(open_items)
                 break
             if p.max_attempts:
@@ -445,7 +459,8 @@ class _Worker(threading.Thread):
                     if item.dead is None and item.attempts >= p.max_attempts:
                         item.dead = f"gave up after {item.attempts} attempts: {item.last_error}"
                         item.stage = "retries"
-            delay = backoff.next_delay()
+            # A store's Retry-After is honoured: never try again sooner than it asked.
+            delay = max(backoff.next_delay(), max((i.retry_after for i in open_items), default=0))
             retry_sinks = Counter(
                 service.sinks[i].name for item in open_items if item.dead is None for i in item.todo
             )
@@ -466,10 +481,22 @@ class _Worker(threading.Thread):
                     backoff.attempt,
                 )
             self._idle(delay, service.deadline if stopping else None)
+            if self._out_of_time(deadline):  # stopped during the wait: no attempt after it
+                self._nack(open_items)
+                break
         self._m_batch.observe(time.monotonic() - started)
+
+    def _out_of_time(self, deadline: float | None) -> bool:
+        """Stopping, and the flush deadline (``deadline``, else the service's) has passed."""
+        service = self.service
+        if not service.stopping.is_set():
+            return False
+        return time.monotonic() >= (deadline if deadline is not None else service.deadline)
 
     def _attempt(self, items: list[_Item]) -> None:
         service = self.service
+        for item in items:
+            item.retry_after = 0.0
         for index, sink in enumerate(service.sinks):
             todo = [it for it in items if it.dead is None and index in it.todo]
             if not todo:
@@ -485,6 +512,7 @@ class _Worker(threading.Thread):
                     item.dead, item.stage = f"{sink.name}: {result.reason}", "sink"
                 else:
                     item.last_error = f"{sink.name}: {result.reason}"
+                    item.retry_after = max(item.retry_after, result.retry_after)
             for status, n in statuses.items():
                 service.metrics.sink_items.labels(sink.name, status).inc(n)
         for item in items:

@@ -16,6 +16,7 @@ from .broker import BrokerSinkConfig
 from .elasticsearch import ElasticsearchSinkConfig
 from .file import FileSinkConfig, NullSinkConfig
 from .logstash import LogstashSinkConfig
+from .otlp import OtlpSinkConfig
 
 if TYPE_CHECKING:  # the metrics module needs prometheus-client; sinks alone do not
     from ..metrics import CollectorMetrics
@@ -27,6 +28,7 @@ __all__ = [
     "FileSinkConfig",
     "LogstashSinkConfig",
     "NullSinkConfig",
+    "OtlpSinkConfig",
     "Outcome",
     "Record",
     "Result",
@@ -38,6 +40,7 @@ __all__ = [
 SINK_TYPES: Final[dict[str, Callable[[Table], SinkConfig]]] = {
     "elasticsearch": ElasticsearchSinkConfig.from_table,
     "logstash": LogstashSinkConfig.from_table,
+    "otlp": OtlpSinkConfig.from_table,
     "file": FileSinkConfig.from_table,
     "stdout": FileSinkConfig.from_table,
     "null": NullSinkConfig.from_table,

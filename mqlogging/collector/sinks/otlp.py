@@ -1,0 +1,347 @@
+"""OTLP sink: forward records to an OpenTelemetry Collector over OTLP/HTTP.
+
+The OpenTelemetry Collector has no RabbitMQ receiver; this sink is the bridge. Each batch is one
+``POST`` of an ``ExportLogsServiceRequest`` (the official ``opentelemetry-proto`` message,
+mapped by :mod:`.otlp_records`) to ``/v1/logs``, as protobuf (``application/x-protobuf``, the
+default) or OTLP/JSON (``application/json``), gzip-compressed unless ``compression = "none"``.
+The HTTP client is httpx (a thread-safe connection pool, TLS verification on by default).
+
+What each answer means, following the OTLP/HTTP specification:
+
+- **2xx**: the receiver has the records -> ``DONE`` (the broker message is acked).
+- **2xx with partial success** (``partial_success.rejected_log_records = N > 0``): the receiver
+  took some records and refused N, *without saying which*; the specification forbids retrying
+  such a request. With ``partial_success = "dead_letter"`` (the default, the safe choice) every
+  record of the request is dead-lettered with the reason (N of M rejected, the receiver's
+  message), so each refused record is kept somewhere and counted; the price is that up to M-N
+  records that the receiver did keep are also in the dead letters — replaying them creates
+  duplicates that carry the same ``log.record.uid`` attribute, so they can be told apart. With
+  ``"accept"`` the batch counts as done and only the N is counted and logged (for receivers that
+  refuse records on purpose, e.g. by a filter). Either way the N is counted in the
+  ``sink_rejected_records`` metric and logged. A partial success with N = 0 is a warning: done.
+- **429, 502, 503, 504**: retried (only those records), never sooner than the ``Retry-After``
+  the receiver sent (seconds or an HTTP date, capped at :data:`MAX_RETRY_AFTER`).
+- **401, 403, 404, 407**: the configuration is wrong (credentials, URL), not a record: an outage,
+  retried, ``/readyz`` not ready until a write succeeds; the broker keeps the messages.
+- **400, 413** for several records: the batch is split in halves to find the refused record(s),
+  which are dead-lettered; if both halves are refused alike, the request is the problem (an
+  outage, retried), not one record. Any other 4xx: dead-lettered. Other 5xx and network errors
+  or timeouts: retried.
+
+Headers (e.g. ``Authorization``) come from ``headers = "k1=v1,k2=v2"`` (the format of
+``OTEL_EXPORTER_OTLP_HEADERS``; values may be percent-encoded) or ``MQLOGGING_OTLP_HEADERS`` in
+the environment; they are a :class:`~mqlogging.backends.endpoints.Secret`, never printed.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import gzip
+import logging
+import socket
+import ssl
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Final, Literal
+from urllib.parse import unquote, urlsplit, urlunsplit
+
+from ..._json import dumps
+from ...backends.endpoints import Secret
+from ...errors import ConfigurationError, MissingDependencyError
+from .._table import (
+    FromTable,
+    PemPath,
+    PositiveFloat,
+    PositiveInt,
+    Table,
+    check_fields,
+    read_table,
+    shared_env,
+)
+from ._urls import check_http_url, redact_http
+from .base import DONE, Outcome, Record, Result, Sink
+
+if TYPE_CHECKING:
+    import httpx
+
+    from ..metrics import CollectorMetrics
+
+__all__ = ["MAX_RETRY_AFTER", "OtlpSink", "OtlpSinkConfig", "parse_headers", "parse_retry_after"]
+
+log = logging.getLogger("mqlogging.collector")
+
+MAX_RETRY_AFTER: Final = 300.0
+"""Longest ``Retry-After`` honoured (seconds): a receiver cannot park the collector for a day."""
+
+_RETRY_STATUSES: Final = frozenset({429, 502, 503, 504})
+_OUTAGE_STATUSES: Final = frozenset({401, 403, 404, 407})
+_DEFAULT_PATH: Final = "/v1/logs"
+_CONTENT_TYPES: Final = {"protobuf": "application/x-protobuf", "json": "application/json"}
+
+
+def parse_headers(text: str) -> dict[str, str]:
+    """``"k1=v1,k2=v2"`` (``OTEL_EXPORTER_OTLP_HEADERS``' format, values percent-decoded) as a
+    dict. A malformed entry is refused without showing its value (it may be a token)."""
+    headers: dict[str, str] = {}
+    for number, entry in enumerate(text.split(","), 1):
+        if not entry.strip():
+            continue
+        name, sep, value = entry.partition("=")
+        if not sep or not name.strip():
+            msg = f'headers: entry {number} is not "name=value" (value not shown: it may be secret)'
+            raise ConfigurationError(msg)
+        headers[unquote(name.strip())] = unquote(value.strip())
+    return headers
+
+
+def parse_retry_after(value: str | None, now: float | None = None) -> float:
+    """Seconds to wait from a ``Retry-After`` header (delta seconds or an HTTP date), between 0
+    and :data:`MAX_RETRY_AFTER`; 0 when absent or unreadable."""
+    if not value:
+        return 0.0
+    value = value.strip()
+    if value.isdigit():
+        return min(float(value), MAX_RETRY_AFTER)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return 0.0
+    now = time.time() if now is None else now
+    return max(0.0, min(when.timestamp() - now, MAX_RETRY_AFTER))
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class OtlpSinkConfig(FromTable):
+    """An OpenTelemetry Collector's OTLP/HTTP logs endpoint (see the module docstring).
+
+    ``url``: ``http(s)://host:4318`` (``/v1/logs`` is added when the path is empty) or the full
+    URL of the logs endpoint. ``MQLOGGING_OTLP_HEADERS`` sets the headers of every otlp sink.
+    """
+
+    type: Literal["otlp"] = "otlp"
+    name: str = ""
+    url: str = "http://127.0.0.1:4318/v1/logs"
+    encoding: Literal["protobuf", "json"] = "protobuf"
+    compression: Literal["gzip", "none"] = "gzip"
+    headers: Secret | None = None
+    ca_certs: PemPath | None = None
+    verify: bool = True
+    certfile: PemPath | None = None
+    keyfile: PemPath | None = None
+    timeout: PositiveFloat = 10.0
+    max_request_bytes: PositiveInt = 4 * 1024 * 1024
+    partial_success: Literal["dead_letter", "accept"] = "dead_letter"
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+        check_http_url(self.url, "url")
+        if urlsplit(self.url).scheme not in ("http", "https"):
+            msg = f"url={redact_http(self.url)!r}: use http(s)://host:4318/v1/logs"
+            raise ConfigurationError(msg)
+        if self.keyfile and not self.certfile:
+            msg = "keyfile is set without certfile"
+            raise ConfigurationError(msg)
+        if self.headers is not None:
+            parse_headers(self.headers.reveal())
+
+    @classmethod
+    def from_table(cls, table: Table) -> OtlpSinkConfig:
+        """Read one ``[[sinks]]`` table; ``MQLOGGING_OTLP_HEADERS`` applies to every otlp sink,
+        ``MQLOGGING_SINKS_<N>_HEADERS`` still wins over it."""
+        return read_table(cls, table.merged(shared_env(table.env, "OTLP", ("headers",))))
+
+    @property
+    def endpoint(self) -> str:
+        """The logs endpoint: ``url``, with ``/v1/logs`` when its path is empty."""
+        parts = urlsplit(self.url)
+        if parts.path in ("", "/"):
+            parts = parts._replace(path=_DEFAULT_PATH)
+        return urlunsplit(parts)
+
+    @property
+    def label(self) -> str:
+        return self.name or f"otlp:{redact_http(self.endpoint)}"
+
+    def build(self, metrics: CollectorMetrics | None = None) -> Sink:
+        """The sink (imports httpx and opentelemetry-proto now)."""
+        counter = None if metrics is None else metrics.sink_rejected_records.labels(self.label)
+        return OtlpSink(self, rejected_counter=counter)
+
+
+def _ssl_context(config: OtlpSinkConfig) -> ssl.SSLContext:
+    ctx = ssl.create_default_context(cafile=config.ca_certs)
+    if not config.verify:
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+    if config.certfile:
+        ctx.load_cert_chain(config.certfile, config.keyfile)
+    return ctx
+
+
+class OtlpSink(Sink):
+    """POSTs each batch as one ``ExportLogsServiceRequest``. Thread-safe (httpx's pool)."""
+
+    def __init__(self, config: OtlpSinkConfig, *, rejected_counter: Any = None) -> None:
+        try:
+            import httpx
+
+            from . import otlp_records
+        except ImportError as exc:
+            raise MissingDependencyError(exc.name or "opentelemetry-proto", "otlp") from exc
+        self._httpx = httpx
+        self._records = otlp_records
+        self.config = config
+        self.name = config.label
+        self._url = config.endpoint
+        parts = urlsplit(self._url)
+        self._host = parts.hostname or "127.0.0.1"
+        self._port = parts.port or (443 if parts.scheme == "https" else 80)
+        headers = {"Content-Type": _CONTENT_TYPES[config.encoding]}
+        if config.compression == "gzip":
+            headers["Content-Encoding"] = "gzip"
+        if config.headers is not None:
+            headers.update(parse_headers(config.headers.reveal()))
+        verify: ssl.SSLContext | bool = _ssl_context(config) if parts.scheme == "https" else True
+        self._client = httpx.Client(headers=headers, timeout=config.timeout, verify=verify)
+        self._rejected = rejected_counter
+        self._outage = ""  # why the last write met a request-level refusal ("" when it did not)
+
+    # -- encoding -----------------------------------------------------------------------------
+
+    def _body(self, records: Sequence[Record]) -> bytes:
+        request = self._records.build_request([(r.doc, r.id) for r in records])
+        if self.config.encoding == "json":
+            raw = dumps(self._records.to_json(request))
+        else:
+            raw = request.SerializeToString()
+        return gzip.compress(raw, compresslevel=5) if self.config.compression == "gzip" else raw
+
+    def _rejected_count(self, response: httpx.Response) -> tuple[int, str]:
+        """(rejected_log_records, error_message) of an ``ExportLogsServiceResponse``; (0, "")
+        for an empty or unreadable body (the records were accepted: the status says so)."""
+        from google.protobuf.message import DecodeError
+        from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import (
+            ExportLogsServiceResponse,
+        )
+
+        content = response.content
+        if not content:
+            return 0, ""
+        answer = ExportLogsServiceResponse()
+        try:
+            if "json" in response.headers.get("content-type", ""):
+                from google.protobuf.json_format import Parse
+
+                Parse(content.decode("utf-8", "replace"), answer, ignore_unknown_fields=True)
+            else:
+                answer.ParseFromString(content)
+        except (DecodeError, ValueError) as exc:
+            log.warning("sink %s: unreadable OTLP response body (%s)", self.name, exc)
+            return 0, ""
+        partial = answer.partial_success
+        return int(partial.rejected_log_records), partial.error_message
+
+    # -- writing ------------------------------------------------------------------------------
+
+    def write(self, records: Sequence[Record]) -> list[Result]:
+        if not records:
+            return []
+        results: list[Result] = []
+        chunk: list[Record] = []
+        size = 0
+        for record in records:
+            if chunk and size + record.size > self.config.max_request_bytes:
+                results += self._post(chunk)
+                chunk, size = [], 0
+            chunk.append(record)
+            size += record.size
+        results += self._post(chunk)
+        self._outage = next((r.reason for r in results if r.reason.startswith("outage: ")), "")
+        return results
+
+    def _send(self, records: Sequence[Record]) -> httpx.Response | Result:
+        """One POST: the response, or the ``RETRY`` result of a request that got none."""
+        try:
+            return self._client.post(self._url, content=self._body(records))
+        except self._httpx.TimeoutException as exc:
+            return Result(Outcome.RETRY, "timeout", f"timeout: {exc}")
+        except self._httpx.HTTPError as exc:
+            return Result(Outcome.RETRY, "unavailable", f"unavailable: {exc}")
+
+    def _post(self, records: Sequence[Record]) -> list[Result]:
+        response = self._send(records)
+        if isinstance(response, Result):
+            return [response] * len(records)
+        status = response.status_code
+        if 200 <= status < 300:
+            return self._accepted(records, response)
+        if status in (400, 413) and len(records) > 1:
+            return self._split(records, status, response.text)
+        return [self._refused(status, response)] * len(records)
+
+    def _accepted(self, records: Sequence[Record], response: httpx.Response) -> list[Result]:
+        """A 2xx: done, unless it is a partial success (see the module docstring)."""
+        rejected, message = self._rejected_count(response)
+        if rejected <= 0:
+            if message:
+                log.warning("sink %s: receiver warning: %s", self.name, message[:300])
+            return [DONE] * len(records)
+        if self._rejected is not None:
+            self._rejected.inc(rejected)
+        reason = (
+            f"partial success: the receiver rejected {rejected} of {len(records)} records "
+            f"without saying which: {message[:300]}"
+        )
+        log.warning("sink %s: %s (policy: %s)", self.name, reason, self.config.partial_success)
+        if self.config.partial_success == "accept":
+            return [Result(Outcome.DONE, "partial_accepted", reason)] * len(records)
+        return [Result(Outcome.REJECT, "partial", reason)] * len(records)
+
+    def _refused(self, status: int, response: httpx.Response) -> Result:
+        """The result for a non-2xx answer that is not split further."""
+        text = f"{status} {response.text[:300]}".strip()
+        if status in _RETRY_STATUSES:
+            wait = parse_retry_after(response.headers.get("retry-after"))
+            return Result(Outcome.RETRY, str(status), text, retry_after=wait)
+        if status in _OUTAGE_STATUSES:
+            return Result(Outcome.RETRY, str(status), f"outage: {text}")
+        if 400 <= status < 500:
+            return Result(Outcome.REJECT, str(status), text)
+        return Result(Outcome.RETRY, str(status), text)
+
+    def _split(self, records: Sequence[Record], status: int, text: str) -> list[Result]:
+        """A 400/413 for several records: try each half. If both halves are refused with the
+        same status the request, not a record, is at fault (an outage: retry), as in the
+        Logstash sink (issue #11: a blanket 400 must not dead-letter every record)."""
+        half = len(records) // 2
+        halves = (records[:half], records[half:])
+        answers = [self._send(part) for part in halves]
+        statuses = [a.status_code if not isinstance(a, Result) else 0 for a in answers]
+        if status == 400 and statuses == [400, 400]:
+            reason = f"outage: 400 for both halves of {len(records)} records: {text[:200]}"
+            return [Result(Outcome.RETRY, "400", reason)] * len(records)
+        results: list[Result] = []
+        for part, answer in zip(halves, answers, strict=True):
+            if isinstance(answer, Result):
+                results += [answer] * len(part)
+            elif 200 <= answer.status_code < 300:
+                results += self._accepted(part, answer)
+            elif answer.status_code in (400, 413) and len(part) > 1:
+                results += self._split(part, answer.status_code, answer.text)
+            else:
+                results += [self._refused(answer.status_code, answer)] * len(part)
+        return results
+
+    def check(self) -> bool:
+        """Reachable, and the last write was not refused as a whole (auth, URL, ...)."""
+        if self._outage:
+            return False
+        try:
+            with socket.create_connection((self._host, self._port), timeout=2.0):
+                return True
+        except OSError:
+            return False
+
+    def close(self) -> None:
+        self._client.close()
