@@ -17,6 +17,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+from opentelemetry import trace
 
 from harness.collector import amqp_queue_url, ecs_record, log_through_handler, publish
 from harness.helpers import wait_until
@@ -44,12 +45,17 @@ def _formatted(schema: str, **kwargs: Any) -> dict[str, Any]:
     formatter = JsonFormatter(schema=schema, static_fields={"service": "billing"}, **kwargs)
     record = logging.LogRecord("app.db", logging.WARNING, "/x.py", 10, "job %d done", (3,), None)
     record.count = 5
-    record.trace_id = "0af7651916cd43dd8448eb211c80319c"
     try:
         raise KeyError("k")
     except KeyError:
         record.exc_info = sys.exc_info()
-    doc: dict[str, Any] = json.loads(formatter.format(record))
+    # The trace ids come from the active span (captured when formatting on the caller); a user
+    # field named trace_id would be moved under `extra`.
+    context = trace.SpanContext(
+        0x0AF7651916CD43DD8448EB211C80319C, 0xB7AD6B7169203331, False, trace.TraceFlags(1)
+    )
+    with trace.use_span(trace.NonRecordingSpan(context)):
+        doc: dict[str, Any] = json.loads(formatter.format(record))
     return doc
 
 
