@@ -690,14 +690,23 @@ class AMQPProducer(_AMQPClient, Producer):
             raise PublishTimeout(msg, endpoint=self.endpoint.redacted()) from exc
         finally:
             self._batch = None
-        self._raise_for_batch(batch, link, messages)
+        failure = self._batch_failure(batch, link, messages)
+        if failure is not None:
+            # After *any* failure the next batch goes out on a fresh connection (from the first
+            # host again), never on this channel: a quorum queue's channel that lost the
+            # queue's leader keeps nacking every publish long after a new leader was elected,
+            # while a new channel finds that leader at once (issue #14).
+            self._drop_link()
+            raise failure
 
-    def _raise_for_batch(self, batch: _Batch, link: _Link, messages: Sequence[Message]) -> None:
+    def _batch_failure(
+        self, batch: _Batch, link: _Link, messages: Sequence[Message]
+    ) -> BackendError | None:
+        """Why the broker did not confirm the whole batch, or ``None`` if it did."""
         where = self.endpoint.redacted()
         if link.channel_error is not None:
             # e.g. 404: the exchange was deleted under us. The broker refused the messages.
             error = link.channel_error
-            self._drop_link()
             code = getattr(error, "reply_code", "")
             text = getattr(error, "reply_text", str(error))
             msg = (
@@ -705,15 +714,14 @@ class AMQPProducer(_AMQPClient, Producer):
                 f"{batch.size - batch.settled + batch.nacked} of {batch.size} messages "
                 "not confirmed"
             )
-            raise NotConfirmed(self._scrub(msg), endpoint=where)
-        if not batch.complete:
-            self._drop_link()  # late confirms would be ambiguous: start afresh
+            return NotConfirmed(self._scrub(msg), endpoint=where)
+        if not batch.complete:  # late confirms on this channel would be ambiguous
             pending = batch.size - batch.settled
             msg = (
                 f"{pending} of {batch.size} messages not confirmed within "
                 f"timeout={self.endpoint.timeout:g}s (first id {messages[batch.low].id})"
             )
-            raise PublishTimeout(msg, endpoint=where)
+            return PublishTimeout(msg, endpoint=where)
         if batch.returned:
             record_id, reason = batch.returned[0]
             msg = (
@@ -721,14 +729,15 @@ class AMQPProducer(_AMQPClient, Producer):
                 f"from exchange {self.endpoint.exchange!r} with routing key "
                 f"{self._routing_key!r} (first id {record_id}); bind a queue or fix routing_key"
             )
-            raise NotConfirmed(msg, endpoint=where)
+            return NotConfirmed(msg, endpoint=where)
         if batch.nacked:
             first = next(i for i, s in enumerate(batch.state) if s == 2)
             msg = (
                 f"broker refused (nack) {batch.nacked} of {batch.size} messages "
                 f"(first id {messages[first].id})"
             )
-            raise NotConfirmed(msg, endpoint=where)
+            return NotConfirmed(msg, endpoint=where)
+        return None
 
 
 # -- consumer -------------------------------------------------------------------------------
