@@ -18,6 +18,7 @@ from collections.abc import Iterator
 import pytest
 
 from harness.brokers import ActiveMQ, Broker, BrokerNotInstalled, NoidaES, RabbitMQ
+from harness.cluster import RabbitMQCluster
 from harness.helpers import unique_name
 
 ES_URL_ENV = "MQLOGGING_ES_URL"
@@ -55,6 +56,28 @@ def _activemq_session() -> Iterator[Broker]:
 def _elasticsearch_session() -> Iterator[Broker]:
     """The session's private noida-db server (Elasticsearch REST API), booted on first use."""
     yield from _booted(NoidaES())
+
+
+@pytest.fixture(scope="session")
+def _rabbitmq_cluster_session() -> Iterator[RabbitMQCluster]:
+    """The session's private three-node RabbitMQ cluster, booted on first use (~20-30 s)."""
+    cluster = RabbitMQCluster()
+    try:
+        try:
+            cluster.start()
+        except BrokerNotInstalled as exc:
+            pytest.fail(str(exc), pytrace=False)
+        yield cluster
+    finally:
+        cluster.close()
+
+
+@pytest.fixture
+def rabbitmq_cluster(_rabbitmq_cluster_session: RabbitMQCluster) -> RabbitMQCluster:
+    """The three-node cluster, every node running when the test starts (a node an earlier test
+    killed or stopped is started again and rejoins)."""
+    _rabbitmq_cluster_session.ensure_running()
+    return _rabbitmq_cluster_session
 
 
 @pytest.fixture
@@ -98,7 +121,12 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     """Skip ``real_es`` tests unless ``MQLOGGING_ES_URL`` is set; tag tests by broker."""
     has_real_es = bool(os.environ.get(ES_URL_ENV))
     skip_real = pytest.mark.skip(reason=f"set {ES_URL_ENV} to run against a real Elasticsearch")
-    markers = {"rabbitmq": "rabbitmq", "activemq": "activemq", "elasticsearch": "elasticsearch"}
+    markers = {
+        "rabbitmq": "rabbitmq",
+        "activemq": "activemq",
+        "elasticsearch": "elasticsearch",
+        "rabbitmq_cluster": "rabbitmq_cluster",
+    }
     for item in items:
         if "real_es" in item.keywords and not has_real_es:
             item.add_marker(skip_real)
