@@ -53,7 +53,7 @@ from typing import Any, ClassVar, Literal
 from urllib.parse import quote
 
 from .. import _fork
-from .._coerce import to_bool
+from .._coerce import to_bool, to_number
 from .._ids import new_id
 from .._types import Delivery, Message
 from ..errors import (
@@ -87,6 +87,14 @@ _ID_HEADER = "mqlogging-id"
 # -- the endpoint: amqp://user:pass@h1,h2/vhost?exchange=logs&routing_key=app.logs ---------------
 
 
+def _optional_count(value: Any, *, where: str, name: str) -> int | None:
+    """A positive whole number, or ``None`` for empty text."""
+    if value in ("", None):
+        return None
+    count: int = to_number(value, where=where, name=name, minimum=1, integer=True)
+    return count
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class AMQPEndpoint(Endpoint):
     """An AMQP 0-9-1 endpoint (``amqp://``, ``amqps://``); the URL path is the vhost.
@@ -104,12 +112,13 @@ class AMQPEndpoint(Endpoint):
     }
     url_options: ClassVar[frozenset[str]] = COMMON_OPTIONS | {
         "exchange", "exchange_type", "routing_key", "queue", "binding_key", "queue_type",
-        "dead_letter_exchange", "declare", "vhost", "persistent",
+        "dead_letter_exchange", "delivery_limit", "declare", "vhost", "persistent",
     }  # fmt: skip
     option_types: ClassVar[Mapping[str, Coercer]] = {
         **COMMON_TYPES,
         "declare": to_bool,
         "dead_letter_exchange": optional_text,
+        "delivery_limit": _optional_count,
     }
 
     exchange: str = "logs"
@@ -119,6 +128,10 @@ class AMQPEndpoint(Endpoint):
     binding_key: str = "#"
     queue_type: str = "classic"
     dead_letter_exchange: str | None = None
+    #: Quorum queues only: deliveries of one message (redeliveries included) after which the
+    #: broker dead-letters it (``x-delivery-limit``), so a message that makes every collector
+    #: crash cannot circle forever. Give it with ``dead_letter_exchange``, or it is dropped.
+    delivery_limit: int | None = None
     declare: bool = True
 
     @classmethod
@@ -135,6 +148,12 @@ class AMQPEndpoint(Endpoint):
         if self.queue_type not in ("classic", "quorum"):
             msg = f"{where}: queue_type must be 'classic' or 'quorum', not {self.queue_type!r}"
             raise ConfigurationError(msg)
+        if self.delivery_limit is not None and self.queue_type != "quorum":
+            msg = (
+                f"{where}: delivery_limit needs queue_type=quorum (classic queues do not count "
+                "deliveries)"
+            )
+            raise ConfigurationError(msg)
         if self.exchange_type not in ("topic", "direct", "fanout", "headers"):
             msg = f"{where}: exchange_type {self.exchange_type!r} is not an AMQP exchange type"
             raise ConfigurationError(msg)
@@ -147,6 +166,17 @@ class AMQPEndpoint(Endpoint):
                 "give only one of them"
             )
             raise ConfigurationError(msg)
+
+    def queue_arguments(self) -> dict[str, Any]:
+        """The ``x-`` arguments the queue is declared with (type, dead letters, limit)."""
+        arguments: dict[str, Any] = {}
+        if self.queue_type == "quorum":
+            arguments["x-queue-type"] = "quorum"
+        if self.dead_letter_exchange:
+            arguments["x-dead-letter-exchange"] = self.dead_letter_exchange
+        if self.delivery_limit is not None:
+            arguments["x-delivery-limit"] = self.delivery_limit
+        return arguments
 
     def redacted_path(self) -> str:
         vhost = "" if self.vhost == "/" else quote(self.vhost, safe="")
@@ -408,11 +438,7 @@ class _AMQPClient:
         if not ep.queue or (not ep.declare and ep.exchange and self._role == "producer"):
             # A producer with declare=False only needs the exchange; `mandatory` catches the rest.
             return
-        arguments: dict[str, Any] = {}
-        if ep.queue_type == "quorum":
-            arguments["x-queue-type"] = "quorum"
-        if ep.dead_letter_exchange:
-            arguments["x-dead-letter-exchange"] = ep.dead_letter_exchange
+        arguments = ep.queue_arguments()
         try:
             if ep.declare:
                 channel.queue_declare(ep.queue, durable=True, arguments=arguments or None)
@@ -440,7 +466,7 @@ class _AMQPClient:
             msg = (
                 f"{kind} {name!r} already exists with different settings ({detail}); delete it "
                 "or change the endpoint options (exchange_type, queue_type, "
-                "dead_letter_exchange) to match"
+                "dead_letter_exchange, delivery_limit) to match"
             )
         elif code == 403:
             user = self.endpoint.username or "guest"
