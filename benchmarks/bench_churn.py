@@ -15,7 +15,8 @@ on 2 cores, not the cluster. Afterwards the queue is drained and every record co
 ``seq``.
 
 Reported: records/s and connections/s over the waves (from the first fork to the last exit),
-and lost records (must be 0). Each child's handler confirms its records before it exits, so the
+and lost records (must be 0). Baseline, same run: one long-lived producer logging as many
+records on one connection. Each child's handler confirms its records before it exits, so the
 rates are of confirmed, replicated (quorum) records.
 
 Run: ``.venv/bin/python -m benchmarks.bench_churn [--waves 3] [--procs 200] [--lines 50]``
@@ -49,6 +50,24 @@ def _child(url: str, first: int, lines: int, spool: str) -> int:
     handler.close()
     stats = handler.stats()
     return 0 if stats["confirmed"] >= lines and stats["spool"]["records"] == 0 else 1
+
+
+def _steady(url: str, first: int, n: int, spool: str) -> float:
+    """Baseline: one long-lived producer logs ``n`` records on one connection; seconds from
+    its first record to its ``close()`` (every record confirmed)."""
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            code = _child(url, first, n, spool)
+        finally:
+            os._exit(code)
+    began = time.monotonic()
+    _, status = os.waitpid(pid, 0)
+    if os.waitstatus_to_exitcode(status) != 0:
+        msg = "the steady producer did not deliver everything"
+        raise RuntimeError(msg)
+    return time.monotonic() - began
 
 
 def _wave(urls: list[str], base: int, procs: int, lines: int, spool: str) -> tuple[float, int]:
@@ -85,14 +104,17 @@ def measure(waves: int = 3, procs: int = 200, lines: int = 50) -> dict[str, Any]
         with cluster.channel() as channel:
             channel.queue_declare(queue, durable=True, arguments={"x-queue-type": "quorum"})
         urls = [cluster.amqp_url(path, order=[k, (k + 1) % 3, (k + 2) % 3]) for k in range(3)]
+        total = waves * procs * lines  # seqs 0..total-1 for the waves, then the baseline's
+        steady = _steady(urls[0], total, total, os.path.join(spool, "steady"))
         times, failed = [], 0
         for w in range(waves):
             took, bad = _wave(urls, w * procs, procs, lines, spool)
             times.append(took)
             failed += bad
-        total = waves * procs * lines
-        docs = drain_cluster(urls[0], range(total), timeout=120.0)
-        seen = {int(d["seq"]) for d in docs if "seq" in d}
+        wanted = set(range(2 * total))
+        docs = drain_cluster(urls[0], wanted, timeout=120.0)
+        seqs = [int(d["seq"]) for d in docs if "seq" in d]
+        seen = set(seqs)
         seconds = sum(times)
         return {
             "cluster_start_seconds": cluster.last_start_seconds,
@@ -101,10 +123,11 @@ def measure(waves: int = 3, procs: int = 200, lines: int = 50) -> dict[str, Any]
             "lines_per_proc": lines,
             "wave_seconds": [round(t, 2) for t in times],
             "records_per_second": total / seconds,
+            "steady_records_per_second": total / steady,
             "connections_per_second": waves * procs / seconds,
             "records": total,
-            "lost": total - len(seen & set(range(total))),
-            "duplicates": len(docs) - len(seen),
+            "lost": len(wanted - seen),
+            "duplicates": len(seqs) - len(seen),
             "failed_children": failed,
         }
 
@@ -115,8 +138,9 @@ def run(waves: int = 3, procs: int = 200, lines: int = 50) -> list[dict[str, Any
     what = f"{r['waves']} waves x {r['procs_per_wave']} producers x {r['lines_per_proc']} lines"
     return [
         {"name": f"churn, {what}: records/s", "value": r["records_per_second"],
-         "unit": "records/s", "baseline_name": "", "baseline_value": 0.0, "ratio": 0.0,
-         "goal": "measured"},
+         "unit": "records/s", "baseline_name": "one long-lived producer, same records",
+         "baseline_value": r["steady_records_per_second"],
+         "ratio": r["records_per_second"] / r["steady_records_per_second"], "goal": "measured"},
         {"name": f"churn, {what}: connections/s", "value": r["connections_per_second"],
          "unit": "connections/s", "baseline_name": "", "baseline_value": 0.0, "ratio": 0.0,
          "goal": "measured"},
