@@ -25,6 +25,7 @@ import contextlib
 import json
 import os
 import shutil
+import socket
 import tempfile
 import threading
 import time
@@ -57,18 +58,23 @@ class ClusterNode(RabbitMQ):
         home: Path,
         peers: list[str],
         stomp: bool = False,
+        management: bool = False,
     ) -> None:
         self.home = home
         self.peers = peers
         self.stomp = stomp
-        super().__init__(base_dir, extra_erl_args=_LEAN_ERL_ARGS)
+        super().__init__(
+            base_dir, extra_erl_args=_LEAN_ERL_ARGS, management_port=0 if management else None
+        )
         self.nodename = nodename
 
     def _prepare(self) -> None:
         super()._prepare()
         conf = self.dir / "conf"
-        plugins = "rabbitmq_stomp" if self.stomp else ""
-        (conf / "enabled_plugins").write_text(f"[{plugins}].\n")
+        plugins = ["rabbitmq_stomp"] if self.stomp else []
+        if self.management_port:
+            plugins.append("rabbitmq_management")
+        (conf / "enabled_plugins").write_text(f"[{','.join(plugins)}].\n")
         lines = ["disk_free_limit.absolute = 1MB", "log.file.level = warning"]
         if self.peers:
             lines += [
@@ -87,9 +93,14 @@ class ClusterNode(RabbitMQ):
         return env
 
     def _ready(self) -> bool:
+        if self.stomp:
+            return super()._ready()  # AMQP and a STOMP handshake
         with self.amqp_channel():
             pass
-        return not self.stomp or super()._ready()
+        if self.management_port:
+            with socket.create_connection((HOST, self.management_port), timeout=0.5):
+                pass
+        return True
 
     def amqp_host(self) -> str:
         """``host:port`` of this node's AMQP listener."""
@@ -104,7 +115,7 @@ class RabbitMQCluster:
         last_start_seconds: wall time of the last :meth:`start` (boot and clustering).
     """
 
-    def __init__(self, size: int = 3, *, stomp: bool = False) -> None:
+    def __init__(self, size: int = 3, *, stomp: bool = False, management: bool = False) -> None:
         self.dir = Path(tempfile.mkdtemp(prefix="mqlt-cluster-"))
         (self.dir / ".mqlt-owner").write_text(f"{os.getpid()}\n")
         home = self.dir / "home"
@@ -122,6 +133,7 @@ class RabbitMQCluster:
                 home=home,
                 peers=names[:1] if i > 1 else [],
                 stomp=stomp,
+                management=management and i == 1,
             )
             for i, name in enumerate(names, 1)
         ]

@@ -10,6 +10,7 @@ keep that channel, which nacked every retry for many seconds while records piled
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import time
 from pathlib import Path
@@ -22,6 +23,7 @@ from harness.helpers import wait_until
 from mqlogging._types import Message
 from mqlogging.backends import open_consumer, open_producer
 from mqlogging.backends.amqp import AMQPEndpoint
+from mqlogging.cli import main as cli_main
 from mqlogging.errors import ConfigurationError
 from mqlogging.handlers import MQHandler
 from mqlogging.rabbitmq_setup import DEFAULT_DELIVERY_LIMIT, add_arguments, topology_from_args
@@ -163,3 +165,46 @@ def test_close_right_after_leader_kill_delivers_within_close_timeout(
     assert took < 25.0
     docs = drain_cluster(rabbitmq_cluster.amqp_url(path, order=others), range(RECORDS))
     assert set(seqs(docs)) == set(range(RECORDS))
+
+
+@pytest.mark.slow
+def test_rabbitmq_setup_makes_the_recommended_topology_on_a_cluster(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``mqlogging rabbitmq setup --queue-type quorum`` through one node's management API
+    makes a quorum queue with a member on every node, its delivery limit and dead-letter
+    exchange; a producer with ``declare=false`` publishes through another node, and a message
+    every consumer gives back ends in the dead-letter queue once the limit is reached.
+
+    Slow: a cluster of its own, with the management plugin on node 1 (~30 s)."""
+    queue, exchange = "clogs", "clogs.x"
+    with RabbitMQCluster(management=True) as cluster:
+        monkeypatch.setenv("MQLT_ADMIN_PASSWORD", "guest")
+        port = cluster.nodes[0].management_port
+        code = cli_main([
+            "rabbitmq", "setup", "--url", f"http://guest@127.0.0.1:{port}",
+            "--admin-password-env", "MQLT_ADMIN_PASSWORD", "--queue-type", "quorum",
+            "--exchange", exchange, "--queue", queue, "--delivery-limit", "2",
+        ])  # fmt: skip
+        assert code == 0, capsys.readouterr().err
+        with cluster.nodes[1].amqp_channel() as channel:  # declared through node 1, seen on 2
+            info = channel.queue_declare(queue, passive=True)
+            assert info.method.message_count == 0
+        result = cluster.nodes[2].rabbitmqctl(
+            "list_queues", "name", "type", "arguments", "members", "--formatter", "json"
+        )
+        row = next(r for r in json.loads(result.stdout) if r["name"] == queue)
+        assert row["type"] == "quorum"
+        assert len(row["members"]) == 3
+        producer_url = cluster.amqp_url(
+            f"/?exchange={exchange}&routing_key=app.logs&declare=false", order=[1, 2, 0]
+        )
+        with open_producer(producer_url) as producer:
+            producer.publish_batch([Message(id="poison-2", body=b'{"seq": 7}')])
+        consumer_url = cluster.amqp_url(f"/?exchange={exchange}&queue={queue}&declare=false")
+        with open_consumer(consumer_url) as consumer:
+            for _ in range(3):
+                deliveries = wait_until(lambda: consumer.fetch(10, 0.2), timeout=10.0)
+                consumer.nack(deliveries, requeue=True)
+        dead_url = cluster.amqp_url(f"/?exchange=&queue={queue}.dead&declare=false")
+        assert [d["seq"] for d in drain_cluster(dead_url, [7])] == [7]
