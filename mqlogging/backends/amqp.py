@@ -21,9 +21,10 @@ Guarantees:
   Each attempt is bounded by ``connect_timeout`` (TCP connect, TLS and AMQP handshake together),
   so a host that accepts TCP but never answers costs at most that.
 - Topology: unless ``declare`` is off, the durable exchange, the durable queue (quorum if asked,
-  with its dead-letter exchange) and the binding are declared by producers *and* consumers, so
-  either may start first without losing records. With ``declare=False`` they are only checked
-  (passively) and a missing one is a :class:`~mqlogging.errors.ConnectError` naming it.
+  with its dead-letter exchange and delivery limit) and the binding are declared by producers
+  *and* consumers, so either may start first without losing records. With ``declare=False``
+  they are only checked (passively) and a missing one is a
+  :class:`~mqlogging.errors.ConnectError` naming it.
 - Bounded waits: connecting costs at most ``connect_timeout`` per host; a batch waits at most
   ``timeout`` for its confirms; a broker that blocks publishers (resource alarm) for longer than
   ``timeout`` gets the connection closed (pika's ``blocked_connection_timeout``). One case is
@@ -130,7 +131,8 @@ class AMQPEndpoint(Endpoint):
     dead_letter_exchange: str | None = None
     #: Quorum queues only: deliveries of one message (redeliveries included) after which the
     #: broker dead-letters it (``x-delivery-limit``), so a message that makes every collector
-    #: crash cannot circle forever. Give it with ``dead_letter_exchange``, or it is dropped.
+    #: crash cannot circle forever. Declared only with ``dead_letter_exchange`` (without one
+    #: the broker would drop the message, uncounted).
     delivery_limit: int | None = None
     declare: bool = True
 
@@ -152,6 +154,12 @@ class AMQPEndpoint(Endpoint):
             msg = (
                 f"{where}: delivery_limit needs queue_type=quorum (classic queues do not count "
                 "deliveries)"
+            )
+            raise ConfigurationError(msg)
+        if self.delivery_limit is not None and self.declare and not self.dead_letter_exchange:
+            msg = (
+                f"{where}: delivery_limit without dead_letter_exchange would make the broker "
+                "drop a message past the limit; give dead_letter_exchange=NAME too"
             )
             raise ConfigurationError(msg)
         if self.exchange_type not in ("topic", "direct", "fanout", "headers"):

@@ -95,13 +95,21 @@ def test_poison_message_dead_lettered_after_delivery_limit(
 
 def test_delivery_limit_needs_a_quorum_queue() -> None:
     """``delivery_limit`` on a classic queue is refused in one line (classic queues do not
-    count deliveries, so the limit would silently do nothing)."""
+    count deliveries, so the limit would silently do nothing), and so is one without a
+    dead-letter exchange (the broker would drop the message past the limit, uncounted)."""
     with pytest.raises(ConfigurationError, match="delivery_limit needs queue_type=quorum"):
         AMQPEndpoint.from_url("amqp://h1,h2/?queue=logs&delivery_limit=5")
+    quorum = "amqp://h1/?queue=logs&queue_type=quorum"
     with pytest.raises(ConfigurationError, match="delivery_limit"):
-        AMQPEndpoint.from_url("amqp://h1/?queue=logs&queue_type=quorum&delivery_limit=0")
-    endpoint = AMQPEndpoint.from_url("amqp://h1/?queue=logs&queue_type=quorum&delivery_limit=5")
-    assert endpoint.queue_arguments() == {"x-queue-type": "quorum", "x-delivery-limit": 5}
+        AMQPEndpoint.from_url(f"{quorum}&dead_letter_exchange=dlx&delivery_limit=0")
+    with pytest.raises(ConfigurationError, match="give dead_letter_exchange=NAME too"):
+        AMQPEndpoint.from_url(f"{quorum}&delivery_limit=5")
+    endpoint = AMQPEndpoint.from_url(f"{quorum}&dead_letter_exchange=dlx&delivery_limit=5")
+    assert endpoint.queue_arguments() == {
+        "x-queue-type": "quorum",
+        "x-dead-letter-exchange": "dlx",
+        "x-delivery-limit": 5,
+    }
 
 
 def test_setup_gives_quorum_queues_a_delivery_limit_by_default() -> None:
