@@ -4,7 +4,9 @@ Brokers are expensive to boot (RabbitMQ ~6 s), so each runs once per pytest sess
 if some selected test asks for it. The function-scoped fixtures (``rabbitmq``, ``activemq``,
 ``elasticsearch``) restart a broker that an earlier test stopped or killed, so a fault-injection
 test can leave a broker down without breaking the next test. Isolation between tests is by
-names (``queue_name``), never by restarting brokers.
+names (``queue_name``), never by restarting brokers. ``rabbitmq_cluster`` is the same for a
+three-node cluster (:mod:`harness.cluster`): booted on first use (20-30 s), every node running
+at the start of each test.
 
 A missing broker binary is an error, not a skip: the suite is meant to run against real
 brokers, and a silent skip would hide that nothing was tested.
