@@ -32,6 +32,8 @@ SUITES: list[tuple[str, str, dict[str, Any], dict[str, Any]]] = [
     ("bench_collector", "Collector", {}, {}),
     ("bench_scaling", "Scaling: records/s and RSS against number of records", {},
      {"sizes": (10_000, 30_000, 100_000)}),
+    ("bench_churn", "Connection churn: short-lived producers against a 3-node RabbitMQ cluster",
+     {}, {"waves": 1}),
 ]  # fmt: skip
 
 

@@ -5,6 +5,8 @@ One module per job, none of them imports pytest, so a benchmark or a script can 
 
 - :mod:`harness.brokers` — private RabbitMQ / ActiveMQ / noida-db processes on free loopback
   ports (start, stop, kill, restart with the same ports and data).
+- :mod:`harness.cluster` — a three-node RabbitMQ cluster on loopback (kill / stop / restart
+  one node, find a quorum queue's leader, drain through a multi-host URL).
 - :mod:`harness.tls` — a throwaway CA and the certificates the TLS tests need;
   :mod:`harness.tls_brokers` — the TLS-enabled broker variants built on both.
 - :mod:`harness.helpers` — ``wait_until`` (poll, never sleep), ``unique_name``, ``free_port``,

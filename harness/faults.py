@@ -50,6 +50,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.brokers import NoidaES, RabbitMQ, reserve_port
+from harness.cluster import RabbitMQCluster
 from harness.collector import (
     BulkStandIn,
     CollectorProcess,
@@ -489,6 +490,15 @@ class Lab:
         self._rabbit: Any = None
         self._rabbit2: Any = None
         self._es: Any = None
+        self._cluster: RabbitMQCluster | None = None
+
+    @property
+    def cluster(self) -> RabbitMQCluster:
+        """The three-node RabbitMQ cluster, booted on first use, every node running."""
+        if self._cluster is None:
+            self._cluster = RabbitMQCluster()
+        self._cluster.ensure_running()
+        return self._cluster
 
     def scale(self, n: int) -> int:
         return max(200, n // 10) if self.quick else n
@@ -521,7 +531,7 @@ class Lab:
         return self._es is not None and url == self._es.url
 
     def close(self) -> None:
-        for broker in (self._rabbit, self._rabbit2, self._es):
+        for broker in (self._rabbit, self._rabbit2, self._es, self._cluster):
             if broker is not None:
                 with contextlib.suppress(Exception):
                     broker.close()
@@ -1254,6 +1264,109 @@ def s17_https_ingest_broker_restart(lab: Lab, s: Scenario, row: Row) -> None:
     )
 
 
+# -- the three-node RabbitMQ cluster (issue #14) -----------------------------------------------
+
+
+def _quorum_queue(cluster: RabbitMQCluster, queue: str) -> tuple[str, int]:
+    """Declare ``queue`` as a quorum queue; return its URL path and the leader's index."""
+    with cluster.channel() as channel:
+        channel.queue_declare(queue, durable=True, arguments={"x-queue-type": "quorum"})
+    return f"/?exchange=&queue={queue}&queue_type=quorum", cluster.leader(queue)
+
+
+def _cluster_url(cluster: RabbitMQCluster, path: str, first: int) -> str:
+    """A multi-host URL with node ``first`` first (the node the handler connects to)."""
+    order = [first] + [i for i in range(len(cluster.nodes)) if i != first]
+    return cluster.amqp_url(path, order=order)
+
+
+def s18_quorum_leader_kill(lab: Lab, s: Scenario, row: Row) -> None:
+    """Two handlers and two competing collectors; the quorum queue's leader killed -9 at 40 %."""
+    cluster = lab.cluster
+    n = lab.scale(20_000)
+    path, leader = _quorum_queue(cluster, s.queue)
+    url = _cluster_url(cluster, path, leader)  # the handlers are connected to the leader
+    reader = FileReader([s.dir / "a.jsonl", s.dir / "b.jsonl"])
+    s.readers.append(reader)
+    s.collector("a", [_cluster_url(cluster, path, (leader + 1) % 3)], [s.file_sink("a")])
+    s.collector("b", [url], [s.file_sink("b")])
+    half = n // 2
+    rate = 1000 if lab.quick else 2000
+    apps = []
+    for k in range(2):
+        spec = {"logging": handler_logging([url], s.dir / f"spool{k}"),
+                "first": k * half, "count": half, "rate": rate}  # fmt: skip
+        apps.append(s.app(f"app{k}", spec))
+    s.until(lambda: sum(a.emitted() for a in apps) >= n * 0.4, 300, "40 % emitted")
+    cluster.kill(leader)
+    fault_end = time.monotonic()
+    s.until(lambda: all(a.exited() for a in apps), 300, "the applications to deliver and exit")
+    s.settle(reader.tally, n, 120, cluster.nodes)
+    _fill_row(row, reader.tally, n, fault_end)
+    new_leader = cluster.leader(s.queue)
+    stranded = sum(a.stats()["spool"]["records"] for a in apps)
+    row.note = (
+        f"leader node {leader + 1} killed at 40 % emitted; new leader node {new_leader + 1}; "
+        f"records left in the handlers' spools at exit: {stranded}"
+    )
+
+
+def s19_rolling_restart(lab: Lab, s: Scenario, row: Row) -> None:
+    """Each node of the cluster stopped and started again in turn while the application logs."""
+    cluster = lab.cluster
+    n = lab.scale(30_000)
+    path, leader = _quorum_queue(cluster, s.queue)
+    url = _cluster_url(cluster, path, leader)
+    reader = s.file_collector([_cluster_url(cluster, path, (leader + 1) % 3)])
+    rate = 500 if lab.quick else 1000
+    app = s.app("app", {
+        "logging": handler_logging([url], s.dir / "spool"),
+        "first": 0, "count": n, "rate": rate,
+    })  # fmt: skip
+    s.until(lambda: app.emitted() >= n * 0.1, 300, "10 % emitted")
+    restarts = []
+    for index in range(len(cluster.nodes)):
+        began = time.monotonic()
+        cluster.stop(index)
+        cluster.restart(index)
+        restarts.append(time.monotonic() - began)
+    fault_end = time.monotonic()
+    s.delivered(app, reader, row, n, fault_end=fault_end, brokers=cluster.nodes)
+    row.note = (
+        f"nodes stopped and restarted one after another (each took "
+        f"{', '.join(f'{t:.0f}' for t in restarts)} s) while logging {rate} records/s"
+    )
+
+
+def s20_minority_node_stopped(lab: Lab, s: Scenario, row: Row) -> None:
+    """The node the handler is connected to (not the leader) is stopped: a minority of one."""
+    cluster = lab.cluster
+    n = lab.scale(20_000)
+    path, leader = _quorum_queue(cluster, s.queue)
+    victim = (leader + 1) % 3
+    url = _cluster_url(cluster, path, victim)
+    reader = s.file_collector([_cluster_url(cluster, path, (leader + 2) % 3)])
+    app = s.app("app", {
+        "logging": handler_logging([url], s.dir / "spool"),
+        "first": 0, "count": n, "rate": 1000 if lab.quick else 2000,
+    })  # fmt: skip
+    s.until(lambda: app.emitted() >= n * 0.4, 300, "40 % emitted")
+    cluster.stop(victim)
+    stopped = time.monotonic()
+    before = reader.poll().distinct
+    s.until(lambda: reader.tally.distinct > before + min(1000, n // 10) or app.exited(), 60,
+            "records through the other nodes")  # fmt: skip
+    gap = time.monotonic() - stopped
+    s.until(app.done_emitting, 300, "the end of the emission")
+    cluster.restart(victim)
+    fault_end = time.monotonic()
+    s.delivered(app, reader, row, n, fault_end=fault_end, brokers=cluster.nodes)
+    row.note = (
+        f"node {victim + 1} (the handler's, not the leader) stopped at 40 %; new records "
+        f"reached the sink through the others {gap:.1f} s later; restarted after the emission"
+    )
+
+
 SCENARIOS: list[tuple[int, str, str, Callable[[Lab, Scenario, Row], None]]] = [
     (1, "broker down for the first 30 s", "file", s1_broker_down_at_start),
     (2, "broker killed -9 twice", "file", s2_broker_kill_twice),
@@ -1282,6 +1395,9 @@ SCENARIOS: list[tuple[int, str, str, Callable[[Lab, Scenario, Row], None]]] = [
         "file",
         s17_https_ingest_broker_restart,
     ),
+    (18, "quorum queue leader killed -9 (3-node cluster)", "file", s18_quorum_leader_kill),
+    (19, "rolling restart of a 3-node cluster", "file", s19_rolling_restart),
+    (20, "minority node stopped under its handler", "file", s20_minority_node_stopped),
 ]
 
 
@@ -1405,6 +1521,18 @@ HOW = {
     "is sent again with the same ids: the ingest remembers the ids it handed on lately and "
     "does not publish those twice (duplicate deliveries), and past that window Elasticsearch "
     "would store them once by id (`dup` counts copies under another id).",
+    18: "Three-node RabbitMQ cluster (harness.cluster), quorum queue. Two applications log "
+    "through a multi-host URL listing the queue's leader first (so they are connected to it); "
+    "two collectors consume the queue through different nodes. The leader node is SIGKILLed at "
+    "40 % (not restarted during the run): publishes in flight are lost with the connection and "
+    "the ones during the leader election are nacked; both are retried on a fresh connection. "
+    "Recovery: from the kill.",
+    19: "Three-node cluster, quorum queue, one application at a steady rate, one collector. "
+    "Each node is stopped (SIGTERM) and started again in turn, the next only once the previous "
+    "serves again. Recovery: from the last restart.",
+    20: "Three-node cluster, quorum queue. The handler is connected to a node that is not the "
+    "queue's leader; that node is stopped (a minority of one: the queue keeps its quorum) at "
+    "40 %. The handler moves to the next host of its URL. Recovery: from the node's restart.",
 }
 
 

@@ -4,6 +4,10 @@
 
 - the logging exchange (durable, ``topic`` by default) and the durable queue bound to it, with
   ``x-dead-letter-exchange`` set so that messages a collector rejects are kept, not dropped;
+  a quorum queue (``--queue-type quorum``, the one to use on a cluster: replicated, fsynced)
+  also gets ``x-delivery-limit`` (20 by default), so a poison message that makes every
+  collector crash before it acks is dead-lettered after that many deliveries instead of
+  circling forever;
 - the dead-letter exchange (``fanout``: rejected records keep their routing key) and its
   durable dead-letter queue;
 - a **producer** user that may only publish to the logging exchange: permissions
@@ -45,7 +49,21 @@ from urllib.parse import quote, unquote, urlsplit
 from .backends.endpoints import Secret
 from .errors import BackendError, ConfigurationError, ConnectError
 
-__all__ = ["ManagementAPI", "Permissions", "Topology", "add_arguments", "run_command", "setup"]
+__all__ = [
+    "DEFAULT_DELIVERY_LIMIT",
+    "ManagementAPI",
+    "Permissions",
+    "Topology",
+    "add_arguments",
+    "run_command",
+    "setup",
+    "topology_from_args",
+]
+
+#: Deliveries of one message after which a quorum queue made by ``setup`` dead-letters it:
+#: far above what outages cause (each collector crash or lost connection costs one), low
+#: enough that a poison message stops circling within minutes.
+DEFAULT_DELIVERY_LIMIT = 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +87,7 @@ class Topology:
     queue_type: str = "classic"
     dead_letter_exchange: str = "logs.dlx"
     dead_letter_queue: str = "logs.dead"
+    delivery_limit: int | None = None
 
     def __post_init__(self) -> None:
         for name in ("exchange", "queue", "dead_letter_exchange", "dead_letter_queue"):
@@ -82,6 +101,23 @@ class Topology:
         if self.queue_type not in ("classic", "quorum"):
             msg = f"queue_type must be 'classic' or 'quorum', not {self.queue_type!r}"
             raise ConfigurationError(msg)
+        if self.delivery_limit is not None and (
+            self.queue_type != "quorum" or self.delivery_limit < 1
+        ):
+            msg = (
+                f"delivery_limit {self.delivery_limit}: give a whole number >= 1, with "
+                "queue_type quorum (classic queues do not count deliveries)"
+            )
+            raise ConfigurationError(msg)
+
+    def queue_arguments(self) -> dict[str, Any]:
+        """The logging queue's ``x-`` arguments: dead letters, type and delivery limit."""
+        arguments: dict[str, Any] = {"x-dead-letter-exchange": self.dead_letter_exchange}
+        if self.queue_type == "quorum":
+            arguments["x-queue-type"] = "quorum"
+        if self.delivery_limit is not None:
+            arguments["x-delivery-limit"] = self.delivery_limit
+        return arguments
 
     def producer_permissions(self) -> Permissions:
         """Publish to the logging exchange; nothing else (no configure, no read)."""
@@ -231,10 +267,7 @@ def setup(
     dlx = {"type": "fanout", "durable": True, "auto_delete": False, "internal": False,
            "arguments": {}}  # fmt: skip
     put("exchange", f"/exchanges/{vh}/{_q(t.dead_letter_exchange)}", dlx, t.dead_letter_exchange)
-    queue_args: dict[str, Any] = {"x-dead-letter-exchange": t.dead_letter_exchange}
-    if t.queue_type == "quorum":
-        queue_args["x-queue-type"] = "quorum"
-    queue = {"durable": True, "auto_delete": False, "arguments": queue_args}
+    queue = {"durable": True, "auto_delete": False, "arguments": t.queue_arguments()}
     put("queue", f"/queues/{vh}/{_q(t.queue)}", queue, t.queue)
     dlq_args = {"x-queue-type": "quorum"} if t.queue_type == "quorum" else {}
     dlq = {"durable": True, "auto_delete": False, "arguments": dlq_args}
@@ -285,6 +318,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--queue", default="logs")
     parser.add_argument("--binding-key", default="#")
     parser.add_argument("--queue-type", default="classic", choices=("classic", "quorum"))
+    parser.add_argument(
+        "--delivery-limit", type=int, default=None, metavar="N",
+        help=f"quorum queues: dead-letter a message after N deliveries (default "
+        f"{DEFAULT_DELIVERY_LIMIT}; 0: no limit)",
+    )  # fmt: skip
     parser.add_argument("--dead-letter-exchange", default=None, metavar="NAME",
                         help="default: <exchange>.dlx")  # fmt: skip
     parser.add_argument("--dead-letter-queue", default=None, metavar="NAME",
@@ -323,11 +361,18 @@ def _password(args: argparse.Namespace, prefix: str, *, required: bool) -> Secre
     return None
 
 
-def run_command(args: argparse.Namespace) -> int:
-    """Run ``mqlogging rabbitmq setup`` from parsed ``args``; print one line per object."""
-    admin = _password(args, "admin", required=False)
-    api = ManagementAPI(args.url, password=admin, ca_certs=args.ca_certs, timeout=args.timeout)
-    topology = Topology(
+def _delivery_limit(args: argparse.Namespace) -> int | None:
+    """``--delivery-limit``: the default for a quorum queue, none for a classic one, 0 none."""
+    if args.delivery_limit is None:
+        return DEFAULT_DELIVERY_LIMIT if args.queue_type == "quorum" else None
+    if args.delivery_limit == 0:
+        return None
+    return int(args.delivery_limit)
+
+
+def topology_from_args(args: argparse.Namespace) -> Topology:
+    """The :class:`Topology` that ``mqlogging rabbitmq setup`` declares for ``args``."""
+    return Topology(
         vhost=args.vhost,
         exchange=args.exchange,
         exchange_type=args.exchange_type,
@@ -336,7 +381,15 @@ def run_command(args: argparse.Namespace) -> int:
         queue_type=args.queue_type,
         dead_letter_exchange=args.dead_letter_exchange or f"{args.exchange}.dlx",
         dead_letter_queue=args.dead_letter_queue or f"{args.queue}.dead",
+        delivery_limit=_delivery_limit(args),
     )
+
+
+def run_command(args: argparse.Namespace) -> int:
+    """Run ``mqlogging rabbitmq setup`` from parsed ``args``; print one line per object."""
+    admin = _password(args, "admin", required=False)
+    api = ManagementAPI(args.url, password=admin, ca_certs=args.ca_certs, timeout=args.timeout)
+    topology = topology_from_args(args)
     users: dict[str, tuple[str, Secret] | None] = {}
     for role in ("producer", "collector"):
         name = getattr(args, f"{role}_user")

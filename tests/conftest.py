@@ -4,7 +4,9 @@ Brokers are expensive to boot (RabbitMQ ~6 s), so each runs once per pytest sess
 if some selected test asks for it. The function-scoped fixtures (``rabbitmq``, ``activemq``,
 ``elasticsearch``) restart a broker that an earlier test stopped or killed, so a fault-injection
 test can leave a broker down without breaking the next test. Isolation between tests is by
-names (``queue_name``), never by restarting brokers.
+names (``queue_name``), never by restarting brokers. ``rabbitmq_cluster`` is the same for a
+three-node cluster (:mod:`harness.cluster`): booted on first use (20-30 s), every node running
+at the start of each test.
 
 A missing broker binary is an error, not a skip: the suite is meant to run against real
 brokers, and a silent skip would hide that nothing was tested.
@@ -18,6 +20,7 @@ from collections.abc import Iterator
 import pytest
 
 from harness.brokers import ActiveMQ, Broker, BrokerNotInstalled, NoidaES, RabbitMQ
+from harness.cluster import RabbitMQCluster
 from harness.helpers import unique_name
 
 ES_URL_ENV = "MQLOGGING_ES_URL"
@@ -55,6 +58,28 @@ def _activemq_session() -> Iterator[Broker]:
 def _elasticsearch_session() -> Iterator[Broker]:
     """The session's private noida-db server (Elasticsearch REST API), booted on first use."""
     yield from _booted(NoidaES())
+
+
+@pytest.fixture(scope="session")
+def _rabbitmq_cluster_session() -> Iterator[RabbitMQCluster]:
+    """The session's private three-node RabbitMQ cluster, booted on first use (~20-30 s)."""
+    cluster = RabbitMQCluster()
+    try:
+        try:
+            cluster.start()
+        except BrokerNotInstalled as exc:
+            pytest.fail(str(exc), pytrace=False)
+        yield cluster
+    finally:
+        cluster.close()
+
+
+@pytest.fixture
+def rabbitmq_cluster(_rabbitmq_cluster_session: RabbitMQCluster) -> RabbitMQCluster:
+    """The three-node cluster, every node running when the test starts (a node an earlier test
+    killed or stopped is started again and rejoins)."""
+    _rabbitmq_cluster_session.ensure_running()
+    return _rabbitmq_cluster_session
 
 
 @pytest.fixture
@@ -98,7 +123,12 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     """Skip ``real_es`` tests unless ``MQLOGGING_ES_URL`` is set; tag tests by broker."""
     has_real_es = bool(os.environ.get(ES_URL_ENV))
     skip_real = pytest.mark.skip(reason=f"set {ES_URL_ENV} to run against a real Elasticsearch")
-    markers = {"rabbitmq": "rabbitmq", "activemq": "activemq", "elasticsearch": "elasticsearch"}
+    markers = {
+        "rabbitmq": "rabbitmq",
+        "activemq": "activemq",
+        "elasticsearch": "elasticsearch",
+        "rabbitmq_cluster": "rabbitmq_cluster",
+    }
     for item in items:
         if "real_es" in item.keywords and not has_real_es:
             item.add_marker(skip_real)

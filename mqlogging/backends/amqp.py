@@ -21,9 +21,10 @@ Guarantees:
   Each attempt is bounded by ``connect_timeout`` (TCP connect, TLS and AMQP handshake together),
   so a host that accepts TCP but never answers costs at most that.
 - Topology: unless ``declare`` is off, the durable exchange, the durable queue (quorum if asked,
-  with its dead-letter exchange) and the binding are declared by producers *and* consumers, so
-  either may start first without losing records. With ``declare=False`` they are only checked
-  (passively) and a missing one is a :class:`~mqlogging.errors.ConnectError` naming it.
+  with its dead-letter exchange and delivery limit) and the binding are declared by producers
+  *and* consumers, so either may start first without losing records. With ``declare=False``
+  they are only checked (passively) and a missing one is a
+  :class:`~mqlogging.errors.ConnectError` naming it.
 - Bounded waits: connecting costs at most ``connect_timeout`` per host; a batch waits at most
   ``timeout`` for its confirms; a broker that blocks publishers (resource alarm) for longer than
   ``timeout`` gets the connection closed (pika's ``blocked_connection_timeout``). One case is
@@ -53,7 +54,7 @@ from typing import Any, ClassVar, Literal
 from urllib.parse import quote
 
 from .. import _fork
-from .._coerce import to_bool
+from .._coerce import to_bool, to_number
 from .._ids import new_id
 from .._types import Delivery, Message
 from ..errors import (
@@ -87,6 +88,14 @@ _ID_HEADER = "mqlogging-id"
 # -- the endpoint: amqp://user:pass@h1,h2/vhost?exchange=logs&routing_key=app.logs ---------------
 
 
+def _optional_count(value: Any, *, where: str, name: str) -> int | None:
+    """A positive whole number, or ``None`` for empty text."""
+    if value in ("", None):
+        return None
+    count: int = to_number(value, where=where, name=name, minimum=1, integer=True)
+    return count
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class AMQPEndpoint(Endpoint):
     """An AMQP 0-9-1 endpoint (``amqp://``, ``amqps://``); the URL path is the vhost.
@@ -104,12 +113,13 @@ class AMQPEndpoint(Endpoint):
     }
     url_options: ClassVar[frozenset[str]] = COMMON_OPTIONS | {
         "exchange", "exchange_type", "routing_key", "queue", "binding_key", "queue_type",
-        "dead_letter_exchange", "declare", "vhost", "persistent",
+        "dead_letter_exchange", "delivery_limit", "declare", "vhost", "persistent",
     }  # fmt: skip
     option_types: ClassVar[Mapping[str, Coercer]] = {
         **COMMON_TYPES,
         "declare": to_bool,
         "dead_letter_exchange": optional_text,
+        "delivery_limit": _optional_count,
     }
 
     exchange: str = "logs"
@@ -119,6 +129,11 @@ class AMQPEndpoint(Endpoint):
     binding_key: str = "#"
     queue_type: str = "classic"
     dead_letter_exchange: str | None = None
+    #: Quorum queues only: deliveries of one message (redeliveries included) after which the
+    #: broker dead-letters it (``x-delivery-limit``), so a message that makes every collector
+    #: crash cannot circle forever. Declared only with ``dead_letter_exchange`` (without one
+    #: the broker would drop the message, uncounted).
+    delivery_limit: int | None = None
     declare: bool = True
 
     @classmethod
@@ -135,6 +150,18 @@ class AMQPEndpoint(Endpoint):
         if self.queue_type not in ("classic", "quorum"):
             msg = f"{where}: queue_type must be 'classic' or 'quorum', not {self.queue_type!r}"
             raise ConfigurationError(msg)
+        if self.delivery_limit is not None and self.queue_type != "quorum":
+            msg = (
+                f"{where}: delivery_limit needs queue_type=quorum (classic queues do not count "
+                "deliveries)"
+            )
+            raise ConfigurationError(msg)
+        if self.delivery_limit is not None and self.declare and not self.dead_letter_exchange:
+            msg = (
+                f"{where}: delivery_limit without dead_letter_exchange would make the broker "
+                "drop a message past the limit; give dead_letter_exchange=NAME too"
+            )
+            raise ConfigurationError(msg)
         if self.exchange_type not in ("topic", "direct", "fanout", "headers"):
             msg = f"{where}: exchange_type {self.exchange_type!r} is not an AMQP exchange type"
             raise ConfigurationError(msg)
@@ -147,6 +174,17 @@ class AMQPEndpoint(Endpoint):
                 "give only one of them"
             )
             raise ConfigurationError(msg)
+
+    def queue_arguments(self) -> dict[str, Any]:
+        """The ``x-`` arguments the queue is declared with (type, dead letters, limit)."""
+        arguments: dict[str, Any] = {}
+        if self.queue_type == "quorum":
+            arguments["x-queue-type"] = "quorum"
+        if self.dead_letter_exchange:
+            arguments["x-dead-letter-exchange"] = self.dead_letter_exchange
+        if self.delivery_limit is not None:
+            arguments["x-delivery-limit"] = self.delivery_limit
+        return arguments
 
     def redacted_path(self) -> str:
         vhost = "" if self.vhost == "/" else quote(self.vhost, safe="")
@@ -408,11 +446,7 @@ class _AMQPClient:
         if not ep.queue or (not ep.declare and ep.exchange and self._role == "producer"):
             # A producer with declare=False only needs the exchange; `mandatory` catches the rest.
             return
-        arguments: dict[str, Any] = {}
-        if ep.queue_type == "quorum":
-            arguments["x-queue-type"] = "quorum"
-        if ep.dead_letter_exchange:
-            arguments["x-dead-letter-exchange"] = ep.dead_letter_exchange
+        arguments = ep.queue_arguments()
         try:
             if ep.declare:
                 channel.queue_declare(ep.queue, durable=True, arguments=arguments or None)
@@ -440,7 +474,7 @@ class _AMQPClient:
             msg = (
                 f"{kind} {name!r} already exists with different settings ({detail}); delete it "
                 "or change the endpoint options (exchange_type, queue_type, "
-                "dead_letter_exchange) to match"
+                "dead_letter_exchange, delivery_limit) to match"
             )
         elif code == 403:
             user = self.endpoint.username or "guest"
@@ -690,14 +724,23 @@ class AMQPProducer(_AMQPClient, Producer):
             raise PublishTimeout(msg, endpoint=self.endpoint.redacted()) from exc
         finally:
             self._batch = None
-        self._raise_for_batch(batch, link, messages)
+        failure = self._batch_failure(batch, link, messages)
+        if failure is not None:
+            # After *any* failure the next batch goes out on a fresh connection (from the first
+            # host again), never on this channel: a quorum queue's channel that lost the
+            # queue's leader keeps nacking every publish long after a new leader was elected,
+            # while a new channel finds that leader at once (issue #14).
+            self._drop_link()
+            raise failure
 
-    def _raise_for_batch(self, batch: _Batch, link: _Link, messages: Sequence[Message]) -> None:
+    def _batch_failure(
+        self, batch: _Batch, link: _Link, messages: Sequence[Message]
+    ) -> BackendError | None:
+        """Why the broker did not confirm the whole batch, or ``None`` if it did."""
         where = self.endpoint.redacted()
         if link.channel_error is not None:
             # e.g. 404: the exchange was deleted under us. The broker refused the messages.
             error = link.channel_error
-            self._drop_link()
             code = getattr(error, "reply_code", "")
             text = getattr(error, "reply_text", str(error))
             msg = (
@@ -705,15 +748,14 @@ class AMQPProducer(_AMQPClient, Producer):
                 f"{batch.size - batch.settled + batch.nacked} of {batch.size} messages "
                 "not confirmed"
             )
-            raise NotConfirmed(self._scrub(msg), endpoint=where)
-        if not batch.complete:
-            self._drop_link()  # late confirms would be ambiguous: start afresh
+            return NotConfirmed(self._scrub(msg), endpoint=where)
+        if not batch.complete:  # late confirms on this channel would be ambiguous
             pending = batch.size - batch.settled
             msg = (
                 f"{pending} of {batch.size} messages not confirmed within "
                 f"timeout={self.endpoint.timeout:g}s (first id {messages[batch.low].id})"
             )
-            raise PublishTimeout(msg, endpoint=where)
+            return PublishTimeout(msg, endpoint=where)
         if batch.returned:
             record_id, reason = batch.returned[0]
             msg = (
@@ -721,14 +763,15 @@ class AMQPProducer(_AMQPClient, Producer):
                 f"from exchange {self.endpoint.exchange!r} with routing key "
                 f"{self._routing_key!r} (first id {record_id}); bind a queue or fix routing_key"
             )
-            raise NotConfirmed(msg, endpoint=where)
+            return NotConfirmed(msg, endpoint=where)
         if batch.nacked:
             first = next(i for i, s in enumerate(batch.state) if s == 2)
             msg = (
                 f"broker refused (nack) {batch.nacked} of {batch.size} messages "
                 f"(first id {messages[first].id})"
             )
-            raise NotConfirmed(msg, endpoint=where)
+            return NotConfirmed(msg, endpoint=where)
+        return None
 
 
 # -- consumer -------------------------------------------------------------------------------
