@@ -313,3 +313,4 @@ register_lazy("mqlogging.backends.local:TRANSPORT", ("local",))
 register_lazy(
     "mqlogging.backends.elasticsearch:TRANSPORT", ("elasticsearch+http", "elasticsearch+https")
 )
+register_lazy("mqlogging.backends.kafka:TRANSPORT", ("kafka", "kafka+ssl"))
