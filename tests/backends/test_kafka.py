@@ -75,6 +75,7 @@ class TestEndpoint:
             ("kafka://k1/t?ca_certs=/etc/ssl/certs/ca-certificates.crt", "use kafka+ssl://"),
             ("kafka://k1/t?linger_ms=-1", "linger_ms must be"),
             ("kafka://k1/t?heartbeat=5", "unknown option 'heartbeat'"),
+            ("kafka://k1/t?group_instance=a%20b", "group_instance 'a b' must be"),
         ],
     )
     def test_bad_urls_are_one_line_errors(self, url: str, hint: str) -> None:
