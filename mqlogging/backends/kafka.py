@@ -216,26 +216,27 @@ def _import_confluent() -> ModuleType:
 
 
 class _ClientLog:
-    """librdkafka's log lines, one level lower, on the ``confluent_kafka.librdkafka`` logger.
+    """librdkafka's log lines, at most at INFO, on the ``confluent_kafka.librdkafka`` logger.
 
     Every failure that matters reaches the caller as an exception of ours (a producer's batch,
-    a consumer's fetch), so librdkafka's own "connect failed" lines, repeated every second
-    while a broker is down, are warnings and not errors. The handler ignores this logger
-    (``Transport.loggers``): its records would loop back into it.
+    a consumer's fetch) and from there the handler's stats or the collector's log, so
+    librdkafka's own "connect failed" lines, repeated every second while a broker is down,
+    are diagnostics: an application without logging configured would otherwise print them
+    on stderr (``logging.lastResort`` shows warnings). A fatal error stays a warning. The
+    handler ignores this logger (``Transport.loggers``): its records would loop back into it.
     """
 
-    _LOWER: ClassVar[Mapping[int, int]] = {
-        logging.CRITICAL: logging.ERROR,
-        logging.ERROR: logging.WARNING,
+    _LEVELS: ClassVar[Mapping[int, int]] = {
+        logging.CRITICAL: logging.WARNING,
+        logging.ERROR: logging.INFO,
         logging.WARNING: logging.INFO,
-        logging.INFO: logging.DEBUG,
     }
 
     def __init__(self) -> None:
         self._log = logging.getLogger(_CLIENT_LOGGER)
 
     def log(self, level: int, msg: str, *args: Any) -> None:
-        self._log.log(self._LOWER.get(level, logging.DEBUG), msg, *args)
+        self._log.log(self._LEVELS.get(level, logging.DEBUG), msg, *args)
 
 
 def _client_config(ep: KafkaEndpoint, role: str) -> dict[str, Any]:
@@ -476,12 +477,9 @@ class KafkaProducer(_Client, Producer):
         self, failed: list[tuple[int, Any]], messages: Sequence[Message], where: str
     ) -> None:
         codes = self._ck.KafkaError
-        permanent = {
-            codes.MSG_SIZE_TOO_LARGE,
-            codes._MSG_SIZE_TOO_LARGE,
-            codes.INVALID_RECORD,
-            codes.CORRUPT_MESSAGE,
-        }
+        # Refusals of the record itself (librdkafka uses MSG_SIZE_TOO_LARGE for its own
+        # message.max.bytes check too): sending it again can never succeed.
+        permanent = {codes.MSG_SIZE_TOO_LARGE, codes.INVALID_RECORD, codes.RECORD_LIST_TOO_LARGE}
         index, error = failed[0]
         text = _describe(error)
         if all(e.code() in permanent for _, e in failed):
@@ -493,6 +491,10 @@ class KafkaProducer(_Client, Producer):
             raise PartlyRefused(
                 msg, ids=frozenset(messages[i].id for i, _ in failed), endpoint=where
             )
+        # Any other error report (e.g. OUT_OF_ORDER_SEQUENCE_NUMBER after a broker lost the
+        # idempotence state in a crash) may leave the producer's sequence out of step with the
+        # broker: the next batch starts on a new producer id.
+        self._abandon()
         hint = _hints(self._ck).get(error.code(), "")
         msg = f"{len(failed)} of {len(messages)} records not delivered: {text}{hint}"
         if error.code() in (codes._MSG_TIMED_OUT, codes.REQUEST_TIMED_OUT):
