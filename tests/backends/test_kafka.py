@@ -23,7 +23,7 @@ from mqlogging._ids import new_id
 from mqlogging._types import Delivery, Message
 from mqlogging.backends import TapOptions, open_consumer, open_producer, open_tap
 from mqlogging.backends.kafka import KafkaEndpoint
-from mqlogging.errors import ConfigurationError, ConnectError
+from mqlogging.errors import ConfigurationError, ConnectError, PartlyRefused
 
 
 def _message(producer: str, seq: int) -> Message:
@@ -198,6 +198,25 @@ def test_rebalance_between_two_members_loses_nothing(kafka: KafkaAdmin, queue_na
             wait_until(everything, timeout=30, interval=0.0, message="every record acked")
     assert {m.id for m in sent} == acked
     assert by_member[1] > 0  # the second member did take partitions over
+
+
+def test_a_record_too_large_is_refused_alone(kafka: KafkaAdmin, queue_name: str) -> None:
+    """Against the noida-db Kafka stand-in: a 1.2 MB record (above the client's 1 MB
+    message.max.bytes) in a batch of three is refused for good, by id (PartlyRefused: the
+    handler counts it as dropped); the two others are delivered, and the producer goes on."""
+    kafka.create_topic(queue_name, partitions=1)
+    url = kafka.url(queue_name)
+    small = [_message("h:1:a", 1), _message("h:1:a", 3)]
+    big = Message(new_id(), json.dumps({"x": "y" * 1_200_000}).encode())
+    with open_producer(url) as producer:
+        with pytest.raises(PartlyRefused) as info:
+            producer.publish_batch([small[0], big, small[1]])
+        assert info.value.ids == frozenset({big.id})
+        assert "\n" not in str(info.value)
+        producer.publish_batch([_message("h:1:a", 4)])
+    with open_consumer(url, group=queue_name) as consumer:
+        got = _drain(consumer, 3)
+    assert [m.id for m in small] == [d.id for d in got[:2]]
 
 
 def test_no_broker_is_a_connect_error_within_connect_timeout() -> None:
