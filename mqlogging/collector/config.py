@@ -9,7 +9,8 @@ File layout (see ``examples/collector-*.toml``)::
 
     [collector]          shutdown_timeout, log_level, host_name, state_dir
     [pipeline]           batching, size/depth limits, in-flight byte bound, enrichment, retry
-    [[sources]]          url (amqp://, amqps://, stomp://, stomp+ssl://, local://), name, prefetch
+    [[sources]]          url (amqp://, amqps://, stomp://, stomp+ssl://, kafka://, local://),
+                         name, prefetch
     [[sinks]]            type = "elasticsearch" | "logstash" | "file" | "stdout" | "null"
     [dead_letter]        url (a broker queue or local:// spool directory; default: a spool
                          directory under state_dir)
