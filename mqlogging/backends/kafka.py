@@ -84,6 +84,7 @@ import logging
 import os
 import re
 import socket
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -116,6 +117,7 @@ _TOPIC = re.compile(r"[A-Za-z0-9._-]{1,249}")
 _POLL = 0.05  # seconds between two looks at the delivery reports
 _CONSUMER_QUEUE_KB = 8192  # librdkafka's prefetch buffer of a consumer (bytes, not records)
 _CLIENT_LOGGER = "confluent_kafka.librdkafka"
+_CLOSE_WAIT = 5.0  # seconds a consumer's close may wait for librdkafka (see KafkaConsumer.close)
 
 # -- the endpoint: kafka://h1:9092,h2/TOPIC?group=...&compression=... --------------------------
 
@@ -634,7 +636,9 @@ class KafkaConsumer(_Client, Consumer):
 
     # Rebalance callbacks: librdkafka calls them inside consume(), on the owner thread.
 
-    def _on_assign(self, _consumer: Any, partitions: list[Any]) -> None:
+    def _on_assign(self, consumer: Any, partitions: list[Any]) -> None:
+        if consumer is not self._handle:
+            return  # a closed handle's last callbacks (see close)
         self._generation += 1
         for tp in partitions:
             self._parts[tp.partition] = _Partition(self._generation)
@@ -642,10 +646,14 @@ class KafkaConsumer(_Client, Consumer):
     def _on_revoke(self, consumer: Any, partitions: list[Any]) -> None:
         """Commit the settled prefix of each revoked partition; its records still in flight
         become void (their next owner reads them again)."""
-        self._commit(consumer, [tp.partition for tp in partitions], asynchronous=False)
+        if consumer is not self._handle:
+            return
+        self._commit(consumer, [tp.partition for tp in partitions], asynchronous=True)
         self._on_lost(consumer, partitions)
 
-    def _on_lost(self, _consumer: Any, partitions: list[Any]) -> None:
+    def _on_lost(self, consumer: Any, partitions: list[Any]) -> None:
+        if consumer is not self._handle:
+            return
         for tp in partitions:
             self._parts.pop(tp.partition, None)
 
@@ -752,15 +760,29 @@ class KafkaConsumer(_Client, Consumer):
 
     def close(self) -> None:
         """Commit the settled prefixes, leave the group (its partitions move to the other
-        members at once) and drop the client. Unacked records are read again. Idempotent."""
+        members at once) and drop the client. Unacked records are read again. Idempotent.
+
+        Bounded by ``timeout`` (at most 5 s): librdkafka's close waits for an outstanding
+        commit, which takes its whole session timeout (45 s) when the brokers are gone. The
+        close then goes on in a daemon thread and this returns; a commit it could not make
+        only means the group reads those records again.
+        """
         handle, self._handle = self._handle, None
         if handle is None:
             return
         with contextlib.suppress(Exception):
-            self._commit(handle, list(self._parts), asynchronous=False)
-        self._parts.clear()
-        with contextlib.suppress(Exception):
-            handle.close()
+            self._commit(handle, list(self._parts), asynchronous=True)
+        self._parts = {}
+        closing = threading.Thread(
+            target=_close_quietly, args=(handle,), daemon=True, name="mqlogging-kafka-close"
+        )
+        closing.start()
+        closing.join(min(self.endpoint.timeout, _CLOSE_WAIT))
+
+
+def _close_quietly(handle: Any) -> None:
+    with contextlib.suppress(Exception):
+        handle.close()
 
 
 # -- tap: a non-destructive live view -------------------------------------------------------
