@@ -456,6 +456,7 @@ class KafkaProducer(_Client, Producer):
         where = self.endpoint.redacted()
         if not reports.complete or self._fatal is not None:
             missing = reports.size - reports.arrived
+            first = next((i for i, e in enumerate(reports.outcome) if e is False), 0)
             self._abandon()  # records still queued would arrive behind newer ones
             if self._fatal is not None:
                 fatal, self._fatal = self._fatal, None
@@ -464,7 +465,6 @@ class KafkaProducer(_Client, Producer):
             if reports.delivered == 0 and self._down is not None:
                 msg = f"cannot reach any broker: {self._down}"
                 raise ConnectError(msg, endpoint=where)
-            first = next(i for i, e in enumerate(reports.outcome) if e is False)
             msg = (
                 f"{missing} of {reports.size} records not confirmed within {waited:.1f}s "
                 f"(first id {messages[first].id})"

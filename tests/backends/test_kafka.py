@@ -23,7 +23,7 @@ from mqlogging._ids import new_id
 from mqlogging._types import Delivery, Message
 from mqlogging.backends import TapOptions, open_consumer, open_producer, open_tap
 from mqlogging.backends.kafka import KafkaEndpoint
-from mqlogging.errors import ConfigurationError, ConnectError, PartlyRefused
+from mqlogging.errors import ConfigurationError, ConnectError, PartlyRefused, PublishTimeout
 
 
 def _message(producer: str, seq: int) -> Message:
@@ -217,6 +217,26 @@ def test_a_record_too_large_is_refused_alone(kafka: KafkaAdmin, queue_name: str)
     with open_consumer(url, group=queue_name) as consumer:
         got = _drain(consumer, 3)
     assert [m.id for m in small] == [d.id for d in got[:2]]
+
+
+def test_black_holed_broker_fails_the_batch_within_its_bound(kafka: Any, queue_name: str) -> None:
+    """Against the noida-db Kafka stand-in, SIGSTOPped (TCP still accepted, nothing answers):
+    ``publish_batch`` raises PublishTimeout or ConnectError within ``connect_timeout +
+    timeout`` (plus a margin), in one line; after SIGCONT the same producer delivers again."""
+    kafka.create_topic(queue_name, partitions=1)
+    url = kafka.url(queue_name, connect_timeout="1", timeout="2")
+    with open_producer(url) as producer:
+        producer.publish_batch([_message("h:1:a", 1)])
+        kafka.freeze()
+        try:
+            began = time.monotonic()
+            with pytest.raises((PublishTimeout, ConnectError)) as info:
+                producer.publish_batch([_message("h:1:a", i) for i in range(2, 200)])
+            assert time.monotonic() - began < 1 + 2 + 3
+            assert "\n" not in str(info.value)
+        finally:
+            kafka.thaw()
+        producer.publish_batch([_message("h:1:a", 200)])
 
 
 def test_no_broker_is_a_connect_error_within_connect_timeout() -> None:

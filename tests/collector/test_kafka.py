@@ -98,7 +98,7 @@ def _log(handler: MQHandler, first: int, count: int, ids: list[str]) -> None:
 def test_handler_to_collector_to_elasticsearch(
     kafka: KafkaAdmin, elasticsearch: Any, queue_name: str, tmp_path: Path, procs: list[Any]
 ) -> None:
-    """Against the noida-db Kafka and Elasticsearch stand-ins: 3,000 records logged through
+    """Against the noida-db Kafka and Elasticsearch stand-ins: 2,000 records logged through
     MQHandler to a 3-partition topic are drained by a collector (consumer group) into the
     index: every record id is stored, once."""
     kafka.create_topic(queue_name, partitions=3)
@@ -107,12 +107,12 @@ def test_handler_to_collector_to_elasticsearch(
     handler = MQHandler(url, spool=str(tmp_path / "spool"), close_timeout=30.0)
     ids: list[str] = []
     try:
-        _log(handler, 0, 3000, ids)
+        _log(handler, 0, 2000, ids)
     finally:
         handler.close()
     assert not any(handler.stats()["dropped"].values())
     wait_until(
-        lambda: es_count(elasticsearch.url, f"logs-{dataset_for(queue_name)}-default") >= 3000,
+        lambda: es_count(elasticsearch.url, f"logs-{dataset_for(queue_name)}-default") >= 2000,
         timeout=60,
         interval=0.3,
     )
@@ -123,7 +123,7 @@ def test_handler_to_collector_to_elasticsearch(
 def test_stand_in_killed_and_restarted_mid_stream(
     kafka: Any, elasticsearch: Any, queue_name: str, tmp_path: Path, procs: list[Any]
 ) -> None:
-    """Against the noida-db Kafka stand-in: the broker is SIGKILLed after 40 % of 4,000
+    """Against the noida-db Kafka stand-in: the broker is SIGKILLed after 40 % of 2,500
     records, more records are logged while it is down, then it is restarted. The handler
     spools what was not confirmed and replays it, the collector reconnects: lost 0, and
     every record is stored once."""
@@ -140,21 +140,21 @@ def test_stand_in_killed_and_restarted_mid_stream(
     )
     ids: list[str] = []
     try:
-        _log(handler, 0, 1600, ids)
+        _log(handler, 0, 1000, ids)
         kafka.kill()
-        _log(handler, 1600, 1400, ids)
+        _log(handler, 1000, 900, ids)
         wait_until(lambda: handler.stats()["spooled"] > 0, timeout=30, message="spooling")
         kafka.start()
-        _log(handler, 3000, 1000, ids)
+        _log(handler, 1900, 600, ids)
         assert handler.flush(60.0)
     finally:
         handler.close()
     index = f"logs-{dataset_for(queue_name)}-default"
     wait_until(
-        lambda: es_count(elasticsearch.url, index) >= 4000,
+        lambda: es_count(elasticsearch.url, index) >= 2500,
         timeout=90,
         interval=0.5,
-        message="4000 records in the index",
+        message="2500 records in the index",
     )
     stored = _stored_ids(elasticsearch.url, queue_name)
     assert sorted(ids) == sorted(stored)
@@ -164,20 +164,20 @@ def test_stand_in_killed_and_restarted_mid_stream(
 def test_collector_killed_9_loses_nothing_and_stores_nothing_twice(
     kafka: KafkaAdmin, elasticsearch: Any, queue_name: str, tmp_path: Path, procs: list[Any]
 ) -> None:
-    """Against the noida-db Kafka stand-in: a collector is SIGKILLed while draining 6,000
+    """Against the noida-db Kafka stand-in: a collector is SIGKILLed while draining 4,000
     records, with offsets committed only for what reached the index, and restarted under
     the same ``group_instance`` (the stand-in never evicts a member that died without leaving,
     so only a static member's restart takes its partitions back); it reads the uncommitted
-    rest again. The index ends with exactly the 6,000 ids."""
+    rest again. The index ends with exactly the 4,000 ids."""
     kafka.create_topic(queue_name, partitions=3)
     url = kafka.url(queue_name, group=queue_name, group_instance="collector-1")
-    docs = [ecs_record(i) for i in range(6000)]
+    docs = [ecs_record(i) for i in range(4000)]
     publish(url, docs, batch=1000)
     index = f"logs-{dataset_for(queue_name)}-default"
     first = _collector(tmp_path, procs, "first", url, elasticsearch.url, queue_name)
     wait_until(lambda: es_count(elasticsearch.url, index) >= 1000, timeout=60, interval=0.1)
     first.kill()
-    assert es_count(elasticsearch.url, index) < 6000
+    assert es_count(elasticsearch.url, index) < 4000
     _collector(tmp_path, procs, "second", url, elasticsearch.url, queue_name)
     wait_until(
         lambda: kafka.lag(queue_name, queue_name) == 0,
