@@ -54,6 +54,7 @@ __all__ = [
     "BrokerStartError",
     "NoidaES",
     "RabbitMQ",
+    "noida_binary",
     "reserve_port",
 ]
 
@@ -960,7 +961,7 @@ def _split_frame(buf: bytes) -> tuple[bytes | None, bytes]:
 # noida-db (Elasticsearch stand-in)
 
 
-def _noida_binary() -> Path | None:
+def noida_binary() -> Path | None:
     """The real noida-db executable (the console script is a Python wrapper around it).
 
     Starting the binary directly saves a Python wrapper process and lets SIGTERM reach the
@@ -1008,12 +1009,12 @@ class NoidaES(Broker):
         return f"http://{self.host}:{self.port}"
 
     def _check_installed(self) -> None:
-        if _noida_binary() is None:
+        if noida_binary() is None:
             msg = "noida-db is not installed; run `make .venv/.dev` (pip install noida-db)"
             raise BrokerNotInstalled(msg)
 
     def _command(self) -> list[str]:
-        binary = _noida_binary()
+        binary = noida_binary()
         assert binary is not None
         (self.dir / "data").mkdir(exist_ok=True)
         return [

@@ -59,6 +59,7 @@ from harness.collector import (
     write_config,
 )
 from harness.helpers import die_with_parent, free_port, unique_name
+from harness.kafka import NoidaKafka
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -491,6 +492,7 @@ class Lab:
         self._rabbit2: Any = None
         self._es: Any = None
         self._cluster: RabbitMQCluster | None = None
+        self._kafka: Any = None
 
     @property
     def cluster(self) -> RabbitMQCluster:
@@ -525,13 +527,17 @@ class Lab:
     def es(self) -> Any:
         return self._running("_es", NoidaES)
 
+    @property
+    def kafka(self) -> Any:
+        return self._running("_kafka", NoidaKafka)
+
     def serves_es(self, url: str) -> bool:
         """True when ``url`` is the lab's noida-db (started already), not a stand-in: its
         index is what ``mqlogging audit`` reads afterwards."""
         return self._es is not None and url == self._es.url
 
     def close(self) -> None:
-        for broker in (self._rabbit, self._rabbit2, self._es, self._cluster):
+        for broker in (self._rabbit, self._rabbit2, self._es, self._cluster, self._kafka):
             if broker is not None:
                 with contextlib.suppress(Exception):
                     broker.close()
@@ -1367,6 +1373,72 @@ def s20_minority_node_stopped(lab: Lab, s: Scenario, row: Row) -> None:
     )
 
 
+def _kafka_topic(lab: Lab, s: Scenario, **options: str) -> str:
+    """A 3-partition topic named after the scenario's queue; its URL, the group named so too."""
+    lab.kafka.create_topic(s.queue, partitions=3)
+    return str(lab.kafka.url(s.queue, group=s.queue, **options))
+
+
+def s21_kafka_killed(lab: Lab, s: Scenario, row: Row) -> None:
+    """The Kafka stand-in (noida-db) SIGKILLed mid-stream and restarted 3 s later."""
+    kafka = lab.kafka
+    n = lab.scale(20_000)
+    down_for = 1.0 if lab.quick else 3.0
+    url = _kafka_topic(lab, s)
+    reader = s.file_collector([url])
+    app = s.app("app", {
+        "logging": handler_logging([url], s.dir / "spool"),
+        "first": 0, "count": n, "rate": 0 if lab.quick else 4000,
+    })  # fmt: skip
+    s.until(lambda: app.emitted() >= n * 0.4 or app.exited(), 300, "progress")
+    at = app.emitted()
+    kafka.kill()
+    t = time.monotonic()
+    s.until(lambda: time.monotonic() - t >= down_for, down_for + 5, "the outage")
+    kafka.start()
+    fault_end = time.monotonic()
+    s.delivered(app, reader, row, n, fault_end=fault_end, brokers=[])
+    st = app.stats()
+    row.note = (
+        f"killed at {at} emitted, down {fault_end - t:.1f} s (restart included); "
+        f"{st['spooled']} records went through the spool; noida-db stand-in, not Kafka"
+    )
+
+
+def s22_kafka_collector_kill(lab: Lab, s: Scenario, row: Row) -> None:
+    """A Kafka collector SIGKILLed mid-run and restarted; Elasticsearch (noida-db) as the sink.
+
+    Both collectors use one ``group_instance`` (static membership): the stand-in never evicts
+    a member that died without leaving the group, so only its restart takes the partitions back
+    (a real cluster would also hand them to any other member after ``session.timeout.ms``).
+    """
+    es = lab.es
+    n = lab.scale(20_000)
+    url = _kafka_topic(lab, s, group_instance="collector-1")
+    reader = FileReader([s.dir / "c1.jsonl", s.dir / "c2.jsonl"])
+    s.readers.append(reader)
+    first = s.collector("c1", [url], [s.es_sink(es.url), s.file_sink("c1")])
+    app = s.app("app", {
+        "logging": handler_logging([url], s.dir / "spool"),
+        "first": 0, "count": n, "rate": 0 if lab.quick else 2000,
+    })  # fmt: skip
+    s.until(lambda: reader.tally.distinct >= n * 0.4, 300, "40 % in the sink")
+    killed_at = reader.tally.distinct
+    first.kill()
+    s.collector("c2", [url], [s.es_sink(es.url), s.file_sink("c2")])
+    fault_end = time.monotonic()
+    s.until(app.exited, 300, "the application to deliver and exit")
+    s.settle(reader.tally, n, 180, [])
+    stored = es_readback(es.url, s.es_index)
+    _fill_row(row, stored, n, fault_end)
+    row.dup_deliveries = reader.tally.dup_deliveries
+    row.recovery = _recovery(reader.tally, fault_end)
+    row.note = (
+        f"collector killed at {killed_at} records in the sink, restarted at once with the "
+        f"same group_instance; {stored.deliveries} documents in the index; noida-db stand-in"
+    )
+
+
 SCENARIOS: list[tuple[int, str, str, Callable[[Lab, Scenario, Row], None]]] = [
     (1, "broker down for the first 30 s", "file", s1_broker_down_at_start),
     (2, "broker killed -9 twice", "file", s2_broker_kill_twice),
@@ -1398,6 +1470,8 @@ SCENARIOS: list[tuple[int, str, str, Callable[[Lab, Scenario, Row], None]]] = [
     (18, "quorum queue leader killed -9 (3-node cluster)", "file", s18_quorum_leader_kill),
     (19, "rolling restart of a 3-node cluster", "file", s19_rolling_restart),
     (20, "minority node stopped under its handler", "file", s20_minority_node_stopped),
+    (21, "Kafka stand-in killed -9 mid-stream, restarted", "file", s21_kafka_killed),
+    (22, "Kafka collector killed -9, restarted", "noida-db ES", s22_kafka_collector_kill),
 ]
 
 
@@ -1533,6 +1607,16 @@ HOW = {
     20: "Three-node cluster, quorum queue. The handler is connected to a node that is not the "
     "queue's leader; that node is stopped (a minority of one: the queue keeps its quorum) at "
     "40 %. The handler moves to the next host of its URL. Recovery: from the node's restart.",
+    21: "Kafka through the noida-db stand-in (one broker, not Apache Kafka): a 3-partition topic, "
+    "the application logs at 4,000/s; at 40 % of the emission the stand-in is SIGKILLed and "
+    "started again 3 s later on the same data directory. The handler spools what the "
+    "idempotent producer could not confirm and replays it; the collector (consumer group, "
+    "offsets committed after the sink) reconnects. Recovery: from the restart.",
+    22: "Kafka through the noida-db stand-in: a collector draining a 3-partition topic into "
+    "Elasticsearch (noida-db) and a file is SIGKILLed at 40 % of the records in the sink and "
+    "restarted at once with the same `group_instance` (static membership: the stand-in never "
+    "evicts a member that died without leaving the group). Its uncommitted records are read "
+    "again and stored once (`_id`).",
 }
 
 

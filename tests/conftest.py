@@ -22,6 +22,7 @@ import pytest
 from harness.brokers import ActiveMQ, Broker, BrokerNotInstalled, NoidaES, RabbitMQ
 from harness.cluster import RabbitMQCluster
 from harness.helpers import unique_name
+from harness.kafka import KAFKA_URL_ENV, NoidaKafka, RealKafka
 
 ES_URL_ENV = "MQLOGGING_ES_URL"
 
@@ -103,6 +104,28 @@ def elasticsearch(_elasticsearch_session: NoidaES) -> NoidaES:
     return _elasticsearch_session
 
 
+@pytest.fixture(scope="session")
+def _kafka_session() -> Iterator[Broker]:
+    """The session's private noida-db server speaking Kafka (the stand-in), booted on first use."""
+    yield from _booted(NoidaKafka())
+
+
+@pytest.fixture
+def kafka(_kafka_session: NoidaKafka) -> NoidaKafka:
+    """The private noida-db Kafka stand-in, guaranteed running when the test starts."""
+    _start(_kafka_session)
+    return _kafka_session
+
+
+@pytest.fixture
+def real_kafka() -> RealKafka:
+    """The real Kafka cluster of ``MQLOGGING_KAFKA_URL`` (``kafka://h1:9092,h2``), else skip."""
+    url = os.environ.get(KAFKA_URL_ENV)
+    if not url:
+        pytest.skip(f"set {KAFKA_URL_ENV} to run against a real Kafka cluster")
+    return RealKafka(url)
+
+
 @pytest.fixture
 def queue_name(request: pytest.FixtureRequest) -> str:
     """A queue name no other test (in this or a concurrent session) uses."""
@@ -128,6 +151,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         "activemq": "activemq",
         "elasticsearch": "elasticsearch",
         "rabbitmq_cluster": "rabbitmq_cluster",
+        "kafka": "kafka",
     }
     for item in items:
         if "real_es" in item.keywords and not has_real_es:

@@ -314,3 +314,4 @@ register_lazy(
     "mqlogging.backends.elasticsearch:TRANSPORT", ("elasticsearch+http", "elasticsearch+https")
 )
 register_lazy("mqlogging.backends.https:TRANSPORT", ("https", "http"))
+register_lazy("mqlogging.backends.kafka:TRANSPORT", ("kafka", "kafka+ssl"))

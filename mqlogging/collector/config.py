@@ -9,8 +9,9 @@ File layout (see ``examples/collector-*.toml``)::
 
     [collector]          shutdown_timeout, log_level, host_name, state_dir
     [pipeline]           batching, size/depth limits, in-flight byte bound, enrichment, retry
-    [[sources]]          url (amqp://, amqps://, stomp://, stomp+ssl://, local://), name, prefetch;
-                         or type = "http": the HTTPS ingest (:mod:`mqlogging.collector.ingest`)
+    [[sources]]          url (amqp://, amqps://, stomp://, stomp+ssl://, kafka://, local://),
+                         name, prefetch; or type = "http": the HTTPS ingest
+                         (:mod:`mqlogging.collector.ingest`)
     [[sinks]]            type = "elasticsearch" | "logstash" | "file" | "stdout" | "null"
     [dead_letter]        url (a broker queue or local:// spool directory; default: a spool
                          directory under state_dir)

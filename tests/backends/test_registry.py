@@ -337,7 +337,7 @@ class TestTable:
         assert text == (
             "unknown URL scheme 'amqq' in amqq://user:***@h/ "
             "(known: amqp, amqps, stomp, stomp+ssl, stomp+tls, local, elasticsearch+http, "
-            "elasticsearch+https, https, http, memtest)"
+            "elasticsearch+https, https, http, kafka, kafka+ssl, memtest)"
         )
         with pytest.raises(ConfigurationError, match="unknown URL scheme 'amqq'"):
             open_producer("amqq://h/")

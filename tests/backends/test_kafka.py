@@ -1,0 +1,289 @@
+"""The Kafka transport (``kafka://``): URLs, producer, consumer group, tap.
+
+Every test that talks to a broker runs against the noida-db Kafka stand-in (``kafka``
+fixture, :mod:`harness.kafka`), one private process on a loopback port: it is not Apache
+Kafka. ``test_real_cluster_round_trip`` runs the round trip against a real cluster when
+``MQLOGGING_KAFKA_URL`` is set.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from collections import defaultdict
+from typing import Any
+
+import pytest
+
+from harness.helpers import free_port, wait_until
+from harness.kafka import KafkaAdmin
+from mqlogging._ids import new_id
+from mqlogging._types import Delivery, Message
+from mqlogging.backends import TapOptions, open_consumer, open_producer, open_tap
+from mqlogging.backends.kafka import KafkaEndpoint
+from mqlogging.errors import ConfigurationError, ConnectError, PartlyRefused, PublishTimeout
+
+
+def _message(producer: str, seq: int) -> Message:
+    rid = new_id()
+    doc = {
+        "event": {"id": rid},
+        "seq": seq,
+        "mqlogging": {"schema": "ecs", "producer": producer, "seq": seq},
+    }
+    return Message(rid, json.dumps(doc).encode())
+
+
+def _drain(consumer: Any, expected: int, ack: bool = True, timeout: float = 20.0) -> list[Delivery]:
+    got: list[Delivery] = []
+
+    def more() -> bool:
+        batch = consumer.fetch(1000, 0.2)
+        got.extend(batch)
+        if ack:
+            consumer.ack(batch)
+        return len(got) >= expected
+
+    wait_until(more, timeout=timeout, interval=0.0, message=f"{expected} deliveries")
+    return got
+
+
+# -- URLs --------------------------------------------------------------------------------------
+
+
+class TestEndpoint:
+    def test_hosts_topic_and_defaults(self) -> None:
+        """The path is the topic, hosts get 9092 (9093 with TLS), the password is masked."""
+        ep = KafkaEndpoint.from_url("kafka://u:secret@k1:9000,k2/app.logs?group=g&linger_ms=20")
+        assert [str(h) for h in ep.hosts] == ["k1:9000", "k2:9092"]
+        assert (ep.topic, ep.group, ep.linger_ms, ep.compression) == ("app.logs", "g", 20.0, "lz4")
+        assert ep.redacted() == "kafka://u:***@k1:9000,k2:9092/app.logs"
+        assert "secret" not in repr(ep)
+        assert KafkaEndpoint.from_url("kafka+ssl://k1/t").hosts[0].port == 9093
+
+    @pytest.mark.parametrize(
+        ("url", "hint"),
+        [
+            ("kafka://k1:9092", "give the topic as the URL path"),
+            ("kafka://k1/bad topic!", "is not a Kafka topic name"),
+            ("kafka://k1/t?compression=brotli", "compression must be one of"),
+            ("kafka://k1/t?groupp=x", "did you mean 'group'"),
+            ("kafka://k1/t?sasl_mechanism=PLAIN", "no user name"),
+            ("kafka://u:p@k1/t?sasl_mechanism=GSSAPI", "sasl_mechanism must be one of"),
+            ("kafka://k1/t?ca_certs=/etc/ssl/certs/ca-certificates.crt", "use kafka+ssl://"),
+            ("kafka://k1/t?linger_ms=-1", "linger_ms must be"),
+            ("kafka://k1/t?heartbeat=5", "unknown option 'heartbeat'"),
+            ("kafka://k1/t?group_instance=a%20b", "group_instance 'a b' must be"),
+        ],
+    )
+    def test_bad_urls_are_one_line_errors(self, url: str, hint: str) -> None:
+        """Every mistake in a Kafka URL is refused at parse time in one line that says what
+        to write instead (and never with a password in it)."""
+        with pytest.raises(ConfigurationError) as info:
+            KafkaEndpoint.from_url(url)
+        text = str(info.value)
+        assert hint in text
+        assert "\n" not in text
+
+    def test_import_mqlogging_loads_no_kafka_client(self) -> None:
+        """``import mqlogging`` and parsing a kafka:// URL import no Kafka client library:
+        confluent-kafka is loaded only when a producer, consumer or tap is made."""
+        code = (
+            "import sys, mqlogging\n"
+            "from mqlogging.backends.registry import transport_for\n"
+            "transport_for('kafka://k1/t').endpoint.from_url('kafka://k1/t')\n"
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in "
+            "('confluent_kafka', 'kafka')))\n"
+        )
+        out = subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, check=True
+        )
+        assert out.stdout.strip() == "[]"
+
+
+# -- producer and consumer against the stand-in ------------------------------------------------
+
+
+def test_records_of_one_producer_stay_in_one_partition_in_order(
+    kafka: KafkaAdmin, queue_name: str
+) -> None:
+    """Against the noida-db Kafka stand-in: 2,000 records of four producer identities
+    interleaved over a 3-partition topic. Every record arrives once, and each producer's
+    records sit in one partition in sequence order (the record key is the producer id)."""
+    kafka.create_topic(queue_name, partitions=3)
+    url = kafka.url(queue_name)
+    sent = [_message(f"host:{i % 4}:p", i) for i in range(2000)]
+    with open_producer(url) as producer:
+        for start in range(0, len(sent), 500):
+            producer.publish_batch(sent[start : start + 500])
+    with open_consumer(url, group=queue_name) as consumer:
+        got = _drain(consumer, len(sent))
+    assert sorted(m.id for m in sent) == sorted(d.id for d in got)
+    by_producer: dict[str, list[tuple[int, int]]] = defaultdict(list)
+    for d in got:
+        meta = json.loads(d.body)["mqlogging"]
+        by_producer[meta["producer"]].append((int(d.headers["partition"]), meta["seq"]))
+    for records in by_producer.values():
+        assert len({p for p, _ in records}) == 1
+        seqs = [s for _, s in records]
+        assert sorted(seqs) == seqs
+
+
+def test_offsets_are_committed_only_below_the_first_unacked_record(
+    kafka: KafkaAdmin, queue_name: str
+) -> None:
+    """Against the noida-db Kafka stand-in: a consumer acks every record but one early one
+    and closes; the next member of the group reads again from that record (nothing after an
+    unacked record is lost by an out-of-order ack), and nothing before it."""
+    kafka.create_topic(queue_name, partitions=1)
+    url = kafka.url(queue_name)
+    sent = [_message("h:1:a", i) for i in range(300)]
+    with open_producer(url) as producer:
+        producer.publish_batch(sent)
+    with open_consumer(url, group=queue_name) as first:
+        got = _drain(first, 300, ack=False)
+        first.ack(got[:100] + got[101:])  # record 100 is still with the sinks
+    assert kafka.lag(queue_name, queue_name) == 200
+    with open_consumer(url, group=queue_name) as second:
+        again = _drain(second, 200)
+    assert [m.id for m in sent[100:]] == [d.id for d in again]
+    wait_until(lambda: kafka.lag(queue_name, queue_name) == 0, timeout=10)
+
+
+def test_nack_with_requeue_reads_the_records_again(kafka: KafkaAdmin, queue_name: str) -> None:
+    """Against the noida-db Kafka stand-in: records given back with ``nack(requeue=True)``
+    are fetched again by the same consumer (the partition seeks back), then acked."""
+    kafka.create_topic(queue_name, partitions=1)
+    url = kafka.url(queue_name)
+    sent = [_message("h:1:a", i) for i in range(50)]
+    with open_producer(url) as producer:
+        producer.publish_batch(sent)
+    with open_consumer(url, group=queue_name) as consumer:
+        got = _drain(consumer, 50, ack=False)
+        consumer.ack(got[:10])
+        consumer.nack(got[10:])
+        again = _drain(consumer, 40)
+    assert [m.id for m in sent[10:]] == [d.id for d in again[:40]]
+    wait_until(lambda: kafka.lag(queue_name, queue_name) == 0, timeout=10)
+
+
+def test_rebalance_between_two_members_loses_nothing(kafka: KafkaAdmin, queue_name: str) -> None:
+    """Against the noida-db Kafka stand-in: one member holds fetched, unacked records when a
+    second member joins and takes partitions from it. Acks of revoked records are void, the
+    new owner reads them again: together the members ack every record, and the group's lag
+    ends at 0."""
+    kafka.create_topic(queue_name, partitions=4)
+    url = kafka.url(queue_name)
+    sent = [_message(f"h:{i % 8}:p", i) for i in range(1200)]
+    with open_producer(url) as producer:
+        producer.publish_batch(sent)
+    acked: set[str] = set()
+    by_member = [0, 0]
+    with open_consumer(url, group=queue_name) as a:
+        held = _drain(a, 100, ack=False)  # fetched, still "with the sinks"
+        with open_consumer(url, group=queue_name) as b:
+
+            def everything() -> bool:
+                for n, member in enumerate((a, b)):
+                    batch = member.fetch(500, 0.2)
+                    member.ack(batch)
+                    acked.update(d.id for d in batch)
+                    by_member[n] += len(batch)
+                return len(acked) >= len(sent) and kafka.lag(queue_name, queue_name) == 0
+
+            a.ack(held[:50])  # possibly void by now: its partitions may have moved
+            acked.update(d.id for d in held[:50])
+            wait_until(everything, timeout=30, interval=0.0, message="every record acked")
+    assert {m.id for m in sent} == acked
+    assert by_member[1] > 0  # the second member did take partitions over
+
+
+def test_a_record_too_large_is_refused_alone(kafka: KafkaAdmin, queue_name: str) -> None:
+    """Against the noida-db Kafka stand-in: a 1.2 MB record (above the client's 1 MB
+    message.max.bytes) in a batch of three is refused for good, by id (PartlyRefused: the
+    handler counts it as dropped); the two others are delivered, and the producer goes on."""
+    kafka.create_topic(queue_name, partitions=1)
+    url = kafka.url(queue_name)
+    small = [_message("h:1:a", 1), _message("h:1:a", 3)]
+    big = Message(new_id(), json.dumps({"x": "y" * 1_200_000}).encode())
+    with open_producer(url) as producer:
+        with pytest.raises(PartlyRefused) as info:
+            producer.publish_batch([small[0], big, small[1]])
+        assert info.value.ids == frozenset({big.id})
+        assert "\n" not in str(info.value)
+        producer.publish_batch([_message("h:1:a", 4)])
+    with open_consumer(url, group=queue_name) as consumer:
+        got = _drain(consumer, 3)
+    assert [m.id for m in small] == [d.id for d in got[:2]]
+
+
+def test_black_holed_broker_fails_the_batch_within_its_bound(kafka: Any, queue_name: str) -> None:
+    """Against the noida-db Kafka stand-in, SIGSTOPped (TCP still accepted, nothing answers):
+    ``publish_batch`` raises PublishTimeout or ConnectError within ``connect_timeout +
+    timeout`` (plus a margin), in one line; after SIGCONT the same producer delivers again."""
+    kafka.create_topic(queue_name, partitions=1)
+    url = kafka.url(queue_name, connect_timeout="1", timeout="2")
+    with open_producer(url) as producer:
+        producer.publish_batch([_message("h:1:a", 1)])
+        kafka.freeze()
+        try:
+            began = time.monotonic()
+            with pytest.raises((PublishTimeout, ConnectError)) as info:
+                producer.publish_batch([_message("h:1:a", i) for i in range(2, 200)])
+            assert time.monotonic() - began < 1 + 2 + 3
+            assert "\n" not in str(info.value)
+        finally:
+            kafka.thaw()
+        producer.publish_batch([_message("h:1:a", 200)])
+
+
+def test_no_broker_is_a_connect_error_within_connect_timeout() -> None:
+    """Nothing listens on the port: ``publish_batch`` raises ConnectError (one line, naming
+    the endpoint) after about ``connect_timeout``, not after the whole delivery timeout."""
+    url = f"kafka://127.0.0.1:{free_port()}/t?connect_timeout=1&timeout=20"
+    began = time.monotonic()
+    with open_producer(url) as producer, pytest.raises(ConnectError) as info:
+        producer.publish_batch([_message("h:1:a", 1)])
+    assert time.monotonic() - began < 8.0
+    assert "\n" not in str(info.value)
+    assert "kafka://127.0.0.1" in str(info.value)
+
+
+def test_tap_copies_new_records_without_taking_them(kafka: KafkaAdmin, queue_name: str) -> None:
+    """Against the noida-db Kafka stand-in: ``mqlogging tail``'s tap shows records published
+    after it opened, joining no group and committing nothing: the collectors' group still
+    gets every record."""
+    kafka.create_topic(queue_name, partitions=2)
+    url = kafka.url(queue_name)
+    sent = [_message("h:1:a", i) for i in range(100)]
+    with open_tap(url, TapOptions()) as tap:
+        assert "no group joined" in tap.mode
+        with open_producer(url) as producer:
+            producer.publish_batch(sent)
+        seen: list[bytes] = []
+        wait_until(lambda: seen.extend(tap.poll(0.2)) or len(seen) >= 100, timeout=15)
+    assert kafka.lag(queue_name, "mqlogging") == 100
+    with open_consumer(url) as consumer:
+        assert {m.id for m in sent} <= {d.id for d in _drain(consumer, 100)}
+
+
+def test_tap_of_a_missing_topic_is_a_configuration_error(kafka: KafkaAdmin) -> None:
+    """Against the noida-db Kafka stand-in: tailing a topic that does not exist says so."""
+    with pytest.raises(ConfigurationError, match="does not exist"):
+        open_tap(kafka.url("mqlt-no-such-topic-x"), TapOptions()).close()
+
+
+def test_real_cluster_round_trip(real_kafka: KafkaAdmin, queue_name: str) -> None:
+    """Opt-in (``MQLOGGING_KAFKA_URL``): the same round trip against a real Kafka cluster:
+    idempotent acks=all publish of 1,000 records, consumed once by a group, committed."""
+    real_kafka.create_topic(queue_name, partitions=3)
+    url = real_kafka.url(queue_name)
+    sent = [_message(f"h:{i % 3}:p", i) for i in range(1000)]
+    with open_producer(url) as producer:
+        producer.publish_batch(sent)
+    with open_consumer(url, group=queue_name) as consumer:
+        got = _drain(consumer, 1000)
+    assert sorted(m.id for m in sent) == sorted(d.id for d in got)
+    wait_until(lambda: real_kafka.lag(queue_name, queue_name) == 0, timeout=30)
