@@ -45,6 +45,10 @@ class HttpSourceConfig(FromTable):
     request waits for its records to be handed on before it gets 503 with ``Retry-After``
     (``retry_after`` seconds); keep it below the clients' own request timeout (the handler's
     ``timeout``, 10 s by default), so they hear 503 rather than time out.
+    ``body_timeout``: seconds to receive a request's body once its headers are in; a slower
+    upload gets 408 and its connection is closed, so a pilot killed mid-request (a half-open
+    connection) holds its share of ``max_inflight_bytes`` that long at most, not until TCP
+    gives up hours later.
     ``prefetch``: most records handed to the pipeline and not yet settled.
     ``remember_ids``: how many ids of records handed on lately are remembered, so a client
     resending them (its earlier request got 503 after some were published) does not publish
@@ -67,6 +71,7 @@ class HttpSourceConfig(FromTable):
     max_inflight_bytes: PositiveInt = 64 * 1024 * 1024
     timeout: PositiveFloat = 8.0
     retry_after: PositiveInt = 5
+    body_timeout: PositiveFloat = 30.0
     prefetch: PositiveInt = 10000
     remember_ids: PositiveInt = 100_000
 

@@ -19,7 +19,8 @@ its content — counts as handed on once its dead letter is confirmed, as for ev
 Other answers: ``401`` (no or unknown token, no certificate) with ``WWW-Authenticate: Bearer``;
 ``403`` (a certificate whose subject is not in ``allowed_subjects``); ``404``/``405`` (wrong
 path or method, from aiohttp); ``413`` (body above ``max_body_bytes``, before or after gzip);
-``415`` (a ``Content-Encoding`` other than gzip/identity); ``429`` with ``Retry-After`` when
+``415`` (a ``Content-Encoding`` other than gzip/identity); ``408`` (the body did not arrive
+within ``body_timeout``; the connection is closed); ``429`` with ``Retry-After`` when
 ``max_inflight_bytes`` of records already wait to be handed on (the broker or the sinks are
 slow: backpressure).
 
@@ -395,9 +396,16 @@ class IngestConsumer(Consumer):
         if (request.content_length or 0) > limit:
             return too_large
         try:
-            raw = await request.read()
+            raw = await asyncio.wait_for(request.read(), self.config.body_timeout)
         except web.HTTPRequestEntityTooLarge:
             return too_large
+        except asyncio.TimeoutError:
+            # A stalled or half-open upload: without this it would hold its reservation
+            # of max_inflight_bytes (and its connection) until TCP gives up, hours later.
+            log.info("ingest: 408, body not received within %.0fs", self.config.body_timeout)
+            answer = _json(408, {"error": "request body not received in time"})
+            answer.force_close()
+            return answer
         return _decoded(raw, request.headers.get("Content-Encoding", ""), limit)
 
     async def _hand_on(self, parsed: Parsed) -> web.Response:
