@@ -181,8 +181,8 @@ class HTTPSProducer(Producer):
             refused.add(messages[0].id)
             return
         if status == 400:
-            lines = _refused_lines(response.content)
-            if lines and all(1 <= n <= len(messages) for n in lines):
+            lines = _refused_lines(response.content, len(messages))
+            if lines:
                 refused.update(messages[n - 1].id for n in lines)
                 return
         raise self._failure(status, response.text)
@@ -239,17 +239,23 @@ class HTTPSProducer(Producer):
         return self._client
 
 
-def _refused_lines(content: bytes) -> list[int]:
-    """The line numbers of a 400 answer's ``errors`` ([] when it has none: not ours)."""
+def _refused_lines(content: bytes, sent: int) -> set[int]:
+    """The line numbers of a 400 answer's ``errors``, when they account for every line the
+    ingest did not accept (``accepted`` + refused = ``sent``); else an empty set: an answer
+    that is not ours, or lists only some refused lines (``omitted``), confirms nothing, so
+    no record is taken for handed on when it was not."""
     try:
         doc = loads(content)
     except DECODE_ERRORS:
-        return []
-    errors = doc.get("errors") if isinstance(doc, dict) else None
-    if not isinstance(errors, list):
-        return []
-    lines = [e.get("line") for e in errors if isinstance(e, dict)]
-    return [n for n in lines if isinstance(n, int)] if len(lines) == len(errors) else []
+        return set()
+    if not isinstance(doc, dict) or doc.get("omitted"):
+        return set()
+    errors, accepted = doc.get("errors"), doc.get("accepted")
+    if not isinstance(errors, list) or accepted.__class__ is not int:
+        return set()
+    lines = {n for e in errors if isinstance(e, dict) and (n := e.get("line")).__class__ is int}
+    complete = len(lines) == len(errors) and accepted + len(lines) == sent
+    return lines if complete and all(1 <= n <= sent for n in lines) else set()
 
 
 TRANSPORT = Transport(

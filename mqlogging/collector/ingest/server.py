@@ -451,7 +451,12 @@ def _decoded(raw: bytes, encoding: str, limit: int) -> bytes | web.Response:
 
 
 def _report(parsed: Parsed, *, accepted: int) -> dict[str, Any]:
-    return {"accepted": accepted, "errors": [e.as_json() for e in parsed.errors]}
+    """The 400 answer: ``errors`` lists the first refused lines, ``omitted`` counts the rest
+    (absent when every refused line is listed)."""
+    report: dict[str, Any] = {"accepted": accepted, "errors": [e.as_json() for e in parsed.errors]}
+    if parsed.omitted:
+        report["omitted"] = parsed.omitted
+    return report
 
 
 def _json(status: int, doc: Any, headers: dict[str, str] | None = None) -> web.Response:
