@@ -17,7 +17,9 @@ What "confirmed" means for :meth:`HTTPSProducer.publish_batch`: the ingest answe
 once every record is durably handed on (published with confirms to its broker, or in its
 sinks), so:
 
-- ``2xx`` -> the batch is confirmed;
+- ``2xx`` with ``{"accepted": N}`` for all N records sent -> the batch is confirmed (a 2xx
+  without it is not the ingest, e.g. a catch-all web server on a wrong path:
+  :class:`~mqlogging.errors.NotConfirmed`);
 - ``400`` naming lines -> those records can never be taken (the rest were handed on):
   :class:`~mqlogging.errors.PartlyRefused` with their ids, which the handler counts as dropped
   and announces with a marker;
@@ -171,7 +173,15 @@ class HTTPSProducer(Producer):
         response = self._post(b"\n".join(m.body for m in messages))
         status = response.status_code
         if 200 <= status < 300:
-            return
+            if _accepted(response.content) == len(messages):
+                return
+            # Not the ingest's answer (a catch-all web server on a wrong path?): no confirm.
+            detail = response.text.strip().replace("\n", " ")[:100]
+            msg = (
+                f"the server answered {status} without the ingest's "
+                f'{{"accepted": {len(messages)}}} ({detail!r}); is the path right?'
+            )
+            raise NotConfirmed(msg, endpoint=self.endpoint.redacted())
         if status == 413 and len(messages) > 1:
             half = len(messages) // 2
             self._send(messages[:half], refused)
@@ -237,6 +247,16 @@ class HTTPSProducer(Producer):
             timeout = httpx.Timeout(ep.timeout, connect=ep.connect_timeout)
             self._client = httpx.Client(verify=verify, timeout=timeout, trust_env=False)
         return self._client
+
+
+def _accepted(content: bytes) -> int | None:
+    """The ``accepted`` count of a 2xx answer, ``None`` when it has none (not the ingest)."""
+    try:
+        doc = loads(content)
+    except DECODE_ERRORS:
+        return None
+    accepted = doc.get("accepted") if isinstance(doc, dict) else None
+    return accepted if accepted.__class__ is int else None
 
 
 def _refused_lines(content: bytes, sent: int) -> set[int]:

@@ -299,3 +299,35 @@ def test_producer_takes_no_incomplete_400_for_a_confirm(
         producer.publish_batch(messages)
     assert "400" in str(info.value), info.value
     wait_until(lambda: len(acked) >= 1, timeout=5)
+
+
+def test_a_2xx_that_is_not_the_ingests_answer_confirms_nothing() -> None:
+    """A server that answers ``200`` to any POST (a wrong path behind a catch-all web server
+    or reverse proxy) does not confirm a batch: only the ingest's ``{"accepted": N}`` for
+    every record sent does, so the records stay the handler's (retried, spooled) instead of
+    being counted as delivered and lost."""
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class CatchAll(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            body = b"<html>welcome</html>"
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), CatchAll)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/ingest?allow_http=true"
+    try:
+        with open_producer(url, token=TOKEN) as producer, pytest.raises(NotConfirmed):
+            producer.publish_batch([Message("a", b'{"n": 1}'), Message("b", b'{"n": 2}')])
+    finally:
+        server.shutdown()
+        server.server_close()
