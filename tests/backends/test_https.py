@@ -272,7 +272,9 @@ def test_hostile_lines_are_refused_one_by_one(plain_ingest: tuple[str, list[byte
     assert all(b"CN=root" not in body and b"token:unit" in body for body in acked)
 
 
-@pytest.mark.parametrize("plain_ingest", _ROOMY, indirect=True)
+@pytest.mark.parametrize(
+    "plain_ingest", [{"max_body_bytes": 256 * 1024, "max_records": 200_000}], indirect=True
+)
 def test_many_invalid_lines_get_a_small_answer(plain_ingest: tuple[str, list[bytes]]) -> None:
     """A 200 KB array of 100 000 non-objects gets a 400 that lists the first 100 refused
     lines and counts the rest in ``omitted``: before, the answer listed all of them (4.8 MB,
@@ -331,3 +333,21 @@ def test_a_2xx_that_is_not_the_ingests_answer_confirms_nothing() -> None:
     finally:
         server.shutdown()
         server.server_close()
+
+
+@pytest.mark.parametrize("plain_ingest", [{"max_records": 100}], indirect=True)
+def test_too_many_records_in_one_request_is_413_and_the_producer_halves(
+    plain_ingest: tuple[str, list[bytes]],
+) -> None:
+    """A request with more than ``max_records`` records is 413 before any per-record work
+    (before, an 8 MiB body of 2.8 million ``{}`` kept a parser thread busy for a minute); the
+    https:// producer sends such a batch again in halves, so every record is handed on."""
+    url, acked = plain_ingest
+    too_many = _post(url, b"\n".join([b"{}"] * 101))
+    assert too_many.status_code == 413
+    assert "max_records" in too_many.json()["error"]
+    messages = [Message(f"m{i}", b'{"n": %d}' % i) for i in range(150)]
+    with open_producer(url, token=TOKEN) as producer:
+        producer.publish_batch(messages)
+    wait_until(lambda: len(acked) >= 150, timeout=5)
+    assert len(acked) == 150

@@ -41,6 +41,7 @@ __all__ = [
     "LineError",
     "Parsed",
     "TooLarge",
+    "TooMany",
     "gunzip",
     "parse_body",
 ]
@@ -55,6 +56,10 @@ _STAMP_KEY = f"{NAMESPACE}.ingest"  # as a dotted key, Elasticsearch merges it i
 
 class TooLarge(Exception):
     """The body (or what it decompresses to) is above the limit."""
+
+
+class TooMany(Exception):
+    """The body holds more records than the limit (``args[0]``: how many)."""
 
 
 class BadEncoding(Exception):
@@ -178,11 +183,18 @@ def _record(number: int, value: Any, stamp: dict[str, str]) -> tuple[str, bytes]
     return read_meta(value).id or new_id(), body
 
 
-def parse_body(body: bytes, *, identity: str, auth: str) -> Parsed:
-    """Split ``body`` into stamped records and per-line errors (see the module docstring)."""
+def parse_body(body: bytes, *, identity: str, auth: str, max_records: int) -> Parsed:
+    """Split ``body`` into stamped records and per-line errors (see the module docstring).
+
+    Raises:
+        TooMany: more than ``max_records`` lines or elements (checked before stamping any).
+    """
     parsed = Parsed()
     stamp = {"identity": identity, "auth": auth}
-    for number, value, error in _items(body):
+    items = _items(body)
+    if len(items) > max_records:
+        raise TooMany(len(items))
+    for number, value, error in items:
         outcome = _record(number, value, stamp) if not error else LineError(number, error)
         if isinstance(outcome, LineError):
             parsed.refuse(outcome)

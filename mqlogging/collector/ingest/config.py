@@ -40,6 +40,9 @@ class HttpSourceConfig(FromTable):
     revokes a token without a restart (a token that contains ``:`` must be given a name).
     At least one way to authenticate is required.
     ``max_body_bytes``: the largest request body, before and after gzip (413 above).
+    ``max_records``: most records (lines or array elements) in one request; more is 413
+    before any per-record work (the https:// endpoint then sends halves), so one request
+    cannot keep a parser thread busy for long.
     ``max_inflight_bytes``: record bytes waiting to be handed on; a request that would exceed
     it gets 429 with ``Retry-After`` (bodies being received count too). ``timeout``: seconds a
     request waits for its records to be handed on before it gets 503 with ``Retry-After``
@@ -68,6 +71,7 @@ class HttpSourceConfig(FromTable):
     tokens_file: str = ""
     tokens_env: str = ""
     max_body_bytes: PositiveInt = 8 * 1024 * 1024
+    max_records: PositiveInt = 20_000
     max_inflight_bytes: PositiveInt = 64 * 1024 * 1024
     timeout: PositiveFloat = 8.0
     retry_after: PositiveInt = 5

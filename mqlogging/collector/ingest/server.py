@@ -18,7 +18,8 @@ its content — counts as handed on once its dead letter is confirmed, as for ev
 
 Other answers: ``401`` (no or unknown token, no certificate) with ``WWW-Authenticate: Bearer``;
 ``403`` (a certificate whose subject is not in ``allowed_subjects``); ``404``/``405`` (wrong
-path or method, from aiohttp); ``413`` (body above ``max_body_bytes``, before or after gzip);
+path or method, from aiohttp); ``413`` (body above ``max_body_bytes``, before or after gzip,
+or more than ``max_records`` records);
 ``415`` (a ``Content-Encoding`` other than gzip/identity); ``408`` (the body did not arrive
 within ``body_timeout``; the connection is closed); ``429`` with ``Retry-After`` when
 ``max_inflight_bytes`` of records already wait to be handed on (the broker or the sinks are
@@ -57,7 +58,7 @@ from ..._types import Delivery
 from ...backends.base import Consumer
 from ...errors import ConnectError, MissingDependencyError
 from .auth import certificate_identity, server_context, verified_chain
-from .body import BadEncoding, Parsed, TooLarge, gunzip, parse_body
+from .body import BadEncoding, Parsed, TooLarge, TooMany, gunzip, parse_body
 
 if TYPE_CHECKING:
     from aiohttp import web
@@ -357,9 +358,14 @@ class IngestConsumer(Consumer):
         if isinstance(body, web.Response):
             return body
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(
-            None, lambda: parse_body(body, identity=identity, auth=method)
-        )
+        limit = self.config.max_records
+        try:
+            return await loop.run_in_executor(
+                None, lambda: parse_body(body, identity=identity, auth=method, max_records=limit)
+            )
+        except TooMany as exc:
+            text = f"{exc.args[0]} records above max_records ({limit}); send smaller batches"
+            return _json(413, {"error": text})
 
     def _authenticate(self, request: web.Request) -> tuple[str, str] | web.Response:
         """``(identity, "x509" | "token")``, or the 401/403 answer."""
