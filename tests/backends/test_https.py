@@ -351,3 +351,28 @@ def test_too_many_records_in_one_request_is_413_and_the_producer_halves(
         producer.publish_batch(messages)
     wait_until(lambda: len(acked) >= 150, timeout=5)
     assert len(acked) == 150
+
+
+@pytest.mark.parametrize("plain_ingest", [{"idle_timeout": 1.0}], indirect=True)
+def test_idle_connections_are_closed_after_idle_timeout(
+    plain_ingest: tuple[str, list[bytes]],
+) -> None:
+    """A connection that sends no request (or only part of its headers) is closed after
+    ``idle_timeout``: before, aiohttp's default kept it ~1 hour, so idle or half-open
+    connections of many pilots (or anyone, unauthenticated) ran the collector out of file
+    descriptors."""
+    import socket
+    import time
+
+    url, _ = plain_ingest
+    host, port = url.split("/")[2].split(":")
+    silent = socket.create_connection((host, int(port)))
+    partial = socket.create_connection((host, int(port)))
+    partial.sendall(b"POST /ingest HTTP/1.1\r\nHost: x\r\n")
+    started = time.monotonic()
+    for sock in (silent, partial):
+        sock.settimeout(15)
+        with sock:
+            while sock.recv(4096):  # whatever the server says, then end of stream
+                pass
+    assert time.monotonic() - started < 10

@@ -52,6 +52,10 @@ class HttpSourceConfig(FromTable):
     upload gets 408 and its connection is closed, so a pilot killed mid-request (a half-open
     connection) holds its share of ``max_inflight_bytes`` that long at most, not until TCP
     gives up hours later.
+    ``idle_timeout``: seconds a connection may stay open without a complete request (before
+    its first one, between keep-alive requests, or with its headers still arriving); then it
+    is closed, so idle or half-open connections of many pilots cannot run the collector out
+    of file descriptors (aiohttp's own default is about an hour).
     ``prefetch``: most records handed to the pipeline and not yet settled.
     ``remember_ids``: how many ids of records handed on lately are remembered, so a client
     resending them (its earlier request got 503 after some were published) does not publish
@@ -76,6 +80,7 @@ class HttpSourceConfig(FromTable):
     timeout: PositiveFloat = 8.0
     retry_after: PositiveInt = 5
     body_timeout: PositiveFloat = 30.0
+    idle_timeout: PositiveFloat = 60.0
     prefetch: PositiveInt = 10000
     remember_ids: PositiveInt = 100_000
 

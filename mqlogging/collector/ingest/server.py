@@ -294,7 +294,13 @@ class IngestConsumer(Consumer):
         app = web.Application(client_max_size=cfg.max_body_bytes)
         app.router.add_post(cfg.path, self._counted)
         # Our bounded gunzip is the only inflater (a bomb must stop at max_body_bytes).
-        runner = web.AppRunner(app, auto_decompress=False, access_log=None, shutdown_timeout=2.0)
+        runner = web.AppRunner(
+            app,
+            auto_decompress=False,
+            access_log=None,
+            shutdown_timeout=2.0,
+            keepalive_timeout=cfg.idle_timeout,  # from connect too, so also for slow headers
+        )
         await runner.setup()
         self._runner = runner
         host, port = cfg.address
