@@ -63,6 +63,14 @@ class TestSourceConfig:
         with pytest.raises(ConfigurationError, match="at least 16"):
             HttpSourceConfig(tls=False, tokens_file=str(tokens))
 
+    def test_allowed_subjects_without_client_ca_is_refused(self, tmp_path: Path) -> None:
+        """``allowed_subjects`` without ``client_ca`` restricts nothing (no certificate is
+        ever asked for): a one-line error instead of an allow-list silently ignored."""
+        tokens = tmp_path / "tokens"
+        tokens.write_text(f"{TOKEN}\n")
+        with pytest.raises(ConfigurationError, match="allowed_subjects.*client_ca"):
+            HttpSourceConfig(tls=False, tokens_file=str(tokens), allowed_subjects=("CN=a",))
+
 
 @pytest.fixture
 def plain_ingest(

@@ -100,6 +100,9 @@ class HttpSourceConfig(FromTable):
         self.tokens().check()
 
     def _check_tls(self) -> None:
+        if self.allowed_subjects and not self.client_ca:
+            msg = "allowed_subjects needs client_ca (without it no certificate is checked)"
+            raise ConfigurationError(msg)
         if not self.tls:
             if self.certfile or self.keyfile or self.client_ca:
                 msg = "tls = false but certfile/keyfile/client_ca given; remove them or drop tls"
