@@ -68,7 +68,7 @@ class TestSourceConfig:
         ever asked for): a one-line error instead of an allow-list silently ignored."""
         tokens = tmp_path / "tokens"
         tokens.write_text(f"{TOKEN}\n")
-        with pytest.raises(ConfigurationError, match="allowed_subjects.*client_ca"):
+        with pytest.raises(ConfigurationError, match=r"allowed_subjects.*client_ca"):
             HttpSourceConfig(tls=False, tokens_file=str(tokens), allowed_subjects=("CN=a",))
 
 
