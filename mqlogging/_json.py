@@ -46,8 +46,23 @@ def _dumps_json(obj: Any) -> bytes:
     return json.dumps(obj, separators=(",", ":"), ensure_ascii=False, default=str).encode()
 
 
+def _compacted(encode: Callable[[Any], bytes]) -> Callable[[Any], bytes]:
+    """``encode`` whose result is copied into bytes of its exact size.
+
+    orjson (3.13 measured) returns bytes whose allocation is at least 4 KiB and grows in 4 KiB
+    steps whatever their length: a 100-byte record held in a queue cost ~4 KiB, so every
+    bound counted in body bytes (handler queue, ingest, collector batches) was off by up to
+    ~40 times. The copy costs ~0.2-0.5 us per document.
+    """
+
+    def encode_compact(obj: Any) -> bytes:
+        return bytes(memoryview(encode(obj)))
+
+    return encode_compact
+
+
 dumps: Callable[[Any], bytes] = (
-    functools.partial(orjson.dumps, default=str) if HAVE_ORJSON else _dumps_json
+    _compacted(functools.partial(orjson.dumps, default=str)) if HAVE_ORJSON else _dumps_json
 )
 """Compact UTF-8 JSON bytes; values JSON cannot encode are written as ``str(value)``."""
 
@@ -63,8 +78,7 @@ def strict_encoder(default: Callable[[Any], Any], *, use_orjson: bool) -> Callab
     if use_orjson:
         if orjson is None:
             raise MissingDependencyError("orjson", "fast")
-        # A partial, not a closure: this is the formatter's per-record call.
-        return functools.partial(orjson.dumps, default=default)
+        return _compacted(functools.partial(orjson.dumps, default=default))
     encode = json.JSONEncoder(
         ensure_ascii=False,
         allow_nan=False,

@@ -207,6 +207,8 @@ _ECS_RULES_WITH_ERROR_AND_TRACE: Final[dict[str, Any]] = {
 
 # The top-level names the logstash and flat schemas give the trace fields and the template.
 _TRACE_KEYS: Final = ("trace_id", "span_id", "trace_flags")
+_NAMESPACE_DOT: Final = NAMESPACE + "."
+_ES_TIME_KEY: Final = "@timestamp"  # the time in Elasticsearch, whatever the schema (esbulk)
 TEMPLATE_KEY: Final = "message_template"
 """Where logstash and flat records keep the unformatted message (``record.msg``)."""
 
@@ -809,6 +811,10 @@ def _add_flat_extras(
     for key in (TEMPLATE_KEY, *_TRACE_KEYS):
         if key in log_data:
             diverted.append((key, log_data.pop(key)))
+    # These schemas keep dotted user keys as they are; Elasticsearch would expand
+    # "mqlogging.seq" or "mqlogging.ingest.identity" into our namespace.
+    for key in [k for k in log_data if k.__class__ is str and k.startswith(_NAMESPACE_DOT)]:
+        diverted.append((key, log_data.pop(key)))
     log_data.update(ours)
 
 
@@ -916,7 +922,10 @@ class _FlatSchema(_Schema):
 
     Honours ``fmt`` (the fields to take from the record), ``rename_fields``, ``defaults`` and
     ``static_fields`` exactly as python-json-logger does; exceptions and stack info are strings
-    in ``exc_info`` and ``stack_info``; ``timestamp`` is UTC ISO-8601 with microseconds.
+    in ``exc_info`` and ``stack_info``; ``timestamp`` is UTC ISO-8601 with microseconds. A user
+    field ``id``, ``timestamp`` or ``@timestamp`` (Elasticsearch's time for every schema; kept
+    when ``rename_fields`` asks for it by name) and a dotted key into ``mqlogging`` are moved
+    under ``extra``.
     """
 
     __slots__ = ()
@@ -949,9 +958,12 @@ class _FlatSchema(_Schema):
                 log_data[rename(key, key)] = value
         merge_record_extra(record, log_data, formatter._skip_fields, formatter.rename_fields)
 
-        diverted = [
-            (key, log_data.pop(key)) for key in (self.timestamp_key, "id") if key in log_data
-        ]
+        # "@timestamp" too: the ES writer keeps a record's own "@timestamp" as its time in
+        # Elasticsearch, so a user's would replace ours there (unless asked for by name).
+        owned = [self.timestamp_key, "id"]
+        if _ES_TIME_KEY not in formatter.rename_fields.values():
+            owned.append(_ES_TIME_KEY)
+        diverted = [(key, log_data.pop(key)) for key in owned if key in log_data]
         log_data[self.timestamp_key] = self._clock(record.created)
         log_data["id"] = rid
         _add_flat_extras(log_data, record, diverted)

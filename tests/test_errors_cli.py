@@ -87,6 +87,22 @@ class TestFiles:
         assert "\\x1b[2J" in out
         assert "job %d failed" in out
 
+    def test_first_and_last_seen_are_escaped_too(
+        self, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """A record time that parses as ISO-8601 (any single character may separate date and
+        time, C1 CSI included) cannot put a control character on the terminal through the
+        FIRST SEEN / LAST SEEN columns."""
+        now = datetime.now(timezone.utc)
+        stamp = now.strftime("%Y-%m-%d") + "\x9b" + now.strftime("%H:%M:%S+00:00")
+        doc = {"@timestamp": stamp, "log": {"level": "error"}, "message": "boom"}
+        path = tmp_path / "records.jsonl"
+        path.write_text(json.dumps(doc, ensure_ascii=False) + "\n", encoding="utf-8")
+        code, out = _run(capsys, "--file", str(path), "--since", "1d")
+        assert code == 0
+        assert "boom" in out
+        assert "\x9b" not in out
+
     def test_level_and_window_filter(
         self, tmp_path: Path, capsys: pytest.CaptureFixture[str]
     ) -> None:

@@ -544,6 +544,22 @@ class TestUserFields:
         assert record_id_of(doc, schema) == message.id != "forged"
         assert fields_of(doc, schema)["extra"] == {key.replace(".", "_"): "forged"}
 
+    def test_user_fields_never_shadow_the_time_or_namespace_elasticsearch_sees(
+        self, schema: str
+    ) -> None:
+        """A user field ``@timestamp`` (the time Elasticsearch, ``mqlogging errors`` and the
+        date-based index use for every schema) or a dotted key into ``mqlogging`` (which
+        Elasticsearch expands into our namespace: ``mqlogging.seq`` as text is a mapping
+        error, ``mqlogging.ingest.identity`` a forged identity) never stays at the top level
+        of the document: it is moved under ``extra`` like every shadowing field. (In ``flat``
+        both stayed: the record went to ES with the user's time, or was dead-lettered.)"""
+        forged = {"@timestamp": "forged", "mqlogging.seq": "forged", "mqlogging.x.y": 1}
+        doc = decode(JsonFormatter(schema=schema), make_record(extra=forged))
+        assert doc.get("@timestamp") != "forged"
+        assert not [key for key in doc if key.startswith("mqlogging.")]
+        assert doc["mqlogging"] == {"schema": schema}
+        assert read_meta(doc).timestamp is not None
+
     def test_mqlogging_id_attribute_is_not_a_user_field(self, schema: str) -> None:
         """The id stamped on the record never shows up as an extra field."""
         doc = decode(JsonFormatter(schema=schema), make_record())

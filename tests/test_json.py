@@ -79,3 +79,24 @@ def test_without_orjson_a_line_is_json_only_if_it_is_utf8_json() -> None:
         "assert not fmt.is_json_line(b'null\\x0b')\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+@pytest.mark.skipif(not _json.HAVE_ORJSON, reason="the json fallback's bytes are exact anyway")
+@pytest.mark.parametrize("encoder", ["dumps", "strict_encoder"])
+def test_encoded_bodies_hold_about_their_own_size(encoder: str) -> None:
+    """Bodies kept in memory (the handler's queue, the ingest's waiting records, the
+    collector's batches) cost about their length: orjson 3.13 returns bytes whose allocation
+    is 4 KiB or more whatever their length, so 100-byte records held ~40 times their bytes
+    and every bound counted in body bytes was off by that much (an 8 MiB ingest body of tiny
+    records took gigabytes)."""
+    import tracemalloc
+
+    dumps = _json.dumps if encoder == "dumps" else _json.strict_encoder(str, use_orjson=True)
+    docs = [{"message": "x" * 60, "n": i} for i in range(2000)]
+    tracemalloc.start()
+    try:
+        bodies = [dumps(doc) for doc in docs]
+        held, _ = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert held < 2 * sum(len(b) + 40 for b in bodies) + 64 * 1024

@@ -11,7 +11,18 @@ from urllib.parse import parse_qsl
 
 from ..errors import ConfigurationError
 
-__all__ = ["redact_url", "split_scheme"]
+__all__ = ["is_secret_option", "redact_url", "split_scheme"]
+
+_SECRET_NAMES = ("password", "token", "api_key", "secret")
+
+
+def is_secret_option(name: str) -> bool:
+    """True for a query option that holds a secret itself: ``password``, ``token``,
+    ``api_key``, ``secret`` or a name ending in one of them after ``_`` (``*_file`` and
+    ``*_env``, which only say where a secret is, are shown). A transport naming a new secret
+    option follows this rule, so redaction needs no list of transports."""
+    name = name.lower()
+    return any(name == s or name.endswith("_" + s) for s in _SECRET_NAMES)
 
 
 def split_scheme(url: object) -> tuple[str, str]:
@@ -31,14 +42,15 @@ def split_scheme(url: object) -> tuple[str, str]:
 
 
 def redact_url(url: str) -> str:
-    """Mask the password of a raw URL string, for error messages before parsing succeeded."""
+    """Mask the password of a raw URL string (in its user info, and every query option that
+    :func:`is_secret_option`), for error messages before parsing succeeded."""
     scheme, sep, rest = url.partition("://")
     netloc, slash, tail = rest.partition("/")
     userinfo, at, hosts = netloc.rpartition("@")
     if at and ":" in userinfo:
         userinfo = userinfo.split(":", 1)[0] + ":***"
     tail = "&".join(
-        f"{k}=***" if k.lower() == "password" else f"{k}={v}"
+        f"{k}=***" if is_secret_option(k) else f"{k}={v}"
         for k, v in parse_qsl(tail.partition("?")[2], keep_blank_values=True)
     )
     path = rest.partition("/")[2].partition("?")[0]

@@ -17,7 +17,9 @@ What "confirmed" means for :meth:`HTTPSProducer.publish_batch`: the ingest answe
 once every record is durably handed on (published with confirms to its broker, or in its
 sinks), so:
 
-- ``2xx`` -> the batch is confirmed;
+- ``2xx`` with ``{"accepted": N}`` for all N records sent -> the batch is confirmed (a 2xx
+  without it is not the ingest, e.g. a catch-all web server on a wrong path:
+  :class:`~mqlogging.errors.NotConfirmed`);
 - ``400`` naming lines -> those records can never be taken (the rest were handed on):
   :class:`~mqlogging.errors.PartlyRefused` with their ids, which the handler counts as dropped
   and announces with a marker;
@@ -171,7 +173,15 @@ class HTTPSProducer(Producer):
         response = self._post(b"\n".join(m.body for m in messages))
         status = response.status_code
         if 200 <= status < 300:
-            return
+            if _accepted(response.content) == len(messages):
+                return
+            # Not the ingest's answer (a catch-all web server on a wrong path?): no confirm.
+            detail = response.text.strip().replace("\n", " ")[:100]
+            msg = (
+                f"the server answered {status} without the ingest's "
+                f'{{"accepted": {len(messages)}}} ({detail!r}); is the path right?'
+            )
+            raise NotConfirmed(msg, endpoint=self.endpoint.redacted())
         if status == 413 and len(messages) > 1:
             half = len(messages) // 2
             self._send(messages[:half], refused)
@@ -181,8 +191,8 @@ class HTTPSProducer(Producer):
             refused.add(messages[0].id)
             return
         if status == 400:
-            lines = _refused_lines(response.content)
-            if lines and all(1 <= n <= len(messages) for n in lines):
+            lines = _refused_lines(response.content, len(messages))
+            if lines:
                 refused.update(messages[n - 1].id for n in lines)
                 return
         raise self._failure(status, response.text)
@@ -239,17 +249,33 @@ class HTTPSProducer(Producer):
         return self._client
 
 
-def _refused_lines(content: bytes) -> list[int]:
-    """The line numbers of a 400 answer's ``errors`` ([] when it has none: not ours)."""
+def _accepted(content: bytes) -> int | None:
+    """The ``accepted`` count of a 2xx answer, ``None`` when it has none (not the ingest)."""
     try:
         doc = loads(content)
     except DECODE_ERRORS:
-        return []
-    errors = doc.get("errors") if isinstance(doc, dict) else None
-    if not isinstance(errors, list):
-        return []
-    lines = [e.get("line") for e in errors if isinstance(e, dict)]
-    return [n for n in lines if isinstance(n, int)] if len(lines) == len(errors) else []
+        return None
+    accepted = doc.get("accepted") if isinstance(doc, dict) else None
+    return accepted if accepted.__class__ is int else None
+
+
+def _refused_lines(content: bytes, sent: int) -> set[int]:
+    """The line numbers of a 400 answer's ``errors``, when they account for every line the
+    ingest did not accept (``accepted`` + refused = ``sent``); else an empty set: an answer
+    that is not ours, or lists only some refused lines (``omitted``), confirms nothing, so
+    no record is taken for handed on when it was not."""
+    try:
+        doc = loads(content)
+    except DECODE_ERRORS:
+        return set()
+    if not isinstance(doc, dict) or doc.get("omitted"):
+        return set()
+    errors, accepted = doc.get("errors"), doc.get("accepted")
+    if not isinstance(errors, list) or accepted.__class__ is not int:
+        return set()
+    lines = {n for e in errors if isinstance(e, dict) and (n := e.get("line")).__class__ is int}
+    complete = len(lines) == len(errors) and accepted + len(lines) == sent
+    return lines if complete and all(1 <= n <= sent for n in lines) else set()
 
 
 TRANSPORT = Transport(

@@ -411,8 +411,9 @@ def _printable(text: str, width: int | None = None) -> str:
 
 
 def _short(moment: str) -> str:
-    """``2026-12-01T10:00:00.123456Z`` as ``2026-12-01 10:00:00``."""
-    return moment[:19].replace("T", " ") if moment else "-"
+    """``2026-12-01T10:00:00.123456Z`` as ``2026-12-01 10:00:00``, escaped (a time that
+    parses may still hold any character between date and time)."""
+    return _printable(moment[:19].replace("T", " ")) if moment else "-"
 
 
 def print_report(report: Report, out: IO[str], width: int = 100) -> None:

@@ -122,6 +122,26 @@ class TestErrors:
 
 
 class TestRedaction:
+    @pytest.mark.parametrize(
+        "url",
+        [
+            f"https://h:8443/ingest?token={SECRET}&tokn=1",
+            f"https://h:8443/ingest?token={SECRET}&token_env=X",
+            f"https://h:8443/ingest?token={SECRET}&timeout=soon",
+            f"elasticsearch+https://h/?index=logs&api_key={SECRET}&bogus=1",
+            f"elasticsearch+https://h/?index=logs&api_key={SECRET}&api_key_env=X",
+            f"amqp://h/?password={SECRET}&bogus=1",
+        ],
+    )
+    def test_errors_do_not_show_a_secret_given_as_an_option(self, url: str) -> None:
+        """A token or API key given in the query (``token=``, ``api_key=``) is masked in the
+        error about another option, as a password is: before, the one-line error quoted the
+        whole URL, token included (into logs and CI output)."""
+        with pytest.raises(ConfigurationError) as info:
+            Endpoint.from_url(url)
+        assert SECRET not in str(info.value)
+        assert "=***" in str(info.value)
+
     def test_repr_str_and_redacted_hide_the_password(self) -> None:
         """repr, str and redacted() mask the password; credentials() is the one way to read it."""
         ep = Endpoint.from_url(f"stomp://user:{SECRET}@h:61613/queue/logs")

@@ -19,7 +19,7 @@ from mqlogging._types import Message
 from mqlogging.backends import open_producer
 from mqlogging.backends.https import HTTPSEndpoint
 from mqlogging.collector.ingest import HttpSourceConfig
-from mqlogging.errors import ConfigurationError, ConnectError, PartlyRefused
+from mqlogging.errors import ConfigurationError, ConnectError, NotConfirmed, PartlyRefused
 
 TOKEN = "unit-token-0123456789abcdef"
 
@@ -63,16 +63,28 @@ class TestSourceConfig:
         with pytest.raises(ConfigurationError, match="at least 16"):
             HttpSourceConfig(tls=False, tokens_file=str(tokens))
 
+    def test_allowed_subjects_without_client_ca_is_refused(self, tmp_path: Path) -> None:
+        """``allowed_subjects`` without ``client_ca`` restricts nothing (no certificate is
+        ever asked for): a one-line error instead of an allow-list silently ignored."""
+        tokens = tmp_path / "tokens"
+        tokens.write_text(f"{TOKEN}\n")
+        with pytest.raises(ConfigurationError, match=r"allowed_subjects.*client_ca"):
+            HttpSourceConfig(tls=False, tokens_file=str(tokens), allowed_subjects=("CN=a",))
+
 
 @pytest.fixture
-def plain_ingest(tmp_path: Path) -> Iterator[tuple[str, list[bytes]]]:
-    """An in-process ingest on plain HTTP (1 KiB body limit) whose records a thread acks;
-    yields its URL and the list of acked bodies."""
+def plain_ingest(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> Iterator[tuple[str, list[bytes]]]:
+    """An in-process ingest on plain HTTP (1 KiB body limit unless the test passes other
+    options by indirect parametrisation) whose records a thread acks; yields its URL and the
+    list of acked bodies."""
     (tmp_path / "tokens").write_text(f"unit:{TOKEN}\n")
     port = reserve_port()
+    options = {"max_body_bytes": 1024, **getattr(request, "param", {})}
     config = HttpSourceConfig(
         tls=False, listen=f"127.0.0.1:{port}", tokens_file=str(tmp_path / "tokens"),
-        max_body_bytes=1024, timeout=5.0,
+        timeout=5.0, **options,
     )  # fmt: skip
     consumer = config.open()
     acked: list[bytes] = []
@@ -227,3 +239,148 @@ def test_certificate_outside_allowed_subjects_is_403(
         assert answers == [expected]
     finally:
         consumer.close()
+
+
+_ROOMY = [{"max_body_bytes": 256 * 1024}]
+
+
+def _post(url: str, body: bytes) -> httpx.Response:
+    return httpx.post(
+        url.split("?", maxsplit=1)[0], content=body, headers={"Authorization": f"Bearer {TOKEN}"}
+    )
+
+
+@pytest.mark.parametrize("plain_ingest", _ROOMY, indirect=True)
+def test_hostile_lines_are_refused_one_by_one(plain_ingest: tuple[str, list[bytes]]) -> None:
+    """JSON lines whose first line is an array, a line nested too deeply to be encoded
+    again, and dotted keys that Elasticsearch would
+    expand into ``mqlogging.ingest`` (so the identity field would also hold the client's
+    claim), are refused as lines (400 naming them); the valid lines of the request are
+    handed on with the ingest's stamp. Before, the leading array made the whole body one
+    refused "line 1" (so the producer counted every other record as handed on: silent loss),
+    the deep line made the whole request a 500 (resent for ever), and the dotted keys were
+    handed on."""
+    url, acked = plain_ingest
+    deep = b'{"a":' * 300 + b"1" + b"}" * 300
+    lines = [
+        b"[1]",
+        b'{"n": 1}',
+        deep,
+        b'{"n": 2, "mqlogging.ingest.identity": "CN=root"}',
+        b'{"n": 3, "mqlogging": {"ingest.identity": "CN=root"}}',
+        b'{"n": 4}',
+    ]
+    answer = _post(url, b"\n".join(lines))
+    assert answer.status_code == 400, answer.text
+    report = answer.json()
+    assert report["accepted"] == 2
+    assert [e["line"] for e in report["errors"]] == [1, 3, 4, 5]
+    wait_until(lambda: len(acked) >= 2, timeout=5)
+    assert len(acked) == 2
+    assert all(b"CN=root" not in body and b"token:unit" in body for body in acked)
+
+
+@pytest.mark.parametrize(
+    "plain_ingest", [{"max_body_bytes": 256 * 1024, "max_records": 200_000}], indirect=True
+)
+def test_many_invalid_lines_get_a_small_answer(plain_ingest: tuple[str, list[bytes]]) -> None:
+    """A 200 KB array of 100 000 non-objects gets a 400 that lists the first 100 refused
+    lines and counts the rest in ``omitted``: before, the answer listed all of them (4.8 MB,
+    and an 8 MiB body would have made an answer of about 200 MB)."""
+    url, _ = plain_ingest
+    answer = _post(url, b"[" + b",".join([b"1"] * 100_000) + b"]")
+    assert answer.status_code == 400
+    assert len(answer.content) < 16 * 1024
+    report = answer.json()
+    assert (len(report["errors"]), report["omitted"]) == (100, 99_900)
+
+
+@pytest.mark.parametrize("plain_ingest", _ROOMY, indirect=True)
+def test_producer_takes_no_incomplete_400_for_a_confirm(
+    plain_ingest: tuple[str, list[bytes]],
+) -> None:
+    """When a 400 does not account for every record (refused lines beyond the listed ones),
+    the producer raises NotConfirmed (the batch stays the handler's) instead of reporting
+    only the listed ids as refused and counting the unlisted refused ones as handed on."""
+    url, acked = plain_ingest
+    messages = [Message(f"bad-{i}", b"[1]") for i in range(150)]
+    messages.append(Message("good", b'{"n": 1}'))
+    with open_producer(url, token=TOKEN) as producer, pytest.raises(NotConfirmed) as info:
+        producer.publish_batch(messages)
+    assert "400" in str(info.value), info.value
+    wait_until(lambda: len(acked) >= 1, timeout=5)
+
+
+def test_a_2xx_that_is_not_the_ingests_answer_confirms_nothing() -> None:
+    """A server that answers ``200`` to any POST (a wrong path behind a catch-all web server
+    or reverse proxy) does not confirm a batch: only the ingest's ``{"accepted": N}`` for
+    every record sent does, so the records stay the handler's (retried, spooled) instead of
+    being counted as delivered and lost."""
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class CatchAll(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            body = b"<html>welcome</html>"
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), CatchAll)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/ingest?allow_http=true"
+    try:
+        with open_producer(url, token=TOKEN) as producer, pytest.raises(NotConfirmed):
+            producer.publish_batch([Message("a", b'{"n": 1}'), Message("b", b'{"n": 2}')])
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.mark.parametrize("plain_ingest", [{"max_records": 100}], indirect=True)
+def test_too_many_records_in_one_request_is_413_and_the_producer_halves(
+    plain_ingest: tuple[str, list[bytes]],
+) -> None:
+    """A request with more than ``max_records`` records is 413 before any per-record work
+    (before, an 8 MiB body of 2.8 million ``{}`` kept a parser thread busy for a minute); the
+    https:// producer sends such a batch again in halves, so every record is handed on."""
+    url, acked = plain_ingest
+    too_many = _post(url, b"\n".join([b"{}"] * 101))
+    assert too_many.status_code == 413
+    assert "max_records" in too_many.json()["error"]
+    messages = [Message(f"m{i}", b'{"n": %d}' % i) for i in range(150)]
+    with open_producer(url, token=TOKEN) as producer:
+        producer.publish_batch(messages)
+    wait_until(lambda: len(acked) >= 150, timeout=5)
+    assert len(acked) == 150
+
+
+@pytest.mark.parametrize("plain_ingest", [{"idle_timeout": 1.0}], indirect=True)
+def test_idle_connections_are_closed_after_idle_timeout(
+    plain_ingest: tuple[str, list[bytes]],
+) -> None:
+    """A connection that sends no request (or only part of its headers) is closed after
+    ``idle_timeout``: before, aiohttp's default kept it ~1 hour, so idle or half-open
+    connections of many pilots (or anyone, unauthenticated) ran the collector out of file
+    descriptors."""
+    import socket
+    import time
+
+    url, _ = plain_ingest
+    host, port = url.split("/")[2].split(":")
+    silent = socket.create_connection((host, int(port)))
+    partial = socket.create_connection((host, int(port)))
+    partial.sendall(b"POST /ingest HTTP/1.1\r\nHost: x\r\n")
+    started = time.monotonic()
+    for sock in (silent, partial):
+        sock.settimeout(15)
+        with sock:
+            while sock.recv(4096):  # whatever the server says, then end of stream
+                pass
+    assert time.monotonic() - started < 10

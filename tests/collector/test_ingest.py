@@ -59,9 +59,14 @@ class Ingest:
 
 
 @pytest.fixture
-def ingest(tmp_path: Path, grid: PilotPKI, rabbitmq: Any, queue_name: str) -> Iterator[Ingest]:
+def ingest(
+    request: pytest.FixtureRequest, tmp_path: Path, grid: PilotPKI, rabbitmq: Any, queue_name: str
+) -> Iterator[Ingest]:
     """A collector: HTTPS ingest (tokens file, client certificates with proxies) -> RabbitMQ
-    queue ``queue_name`` with confirms; ``timeout = 2`` so a broker outage answers 503 fast."""
+    queue ``queue_name`` with confirms; ``timeout = 2`` so a broker outage answers 503 fast.
+    A test changes source options with ``@pytest.mark.parametrize("ingest", [{...}],
+    indirect=True)``."""
+    overrides = getattr(request, "param", {})
     tokens = tmp_path / "tokens"
     tokens.write_text(f"# name:token\npilots:{TOKEN}\nother:another-token-0123456789\n")
     port = reserve_port()
@@ -80,6 +85,7 @@ def ingest(tmp_path: Path, grid: PilotPKI, rabbitmq: Any, queue_name: str) -> It
                 "timeout": 2.0,
                 "retry_after": 1,
                 "max_body_bytes": 256 * 1024,
+                **overrides,
             }
         ],
         sinks=[{"type": "broker", "url": amqp_queue_url(rabbitmq, queue_name)}],
@@ -260,3 +266,40 @@ def test_run_to_https_ships_a_pilot_bootstrap(
     docs = drain_amqp(rabbitmq, queue_name, 3)
     assert {"booted", "matched a job"} <= {d["message"] for d in docs}
     assert {d["mqlogging"]["ingest"]["identity"] for d in docs} == {USER_DN}
+
+
+def _stalled_upload(ingest: Ingest) -> ssl.SSLSocket:
+    """An authenticated gzip upload that announces 200 000 bytes, sends 3 and goes silent (a
+    pilot killed mid-request leaves such a half-open connection behind)."""
+    import socket
+
+    ctx = ssl.create_default_context(cafile=ingest.grid.ca)
+    host, port = ingest.url.split("/")[2].split(":")
+    sock = ctx.wrap_socket(socket.create_connection((host, int(port))), server_hostname=host)
+    head = (
+        f"POST /ingest HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {TOKEN}\r\n"
+        "Content-Encoding: gzip\r\nContent-Length: 200000\r\n\r\n"
+    )
+    sock.sendall(head.encode() + b"\x1f\x8b\x08")
+    return sock
+
+
+@pytest.mark.parametrize(
+    "ingest", [{"max_inflight_bytes": 512 * 1024, "body_timeout": 1.0}], indirect=True
+)
+def test_stalled_uploads_are_cut_off_and_do_not_lock_out_other_pilots(ingest: Ingest) -> None:
+    """Uploads whose body stops arriving hold their reservation of ``max_inflight_bytes``
+    only until ``body_timeout``: they get 408 and their connection is closed, and other
+    pilots' requests are taken again (before, two stalled gzip uploads answered every later
+    gzip request 429 until TCP gave up on them, hours later)."""
+    stalled = [_stalled_upload(ingest), _stalled_upload(ingest)]
+    gz = {"Content-Encoding": "gzip"}
+
+    def taken() -> bool:
+        return ingest.post(gzip.compress(b'{"m": 1}'), headers=gz).status_code == 200
+
+    wait_until(taken, timeout=10, message="a gzip request taken while uploads are stalled")
+    for sock in stalled:
+        sock.settimeout(10)
+        assert sock.recv(4096).startswith(b"HTTP/1.1 408"), "the stalled upload got no 408"
+        sock.close()

@@ -2,6 +2,8 @@
 
 What happens to each line:
 
+- a body that is one JSON array is a list of lines (its elements); any other body is JSON
+  lines, even when its first line is an array (that line alone is refused).
 - a JSON object → a record. Its id is kept when it carries one of ours (``event.id`` / ``id``
   with ``mqlogging.schema``, read by :func:`mqlogging.wire.read_meta`); one without gets a
   new id here, so from here on (broker redeliveries, collector retries) it is stored once in
@@ -11,8 +13,12 @@ What happens to each line:
   every record, replacing whatever the client put there: a record cannot claim another
   identity. A record whose ``mqlogging`` is not an object is refused (there is nowhere to put
   the stamp without changing the user's value).
-- anything else (invalid JSON or UTF-8, not an object, an empty array element) → an error
-  naming the line (1-based; the element index + 1 for an array) and, when it has one, its id.
+- anything else (invalid JSON or UTF-8, not an object, an empty array element, an object
+  nested too deeply to be encoded again, a dotted key such as ``"mqlogging.ingest.identity"``
+  that Elasticsearch would expand into the stamp) → an error naming the line (1-based; the
+  element index + 1 for an array) and, when it has one, its id. At most
+  :data:`MAX_REPORTED_ERRORS` errors are kept; the others are only counted (``omitted``), so
+  a body of a million invalid elements cannot make an answer many times its size.
 
 Limits are bytes: the body on the wire and after decompression both stop at
 ``max_body_bytes`` (:class:`TooLarge`), decompression is done in bounded steps, so a gzip bomb
@@ -29,13 +35,31 @@ from ..._ids import new_id
 from ..._json import DECODE_ERRORS, dumps, loads
 from ...wire import NAMESPACE, read_meta
 
-__all__ = ["BadEncoding", "LineError", "Parsed", "TooLarge", "gunzip", "parse_body"]
+__all__ = [
+    "MAX_REPORTED_ERRORS",
+    "BadEncoding",
+    "LineError",
+    "Parsed",
+    "TooLarge",
+    "TooMany",
+    "gunzip",
+    "parse_body",
+]
 
 _STEP = 64 * 1024
+
+MAX_REPORTED_ERRORS = 100
+"""Refused lines reported one by one in an answer; the rest are counted in ``omitted``."""
+
+_STAMP_KEY = f"{NAMESPACE}.ingest"  # as a dotted key, Elasticsearch merges it into the stamp
 
 
 class TooLarge(Exception):
     """The body (or what it decompresses to) is above the limit."""
+
+
+class TooMany(Exception):
+    """The body holds more records than the limit (``args[0]``: how many)."""
 
 
 class BadEncoding(Exception):
@@ -59,10 +83,19 @@ class LineError:
 
 @dataclass(slots=True)
 class Parsed:
-    """The records of one request (``(id, body)`` pairs, stamped) and the refused lines."""
+    """The records of one request (``(id, body)`` pairs, stamped) and the refused lines (the
+    first :data:`MAX_REPORTED_ERRORS`; ``omitted`` counts the others)."""
 
     records: list[tuple[str, bytes]] = field(default_factory=list)
     errors: list[LineError] = field(default_factory=list)
+    omitted: int = 0
+
+    def refuse(self, error: LineError) -> None:
+        """Record one refused line (kept, or only counted past the report's bound)."""
+        if len(self.errors) < MAX_REPORTED_ERRORS:
+            self.errors.append(error)
+        else:
+            self.omitted += 1
 
 
 def gunzip(data: bytes, limit: int) -> bytes:
@@ -94,15 +127,13 @@ def gunzip(data: bytes, limit: int) -> bytes:
 
 def _items(body: bytes) -> list[tuple[int, Any, str]]:
     """``(line, value, error)`` per line or array element (``error`` empty when it decoded)."""
-    stripped = body.lstrip()
-    if stripped.startswith(b"["):
+    if body.lstrip().startswith(b"["):
         try:
             values = loads(body)
-        except DECODE_ERRORS as exc:
-            return [(1, None, f"invalid JSON array: {exc}")]
-        if not isinstance(values, list):
-            return [(1, None, "not a JSON array")]
-        return [(i + 1, v, "") for i, v in enumerate(values)]
+        except DECODE_ERRORS:
+            values = None  # JSON lines whose first line is an array: each line on its own
+        if isinstance(values, list):
+            return [(i + 1, v, "") for i, v in enumerate(values)]
     out: list[tuple[int, Any, str]] = []
     for number, line in enumerate(body.split(b"\n"), 1):
         if not line.strip():
@@ -120,22 +151,53 @@ def _client_id(value: dict[str, Any]) -> str:
     return read_meta(value).id or ""
 
 
-def parse_body(body: bytes, *, identity: str, auth: str) -> Parsed:
-    """Split ``body`` into stamped records and per-line errors (see the module docstring)."""
+def _spoofing_key(value: dict[str, Any], ns: dict[str, Any]) -> str | None:
+    """A dotted key that Elasticsearch would expand into ``mqlogging.ingest`` (beside the
+    stamp: the identity field would hold the client's value too), or ``None``."""
+    for key in value:
+        if key.__class__ is str and (key == _STAMP_KEY or key.startswith(_STAMP_KEY + ".")):
+            return key
+    for key in ns:
+        if key.__class__ is str and key.startswith("ingest."):
+            return f"{NAMESPACE}/{key}"
+    return None
+
+
+def _record(number: int, value: Any, stamp: dict[str, str]) -> tuple[str, bytes] | LineError:
+    """One decoded line as a stamped ``(id, body)``, or why it is refused."""
+    if not isinstance(value, dict):
+        return LineError(number, f"not a JSON object: {type(value).__name__}")
+    ns = value.setdefault(NAMESPACE, {})
+    if not isinstance(ns, dict):
+        why = f"field {NAMESPACE!r} must be an object (the ingest adds {NAMESPACE}.ingest)"
+        return LineError(number, why, _client_id(value))
+    spoof = _spoofing_key(value, ns)
+    if spoof is not None:
+        why = f"key {spoof!r}: {_STAMP_KEY} is set by the ingest only"
+        return LineError(number, why, _client_id(value))
+    ns["ingest"] = stamp
+    try:
+        body = dumps(value)
+    except (TypeError, ValueError, RecursionError) as exc:  # orjson: depth above 254
+        return LineError(number, f"cannot be encoded again: {exc}", _client_id(value))
+    return read_meta(value).id or new_id(), body
+
+
+def parse_body(body: bytes, *, identity: str, auth: str, max_records: int) -> Parsed:
+    """Split ``body`` into stamped records and per-line errors (see the module docstring).
+
+    Raises:
+        TooMany: more than ``max_records`` lines or elements (checked before stamping any).
+    """
     parsed = Parsed()
     stamp = {"identity": identity, "auth": auth}
-    for number, value, error in _items(body):
-        if error:
-            parsed.errors.append(LineError(number, error))
-            continue
-        if not isinstance(value, dict):
-            parsed.errors.append(LineError(number, f"not a JSON object: {type(value).__name__}"))
-            continue
-        ns = value.setdefault(NAMESPACE, {})
-        if not isinstance(ns, dict):
-            why = f"field {NAMESPACE!r} must be an object (the ingest adds {NAMESPACE}.ingest)"
-            parsed.errors.append(LineError(number, why, _client_id(value)))
-            continue
-        ns["ingest"] = stamp
-        parsed.records.append((read_meta(value).id or new_id(), dumps(value)))
+    items = _items(body)
+    if len(items) > max_records:
+        raise TooMany(len(items))
+    for number, value, error in items:
+        outcome = _record(number, value, stamp) if not error else LineError(number, error)
+        if isinstance(outcome, LineError):
+            parsed.refuse(outcome)
+        else:
+            parsed.records.append(outcome)
     return parsed

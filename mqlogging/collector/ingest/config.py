@@ -40,11 +40,22 @@ class HttpSourceConfig(FromTable):
     revokes a token without a restart (a token that contains ``:`` must be given a name).
     At least one way to authenticate is required.
     ``max_body_bytes``: the largest request body, before and after gzip (413 above).
+    ``max_records``: most records (lines or array elements) in one request; more is 413
+    before any per-record work (the https:// endpoint then sends halves), so one request
+    cannot keep a parser thread busy for long.
     ``max_inflight_bytes``: record bytes waiting to be handed on; a request that would exceed
     it gets 429 with ``Retry-After`` (bodies being received count too). ``timeout``: seconds a
     request waits for its records to be handed on before it gets 503 with ``Retry-After``
     (``retry_after`` seconds); keep it below the clients' own request timeout (the handler's
     ``timeout``, 10 s by default), so they hear 503 rather than time out.
+    ``body_timeout``: seconds to receive a request's body once its headers are in; a slower
+    upload gets 408 and its connection is closed, so a pilot killed mid-request (a half-open
+    connection) holds its share of ``max_inflight_bytes`` that long at most, not until TCP
+    gives up hours later.
+    ``idle_timeout``: seconds a connection may stay open without a complete request (before
+    its first one, between keep-alive requests, or with its headers still arriving); then it
+    is closed, so idle or half-open connections of many pilots cannot run the collector out
+    of file descriptors (aiohttp's own default is about an hour).
     ``prefetch``: most records handed to the pipeline and not yet settled.
     ``remember_ids``: how many ids of records handed on lately are remembered, so a client
     resending them (its earlier request got 503 after some were published) does not publish
@@ -64,9 +75,12 @@ class HttpSourceConfig(FromTable):
     tokens_file: str = ""
     tokens_env: str = ""
     max_body_bytes: PositiveInt = 8 * 1024 * 1024
+    max_records: PositiveInt = 20_000
     max_inflight_bytes: PositiveInt = 64 * 1024 * 1024
     timeout: PositiveFloat = 8.0
     retry_after: PositiveInt = 5
+    body_timeout: PositiveFloat = 30.0
+    idle_timeout: PositiveFloat = 60.0
     prefetch: PositiveInt = 10000
     remember_ids: PositiveInt = 100_000
 
@@ -86,6 +100,9 @@ class HttpSourceConfig(FromTable):
         self.tokens().check()
 
     def _check_tls(self) -> None:
+        if self.allowed_subjects and not self.client_ca:
+            msg = "allowed_subjects needs client_ca (without it no certificate is checked)"
+            raise ConfigurationError(msg)
         if not self.tls:
             if self.certfile or self.keyfile or self.client_ca:
                 msg = "tls = false but certfile/keyfile/client_ca given; remove them or drop tls"

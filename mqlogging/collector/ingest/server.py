@@ -18,8 +18,10 @@ its content — counts as handed on once its dead letter is confirmed, as for ev
 
 Other answers: ``401`` (no or unknown token, no certificate) with ``WWW-Authenticate: Bearer``;
 ``403`` (a certificate whose subject is not in ``allowed_subjects``); ``404``/``405`` (wrong
-path or method, from aiohttp); ``413`` (body above ``max_body_bytes``, before or after gzip);
-``415`` (a ``Content-Encoding`` other than gzip/identity); ``429`` with ``Retry-After`` when
+path or method, from aiohttp); ``413`` (body above ``max_body_bytes``, before or after gzip,
+or more than ``max_records`` records);
+``415`` (a ``Content-Encoding`` other than gzip/identity); ``408`` (the body did not arrive
+within ``body_timeout``; the connection is closed); ``429`` with ``Retry-After`` when
 ``max_inflight_bytes`` of records already wait to be handed on (the broker or the sinks are
 slow: backpressure).
 
@@ -56,7 +58,7 @@ from ..._types import Delivery
 from ...backends.base import Consumer
 from ...errors import ConnectError, MissingDependencyError
 from .auth import certificate_identity, server_context, verified_chain
-from .body import BadEncoding, Parsed, TooLarge, gunzip, parse_body
+from .body import BadEncoding, Parsed, TooLarge, TooMany, gunzip, parse_body
 
 if TYPE_CHECKING:
     from aiohttp import web
@@ -292,7 +294,13 @@ class IngestConsumer(Consumer):
         app = web.Application(client_max_size=cfg.max_body_bytes)
         app.router.add_post(cfg.path, self._counted)
         # Our bounded gunzip is the only inflater (a bomb must stop at max_body_bytes).
-        runner = web.AppRunner(app, auto_decompress=False, access_log=None, shutdown_timeout=2.0)
+        runner = web.AppRunner(
+            app,
+            auto_decompress=False,
+            access_log=None,
+            shutdown_timeout=2.0,
+            keepalive_timeout=cfg.idle_timeout,  # from connect too, so also for slow headers
+        )
         await runner.setup()
         self._runner = runner
         host, port = cfg.address
@@ -356,9 +364,14 @@ class IngestConsumer(Consumer):
         if isinstance(body, web.Response):
             return body
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(
-            None, lambda: parse_body(body, identity=identity, auth=method)
-        )
+        limit = self.config.max_records
+        try:
+            return await loop.run_in_executor(
+                None, lambda: parse_body(body, identity=identity, auth=method, max_records=limit)
+            )
+        except TooMany as exc:
+            text = f"{exc.args[0]} records above max_records ({limit}); send smaller batches"
+            return _json(413, {"error": text})
 
     def _authenticate(self, request: web.Request) -> tuple[str, str] | web.Response:
         """``(identity, "x509" | "token")``, or the 401/403 answer."""
@@ -395,9 +408,16 @@ class IngestConsumer(Consumer):
         if (request.content_length or 0) > limit:
             return too_large
         try:
-            raw = await request.read()
+            raw = await asyncio.wait_for(request.read(), self.config.body_timeout)
         except web.HTTPRequestEntityTooLarge:
             return too_large
+        except asyncio.TimeoutError:
+            # A stalled or half-open upload: without this it would hold its reservation
+            # of max_inflight_bytes (and its connection) until TCP gives up, hours later.
+            log.info("ingest: 408, body not received within %.0fs", self.config.body_timeout)
+            answer = _json(408, {"error": "request body not received in time"})
+            answer.force_close()
+            return answer
         return _decoded(raw, request.headers.get("Content-Encoding", ""), limit)
 
     async def _hand_on(self, parsed: Parsed) -> web.Response:
@@ -443,7 +463,12 @@ def _decoded(raw: bytes, encoding: str, limit: int) -> bytes | web.Response:
 
 
 def _report(parsed: Parsed, *, accepted: int) -> dict[str, Any]:
-    return {"accepted": accepted, "errors": [e.as_json() for e in parsed.errors]}
+    """The 400 answer: ``errors`` lists the first refused lines, ``omitted`` counts the rest
+    (absent when every refused line is listed)."""
+    report: dict[str, Any] = {"accepted": accepted, "errors": [e.as_json() for e in parsed.errors]}
+    if parsed.omitted:
+        report["omitted"] = parsed.omitted
+    return report
 
 
 def _json(status: int, doc: Any, headers: dict[str, str] | None = None) -> web.Response:
