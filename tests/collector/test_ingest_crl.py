@@ -211,3 +211,61 @@ def test_crl_config_errors_are_one_line(tmp_path: Path, grid: PilotPKI) -> None:
         with pytest.raises(ConfigurationError, match=expected) as caught:
             HttpSourceConfig(**{**tls, **options})
         assert "\n" not in str(caught.value), options
+
+
+def _write_key(path: Path, key: Any) -> str:
+    path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.TraditionalOpenSSL,
+            serialization.NoEncryption(),
+        )
+    )
+    return str(path)
+
+
+def _issue(subject: str, issuer: Any, issuer_key: Any, *, ca: bool) -> tuple[Any, Any]:
+    """A certificate for ``CN=subject`` issued by ``issuer``; (certificate, key)."""
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]))
+        .issuer_name(issuer.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+        .sign(issuer_key, hashes.SHA256())
+    )
+    return cert, key
+
+
+def test_chain_mode_checks_intermediate_cas_leaf_mode_only_the_end_entity(
+    tmp_path: Path, grid: PilotPKI
+) -> None:
+    """Under an intermediate CA that the root's CRL revokes, ``crl_check = "chain"`` refuses
+    the user (the intermediate is revoked) while ``"leaf"`` checks only the user against the
+    intermediate's CRL; the trust anchor itself is never looked up (it has no issuer CRL)."""
+    root = x509.load_pem_x509_certificate(Path(grid.ca).read_bytes())
+    root_key = serialization.load_pem_private_key(Path(grid.ca_key).read_bytes(), None)
+    inter, inter_key = _issue("mqlt intermediate CA", root, root_key, ca=True)
+    user, _ = _issue("pilot bob", inter, inter_key, ca=False)
+    inter_pem = tmp_path / "inter.pem"
+    inter_pem.write_bytes(inter.public_bytes(serialization.Encoding.PEM))
+    inter_key_pem = _write_key(tmp_path / "inter.key", inter_key)
+    crls = tmp_path / "crls.pem"
+    crls.write_bytes(
+        make_crl(grid.ca, grid.ca_key, [inter.serial_number])
+        + make_crl(str(inter_pem), inter_key_pem, [])
+    )
+    chain = [c.public_bytes(serialization.Encoding.DER) for c in (user, inter, root)]
+    assert CrlStore(mode="leaf", crl_file=str(crls)).refusal(chain) is None
+    problem = CrlStore(mode="chain", crl_file=str(crls)).refusal(chain)
+    assert problem is not None
+    assert "intermediate" in problem
+    assert "revoked" in problem
