@@ -211,6 +211,8 @@ def test_crl_config_errors_are_one_line(tmp_path: Path, grid: PilotPKI) -> None:
         with pytest.raises(ConfigurationError, match=expected) as caught:
             HttpSourceConfig(**{**tls, **options})
         assert "\n" not in str(caught.value), options
+    with pytest.raises(ConfigurationError, match="needs client_ca"):
+        HttpSourceConfig(tls=False, tokens_file=str(tokens), crl_check="chain")
 
 
 def _write_key(path: Path, key: Any) -> str:

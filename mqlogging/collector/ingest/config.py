@@ -106,6 +106,7 @@ class HttpSourceConfig(FromTable):
             msg = f"path={self.path!r} must start with '/', e.g. /ingest"
             raise ConfigurationError(msg)
         self._check_tls()
+        self._check_crl()
         if not (self.tokens_file or self.tokens_env or self.client_ca):
             msg = (
                 "no way to authenticate: set tokens_file, tokens_env (bearer tokens) "
@@ -133,7 +134,6 @@ class HttpSourceConfig(FromTable):
         if self.allow_proxy_certs and not self.client_ca:
             msg = "allow_proxy_certs = true needs client_ca (the CAs of the user certificates)"
             raise ConfigurationError(msg)
-        self._check_crl()
 
     def _check_crl(self) -> None:
         """The CRL options' contradictions (whether the CRLs load: :meth:`CrlStore.check`)."""
