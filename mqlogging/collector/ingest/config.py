@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Literal
 from ...errors import ConfigurationError
 from .._table import FromTable, PemPath, PositiveFloat, PositiveInt, check_fields
 from .auth import TokenStore
+from .crl import CrlCheck, CrlStore
 
 if TYPE_CHECKING:
     from ...backends.base import Consumer
@@ -33,6 +34,17 @@ class HttpSourceConfig(FromTable):
     (``c_rehash``) that client certificates are verified against; with it, a client may
     authenticate by certificate. ``allow_proxy_certs``: also accept RFC 3820 proxy
     certificates (the identity is then the end-entity certificate's subject).
+    ``crl_check``: ``"off"`` (the default), ``"leaf"`` or ``"chain"``: refuse (403) revoked
+    client certificates — the end-entity certificate (a proxy's user certificate), with
+    ``"chain"`` also the CAs below the trust anchor — against the CRLs of ``crl_file`` (PEM)
+    and, when ``client_ca`` is a hashed directory, its ``<hash>.r0`` files (fetch-crl's);
+    they are looked at again every ``crl_refresh`` seconds (60), so a rewritten CRL takes
+    effect without a restart (:mod:`mqlogging.collector.ingest.crl`). With checks on, a
+    certificate whose CA has no CRL, or only an expired one, is refused too (fail closed).
+    That is why the default is ``"off"``: turned on by default, a site whose CA directory
+    lacks a CRL for some CA, or whose fetch-crl stopped, would lock out those pilots (their
+    records pile up in their spools) on upgrade; the start logs a warning when client
+    certificates are accepted without CRL checks.
     ``allowed_subjects``: when given, only these certificate subjects (RFC 4514 strings, as in
     ``mqlogging.ingest.identity``) are let in; others get 403. ``tokens_file`` /
     ``tokens_env``: bearer tokens, one per line (file) or comma-separated (variable), each
@@ -71,6 +83,9 @@ class HttpSourceConfig(FromTable):
     keyfile: PemPath | None = None
     client_ca: str = ""
     allow_proxy_certs: bool = False
+    crl_check: CrlCheck = "off"
+    crl_file: str = ""
+    crl_refresh: PositiveFloat = 60.0
     allowed_subjects: tuple[str, ...] = ()
     tokens_file: str = ""
     tokens_env: str = ""
@@ -91,6 +106,7 @@ class HttpSourceConfig(FromTable):
             msg = f"path={self.path!r} must start with '/', e.g. /ingest"
             raise ConfigurationError(msg)
         self._check_tls()
+        self._check_crl()
         if not (self.tokens_file or self.tokens_env or self.client_ca):
             msg = (
                 "no way to authenticate: set tokens_file, tokens_env (bearer tokens) "
@@ -98,6 +114,7 @@ class HttpSourceConfig(FromTable):
             )
             raise ConfigurationError(msg)
         self.tokens().check()
+        self.crls().check()
 
     def _check_tls(self) -> None:
         if self.allowed_subjects and not self.client_ca:
@@ -116,6 +133,23 @@ class HttpSourceConfig(FromTable):
             raise ConfigurationError(msg)
         if self.allow_proxy_certs and not self.client_ca:
             msg = "allow_proxy_certs = true needs client_ca (the CAs of the user certificates)"
+            raise ConfigurationError(msg)
+
+    def _check_crl(self) -> None:
+        """The CRL options' contradictions (whether the CRLs load: :meth:`CrlStore.check`)."""
+        if self.crl_check == "off":
+            if self.crl_file:
+                msg = "crl_file given but crl_check = 'off'; set crl_check = 'leaf' or 'chain'"
+                raise ConfigurationError(msg)
+            return
+        if not self.client_ca:
+            msg = f"crl_check = {self.crl_check!r} needs client_ca (no certificate is checked)"
+            raise ConfigurationError(msg)
+        if not os.path.isdir(self.client_ca) and not self.crl_file:
+            msg = (
+                f"crl_check = {self.crl_check!r} with client_ca a file needs crl_file "
+                "(a PEM file of CRLs); a hashed CA directory holds them as <hash>.r0"
+            )
             raise ConfigurationError(msg)
 
     @property
@@ -145,6 +179,13 @@ class HttpSourceConfig(FromTable):
     def tokens(self) -> TokenStore:
         """The bearer tokens this source accepts (re-read from the file when it changes)."""
         return TokenStore(file=self.tokens_file, env=self.tokens_env)
+
+    def crls(self) -> CrlStore:
+        """The CRLs client certificates are checked against (re-read when they change)."""
+        ca_dir = self.client_ca if self.client_ca and os.path.isdir(self.client_ca) else ""
+        return CrlStore(
+            mode=self.crl_check, crl_file=self.crl_file, ca_dir=ca_dir, refresh=self.crl_refresh
+        )
 
     def open(self, answered: Callable[[int], None] | None = None) -> Consumer:
         """The ingest server as a :class:`~mqlogging.backends.base.Consumer` (it starts

@@ -17,7 +17,8 @@ dead-letters — larger than ``max_message_bytes``, nested too deeply, or refuse
 its content — counts as handed on once its dead letter is confirmed, as for every source.)
 
 Other answers: ``401`` (no or unknown token, no certificate) with ``WWW-Authenticate: Bearer``;
-``403`` (a certificate whose subject is not in ``allowed_subjects``); ``404``/``405`` (wrong
+``403`` (a certificate whose subject is not in ``allowed_subjects``, or that is revoked:
+``crl_check``, :mod:`~mqlogging.collector.ingest.crl`); ``404``/``405`` (wrong
 path or method, from aiohttp); ``413`` (body above ``max_body_bytes``, before or after gzip,
 or more than ``max_records`` records);
 ``415`` (a ``Content-Encoding`` other than gzip/identity); ``408`` (the body did not arrive
@@ -207,6 +208,11 @@ class IngestConsumer(Consumer):
         self._queue = _Queue(config.max_inflight_bytes, config.remember_ids)
         self._tokens = config.tokens()
         self._tokens.check()
+        self._crls = config.crls()
+        self._crls.check()
+        if config.client_ca and not self._crls.enabled:
+            log.warning("ingest %s: client certificates are accepted without CRL checks "
+                        "(crl_check = 'off'): revoked ones too", config.label)  # fmt: skip
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._runner: web.AppRunner | None = None
@@ -375,7 +381,8 @@ class IngestConsumer(Consumer):
 
     def _authenticate(self, request: web.Request) -> tuple[str, str] | web.Response:
         """``(identity, "x509" | "token")``, or the 401/403 answer."""
-        subject = self._peer_subject(request)
+        chain = self._peer_chain(request)
+        subject = certificate_identity(chain) if chain else None
         header = request.headers.get("Authorization", "")
         scheme, _, token = header.partition(" ")
         if scheme.lower() == "bearer" and token.strip() and self._tokens.enabled:
@@ -384,6 +391,10 @@ class IngestConsumer(Consumer):
                 return identity, "token"
             return _unauthorized("invalid_token", "the token is not (or no longer) accepted")
         if subject is not None:
+            revoked = self._crls.refusal(chain)
+            if revoked is not None:
+                log.info("ingest: 403 for certificate subject %r: %s", subject, revoked)
+                return _json(403, {"error": revoked})
             allowed = self.config.allowed_subjects
             if allowed and subject not in allowed:
                 log.info("ingest: 403 for certificate subject %r", subject)
@@ -392,12 +403,13 @@ class IngestConsumer(Consumer):
         return _unauthorized("", "send Authorization: Bearer <token> or a client certificate")
 
     @staticmethod
-    def _peer_subject(request: web.Request) -> str | None:
+    def _peer_chain(request: web.Request) -> list[bytes]:
+        """The client's verified certificate chain, leaf first ([] without a certificate)."""
         transport = request.transport
         ssl_object = transport.get_extra_info("ssl_object") if transport else None
         if ssl_object is None or ssl_object.getpeercert(binary_form=True) is None:
-            return None
-        return certificate_identity(verified_chain(ssl_object))
+            return []
+        return verified_chain(ssl_object)
 
     async def _body(self, request: web.Request) -> bytes | web.Response:
         """The request body, decompressed, within ``max_body_bytes`` — or the 413/415/400."""
