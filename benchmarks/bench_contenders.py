@@ -49,6 +49,16 @@ from harness.helpers import unique_name
 
 Row = dict[str, Any]
 
+NOTES = """ Each contender runs the same `logger.info("job %d done in %.3f ms", i, 12.5,
+extra={...})` in a fresh Python process, one after the other in this run, against loopback
+brokers; records are counted **at the destination** (consumed from the queue, read off the TCP
+socket, decoded by a local OTLP/HTTP receiver; NullHandler, QueueHandler and /dev/null count
+in-process). CPU is the contender's whole process (user + system, all threads) from its first
+call to its last record counted at the destination, divided by the records delivered. The
+paced columns time each call while emitting at 2,000 records/s with the sender working (what an
+application feels); x is against NullHandler in the same run. A packed row appears when
+endpoints take `pack=` (issue #13)."""
+
 PACED_RATE = 2_000  # records/s for the latency phase
 PACED_N = 2_000
 EXTRA = {"job": 7, "queue": "default"}

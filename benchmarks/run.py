@@ -1,7 +1,9 @@
 """Run every benchmark and write ``docs/performance.md`` (``make bench``).
 
 Each ``benchmarks/bench_*.py`` module exposes ``run() -> list[dict]``: rows with ``name``,
-``value``, ``unit``, ``baseline_name``, ``baseline_value``, ``ratio`` and ``goal``. Every
+``value``, ``unit``, ``baseline_name``, ``baseline_value``, ``ratio`` and ``goal`` — or its
+own columns, with a ``render(rows) -> str`` that draws its table and ``NOTES`` that explain it
+(``bench_contenders``). Every
 baseline is measured in the same run as the figure it is compared with, on this machine, so the
 ratios are meaningful even where the absolute numbers are not.
 
@@ -25,6 +27,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 # (module, title, run() keyword arguments for the full run, for --quick)
 SUITES: list[tuple[str, str, dict[str, Any], dict[str, Any]]] = [
+    ("bench_contenders", "Log shippers side by side (issue #13)", {}, {"n": 5_000}),
     ("bench_formatting", "JSON formatting (caller thread, per record)", {}, {"rounds": 10}),
     ("bench_spool", "Spool (failover buffer and local:// queue)", {}, {"n": 50_000}),
     ("bench_backends", "Confirmed publishing and consuming (AMQP, STOMP)", {}, {"n": 5_000, "rounds": 1}),
@@ -82,9 +85,11 @@ def main() -> int:
             sections.append(f"## {title}\n\nFAILED in this run (see the console output).\n")
             continue
         took = time.monotonic() - started
-        print(_table(rows), flush=True)
+        table = getattr(module, "render", _table)(rows)
+        print(table, flush=True)
+        notes = getattr(module, "NOTES", "")
         sections.append(
-            f"## {title}\n\n`benchmarks/{module_name}.py`, {took:.0f} s.\n\n{_table(rows)}\n"
+            f"## {title}\n\n`benchmarks/{module_name}.py`, {took:.0f} s.{notes}\n\n{table}\n"
         )
         if module_name == "bench_scaling":
             png = args.out.with_name("performance-scaling.png")
