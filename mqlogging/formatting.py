@@ -862,7 +862,9 @@ class _LogstashSchema(_Schema):
     def add_fields(
         self, log_data: dict[str, Any], record: logging.LogRecord, message_dict: dict[str, Any]
     ) -> None:
-        rid = _record_id(record)
+        rid = record.__dict__.get(ID_ATTRIBUTE)
+        if rid.__class__ is not str or not rid or len(rid) > _SHORT_ID:
+            rid = _record_id(record)
         fields = record.__dict__.copy()
         del fields[ID_ATTRIBUTE]
         fields.pop(_REFUSED_ID, None)
@@ -1098,7 +1100,9 @@ class _OtelSchema(_Schema):
     def add_fields(
         self, log_data: dict[str, Any], record: logging.LogRecord, message_dict: dict[str, Any]
     ) -> None:
-        rid = _record_id(record)
+        rid = record.__dict__.get(ID_ATTRIBUTE)
+        if rid.__class__ is not str or not rid or len(rid) > _SHORT_ID:
+            rid = _record_id(record)
         log_data["timeUnixNano"] = _unix_nanos(record.created)
         log_data["observedTimeUnixNano"] = time.time_ns()
         log_data["severityNumber"] = otel_severity(record.levelno)
@@ -1155,8 +1159,18 @@ def _add_user_attributes(
     that would replace an attribute of ours goes under the ``extra`` attribute."""
     diverted: list[tuple[str, Any]] = []
     attrs = record.__dict__
-    extras = ((k, v) for k, v in attrs.items() if k not in _RESERVED and not str(k).startswith("_"))
-    for layer in (current_fields().items(), message_dict.items(), extras):
+    layers: list[Iterable[tuple[Any, Any]]] = []
+    context = current_fields()
+    if context:
+        layers.append(context.items())
+    if message_dict:
+        layers.append(message_dict.items())
+    # A record without extras has only reserved attributes: skip the scan (as in ecs).
+    if len(attrs) > _PLAIN_RECORD_LEN or not attrs.keys() <= _RESERVED:
+        layers.append(
+            (k, v) for k, v in attrs.items() if k not in _RESERVED and not str(k).startswith("_")
+        )
+    for layer in layers:
         for key, value in layer:
             name = key if key.__class__ is str else _key_str(key)
             if name in _OTEL_OWNED:
