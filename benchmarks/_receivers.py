@@ -37,10 +37,13 @@ class Counter:
     def wait(self, target: int, timeout: float, idle: float) -> bool:
         """Wait until ``target`` records arrived (True), or ``timeout`` passed, or nothing
         arrived for ``idle`` seconds (False: the rest is lost or still stuck upstream)."""
-        deadline = time.monotonic() + timeout
+        start = time.monotonic()
+        deadline = start + timeout
         while self.count < target:
             now = time.monotonic()
-            if now > deadline or now - self.last > idle:
+            # Idle since the last record, or since the wait began if that came later (a
+            # counter made long before its contender ran has an old ``last``).
+            if now > deadline or now - max(self.last, start) > idle:
                 return False
             time.sleep(0.02)
         return True
