@@ -23,12 +23,14 @@ from __future__ import annotations
 
 import argparse
 import gc
+import json
 import logging
 import logging.handlers
 import os
 import queue
 import resource
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -246,6 +248,25 @@ def burst(rabbitmq: RabbitMQ, n: int) -> list[Row]:
 
 
 def broker_down_rss(n: int) -> list[Row]:
+    """RSS while the broker is down, measured in a fresh process.
+
+    In the process that ran the other benchmarks first, the baseline read ~500 MiB: RSS there
+    is what those runs left behind (100k-record bursts, lists of bodies), not this handler's.
+    A child process starts from an interpreter with only the handler loaded.
+    """
+    out = subprocess.run(
+        [sys.executable, "-m", "benchmarks.bench_handler", "--down-child", str(n)],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    lines = out.strip().splitlines()
+    print("\n".join(lines[:-1]))
+    rows: list[Row] = json.loads(lines[-1])
+    return rows
+
+
+def _broker_down_rss_here(n: int) -> list[Row]:
     spool = tempfile.mkdtemp(prefix="bench-mq-")
     url = f"amqp://guest:guest@127.0.0.1:{free_port()}/?exchange=&queue=q"
     handler = MQHandler(url, spool=spool, retry_max=5.0, spool_max_bytes="4G")
@@ -309,7 +330,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--burst", type=int, default=100_000)
     parser.add_argument("--down", type=int, default=1_000_000)
     parser.add_argument("--calls", type=int, default=20_000)
+    parser.add_argument("--down-child", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.down_child:
+        print(json.dumps(_broker_down_rss_here(args.down_child)))
+        return 0
     rows = run(args.burst, args.down, args.calls)
     print(_table(rows))
     return 0

@@ -417,6 +417,10 @@ class _Encoder:
         return self.dumps(_sanitize(obj, self.default, None))
 
 
+# Message(rid, body) without NamedTuple's __new__, a Python-level function: one call less for
+# every record on the caller's thread (issue #13).
+_new_message: Final = tuple.__new__
+
 # orjson.JSONEncodeError is a TypeError; json raises ValueError for cycles and NaN, TypeError for
 # odd keys, UnicodeEncodeError (a ValueError) for lone surrogates, RecursionError when too deep.
 _ENCODE_ERRORS: Final = (TypeError, ValueError, RecursionError)
@@ -868,7 +872,9 @@ class _LogstashSchema(_Schema):
     def add_fields(
         self, log_data: dict[str, Any], record: logging.LogRecord, message_dict: dict[str, Any]
     ) -> None:
-        rid = _record_id(record)
+        rid = record.__dict__.get(ID_ATTRIBUTE)
+        if rid.__class__ is not str or not rid or len(rid) > _SHORT_ID:
+            rid = _record_id(record)
         fields = record.__dict__.copy()
         del fields[ID_ATTRIBUTE]
         fields.pop(_REFUSED_ID, None)
@@ -1110,7 +1116,9 @@ class _OtelSchema(_Schema):
     def add_fields(
         self, log_data: dict[str, Any], record: logging.LogRecord, message_dict: dict[str, Any]
     ) -> None:
-        rid = _record_id(record)
+        rid = record.__dict__.get(ID_ATTRIBUTE)
+        if rid.__class__ is not str or not rid or len(rid) > _SHORT_ID:
+            rid = _record_id(record)
         log_data["timeUnixNano"] = _unix_nanos(record.created)
         log_data["observedTimeUnixNano"] = time.time_ns()
         log_data["severityNumber"] = otel_severity(record.levelno)
@@ -1167,8 +1175,18 @@ def _add_user_attributes(
     that would replace an attribute of ours goes under the ``extra`` attribute."""
     diverted: list[tuple[str, Any]] = []
     attrs = record.__dict__
-    extras = ((k, v) for k, v in attrs.items() if k not in _RESERVED and not str(k).startswith("_"))
-    for layer in (current_fields().items(), message_dict.items(), extras):
+    layers: list[Iterable[tuple[Any, Any]]] = []
+    context = current_fields()
+    if context:
+        layers.append(context.items())
+    if message_dict:
+        layers.append(message_dict.items())
+    # A record without extras has only reserved attributes: skip the scan (as in ecs).
+    if len(attrs) > _PLAIN_RECORD_LEN or not attrs.keys() <= _RESERVED:
+        layers.append(
+            (k, v) for k, v in attrs.items() if k not in _RESERVED and not str(k).startswith("_")
+        )
+    for layer in layers:
         for key, value in layer:
             name = key if key.__class__ is str else _key_str(key)
             if name in _OTEL_OWNED:
@@ -1372,7 +1390,9 @@ class JsonFormatter(BaseJsonFormatter):
         """
         attrs = record.__dict__
         rid = attrs.get(ID_ATTRIBUTE)
-        if rid.__class__ is not str or not rid or len(rid) > _SHORT_ID:
+        if rid is None:  # a record formatted for the first time: stamp a new id
+            rid = attrs[ID_ATTRIBUTE] = new_id()
+        elif rid.__class__ is not str or not rid or len(rid) > _SHORT_ID:
             rid = _record_id(record)
         msg = record.msg
         # python-json-logger 4.2 semantics: a dict message is copied, never modified.
@@ -1401,7 +1421,7 @@ class JsonFormatter(BaseJsonFormatter):
                 body = self._encoder.fallback(log_data)
         if self.max_bytes is not None and len(body) > self.max_bytes:
             body = self._truncate(record, rid, log_data, len(body))
-        return Message(rid, body)
+        return _new_message(Message, (rid, body))
 
     def format(self, record: logging.LogRecord) -> str:
         """Format ``record`` as a JSON string (``prefix`` + the body of :meth:`format_message`)."""

@@ -43,3 +43,18 @@ def test_forked_child_does_not_repeat_parent_ids() -> None:
     child = set(b"".join(chunks).decode().split("\n"))
     assert len(child) == 1000
     assert not parent & child
+
+
+def test_ids_are_canonical_across_milliseconds() -> None:
+    """Ids made over several milliseconds (the per-millisecond prefix is cached) are canonical
+    lower-case UUIDs whose 48-bit time is the millisecond they were made in."""
+    deadline = time.monotonic() + 0.02
+    while time.monotonic() < deadline:
+        before = time.time_ns() // 1_000_000
+        rid = new_id()
+        after = time.time_ns() // 1_000_000
+        parsed = uuid.UUID(rid)
+        assert str(parsed) == rid
+        assert parsed.version == 7
+        assert parsed.variant == uuid.RFC_4122
+        assert before <= parsed.int >> 80 <= after

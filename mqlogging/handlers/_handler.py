@@ -26,6 +26,10 @@ __all__ = ["MQHandler"]
 _DEFAULT = HandlerConfig  # the class attributes are the options' defaults
 
 
+# What Filterer.filter returns for a record every filter passed (3.12+: the record).
+_FILTER_RETURNS_RECORD = sys.version_info >= (3, 12)
+
+
 class MQHandler(logging.Handler):
     """Publish every record as one JSON document to message brokers, without blocking.
 
@@ -230,6 +234,9 @@ class MQHandler(logging.Handler):
     def handle(self, record: logging.LogRecord) -> bool | logging.LogRecord:  # type: ignore[override]
         """Filter, then :meth:`emit` — without the handler lock: :meth:`enqueue` is thread-safe
         and the formatter keeps no state, so concurrent callers never wait for each other."""
+        if not self.filters:  # the usual case: no filter call, no loop (issue #13)
+            self.emit(record)
+            return record if _FILTER_RETURNS_RECORD else True
         rv = self.filter(record)
         if isinstance(rv, logging.LogRecord):  # Python 3.12+: a filter may return a new record
             record = rv
