@@ -9,8 +9,9 @@ encoding. A body that does not parse gets 400, as the real receiver answers.
 
 For the tests it counts records (by their ``log.record.uid`` attribute, so duplicates show),
 keeps what it received, and can be told to misbehave: answer the next N requests with a status
-(503 with ``Retry-After``...), answer with a partial success, or go down and come back up on the
-same port. For a real collector, set ``MQLOGGING_OTLP_URL`` (see tests/collector/test_otlp.py).
+(503 with ``Retry-After``...), answer with a partial success, refuse (400) requests holding
+given records, or go down and come back up on the same port. For a real collector, set
+``MQLOGGING_OTLP_URL`` (see tests/collector/test_otlp.py).
 """
 
 from __future__ import annotations
@@ -70,6 +71,7 @@ class _Script:
 
     fail: list[tuple[int, str | None]] = field(default_factory=list)
     partial: list[int] = field(default_factory=list)
+    poison: set[str] = field(default_factory=set)  # uids whose request gets 400
 
 
 class OtlpReceiver:
@@ -135,6 +137,12 @@ class OtlpReceiver:
         with self.lock:
             self.script.partial.append(rejected)
 
+    def refuse(self, uids: set[str]) -> None:
+        """Answer 400 to every request holding a record with one of these ``log.record.uid``
+        values (a receiver refusing those records), storing nothing of that request."""
+        with self.lock:
+            self.script.poison |= uids
+
     @property
     def count(self) -> int:
         with self.lock:
@@ -172,6 +180,10 @@ class OtlpReceiver:
         logs = list(_records(request))
         kept = logs[: len(logs) - rejected] if rejected else logs
         with self.lock:
+            if any(r.uid in self.script.poison for r in logs):
+                self.statuses[400] += 1
+                self.answered.append((time.monotonic(), 400))
+                return 400, {}, b"invalid record (test)"
             self.statuses[200] += 1
             self.answered.append((time.monotonic(), 200))
             self.logs += kept

@@ -118,6 +118,40 @@ class TestMapping:
         assert dict(resource) == {"service.name": "api", "host.name": "h1"}
         assert (scope, record.span_id.hex(), record.flags) == ("app", "b7ad6b7169203331", 1)
 
+    @pytest.mark.parametrize(
+        ("doc", "kept"),
+        [
+            (ecs_record(0, **{"@timestamp": "1969-12-31T23:59:59Z"}), "@timestamp"),
+            (ecs_record(0, **{"@timestamp": "9999-12-31T23:59:59-23:59"}), "@timestamp"),
+            ({"timestamp": "0001-01-01T00:00:00", "message": "m"}, "timestamp"),
+            ({"mqlogging": {"schema": "otel"}, "timeUnixNano": 2**70}, None),
+            ({"mqlogging": {"schema": "otel"}, "timeUnixNano": "9" * 30}, None),
+            ({"mqlogging": {"schema": "otel"}, "timeUnixNano": "\u00b2"}, None),
+            ({"mqlogging": {"schema": "otel"}, "severityNumber": True}, None),
+            (
+                {
+                    "mqlogging": {"schema": "otel"},
+                    "attributes": [{"key": "a", "value": {"intValue": "x"}}],
+                },
+                None,
+            ),
+        ],
+    )
+    def test_values_otel_cannot_hold_do_not_fail_the_record(
+        self, doc: dict[str, Any], kept: str | None
+    ) -> None:
+        """A time before 1970 or after 2554 (OTel's fixed64 nanoseconds), an out-of-range or
+        non-ASCII timeUnixNano, a boolean severityNumber, an intValue that is no integer: the
+        record still maps (time 0 = unknown, the time as written kept as an attribute) instead
+        of raising, which failed the whole batch's request on every retry (review2)."""
+        record, _, _ = to_log_record(doc, "rid")
+        request = build_request([(doc, "rid")])
+        assert request.SerializeToString()
+        assert record.time_unix_nano == 0
+        attributes = {kv.key: kv.value.string_value for kv in record.attributes}
+        if kept is not None:
+            assert attributes[kept] == doc[kept]
+
     def test_grouped_by_resource_and_scope(self) -> None:
         """Records of two services and two loggers make two ResourceLogs, scopes per logger."""
         docs = [
@@ -170,6 +204,10 @@ class TestConfig:
         assert parse_retry_after("3") == 3.0
         assert parse_retry_after("86400") == 300.0
         assert parse_retry_after("soon") == 0.0
+        # A non-ASCII digit (latin-1, so httpx passes it through) raised ValueError (review2).
+        assert parse_retry_after("\u00b2") == 0.0
+        assert parse_retry_after("-5") == 0.0
+        assert parse_retry_after("1" * 400) == 300.0
         assert (
             pytest.approx(parse_retry_after("Thu, 01 Jan 1970 00:00:20 GMT", now=10.0), abs=0.01)
             == 10.0
@@ -225,17 +263,51 @@ class TestAnswers:
             assert rx.requests == 1
 
     def test_400_finds_the_refused_record_and_outage_when_all_refused(self) -> None:
-        """A blanket 400 for every request is an outage (retried, not ready), not 8 dead
-        letters; other 4xx are dead-lettered."""
+        """A blanket 400 for every request is an outage (retried, not ready), not 64 dead
+        letters, found in a dozen requests; other 4xx are dead-lettered."""
         with OtlpReceiver() as rx:
-            rx.fail_next(3, 400)
+            rx.fail_next(1000, 400)
             sink = OtlpSink(OtlpSinkConfig(url=rx.url))
-            results = sink.write([_record(i) for i in range(8)])
+            results = sink.write([_record(i) for i in range(64)])
             assert {Outcome.RETRY} == {r.outcome for r in results}
+            assert all(r.reason.startswith("outage: ") for r in results)
+            assert rx.requests <= 15
             assert not sink.check()
+            with rx.lock:
+                rx.script.fail.clear()
             rx.fail_next(1, 422)
             assert {Outcome.REJECT} == {r.outcome for r in sink.write([_record(1)])}
             assert sink.check() is True
+
+    def test_poison_records_in_both_halves_are_dead_lettered_alone(self) -> None:
+        """Two records the receiver refuses (400), one in each half of the batch: both are
+        found and dead-lettered, the 14 others delivered. Before: both halves refused read as
+        an outage, so the whole batch was retried forever (review2)."""
+        with OtlpReceiver() as rx:
+            records = [_record(i) for i in range(16)]
+            rx.refuse({records[3].id, records[12].id})
+            sink = OtlpSink(OtlpSinkConfig(url=rx.url))
+            results = sink.write(records)
+            rejected = [i for i, r in enumerate(results) if r.outcome is Outcome.REJECT]
+            assert rejected == [3, 12]
+            assert {Outcome.DONE} == {r.outcome for i, r in enumerate(results) if i not in (3, 12)}
+            assert rx.count == 14
+            assert sink.check() is True
+
+    def test_unmappable_record_dead_lettered_alone(self) -> None:
+        """A record protobuf cannot hold (a lone surrogate, which the collector's JSON
+        fallback decoder lets through) is dead-lettered alone; the others are delivered in
+        the same write instead of the whole batch failing on every retry (review2)."""
+        with OtlpReceiver() as rx:
+            records = [_record(i) for i in range(5)]
+            bad = ecs_record(99, note="\ud800")
+            records.insert(2, Record(bad["event"]["id"], bad, 100))
+            results = OtlpSink(OtlpSinkConfig(url=rx.url)).write(records)
+            assert [r.outcome for r in results] == [Outcome.DONE] * 2 + [Outcome.REJECT] + [
+                Outcome.DONE
+            ] * 3
+            assert results[2].status == "unmappable"
+            assert rx.count == 5
 
     def test_receiver_down_is_retry_and_not_ready(self) -> None:
         """Connection refused: RETRY ("unavailable") and check() false."""
@@ -302,6 +374,23 @@ class TestEndToEnd:
             assert len(rx.uids) == 300 - 5
             assert 5 <= dead < 300
             assert rx.duplicates() == 0
+
+
+def test_record_before_1970_does_not_stall_the_source(
+    rabbitmq: Any, queue_name: str, service: Make
+) -> None:
+    """One record timed before 1970 among 50: all 50 reach the receiver and are acked, none
+    dead-lettered. Before: protobuf refused the negative time, the whole request raised, and
+    the batch was retried forever (review2)."""
+    url = amqp_queue_url(rabbitmq, queue_name)
+    docs = [ecs_record(i) for i in range(50)]
+    docs[7]["@timestamp"] = "1969-07-20T20:17:40Z"
+    publish(url, docs)
+    with OtlpReceiver() as rx:
+        svc = service(sources=[{"url": url}], sinks=[{"type": "otlp", "url": rx.url}])
+        wait_until(lambda: svc.metrics.value("acked") == 50, timeout=20)
+        assert len(rx.uids) == 50
+        assert svc.metrics.value("dead_lettered") == 0
 
 
 def test_long_retry_after_does_not_hold_up_shutdown(

@@ -50,7 +50,9 @@ from ...wire import NAMESPACE
 
 __all__ = [
     "UID_ATTRIBUTE",
+    "MappedRecord",
     "any_value",
+    "assemble",
     "build_request",
     "flatten",
     "from_json",
@@ -75,8 +77,12 @@ _SEVERITY: Final[Mapping[str, int]] = {
 }
 
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_UINT64: Final = 2**64
+"""OTel times are ``fixed64`` unix nanoseconds: from 1970 to the year 2554."""
 
 ResourceKey = tuple[tuple[str, Any], ...]
+MappedRecord = tuple[LogRecord, ResourceKey, str]
+"""One record as :func:`to_log_record` maps it: the ``LogRecord``, its resource, its scope."""
 
 
 class _Fields:
@@ -203,7 +209,8 @@ def flatten(doc: Mapping[str, Any]) -> dict[str, Any]:
 
 def _unix_nanos(value: Any) -> int:
     """An ISO-8601 time (``Z`` or an offset; naive means UTC) as unix nanoseconds; 0 (OTel's
-    "unknown") when it is missing or unreadable."""
+    "unknown") when it is missing, unreadable or outside what OTel can hold (before 1970,
+    after 2554: protobuf refuses the value, which would fail the whole request)."""
     if not isinstance(value, str):
         return 0
     if value.endswith(("Z", "z")):  # Python 3.10's fromisoformat does not read "Z"
@@ -215,15 +222,17 @@ def _unix_nanos(value: Any) -> int:
     if when.tzinfo is None:
         when = when.replace(tzinfo=timezone.utc)
     delta = when - _EPOCH
-    return (delta.days * 86_400 + delta.seconds) * 1_000_000_000 + delta.microseconds * 1000
+    nanos = (delta.days * 86_400 + delta.seconds) * 1_000_000_000 + delta.microseconds * 1000
+    return nanos if 0 <= nanos < _UINT64 else 0
 
 
 def _nanos(value: Any) -> int:
-    """An OTLP/JSON time: an integer or a decimal string (int64 is a string in OTLP/JSON)."""
-    if isinstance(value, int) and not isinstance(value, bool):
-        return max(value, 0)
-    if isinstance(value, str) and value.isdigit():
-        return int(value)
+    """An OTLP/JSON time: an integer or a decimal string (int64 is a string in OTLP/JSON);
+    0 ("unknown") when it is neither or does not fit the ``fixed64`` field."""
+    if isinstance(value, str) and value.isascii() and value.isdigit():
+        value = int(value)
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < _UINT64:
+        return value
     return 0
 
 
@@ -269,7 +278,7 @@ def _text(value: Any) -> str | None:
 # -- records ----------------------------------------------------------------------------------
 
 
-def to_log_record(doc: Mapping[str, Any], record_id: str) -> tuple[LogRecord, ResourceKey, str]:
+def to_log_record(doc: Mapping[str, Any], record_id: str) -> MappedRecord:
     """``doc`` as a ``LogRecord``, with its resource attributes (a hashable key) and scope
     name; ``record_id`` is the collector's id for it (the ``log.record.uid`` attribute)."""
     schema = schema_of(doc)
@@ -289,8 +298,11 @@ def to_log_record(doc: Mapping[str, Any], record_id: str) -> tuple[LogRecord, Re
         if found is not None:
             attributes[name] = found
     attributes[UID_ATTRIBUTE] = record_id
+    nanos = _unix_nanos(flat.get(fields.time))
+    if not nanos and flat.get(fields.time) is not None:  # unknown to OTel: keep it as written
+        attributes[fields.time] = flat[fields.time]
     record = LogRecord(
-        time_unix_nano=_unix_nanos(flat.get(fields.time)),
+        time_unix_nano=nanos,
         severity_number=number,  # type: ignore[arg-type]
         severity_text=text,
         body=any_value(doc.get("message", "")),
@@ -317,6 +329,13 @@ def _otel_attributes(value: Any) -> dict[str, Any]:
     return out
 
 
+def _int_text(value: Any) -> Any:
+    """OTLP/JSON's ``intValue`` (int64 as a decimal string) as an int; anything else as it is
+    (a string attribute then, rather than an error failing the whole request)."""
+    digits = value.removeprefix("-") if isinstance(value, str) else ""
+    return int(value) if digits.isascii() and digits.isdigit() else value
+
+
 def _from_any_json(value: Any) -> Any:
     """An OTLP/JSON ``AnyValue`` object (``{"stringValue": "x"}``) as a plain value; a plain
     value as itself."""
@@ -326,7 +345,7 @@ def _from_any_json(value: Any) -> Any:
     if kind in ("stringValue", "boolValue", "doubleValue"):
         return inner
     if kind == "intValue":
-        return int(inner) if isinstance(inner, str | int) else inner
+        return _int_text(inner)
     if kind == "arrayValue" and isinstance(inner, dict):
         return [_from_any_json(v) for v in inner.get("values", [])]
     if kind == "kvlistValue" and isinstance(inner, dict):
@@ -334,7 +353,7 @@ def _from_any_json(value: Any) -> Any:
     return value
 
 
-def _from_otel(doc: Mapping[str, Any], record_id: str) -> tuple[LogRecord, ResourceKey, str]:
+def _from_otel(doc: Mapping[str, Any], record_id: str) -> MappedRecord:
     """An ``otel``-schema record: already in OpenTelemetry's data model, mapped field by field
     (attributes as a plain object or as OTLP/JSON key-value lists)."""
     attributes = _otel_attributes(doc.get("attributes"))
@@ -346,10 +365,12 @@ def _from_otel(doc: Mapping[str, Any], record_id: str) -> tuple[LogRecord, Resou
     if isinstance(scope, dict):
         scope = scope.get("name")
     number = doc.get("severityNumber")
+    if isinstance(number, bool) or not isinstance(number, int) or not 0 <= number <= 24:
+        number = 0
     record = LogRecord(
         time_unix_nano=_nanos(doc.get("timeUnixNano")),
         observed_time_unix_nano=_nanos(doc.get("observedTimeUnixNano")),
-        severity_number=number if isinstance(number, int) and 0 <= number <= 24 else 0,  # type: ignore[arg-type]
+        severity_number=number,  # type: ignore[arg-type]
         severity_text=str(doc.get("severityText") or ""),
         body=any_value(_from_any_json(doc.get("body", ""))),
         attributes=[KeyValue(key=k, value=any_value(v)) for k, v in attributes.items()],
@@ -368,11 +389,17 @@ def _hashable(key: Iterable[tuple[str, Any]]) -> ResourceKey:
 def build_request(
     items: Sequence[tuple[Mapping[str, Any], str]],
 ) -> ExportLogsServiceRequest:
-    """One export request for ``(doc, record_id)`` pairs: one ``ResourceLogs`` per resource,
-    one ``ScopeLogs`` per logger name within it, records in their given order."""
+    """One export request for ``(doc, record_id)`` pairs (see :func:`assemble`)."""
+    return assemble([to_log_record(doc, record_id) for doc, record_id in items])
+
+
+def assemble(mapped: Iterable[MappedRecord]) -> ExportLogsServiceRequest:
+    """One export request for records mapped by :func:`to_log_record`: one ``ResourceLogs``
+    per resource, one ``ScopeLogs`` per logger name within it, records in their given order.
+    Separate from the mapping so a sink can map each record once, set aside the few that
+    cannot be expressed in OTLP, and send the rest in as many requests as it needs."""
     groups: dict[ResourceKey, dict[str, list[LogRecord]]] = {}
-    for doc, record_id in items:
-        record, resource, scope = to_log_record(doc, record_id)
+    for record, resource, scope in mapped:
         groups.setdefault(_hashable(resource), {}).setdefault(scope, []).append(record)
     return ExportLogsServiceRequest(
         resource_logs=[
