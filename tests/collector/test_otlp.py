@@ -19,8 +19,15 @@ from typing import Any
 import pytest
 from opentelemetry import trace
 
-from harness.collector import amqp_queue_url, ecs_record, log_through_handler, publish
-from harness.helpers import wait_until
+from harness.collector import (
+    CollectorProcess,
+    amqp_queue_url,
+    ecs_record,
+    log_through_handler,
+    publish,
+    write_config,
+)
+from harness.helpers import free_port, wait_until
 from harness.otlp import OtlpReceiver
 from mqlogging import JsonFormatter
 from mqlogging._types import Outcome
@@ -391,6 +398,35 @@ def test_record_before_1970_does_not_stall_the_source(
         wait_until(lambda: svc.metrics.value("acked") == 50, timeout=20)
         assert len(rx.uids) == 50
         assert svc.metrics.value("dead_lettered") == 0
+
+
+def test_collector_log_shows_no_url_password_nor_a_line_per_request(
+    rabbitmq: Any, queue_name: str, tmp_path: Any
+) -> None:
+    """``mqlogging-collector`` at its default INFO level with an OTLP sink whose URL carries a
+    password: the log never shows the password, nor one "HTTP Request" line per POST (httpx
+    logs each request, full URL included, at INFO; review2)."""
+    url = amqp_queue_url(rabbitmq, queue_name)
+    publish(url, (ecs_record(i) for i in range(20)))
+    with OtlpReceiver() as rx:
+        sink_url = rx.url.replace("http://", "http://otel:s3cret-pw@")
+        port = free_port()
+        config = write_config(
+            tmp_path / "collector.toml",
+            sources=[{"url": url}],
+            sinks=[{"type": "otlp", "url": sink_url}],
+            pipeline={"batch_max_wait": 0.2},
+            http={"listen": f"127.0.0.1:{port}"},
+        )
+        proc = CollectorProcess(config, port, tmp_path / "collector.log")
+        try:
+            wait_until(lambda: len(rx.uids) == 20, timeout=30)
+            assert proc.terminate() == 0
+            log = proc.log()
+        finally:
+            proc.close()
+    assert "s3cret-pw" not in log
+    assert "HTTP Request" not in log
 
 
 def test_long_retry_after_does_not_hold_up_shutdown(
