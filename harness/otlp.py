@@ -69,7 +69,7 @@ class ReceivedLog:
 class _Script:
     """What the receiver answers next (all guarded by the receiver's lock)."""
 
-    fail: list[tuple[int, str | None]] = field(default_factory=list)
+    fail: list[tuple[int, dict[str, str], bytes]] = field(default_factory=list)
     partial: list[int] = field(default_factory=list)
     poison: set[str] = field(default_factory=set)  # uids whose request gets 400
 
@@ -128,8 +128,15 @@ class OtlpReceiver:
     def fail_next(self, count: int, status: int = 503, retry_after: str | None = None) -> None:
         """Answer the next ``count`` requests with ``status`` (and ``Retry-After``), storing
         nothing."""
+        self.answer_next(count, status, {"Retry-After": retry_after} if retry_after else {})
+
+    def answer_next(
+        self, count: int, status: int, headers: dict[str, str] | None = None, body: bytes = b""
+    ) -> None:
+        """Answer the next ``count`` requests with this status, headers and body, storing
+        nothing (e.g. a proxy's login page: 200, text/html)."""
         with self.lock:
-            self.script.fail += [(status, retry_after)] * count
+            self.script.fail += [(status, headers or {}, body)] * count
 
     def partial_next(self, rejected: int) -> None:
         """Answer the next request with a partial success rejecting ``rejected`` records (the
@@ -164,10 +171,10 @@ class OtlpReceiver:
             self.encodings[headers.get("content-encoding", "")] += 1
             self.headers_seen.append(headers)
             if self.script.fail:
-                status, retry_after = self.script.fail.pop(0)
+                status, extra, answer = self.script.fail.pop(0)
                 self.statuses[status] += 1
                 self.answered.append((time.monotonic(), status))
-                return status, {"Retry-After": retry_after} if retry_after else {}, b""
+                return status, extra, answer
             rejected = self.script.partial.pop(0) if self.script.partial else 0
         try:
             if headers.get("content-encoding") == "gzip":

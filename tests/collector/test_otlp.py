@@ -316,6 +316,30 @@ class TestAnswers:
             assert results[2].status == "unmappable"
             assert rx.count == 5
 
+    @pytest.mark.parametrize(
+        ("content_type", "body"),
+        [
+            ("text/html", b"<html><body>Please log in</body></html>"),
+            ("application/json", b"<html>not json</html>"),
+            ("application/x-protobuf", b"\xff\xff\xff garbage"),
+        ],
+    )
+    def test_2xx_that_is_not_an_otlp_answer_is_not_an_ack(
+        self, content_type: str, body: bytes
+    ) -> None:
+        """A 2xx whose body is not an ExportLogsServiceResponse (a proxy's login page, a wrong
+        service at the URL) does not say the records were stored: RETRY as an outage, not
+        ready, never DONE (the broker would drop them: silent loss); a JSON content type with
+        a body that does not parse no longer raises out of write (review2)."""
+        with OtlpReceiver() as rx:
+            rx.answer_next(1, 200, {"Content-Type": content_type}, body)
+            sink = OtlpSink(OtlpSinkConfig(url=rx.url))
+            results = sink.write([_record(i) for i in range(4)])
+            assert {Outcome.RETRY} == {r.outcome for r in results}
+            assert results[0].reason.startswith("outage: ")
+            assert sink.check() is False
+            assert {Outcome.DONE} == {r.outcome for r in sink.write([_record(i) for i in range(4)])}
+
     def test_receiver_down_is_retry_and_not_ready(self) -> None:
         """Connection refused: RETRY ("unavailable") and check() false."""
         rx = OtlpReceiver()

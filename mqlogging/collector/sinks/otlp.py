@@ -8,7 +8,9 @@ The HTTP client is httpx (a thread-safe connection pool, TLS verification on by 
 
 What each answer means, following the OTLP/HTTP specification:
 
-- **2xx**: the receiver has the records -> ``DONE`` (the broker message is acked).
+- **2xx**: the receiver has the records -> ``DONE`` (the broker message is acked), provided
+  the body is an ``ExportLogsServiceResponse`` (or empty): a 2xx with another body (a proxy's
+  login page, another service at the URL) says nothing about the records: an outage, retried.
 - **2xx with partial success** (``partial_success.rejected_log_records = N > 0``): the receiver
   took some records and refused N, *without saying which*; the specification forbids retrying
   such a request. With ``partial_success = "dead_letter"`` (the default, the safe choice) every
@@ -242,9 +244,12 @@ class OtlpSink(Sink):
             raw = request.SerializeToString()
         return gzip.compress(raw, compresslevel=5) if self.config.compression == "gzip" else raw
 
-    def _rejected_count(self, response: httpx.Response) -> tuple[int, str]:
+    def _rejected_count(self, response: httpx.Response) -> tuple[int, str] | None:
         """(rejected_log_records, error_message) of an ``ExportLogsServiceResponse``; (0, "")
-        for an empty or unreadable body (the records were accepted: the status says so)."""
+        for an empty body. ``None`` for a body that is not such an answer (an HTML login page
+        of a proxy, another service at the URL): its 2xx does not say the records are stored,
+        and acking them would lose them."""
+        from google.protobuf.json_format import Parse, ParseError
         from google.protobuf.message import DecodeError
         from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import (
             ExportLogsServiceResponse,
@@ -253,17 +258,17 @@ class OtlpSink(Sink):
         content = response.content
         if not content:
             return 0, ""
+        content_type = response.headers.get("content-type", "").split(";")[0].strip().lower()
         answer = ExportLogsServiceResponse()
         try:
-            if "json" in response.headers.get("content-type", ""):
-                from google.protobuf.json_format import Parse
-
+            if content_type == "application/json":
                 Parse(content.decode("utf-8", "replace"), answer, ignore_unknown_fields=True)
-            else:
+            elif content_type in ("", "application/x-protobuf", "application/protobuf"):
                 answer.ParseFromString(content)
-        except (DecodeError, ValueError) as exc:
-            log.warning("sink %s: unreadable OTLP response body (%s)", self.name, exc)
-            return 0, ""
+            else:
+                return None
+        except (DecodeError, ParseError, ValueError):
+            return None
         partial = answer.partial_success
         return int(partial.rejected_log_records), partial.error_message
 
@@ -331,8 +336,9 @@ class OtlpSink(Sink):
             return [response] * len(records)
         status = response.status_code
         if 200 <= status < 300:
-            probe.accepted = True
-            return self._accepted(records, response)
+            results = self._accepted(records, response)
+            probe.accepted = probe.accepted or results[0].outcome is not Outcome.RETRY
+            return results
         if status in (400, 413) and len(records) > 1:
             if status == 400 and probe.refused_alone >= _BLIND_REFUSALS and not probe.accepted:
                 reason = f"outage: 400 for every request, none accepted: {response.text[:200]}"
@@ -346,8 +352,18 @@ class OtlpSink(Sink):
         return [self._refused(status, response)] * len(records)
 
     def _accepted(self, records: Sequence[_Mapped], response: httpx.Response) -> list[Result]:
-        """A 2xx: done, unless it is a partial success (see the module docstring)."""
-        rejected, message = self._rejected_count(response)
+        """A 2xx: done, unless it is a partial success (see the module docstring) or not an
+        OTLP answer at all (an outage: retried, not ready)."""
+        counted = self._rejected_count(response)
+        if counted is None:
+            content_type = response.headers.get("content-type", "none")
+            reason = (
+                f"outage: {response.status_code} with a body that is not an OTLP answer "
+                f"(content-type {content_type}): is the URL an OTLP/HTTP logs endpoint? "
+                f"{response.text[:100]!r}"
+            )
+            return [Result(Outcome.RETRY, "not_otlp", reason)] * len(records)
+        rejected, message = counted
         if rejected <= 0:
             if message:
                 log.warning("sink %s: receiver warning: %s", self.name, message[:300])
