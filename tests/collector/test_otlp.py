@@ -159,6 +159,25 @@ class TestMapping:
         if kept is not None:
             assert attributes[kept] == doc[kept]
 
+    @pytest.mark.parametrize("schema", ["ecs", "logstash", "otel"])
+    def test_custom_level_keeps_its_severity_number(self, schema: str) -> None:
+        """A level between the standard ones (25, or a named custom level) gets the severity
+        number the ``otel`` schema gives it (INFO + 5 -> 12), in every schema, not 0
+        (UNSPECIFIED) for ecs and logstash, which a backend cannot filter on (review2)."""
+        formatter = JsonFormatter(schema=schema)
+        record = logging.LogRecord("app", 25, "/x.py", 1, "m", None, None)
+        record, _, _ = to_log_record(json.loads(formatter.format(record)), "rid")
+        assert record.severity_number == 12
+
+    def test_json_null_is_an_empty_value_not_the_text_none(self) -> None:
+        """A null inside a list or as the message is an empty AnyValue, not the string
+        "None" (Python's repr leaking into the data; review2)."""
+        doc = ecs_record(0, items=[1, None], message=None)
+        record, _, _ = to_log_record(doc, "rid")
+        items = next(kv.value for kv in record.attributes if kv.key == "items")
+        assert [v.WhichOneof("value") for v in items.array_value.values] == ["int_value", None]
+        assert record.body.WhichOneof("value") is None
+
     def test_grouped_by_resource_and_scope(self) -> None:
         """Records of two services and two loggers make two ResourceLogs, scopes per logger."""
         docs = [

@@ -46,6 +46,7 @@ from opentelemetry.proto.common.v1.common_pb2 import (
 from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord, ResourceLogs, ScopeLogs
 from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 
+from ...formatting import otel_severity
 from ...wire import NAMESPACE
 
 __all__ = [
@@ -173,17 +174,25 @@ def schema_of(doc: Mapping[str, Any]) -> str:
 
 
 def any_value(value: Any) -> AnyValue:
-    """A JSON value as an ``AnyValue`` (objects become key-value lists, arrays arrays)."""
+    """A JSON value as an ``AnyValue`` (objects become key-value lists, arrays arrays, null
+    the empty value)."""
+    if isinstance(value, list | tuple):
+        return AnyValue(array_value=ArrayValue(values=[any_value(v) for v in value]))
+    if isinstance(value, dict):
+        return AnyValue(kvlist_value=_kvlist(value))
+    return _scalar(value)
+
+
+def _scalar(value: Any) -> AnyValue:
+    """A JSON scalar as an ``AnyValue``; an integer beyond int64 as its text."""
+    if value is None:
+        return AnyValue()
     if isinstance(value, bool):
         return AnyValue(bool_value=value)
     if isinstance(value, int) and -(2**63) <= value < 2**63:
         return AnyValue(int_value=value)
     if isinstance(value, float):
         return AnyValue(double_value=value)
-    if isinstance(value, list | tuple):
-        return AnyValue(array_value=ArrayValue(values=[any_value(v) for v in value]))
-    if isinstance(value, dict):
-        return AnyValue(kvlist_value=_kvlist(value))
     return AnyValue(string_value=str(value))
 
 
@@ -260,11 +269,15 @@ def _flags(value: Any) -> int:
     return 0
 
 
-def _severity(level: Any) -> tuple[int, str]:
-    """(severity number, severity text) from a level name (any case); (0, "") if unknown."""
-    if not isinstance(level, str) or not level:
-        return 0, ""
-    return _SEVERITY.get(level.upper(), 0), level.upper()
+def _severity(level: Any, levelno: Any = None) -> tuple[int, str]:
+    """(severity number, severity text): from the stdlib level number when the record has
+    one (logstash, flat) or its name says it (``Level 25``), as the ``otel`` schema maps it,
+    so a custom level is not UNSPECIFIED; else from the level name (any case); 0 if unknown."""
+    text = level.upper() if isinstance(level, str) else ""
+    if levelno is None and text.startswith("LEVEL ") and text[6:].isascii():
+        levelno = int(text[6:]) if text[6:].isdigit() else None
+    number = otel_severity(levelno)
+    return number or _SEVERITY.get(text, 0), text
 
 
 def _text(value: Any) -> str | None:
@@ -286,7 +299,7 @@ def to_log_record(doc: Mapping[str, Any], record_id: str) -> MappedRecord:
         return _from_otel(doc, record_id)
     fields = _SCHEMAS[schema]
     flat = flatten(doc)
-    number, text = _severity(flat.get(fields.level))
+    number, text = _severity(flat.get(fields.level), flat.get("levelno"))
     trace_id, span_id, flags = (flat.get(path) for path in fields.trace)
     attributes = {k: v for k, v in flat.items() if k not in fields.consumed}
     for name, path in zip(
