@@ -359,6 +359,19 @@ class TestAnswers:
             assert sink.check() is False
             assert {Outcome.DONE} == {r.outcome for r in sink.write([_record(i) for i in range(4)])}
 
+    def test_redirect_is_an_outage_naming_the_new_url(self) -> None:
+        """A 3xx (e.g. http -> https, 308) is not followed (a POST body must not go to a place
+        the configuration does not name): every record RETRY as an outage that names the
+        Location, and /readyz not ready. Before: retried forever with the sink ready (review2)."""
+        with OtlpReceiver() as rx:
+            rx.answer_next(1, 308, {"Location": "https://otel.example:4318/v1/logs"})
+            sink = OtlpSink(OtlpSinkConfig(url=rx.url))
+            results = sink.write([_record(i) for i in range(3)])
+            assert {Outcome.RETRY} == {r.outcome for r in results}
+            assert results[0].reason.startswith("outage: ")
+            assert "https://otel.example:4318/v1/logs" in results[0].reason
+            assert sink.check() is False
+
     def test_receiver_down_is_retry_and_not_ready(self) -> None:
         """Connection refused: RETRY ("unavailable") and check() false."""
         rx = OtlpReceiver()

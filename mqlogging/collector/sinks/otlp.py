@@ -23,8 +23,9 @@ What each answer means, following the OTLP/HTTP specification:
   ``sink_rejected_records`` metric and logged. A partial success with N = 0 is a warning: done.
 - **429, 502, 503, 504**: retried (only those records), never sooner than the ``Retry-After``
   the receiver sent (seconds or an HTTP date, capped at :data:`MAX_RETRY_AFTER`).
-- **401, 403, 404, 407**: the configuration is wrong (credentials, URL), not a record: an outage,
-  retried, ``/readyz`` not ready until a write succeeds; the broker keeps the messages.
+- **401, 403, 404, 407** and **3xx** (redirects are not followed): the configuration is wrong
+  (credentials, URL), not a record: an outage, retried, ``/readyz`` not ready until a write
+  succeeds; the broker keeps the messages.
 - **400, 413** for several records: the batch is split in halves, depth first, to find the
   refused record(s), which are dead-lettered. A 400 is only blamed on a record once the
   receiver has accepted some other request of the same write; if it accepted none before
@@ -387,6 +388,9 @@ class OtlpSink(Sink):
             return Result(Outcome.RETRY, str(status), text, retry_after=wait)
         if status in _OUTAGE_STATUSES:
             return Result(Outcome.RETRY, str(status), f"outage: {text}")
+        if 300 <= status < 400:  # not followed: set url to where the receiver points
+            where = redact_http(response.headers.get("location", "?"))
+            return Result(Outcome.RETRY, str(status), f"outage: {status} redirect to {where}")
         if 400 <= status < 500:
             return Result(Outcome.REJECT, str(status), text)
         return Result(Outcome.RETRY, str(status), text)
