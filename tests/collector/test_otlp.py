@@ -150,11 +150,14 @@ class TestMapping:
         """A time before 1970 or after 2554 (OTel's fixed64 nanoseconds), an out-of-range or
         non-ASCII timeUnixNano, a boolean severityNumber, an intValue that is no integer: the
         record still maps (time 0 = unknown, the time as written kept as an attribute) instead
-        of raising, which failed the whole batch's request on every retry (review2)."""
+        of raising, which failed the whole batch's request on every retry (review2). The
+        observed time is set, so a backend still has a time to show."""
         record, _, _ = to_log_record(doc, "rid")
         request = build_request([(doc, "rid")])
         assert request.SerializeToString()
         assert record.time_unix_nano == 0
+        # OTel's observed time (when the collector read it) says when it was seen, at least.
+        assert record.observed_time_unix_nano >= time.time_ns() - 60 * 10**9
         attributes = {kv.key: kv.value.string_value for kv in record.attributes}
         if kept is not None:
             assert attributes[kept] == doc[kept]

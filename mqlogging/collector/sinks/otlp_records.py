@@ -17,6 +17,10 @@ trace/span        ``trace.id``...       ``trace_id``...      ``trace_id``...  ``
 exception.*       ``error.*``           ``exception``        ``exc_info``     ``attributes``
 ================= ===================== ==================== ================ ================
 
+A time OTel cannot hold (before 1970, after 2554) is 0 ("unknown") and kept as written in an
+attribute of its field's name; ``observed_time_unix_nano`` is when the collector read the record
+(the collection system sets it, says OTel) unless an ``otel`` record carries its own.
+
 Every other field (extras, context, static fields, origin, ``mqlogging.*`` producer and seq)
 becomes an attribute, nested objects flattened to dotted keys; the record id is the
 ``log.record.uid`` attribute (OpenTelemetry's semantic convention for a unique log id), so a
@@ -31,6 +35,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime, timezone
 from typing import Any, Final
@@ -316,6 +321,7 @@ def to_log_record(doc: Mapping[str, Any], record_id: str) -> MappedRecord:
         attributes[fields.time] = flat[fields.time]
     record = LogRecord(
         time_unix_nano=nanos,
+        observed_time_unix_nano=time.time_ns(),  # read from the queue now (OTel: set by us)
         severity_number=number,  # type: ignore[arg-type]
         severity_text=text,
         body=any_value(doc.get("message", "")),
@@ -382,7 +388,7 @@ def _from_otel(doc: Mapping[str, Any], record_id: str) -> MappedRecord:
         number = 0
     record = LogRecord(
         time_unix_nano=_nanos(doc.get("timeUnixNano")),
-        observed_time_unix_nano=_nanos(doc.get("observedTimeUnixNano")),
+        observed_time_unix_nano=_nanos(doc.get("observedTimeUnixNano")) or time.time_ns(),
         severity_number=number,  # type: ignore[arg-type]
         severity_text=str(doc.get("severityText") or ""),
         body=any_value(_from_any_json(doc.get("body", ""))),
