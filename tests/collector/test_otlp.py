@@ -293,7 +293,7 @@ class TestAnswers:
 
     def test_400_finds_the_refused_record_and_outage_when_all_refused(self) -> None:
         """A blanket 400 for every request is an outage (retried, not ready), not 64 dead
-        letters, found in a dozen requests; other 4xx are dead-lettered."""
+        letters, found in at most 15 requests; other 4xx are dead-lettered."""
         with OtlpReceiver() as rx:
             rx.fail_next(1000, 400)
             sink = OtlpSink(OtlpSinkConfig(url=rx.url))
