@@ -9,8 +9,9 @@ encoding. A body that does not parse gets 400, as the real receiver answers.
 
 For the tests it counts records (by their ``log.record.uid`` attribute, so duplicates show),
 keeps what it received, and can be told to misbehave: answer the next N requests with a status
-(503 with ``Retry-After``...), answer with a partial success, or go down and come back up on the
-same port. For a real collector, set ``MQLOGGING_OTLP_URL`` (see tests/collector/test_otlp.py).
+(503 with ``Retry-After``...), answer with a partial success, refuse (400) requests holding
+given records, or go down and come back up on the same port. For a real collector, set
+``MQLOGGING_OTLP_URL`` (see tests/collector/test_otlp.py).
 """
 
 from __future__ import annotations
@@ -68,8 +69,9 @@ class ReceivedLog:
 class _Script:
     """What the receiver answers next (all guarded by the receiver's lock)."""
 
-    fail: list[tuple[int, str | None]] = field(default_factory=list)
+    fail: list[tuple[int, dict[str, str], bytes]] = field(default_factory=list)
     partial: list[int] = field(default_factory=list)
+    poison: set[str] = field(default_factory=set)  # uids whose request gets 400
 
 
 class OtlpReceiver:
@@ -126,14 +128,27 @@ class OtlpReceiver:
     def fail_next(self, count: int, status: int = 503, retry_after: str | None = None) -> None:
         """Answer the next ``count`` requests with ``status`` (and ``Retry-After``), storing
         nothing."""
+        self.answer_next(count, status, {"Retry-After": retry_after} if retry_after else {})
+
+    def answer_next(
+        self, count: int, status: int, headers: dict[str, str] | None = None, body: bytes = b""
+    ) -> None:
+        """Answer the next ``count`` requests with this status, headers and body, storing
+        nothing (e.g. a proxy's login page: 200, text/html)."""
         with self.lock:
-            self.script.fail += [(status, retry_after)] * count
+            self.script.fail += [(status, headers or {}, body)] * count
 
     def partial_next(self, rejected: int) -> None:
         """Answer the next request with a partial success rejecting ``rejected`` records (the
         last ones of the request are not stored)."""
         with self.lock:
             self.script.partial.append(rejected)
+
+    def refuse(self, uids: set[str]) -> None:
+        """Answer 400 to every request holding a record with one of these ``log.record.uid``
+        values (a receiver refusing those records), storing nothing of that request."""
+        with self.lock:
+            self.script.poison |= uids
 
     @property
     def count(self) -> int:
@@ -156,10 +171,10 @@ class OtlpReceiver:
             self.encodings[headers.get("content-encoding", "")] += 1
             self.headers_seen.append(headers)
             if self.script.fail:
-                status, retry_after = self.script.fail.pop(0)
+                status, extra, answer = self.script.fail.pop(0)
                 self.statuses[status] += 1
                 self.answered.append((time.monotonic(), status))
-                return status, {"Retry-After": retry_after} if retry_after else {}, b""
+                return status, extra, answer
             rejected = self.script.partial.pop(0) if self.script.partial else 0
         try:
             if headers.get("content-encoding") == "gzip":
@@ -172,6 +187,10 @@ class OtlpReceiver:
         logs = list(_records(request))
         kept = logs[: len(logs) - rejected] if rejected else logs
         with self.lock:
+            if any(r.uid in self.script.poison for r in logs):
+                self.statuses[400] += 1
+                self.answered.append((time.monotonic(), 400))
+                return 400, {}, b"invalid record (test)"
             self.statuses[200] += 1
             self.answered.append((time.monotonic(), 200))
             self.logs += kept

@@ -87,7 +87,8 @@ def run_command(args: argparse.Namespace) -> int:
         format=f"%(asctime)s mqlogging-collector[{os.getpid()}] %(levelname)s %(message)s",
     )
     # The client libraries log every request/frame at INFO; our own lines say what matters.
-    for chatty in ("elastic_transport", "pika", "stomp.py"):
+    # httpx (OTLP sink) logs each POST with its full URL, a password in it included.
+    for chatty in ("elastic_transport", "pika", "stomp.py", "httpx", "httpcore"):
         logging.getLogger(chatty).setLevel(max(logging.WARNING, logging.getLogger().level))
     return run(config)
 

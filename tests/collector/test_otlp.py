@@ -19,8 +19,15 @@ from typing import Any
 import pytest
 from opentelemetry import trace
 
-from harness.collector import amqp_queue_url, ecs_record, log_through_handler, publish
-from harness.helpers import wait_until
+from harness.collector import (
+    CollectorProcess,
+    amqp_queue_url,
+    ecs_record,
+    log_through_handler,
+    publish,
+    write_config,
+)
+from harness.helpers import free_port, wait_until
 from harness.otlp import OtlpReceiver
 from mqlogging import JsonFormatter
 from mqlogging._types import Outcome
@@ -118,6 +125,62 @@ class TestMapping:
         assert dict(resource) == {"service.name": "api", "host.name": "h1"}
         assert (scope, record.span_id.hex(), record.flags) == ("app", "b7ad6b7169203331", 1)
 
+    @pytest.mark.parametrize(
+        ("doc", "kept"),
+        [
+            (ecs_record(0, **{"@timestamp": "1969-12-31T23:59:59Z"}), "@timestamp"),
+            (ecs_record(0, **{"@timestamp": "9999-12-31T23:59:59-23:59"}), "@timestamp"),
+            ({"timestamp": "0001-01-01T00:00:00", "message": "m"}, "timestamp"),
+            ({"mqlogging": {"schema": "otel"}, "timeUnixNano": 2**70}, None),
+            ({"mqlogging": {"schema": "otel"}, "timeUnixNano": "9" * 30}, None),
+            ({"mqlogging": {"schema": "otel"}, "timeUnixNano": "\u00b2"}, None),
+            ({"mqlogging": {"schema": "otel"}, "severityNumber": True}, None),
+            (
+                {
+                    "mqlogging": {"schema": "otel"},
+                    "attributes": [{"key": "a", "value": {"intValue": "x"}}],
+                },
+                None,
+            ),
+        ],
+    )
+    def test_values_otel_cannot_hold_do_not_fail_the_record(
+        self, doc: dict[str, Any], kept: str | None
+    ) -> None:
+        """A time before 1970 or after 2554 (OTel's fixed64 nanoseconds), an out-of-range or
+        non-ASCII timeUnixNano, a boolean severityNumber, an intValue that is no integer: the
+        record still maps (time 0 = unknown, the time as written kept as an attribute) instead
+        of raising, which failed the whole batch's request on every retry (review2). The
+        observed time is set, so a backend still has a time to show."""
+        record, _, _ = to_log_record(doc, "rid")
+        request = build_request([(doc, "rid")])
+        assert request.SerializeToString()
+        assert record.time_unix_nano == 0
+        # OTel's observed time (when the collector read it) says when it was seen, at least.
+        assert record.observed_time_unix_nano >= time.time_ns() - 60 * 10**9
+        attributes = {kv.key: kv.value.string_value for kv in record.attributes}
+        if kept is not None:
+            assert attributes[kept] == doc[kept]
+
+    @pytest.mark.parametrize("schema", ["ecs", "logstash", "otel"])
+    def test_custom_level_keeps_its_severity_number(self, schema: str) -> None:
+        """A level between the standard ones (25, or a named custom level) gets the severity
+        number the ``otel`` schema gives it (INFO + 5 -> 12), in every schema, not 0
+        (UNSPECIFIED) for ecs and logstash, which a backend cannot filter on (review2)."""
+        formatter = JsonFormatter(schema=schema)
+        record = logging.LogRecord("app", 25, "/x.py", 1, "m", None, None)
+        record, _, _ = to_log_record(json.loads(formatter.format(record)), "rid")
+        assert record.severity_number == 12
+
+    def test_json_null_is_an_empty_value_not_the_text_none(self) -> None:
+        """A null inside a list or as the message is an empty AnyValue, not the string
+        "None" (Python's repr leaking into the data; review2)."""
+        doc = ecs_record(0, items=[1, None], message=None)
+        record, _, _ = to_log_record(doc, "rid")
+        items = next(kv.value for kv in record.attributes if kv.key == "items")
+        assert [v.WhichOneof("value") for v in items.array_value.values] == ["int_value", None]
+        assert record.body.WhichOneof("value") is None
+
     def test_grouped_by_resource_and_scope(self) -> None:
         """Records of two services and two loggers make two ResourceLogs, scopes per logger."""
         docs = [
@@ -170,6 +233,10 @@ class TestConfig:
         assert parse_retry_after("3") == 3.0
         assert parse_retry_after("86400") == 300.0
         assert parse_retry_after("soon") == 0.0
+        # A non-ASCII digit (latin-1, so httpx passes it through) raised ValueError (review2).
+        assert parse_retry_after("\u00b2") == 0.0
+        assert parse_retry_after("-5") == 0.0
+        assert parse_retry_after("1" * 400) == 300.0
         assert (
             pytest.approx(parse_retry_after("Thu, 01 Jan 1970 00:00:20 GMT", now=10.0), abs=0.01)
             == 10.0
@@ -225,17 +292,88 @@ class TestAnswers:
             assert rx.requests == 1
 
     def test_400_finds_the_refused_record_and_outage_when_all_refused(self) -> None:
-        """A blanket 400 for every request is an outage (retried, not ready), not 8 dead
-        letters; other 4xx are dead-lettered."""
+        """A blanket 400 for every request is an outage (retried, not ready), not 64 dead
+        letters, found in at most 15 requests; other 4xx are dead-lettered."""
         with OtlpReceiver() as rx:
-            rx.fail_next(3, 400)
+            rx.fail_next(1000, 400)
             sink = OtlpSink(OtlpSinkConfig(url=rx.url))
-            results = sink.write([_record(i) for i in range(8)])
+            results = sink.write([_record(i) for i in range(64)])
             assert {Outcome.RETRY} == {r.outcome for r in results}
+            assert all(r.reason.startswith("outage: ") for r in results)
+            assert rx.requests <= 15
             assert not sink.check()
+            with rx.lock:
+                rx.script.fail.clear()
             rx.fail_next(1, 422)
             assert {Outcome.REJECT} == {r.outcome for r in sink.write([_record(1)])}
             assert sink.check() is True
+
+    def test_poison_records_in_both_halves_are_dead_lettered_alone(self) -> None:
+        """Two records the receiver refuses (400), one in each half of the batch: both are
+        found and dead-lettered, the 14 others delivered. Before: both halves refused read as
+        an outage, so the whole batch was retried forever (review2)."""
+        with OtlpReceiver() as rx:
+            records = [_record(i) for i in range(16)]
+            rx.refuse({records[3].id, records[12].id})
+            sink = OtlpSink(OtlpSinkConfig(url=rx.url))
+            results = sink.write(records)
+            rejected = [i for i, r in enumerate(results) if r.outcome is Outcome.REJECT]
+            assert rejected == [3, 12]
+            assert {Outcome.DONE} == {r.outcome for i, r in enumerate(results) if i not in (3, 12)}
+            assert rx.count == 14
+            assert sink.check() is True
+
+    def test_unmappable_record_dead_lettered_alone(self) -> None:
+        """A record protobuf cannot hold (a lone surrogate, which the collector's JSON
+        fallback decoder lets through) is dead-lettered alone; the others are delivered in
+        the same write instead of the whole batch failing on every retry (review2)."""
+        with OtlpReceiver() as rx:
+            records = [_record(i) for i in range(5)]
+            bad = ecs_record(99, note="\ud800")
+            records.insert(2, Record(bad["event"]["id"], bad, 100))
+            results = OtlpSink(OtlpSinkConfig(url=rx.url)).write(records)
+            assert [r.outcome for r in results] == [Outcome.DONE] * 2 + [Outcome.REJECT] + [
+                Outcome.DONE
+            ] * 3
+            assert results[2].status == "unmappable"
+            assert rx.count == 5
+
+    @pytest.mark.parametrize(
+        ("content_type", "body"),
+        [
+            ("text/html", b"<html><body>Please log in</body></html>"),
+            ("application/json", b"<html>not json</html>"),
+            ("application/x-protobuf", b"\xff\xff\xff garbage"),
+        ],
+    )
+    def test_2xx_that_is_not_an_otlp_answer_is_not_an_ack(
+        self, content_type: str, body: bytes
+    ) -> None:
+        """A 2xx whose body is not an ExportLogsServiceResponse (a proxy's login page, a wrong
+        service at the URL) does not say the records were stored: RETRY as an outage, not
+        ready, never DONE (the broker would drop them: silent loss); a JSON content type with
+        a body that does not parse no longer raises out of write (review2)."""
+        with OtlpReceiver() as rx:
+            rx.answer_next(1, 200, {"Content-Type": content_type}, body)
+            sink = OtlpSink(OtlpSinkConfig(url=rx.url))
+            results = sink.write([_record(i) for i in range(4)])
+            assert {Outcome.RETRY} == {r.outcome for r in results}
+            assert results[0].reason.startswith("outage: ")
+            assert sink.check() is False
+            assert {Outcome.DONE} == {r.outcome for r in sink.write([_record(i) for i in range(4)])}
+
+    def test_redirect_is_an_outage_naming_the_new_url(self) -> None:
+        """A 3xx (e.g. http -> https, 308) is not followed (a POST body must not go to a place
+        the configuration does not name): every record RETRY as an outage that names the
+        Location, and /readyz not ready. Before: retried forever with the sink ready (review2)."""
+        with OtlpReceiver() as rx:
+            rx.answer_next(1, 308, {"Location": "https://otel.example:4318/v1/logs"})
+            sink = OtlpSink(OtlpSinkConfig(url=rx.url))
+            results = sink.write([_record(i) for i in range(3)])
+            assert {Outcome.RETRY} == {r.outcome for r in results}
+            assert results[0].reason.startswith("outage: ")
+            assert "https://otel.example:4318/v1/logs" in results[0].reason
+            assert sink.check() is False
 
     def test_receiver_down_is_retry_and_not_ready(self) -> None:
         """Connection refused: RETRY ("unavailable") and check() false."""
@@ -302,6 +440,52 @@ class TestEndToEnd:
             assert len(rx.uids) == 300 - 5
             assert 5 <= dead < 300
             assert rx.duplicates() == 0
+
+
+def test_record_before_1970_does_not_stall_the_source(
+    rabbitmq: Any, queue_name: str, service: Make
+) -> None:
+    """One record timed before 1970 among 50: all 50 reach the receiver and are acked, none
+    dead-lettered. Before: protobuf refused the negative time, the whole request raised, and
+    the batch was retried forever (review2)."""
+    url = amqp_queue_url(rabbitmq, queue_name)
+    docs = [ecs_record(i) for i in range(50)]
+    docs[7]["@timestamp"] = "1969-07-20T20:17:40Z"
+    publish(url, docs)
+    with OtlpReceiver() as rx:
+        svc = service(sources=[{"url": url}], sinks=[{"type": "otlp", "url": rx.url}])
+        wait_until(lambda: svc.metrics.value("acked") == 50, timeout=20)
+        assert len(rx.uids) == 50
+        assert svc.metrics.value("dead_lettered") == 0
+
+
+def test_collector_log_shows_no_url_password_nor_a_line_per_request(
+    rabbitmq: Any, queue_name: str, tmp_path: Any
+) -> None:
+    """``mqlogging-collector`` at its default INFO level with an OTLP sink whose URL carries a
+    password: the log never shows the password, nor one "HTTP Request" line per POST (httpx
+    logs each request, full URL included, at INFO; review2)."""
+    url = amqp_queue_url(rabbitmq, queue_name)
+    publish(url, (ecs_record(i) for i in range(20)))
+    with OtlpReceiver() as rx:
+        sink_url = rx.url.replace("http://", "http://otel:s3cret-pw@")
+        port = free_port()
+        config = write_config(
+            tmp_path / "collector.toml",
+            sources=[{"url": url}],
+            sinks=[{"type": "otlp", "url": sink_url}],
+            pipeline={"batch_max_wait": 0.2},
+            http={"listen": f"127.0.0.1:{port}"},
+        )
+        proc = CollectorProcess(config, port, tmp_path / "collector.log")
+        try:
+            wait_until(lambda: len(rx.uids) == 20, timeout=30)
+            assert proc.terminate() == 0
+            log = proc.log()
+        finally:
+            proc.close()
+    assert "s3cret-pw" not in log
+    assert "HTTP Request" not in log
 
 
 def test_long_retry_after_does_not_hold_up_shutdown(

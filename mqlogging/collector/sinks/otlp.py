@@ -8,7 +8,9 @@ The HTTP client is httpx (a thread-safe connection pool, TLS verification on by 
 
 What each answer means, following the OTLP/HTTP specification:
 
-- **2xx**: the receiver has the records -> ``DONE`` (the broker message is acked).
+- **2xx**: the receiver has the records -> ``DONE`` (the broker message is acked), provided
+  the body is an ``ExportLogsServiceResponse`` (or empty): a 2xx with another body (a proxy's
+  login page, another service at the URL) says nothing about the records: an outage, retried.
 - **2xx with partial success** (``partial_success.rejected_log_records = N > 0``): the receiver
   took some records and refused N, *without saying which*; the specification forbids retrying
   such a request. With ``partial_success = "dead_letter"`` (the default, the safe choice) every
@@ -21,12 +23,17 @@ What each answer means, following the OTLP/HTTP specification:
   ``sink_rejected_records`` metric and logged. A partial success with N = 0 is a warning: done.
 - **429, 502, 503, 504**: retried (only those records), never sooner than the ``Retry-After``
   the receiver sent (seconds or an HTTP date, capped at :data:`MAX_RETRY_AFTER`).
-- **401, 403, 404, 407**: the configuration is wrong (credentials, URL), not a record: an outage,
-  retried, ``/readyz`` not ready until a write succeeds; the broker keeps the messages.
-- **400, 413** for several records: the batch is split in halves to find the refused record(s),
-  which are dead-lettered; if both halves are refused alike, the request is the problem (an
-  outage, retried), not one record. Any other 4xx: dead-lettered. Other 5xx and network errors
-  or timeouts: retried.
+- **401, 403, 404, 407** and **3xx** (redirects are not followed): the configuration is wrong
+  (credentials, URL), not a record: an outage, retried, ``/readyz`` not ready until a write
+  succeeds; the broker keeps the messages.
+- **400, 413** for several records: the batch is split in halves, depth first, to find the
+  refused record(s), which are dead-lettered. A 400 is only blamed on a record once the
+  receiver has accepted some other request of the same write; if it accepted none before
+  :data:`_BLIND_REFUSALS` single records were refused, it refuses everything: the request is
+  the problem (an outage, retried), not the records. Any other 4xx: dead-lettered. Other 5xx
+  and network errors or timeouts: retried.
+- A record that cannot be expressed in OTLP at all (protobuf refuses one of its values) is
+  dead-lettered alone; it never fails the request of the others.
 
 Headers (e.g. ``Authorization``) come from ``headers = "k1=v1,k2=v2"`` (the format of
 ``OTEL_EXPORTER_OTLP_HEADERS``; values may be percent-encoded) or ``MQLOGGING_OTLP_HEADERS`` in
@@ -43,7 +50,7 @@ import ssl
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Final, Literal
+from typing import TYPE_CHECKING, Any, Final, Literal, NamedTuple
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 from ..._json import dumps
@@ -78,6 +85,13 @@ _RETRY_STATUSES: Final = frozenset({429, 502, 503, 504})
 _OUTAGE_STATUSES: Final = frozenset({401, 403, 404, 407})
 _DEFAULT_PATH: Final = "/v1/logs"
 _CONTENT_TYPES: Final = {"protobuf": "application/x-protobuf", "json": "application/json"}
+_REFUSED_ALONE: Final = "400-alone"  # provisional status, settled by OtlpSink._settled
+_BLIND_REFUSALS: Final = 3
+"""Single records refused with 400 before the receiver accepted anything in a write: it is
+refusing every request (an outage), not these records. Splitting depth first reaches them after
+about log2(batch) requests, so a receiver refusing everything costs about 2 x log2(batch)
+requests per attempt (14 for 64 records, about 25 for 1,000); poison records anywhere in a
+batch with good ones are found, not taken for an outage."""
 
 
 def parse_headers(text: str) -> dict[str, str]:
@@ -101,7 +115,7 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float:
     if not value:
         return 0.0
     value = value.strip()
-    if value.isdigit():
+    if value.isascii() and value.isdigit():  # "²".isdigit() is true, float("²") raises
         return min(float(value), MAX_RETRY_AFTER)
     try:
         when = email.utils.parsedate_to_datetime(value)
@@ -179,6 +193,21 @@ def _ssl_context(config: OtlpSinkConfig) -> ssl.SSLContext:
     return ctx
 
 
+class _Mapped(NamedTuple):
+    """A record with its OTLP mapping, made once per write (requests may be split)."""
+
+    record: Record
+    log: Any  # otlp_records.MappedRecord (the module is imported lazily)
+
+
+@dataclass(slots=True)
+class _Probe:
+    """What one write learnt about the receiver while splitting refused requests."""
+
+    accepted: bool = False  # some request of this write got a 2xx
+    refused_alone: int = 0  # single records refused with 400 so far
+
+
 class OtlpSink(Sink):
     """POSTs each batch as one ``ExportLogsServiceRequest``. Thread-safe (httpx's pool)."""
 
@@ -209,17 +238,20 @@ class OtlpSink(Sink):
 
     # -- encoding -----------------------------------------------------------------------------
 
-    def _body(self, records: Sequence[Record]) -> bytes:
-        request = self._records.build_request([(r.doc, r.id) for r in records])
+    def _body(self, records: Sequence[_Mapped]) -> bytes:
+        request = self._records.assemble(m.log for m in records)
         if self.config.encoding == "json":
             raw = dumps(self._records.to_json(request))
         else:
             raw = request.SerializeToString()
         return gzip.compress(raw, compresslevel=5) if self.config.compression == "gzip" else raw
 
-    def _rejected_count(self, response: httpx.Response) -> tuple[int, str]:
+    def _rejected_count(self, response: httpx.Response) -> tuple[int, str] | None:
         """(rejected_log_records, error_message) of an ``ExportLogsServiceResponse``; (0, "")
-        for an empty or unreadable body (the records were accepted: the status says so)."""
+        for an empty body. ``None`` for a body that is not such an answer (an HTML login page
+        of a proxy, another service at the URL): its 2xx does not say the records are stored,
+        and acking them would lose them."""
+        from google.protobuf.json_format import Parse, ParseError
         from google.protobuf.message import DecodeError
         from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import (
             ExportLogsServiceResponse,
@@ -228,17 +260,17 @@ class OtlpSink(Sink):
         content = response.content
         if not content:
             return 0, ""
+        content_type = response.headers.get("content-type", "").split(";")[0].strip().lower()
         answer = ExportLogsServiceResponse()
         try:
-            if "json" in response.headers.get("content-type", ""):
-                from google.protobuf.json_format import Parse
-
+            if content_type == "application/json":
                 Parse(content.decode("utf-8", "replace"), answer, ignore_unknown_fields=True)
-            else:
+            elif content_type in ("", "application/x-protobuf", "application/protobuf"):
                 answer.ParseFromString(content)
-        except (DecodeError, ValueError) as exc:
-            log.warning("sink %s: unreadable OTLP response body (%s)", self.name, exc)
-            return 0, ""
+            else:
+                return None
+        except (DecodeError, ParseError, ValueError):
+            return None
         partial = answer.partial_success
         return int(partial.rejected_log_records), partial.error_message
 
@@ -247,20 +279,47 @@ class OtlpSink(Sink):
     def write(self, records: Sequence[Record]) -> list[Result]:
         if not records:
             return []
-        results: list[Result] = []
-        chunk: list[Record] = []
-        size = 0
-        for record in records:
-            if chunk and size + record.size > self.config.max_request_bytes:
-                results += self._post(chunk)
-                chunk, size = [], 0
-            chunk.append(record)
-            size += record.size
-        results += self._post(chunk)
-        self._outage = next((r.reason for r in results if r.reason.startswith("outage: ")), "")
-        return results
+        results: dict[int, Result] = {}
+        mapped: list[tuple[int, _Mapped]] = []
+        for index, record in enumerate(records):
+            try:
+                mapped.append(
+                    (index, _Mapped(record, self._records.to_log_record(record.doc, record.id)))
+                )
+            except (ValueError, TypeError, OverflowError) as exc:
+                reason = f"cannot be expressed in OTLP: {type(exc).__name__}: {exc}"
+                results[index] = Result(Outcome.REJECT, "unmappable", reason[:500])
+        probe = _Probe()
+        for chunk in self._chunks(mapped):
+            answers = self._post([m for _, m in chunk], probe)
+            results.update(zip((i for i, _ in chunk), answers, strict=True))
+        ordered = [self._settled(results[i], probe) for i in range(len(records))]
+        self._outage = next((r.reason for r in ordered if r.reason.startswith("outage: ")), "")
+        return ordered
 
-    def _send(self, records: Sequence[Record]) -> httpx.Response | Result:
+    def _chunks(self, mapped: list[tuple[int, _Mapped]]) -> list[list[tuple[int, _Mapped]]]:
+        """``mapped`` in requests of at most ``max_request_bytes`` (one record at least)."""
+        chunks: list[list[tuple[int, _Mapped]]] = []
+        size = 0
+        for item in mapped:
+            if not chunks or size + item[1].record.size > self.config.max_request_bytes:
+                chunks.append([])
+                size = 0
+            chunks[-1].append(item)
+            size += item[1].record.size
+        return chunks
+
+    @staticmethod
+    def _settled(result: Result, probe: _Probe) -> Result:
+        """A record refused alone with 400 is dead-lettered only if the receiver accepted
+        something else in this write; otherwise it refuses everything: an outage."""
+        if result.status != _REFUSED_ALONE:
+            return result
+        if probe.accepted:
+            return Result(Outcome.REJECT, "400", result.reason)
+        return Result(Outcome.RETRY, "400", "outage: 400 for every request, none accepted")
+
+    def _send(self, records: Sequence[_Mapped]) -> httpx.Response | Result:
         """One POST: the response, or the ``RETRY`` result of a request that got none."""
         try:
             return self._client.post(self._url, content=self._body(records))
@@ -269,20 +328,44 @@ class OtlpSink(Sink):
         except self._httpx.HTTPError as exc:
             return Result(Outcome.RETRY, "unavailable", f"unavailable: {exc}")
 
-    def _post(self, records: Sequence[Record]) -> list[Result]:
+    def _post(
+        self, records: Sequence[_Mapped], probe: _Probe, *, split: bool = False
+    ) -> list[Result]:
+        """One request for ``records``; a 400/413 for several is split in halves, depth first
+        (see the module docstring). ``split``: ``records`` is half of a refused request."""
         response = self._send(records)
         if isinstance(response, Result):
             return [response] * len(records)
         status = response.status_code
         if 200 <= status < 300:
-            return self._accepted(records, response)
+            results = self._accepted(records, response)
+            probe.accepted = probe.accepted or results[0].outcome is not Outcome.RETRY
+            return results
         if status in (400, 413) and len(records) > 1:
-            return self._split(records, status, response.text)
+            if status == 400 and probe.refused_alone >= _BLIND_REFUSALS and not probe.accepted:
+                reason = f"outage: 400 for every request, none accepted: {response.text[:200]}"
+                return [Result(Outcome.RETRY, "400", reason)] * len(records)
+            half = len(records) // 2
+            first = self._post(records[:half], probe, split=True)
+            return first + self._post(records[half:], probe, split=True)
+        if status == 400 and split:  # blamed on the record only if another was accepted
+            probe.refused_alone += 1
+            return [Result(Outcome.REJECT, _REFUSED_ALONE, f"400 {response.text[:300]}".strip())]
         return [self._refused(status, response)] * len(records)
 
-    def _accepted(self, records: Sequence[Record], response: httpx.Response) -> list[Result]:
-        """A 2xx: done, unless it is a partial success (see the module docstring)."""
-        rejected, message = self._rejected_count(response)
+    def _accepted(self, records: Sequence[_Mapped], response: httpx.Response) -> list[Result]:
+        """A 2xx: done, unless it is a partial success (see the module docstring) or not an
+        OTLP answer at all (an outage: retried, not ready)."""
+        counted = self._rejected_count(response)
+        if counted is None:
+            content_type = response.headers.get("content-type", "none")
+            reason = (
+                f"outage: {response.status_code} with a body that is not an OTLP answer "
+                f"(content-type {content_type}): is the URL an OTLP/HTTP logs endpoint? "
+                f"{response.text[:100]!r}"
+            )
+            return [Result(Outcome.RETRY, "not_otlp", reason)] * len(records)
+        rejected, message = counted
         if rejected <= 0:
             if message:
                 log.warning("sink %s: receiver warning: %s", self.name, message[:300])
@@ -306,32 +389,12 @@ class OtlpSink(Sink):
             return Result(Outcome.RETRY, str(status), text, retry_after=wait)
         if status in _OUTAGE_STATUSES:
             return Result(Outcome.RETRY, str(status), f"outage: {text}")
+        if 300 <= status < 400:  # not followed: set url to where the receiver points
+            where = redact_http(response.headers.get("location", "?"))
+            return Result(Outcome.RETRY, str(status), f"outage: {status} redirect to {where}")
         if 400 <= status < 500:
             return Result(Outcome.REJECT, str(status), text)
         return Result(Outcome.RETRY, str(status), text)
-
-    def _split(self, records: Sequence[Record], status: int, text: str) -> list[Result]:
-        """A 400/413 for several records: try each half. If both halves are refused with the
-        same status the request, not a record, is at fault (an outage: retry), as in the
-        Logstash sink (issue #11: a blanket 400 must not dead-letter every record)."""
-        half = len(records) // 2
-        halves = (records[:half], records[half:])
-        answers = [self._send(part) for part in halves]
-        statuses = [a.status_code if not isinstance(a, Result) else 0 for a in answers]
-        if status == 400 and statuses == [400, 400]:
-            reason = f"outage: 400 for both halves of {len(records)} records: {text[:200]}"
-            return [Result(Outcome.RETRY, "400", reason)] * len(records)
-        results: list[Result] = []
-        for part, answer in zip(halves, answers, strict=True):
-            if isinstance(answer, Result):
-                results += [answer] * len(part)
-            elif 200 <= answer.status_code < 300:
-                results += self._accepted(part, answer)
-            elif answer.status_code in (400, 413) and len(part) > 1:
-                results += self._split(part, answer.status_code, answer.text)
-            else:
-                results += [self._refused(answer.status_code, answer)] * len(part)
-        return results
 
     def check(self) -> bool:
         """Reachable, and the last write was not refused as a whole (auth, URL, ...)."""

@@ -17,6 +17,10 @@ trace/span        ``trace.id``...       ``trace_id``...      ``trace_id``...  ``
 exception.*       ``error.*``           ``exception``        ``exc_info``     ``attributes``
 ================= ===================== ==================== ================ ================
 
+A time OTel cannot hold (before 1970, after 2554) is 0 ("unknown") and kept as written in an
+attribute of its field's name; ``observed_time_unix_nano`` is when the collector read the record
+(the collection system sets it, says OTel) unless an ``otel`` record carries its own.
+
 Every other field (extras, context, static fields, origin, ``mqlogging.*`` producer and seq)
 becomes an attribute, nested objects flattened to dotted keys; the record id is the
 ``log.record.uid`` attribute (OpenTelemetry's semantic convention for a unique log id), so a
@@ -31,6 +35,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime, timezone
 from typing import Any, Final
@@ -46,11 +51,14 @@ from opentelemetry.proto.common.v1.common_pb2 import (
 from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord, ResourceLogs, ScopeLogs
 from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 
+from ...formatting import otel_severity
 from ...wire import NAMESPACE
 
 __all__ = [
     "UID_ATTRIBUTE",
+    "MappedRecord",
     "any_value",
+    "assemble",
     "build_request",
     "flatten",
     "from_json",
@@ -75,8 +83,12 @@ _SEVERITY: Final[Mapping[str, int]] = {
 }
 
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_UINT64: Final = 2**64
+"""OTel times are ``fixed64`` unix nanoseconds: from 1970 to the year 2554."""
 
 ResourceKey = tuple[tuple[str, Any], ...]
+MappedRecord = tuple[LogRecord, ResourceKey, str]
+"""One record as :func:`to_log_record` maps it: the ``LogRecord``, its resource, its scope."""
 
 
 class _Fields:
@@ -167,17 +179,25 @@ def schema_of(doc: Mapping[str, Any]) -> str:
 
 
 def any_value(value: Any) -> AnyValue:
-    """A JSON value as an ``AnyValue`` (objects become key-value lists, arrays arrays)."""
+    """A JSON value as an ``AnyValue`` (objects become key-value lists, arrays arrays, null
+    the empty value)."""
+    if isinstance(value, list | tuple):
+        return AnyValue(array_value=ArrayValue(values=[any_value(v) for v in value]))
+    if isinstance(value, dict):
+        return AnyValue(kvlist_value=_kvlist(value))
+    return _scalar(value)
+
+
+def _scalar(value: Any) -> AnyValue:
+    """A JSON scalar as an ``AnyValue``; an integer beyond int64 as its text."""
+    if value is None:
+        return AnyValue()
     if isinstance(value, bool):
         return AnyValue(bool_value=value)
     if isinstance(value, int) and -(2**63) <= value < 2**63:
         return AnyValue(int_value=value)
     if isinstance(value, float):
         return AnyValue(double_value=value)
-    if isinstance(value, list | tuple):
-        return AnyValue(array_value=ArrayValue(values=[any_value(v) for v in value]))
-    if isinstance(value, dict):
-        return AnyValue(kvlist_value=_kvlist(value))
     return AnyValue(string_value=str(value))
 
 
@@ -203,7 +223,8 @@ def flatten(doc: Mapping[str, Any]) -> dict[str, Any]:
 
 def _unix_nanos(value: Any) -> int:
     """An ISO-8601 time (``Z`` or an offset; naive means UTC) as unix nanoseconds; 0 (OTel's
-    "unknown") when it is missing or unreadable."""
+    "unknown") when it is missing, unreadable or outside what OTel can hold (before 1970,
+    after 2554: protobuf refuses the value, which would fail the whole request)."""
     if not isinstance(value, str):
         return 0
     if value.endswith(("Z", "z")):  # Python 3.10's fromisoformat does not read "Z"
@@ -215,15 +236,17 @@ def _unix_nanos(value: Any) -> int:
     if when.tzinfo is None:
         when = when.replace(tzinfo=timezone.utc)
     delta = when - _EPOCH
-    return (delta.days * 86_400 + delta.seconds) * 1_000_000_000 + delta.microseconds * 1000
+    nanos = (delta.days * 86_400 + delta.seconds) * 1_000_000_000 + delta.microseconds * 1000
+    return nanos if 0 <= nanos < _UINT64 else 0
 
 
 def _nanos(value: Any) -> int:
-    """An OTLP/JSON time: an integer or a decimal string (int64 is a string in OTLP/JSON)."""
-    if isinstance(value, int) and not isinstance(value, bool):
-        return max(value, 0)
-    if isinstance(value, str) and value.isdigit():
-        return int(value)
+    """An OTLP/JSON time: an integer or a decimal string (int64 is a string in OTLP/JSON);
+    0 ("unknown") when it is neither or does not fit the ``fixed64`` field."""
+    if isinstance(value, str) and value.isascii() and value.isdigit():
+        value = int(value)
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < _UINT64:
+        return value
     return 0
 
 
@@ -251,11 +274,15 @@ def _flags(value: Any) -> int:
     return 0
 
 
-def _severity(level: Any) -> tuple[int, str]:
-    """(severity number, severity text) from a level name (any case); (0, "") if unknown."""
-    if not isinstance(level, str) or not level:
-        return 0, ""
-    return _SEVERITY.get(level.upper(), 0), level.upper()
+def _severity(level: Any, levelno: Any = None) -> tuple[int, str]:
+    """(severity number, severity text): from the stdlib level number when the record has
+    one (logstash, flat) or its name says it (``Level 25``), as the ``otel`` schema maps it,
+    so a custom level is not UNSPECIFIED; else from the level name (any case); 0 if unknown."""
+    text = level.upper() if isinstance(level, str) else ""
+    if levelno is None and text.startswith("LEVEL ") and text[6:].isascii():
+        levelno = int(text[6:]) if text[6:].isdigit() else None
+    number = otel_severity(levelno)
+    return number or _SEVERITY.get(text, 0), text
 
 
 def _text(value: Any) -> str | None:
@@ -269,7 +296,7 @@ def _text(value: Any) -> str | None:
 # -- records ----------------------------------------------------------------------------------
 
 
-def to_log_record(doc: Mapping[str, Any], record_id: str) -> tuple[LogRecord, ResourceKey, str]:
+def to_log_record(doc: Mapping[str, Any], record_id: str) -> MappedRecord:
     """``doc`` as a ``LogRecord``, with its resource attributes (a hashable key) and scope
     name; ``record_id`` is the collector's id for it (the ``log.record.uid`` attribute)."""
     schema = schema_of(doc)
@@ -277,7 +304,7 @@ def to_log_record(doc: Mapping[str, Any], record_id: str) -> tuple[LogRecord, Re
         return _from_otel(doc, record_id)
     fields = _SCHEMAS[schema]
     flat = flatten(doc)
-    number, text = _severity(flat.get(fields.level))
+    number, text = _severity(flat.get(fields.level), flat.get("levelno"))
     trace_id, span_id, flags = (flat.get(path) for path in fields.trace)
     attributes = {k: v for k, v in flat.items() if k not in fields.consumed}
     for name, path in zip(
@@ -289,8 +316,12 @@ def to_log_record(doc: Mapping[str, Any], record_id: str) -> tuple[LogRecord, Re
         if found is not None:
             attributes[name] = found
     attributes[UID_ATTRIBUTE] = record_id
+    nanos = _unix_nanos(flat.get(fields.time))
+    if not nanos and flat.get(fields.time) is not None:  # unknown to OTel: keep it as written
+        attributes[fields.time] = flat[fields.time]
     record = LogRecord(
-        time_unix_nano=_unix_nanos(flat.get(fields.time)),
+        time_unix_nano=nanos,
+        observed_time_unix_nano=time.time_ns(),  # read from the queue now (OTel: set by us)
         severity_number=number,  # type: ignore[arg-type]
         severity_text=text,
         body=any_value(doc.get("message", "")),
@@ -317,6 +348,13 @@ def _otel_attributes(value: Any) -> dict[str, Any]:
     return out
 
 
+def _int_text(value: Any) -> Any:
+    """OTLP/JSON's ``intValue`` (int64 as a decimal string) as an int; anything else as it is
+    (a string attribute then, rather than an error failing the whole request)."""
+    digits = value.removeprefix("-") if isinstance(value, str) else ""
+    return int(value) if digits.isascii() and digits.isdigit() else value
+
+
 def _from_any_json(value: Any) -> Any:
     """An OTLP/JSON ``AnyValue`` object (``{"stringValue": "x"}``) as a plain value; a plain
     value as itself."""
@@ -326,7 +364,7 @@ def _from_any_json(value: Any) -> Any:
     if kind in ("stringValue", "boolValue", "doubleValue"):
         return inner
     if kind == "intValue":
-        return int(inner) if isinstance(inner, str | int) else inner
+        return _int_text(inner)
     if kind == "arrayValue" and isinstance(inner, dict):
         return [_from_any_json(v) for v in inner.get("values", [])]
     if kind == "kvlistValue" and isinstance(inner, dict):
@@ -334,7 +372,7 @@ def _from_any_json(value: Any) -> Any:
     return value
 
 
-def _from_otel(doc: Mapping[str, Any], record_id: str) -> tuple[LogRecord, ResourceKey, str]:
+def _from_otel(doc: Mapping[str, Any], record_id: str) -> MappedRecord:
     """An ``otel``-schema record: already in OpenTelemetry's data model, mapped field by field
     (attributes as a plain object or as OTLP/JSON key-value lists)."""
     attributes = _otel_attributes(doc.get("attributes"))
@@ -346,10 +384,12 @@ def _from_otel(doc: Mapping[str, Any], record_id: str) -> tuple[LogRecord, Resou
     if isinstance(scope, dict):
         scope = scope.get("name")
     number = doc.get("severityNumber")
+    if isinstance(number, bool) or not isinstance(number, int) or not 0 <= number <= 24:
+        number = 0
     record = LogRecord(
         time_unix_nano=_nanos(doc.get("timeUnixNano")),
-        observed_time_unix_nano=_nanos(doc.get("observedTimeUnixNano")),
-        severity_number=number if isinstance(number, int) and 0 <= number <= 24 else 0,  # type: ignore[arg-type]
+        observed_time_unix_nano=_nanos(doc.get("observedTimeUnixNano")) or time.time_ns(),
+        severity_number=number,  # type: ignore[arg-type]
         severity_text=str(doc.get("severityText") or ""),
         body=any_value(_from_any_json(doc.get("body", ""))),
         attributes=[KeyValue(key=k, value=any_value(v)) for k, v in attributes.items()],
@@ -368,11 +408,17 @@ def _hashable(key: Iterable[tuple[str, Any]]) -> ResourceKey:
 def build_request(
     items: Sequence[tuple[Mapping[str, Any], str]],
 ) -> ExportLogsServiceRequest:
-    """One export request for ``(doc, record_id)`` pairs: one ``ResourceLogs`` per resource,
-    one ``ScopeLogs`` per logger name within it, records in their given order."""
+    """One export request for ``(doc, record_id)`` pairs (see :func:`assemble`)."""
+    return assemble([to_log_record(doc, record_id) for doc, record_id in items])
+
+
+def assemble(mapped: Iterable[MappedRecord]) -> ExportLogsServiceRequest:
+    """One export request for records mapped by :func:`to_log_record`: one ``ResourceLogs``
+    per resource, one ``ScopeLogs`` per logger name within it, records in their given order.
+    Separate from the mapping so a sink can map each record once, set aside the few that
+    cannot be expressed in OTLP, and send the rest in as many requests as it needs."""
     groups: dict[ResourceKey, dict[str, list[LogRecord]]] = {}
-    for doc, record_id in items:
-        record, resource, scope = to_log_record(doc, record_id)
+    for record, resource, scope in mapped:
         groups.setdefault(_hashable(resource), {}).setdefault(scope, []).append(record)
     return ExportLogsServiceRequest(
         resource_logs=[
