@@ -64,10 +64,20 @@ from ..errors import (
     NotConfirmed,
     PublishTimeout,
 )
+from ..packing import CONTENT_TYPE as PACKED_CONTENT_TYPE
+from ..packing import (
+    DEFAULT_MAX_UNPACKED,
+    ENCODING_HEADER,
+    TYPE_HEADER,
+    Packer,
+    unpack_bodies,
+)
 from .base import Consumer, Producer, Tap, TapOptions
 from .endpoints import (
     COMMON_OPTIONS,
     COMMON_TYPES,
+    PACK_OPTIONS,
+    PACK_TYPES,
     Coercer,
     Endpoint,
     Host,
@@ -102,12 +112,13 @@ class AMQPEndpoint(Endpoint):
         "amqp": Scheme(tls=False, default_port=5672),
         "amqps": Scheme(tls=True, default_port=5671),
     }
-    url_options: ClassVar[frozenset[str]] = COMMON_OPTIONS | {
+    url_options: ClassVar[frozenset[str]] = COMMON_OPTIONS | PACK_OPTIONS | {
         "exchange", "exchange_type", "routing_key", "queue", "binding_key", "queue_type",
         "dead_letter_exchange", "declare", "vhost", "persistent",
     }  # fmt: skip
     option_types: ClassVar[Mapping[str, Coercer]] = {
         **COMMON_TYPES,
+        **PACK_TYPES,
         "declare": to_bool,
         "dead_letter_exchange": optional_text,
     }
@@ -252,6 +263,18 @@ def _describe_network(inner: BaseException, connect_timeout: float) -> str | Non
     if isinstance(inner, socket.gaierror):
         return f"cannot resolve host name ({inner.strerror})"
     return inner.strerror if isinstance(inner, OSError) and inner.strerror else None
+
+
+def _headers(properties: Any) -> dict[str, Any]:
+    """A delivery's headers: its application headers, and for a packed message its content
+    type and encoding under the names every reader looks for (``content-type``,
+    ``content-encoding``, as STOMP frames carry them)."""
+    headers = dict(properties.headers or {})
+    if properties.content_type == PACKED_CONTENT_TYPE:
+        headers[TYPE_HEADER] = PACKED_CONTENT_TYPE
+        if properties.content_encoding:
+            headers[ENCODING_HEADER] = properties.content_encoding
+    return headers
 
 
 # -- connection and topology, shared by producer and consumer -----------------------------------
@@ -568,6 +591,11 @@ class _Batch:
     def __post_init__(self) -> None:
         self.state = bytearray(self.size)
 
+    def resize(self, size: int) -> None:
+        """Set the number of messages (known once the batch is cut into messages)."""
+        self.size = size
+        self.state = bytearray(size)
+
     @property
     def complete(self) -> bool:
         return self.settled == self.size
@@ -610,6 +638,8 @@ class AMQPProducer(_AMQPClient, Producer):
         self._delivery_mode = 2 if ep.persistent else 1
         self._batch: _Batch | None = None
         self._next_tag = 1
+        pack_options = ep.pack_options()
+        self._packer = Packer(pack_options) if pack_options is not None else None
 
     def _setup(self, link: _Link) -> None:
         selected: list[bool] = []
@@ -655,26 +685,25 @@ class AMQPProducer(_AMQPClient, Producer):
         """Publish ``messages`` in order; return once the broker confirmed every one of them.
 
         See :meth:`Producer.publish_batch` for the contract. Not thread-safe (one owner thread).
+        With packing on, the batch travels as packed messages (:mod:`mqlogging.packing`): a
+        packed message nacked, returned or unconfirmed means all its records are not confirmed,
+        and the batch fails as a whole, as with single-record messages.
         """
         if not messages:
             return
         link = self._ensure_link()
         pika = self._pika
         ep = self.endpoint
-        batch = _Batch(self._next_tag, len(messages))
+        ids = [m.id for m in messages] if self._packer is None else None
+        batch = _Batch(self._next_tag, 0)
         self._batch = batch
         try:
-            publish = link.impl.basic_publish
-            exchange, routing_key, mode = ep.exchange, self._routing_key, self._delivery_mode
-            for message in messages:
-                properties = pika.BasicProperties(
-                    content_type=_CONTENT_TYPE,
-                    delivery_mode=mode,
-                    message_id=message.id,
-                    headers={_ID_HEADER: message.id},
-                )
-                publish(exchange, routing_key, message.body, properties, mandatory=True)
-            self._next_tag += len(messages)
+            if self._packer is None:
+                batch.resize(len(messages))
+                self._publish_single(link, messages)
+            else:
+                ids = self._publish_packed(link, messages, batch)
+            self._next_tag += batch.size
             deadline = time.monotonic() + ep.timeout
             while not batch.complete and link.channel_error is None:
                 remaining = deadline - time.monotonic()
@@ -683,16 +712,62 @@ class AMQPProducer(_AMQPClient, Producer):
                 link.connection.process_data_events(time_limit=remaining)
         except (pika.exceptions.AMQPError, OSError) as exc:
             self._drop_link()
+            first = (ids or [messages[0].id])[min(batch.low, max(batch.size - 1, 0))]
             msg = (
                 f"{self._describe(exc)} with {batch.size - batch.settled} of {batch.size} "
-                f"messages unconfirmed (first id {messages[min(batch.low, batch.size - 1)].id})"
+                f"messages unconfirmed (first id {first})"
             )
             raise PublishTimeout(msg, endpoint=self.endpoint.redacted()) from exc
         finally:
             self._batch = None
-        self._raise_for_batch(batch, link, messages)
+        self._raise_for_batch(batch, link, ids or [m.id for m in messages])
 
-    def _raise_for_batch(self, batch: _Batch, link: _Link, messages: Sequence[Message]) -> None:
+    def _publish_single(self, link: _Link, messages: Sequence[Message]) -> None:
+        """Write one message per record.
+
+        One ``BasicProperties`` serves the whole batch: pika marshals the content header
+        frame inside ``basic_publish``, so only ``message_id`` and the id header change from
+        one message to the next (issue #13: building properties per message was a large
+        share of the publish cost).
+        """
+        ep = self.endpoint
+        publish = link.impl.basic_publish
+        exchange, routing_key = ep.exchange, self._routing_key
+        headers: dict[str, Any] = {}
+        properties = self._pika.BasicProperties(
+            content_type=_CONTENT_TYPE, delivery_mode=self._delivery_mode, headers=headers
+        )
+        for message in messages:
+            properties.message_id = message.id
+            headers[_ID_HEADER] = message.id
+            publish(exchange, routing_key, message.body, properties, mandatory=True)
+
+    def _publish_packed(self, link: _Link, messages: Sequence[Message], batch: _Batch) -> list[str]:
+        """Write the batch as packed messages; returns each message's id (its first record's).
+
+        The count is set before the first write, so a confirm arriving during a write is
+        counted against the right batch size.
+        """
+        assert self._packer is not None
+        ep = self.endpoint
+        publish = link.impl.basic_publish
+        packs = self._packer.pack(messages)
+        batch.resize(len(packs))
+        for pack in packs:
+            headers = dict(pack.headers)
+            encoding = headers.pop(ENCODING_HEADER, None)
+            headers[_ID_HEADER] = pack.id
+            properties = self._pika.BasicProperties(
+                content_type=PACKED_CONTENT_TYPE,
+                content_encoding=encoding,
+                delivery_mode=self._delivery_mode,
+                message_id=pack.id,
+                headers=headers,
+            )
+            publish(ep.exchange, self._routing_key, pack.body, properties, mandatory=True)
+        return [pack.id for pack in packs]
+
+    def _raise_for_batch(self, batch: _Batch, link: _Link, ids: Sequence[str]) -> None:
         where = self.endpoint.redacted()
         if link.channel_error is not None:
             # e.g. 404: the exchange was deleted under us. The broker refused the messages.
@@ -711,7 +786,7 @@ class AMQPProducer(_AMQPClient, Producer):
             pending = batch.size - batch.settled
             msg = (
                 f"{pending} of {batch.size} messages not confirmed within "
-                f"timeout={self.endpoint.timeout:g}s (first id {messages[batch.low].id})"
+                f"timeout={self.endpoint.timeout:g}s (first id {ids[batch.low]})"
             )
             raise PublishTimeout(msg, endpoint=where)
         if batch.returned:
@@ -726,7 +801,7 @@ class AMQPProducer(_AMQPClient, Producer):
             first = next(i for i, s in enumerate(batch.state) if s == 2)
             msg = (
                 f"broker refused (nack) {batch.nacked} of {batch.size} messages "
-                f"(first id {messages[first].id})"
+                f"(first id {ids[first]})"
             )
             raise NotConfirmed(msg, endpoint=where)
 
@@ -800,7 +875,7 @@ class AMQPConsumer(_AMQPClient, Consumer):
         generation = link.generation
 
         def on_message(_channel: Any, method: Any, properties: Any, body: bytes) -> None:
-            headers = dict(properties.headers or {})
+            headers = _headers(properties)
             # Messages of other producers may have no id. A hash of the body would make two
             # identical messages (the same line logged twice) one document in Elasticsearch,
             # a silent loss; a new id costs at most a duplicate after a redelivery.
@@ -1034,8 +1109,8 @@ class AMQPTap(_AMQPClient, Tap):
         )
 
     def _setup(self, link: _Link) -> None:
-        def on_message(_ch: Any, _method: Any, _props: Any, body: bytes) -> None:
-            self._bodies.append(body)
+        def on_message(_ch: Any, _method: Any, props: Any, body: bytes) -> None:
+            self._bodies.extend(unpack_bodies(body, _headers(props), DEFAULT_MAX_UNPACKED))
 
         link.channel.basic_consume(self._tap_queue, on_message, auto_ack=True)
 
