@@ -15,8 +15,8 @@ from mqlogging.packing import (
     ENCODING_HEADER,
     FIRST_HEADER,
     LAST_HEADER,
-    PackOptions,
     Packer,
+    PackOptions,
     is_packed,
     unpack,
 )
@@ -33,7 +33,7 @@ class TestPacker:
         compression; headers carry the count and the first and last ids."""
         messages = _messages(450)
         packs = Packer(PackOptions(200, 1 << 20, compress)).pack(messages)  # type: ignore[arg-type]
-        assert [200, 200, 50] == [p.count for p in packs]
+        assert [p.count for p in packs] == [200, 200, 50]
         out: list[bytes] = []
         for pack in packs:
             headers = {"content-type": "application/x-ndjson", **pack.headers}
@@ -111,7 +111,7 @@ class TestOptions:
         assert PackOptions(200, 256 * 1024, "zstd") == opts
         opts = Endpoint.from_url("stomp://h/queue/q?pack_bytes=64KiB").pack_options()
         assert opts is not None
-        assert 64 * 1024 == opts.max_bytes
+        assert opts.max_bytes == 64 * 1024
 
     def test_other_transports_do_not_take_packing_options(self) -> None:
         """``local://`` (a spool: one record per line already) refuses ``pack``."""

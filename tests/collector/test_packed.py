@@ -65,7 +65,7 @@ class TestPackedEndToEnd:
             svc = service(sources=[{"url": url}], sinks=[_es_sink(es.url, queue_name)])
             wait_until(lambda: svc.metrics.value("acked") == 3000, timeout=60)
             assert {d["event"]["id"] for d in docs} == set(es.docs)
-            assert 3000 == svc.metrics.value("sink_items", status="ok")
+            assert svc.metrics.value("sink_items", status="ok") == 3000
         wait_until(lambda: rabbitmq.queue_depth(queue_name) == 0, timeout=10)
 
     def test_activemq_handler_packed(self, activemq: Any, queue_name: str, service: Make) -> None:
@@ -96,7 +96,7 @@ class TestPackedEndToEnd:
             )
             wait_until(lambda: svc.metrics.value("acked") == 201, timeout=60)
             assert {d["event"]["id"] for d in good} == set(es.docs)
-        assert 1 == svc.metrics.value("dead_lettered")
+        assert svc.metrics.value("dead_lettered") == 1
         [letter] = _dead_letters(dead)
         assert "{not json" in json.dumps(letter)
         wait_until(lambda: rabbitmq.queue_depth(queue_name) == 0, timeout=10)
