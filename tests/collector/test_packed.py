@@ -163,6 +163,23 @@ class TestPackedReaders:
             consumer.ack(again)
         wait_until(lambda: rabbitmq.queue_depth(queue_name) == 0, timeout=10)
 
+    def test_activemq_requeue_keeps_a_packed_message_whole(
+        self, activemq: Any, queue_name: str
+    ) -> None:
+        """On ActiveMQ a requeue re-sends a copy of the message: a packed, compressed one comes
+        back with its encoding and count, so its records read the same the second time."""
+        url = _url(activemq, "stomp", queue_name, "pack=10&compress=gzip")
+        publish(url, [ecs_record(i) for i in range(10)])
+        with UnpackingConsumer(open_consumer(url)) as consumer:
+            first: list[Any] = []
+            wait_until(lambda: bool(first.extend(consumer.fetch(10, 0.2))) or len(first) == 10, 20)
+            consumer.ack(first[:9])
+            consumer.nack(first[9:])
+            again: list[Any] = []
+            wait_until(lambda: bool(again.extend(consumer.fetch(10, 0.2))) or len(again) == 10, 20)
+            consumer.ack(again)
+        assert [d.body for d in first] == [d.body for d in again]
+
 
 class TestPackedFaults:
     def test_broker_restarted_mid_stream(
