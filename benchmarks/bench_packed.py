@@ -14,7 +14,10 @@ The public entry point is :func:`packed_rows` (``contenders`` picks rows by name
 :func:`producer_rows` measures the publish path alone (``publish_batch`` of pre-formatted
 records), which shows what the transport sustains when the caller's formatting is not the limit.
 
-Run: ``.venv/bin/python -m benchmarks.bench_packed [n] [contender,...] [--producer]``
+:func:`collector_rows` drains packed messages through the collector (null and file sinks)
+against single-record messages.
+
+Run: ``.venv/bin/python -m benchmarks.bench_packed [n] [contender,...] [--producer|--collector]``
 (default 50,000 records per contender, every contender).
 """
 
@@ -206,8 +209,12 @@ print(json.dumps({"t0": t0, "t1": t1, "cpu": cpu1 - cpu0, "n": n - 10}))
 
 
 def producer_rows(
-    contenders: Iterable[str] = ("amqp-rabbitmq-single", "amqp-rabbitmq-packed",
-                                 "stomp-rabbitmq-single", "stomp-rabbitmq-packed"),
+    contenders: Iterable[str] = (
+        "amqp-rabbitmq-single",
+        "amqp-rabbitmq-packed",
+        "stomp-rabbitmq-single",
+        "stomp-rabbitmq-packed",
+    ),
     n: int = 50_000,
     batch: int = 2000,
     rabbitmq: RabbitMQ | None = None,
@@ -250,15 +257,98 @@ def producer_rows(
     return _with_baselines(rows, names)
 
 
+def _collector_rate(url: str, n: int, sink: dict[str, Any]) -> float:
+    """Records/s of an in-process collector draining ``n`` records from ``url`` into
+    ``sink``: from the first delivery to the last record acked."""
+    from mqlogging.collector.config import parse_config
+    from mqlogging.collector.service import CollectorService
+
+    config = parse_config(
+        {
+            "sources": [{"url": url, "prefetch": 2000}],
+            "sinks": [sink],
+            "pipeline": {"batch_max_count": 1000, "batch_max_wait": 0.2},
+            "http": {"listen": ""},
+        },
+        env={},
+    )
+    svc = CollectorService(config)
+    svc.start()
+    try:
+        deadline = time.monotonic() + 300
+        while svc.metrics.value("consumed") == 0 and time.monotonic() < deadline:
+            time.sleep(0.001)
+        start = time.perf_counter()
+        while svc.metrics.value("acked") < n:
+            if time.monotonic() > deadline:
+                msg = f"collector stalled at {svc.metrics.value('acked')} of {n}"
+                raise RuntimeError(msg)
+            time.sleep(0.005)
+        return n / (time.perf_counter() - start)
+    finally:
+        svc.close()
+
+
+def collector_rows(n: int = 100_000, rabbitmq: RabbitMQ | None = None) -> list[Row]:
+    """The collector on packed input (``pack=500``, plain and gzip) into the null sink and a
+    file sink, against the same records as single-record messages into the null sink."""
+    import tempfile
+
+    from benchmarks.bench_backends import make_messages
+    from mqlogging.backends import open_producer
+
+    own = rabbitmq is None
+    broker = rabbitmq or RabbitMQ()
+    rows: list[Row] = []
+    messages = make_messages(n)
+    try:
+        if own:
+            broker.start()
+        with tempfile.TemporaryDirectory() as tmp:
+            cases = [
+                ("single-record -> null sink", "", {"type": "null"}),
+                ("packed pack=500 -> null sink", "pack=500", {"type": "null"}),
+                ("packed pack=500&compress=gzip -> null sink", "pack=500&compress=gzip",
+                 {"type": "null"}),
+                ("packed pack=500 -> file sink (fsync per batch)", "pack=500",
+                 {"type": "file", "path": f"{tmp}/out.jsonl", "max_bytes": 0}),
+            ]  # fmt: skip
+            base = 0.0
+            for name, query, sink in cases:
+                url = _url(broker, "amqp", unique_name("bench-coll"), query)
+                with open_producer(url) as producer:
+                    for i in range(0, n, 2000):
+                        producer.publish_batch(messages[i : i + 2000])
+                rate = _collector_rate(url, n, sink)
+                base = base or rate
+                print(f"collector {name}: {rate:,.0f} records/s", file=sys.stderr)
+                rows.append({
+                    "name": f"collector, {name}", "value": round(rate), "unit": "records/s",
+                    "baseline_name": "collector, single-record -> null sink",
+                    "baseline_value": round(base), "ratio": round(rate / base, 2),
+                    "goal": ">= 100,000 records/s" if "packed" in name and "null" in name else "",
+                    "delivered": n, "emitted": n, "cpu_us_per_record": "",
+                })  # fmt: skip
+    finally:
+        if own:
+            broker.close()
+    return rows
+
+
 def run(n: int = 50_000) -> list[Row]:
-    """Every contender, handler and publish path (for ``benchmarks/run.py``)."""
-    return packed_rows(CONTENDERS, n) + producer_rows(n=n)
+    """Every contender, handler, publish path and collector (for ``benchmarks/run.py``)."""
+    return packed_rows(CONTENDERS, n) + producer_rows(n=n) + collector_rows(2 * n)
 
 
 def main() -> None:
     n = int(sys.argv[1]) if len(sys.argv) > 1 else 50_000
     names = sys.argv[2].split(",") if len(sys.argv) > 2 else list(CONTENDERS)
-    rows = producer_rows(names, n) if "--producer" in sys.argv else packed_rows(names, n)
+    if "--collector" in sys.argv:
+        rows = collector_rows(n)
+    elif "--producer" in sys.argv:
+        rows = producer_rows(names, n)
+    else:
+        rows = packed_rows(names, n)
     for row in rows:
         print(
             f"{row['name']:<90} {row['value']:>8} {row['unit']}  vs {row['baseline_value']!s:>6} "
