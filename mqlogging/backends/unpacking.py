@@ -18,9 +18,12 @@ with the reason in the :data:`~mqlogging.packing.UNPACK_ERROR_HEADER` header, fo
 to dead-letter.
 
 Memory: the records of the last fetched messages wait here until handed out; a fetch asks the
-wrapped consumer for about as many *messages* as the caller asked *records*, divided by the
-recent records per message, so what waits here is about one request's worth.
-:meth:`set_window` translates a window in records into one in messages the same way.
+wrapped consumer for as many *messages* as the caller asked *records*, divided by the recent
+records per message (one message on the first fetch, before anything is known), so what waits
+here is about one request's worth. The wrapped consumer's window follows in messages:
+:meth:`set_window` takes a window in records and the wrapper keeps the wrapped consumer's
+window at that many records' worth of messages as the records per message change, so packed
+messages do not multiply what the broker pushes.
 
 Thread-safety: that of the wrapped consumer (one owner thread).
 """
@@ -84,7 +87,13 @@ class UnpackingConsumer(Consumer):
         self.inner = inner
         self._max_unpacked = max_unpacked
         self._ready: deque[Delivery] = deque()
-        self._per_message = 1.0  # records per delivery, smoothed over recent fetches
+        # Records per delivery: the largest average of the last few fetches (so a stream
+        # of packed messages is never taken for single records), 1 before the first.
+        self._recent: deque[float] = deque(maxlen=4)
+        self._per_message = 1.0
+        # The window asked for, in records, and the wrapped consumer's, in messages.
+        self._records_window = inner.endpoint.prefetch
+        self._inner_window = inner.endpoint.prefetch
 
     # -- fetching -----------------------------------------------------------------------------
 
@@ -92,15 +101,28 @@ class UnpackingConsumer(Consumer):
         """Up to ``max_messages`` records (see :meth:`Consumer.fetch`)."""
         if not self._ready or max_messages == 0:
             want = 0 if max_messages == 0 else max(1, int(max_messages / self._per_message))
+            if not self._recent:
+                want = min(want, 1)  # nothing known yet: one message shows what they hold
             deliveries = self.inner.fetch(want, timeout)
             if deliveries:
                 before = len(self._ready)
                 for delivery in deliveries:
                     self._ready.extend(self._split(delivery))
-                count = (len(self._ready) - before) / len(deliveries)
-                self._per_message = 0.5 * self._per_message + 0.5 * count
+                self._recent.append((len(self._ready) - before) / len(deliveries))
+                self._per_message = max(1.0, *self._recent)
+                self._follow_window()
         ready = self._ready
         return [ready.popleft() for _ in range(min(max_messages, len(ready)))]
+
+    def _follow_window(self) -> None:
+        """Keep the wrapped consumer's window (in messages) at the window asked for in records,
+        as the records per message change: packed messages of 500 records under a window of
+        1,000 *messages* would let the broker push half a million records. Changes only by a
+        factor of two or more (each change costs an AMQP consumer a resubscribe)."""
+        target = max(1, math.ceil(self._records_window / max(self._per_message, 1.0)))
+        current = self._inner_window
+        if target >= 2 * current or 2 * target <= current:
+            self._inner_window = self.inner.set_window(target)
 
     def _split(self, delivery: Delivery) -> Iterable[Delivery]:
         headers = delivery.headers
@@ -129,9 +151,10 @@ class UnpackingConsumer(Consumer):
     def set_window(self, max_messages: int) -> int:
         """Ask the wrapped consumer for a window of about ``max_messages`` records; returns the
         window in force, in records."""
+        self._records_window = max(1, max_messages)
         per = max(self._per_message, 1.0)
-        window = self.inner.set_window(max(1, math.ceil(max_messages / per)))
-        return max(1, int(window * per))
+        self._inner_window = self.inner.set_window(max(1, math.ceil(max_messages / per)))
+        return max(1, int(self._inner_window * per))
 
     # -- settling -----------------------------------------------------------------------------
 

@@ -163,6 +163,18 @@ class TestPackedReaders:
             consumer.ack(again)
         wait_until(lambda: rabbitmq.queue_depth(queue_name) == 0, timeout=10)
 
+    def test_window_follows_records_not_messages(self, rabbitmq: Any, queue_name: str) -> None:
+        """A window of 1,000 records over packed messages of 100 records is about 10 messages:
+        after the first fetches the broker keeps the rest of a 50-message queue (ready), rather
+        than pushing all 5,000 records to this consumer."""
+        url = _url(rabbitmq, "amqp", queue_name, "pack=100&prefetch=1000")
+        publish(url, [ecs_record(i) for i in range(5000)], batch=1000)
+        with UnpackingConsumer(open_consumer(url)) as consumer:
+            got: list[Any] = []
+            wait_until(lambda: bool(got.extend(consumer.fetch(100, 0.2))) or len(got) >= 200, 20)
+            wait_until(lambda: rabbitmq.queue_depth(queue_name) >= 30, timeout=10)
+            consumer.ack(got)
+
     def test_activemq_requeue_keeps_a_packed_message_whole(
         self, activemq: Any, queue_name: str
     ) -> None:
