@@ -53,7 +53,12 @@ from .base import Consumer
 
 __all__ = ["UnpackingConsumer"]
 
-_PACK_HEADERS = frozenset({COUNT_HEADER, FIRST_HEADER, LAST_HEADER, ENCODING_HEADER})
+# Headers that describe the packed message, not one of its records (its id header is its
+# first record's id, and content-length its packed size).
+_PACK_HEADERS = frozenset({
+    COUNT_HEADER, FIRST_HEADER, LAST_HEADER, ENCODING_HEADER, "mqlogging-id", "amqp-message-id",
+    "content-length",
+})  # fmt: skip
 
 
 class _Packed:
