@@ -214,27 +214,37 @@ def producer_rows(
         "amqp-rabbitmq-packed",
         "stomp-rabbitmq-single",
         "stomp-rabbitmq-packed",
+        "stomp-activemq-single",
+        "stomp-activemq-packed",
     ),
     n: int = 50_000,
     batch: int = 2000,
     rabbitmq: RabbitMQ | None = None,
+    activemq: ActiveMQ | None = None,
 ) -> list[Row]:
     """The publish path alone: ``Producer.publish_batch`` of pre-formatted ~323-byte records
     in batches of ``batch``, confirmed, in a fresh process; counted at the destination.
 
     Shows what the transport sustains without the caller's formatting (which bounds the
-    handler rows of :func:`packed_rows`). RabbitMQ contenders only.
+    handler rows of :func:`packed_rows`). Brokers not given are started for the run.
     """
     names = list(contenders)
-    own = rabbitmq is None
-    broker = rabbitmq or RabbitMQ()
+    needs = {CONTENDERS[c][0] for c in names}
+    own: list[Any] = []
     rows: list[Row] = []
     try:
-        if own:
-            broker.start()
+        if rabbitmq is None and "rabbitmq" in needs:
+            rabbitmq = RabbitMQ()
+            own.append(rabbitmq)
+            rabbitmq.start()
+        if activemq is None and "activemq" in needs:
+            activemq = ActiveMQ()
+            own.append(activemq)
+            activemq.start()
+        brokers: dict[str, Any] = {"rabbitmq": rabbitmq, "activemq": activemq}
         for name in names:
-            _, transport, query = CONTENDERS[name]
-            url = _url(broker, transport, unique_name("bench-producer"), query)
+            broker_name, transport, query = CONTENDERS[name]
+            url = _url(brokers[broker_name], transport, unique_name("bench-producer"), query)
             env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
             out = subprocess.run(
                 [sys.executable, "-c", _PRODUCER_CHILD, url, str(n), str(batch)],
@@ -252,7 +262,7 @@ def producer_rows(
                 "cpu_us_per_record": round(figures["cpu"] / figures["n"] * 1e6, 2),
             })  # fmt: skip
     finally:
-        if own:
+        for broker in own:
             broker.close()
     return _with_baselines(rows, names)
 
