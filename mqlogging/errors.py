@@ -13,7 +13,8 @@ translated at the backend boundary and chained with ``from exc``::
     │       └── PartlyRefused                       some refused for good, the rest confirmed
     ├── SpoolError                                  the on-disk spool failed
     │   └── SpoolFull                               the spool reached its bounds
-    └── SinkError                                   a sink failed as a whole (audit reads)
+    ├── SinkError                                   a sink failed as a whole (audit reads)
+    └── UnpackError             (also ValueError)   a packed message cannot be unpacked
 
 Messages are one line, say what is wrong and how to fix it, and never contain a password:
 exceptions carry the *redacted* endpoint.
@@ -33,6 +34,7 @@ __all__ = [
     "SinkError",
     "SpoolError",
     "SpoolFull",
+    "UnpackError",
 ]
 
 
@@ -113,3 +115,9 @@ class SinkError(MQLoggingError):
     The collector's sinks report per item (``Outcome``/``Result``) and treat a request-level
     failure as an outage to retry, so they never raise it.
     """
+
+
+class UnpackError(MQLoggingError, ValueError):
+    """A packed message (many records in one broker message) cannot be unpacked: corrupt or
+    unknown compression, larger than the reader's limit once decompressed, or a record count
+    that disagrees with its header. The message is dead-lettered whole."""

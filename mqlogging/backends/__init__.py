@@ -26,6 +26,7 @@ from .registry import (
     transport_for,
     unregister,
 )
+from .unpacking import UnpackingConsumer
 
 __all__ = [
     "Consumer",
@@ -37,6 +38,7 @@ __all__ = [
     "Tap",
     "TapOptions",
     "Transport",
+    "UnpackingConsumer",
     "open_consumer",
     "open_producer",
     "open_tap",

@@ -45,6 +45,7 @@ import contextlib
 import os
 import socket
 import ssl
+import struct
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -65,10 +66,20 @@ from ..errors import (
     NotConfirmed,
     PublishTimeout,
 )
+from ..packing import CONTENT_TYPE as PACKED_CONTENT_TYPE
+from ..packing import (
+    DEFAULT_MAX_UNPACKED,
+    ENCODING_HEADER,
+    TYPE_HEADER,
+    Packer,
+    unpack_bodies,
+)
 from .base import Consumer, Producer, Tap, TapOptions
 from .endpoints import (
     COMMON_OPTIONS,
     COMMON_TYPES,
+    PACK_OPTIONS,
+    PACK_TYPES,
     Coercer,
     Endpoint,
     Host,
@@ -111,12 +122,13 @@ class AMQPEndpoint(Endpoint):
         "amqp": Scheme(tls=False, default_port=5672),
         "amqps": Scheme(tls=True, default_port=5671),
     }
-    url_options: ClassVar[frozenset[str]] = COMMON_OPTIONS | {
+    url_options: ClassVar[frozenset[str]] = COMMON_OPTIONS | PACK_OPTIONS | {
         "exchange", "exchange_type", "routing_key", "queue", "binding_key", "queue_type",
         "dead_letter_exchange", "delivery_limit", "declare", "vhost", "persistent",
     }  # fmt: skip
     option_types: ClassVar[Mapping[str, Coercer]] = {
         **COMMON_TYPES,
+        **PACK_TYPES,
         "declare": to_bool,
         "dead_letter_exchange": optional_text,
         "delivery_limit": _optional_count,
@@ -290,6 +302,18 @@ def _describe_network(inner: BaseException, connect_timeout: float) -> str | Non
     if isinstance(inner, socket.gaierror):
         return f"cannot resolve host name ({inner.strerror})"
     return inner.strerror if isinstance(inner, OSError) and inner.strerror else None
+
+
+def _headers(properties: Any) -> dict[str, Any]:
+    """A delivery's headers: its application headers, and for a packed message its content
+    type and encoding under the names every reader looks for (``content-type``,
+    ``content-encoding``, as STOMP frames carry them)."""
+    headers = dict(properties.headers or {})
+    if properties.content_type == PACKED_CONTENT_TYPE:
+        headers[TYPE_HEADER] = PACKED_CONTENT_TYPE
+        if properties.content_encoding:
+            headers[ENCODING_HEADER] = properties.content_encoding
+    return headers
 
 
 # -- connection and topology, shared by producer and consumer -----------------------------------
@@ -602,6 +626,11 @@ class _Batch:
     def __post_init__(self) -> None:
         self.state = bytearray(self.size)
 
+    def resize(self, size: int) -> None:
+        """Set the number of messages (known once the batch is cut into messages)."""
+        self.size = size
+        self.state = bytearray(size)
+
     @property
     def complete(self) -> bool:
         return self.settled == self.size
@@ -621,6 +650,79 @@ class _Batch:
                     self.nacked += 1
         while self.low < self.size and self.state[self.low]:
             self.low += 1
+
+
+_FRAME_END = b"\xce"
+_BASIC = 60
+_PUBLISH = 40
+# content_type, headers, delivery_mode, message_id (AMQP 0-9-1 basic property flag bits)
+_PROPERTY_FLAGS = 0x8000 | 0x2000 | 0x1000 | 0x0080
+_ID_KEY = bytes([len(_ID_HEADER)]) + _ID_HEADER.encode() + b"S"
+
+
+def _short(text: str) -> bytes:
+    data = text.encode()
+    if len(data) > 255:
+        msg = f"{text[:40]!r}... is longer than an AMQP short string (255 bytes)"
+        raise ValueError(msg)
+    return bytes([len(data)]) + data
+
+
+class _PublishFrames:
+    """The frames of ``basic.publish`` for single-record messages, marshalled directly.
+
+    The method frame (exchange, routing key, ``mandatory``) is the same for every message of a
+    producer and is built once; per message only the content header (body size, record id as
+    ``message_id`` and as the ``mqlogging-id`` header) and the body frames are packed, with
+    ``struct`` into one bytes object. Bodies larger than the connection's ``frame_max`` are
+    split into several body frames, as pika does. The result is byte for byte what pika's
+    ``basic_publish`` writes for the same properties (tests/backends/test_amqp_frames.py).
+    """
+
+    __slots__ = ("_body_max", "_delivery", "_header_prefix", "_method", "_props_head", "channel")
+
+    def __init__(
+        self, *, channel: int, exchange: str, routing_key: str, delivery_mode: int, frame_max: int
+    ) -> None:
+        self.channel = channel
+        args = struct.pack(">HHH", _BASIC, _PUBLISH, 0) + _short(exchange) + _short(routing_key)
+        payload = args + b"\x01"  # mandatory=1, immediate=0
+        self._method = struct.pack(">BHI", 1, channel, len(payload)) + payload + _FRAME_END
+        self._props_head = _short(_CONTENT_TYPE)
+        self._header_prefix = struct.pack(">BH", 2, channel)
+        self._body_max = frame_max - 8  # frame header (7) and frame end (1)
+        self._delivery = bytes([delivery_mode])
+
+    def message(self, record_id: str, body: bytes) -> bytes:
+        """The method, header and body frames of one message, as one bytes object."""
+        rid = record_id.encode()
+        n = len(rid)
+        if n > 255:
+            _short(record_id)  # raises ValueError: the id cannot be an AMQP message_id
+        table = _ID_KEY + struct.pack(">I", n) + rid
+        payload = b"".join((
+            struct.pack(">HHQH", _BASIC, 0, len(body), _PROPERTY_FLAGS),
+            self._props_head,
+            struct.pack(">I", len(table)),
+            table,
+            self._delivery,
+            bytes([n]),
+            rid,
+        ))  # fmt: skip
+        parts = [
+            self._method,
+            self._header_prefix,
+            struct.pack(">I", len(payload)),
+            payload,
+            _FRAME_END,
+        ]
+        size, step = len(body), self._body_max
+        for start in range(0, size, step):
+            chunk = body[start : start + step]
+            parts.append(struct.pack(">BHI", 3, self.channel, len(chunk)))
+            parts.append(chunk)
+            parts.append(_FRAME_END)
+        return b"".join(parts)
 
 
 class AMQPProducer(_AMQPClient, Producer):
@@ -644,6 +746,9 @@ class AMQPProducer(_AMQPClient, Producer):
         self._delivery_mode = 2 if ep.persistent else 1
         self._batch: _Batch | None = None
         self._next_tag = 1
+        pack_options = ep.pack_options()
+        self._packer = Packer(pack_options) if pack_options is not None else None
+        self._frames: _PublishFrames | None = None
 
     def _setup(self, link: _Link) -> None:
         selected: list[bool] = []
@@ -689,26 +794,25 @@ class AMQPProducer(_AMQPClient, Producer):
         """Publish ``messages`` in order; return once the broker confirmed every one of them.
 
         See :meth:`Producer.publish_batch` for the contract. Not thread-safe (one owner thread).
+        With packing on, the batch travels as packed messages (:mod:`mqlogging.packing`): a
+        packed message nacked, returned or unconfirmed means all its records are not confirmed,
+        and the batch fails as a whole, as with single-record messages.
         """
         if not messages:
             return
         link = self._ensure_link()
         pika = self._pika
         ep = self.endpoint
-        batch = _Batch(self._next_tag, len(messages))
+        ids = [m.id for m in messages] if self._packer is None else None
+        batch = _Batch(self._next_tag, 0)
         self._batch = batch
         try:
-            publish = link.impl.basic_publish
-            exchange, routing_key, mode = ep.exchange, self._routing_key, self._delivery_mode
-            for message in messages:
-                properties = pika.BasicProperties(
-                    content_type=_CONTENT_TYPE,
-                    delivery_mode=mode,
-                    message_id=message.id,
-                    headers={_ID_HEADER: message.id},
-                )
-                publish(exchange, routing_key, message.body, properties, mandatory=True)
-            self._next_tag += len(messages)
+            if self._packer is None:
+                batch.resize(len(messages))
+                self._publish_single(link, messages)
+            else:
+                ids = self._publish_packed(link, messages, batch)
+            self._next_tag += batch.size
             deadline = time.monotonic() + ep.timeout
             while not batch.complete and link.channel_error is None:
                 remaining = deadline - time.monotonic()
@@ -717,14 +821,15 @@ class AMQPProducer(_AMQPClient, Producer):
                 link.connection.process_data_events(time_limit=remaining)
         except (pika.exceptions.AMQPError, OSError) as exc:
             self._drop_link()
+            first = (ids or [messages[0].id])[min(batch.low, max(batch.size - 1, 0))]
             msg = (
                 f"{self._describe(exc)} with {batch.size - batch.settled} of {batch.size} "
-                f"messages unconfirmed (first id {messages[min(batch.low, batch.size - 1)].id})"
+                f"messages unconfirmed (first id {first})"
             )
             raise PublishTimeout(msg, endpoint=self.endpoint.redacted()) from exc
         finally:
             self._batch = None
-        failure = self._batch_failure(batch, link, messages)
+        failure = self._batch_failure(batch, link, ids or [m.id for m in messages])
         if failure is not None:
             # After *any* failure the next batch goes out on a fresh connection (from the first
             # host again), never on this channel: a quorum queue's channel that lost the
@@ -733,9 +838,74 @@ class AMQPProducer(_AMQPClient, Producer):
             self._drop_link()
             raise failure
 
-    def _batch_failure(
-        self, batch: _Batch, link: _Link, messages: Sequence[Message]
-    ) -> BackendError | None:
+    def _publish_single(self, link: _Link, messages: Sequence[Message]) -> None:
+        """Write one message per record, marshalled by :class:`_PublishFrames` into one write.
+
+        pika builds a ``Basic.Publish``, a ``BasicProperties`` and three frame objects per
+        message and hands each frame to the socket on its own; that was most of the publish
+        cost (issue #13). The frames are the same bytes pika writes (a test compares them).
+        """
+        impl = link.impl
+        if not impl.is_open:
+            msg = "channel is closed"
+            raise self._pika.exceptions.ChannelWrongStateError(msg)
+        connection = impl.connection
+        frames = self._frames
+        if frames is None or frames.channel != impl.channel_number:
+            frames = self._frames = _PublishFrames(
+                channel=impl.channel_number,
+                exchange=self.endpoint.exchange,
+                routing_key=self._routing_key,
+                delivery_mode=self._delivery_mode,
+                frame_max=connection.params.frame_max,
+            )
+        try:
+            data = b"".join([frames.message(m.id, m.body) for m in messages])
+        except ValueError:  # an id too long for message_id: let pika say so, as before
+            self._publish_through_pika(link, messages)
+            return
+        connection.bytes_sent += len(data)
+        connection.frames_sent += 3 * len(messages)
+        connection._adapter_emit_data(data)
+
+    def _publish_through_pika(self, link: _Link, messages: Sequence[Message]) -> None:
+        publish = link.impl.basic_publish
+        ep = self.endpoint
+        for message in messages:
+            properties = self._pika.BasicProperties(
+                content_type=_CONTENT_TYPE,
+                delivery_mode=self._delivery_mode,
+                message_id=message.id,
+                headers={_ID_HEADER: message.id},
+            )
+            publish(ep.exchange, self._routing_key, message.body, properties, mandatory=True)
+
+    def _publish_packed(self, link: _Link, messages: Sequence[Message], batch: _Batch) -> list[str]:
+        """Write the batch as packed messages; returns each message's id (its first record's).
+
+        The count is set before the first write, so a confirm arriving during a write is
+        counted against the right batch size.
+        """
+        assert self._packer is not None
+        ep = self.endpoint
+        publish = link.impl.basic_publish
+        packs = self._packer.pack(messages)
+        batch.resize(len(packs))
+        for pack in packs:
+            headers = dict(pack.headers)
+            encoding = headers.pop(ENCODING_HEADER, None)
+            headers[_ID_HEADER] = pack.id
+            properties = self._pika.BasicProperties(
+                content_type=PACKED_CONTENT_TYPE,
+                content_encoding=encoding,
+                delivery_mode=self._delivery_mode,
+                message_id=pack.id,
+                headers=headers,
+            )
+            publish(ep.exchange, self._routing_key, pack.body, properties, mandatory=True)
+        return [pack.id for pack in packs]
+
+    def _batch_failure(self, batch: _Batch, link: _Link, ids: Sequence[str]) -> BackendError | None:
         """Why the broker did not confirm the whole batch, or ``None`` if it did."""
         where = self.endpoint.redacted()
         if link.channel_error is not None:
@@ -753,7 +923,7 @@ class AMQPProducer(_AMQPClient, Producer):
             pending = batch.size - batch.settled
             msg = (
                 f"{pending} of {batch.size} messages not confirmed within "
-                f"timeout={self.endpoint.timeout:g}s (first id {messages[batch.low].id})"
+                f"timeout={self.endpoint.timeout:g}s (first id {ids[batch.low]})"
             )
             return PublishTimeout(msg, endpoint=where)
         if batch.returned:
@@ -768,7 +938,7 @@ class AMQPProducer(_AMQPClient, Producer):
             first = next(i for i, s in enumerate(batch.state) if s == 2)
             msg = (
                 f"broker refused (nack) {batch.nacked} of {batch.size} messages "
-                f"(first id {messages[first].id})"
+                f"(first id {ids[first]})"
             )
             return NotConfirmed(msg, endpoint=where)
         return None
@@ -843,7 +1013,7 @@ class AMQPConsumer(_AMQPClient, Consumer):
         generation = link.generation
 
         def on_message(_channel: Any, method: Any, properties: Any, body: bytes) -> None:
-            headers = dict(properties.headers or {})
+            headers = _headers(properties)
             # Messages of other producers may have no id. A hash of the body would make two
             # identical messages (the same line logged twice) one document in Elasticsearch,
             # a silent loss; a new id costs at most a duplicate after a redelivery.
@@ -1077,8 +1247,8 @@ class AMQPTap(_AMQPClient, Tap):
         )
 
     def _setup(self, link: _Link) -> None:
-        def on_message(_ch: Any, _method: Any, _props: Any, body: bytes) -> None:
-            self._bodies.append(body)
+        def on_message(_ch: Any, _method: Any, props: Any, body: bytes) -> None:
+            self._bodies.extend(unpack_bodies(body, _headers(props), DEFAULT_MAX_UNPACKED))
 
         link.channel.basic_consume(self._tap_queue, on_message, auto_ack=True)
 

@@ -31,14 +31,17 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal, Protocol, TypeVar
 from urllib.parse import parse_qsl, quote, unquote, urlsplit
 
-from .._coerce import check_pem_file, did_you_mean, to_bool, to_number
+from .._coerce import check_pem_file, choose, did_you_mean, to_bool, to_number, to_size
 from ..errors import ConfigurationError
+from ..packing import DEFAULT_PACK_BYTES, ENCODINGS, MAX_PACK_BYTES, PackOptions
 from ._urls import redact_url, split_scheme
 from .registry import transport_for
 
 __all__ = [
     "COMMON_OPTIONS",
     "COMMON_TYPES",
+    "PACK_OPTIONS",
+    "PACK_TYPES",
     "Coercer",
     "Endpoint",
     "Host",
@@ -96,6 +99,27 @@ COMMON_TYPES: Mapping[str, Coercer] = {
     "persistent": to_bool,
 }
 """How the common options are read; any option not listed is taken as :func:`text`."""
+
+
+def _pack_count(value: Any, *, where: str, name: str) -> int:
+    result: int = to_number(value, where=where, name=name, integer=True, minimum=1)
+    return result
+
+
+def _encoding(value: Any, *, where: str, name: str) -> str:
+    return choose(str(value).lower(), ENCODINGS, where=where, name=name)
+
+
+PACK_OPTIONS: frozenset[str] = frozenset({"pack", "pack_bytes", "compress"})
+"""The packed-message options (issue #13), for transports whose producer publishes message
+bodies (AMQP, STOMP): add them to ``url_options`` and :data:`PACK_TYPES` to ``option_types``."""
+
+PACK_TYPES: Mapping[str, Coercer] = {
+    "pack": _pack_count,
+    "pack_bytes": to_size,
+    "compress": _encoding,
+}
+"""How the packed-message options are read."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -249,6 +273,9 @@ class Endpoint:
     heartbeat: int = 30
     prefetch: int = 1000
     persistent: bool = True
+    pack: int | None = None
+    pack_bytes: int | None = None
+    compress: str | None = None
 
     def __init_subclass__(cls) -> None:
         # Runs before a subclass's @dataclass, which then leaves an existing __repr__ alone:
@@ -409,7 +436,36 @@ class Endpoint:
         if self.heartbeat < 0 or self.prefetch < 1:
             msg = f"{where}: heartbeat must be >= 0 and prefetch >= 1"
             raise ConfigurationError(msg)
+        self._validate_packing(where)
         self.validate(where)
+
+    def _validate_packing(self, where: str) -> None:
+        """``pack``/``pack_bytes``/``compress``: in range, and ``compress`` only with packing."""
+        if self.pack is not None and self.pack < 1:
+            msg = f"{where}: pack must be a number of records >= 1 (omit it: one per message)"
+            raise ConfigurationError(msg)
+        if self.pack_bytes is not None and not 1024 <= self.pack_bytes <= MAX_PACK_BYTES:
+            msg = f"{where}: pack_bytes must be from 1KiB to {MAX_PACK_BYTES // 2**20}MiB"
+            raise ConfigurationError(msg)
+        if self.compress is not None and self.pack is None and self.pack_bytes is None:
+            msg = f"{where}: compress={self.compress} needs packed messages: add pack=200"
+            raise ConfigurationError(msg)
+        if self.compress is not None and self.compress not in ENCODINGS:
+            msg = f"{where}: compress must be one of {', '.join(ENCODINGS)}"
+            raise ConfigurationError(msg)
+
+    def pack_options(self) -> PackOptions | None:
+        """How the producer packs records (``None``: one record per message, the default).
+
+        ``pack`` alone packs up to that many records within :data:`DEFAULT_PACK_BYTES`;
+        ``pack_bytes`` alone packs by size only.
+        """
+        if self.pack is None and self.pack_bytes is None:
+            return None
+        records = self.pack if self.pack is not None else 2**31
+        max_bytes = self.pack_bytes if self.pack_bytes is not None else DEFAULT_PACK_BYTES
+        compress: Any = self.compress
+        return PackOptions(records, max_bytes, compress)
 
     def with_options(self: _E, **options: Any) -> _E:
         """A copy with some fields replaced (validated again)."""

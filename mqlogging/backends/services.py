@@ -58,6 +58,7 @@ from ..errors import BackendError, ConfigurationError, PublishTimeout
 from .base import Consumer
 from .endpoints import Endpoint
 from .registry import open_consumer, open_producer, transport_for
+from .unpacking import UnpackingConsumer
 
 __all__ = ["MQConsumer", "MQProducer", "create_consumer", "create_producer", "resolve"]
 
@@ -351,7 +352,9 @@ class MQConsumer:
         self._acknowledge = acknowledge
         self._stop = threading.Event()
         self._owns_thread = True  # False in a forked child: the thread is the parent's
-        self._consumer = open_consumer(endpoint)  # validates here, on the caller's thread
+        # Validates here, on the caller's thread; a packed message reaches the callback as
+        # one call per record.
+        self._consumer = UnpackingConsumer(open_consumer(endpoint))
         self._thread = threading.Thread(
             target=self._run, name=f"mqlogging-consumer-{endpoint.redacted()}", daemon=True
         )

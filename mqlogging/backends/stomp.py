@@ -84,8 +84,28 @@ from ..errors import (
     NotConfirmed,
     PublishTimeout,
 )
+from ..packing import (
+    CONTENT_TYPE,
+    COUNT_HEADER,
+    DEFAULT_MAX_UNPACKED,
+    ENCODING_HEADER,
+    FIRST_HEADER,
+    LAST_HEADER,
+    TYPE_HEADER,
+    Packer,
+    unpack_bodies,
+)
 from .base import Consumer, Producer, Tap, TapOptions
-from .endpoints import COMMON_OPTIONS, Endpoint, Host, Scheme
+from .endpoints import (
+    COMMON_OPTIONS,
+    COMMON_TYPES,
+    PACK_OPTIONS,
+    PACK_TYPES,
+    Coercer,
+    Endpoint,
+    Host,
+    Scheme,
+)
 from .registry import Transport
 
 __all__ = ["TRANSPORT", "STOMPConsumer", "STOMPEndpoint", "STOMPProducer", "STOMPTap"]
@@ -95,6 +115,8 @@ _LOGIN_ERROR = re.compile(r"access refused|login|passcode|password|authenticat|c
 _SUBSCRIPTION_ID = "mqlogging"
 _REQUEUED = "mqlogging-requeued"
 _DROP_HEADERS = frozenset({"receipt", "content-length"})
+# What says how to read a packed message: a requeued copy keeps it.
+_PACK_HEADERS = frozenset({TYPE_HEADER, ENCODING_HEADER, COUNT_HEADER, FIRST_HEADER, LAST_HEADER})
 
 
 # -- the endpoint: stomp://user:pass@host:61613/queue/logs ---------------------------------------
@@ -114,9 +136,10 @@ class STOMPEndpoint(Endpoint):
         "stomp+ssl": Scheme(tls=True, default_port=61614),
         "stomp+tls": Scheme(tls=True, default_port=61614),
     }
-    url_options: ClassVar[frozenset[str]] = COMMON_OPTIONS | {
+    url_options: ClassVar[frozenset[str]] = COMMON_OPTIONS | PACK_OPTIONS | {
         "vhost", "ack", "persistent", "destination",
     }  # fmt: skip
+    option_types: ClassVar[Mapping[str, Coercer]] = {**COMMON_TYPES, **PACK_TYPES}
 
     destination: str = "/queue/logs"
     ack: str = "client-individual"
@@ -566,8 +589,8 @@ class _Client:
         last = len(messages) - 1
         parts = []
         for i, message in enumerate(messages):
-            headers = dict(requeued[i]) if requeued is not None else {}
-            headers.update(base)
+            # Given headers (a requeued copy's, a packed message's) win over the defaults.
+            headers = {**base, **requeued[i]} if requeued is not None else dict(base)
             headers["mqlogging-id"] = message.id
             if rabbit:
                 headers["amqp-message-id"] = message.id
@@ -613,12 +636,22 @@ class STOMPProducer(_Client, Producer):
     def __init__(self, endpoint: str | Endpoint) -> None:
         _stomp()
         super().__init__(endpoint)
+        options = self.endpoint.pack_options()
+        self._packer = Packer(options) if options is not None else None
 
     def publish_batch(self, messages: Sequence[Message]) -> None:
+        """Send ``messages`` (packed, with ``pack=``) and wait for the batch's receipt."""
         if not messages:
             return
         link = self._ensure_link()
-        self._send_messages(link, messages, requeued=None)
+        if self._packer is None:
+            self._send_messages(link, messages, requeued=None)
+            return
+        packs = self._packer.pack(messages)
+        headers = [
+            {TYPE_HEADER: CONTENT_TYPE, **{k: str(v) for k, v in p.headers.items()}} for p in packs
+        ]
+        self._send_messages(link, [Message(p.id, p.body) for p in packs], headers)
 
 
 class STOMPConsumer(_Client, Consumer):
@@ -796,7 +829,7 @@ class STOMPConsumer(_Client, Consumer):
         self._settle(link, [("NACK", {"id": d.tag[1], **extra}) for d in current])
 
     def _requeue_copy(self, link: _Link, deliveries: Sequence[Delivery]) -> None:
-        keep = {"mqlogging-id", "content-type", "persistent"}
+        keep = {"mqlogging-id", "content-type", "persistent", *_PACK_HEADERS}
         copies = [Message(d.id, d.body) for d in deliveries]
         headers = [
             {
@@ -882,9 +915,9 @@ class _BrowseDiff:
         self._now = set()
         self.next_at = None
 
-    def take(self, deliveries: Sequence[Delivery]) -> list[bytes]:
-        """The bodies of the deliveries not seen before; notes the end of a browse."""
-        out: list[bytes] = []
+    def take(self, deliveries: Sequence[Delivery]) -> list[Delivery]:
+        """The deliveries not seen before; notes the end of a browse."""
+        out: list[Delivery] = []
         for delivery in deliveries:
             if delivery.headers.get("browser") == "end":
                 self._before, self._now = self._now, set()
@@ -895,8 +928,13 @@ class _BrowseDiff:
             new = mid not in self._before and mid not in self._now
             self._now.add(mid)
             if new and not self._silent:
-                out.append(delivery.body)
+                out.append(delivery)
         return out
+
+
+def _bodies(delivery: Delivery) -> list[bytes]:
+    """What a tap shows of a delivery: its records (several for a packed message)."""
+    return unpack_bodies(delivery.body, delivery.headers, DEFAULT_MAX_UNPACKED)
 
 
 class _TapConnection(STOMPConsumer):
@@ -1014,8 +1052,10 @@ class STOMPTap(Tap):
         deliveries = self._conn.fetch(_TAP_BATCH, timeout)
         browser = self._browser  # a reconnect within fetch may have changed it
         if browser is None:
-            return [delivery.body for delivery in deliveries]
-        return browser.take(deliveries)
+            bodies = [_bodies(d) for d in deliveries]
+        else:
+            bodies = [_bodies(d) for d in browser.take(deliveries)]
+        return [body for group in bodies for body in group]
 
     def _browse_again(self, browser: _BrowseDiff) -> None:
         link = self._conn.connect()  # a reconnect starts a new browse by itself

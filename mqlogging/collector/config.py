@@ -48,7 +48,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from .._coerce import did_you_mean, refuse_unknown
-from ..backends import Consumer, open_consumer, transport_for
+from ..backends import Consumer, UnpackingConsumer, open_consumer, transport_for
 from ..backends.endpoints import Endpoint
 from ..errors import ConfigurationError
 from ._table import (
@@ -217,8 +217,9 @@ class SourceConfig(FromTable):
 
     def open(self, answered: Callable[[int], None] | None = None) -> Consumer:
         """A consumer whose prefetch is the source's in-flight bound (not connected yet);
-        ``answered`` is unused (a broker source answers no requests)."""
-        return open_consumer(self.url, prefetch=self.max_in_flight)
+        ``answered`` is unused (a broker source answers no requests). Packed messages come
+        out as one delivery per record (:class:`~mqlogging.backends.UnpackingConsumer`)."""
+        return UnpackingConsumer(open_consumer(self.url, prefetch=self.max_in_flight))
 
 
 SourceAny = SourceConfig | HttpSourceConfig

@@ -56,6 +56,7 @@ from .._types import Delivery
 from ..backends import Consumer
 from ..backends.local import LocalEndpoint
 from ..errors import MQLoggingError
+from ..packing import UNPACK_ERROR_HEADER
 from ..wire import read_meta
 from .config import CollectorConfig, SourceAny
 from .metrics import CollectorMetrics, HttpServer
@@ -159,6 +160,9 @@ def decode(
     (dotted path, value) set when absent.
     """
     body = delivery.body
+    refused = delivery.headers.get(UNPACK_ERROR_HEADER)
+    if refused is not None:
+        return None, f"packed message refused: {refused}"
     if len(body) > max_bytes:
         return None, f"oversize: {len(body)} bytes > max_message_bytes {max_bytes}"
     try:

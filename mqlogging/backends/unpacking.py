@@ -1,0 +1,235 @@
+"""A consumer that hands out single records from packed messages (issue #13).
+
+:class:`UnpackingConsumer` wraps any :class:`~mqlogging.backends.base.Consumer`: a packed
+delivery (:mod:`mqlogging.packing`) becomes one delivery per record, every other delivery
+passes through untouched. The collector and the DIRAC-style consumer API read through it, so
+their callers only ever see single records.
+
+Settling, per record: the packed message is acknowledged once *every* one of its records was
+acked (done, or dead-lettered by the caller); if any was nacked with requeue, the whole message
+is requeued once all its records are settled (the records already done come back as
+duplicates, which the record ids make harmless); if the rest are done and some were rejected
+(``requeue=False``), the message is rejected. So a poison line is the caller's business alone
+and never takes its siblings with it.
+
+A packed message that cannot be unpacked (corrupt, unknown encoding, or larger than
+``max_unpacked`` bytes once decompressed: a zip bomb costs at most that) is handed out whole,
+with the reason in the :data:`~mqlogging.packing.UNPACK_ERROR_HEADER` header, for the caller
+to dead-letter.
+
+Memory: the records of the last fetched messages wait here until handed out; a fetch asks the
+wrapped consumer for as many *messages* as the caller asked *records*, divided by the recent
+records per message (one message on the first fetch, before anything is known), so what waits
+here is about one request's worth. The wrapped consumer's window follows in messages:
+:meth:`set_window` takes a window in records and the wrapper keeps the wrapped consumer's
+window at that many records' worth of messages as the records per message change, so packed
+messages do not multiply what the broker pushes.
+
+Thread-safety: that of the wrapped consumer (one owner thread).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+from .._types import Delivery
+from ..errors import UnpackError
+from ..packing import (
+    CONTENT_TYPE,
+    COUNT_HEADER,
+    DEFAULT_MAX_UNPACKED,
+    ENCODING_HEADER,
+    FIRST_HEADER,
+    LAST_HEADER,
+    TYPE_HEADER,
+    UNPACK_ERROR_HEADER,
+    is_packed,
+    unpack,
+)
+from .base import Consumer
+
+__all__ = ["UnpackingConsumer"]
+
+# Headers that describe the packed message, not one of its records (its id header is its
+# first record's id, and content-length its packed size).
+_PACK_HEADERS = frozenset({
+    COUNT_HEADER, FIRST_HEADER, LAST_HEADER, ENCODING_HEADER, "mqlogging-id", "amqp-message-id",
+    "content-length",
+})  # fmt: skip
+
+
+class _Packed:
+    """Settling state of one packed delivery: which of its records are settled, and how."""
+
+    __slots__ = ("delivery", "left", "rejected", "requeue", "settled")
+
+    def __init__(self, delivery: Delivery, count: int) -> None:
+        self.delivery = delivery
+        self.left = count
+        self.settled = bytearray(count)
+        self.requeue = False
+        self.rejected = False
+
+
+class _PartTag:
+    """The tag of one record of a packed delivery."""
+
+    __slots__ = ("index", "packed")
+
+    def __init__(self, packed: _Packed, index: int) -> None:
+        self.packed = packed
+        self.index = index
+
+
+class UnpackingConsumer(Consumer):
+    """``inner``, with packed deliveries split into one delivery per record."""
+
+    def __init__(self, inner: Consumer, *, max_unpacked: int = DEFAULT_MAX_UNPACKED) -> None:
+        self.endpoint = inner.endpoint
+        self.inner = inner
+        self._max_unpacked = max_unpacked
+        self._ready: deque[Delivery] = deque()
+        # Records per delivery: the largest average of the last few fetches (so a stream
+        # of packed messages is never taken for single records), 1 before the first.
+        self._recent: deque[float] = deque(maxlen=4)
+        self._per_message = 1.0
+        # The window asked for, in records, and the wrapped consumer's, in messages.
+        self._records_window = inner.endpoint.prefetch
+        self._inner_window = inner.endpoint.prefetch
+
+    # -- fetching -----------------------------------------------------------------------------
+
+    def fetch(self, max_messages: int, timeout: float) -> list[Delivery]:
+        """Up to ``max_messages`` records (see :meth:`Consumer.fetch`)."""
+        if not self._ready or max_messages == 0:
+            want = 0 if max_messages == 0 else max(1, int(max_messages / self._per_message))
+            if not self._recent:
+                want = min(want, 1)  # nothing known yet: one message shows what they hold
+            deliveries = self.inner.fetch(want, timeout)
+            if deliveries:
+                before = len(self._ready)
+                for delivery in deliveries:
+                    self._ready.extend(self._split(delivery))
+                self._recent.append((len(self._ready) - before) / len(deliveries))
+                self._per_message = max(1.0, *self._recent)
+                self._follow_window()
+        ready = self._ready
+        return [ready.popleft() for _ in range(min(max_messages, len(ready)))]
+
+    def _follow_window(self) -> None:
+        """Keep the wrapped consumer's window (in messages) at the window asked for in records,
+        as the records per message change: packed messages of 500 records under a window of
+        1,000 *messages* would let the broker push half a million records. Changes only by a
+        factor of two or more (each change costs an AMQP consumer a resubscribe)."""
+        target = max(1, math.ceil(self._records_window / max(self._per_message, 1.0)))
+        current = self._inner_window
+        if target >= 2 * current or 2 * target <= current:
+            self._inner_window = self.inner.set_window(target)
+
+    def _split(self, delivery: Delivery) -> Iterable[Delivery]:
+        headers = delivery.headers
+        if not is_packed(headers):
+            return (delivery,)
+        try:
+            lines = unpack(delivery.body, headers, self._max_unpacked)
+        except UnpackError as exc:
+            return (_refused(delivery, str(exc)),)
+        if not lines:  # nothing to hand out: settle it now (a packed message of no records)
+            self.inner.ack([delivery])
+            return ()
+        packed = _Packed(delivery, len(lines))
+        part_headers = _part_headers(headers)
+        return [
+            Delivery(
+                id=delivery.id if i == 0 else f"{delivery.id}#{i}",
+                body=line,
+                tag=_PartTag(packed, i),
+                headers=part_headers,
+                redelivered=delivery.redelivered,
+            )
+            for i, line in enumerate(lines)
+        ]
+
+    def set_window(self, max_messages: int) -> int:
+        """Ask the wrapped consumer for a window of about ``max_messages`` records; returns the
+        window in force, in records."""
+        self._records_window = max(1, max_messages)
+        per = max(self._per_message, 1.0)
+        self._inner_window = self.inner.set_window(max(1, math.ceil(max_messages / per)))
+        return max(1, int(self._inner_window * per))
+
+    # -- settling -----------------------------------------------------------------------------
+
+    def ack(self, deliveries: Sequence[Delivery]) -> None:
+        """Acknowledge records; a packed message once all its records are settled."""
+        self._settle(deliveries, requeue=None)
+
+    def nack(self, deliveries: Sequence[Delivery], *, requeue: bool = True) -> None:
+        """Requeue or reject records; a packed message once all its records are settled."""
+        self._settle(deliveries, requeue=requeue)
+
+    def _settle(self, deliveries: Sequence[Delivery], requeue: bool | None) -> None:
+        """``requeue``: ``None`` to ack, else nack with that flag."""
+        whole: list[Delivery] = []
+        finished: list[_Packed] = []
+        for delivery in deliveries:
+            tag = delivery.tag
+            if not isinstance(tag, _PartTag):
+                whole.append(delivery)
+                continue
+            packed = tag.packed
+            if packed.settled[tag.index]:
+                continue  # settled twice: the first one counts
+            packed.settled[tag.index] = 1
+            packed.left -= 1
+            if requeue is True:
+                packed.requeue = True
+            elif requeue is False:
+                packed.rejected = True
+            if packed.left == 0:
+                finished.append(packed)
+        if whole:
+            if requeue is None:
+                self.inner.ack(whole)
+            else:
+                self.inner.nack(whole, requeue=requeue)
+        self._finish(finished)
+
+    def _finish(self, finished: Sequence[_Packed]) -> None:
+        acked = [p.delivery for p in finished if not p.requeue and not p.rejected]
+        requeued = [p.delivery for p in finished if p.requeue]
+        rejected = [p.delivery for p in finished if p.rejected and not p.requeue]
+        if acked:
+            self.inner.ack(acked)
+        if requeued:
+            self.inner.nack(requeued, requeue=True)
+        if rejected:
+            self.inner.nack(rejected, requeue=False)
+
+    def close(self) -> None:
+        """Close the wrapped consumer; records not handed out go back with their messages."""
+        self._ready.clear()
+        self.inner.close()
+
+
+def _part_headers(headers: Mapping[str, Any]) -> dict[str, Any]:
+    """A record's headers: its message's, without what described the packing."""
+    out = {k: v for k, v in headers.items() if k not in _PACK_HEADERS}
+    if str(out.get(TYPE_HEADER, "")).startswith(CONTENT_TYPE):
+        out[TYPE_HEADER] = "application/json"
+    return out
+
+
+def _refused(delivery: Delivery, reason: str) -> Delivery:
+    """``delivery`` as it is, marked with why it cannot be unpacked (for the dead letters)."""
+    headers = {**delivery.headers, UNPACK_ERROR_HEADER: reason}
+    return Delivery(
+        id=delivery.id,
+        body=delivery.body,
+        tag=delivery.tag,
+        headers=headers,
+        redelivered=delivery.redelivered,
+    )

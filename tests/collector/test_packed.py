@@ -1,0 +1,254 @@
+"""Packed messages end to end (issue #13): handler or producer -> real broker -> collector ->
+Elasticsearch stand-in, counted by record id; poison lines and zip bombs; tail; restarts."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import logging
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from harness.collector import BulkStandIn, amqp_queue_url, dataset_for, ecs_record, publish
+from harness.helpers import wait_until
+from mqlogging.backends import TapOptions, UnpackingConsumer, open_consumer, open_tap
+from mqlogging.collector.service import CollectorService
+from mqlogging.handlers import MQHandler
+from mqlogging.wire import read_meta
+
+Make = Callable[..., CollectorService]
+
+
+def _es_sink(url: str, queue: str) -> dict[str, Any]:
+    return {"type": "elasticsearch", "hosts": [url], "dataset": dataset_for(queue)}
+
+
+def _url(broker: Any, transport: str, queue: str, query: str) -> str:
+    if transport == "amqp":
+        return f"{amqp_queue_url(broker, queue)}&{query}"
+    return f"{broker.stomp_url}/queue/{queue}?{query}"
+
+
+def _dead_letters(directory: Path) -> list[dict[str, Any]]:
+    out = []
+    for segment in sorted(directory.rglob("*")):
+        if segment.is_file() and segment.suffix in (".jsonl", ".open"):
+            out.extend(json.loads(line) for line in segment.read_bytes().splitlines() if line)
+    return out
+
+
+class TestPackedEndToEnd:
+    @pytest.mark.parametrize(
+        ("transport", "query"),
+        [
+            ("amqp", "pack=200"),
+            ("amqp", "pack=300&compress=gzip"),
+            ("stomp", "pack=200&compress=zstd"),
+        ],
+    )
+    def test_records_land_once_each(
+        self, rabbitmq: Any, queue_name: str, service: Make, transport: str, query: str
+    ) -> None:
+        """3,000 records published packed (plain, gzip, zstd; AMQP and STOMP to RabbitMQ)
+        land in the Elasticsearch stand-in exactly once each (by record id: lost 0, dup 0),
+        and every broker message is acked once all its records are."""
+        url = _url(rabbitmq, transport, queue_name, query)
+        docs = [ecs_record(i) for i in range(3000)]
+        publish(url, docs, batch=1000)
+        assert rabbitmq.queue_depth(queue_name) <= 30  # packed: few broker messages
+        with BulkStandIn() as es:
+            svc = service(sources=[{"url": url}], sinks=[_es_sink(es.url, queue_name)])
+            wait_until(lambda: svc.metrics.value("acked") == 3000, timeout=60)
+            assert {d["event"]["id"] for d in docs} == set(es.docs)
+            assert svc.metrics.value("sink_items", status="ok") == 3000
+        wait_until(lambda: rabbitmq.queue_depth(queue_name) == 0, timeout=10)
+
+    def test_activemq_handler_packed(self, activemq: Any, queue_name: str, service: Make) -> None:
+        """Records logged through MQHandler with ``pack=100&compress=gzip`` over STOMP to
+        ActiveMQ land once each, in order of their sequence numbers."""
+        url = _url(activemq, "stomp", queue_name, "pack=100&compress=gzip")
+        _log(url, 2000, spool=False)
+        with BulkStandIn() as es:
+            svc = service(sources=[{"url": url}], sinks=[_es_sink(es.url, queue_name)])
+            wait_until(lambda: svc.metrics.value("acked") == 2000, timeout=60)
+            seqs = sorted(doc["seq"] for doc in es.docs.values())
+        assert list(range(2000)) == seqs
+
+    def test_poison_line_dead_lettered_alone(
+        self, rabbitmq: Any, queue_name: str, service: Make, tmp_path: Path
+    ) -> None:
+        """A line that is not JSON inside a packed message is dead-lettered alone, with its
+        own bytes; its siblings land and the message is acked."""
+        url = _url(rabbitmq, "amqp", queue_name, "pack=50&compress=gzip")
+        good = [ecs_record(i) for i in range(200)]
+        publish(url, [*good[:120], b"{not json", *good[120:]])
+        dead = tmp_path / "dead"
+        with BulkStandIn() as es:
+            svc = service(
+                sources=[{"url": url}],
+                sinks=[_es_sink(es.url, queue_name)],
+                dead_letter={"url": f"local://{dead}"},
+            )
+            wait_until(lambda: svc.metrics.value("acked") == 201, timeout=60)
+            assert {d["event"]["id"] for d in good} == set(es.docs)
+        assert svc.metrics.value("dead_lettered") == 1
+        [letter] = _dead_letters(dead)
+        assert "{not json" in json.dumps(letter)
+        wait_until(lambda: rabbitmq.queue_depth(queue_name) == 0, timeout=10)
+
+    def test_zip_bomb_dead_lettered_without_harm(
+        self, rabbitmq: Any, queue_name: str, service: Make, tmp_path: Path
+    ) -> None:
+        """A packed message that inflates beyond the reader's limit (64 MiB by default) is
+        dead-lettered whole, as it came; the records around it land."""
+        url = _url(rabbitmq, "amqp", queue_name, "pack=100")
+        before, after = [ecs_record(i) for i in range(100)], [ecs_record(i) for i in range(100)]
+        publish(url, before)
+        bomb = gzip.compress(b"{}\n" * (30 << 20), compresslevel=1)  # 90 MiB of lines
+        with rabbitmq.amqp_channel() as ch:
+            ch.basic_publish(
+                "",
+                queue_name,
+                bomb,
+                _pika_properties(content_type="application/x-ndjson", content_encoding="gzip"),
+            )
+        publish(url, after)
+        dead = tmp_path / "dead"
+        with BulkStandIn() as es:
+            svc = service(
+                sources=[{"url": url}],
+                sinks=[_es_sink(es.url, queue_name)],
+                dead_letter={"url": f"local://{dead}"},
+            )
+            wait_until(lambda: svc.metrics.value("acked") == 201, timeout=60)
+            assert {d["event"]["id"] for d in before + after} == set(es.docs)
+        [letter] = _dead_letters(dead)
+        assert "packed message refused" in json.dumps(letter)
+
+
+class TestPackedReaders:
+    def test_tail_shows_single_records(self, rabbitmq: Any, queue_name: str) -> None:
+        """A tap (what ``mqlogging tail`` reads) shows each record of a packed message."""
+        exchange = f"x-{queue_name}"
+        url = f"{rabbitmq.amqp_url}?exchange={exchange}&queue={queue_name}&pack=20&compress=zstd"
+        docs = [ecs_record(i) for i in range(50)]
+        with open_tap(url, TapOptions()) as tap:
+            publish(url, docs)
+            bodies: list[bytes] = []
+            wait_until(lambda: bool(bodies.extend(tap.poll(0.2))) or len(bodies) >= 50, 20)
+        assert [d["event"]["id"] for d in docs] == [read_meta(json.loads(b)).id for b in bodies]
+
+    def test_consumer_api_gets_single_records_and_acks_per_message(
+        self, rabbitmq: Any, queue_name: str
+    ) -> None:
+        """Through UnpackingConsumer a packed message is one delivery per record; it is acked
+        at the broker only once all its records are, and requeued whole if one is nacked."""
+        url = _url(rabbitmq, "amqp", queue_name, "pack=10")
+        publish(url, [ecs_record(i) for i in range(20)])
+        with UnpackingConsumer(open_consumer(url)) as consumer:
+            got = []
+            wait_until(lambda: bool(got.extend(consumer.fetch(20, 0.2))) or len(got) == 20, 20)
+            consumer.ack(got[:15])  # the first message is done, the second half done
+            consumer.nack(got[15:16])
+            consumer.ack(got[16:])
+            again: list[Any] = []
+            wait_until(lambda: bool(again.extend(consumer.fetch(20, 0.2))) or len(again) == 10, 20)
+            assert [d.body for d in got[10:]] == [d.body for d in again]
+            assert all(d.redelivered for d in again)
+            consumer.ack(again)
+        wait_until(lambda: rabbitmq.queue_depth(queue_name) == 0, timeout=10)
+
+    def test_window_follows_records_not_messages(self, rabbitmq: Any, queue_name: str) -> None:
+        """A window of 1,000 records over packed messages of 100 records is about 10 messages:
+        after the first fetches the broker keeps the rest of a 50-message queue (ready), rather
+        than pushing all 5,000 records to this consumer."""
+        url = _url(rabbitmq, "amqp", queue_name, "pack=100&prefetch=1000")
+        publish(url, [ecs_record(i) for i in range(5000)], batch=1000)
+        with UnpackingConsumer(open_consumer(url)) as consumer:
+            got: list[Any] = []
+            wait_until(lambda: bool(got.extend(consumer.fetch(100, 0.2))) or len(got) >= 200, 20)
+            wait_until(lambda: rabbitmq.queue_depth(queue_name) >= 30, timeout=10)
+            consumer.ack(got)
+
+    def test_activemq_requeue_keeps_a_packed_message_whole(
+        self, activemq: Any, queue_name: str
+    ) -> None:
+        """On ActiveMQ a requeue re-sends a copy of the message: a packed, compressed one comes
+        back with its encoding and count, so its records read the same the second time."""
+        url = _url(activemq, "stomp", queue_name, "pack=10&compress=gzip")
+        publish(url, [ecs_record(i) for i in range(10)])
+        with UnpackingConsumer(open_consumer(url)) as consumer:
+            first: list[Any] = []
+            wait_until(lambda: bool(first.extend(consumer.fetch(10, 0.2))) or len(first) == 10, 20)
+            consumer.ack(first[:9])
+            consumer.nack(first[9:])
+            again: list[Any] = []
+            wait_until(lambda: bool(again.extend(consumer.fetch(10, 0.2))) or len(again) == 10, 20)
+            consumer.ack(again)
+        assert [d.body for d in first] == [d.body for d in again]
+
+
+class TestPackedFaults:
+    def test_broker_restarted_mid_stream(
+        self, rabbitmq: Any, queue_name: str, service: Make, tmp_path: Path
+    ) -> None:
+        """RabbitMQ is killed in the middle of a stream of 10,000 records from a handler with
+        ``pack=200&compress=gzip`` (spool on) and restarted: the records sent meanwhile are
+        spooled and replayed packed, and every record lands in the stand-in once (lost 0,
+        dup 0 by sequence number)."""
+        url = _url(rabbitmq, "amqp", queue_name, "pack=200&compress=gzip")
+        handler = MQHandler(
+            url, spool=str(tmp_path / "spool"), batch_size=1000, retry_max=1.0,
+            close_timeout=60.0, queue_size=20_000,
+        )  # fmt: skip
+        logger = _logger(queue_name, handler)
+        for i in range(3000):
+            logger.info("record %d", i, extra={"seq": i})
+        assert handler.flush(30)
+        rabbitmq.sync_definitions()  # the queue is new: see RabbitMQ.sync_definitions
+        rabbitmq.kill()
+        for i in range(3000, 10_000):
+            logger.info("record %d", i, extra={"seq": i})
+        wait_until(lambda: handler.stats()["spooled"] > 0, timeout=30, message="spooled")
+        rabbitmq.start()
+        assert handler.flush(60)
+        [endpoint] = handler.stats()["endpoints"].values()
+        assert endpoint["failures"] > 0
+        handler.close()
+        with BulkStandIn() as es:
+            svc = service(sources=[{"url": url}], sinks=[_es_sink(es.url, queue_name)])
+            wait_until(lambda: len(es.docs) >= 10_000, timeout=90)
+            wait_until(lambda: rabbitmq.queue_depth(queue_name) == 0, timeout=30)
+            by_seq = Counter(doc["seq"] for doc in es.docs.values())
+        assert set(range(10_000)) == set(by_seq)
+        assert all(n == 1 for n in by_seq.values())
+        assert svc.metrics.value("dead_lettered") == 0
+
+
+def _pika_properties(**kwargs: Any) -> Any:
+    import pika
+
+    return pika.BasicProperties(delivery_mode=2, **kwargs)
+
+
+def _logger(name: str, handler: logging.Handler) -> logging.Logger:
+    logger = logging.getLogger(f"packed.{name}")
+    logger.propagate = False
+    logger.setLevel(logging.INFO)
+    logger.handlers = [handler]
+    return logger
+
+
+def _log(url: str, count: int, *, spool: bool) -> None:
+    handler = MQHandler(url, spool=spool, queue_size=count + 10, close_timeout=60.0)
+    logger = _logger(url, handler)
+    try:
+        for i in range(count):
+            logger.info("record number %d", i, extra={"seq": i})
+    finally:
+        logger.removeHandler(handler)
+        handler.close()
