@@ -35,6 +35,9 @@ SUITES: list[tuple[str, str, dict[str, Any], dict[str, Any]]] = [
     ("bench_collector", "Collector", {}, {}),
     ("bench_scaling", "Scaling: records/s and RSS against number of records", {},
      {"sizes": (10_000, 30_000, 100_000)}),
+    ("bench_packed", "Packed messages against single-record messages (issue #13)", {},
+     {"n": 10_000}),
+    ("bench_kafka", "Kafka (noida-db stand-in): clients, producer, collector", {}, {}),
     ("bench_churn", "Connection churn: short-lived producers against a 3-node RabbitMQ cluster",
      {}, {"waves": 1}),
 ]  # fmt: skip
