@@ -32,7 +32,7 @@ from collections.abc import Mapping
 from datetime import datetime, timezone
 from typing import Any, Final, NamedTuple
 
-from .wire import decode, read_meta
+from .wire import NAMESPACE, decode, read_meta
 
 __all__ = ["BROKER_REASON", "Letter", "envelope", "open_letter"]
 
@@ -82,17 +82,47 @@ class Letter(NamedTuple):
     records: tuple[Any, ...]
 
 
+_NESTING: Final = 4  # envelopes unwrapped inside one another at most
+
+
 def open_letter(doc: Any) -> Letter:
-    """Unwrap one dead letter (a decoded JSON value) into its reason and original records."""
-    if isinstance(doc, dict) and ("message" in doc or "message_base64" in doc):
+    """Unwrap one dead letter (a decoded JSON value) into its reason and original records.
+
+    A dead letter replayed into a source and dead-lettered again is an envelope around an
+    envelope: it is unwrapped down to the records (the outermost reason is kept).
+    """
+    if _is_envelope(doc):
         reason = doc.get("reason")
         reason = reason if isinstance(reason, str) and reason else "unknown"
-        body = _original(doc)
-        return Letter(reason, (None,) if body is None else _records(body, doc.get("headers")))
+        return Letter(reason, _unwrap(doc, _NESTING))
     meta = read_meta(doc)
     if meta.producer is not None and meta.seq is not None:
         return Letter(BROKER_REASON, (doc,))
     return Letter("unknown", ())
+
+
+def _is_envelope(doc: Any) -> bool:
+    """An envelope carries the original message and never an ``mqlogging`` object (a record
+    of ours always does, and may have a ``message`` field of its own: ECS, logstash)."""
+    return (
+        isinstance(doc, dict)
+        and NAMESPACE not in doc
+        and ("message" in doc or "message_base64" in doc)
+    )
+
+
+def _unwrap(doc: dict[str, Any], depth: int) -> tuple[Any, ...]:
+    """The records inside envelope ``doc``, unwrapping nested envelopes ``depth`` deep."""
+    body = _original(doc)
+    if body is None:
+        return (None,)
+    out: list[Any] = []
+    for record in _records(body, doc.get("headers")):
+        if depth > 1 and _is_envelope(record):
+            out.extend(_unwrap(record, depth - 1))
+        else:
+            out.append(record)
+    return tuple(out)
 
 
 def _original(doc: dict[str, Any]) -> bytes | None:
