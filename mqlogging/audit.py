@@ -19,6 +19,22 @@ Sources:
   spool journaled (``dropped.log``) that no record can be attributed to (torn or corrupt lines)
   are shown as ``unattributed``.
 
+Dead letters (``--dead-letters SRC...``, repeatable, with any of the sources above): records
+set aside instead of stored are kept, not lost — the collector's dead letters (poison
+messages; by default the spool directory ``<state_dir>/dead-letters``) and the Elasticsearch
+endpoint's rejected spool (``rejected=``), both in the envelope of :mod:`mqlogging.deadletters`
+(also read: a bare record of ours, as a broker's dead-letter queue holds it). SRC is a spool
+directory (what it still keeps, read-only), a JSON-lines file (globs, ``.gz``), or a URL read
+through a :class:`~mqlogging.backends.Tap` with ``backlog`` until no dead letter arrives for
+two seconds: nothing is consumed or acked, and a transport whose tap cannot show what is
+already waiting (an AMQP queue cannot be browsed) is refused rather than read as empty. Each
+original record's seq counts as explained whatever its time (like a marker's ranges); per
+producer the report gives ``dead_lettered`` (explained seqs not also stored: a seq stored *and*
+dead-lettered, one copy of a redelivered record refused, counts as stored),
+``dead_lettered_ranges`` and the top ``dead_letter_reasons``; an original without producer/seq
+(undecodable) counts in ``totals.dead_lettered_unattributed``. Without ``--until`` a producer
+is checked up to its highest stored *or* dead-lettered seq.
+
 Memory is O(producers + gaps), not O(records): each producer keeps its sequence numbers as a set
 of sorted runs (:class:`SeqRuns`), and a mostly contiguous sequence of millions of records is a
 handful of runs. A duplicate is an insert that overlaps a run.
