@@ -127,6 +127,39 @@ class TestCollectorDeadLetters:
         assert before == _kept(letters)
 
 
+def test_a_dead_letter_queue_browsed_on_activemq_is_not_consumed(
+    activemq: Any, queue_name: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``--dead-letters stomp://.../queue/DLQ`` on ActiveMQ reads the waiting dead letters with
+    a queue browser: they explain the gap, and the queue holds as many messages after the
+    audit as before (nothing consumed, nothing acked)."""
+    from mqlogging._types import Message
+    from mqlogging.backends import open_producer
+    from mqlogging.deadletters import envelope
+
+    record = {"@timestamp": "2026-12-01T12:00:00Z", "message": "m"}
+
+    def doc(seq: int) -> str:
+        return json.dumps({**record, "mqlogging": {"schema": "ecs", "producer": "p", "seq": seq}})
+
+    sink = tmp_path / "sink.jsonl"
+    sink.write_text("".join(doc(s) + "\n" for s in (1, 4)))
+    url = f"{activemq.stomp_url}/queue/{queue_name}"
+    letters = [
+        envelope(doc(s).encode(), reason="too large", stage="decode", source="x", record_id=str(s))
+        for s in (2, 3)
+    ]
+    with open_producer(url) as producer:
+        producer.publish_batch(
+            [Message(str(i), json.dumps(x).encode()) for i, x in enumerate(letters)]
+        )
+    assert activemq.queue_depth(queue_name) == 2
+    code, report = _audit(capsys, "--file", str(sink), "--dead-letters", url)
+    (producer_report,) = report["producers"]
+    assert (code, producer_report["gaps"], producer_report["dead_lettered"]) == (0, [], 2)
+    assert activemq.queue_depth(queue_name) == 2
+
+
 def test_a_queue_that_cannot_be_browsed_is_refused(
     rabbitmq: Any, capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
