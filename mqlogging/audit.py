@@ -27,7 +27,9 @@ endpoint's rejected spool (``rejected=``), both in the envelope of :mod:`mqloggi
 directory (what it still keeps, read-only), a JSON-lines file (globs, ``.gz``), or a URL read
 through a :class:`~mqlogging.backends.Tap` with ``backlog`` until no dead letter arrives for
 two seconds: nothing is consumed or acked, and a transport whose tap cannot show what is
-already waiting (an AMQP queue cannot be browsed) is refused rather than read as empty. Each
+already waiting (an AMQP queue cannot be browsed) is refused rather than read as empty.
+ActiveMQ shows a queue browser at most its first ``maxBrowsePageSize`` (400) messages: dead
+letters past those read as gaps (a false alarm, never a false pass). Each
 original record's seq counts as explained whatever its time (like a marker's ranges); per
 producer the report gives ``dead_lettered`` (explained seqs not also stored: a seq stored *and*
 dead-lettered, one copy of a redelivered record refused, counts as stored),
