@@ -19,6 +19,24 @@ Sources:
   spool journaled (``dropped.log``) that no record can be attributed to (torn or corrupt lines)
   are shown as ``unattributed``.
 
+Dead letters (``--dead-letters SRC...``, repeatable, with any of the sources above): records
+set aside instead of stored are kept, not lost — the collector's dead letters (poison
+messages; by default the spool directory ``<state_dir>/dead-letters``) and the Elasticsearch
+endpoint's rejected spool (``rejected=``), both in the envelope of :mod:`mqlogging.deadletters`
+(also read: a bare record of ours, as a broker's dead-letter queue holds it). SRC is a spool
+directory (what it still keeps, read-only), a JSON-lines file (globs, ``.gz``), or a URL read
+through a :class:`~mqlogging.backends.Tap` with ``backlog`` until no dead letter arrives for
+two seconds: nothing is consumed or acked, and a transport whose tap cannot show what is
+already waiting (an AMQP queue cannot be browsed) is refused rather than read as empty.
+ActiveMQ shows a queue browser at most its first ``maxBrowsePageSize`` (400) messages: dead
+letters past those read as gaps (a false alarm, never a false pass). Each
+original record's seq counts as explained whatever its time (like a marker's ranges); per
+producer the report gives ``dead_lettered`` (explained seqs not also stored: a seq stored *and*
+dead-lettered, one copy of a redelivered record refused, counts as stored),
+``dead_lettered_ranges`` and the top ``dead_letter_reasons``; an original without producer/seq
+(undecodable) counts in ``totals.dead_lettered_unattributed``. Without ``--until`` a producer
+is checked up to its highest stored *or* dead-lettered seq.
+
 Memory is O(producers + gaps), not O(records): each producer keeps its sequence numbers as a set
 of sorted runs (:class:`SeqRuns`), and a mostly contiguous sequence of millions of records is a
 handful of runs. A duplicate is an insert that overlaps a run.
@@ -55,12 +73,14 @@ import json
 import os
 import re
 import sys
+import time
 from bisect import bisect_left, bisect_right
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import IO, Any
 
+from .deadletters import open_letter
 from .errors import ConfigurationError, MissingDependencyError, SinkError
 from .spool import dropped_totals, refuse_lane_root, segments
 from .wire import TIME_KEYS, DroppedRange, RecordMeta, decode, read_meta
@@ -70,6 +90,7 @@ __all__ = [
     "SeqRuns",
     "Window",
     "add_arguments",
+    "audit_dead_letters",
     "audit_es",
     "audit_files",
     "audit_spool",
@@ -78,6 +99,9 @@ __all__ = [
 
 _UNATTRIBUTED_SPOOL_REASONS = ("torn", "corrupt", "rejected")
 _SAMPLE_RUNS = 1000  # duplicate ranges kept per producer for the report (the count is exact)
+_REASON_CHARS = 200  # a dead letter's reason as kept for the report
+_MAX_REASONS = 100  # distinct reasons counted per producer; the rest count as "(other reasons)"
+_TOP_REASONS = 5  # reasons shown per producer
 
 
 _BLOCK = 1024  # most runs per block: bounds the splice an insert makes
@@ -244,6 +268,8 @@ class _Producer:
     seqs: SeqRuns = field(default_factory=SeqRuns)
     duplicate_runs: SeqRuns = field(default_factory=SeqRuns)
     dropped: dict[str, SeqRuns] = field(default_factory=dict)
+    dead: SeqRuns = field(default_factory=SeqRuns)  # seqs found in dead letters
+    dead_reasons: dict[str, int] = field(default_factory=dict)
     first_time: str | None = None
     last_time: str | None = None
 
@@ -334,6 +360,8 @@ class Audit:
         self.unreadable = 0
         self.outside = 0
         self.unattributed: dict[str, int] = {}
+        self.dead_letters = 0  # dead letters read (envelopes or bare records)
+        self.dead_unattributed = 0  # records in them without producer/seq, or undecodable
 
     def _producer(self, name: str) -> _Producer:
         entry = self.producers.get(name)
@@ -375,6 +403,26 @@ class Audit:
             if entry.last_time is None or ts > entry.last_time:
                 entry.last_time = ts
 
+    def add_dead_letter(self, doc: Any) -> None:
+        """Account for one dead letter (a decoded envelope, :mod:`mqlogging.deadletters`): each
+        original record's seq counts as explained, whatever its time (like a marker's ranges);
+        a record that cannot be attributed to a producer still counts, as unattributed."""
+        self.dead_letters += 1
+        letter = open_letter(doc)
+        reason = letter.reason[:_REASON_CHARS]
+        for record in letter.records or (None,):
+            meta = read_meta(record)
+            for dropped in meta.dropped:  # a dead-lettered marker still announces its drops
+                self.add_dropped(dropped)
+            if meta.producer is None or meta.seq is None:
+                self.dead_unattributed += 1
+                continue
+            entry = self._producer(meta.producer)
+            entry.dead.add(meta.seq)
+            reasons = entry.dead_reasons
+            key = reason if reason in reasons or len(reasons) < _MAX_REASONS else "(other reasons)"
+            reasons[key] = reasons.get(key, 0) + 1
+
     def add_before(self, producer: str, seq: int) -> None:
         """Note a record of ``producer`` timed before the window (only its seq is kept)."""
         self.anything_before = True
@@ -399,7 +447,11 @@ class Audit:
 
     def report(self) -> dict[str, Any]:
         """The result as one JSON-ready document; ``ok`` is False when a gap is unexplained."""
-        producers = [_report_producer(p, *self.start(p)) for _, p in sorted(self.producers.items())]
+        to_dead = self.window.until is None
+        producers = [
+            _report_producer(p, *self.start(p), to_dead=to_dead)
+            for _, p in sorted(self.producers.items())
+        ]
         return {
             "ok": not any(p["gaps"] for p in producers),
             "window": {
@@ -412,6 +464,9 @@ class Audit:
                 "missing": sum(p["missing"] for p in producers),
                 "dropped": sum(p["dropped"] for p in producers),
                 "duplicates": sum(p["duplicates"] for p in producers),
+                "dead_lettered": sum(p["dead_lettered"] for p in producers),
+                "dead_lettered_unattributed": self.dead_unattributed,
+                "dead_letters": self.dead_letters,
                 "unstamped": self.unstamped,
                 "unreadable": self.unreadable,
                 "outside_window": self.outside,
@@ -421,7 +476,12 @@ class Audit:
         }
 
 
-def _report_producer(entry: _Producer, low: int | None, start: str) -> dict[str, Any]:
+def _report_producer(
+    entry: _Producer, low: int | None, start: str, *, to_dead: bool = True
+) -> dict[str, Any]:
+    """One producer's part of the report. Its sequence is checked from ``low`` up to its
+    highest stored seq, or (``to_dead``: no ``--until`` cuts the source short) its highest
+    dead-lettered one, whichever is higher."""
     explained = SeqRuns()
     dropped_ranges = []
     for reason, runs in sorted(entry.dropped.items()):
@@ -430,9 +490,17 @@ def _report_producer(entry: _Producer, low: int | None, start: str) -> dict[str,
             dropped_ranges.append({"first": first, "last": last, "reason": reason})
     dropped_ranges.sort(key=lambda r: (r["first"], r["reason"]))
     seqs = entry.seqs
+    dropped = sum(b - a + 1 for a, b in seqs.minus(explained))
+    announced = explained.count()
+    dead = list(seqs.minus(entry.dead))  # dead-lettered and not stored (stored counts as such)
+    for first, last in dead:
+        explained.add(first, last)
+    tops = [n for n in (seqs.highest, entry.dead.highest if to_dead else None) if n is not None]
+    low = entry.dead.lowest if low is None and seqs.lowest is None and to_dead else low
     gaps: list[list[int]] = []
-    if low is not None and seqs.highest is not None:
-        gaps = [[a, b] for a, b in explained.minus(seqs.missing(low, seqs.highest))]
+    if low is not None and tops:
+        gaps = [[a, b] for a, b in explained.minus(seqs.missing(low, max(tops)))]
+    reasons = sorted(entry.dead_reasons.items(), key=lambda kv: (-kv[1], kv[0]))
     return {
         "producer": entry.name,
         "start": start,
@@ -445,46 +513,66 @@ def _report_producer(entry: _Producer, low: int | None, start: str) -> dict[str,
         "last_time": entry.last_time,
         "missing": sum(b - a + 1 for a, b in gaps),
         "gaps": gaps,
-        "dropped": sum(b - a + 1 for a, b in seqs.minus(explained)),
-        "announced": explained.count(),
+        "dropped": dropped,
+        "announced": announced,
         "dropped_ranges": dropped_ranges,
         "duplicates": entry.duplicates,
         "duplicate_seqs": [[a, b] for a, b in entry.duplicate_runs],
+        "dead_lettered": sum(b - a + 1 for a, b in dead),
+        "dead_lettered_ranges": [[a, b] for a, b in dead[:_SAMPLE_RUNS]],
+        "dead_letter_reasons": [{"reason": r, "count": n} for r, n in reasons[:_TOP_REASONS]],
     }
 
 
 # -- sources ------------------------------------------------------------------------------------
 
 
-def expand_paths(patterns: Sequence[str]) -> list[str]:
+def expand_paths(patterns: Sequence[str], *, option: str = "--file") -> list[str]:
     """Every file the patterns name (globs expanded, sorted per pattern).
 
     Raises:
-        ConfigurationError: a pattern matches no file.
+        ConfigurationError: a pattern matches no file (the message names ``option``).
     """
     paths: list[str] = []
     for pattern in patterns:
         found = sorted(glob.glob(pattern)) if glob.has_magic(pattern) else [pattern]
         found = [p for p in found if os.path.isfile(p)]
         if not found:
-            msg = f"--file {pattern!r}: no such file"
+            msg = f"{option} {pattern!r}: no such file"
             raise ConfigurationError(msg)
         paths.extend(p for p in found if p not in paths)
     return paths
 
 
-def audit_files(audit: Audit, patterns: Sequence[str]) -> None:
-    """Feed ``audit`` every line of JSON-lines files, one line at a time (``.gz`` too)."""
-    for path in expand_paths(patterns):
+def _file_lines(paths: Sequence[str]) -> Iterator[bytes]:
+    """The non-blank lines of JSON-lines files, one at a time (``.gz`` too)."""
+    for path in paths:
         opener = gzip.open if path.endswith(".gz") else open
         try:
             with opener(path, "rb") as f:
-                for line in f:
-                    if line.strip():
-                        audit.add_document(decode(line))
+                yield from (line for line in f if line.strip())
         except OSError as exc:
             msg = f"cannot read {path!r}: {exc.strerror or exc}"
             raise ConfigurationError(msg) from exc
+
+
+def _spool_lines(directory: str) -> Iterator[bytes]:
+    """The unconfirmed lines of a spool directory, read-only (no claim); a torn last line is
+    skipped, a segment replayed and deleted meanwhile too."""
+    refuse_lane_root(directory, "audit")
+    for view in segments(directory):
+        try:
+            with open(view.path, "rb") as f:
+                f.seek(view.confirmed)
+                yield from (line for line in f if line.endswith(b"\n") and line.strip())
+        except FileNotFoundError:
+            continue
+
+
+def audit_files(audit: Audit, patterns: Sequence[str]) -> None:
+    """Feed ``audit`` every line of JSON-lines files, one line at a time (``.gz`` too)."""
+    for line in _file_lines(expand_paths(patterns)):
+        audit.add_document(decode(line))
 
 
 def audit_spool(audit: Audit, directories: Sequence[str]) -> None:
@@ -494,19 +582,58 @@ def audit_spool(audit: Audit, directories: Sequence[str]) -> None:
         if not os.path.isdir(directory):
             msg = f"--spool {directory!r}: not a directory"
             raise ConfigurationError(msg)
-        refuse_lane_root(directory, "audit")
-        for view in segments(directory):
-            try:
-                with open(view.path, "rb") as f:
-                    f.seek(view.confirmed)
-                    for line in f:
-                        if line.endswith(b"\n") and line.strip():  # a torn last line is skipped
-                            audit.add_document(decode(line))
-            except FileNotFoundError:
-                continue  # replayed and deleted meanwhile
+        for line in _spool_lines(directory):
+            audit.add_document(decode(line))
         for reason, n in dropped_totals(directory).items():
             if reason in _UNATTRIBUTED_SPOOL_REASONS:
                 audit.unattributed[reason] = audit.unattributed.get(reason, 0) + n
+
+
+_TAP_QUIET = 2.0  # seconds without a new dead letter after which a tap is read to its end
+
+
+def audit_dead_letters(audit: Audit, sources: Sequence[str]) -> None:
+    """Feed ``audit`` the dead letters of ``sources``: spool directories (the collector's
+    dead-letter spool, the Elasticsearch endpoint's rejected spool: what they still keep),
+    JSON-lines files (globs, ``.gz``), or endpoint URLs read through a tap that shows what is
+    waiting without consuming it (:func:`audit_dead_letter_tap`)."""
+    for source in sources:
+        if "://" in source:
+            audit_dead_letter_tap(audit, source)
+        elif os.path.isdir(source):
+            for body in _spool_lines(source):
+                audit.add_dead_letter(decode(body))
+        else:
+            for body in _file_lines(expand_paths([source], option="--dead-letters")):
+                audit.add_dead_letter(decode(body))
+
+
+def audit_dead_letter_tap(audit: Audit, url: str, *, quiet: float = _TAP_QUIET) -> None:
+    """Feed ``audit`` the dead letters waiting at ``url``, read through a :class:`~mqlogging.
+    backends.Tap` with ``backlog`` (nothing consumed, nothing acked) until none arrives for
+    ``quiet`` seconds.
+
+    Raises:
+        ConfigurationError: the transport's tap cannot show what is already waiting (an AMQP
+            queue cannot be browsed: it would have to be consumed).
+    """
+    from .backends import TapOptions, open_tap
+
+    with open_tap(url, TapOptions(backlog=True)) as tap:
+        if not tap.backlog:
+            msg = (
+                f"--dead-letters {_redact(url)}: this transport cannot show the dead "
+                "letters already waiting without consuming them; give the collector a local:// "
+                "[dead_letter] url (the default) or a STOMP queue on ActiveMQ"
+            )
+            raise ConfigurationError(msg)
+        idle_since = time.monotonic()
+        while time.monotonic() - idle_since < quiet:
+            bodies = tap.poll(min(0.5, quiet))
+            if bodies:
+                idle_since = time.monotonic()
+            for body in bodies:
+                audit.add_dead_letter(decode(body))
 
 
 _ES_SOURCE = ["mqlogging", *TIME_KEYS]  # the time of every schema (wire.read_meta)
@@ -668,6 +795,16 @@ def _describe_start(start: str, low: int) -> str:
     return f"from seq {low}" + (": nothing precedes the window" if start != "seq 1" else "")
 
 
+def _print_dead_lettered(p: dict[str, Any], out: IO[str], limit: int) -> None:
+    """The ``dead-lettered`` line of one producer, with its ranges and top reasons."""
+    if not p["dead_lettered"] and not p["dead_letter_reasons"]:
+        return
+    ranges = f": {_ranges(p['dead_lettered_ranges'], limit)}" if p["dead_lettered"] else ""
+    print(f"  dead-lettered {p['dead_lettered']}{ranges}", file=out)
+    for r in p["dead_letter_reasons"]:
+        print(f"    {r['count']:>8}  {_printable(r['reason'])}", file=out)
+
+
 def print_report(report: dict[str, Any], out: IO[str], limit: int = 20) -> None:
     """The human-readable report (``--json`` prints ``report`` itself)."""
     for p in report["producers"]:
@@ -689,6 +826,7 @@ def print_report(report: dict[str, Any], out: IO[str], limit: int = 20) -> None:
         print(f"  duplicates  {p['duplicates']}" + (
             f": {_ranges(p['duplicate_seqs'], limit)}" if p["duplicates"] else ""
         ), file=out)  # fmt: skip
+        _print_dead_lettered(p, out, limit)
         gaps = f": {_ranges(p['gaps'], limit)}" if p["gaps"] else ""
         print(f"  gaps        {p['missing']} missing{gaps}", file=out)
         if report["window"]["since"] and p["checked_from"] is not None:
@@ -697,10 +835,17 @@ def print_report(report: dict[str, Any], out: IO[str], limit: int = 20) -> None:
     verdict = "OK: no unexplained gap" if report["ok"] else "LOSS: unexplained gaps"
     print(
         f"{verdict}; {t['producers']} producers, {t['records']} records, {t['missing']} missing, "
-        f"{t['dropped']} dropped by policy, {t['duplicates']} duplicates, "
+        f"{t['dropped']} dropped by policy, {t['dead_lettered']} dead-lettered, "
+        f"{t['duplicates']} duplicates, "
         f"{t['unstamped']} unstamped, {t['unreadable']} unreadable",
         file=out,
     )
+    if t["dead_lettered_unattributed"]:
+        print(
+            f"unattributed dead letters (no producer/seq, or undecodable): "
+            f"{t['dead_lettered_unattributed']} of the {t['dead_letters']} read",
+            file=out,
+        )
     if t["unattributed_drops"]:
         counts = ", ".join(f"{k} {v}" for k, v in sorted(t["unattributed_drops"].items()))
         print(f"unattributed drops (spool journal): {counts}", file=out)
@@ -717,6 +862,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     source.add_argument("--es", metavar="URL", help="Elasticsearch URL (credentials allowed)")
     source.add_argument("--file", nargs="+", metavar="PATH", help="JSON-lines files or globs")
     source.add_argument("--spool", nargs="+", metavar="DIR", help="spool directories")
+    parser.add_argument(
+        "--dead-letters", nargs="+", action="extend", default=[], metavar="SRC",
+        help="dead letters that explain missing records: a dead-letter or rejected-records "
+        "spool directory, JSON-lines files, or a URL read through a tap (nothing consumed)",
+    )  # fmt: skip
     parser.add_argument("--index", metavar="PATTERN", help="index pattern (with --es)")
     parser.add_argument("--ca-certs", metavar="FILE", help="CA bundle for --es over https")
     parser.add_argument("--since", metavar="TIME", help="ISO-8601 time or 15m, 1h, 2d ago")
@@ -743,6 +893,7 @@ def run_command(args: argparse.Namespace) -> int:
         audit_files(audit, args.file)
     else:
         audit_spool(audit, args.spool)
+    audit_dead_letters(audit, args.dead_letters)
     report = audit.report()
     if args.json:
         json.dump(report, sys.stdout, indent=2)

@@ -279,6 +279,96 @@ class TestSpoolAudit:
         assert "stomp-b" in err
 
 
+def _letter(body: bytes | str, reason: str = "nested too deeply", **extra: Any) -> str:
+    """A dead letter as the collector writes it (:func:`mqlogging.deadletters.envelope`)."""
+    from mqlogging.deadletters import envelope
+
+    raw = body.encode() if isinstance(body, str) else body
+    return json.dumps(
+        envelope(raw, reason=reason, stage="decode", source="amqp://h/", record_id="x", extra=extra)
+    )
+
+
+class TestDeadLetters:
+    def test_kinds_of_dead_letter_explain_their_seqs(
+        self, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """Every kind of dead letter explains the seqs of its records: an envelope of one
+        record, a packed message (JSON lines, gzip as its header says), a bare record of ours
+        (a broker's dead-letter queue), a dead-lettered marker (its drops stay announced) and
+        an envelope around an envelope (a dead letter replayed and dead-lettered again);
+        an undecodable original and an envelope without one count as unattributed. The
+        reasons are counted per producer, most frequent first."""
+        sink = _write(tmp_path / "sink.jsonl", [_doc("a", s) for s in (1, 2, 9, 12, 14)])
+        packed = gzip.compress(f"{_doc('a', 4)}\n{_doc('a', 5)}\n".encode())
+        marker = _doc("a", 11, dropped=[{"producer": "a", "first": 10, "last": 10, "reason": "x"}])
+        letters = _write(
+            tmp_path / "dead.jsonl",
+            [
+                _letter(_doc("a", 3)),
+                _letter(packed, "too large", headers={"content-encoding": "gzip"}),
+                _doc("a", 6),
+                _letter(_doc("a", 7) + "\n" + _doc("a", 8)),
+                _letter(marker, "refused by the sink"),
+                _letter(_letter(_doc("a", 13)), "replayed, then refused again"),
+                _letter(b"\xff{not json"),
+                json.dumps({"reason": "no original"}),
+            ],
+        )
+        code, report = _audit(capsys, "--file", str(sink), "--dead-letters", str(letters))
+        [a] = report["producers"]
+        assert (code, a["gaps"], a["missing"]) == (0, [], 0)
+        assert (a["dead_lettered"], a["dead_lettered_ranges"]) == (8, [[3, 8], [11, 11], [13, 13]])
+        assert a["dropped"] == 1
+        assert [(r["reason"], r["count"]) for r in a["dead_letter_reasons"]] == [
+            ("nested too deeply", 3),
+            ("too large", 2),
+            ("dead-lettered by the broker", 1),
+            ("refused by the sink", 1),
+            ("replayed, then refused again", 1),
+        ]
+        totals = report["totals"]
+        assert (totals["dead_letters"], totals["dead_lettered_unattributed"]) == (8, 2)
+
+    def test_stored_copy_wins_and_unexplained_gaps_remain(
+        self, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """A seq both stored and dead-lettered (one copy of a redelivered record refused) counts
+        as stored, not dead-lettered; a seq in neither is still a gap (exit 1), also one
+        between the last stored record and a later dead-lettered one."""
+        sink = _write(tmp_path / "sink.jsonl", [_doc("a", s) for s in (1, 2, 3)])
+        letters = _write(tmp_path / "dead.jsonl", [_letter(_doc("a", s)) for s in (3, 4, 7)])
+        code, report = _audit(capsys, "--file", str(sink), "--dead-letters", str(letters))
+        [a] = report["producers"]
+        assert (code, a["gaps"], a["dead_lettered"]) == (1, [[5, 6]], 2)
+        assert (a["records"], a["duplicates"]) == (3, 0)
+
+    def test_until_does_not_stretch_the_check_to_later_dead_letters(
+        self, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """With ``--until``, the records after it are not read, so a dead letter after them
+        must not make their seqs gaps: the check stops at the last stored seq in the window."""
+        late = "2026-12-01T13:00:00.000000Z"
+        sink = _write(
+            tmp_path / "sink.jsonl", [_doc("a", 1), _doc("a", 2), _doc("a", 3, when=late)]
+        )
+        letters = _write(tmp_path / "dead.jsonl", [_letter(_doc("a", 5, when=late))])
+        args = ["--file", str(sink), "--dead-letters", str(letters)]
+        code, report = _audit(capsys, *args, "--until", "2026-12-01T12:30:00Z")
+        assert (code, report["producers"][0]["gaps"]) == (0, [])
+        code, report = _audit(capsys, *args)
+        assert (code, report["producers"][0]["gaps"]) == (1, [[4, 4]])
+
+    def test_a_missing_source_is_a_usage_error(
+        self, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """A ``--dead-letters`` path that names nothing exits 2 with a line naming the option."""
+        sink = _write(tmp_path / "sink.jsonl", [_doc("a", 1)])
+        code = main(["audit", "--file", str(sink), "--dead-letters", str(tmp_path / "nope")])
+        assert code == 2
+        assert "--dead-letters" in capsys.readouterr().err
+
+
 class TestMoments:
     @pytest.mark.parametrize(
         ("text", "seconds_ago"), [("90s", 90), ("15m", 900), ("1h", 3600), ("2d", 172800)]

@@ -156,6 +156,10 @@ class Tap(_ClosedOnExit):
 
     mode: str
 
+    backlog: bool = False
+    """True when this tap shows the records already waiting (``TapOptions.backlog`` honoured),
+    not only new ones: ``mqlogging audit --dead-letters URL`` reads only such taps."""
+
     @abstractmethod
     def poll(self, timeout: float) -> list[bytes]:
         """Return the raw message bodies that arrived, waiting at most ``timeout`` seconds.

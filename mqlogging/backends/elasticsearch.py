@@ -28,8 +28,10 @@ What "confirmed" means for :meth:`ElasticsearchProducer.publish_batch`, per reco
   a broker. A batch is retried whole: its records already stored come back as ``409``.
 
 A rejected record is stored as the collector stores a dead letter (``reason``, ``stage``
-``"sink"``, ``source``, ``record_id``, ``dead_lettered_at``, ``message``), so one tool reads
-both. The rejected directory is created when a handler is configured with the endpoint
+``"sink"``, ``source``, ``record_id``, ``dead_lettered_at``, ``message``:
+:func:`mqlogging.deadletters.envelope`), so one tool reads both: ``mqlogging audit
+--dead-letters DIR`` counts them as explained. The rejected directory is created when a
+handler is configured with the endpoint
 (:meth:`~ElasticsearchEndpoint.prepare_local`): one that cannot be used is a
 :class:`~mqlogging.errors.ConfigurationError` naming ``rejected=``. If the spool
 still cannot take a record later (the disk failed, it is full), the record is not kept and
@@ -69,19 +71,19 @@ endpoint. Needs ``pip install 'mqlogging[elasticsearch]'``.
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import hashlib
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 from .._coerce import to_number, to_size
 from .._json import DECODE_ERRORS, dumps, loads
 from .._types import Message, Outcome, Result
+from ..deadletters import envelope
 from ..errors import (
     ConfigurationError,
     ConnectError,
@@ -366,9 +368,8 @@ class ElasticsearchProducer(Producer):
     def _keep(self, rejected: Sequence[tuple[Message, Result]]) -> None:
         """Store the rejected records with their errors; raise PartlyRefused (naming them)
         if that fails: they can never be stored, so they must not hold up the rest."""
-        now = datetime.now(timezone.utc).isoformat(timespec="milliseconds")
         source = self.endpoint.redacted()
-        bodies = [_rejected_body(m, r, source, now.replace("+00:00", "Z")) for m, r in rejected]
+        bodies = [_rejected_body(m, r, source) for m, r in rejected]
         try:
             if self._rejected is None:
                 self._rejected = Spool(self.endpoint.rejected_dir(), **_REJECTED_SPOOL)
@@ -395,20 +396,13 @@ def _decode(message: Message) -> _Doc | Result:
     return _Doc(message.id, doc, message.body)
 
 
-def _rejected_body(message: Message, result: Result, source: str, when: str) -> bytes:
-    """A rejected record in the collector's dead-letter shape."""
-    doc: dict[str, Any] = {
-        "reason": result.reason,
-        "stage": "sink",
-        "source": source,
-        "record_id": message.id,
-        "dead_lettered_at": when,
-    }
-    try:
-        doc["message"] = message.body.decode("utf-8")
-    except UnicodeDecodeError:
-        doc["message_base64"] = base64.b64encode(message.body).decode("ascii")
-    return dumps(doc)
+def _rejected_body(message: Message, result: Result, source: str) -> bytes:
+    """A rejected record in the collector's dead-letter shape (:mod:`mqlogging.deadletters`),
+    so ``mqlogging audit --dead-letters`` reads the rejected spool too."""
+    return dumps(
+        envelope(message.body, reason=result.reason, stage="sink", source=source,
+                 record_id=message.id)
+    )  # fmt: skip
 
 
 def _client_options(ep: ElasticsearchEndpoint) -> dict[str, Any]:

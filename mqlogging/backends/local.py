@@ -254,6 +254,7 @@ class LocalTap(Tap):
         )
         with self._connect_errors():
             self._follower: SpoolFollower | None = SpoolFollower(directory, backlog=options.backlog)
+        self.backlog = options.backlog
 
     def __repr__(self) -> str:
         return f"LocalTap({self.endpoint.redacted()!r})"

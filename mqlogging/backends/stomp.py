@@ -1031,6 +1031,7 @@ class STOMPTap(Tap):
         """After every (re)connect: choose the subscription on this broker and make it."""
         plan = _tap_plan(self.endpoint.destination, self._options, link.broker)
         self.mode = plan.mode
+        self.backlog = plan.browse and self._options.backlog
         if not plan.browse:
             self._browser = None
             self._conn.subscribe(link, plan.destination, {})

@@ -6,7 +6,9 @@ A dead letter is a JSON object::
      "record_id": "...", "dead_lettered_at": "2024-...Z", "collector": "host",
      "message": "<original body as text>"}      # or "message_base64" when it is not UTF-8
 
-published through the ordinary transport layer (:func:`mqlogging.backends.open_producer`): to
+built by :func:`mqlogging.deadletters.envelope` (the one owner of the format, which also reads
+it back for ``mqlogging audit --dead-letters``), published through the ordinary transport
+layer (:func:`mqlogging.backends.open_producer`): to
 a broker queue (AMQP publisher confirms / STOMP receipt) or to a ``local://`` spool directory.
 ``publish_batch`` returns only once the copy is confirmed, and only then is the original acked —
 so a crash in between yields a duplicate dead letter, never a lost one.
@@ -16,10 +18,8 @@ Thread-safety: one writer per source thread (producers are single-thread-owned).
 
 from __future__ import annotations
 
-import base64
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Final
 from urllib.parse import quote
@@ -28,6 +28,7 @@ from ..._ids import new_id
 from ..._types import Delivery, Message
 from ...backends import Producer, open_producer
 from ...backends.endpoints import Endpoint
+from ...deadletters import envelope
 from .._table import FromTable, check_fields
 from .base import dumps
 
@@ -84,26 +85,20 @@ class DeadLetter:
 
 
 def dead_letter_body(letter: DeadLetter, *, source: str, collector: str) -> dict[str, Any]:
-    """The JSON document stored for ``letter`` (see the module docstring)."""
-    doc: dict[str, Any] = {
-        "reason": letter.reason,
-        "stage": letter.stage,
-        "source": source,
-        "record_id": letter.record_id or letter.delivery.id,
-        "dead_lettered_at": datetime.now(timezone.utc)
-        .isoformat(timespec="milliseconds")
-        .replace("+00:00", "Z"),
-        "collector": collector,
-    }
-    body = letter.delivery.body
-    try:
-        doc["message"] = body.decode("utf-8")
-    except UnicodeDecodeError:
-        doc["message_base64"] = base64.b64encode(body).decode("ascii")
+    """The JSON document stored for ``letter`` (see the module docstring): the envelope of
+    :func:`mqlogging.deadletters.envelope`, which ``mqlogging audit --dead-letters`` reads."""
+    extra: dict[str, Any] = {"collector": collector}
     headers = _plain_headers(letter.delivery.headers)
     if headers:
-        doc["headers"] = headers
-    return doc
+        extra["headers"] = headers
+    return envelope(
+        letter.delivery.body,
+        reason=letter.reason,
+        stage=letter.stage,
+        source=source,
+        record_id=letter.record_id or letter.delivery.id,
+        extra=extra,
+    )
 
 
 def _plain_headers(headers: Mapping[str, Any]) -> dict[str, str]:
