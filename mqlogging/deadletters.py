@@ -27,19 +27,18 @@ from __future__ import annotations
 
 import base64
 import binascii
-import gzip
 from collections.abc import Mapping
 from datetime import datetime, timezone
 from typing import Any, Final, NamedTuple
 
+from .errors import UnpackError
+from .packing import DEFAULT_MAX_UNPACKED, ENCODING_HEADER, is_packed, unpack
 from .wire import NAMESPACE, decode, read_meta
 
 __all__ = ["BROKER_REASON", "Letter", "envelope", "open_letter"]
 
 BROKER_REASON: Final = "dead-lettered by the broker"
 """The reason given to a bare record found among dead letters (no envelope around it)."""
-
-_ENCODING_KEYS: Final = ("content-encoding", "content_encoding", "Content-Encoding")
 
 
 def envelope(
@@ -140,27 +139,24 @@ def _original(doc: dict[str, Any]) -> bytes | None:
 
 
 def _records(body: bytes, headers: Any) -> tuple[Any, ...]:
-    """The records of an original message: one JSON document, or JSON lines (packed)."""
-    body = _decompress(body, headers)
+    """The records of an original message: one JSON document, or JSON lines (packed; read by
+    :func:`mqlogging.packing.unpack`, the one reader of that format, with its size limit — an
+    undecodable packed message counts as one unattributed record)."""
+    meta = _normalised(headers)
+    if is_packed(meta) or meta.get(ENCODING_HEADER):
+        try:
+            return tuple(decode(line) for line in unpack(body, meta, DEFAULT_MAX_UNPACKED))
+        except UnpackError:
+            return (None,)
     whole = decode(body)
     if whole is not None or b"\n" not in body.strip():
         return (whole,)
     return tuple(decode(line) for line in body.splitlines() if line.strip())
 
 
-def _decompress(body: bytes, headers: Any) -> bytes:
-    """``body`` decoded as its ``Content-Encoding`` header says (gzip, zstd); unchanged when
-    there is none or it does not apply (the records then read as undecodable, and count)."""
-    coding = ""
-    if isinstance(headers, dict):
-        coding = next((str(headers[k]) for k in _ENCODING_KEYS if k in headers), "")
-    try:
-        if coding == "gzip":
-            return gzip.decompress(body)
-        if coding == "zstd":
-            import zstandard
-
-            return bytes(zstandard.ZstdDecompressor().decompressobj().decompress(body))
-    except Exception:  # gzip: OSError, EOFError, zlib.error; zstandard: ZstdError, ImportError
-        return body
-    return body
+def _normalised(headers: Any) -> dict[str, Any]:
+    """Header names as :mod:`mqlogging.packing` spells them (lower case, ``-``): brokers and
+    clients hand them over as ``Content-Encoding`` or ``content_encoding`` too."""
+    if not isinstance(headers, Mapping):
+        return {}
+    return {str(k).lower().replace("_", "-"): v for k, v in headers.items()}
