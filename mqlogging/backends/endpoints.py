@@ -128,7 +128,11 @@ class URLParts:
     def split(cls, url: str, scheme: Scheme, options: Mapping[str, Any]) -> URLParts:
         """Split ``url`` (whose scheme is ``scheme``); ``options`` win over the query."""
         name, rest = split_scheme(url)
-        parts = urlsplit(f"x://{rest}")
+        try:
+            parts = urlsplit(f"x://{rest}")
+        except ValueError as exc:  # an unclosed "[" of an IPv6 address
+            msg = f"{redact_url(url)}: not a valid URL ({exc})"
+            raise ConfigurationError(msg) from None
         netloc = rest.partition("/")[0].split("?", 1)[0]
         query = dict(parse_qsl(parts.query, keep_blank_values=True))
         query.update({k: v for k, v in options.items() if v is not None})

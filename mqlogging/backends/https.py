@@ -100,7 +100,14 @@ class HTTPSEndpoint(Endpoint):
 
     @classmethod
     def reconcile(cls, values: dict[str, Any], where: str) -> None:
-        """One token source at most, read now."""
+        """No user info (the ingest has no basic auth); one token source at most, read now."""
+        if "username" in values or "password" in values:
+            msg = (
+                f"{where}: user:password@ is not used by the https ingest; authenticate with "
+                "token_file= or token_env= (a bearer token) or certfile=/keyfile= (a client "
+                "certificate) instead"
+            )
+            raise ConfigurationError(msg)
         given = [k for k in _TOKEN_KEYS if k in values]
         if len(given) > 1:
             msg = f"{where}: give only one of {', '.join(given)}"

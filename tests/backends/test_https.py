@@ -46,6 +46,19 @@ class TestEndpoint:
         with pytest.raises(ConfigurationError, match="only one of"):
             HTTPSEndpoint.from_url(f"https://c/ingest?token=x&token_file={tmp_path}/t")
 
+    @pytest.mark.parametrize("userinfo", ["pilot:s3cret@", "pilot@"])
+    def test_user_info_is_refused_naming_the_ways_to_log_in(self, userinfo: str) -> None:
+        """``user:password@`` in the URL was silently ignored (records then went out with no
+        credentials): it is a one-line ConfigurationError naming token_file/token_env and
+        certfile/keyfile, and the password does not appear in it."""
+        with pytest.raises(ConfigurationError) as info:
+            HTTPSEndpoint.from_url(f"https://{userinfo}c.example.org:8443/ingest")
+        text = str(info.value)
+        assert "\n" not in text
+        assert "s3cret" not in text
+        for option in ("token_file", "token_env", "certfile", "keyfile"):
+            assert option in text
+
 
 class TestSourceConfig:
     def test_refuses_what_would_fail_later(self, tmp_path: Path) -> None:
