@@ -1189,7 +1189,9 @@ def _add_user_attributes(
     for layer in layers:
         for key, value in layer:
             name = key if key.__class__ is str else _key_str(key)
-            if name in _OTEL_OWNED:
+            if name == _DIVERTED_KEY and isinstance(value, dict):
+                attributes[name] = value  # set-aside fields join it, as in the other schemas
+            elif name in _OTEL_OWNED:
                 diverted.append((name, value))
             else:
                 attributes[name] = value
