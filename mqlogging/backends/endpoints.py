@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal, Protocol, TypeVar
 from urllib.parse import parse_qsl, quote, unquote, urlsplit
 
-from .._coerce import check_pem_file, did_you_mean, to_bool, to_number
+from .._coerce import check_pem_file, did_you_mean, port_number, to_bool, to_number
 from ..errors import ConfigurationError
 from ._urls import redact_url, split_scheme
 from .registry import transport_for
@@ -534,11 +534,8 @@ def _parse_host(item: str, default_port: int, where: str) -> Host:
         port_s = port_s.lstrip(":")
     else:
         host, _, port_s = item.partition(":")
-    try:
-        port = int(port_s) if port_s else default_port
-    except ValueError:
-        port = -1
-    if not 0 < port < 65536:
+    port = port_number(port_s) if port_s else default_port
+    if not port:
         msg = f"{where}: port {port_s!r} of host {host!r} is not a number from 1 to 65535"
         raise ConfigurationError(msg)
     if not host:

@@ -78,6 +78,15 @@ class TestSourceConfig:
         with pytest.raises(ConfigurationError, match="at least 16"):
             HttpSourceConfig(tls=False, tokens_file=str(tokens))
 
+    @pytest.mark.parametrize("port", ["\u00b2", "8_0", "+80", "99999", "None"])
+    def test_a_malformed_listen_port_is_one_line(self, tmp_path: Path, port: str) -> None:
+        """``listen`` with a port that is not 0-65535 in ASCII digits is a ConfigurationError
+        at load (``"\u00b2"`` passed ``isdigit`` and made ``int()`` raise a bare ValueError)."""
+        tokens = tmp_path / "tokens"
+        tokens.write_text(f"{TOKEN}\n")
+        with pytest.raises(ConfigurationError, match="must be host:port"):
+            HttpSourceConfig(tls=False, tokens_file=str(tokens), listen=f"0.0.0.0:{port}")
+
     def test_allowed_subjects_without_client_ca_is_refused(self, tmp_path: Path) -> None:
         """``allowed_subjects`` without ``client_ca`` restricts nothing (no certificate is
         ever asked for): a one-line error instead of an allow-list silently ignored."""
