@@ -457,34 +457,44 @@ class TestUserFieldsNeverReplaceOurs:
     writes (level, logger, time, id, message, host, process, thread, trace, ``mqlogging``...)
     never replaces it and is never lost (it goes under ``extra``), whichever way it comes."""
 
-    @staticmethod
-    def _format(options: dict[str, Any], layer: str, key: str | None) -> dict[str, Any]:
+    EXC_INFO = exc_info_of(ValueError("bad"))
+
+    def _format(
+        self, options: dict[str, Any], layer: str, key: str | None, exc: bool
+    ) -> dict[str, Any]:
         """The document of one record with ``key="USER"`` given through ``layer`` (none for
-        ``key=None``: the baseline, with a dict message for the dict layer)."""
+        ``key=None``: the baseline, with a dict message for the dict layer); with ``exc``, the
+        record has an exception and stack info."""
         user = {} if key is None else {key: "USER"}
         formatter = JsonFormatter(**options, static_fields=user if layer == "static" else None)
         msg: Any = {"message": "hello", **user} if layer == "dict" else "hello"
-        record = make_record(msg, (), extra=user if layer == "extra" else None)
+        record = make_record(
+            msg, (), extra=user if layer == "extra" else None,
+            exc_info=self.EXC_INFO if exc else None, stack_info="Stack:\n  x" if exc else None,
+        )  # fmt: skip
         record.created, record.msecs, record.relativeCreated = 1700000000.5, 500.0, 1.0
         record.mqlogging_id = "fixed-id"
         with bound_context(**(user if layer == "context" else {})):
             return decode(formatter, record)
 
+    @pytest.mark.parametrize("exc", [False, True], ids=["plain", "exception"])
     @pytest.mark.parametrize("layer", ["static", "context", "dict", "extra"])
     @pytest.mark.parametrize("variant", list(_SCHEMA_VARIANTS))
-    def test_in_every_schema_and_from_every_source(self, variant: str, layer: str) -> None:
+    def test_in_every_schema_and_from_every_source(
+        self, variant: str, layer: str, exc: bool
+    ) -> None:
         """For each name, from static fields, context, a dict message and ``extra=``: every
         field of the document without the user field keeps its value, and the user value is
         in the document (before, ``name``/``levelname`` and every other record attribute
         from a dict message replaced the logger's in ``logstash``, and ``fmt``'s fields in
         ``flat``; from static fields and context they were dropped in ``logstash``)."""
         options = _SCHEMA_VARIANTS[variant]
-        baseline = self._format(options, layer, None)
+        baseline = self._format(options, layer, None, exc)
         failures = []
         for key in _OWNED_LOOKING:
             if (layer, key) == ("dict", "message") or (layer == "extra" and key in _STDLIB_REFUSES):
                 continue  # the dict message's own message; names makeRecord refuses
-            doc = self._format(options, layer, key)
+            doc = self._format(options, layer, key, exc)
             if "USER" not in json.dumps(doc):
                 failures.append(f"{key}: lost")
             for path, value in _leaves(baseline):
