@@ -20,6 +20,7 @@ __all__ = [
     "check_pem_file",
     "choose",
     "did_you_mean",
+    "port_number",
     "refuse_unknown",
     "to_age",
     "to_bool",
@@ -101,6 +102,18 @@ def to_age(value: Any, *, where: str, name: str) -> float:
     if not match:
         raise _fail(where, name, f"must be a duration such as 90, 10m or 7d, not {value!r}")
     return float(match[1]) * _AGE_UNITS[match[2].lower()]
+
+
+def port_number(text: str) -> int | None:
+    """``text`` as a TCP port (0 to 65535), ``None`` when it is not one.
+
+    Only ASCII digits: ``int()`` would raise on ``"²"`` (which ``str.isdigit`` accepts) and
+    take ``"+80"``, ``" 80"``, ``"8_0"`` or non-ASCII digits for a port.
+    """
+    if not (text.isascii() and text.isdigit() and len(text) <= 5):
+        return None
+    port = int(text)
+    return port if port < 65536 else None
 
 
 def did_you_mean(word: str, known: Iterable[str]) -> str:

@@ -38,7 +38,7 @@ import math
 import socket
 import time
 import traceback
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Container, Iterable, Mapping, Sequence
 from typing import Any, Final
 
 from pythonjsonlogger import defaults as _pjl
@@ -830,9 +830,11 @@ class _LogstashSchema(_Schema):
     are added, and inside an OpenTelemetry span ``trace_id``/``span_id``/``trace_flags``; the
     message is always freshly
     rendered and never passed through ``str.format(**record.__dict__)`` (V1 does, which rewrites
-    messages containing ``{name}``-like text and can expose attributes); a user field named
-    ``id`` or ``@timestamp`` (from ``extra``, a dict message or context) is moved to ``extra``
-    (the id and the time are ours: :mod:`mqlogging.wire`).
+    messages containing ``{name}``-like text and can expose attributes); a user field (from
+    static fields, context, ``extra`` or a dict message) named like a field the formatter
+    writes -- a record attribute (``name``, ``levelname``, ``lineno``...), ``@timestamp``,
+    ``@version``, ``source_host``, ``message``, ``exception``, ``id`` -- is moved under
+    ``extra`` (V1 lets it replace ours, or drops a static one).
 
     Values V1 cannot encode well (V1 runs ``json.dumps(default=str)``), checked against
     logstash-formatter 0.5.17 by ``tests/test_logstash_differences.py``:
@@ -875,44 +877,78 @@ class _LogstashSchema(_Schema):
         rid = record.__dict__.get(ID_ATTRIBUTE)
         if rid.__class__ is not str or not rid or len(rid) > _SHORT_ID:
             rid = _record_id(record)
-        fields = record.__dict__.copy()
-        del fields[ID_ATTRIBUTE]
-        fields.pop(_REFUSED_ID, None)
-        msg = fields.pop("msg", None)
-        fields.pop("message", None)  # left by another formatter: always render it afresh
-        if isinstance(msg, dict):
-            fields.update(message_dict)
-        else:
-            fields["message"] = _get_message(record)
-        exc_info = fields.pop("exc_info", None)
-        if exc_info:
-            fields["exception"] = _v1_exception(exc_info)
-        if not fields.get("exc_text", True):
-            del fields["exc_text"]
-
+        fields, extras = _v1_fields(record)
+        # V1's order: static fields, the header, the record's attributes and extras, the
+        # message (or the dict message's fields), the exception. A user field named like one
+        # of ours (the record's attributes, the header, the message, the id) goes under
+        # ``extra`` instead of replacing it.
+        owned = _LOGSTASH_OWNED.union(fields)
+        exception = fields.pop("exception", _MISSING)
+        diverted: list[tuple[str, Any]] = []
         if self._static:
-            log_data.update(self._static)
-        stamp = log_data["@timestamp"] = self._clock(record.created)
+            _place(log_data, self._static.items(), owned, diverted)
+        log_data["@timestamp"] = self._clock(record.created)
         log_data["@version"] = 1
         log_data["source_host"] = self.formatter.hostname
         context = current_fields()
         if context:
-            log_data.update(context)
+            _place(log_data, context.items(), owned, diverted)
         log_data.update(fields)
-        # The id and the time are ours (mqlogging.wire): a user field of either name is moved
-        # under ``extra``; the time keeps its place, first, as in V1.
-        diverted = []
-        user_time = log_data["@timestamp"]
-        if user_time is not stamp:
-            log_data["@timestamp"] = stamp
-            diverted.append(("@timestamp", user_time))
-        user_id = log_data.pop("id", _MISSING)
+        if extras:
+            _place(log_data, extras, owned, diverted)
+        if isinstance(record.msg, dict):
+            if "message" in message_dict:  # the dict message's own message
+                log_data["message"] = message_dict.pop("message")
+            _place(log_data, message_dict.items(), owned, diverted)
+        else:
+            log_data["message"] = _get_message(record)
+        if exception is not _MISSING:
+            log_data["exception"] = exception
         log_data["id"] = rid
-        if user_id is not _MISSING:
-            diverted.append(("id", user_id))
         _add_flat_extras(log_data, record, diverted)
         if diverted:
             _divert(log_data, diverted)
+
+
+# The logstash fields that are the formatter's whatever the record holds (the record's own
+# attributes are added per record); the template and trace fields are kept by _add_flat_extras.
+_LOGSTASH_OWNED: Final = frozenset(["@timestamp", "@version", "source_host", "message", "id"])
+_STD_NAMES: Final = frozenset(_STD_ATTRIBUTES)
+
+
+def _v1_fields(record: logging.LogRecord) -> tuple[dict[str, Any], list[tuple[str, Any]]]:
+    """The record's own attributes as V1 writes them (no ``msg``, ``exc_info`` as
+    ``exception``, a falsy ``exc_text`` left out), and its user attributes (``extra``)."""
+    fields: dict[str, Any] = {}
+    extras: list[tuple[str, Any]] = []
+    skipped = (ID_ATTRIBUTE, _REFUSED_ID, "msg", "message")  # "message": always rendered afresh
+    for key, value in record.__dict__.items():
+        if key in _STD_NAMES:
+            if key not in skipped:
+                fields[key] = value
+        elif key not in skipped:
+            extras.append((key, value))
+    exc_info = fields.pop("exc_info", None)
+    if exc_info:
+        fields["exception"] = _v1_exception(exc_info)
+    if not fields.get("exc_text", True):
+        del fields["exc_text"]
+    return fields, extras
+
+
+def _place(
+    log_data: dict[str, Any],
+    items: Iterable[tuple[Any, Any]],
+    owned: Container[Any],
+    diverted: list[tuple[str, Any]],
+) -> None:
+    """Set user fields (a later one replaces an earlier one); one named like a field the
+    formatter owns is appended to ``diverted`` instead (it goes under ``extra``)."""
+    for key, value in items:
+        if key in owned:
+            diverted.append((key if key.__class__ is str else _key_str(key), value))
+        else:
+            log_data[key] = value
 
 
 def _v1_exception(exc_info: Any) -> list[str]:
@@ -930,8 +966,11 @@ class _FlatSchema(_Schema):
     ``static_fields`` exactly as python-json-logger does; exceptions and stack info are strings
     in ``exc_info`` and ``stack_info``; ``timestamp`` is UTC ISO-8601 with microseconds. A user
     field ``id``, ``timestamp`` or ``@timestamp`` (Elasticsearch's time for every schema; kept
-    when ``rename_fields`` asks for it by name) and a dotted key into ``mqlogging`` are moved
-    under ``extra``.
+    when ``rename_fields`` asks for it by name), a dotted key into ``mqlogging``, and a field
+    named (after renaming) like one ``fmt`` takes from the record or like the record's
+    ``exc_info``/``stack_info`` are moved under ``extra`` (python-json-logger lets static,
+    dict-message and ``extra`` fields replace them). ``defaults`` stay defaults: fields of
+    ``fmt`` replace them, as in the stdlib.
     """
 
     __slots__ = ()
@@ -939,18 +978,13 @@ class _FlatSchema(_Schema):
     timestamp_suffix = "+00:00"  # what python-json-logger's timestamp=True writes
     essential = ("message", "timestamp", "id", "exc_info", "levelname", "name")
 
-    def add_fields(
-        self, log_data: dict[str, Any], record: logging.LogRecord, message_dict: dict[str, Any]
-    ) -> None:
+    def _add_required(self, log_data: dict[str, Any], record: logging.LogRecord) -> list[str]:
+        """Write the fields ``fmt`` takes from the record; return their (renamed) names."""
         formatter = self.formatter
-        rid = _record_id(record)
         rename = formatter.rename_fields.get
-        if record.exc_info or record.exc_text or record.stack_info:
-            _add_exc_and_stack(formatter, record, message_dict)
-        # BaseJsonFormatter.add_fields, with context fields between static and message fields.
-        for key, value in formatter.defaults.items():
-            log_data[rename(key, key)] = value
         attrs = record.__dict__
+        names = []
+        value: Any
         for field in formatter._required_fields:
             if field == "message":
                 value = "" if isinstance(record.msg, dict) else _get_message(record)
@@ -958,18 +992,45 @@ class _FlatSchema(_Schema):
                 value = formatter.formatTime(record, formatter.datefmt)
             else:
                 value = attrs.get(field)
-            log_data[rename(field, field)] = value
-        for layer in (formatter.static_fields, current_fields(), message_dict):
-            for key, value in layer.items():
-                log_data[rename(key, key)] = value
-        merge_record_extra(record, log_data, formatter._skip_fields, formatter.rename_fields)
+            name = rename(field, field)
+            log_data[name] = value
+            names.append(name)
+        return names
+
+    def add_fields(
+        self, log_data: dict[str, Any], record: logging.LogRecord, message_dict: dict[str, Any]
+    ) -> None:
+        formatter = self.formatter
+        rid = _record_id(record)
+        rename = formatter.rename_fields.get
+        ours = _exc_and_stack(formatter, record) if _has_exc_or_stack(record) else {}
+        # BaseJsonFormatter.add_fields, with context fields between static and message fields,
+        # and the fields written from the record (fmt's, the exception, the stack) protected:
+        # a user field of one of their names goes under ``extra``.
+        for key, value in formatter.defaults.items():
+            log_data[rename(key, key)] = value
+        owned = {rename(key, key) for key in ours}
+        owned.update(self._add_required(log_data, record))
+        diverted: list[tuple[str, Any]] = []
+        for layer in (formatter.static_fields, current_fields()):
+            _place(log_data, ((rename(k, k), v) for k, v in layer.items()), owned, diverted)
+        if message_dict:
+            if "message" in message_dict:  # the dict message's own message
+                log_data[rename("message", "message")] = message_dict.pop("message")
+            items = ((rename(k, k), v) for k, v in message_dict.items())
+            _place(log_data, items, owned, diverted)
+        for key, value in ours.items():
+            log_data[rename(key, key)] = value
+        extras: dict[str, Any] = {}
+        merge_record_extra(record, extras, formatter._skip_fields, formatter.rename_fields)
+        _place(log_data, extras.items(), owned, diverted)
 
         # "@timestamp" too: the ES writer keeps a record's own "@timestamp" as its time in
         # Elasticsearch, so a user's would replace ours there (unless asked for by name).
-        owned = [self.timestamp_key, "id"]
+        ids = [self.timestamp_key, "id"]
         if _ES_TIME_KEY not in formatter.rename_fields.values():
-            owned.append(_ES_TIME_KEY)
-        diverted = [(key, log_data.pop(key)) for key in owned if key in log_data]
+            ids.append(_ES_TIME_KEY)
+        diverted.extend((key, log_data.pop(key)) for key in ids if key in log_data)
         log_data[self.timestamp_key] = self._clock(record.created)
         log_data["id"] = rid
         _add_flat_extras(log_data, record, diverted)
@@ -977,17 +1038,22 @@ class _FlatSchema(_Schema):
             _divert(log_data, diverted)
 
 
-def _add_exc_and_stack(
-    formatter: JsonFormatter, record: logging.LogRecord, message_dict: dict[str, Any]
-) -> None:
-    """BaseJsonFormatter.format's preparation of ``exc_info`` and ``stack_info``, into
-    ``message_dict`` instead of the record (a record is never mutated)."""
-    if record.exc_info and not message_dict.get("exc_info"):
-        message_dict["exc_info"] = _text(formatter.formatException(record.exc_info))
-    if not message_dict.get("exc_info") and record.exc_text:
-        message_dict["exc_info"] = record.exc_text
-    if record.stack_info and not message_dict.get("stack_info"):
-        message_dict["stack_info"] = formatter.formatStack(record.stack_info)
+def _has_exc_or_stack(record: logging.LogRecord) -> bool:
+    return bool(record.exc_info or record.exc_text or record.stack_info)
+
+
+def _exc_and_stack(formatter: JsonFormatter, record: logging.LogRecord) -> dict[str, str]:
+    """BaseJsonFormatter.format's ``exc_info`` and ``stack_info`` strings, for the flat schema
+    (a record is never mutated). Unlike python-json-logger, a dict message's own
+    ``exc_info``/``stack_info`` does not replace them: it goes under ``extra``."""
+    out: dict[str, str] = {}
+    if record.exc_info:
+        out["exc_info"] = _text(formatter.formatException(record.exc_info))
+    elif record.exc_text:
+        out["exc_info"] = record.exc_text
+    if record.stack_info:
+        out["stack_info"] = _text(formatter.formatStack(record.stack_info))
+    return out
 
 
 # OpenTelemetry attribute names the ``otel`` schema writes (semantic conventions; the template
@@ -1189,7 +1255,9 @@ def _add_user_attributes(
     for layer in layers:
         for key, value in layer:
             name = key if key.__class__ is str else _key_str(key)
-            if name in _OTEL_OWNED:
+            if name == _DIVERTED_KEY and isinstance(value, dict):
+                attributes[name] = value  # set-aside fields join it, as in the other schemas
+            elif name in _OTEL_OWNED:
                 diverted.append((name, value))
             else:
                 attributes[name] = value
@@ -1257,9 +1325,11 @@ class JsonFormatter(BaseJsonFormatter):
 
     Where user fields go: ``extra={...}`` fields, context fields (:func:`bind_context`), fields
     of a dict message (``logger.info({"k": v})``) and static fields are all added; on a name
-    clash the later of static < context < dict message < extra wins. A user field never replaces
-    a field the formatter writes (the id, the timestamp, and in ``ecs`` every field it emits, or
-    a scalar where ECS has an object such as ``host`` or ``user``): it is moved under ``extra``,
+    clash the later of static < context < dict message < extra wins (in ``logstash``, as in
+    V1, a dict message wins over ``extra``). A user field never replaces a field the formatter
+    writes (the id, the timestamp, the level, the logger, the message... every field each schema
+    emits from the record, and in ``ecs`` a scalar where ECS has an object such as ``host`` or
+    ``user``; in ``otel`` user fields are attributes): it is moved under ``extra``,
     its path joined with underscores (``{"extra": {"host": "web1", "log_level": "x"}}``), so
     nothing is lost and Elasticsearch mappings stay consistent.
 

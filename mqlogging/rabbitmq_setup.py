@@ -44,8 +44,9 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote, unquote, urlsplit
+from urllib.parse import SplitResult, quote, unquote, urlsplit
 
+from .backends._urls import redact_url
 from .backends.endpoints import Secret
 from .errors import BackendError, ConfigurationError, ConnectError
 
@@ -149,19 +150,13 @@ class ManagementAPI:
         ca_certs: str | None = None,
         timeout: float = 10.0,
     ) -> None:
-        parts = urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            msg = (
-                f"management URL {_redact(url)!r} must be http(s)://user@host:15672 "
-                "(the RabbitMQ management plugin)"
-            )
-            raise ConfigurationError(msg)
+        parts = _split(url)
         self.username = unquote(parts.username or "guest")
         url_password = unquote(parts.password) if parts.password is not None else None
         if password is None:
             password = Secret(url_password if url_password is not None else "guest")
         self._password = password
-        port = f":{parts.port}" if parts.port else ""
+        port = f":{parts.port}" if parts.port else ""  # checked by _split
         self.base = f"{parts.scheme}://{parts.hostname}{port}{parts.path.rstrip('/')}/api"
         self.where = f"{parts.scheme}://{quote(self.username, safe='')}@{parts.hostname}{port}"
         self._timeout = timeout
@@ -410,9 +405,18 @@ def run_command(args: argparse.Namespace) -> int:
     return 0
 
 
-def _redact(url: str) -> str:
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
-    return parts._replace(netloc=netloc).geturl()
+def _split(url: str) -> SplitResult:
+    """``url`` split, its port read once: a malformed URL (``http://h:None``, a port above
+    65535, an unclosed ``[``) is a one-line ConfigurationError, never urllib's ValueError
+    escaping as a traceback from the CLI."""
+    usage = "must be http(s)://user@host:15672 (the RabbitMQ management plugin)"
+    try:
+        parts = urlsplit(url)
+        _ = parts.port  # urllib checks the port only when it is read
+    except ValueError as exc:
+        msg = f"management URL {redact_url(url)!r} is not a valid URL ({exc}); it {usage}"
+        raise ConfigurationError(msg) from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        msg = f"management URL {redact_url(url)!r} {usage}"
+        raise ConfigurationError(msg)
+    return parts

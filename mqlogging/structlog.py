@@ -38,6 +38,9 @@ from typing import Any
 
 __all__ = ["MQLogger", "MQLoggerFactory", "configure"]
 
+_EXTRA = "extra"  # where the formatter keeps user fields that collided with its own
+_MISSING: Any = object()
+
 
 def _exc_info(value: Any) -> Any:
     """structlog's ``exc_info``: True (the current exception), an exception, or a tuple."""
@@ -48,6 +51,19 @@ def _exc_info(value: Any) -> Any:
     if isinstance(value, tuple):
         return value
     return None
+
+
+def _set_aside(event_dict: dict[str, Any], key: str, value: Any) -> None:
+    """Keep a user field that would shadow one of ours under ``extra``, as the formatter
+    keeps colliding fields (merged into an ``extra`` dict, beside a non-dict ``extra``), so
+    it arrives as ``extra.<key>`` in every schema instead of being lost."""
+    current = event_dict.get(_EXTRA, _MISSING)
+    if isinstance(current, dict):
+        aside = dict(current)
+    else:
+        aside = {} if current is _MISSING else {_EXTRA: current}
+    aside[key] = value
+    event_dict[_EXTRA] = aside
 
 
 class MQLogger:
@@ -73,6 +89,8 @@ class MQLogger:
             return
         exc_info = _exc_info(event_dict.pop("exc_info", None))
         event = event_dict.pop("event", "")
+        if "message" in event_dict:  # a user field; the dict message's "message" is the event
+            _set_aside(event_dict, "message", event_dict.pop("message"))
         event_dict["message"] = event if isinstance(event, str) else str(event)
         record = logging.LogRecord(self.name, level, "", 0, event_dict, None, exc_info)
         self._handler.handle(record)

@@ -416,6 +416,95 @@ class TestEcs:
         assert decode(JsonFormatter(), make_record({"k": 1}, ()))["message"] == ""
 
 
+# Names the schemas write themselves (or prefixes of them), and user-looking names beside them.
+_OWNED_LOOKING = (
+    "name", "levelname", "levelno", "message", "msg", "args", "@timestamp", "timestamp", "id",
+    "host", "process", "processName", "thread", "threadName", "source_host", "@version",
+    "exception", "exc_info", "exc_text", "stack_info", "log", "event", "ecs", "error",
+    "trace_id", "span_id", "trace_flags", "message_template", "mqlogging", "pathname",
+    "lineno", "funcName", "created", "msecs", "relativeCreated", "module", "filename",
+    "log.level", "event.id", "mqlogging.seq", "extra", "attributes", "body", "severityText",
+    "severityNumber", "resource", "scope", "timeUnixNano", "log.record.uid", "code.file.path",
+    "thread.id",
+)  # fmt: skip
+_STDLIB_REFUSES = frozenset(make_record().__dict__) | {"message", "asctime"}
+_SCHEMA_VARIANTS = {
+    **{schema: {"schema": schema} for schema in SCHEMAS},
+    "flat with fmt": {"schema": "flat", "fmt": "%(levelname)s %(name)s %(lineno)d %(message)s"},
+    "flat renamed": {
+        "schema": "flat", "fmt": "%(levelname)s %(name)s %(message)s",
+        "rename_fields": {"levelname": "level"},
+    },
+}  # fmt: skip
+
+
+def _leaves(doc: Any, path: tuple[str, ...] = ()) -> Any:
+    if isinstance(doc, dict):
+        for key, value in doc.items():
+            yield from _leaves(value, (*path, key))
+    else:
+        yield path, doc
+
+
+def _at(doc: Any, path: tuple[str, ...]) -> Any:
+    for key in path:
+        doc = doc.get(key) if isinstance(doc, dict) else None
+    return doc
+
+
+class TestUserFieldsNeverReplaceOurs:
+    """The formatter's promise, in every schema: a user field named like one the formatter
+    writes (level, logger, time, id, message, host, process, thread, trace, ``mqlogging``...)
+    never replaces it and is never lost (it goes under ``extra``), whichever way it comes."""
+
+    EXC_INFO = exc_info_of(ValueError("bad"))
+
+    def _format(
+        self, options: dict[str, Any], layer: str, key: str | None, exc: bool
+    ) -> dict[str, Any]:
+        """The document of one record with ``key="USER"`` given through ``layer`` (none for
+        ``key=None``: the baseline, with a dict message for the dict layer); with ``exc``, the
+        record has an exception and stack info."""
+        user = {} if key is None else {key: "USER"}
+        formatter = JsonFormatter(**options, static_fields=user if layer == "static" else None)
+        msg: Any = {"message": "hello", **user} if layer == "dict" else "hello"
+        record = make_record(
+            msg, (), extra=user if layer == "extra" else None,
+            exc_info=self.EXC_INFO if exc else None, stack_info="Stack:\n  x" if exc else None,
+        )  # fmt: skip
+        record.created, record.msecs, record.relativeCreated = 1700000000.5, 500.0, 1.0
+        record.mqlogging_id = "fixed-id"
+        with bound_context(**(user if layer == "context" else {})):
+            return decode(formatter, record)
+
+    @pytest.mark.parametrize("exc", [False, True], ids=["plain", "exception"])
+    @pytest.mark.parametrize("layer", ["static", "context", "dict", "extra"])
+    @pytest.mark.parametrize("variant", list(_SCHEMA_VARIANTS))
+    def test_in_every_schema_and_from_every_source(
+        self, variant: str, layer: str, exc: bool
+    ) -> None:
+        """For each name, from static fields, context, a dict message and ``extra=``: every
+        field of the document without the user field keeps its value, and the user value is
+        in the document (before, ``name``/``levelname`` and every other record attribute
+        from a dict message replaced the logger's in ``logstash``, and ``fmt``'s fields in
+        ``flat``; from static fields and context they were dropped in ``logstash``)."""
+        options = _SCHEMA_VARIANTS[variant]
+        baseline = self._format(options, layer, None, exc)
+        failures = []
+        for key in _OWNED_LOOKING:
+            if (layer, key) == ("dict", "message") or (layer == "extra" and key in _STDLIB_REFUSES):
+                continue  # the dict message's own message; names makeRecord refuses
+            doc = self._format(options, layer, key, exc)
+            if "USER" not in json.dumps(doc):
+                failures.append(f"{key}: lost")
+            for path, value in _leaves(baseline):
+                if "extra" in path or path == ("observedTimeUnixNano",):
+                    continue
+                if _at(doc, path) != value:
+                    failures.append(f"{key}: {'.'.join(path)} {value!r} -> {_at(doc, path)!r}")
+        assert not failures, failures
+
+
 class TestLogstashCompatibility:
     """Field for field what logstash_formatter.LogstashFormatterV1 writes for the same record.
 
@@ -458,8 +547,9 @@ class TestLogstashCompatibility:
         self.compare(JsonFormatter(schema="logstash"), LogstashFormatterV1(), self.CASES[case]())
 
     def test_static_fields_are_v1_extra_defaults(self) -> None:
-        """static_fields behave like V1's ``{"extra": {...}}`` defaults (record fields win)."""
-        static = {"service": "api", "name": "overridden by the record"}
+        """static_fields behave like V1's ``{"extra": {...}}`` defaults (first in the document);
+        one named like a record field differs (tests/test_logstash_differences.py)."""
+        static = {"service": "api", "site": "CERN"}
         theirs = LogstashFormatterV1(fmt=json.dumps({"extra": static}))
         self.compare(JsonFormatter(schema="logstash", static_fields=static), theirs, make_record())
 

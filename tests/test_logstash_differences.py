@@ -140,3 +140,38 @@ def test_preformatted_record_has_no_msg_and_a_fresh_message(encoder: str) -> Non
     assert (theirs["msg"], theirs["message"]) == ("hello %s", "hello x")
     assert "msg" not in ours
     assert ours["message"] == "hello y"
+
+
+@pytest.mark.parametrize("encoder", ENCODERS)
+def test_user_fields_named_like_ours_go_under_extra(encoder: str) -> None:
+    """A user field named like a field the formatter writes (a record attribute such as
+    ``name`` or ``levelname``, the header ``source_host``/``@version``, the message) replaces
+    it in V1; here it goes under ``extra`` and ours stays: from a dict message, from an
+    ``extra=`` field, and from static fields (V1's defaults, which V1 silently drops)."""
+    dict_message = {"message": "m", "name": "user name", "levelname": "LOUD", "lineno": "x"}
+    record = _record(msg=dict_message, args=None)
+    theirs, ours = _v1(record), _ours(record, encoder)
+    assert (theirs["name"], theirs["levelname"], theirs["lineno"]) == ("user name", "LOUD", "x")
+    assert (ours["name"], ours["levelname"], ours["lineno"]) == (LOGGER.name, "INFO", 1)
+    assert ours["extra"] == {"name": "user name", "levelname": "LOUD", "lineno": "x"}
+    assert ours["message"] == theirs["message"] == "m"
+
+    record = LOGGER.makeRecord(
+        LOGGER.name, logging.INFO, "f.py", 1, "m", (), None, None,
+        {"source_host": "spoofed", "@version": 2},
+    )  # fmt: skip
+    theirs, ours = _v1(record), _ours(record, encoder)
+    assert (theirs["source_host"], theirs["@version"]) == ("spoofed", 2)
+    assert ours["@version"] == 1
+    assert ours["source_host"] != "spoofed"
+    assert ours["extra"] == {"source_host": "spoofed", "@version": 2}
+
+    static = {"name": "static name", "message": "static message", "site": "CERN"}
+    body = JsonFormatter(schema="logstash", encoder=encoder, static_fields=static).format(
+        _record(msg="m", args=())
+    )
+    theirs = json.loads(LogstashFormatterV1(fmt=json.dumps({"extra": static})).format(_record()))
+    ours = json.loads(body)
+    assert (theirs["name"], theirs["site"]) == (LOGGER.name, "CERN")  # V1: "static name" lost
+    assert (ours["name"], ours["message"], ours["site"]) == (LOGGER.name, "m", "CERN")
+    assert ours["extra"] == {"name": "static name", "message": "static message"}

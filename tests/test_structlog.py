@@ -4,6 +4,7 @@ against the private RabbitMQ node."""
 
 from __future__ import annotations
 
+import json
 import logging
 import subprocess
 import sys
@@ -13,7 +14,8 @@ import pytest
 import structlog
 
 from harness.drain import amqp_url, drain_amqp
-from mqlogging import MQHandler, bound_context
+from mqlogging import JsonFormatter, MQHandler, bound_context
+from mqlogging.formatting import SCHEMAS
 from mqlogging.structlog import MQLogger
 
 
@@ -84,3 +86,36 @@ def test_import_does_not_pull_structlog() -> None:
     """``import mqlogging.structlog`` does not import structlog (only ``configure`` does)."""
     code = "import sys, mqlogging.structlog; assert 'structlog' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+class _Formatted(logging.Handler):
+    """Keeps each record as the JSON document its formatter makes (no broker: this is about
+    the record MQLogger builds)."""
+
+    def __init__(self, schema: str) -> None:
+        super().__init__()
+        self.setFormatter(JsonFormatter(schema=schema))
+        self.docs: list[dict[str, Any]] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.docs.append(json.loads(self.format(record)))
+
+
+@pytest.mark.parametrize("schema", SCHEMAS)
+def test_a_user_message_key_is_kept_under_extra(schema: str) -> None:
+    """A ``message=`` key of the event dict was overwritten by the event (the field was lost):
+    it is kept as ``extra.message`` in every schema, beside an ``extra`` dict the user gave
+    (merged) or a non-dict one (kept as ``extra.extra``), while the event stays the message."""
+    handler = _Formatted(schema)
+    log = MQLogger(handler, "api")
+    log.info("evt", message="user text", rows=3)
+    log.info("evt", message="user text", extra={"a": 1})
+    log.info("evt", message="user text", extra="x")
+    text = "body" if schema == "otel" else "message"
+    assert [doc[text] for doc in handler.docs] == ["evt"] * 3
+    extras = [(d["attributes"] if schema == "otel" else d)["extra"] for d in handler.docs]
+    assert extras == [
+        {"message": "user text"},
+        {"a": 1, "message": "user text"},
+        {"extra": "x", "message": "user text"},
+    ]

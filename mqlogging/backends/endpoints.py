@@ -31,7 +31,15 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal, Protocol, TypeVar
 from urllib.parse import parse_qsl, quote, unquote, urlsplit
 
-from .._coerce import check_pem_file, choose, did_you_mean, to_bool, to_number, to_size
+from .._coerce import (
+    check_pem_file,
+    choose,
+    did_you_mean,
+    port_number,
+    to_bool,
+    to_number,
+    to_size,
+)
 from ..errors import ConfigurationError
 from ..packing import DEFAULT_PACK_BYTES, ENCODINGS, MAX_PACK_BYTES, PackOptions
 from ._urls import redact_url, split_scheme
@@ -152,7 +160,11 @@ class URLParts:
     def split(cls, url: str, scheme: Scheme, options: Mapping[str, Any]) -> URLParts:
         """Split ``url`` (whose scheme is ``scheme``); ``options`` win over the query."""
         name, rest = split_scheme(url)
-        parts = urlsplit(f"x://{rest}")
+        try:
+            parts = urlsplit(f"x://{rest}")
+        except ValueError as exc:  # an unclosed "[" of an IPv6 address
+            msg = f"{redact_url(url)}: not a valid URL ({exc})"
+            raise ConfigurationError(msg) from None
         netloc = rest.partition("/")[0].split("?", 1)[0]
         query = dict(parse_qsl(parts.query, keep_blank_values=True))
         query.update({k: v for k, v in options.items() if v is not None})
@@ -586,11 +598,8 @@ def _parse_host(item: str, default_port: int, where: str) -> Host:
         port_s = port_s.lstrip(":")
     else:
         host, _, port_s = item.partition(":")
-    try:
-        port = int(port_s) if port_s else default_port
-    except ValueError:
-        port = -1
-    if not 0 < port < 65536:
+    port = port_number(port_s) if port_s else default_port
+    if not port:
         msg = f"{where}: port {port_s!r} of host {host!r} is not a number from 1 to 65535"
         raise ConfigurationError(msg)
     if not host:

@@ -22,7 +22,9 @@ sinks), so:
   :class:`~mqlogging.errors.NotConfirmed`);
 - ``400`` naming lines -> those records can never be taken (the rest were handed on):
   :class:`~mqlogging.errors.PartlyRefused` with their ids, which the handler counts as dropped
-  and announces with a marker;
+  and announces with a marker; when the answer lists only the first refused lines (more than
+  100: ``omitted``), the lines after the last listed one are sent again, so each batch ends
+  delivered or refused and counted;
 - ``413`` -> the batch is split in halves and each is sent again; a single record that is too
   large is refused like a ``400`` line;
 - ``429``, ``503``, other ``5xx`` -> :class:`~mqlogging.errors.NotConfirmed`; ``401``/``403`` ->
@@ -100,7 +102,14 @@ class HTTPSEndpoint(Endpoint):
 
     @classmethod
     def reconcile(cls, values: dict[str, Any], where: str) -> None:
-        """One token source at most, read now."""
+        """No user info (the ingest has no basic auth); one token source at most, read now."""
+        if "username" in values or "password" in values:
+            msg = (
+                f"{where}: user:password@ is not used by the https ingest; authenticate with "
+                "token_file= or token_env= (a bearer token) or certfile=/keyfile= (a client "
+                "certificate) instead"
+            )
+            raise ConfigurationError(msg)
         given = [k for k in _TOKEN_KEYS if k in values]
         if len(given) > 1:
             msg = f"{where}: give only one of {', '.join(given)}"
@@ -169,12 +178,22 @@ class HTTPSProducer(Producer):
     # -- internals ------------------------------------------------------------------------------
 
     def _send(self, messages: list[Message], refused: set[str]) -> None:
-        """POST ``messages``; halves on 413; adds the ids refused for good to ``refused``."""
+        """POST ``messages``; halves on 413; adds the ids refused for good to ``refused``.
+
+        A 400 whose report is capped (``omitted``: more refused lines than it lists) settles
+        the lines up to the last listed one, and the rest is sent again, until every record is
+        delivered or refused and counted (before, such a batch was retried for ever).
+        """
+        while messages:
+            messages = self._send_once(messages, refused)
+
+    def _send_once(self, messages: list[Message], refused: set[str]) -> list[Message]:
+        """One POST of ``messages`` (halves on 413); returns the records still to send."""
         response = self._post(b"\n".join(m.body for m in messages))
         status = response.status_code
         if 200 <= status < 300:
             if _accepted(response.content) == len(messages):
-                return
+                return []
             # Not the ingest's answer (a catch-all web server on a wrong path?): no confirm.
             detail = response.text.strip().replace("\n", " ")[:100]
             msg = (
@@ -186,15 +205,16 @@ class HTTPSProducer(Producer):
             half = len(messages) // 2
             self._send(messages[:half], refused)
             self._send(messages[half:], refused)
-            return
+            return []
         if status == 413:
             refused.add(messages[0].id)
-            return
+            return []
         if status == 400:
-            lines = _refused_lines(response.content, len(messages))
-            if lines:
+            report = _refused_lines(response.content, len(messages))
+            if report is not None:
+                lines, settled = report
                 refused.update(messages[n - 1].id for n in lines)
-                return
+                return messages[settled:]
         raise self._failure(status, response.text)
 
     def _failure(self, status: int, text: str) -> Exception:
@@ -259,23 +279,42 @@ def _accepted(content: bytes) -> int | None:
     return accepted if accepted.__class__ is int else None
 
 
-def _refused_lines(content: bytes, sent: int) -> set[int]:
-    """The line numbers of a 400 answer's ``errors``, when they account for every line the
-    ingest did not accept (``accepted`` + refused = ``sent``); else an empty set: an answer
-    that is not ours, or lists only some refused lines (``omitted``), confirms nothing, so
-    no record is taken for handed on when it was not."""
+def _refused_lines(content: bytes, sent: int) -> tuple[set[int], int] | None:
+    """The refused line numbers of a 400 answer and how many lines (from the first) the
+    answer settles; ``None`` when it is not the ingest's report (it confirms nothing).
+
+    The ingest lists the *first* refused lines (at most 100) and counts the others in
+    ``omitted``, all after the last listed one: a complete report settles every line; a
+    capped one settles the lines up to its last listed line (refused ones listed, the others
+    handed on). Counts that do not add up (``accepted`` + listed + ``omitted`` != ``sent``)
+    are not the ingest's, so no record is taken for handed on when it was not.
+    """
+    report = _report(content)
+    if report is None:
+        return None
+    lines, accepted, omitted = report
+    if accepted + len(lines) + omitted != sent or not all(1 <= n <= sent for n in lines):
+        return None
+    settled = max(lines) if omitted else sent
+    return (lines, settled) if settled < sent or not omitted else None
+
+
+def _report(content: bytes) -> tuple[set[int], int, int] | None:
+    """``(listed lines, accepted, omitted)`` of a 400 answer shaped like the ingest's
+    (distinct integer lines, at least one), else ``None``."""
     try:
         doc = loads(content)
     except DECODE_ERRORS:
-        return set()
-    if not isinstance(doc, dict) or doc.get("omitted"):
-        return set()
-    errors, accepted = doc.get("errors"), doc.get("accepted")
+        return None
+    if not isinstance(doc, dict):
+        return None
+    errors, accepted, omitted = doc.get("errors"), doc.get("accepted"), doc.get("omitted", 0)
     if not isinstance(errors, list) or accepted.__class__ is not int:
-        return set()
+        return None
+    if omitted.__class__ is not int or omitted < 0:
+        return None
     lines = {n for e in errors if isinstance(e, dict) and (n := e.get("line")).__class__ is int}
-    complete = len(lines) == len(errors) and accepted + len(lines) == sent
-    return lines if complete and all(1 <= n <= sent for n in lines) else set()
+    return (lines, accepted, omitted) if lines and len(lines) == len(errors) else None
 
 
 TRANSPORT = Transport(

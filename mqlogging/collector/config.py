@@ -47,7 +47,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from .._coerce import did_you_mean, refuse_unknown
+from .._coerce import did_you_mean, port_number, refuse_unknown
 from ..backends import Consumer, UnpackingConsumer, open_consumer, transport_for
 from ..backends.endpoints import Endpoint
 from ..errors import ConfigurationError
@@ -430,7 +430,8 @@ def _refuse_twins(labels: list[str], msg: str) -> None:
 
 def _split_listen(listen: str) -> tuple[str, int]:
     host, sep, port_s = listen.rpartition(":")
-    if not sep or not port_s.isdigit() or not 0 <= int(port_s) < 65536:
+    port = port_number(port_s)
+    if not sep or port is None:
         msg = f"listen={listen!r} must be host:port, e.g. 127.0.0.1:9108 (port 0: any free port)"
         raise ConfigurationError(msg)
-    return host.strip("[]") or "0.0.0.0", int(port_s)
+    return host.strip("[]") or "0.0.0.0", port

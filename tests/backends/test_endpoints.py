@@ -99,6 +99,7 @@ class TestErrors:
             ("stomp://h/?ack=auto2", "ack must be 'client-individual' or 'client'"),
             ("local://host/x", "local URLs have no host"),
             ("local:///", "give the spool directory"),
+            ("amqp://u:p@[::1/", "amqp://u:***@[::1/: not a valid URL (Invalid IPv6 URL)"),
             (
                 "amqp://u@h/?password_env=MQLOGGING_TEST_UNSET",
                 "password_env='MQLOGGING_TEST_UNSET' but that variable is not set",

@@ -4,6 +4,8 @@ and a thread plays the collector pipeline, acking what it fetches."""
 
 from __future__ import annotations
 
+import contextlib
+import json
 import ssl
 import threading
 from collections.abc import Iterator
@@ -46,6 +48,19 @@ class TestEndpoint:
         with pytest.raises(ConfigurationError, match="only one of"):
             HTTPSEndpoint.from_url(f"https://c/ingest?token=x&token_file={tmp_path}/t")
 
+    @pytest.mark.parametrize("userinfo", ["pilot:s3cret@", "pilot@"])
+    def test_user_info_is_refused_naming_the_ways_to_log_in(self, userinfo: str) -> None:
+        """``user:password@`` in the URL was silently ignored (records then went out with no
+        credentials): it is a one-line ConfigurationError naming token_file/token_env and
+        certfile/keyfile, and the password does not appear in it."""
+        with pytest.raises(ConfigurationError) as info:
+            HTTPSEndpoint.from_url(f"https://{userinfo}c.example.org:8443/ingest")
+        text = str(info.value)
+        assert "\n" not in text
+        assert "s3cret" not in text
+        for option in ("token_file", "token_env", "certfile", "keyfile"):
+            assert option in text
+
 
 class TestSourceConfig:
     def test_refuses_what_would_fail_later(self, tmp_path: Path) -> None:
@@ -62,6 +77,15 @@ class TestSourceConfig:
         tokens.write_text("short\n")
         with pytest.raises(ConfigurationError, match="at least 16"):
             HttpSourceConfig(tls=False, tokens_file=str(tokens))
+
+    @pytest.mark.parametrize("port", ["\u00b2", "8_0", "+80", "99999", "None"])
+    def test_a_malformed_listen_port_is_one_line(self, tmp_path: Path, port: str) -> None:
+        """``listen`` with a port that is not 0-65535 in ASCII digits is a ConfigurationError
+        at load (``"\u00b2"`` passed ``isdigit`` and made ``int()`` raise a bare ValueError)."""
+        tokens = tmp_path / "tokens"
+        tokens.write_text(f"{TOKEN}\n")
+        with pytest.raises(ConfigurationError, match="must be host:port"):
+            HttpSourceConfig(tls=False, tokens_file=str(tokens), listen=f"0.0.0.0:{port}")
 
     def test_allowed_subjects_without_client_ca_is_refused(self, tmp_path: Path) -> None:
         """``allowed_subjects`` without ``client_ca`` restricts nothing (no certificate is
@@ -296,19 +320,78 @@ def test_many_invalid_lines_get_a_small_answer(plain_ingest: tuple[str, list[byt
 
 
 @pytest.mark.parametrize("plain_ingest", _ROOMY, indirect=True)
-def test_producer_takes_no_incomplete_400_for_a_confirm(
+def test_a_capped_400_report_ends_with_every_record_delivered_or_refused(
     plain_ingest: tuple[str, list[bytes]],
 ) -> None:
-    """When a 400 does not account for every record (refused lines beyond the listed ones),
-    the producer raises NotConfirmed (the batch stays the handler's) instead of reporting
-    only the listed ids as refused and counting the unlisted refused ones as handed on."""
+    """A batch with more refused lines than the ingest lists (100; the rest counted in
+    ``omitted``) ends in one publish_batch call: PartlyRefused with exactly the refused ids and
+    every valid record handed on once. Before, such an answer confirmed nothing, so the
+    handler sent the same batch again for ever."""
     url, acked = plain_ingest
-    messages = [Message(f"bad-{i}", b"[1]") for i in range(150)]
-    messages.append(Message("good", b'{"n": 1}'))
-    with open_producer(url, token=TOKEN) as producer, pytest.raises(NotConfirmed) as info:
+    flat = b'{"mqlogging": {"schema": "flat"}, "id": "%s"}'
+    messages = [
+        Message(f"bad-{i}", b"[1]") if i % 2 else Message(f"ok-{i}", flat % b"ok-%d" % i)
+        for i in range(500)
+    ]
+    bad = frozenset(m.id for m in messages if m.id.startswith("bad-"))
+    with open_producer(url, token=TOKEN) as producer, pytest.raises(PartlyRefused) as info:
         producer.publish_batch(messages)
-    assert "400" in str(info.value), info.value
-    wait_until(lambda: len(acked) >= 1, timeout=5)
+    assert info.value.ids == bad
+    wait_until(lambda: len(acked) >= 250, timeout=5)
+    # Lines after the last listed one are sent again (some were handed on already): the
+    # ingest takes each id once, as for any resend.
+    assert sorted(json.loads(b)["id"] for b in acked) == sorted(
+        m.id for m in messages if m.id not in bad
+    )
+
+
+@pytest.mark.parametrize(
+    "report",
+    [
+        b'{"accepted": 0, "errors": [{"line": 1}], "omitted": 5}',  # counts do not add up
+        b'{"accepted": 1, "errors": [{"line": 3}], "omitted": 1}',  # omitted before a listed line
+        b'{"accepted": 1, "errors": [{"line": 2}, {"line": 2}]}',  # one line twice
+        b'{"error": "bad request"}',
+    ],
+)
+def test_a_400_that_does_not_add_up_confirms_nothing(report: bytes) -> None:
+    """A 400 whose counts do not account for every record sent (not the ingest's report: a
+    proxy, another service) confirms nothing: NotConfirmed, the batch stays the handler's,
+    and no record is counted as handed on or refused."""
+    with (
+        _answering(400, report) as url,
+        open_producer(url, token=TOKEN) as producer,
+        pytest.raises(NotConfirmed, match="400"),
+    ):
+        producer.publish_batch([Message(c, b'{"n": 1}') for c in "abc"])
+
+
+@contextlib.contextmanager
+def _answering(status: int, body: bytes) -> Iterator[str]:
+    """A server answering every POST with ``status`` and the JSON ``body``; yields its
+    https:// endpoint URL (plain HTTP, allowed)."""
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class Fixed(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Fixed)
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/ingest?allow_http=true&gzip=false"
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 def test_a_2xx_that_is_not_the_ingests_answer_confirms_nothing() -> None:

@@ -160,6 +160,10 @@ ERRORS = [
     ({"pipeline": {"batch_max_wait": "soon"}}, "batch_max_wait must be a number, got 'soon'"),
     ({"pipeline": {"enrich": "yes"}}, "enrich must be true or false"),
     ({"http": {"listen": "nohost"}}, "must be host:port"),
+    ({"http": {"listen": "0.0.0.0:\u00b2"}}, "must be host:port"),  # isdigit, int() raised
+    ({"sources": [{"url": "amqp://h:56_72/"}]}, "is not a number from 1 to 65535"),  # was 5672
+    ({"sources": [{"url": "amqp://[::1/"}]}, "not a valid URL (Invalid IPv6 URL)"),
+    ({"sinks": [{"type": "logstash", "url": "http://h:None/"}]}, "is not a valid URL"),
     ({"sources": []}, "no [[sources]] configured"),
     ({"sinks": {"type": "null"}}, "must be an array of tables: write [[sinks]]"),
     ({"sinks": [{"type": "elasticsearch", "username": "u"}]}, "username and password go together"),

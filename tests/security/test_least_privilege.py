@@ -287,3 +287,24 @@ def test_setup_module_has_no_password_in_repr(tmp_path: Path) -> None:
     with pytest.raises(ConnectError) as info:
         api.request("GET", "/overview")
     assert "Sup3r-S3cret" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "url", ["http://h:None", "http://u:Sup3r-S3cret@h:99999/", "http://[::1:15672/", "ftp://h/"]
+)
+def test_malformed_management_url_is_one_line(url: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """A management URL whose port is not a number from 0 to 65535 (or with an unclosed
+    ``[``) is the usual one-line ConfigurationError, from the class and from the CLI (exit
+    2), without the password; before, urllib's ValueError escaped as a traceback."""
+    from mqlogging.errors import ConfigurationError
+    from mqlogging.rabbitmq_setup import ManagementAPI
+
+    with pytest.raises(ConfigurationError) as info:
+        ManagementAPI(url)
+    assert "\n" not in str(info.value)
+    assert "http(s)://user@host:15672" in str(info.value)
+    assert main(["rabbitmq", "setup", "--url", url]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert "management URL" in err
+    assert "Sup3r-S3cret" not in err

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
+from ..._coerce import port_number
 from ...errors import ConfigurationError
 from .._table import FromTable, PemPath, PositiveFloat, PositiveInt, check_fields
 from .auth import TokenStore
@@ -161,10 +162,11 @@ class HttpSourceConfig(FromTable):
     def address(self) -> tuple[str, int]:
         """``listen`` as ``(host, port)``."""
         host, sep, port_s = self.listen.rpartition(":")
-        if not sep or not port_s.isdigit() or not 0 <= int(port_s) < 65536:
+        port = port_number(port_s)
+        if not sep or port is None:
             msg = f"listen={self.listen!r} must be host:port, e.g. 0.0.0.0:8443"
             raise ConfigurationError(msg)
-        return host.strip("[]") or "0.0.0.0", int(port_s)
+        return host.strip("[]") or "0.0.0.0", port
 
     @property
     def max_in_flight(self) -> int:
