@@ -351,11 +351,13 @@ def run(n: int = 50_000) -> list[Row]:
 
 
 def main() -> None:
-    n = int(sys.argv[1]) if len(sys.argv) > 1 else 50_000
-    names = sys.argv[2].split(",") if len(sys.argv) > 2 else list(CONTENDERS)
-    if "--collector" in sys.argv:
+    flags = {a for a in sys.argv[1:] if a.startswith("--")}
+    args = [a for a in sys.argv[1:] if not a.startswith("--")]
+    n = int(args[0]) if args else 50_000
+    names = args[1].split(",") if len(args) > 1 else list(CONTENDERS)
+    if "--collector" in flags:
         rows = collector_rows(n)
-    elif "--producer" in sys.argv:
+    elif "--producer" in flags:
         rows = producer_rows(names, n)
     else:
         rows = packed_rows(names, n)
