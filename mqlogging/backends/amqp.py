@@ -693,6 +693,11 @@ class _PublishFrames:
         self._body_max = frame_max - 8  # frame header (7) and frame end (1)
         self._delivery = bytes([delivery_mode])
 
+    def frame_count(self, body_size: int) -> int:
+        """How many frames :meth:`message` writes for a body of ``body_size`` bytes (pika's
+        ``frames_sent`` bookkeeping)."""
+        return 2 + -(-body_size // self._body_max)
+
     def message(self, record_id: str, body: bytes) -> bytes:
         """The method, header and body frames of one message, as one bytes object."""
         rid = record_id.encode()
@@ -770,6 +775,9 @@ class AMQPProducer(_AMQPClient, Producer):
         if link.channel_error is not None:
             raise link.channel_error
         self._next_tag = 1  # delivery tags restart at 1 on every confirm-mode channel
+        # The frames belong to the link: its channel number and its negotiated frame_max (a
+        # failover may land on a broker with a smaller one; bigger body frames break it).
+        self._frames = None
 
     # Callbacks run inside pika's I/O loop: they must never raise (pika would drop the link).
 
@@ -851,7 +859,7 @@ class AMQPProducer(_AMQPClient, Producer):
             raise self._pika.exceptions.ChannelWrongStateError(msg)
         connection = impl.connection
         frames = self._frames
-        if frames is None or frames.channel != impl.channel_number:
+        if frames is None:
             frames = self._frames = _PublishFrames(
                 channel=impl.channel_number,
                 exchange=self.endpoint.exchange,
@@ -865,7 +873,7 @@ class AMQPProducer(_AMQPClient, Producer):
             self._publish_through_pika(link, messages)
             return
         connection.bytes_sent += len(data)
-        connection.frames_sent += 3 * len(messages)
+        connection.frames_sent += sum(frames.frame_count(len(m.body)) for m in messages)
         connection._adapter_emit_data(data)
 
     def _publish_through_pika(self, link: _Link, messages: Sequence[Message]) -> None:
