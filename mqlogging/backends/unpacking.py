@@ -31,7 +31,7 @@ Thread-safety: that of the wrapped consumer (one owner thread).
 from __future__ import annotations
 
 import math
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -61,17 +61,35 @@ _PACK_HEADERS = frozenset({
 })  # fmt: skip
 
 
+_ACKED, _REQUEUED, _REJECTED = 1, 2, 3  # a record's outcome (0: not settled yet)
+
+_REMEMBERED = 10_000
+"""Requeued packed messages whose outcomes a reader remembers (the oldest forgotten)."""
+
+
 class _Packed:
-    """Settling state of one packed delivery: which of its records are settled, and how."""
+    """Settling state of one packed delivery: which of its records are settled, and how
+    (``settled[i]``: 0, or one of ``_ACKED``, ``_REQUEUED``, ``_REJECTED``)."""
 
-    __slots__ = ("delivery", "left", "rejected", "requeue", "settled")
+    __slots__ = ("delivery", "key", "left", "rejected", "requeue", "settled")
 
-    def __init__(self, delivery: Delivery, count: int) -> None:
+    def __init__(self, delivery: Delivery, count: int, key: tuple[str, ...] | None) -> None:
         self.delivery = delivery
+        self.key = key
         self.left = count
         self.settled = bytearray(count)
         self.requeue = False
         self.rejected = False
+
+    def settle(self, index: int, outcome: int) -> bool:
+        """Record the outcome of record ``index``; True once every record is settled."""
+        self.settled[index] = outcome
+        self.left -= 1
+        if outcome == _REQUEUED:
+            self.requeue = True
+        elif outcome == _REJECTED:
+            self.rejected = True
+        return self.left == 0
 
 
 class _PartTag:
@@ -99,6 +117,9 @@ class UnpackingConsumer(Consumer):
         # The window asked for, in records, and the wrapped consumer's, in messages.
         self._records_window = inner.endpoint.prefetch
         self._inner_window = inner.endpoint.prefetch
+        # The outcomes of requeued packed messages, by _message_key: when one comes back to
+        # this reader, the records settled for good last time are not handed out again.
+        self._outcomes: OrderedDict[tuple[str, ...], bytes] = OrderedDict()
 
     # -- fetching -----------------------------------------------------------------------------
 
@@ -140,9 +161,15 @@ class UnpackingConsumer(Consumer):
         if not lines:  # nothing to hand out: settle it now (a packed message of no records)
             self.inner.ack([delivery])
             return ()
-        packed = _Packed(delivery, len(lines))
+        key = _message_key(delivery, len(lines))
+        packed = _Packed(delivery, len(lines), key)
+        before = self._outcomes.pop(key, None) if key is not None else None
+        if before is not None:
+            for index, outcome in enumerate(before):
+                if outcome in (_ACKED, _REJECTED):
+                    packed.settle(index, outcome)
         part_headers = _part_headers(headers)
-        return [
+        parts = [
             Delivery(
                 id=delivery.id if i == 0 else f"{delivery.id}#{i}",
                 body=line,
@@ -151,7 +178,11 @@ class UnpackingConsumer(Consumer):
                 redelivered=delivery.redelivered,
             )
             for i, line in enumerate(lines)
+            if not packed.settled[i]
         ]
+        if not parts:  # every record was settled for good last time (a lost ack)
+            self._finish([packed])
+        return parts
 
     def set_window(self, max_messages: int) -> int:
         """Ask the wrapped consumer for a window of about ``max_messages`` records; returns the
@@ -183,13 +214,8 @@ class UnpackingConsumer(Consumer):
             packed = tag.packed
             if packed.settled[tag.index]:
                 continue  # settled twice: the first one counts
-            packed.settled[tag.index] = 1
-            packed.left -= 1
-            if requeue is True:
-                packed.requeue = True
-            elif requeue is False:
-                packed.rejected = True
-            if packed.left == 0:
+            outcome = _ACKED if requeue is None else _REQUEUED if requeue else _REJECTED
+            if packed.settle(tag.index, outcome):
                 finished.append(packed)
         if whole:
             if requeue is None:
@@ -205,14 +231,39 @@ class UnpackingConsumer(Consumer):
         if acked:
             self.inner.ack(acked)
         if requeued:
+            self._remember([p for p in finished if p.requeue])
             self.inner.nack(requeued, requeue=True)
         if rejected:
             self.inner.nack(rejected, requeue=False)
+
+    def _remember(self, requeued: Sequence[_Packed]) -> None:
+        """Keep the outcomes of requeued packed messages, so that when one comes back here
+        only its records that were requeued are handed out again: the others were done (or
+        dead-lettered) already, and a record that keeps failing must not drag its siblings
+        round with it each time (a reader elsewhere still gets them all: duplicates the
+        record ids make harmless)."""
+        outcomes = self._outcomes
+        for packed in requeued:
+            if packed.key is not None:
+                outcomes[packed.key] = bytes(packed.settled)
+        while len(outcomes) > _REMEMBERED:
+            outcomes.popitem(last=False)
 
     def close(self) -> None:
         """Close the wrapped consumer; records not handed out go back with their messages."""
         self._ready.clear()
         self.inner.close()
+
+
+def _message_key(delivery: Delivery, count: int) -> tuple[str, ...] | None:
+    """What identifies a packed message across redeliveries (also ActiveMQ's requeued copy,
+    a new message): its id, first and last record ids and record count; ``None`` for one
+    without the id headers (another producer's), which is then always read whole."""
+    first = delivery.headers.get(FIRST_HEADER)
+    last = delivery.headers.get(LAST_HEADER)
+    if not delivery.id or first is None or last is None:
+        return None
+    return (delivery.id, str(first), str(last), str(count))
 
 
 def _part_headers(headers: Mapping[str, Any]) -> dict[str, Any]:

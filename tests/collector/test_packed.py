@@ -16,6 +16,7 @@ import pytest
 from harness.collector import BulkStandIn, amqp_queue_url, dataset_for, ecs_record, publish
 from harness.helpers import wait_until
 from mqlogging.backends import TapOptions, UnpackingConsumer, open_consumer, open_tap
+from mqlogging.backends.services import create_consumer
 from mqlogging.collector.service import CollectorService
 from mqlogging.handlers import MQHandler
 from mqlogging.wire import read_meta
@@ -146,7 +147,9 @@ class TestPackedReaders:
         self, rabbitmq: Any, queue_name: str
     ) -> None:
         """Through UnpackingConsumer a packed message is one delivery per record; it is acked
-        at the broker only once all its records are, and requeued whole if one is nacked."""
+        at the broker only once all its records are, and requeued whole if one is nacked;
+        when it comes back, this reader hands out only the record it nacked (the others
+        were done)."""
         url = _url(rabbitmq, "amqp", queue_name, "pack=10")
         publish(url, [ecs_record(i) for i in range(20)])
         with UnpackingConsumer(open_consumer(url)) as consumer:
@@ -156,8 +159,8 @@ class TestPackedReaders:
             consumer.nack(got[15:16])
             consumer.ack(got[16:])
             again: list[Any] = []
-            wait_until(lambda: bool(again.extend(consumer.fetch(20, 0.2))) or len(again) == 10, 20)
-            assert [d.body for d in got[10:]] == [d.body for d in again]
+            wait_until(lambda: bool(again.extend(consumer.fetch(20, 0.2))) or len(again) == 1, 20)
+            assert [d.body for d in got[15:16]] == [d.body for d in again]
             assert all(d.redelivered for d in again)
             consumer.ack(again)
         wait_until(lambda: rabbitmq.queue_depth(queue_name) == 0, timeout=10)
@@ -178,18 +181,26 @@ class TestPackedReaders:
         self, activemq: Any, queue_name: str
     ) -> None:
         """On ActiveMQ a requeue re-sends a copy of the message: a packed, compressed one comes
-        back with its encoding and count, so its records read the same the second time."""
+        back with its encoding and count, so its records read the same the second time (by
+        another reader: all of them; by the one that requeued it: the record it nacked)."""
         url = _url(activemq, "stomp", queue_name, "pack=10&compress=gzip")
-        publish(url, [ecs_record(i) for i in range(10)])
+        publish(url, [ecs_record(i) for i in range(20)])
         with UnpackingConsumer(open_consumer(url)) as consumer:
             first: list[Any] = []
-            wait_until(lambda: bool(first.extend(consumer.fetch(10, 0.2))) or len(first) == 10, 20)
-            consumer.ack(first[:9])
-            consumer.nack(first[9:])
+            wait_until(lambda: bool(first.extend(consumer.fetch(20, 0.2))) or len(first) == 20, 20)
+            consumer.ack(first[:9] + first[10:19])
+            consumer.nack([first[9], first[19]])  # both messages requeued
             again: list[Any] = []
-            wait_until(lambda: bool(again.extend(consumer.fetch(10, 0.2))) or len(again) == 10, 20)
-            consumer.ack(again)
-        assert [d.body for d in first] == [d.body for d in again]
+            wait_until(lambda: bool(again.extend(consumer.fetch(10, 0.2))) or len(again) == 1, 20)
+            consumer.ack(again)  # one of the two; the other goes to the next reader
+        with UnpackingConsumer(open_consumer(url)) as consumer:
+            other: list[Any] = []
+            wait_until(lambda: bool(other.extend(consumer.fetch(10, 0.2))) or len(other) == 10, 20)
+            consumer.ack(other)
+        assert len(again) == 1
+        assert again[0].body in (first[9].body, first[19].body)
+        rest = first[:10] if again[0].body == first[19].body else first[10:]
+        assert [d.body for d in rest] == [d.body for d in other]
 
 
 class TestPackedFaults:
@@ -252,3 +263,36 @@ def _log(url: str, count: int, *, spool: bool) -> None:
     finally:
         logger.removeHandler(handler)
         handler.close()
+
+
+class TestPackedRequeue:
+    @pytest.mark.parametrize("broker", ["rabbitmq", "activemq"])
+    def test_poison_record_loops_alone(
+        self, broker: str, request: pytest.FixtureRequest, queue_name: str
+    ) -> None:
+        """A consumer-API callback that always fails on one record of a packed message makes
+        the message go round (requeued whole), but its siblings, already done by this
+        consumer, are not handed out again each round: only the failing record loops, as it
+        would with one record per message (they used to be re-dispatched every round)."""
+        server = request.getfixturevalue(broker)
+        transport = "amqp" if broker == "rabbitmq" else "stomp"
+        url = _url(server, transport, queue_name, "pack=10")
+        docs = [ecs_record(i) for i in range(10)]
+        publish(url, docs)
+        poison = docs[3]["event"]["id"]
+        calls: Counter[str] = Counter()
+
+        def callback(headers: Any, message: Any) -> None:
+            rid = read_meta(message).id
+            calls[rid] += 1
+            if rid == poison:
+                raise RuntimeError("poison")
+
+        consumer = create_consumer(url, callback)
+        try:
+            wait_until(lambda: calls[poison] >= 4, timeout=20, message="4 rounds of the poison")
+        finally:
+            consumer.close()
+        assert {d["event"]["id"]: 1 for d in docs if d["event"]["id"] != poison} == {
+            rid: n for rid, n in calls.items() if rid != poison
+        }
