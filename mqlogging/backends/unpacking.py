@@ -7,9 +7,10 @@ their callers only ever see single records.
 
 Settling, per record: the packed message is acknowledged once *every* one of its records was
 acked (done, or dead-lettered by the caller); if any was nacked with requeue, the whole message
-is requeued once all its records are settled (the records already done come back as
-duplicates, which the record ids make harmless); if the rest are done and some were rejected
-(``requeue=False``), the message is rejected. So a poison line is the caller's business alone
+is requeued once all its records are settled. When it comes back to this reader, only the
+records that were requeued are handed out again (so a record that keeps failing loops alone);
+another reader gets them all (duplicates, which the record ids make harmless). If the rest
+are done and some were rejected (``requeue=False``), the message is rejected. So a poison line is the caller's business alone
 and never takes its siblings with it.
 
 A packed message that cannot be unpacked (corrupt, unknown encoding, or larger than
