@@ -10,8 +10,8 @@ acked (done, or dead-lettered by the caller); if any was nacked with requeue, th
 is requeued once all its records are settled. When it comes back to this reader, only the
 records that were requeued are handed out again (so a record that keeps failing loops alone);
 another reader gets them all (duplicates, which the record ids make harmless). If the rest
-are done and some were rejected (``requeue=False``), the message is rejected. So a poison line is the caller's business alone
-and never takes its siblings with it.
+are done and some were rejected (``requeue=False``), the message is rejected. So a poison
+line is the caller's business alone and never takes its siblings with it.
 
 A packed message that cannot be unpacked (corrupt, unknown encoding, or larger than
 ``max_unpacked`` bytes once decompressed: a zip bomb costs at most that) is handed out whole,

@@ -265,7 +265,7 @@ def _log(url: str, count: int, *, spool: bool) -> None:
         handler.close()
 
 
-class TestPackedRequeue:
+class TestConsumerAPIWithPacking:
     @pytest.mark.parametrize("broker", ["rabbitmq", "activemq"])
     def test_poison_record_loops_alone(
         self, broker: str, request: pytest.FixtureRequest, queue_name: str
@@ -296,3 +296,26 @@ class TestPackedRequeue:
         assert {d["event"]["id"]: 1 for d in docs if d["event"]["id"] != poison} == {
             rid: n for rid, n in calls.items() if rid != poison
         }
+
+    @pytest.mark.parametrize("transport", ["amqp", "stomp"])
+    def test_consumer_api_headers_name_each_record(
+        self, transport: str, rabbitmq: Any, queue_name: str
+    ) -> None:
+        """The consumer API's callback gets, for a record of a packed message, the same
+        headers as for a record sent alone: its own id under ``mqlogging-id`` (the packed
+        message's id headers describe the message and are not passed on)."""
+        url = _url(rabbitmq, transport, queue_name, "pack=5")
+        docs = [ecs_record(i) for i in range(10)]
+        publish(url, docs)
+        seen: list[tuple[Any, str]] = []
+
+        def callback(headers: Any, message: Any) -> None:
+            seen.append((headers.get("mqlogging-id"), read_meta(message).id))
+
+        consumer = create_consumer(url, callback)
+        try:
+            wait_until(lambda: len(seen) >= 10, timeout=20, message="10 callbacks")
+        finally:
+            consumer.close()
+        assert [d["event"]["id"] for d in docs] == [header for header, _ in seen]
+        assert [rid for _, rid in seen] == [header for header, _ in seen]
