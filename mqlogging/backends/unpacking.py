@@ -20,8 +20,9 @@ to dead-letter.
 
 Memory: the records of the last fetched messages wait here until handed out; a fetch asks the
 wrapped consumer for as many *messages* as the caller asked *records*, divided by the recent
-records per message (one message on the first fetch, before anything is known), so what waits
-here is about one request's worth. The wrapped consumer's window follows in messages:
+records per message (one message on the first fetch, before anything is known, and the
+wrapped consumer's window is one message until then too), so what waits here is about one
+request's worth. The wrapped consumer's window follows in messages:
 :meth:`set_window` takes a window in records and the wrapper keeps the wrapped consumer's
 window at that many records' worth of messages as the records per message change, so packed
 messages do not multiply what the broker pushes.
@@ -115,9 +116,11 @@ class UnpackingConsumer(Consumer):
         # of packed messages is never taken for single records), 1 before the first.
         self._recent: deque[float] = deque(maxlen=4)
         self._per_message = 1.0
-        # The window asked for, in records, and the wrapped consumer's, in messages.
+        # The window asked for, in records, and the wrapped consumer's, in messages: one
+        # message until the first delivery shows how many records a message holds (a window
+        # of ``prefetch`` packed messages would push ``prefetch`` times that many records).
         self._records_window = inner.endpoint.prefetch
-        self._inner_window = inner.endpoint.prefetch
+        self._inner_window = inner.set_window(1)
         # The outcomes of requeued packed messages, by _message_key: when one comes back to
         # this reader, the records settled for good last time are not handed out again.
         self._outcomes: OrderedDict[tuple[str, ...], bytes] = OrderedDict()
@@ -189,6 +192,8 @@ class UnpackingConsumer(Consumer):
         """Ask the wrapped consumer for a window of about ``max_messages`` records; returns the
         window in force, in records."""
         self._records_window = max(1, max_messages)
+        if not self._recent:  # records per message unknown: stay at one message till then
+            return max(1, min(max_messages, self.inner.endpoint.prefetch))
         per = max(self._per_message, 1.0)
         self._inner_window = self.inner.set_window(max(1, math.ceil(max_messages / per)))
         return max(1, int(self._inner_window * per))

@@ -177,6 +177,32 @@ class TestPackedReaders:
             wait_until(lambda: rabbitmq.queue_depth(queue_name) >= 30, timeout=10)
             consumer.ack(got)
 
+    def test_nothing_pushed_before_the_records_per_message_are_known(
+        self, rabbitmq: Any, queue_name: str
+    ) -> None:
+        """Before its first delivery a reader cannot know how many records a message holds,
+        so it takes one message, not a window of 1,000 (which over packed messages of 100
+        records pushed the whole 50-message queue, 5,000 records, to it at once, to be
+        handed back to the broker on the first fetch and come again flagged redelivered)."""
+        url = _url(rabbitmq, "amqp", queue_name, "pack=100&prefetch=1000")
+        publish(url, [ecs_record(i) for i in range(5000)], batch=1000)
+        got: list[Any] = []
+        with UnpackingConsumer(open_consumer(url)) as consumer:
+            consumer.set_window(1000)  # in records, as the collector asks
+            wait_until(lambda: bool(got.extend(consumer.fetch(100, 0.2))) or len(got) >= 100, 20)
+            assert rabbitmq.queue_depth(queue_name) >= 30
+            consumer.ack(got)
+
+            def more() -> bool:
+                batch = consumer.fetch(500, 0.2)
+                consumer.ack(batch)
+                got.extend(batch)
+                return len(got) >= 5000
+
+            wait_until(more, 20)
+        assert len(got) == 5000
+        assert not [d for d in got if d.redelivered]
+
     def test_activemq_requeue_keeps_a_packed_message_whole(
         self, activemq: Any, queue_name: str
     ) -> None:
