@@ -72,6 +72,7 @@ from ..packing import (
     ENCODING_HEADER,
     TYPE_HEADER,
     Packer,
+    is_packed,
     unpack_bodies,
 )
 from .base import Consumer, Producer, Tap, TapOptions
@@ -307,10 +308,13 @@ def _describe_network(inner: BaseException, connect_timeout: float) -> str | Non
 def _headers(properties: Any) -> dict[str, Any]:
     """A delivery's headers: its application headers, and for a packed message its content
     type and encoding under the names every reader looks for (``content-type``,
-    ``content-encoding``, as STOMP frames carry them)."""
+    ``content-encoding``, as STOMP frames carry them). Packed as :func:`is_packed` says (a
+    media type with parameters, ``application/x-ndjson; charset=utf-8``, or a record count),
+    so the encoding is never left behind while the message is read as packed."""
     headers = dict(properties.headers or {})
-    if properties.content_type == PACKED_CONTENT_TYPE:
-        headers[TYPE_HEADER] = PACKED_CONTENT_TYPE
+    typed = {**headers, TYPE_HEADER: properties.content_type} if properties.content_type else None
+    if is_packed(typed if typed is not None else headers):
+        headers[TYPE_HEADER] = properties.content_type or PACKED_CONTENT_TYPE
         if properties.content_encoding:
             headers[ENCODING_HEADER] = properties.content_encoding
     return headers

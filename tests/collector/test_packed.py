@@ -345,3 +345,33 @@ class TestConsumerAPIWithPacking:
             consumer.close()
         assert [d["event"]["id"] for d in docs] == [header for header, _ in seen]
         assert [rid for _, rid in seen] == [header for header, _ in seen]
+
+    def test_amqp_packed_content_type_with_parameters(self, rabbitmq: Any, queue_name: str) -> None:
+        """Another producer's packed message typed ``application/x-ndjson; charset=utf-8``
+        (parameters are legal in a media type) with ``content_encoding=gzip`` is unpacked
+        like ours: the encoding is passed on (it was dropped, so the gzip body was read as
+        plain lines and refused)."""
+        pika = pytest.importorskip("pika")
+        url = amqp_queue_url(rabbitmq, queue_name)
+        with UnpackingConsumer(open_consumer(url)) as consumer:
+            consumer.fetch(1, 0.1)  # declares the queue
+            docs = [ecs_record(i) for i in range(3)]
+            body = gzip.compress(b"\n".join(json.dumps(d).encode() for d in docs))
+            connection = pika.BlockingConnection(pika.URLParameters(rabbitmq.amqp_url))
+            try:
+                connection.channel().basic_publish(
+                    "",
+                    queue_name,
+                    body,
+                    pika.BasicProperties(
+                        content_type="application/x-ndjson; charset=utf-8",
+                        content_encoding="gzip",
+                        headers={"mqlogging-count": 3},
+                    ),
+                )
+            finally:
+                connection.close()
+            got: list[Any] = []
+            wait_until(lambda: bool(got.extend(consumer.fetch(3, 0.2))) or len(got) >= 3, 20)
+            consumer.ack(got)
+        assert [d["event"]["id"] for d in docs] == [read_meta(json.loads(d.body)).id for d in got]
