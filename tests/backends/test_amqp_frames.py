@@ -44,6 +44,9 @@ def _pika_bytes(
         ("logs", "app.logs", "0190a1b2c3d4e5f60718293a4b5c6d7e", b'{"a":1}', 2),
         ("", "q", "x", b"", 1),
         ("ex\u00e9", "k" * 255, "\u00e9" * 100, b"z" * 300_000, 2),  # split into body frames
+        ("logs", "k", "id", b"b" * (131072 - 8), 2),  # exactly one full body frame
+        ("logs", "k", "id", b"b" * (131072 - 7), 2),  # one byte more: two body frames
+        ("logs", "k", "id", b"b" * 2 * (131072 - 8), 2),  # exactly two full body frames
     ],
 )
 def test_frames_equal_pika(exchange: str, key: str, rid: str, body: bytes, mode: int) -> None:
