@@ -202,28 +202,74 @@ def unpack(body: bytes, headers: Mapping[str, Any], max_bytes: int) -> list[byte
 
 
 def _decompress(body: bytes, encoding: str, max_bytes: int) -> bytes:
-    """``body`` decompressed, reading at most ``max_bytes + 1`` bytes of output."""
+    """``body`` decompressed, holding at most about ``max_bytes`` of output.
+
+    A body may be several gzip members or zstd frames in a row (concatenated files, a
+    streaming compressor): all are read, and the limit bounds their sum. A stream cut short
+    or followed by bytes that are not a member is refused, never half read.
+    """
+    if encoding not in ENCODINGS:
+        msg = f"packed message has unknown content-encoding {encoding!r} (known: gzip, zstd)"
+        raise UnpackError(msg)
+    if not body:
+        raise _truncated(encoding)
     try:
         if encoding == "gzip":
-            inflater = zlib.decompressobj(31)
-            data = inflater.decompress(body, max_bytes + 1)
-            complete = inflater.eof
-        elif encoding == "zstd":
-            reader = _zstd().ZstdDecompressor().stream_reader(io.BytesIO(body))
-            data = reader.read(max_bytes + 1)
-            complete = True
-        else:
-            msg = f"packed message has unknown content-encoding {encoding!r} (known: gzip, zstd)"
-            raise UnpackError(msg)
+            return _gunzip(body, max_bytes)
+        return _unzstd(body, max_bytes)
     except UnpackError:
         raise
     except Exception as exc:  # zlib.error, zstandard.ZstdError, OSError: a corrupt body
         msg = f"packed message is not valid {encoding}: {exc}"
         raise UnpackError(msg) from exc
-    if len(data) > max_bytes:
-        msg = f"packed message decompresses to more than the limit of {max_bytes} bytes"
-        raise UnpackError(msg)
-    if not complete:
-        msg = f"packed message is a truncated {encoding} stream"
-        raise UnpackError(msg)
-    return data
+
+
+def _too_large(max_bytes: int) -> UnpackError:
+    msg = f"packed message decompresses to more than the limit of {max_bytes} bytes"
+    return UnpackError(msg)
+
+
+def _truncated(encoding: str) -> UnpackError:
+    return UnpackError(f"packed message is a truncated {encoding} stream")
+
+
+def _gunzip(body: bytes, max_bytes: int) -> bytes:
+    """Every gzip member of ``body``, reading at most ``max_bytes + 1`` bytes of output."""
+    out: list[bytes] = []
+    size, data = 0, body
+    while data:
+        inflater = zlib.decompressobj(31)
+        chunk = inflater.decompress(data, max_bytes + 1 - size)
+        size += len(chunk)
+        if size > max_bytes:
+            raise _too_large(max_bytes)
+        if not inflater.eof:
+            raise _truncated("gzip")
+        out.append(chunk)
+        data = inflater.unused_data
+    return b"".join(out)
+
+
+def _unzstd(body: bytes, max_bytes: int) -> bytes:
+    """Every zstd frame of ``body``. First measured with a bounded streaming read (the
+    zip-bomb bound: a frame may not declare its size), then decompressed frame by frame,
+    which tells a complete frame from a cut one (the streaming reader does not)."""
+    zstd = _zstd().ZstdDecompressor()
+    reader = zstd.stream_reader(io.BytesIO(body), read_across_frames=True)
+    size = 0
+    while size <= max_bytes:
+        chunk = reader.read(min(1 << 20, max_bytes + 1 - size))
+        if not chunk:
+            break
+        size += len(chunk)
+    if size > max_bytes:
+        raise _too_large(max_bytes)
+    out: list[bytes] = []
+    data = body
+    while data:
+        frame = zstd.decompressobj()
+        out.append(frame.decompress(data))
+        if not frame.eof:
+            raise _truncated("zstd")
+        data = frame.unused_data
+    return b"".join(out)

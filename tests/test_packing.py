@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import json
+from typing import Any
 
 import pytest
 
@@ -53,6 +54,45 @@ class TestPacker:
         assert packs[-1].count == 1
         assert packs[-1].id == "big"
         assert sum(p.count for p in packs) == 31
+
+
+def _zstd(data: bytes) -> bytes:
+    zstandard = pytest.importorskip("zstandard")
+    return bytes(zstandard.ZstdCompressor().compress(data))
+
+
+class TestUnpackConcatenated:
+    """A compressed body may be several gzip members or zstd frames in a row (``cat a.gz
+    b.gz``, a streaming compressor flushing frames): every one of them is records."""
+
+    @pytest.mark.parametrize("count", [None, "3"])
+    @pytest.mark.parametrize(("encoding", "compress"), [("gzip", gzip.compress), ("zstd", _zstd)])
+    def test_every_member_is_read(self, encoding: str, compress: Any, count: str | None) -> None:
+        """All records of all members come out, with or without a count header (without
+        one, a reader that stops after the first member loses the rest silently)."""
+        body = compress(b'{"a":1}\n{"a":2}\n') + compress(b'{"a":3}')
+        headers = {"content-type": "application/x-ndjson", ENCODING_HEADER: encoding}
+        if count is not None:
+            headers[COUNT_HEADER] = count
+        assert unpack(body, headers, 1 << 20) == [b'{"a":1}', b'{"a":2}', b'{"a":3}']
+
+    @pytest.mark.parametrize(("encoding", "compress"), [("gzip", gzip.compress), ("zstd", _zstd)])
+    def test_limit_counts_every_member(self, encoding: str, compress: Any) -> None:
+        """The zip-bomb limit bounds the sum of the members, not each one."""
+        member = compress(b"0" * (600 << 10))
+        headers = {ENCODING_HEADER: encoding}
+        with pytest.raises(UnpackError, match="more than the limit"):
+            unpack(member + member, headers, 1 << 20)
+
+    @pytest.mark.parametrize(("encoding", "compress"), [("gzip", gzip.compress), ("zstd", _zstd)])
+    def test_truncated_or_trailing_garbage_refused(self, encoding: str, compress: Any) -> None:
+        """A stream cut short (also a zstd one, whose reader returns what it has without a
+        word) or followed by bytes that are not a member is refused, never half read."""
+        full = compress(b"".join(b'{"n":%d,"pad":"%s"}\n' % (i, b"x" * 99) for i in range(3000)))
+        headers = {ENCODING_HEADER: encoding}
+        for body in (b"", full[: len(full) // 2], full[:-3], full + b"garbage!"):
+            with pytest.raises(UnpackError):
+                unpack(body, headers, 1 << 22)
 
 
 class TestUnpackRefuses:

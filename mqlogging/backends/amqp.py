@@ -72,6 +72,7 @@ from ..packing import (
     ENCODING_HEADER,
     TYPE_HEADER,
     Packer,
+    is_packed,
     unpack_bodies,
 )
 from .base import Consumer, Producer, Tap, TapOptions
@@ -307,10 +308,13 @@ def _describe_network(inner: BaseException, connect_timeout: float) -> str | Non
 def _headers(properties: Any) -> dict[str, Any]:
     """A delivery's headers: its application headers, and for a packed message its content
     type and encoding under the names every reader looks for (``content-type``,
-    ``content-encoding``, as STOMP frames carry them)."""
+    ``content-encoding``, as STOMP frames carry them). Packed as :func:`is_packed` says (a
+    media type with parameters, ``application/x-ndjson; charset=utf-8``, or a record count),
+    so the encoding is never left behind while the message is read as packed."""
     headers = dict(properties.headers or {})
-    if properties.content_type == PACKED_CONTENT_TYPE:
-        headers[TYPE_HEADER] = PACKED_CONTENT_TYPE
+    typed = {**headers, TYPE_HEADER: properties.content_type} if properties.content_type else None
+    if is_packed(typed if typed is not None else headers):
+        headers[TYPE_HEADER] = properties.content_type or PACKED_CONTENT_TYPE
         if properties.content_encoding:
             headers[ENCODING_HEADER] = properties.content_encoding
     return headers
@@ -693,6 +697,11 @@ class _PublishFrames:
         self._body_max = frame_max - 8  # frame header (7) and frame end (1)
         self._delivery = bytes([delivery_mode])
 
+    def frame_count(self, body_size: int) -> int:
+        """How many frames :meth:`message` writes for a body of ``body_size`` bytes (pika's
+        ``frames_sent`` bookkeeping)."""
+        return 2 + -(-body_size // self._body_max)
+
     def message(self, record_id: str, body: bytes) -> bytes:
         """The method, header and body frames of one message, as one bytes object."""
         rid = record_id.encode()
@@ -770,6 +779,9 @@ class AMQPProducer(_AMQPClient, Producer):
         if link.channel_error is not None:
             raise link.channel_error
         self._next_tag = 1  # delivery tags restart at 1 on every confirm-mode channel
+        # The frames belong to the link: its channel number and its negotiated frame_max (a
+        # failover may land on a broker with a smaller one; bigger body frames break it).
+        self._frames = None
 
     # Callbacks run inside pika's I/O loop: they must never raise (pika would drop the link).
 
@@ -851,7 +863,7 @@ class AMQPProducer(_AMQPClient, Producer):
             raise self._pika.exceptions.ChannelWrongStateError(msg)
         connection = impl.connection
         frames = self._frames
-        if frames is None or frames.channel != impl.channel_number:
+        if frames is None:
             frames = self._frames = _PublishFrames(
                 channel=impl.channel_number,
                 exchange=self.endpoint.exchange,
@@ -865,7 +877,7 @@ class AMQPProducer(_AMQPClient, Producer):
             self._publish_through_pika(link, messages)
             return
         connection.bytes_sent += len(data)
-        connection.frames_sent += 3 * len(messages)
+        connection.frames_sent += sum(frames.frame_count(len(m.body)) for m in messages)
         connection._adapter_emit_data(data)
 
     def _publish_through_pika(self, link: _Link, messages: Sequence[Message]) -> None:

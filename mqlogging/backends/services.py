@@ -55,6 +55,7 @@ from .._coerce import to_bool
 from .._ids import new_id
 from .._types import Delivery, Message
 from ..errors import BackendError, ConfigurationError, PublishTimeout
+from ..wire import read_meta
 from .base import Consumer
 from .endpoints import Endpoint
 from .registry import open_consumer, open_producer, transport_for
@@ -390,7 +391,7 @@ class MQConsumer:
         except ValueError:
             message = delivery.body.decode("utf-8", "replace")
         try:
-            self._callback(dict(delivery.headers), message)
+            self._callback(_headers_of(delivery, message), message)
         except Exception:
             _log.exception("callback failed for message %s; requeued", delivery.id)
             if self._acknowledge:
@@ -407,6 +408,21 @@ class MQConsumer:
 
     def __repr__(self) -> str:
         return f"MQConsumer({self.endpoint.redacted()!r})"
+
+
+_ID_HEADER = "mqlogging-id"  # where a single-record message carries its record's id
+
+
+def _headers_of(delivery: Delivery, message: Any) -> dict[str, Any]:
+    """The callback's headers: the delivery's, with the record's own id under ``mqlogging-id``
+    when the delivery has none there (a record of a packed message: the message's id headers
+    are not the record's), so a record reads the same packed or alone."""
+    headers = dict(delivery.headers)
+    if _ID_HEADER not in headers:
+        record_id = read_meta(message).id
+        if record_id:
+            headers[_ID_HEADER] = record_id
+    return headers
 
 
 def create_consumer(

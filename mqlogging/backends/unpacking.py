@@ -7,10 +7,11 @@ their callers only ever see single records.
 
 Settling, per record: the packed message is acknowledged once *every* one of its records was
 acked (done, or dead-lettered by the caller); if any was nacked with requeue, the whole message
-is requeued once all its records are settled (the records already done come back as
-duplicates, which the record ids make harmless); if the rest are done and some were rejected
-(``requeue=False``), the message is rejected. So a poison line is the caller's business alone
-and never takes its siblings with it.
+is requeued once all its records are settled. When it comes back to this reader, only the
+records that were requeued are handed out again (so a record that keeps failing loops alone);
+another reader gets them all (duplicates, which the record ids make harmless). If the rest
+are done and some were rejected (``requeue=False``), the message is rejected. So a poison
+line is the caller's business alone and never takes its siblings with it.
 
 A packed message that cannot be unpacked (corrupt, unknown encoding, or larger than
 ``max_unpacked`` bytes once decompressed: a zip bomb costs at most that) is handed out whole,
@@ -19,8 +20,9 @@ to dead-letter.
 
 Memory: the records of the last fetched messages wait here until handed out; a fetch asks the
 wrapped consumer for as many *messages* as the caller asked *records*, divided by the recent
-records per message (one message on the first fetch, before anything is known), so what waits
-here is about one request's worth. The wrapped consumer's window follows in messages:
+records per message (one message on the first fetch, before anything is known, and the
+wrapped consumer's window is one message until then too), so what waits here is about one
+request's worth. The wrapped consumer's window follows in messages:
 :meth:`set_window` takes a window in records and the wrapper keeps the wrapped consumer's
 window at that many records' worth of messages as the records per message change, so packed
 messages do not multiply what the broker pushes.
@@ -31,7 +33,7 @@ Thread-safety: that of the wrapped consumer (one owner thread).
 from __future__ import annotations
 
 import math
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -61,17 +63,35 @@ _PACK_HEADERS = frozenset({
 })  # fmt: skip
 
 
+_ACKED, _REQUEUED, _REJECTED = 1, 2, 3  # a record's outcome (0: not settled yet)
+
+_REMEMBERED = 10_000
+"""Requeued packed messages whose outcomes a reader remembers (the oldest forgotten)."""
+
+
 class _Packed:
-    """Settling state of one packed delivery: which of its records are settled, and how."""
+    """Settling state of one packed delivery: which of its records are settled, and how
+    (``settled[i]``: 0, or one of ``_ACKED``, ``_REQUEUED``, ``_REJECTED``)."""
 
-    __slots__ = ("delivery", "left", "rejected", "requeue", "settled")
+    __slots__ = ("delivery", "key", "left", "rejected", "requeue", "settled")
 
-    def __init__(self, delivery: Delivery, count: int) -> None:
+    def __init__(self, delivery: Delivery, count: int, key: tuple[str, ...] | None) -> None:
         self.delivery = delivery
+        self.key = key
         self.left = count
         self.settled = bytearray(count)
         self.requeue = False
         self.rejected = False
+
+    def settle(self, index: int, outcome: int) -> bool:
+        """Record the outcome of record ``index``; True once every record is settled."""
+        self.settled[index] = outcome
+        self.left -= 1
+        if outcome == _REQUEUED:
+            self.requeue = True
+        elif outcome == _REJECTED:
+            self.rejected = True
+        return self.left == 0
 
 
 class _PartTag:
@@ -96,9 +116,14 @@ class UnpackingConsumer(Consumer):
         # of packed messages is never taken for single records), 1 before the first.
         self._recent: deque[float] = deque(maxlen=4)
         self._per_message = 1.0
-        # The window asked for, in records, and the wrapped consumer's, in messages.
+        # The window asked for, in records, and the wrapped consumer's, in messages: one
+        # message until the first delivery shows how many records a message holds (a window
+        # of ``prefetch`` packed messages would push ``prefetch`` times that many records).
         self._records_window = inner.endpoint.prefetch
-        self._inner_window = inner.endpoint.prefetch
+        self._inner_window = inner.set_window(1)
+        # The outcomes of requeued packed messages, by _message_key: when one comes back to
+        # this reader, the records settled for good last time are not handed out again.
+        self._outcomes: OrderedDict[tuple[str, ...], bytes] = OrderedDict()
 
     # -- fetching -----------------------------------------------------------------------------
 
@@ -140,9 +165,15 @@ class UnpackingConsumer(Consumer):
         if not lines:  # nothing to hand out: settle it now (a packed message of no records)
             self.inner.ack([delivery])
             return ()
-        packed = _Packed(delivery, len(lines))
+        key = _message_key(delivery, len(lines))
+        packed = _Packed(delivery, len(lines), key)
+        before = self._outcomes.pop(key, None) if key is not None else None
+        if before is not None:
+            for index, outcome in enumerate(before):
+                if outcome in (_ACKED, _REJECTED):
+                    packed.settle(index, outcome)
         part_headers = _part_headers(headers)
-        return [
+        parts = [
             Delivery(
                 id=delivery.id if i == 0 else f"{delivery.id}#{i}",
                 body=line,
@@ -151,12 +182,18 @@ class UnpackingConsumer(Consumer):
                 redelivered=delivery.redelivered,
             )
             for i, line in enumerate(lines)
+            if not packed.settled[i]
         ]
+        if not parts:  # every record was settled for good last time (a lost ack)
+            self._finish([packed])
+        return parts
 
     def set_window(self, max_messages: int) -> int:
         """Ask the wrapped consumer for a window of about ``max_messages`` records; returns the
         window in force, in records."""
         self._records_window = max(1, max_messages)
+        if not self._recent:  # records per message unknown: stay at one message till then
+            return max(1, min(max_messages, self.inner.endpoint.prefetch))
         per = max(self._per_message, 1.0)
         self._inner_window = self.inner.set_window(max(1, math.ceil(max_messages / per)))
         return max(1, int(self._inner_window * per))
@@ -183,13 +220,8 @@ class UnpackingConsumer(Consumer):
             packed = tag.packed
             if packed.settled[tag.index]:
                 continue  # settled twice: the first one counts
-            packed.settled[tag.index] = 1
-            packed.left -= 1
-            if requeue is True:
-                packed.requeue = True
-            elif requeue is False:
-                packed.rejected = True
-            if packed.left == 0:
+            outcome = _ACKED if requeue is None else _REQUEUED if requeue else _REJECTED
+            if packed.settle(tag.index, outcome):
                 finished.append(packed)
         if whole:
             if requeue is None:
@@ -205,14 +237,39 @@ class UnpackingConsumer(Consumer):
         if acked:
             self.inner.ack(acked)
         if requeued:
+            self._remember([p for p in finished if p.requeue])
             self.inner.nack(requeued, requeue=True)
         if rejected:
             self.inner.nack(rejected, requeue=False)
+
+    def _remember(self, requeued: Sequence[_Packed]) -> None:
+        """Keep the outcomes of requeued packed messages, so that when one comes back here
+        only its records that were requeued are handed out again: the others were done (or
+        dead-lettered) already, and a record that keeps failing must not drag its siblings
+        round with it each time (a reader elsewhere still gets them all: duplicates the
+        record ids make harmless)."""
+        outcomes = self._outcomes
+        for packed in requeued:
+            if packed.key is not None:
+                outcomes[packed.key] = bytes(packed.settled)
+        while len(outcomes) > _REMEMBERED:
+            outcomes.popitem(last=False)
 
     def close(self) -> None:
         """Close the wrapped consumer; records not handed out go back with their messages."""
         self._ready.clear()
         self.inner.close()
+
+
+def _message_key(delivery: Delivery, count: int) -> tuple[str, ...] | None:
+    """What identifies a packed message across redeliveries (also ActiveMQ's requeued copy,
+    a new message): its id, first and last record ids and record count; ``None`` for one
+    without the id headers (another producer's), which is then always read whole."""
+    first = delivery.headers.get(FIRST_HEADER)
+    last = delivery.headers.get(LAST_HEADER)
+    if not delivery.id or first is None or last is None:
+        return None
+    return (delivery.id, str(first), str(last), str(count))
 
 
 def _part_headers(headers: Mapping[str, Any]) -> dict[str, Any]:

@@ -16,6 +16,7 @@ import pytest
 from harness.collector import BulkStandIn, amqp_queue_url, dataset_for, ecs_record, publish
 from harness.helpers import wait_until
 from mqlogging.backends import TapOptions, UnpackingConsumer, open_consumer, open_tap
+from mqlogging.backends.services import create_consumer
 from mqlogging.collector.service import CollectorService
 from mqlogging.handlers import MQHandler
 from mqlogging.wire import read_meta
@@ -146,7 +147,9 @@ class TestPackedReaders:
         self, rabbitmq: Any, queue_name: str
     ) -> None:
         """Through UnpackingConsumer a packed message is one delivery per record; it is acked
-        at the broker only once all its records are, and requeued whole if one is nacked."""
+        at the broker only once all its records are, and requeued whole if one is nacked;
+        when it comes back, this reader hands out only the record it nacked (the others
+        were done)."""
         url = _url(rabbitmq, "amqp", queue_name, "pack=10")
         publish(url, [ecs_record(i) for i in range(20)])
         with UnpackingConsumer(open_consumer(url)) as consumer:
@@ -156,8 +159,8 @@ class TestPackedReaders:
             consumer.nack(got[15:16])
             consumer.ack(got[16:])
             again: list[Any] = []
-            wait_until(lambda: bool(again.extend(consumer.fetch(20, 0.2))) or len(again) == 10, 20)
-            assert [d.body for d in got[10:]] == [d.body for d in again]
+            wait_until(lambda: bool(again.extend(consumer.fetch(20, 0.2))) or len(again) == 1, 20)
+            assert [d.body for d in got[15:16]] == [d.body for d in again]
             assert all(d.redelivered for d in again)
             consumer.ack(again)
         wait_until(lambda: rabbitmq.queue_depth(queue_name) == 0, timeout=10)
@@ -174,22 +177,56 @@ class TestPackedReaders:
             wait_until(lambda: rabbitmq.queue_depth(queue_name) >= 30, timeout=10)
             consumer.ack(got)
 
+    def test_nothing_pushed_before_the_records_per_message_are_known(
+        self, rabbitmq: Any, queue_name: str
+    ) -> None:
+        """Before its first delivery a reader cannot know how many records a message holds,
+        so it takes one message, not a window of 1,000 (which over packed messages of 100
+        records pushed the whole 50-message queue, 5,000 records, to it at once, to be
+        handed back to the broker on the first fetch and come again flagged redelivered)."""
+        url = _url(rabbitmq, "amqp", queue_name, "pack=100&prefetch=1000")
+        publish(url, [ecs_record(i) for i in range(5000)], batch=1000)
+        got: list[Any] = []
+        with UnpackingConsumer(open_consumer(url)) as consumer:
+            consumer.set_window(1000)  # in records, as the collector asks
+            wait_until(lambda: bool(got.extend(consumer.fetch(100, 0.2))) or len(got) >= 100, 20)
+            assert rabbitmq.queue_depth(queue_name) >= 30
+            consumer.ack(got)
+
+            def more() -> bool:
+                batch = consumer.fetch(500, 0.2)
+                consumer.ack(batch)
+                got.extend(batch)
+                return len(got) >= 5000
+
+            wait_until(more, 20)
+        assert len(got) == 5000
+        assert not [d for d in got if d.redelivered]
+
     def test_activemq_requeue_keeps_a_packed_message_whole(
         self, activemq: Any, queue_name: str
     ) -> None:
         """On ActiveMQ a requeue re-sends a copy of the message: a packed, compressed one comes
-        back with its encoding and count, so its records read the same the second time."""
+        back with its encoding and count, so its records read the same the second time (by
+        another reader: all of them; by the one that requeued it: the record it nacked)."""
         url = _url(activemq, "stomp", queue_name, "pack=10&compress=gzip")
-        publish(url, [ecs_record(i) for i in range(10)])
+        publish(url, [ecs_record(i) for i in range(20)])
         with UnpackingConsumer(open_consumer(url)) as consumer:
             first: list[Any] = []
-            wait_until(lambda: bool(first.extend(consumer.fetch(10, 0.2))) or len(first) == 10, 20)
-            consumer.ack(first[:9])
-            consumer.nack(first[9:])
+            wait_until(lambda: bool(first.extend(consumer.fetch(20, 0.2))) or len(first) == 20, 20)
+            consumer.ack(first[:9] + first[10:19])
+            consumer.nack([first[9], first[19]])  # both messages requeued
             again: list[Any] = []
-            wait_until(lambda: bool(again.extend(consumer.fetch(10, 0.2))) or len(again) == 10, 20)
-            consumer.ack(again)
-        assert [d.body for d in first] == [d.body for d in again]
+            wait_until(lambda: bool(again.extend(consumer.fetch(10, 0.2))) or len(again) == 1, 20)
+            consumer.ack(again)  # one of the two; the other goes to the next reader
+        with UnpackingConsumer(open_consumer(url)) as consumer:
+            other: list[Any] = []
+            wait_until(lambda: bool(other.extend(consumer.fetch(10, 0.2))) or len(other) == 10, 20)
+            consumer.ack(other)
+        assert len(again) == 1
+        assert again[0].body in (first[9].body, first[19].body)
+        rest = first[:10] if again[0].body == first[19].body else first[10:]
+        assert [d.body for d in rest] == [d.body for d in other]
 
 
 class TestPackedFaults:
@@ -252,3 +289,89 @@ def _log(url: str, count: int, *, spool: bool) -> None:
     finally:
         logger.removeHandler(handler)
         handler.close()
+
+
+class TestConsumerAPIWithPacking:
+    @pytest.mark.parametrize("broker", ["rabbitmq", "activemq"])
+    def test_poison_record_loops_alone(
+        self, broker: str, request: pytest.FixtureRequest, queue_name: str
+    ) -> None:
+        """A consumer-API callback that always fails on one record of a packed message makes
+        the message go round (requeued whole), but its siblings, already done by this
+        consumer, are not handed out again each round: only the failing record loops, as it
+        would with one record per message (they used to be re-dispatched every round)."""
+        server = request.getfixturevalue(broker)
+        transport = "amqp" if broker == "rabbitmq" else "stomp"
+        url = _url(server, transport, queue_name, "pack=10")
+        docs = [ecs_record(i) for i in range(10)]
+        publish(url, docs)
+        poison = docs[3]["event"]["id"]
+        calls: Counter[str] = Counter()
+
+        def callback(headers: Any, message: Any) -> None:
+            rid = read_meta(message).id
+            calls[rid] += 1
+            if rid == poison:
+                raise RuntimeError("poison")
+
+        consumer = create_consumer(url, callback)
+        try:
+            wait_until(lambda: calls[poison] >= 4, timeout=20, message="4 rounds of the poison")
+        finally:
+            consumer.close()
+        assert {d["event"]["id"]: 1 for d in docs if d["event"]["id"] != poison} == {
+            rid: n for rid, n in calls.items() if rid != poison
+        }
+
+    @pytest.mark.parametrize("transport", ["amqp", "stomp"])
+    def test_consumer_api_headers_name_each_record(
+        self, transport: str, rabbitmq: Any, queue_name: str
+    ) -> None:
+        """The consumer API's callback gets, for a record of a packed message, the same
+        headers as for a record sent alone: its own id under ``mqlogging-id`` (the packed
+        message's id headers describe the message and are not passed on)."""
+        url = _url(rabbitmq, transport, queue_name, "pack=5")
+        docs = [ecs_record(i) for i in range(10)]
+        publish(url, docs)
+        seen: list[tuple[Any, str]] = []
+
+        def callback(headers: Any, message: Any) -> None:
+            seen.append((headers.get("mqlogging-id"), read_meta(message).id))
+
+        consumer = create_consumer(url, callback)
+        try:
+            wait_until(lambda: len(seen) >= 10, timeout=20, message="10 callbacks")
+        finally:
+            consumer.close()
+        assert [d["event"]["id"] for d in docs] == [header for header, _ in seen]
+        assert [rid for _, rid in seen] == [header for header, _ in seen]
+
+    def test_amqp_packed_content_type_with_parameters(self, rabbitmq: Any, queue_name: str) -> None:
+        """Another producer's packed message typed ``application/x-ndjson; charset=utf-8``
+        (parameters are legal in a media type) with ``content_encoding=gzip`` is unpacked
+        like ours: the encoding is passed on (it was dropped, so the gzip body was read as
+        plain lines and refused)."""
+        pika = pytest.importorskip("pika")
+        url = amqp_queue_url(rabbitmq, queue_name)
+        with UnpackingConsumer(open_consumer(url)) as consumer:
+            consumer.fetch(1, 0.1)  # declares the queue
+            docs = [ecs_record(i) for i in range(3)]
+            body = gzip.compress(b"\n".join(json.dumps(d).encode() for d in docs))
+            connection = pika.BlockingConnection(pika.URLParameters(rabbitmq.amqp_url))
+            try:
+                connection.channel().basic_publish(
+                    "",
+                    queue_name,
+                    body,
+                    pika.BasicProperties(
+                        content_type="application/x-ndjson; charset=utf-8",
+                        content_encoding="gzip",
+                        headers={"mqlogging-count": 3},
+                    ),
+                )
+            finally:
+                connection.close()
+            got: list[Any] = []
+            wait_until(lambda: bool(got.extend(consumer.fetch(3, 0.2))) or len(got) >= 3, 20)
+            consumer.ack(got)
+        assert [d["event"]["id"] for d in docs] == [read_meta(json.loads(d.body)).id for d in got]
