@@ -166,7 +166,12 @@ class URLParts:
             msg = f"{redact_url(url)}: not a valid URL ({exc})"
             raise ConfigurationError(msg) from None
         netloc = rest.partition("/")[0].split("?", 1)[0]
-        query = dict(parse_qsl(parts.query, keep_blank_values=True))
+        pairs = parse_qsl(parts.query, keep_blank_values=True)
+        query = dict(pairs)
+        if len(query) < len(pairs):  # ?pack=5&pack=6: which one was meant is unknowable
+            twice = sorted({k for k, _ in pairs if sum(1 for j, _ in pairs if j == k) > 1})
+            msg = f"{redact_url(url)}: option {', '.join(map(repr, twice))} given more than once"
+            raise ConfigurationError(msg + "; keep one")
         query.update({k: v for k, v in options.items() if v is not None})
         userinfo, _, hostlist = netloc.rpartition("@")
         return cls(

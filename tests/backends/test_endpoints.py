@@ -156,3 +156,14 @@ class TestRedaction:
         s = Secret(SECRET)
         assert SECRET not in repr(s) + str(s) + f"{s!r}"
         assert s.reveal() == SECRET
+
+
+def test_an_option_repeated_in_the_url_is_refused() -> None:
+    """``?pack=5&pack=6`` is refused in one line naming the option (taking either value would
+    silently override what the user wrote), and the password stays masked."""
+    with pytest.raises(ConfigurationError, match=r"option 'pack' given more than once; keep one"):
+        Endpoint.from_url("amqp://u:secret@h/?queue=q&pack=5&pack=6")
+    with pytest.raises(ConfigurationError) as caught:
+        Endpoint.from_url("amqp://u:secret@h/?exchange=a&exchange=b")
+    assert "secret" not in str(caught.value)
+    assert "\n" not in str(caught.value)
