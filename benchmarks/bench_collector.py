@@ -65,9 +65,8 @@ def _messages(n: int, pack: int) -> list[tuple[bytes, dict[str, Any]]]:
             props = {"content_type": "application/json", "message_id": new_id()}
             out.append((_record(i), props))
         return out
-    from mqlogging.packing import Packer, PackOptions  # type: ignore[import-not-found]
-
     from mqlogging._types import Message
+    from mqlogging.packing import Packer, PackOptions
 
     records = [Message(new_id(), _record(i)) for i in range(n)]
     packer = Packer(PackOptions(records=pack, max_bytes=16 * 2**20))
