@@ -32,6 +32,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from harness.brokers import ActiveMQ, RabbitMQ
+from harness.collector import REPO
 from harness.helpers import unique_name
 from mqlogging.backends import UnpackingConsumer, open_consumer
 from mqlogging.wire import decode, read_meta
@@ -108,7 +109,7 @@ def _one(broker: RabbitMQ | ActiveMQ, name: str, n: int) -> Row:
     _, transport, query = CONTENDERS[name]
     queue = unique_name("bench-packed")
     url = _url(broker, transport, queue, query)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    env = dict(os.environ, PYTHONPATH=str(REPO))
     out = subprocess.run(
         [sys.executable, "-c", _CHILD, url, str(n)],
         check=True,
@@ -245,7 +246,7 @@ def producer_rows(
         for name in names:
             broker_name, transport, query = CONTENDERS[name]
             url = _url(brokers[broker_name], transport, unique_name("bench-producer"), query)
-            env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+            env = dict(os.environ, PYTHONPATH=str(REPO))
             out = subprocess.run(
                 [sys.executable, "-c", _PRODUCER_CHILD, url, str(n), str(batch)],
                 check=True, capture_output=True, text=True, env=env, timeout=900,

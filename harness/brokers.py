@@ -53,6 +53,7 @@ __all__ = [
     "BrokerNotInstalled",
     "BrokerStartError",
     "NoidaES",
+    "NoidaServer",
     "RabbitMQ",
     "noida_binary",
     "reserve_port",
@@ -982,13 +983,12 @@ def noida_binary() -> Path | None:
     return Path(found) if found else None
 
 
-class NoidaES(Broker):
-    """A private noida-db server speaking the Elasticsearch REST API (reports 8.15.3).
+class NoidaServer(Broker):
+    """A private noida-db server running one of its services (``service``) on a free loopback
+    port; the data directory survives restarts. Subclasses say which service and when it is
+    ready."""
 
-    ``url`` has no credentials; the data directory survives restarts.
-    """
-
-    name = "noida-es"
+    service: str = ""
     start_timeout = 30.0
     stop_timeout = 15.0
 
@@ -1004,10 +1004,6 @@ class NoidaES(Broker):
     def ports(self) -> tuple[int, ...]:
         return (self.port,)
 
-    @property
-    def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
-
     def _check_installed(self) -> None:
         if noida_binary() is None:
             msg = "noida-db is not installed; run `make .venv/.dev` (pip install noida-db)"
@@ -1021,14 +1017,28 @@ class NoidaES(Broker):
             str(binary),
             "start",
             "--only",
-            "elasticsearch",
+            self.service,
             "--host",
             HOST,
-            "--elasticsearch-port",
+            f"--{self.service}-port",
             str(self.port),
             "--data-dir",
             str(self.dir / "data"),
         ]
+
+
+class NoidaES(NoidaServer):
+    """A private noida-db server speaking the Elasticsearch REST API (reports 8.15.3).
+
+    ``url`` has no credentials; the data directory survives restarts.
+    """
+
+    name = "noida-es"
+    service = "elasticsearch"
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
 
     def _ready(self) -> bool:
         if not _port_open(self.port):

@@ -20,9 +20,8 @@ not committed yet), which is what the tests and the fault scenarios need.
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
-from harness.brokers import HOST, Broker, BrokerNotInstalled, noida_binary, reserve_port
+from harness.brokers import HOST, NoidaServer
 
 __all__ = ["KAFKA_URL_ENV", "KafkaAdmin", "NoidaKafka", "RealKafka", "real_kafka"]
 
@@ -78,50 +77,15 @@ class KafkaAdmin:
         return bool(admin.list_topics(timeout=timeout).brokers)
 
 
-class NoidaKafka(KafkaAdmin, Broker):
+class NoidaKafka(KafkaAdmin, NoidaServer):
     """A private noida-db server speaking the Kafka protocol (see the module docstring)."""
 
     name = "noida-kafka"
-    start_timeout = 30.0
-    stop_timeout = 15.0
-
-    def __init__(self, base_dir: str | os.PathLike[str] | None = None) -> None:
-        super().__init__(base_dir)
-        self.port = reserve_port()
-
-    def _reallocate_ports(self) -> None:
-        self.port = reserve_port()
-
-    @property
-    def ports(self) -> tuple[int, ...]:
-        return (self.port,)
+    service = "kafka"
 
     @property
     def bootstrap(self) -> str:
         return f"{HOST}:{self.port}"
-
-    def _check_installed(self) -> None:
-        if noida_binary() is None:
-            msg = "noida-db is not installed; run `make .venv/.dev` (pip install noida-db)"
-            raise BrokerNotInstalled(msg)
-
-    def _command(self) -> list[str]:
-        binary = noida_binary()
-        assert binary is not None
-        data = Path(self.dir) / "data"
-        data.mkdir(exist_ok=True)
-        return [
-            str(binary),
-            "start",
-            "--only",
-            "kafka",
-            "--host",
-            HOST,
-            "--kafka-port",
-            str(self.port),
-            "--data-dir",
-            str(data),
-        ]
 
     def _ready(self) -> bool:
         return self.ready()
