@@ -77,7 +77,6 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
-from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 from .._coerce import to_number, to_size
@@ -102,7 +101,7 @@ from ..esbulk import (
 )
 from ..spool import Spool
 from .base import Producer
-from .endpoints import COMMON_OPTIONS, COMMON_TYPES, Coercer, Endpoint, Scheme, Secret
+from .endpoints import COMMON_OPTIONS, COMMON_TYPES, Coercer, Endpoint, Scheme, Secret, read_secret
 from .registry import Transport
 
 __all__ = ["TRANSPORT", "ElasticsearchEndpoint", "ElasticsearchProducer"]
@@ -170,7 +169,7 @@ class ElasticsearchEndpoint(Endpoint):
             msg = f"{where}: give only one of {', '.join(given)}"
             raise ConfigurationError(msg)
         if given:
-            values["api_key"] = _api_key(given[0], values.pop(given[0]), where)
+            values["api_key"] = read_secret(given[0], values.pop(given[0]), where)
         if values.get("index") and ("dataset" in values or "namespace" in values):
             msg = (
                 f"{where}: give either index= (an index or strftime pattern) or "
@@ -232,24 +231,6 @@ def _check_rejected_dir(directory: str, where: str) -> None:
             "set rejected=/a/writable/dir"
         )
         raise ConfigurationError(msg)
-
-
-def _api_key(key: str, value: Any, where: str) -> Secret:
-    """The API key from ``api_key``, ``api_key_file`` or ``api_key_env``."""
-    if isinstance(value, Secret):
-        return value
-    if key == "api_key":
-        return Secret(str(value))
-    if key == "api_key_file":
-        try:
-            return Secret(Path(str(value)).read_text(encoding="utf-8").strip())
-        except OSError as exc:
-            msg = f"{where}: cannot read api_key_file {str(value)!r}: {exc.strerror}"
-            raise ConfigurationError(msg) from None
-    if str(value) not in os.environ:
-        msg = f"{where}: api_key_env={value!r} but that variable is not set"
-        raise ConfigurationError(msg)
-    return Secret(os.environ[str(value)])
 
 
 # -- the producer -------------------------------------------------------------------------------

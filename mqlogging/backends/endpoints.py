@@ -59,6 +59,7 @@ __all__ = [
     "URLParts",
     "optional_text",
     "parse_hosts",
+    "read_secret",
     "text",
 ]
 
@@ -351,7 +352,7 @@ class Endpoint:
         out: dict[str, Any] = {}
         for key, value in query.items():
             if key in _PASSWORD_KEYS:
-                out["password"] = _password(key, value, where)
+                out["password"] = read_secret(key, value, where)
                 continue
             coerce = cls.option_types.get(key, text)
             try:
@@ -613,21 +614,23 @@ def _parse_host(item: str, default_port: int, where: str) -> Host:
     return Host(host, port)
 
 
-def _password(key: str, value: Any, where: str) -> Secret:
-    """The password from ``password``, ``password_file`` or ``password_env``."""
-    if key == "password":
-        return value if isinstance(value, Secret) else Secret(str(value))
-    if key == "password_file":
-        return Secret(_read_secret_file(str(value), where))
-    if str(value) not in os.environ:
-        msg = f"{where}: password_env={value!r} but that variable is not set"
-        raise ConfigurationError(msg)
-    return Secret(os.environ[str(value)])
-
-
-def _read_secret_file(path: str, where: str) -> str:
-    try:
-        return Path(path).read_text(encoding="utf-8").strip()
-    except OSError as exc:
-        msg = f"{where}: cannot read password_file {path!r}: {exc.strerror}"
-        raise ConfigurationError(msg) from None
+def read_secret(key: str, value: Any, where: str) -> Secret:
+    """A secret option's value, read now: ``NAME`` itself, ``NAME_file`` (the file's content,
+    stripped) or ``NAME_env`` (the variable's value), as ``key`` says (``password``,
+    ``password_file``, ``api_key_env``, ``token_file``...). Used by every transport that
+    takes a secret, so each reads and refuses them alike."""
+    if isinstance(value, Secret):
+        return value
+    name = key.removesuffix("_file").removesuffix("_env")
+    if key.endswith("_file"):
+        try:
+            return Secret(Path(str(value)).read_text(encoding="utf-8").strip())
+        except OSError as exc:
+            msg = f"{where}: cannot read {key} {str(value)!r}: {exc.strerror}"
+            raise ConfigurationError(msg) from None
+    if key.endswith("_env") and key != name:
+        if str(value) not in os.environ:
+            msg = f"{where}: {key}={value!r} but that variable is not set"
+            raise ConfigurationError(msg)
+        return Secret(os.environ[str(value)])
+    return Secret(str(value))

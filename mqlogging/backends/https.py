@@ -45,10 +45,8 @@ from __future__ import annotations
 
 import contextlib
 import gzip
-import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from .._coerce import to_bool
@@ -63,7 +61,7 @@ from ..errors import (
     PublishTimeout,
 )
 from .base import Producer
-from .endpoints import COMMON_OPTIONS, COMMON_TYPES, Coercer, Endpoint, Scheme, Secret
+from .endpoints import COMMON_OPTIONS, COMMON_TYPES, Coercer, Endpoint, Scheme, Secret, read_secret
 from .registry import Transport
 
 if TYPE_CHECKING:
@@ -115,7 +113,7 @@ class HTTPSEndpoint(Endpoint):
             msg = f"{where}: give only one of {', '.join(given)}"
             raise ConfigurationError(msg)
         if given:
-            values["token"] = _token(given[0], values.pop(given[0]), where)
+            values["token"] = read_secret(given[0], values.pop(given[0]), where)
 
     def validate(self, where: str) -> None:
         if self.tls is None and not self.allow_http:
@@ -130,23 +128,6 @@ class HTTPSEndpoint(Endpoint):
 
     def destination_parts(self) -> dict[str, str]:
         return {"path": self.path}
-
-
-def _token(key: str, value: Any, where: str) -> Secret:
-    if isinstance(value, Secret):
-        return value
-    if key == "token":
-        return Secret(str(value))
-    if key == "token_file":
-        try:
-            return Secret(Path(str(value)).read_text(encoding="utf-8").strip())
-        except OSError as exc:
-            msg = f"{where}: cannot read token_file {str(value)!r}: {exc.strerror}"
-            raise ConfigurationError(msg) from None
-    if str(value) not in os.environ:
-        msg = f"{where}: token_env={value!r} but that variable is not set"
-        raise ConfigurationError(msg)
-    return Secret(os.environ[str(value)])
 
 
 class HTTPSProducer(Producer):
