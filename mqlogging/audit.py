@@ -544,7 +544,7 @@ def expand_paths(patterns: Sequence[str], *, option: str = "--file") -> list[str
     return paths
 
 
-def _file_lines(paths: Sequence[str]) -> Iterator[bytes]:
+def file_lines(paths: Sequence[str]) -> Iterator[bytes]:
     """The non-blank lines of JSON-lines files, one at a time (``.gz`` too)."""
     for path in paths:
         opener = gzip.open if path.endswith(".gz") else open
@@ -571,7 +571,7 @@ def _spool_lines(directory: str) -> Iterator[bytes]:
 
 def audit_files(audit: Audit, patterns: Sequence[str]) -> None:
     """Feed ``audit`` every line of JSON-lines files, one line at a time (``.gz`` too)."""
-    for line in _file_lines(expand_paths(patterns)):
+    for line in file_lines(expand_paths(patterns)):
         audit.add_document(decode(line))
 
 
@@ -604,7 +604,7 @@ def audit_dead_letters(audit: Audit, sources: Sequence[str]) -> None:
             for body in _spool_lines(source):
                 audit.add_dead_letter(decode(body))
         else:
-            for body in _file_lines(expand_paths([source], option="--dead-letters")):
+            for body in file_lines(expand_paths([source], option="--dead-letters")):
                 audit.add_dead_letter(decode(body))
 
 

@@ -1061,7 +1061,7 @@ def _exc_and_stack(formatter: JsonFormatter, record: logging.LogRecord) -> dict[
 # is moved under the ``extra`` attribute.
 OTEL_UID: Final = "log.record.uid"
 OTEL_TEMPLATE: Final = "log.record.template"
-_OTEL_ATTRIBUTES: Final = (
+OTEL_ATTRIBUTES: Final = (
     OTEL_UID,
     OTEL_TEMPLATE,
     "code.file.path",
@@ -1090,7 +1090,7 @@ def _with_prefixes(names: Iterable[str]) -> frozenset[str]:
     return frozenset(out)
 
 
-_OTEL_OWNED: Final = _with_prefixes(_OTEL_ATTRIBUTES) | {_DIVERTED_KEY}
+_OTEL_OWNED: Final = _with_prefixes(OTEL_ATTRIBUTES) | {_DIVERTED_KEY}
 _OTEL_RESOURCE: Final = ("service.name", "host.name", "process.pid")
 _OTEL_RESOURCE_OWNED: Final = _with_prefixes(_OTEL_RESOURCE) - {"service.name", "host.name"}
 

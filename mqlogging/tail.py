@@ -45,6 +45,7 @@ from .backends.base import Tap, TapOptions
 from .backends.endpoints import Endpoint
 from .backends.registry import open_tap
 from .errors import ConfigurationError, MQLoggingError
+from .formatting import OTEL_ATTRIBUTES
 from .wire import NAMESPACE, RecordMeta, read_meta
 
 __all__ = [
@@ -139,21 +140,7 @@ _LOGSTASH_SKELETON = frozenset(
 _FLAT_SKELETON = _LOGSTASH_SKELETON | {"timestamp", "asctime"}
 _SKELETONS = {"ecs": _ECS_SKELETON, "logstash": _LOGSTASH_SKELETON, "flat": _FLAT_SKELETON}
 # The otel schema's own attributes (OpenTelemetry semantic conventions), not shown as extras.
-_OTEL_OWN_ATTRIBUTES = frozenset(
-    [
-        "log.record.uid",
-        "log.record.template",
-        "code.file.path",
-        "code.function.name",
-        "code.line.number",
-        "code.stacktrace",
-        "thread.id",
-        "thread.name",
-        "exception.type",
-        "exception.message",
-        "exception.stacktrace",
-    ]
-)
+_OTEL_OWN_ATTRIBUTES = frozenset(OTEL_ATTRIBUTES)
 
 
 # -- normalising the three schemas -----------------------------------------------------------

@@ -27,7 +27,6 @@ Terminal text escapes control characters, so a hostile message cannot drive the 
 from __future__ import annotations
 
 import argparse
-import gzip
 import json
 import os
 import sys
@@ -36,7 +35,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import IO, Any, Final
 
-from ..audit import Window, expand_paths, parse_moment
+from ..audit import Window, expand_paths, file_lines, parse_moment
 from ..errors import ConfigurationError, SinkError
 from ..esbulk import import_client, new_client
 from ..tail import Record, normalise
@@ -147,14 +146,7 @@ def _top(groups: Iterable[Group], top: int, report: Report) -> None:
 
 
 def _lines(patterns: Sequence[str]) -> Iterator[bytes]:
-    for path in expand_paths(patterns):
-        opener = gzip.open if path.endswith(".gz") else open
-        try:
-            with opener(path, "rb") as f:
-                yield from (line for line in f if line.strip())
-        except OSError as exc:
-            msg = f"cannot read {path!r}: {exc.strerror or exc}"
-            raise ConfigurationError(msg) from exc
+    return file_lines(expand_paths(patterns))
 
 
 def errors_from_files(

@@ -4,11 +4,12 @@ start, and shown only with the password masked (they are not broker endpoints, s
 
 from __future__ import annotations
 
+import ssl
 from urllib.parse import urlsplit
 
 from ...errors import ConfigurationError
 
-__all__ = ["check_http_url", "redact_http"]
+__all__ = ["check_http_url", "client_ssl_context", "redact_http"]
 
 
 def check_http_url(url: str, name: str, *, require_port: bool = False) -> None:
@@ -39,3 +40,18 @@ def redact_http(url: str) -> str:
         user = userinfo.split(":", 1)[0]
         netloc = f"{user}:***@{host}" if ":" in userinfo else f"{user}@{host}"
     return f"{scheme}{sep}{netloc}{slash}{tail}"
+
+
+def client_ssl_context(
+    ca_certs: str | None, *, verify: bool, certfile: str | None, keyfile: str | None
+) -> ssl.SSLContext:
+    """The TLS context an HTTP-speaking sink connects with: the system's CAs (or
+    ``ca_certs``), verification on unless ``verify`` is false, a client certificate when
+    ``certfile`` is given."""
+    ctx = ssl.create_default_context(cafile=ca_certs)
+    if not verify:
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+    if certfile:
+        ctx.load_cert_chain(certfile, keyfile)
+    return ctx

@@ -34,7 +34,7 @@ from urllib.parse import urlsplit
 from ...backends.endpoints import Secret
 from ...errors import ConfigurationError
 from .._table import FromTable, PemPath, PositiveFloat, Table, check_fields, read_table, shared_env
-from ._urls import check_http_url, redact_http
+from ._urls import check_http_url, client_ssl_context, redact_http
 from .base import DONE, Outcome, Record, Result, Sink
 
 if TYPE_CHECKING:
@@ -107,13 +107,9 @@ def make_logstash_sink(config: LogstashSinkConfig) -> Sink:
 
 
 def _ssl_context(config: LogstashSinkConfig) -> ssl.SSLContext:
-    ctx = ssl.create_default_context(cafile=config.ca_certs)
-    if not config.verify:
-        ctx.check_hostname = False
-        ctx.verify_mode = ssl.CERT_NONE
-    if config.certfile:
-        ctx.load_cert_chain(config.certfile, config.keyfile)
-    return ctx
+    return client_ssl_context(
+        config.ca_certs, verify=config.verify, certfile=config.certfile, keyfile=config.keyfile
+    )
 
 
 def _reachable(host: str, port: int) -> bool:

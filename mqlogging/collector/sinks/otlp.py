@@ -66,7 +66,7 @@ from .._table import (
     read_table,
     shared_env,
 )
-from ._urls import check_http_url, redact_http
+from ._urls import check_http_url, client_ssl_context, redact_http
 from .base import DONE, Outcome, Record, Result, Sink
 
 if TYPE_CHECKING:
@@ -184,13 +184,9 @@ class OtlpSinkConfig(FromTable):
 
 
 def _ssl_context(config: OtlpSinkConfig) -> ssl.SSLContext:
-    ctx = ssl.create_default_context(cafile=config.ca_certs)
-    if not config.verify:
-        ctx.check_hostname = False
-        ctx.verify_mode = ssl.CERT_NONE
-    if config.certfile:
-        ctx.load_cert_chain(config.certfile, config.keyfile)
-    return ctx
+    return client_ssl_context(
+        config.ca_certs, verify=config.verify, certfile=config.certfile, keyfile=config.keyfile
+    )
 
 
 class _Mapped(NamedTuple):
