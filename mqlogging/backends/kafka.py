@@ -47,7 +47,9 @@ rebalance, the done prefix of each revoked partition is committed and the record
 in flight are void (acking them is a no-op): the partition's next owner reads them again, and
 Elasticsearch stores them once (the record id is the ``_id``). A collector killed -9 loses
 nothing either: its uncommitted records are read again by the group. ``nack(requeue=True)``
-seeks the partition back to the first record given back. A group that has no offset yet starts
+seeks the partition back to the first record given back; of the records read again, only those
+given back are handed out again (the others were acked or are still in flight), so a caller
+sees a record twice only when it gave it back. A group that has no offset yet starts
 at the earliest retained record, so records published before the first collector ran are kept.
 
 A collector that dies without leaving the group (kill -9, a crashed host) keeps its partitions
@@ -566,27 +568,39 @@ def _hints(ck: ModuleType) -> dict[int, str]:
 
 @dataclass(eq=False)
 class _Partition:
-    """Offsets of one assigned partition: handed out and not settled, and the next one.
+    """Offsets of one assigned partition: handed out and not settled, given back to be
+    handed out again, and one past the highest handed out.
 
     ``position()`` is what may be committed: every record below it is settled.
     """
 
     generation: int
     pending: set[int] = field(default_factory=set)
+    redo: set[int] = field(default_factory=set)
     next: int = -1
     committed: int = -1
 
-    def handed(self, offset: int) -> None:
+    def take(self, offset: int) -> bool:
+        """Whether the record read at ``offset`` is handed out: a new one, or one given back.
+        A record read again after a seek that was already handed out (settled, or still in
+        flight with the caller) is not: only what was given back comes again."""
+        if offset in self.redo:
+            self.redo.discard(offset)
+        elif offset < self.next:
+            return False
         self.pending.add(offset)
         self.next = max(self.next, offset + 1)
+        return True
 
     def position(self) -> int:
-        return min(self.pending) if self.pending else self.next
+        return min(min(self.pending, default=self.next), min(self.redo, default=self.next))
 
-    def rewind(self, offset: int) -> None:
-        """Everything from ``offset`` on will be fetched again."""
-        self.pending = {o for o in self.pending if o < offset}
-        self.next = offset
+    def give_back(self, offsets: Sequence[int]) -> int:
+        """``offsets`` are to be handed out again; returns where to read from (the lowest
+        record given back and not handed out again yet)."""
+        self.pending.difference_update(offsets)
+        self.redo.update(offsets)
+        return min(self.redo)
 
 
 class KafkaConsumer(_Client, Consumer):
@@ -690,9 +704,8 @@ class KafkaConsumer(_Client, Consumer):
             return None
         partition, offset = message.partition(), message.offset()
         part = self._parts.get(partition)
-        if part is None:  # not ours any more: its next owner reads it
+        if part is None or not part.take(offset):  # not ours any more, or read again
             return None
-        part.handed(offset)
         headers = {k: (v or b"").decode("utf-8", "replace") for k, v in message.headers() or ()}
         rid = headers.get(_ID_HEADER) or f"kafka:{self.endpoint.topic}:{partition}:{offset}"
         headers.update({"partition": str(partition), "offset": str(offset)})
@@ -729,9 +742,10 @@ class KafkaConsumer(_Client, Consumer):
         self._commit(handle, list(settled), asynchronous=True)
 
     def nack(self, deliveries: Sequence[Delivery], *, requeue: bool = True) -> None:
-        """``requeue``: read them again (the partition seeks back to the first one, so the
-        records after it come again too); otherwise they are done, as Kafka cannot remove one
-        record (the collector never rejects: it dead-letters and acks)."""
+        """``requeue``: hand them out again (the partition seeks back to the first one; of
+        what is read again, only the records given back are handed out, not those acked or
+        still in flight); otherwise they are done, as Kafka cannot remove one record (the
+        collector never rejects: it dead-letters and acks)."""
         handle = self._handle
         if handle is None:
             return
@@ -739,8 +753,7 @@ class KafkaConsumer(_Client, Consumer):
             self.ack(deliveries)
             return
         for partition, offsets in self._ours(deliveries).items():
-            first = min(offsets)
-            self._parts[partition].rewind(first)
+            first = self._parts[partition].give_back(offsets)
             with contextlib.suppress(self._ck.KafkaException):
                 handle.seek(self._ck.TopicPartition(self.endpoint.topic, partition, first))
 

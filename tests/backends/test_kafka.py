@@ -169,6 +169,32 @@ def test_nack_with_requeue_reads_the_records_again(kafka: KafkaAdmin, queue_name
     wait_until(lambda: kafka.lag(queue_name, queue_name) == 0, timeout=10)
 
 
+def test_nack_hands_out_again_only_the_records_given_back(
+    kafka: KafkaAdmin, queue_name: str
+) -> None:
+    """Against the noida-db Kafka stand-in: of 100 fetched records, record 40 is given back
+    with ``nack(requeue=True)`` after the records behind it up to 79 were acked, while 80..99
+    are still in flight. Only record 40 is handed out again: the partition is read again from
+    it, but the acked and the in-flight records are not handed out a second time (a file sink
+    or an MQConsumer callback would get them twice, and a record nacked for good would bring
+    the rest of its batch back on every try). Acking the in-flight ones still counts: the
+    group's lag ends at 0."""
+    kafka.create_topic(queue_name, partitions=1)
+    url = kafka.url(queue_name)
+    sent = [_message("h:1:a", i) for i in range(100)]
+    with open_producer(url) as producer:
+        producer.publish_batch(sent)
+    with open_consumer(url, group=queue_name) as consumer:
+        got = _drain(consumer, 100, ack=False)
+        consumer.ack(got[:40] + got[41:80])
+        consumer.nack([got[40]])
+        again = _drain(consumer, 1, ack=False)
+        again += consumer.fetch(1000, 1.0)
+        assert [sent[40].id] == [d.id for d in again]
+        consumer.ack(again + got[80:])
+        wait_until(lambda: kafka.lag(queue_name, queue_name) == 0, timeout=10)
+
+
 def test_rebalance_between_two_members_loses_nothing(kafka: KafkaAdmin, queue_name: str) -> None:
     """Against the noida-db Kafka stand-in: one member holds fetched, unacked records when a
     second member joins and takes partitions from it. Acks of revoked records are void, the
