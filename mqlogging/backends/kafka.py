@@ -71,8 +71,9 @@ Options (query parameters or keyword arguments): ``group``, ``group_instance``,
 ``password_file`` / ``password_env``) mean SASL with ``sasl_mechanism`` (``PLAIN``, default,
 ``SCRAM-SHA-256``, ``SCRAM-SHA-512``); ``kafka+ssl://`` is TLS with ``ca_certs``, ``certfile``
 / ``keyfile`` (client certificate), ``verify``. The topic must exist, or the brokers must
-create it on first use (``auto.create.topics.enable``); partitions bound how many collectors of
-one group can share the work. Needs ``pip install 'mqlogging[kafka]'``.
+create it on first use (``auto.create.topics.enable``); a collector started before it exists
+picks it up within 5 s of its creation (as it does partitions added later); partitions bound
+how many collectors of one group can share the work. Needs ``pip install 'mqlogging[kafka]'``.
 
 Thread-safety: like every producer and consumer, owned by one thread. After ``fork()`` the
 child never touches the parent's librdkafka handle (its threads do not exist in the child): it
@@ -120,6 +121,10 @@ _POLL = 0.05  # seconds between two looks at the delivery reports
 _CONSUMER_QUEUE_KB = 8192  # librdkafka's prefetch buffer of a consumer (bytes, not records)
 _CLIENT_LOGGER = "confluent_kafka.librdkafka"
 _CLOSE_WAIT = 5.0  # seconds a consumer's close may wait for librdkafka (see KafkaConsumer.close)
+# How often a consumer looks the topic up again (ms). librdkafka's default, five minutes, left a
+# collector started before its topic existed idle that long after the first handler created
+# it (and partitions added to a topic unread as long); one metadata request per 5 s is cheap.
+_CONSUMER_METADATA_MS = 5000
 
 # -- the endpoint: kafka://h1:9092,h2/TOPIC?group=...&compression=... --------------------------
 
@@ -631,6 +636,7 @@ class KafkaConsumer(_Client, Consumer):
                     "enable.auto.offset.store": False,
                     "auto.offset.reset": "earliest",
                     "queued.max.messages.kbytes": _CONSUMER_QUEUE_KB,
+                    "topic.metadata.refresh.interval.ms": _CONSUMER_METADATA_MS,
                 }
             )
             if ep.group_instance:

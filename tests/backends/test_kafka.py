@@ -226,6 +226,25 @@ def test_rebalance_between_two_members_loses_nothing(kafka: KafkaAdmin, queue_na
     assert by_member[1] > 0  # the second member did take partitions over
 
 
+def test_consumer_started_before_its_topic_exists_picks_it_up(
+    kafka: KafkaAdmin, queue_name: str
+) -> None:
+    """Against the noida-db Kafka stand-in: a collector's consumer subscribed to a topic that
+    does not exist yet (the collector started before the first handler logged) is told so,
+    then receives the records within seconds of the topic's creation, not after librdkafka's
+    default five-minute metadata refresh."""
+    url = kafka.url(queue_name)
+    sent = [_message("h:1:a", i) for i in range(20)]
+    with open_consumer(url, group=queue_name) as consumer:
+        with pytest.raises(ConnectError, match="create the topic"):
+            wait_until(lambda: consumer.fetch(10, 0.2) and False, timeout=5)
+        kafka.create_topic(queue_name, partitions=1)
+        with open_producer(url) as producer:
+            producer.publish_batch(sent)
+        got = _drain(consumer, 20, timeout=15)
+    assert [m.id for m in sent] == [d.id for d in got]
+
+
 def test_a_record_too_large_is_refused_alone(kafka: KafkaAdmin, queue_name: str) -> None:
     """Against the noida-db Kafka stand-in: a 1.2 MB record (above the client's 1 MB
     message.max.bytes) in a batch of three is refused for good, by id (PartlyRefused: the
