@@ -125,6 +125,12 @@ _CLOSE_WAIT = 5.0  # seconds a consumer's close may wait for librdkafka (see Kaf
 # collector started before its topic existed idle that long after the first handler created
 # it (and partitions added to a topic unread as long); one metadata request per 5 s is cheap.
 _CONSUMER_METADATA_MS = 5000
+# Bounds of the client's own: librdkafka's socket.timeout.ms (300 s), message.timeout.ms in
+# milliseconds as a 32-bit int (so connect_timeout + timeout below 24 days: one day is plenty),
+# and confluent-kafka's consume() batch (1,000,000 records).
+_MAX_TIMEOUT = 300.0
+_MAX_CONNECT_TIMEOUT = 86_400.0
+_MAX_PREFETCH = 1_000_000
 
 # -- the endpoint: kafka://h1:9092,h2/TOPIC?group=...&compression=... --------------------------
 
@@ -200,12 +206,27 @@ class KafkaEndpoint(Endpoint):
         if not self.group:
             msg = f"{where}: group must not be empty (the collectors' consumer group)"
             raise ConfigurationError(msg)
+        self._check_client_limits(where)
         if self.group_instance and not _TOPIC.fullmatch(self.group_instance):
             msg = (
                 f"{where}: group_instance {self.group_instance!r} must be 1 to 249 of the "
                 "characters a-z A-Z 0-9 . _ - (e.g. the collector's host name)"
             )
             raise ConfigurationError(msg)
+
+    def _check_client_limits(self, where: str) -> None:
+        """Values the client would refuse only when first used (in the handler's sender thread
+        or the collector's worker, over and over): refused here, at parse time."""
+        limits = (
+            ("timeout", self.timeout, _MAX_TIMEOUT, " seconds (librdkafka's socket timeout)"),
+            ("connect_timeout", self.connect_timeout, _MAX_CONNECT_TIMEOUT, " seconds"),
+            ("prefetch", self.prefetch, _MAX_PREFETCH, " records"),
+        )
+        for name, value, limit, unit in limits:
+            if value > limit:
+                msg = f"{where}: {name} must be at most {limit:.12g}{unit} for Kafka"
+                msg += f", not {value:.12g}"
+                raise ConfigurationError(msg)
 
     def redacted_path(self) -> str:
         return f"/{self.topic}"

@@ -76,6 +76,11 @@ class TestEndpoint:
             ("kafka://k1/t?linger_ms=-1", "linger_ms must be"),
             ("kafka://k1/t?heartbeat=5", "unknown option 'heartbeat'"),
             ("kafka://k1/t?group_instance=a%20b", "group_instance 'a b' must be"),
+            # Accepted at parse time before, refused by librdkafka (or confluent-kafka's
+            # consume()) only when the handler's sender or the collector first used them.
+            ("kafka://k1/t?timeout=400", "timeout must be at most 300"),
+            ("kafka://k1/t?connect_timeout=3000000", "connect_timeout must be at most"),
+            ("kafka://k1/t?prefetch=2000000", "prefetch must be at most 1000000"),
         ],
     )
     def test_bad_urls_are_one_line_errors(self, url: str, hint: str) -> None:
