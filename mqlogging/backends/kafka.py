@@ -860,6 +860,7 @@ class KafkaTap(_Client, Tap):
         except BaseException:
             self.close()
             raise
+        self.backlog = backlog  # honoured: what waits is shown (audit --dead-letters needs it)
         start = "the group's committed offsets" if backlog else "their end"
         self.mode = (
             f"copy of records: partitions {', '.join(map(str, partitions))} of topic "

@@ -319,6 +319,24 @@ def test_tap_copies_new_records_without_taking_them(kafka: KafkaAdmin, queue_nam
         assert {m.id for m in sent} <= {d.id for d in _drain(consumer, 100)}
 
 
+def test_dead_letters_on_a_topic_can_be_audited(kafka: KafkaAdmin, queue_name: str) -> None:
+    """Against the noida-db Kafka stand-in: ``mqlogging audit --dead-letters kafka://...``
+    reads the dead letters already on the topic through the tap's backlog (the group's
+    committed offsets, else the beginning), which the tap honours: it used not to say so
+    (``Tap.backlog``), and the audit refused Kafka as a transport that cannot show them.
+    Nothing is committed for the group."""
+    from mqlogging.audit import Audit, audit_dead_letter_tap
+
+    kafka.create_topic(queue_name, partitions=2)
+    url = kafka.url(queue_name)
+    with open_producer(url) as producer:
+        producer.publish_batch([_message("h:1:a", i) for i in range(30)])
+    audit = Audit()
+    audit_dead_letter_tap(audit, url, quiet=1.0)
+    assert audit.dead_letters == 30
+    assert kafka.lag(queue_name, "mqlogging") == 30
+
+
 def test_tap_of_a_missing_topic_is_a_configuration_error(kafka: KafkaAdmin) -> None:
     """Against the noida-db Kafka stand-in: tailing a topic that does not exist says so."""
     with pytest.raises(ConfigurationError, match="does not exist"):
