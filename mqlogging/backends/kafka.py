@@ -47,7 +47,9 @@ rebalance, the done prefix of each revoked partition is committed and the record
 in flight are void (acking them is a no-op): the partition's next owner reads them again, and
 Elasticsearch stores them once (the record id is the ``_id``). A collector killed -9 loses
 nothing either: its uncommitted records are read again by the group. ``nack(requeue=True)``
-seeks the partition back to the first record given back. A group that has no offset yet starts
+seeks the partition back to the first record given back; of the records read again, only those
+given back are handed out again (the others were acked or are still in flight), so a caller
+sees a record twice only when it gave it back. A group that has no offset yet starts
 at the earliest retained record, so records published before the first collector ran are kept.
 
 A collector that dies without leaving the group (kill -9, a crashed host) keeps its partitions
@@ -69,8 +71,9 @@ Options (query parameters or keyword arguments): ``group``, ``group_instance``,
 ``password_file`` / ``password_env``) mean SASL with ``sasl_mechanism`` (``PLAIN``, default,
 ``SCRAM-SHA-256``, ``SCRAM-SHA-512``); ``kafka+ssl://`` is TLS with ``ca_certs``, ``certfile``
 / ``keyfile`` (client certificate), ``verify``. The topic must exist, or the brokers must
-create it on first use (``auto.create.topics.enable``); partitions bound how many collectors of
-one group can share the work. Needs ``pip install 'mqlogging[kafka]'``.
+create it on first use (``auto.create.topics.enable``); a collector started before it exists
+picks it up within 5 s of its creation (as it does partitions added later); partitions bound
+how many collectors of one group can share the work. Needs ``pip install 'mqlogging[kafka]'``.
 
 Thread-safety: like every producer and consumer, owned by one thread. After ``fork()`` the
 child never touches the parent's librdkafka handle (its threads do not exist in the child): it
@@ -118,6 +121,16 @@ _POLL = 0.05  # seconds between two looks at the delivery reports
 _CONSUMER_QUEUE_KB = 8192  # librdkafka's prefetch buffer of a consumer (bytes, not records)
 _CLIENT_LOGGER = "confluent_kafka.librdkafka"
 _CLOSE_WAIT = 5.0  # seconds a consumer's close may wait for librdkafka (see KafkaConsumer.close)
+# How often a consumer looks the topic up again (ms). librdkafka's default, five minutes, left a
+# collector started before its topic existed idle that long after the first handler created
+# it (and partitions added to a topic unread as long); one metadata request per 5 s is cheap.
+_CONSUMER_METADATA_MS = 5000
+# Bounds of the client's own: librdkafka's socket.timeout.ms (300 s), message.timeout.ms in
+# milliseconds as a 32-bit int (so connect_timeout + timeout below 24 days: one day is plenty),
+# and confluent-kafka's consume() batch (1,000,000 records).
+_MAX_TIMEOUT = 300.0
+_MAX_CONNECT_TIMEOUT = 86_400.0
+_MAX_PREFETCH = 1_000_000
 
 # -- the endpoint: kafka://h1:9092,h2/TOPIC?group=...&compression=... --------------------------
 
@@ -193,12 +206,27 @@ class KafkaEndpoint(Endpoint):
         if not self.group:
             msg = f"{where}: group must not be empty (the collectors' consumer group)"
             raise ConfigurationError(msg)
+        self._check_client_limits(where)
         if self.group_instance and not _TOPIC.fullmatch(self.group_instance):
             msg = (
                 f"{where}: group_instance {self.group_instance!r} must be 1 to 249 of the "
                 "characters a-z A-Z 0-9 . _ - (e.g. the collector's host name)"
             )
             raise ConfigurationError(msg)
+
+    def _check_client_limits(self, where: str) -> None:
+        """Values the client would refuse only when first used (in the handler's sender thread
+        or the collector's worker, over and over): refused here, at parse time."""
+        limits = (
+            ("timeout", self.timeout, _MAX_TIMEOUT, " seconds (librdkafka's socket timeout)"),
+            ("connect_timeout", self.connect_timeout, _MAX_CONNECT_TIMEOUT, " seconds"),
+            ("prefetch", self.prefetch, _MAX_PREFETCH, " records"),
+        )
+        for name, value, limit, unit in limits:
+            if value > limit:
+                msg = f"{where}: {name} must be at most {limit:.12g}{unit} for Kafka"
+                msg += f", not {value:.12g}"
+                raise ConfigurationError(msg)
 
     def redacted_path(self) -> str:
         return f"/{self.topic}"
@@ -566,27 +594,39 @@ def _hints(ck: ModuleType) -> dict[int, str]:
 
 @dataclass(eq=False)
 class _Partition:
-    """Offsets of one assigned partition: handed out and not settled, and the next one.
+    """Offsets of one assigned partition: handed out and not settled, given back to be
+    handed out again, and one past the highest handed out.
 
     ``position()`` is what may be committed: every record below it is settled.
     """
 
     generation: int
     pending: set[int] = field(default_factory=set)
+    redo: set[int] = field(default_factory=set)
     next: int = -1
     committed: int = -1
 
-    def handed(self, offset: int) -> None:
+    def take(self, offset: int) -> bool:
+        """Whether the record read at ``offset`` is handed out: a new one, or one given back.
+        A record read again after a seek that was already handed out (settled, or still in
+        flight with the caller) is not: only what was given back comes again."""
+        if offset in self.redo:
+            self.redo.discard(offset)
+        elif offset < self.next:
+            return False
         self.pending.add(offset)
         self.next = max(self.next, offset + 1)
+        return True
 
     def position(self) -> int:
-        return min(self.pending) if self.pending else self.next
+        return min(min(self.pending, default=self.next), min(self.redo, default=self.next))
 
-    def rewind(self, offset: int) -> None:
-        """Everything from ``offset`` on will be fetched again."""
-        self.pending = {o for o in self.pending if o < offset}
-        self.next = offset
+    def give_back(self, offsets: Sequence[int]) -> int:
+        """``offsets`` are to be handed out again; returns where to read from (the lowest
+        record given back and not handed out again yet)."""
+        self.pending.difference_update(offsets)
+        self.redo.update(offsets)
+        return min(self.redo)
 
 
 class KafkaConsumer(_Client, Consumer):
@@ -617,6 +657,7 @@ class KafkaConsumer(_Client, Consumer):
                     "enable.auto.offset.store": False,
                     "auto.offset.reset": "earliest",
                     "queued.max.messages.kbytes": _CONSUMER_QUEUE_KB,
+                    "topic.metadata.refresh.interval.ms": _CONSUMER_METADATA_MS,
                 }
             )
             if ep.group_instance:
@@ -690,9 +731,8 @@ class KafkaConsumer(_Client, Consumer):
             return None
         partition, offset = message.partition(), message.offset()
         part = self._parts.get(partition)
-        if part is None:  # not ours any more: its next owner reads it
+        if part is None or not part.take(offset):  # not ours any more, or read again
             return None
-        part.handed(offset)
         headers = {k: (v or b"").decode("utf-8", "replace") for k, v in message.headers() or ()}
         rid = headers.get(_ID_HEADER) or f"kafka:{self.endpoint.topic}:{partition}:{offset}"
         headers.update({"partition": str(partition), "offset": str(offset)})
@@ -729,9 +769,10 @@ class KafkaConsumer(_Client, Consumer):
         self._commit(handle, list(settled), asynchronous=True)
 
     def nack(self, deliveries: Sequence[Delivery], *, requeue: bool = True) -> None:
-        """``requeue``: read them again (the partition seeks back to the first one, so the
-        records after it come again too); otherwise they are done, as Kafka cannot remove one
-        record (the collector never rejects: it dead-letters and acks)."""
+        """``requeue``: hand them out again (the partition seeks back to the first one; of
+        what is read again, only the records given back are handed out, not those acked or
+        still in flight); otherwise they are done, as Kafka cannot remove one record (the
+        collector never rejects: it dead-letters and acks)."""
         handle = self._handle
         if handle is None:
             return
@@ -739,8 +780,7 @@ class KafkaConsumer(_Client, Consumer):
             self.ack(deliveries)
             return
         for partition, offsets in self._ours(deliveries).items():
-            first = min(offsets)
-            self._parts[partition].rewind(first)
+            first = self._parts[partition].give_back(offsets)
             with contextlib.suppress(self._ck.KafkaException):
                 handle.seek(self._ck.TopicPartition(self.endpoint.topic, partition, first))
 
@@ -820,6 +860,7 @@ class KafkaTap(_Client, Tap):
         except BaseException:
             self.close()
             raise
+        self.backlog = backlog  # honoured: what waits is shown (audit --dead-letters needs it)
         start = "the group's committed offsets" if backlog else "their end"
         self.mode = (
             f"copy of records: partitions {', '.join(map(str, partitions))} of topic "

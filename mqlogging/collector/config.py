@@ -199,6 +199,8 @@ class SourceConfig(FromTable):
         if self.prefetch < 0:
             msg = "prefetch must be >= 1 (or 0 for the URL's prefetch)"
             raise ConfigurationError(msg)
+        if self.prefetch:  # within the transport's own bounds: checked now, not by the worker
+            self.url.with_options(prefetch=self.prefetch)
 
     @property
     def label(self) -> str:

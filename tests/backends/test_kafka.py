@@ -76,6 +76,11 @@ class TestEndpoint:
             ("kafka://k1/t?linger_ms=-1", "linger_ms must be"),
             ("kafka://k1/t?heartbeat=5", "unknown option 'heartbeat'"),
             ("kafka://k1/t?group_instance=a%20b", "group_instance 'a b' must be"),
+            # Accepted at parse time before, refused by librdkafka (or confluent-kafka's
+            # consume()) only when the handler's sender or the collector first used them.
+            ("kafka://k1/t?timeout=400", "timeout must be at most 300"),
+            ("kafka://k1/t?connect_timeout=3000000", "connect_timeout must be at most"),
+            ("kafka://k1/t?prefetch=2000000", "prefetch must be at most 1000000"),
         ],
     )
     def test_bad_urls_are_one_line_errors(self, url: str, hint: str) -> None:
@@ -169,6 +174,32 @@ def test_nack_with_requeue_reads_the_records_again(kafka: KafkaAdmin, queue_name
     wait_until(lambda: kafka.lag(queue_name, queue_name) == 0, timeout=10)
 
 
+def test_nack_hands_out_again_only_the_records_given_back(
+    kafka: KafkaAdmin, queue_name: str
+) -> None:
+    """Against the noida-db Kafka stand-in: of 100 fetched records, record 40 is given back
+    with ``nack(requeue=True)`` after the records behind it up to 79 were acked, while 80..99
+    are still in flight. Only record 40 is handed out again: the partition is read again from
+    it, but the acked and the in-flight records are not handed out a second time (a file sink
+    or an MQConsumer callback would get them twice, and a record nacked for good would bring
+    the rest of its batch back on every try). Acking the in-flight ones still counts: the
+    group's lag ends at 0."""
+    kafka.create_topic(queue_name, partitions=1)
+    url = kafka.url(queue_name)
+    sent = [_message("h:1:a", i) for i in range(100)]
+    with open_producer(url) as producer:
+        producer.publish_batch(sent)
+    with open_consumer(url, group=queue_name) as consumer:
+        got = _drain(consumer, 100, ack=False)
+        consumer.ack(got[:40] + got[41:80])
+        consumer.nack([got[40]])
+        again = _drain(consumer, 1, ack=False)
+        again += consumer.fetch(1000, 1.0)
+        assert [sent[40].id] == [d.id for d in again]
+        consumer.ack(again + got[80:])
+        wait_until(lambda: kafka.lag(queue_name, queue_name) == 0, timeout=10)
+
+
 def test_rebalance_between_two_members_loses_nothing(kafka: KafkaAdmin, queue_name: str) -> None:
     """Against the noida-db Kafka stand-in: one member holds fetched, unacked records when a
     second member joins and takes partitions from it. Acks of revoked records are void, the
@@ -198,6 +229,25 @@ def test_rebalance_between_two_members_loses_nothing(kafka: KafkaAdmin, queue_na
             wait_until(everything, timeout=30, interval=0.0, message="every record acked")
     assert {m.id for m in sent} == acked
     assert by_member[1] > 0  # the second member did take partitions over
+
+
+def test_consumer_started_before_its_topic_exists_picks_it_up(
+    kafka: KafkaAdmin, queue_name: str
+) -> None:
+    """Against the noida-db Kafka stand-in: a collector's consumer subscribed to a topic that
+    does not exist yet (the collector started before the first handler logged) is told so,
+    then receives the records within seconds of the topic's creation, not after librdkafka's
+    default five-minute metadata refresh."""
+    url = kafka.url(queue_name)
+    sent = [_message("h:1:a", i) for i in range(20)]
+    with open_consumer(url, group=queue_name) as consumer:
+        with pytest.raises(ConnectError, match="create the topic"):
+            wait_until(lambda: consumer.fetch(10, 0.2) and False, timeout=5)
+        kafka.create_topic(queue_name, partitions=1)
+        with open_producer(url) as producer:
+            producer.publish_batch(sent)
+        got = _drain(consumer, 20, timeout=15)
+    assert [m.id for m in sent] == [d.id for d in got]
 
 
 def test_a_record_too_large_is_refused_alone(kafka: KafkaAdmin, queue_name: str) -> None:
@@ -267,6 +317,24 @@ def test_tap_copies_new_records_without_taking_them(kafka: KafkaAdmin, queue_nam
     assert kafka.lag(queue_name, "mqlogging") == 100
     with open_consumer(url) as consumer:
         assert {m.id for m in sent} <= {d.id for d in _drain(consumer, 100)}
+
+
+def test_dead_letters_on_a_topic_can_be_audited(kafka: KafkaAdmin, queue_name: str) -> None:
+    """Against the noida-db Kafka stand-in: ``mqlogging audit --dead-letters kafka://...``
+    reads the dead letters already on the topic through the tap's backlog (the group's
+    committed offsets, else the beginning), which the tap honours: it used not to say so
+    (``Tap.backlog``), and the audit refused Kafka as a transport that cannot show them.
+    Nothing is committed for the group."""
+    from mqlogging.audit import Audit, audit_dead_letter_tap
+
+    kafka.create_topic(queue_name, partitions=2)
+    url = kafka.url(queue_name)
+    with open_producer(url) as producer:
+        producer.publish_batch([_message("h:1:a", i) for i in range(30)])
+    audit = Audit()
+    audit_dead_letter_tap(audit, url, quiet=1.0)
+    assert audit.dead_letters == 30
+    assert kafka.lag(queue_name, "mqlogging") == 30
 
 
 def test_tap_of_a_missing_topic_is_a_configuration_error(kafka: KafkaAdmin) -> None:

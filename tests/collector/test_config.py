@@ -170,6 +170,11 @@ ERRORS = [
     ({"sinks": [{"type": "elasticsearch", "dataset": "Bad-Name"}]}, "dataset='Bad-Name'"),
     ({"sinks": [{"type": "file", "path": "/nonexistent/dir/x.jsonl"}]}, "does not exist"),
     ({"pipeline": {"max_inflight_bytes": 0}}, "max_inflight_bytes must be a positive integer"),
+    # The source's prefetch within the transport's bounds, at load (not at the worker's start).
+    (
+        {"sources": [{"url": "kafka://k1/t", "prefetch": 2_000_000}]},
+        "prefetch must be at most 1000000 records for Kafka",
+    ),
     (
         {"sinks": [{"type": "elasticsearch", "index_window_days_back": 0}]},
         "index_window_days_back must be a positive number",
