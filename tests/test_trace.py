@@ -7,11 +7,13 @@ tracer and made current as an application would.
 from __future__ import annotations
 
 import asyncio
+import calendar
 import json
 import logging
 import subprocess
 import sys
 import types
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -202,7 +204,11 @@ class TestOtelSchema:
         doc = fmt(
             "otel", record, static_fields={"service": "billing", "site": "CERN"}, hostname="node1"
         )
-        assert doc["timeUnixNano"] == int(record.created * 1e6) * 1000
+        # The same instant as the ISO schemas write it (cut to the microsecond): compare with
+        # ecs's @timestamp, not with float arithmetic that may round the other way.
+        stamp = datetime.strptime(fmt("ecs", record)["@timestamp"], "%Y-%m-%dT%H:%M:%S.%f%z")
+        nanos = calendar.timegm(stamp.utctimetuple()) * 10**9 + stamp.microsecond * 1000
+        assert doc["timeUnixNano"] == nanos
         assert doc["observedTimeUnixNano"] >= doc["timeUnixNano"]
         assert (doc["severityNumber"], doc["severityText"]) == (13, "WARNING")
         assert doc["body"] == "job 7 done"
