@@ -126,7 +126,16 @@ def test_close_timeout_zero_loses_nothing(
     for i in range(3000, 3100):  # after close: to the spool
         logger.info("r", extra={"seq": i})
     logger.removeHandler(handler)
-    replay_spool(str(spool), url)
+    # The sender close() gave up on still holds its claim on the spool segments until its
+    # publish ends (about 2 s here): a replay started at once may find nothing to take yet.
+    # Replay until every record not confirmed by the handler was shipped.
+    shipped = [0]
+
+    def replayed_all() -> bool:  # the exiting sender may still count a confirm meanwhile
+        shipped[0] += replay_spool(str(spool), url).records
+        return shipped[0] + handler.stats()["confirmed"] >= 3100
+
+    wait_until(replayed_all, timeout=60, message="the spool replays")
     docs = drain_amqp(rabbitmq, queue_name, set(range(3100)), timeout=30)
     assert sorted(set(seqs(docs))) == list(range(3100))
 
