@@ -67,10 +67,15 @@ dumps: Callable[[Any], bytes] = (
 """Compact UTF-8 JSON bytes; values JSON cannot encode are written as ``str(value)``."""
 
 
-def strict_encoder(default: Callable[[Any], Any], *, use_orjson: bool) -> Callable[[Any], bytes]:
+def strict_encoder(
+    default: Callable[[Any], Any], *, use_orjson: bool, exact: bool = True
+) -> Callable[[Any], bytes]:
     """A compact encoder that raises (TypeError, ValueError, RecursionError) instead of
     writing invalid JSON: no NaN, no cycle check on the fast path (a cycle ends in
     RecursionError), ``default`` for other types. For a caller with its own fallback.
+
+    ``exact=False`` skips the copy that makes orjson's result exactly its size (see
+    :func:`_compacted`): for parts that are joined into a larger bytes object at once.
 
     Raises:
         MissingDependencyError: ``use_orjson`` without orjson installed.
@@ -78,7 +83,8 @@ def strict_encoder(default: Callable[[Any], Any], *, use_orjson: bool) -> Callab
     if use_orjson:
         if orjson is None:
             raise MissingDependencyError("orjson", "fast")
-        return _compacted(functools.partial(orjson.dumps, default=default))
+        encode = functools.partial(orjson.dumps, default=default)
+        return _compacted(encode) if exact else encode
     encode = json.JSONEncoder(
         ensure_ascii=False,
         allow_nan=False,

@@ -39,7 +39,7 @@ import socket
 import time
 import traceback
 from collections.abc import Callable, Container, Iterable, Mapping, Sequence
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 from pythonjsonlogger import defaults as _pjl
 from pythonjsonlogger.core import RESERVED_ATTRS, BaseJsonFormatter, LogData, merge_record_extra
@@ -395,15 +395,18 @@ def _converted(obj: Any, default: Callable[[Any], Any]) -> Any:
 class _Encoder:
     """Dict -> UTF-8 JSON bytes, compact; falls back to a sanitized copy rather than failing."""
 
-    __slots__ = ("default", "dumps", "name")
+    __slots__ = ("default", "dumps", "dumps_part", "name")
 
     def __init__(self, name: str, default: Callable[[Any], Any]) -> None:
         self.default = default
         self.name = "orjson" if name == "orjson" or (name == "auto" and HAVE_ORJSON) else "json"
-        self.dumps: Callable[[Any], bytes] = strict_encoder(
-            default, use_orjson=self.name == "orjson"
-        )
+        use_orjson = self.name == "orjson"
+        self.dumps: Callable[[Any], bytes] = strict_encoder(default, use_orjson=use_orjson)
         """Encode strictly: raises on anything not plainly encodable."""
+        self.dumps_part: Callable[[Any], bytes] = strict_encoder(
+            default, use_orjson=use_orjson, exact=False
+        )
+        """:attr:`dumps` for a part of a document, joined into it at once."""
 
     def encode(self, obj: Any) -> bytes:
         """Encode ``obj``; never raises."""
@@ -483,6 +486,18 @@ def _get_message(record: logging.LogRecord) -> str:
             f"{_safe_str(record.msg)} [unformattable arguments {args}: "
             f"{type(exc).__name__}: {_safe_str(exc)}]"
         )
+
+
+def _message(record: logging.LogRecord, msg: str) -> str:
+    """``record.getMessage()`` of a stdlib record whose ``msg`` is a ``str``, one method
+    call cheaper (the caller's hot path, issue #13)."""
+    args = record.args
+    if not args:
+        return msg
+    try:
+        return msg % args
+    except Exception:
+        return _get_message(record)
 
 
 def _exception_type(etype: type[BaseException] | None) -> str:
@@ -634,6 +649,14 @@ class _Schema:
         """Keep user values that collided with the formatter's fields under ``extra``."""
         _divert(log_data, diverted)
 
+    def encode_plain(
+        self, record: logging.LogRecord, rid: str, stamp: Mapping[str, Any] | None
+    ) -> bytes | None:
+        """The encoded document of a *plain* record without building it as a dict, or
+        ``None`` when this schema has no such path or the record is not plain (then
+        :meth:`add_fields` and the encoder make it). Same bytes either way."""
+        return None
+
     def skeleton(self, record: logging.LogRecord, rid: str) -> dict[str, Any]:
         """The smallest document that still identifies the record (last-resort truncation)."""
         doc: dict[str, Any] = {}
@@ -648,7 +671,15 @@ class _Schema:
 class _EcsSchema(_Schema):
     """Elastic Common Schema: nested objects, formatter fields protected from user fields."""
 
-    __slots__ = ("_ecs", "_host", "_static_per_record", "_static_tail")
+    __slots__ = (
+        "_ecs",
+        "_fragments",
+        "_host",
+        "_log_cache",
+        "_process_cache",
+        "_static_per_record",
+        "_static_tail",
+    )
     id_path = ("event", "id")
     essential = ("@timestamp", "message", "log", "process", "host", "event", "ecs", "error")
 
@@ -683,6 +714,16 @@ class _EcsSchema(_Schema):
         if diverted:
             _divert(static, diverted)
         self._static_tail = static
+        # Static fields inside per-record objects (``event.dataset``) are merged per record,
+        # and one named like our namespace is moved under ``extra`` per record: no plain
+        # path then.
+        self._fragments = (
+            None
+            if self._static_per_record or NAMESPACE in static
+            else _plain_fragments(formatter, self._host, self._ecs, static)
+        )
+        self._log_cache: dict[Any, bytes] = {}
+        self._process_cache: dict[Any, bytes] = {}
 
     def add_fields(
         self, log_data: dict[str, Any], record: logging.LogRecord, message_dict: dict[str, Any]
@@ -693,36 +734,22 @@ class _EcsSchema(_Schema):
         rid = record.__dict__.get(ID_ATTRIBUTE)
         if rid.__class__ is not str or not rid or len(rid) > _SHORT_ID:
             rid = _record_id(record)
-        levelname = record.levelname
-        log: dict[str, Any] = {
-            "level": _ECS_LEVELS.get(levelname) or _safe_str(levelname).lower(),
-            "logger": record.name,
-            "origin": {
-                "file": {"name": record.filename, "line": record.lineno},
-                "function": record.funcName,
-            },
-        }
-        log_data["@timestamp"] = self._clock(record.created)
+        log = _ecs_log(record)
         if isinstance(record.msg, dict):
             message = message_dict.pop("message", "")
-            log_data["message"] = message if isinstance(message, str) else _safe_str(message)
+            message = message if isinstance(message, str) else _safe_str(message)
         else:
             try:
-                log_data["message"] = record.getMessage()
+                message = record.getMessage()
             except Exception:
-                log_data["message"] = _get_message(record)
+                message = _get_message(record)
+        log_data["@timestamp"] = self._clock(record.created)
+        log_data["message"] = message
         log_data["log"] = log
-        log_data["process"] = {
-            "pid": record.process,
-            "name": record.processName,
-            "thread": {"id": record.thread, "name": record.threadName},
-        }
+        log_data["process"] = _ecs_process(record)
         log_data["host"] = self._host
         log_data["event"] = {"id": rid}
         log_data["ecs"] = self._ecs
-        template = record.msg
-        if template.__class__ is str:
-            log["template"] = template
         rules = _ECS_RULES
         if record.exc_info or record.exc_text:
             rules = self._add_error(log_data, record)
@@ -732,6 +759,68 @@ class _EcsSchema(_Schema):
         if record.stack_info:
             log["stack_info"] = self.formatter.formatStack(record.stack_info)
         self._add_user_fields(log_data, record, message_dict, rules)
+
+    def encode_plain(
+        self, record: logging.LogRecord, rid: str, stamp: Mapping[str, Any] | None
+    ) -> bytes | None:
+        """The document of a plain record as bytes joined from encoded parts (issue #13).
+
+        Plain: a stdlib record with a ``str`` message, no exception, stack or span, no
+        context fields, and extras that need no merging (new top-level names). Its ``log``
+        and ``process`` objects depend only on the call site and the thread, so they are
+        encoded once and kept (bounded caches); the message and the extras are encoded per
+        record. Anything else returns ``None``: the dict path makes the document, with the
+        same bytes (tests/test_formatting_plain.py compares the two).
+        """
+        fragments = self._fragments
+        msg = record.msg
+        if (
+            fragments is None
+            or msg.__class__ is not str
+            or record.__class__ is not logging.LogRecord
+            or record.exc_info
+            or record.exc_text
+            or record.stack_info
+            or current_fields()
+            or current_span() is not None
+        ):
+            return None
+        extras = _plain_extras(record, self._static_tail)
+        if extras is None:
+            return None
+        formatter = self.formatter
+        dumps = formatter._dumps_part
+        try:
+            # Kept objects are encoded to their exact size (they stay); parts are not (the
+            # join copies them at once).
+            log = _cached(self._log_cache, _log_key(record), record, _ecs_log, formatter._dumps)
+            process = _cached(
+                self._process_cache, _process_key(record), record, _ecs_process, formatter._dumps
+            )
+            parts = [
+                fragments.head,
+                self._clock(record.created).encode(),
+                fragments.message,
+                dumps(_message(record, msg)),
+                fragments.log,
+                log,
+                fragments.process,
+                process,
+                fragments.event,
+                dumps(rid),
+                fragments.tail,
+            ]
+            if extras:
+                parts += (b",", dumps(extras)[1:-1])
+            parts.append(fragments.namespace)
+            if stamp:
+                if NAMESPACE in stamp or "schema" in stamp:
+                    return None
+                parts += (b",", dumps(stamp)[1:-1])
+        except _ENCODE_ERRORS:
+            return None
+        parts.append(b"}}")
+        return b"".join(parts)
 
     def _add_error(self, log_data: dict[str, Any], record: logging.LogRecord) -> dict[str, Any]:
         """Write ``error`` for a record with an exception; return the rules that protect it
@@ -792,6 +881,127 @@ def _ecs_trace(log_data: dict[str, Any], span: SpanIds, rules: dict[str, Any]) -
     if rules is _ECS_RULES_WITH_ERROR:
         return _ECS_RULES_WITH_ERROR_AND_TRACE
     return _ECS_RULES_WITH_TRACE
+
+
+def _ecs_log(record: logging.LogRecord) -> dict[str, Any]:
+    """ECS ``log``: level, logger, origin and template (what the call site decides)."""
+    levelname = record.levelname
+    log: dict[str, Any] = {
+        "level": _ECS_LEVELS.get(levelname) or _safe_str(levelname).lower(),
+        "logger": record.name,
+        "origin": {
+            "file": {"name": record.filename, "line": record.lineno},
+            "function": record.funcName,
+        },
+    }
+    template = record.msg
+    if template.__class__ is str:
+        log["template"] = template
+    return log
+
+
+def _ecs_process(record: logging.LogRecord) -> dict[str, Any]:
+    """ECS ``process``: pid, process name, thread id and name (what the thread decides)."""
+    return {
+        "pid": record.process,
+        "name": record.processName,
+        "thread": {"id": record.thread, "name": record.threadName},
+    }
+
+
+def _log_key(record: logging.LogRecord) -> tuple[Any, ...]:
+    """What :func:`_ecs_log` reads: one call site at one level."""
+    return (
+        record.levelname,
+        record.name,
+        record.filename,
+        record.lineno,
+        record.funcName,
+        record.msg,
+    )
+
+
+def _process_key(record: logging.LogRecord) -> tuple[Any, ...]:
+    """What :func:`_ecs_process` reads: one thread of one process."""
+    return (record.process, record.processName, record.thread, record.threadName)
+
+
+_FRAGMENT_CACHE_SIZE: Final = 4096  # call sites (or threads) whose encoded object is kept
+
+
+def _cached(
+    cache: dict[Any, bytes],
+    key: tuple[Any, ...],
+    record: logging.LogRecord,
+    build: Callable[[logging.LogRecord], dict[str, Any]],
+    dumps: Callable[[Any], bytes],
+) -> bytes:
+    """The encoded ``build(record)``, kept under ``key`` (thread-safe: one dict lookup or
+    store, and two threads storing the same key store the same bytes).
+
+    Raises:
+        TypeError: an unhashable attribute in ``key`` (the caller takes the dict path).
+    """
+    encoded = cache.get(key)
+    if encoded is None:
+        encoded = dumps(build(record))
+        if len(cache) >= _FRAGMENT_CACHE_SIZE:
+            cache.clear()  # a program with that many call sites: start over, stay bounded
+        cache[key] = encoded
+    return encoded
+
+
+def _plain_extras(record: logging.LogRecord, static: Container[str]) -> dict[str, Any] | None:
+    """The record's extras when each is a new top-level field (the plain path), else
+    ``None``. Mirrors :func:`_merge_extras`: reserved and ``_private`` names are skipped."""
+    attrs = record.__dict__
+    keys = list(attrs)
+    if len(keys) <= _STD_LAST_INDEX or keys[_STD_LAST_INDEX] != _STD_LAST or _REFUSED_ID in attrs:
+        return None
+    extras: dict[str, Any] = {}
+    for key in keys[_STD_LAST_INDEX + 1 :]:
+        if key in _RESERVED:
+            continue
+        if key.__class__ is not str or key in _ECS_RULES or "." in key or key in static:
+            return None
+        if key[:1] != "_":
+            extras[key] = attrs[key]
+    return extras
+
+
+class _Fragments(NamedTuple):
+    """The constant bytes between the per-record parts of a plain ECS document."""
+
+    head: bytes
+    message: bytes
+    log: bytes
+    process: bytes
+    event: bytes
+    tail: bytes  # host, ecs and the static fields
+    namespace: bytes
+
+
+def _plain_fragments(
+    formatter: JsonFormatter, host: dict[str, Any], ecs: dict[str, Any], static: dict[str, Any]
+) -> _Fragments | None:
+    """The constant parts of :meth:`_EcsSchema.encode_plain`'s documents, in the dict
+    path's key order; ``None`` (no plain path) when the static fields do not encode."""
+    try:
+        tail = b'},"ecs":' + formatter._dumps(ecs)
+        if static:
+            tail += b"," + formatter._dumps(static)[1:-1]
+        host_bytes = formatter._dumps(host)
+    except _ENCODE_ERRORS:
+        return None
+    return _Fragments(
+        head=b'{"@timestamp":"',
+        message=b'","message":',
+        log=b',"log":',
+        process=b',"process":',
+        event=b',"host":' + host_bytes + b',"event":{"id":',
+        tail=tail,
+        namespace=b',"' + NAMESPACE.encode() + b'":{"schema":"ecs"',
+    )
 
 
 def _template(record: logging.LogRecord) -> str | None:
@@ -1406,8 +1616,10 @@ class JsonFormatter(BaseJsonFormatter):
         default = _json_default if json_default is None else _chain_default(json_default)
         self._encoder = _Encoder(encoder, default)
         self._dumps = self._encoder.dumps
+        self._dumps_part = self._encoder.dumps_part
         self._schema: _Schema = _SCHEMA_CLASSES[schema](self)
         self._add_fields = self._schema.add_fields
+        self._encode_plain = self._schema.encode_plain
         self._namespace: dict[str, Any] = {"schema": schema}  # shared, never mutated
         # python-json-logger's hooks overridden in a subclass are honoured; otherwise
         # format_message skips the indirections and encodes straight to bytes.
@@ -1464,6 +1676,17 @@ class JsonFormatter(BaseJsonFormatter):
             rid = attrs[ID_ATTRIBUTE] = new_id()
         elif rid.__class__ is not str or not rid or len(rid) > _SHORT_ID:
             rid = _record_id(record)
+        if not self._hooks_overridden and not self._custom_jsonify:
+            body = self._encode_plain(record, rid, stamp)
+            if body is not None and (self.max_bytes is None or len(body) <= self.max_bytes):
+                return _new_message(Message, (rid, body))
+        return _new_message(Message, (rid, self._encode_dict(record, rid, stamp)))
+
+    def _encode_dict(
+        self, record: logging.LogRecord, rid: str, stamp: Mapping[str, Any] | None
+    ) -> bytes:
+        """The document built as a dict by the schema (and the hooks), then encoded."""
+        attrs = record.__dict__
         msg = record.msg
         # python-json-logger 4.2 semantics: a dict message is copied, never modified.
         message_dict: dict[str, Any] = msg.copy() if isinstance(msg, dict) else {}
@@ -1491,7 +1714,7 @@ class JsonFormatter(BaseJsonFormatter):
                 body = self._encoder.fallback(log_data)
         if self.max_bytes is not None and len(body) > self.max_bytes:
             body = self._truncate(record, rid, log_data, len(body))
-        return _new_message(Message, (rid, body))
+        return body
 
     def format(self, record: logging.LogRecord) -> str:
         """Format ``record`` as a JSON string (``prefix`` + the body of :meth:`format_message`)."""

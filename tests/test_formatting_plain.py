@@ -1,0 +1,173 @@
+"""The ``ecs`` schema's plain path (issue #13): a record with a ``str`` message, no exception,
+stack, span or context, and extras that are new top-level names, is encoded from cached parts
+instead of a dict. It must give the very bytes the dict path gives, for every record, and
+leave every other record to the dict path."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from mqlogging.formatting import JsonFormatter, bound_context
+
+STAMP = {"producer": "host:1:abcd", "seq": 7}
+
+
+class DictPath(JsonFormatter):
+    """The same formatter with an overridden python-json-logger hook, which always takes the
+    dict path: the reference the plain path is compared with."""
+
+    def add_fields(
+        self, log_data: dict[str, Any], record: logging.LogRecord, message_dict: dict[str, Any]
+    ) -> None:
+        super().add_fields(log_data, record, message_dict)
+
+
+def record(
+    msg: Any = "job %d done in %.3f ms", args: Any = (7, 12.5), **kw: Any
+) -> logging.LogRecord:
+    extra = kw.pop("extra", None)
+    return logging.getLogger(kw.pop("name", "tests.plain")).makeRecord(
+        kw.pop("logger", "tests.plain"), kw.pop("level", logging.INFO), "/srv/app/jobs.py",
+        kw.pop("lineno", 42), msg, args, kw.pop("exc_info", None), kw.pop("func", "run"),
+        extra, kw.pop("sinfo", None),
+    )  # fmt: skip
+
+
+class Opaque:
+    def __str__(self) -> str:
+        return "opaque"
+
+
+def _exc() -> Any:
+    try:
+        raise ValueError("bad")
+    except ValueError:
+        import sys
+
+        return sys.exc_info()
+
+
+# name: (record factory, taken by the plain path?)
+CASES: dict[str, tuple[Callable[[], logging.LogRecord], bool]] = {
+    "no args, no extras": (lambda: record("hello", ()), True),
+    "args and extras": (lambda: record(extra={"job": 7, "queue": "default"}), True),
+    "nested extras": (
+        lambda: record(extra={"req": {"path": "/a", "ids": [1, 2.5, None, True]}}),
+        True,
+    ),
+    "unicode and escapes": (
+        lambda: record('naïve "quote" \\ \n\t\x01 ✓ 💥', (), extra={"ünï": "ç\u2028"}),
+        True,
+    ),
+    "mapping argument": (lambda: record("%(a)s and %(b)d", ({"a": "x", "b": 2},)), True),
+    "private extras skipped": (lambda: record(extra={"_secret": 1, "job": 2}), True),
+    "custom level": (lambda: record("notice", (), level=25), True),
+    "no function name": (lambda: record(func=None), True),
+    "unknown type, via default": (lambda: record(extra={"obj": Opaque()}), True),
+    "NaN": (lambda: record(extra={"ratio": float("nan")}), True),
+    "int wider than 64 bits": (lambda: record(extra={"big": 2**70}), False),
+    "lone surrogate": (lambda: record("bad \udc80 byte", ()), False),
+    "unformattable args": (lambda: record("%d items", ("many",)), True),
+    "extra shadows ours": (lambda: record(extra={"host": "web1"}), False),
+    "extra is an ECS object": (lambda: record(extra={"user": {"name": "ann"}}), False),
+    "dotted extra": (lambda: record(extra={"user.name": "ann"}), False),
+    "extra named like the namespace": (lambda: record(extra={"mqlogging": 1}), False),
+    "extra named extra": (lambda: record(extra={"extra": 1}), False),
+    "dict message": (lambda: record({"message": "m", "k": 1}, ()), False),
+    "exception": (lambda: record(exc_info=_exc()), False),
+    "stack info": (lambda: record(sinfo="Stack:\n  x"), False),
+}
+
+
+def _pair(**options: Any) -> tuple[JsonFormatter, JsonFormatter]:
+    return JsonFormatter(**options), DictPath(**options)
+
+
+@pytest.mark.parametrize("encoder", ["orjson", "json"])
+@pytest.mark.parametrize("case", list(CASES))
+def test_plain_path_gives_the_dict_paths_bytes(case: str, encoder: str) -> None:
+    """Every case, with either encoder: same bytes from both paths (the record keeps its id,
+    so both format the same record), and the plain path is taken exactly for plain records."""
+    make, plain = CASES[case]
+    formatter, reference = _pair(encoder=encoder, static_fields={"service": "billing", "site": "x"})
+    rec = make()
+    got = formatter.format_message(rec, STAMP)
+    assert got == reference.format_message(rec, STAMP)
+    assert got == reference.format_message(rec, STAMP)  # a second formatting: same again
+    taken = formatter._schema.encode_plain(rec, got.id, STAMP) is not None
+    if encoder == "json" and case == "NaN":
+        plain = False  # the stdlib encoder refuses NaN: the dict path's fallback writes it
+    if encoder == "json" and case == "int wider than 64 bits":
+        plain = True  # the stdlib encoder writes any int
+    assert taken is plain
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {},
+        {"static_fields": {"event.dataset": "billing.log"}},  # merged into a per-record object
+        {"static_fields": {"mqlogging.seq": "USER"}},  # moved under extra per record
+        {"static_fields": {"labels": {"site": "x"}, "service": "api"}},
+        {"hostname": 'höst "1"'},
+        {"max_bytes": 1024},
+    ],
+    ids=["none", "per-record static", "namespace static", "ecs objects", "odd hostname", "cut"],
+)
+@pytest.mark.parametrize("stamp", [None, {}, STAMP, {**STAMP, "dropped": [{"first": 1}]}])
+def test_options_and_stamps(options: dict[str, Any], stamp: dict[str, Any] | None) -> None:
+    """Formatter options and handler stamps (none, empty, producer/seq, a drop marker's),
+    and a record too large for ``max_bytes`` (the dict path truncates it): same bytes."""
+    formatter, reference = _pair(**options)
+    for rec in (record(extra={"job": 1, "service2": "y"}), record("x" * 3000, ())):
+        assert formatter.format_message(rec, stamp) == reference.format_message(rec, stamp)
+
+
+def test_context_fields_and_user_ids() -> None:
+    """Context fields and a caller's own id (short: kept; too long: refused and kept under
+    ``extra``) give the same bytes as the dict path."""
+    formatter, reference = _pair()
+    with bound_context(request="r-1"):
+        rec = record()
+        assert formatter.format_message(rec, STAMP) == reference.format_message(rec, STAMP)
+    for rid in ("my-own-id", "x" * 300):
+        rec = record()
+        rec.mqlogging_id = rid
+        assert formatter.format_message(rec, STAMP) == reference.format_message(rec, STAMP)
+
+
+def test_call_sites_and_threads_do_not_mix() -> None:
+    """The cached ``log`` and ``process`` parts belong to one call site and one thread: records
+    from other lines, loggers, levels, templates and threads each get their own."""
+    formatter, reference = _pair()
+    records = [
+        record(lineno=1),
+        record(lineno=2),
+        record(logger="other"),
+        record(level=logging.ERROR),
+        record("another %s", ("template",)),
+    ]
+    thread = threading.Thread(target=lambda: records.append(record()))
+    thread.start()
+    thread.join()
+    bodies = set()
+    for rec in records * 2:
+        got = formatter.format_message(rec, STAMP)
+        assert got == reference.format_message(rec, STAMP)
+        bodies.add(got.body)
+    assert len(bodies) == len(records)
+
+
+def test_caches_stay_bounded() -> None:
+    """A program with more call sites than the cache holds: the cache starts over, records
+    stay right, memory stays bounded."""
+    formatter, reference = _pair()
+    for line in range(5000):
+        rec = record(lineno=line)
+        assert formatter.format_message(rec) == reference.format_message(rec)
+    assert len(formatter._schema._log_cache) <= 4096
