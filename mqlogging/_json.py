@@ -83,8 +83,8 @@ def strict_encoder(
     if use_orjson:
         if orjson is None:
             raise MissingDependencyError("orjson", "fast")
-        encode = functools.partial(orjson.dumps, default=default)
-        return _compacted(encode) if exact else encode
+        dump = functools.partial(orjson.dumps, default=default)
+        return _compacted(dump) if exact else dump
     encode = json.JSONEncoder(
         ensure_ascii=False,
         allow_nan=False,

@@ -52,7 +52,7 @@ from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord, ResourceLogs, ScopeL
 from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 
 from ...formatting import otel_severity
-from ...wire import NAMESPACE
+from ...wire import NAMESPACE, id_path, time_key
 
 __all__ = [
     "UID_ATTRIBUTE",
@@ -92,12 +92,15 @@ MappedRecord = tuple[LogRecord, ResourceKey, str]
 
 
 class _Fields:
-    """Where one schema keeps what OTel has a field for (dotted paths into the document)."""
+    """Where one schema keeps what OTel has a field for (dotted paths into the document).
+
+    The id and the time are where :mod:`mqlogging.wire` (their one owner) says.
+    """
 
     def __init__(
         self,
+        schema: str,
         *,
-        time: str,
         level: str,
         logger: str,
         service: str,
@@ -105,23 +108,22 @@ class _Fields:
         pid: str,
         trace: tuple[str, str, str],
         exception: tuple[str, str, str],
-        record_id: str,
         drop: Iterable[str] = (),
     ) -> None:
-        self.time = time
+        time = self.time = time_key(schema)
+        record_id = self.record_id = ".".join(id_path(schema))
         self.level = level
         self.logger = logger
         self.resource = (("service.name", service), ("host.name", host), ("process.pid", pid))
         self.trace = trace
         self.exception = exception
-        self.record_id = record_id
         used = {time, level, logger, service, host, pid, record_id, "message", *trace}
         self.consumed = frozenset(used | set(exception) | set(drop))
 
 
 _SCHEMAS: Final[Mapping[str, _Fields]] = {
     "ecs": _Fields(
-        time="@timestamp",
+        "ecs",
         level="log.level",
         logger="log.logger",
         service="service.name",
@@ -129,11 +131,10 @@ _SCHEMAS: Final[Mapping[str, _Fields]] = {
         pid="process.pid",
         trace=("trace.id", "span.id", "trace.flags"),
         exception=("error.type", "error.message", "error.stack_trace"),
-        record_id="event.id",
         drop=("ecs.version",),
     ),
     "logstash": _Fields(
-        time="@timestamp",
+        "logstash",
         level="levelname",
         logger="name",
         service="service",
@@ -141,11 +142,10 @@ _SCHEMAS: Final[Mapping[str, _Fields]] = {
         pid="process",
         trace=("trace_id", "span_id", "trace_flags"),
         exception=("exc_type", "exc_message", "exception"),
-        record_id="id",
         drop=("@version", "levelno", "created", "msecs", "relativeCreated", "args"),
     ),
     "flat": _Fields(
-        time="timestamp",
+        "flat",
         level="levelname",
         logger="name",
         service="service",
@@ -153,7 +153,6 @@ _SCHEMAS: Final[Mapping[str, _Fields]] = {
         pid="process",
         trace=("trace_id", "span_id", "trace_flags"),
         exception=("exc_type", "exc_message", "exc_info"),
-        record_id="id",
         drop=("levelno", "created", "msecs", "relativeCreated", "args"),
     ),
 }
