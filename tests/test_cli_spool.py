@@ -100,6 +100,25 @@ def test_replay_resumes_after_interruption(
     assert list(range(200, N)) == seqs(drain_amqp(rabbitmq, queue_name, N - 200))
 
 
+def test_replay_says_when_a_running_process_holds_records(
+    filled_spool: Path, rabbitmq: RabbitMQ, queue_name: str
+) -> None:
+    """While another process holds the claim on the spool's segments (a handler still
+    sending, or still exiting), replay sends nothing of them and says that they are still
+    there and why, instead of a bare "replayed 0 records"; once the claim is gone, a second
+    replay sends them all."""
+    url = amqp_url(rabbitmq, queue_name)
+    with SpoolReader(filled_spool) as holder:
+        assert holder.read(1)  # claims the segment, commits nothing
+        result = _cli("spool", "replay", str(filled_spool), "--to", url, "--quiet")
+    assert result.returncode == 0, result.stderr
+    assert f"note: {N} records are still in the spool" in result.stderr
+    result = _cli("spool", "replay", str(filled_spool), "--to", url, "--quiet")
+    assert f"replayed {N} records" in result.stderr
+    assert "note:" not in result.stderr
+    assert list(range(N)) == seqs(drain_amqp(rabbitmq, queue_name, N))
+
+
 def test_replay_failure_exit_code_and_nothing_deleted(filled_spool: Path) -> None:
     """replay to an unreachable broker exits non-zero with one error line and deletes
     nothing."""

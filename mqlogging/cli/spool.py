@@ -283,8 +283,25 @@ def replay_command(directory: str, to: str, *, batch_size: int = 500, quiet: boo
         f"in {result.seconds:.1f}s",
         file=sys.stderr,
     )
+    _note_records_left(directory)
     _note_lanes_left(directory, "replayed")
     return 0
+
+
+def _note_records_left(directory: str) -> None:
+    """Say so when records are still in the spool after a replay: their segments were claimed
+    by a running process (a handler sending them, or one that is still exiting), or written
+    during the replay. Without this, "replayed 0 records" read as "nothing to do"."""
+    import sys
+
+    left = inspect_spool(_check_dir(directory)).records
+    if left:
+        print(
+            f"mqlogging: note: {left} records are still in the spool: a running process holds "
+            "them (it sends them itself) or wrote them during the replay; run replay again "
+            "once it has exited",
+            file=sys.stderr,
+        )
 
 
 def _note_lanes_left(directory: str, done: str) -> None:
