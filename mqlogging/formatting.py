@@ -792,8 +792,12 @@ class _EcsSchema(_Schema):
         dumps = formatter._dumps_part
         try:
             # Kept objects are encoded to their exact size (they stay); parts are not (the
-            # join copies them at once).
-            log = _cached(self._log_cache, _log_key(record), record, _ecs_log, formatter._dumps)
+            # join copies them at once). A message without arguments holds the template only
+            # if it is a constant, which an f-string is not: its log object is not kept.
+            if record.args:
+                log = _cached(self._log_cache, _log_key(record), record, _ecs_log, formatter._dumps)
+            else:
+                log = dumps(_ecs_log(record))
             process = _cached(
                 self._process_cache, _process_key(record), record, _ecs_process, formatter._dumps
             )

@@ -171,3 +171,14 @@ def test_caches_stay_bounded() -> None:
         rec = record(lineno=line)
         assert formatter.format_message(rec) == reference.format_message(rec)
     assert len(formatter._schema._log_cache) <= 4096
+
+
+def test_messages_without_arguments_are_not_kept() -> None:
+    """A message without arguments may be one of a kind (an f-string): its ``log`` object is
+    encoded for the record and not kept, so such messages neither fill the cache nor stay in
+    memory."""
+    formatter, reference = _pair()
+    for i in range(100):
+        rec = record(f"job {i} done", ())
+        assert formatter.format_message(rec) == reference.format_message(rec)
+    assert len(formatter._schema._log_cache) == 0
