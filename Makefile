@@ -33,7 +33,8 @@ test-slow: brokers $(VENV)/.dev
 brokers:
 	scripts/install-brokers.sh
 
-bench: brokers $(VENV)/.bench
+bench: $(VENV)/.bench
+	scripts/install-brokers.sh valgrind
 	$(BIN)/python -m benchmarks.run
 
 faults: brokers $(VENV)/.dev
