@@ -5,8 +5,11 @@ leave every other record to the dict path."""
 
 from __future__ import annotations
 
+import decimal
+import json
 import logging
 import threading
+import types
 from collections.abc import Callable
 from typing import Any
 
@@ -182,3 +185,78 @@ def test_messages_without_arguments_are_not_kept() -> None:
         rec = record(f"job {i} done", ())
         assert formatter.format_message(rec) == reference.format_message(rec)
     assert len(formatter._schema._log_cache) == 0
+
+
+def test_stamp_of_any_mapping() -> None:
+    """A stamp that is a ``Mapping`` but not a ``dict`` (``format_message`` takes any) is
+    merged into ``mqlogging`` as the dict path merges it, never written as its ``str``."""
+    formatter, reference = _pair()
+    rec = record()
+    stamp = types.MappingProxyType(STAMP)
+    got = formatter.format_message(rec, stamp)
+    assert got == reference.format_message(rec, stamp)
+    assert json.loads(got.body)["mqlogging"] == {"schema": "ecs", **STAMP}
+
+
+def test_get_message_is_the_records_own(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The message is what ``record.getMessage()`` returns, as in the dict path: a program
+    that patches ``LogRecord.getMessage`` (brace-style messages, redaction) or a record whose
+    ``getMessage`` attribute is an ``extra`` value gets the same message either way."""
+    formatter, reference = _pair()
+    original = logging.LogRecord.getMessage
+    monkeypatch.setattr(logging.LogRecord, "getMessage", lambda self: "[x] " + original(self))
+    for rec in (record(), record("no arguments", ())):
+        got = formatter.format_message(rec, STAMP)
+        assert got == reference.format_message(rec, STAMP)
+        assert json.loads(got.body)["message"].startswith("[x] ")
+    monkeypatch.undo()
+    rec = record(extra={"getMessage": "shadowed"})
+    assert formatter.format_message(rec, STAMP) == reference.format_message(rec, STAMP)
+
+
+@pytest.mark.parametrize("field", ["lineno", "process", "thread"])
+def test_equal_values_of_other_types_are_not_mixed(field: str) -> None:
+    """``1``, ``True``, ``1.0`` and ``Decimal(1)`` are equal (and hash alike) but encode
+    differently: a record from a factory that sets one of them gets its own ``log`` or
+    ``process`` object, not the cached one of a record that had another."""
+    formatter, reference = _pair()
+    for value in (1, True, 1.0, decimal.Decimal(1), 1):
+        rec = record()
+        setattr(rec, field, value)
+        assert formatter.format_message(rec, STAMP) == reference.format_message(rec, STAMP)
+
+
+class Uptime:
+    """A static field value whose text changes (read at each record by the dict path)."""
+
+    calls = 0
+
+    def __str__(self) -> str:
+        Uptime.calls += 1
+        return f"{Uptime.calls} s"
+
+
+def test_static_values_that_change() -> None:
+    """Static fields whose value can change after the formatter is made (a list the program
+    appends to, an object whose ``str`` changes) are read per record, as in the dict path."""
+    tags = ["a"]
+    formatter, reference = _pair(static_fields={"tags": tags, "uptime": Uptime()})
+    tags.append("b")
+    rec = record()
+    got = json.loads(formatter.format_message(rec, STAMP).body)
+    expected = json.loads(reference.format_message(rec, STAMP).body)
+    assert expected["tags"] == got["tags"] == ["a", "b"]
+    assert got["uptime"] != expected["uptime"]  # each path read it once more, for this record
+    assert formatter.format_message(rec, STAMP).body != formatter.format_message(rec, STAMP).body
+
+
+def test_truncated_record_with_an_odd_stamp() -> None:
+    """A record cut to ``max_bytes`` whose stamp holds a value the strict encoders refuse
+    (an int wider than 64 bits, NaN) is still written, as valid JSON: never a raise."""
+    for stamp in ({"seq": 2**70}, {"seq": float("nan")}):
+        for encoder in ("orjson", "json"):
+            formatter, reference = _pair(max_bytes=1024, encoder=encoder)
+            rec = record("x" * 3000, ())
+            got = formatter.format_message(rec, stamp)
+            assert got == reference.format_message(rec, stamp)
+            assert json.loads(got.body)["mqlogging"]["truncated"] is True
