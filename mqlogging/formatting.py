@@ -488,18 +488,6 @@ def _get_message(record: logging.LogRecord) -> str:
         )
 
 
-def _message(record: logging.LogRecord, msg: str) -> str:
-    """``record.getMessage()`` of a stdlib record whose ``msg`` is a ``str``, one method
-    call cheaper (the caller's hot path, issue #13)."""
-    args = record.args
-    if not args:
-        return msg
-    try:
-        return msg % args
-    except Exception:
-        return _get_message(record)
-
-
 def _exception_type(etype: type[BaseException] | None) -> str:
     """ECS ``error.type``: the class name, module-qualified unless it is a builtin."""
     if etype is None:
@@ -717,9 +705,11 @@ class _EcsSchema(_Schema):
         # Static fields inside per-record objects (``event.dataset``) are merged per record,
         # and one named like our namespace is moved under ``extra`` per record: no plain
         # path then.
+        # Values that can change after this (a container, an object's str) are read per
+        # record by the dict path: no plain path then either.
         self._fragments = (
             None
-            if self._static_per_record or NAMESPACE in static
+            if self._static_per_record or NAMESPACE in static or not _fixed_fields(formatter)
             else _plain_fragments(formatter, self._host, self._ecs, static)
         )
         self._log_cache: dict[Any, bytes] = {}
@@ -805,7 +795,8 @@ class _EcsSchema(_Schema):
                 fragments.head,
                 self._clock(record.created).encode(),
                 fragments.message,
-                dumps(_message(record, msg)),
+                # The record's own getMessage (a program may patch it), as in the dict path.
+                dumps(_get_message(record)),
                 fragments.log,
                 log,
                 fragments.process,
@@ -818,7 +809,9 @@ class _EcsSchema(_Schema):
                 parts += (b",", dumps(extras)[1:-1])
             parts.append(fragments.namespace)
             if stamp:
-                if NAMESPACE in stamp or "schema" in stamp:
+                # Another Mapping would be encoded as its str (json_default): the dict path
+                # merges it.
+                if stamp.__class__ is not dict or NAMESPACE in stamp or "schema" in stamp:
                     return None
                 parts += (b",", dumps(stamp)[1:-1])
         except _ENCODE_ERRORS:
@@ -914,20 +907,29 @@ def _ecs_process(record: logging.LogRecord) -> dict[str, Any]:
 
 
 def _log_key(record: logging.LogRecord) -> tuple[Any, ...]:
-    """What :func:`_ecs_log` reads: one call site at one level."""
+    """What :func:`_ecs_log` reads: one call site at one level.
+
+    With the class of the number: ``1``, ``True``, ``1.0`` and ``Decimal(1)`` are equal keys
+    but encode differently (a record factory may set any of them).
+    """
+    lineno = record.lineno
     return (
         record.levelname,
         record.name,
         record.filename,
-        record.lineno,
+        lineno,
+        lineno.__class__,
         record.funcName,
         record.msg,
     )
 
 
 def _process_key(record: logging.LogRecord) -> tuple[Any, ...]:
-    """What :func:`_ecs_process` reads: one thread of one process."""
-    return (record.process, record.processName, record.thread, record.threadName)
+    """What :func:`_ecs_process` reads: one thread of one process (with the classes of the
+    numbers, as in :func:`_log_key`)."""
+    pid = record.process
+    thread = record.thread
+    return (pid, pid.__class__, record.processName, thread, thread.__class__, record.threadName)
 
 
 _FRAGMENT_CACHE_SIZE: Final = 4096  # call sites (or threads) whose encoded object is kept
@@ -983,6 +985,17 @@ class _Fragments(NamedTuple):
     event: bytes
     tail: bytes  # host, ecs and the static fields
     namespace: bytes
+
+
+_FIXED_TYPES: Final = frozenset([str, int, float, bool, type(None)])
+
+
+def _fixed_fields(formatter: JsonFormatter) -> bool:
+    """Whether the fields the formatter writes in every record (host name, static fields) are
+    fixed once it is made, so their encoding can be kept: scalars only. A list or dict can be
+    changed by the program later, an object's ``str`` may differ each time."""
+    values = (formatter.hostname, *formatter.defaults.values(), *formatter.static_fields.values())
+    return all(value.__class__ in _FIXED_TYPES for value in values)
 
 
 def _plain_fragments(
