@@ -1753,6 +1753,8 @@ class JsonFormatter(BaseJsonFormatter):
         namespace = log_data.get(NAMESPACE)
         if not isinstance(namespace, dict):
             namespace = self._namespace
+        # A stamp may hold what the strict encoders refuse (format_message takes any).
+        namespace = _sanitize(namespace, encoder.default, None)
 
         def attempt(doc: dict[str, Any], cut: int) -> bytes:
             shrunk = _sanitize(doc, encoder.default, cut)
