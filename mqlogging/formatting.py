@@ -661,6 +661,7 @@ class _EcsSchema(_Schema):
 
     __slots__ = (
         "_ecs",
+        "_extra_kinds",
         "_fragments",
         "_host",
         "_log_cache",
@@ -714,6 +715,7 @@ class _EcsSchema(_Schema):
         )
         self._log_cache: dict[Any, bytes] = {}
         self._process_cache: dict[Any, bytes] = {}
+        self._extra_kinds: dict[Any, int] = {}
 
     def add_fields(
         self, log_data: dict[str, Any], record: logging.LogRecord, message_dict: dict[str, Any]
@@ -775,7 +777,7 @@ class _EcsSchema(_Schema):
             or current_span() is not None
         ):
             return None
-        extras = _plain_extras(record, self._static_tail)
+        extras = _plain_extras(record, self._extra_kinds, self._static_tail)
         if extras is None:
             return None
         formatter = self.formatter
@@ -957,22 +959,49 @@ def _cached(
     return encoded
 
 
-def _plain_extras(record: logging.LogRecord, static: Container[str]) -> dict[str, Any] | None:
+# What the plain path does with a record attribute after the stdlib's own (see _plain_extras).
+_SKIP: Final = 0  # reserved or _private: not a user field
+_WRITE: Final = 1  # a new top-level field
+_MERGE: Final = 2  # needs the dict path's merging (ours, an ECS object, dotted, static...)
+
+
+def _plain_extras(
+    record: logging.LogRecord, kinds: dict[Any, int], static: Container[str]
+) -> dict[str, Any] | None:
     """The record's extras when each is a new top-level field (the plain path), else
-    ``None``. Mirrors :func:`_merge_extras`: reserved and ``_private`` names are skipped."""
+    ``None``. What each attribute name is (:func:`_extra_kind`) is kept in ``kinds``: one
+    lookup per extra instead of five tests."""
     attrs = record.__dict__
-    keys = list(attrs)
-    if len(keys) <= _STD_LAST_INDEX or keys[_STD_LAST_INDEX] != _STD_LAST or _REFUSED_ID in attrs:
+    # A stdlib record's own attributes come first, in __init__'s order, then the extras.
+    keys = itertools.islice(attrs, _STD_LAST_INDEX, None)
+    if next(keys, None) != _STD_LAST:
         return None
     extras: dict[str, Any] = {}
-    for key in keys[_STD_LAST_INDEX + 1 :]:
-        if key in _RESERVED:
-            continue
-        if key.__class__ is not str or key in _ECS_RULES or "." in key or key in static:
-            return None
-        if key[:1] != "_":
+    for key in keys:
+        kind = kinds.get(key)
+        if kind is None:
+            kind = _extra_kind(key, static)
+            if len(kinds) >= _FRAGMENT_CACHE_SIZE:
+                kinds.clear()  # many distinct extra names: start over, stay bounded
+            kinds[key] = kind
+        if kind == _WRITE:
             extras[key] = attrs[key]
+        elif kind == _MERGE:
+            return None
     return extras
+
+
+def _extra_kind(key: Any, static: Container[str]) -> int:
+    """Mirrors :func:`_merge_extras`: reserved and ``_private`` names are skipped; a name of
+    ours, of an ECS object, a dotted or static one is merged; a caller's id too long to be
+    the record id is moved under ``extra`` (merged)."""
+    if key == _REFUSED_ID:
+        return _MERGE
+    if key in _RESERVED:
+        return _SKIP
+    if key.__class__ is not str or key in _ECS_RULES or "." in key or key in static:
+        return _MERGE
+    return _SKIP if key[:1] == "_" else _WRITE
 
 
 class _Fragments(NamedTuple):
