@@ -6,6 +6,7 @@ leave every other record to the dict path."""
 from __future__ import annotations
 
 import decimal
+import enum
 import json
 import logging
 import threading
@@ -260,3 +261,28 @@ def test_truncated_record_with_an_odd_stamp() -> None:
             got = formatter.format_message(rec, stamp)
             assert got == reference.format_message(rec, stamp)
             assert json.loads(got.body)["mqlogging"]["truncated"] is True
+
+
+class FieldName(str, enum.Enum):
+    """An extra name that is a ``str`` subclass (equal to ``"job"``, its ``str`` is not)."""
+
+    JOB = "job"
+
+
+class Renamed(str):
+    def __str__(self) -> str:
+        return "renamed"
+
+
+@pytest.mark.parametrize("encoder", ["orjson", "json"])
+def test_extra_names_of_str_subclasses(encoder: str) -> None:
+    """An ``extra`` name that is a ``str`` subclass (a str enum) equal to a name seen before
+    is named by the dict path as ``str(name)``: the plain path neither writes it under the
+    equal name nor lets it decide what later plain names are."""
+    formatter, reference = _pair(encoder=encoder)
+    for extra in ({"job": 1}, {FieldName.JOB: 2}, {Renamed("job"): 3}, {"_job": 4},
+                  {Renamed("_job"): 5}, {"job": 6}):  # fmt: skip
+        rec = record(extra=extra)
+        assert formatter.format_message(rec, STAMP) == reference.format_message(rec, STAMP)
+    rec = record(extra={"job": 7})
+    assert formatter._schema.encode_plain(rec, formatter.format_message(rec).id, STAMP) is not None
