@@ -978,6 +978,12 @@ def _plain_extras(
         return None
     extras: dict[str, Any] = {}
     for key in keys:
+        if key.__class__ is not str:
+            # Equal to a str name (a str enum), yet the dict path names it ``str(key)``: its
+            # kind is neither taken from ``kinds`` nor kept there.
+            if _extra_kind(key, static) == _SKIP:
+                continue
+            return None
         kind = kinds.get(key)
         if kind is None:
             kind = _extra_kind(key, static)
