@@ -9,6 +9,8 @@ import decimal
 import enum
 import json
 import logging
+import subprocess
+import sys
 import threading
 import types
 from collections.abc import Callable
@@ -213,6 +215,24 @@ def test_get_message_is_the_records_own(monkeypatch: pytest.MonkeyPatch) -> None
     monkeypatch.undo()
     rec = record(extra={"getMessage": "shadowed"})
     assert formatter.format_message(rec, STAMP) == reference.format_message(rec, STAMP)
+
+
+def test_get_message_patched_before_import() -> None:
+    """A program that wraps ``LogRecord.getMessage`` (functools.wraps keeps its name) before
+    mqlogging is imported gets its own message too."""
+    code = """if True:
+        import functools, json, logging
+        original = logging.LogRecord.getMessage
+        @functools.wraps(original)
+        def get_message(self):
+            return "[x] " + original(self)
+        logging.LogRecord.getMessage = get_message
+        from mqlogging import JsonFormatter
+        record = logging.LogRecord("t", 20, "f.py", 1, "job %d", (7,), None)
+        print(json.loads(JsonFormatter().format_message(record).body)["message"])
+    """
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, check=True, text=True)
+    assert out.stdout.strip() == "[x] job 7"
 
 
 @pytest.mark.parametrize("field", ["lineno", "process", "thread"])
