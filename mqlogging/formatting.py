@@ -509,9 +509,9 @@ def _message(record: logging.LogRecord, msg: str) -> str:
     call cheaper (the caller's hot path, issue #13) while ``LogRecord.getMessage`` is the
     stdlib's; a program that patched it gets its own (a ``getMessage`` set on the record
     itself is an extra attribute, which takes the dict path)."""
-    args = record.args
     if logging.LogRecord.getMessage is not _STDLIB_GET_MESSAGE:
         return _get_message(record)
+    args = record.args
     if not args:
         return msg
     try:
@@ -790,7 +790,8 @@ class _EcsSchema(_Schema):
         """The document of a plain record as bytes joined from encoded parts (issue #13).
 
         Plain: a stdlib record with a ``str`` message, no exception, stack or span, no
-        context fields, and extras that need no merging (new top-level names). Its ``log``
+        context fields, extras that need no merging (new top-level names), a formatter whose
+        static fields are scalars and a ``dict`` stamp. Its ``log``
         and ``process`` objects depend only on the call site and the thread, so they are
         encoded once and kept (bounded caches); the message and the extras are encoded per
         record. Anything else returns ``None``: the dict path makes the document, with the
