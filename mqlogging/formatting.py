@@ -488,9 +488,29 @@ def _get_message(record: logging.LogRecord) -> str:
         )
 
 
+def _stdlib_get_message() -> Callable[[logging.LogRecord], str] | None:
+    """``LogRecord.getMessage`` as the stdlib defines it, or ``None`` when a program replaced
+    it before this module was imported (a wrapper made with functools.wraps included)."""
+    method = logging.LogRecord.getMessage
+    if (
+        getattr(method, "__module__", None) == "logging"
+        and getattr(method, "__qualname__", None) == "LogRecord.getMessage"
+        and not hasattr(method, "__wrapped__")
+    ):
+        return method
+    return None
+
+
+_STDLIB_GET_MESSAGE: Final = _stdlib_get_message()
+
+
 def _message(record: logging.LogRecord, msg: str) -> str:
     """``record.getMessage()`` of a stdlib record whose ``msg`` is a ``str``, one method
-    call cheaper (the caller's hot path, issue #13)."""
+    call cheaper (the caller's hot path, issue #13) while ``LogRecord.getMessage`` is the
+    stdlib's; a program that patched it gets its own (a ``getMessage`` set on the record
+    itself is an extra attribute, which takes the dict path)."""
+    if logging.LogRecord.getMessage is not _STDLIB_GET_MESSAGE:
+        return _get_message(record)
     args = record.args
     if not args:
         return msg
@@ -718,9 +738,11 @@ class _EcsSchema(_Schema):
         # Static fields inside per-record objects (``event.dataset``) are merged per record,
         # and one named like our namespace is moved under ``extra`` per record: no plain
         # path then.
+        # Values that can change after this (a container, an object's str) are read per
+        # record by the dict path: no plain path then either.
         self._fragments = (
             None
-            if self._static_per_record or NAMESPACE in static
+            if self._static_per_record or NAMESPACE in static or not _fixed_fields(formatter)
             else _plain_fragments(formatter, self._host, self._ecs, static)
         )
         self._log_cache: dict[Any, bytes] = {}
@@ -768,7 +790,8 @@ class _EcsSchema(_Schema):
         """The document of a plain record as bytes joined from encoded parts (issue #13).
 
         Plain: a stdlib record with a ``str`` message, no exception, stack or span, no
-        context fields, and extras that need no merging (new top-level names). Its ``log``
+        context fields, extras that need no merging (new top-level names), a formatter whose
+        static fields are scalars and a ``dict`` stamp. Its ``log``
         and ``process`` objects depend only on the call site and the thread, so they are
         encoded once and kept (bounded caches); the message and the extras are encoded per
         record. Anything else returns ``None``: the dict path makes the document, with the
@@ -820,7 +843,9 @@ class _EcsSchema(_Schema):
                 parts += (b",", dumps(extras)[1:-1])
             parts.append(fragments.namespace)
             if stamp:
-                if NAMESPACE in stamp or "schema" in stamp:
+                # Another Mapping would be encoded as its str (json_default): the dict path
+                # merges it.
+                if stamp.__class__ is not dict or NAMESPACE in stamp or "schema" in stamp:
                     return None
                 parts += (b",", dumps(stamp)[1:-1])
         except _ENCODE_ERRORS:
@@ -916,20 +941,29 @@ def _ecs_process(record: logging.LogRecord) -> dict[str, Any]:
 
 
 def _log_key(record: logging.LogRecord) -> tuple[Any, ...]:
-    """What :func:`_ecs_log` reads: one call site at one level."""
+    """What :func:`_ecs_log` reads: one call site at one level.
+
+    With the class of the number: ``1``, ``True``, ``1.0`` and ``Decimal(1)`` are equal keys
+    but encode differently (a record factory may set any of them).
+    """
+    lineno = record.lineno
     return (
         record.levelname,
         record.name,
         record.filename,
-        record.lineno,
+        lineno,
+        lineno.__class__,
         record.funcName,
         record.msg,
     )
 
 
 def _process_key(record: logging.LogRecord) -> tuple[Any, ...]:
-    """What :func:`_ecs_process` reads: one thread of one process."""
-    return (record.process, record.processName, record.thread, record.threadName)
+    """What :func:`_ecs_process` reads: one thread of one process (with the classes of the
+    numbers, as in :func:`_log_key`)."""
+    pid = record.process
+    thread = record.thread
+    return (pid, pid.__class__, record.processName, thread, thread.__class__, record.threadName)
 
 
 _FRAGMENT_CACHE_SIZE: Final = 4096  # call sites (or threads) whose encoded object is kept
@@ -976,6 +1010,12 @@ def _plain_extras(
         return None
     extras: dict[str, Any] = {}
     for key in keys:
+        if key.__class__ is not str:
+            # Equal to a str name (a str enum), yet the dict path names it ``str(key)``: its
+            # kind is neither taken from ``kinds`` nor kept there.
+            if _extra_kind(key, static) == _SKIP:
+                continue
+            return None
         kind = kinds.get(key)
         if kind is None:
             kind = _extra_kind(key, static)
@@ -992,8 +1032,9 @@ def _plain_extras(
 def _extra_kind(key: Any, static: Container[str]) -> int:
     """Mirrors :func:`_merge_extras`: reserved and ``_private`` names are skipped; a name of
     ours, of an ECS object, a dotted or static one is merged; a caller's id too long to be
-    the record id is moved under ``extra`` (merged)."""
-    if key == _REFUSED_ID:
+    the record id is moved under ``extra`` (merged). ``getMessage`` shadows the record's
+    method, which the dict path calls (:func:`_message` would not): merged too."""
+    if key in (_REFUSED_ID, "getMessage"):
         return _MERGE
     if key in _RESERVED:
         return _SKIP
@@ -1012,6 +1053,17 @@ class _Fragments(NamedTuple):
     event: bytes
     tail: bytes  # host, ecs and the static fields
     namespace: bytes
+
+
+_FIXED_TYPES: Final = frozenset([str, int, float, bool, type(None)])
+
+
+def _fixed_fields(formatter: JsonFormatter) -> bool:
+    """Whether the fields the formatter writes in every record (host name, static fields) are
+    fixed once it is made, so their encoding can be kept: scalars only. A list or dict can be
+    changed by the program later, an object's ``str`` may differ each time."""
+    values = (formatter.hostname, *formatter.defaults.values(), *formatter.static_fields.values())
+    return all(value.__class__ in _FIXED_TYPES for value in values)
 
 
 def _plain_fragments(
@@ -1769,6 +1821,8 @@ class JsonFormatter(BaseJsonFormatter):
         namespace = log_data.get(NAMESPACE)
         if not isinstance(namespace, dict):
             namespace = self._namespace
+        # A stamp may hold what the strict encoders refuse (format_message takes any).
+        namespace = _sanitize(namespace, encoder.default, None)
 
         def attempt(doc: dict[str, Any], cut: int) -> bytes:
             shrunk = _sanitize(doc, encoder.default, cut)

@@ -5,8 +5,14 @@ leave every other record to the dict path."""
 
 from __future__ import annotations
 
+import decimal
+import enum
+import json
 import logging
+import subprocess
+import sys
 import threading
+import types
 from collections.abc import Callable
 from typing import Any
 
@@ -182,3 +188,121 @@ def test_messages_without_arguments_are_not_kept() -> None:
         rec = record(f"job {i} done", ())
         assert formatter.format_message(rec) == reference.format_message(rec)
     assert len(formatter._schema._log_cache) == 0
+
+
+def test_stamp_of_any_mapping() -> None:
+    """A stamp that is a ``Mapping`` but not a ``dict`` (``format_message`` takes any) is
+    merged into ``mqlogging`` as the dict path merges it, never written as its ``str``."""
+    formatter, reference = _pair()
+    rec = record()
+    stamp = types.MappingProxyType(STAMP)
+    got = formatter.format_message(rec, stamp)
+    assert got == reference.format_message(rec, stamp)
+    assert json.loads(got.body)["mqlogging"] == {"schema": "ecs", **STAMP}
+
+
+def test_get_message_is_the_records_own(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The message is what ``record.getMessage()`` returns, as in the dict path: a program
+    that patches ``LogRecord.getMessage`` (brace-style messages, redaction) or a record whose
+    ``getMessage`` attribute is an ``extra`` value gets the same message either way."""
+    formatter, reference = _pair()
+    original = logging.LogRecord.getMessage
+    monkeypatch.setattr(logging.LogRecord, "getMessage", lambda self: "[x] " + original(self))
+    for rec in (record(), record("no arguments", ())):
+        got = formatter.format_message(rec, STAMP)
+        assert got == reference.format_message(rec, STAMP)
+        assert json.loads(got.body)["message"].startswith("[x] ")
+    monkeypatch.undo()
+    rec = record(extra={"getMessage": "shadowed"})
+    assert formatter.format_message(rec, STAMP) == reference.format_message(rec, STAMP)
+
+
+def test_get_message_patched_before_import() -> None:
+    """A program that wraps ``LogRecord.getMessage`` (functools.wraps keeps its name) before
+    mqlogging is imported gets its own message too."""
+    code = """if True:
+        import functools, json, logging
+        original = logging.LogRecord.getMessage
+        @functools.wraps(original)
+        def get_message(self):
+            return "[x] " + original(self)
+        logging.LogRecord.getMessage = get_message
+        from mqlogging import JsonFormatter
+        record = logging.LogRecord("t", 20, "f.py", 1, "job %d", (7,), None)
+        print(json.loads(JsonFormatter().format_message(record).body)["message"])
+    """
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, check=True, text=True)
+    assert out.stdout.strip() == "[x] job 7"
+
+
+@pytest.mark.parametrize("field", ["lineno", "process", "thread"])
+def test_equal_values_of_other_types_are_not_mixed(field: str) -> None:
+    """``1``, ``True``, ``1.0`` and ``Decimal(1)`` are equal (and hash alike) but encode
+    differently: a record from a factory that sets one of them gets its own ``log`` or
+    ``process`` object, not the cached one of a record that had another."""
+    formatter, reference = _pair()
+    for value in (1, True, 1.0, decimal.Decimal(1), 1):
+        rec = record()
+        setattr(rec, field, value)
+        assert formatter.format_message(rec, STAMP) == reference.format_message(rec, STAMP)
+
+
+class Uptime:
+    """A static field value whose text changes (read at each record by the dict path)."""
+
+    calls = 0
+
+    def __str__(self) -> str:
+        Uptime.calls += 1
+        return f"{Uptime.calls} s"
+
+
+def test_static_values_that_change() -> None:
+    """Static fields whose value can change after the formatter is made (a list the program
+    appends to, an object whose ``str`` changes) are read per record, as in the dict path."""
+    tags = ["a"]
+    formatter, reference = _pair(static_fields={"tags": tags, "uptime": Uptime()})
+    tags.append("b")
+    rec = record()
+    got = json.loads(formatter.format_message(rec, STAMP).body)
+    expected = json.loads(reference.format_message(rec, STAMP).body)
+    assert expected["tags"] == got["tags"] == ["a", "b"]
+    assert got["uptime"] != expected["uptime"]  # each path read it once more, for this record
+    assert formatter.format_message(rec, STAMP).body != formatter.format_message(rec, STAMP).body
+
+
+def test_truncated_record_with_an_odd_stamp() -> None:
+    """A record cut to ``max_bytes`` whose stamp holds a value the strict encoders refuse
+    (an int wider than 64 bits, NaN) is still written, as valid JSON: never a raise."""
+    for stamp in ({"seq": 2**70}, {"seq": float("nan")}):
+        for encoder in ("orjson", "json"):
+            formatter, reference = _pair(max_bytes=1024, encoder=encoder)
+            rec = record("x" * 3000, ())
+            got = formatter.format_message(rec, stamp)
+            assert got == reference.format_message(rec, stamp)
+            assert json.loads(got.body)["mqlogging"]["truncated"] is True
+
+
+class FieldName(str, enum.Enum):
+    """An extra name that is a ``str`` subclass (equal to ``"job"``, its ``str`` is not)."""
+
+    JOB = "job"
+
+
+class Renamed(str):
+    def __str__(self) -> str:
+        return "renamed"
+
+
+@pytest.mark.parametrize("encoder", ["orjson", "json"])
+def test_extra_names_of_str_subclasses(encoder: str) -> None:
+    """An ``extra`` name that is a ``str`` subclass (a str enum) equal to a name seen before
+    is named by the dict path as ``str(name)``: the plain path neither writes it under the
+    equal name nor lets it decide what later plain names are."""
+    formatter, reference = _pair(encoder=encoder)
+    for extra in ({"job": 1}, {FieldName.JOB: 2}, {Renamed("job"): 3}, {"_job": 4},
+                  {Renamed("_job"): 5}, {"job": 6}):  # fmt: skip
+        rec = record(extra=extra)
+        assert formatter.format_message(rec, STAMP) == reference.format_message(rec, STAMP)
+    rec = record(extra={"job": 7})
+    assert formatter._schema.encode_plain(rec, formatter.format_message(rec).id, STAMP) is not None
