@@ -94,14 +94,10 @@ class _Packed:
         return self.left == 0
 
 
-class _PartTag:
-    """The tag of one record of a packed delivery."""
-
-    __slots__ = ("index", "packed")
-
-    def __init__(self, packed: _Packed, index: int) -> None:
-        self.packed = packed
-        self.index = index
+_PartTag = tuple[_Packed, int]
+"""The tag of one record of a packed delivery: its message's settling state and its index.
+A plain tuple, built per record at a fraction of a class instance's cost (issue #13); no
+wrapped consumer's tag can be one, as only this module makes :class:`_Packed` objects."""
 
 
 class UnpackingConsumer(Consumer):
@@ -204,13 +200,13 @@ class UnpackingConsumer(Consumer):
         outcome = _ACKED if requeue is None else _REQUEUED if requeue else _REJECTED
         for delivery in deliveries:
             tag = delivery.tag
-            if tag.__class__ is not _PartTag:
-                whole.append(delivery)
+            if tag.__class__ is not tuple or len(tag) != 2 or tag[0].__class__ is not _Packed:
+                whole.append(delivery)  # the wrapped consumer's own (see _PartTag)
                 continue
-            packed = tag.packed
-            if packed.settled[tag.index]:
+            packed, index = tag
+            if packed.settled[index]:
                 continue  # settled twice: the first one counts
-            if packed.settle(tag.index, outcome):
+            if packed.settle(index, outcome):
                 finished.append(packed)
         if whole:
             if requeue is None:
@@ -271,7 +267,7 @@ def _parts(packed: _Packed, lines: list[bytes]) -> list[Delivery]:
     settled = packed.settled
     everything = packed.left == len(lines)  # nothing settled yet (the common case)
     return [
-        new_delivery(f"{mid}#{i}" if i else mid, line, _PartTag(packed, i), headers, redelivered)
+        new_delivery(f"{mid}#{i}" if i else mid, line, (packed, i), headers, redelivered)
         for i, line in enumerate(lines)
         if everything or not settled[i]
     ]

@@ -60,10 +60,11 @@ def tune_gc() -> None:
     Why: each record in flight is a few container objects (its delivery, its document, its
     pipeline state) that live for about one batch and never form reference cycles. With the
     default thresholds they outlive ~10 young collections, get promoted and are scanned again
-    in every full collection together with everything the process imported: a third of the
-    CPU per record on packed input. So everything alive after start-up (modules, config,
-    clients) is frozen out of the collections (``gc.freeze``) and a young collection runs
-    every :data:`GC_YOUNG_THRESHOLD` allocations, by when most records of a batch are gone.
+    in every full collection together with everything the process imported: a quarter to a
+    third of the CPU per record on packed input, measured. So everything alive after start-up
+    (modules, config, clients) is frozen out of the collections (``gc.freeze``) and a young
+    collection runs every :data:`GC_YOUNG_THRESHOLD` allocations, by when most records of a
+    batch are gone.
     Reference counting still frees everything that is not a cycle at once; the rare cyclic
     garbage waits a little longer.
     """
