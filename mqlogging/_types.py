@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
-__all__ = ["DONE", "Delivery", "Message", "Outcome", "Result"]
+__all__ = ["DONE", "Delivery", "Message", "Outcome", "Result", "new_delivery"]
 
 
 class Message(NamedTuple):
@@ -38,6 +38,32 @@ class Delivery:
     tag: Any
     headers: Mapping[str, Any] = field(default_factory=dict)
     redelivered: bool = False
+
+
+# The slot setters of Delivery: building one through them skips the frozen dataclass's
+# ``__init__``, which pays ``object.__setattr__`` per field (three times the cost).
+_SET_ID, _SET_BODY, _SET_TAG, _SET_HEADERS, _SET_REDELIVERED = (
+    Delivery.__dict__[name].__set__ for name in ("id", "body", "tag", "headers", "redelivered")
+)
+
+
+def new_delivery(
+    id: str,
+    body: bytes,
+    tag: Any,
+    headers: Mapping[str, Any],
+    redelivered: bool,
+) -> Delivery:
+    """``Delivery(id, body, tag, headers, redelivered)``, built at a third of the cost, for a
+    reader that makes one per record of a packed message (issue #13). Every field is given:
+    it is the same object the constructor makes (a test compares them)."""
+    delivery: Delivery = object.__new__(Delivery)
+    _SET_ID(delivery, id)
+    _SET_BODY(delivery, body)
+    _SET_TAG(delivery, tag)
+    _SET_HEADERS(delivery, headers)
+    _SET_REDELIVERED(delivery, redelivered)
+    return delivery
 
 
 class Outcome(enum.Enum):

@@ -65,6 +65,7 @@ __all__ = [
     "decode",
     "id_fits",
     "id_path",
+    "read_id",
     "read_meta",
     "time_key",
 ]
@@ -199,6 +200,21 @@ def _dropped(value: Any) -> tuple[DroppedRange, ...]:
     return tuple(out)
 
 
+def _schema(ns: Any) -> str | None:
+    """The schema named in a record's ``mqlogging`` object ``ns``, if it is one we know."""
+    schema = ns.get("schema") if isinstance(ns, dict) else None
+    return schema if isinstance(schema, str) and schema in _ID_PATHS else None
+
+
+def read_id(doc: Any) -> str | None:
+    """The record id of a decoded record: :func:`read_meta`'s ``id``, by the same rule, without
+    reading the rest (the collector asks for every record it consumes). Never raises."""
+    if not isinstance(doc, dict):
+        return None
+    schema = _schema(doc.get(NAMESPACE))
+    return None if schema is None else _usable_id(_get(doc, _ID_PATHS[schema]))
+
+
 def read_meta(doc: Any) -> RecordMeta:
     """The id, time, schema, producer, sequence number and dropped ranges of a decoded record.
 
@@ -208,14 +224,14 @@ def read_meta(doc: Any) -> RecordMeta:
     if not isinstance(doc, dict):
         return _NOTHING
     ns = doc.get(NAMESPACE)
-    schema = ns.get("schema") if isinstance(ns, dict) else None
-    if isinstance(schema, str) and schema in _ID_PATHS:
+    schema = _schema(ns)
+    if schema is not None:
         rid = _usable_id(_get(doc, _ID_PATHS[schema]))
         time_value = doc.get(_TIME_KEYS[schema])
         if schema in _NANOS_SCHEMAS:
             time_value = _nanos_iso(time_value)
     else:  # not ours: whatever its fields are called, none of them is a record id of ours
-        schema, rid = None, None
+        rid = None
         time_value = doc.get("@timestamp", doc.get("timestamp"))
     if isinstance(ns, dict):
         producer = ns.get("producer")

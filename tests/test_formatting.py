@@ -35,7 +35,7 @@ from mqlogging.formatting import (
     get_context,
     unbind_context,
 )
-from mqlogging.wire import MAX_ID_BYTES, read_meta
+from mqlogging.wire import MAX_ID_BYTES, read_id, read_meta
 
 LOGGER = logging.getLogger("tests.formatting")
 ENCODERS = ["orjson", "json"]
@@ -1030,3 +1030,25 @@ class TestIds:
             make_record(extra={"mqlogging_id": at_limit})
         )
         assert kept.id == at_limit
+
+    def test_read_id_is_read_meta_id(self, schema: str) -> None:
+        """``wire.read_id`` (what the collector reads per record) answers ``read_meta``'s id,
+        for our records and for look-alikes: another producer's ``id``/``event.id``, an
+        unknown schema, a namespace that is not an object, ids of the wrong type or too long."""
+        doc = orjson.loads(JsonFormatter(schema=schema).format_message(make_record()).body)
+        ns = doc["mqlogging"]
+        docs: list[Any] = [
+            doc,
+            {**doc, "mqlogging": {**ns, "schema": "nope"}},
+            {**doc, "mqlogging": "ecs"},
+            {k: v for k, v in doc.items() if k != "mqlogging"},
+            {"id": "user", "event": {"id": "user"}},
+            {"id": 7, "mqlogging": {"schema": "flat"}},
+            {"id": 1.5, "mqlogging": {"schema": "flat"}},
+            {"id": "x" * (MAX_ID_BYTES + 1), "mqlogging": {"schema": "logstash"}},
+            {"event": "not an object", "mqlogging": {"schema": "ecs"}},
+            [doc],
+            None,
+        ]
+        for case in docs:
+            assert read_meta(case).id == read_id(case), case

@@ -37,7 +37,7 @@ from collections import OrderedDict, deque
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from .._types import Delivery
+from .._types import Delivery, new_delivery
 from ..errors import UnpackError
 from ..packing import (
     CONTENT_TYPE,
@@ -94,14 +94,10 @@ class _Packed:
         return self.left == 0
 
 
-class _PartTag:
-    """The tag of one record of a packed delivery."""
-
-    __slots__ = ("index", "packed")
-
-    def __init__(self, packed: _Packed, index: int) -> None:
-        self.packed = packed
-        self.index = index
+_PartTag = tuple[_Packed, int]
+"""The tag of one record of a packed delivery: its message's settling state and its index.
+A plain tuple, built per record at a fraction of a class instance's cost (issue #13); no
+wrapped consumer's tag can be one, as only this module makes :class:`_Packed` objects."""
 
 
 class UnpackingConsumer(Consumer):
@@ -172,18 +168,7 @@ class UnpackingConsumer(Consumer):
             for index, outcome in enumerate(before):
                 if outcome in (_ACKED, _REJECTED):
                     packed.settle(index, outcome)
-        part_headers = _part_headers(headers)
-        parts = [
-            Delivery(
-                id=delivery.id if i == 0 else f"{delivery.id}#{i}",
-                body=line,
-                tag=_PartTag(packed, i),
-                headers=part_headers,
-                redelivered=delivery.redelivered,
-            )
-            for i, line in enumerate(lines)
-            if not packed.settled[i]
-        ]
+        parts = _parts(packed, lines)
         if not parts:  # every record was settled for good last time (a lost ack)
             self._finish([packed])
         return parts
@@ -212,16 +197,16 @@ class UnpackingConsumer(Consumer):
         """``requeue``: ``None`` to ack, else nack with that flag."""
         whole: list[Delivery] = []
         finished: list[_Packed] = []
+        outcome = _ACKED if requeue is None else _REQUEUED if requeue else _REJECTED
         for delivery in deliveries:
             tag = delivery.tag
-            if not isinstance(tag, _PartTag):
-                whole.append(delivery)
+            if tag.__class__ is not tuple or len(tag) != 2 or tag[0].__class__ is not _Packed:
+                whole.append(delivery)  # the wrapped consumer's own (see _PartTag)
                 continue
-            packed = tag.packed
-            if packed.settled[tag.index]:
+            packed, index = tag
+            if packed.settled[index]:
                 continue  # settled twice: the first one counts
-            outcome = _ACKED if requeue is None else _REQUEUED if requeue else _REJECTED
-            if packed.settle(tag.index, outcome):
+            if packed.settle(index, outcome):
                 finished.append(packed)
         if whole:
             if requeue is None:
@@ -270,6 +255,22 @@ def _message_key(delivery: Delivery, count: int) -> tuple[str, ...] | None:
     if not delivery.id or first is None or last is None:
         return None
     return (delivery.id, str(first), str(last), str(count))
+
+
+def _parts(packed: _Packed, lines: list[bytes]) -> list[Delivery]:
+    """One delivery per record of ``packed`` not settled yet (all of them, unless it came
+    back after a requeue). The first record has the message's id, record ``i`` the id
+    ``<id>#<i>``; all share one headers mapping (read-only for the caller)."""
+    message = packed.delivery
+    headers = _part_headers(message.headers)
+    mid, redelivered = message.id, message.redelivered
+    settled = packed.settled
+    everything = packed.left == len(lines)  # nothing settled yet (the common case)
+    return [
+        new_delivery(f"{mid}#{i}" if i else mid, line, (packed, i), headers, redelivered)
+        for i, line in enumerate(lines)
+        if everything or not settled[i]
+    ]
 
 
 def _part_headers(headers: Mapping[str, Any]) -> dict[str, Any]:

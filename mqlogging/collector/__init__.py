@@ -8,6 +8,7 @@ embed it with :func:`run` or :class:`CollectorService`. Configuration: :mod:`.co
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
 import os
 import sys
@@ -20,6 +21,7 @@ if TYPE_CHECKING:
     from .service import CollectorService
 
 __all__ = [
+    "GC_YOUNG_THRESHOLD",
     "CollectorConfig",
     "CollectorService",
     "add_arguments",
@@ -28,7 +30,12 @@ __all__ = [
     "parse_config",
     "run",
     "run_command",
+    "tune_gc",
 ]
+
+GC_YOUNG_THRESHOLD = 20_000
+"""Container allocations between two young-generation collections in a collector process
+(CPython's default: 700); see :func:`tune_gc`."""
 
 
 def run(config: CollectorConfig) -> int:
@@ -38,7 +45,33 @@ def run(config: CollectorConfig) -> int:
     """
     from .service import CollectorService
 
-    return CollectorService(config).run()
+    service = CollectorService(config)
+    tune_gc()
+    return service.run()
+
+
+def tune_gc() -> None:
+    """Set CPython's cyclic garbage collector up for a collector process (issue #13).
+
+    Called by :func:`run` once the service is built, so it applies to the process that runs
+    the collector (``mqlogging collect``), not to an application that embeds a
+    :class:`CollectorService`: the GC is process-wide, and that is the application's call.
+
+    Why: each record in flight is a few container objects (its delivery, its document, its
+    pipeline state) that live for about one batch and never form reference cycles. With the
+    default thresholds they outlive ~10 young collections, get promoted and are scanned again
+    in every full collection together with everything the process imported: a quarter to a
+    third of the CPU per record on packed input, measured. So everything alive after start-up
+    (modules, config, clients) is frozen out of the collections (``gc.freeze``) and a young
+    collection runs every :data:`GC_YOUNG_THRESHOLD` allocations, by when most records of a
+    batch are gone.
+    Reference counting still frees everything that is not a cycle at once; the rare cyclic
+    garbage waits a little longer.
+    """
+    gc.collect()
+    gc.freeze()
+    _, older, oldest = gc.get_threshold()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, older, oldest)
 
 
 def __getattr__(name: str) -> Any:

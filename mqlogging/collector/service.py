@@ -57,14 +57,14 @@ from ..backends import Consumer
 from ..backends.local import LocalEndpoint
 from ..errors import MQLoggingError
 from ..packing import UNPACK_ERROR_HEADER
-from ..wire import read_meta
+from ..wire import read_id
 from .config import CollectorConfig, SourceAny
 from .metrics import CollectorMetrics, HttpServer
 from .sinks import Outcome, Record, Result, Sink, build_sink
 from .sinks.deadletter import DeadLetter, DeadLetterWriter
 from .sources import open_source
 
-__all__ = ["CollectorService", "decode"]
+__all__ = ["CollectorService", "Decoder", "decode"]
 
 log = logging.getLogger("mqlogging.collector")
 
@@ -87,11 +87,12 @@ class _Item:
         "todo",
     )
 
-    def __init__(self, delivery: Delivery, record: Record | None, todo: set[int]) -> None:
+    def __init__(self, delivery: Delivery, record: Record | None, todo: int) -> None:
         self.delivery = delivery
         self.record = record
         self.size = len(delivery.body)
-        self.todo = todo  # indices of sinks that do not have the record yet
+        # Bit i set: sink i does not have the record yet (an int, not a set: one per record).
+        self.todo = todo
         self.dead: str | None = None  # dead-letter reason, once decided
         self.stage = ""
         self.attempts = 0
@@ -128,20 +129,96 @@ def _record_id(doc: dict[str, Any], delivery: Delivery) -> str:
     """The Elasticsearch ``_id``: the record's own id (never a user field that looks like it),
     else the transport's message id, else a new one (never a content hash: two identical
     records are two records)."""
-    return read_meta(doc).id or delivery.id or new_id()
+    return read_id(doc) or delivery.id or new_id()
 
 
-def _set_path(doc: dict[str, Any], path: str, value: Any) -> None:
-    *parents, leaf = path.split(".")
-    target = doc
-    for part in parents:
-        child = target.get(part)
-        if child is None:
-            child = target[part] = {}
-        if not isinstance(child, dict):
-            return  # the record uses this name for something else: leave it alone
-        target = child
-    target.setdefault(leaf, value)
+_Enrichment = list[tuple[tuple[str, ...], str, Any]]
+"""(parent keys, leaf key, value) per field to set: dotted paths split once, not per record."""
+
+
+def _split_paths(pairs: Sequence[tuple[str, Any]]) -> _Enrichment:
+    out: _Enrichment = []
+    for path, value in pairs:
+        *parents, leaf = path.split(".")
+        out.append((tuple(parents), leaf, value))
+    return out
+
+
+def _enrich(doc: dict[str, Any], fields: _Enrichment) -> None:
+    """Set each field of ``fields`` on ``doc`` where it is absent."""
+    for parents, leaf, value in fields:
+        target = doc
+        for part in parents:
+            child = target.get(part)
+            if child is None:
+                child = target[part] = {}
+            elif not isinstance(child, dict):
+                break  # the record uses this name for something else: leave it alone
+            target = child
+        else:
+            target.setdefault(leaf, value)
+
+
+class Decoder:
+    """Decodes messages into :class:`Record` objects under fixed limits (see :func:`decode`).
+
+    Everything that does not depend on the record is prepared once, here: the collector calls
+    it for every record it consumes (issue #13). :meth:`enrich` replaces the fields to set
+    (a worker refreshes the received-at time once per fetch, not per record).
+    """
+
+    __slots__ = ("_colons_from", "_fields", "max_bytes", "max_depth", "max_fields")
+
+    def __init__(
+        self,
+        *,
+        max_bytes: int,
+        max_depth: int,
+        max_fields: int = 1000,
+        enrich: Sequence[tuple[str, Any]] = (),
+    ) -> None:
+        self.max_bytes = max_bytes
+        self.max_depth = max_depth
+        self.max_fields = max_fields
+        # Each key takes 3 bytes at least (``"":``), so a body of at most 3 * max_fields bytes
+        # cannot hold more than max_fields keys: its colons need not be counted.
+        self._colons_from = 3 * max_fields
+        self._fields = _split_paths(enrich)
+
+    def enrich(self, pairs: Sequence[tuple[str, Any]]) -> None:
+        """From now on, set these (dotted path, value) pairs on records where absent."""
+        self._fields = _split_paths(pairs)
+
+    def __call__(self, delivery: Delivery) -> tuple[Record | None, str]:
+        """The record of ``delivery``, or ``(None, reason)`` for a poison one."""
+        body = delivery.body
+        refused = delivery.headers.get(UNPACK_ERROR_HEADER)
+        if refused is not None:
+            return None, f"packed message refused: {refused}"
+        size = len(body)
+        if size > self.max_bytes:
+            return None, f"oversize: {size} bytes > max_message_bytes {self.max_bytes}"
+        try:
+            doc = loads(body)
+        except DECODE_ERRORS as exc:
+            return None, _undecodable(body, exc, self.max_depth)
+        if not isinstance(doc, dict):
+            return None, f"not a JSON object: got {type(doc).__name__}"
+        # Cheap pre-checks (C speed): fewer brackets than the limit cannot nest deeper than it,
+        # and every key is followed by a colon, so fewer colons than the limit means fewer keys.
+        # (``find`` is a memchr: most records have no array, and counting is a slower loop.)
+        brackets = body.count(b"{")
+        if body.find(b"[") >= 0:
+            brackets += body.count(b"[")
+        if brackets > self.max_depth or (
+            size > self._colons_from and body.count(b":") > self.max_fields
+        ):
+            problem = _shape_problem(doc, self.max_depth, self.max_fields)
+            if problem:
+                return None, problem
+        if self._fields:
+            _enrich(doc, self._fields)
+        return Record(_record_id(doc, delivery), doc, size), ""
 
 
 def decode(
@@ -157,29 +234,11 @@ def decode(
     Poison: larger than ``max_bytes``, not UTF-8, not JSON, not a JSON object, nested deeper
     than ``max_depth``, or with more than ``max_fields`` keys in all (a field explosion would
     otherwise hit Elasticsearch's mapping limit, or blow it up). ``enrich`` is a list of
-    (dotted path, value) set when absent.
+    (dotted path, value) set when absent. (Many messages: a :class:`Decoder`.)
     """
-    body = delivery.body
-    refused = delivery.headers.get(UNPACK_ERROR_HEADER)
-    if refused is not None:
-        return None, f"packed message refused: {refused}"
-    if len(body) > max_bytes:
-        return None, f"oversize: {len(body)} bytes > max_message_bytes {max_bytes}"
-    try:
-        doc = loads(body)
-    except DECODE_ERRORS as exc:
-        return None, _undecodable(body, exc, max_depth)
-    if not isinstance(doc, dict):
-        return None, f"not a JSON object: got {type(doc).__name__}"
-    # Cheap pre-checks (C speed): fewer brackets than the limit cannot nest deeper than it,
-    # and every key is followed by a colon, so fewer colons than the limit means fewer keys.
-    if body.count(b"{") + body.count(b"[") > max_depth or body.count(b":") > max_fields:
-        problem = _shape_problem(doc, max_depth, max_fields)
-        if problem:
-            return None, problem
-    for path, value in enrich:
-        _set_path(doc, path, value)
-    return Record(_record_id(doc, delivery), doc, len(body)), ""
+    return Decoder(max_bytes=max_bytes, max_depth=max_depth, max_fields=max_fields, enrich=enrich)(
+        delivery
+    )
 
 
 def _undecodable(body: bytes, exc: Exception, max_depth: int) -> str:
@@ -234,6 +293,11 @@ class _Worker(threading.Thread):
         self.prefetch = source.max_in_flight
         self._window = self.prefetch  # the broker's prefetch in force (see _adapt_window)
         self._recent_largest: deque[int] = deque(maxlen=4)  # largest message of recent fetches
+        self._decoder = Decoder(
+            max_bytes=cfg.pipeline.max_message_bytes,
+            max_depth=cfg.pipeline.max_depth,
+            max_fields=cfg.pipeline.max_fields,
+        )
         self._dead = DeadLetterWriter(
             cfg.dead_letter_target.url, source=self.label, collector=service.host_name
         )
@@ -366,29 +430,27 @@ class _Worker(threading.Thread):
             self._accept(deliveries)
 
     def _accept(self, deliveries: Sequence[Delivery]) -> None:
+        """Decode ``deliveries`` into pending items (per record: only what each one needs)."""
         service = self.service
-        p = service.config.pipeline
-        enrich = service.enrichment()
-        all_sinks = service.sink_indices
-        if not self._pending:
+        decoder = self._decoder
+        decoder.enrich(service.enrichment())
+        all_sinks = service.all_sinks
+        pending = self._pending
+        if not pending:
             self._first_at = time.monotonic()
+        size = largest = 0
         for delivery in deliveries:
-            record, reason = decode(
-                delivery,
-                max_bytes=p.max_message_bytes,
-                max_depth=p.max_depth,
-                max_fields=p.max_fields,
-                enrich=enrich,
-            )
-            item = _Item(delivery, record, set(all_sinks))
+            record, reason = decoder(delivery)
+            item = _Item(delivery, record, all_sinks)
             if record is None:
                 item.dead, item.stage = reason, "decode"
-            self._pending.append(item)
-            self._pending_bytes += item.size
-        sizes = [len(d.body) for d in deliveries]
-        self._recent_largest.append(max(sizes))
+            pending.append(item)
+            size += item.size
+            largest = max(largest, item.size)
+        self._pending_bytes += size
+        self._recent_largest.append(largest)
         self._held += len(deliveries)
-        self._held_bytes += sum(sizes)
+        self._held_bytes += size
         self._m_consumed.inc(len(deliveries))
         self._m_in_flight.set(self._held)
         self._m_in_flight_bytes.set(self._held_bytes)
@@ -466,7 +528,11 @@ class _Worker(threading.Thread):
             # A store's Retry-After is honoured: never try again sooner than it asked.
             delay = max(backoff.next_delay(), max((i.retry_after for i in open_items), default=0))
             retry_sinks = Counter(
-                service.sinks[i].name for item in open_items if item.dead is None for i in item.todo
+                sink.name
+                for item in open_items
+                if item.dead is None
+                for i, sink in enumerate(service.sinks)
+                if item.todo >> i & 1
             )
             for name, n in retry_sinks.items():
                 service.metrics.retried.labels(name).inc(n)
@@ -498,36 +564,47 @@ class _Worker(threading.Thread):
         return time.monotonic() >= (deadline if deadline is not None else service.deadline)
 
     def _attempt(self, items: list[_Item]) -> None:
-        service = self.service
         for item in items:
             item.retry_after = 0.0
-        for index, sink in enumerate(service.sinks):
-            todo = [it for it in items if it.dead is None and index in it.todo]
-            if not todo:
-                continue
-            records = [it.record for it in todo if it.record is not None]
-            results = _safe_write(sink, records)
-            statuses: Counter[str] = Counter()
-            for item, result in zip(todo, results, strict=True):
-                statuses[result.status or result.outcome.value] += 1
-                if result.outcome is Outcome.DONE:
-                    item.todo.discard(index)
-                elif result.outcome is Outcome.REJECT:
-                    item.dead, item.stage = f"{sink.name}: {result.reason}", "sink"
-                else:
-                    item.last_error = f"{sink.name}: {result.reason}"
-                    item.retry_after = max(item.retry_after, result.retry_after)
-            for status, n in statuses.items():
-                service.metrics.sink_items.labels(sink.name, status).inc(n)
+        for index, sink in enumerate(self.service.sinks):
+            bit = 1 << index
+            todo = [it for it in items if it.dead is None and it.todo & bit]
+            if todo:
+                records = [it.record for it in todo if it.record is not None]
+                self._take_results(sink, bit, todo, _safe_write(sink, records))
         for item in items:
             if item.dead is None and item.todo:
                 item.attempts += 1
 
+    def _take_results(self, sink: Sink, bit: int, todo: list[_Item], results: list[Result]) -> None:
+        """Apply ``sink``'s answers (``bit``: its bit in ``_Item.todo``) to ``todo``; the
+        status metrics are counted per batch."""
+        statuses = Counter([r.status or r.outcome.value for r in results])
+        keep = ~bit
+        for item, result in zip(todo, results, strict=True):
+            outcome = result.outcome
+            if outcome is Outcome.DONE:
+                item.todo &= keep
+            elif outcome is Outcome.REJECT:
+                item.dead, item.stage = f"{sink.name}: {result.reason}", "sink"
+            else:
+                item.last_error = f"{sink.name}: {result.reason}"
+                item.retry_after = max(item.retry_after, result.retry_after)
+        for status, n in statuses.items():
+            self.service.metrics.sink_items.labels(sink.name, status).inc(n)
+
     def _settle(self, items: list[_Item]) -> list[_Item]:
         """Ack finished items, dead-letter rejected ones; return those still open."""
-        done = [it for it in items if it.dead is None and not it.todo]
-        dead = [it for it in items if it.dead is not None]
-        rest = [it for it in items if it.dead is None and it.todo]
+        done: list[_Item] = []
+        dead: list[_Item] = []
+        rest: list[_Item] = []
+        for it in items:
+            if it.dead is not None:
+                dead.append(it)
+            elif it.todo:
+                rest.append(it)
+            else:
+                done.append(it)
         if dead:
             rest += self._dead_letter(dead, done)
         if done:
@@ -578,7 +655,7 @@ class _Worker(threading.Thread):
     def _release(self, items: Sequence[_Item]) -> None:
         """Forget settled ``items`` in the in-flight count and bytes."""
         self._held -= len(items)
-        self._held_bytes -= sum(it.size for it in items)
+        self._held_bytes -= sum([it.size for it in items])
         self._m_in_flight.set(self._held)
         self._m_in_flight_bytes.set(self._held_bytes)
 
@@ -630,7 +707,7 @@ class CollectorService:
         self.metrics = CollectorMetrics()
         self.host_name = config.collector.host_name or socket.gethostname()
         self.sinks: list[Sink] = [build_sink(s, self.metrics) for s in config.sinks]
-        self.sink_indices = tuple(range(len(self.sinks)))
+        self.all_sinks = (1 << len(self.sinks)) - 1  # a bit per sink (see _Item.todo)
         self.stopping = threading.Event()
         self.finished = threading.Event()
         self.deadline = float("inf")

@@ -230,6 +230,38 @@ class TestPackedReaders:
 
 
 class TestPackedFaults:
+    def test_fan_out_retries_only_the_sink_that_lacks_them(
+        self, rabbitmq: Any, queue_name: str, service: Make, tmp_path: Path
+    ) -> None:
+        """Packed records fanned out to a file and to a ``_bulk`` peer that answers its first
+        requests with 503: they are retried to the peer only (the file gets each record
+        once), and every message is acked once both sinks have all its records."""
+
+        def fault(request: int, item: int) -> int | None:
+            return 503 if request <= 3 and item == -1 else None
+
+        url = _url(rabbitmq, "amqp", queue_name, "pack=100")
+        docs = [ecs_record(i) for i in range(1000)]
+        publish(url, docs)
+        path = tmp_path / "out.jsonl"
+        with BulkStandIn(fault) as es:
+            svc = service(
+                sources=[{"url": url}],
+                sinks=[
+                    {"type": "file", "path": str(path), "name": "file"},
+                    _es_sink(es.url, queue_name),
+                ],
+                pipeline={"batch_max_count": 300, "retry_initial": 0.05, "retry_max": 0.2},
+            )
+            wait_until(lambda: svc.metrics.value("acked") == 1000, timeout=30)
+            assert {d["event"]["id"] for d in docs} == set(es.docs)
+            assert svc.metrics.value("sink_items", status="503") > 0
+        ids = [json.loads(line)["event"]["id"] for line in path.read_text().splitlines()]
+        assert sorted(d["event"]["id"] for d in docs) == sorted(ids)
+        assert svc.metrics.value("retried", sink="file") == 0
+        assert svc.metrics.value("retried") > 0
+        assert rabbitmq.queue_depth(queue_name) == 0
+
     def test_broker_restarted_mid_stream(
         self, rabbitmq: Any, queue_name: str, service: Make, tmp_path: Path
     ) -> None:

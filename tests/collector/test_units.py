@@ -4,12 +4,16 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
+
+import pytest
 
 from harness.collector import BulkStandIn, ecs_record
 from mqlogging._types import Delivery
 from mqlogging.collector.config import ElasticsearchSinkConfig, FileSinkConfig
-from mqlogging.collector.service import decode
+from mqlogging.collector.service import Decoder, decode
 from mqlogging.collector.sinks import Outcome, Record
 from mqlogging.collector.sinks.deadletter import DeadLetter, dead_letter_body
 from mqlogging.collector.sinks.elasticsearch import ElasticsearchSink
@@ -70,6 +74,58 @@ class TestDecode:
             )
             assert record is None
             assert reason.startswith(expected), (body[:20], reason)
+
+    @pytest.mark.parametrize("max_fields", [1, 2, 3, 7, 20])
+    def test_field_limit_holds_for_the_densest_bodies(self, max_fields: int) -> None:
+        """A body of at most 3 * max_fields bytes is not scanned for colons (each key takes
+        3 bytes at least, ``"":``): the densest documents with one key too many (nested
+        empty keys, an array of one-key objects, one-letter keys) are still refused, and one
+        with exactly the limit is taken."""
+        n = max_fields + 1
+        dense = [
+            b'{"":' * n + b"0" + b"}" * n,
+            b'{"":[' + b",".join([b'{"":0}'] * max_fields) + b"]}",
+            b"{" + b",".join(b'"%c":0' % (97 + i) for i in range(n)) + b"}",
+        ]
+        decoder = Decoder(max_bytes=10_000, max_depth=100, max_fields=max_fields)
+        for body in dense:
+            record, reason = decoder(_d(body))
+            assert record is None, body
+            assert reason.startswith("too many fields"), (body, reason)
+        at_limit = b"{" + b",".join(b'"%c":0' % (97 + i) for i in range(max_fields)) + b"}"
+        record, reason = decoder(_d(at_limit))
+        assert record is not None
+        assert reason == ""
+
+    def test_decoder_enrichment_replaced_and_never_overwrites(self) -> None:
+        """A :class:`Decoder` sets the fields given last to :meth:`Decoder.enrich` (a worker
+        refreshes the received-at time per fetch), creates missing parents, and leaves alone
+        a field that exists or a path through a value that is not an object."""
+        decoder = Decoder(max_bytes=10_000, max_depth=10, enrich=[("event.ingested", "T1")])
+        body = json.dumps({"message": "text", "event": {"kind": "x"}}).encode()
+        first, _ = decoder(_d(body))
+        decoder.enrich([("event.ingested", "T2"), ("message.sub", 1), ("a.b.c", 2)])
+        second, _ = decoder(_d(body))
+        assert first is not None
+        assert second is not None
+        assert first.doc["event"] == {"kind": "x", "ingested": "T1"}
+        assert second.doc == {
+            "message": "text",
+            "event": {"kind": "x", "ingested": "T2"},
+            "a": {"b": {"c": 2}},
+        }
+
+    def test_tune_gc_in_a_process_of_its_own(self) -> None:
+        """``tune_gc`` (what ``mqlogging collect`` runs once its service is built) freezes
+        what is alive and raises the young-generation threshold; run in a child process,
+        because it is process-wide (an embedding application keeps its own GC)."""
+        code = (
+            "import gc; from mqlogging.collector import GC_YOUNG_THRESHOLD, tune_gc; "
+            "before = gc.get_threshold(); tune_gc(); after = gc.get_threshold(); "
+            "assert after == (GC_YOUNG_THRESHOLD, *before[1:]), (before, after); "
+            "assert gc.get_freeze_count() > 0"
+        )
+        subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
 
 
 class TestElasticsearchSink:
