@@ -127,6 +127,44 @@ class TestDecode:
         )
         subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
 
+    def test_run_leaves_an_embedding_process_gc_alone(self, tmp_path: Path) -> None:
+        """:func:`mqlogging.collector.run` is documented as a way to embed the collector: it
+        must not freeze the application's objects nor change its GC thresholds (only the
+        ``mqlogging collect`` command, whose process is the collector's own, tunes the GC).
+        Run in a child process that stops the collector with SIGTERM once it answers HTTP."""
+        code = f"""
+import gc, os, signal, threading, urllib.request
+from harness.helpers import free_port, wait_until
+from mqlogging.collector import run
+from mqlogging.collector.config import parse_config
+
+port = free_port()
+config = parse_config({{
+    "sources": [{{"url": "local://{tmp_path / 'in'}"}}],
+    "sinks": [{{"type": "null"}}],
+    "http": {{"listen": f"127.0.0.1:{{port}}"}},
+    "collector": {{"state_dir": "{tmp_path / 'state'}", "shutdown_timeout": 2.0}},
+}}, env={{}})
+
+def answers() -> bool:
+    try:
+        urllib.request.urlopen(f"http://127.0.0.1:{{port}}/healthz", timeout=1)
+    except OSError as exc:
+        return hasattr(exc, "code")  # an HTTP error status is an answer too
+    return True
+
+def stop_when_up() -> None:
+    wait_until(answers, timeout=30)
+    os.kill(os.getpid(), signal.SIGTERM)
+
+before = (gc.get_threshold(), gc.get_freeze_count())
+threading.Thread(target=stop_when_up, daemon=True).start()
+assert run(config) == 0
+after = (gc.get_threshold(), gc.get_freeze_count())
+assert after == before, (before, after)
+"""
+        subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
 
 class TestElasticsearchSink:
     def test_413_splits_until_it_fits(self) -> None:
