@@ -132,6 +132,7 @@ class TestDecode:
         must not freeze the application's objects nor change its GC thresholds (only the
         ``mqlogging collect`` command, whose process is the collector's own, tunes the GC).
         Run in a child process that stops the collector with SIGTERM once it answers HTTP."""
+        source, state = tmp_path / "in", tmp_path / "state"
         code = f"""
 import gc, os, signal, threading, urllib.request
 from harness.helpers import free_port, wait_until
@@ -140,10 +141,10 @@ from mqlogging.collector.config import parse_config
 
 port = free_port()
 config = parse_config({{
-    "sources": [{{"url": "local://{tmp_path / 'in'}"}}],
+    "sources": [{{"url": "local://{source}"}}],
     "sinks": [{{"type": "null"}}],
     "http": {{"listen": f"127.0.0.1:{{port}}"}},
-    "collector": {{"state_dir": "{tmp_path / 'state'}", "shutdown_timeout": 2.0}},
+    "collector": {{"state_dir": "{state}", "shutdown_timeout": 2.0}},
 }}, env={{}})
 
 def answers() -> bool:
