@@ -115,6 +115,18 @@ class TestDecode:
             "a": {"b": {"c": 2}},
         }
 
+    def test_enrichment_keeps_a_null_parent(self) -> None:
+        """A parent of an enrichment path that the record set to ``null`` is the record's
+        own field like any other value: it stays ``null`` (not replaced by an object holding
+        the enrichment), as a ``null`` leaf stays ``null``."""
+        decoder = Decoder(
+            max_bytes=10_000, max_depth=10, enrich=[("event.ingested", "T"), ("host.name", "h")]
+        )
+        body = json.dumps({"message": "m", "event": None, "host": {"name": None}}).encode()
+        record, _ = decoder(_d(body))
+        assert record is not None
+        assert record.doc == {"message": "m", "event": None, "host": {"name": None}}
+
     def test_tune_gc_in_a_process_of_its_own(self) -> None:
         """``tune_gc`` (what ``mqlogging collect`` runs once its service is built) freezes
         what is alive and raises the young-generation threshold; run in a child process,
