@@ -132,6 +132,9 @@ def _record_id(doc: dict[str, Any], delivery: Delivery) -> str:
     return read_id(doc) or delivery.id or new_id()
 
 
+_ABSENT: Any = object()
+"""What ``dict.get`` answers for a key the record does not have (``None`` is JSON's null)."""
+
 _Enrichment = list[tuple[tuple[str, ...], str, Any]]
 """(parent keys, leaf key, value) per field to set: dotted paths split once, not per record."""
 
@@ -145,12 +148,13 @@ def _split_paths(pairs: Sequence[tuple[str, Any]]) -> _Enrichment:
 
 
 def _enrich(doc: dict[str, Any], fields: _Enrichment) -> None:
-    """Set each field of ``fields`` on ``doc`` where it is absent."""
+    """Set each field of ``fields`` on ``doc`` where it is absent (a parent the record has,
+    ``null`` included, is never replaced)."""
     for parents, leaf, value in fields:
         target = doc
         for part in parents:
-            child = target.get(part)
-            if child is None:
+            child = target.get(part, _ABSENT)
+            if child is _ABSENT:
                 child = target[part] = {}
             elif not isinstance(child, dict):
                 break  # the record uses this name for something else: leave it alone
