@@ -115,6 +115,19 @@ class TestDecode:
             "a": {"b": {"c": 2}},
         }
 
+    def test_decoder_limits_cannot_drift_from_its_prepared_checks(self) -> None:
+        """A :class:`Decoder` prepares its cheap pre-checks from its limits once (the colon
+        count is skipped below 3 x ``max_fields`` bytes): the limits it shows are the ones it
+        enforces, so they are read-only (an assignment would leave the prepared skip at the
+        old limit and let a 60-key record through a limit of 10)."""
+        decoder = Decoder(max_bytes=10_000, max_depth=10, max_fields=1000)
+        body = json.dumps({f"k{i}": i for i in range(60)}).encode()
+        for name in ("max_bytes", "max_depth", "max_fields"):
+            with pytest.raises(AttributeError):
+                setattr(decoder, name, 10)
+        assert (decoder.max_bytes, decoder.max_depth, decoder.max_fields) == (10_000, 10, 1000)
+        assert Decoder(max_bytes=10_000, max_depth=10, max_fields=10)(_d(body))[0] is None
+
     def test_enrichment_keeps_a_null_parent(self) -> None:
         """A parent of an enrichment path that the record set to ``null`` is the record's
         own field like any other value: it stays ``null`` (not replaced by an object holding
