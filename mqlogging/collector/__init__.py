@@ -45,6 +45,14 @@ def run(config: CollectorConfig) -> int:
     """
     from .service import CollectorService
 
+    return CollectorService(config).run()
+
+
+def _run_own_process(config: CollectorConfig) -> int:
+    """:func:`run` in a process that is the collector's own (``mqlogging collect``, ``python
+    -m``): the GC is tuned for it (:func:`tune_gc`) once the service is built."""
+    from .service import CollectorService
+
     service = CollectorService(config)
     tune_gc()
     return service.run()
@@ -53,8 +61,9 @@ def run(config: CollectorConfig) -> int:
 def tune_gc() -> None:
     """Set CPython's cyclic garbage collector up for a collector process (issue #13).
 
-    Called by :func:`run` once the service is built, so it applies to the process that runs
-    the collector (``mqlogging collect``), not to an application that embeds a
+    Called by the ``collect`` command (``mqlogging collect``, ``python -m
+    mqlogging.collector``) once the service is built, so it applies to the process that runs
+    the collector, not to an application that embeds it with :func:`run` or a
     :class:`CollectorService`: the GC is process-wide, and that is the application's call.
 
     Why: each record in flight is a few container objects (its delivery, its document, its
@@ -123,7 +132,7 @@ def run_command(args: argparse.Namespace) -> int:
     # httpx (OTLP sink) logs each POST with its full URL, a password in it included.
     for chatty in ("elastic_transport", "pika", "stomp.py", "httpx", "httpcore"):
         logging.getLogger(chatty).setLevel(max(logging.WARNING, logging.getLogger().level))
-    return run(config)
+    return _run_own_process(config)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -132,6 +132,9 @@ def _record_id(doc: dict[str, Any], delivery: Delivery) -> str:
     return read_id(doc) or delivery.id or new_id()
 
 
+_ABSENT: Any = object()
+"""What ``dict.get`` answers for a key the record does not have (``None`` is JSON's null)."""
+
 _Enrichment = list[tuple[tuple[str, ...], str, Any]]
 """(parent keys, leaf key, value) per field to set: dotted paths split once, not per record."""
 
@@ -145,12 +148,13 @@ def _split_paths(pairs: Sequence[tuple[str, Any]]) -> _Enrichment:
 
 
 def _enrich(doc: dict[str, Any], fields: _Enrichment) -> None:
-    """Set each field of ``fields`` on ``doc`` where it is absent."""
+    """Set each field of ``fields`` on ``doc`` where it is absent (a parent the record has,
+    ``null`` included, is never replaced)."""
     for parents, leaf, value in fields:
         target = doc
         for part in parents:
-            child = target.get(part)
-            if child is None:
+            child = target.get(part, _ABSENT)
+            if child is _ABSENT:
                 child = target[part] = {}
             elif not isinstance(child, dict):
                 break  # the record uses this name for something else: leave it alone
@@ -167,7 +171,7 @@ class Decoder:
     (a worker refreshes the received-at time once per fetch, not per record).
     """
 
-    __slots__ = ("_colons_from", "_fields", "max_bytes", "max_depth", "max_fields")
+    __slots__ = ("_colons_from", "_fields", "_max_bytes", "_max_depth", "_max_fields")
 
     def __init__(
         self,
@@ -177,13 +181,29 @@ class Decoder:
         max_fields: int = 1000,
         enrich: Sequence[tuple[str, Any]] = (),
     ) -> None:
-        self.max_bytes = max_bytes
-        self.max_depth = max_depth
-        self.max_fields = max_fields
+        # Read-only (see the properties): the checks below are prepared from them once.
+        self._max_bytes = max_bytes
+        self._max_depth = max_depth
+        self._max_fields = max_fields
         # Each key takes 3 bytes at least (``"":``), so a body of at most 3 * max_fields bytes
         # cannot hold more than max_fields keys: its colons need not be counted.
         self._colons_from = 3 * max_fields
         self._fields = _split_paths(enrich)
+
+    @property
+    def max_bytes(self) -> int:
+        """Largest message body accepted, in bytes."""
+        return self._max_bytes
+
+    @property
+    def max_depth(self) -> int:
+        """Deepest nesting of objects and arrays accepted."""
+        return self._max_depth
+
+    @property
+    def max_fields(self) -> int:
+        """Most keys accepted in a record, counted over every nested object."""
+        return self._max_fields
 
     def enrich(self, pairs: Sequence[tuple[str, Any]]) -> None:
         """From now on, set these (dotted path, value) pairs on records where absent."""
@@ -196,12 +216,12 @@ class Decoder:
         if refused is not None:
             return None, f"packed message refused: {refused}"
         size = len(body)
-        if size > self.max_bytes:
-            return None, f"oversize: {size} bytes > max_message_bytes {self.max_bytes}"
+        if size > self._max_bytes:
+            return None, f"oversize: {size} bytes > max_message_bytes {self._max_bytes}"
         try:
             doc = loads(body)
         except DECODE_ERRORS as exc:
-            return None, _undecodable(body, exc, self.max_depth)
+            return None, _undecodable(body, exc, self._max_depth)
         if not isinstance(doc, dict):
             return None, f"not a JSON object: got {type(doc).__name__}"
         # Cheap pre-checks (C speed): fewer brackets than the limit cannot nest deeper than it,
@@ -210,10 +230,10 @@ class Decoder:
         brackets = body.count(b"{")
         if body.find(b"[") >= 0:
             brackets += body.count(b"[")
-        if brackets > self.max_depth or (
-            size > self._colons_from and body.count(b":") > self.max_fields
+        if brackets > self._max_depth or (
+            size > self._colons_from and body.count(b":") > self._max_fields
         ):
-            problem = _shape_problem(doc, self.max_depth, self.max_fields)
+            problem = _shape_problem(doc, self._max_depth, self._max_fields)
             if problem:
                 return None, problem
         if self._fields:

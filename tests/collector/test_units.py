@@ -115,6 +115,31 @@ class TestDecode:
             "a": {"b": {"c": 2}},
         }
 
+    def test_decoder_limits_cannot_drift_from_its_prepared_checks(self) -> None:
+        """A :class:`Decoder` prepares its cheap pre-checks from its limits once (the colon
+        count is skipped below 3 x ``max_fields`` bytes): the limits it shows are the ones it
+        enforces, so they are read-only (an assignment would leave the prepared skip at the
+        old limit and let a 60-key record through a limit of 10)."""
+        decoder = Decoder(max_bytes=10_000, max_depth=10, max_fields=1000)
+        body = json.dumps({f"k{i}": i for i in range(60)}).encode()
+        for name in ("max_bytes", "max_depth", "max_fields"):
+            with pytest.raises(AttributeError):
+                setattr(decoder, name, 10)
+        assert (decoder.max_bytes, decoder.max_depth, decoder.max_fields) == (10_000, 10, 1000)
+        assert Decoder(max_bytes=10_000, max_depth=10, max_fields=10)(_d(body))[0] is None
+
+    def test_enrichment_keeps_a_null_parent(self) -> None:
+        """A parent of an enrichment path that the record set to ``null`` is the record's
+        own field like any other value: it stays ``null`` (not replaced by an object holding
+        the enrichment), as a ``null`` leaf stays ``null``."""
+        decoder = Decoder(
+            max_bytes=10_000, max_depth=10, enrich=[("event.ingested", "T"), ("host.name", "h")]
+        )
+        body = json.dumps({"message": "m", "event": None, "host": {"name": None}}).encode()
+        record, _ = decoder(_d(body))
+        assert record is not None
+        assert record.doc == {"message": "m", "event": None, "host": {"name": None}}
+
     def test_tune_gc_in_a_process_of_its_own(self) -> None:
         """``tune_gc`` (what ``mqlogging collect`` runs once its service is built) freezes
         what is alive and raises the young-generation threshold; run in a child process,
@@ -125,6 +150,45 @@ class TestDecode:
             "assert after == (GC_YOUNG_THRESHOLD, *before[1:]), (before, after); "
             "assert gc.get_freeze_count() > 0"
         )
+        subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+    def test_run_leaves_an_embedding_process_gc_alone(self, tmp_path: Path) -> None:
+        """:func:`mqlogging.collector.run` is documented as a way to embed the collector: it
+        must not freeze the application's objects nor change its GC thresholds (only the
+        ``mqlogging collect`` command, whose process is the collector's own, tunes the GC).
+        Run in a child process that stops the collector with SIGTERM once it answers HTTP."""
+        source, state = tmp_path / "in", tmp_path / "state"
+        code = f"""
+import gc, os, signal, threading, urllib.request
+from harness.helpers import free_port, wait_until
+from mqlogging.collector import run
+from mqlogging.collector.config import parse_config
+
+port = free_port()
+config = parse_config({{
+    "sources": [{{"url": "local://{source}"}}],
+    "sinks": [{{"type": "null"}}],
+    "http": {{"listen": f"127.0.0.1:{{port}}"}},
+    "collector": {{"state_dir": "{state}", "shutdown_timeout": 2.0}},
+}}, env={{}})
+
+def answers() -> bool:
+    try:
+        urllib.request.urlopen(f"http://127.0.0.1:{{port}}/healthz", timeout=1)
+    except OSError as exc:
+        return hasattr(exc, "code")  # an HTTP error status is an answer too
+    return True
+
+def stop_when_up() -> None:
+    wait_until(answers, timeout=30)
+    os.kill(os.getpid(), signal.SIGTERM)
+
+before = (gc.get_threshold(), gc.get_freeze_count())
+threading.Thread(target=stop_when_up, daemon=True).start()
+assert run(config) == 0
+after = (gc.get_threshold(), gc.get_freeze_count())
+assert after == before, (before, after)
+"""
         subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
 
 
