@@ -59,9 +59,13 @@ def _table(rows: list[dict[str, Any]]) -> str:
         "|---|---|---|---|---|",
     ]
     for r in rows:
+        baseline = (
+            f"{r['baseline_name']}: {_fmt(r['baseline_value'])}" if r.get("baseline_name") else ""
+        )
+        ratio = f"{_fmt(r['ratio'])}x" if r.get("ratio") not in (None, "") else ""
         lines.append(
-            f"| {r['name']} | {_fmt(r['value'])} {r['unit']} | {r['baseline_name']}: "
-            f"{_fmt(r['baseline_value'])} | {_fmt(r['ratio'])}x | {r.get('goal', '')} |"
+            f"| {r['name']} | {_fmt(r['value'])} {r['unit']} | {baseline} | {ratio} "
+            f"| {r.get('goal', '')} |"
         )
     return "\n".join(lines)
 
@@ -92,13 +96,13 @@ def main() -> int:
         try:
             module = importlib.import_module(f"benchmarks.{module_name}")
             rows = module.run(**(quick if args.quick else full))
-        except Exception:
+            table = getattr(module, "render", _table)(rows)
+        except Exception:  # one broken suite must not lose the others' figures
             traceback.print_exc()
             failed.append(module_name)
             sections.append(f"## {title}\n\nFAILED in this run (see the console output).\n")
             continue
         took = time.monotonic() - started
-        table = getattr(module, "render", _table)(rows)
         print(table, flush=True)
         notes = getattr(module, "NOTES", "")
         sections.append(
