@@ -271,9 +271,9 @@ def producer_rows(
 def _collector_rate(url: str, n: int, sink: dict[str, Any]) -> float:
     """Records/s of an in-process collector draining ``n`` records from ``url`` into
     ``sink``: from the first delivery to the last record acked. The process's GC is set up as
-    ``mqlogging collect`` sets up its own (:func:`mqlogging.collector.tune_gc`), unless
-    ``MQLOGGING_BENCH_DEFAULT_GC`` is set (to measure what an embedding application gets)."""
-    from mqlogging.collector import tune_gc
+    ``mqlogging collect`` sets up its own, unless ``MQLOGGING_BENCH_DEFAULT_GC`` is set (see
+    :func:`benchmarks.bench_collector.collector_gc`)."""
+    from benchmarks.bench_collector import collector_gc
     from mqlogging.collector.config import parse_config
     from mqlogging.collector.service import CollectorService
 
@@ -287,8 +287,11 @@ def _collector_rate(url: str, n: int, sink: dict[str, Any]) -> float:
         env={},
     )
     svc = CollectorService(config)
-    if not os.environ.get("MQLOGGING_BENCH_DEFAULT_GC"):
-        tune_gc()
+    with collector_gc():
+        return _drain(svc, n)
+
+
+def _drain(svc: Any, n: int) -> float:
     svc.start()
     try:
         deadline = time.monotonic() + 300
