@@ -206,13 +206,18 @@ def _schema(ns: Any) -> str | None:
     return schema if isinstance(schema, str) and schema in _ID_PATHS else None
 
 
+def _schema_id(doc: dict[str, Any], schema: str) -> str | None:
+    """The usable record id of ``doc``, a record of ``schema`` (the one rule for both readers)."""
+    return _usable_id(_get(doc, _ID_PATHS[schema]))
+
+
 def read_id(doc: Any) -> str | None:
     """The record id of a decoded record: :func:`read_meta`'s ``id``, by the same rule, without
     reading the rest (the collector asks for every record it consumes). Never raises."""
     if not isinstance(doc, dict):
         return None
     schema = _schema(doc.get(NAMESPACE))
-    return None if schema is None else _usable_id(_get(doc, _ID_PATHS[schema]))
+    return None if schema is None else _schema_id(doc, schema)
 
 
 def read_meta(doc: Any) -> RecordMeta:
@@ -226,7 +231,7 @@ def read_meta(doc: Any) -> RecordMeta:
     ns = doc.get(NAMESPACE)
     schema = _schema(ns)
     if schema is not None:
-        rid = _usable_id(_get(doc, _ID_PATHS[schema]))
+        rid = _schema_id(doc, schema)
         time_value = doc.get(_TIME_KEYS[schema])
         if schema in _NANOS_SCHEMAS:
             time_value = _nanos_iso(time_value)

@@ -36,6 +36,16 @@ def _message(producer: str, seq: int) -> Message:
     return Message(rid, json.dumps(doc).encode())
 
 
+def _filled_topic(kafka: KafkaAdmin, topic: str, n: int) -> tuple[str, list[Message]]:
+    """A new one-partition ``topic`` holding ``n`` records of one producer; its URL and them."""
+    kafka.create_topic(topic, partitions=1)
+    url = kafka.url(topic)
+    sent = [_message("h:1:a", i) for i in range(n)]
+    with open_producer(url) as producer:
+        producer.publish_batch(sent)
+    return url, sent
+
+
 def _drain(consumer: Any, expected: int, ack: bool = True, timeout: float = 20.0) -> list[Delivery]:
     got: list[Delivery] = []
 
@@ -142,11 +152,7 @@ def test_offsets_are_committed_only_below_the_first_unacked_record(
     """Against the noida-db Kafka stand-in: a consumer acks every record but one early one
     and closes; the next member of the group reads again from that record (nothing after an
     unacked record is lost by an out-of-order ack), and nothing before it."""
-    kafka.create_topic(queue_name, partitions=1)
-    url = kafka.url(queue_name)
-    sent = [_message("h:1:a", i) for i in range(300)]
-    with open_producer(url) as producer:
-        producer.publish_batch(sent)
+    url, sent = _filled_topic(kafka, queue_name, 300)
     with open_consumer(url, group=queue_name) as first:
         got = _drain(first, 300, ack=False)
         first.ack(got[:100] + got[101:])  # record 100 is still with the sinks
@@ -160,11 +166,7 @@ def test_offsets_are_committed_only_below_the_first_unacked_record(
 def test_nack_with_requeue_reads_the_records_again(kafka: KafkaAdmin, queue_name: str) -> None:
     """Against the noida-db Kafka stand-in: records given back with ``nack(requeue=True)``
     are fetched again by the same consumer (the partition seeks back), then acked."""
-    kafka.create_topic(queue_name, partitions=1)
-    url = kafka.url(queue_name)
-    sent = [_message("h:1:a", i) for i in range(50)]
-    with open_producer(url) as producer:
-        producer.publish_batch(sent)
+    url, sent = _filled_topic(kafka, queue_name, 50)
     with open_consumer(url, group=queue_name) as consumer:
         got = _drain(consumer, 50, ack=False)
         consumer.ack(got[:10])
@@ -184,11 +186,7 @@ def test_nack_hands_out_again_only_the_records_given_back(
     or an MQConsumer callback would get them twice, and a record nacked for good would bring
     the rest of its batch back on every try). Acking the in-flight ones still counts: the
     group's lag ends at 0."""
-    kafka.create_topic(queue_name, partitions=1)
-    url = kafka.url(queue_name)
-    sent = [_message("h:1:a", i) for i in range(100)]
-    with open_producer(url) as producer:
-        producer.publish_batch(sent)
+    url, sent = _filled_topic(kafka, queue_name, 100)
     with open_consumer(url, group=queue_name) as consumer:
         got = _drain(consumer, 100, ack=False)
         consumer.ack(got[:40] + got[41:80])
