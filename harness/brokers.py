@@ -1030,7 +1030,11 @@ class NoidaServer(Broker):
 class NoidaES(NoidaServer):
     """A private noida-db server speaking the Elasticsearch REST API (reports 8.15.3).
 
-    ``url`` has no credentials; the data directory survives restarts.
+    ``url`` has no credentials; the data directory survives restarts. It keeps what it was
+    sent only once it is quiet: documents it answered ``201`` for in its last moments before
+    :meth:`stop` can be gone after the restart (a real Elasticsearch syncs its translog before
+    it answers), so outages while writes are in flight are a cut
+    :class:`~harness.proxy.TcpProxy` in front of it.
     """
 
     name = "noida-es"
