@@ -99,6 +99,11 @@ class Consumer(_ClosedOnExit):
         a broker restart; deliveries received before the loss of a connection are void (the
         broker redelivers them) and acking them is a no-op.
 
+        ``max_messages=0`` holds: the caller has all it may take; nothing is handed out, but
+        the consumer keeps its session alive for ``timeout`` seconds (AMQP heartbeats, a
+        Kafka member's group membership). A caller that stops fetching while it is full
+        calls this instead, when the transport says so (``Transport.fetch_when_full``).
+
         Raises:
             ConnectError: no host could be reached on this attempt; call again to retry.
         """

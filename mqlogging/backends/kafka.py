@@ -112,6 +112,8 @@ from .registry import Transport
 
 __all__ = ["TRANSPORT", "KafkaConsumer", "KafkaEndpoint", "KafkaProducer", "KafkaTap"]
 
+_log = logging.getLogger("mqlogging.backends.kafka")
+
 _ID_HEADER = "mqlogging-id"
 _CONTENT_TYPE = ("content-type", b"application/json")
 _COMPRESSIONS = ("none", "gzip", "snappy", "lz4", "zstd")
@@ -131,6 +133,15 @@ _CONSUMER_METADATA_MS = 5000
 _MAX_TIMEOUT = 300.0
 _MAX_CONNECT_TIMEOUT = 86_400.0
 _MAX_PREFETCH = 1_000_000
+# A consumer's session (librdkafka's session.timeout.ms, 45 s by default) must not exceed its
+# max.poll.interval.ms, and Kafka brokers refuse sessions below 6 s
+# (group.min.session.timeout.ms): max_poll_interval goes from 6 s, the session follows it
+# below 45 s.
+_MIN_POLL_INTERVAL = 6.0
+_SESSION_TIMEOUT = 45.0
+# Seconds between two commits of the settled offsets that are not committed yet (a failed
+# commit, or offsets settled while a commit was in flight), made by fetch.
+_COMMIT_RETRY = 1.0
 
 # -- the endpoint: kafka://h1:9092,h2/TOPIC?group=...&compression=... --------------------------
 
@@ -152,15 +163,21 @@ class KafkaEndpoint(Endpoint):
         "group_instance",
         "compression",
         "linger_ms",
+        "max_poll_interval",
         "sasl_mechanism",
     }
-    option_types: ClassVar[Mapping[str, Coercer]] = {**COMMON_TYPES, "linger_ms": to_number}
+    option_types: ClassVar[Mapping[str, Coercer]] = {
+        **COMMON_TYPES,
+        "linger_ms": to_number,
+        "max_poll_interval": to_number,
+    }
 
     topic: str = ""
     group: str = "mqlogging"
     group_instance: str = ""
     compression: str = "lz4"
     linger_ms: float = 5.0
+    max_poll_interval: float = 300.0
     sasl_mechanism: str = "PLAIN"
 
     @classmethod
@@ -202,6 +219,12 @@ class KafkaEndpoint(Endpoint):
             raise ConfigurationError(msg)
         if not 0 <= self.linger_ms <= 10_000:
             msg = f"{where}: linger_ms must be a number of milliseconds from 0 to 10000"
+            raise ConfigurationError(msg)
+        if not _MIN_POLL_INTERVAL <= self.max_poll_interval <= _MAX_CONNECT_TIMEOUT:
+            msg = (
+                f"{where}: max_poll_interval must be {_MIN_POLL_INTERVAL:g} to "
+                f"{_MAX_CONNECT_TIMEOUT:g} seconds (Kafka refuses sessions below 6 s)"
+            )
             raise ConfigurationError(msg)
         if not self.group:
             msg = f"{where}: group must not be empty (the collectors' consumer group)"
@@ -597,29 +620,48 @@ class _Partition:
     """Offsets of one assigned partition: handed out and not settled, given back to be
     handed out again, and one past the highest handed out.
 
-    ``position()`` is what may be committed: every record below it is settled.
+    ``position()`` is what may be committed: every record below it is settled. ``committed``
+    is the highest offset the group coordinator confirmed, ``committing`` the one of the
+    commit in flight (-1: none). ``floor``: this member settled every record below it while
+    it owned the partition before (a commit of it had not been confirmed when the partition
+    was taken away), so those records are not handed out again.
     """
 
     generation: int
+    floor: int = -1
     pending: set[int] = field(default_factory=set)
     redo: set[int] = field(default_factory=set)
     next: int = -1
     committed: int = -1
+    committing: int = -1
 
     def take(self, offset: int) -> bool:
         """Whether the record read at ``offset`` is handed out: a new one, or one given back.
         A record read again after a seek that was already handed out (settled, or still in
-        flight with the caller) is not: only what was given back comes again."""
+        flight with the caller) is not: only what was given back comes again. Nor is one
+        below ``floor``: it was settled before, it only moves the position on."""
         if offset in self.redo:
             self.redo.discard(offset)
         elif offset < self.next:
+            return False
+        elif offset < self.floor:
+            self.next = offset + 1
             return False
         self.pending.add(offset)
         self.next = max(self.next, offset + 1)
         return True
 
+    def wants(self, offset: int) -> bool:
+        """Whether :meth:`take` would hand the record at ``offset`` out (changing nothing)."""
+        return offset in self.redo or offset >= max(self.next, self.floor)
+
     def position(self) -> int:
         return min(min(self.pending, default=self.next), min(self.redo, default=self.next))
+
+    def unconfirmed(self) -> int:
+        """The settled position when the coordinator has not confirmed it yet, else -1."""
+        position = self.position()
+        return position if position > self.committed else -1
 
     def give_back(self, offsets: Sequence[int]) -> int:
         """``offsets`` are to be handed out again; returns where to read from (the lowest
@@ -645,10 +687,18 @@ class KafkaConsumer(_Client, Consumer):
         super().__init__(endpoint, **options)
         self._parts: dict[int, _Partition] = {}
         self._generation = 0
+        self._holding = False  # fetch(0): every assigned partition is paused
+        # Settled positions of partitions taken away before their commit was confirmed: the
+        # floor of the partition if it comes back (see _Partition.floor).
+        self._floors: dict[int, int] = {}
+        self._commit_at = 0.0  # when fetch next commits what is settled and not confirmed
+        self._commit_failing = False
+        self._token: object = None  # the handle whose commit reports count (see _on_commit)
 
     def _ensure_handle(self) -> Any:
         if self._handle is None:
             ep = self.endpoint
+            token = self._token = object()
             config = self._settings()
             config.update(
                 {
@@ -658,6 +708,9 @@ class KafkaConsumer(_Client, Consumer):
                     "auto.offset.reset": "earliest",
                     "queued.max.messages.kbytes": _CONSUMER_QUEUE_KB,
                     "topic.metadata.refresh.interval.ms": _CONSUMER_METADATA_MS,
+                    "max.poll.interval.ms": int(ep.max_poll_interval * 1000),
+                    "session.timeout.ms": int(min(_SESSION_TIMEOUT, ep.max_poll_interval) * 1000),
+                    "on_commit": lambda err, tps: self._on_commit(token, err, tps),
                 }
             )
             if ep.group_instance:
@@ -675,45 +728,98 @@ class KafkaConsumer(_Client, Consumer):
             self._handle = handle
         return self._handle
 
-    # Rebalance callbacks: librdkafka calls them inside consume(), on the owner thread.
+    # Rebalance and commit callbacks: librdkafka calls them inside consume(), on the owner
+    # thread.
 
     def _on_assign(self, consumer: Any, partitions: list[Any]) -> None:
+        """New partitions, paused at once while the caller holds (fetch(0)), resumed
+        otherwise: librdkafka keeps a partition's pause across a revoke and a new assign."""
         if consumer is not self._handle:
             return  # a closed handle's last callbacks (see close)
         self._generation += 1
         for tp in partitions:
-            self._parts[tp.partition] = _Partition(self._generation)
+            floor = self._floors.get(tp.partition, -1)
+            self._parts[tp.partition] = _Partition(self._generation, floor)
+        if partitions:
+            consumer.assign(partitions)  # now rather than after the callback: to pause them
+            (consumer.pause if self._holding else consumer.resume)(partitions)
 
     def _on_revoke(self, consumer: Any, partitions: list[Any]) -> None:
         """Commit the settled prefix of each revoked partition; its records still in flight
         become void (their next owner reads them again)."""
         if consumer is not self._handle:
             return
-        self._commit(consumer, [tp.partition for tp in partitions], asynchronous=True)
+        self._commit(consumer, [tp.partition for tp in partitions], force=True)
         self._on_lost(consumer, partitions)
 
     def _on_lost(self, consumer: Any, partitions: list[Any]) -> None:
+        """Forget the partitions; keep the settled position of those whose commit is not
+        confirmed (should they come back, those records are not handed out again)."""
         if consumer is not self._handle:
             return
         for tp in partitions:
-            self._parts.pop(tp.partition, None)
+            part = self._parts.pop(tp.partition, None)
+            if part is not None and part.unconfirmed() >= 0:
+                self._floors[tp.partition] = max(part.unconfirmed(), part.floor)
+
+    def _on_commit(self, token: object, error: Any, partitions: list[Any]) -> None:
+        """A commit's outcome: confirmed offsets are recorded, failed ones are committed
+        again by the next fetch (see :meth:`_commit_settled`)."""
+        if token is not self._token:
+            return  # a closed handle's report
+        failed = None
+        for tp in partitions:
+            problem = error if error is not None else tp.error
+            part = self._parts.get(tp.partition)
+            if part is not None and part.committing == tp.offset:
+                part.committing = -1
+            if problem is not None:
+                failed = problem
+            elif tp.offset >= 0:
+                if part is not None:
+                    part.committed = max(part.committed, tp.offset)
+                if self._floors.get(tp.partition, -1) <= tp.offset:
+                    self._floors.pop(tp.partition, None)
+        self._note_commit(failed)
+
+    def _note_commit(self, failed: Any) -> None:
+        """Say when commits start failing (once) and when they work again."""
+        if failed is not None and not self._commit_failing:
+            _log.warning(
+                "%s: offset commit failed (%s); retrying every %gs",
+                self.endpoint.redacted(),
+                _describe(failed),
+                _COMMIT_RETRY,
+            )
+        elif failed is None and self._commit_failing:
+            _log.info("%s: offsets committed again", self.endpoint.redacted())
+        self._commit_failing = failed is not None
 
     def fetch(self, max_messages: int, timeout: float) -> list[Delivery]:
         """Up to ``max_messages`` records within ``timeout`` seconds (see :class:`Consumer`).
+
+        ``max_messages=0`` holds: every assigned partition is paused (so are partitions
+        assigned meanwhile) and the client is served for ``timeout`` seconds (the group's
+        heartbeats, rebalances, commit reports, librdkafka's ``max.poll.interval.ms``); the
+        next call for records resumes them, from the first record not handed out yet.
 
         Raises:
             ConnectError: librdkafka reported that no broker can be reached (or a fatal
                 error) and nothing arrived; call again, it keeps reconnecting.
         """
         handle = self._ensure_handle()
-        if max_messages <= 0:
-            return []
+        self._hold(handle, max_messages <= 0)
         try:
-            messages = handle.consume(min(max_messages, self.endpoint.prefetch), max(0, timeout))
+            messages = handle.consume(
+                max(1, min(max_messages, self.endpoint.prefetch)), max(0, timeout)
+            )
         except self._ck.KafkaException as exc:
             msg = f"cannot receive: {_describe(exc.args[0])}"
             raise ConnectError(msg, endpoint=self.endpoint.redacted()) from exc
+        if self._holding:
+            messages = self._put_back(handle, messages)
         out = [d for d in (self._delivery(m) for m in messages) if d is not None]
+        self._commit_settled(handle)
         problem = self._fatal or self._down
         if not out and problem is not None:
             self._down = None
@@ -722,6 +828,35 @@ class KafkaConsumer(_Client, Consumer):
         if out:
             self._down = None
         return out
+
+    def _hold(self, handle: Any, hold: bool) -> None:
+        """Pause every assigned partition (``hold``) or resume them, when that changes."""
+        if hold == self._holding:
+            return
+        self._holding = hold
+        with contextlib.suppress(self._ck.KafkaException, RuntimeError):
+            assigned = handle.assignment()
+            if assigned:
+                (handle.pause if hold else handle.resume)(assigned)
+
+    def _put_back(self, handle: Any, messages: list[Any]) -> list[Any]:
+        """Records read while holding (librdkafka had them before the pause took effect)
+        are not handed out: each partition seeks back to the first of them, so they come
+        after the resume. Returns the error events, which are not records."""
+        back: dict[int, int] = {}
+        events = []
+        for message in messages:
+            if message.error() is not None:
+                events.append(message)
+                continue
+            partition, offset = message.partition(), message.offset()
+            part = self._parts.get(partition)
+            if part is not None and part.wants(offset):
+                back[partition] = min(offset, back.get(partition, offset))
+        for partition, offset in back.items():
+            with contextlib.suppress(self._ck.KafkaException):
+                handle.seek(self._ck.TopicPartition(self.endpoint.topic, partition, offset))
+        return events
 
     def _delivery(self, message: Any) -> Delivery | None:
         error = message.error()
@@ -758,15 +893,15 @@ class KafkaConsumer(_Client, Consumer):
 
     def ack(self, deliveries: Sequence[Delivery]) -> None:
         """Mark ``deliveries`` done and commit (asynchronously) each partition's settled
-        prefix. Void deliveries are ignored. A commit lost with the connection or the process
-        only means those records are read again."""
+        prefix. Void deliveries are ignored. A commit that fails is made again by the next
+        fetch; one lost with the process only means those records are read again."""
         handle = self._handle
         if handle is None:
             return
         settled = self._ours(deliveries)
         for partition, offsets in settled.items():
             self._parts[partition].pending.difference_update(offsets)
-        self._commit(handle, list(settled), asynchronous=True)
+        self._commit(handle, list(settled))
 
     def nack(self, deliveries: Sequence[Delivery], *, requeue: bool = True) -> None:
         """``requeue``: hand them out again (the partition seeks back to the first one; of
@@ -784,43 +919,86 @@ class KafkaConsumer(_Client, Consumer):
             with contextlib.suppress(self._ck.KafkaException):
                 handle.seek(self._ck.TopicPartition(self.endpoint.topic, partition, first))
 
-    def _commit(self, handle: Any, partitions: list[int], *, asynchronous: bool) -> None:
+    def _commit_settled(self, handle: Any) -> None:
+        """Every ``_COMMIT_RETRY`` seconds, commit the settled positions not confirmed yet:
+        a commit that failed (coordinator moving, broker restarted) or offsets settled
+        while a commit was in flight."""
+        now = time.monotonic()
+        if now >= self._commit_at:
+            self._commit_at = now + _COMMIT_RETRY
+            self._commit(handle, list(self._parts))
+
+    def _commit(self, handle: Any, partitions: list[int], *, force: bool = False) -> None:
+        """Commit asynchronously the settled position of ``partitions`` not confirmed yet,
+        one commit in flight per partition (``force``: even with one in flight)."""
         offsets = []
         for partition in partitions:
             part = self._parts.get(partition)
-            if part is None:
+            if part is None or (part.committing >= 0 and not force):
                 continue
-            position = part.position()
-            if position > part.committed:
-                part.committed = position
+            position = part.unconfirmed()
+            if position >= 0:
+                part.committing = position
                 offsets.append(self._ck.TopicPartition(self.endpoint.topic, partition, position))
-        if offsets:
-            with contextlib.suppress(self._ck.KafkaException, RuntimeError):
-                handle.commit(offsets=offsets, asynchronous=asynchronous)
+        if not offsets:
+            return
+        try:
+            handle.commit(offsets=offsets, asynchronous=True)
+        except (self._ck.KafkaException, RuntimeError) as exc:
+            for tp in offsets:
+                self._parts[tp.partition].committing = -1
+            self._note_commit(exc.args[0] if exc.args else exc)
 
     def close(self) -> None:
-        """Commit the settled prefixes, leave the group (its partitions move to the other
-        members at once) and drop the client. Unacked records are read again. Idempotent.
+        """Commit the settled prefixes (synchronously), leave the group (its partitions move
+        to the other members at once) and drop the client. Unacked records are read again.
+        Idempotent.
 
-        Bounded by ``timeout`` (at most 5 s): librdkafka's close waits for an outstanding
-        commit, which takes its whole session timeout (45 s) when the brokers are gone. The
-        close then goes on in a daemon thread and this returns; a commit it could not make
-        only means the group reads those records again.
+        Bounded by ``timeout`` (at most 5 s): the commit waits for the coordinator, and
+        librdkafka's close for an outstanding commit, which takes its whole session timeout
+        (45 s) when the brokers are gone. The close then goes on in a daemon thread and
+        this returns; a commit it could not make only means the group reads those records
+        again (it is logged).
         """
         handle, self._handle = self._handle, None
         if handle is None:
             return
-        with contextlib.suppress(Exception):
-            self._commit(handle, list(self._parts), asynchronous=True)
-        self._parts = {}
+        self._token = None  # the handle's commit reports no longer count
+        topic, ck = self.endpoint.topic, self._ck
+        offsets = [
+            ck.TopicPartition(topic, partition, part.unconfirmed())
+            for partition, part in self._parts.items()
+            if part.unconfirmed() >= 0
+        ]
+        self._parts, self._floors, self._holding = {}, {}, False
+        where = self.endpoint.redacted()
         closing = threading.Thread(
-            target=_close_quietly, args=(handle,), daemon=True, name="mqlogging-kafka-close"
+            target=_close_quietly,
+            args=(handle, offsets, where),
+            daemon=True,
+            name="mqlogging-kafka-close",
         )
         closing.start()
         closing.join(min(self.endpoint.timeout, _CLOSE_WAIT))
 
 
-def _close_quietly(handle: Any) -> None:
+def _close_quietly(handle: Any, offsets: list[Any], where: str) -> None:
+    """Commit ``offsets`` and wait for the outcome, then close ``handle`` (the group is
+    left). A failed commit is logged: those records will be read again."""
+    try:
+        if offsets:
+            done = handle.commit(offsets=offsets, asynchronous=False)
+            failed = [tp for tp in done or () if tp.error is not None]
+            if failed:
+                _log.warning(
+                    "%s: final commit failed (%s): settled records of %d partition(s) will be "
+                    "read again",
+                    where,
+                    _describe(failed[0].error),
+                    len(failed),
+                )
+    except Exception as exc:  # the commit raises KafkaException; nothing may escape here
+        _log.warning("%s: final commit failed (%s): settled records will be read again", where, exc)
     with contextlib.suppress(Exception):
         handle.close()
 
@@ -922,6 +1100,7 @@ TRANSPORT = Transport(
     producer=KafkaProducer,
     consumer=KafkaConsumer,
     tap=KafkaTap,
+    fetch_when_full=True,  # fetch(0) pauses the partitions and keeps the membership alive
     preload=("confluent_kafka",),
     loggers=("confluent_kafka",),
 )

@@ -82,8 +82,9 @@ class Transport:
             to watch records without taking them from their consumer.
         fetch_when_full: a consumer that holds all it may must still be called
             (``fetch(0, timeout)``): fetching is what services its connection (AMQP
-            heartbeats), and the broker's prefetch already stops deliveries at the bound. When
-            false, a full caller just waits.
+            heartbeats; a Kafka member that is not polled leaves its group), and it takes
+            nothing then (the broker's prefetch stops deliveries at the bound; Kafka pauses
+            its partitions). When false, a full caller just waits.
         preload: modules the producer imports on its first connection (the client library,
             and the module of a :func:`lazy` producer). The handler imports them on the thread
             that configures it, so that a sender thread never runs an import a ``fork()`` could

@@ -383,18 +383,17 @@ class TestTable:
         assert "memtest2" not in schemes()
 
     def test_builtin_transports_and_their_capabilities(self) -> None:
-        """Each built-in scheme maps to its transport; only AMQP's consumer is fetched while
-        full (that services its heartbeats); every built-in has a consumer and a tap; the
-        handler preloads the client libraries."""
+        """Each built-in scheme maps to its transport; only AMQP's and Kafka's consumers are
+        fetched while full (that services AMQP's heartbeats and a Kafka member's group
+        membership); every built-in has a consumer and a tap; the handler preloads the
+        client libraries."""
         names = {s: transport_for(s).name for s in ("amqp", "amqps", "stomp", "stomp+ssl",
                                                     "stomp+tls", "local")}  # fmt: skip
         assert names == {"amqp": "amqp", "amqps": "amqp", "stomp": "stomp",
                          "stomp+ssl": "stomp", "stomp+tls": "stomp", "local": "local"}  # fmt: skip
-        assert [transport_for(s).fetch_when_full for s in ("amqp", "stomp", "local")] == [
-            True,
-            False,
-            False,
-        ]
+        assert [
+            transport_for(s).fetch_when_full for s in ("amqp", "stomp", "local", "kafka")
+        ] == [True, False, False, True]
         for scheme in ("amqp", "stomp", "local"):
             transport = transport_for(scheme)
             assert transport.consumer is not None
