@@ -8,6 +8,7 @@ Kafka. ``test_real_cluster_round_trip`` runs the round trip against a real clust
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 import sys
@@ -84,6 +85,7 @@ class TestEndpoint:
             ("kafka://u:p@k1/t?sasl_mechanism=GSSAPI", "sasl_mechanism must be one of"),
             ("kafka://k1/t?ca_certs=/etc/ssl/certs/ca-certificates.crt", "use kafka+ssl://"),
             ("kafka://k1/t?linger_ms=-1", "linger_ms must be"),
+            ("kafka://k1/t?max_poll_interval=2", "max_poll_interval must be 6 to 86400 seconds"),
             ("kafka://k1/t?heartbeat=5", "unknown option 'heartbeat'"),
             ("kafka://k1/t?group_instance=a%20b", "group_instance 'a b' must be"),
             # Accepted at parse time before, refused by librdkafka (or confluent-kafka's
@@ -227,6 +229,80 @@ def test_rebalance_between_two_members_loses_nothing(kafka: KafkaAdmin, queue_na
             wait_until(everything, timeout=30, interval=0.0, message="every record acked")
     assert {m.id for m in sent} == acked
     assert by_member[1] > 0  # the second member did take partitions over
+
+
+def test_partitions_held_across_rebalances_are_read_again_after(
+    kafka: KafkaAdmin, queue_name: str
+) -> None:
+    """Against the noida-db Kafka stand-in: member A holds (``fetch(0)``: its partitions
+    are paused) while member B joins; A hands out nothing while it holds, whatever the group
+    assigns it meanwhile. B takes a few records and leaves; A then gets every partition back,
+    including those it had paused before the first rebalance (librdkafka keeps a pause across
+    a revoke), and reads them: every record is acked, the group's lag ends at 0."""
+    kafka.create_topic(queue_name, partitions=4)
+    url = kafka.url(queue_name)
+    sent = [_message(f"h:{i % 8}:p", i) for i in range(800)]
+    with open_producer(url) as producer:
+        producer.publish_batch(sent)
+    acked: set[str] = set()
+
+    def settle(member: Any, batch: list[Delivery]) -> int:
+        member.ack(batch)
+        acked.update(d.id for d in batch)
+        return len(batch)
+
+    with open_consumer(url, group=queue_name) as a:
+        _drain(a, 50, ack=False)  # with the sinks when the rebalance comes: void after it
+        with open_consumer(url, group=queue_name) as b:
+
+            def b_took_some() -> bool:
+                assert a.fetch(0, 0.1) == []
+                return settle(b, b.fetch(20, 0.1)) > 0
+
+            wait_until(b_took_some, timeout=30, interval=0.0, message="B assigned")
+            for _ in range(5):
+                assert a.fetch(0, 0.1) == []
+
+        def a_read_the_rest() -> bool:
+            settle(a, a.fetch(500, 0.2))
+            return len(acked) >= len(sent) and kafka.lag(queue_name, queue_name) == 0
+
+        wait_until(a_read_the_rest, timeout=30, interval=0.0, message="A read everything")
+    assert {m.id for m in sent} == acked
+
+
+def test_a_failed_commit_is_made_again_once_the_broker_is_back(kafka: Any, queue_name: str) -> None:
+    """Against the noida-db Kafka stand-in: a consumer acks 100 records while the broker is
+    stopped (the commit cannot be made; after the restart the broker has forgotten the
+    group's generation and refuses it, and the partition is assigned anew). With no further
+    ack, the consumer's next fetches commit the settled offset and hand none of those records
+    out again; a record acked just before ``close`` is committed by it (the lag is 0 as soon
+    as close returns), and a new member of the group reads only what came after."""
+    url, sent = _filled_topic(kafka, queue_name, 100)
+    with open_consumer(url, group=queue_name) as consumer:
+        got = _drain(consumer, 100, ack=False)
+        kafka.stop()
+        consumer.ack(got)
+        kafka.start()
+
+        def committed() -> bool:
+            with contextlib.suppress(ConnectError):
+                assert consumer.fetch(100, 0.2) == []
+            return kafka.lag(queue_name, queue_name) == 0
+
+        wait_until(committed, timeout=30, interval=0.0, message="the settled offset committed")
+        late = _message("h:1:a", 100)
+        with open_producer(url) as producer:
+            producer.publish_batch([late])
+        consumer.ack(_drain(consumer, 1, ack=False))
+    assert kafka.lag(queue_name, queue_name) == 0
+    last = _message("h:1:a", 101)
+    with open_producer(url) as producer:
+        producer.publish_batch([last])
+    with open_consumer(url, group=queue_name) as again:
+        assert [d.id for d in _drain(again, 1)] == [last.id]
+        assert again.fetch(100, 0.5) == []
+    assert [m.id for m in sent] == [d.id for d in got]
 
 
 def test_consumer_started_before_its_topic_exists_picks_it_up(

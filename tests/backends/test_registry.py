@@ -391,9 +391,12 @@ class TestTable:
                                                     "stomp+tls", "local")}  # fmt: skip
         assert names == {"amqp": "amqp", "amqps": "amqp", "stomp": "stomp",
                          "stomp+ssl": "stomp", "stomp+tls": "stomp", "local": "local"}  # fmt: skip
-        assert [
-            transport_for(s).fetch_when_full for s in ("amqp", "stomp", "local", "kafka")
-        ] == [True, False, False, True]
+        assert [transport_for(s).fetch_when_full for s in ("amqp", "stomp", "local", "kafka")] == [
+            True,
+            False,
+            False,
+            True,
+        ]
         for scheme in ("amqp", "stomp", "local"):
             transport = transport_for(scheme)
             assert transport.consumer is not None

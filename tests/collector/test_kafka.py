@@ -8,8 +8,10 @@ was stored twice (``_id`` = record id, ``op_type=create``).
 
 from __future__ import annotations
 
+import json
 import logging
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +28,7 @@ from harness.collector import (
 from harness.helpers import free_port, wait_until
 from harness.kafka import KafkaAdmin
 from mqlogging import MQHandler
+from mqlogging.collector.service import CollectorService
 
 
 @pytest.fixture
@@ -187,3 +190,38 @@ def test_collector_killed_9_loses_nothing_and_stores_nothing_twice(
     )
     stored = _stored_ids(elasticsearch.url, queue_name)
     assert sorted(d["event"]["id"] for d in docs) == sorted(stored)
+
+
+def test_sink_outage_longer_than_max_poll_interval_keeps_the_group(
+    kafka: KafkaAdmin,
+    queue_name: str,
+    tmp_path: Path,
+    service: Callable[..., CollectorService],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Against the noida-db Kafka stand-in: a file sink (which does not dedupe) cannot write
+    for longer than the consumer's ``max_poll_interval`` (6 s) while the collector holds its
+    whole in-flight bound. The collector keeps polling its paused consumer, so the member
+    never leaves the group (librdkafka never says the poll interval was exceeded): when the
+    sink comes back, every record is written exactly once and the group commits them all."""
+    kafka.create_topic(queue_name, partitions=2)
+    url = kafka.url(queue_name, group=queue_name, max_poll_interval="6")
+    out_dir, away = tmp_path / "out", tmp_path / "away"
+    out_dir.mkdir()
+    caplog.set_level(logging.INFO, logger="confluent_kafka")
+    svc = service(
+        sources=[{"url": url, "prefetch": 200}],
+        sinks=[{"type": "file", "path": str(out_dir / "records.jsonl")}],
+        pipeline={"batch_max_count": 100, "batch_max_wait": 0.1, "retry_max": 0.5},
+    )
+    out_dir.rename(away)  # the file sink cannot open its file: an outage
+    sent = [ecs_record(i) for i in range(1000)]
+    publish(kafka.url(queue_name), sent)
+    wait_until(lambda: svc.metrics.value("in_flight") >= 200, timeout=20, message="bound held")
+    time.sleep(8.0)  # the outage itself: longer than max_poll_interval
+    away.rename(out_dir)
+    wait_until(lambda: kafka.lag(queue_name, queue_name) == 0, timeout=20, message="lag 0")
+    lines = (out_dir / "records.jsonl").read_bytes().splitlines()
+    written = [json.loads(line)["event"]["id"] for line in lines]
+    assert sorted(written) == sorted(doc["event"]["id"] for doc in sent)
+    assert "maximum poll interval" not in caplog.text
