@@ -52,6 +52,31 @@ given back are handed out again (the others were acked or are still in flight), 
 sees a record twice only when it gave it back. A group that has no offset yet starts
 at the earliest retained record, so records published before the first collector ran are kept.
 
+Commits are asynchronous and their outcome is tracked (librdkafka's ``on_commit`` report, per
+partition): an offset counts as committed only once the group coordinator confirmed it, one
+commit per partition is in flight at a time, and every :meth:`~KafkaConsumer.fetch` (at most
+once a second) commits again what is settled and not confirmed: a commit that failed
+(coordinator moving, broker restarted) or offsets settled while one was in flight. A member
+that loses a partition before its commit was confirmed (a broker restarted without the
+group's generation refuses it with ILLEGAL_GENERATION and the group reassigns) remembers the
+settled position: if the next assignment gives it the partition back, the records below it
+are read but not handed out again, and the position is committed in the new generation.
+:meth:`~KafkaConsumer.close` commits the settled position synchronously (bounded, see there)
+before it leaves the group, and logs a commit it could not make.
+
+Holding. A member that librdkafka does not see polled for ``max_poll_interval`` (librdkafka's
+``max.poll.interval.ms``, 300 s) leaves the group: its partitions go to another member, its
+commits fail and what it settles afterwards is read again. The collector stops taking records
+while it holds its in-flight bound (a sink down for minutes), so it calls ``fetch(0, t)``
+then (``Transport.fetch_when_full``): that pauses every assigned partition (and any partition
+assigned meanwhile: librdkafka keeps a pause across a revoke, so each new assignment is
+paused or resumed explicitly) and serves the client — heartbeats, rebalances, commit
+reports — handing nothing out. The next ``fetch`` for records resumes them, from the
+first record not handed out (librdkafka drops what it had fetched for a paused partition;
+a record read anyway while holding is given back with a seek). ``max_poll_interval`` (6 s to
+a day) is still the bound on one sink write that never returns; below 45 s the session
+timeout follows it (librdkafka requires it no longer than the poll interval).
+
 A collector that dies without leaving the group (kill -9, a crashed host) keeps its partitions
 until the brokers evict it after the session timeout (librdkafka's ``session.timeout.ms``,
 45 s), unless it comes back first: with ``group_instance=NAME`` (static membership, e.g. the
@@ -66,7 +91,7 @@ group and without committing, so the collectors neither lose partitions nor skip
 
 Options (query parameters or keyword arguments): ``group``, ``group_instance``,
 ``compression`` (``none``, ``gzip``, ``snappy``, ``lz4``, ``zstd``), ``linger_ms``,
-``connect_timeout``, ``timeout``,
+``max_poll_interval`` (seconds, 300), ``connect_timeout``, ``timeout``,
 ``prefetch``; credentials (``user:password@``, ``username``, ``password`` /
 ``password_file`` / ``password_env``) mean SASL with ``sasl_mechanism`` (``PLAIN``, default,
 ``SCRAM-SHA-256``, ``SCRAM-SHA-512``); ``kafka+ssl://`` is TLS with ``ca_certs``, ``certfile``
@@ -737,9 +762,11 @@ class KafkaConsumer(_Client, Consumer):
         if consumer is not self._handle:
             return  # a closed handle's last callbacks (see close)
         self._generation += 1
+        # A floor holds for the next assignment only: a partition that went to another
+        # member is read from what that member commits.
+        floors, self._floors = self._floors, {}
         for tp in partitions:
-            floor = self._floors.get(tp.partition, -1)
-            self._parts[tp.partition] = _Partition(self._generation, floor)
+            self._parts[tp.partition] = _Partition(self._generation, floors.get(tp.partition, -1))
         if partitions:
             consumer.assign(partitions)  # now rather than after the callback: to pause them
             (consumer.pause if self._holding else consumer.resume)(partitions)
@@ -767,8 +794,11 @@ class KafkaConsumer(_Client, Consumer):
         again by the next fetch (see :meth:`_commit_settled`)."""
         if token is not self._token:
             return  # a closed handle's report
-        failed = None
-        for tp in partitions:
+        failed = error
+        if not partitions:  # a report naming no partition: whatever was in flight failed
+            for each in self._parts.values():
+                each.committing = -1
+        for tp in partitions or ():
             problem = error if error is not None else tp.error
             part = self._parts.get(tp.partition)
             if part is not None and part.committing == tp.offset:
