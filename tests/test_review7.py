@@ -12,6 +12,7 @@ import pytest
 
 from harness.brokers import RabbitMQ
 from harness.drain import drain_amqp
+from harness.helpers import wait_until
 from harness.proxy import TcpProxy
 from mqlogging import MQHandler
 
@@ -47,8 +48,9 @@ def _logger(handler: logging.Handler, name: str) -> logging.Logger:
     reason="review7 D1: write-ahead records spooled before the spool failed stay stranded "
     "after degradation (lane direct, own segments never replayed) and flush() returns True",
 )
+@pytest.mark.parametrize("durability", ["spool", "memory"])
 def test_degraded_write_ahead_ships_what_the_spool_holds(
-    rabbitmq: RabbitMQ, queue_name: str, small_fs: Path
+    rabbitmq: RabbitMQ, queue_name: str, small_fs: Path, durability: str
 ) -> None:
     """durability="spool", broker unreachable, spool disk fills up mid-outage (the handler
     degrades to memory mode). Once the disk has room again and the broker is back, flush()
@@ -60,12 +62,15 @@ def test_degraded_write_ahead_ships_what_the_spool_holds(
     filler = small_fs / "filler"
     filler.write_bytes(b"\0" * (1024 * 1024 - 160 * 1024))  # ~160 KiB left for the spool
     handler = MQHandler(
-        url, spool=small_fs / "spool", durability="spool", close_timeout=2, retry_max=0.2
+        url, spool=small_fs / "spool", durability=durability, close_timeout=2, retry_max=0.2
     )
     log = _logger(handler, "review7.d1")
     n = 2000
     for i in range(n):
         log.info("r %d %s", i, "x" * 300)
+    wait_until(  # every record spooled or counted as dropped: the spool failed on the way
+        lambda: handler.stats()["queued"] == 0 and handler.stats()["dropped"], timeout=20
+    )
     assert handler.stats()["spooled"] > 0
     filler.unlink()  # the disk has room again
     proxy.start()
@@ -85,7 +90,8 @@ def test_degraded_write_ahead_ships_what_the_spool_holds(
         assert len(delivered) + dropped >= n, (
             f"emitted {n}, delivered {len(delivered)}, dropped+counted {dropped} "
             f"(markers announce {marker_drops}), spooled {stats['spooled']}, "
-            f"replayed {stats['replayed']}: {n - len(delivered) - dropped} unaccounted"
+            f"replayed {stats['replayed']}, markers {stats['markers']}, dropped {stats['dropped']}: "
+            f"{n - len(delivered) - dropped} unaccounted"
         )
     finally:
         proxy.cut()
