@@ -200,3 +200,37 @@ def test_a_record_above_the_broker_max_message_size_is_dropped_alone(
     assert flushed, f"flush() timed out; stats: dropped {stats['dropped']}"
     assert len(unique) == 200, f"{len(unique)} of 200 delivered ({len(mine)} deliveries)"
     assert sum(stats["dropped"].values()) == 1
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="review7 D5: records emitted after close() go to an open segment the closed "
+    "handler's spool keeps locked for the life of the process: no handler of this process "
+    "ships them (only a next run), and the new handler's flush() returns True",
+)
+def test_records_emitted_after_close_are_shipped_by_the_next_handler_of_the_process(
+    rabbitmq: RabbitMQ, queue_name: str, tmp_path: Path
+) -> None:
+    """Reconfiguration (dictConfig again) closes the old handler while other threads still
+    hold and use it: their records go to the spool (README: "Records emitted after close()
+    go to the spool"). The new handler of the same process, on the same spool and
+    destination, must ship them: 100 emitted after close, 100 delivered once the new
+    handler's flush() returns True. Observed: 0 delivered; they sit in an ``.open`` segment
+    whose flock the closed handler's writer holds until the process exits."""
+    url = f"{rabbitmq.amqp_url}?exchange=&queue={queue_name}"
+    spool = tmp_path / "spool"
+    old = MQHandler(url, spool=spool, close_timeout=5)
+    log = _logger(old, "review7.d5")
+    log.info("before close")
+    old.close()
+    for i in range(100):
+        log.info("after close %d", i)  # a thread still holding the old handler
+    new = MQHandler(url, spool=spool, close_timeout=5)
+    try:
+        flushed = new.flush(10)
+    finally:
+        new.close()
+    docs = drain_amqp(rabbitmq, queue_name, 0, timeout=10, idle=1.0)
+    after = {d["event"]["id"] for d in docs if d["message"].startswith("after close")}
+    assert flushed
+    assert len(after) == 100, f"{len(after)} of the 100 records emitted after close() arrived"
