@@ -62,7 +62,12 @@ def test_degraded_write_ahead_ships_what_the_spool_holds(
     filler = small_fs / "filler"
     filler.write_bytes(b"\0" * (1024 * 1024 - 160 * 1024))  # ~160 KiB left for the spool
     handler = MQHandler(
-        url, spool=small_fs / "spool", durability=durability, close_timeout=2, retry_max=0.2
+        url,
+        spool=small_fs / "spool",
+        durability=durability,
+        batch_size=50,
+        close_timeout=2,
+        retry_max=0.2,
     )
     log = _logger(handler, "review7.d1")
     n = 2000
