@@ -272,6 +272,20 @@ class _Producer:
     dead_reasons: dict[str, int] = field(default_factory=dict)
     first_time: str | None = None
     last_time: str | None = None
+    # The same two times parsed: compared as moments, not strings (``+01:00`` against ``Z``),
+    # and a time that does not parse is never shown as a producer's first or last.
+    first_moment: datetime | None = None
+    last_moment: datetime | None = None
+
+    def saw(self, timestamp: str) -> None:
+        """Widen the producer's time span to ``timestamp`` if it is a time."""
+        moment = _parse_time(timestamp)
+        if moment is None:
+            return
+        if self.first_moment is None or moment < self.first_moment:
+            self.first_moment, self.first_time = moment, timestamp
+        if self.last_moment is None or moment > self.last_moment:
+            self.last_moment, self.last_time = moment, timestamp
 
 
 def _parse_time(value: str) -> datetime | None:
@@ -396,12 +410,8 @@ class Audit:
             entry.duplicates += again
             if len(entry.duplicate_runs) < _SAMPLE_RUNS:
                 entry.duplicate_runs.add(meta.seq)
-        ts = meta.timestamp
-        if ts is not None:
-            if entry.first_time is None or ts < entry.first_time:
-                entry.first_time = ts
-            if entry.last_time is None or ts > entry.last_time:
-                entry.last_time = ts
+        if meta.timestamp is not None:
+            entry.saw(meta.timestamp)
 
     def add_dead_letter(self, doc: Any) -> None:
         """Account for one dead letter (a decoded envelope, :mod:`mqlogging.deadletters`): each

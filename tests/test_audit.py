@@ -116,6 +116,28 @@ class TestFileAudit:
         assert (b["producer"], b["records"], b["gaps"]) == ("b", 5, [])
         assert (report["totals"]["unreadable"], report["totals"]["unstamped"]) == (1, 1)
 
+    def test_first_and_last_time_are_moments_not_strings(
+        self, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """A producer's first and last time compare as moments (``+02:00`` against ``Z``), and a
+        time that does not parse ("zzz", which sorts after every digit) is never shown as one."""
+        _write(
+            tmp_path / "sink.jsonl",
+            [
+                _doc("a", 1, "2026-12-01T12:00:00.000000Z"),
+                _doc("a", 2, "2026-12-01T13:30:00.000000+02:00"),  # 11:30 UTC: the first
+                _doc("a", 3, "zzz"),
+                _doc("a", 4, "2026-12-01T12:05:00.000000Z"),
+            ],
+        )
+        code, report = _audit(capsys, "--file", str(tmp_path / "sink.jsonl"))
+        assert code == 0
+        (a,) = report["producers"]
+        assert (a["first_time"], a["last_time"]) == (
+            "2026-12-01T13:30:00.000000+02:00",
+            "2026-12-01T12:05:00.000000Z",
+        )
+
     def test_two_roundrobin_sinks_read_one_after_the_other(
         self, tmp_path: Path, capsys: pytest.CaptureFixture[str]
     ) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -18,6 +19,7 @@ import pytest
 from harness.brokers import NoidaES
 from harness.helpers import unique_name
 from mqlogging import JsonFormatter
+from mqlogging.cli import errors as errors_cli
 from mqlogging.cli import main
 from mqlogging.esbulk import BulkWriter, IndexChooser, new_client
 from mqlogging.formatting import SCHEMAS
@@ -86,6 +88,16 @@ class TestFiles:
         assert "\x1b" not in out
         assert "\\x1b[2J" in out
         assert "job %d failed" in out
+
+    def test_a_cut_never_splits_an_escape(self) -> None:
+        """Cutting a long line to the column width keeps whole escapes: a C1 CSI shown as
+        ``\\x9b`` is kept whole or left out, never cut to ``\\x9`` (another character)."""
+        for width in range(2, 12):
+            shown = errors_cli._printable("ab\x9bcd\x1b[2J", width)
+            assert len(shown) <= width
+            body = shown.removesuffix("\u2026")
+            assert body == "ab\\x9bcd\\x1b[2J"[: len(body)]
+            assert not re.search(r"\\x[0-9a-f]?$", body), shown
 
     def test_first_and_last_seen_are_escaped_too(
         self, tmp_path: Path, capsys: pytest.CaptureFixture[str]

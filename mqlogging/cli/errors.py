@@ -395,11 +395,20 @@ def _redact(url: str) -> str:
 
 def _printable(text: str, width: int | None = None) -> str:
     """``text`` with control characters escaped (a message cannot drive the terminal), cut to
-    ``width`` characters."""
-    text = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
-    if width is not None and len(text) > width:
-        text = text[: width - 1] + "\u2026"
-    return text
+    ``width`` characters — between escapes, never inside one (a cut ``\\x9`` would read as
+    another character)."""
+    pieces = [c if c.isprintable() else repr(c)[1:-1] for c in text]
+    out = "".join(pieces)
+    if width is None or len(out) <= width:
+        return out
+    kept = []
+    room = width - 1
+    for piece in pieces:
+        room -= len(piece)
+        if room < 0:
+            break
+        kept.append(piece)
+    return "".join(kept) + "\u2026"
 
 
 def _short(moment: str) -> str:
