@@ -77,6 +77,9 @@ MakeMarker = Callable[[Sequence[DroppedRange]], Message]
 _MEMORY = State.MEMORY
 _CLOSED = State.CLOSED
 
+# spool=False: the share of close_timeout close() waits for delivery before it drops what is
+# still queued and uses the rest (up to 0.9) to publish the marker announcing it (review 7, D6).
+_UNSPOOLED_SHARE = 0.7
 # Seconds between two checks for segments other processes left in a lane's spool directory.
 _ADOPT_INTERVAL = 5.0
 # While flush()/close() waits, a failed endpoint is tried again at least this often (issue #11,
@@ -649,8 +652,12 @@ class Pipeline:
         deadline = time.monotonic() + timeout
         thread = self.thread
         if thread is not None and thread.is_alive():
-            budget = max(0.0, (deadline - time.monotonic()) * 0.9)
+            unspooled = self._unspooled_drops_need_marker()
+            share = _UNSPOOLED_SHARE if unspooled else 0.9
+            budget = max(0.0, (deadline - time.monotonic()) * share)
             delivered = self._wait_delivered(budget, give_up_when_dead=self.last_flush_failed)
+            if unspooled and not delivered:
+                self._announce_unspooled(deadline - 0.1 * timeout)
             self._stop.set()
             self.wake.set()
             grace = deadline - time.monotonic() if delivered else 0.2
@@ -673,6 +680,24 @@ class Pipeline:
             if lane.spool is not None:
                 with contextlib.suppress(SpoolError):
                     lane.spool.seal()
+
+    def _unspooled_drops_need_marker(self) -> bool:
+        """No spool at all: what close() drops cannot be announced by a spooled marker."""
+        return self.make_marker is not None and all(lane.spool is None for lane in self.lanes)
+
+    def _announce_unspooled(self, until: float) -> None:
+        """``spool=False``, and close() ran out of the first part of its time: drop (count) what
+        is still queued now and let the running sender publish the marker of those drops (and
+        of any pending) before ``until`` (review 7, D6). Without this, nothing would announce
+        them, and ``mqlogging audit`` would report their seqs as lost. Only while an endpoint
+        is healthy: with no broker taking records, the marker could not go either. Records
+        emitted after this (during close) are counted as ``closed`` and not announced.
+        """
+        if not any(ep.healthy for ep in self.endpoints):
+            return
+        with self.order_lock:
+            self._spill_locked([], "closed")  # no spool: counts the queue as dropped (closed)
+        self._wait_delivered(max(0.0, until - time.monotonic()), give_up_when_dead=False)
 
     def _spill_markers_locked(self) -> None:
         """At close: spool the marker of drops the sender could not announce any more.
