@@ -178,14 +178,16 @@ class Lane:
 
     def holds_own_records(self) -> bool:
         """True if the lane's spool still holds records this lane stored and no broker
-        confirmed (the spool's answer; unreadable counts as holding: nothing is known shipped).
+        confirmed (the spool's answer). A spool that cannot be listed (its directory replaced
+        or gone) answers False: nothing there can be shipped, and waiting for it would only
+        make every flush() time out; its failure is reported (``stats()["spool"]["error"]``).
         """
         if self.spool is None:
             return False
         try:
             return self.spool.holds_own_records()
         except SpoolError:
-            return True
+            return False
 
     def close_reader(self) -> None:
         reader, self._reader = self._reader, None

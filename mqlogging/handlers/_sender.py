@@ -24,8 +24,10 @@ already there, and the sender replays the spool FIFO). Three rules keep emit ord
 3. A lane becomes direct again only when its reader finds the spool empty *under the lock*
    -- or when its spool fails a write: then it bypasses the spool for ``SPOOL_RETRY`` seconds
    (:mod:`._spools`) and sends from memory (delivering beats keeping order behind a broken
-   disk); what the spool still holds is replayed once a write succeeds again (or by the next
-   run).
+   disk); what the spool still holds is replayed once the spool works again and an endpoint
+   is due: the direct lane asks its spool whether segments it wrote hold unconfirmed records,
+   and turns backlogged again if so (review 7, D1). With the spool failing and no endpoint
+   up, a batch no endpoint took goes back to the head of the queue (review 7, D4).
 
 Adoption: several processes may share a spool directory (fork workers inherit the handler's).
 Segments another process left there (it exited while its broker was unreachable, or crashed)

@@ -195,6 +195,8 @@ class Spool:
             seg = self._seg
             current = (seg.stem, seg.records) if seg is not None else None
             own = set(self._own)
+        if not own:
+            return False  # never wrote a segment: no listdir
         for entry in fmt.scan(self.directory).values():
             if entry.name is None or entry.stem not in own:
                 continue
