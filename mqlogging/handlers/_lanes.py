@@ -151,6 +151,9 @@ class Lane:
         self.next_attempt = 0.0
         # The spool is bypassed until then after a failed write (order_lock; _spools.SPOOL_RETRY).
         self.spool_retry_at = 0.0
+        # A direct lane asks its spool whether it still holds records of its own (stored
+        # before a spool failure made it direct) at most this often (sender thread).
+        self.next_own_check = 0.0
         self._rr = 0
 
     # -- spool side ---------------------------------------------------------------------------
@@ -172,6 +175,19 @@ class Lane:
         if reader is None or spool is None:
             return False
         return any(spool.wrote(stem) for stem in reader.deferred)
+
+    def holds_own_records(self) -> bool:
+        """True if the lane's spool still holds records this lane stored and no broker
+        confirmed (the spool's answer). A spool that cannot be listed (its directory replaced
+        or gone) answers False: nothing there can be shipped, and waiting for it would only
+        make every flush() time out; its failure is reported (``stats()["spool"]["error"]``).
+        """
+        if self.spool is None:
+            return False
+        try:
+            return self.spool.holds_own_records()
+        except SpoolError:
+            return False
 
     def close_reader(self) -> None:
         reader, self._reader = self._reader, None

@@ -24,8 +24,10 @@ already there, and the sender replays the spool FIFO). Three rules keep emit ord
 3. A lane becomes direct again only when its reader finds the spool empty *under the lock*
    -- or when its spool fails a write: then it bypasses the spool for ``SPOOL_RETRY`` seconds
    (:mod:`._spools`) and sends from memory (delivering beats keeping order behind a broken
-   disk); what the spool still holds is replayed once a write succeeds again (or by the next
-   run).
+   disk); what the spool still holds is replayed once the spool works again and an endpoint
+   is due: the direct lane asks its spool whether segments it wrote hold unconfirmed records,
+   and turns backlogged again if so (review 7, D1). With the spool failing and no endpoint
+   up, a batch no endpoint took goes back to the head of the queue (review 7, D4).
 
 Adoption: several processes may share a spool directory (fork workers inherit the handler's).
 Segments another process left there (it exited while its broker was unreachable, or crashed)
@@ -64,7 +66,7 @@ from ._config import HandlerConfig
 from ._lanes import EndpointState, Lane, Probe
 from ._markers import DropLedger
 from ._spooldir import bind_lane_spool, lane_directories
-from ._spools import LaneSpools, spool_reason
+from ._spools import SPOOL_RETRY, LaneSpools, spool_reason
 from ._state import State
 
 __all__ = ["MakeMarker", "Pipeline"]
@@ -77,6 +79,9 @@ MakeMarker = Callable[[Sequence[DroppedRange]], Message]
 _MEMORY = State.MEMORY
 _CLOSED = State.CLOSED
 
+# spool=False: the share of close_timeout close() waits for delivery before it drops what is
+# still queued and uses the rest (up to 0.9) to publish the marker announcing it (review 7, D6).
+_UNSPOOLED_SHARE = 0.7
 # Seconds between two checks for segments other processes left in a lane's spool directory.
 _ADOPT_INTERVAL = 5.0
 # While flush()/close() waits, a failed endpoint is tried again at least this often (issue #11,
@@ -452,8 +457,25 @@ class Pipeline:
                 if any(stored) and self.state is not State.CLOSED:
                     self.wa_pending += 1
                     wake = self.wa_pending >= self.config.batch_size
+            self._seal_if_closed_locked()
         if wake:
             self.wake.set()
+
+    def _seal_if_closed_locked(self) -> None:
+        """After close(), leave no segment open: seal what a write just stored.
+
+        close() seals once; a record emitted later (a thread still holding the old handler,
+        a reconfiguration) would otherwise sit in an open segment whose lock this closed
+        pipeline holds until the process exits, so no other handler of the process (nor
+        ``mqlogging spool replay``) could ship it (review 7, D5). One segment per such write:
+        records after close are stragglers, not a stream.
+        """
+        if self.state is not State.CLOSED:
+            return
+        for lane in self.lanes:
+            if lane.spool is not None:
+                with contextlib.suppress(SpoolError):
+                    lane.spool.seal()
 
     def _degrade_locked(self) -> None:
         """durability='spool' with a spool that fails: go on in memory mode (order_lock)."""
@@ -500,6 +522,7 @@ class Pipeline:
         self.handled += len(drained)  # not ``extra``: it never was in the queue
         if self.blocked:
             self.space.notify_all()
+        self._seal_if_closed_locked()
 
     def _drain_queue_locked(self) -> list[Message]:
         """Empty the deque (``order_lock`` held) with ``popleft``, not ``list()`` + ``clear()``:
@@ -526,8 +549,11 @@ class Pipeline:
 
     def _flush_done(self, target: int) -> bool:
         """Everything popped before ``target`` was handled and no lane holds a backlog: all
-        of it was confirmed (or dropped and counted)."""
-        return self.handled >= target and not any(lane.backlogged for lane in self.lanes)
+        of it was confirmed (or dropped and counted). A direct lane whose spool still holds
+        records (stored before the spool failed) is not done either: the spool is asked."""
+        return self.handled >= target and not any(
+            lane.backlogged or lane.holds_own_records() for lane in self.lanes
+        )
 
     def _announced(self, generation: int) -> bool:
         """True once the marker of the drops up to ``generation`` went out, or cannot."""
@@ -628,8 +654,12 @@ class Pipeline:
         deadline = time.monotonic() + timeout
         thread = self.thread
         if thread is not None and thread.is_alive():
-            budget = max(0.0, (deadline - time.monotonic()) * 0.9)
+            unspooled = self._unspooled_drops_need_marker()
+            share = _UNSPOOLED_SHARE if unspooled else 0.9
+            budget = max(0.0, (deadline - time.monotonic()) * share)
             delivered = self._wait_delivered(budget, give_up_when_dead=self.last_flush_failed)
+            if unspooled and not delivered:
+                self._announce_unspooled(deadline - 0.1 * timeout)
             self._stop.set()
             self.wake.set()
             grace = deadline - time.monotonic() if delivered else 0.2
@@ -652,6 +682,24 @@ class Pipeline:
             if lane.spool is not None:
                 with contextlib.suppress(SpoolError):
                     lane.spool.seal()
+
+    def _unspooled_drops_need_marker(self) -> bool:
+        """No spool at all: what close() drops cannot be announced by a spooled marker."""
+        return self.make_marker is not None and all(lane.spool is None for lane in self.lanes)
+
+    def _announce_unspooled(self, until: float) -> None:
+        """``spool=False``, and close() ran out of the first part of its time: drop (count) what
+        is still queued now and let the running sender publish the marker of those drops (and
+        of any pending) before ``until`` (review 7, D6). Without this, nothing would announce
+        them, and ``mqlogging audit`` would report their seqs as lost. Only while an endpoint
+        is healthy: with no broker taking records, the marker could not go either. Records
+        emitted after this (during close) are counted as ``closed`` and not announced.
+        """
+        if not any(ep.healthy for ep in self.endpoints):
+            return
+        with self.order_lock:
+            self._spill_locked([], "closed")  # no spool: counts the queue as dropped (closed)
+        self._wait_delivered(max(0.0, until - time.monotonic()), give_up_when_dead=False)
 
     def _spill_markers_locked(self) -> None:
         """At close: spool the marker of drops the sender could not announce any more.
@@ -734,26 +782,55 @@ class Pipeline:
             self._hurry()
         worked = False
         while (self.queue or self._marker_due()) and not self._stop.is_set():
-            self._take_and_send()
+            if self._memory_waits(time.monotonic()) or not self._take_and_send():
+                break  # no lane can send or spool now: the queue holds the records
             worked = True
         now = time.monotonic()
         for lane in self.lanes:
             if self._stop.is_set():
                 break
-            if lane.spool is None:
-                continue
-            if lane.backlogged:
-                # Its reader takes every segment in order; hand adopted claims back to it.
-                lane.close_foreign_reader()
-                if now >= lane.next_attempt:
-                    worked = self._replay(lane) or worked
-            elif lane.adopting or now >= lane.next_scan:
-                worked = self._adopt(lane, now) or worked
+            if lane.spool is not None:
+                worked = self._spool_cycle(lane, now) or worked
         return worked
 
-    def _take_and_send(self) -> None:
+    def _spool_cycle(self, lane: Lane, now: float) -> bool:
+        """The spool side of one round for ``lane``: one replay batch if it is backlogged
+        (again, if its spool still holds records of its own), else adoption."""
+        if not lane.backlogged and self._own_backlog(lane, now):
+            with self.order_lock:
+                lane.backlogged = True  # new records queue up behind the spooled ones
+        if lane.backlogged:
+            # Its reader takes every segment in order; hand adopted claims back to it.
+            lane.close_foreign_reader()
+            return now >= lane.next_attempt and self._replay(lane)
+        if lane.adopting or now >= lane.next_scan:
+            return self._adopt(lane, now)
+        return False
+
+    def _memory_waits(self, now: float) -> bool:
+        """True while no lane can take a batch: each is down (no endpoint due) and its spool
+        fails. Popping would only put the batch back (review 7, D4); the queue holds it."""
+        return all(
+            lane.spool is not None and lane.down(now) and not self.spools.is_open(lane)
+            for lane in self.lanes
+        )
+
+    def _own_backlog(self, lane: Lane, now: float) -> bool:
+        """A direct lane whose spool still holds records it stored before a spool failure
+        made it go direct (review 7, D1): True once the spool works again and an endpoint is
+        due, so the lane turns backlogged and replays them, oldest first.
+
+        The spool is asked (one ``listdir``), at most every ``SPOOL_RETRY`` seconds, or each
+        cycle while a flush waits: the lane keeps no count of its own."""
+        if now < lane.next_own_check or lane.down(now) or not self.spools.is_open(lane):
+            return False
+        lane.next_own_check = now + (0.0 if self.flush_waiters else SPOOL_RETRY)
+        return lane.holds_own_records()
+
+    def _take_and_send(self) -> bool:
         """Move one batch from memory to the lanes: into a backlogged lane's spool (behind its
-        backlog), or published from memory by a direct lane (spooled if that fails)."""
+        backlog), or published from memory by a direct lane (spooled if that fails, put back
+        in the queue if the spool fails too). False if the batch went back to the queue."""
         marker, generation = self._take_marker()  # rides at the end of the batch
         with self.order_lock:
             q = self.queue
@@ -763,15 +840,17 @@ class Pipeline:
             if marker is not None:
                 batch.append(marker)
             if not batch:
-                return
+                return False  # nothing to move
             direct = self._route_locked(batch)
             if self.blocked:
                 self.space.notify_all()
+        held = 0
         for lane in direct:
-            self._send_direct(lane, batch)
+            held = self._send_direct(lane, batch, n)
         with self.order_lock:
-            self.handled += n
-            self.announced = max(self.announced, generation)
+            self.handled += n - held
+            self.announced = max(self.announced, generation)  # a held marker goes out first
+        return not held
 
     def _route_locked(self, batch: list[Message]) -> list[Lane]:
         """Append ``batch`` to each backlogged lane's spool; return the lanes that publish it
@@ -788,21 +867,42 @@ class Pipeline:
                 direct.append(lane)
         return direct
 
-    def _send_direct(self, lane: Lane, batch: list[Message]) -> None:
-        """Publish ``lane``'s in-flight ``batch``; spool it if no endpoint confirmed it, and
-        settle with a close() that spilled (or counted) it meanwhile."""
+    def _send_direct(self, lane: Lane, batch: list[Message], records: int) -> int:
+        """Publish ``lane``'s in-flight ``batch`` (``records`` records, then maybe a marker);
+        spool it if no endpoint confirmed it, and settle with a close() that spilled (or
+        counted) it meanwhile. Returns how many of the records went back to the queue."""
         ok = lane.publish(batch, self.complain, self._refused)
+        held = 0
         with self.order_lock:
             spilled, dropped = lane.inflight_spilled, lane.inflight_dropped
             lane.inflight = None
             lane.inflight_spilled = False
             lane.inflight_dropped = None
-            if not ok and not spilled:
-                self.spools.write_or_count(lane, batch, "unsent")
+            if not ok and not spilled and not self.spools.write(lane, batch):
+                held = self._hold_locked(lane, batch, records)
             if ok and dropped:  # close() counted it as dropped, but it arrived
                 self.spools.uncount_drop(*dropped)
         if ok and spilled and not dropped:
             self._skip_confirmed(lane, batch)
+        return held
+
+    def _hold_locked(self, lane: Lane, batch: list[Message], records: int) -> int:
+        """A batch no endpoint confirmed and the spool did not take: back to the head of the
+        queue, order kept, as far as the queue has room (review 7, D4: the handler's promise
+        is that only what can be neither sent nor held is dropped). What does not fit is
+        dropped and counted as before. Only a lane that is the pipeline's only one, with a
+        spool that fails: the queue feeds every lane, and without a spool an undeliverable
+        batch is dropped as ``unsent`` (documented). Returns the records put back."""
+        if lane.spool is None or len(self.lanes) > 1 or self.state is _CLOSED:
+            self.spools.count_unstored(lane, batch, "unsent")
+            return 0
+        room = max(0, self._queue_size - len(self.queue))
+        kept = batch[:room]
+        self.spools.count_unstored(lane, batch[room:], "unsent")
+        self.queue.extendleft(reversed(kept))
+        held = min(len(kept), records)  # the marker rides last: counted as a record from now
+        self.popped -= held
+        return held
 
     def _refused(self, messages: Sequence[Message]) -> None:
         """Records a destination refused for good and could not keep: dropped, counted and

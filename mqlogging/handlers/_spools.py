@@ -61,8 +61,8 @@ class LaneSpools:
         full): the caller decides what that means.
 
         A failure makes the lane bypass its spool for ``SPOOL_RETRY`` seconds and go direct
-        (``backlogged`` off): what the spool holds waits until it works again, what is new goes
-        to the broker from memory.
+        (``backlogged`` off): what the spool holds waits until it works again (the pipeline
+        then asks the spool and replays it), what is new goes to the broker from memory.
         """
         if not messages:
             return True

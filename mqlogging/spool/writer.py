@@ -180,6 +180,35 @@ class Spool:
             for entry in fmt.scan(self.directory).values()
         )
 
+    def holds_own_records(self) -> bool:
+        """True if a segment this :class:`Spool` wrote still holds a record no reader confirmed.
+
+        One ``listdir`` and the progress file of each of our segments: the handler asks this
+        after its spool failed (its lane went direct), so that the records stored before the
+        failure are replayed, not stranded (review 7, D1). The open segment's count is known
+        here; an own segment left open by a failed seal is counted by reading it.
+
+        Raises:
+            SpoolError: the directory or a segment cannot be read.
+        """
+        with self._lock:
+            seg = self._seg
+            current = (seg.stem, seg.records) if seg is not None else None
+            own = set(self._own)
+        if not own:
+            return False  # never wrote a segment: no listdir
+        for entry in fmt.scan(self.directory).values():
+            if entry.name is None or entry.stem not in own:
+                continue
+            lines = entry.count
+            if lines is None and current is not None and entry.stem == current[0]:
+                lines = current[1]
+            elif lines is None:
+                lines = _count_lines(os.path.join(self.directory, entry.name))
+            if lines > fmt.read_ack(self.directory, entry.stem)[1]:
+                return True
+        return False
+
     # -- appending ----------------------------------------------------------------------------
 
     def append(self, bodies: Sequence[bytes]) -> int:
@@ -519,3 +548,18 @@ class Spool:
             if self._appends == seen:
                 self._cond.wait(timeout)
             return self._appends
+
+
+def _count_lines(path: str) -> int:
+    """The complete lines of the segment at ``path`` (0 if it vanished meanwhile)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return 0
+    except OSError as exc:
+        msg = f"cannot read spool segment {path!r}: {exc.strerror}"
+        raise SpoolError(msg) from exc
+    try:
+        return fmt.count_lines(fd)[0]
+    finally:
+        os.close(fd)

@@ -264,6 +264,32 @@ for i in range(int(sys.argv[2])):
 """
 
 
+class TestAfterClose:
+    """Records emitted after close() go to the spool (README) and are shipped (review 7, D5)."""
+
+    def test_records_emitted_after_close_are_shipped_by_the_next_handler(
+        self, rabbitmq: RabbitMQ, queue_name: str, spool_dir: Path, app_logger: Any
+    ) -> None:
+        """Reconfiguration closes the old handler while another thread still holds and uses
+        it: its records go to the spool. The next handler of the same process, on the same
+        spool and destination, ships them: 100 emitted after close, each delivered once by
+        the time the new handler's flush() returns True, and the spool is empty. Before the
+        fix they sat in an open segment the closed handler kept locked until process exit."""
+        url = amqp_url(rabbitmq, queue_name)
+        old = MQHandler(url, spool=str(spool_dir), close_timeout=5)
+        app_logger.addHandler(old)
+        app_logger.info("before close", extra={"seq": -1})
+        old.close()
+        _emit(app_logger, 100)  # a thread still holding the old handler
+        app_logger.removeHandler(old)
+        new = MQHandler(url, spool=str(spool_dir), close_timeout=5)
+        app_logger.addHandler(new)
+        assert new.flush(10)
+        assert new.stats()["spool"]["records"] == 0
+        docs = drain_amqp(rabbitmq, queue_name, 101, timeout=10, idle=0.5)
+        assert seqs(docs) == [-1, *range(100)]
+
+
 class TestDefaultSpoolDirectory:
     """Defect 11: start-up failed when the default spool directory could not be created."""
 

@@ -15,6 +15,7 @@ from harness.brokers import RabbitMQ
 from harness.drain import amqp_url, drain_amqp
 from harness.helpers import free_port, wait_until
 from mqlogging import MQHandler
+from mqlogging.audit import Audit
 from mqlogging.cli import main
 from mqlogging.handlers._markers import DropLedger
 from mqlogging.wire import DroppedRange
@@ -297,3 +298,42 @@ def test_drops_of_another_producers_segments_are_announced_for_it(
     assert by_name[first.producer]["dropped"] > 0
     assert second.stats()["dropped"]["spool_full"] == sum(p["dropped"] for p in by_name.values())
     assert by_name[first.producer]["records"] + by_name[first.producer]["dropped"] == 1000
+
+
+def test_without_a_spool_what_close_drops_is_announced(rabbitmq: RabbitMQ, queue_name: str) -> None:
+    """spool=False, broker up, close() runs out of time with thousands of records queued
+    (batch_size=1 makes the sender slow): those records are dropped and counted as ``closed``,
+    and close() has the running sender publish the marker naming them before it stops
+    (review 7, D6), so the audit over what arrived has no unexplained gap and delivered +
+    dropped == emitted."""
+    n = 5000
+    handler = MQHandler(
+        amqp_url(rabbitmq, queue_name), spool=False, batch_size=1, queue_size=n,
+        close_timeout=0.5,
+    )  # fmt: skip
+    log = logging.getLogger("markers.d6")
+    log.handlers[:] = [handler]
+    log.propagate = False
+    log.setLevel(logging.INFO)
+    try:
+        log.info("first")
+        assert handler.flush(10)  # connected: the endpoint is healthy
+        for i in range(n - 1):
+            log.info("r %d", i)
+        handler.close()
+    finally:
+        log.handlers[:] = []
+    stats = handler.stats()
+    docs = drain_amqp(rabbitmq, queue_name, 0, timeout=10, idle=1.0)
+    records = [d for d in docs if not d["mqlogging"].get("dropped")]
+    markers = [d for d in docs if d["mqlogging"].get("dropped")]
+    assert stats["dropped"].get("closed", 0) > 0, stats["dropped"]  # close() did drop some
+    assert set(stats["dropped"]) == {"closed"}
+    assert len(records) + stats["dropped"]["closed"] == n
+    announced = sum(r["last"] - r["first"] + 1 for m in markers for r in m["mqlogging"]["dropped"])
+    assert announced == stats["dropped"]["closed"]
+    audit = Audit()
+    for doc in docs:
+        audit.add_document(doc)
+    report = audit.report()
+    assert report["ok"], report["producers"]

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import logging
 import shutil
+import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +21,8 @@ import pytest
 from harness.brokers import RabbitMQ
 from harness.drain import amqp_url, drain_amqp, is_marker, seqs
 from harness.helpers import wait_until
+from harness.proxy import TcpProxy
+from mqlogging.audit import Audit
 from mqlogging.handlers import MQHandler
 from mqlogging.wire import read_meta
 
@@ -32,6 +36,41 @@ def _break(spool_dir: Path) -> None:
 def _emit(logger: logging.Logger, n: int) -> None:
     for i in range(n):
         logger.info("record %d", i, extra={"seq": i})
+
+
+@pytest.fixture
+def small_fs(tmp_path: Path) -> Iterator[Path]:
+    """A 1 MiB tmpfs, so the spool's disk can really fill up (needs root; skipped otherwise)."""
+    mnt = tmp_path / "fs"
+    mnt.mkdir()
+    res = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)],
+        capture_output=True,
+        check=False,
+    )
+    if res.returncode != 0:
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], capture_output=True, check=False)
+
+
+def _logger(handler: logging.Handler, name: str) -> logging.Logger:
+    log = logging.getLogger(name)
+    log.handlers[:] = [handler]
+    log.setLevel(logging.DEBUG)
+    log.propagate = False
+    return log
+
+
+def _audit_gaps(docs: list[dict[str, Any]]) -> list[Any]:
+    """The gaps ``mqlogging audit`` cannot explain (no record, no marker naming it)."""
+    audit = Audit()
+    for doc in docs:
+        audit.add_document(doc)
+    report = audit.report()
+    return [p["gaps"] for p in report["producers"] if p["gaps"]]
 
 
 class TestFailingSpool:
@@ -97,3 +136,108 @@ class TestFailingSpool:
         assert list(range(n)) == seqs(drain_amqp(rabbitmq, queue_name, n))
         err = capfd.readouterr().err
         assert err.count("degraded to memory mode") == 1, err
+
+
+class TestSpoolFullDuringOutage:
+    """The spool's disk fills up while the broker is unreachable (review 7, D1 and D4)."""
+
+    @pytest.mark.parametrize(
+        ("durability", "queue_size"), [("spool", 10_000), ("memory", 10_000), ("memory", 300)]
+    )
+    def test_what_the_spool_holds_is_shipped_once_sends_work_again(
+        self,
+        rabbitmq: RabbitMQ,
+        queue_name: str,
+        small_fs: Path,
+        durability: str,
+        queue_size: int,
+    ) -> None:
+        """Broker unreachable, the spool takes records until its disk is full, then fails
+        (the lane goes direct; write-ahead degrades to memory mode). Once the disk has room
+        and the broker is back, what the spool took before the failure is replayed by this
+        process, and flush() returns True only once it was: delivered + dropped (counted) ==
+        emitted, every gap named by a marker, the spool empty. With a queue that holds them
+        all, nothing is dropped; with a 300-record queue the overflow is (counted, announced).
+        Before the fix those records (and the marker of the drops) stayed stranded and
+        flush() said True."""
+        proxy = TcpProxy(rabbitmq.host, rabbitmq.amqp_port)  # not started yet: refused
+        url = f"amqp://guest:guest@{proxy.host}:{proxy.port}/?exchange=&queue={queue_name}"
+        filler = small_fs / "filler"
+        filler.write_bytes(b"\0" * (1024 * 1024 - 160 * 1024))  # ~160 KiB left for the spool
+        handler = MQHandler(
+            url, spool=small_fs / "spool", durability=durability, batch_size=50,
+            queue_size=queue_size, close_timeout=2, retry_max=0.2,
+        )  # fmt: skip
+        log = _logger(handler, f"stranded.d1.{durability}")
+        n = 2000
+        for i in range(n):
+            log.info("r %d %s", i, "x" * 300)
+        wait_until(  # the spool took some records, then failed (disk full)
+            lambda: handler.stats()["spooled"] and handler.stats()["spool"]["error"], timeout=20
+        )
+        spooled = handler.stats()["spooled"]
+        filler.unlink()  # the disk has room again
+        proxy.start()
+        try:
+            flushed = handler.flush(15)
+            stats = handler.stats()
+            handler.close()
+            docs = drain_amqp(rabbitmq, queue_name, 0, timeout=10, idle=1.0)
+        finally:
+            proxy.cut()
+        records = [d for d in docs if not is_marker(d)]
+        delivered = {d["event"]["id"] for d in records}
+        markers = [d for d in docs if is_marker(d)]
+        announced = sum(r.last - r.first + 1 for d in markers for r in read_meta(d).dropped)
+        dropped = sum(stats["dropped"].values())
+        assert flushed
+        assert stats["replayed"] >= spooled > 0  # the spool's records went out from it
+        assert stats["spool"]["records"] == 0
+        lost = n - len(delivered)
+        # a dropped marker is counted (and announced) too, though it never was a record
+        assert lost <= dropped <= lost + stats["markers"]["sent"], (
+            f"emitted {n}, delivered {len(delivered)}, dropped {stats['dropped']}, "
+            f"announced {announced}, spooled {spooled}, replayed {stats['replayed']}"
+        )
+        assert announced >= lost  # every record missing is named by a marker
+        assert not _audit_gaps(docs)
+        if queue_size >= n:
+            assert len(delivered) == n  # the queue held what the spool could not
+        else:
+            assert set(stats["dropped"]) == {"spool_error"}  # overflow, spool failing
+
+    def test_a_failing_spool_does_not_drop_what_memory_can_hold(
+        self, rabbitmq: RabbitMQ, queue_name: str, small_fs: Path
+    ) -> None:
+        """Memory mode (the default), the spool's disk full from the start, the broker
+        unreachable for a moment: the 500 records fit in the queue (10,000), so none is
+        dropped (the handler's promise: only what can be neither sent nor held is): all 500
+        arrive, once each, in emit order, once the broker is back. Before the fix every batch
+        the broker did not take was dropped as spool_error."""
+        subprocess.run(
+            ["dd", "if=/dev/zero", f"of={small_fs / 'filler'}", "bs=4k"],
+            capture_output=True,
+            check=False,
+        )
+        proxy = TcpProxy(rabbitmq.host, rabbitmq.amqp_port)
+        url = f"amqp://guest:guest@{proxy.host}:{proxy.port}/?exchange=&queue={queue_name}"
+        handler = MQHandler(
+            url, spool=small_fs / "spool", batch_size=50, close_timeout=2, retry_max=0.2
+        )
+        log = _logger(handler, "stranded.d4")
+        _emit(log, 500)
+        wait_until(  # the sender tried (and failed) twice: what it could not send is decided
+            lambda: sum(ep["failures"] for ep in handler.stats()["endpoints"].values()) >= 2,
+            timeout=20,
+        )
+        assert handler.stats()["dropped"] == {}
+        proxy.start()
+        try:
+            assert handler.flush(10)
+            stats = handler.stats()
+            handler.close()
+            docs = drain_amqp(rabbitmq, queue_name, 500, timeout=10, idle=1.0)
+        finally:
+            proxy.cut()
+        assert stats["dropped"] == {}
+        assert seqs(docs) == list(range(500))
