@@ -71,6 +71,7 @@ from ..packing import (
     DEFAULT_MAX_UNPACKED,
     ENCODING_HEADER,
     TYPE_HEADER,
+    Pack,
     Packer,
     is_packed,
     unpack_bodies,
@@ -87,6 +88,7 @@ from .endpoints import (
     Scheme,
     optional_text,
 )
+from .oversize import SizeGuard
 from .registry import Transport
 
 __all__ = ["TRANSPORT", "AMQPConsumer", "AMQPEndpoint", "AMQPProducer", "AMQPTap"]
@@ -734,6 +736,36 @@ class _PublishFrames:
         return b"".join(parts)
 
 
+_SIZE_ROUNDS = 3
+"""Publish rounds of one batch: each round after the first follows a size refusal that
+stated a strictly smaller limit, so more than a couple means the broker is misbehaving."""
+
+
+class _SizeRefusal(Exception):
+    """The broker refused a message of the round for its size and stated a smaller limit:
+    ``unconfirmed`` are the records to send again, ``failure`` what to raise if that cannot
+    go on."""
+
+    def __init__(self, unconfirmed: list[Message], failure: BackendError) -> None:
+        super().__init__(str(failure))
+        self.unconfirmed = unconfirmed
+        self.failure = failure
+
+
+def _unconfirmed(
+    batch: _Batch, messages: Sequence[Message], packs: Sequence[Pack] | None
+) -> list[Message]:
+    """The records of a round the broker did not ack (those it acked are stored: sending
+    them again would deliver them twice)."""
+    if packs is None:
+        return [m for i, m in enumerate(messages) if batch.state[i] != 1]
+    out: list[Message] = []
+    for i, pack in enumerate(packs):
+        if batch.state[i] != 1:
+            out.extend(messages[pack.first : pack.first + pack.count])
+    return out
+
+
 class AMQPProducer(_AMQPClient, Producer):
     """Publishes batches to an AMQP exchange with pipelined publisher confirms.
 
@@ -758,6 +790,11 @@ class AMQPProducer(_AMQPClient, Producer):
         pack_options = ep.pack_options()
         self._packer = Packer(pack_options) if pack_options is not None else None
         self._frames: _PublishFrames | None = None
+        self._guard = SizeGuard(ep)
+
+    def stats(self) -> dict[str, int]:
+        """Records refused for their size (``too_large_for_broker``), if any."""
+        return self._guard.stats()
 
     def _setup(self, link: _Link) -> None:
         selected: list[bool] = []
@@ -809,12 +846,43 @@ class AMQPProducer(_AMQPClient, Producer):
         With packing on, the batch travels as packed messages (:mod:`mqlogging.packing`): a
         packed message nacked, returned or unconfirmed means all its records are not confirmed,
         and the batch fails as a whole, as with single-record messages.
+
+        A message above the broker's size limit is refused alone (:mod:`.oversize`): the
+        rest is confirmed, then :class:`PartlyRefused` names the refused records. When the
+        broker refuses one for its size (406), what it confirmed stays confirmed and the rest
+        goes out again on a new channel, under the limit the broker stated.
         """
         if not messages:
             return
+        refused: list[Message] = []
+        pending: Sequence[Message] = messages
+        for _ in range(_SIZE_ROUNDS):
+            fit, big = (pending, []) if self._packer is not None else self._guard.split(pending)
+            refused += big
+            try:
+                refused += self._publish_round(fit)
+                break
+            except _SizeRefusal as exc:
+                pending, last = exc.unconfirmed, exc.failure
+        else:
+            raise last
+        if refused:
+            raise self._guard.refusal(refused, len(messages), self.endpoint.redacted())
+
+    def _publish_round(self, messages: Sequence[Message]) -> list[Message]:
+        """Publish ``messages`` on the current channel and wait for their confirms; returns
+        the records refused up front (packed: a single record packed above the limit).
+
+        Raises :class:`_SizeRefusal` (the link dropped) when the broker refused a message
+        for its size and stated a smaller limit; any other failure as before.
+        """
+        if not messages:
+            return []
         link = self._ensure_link()
         pika = self._pika
         ep = self.endpoint
+        packs: list[Pack] | None = None
+        refused: list[Message] = []
         ids = [m.id for m in messages] if self._packer is None else None
         batch = _Batch(self._next_tag, 0)
         self._batch = batch
@@ -823,7 +891,8 @@ class AMQPProducer(_AMQPClient, Producer):
                 batch.resize(len(messages))
                 self._publish_single(link, messages)
             else:
-                ids = self._publish_packed(link, messages, batch)
+                packs, refused = self._publish_packed(link, messages, batch)
+                ids = [pack.id for pack in packs]
             self._next_tag += batch.size
             deadline = time.monotonic() + ep.timeout
             while not batch.complete and link.channel_error is None:
@@ -848,7 +917,11 @@ class AMQPProducer(_AMQPClient, Producer):
             # queue's leader keeps nacking every publish long after a new leader was elected,
             # while a new channel finds that leader at once (issue #14).
             self._drop_link()
+            error = link.channel_error
+            if error is not None and self._guard.learn(str(getattr(error, "reply_text", ""))):
+                raise _SizeRefusal(_unconfirmed(batch, messages, packs), failure)
             raise failure
+        return refused
 
     def _publish_single(self, link: _Link, messages: Sequence[Message]) -> None:
         """Write one message per record, marshalled by :class:`_PublishFrames` into one write.
@@ -892,8 +965,11 @@ class AMQPProducer(_AMQPClient, Producer):
             )
             publish(ep.exchange, self._routing_key, message.body, properties, mandatory=True)
 
-    def _publish_packed(self, link: _Link, messages: Sequence[Message], batch: _Batch) -> list[str]:
-        """Write the batch as packed messages; returns each message's id (its first record's).
+    def _publish_packed(
+        self, link: _Link, messages: Sequence[Message], batch: _Batch
+    ) -> tuple[list[Pack], list[Message]]:
+        """Write the batch as packed messages, none above the size limit; returns the packs
+        written and the records refused (each alone in a pack above the limit).
 
         The count is set before the first write, so a confirm arriving during a write is
         counted against the right batch size.
@@ -901,7 +977,14 @@ class AMQPProducer(_AMQPClient, Producer):
         assert self._packer is not None
         ep = self.endpoint
         publish = link.impl.basic_publish
-        packs = self._packer.pack(messages)
+        guard = self._guard
+        packs: list[Pack] = []
+        refused: list[Message] = []
+        for pack in self._packer.pack(messages, guard.limit):
+            if guard.too_large(pack.body):
+                refused.append(messages[pack.first])
+            else:
+                packs.append(pack)
         batch.resize(len(packs))
         for pack in packs:
             headers = dict(pack.headers)
@@ -915,7 +998,7 @@ class AMQPProducer(_AMQPClient, Producer):
                 headers=headers,
             )
             publish(ep.exchange, self._routing_key, pack.body, properties, mandatory=True)
-        return [pack.id for pack in packs]
+        return packs, refused
 
     def _batch_failure(self, batch: _Batch, link: _Link, ids: Sequence[str]) -> BackendError | None:
         """Why the broker did not confirm the whole batch, or ``None`` if it did."""

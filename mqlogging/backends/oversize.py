@@ -1,0 +1,102 @@
+"""Messages above the broker's message size limit: refused alone, never the whole lane.
+
+A broker refuses a message above its size limit for good (RabbitMQ's ``max_message_size``:
+``406 PRECONDITION_FAILED`` closing the AMQP channel, an ``ERROR`` frame closing the STOMP
+connection). Sending it again can never succeed, and the refusal takes down every message
+published after it on that channel: before this module, the producer reported the whole
+batch as not confirmed, the handler retried it forever, the lane never moved again and the
+records of the batch before the big one were delivered again on every retry (review 7, D3).
+
+A producer of message bodies (AMQP, STOMP) keeps one :class:`SizeGuard`:
+
+1. Before publishing, a message whose body is above the limit is taken out of the batch and
+   refused alone (:class:`~mqlogging.errors.PartlyRefused`, reason
+   :data:`TOO_LARGE`): the handler counts it as dropped and announces it with a drop marker,
+   and the rest of the batch goes on. The limit is the endpoint's ``max_message_bytes``
+   (default :data:`~mqlogging.backends.endpoints.DEFAULT_MAX_MESSAGE_BYTES`). No broker
+   advertises its limit (RabbitMQ puts it neither in ``connection.tune``, whose ``frame_max``
+   is a frame size, nor in its server properties or STOMP ``CONNECTED`` headers), so the
+   option is the only way to know it before the first refusal.
+2. A broker with a smaller limit says so in its refusal ("message size N is larger than
+   configured max size M"): :meth:`SizeGuard.learn` lowers the limit to ``M`` for the
+   producer's life (every later connection too: the nodes of a cluster share the setting),
+   and the producer sends what the broker did not confirm again on a new channel, through
+   step 1, so the big message is the one refused.
+
+Identifying the offending message relies on the limit the broker states: every message
+above it is refused, and a broker refuses exactly those. A refusal that states no limit, or
+a limit no smaller than the one already applied (nothing new learnt), is *not* treated as a
+size refusal: it stays a :class:`~mqlogging.errors.NotConfirmed` of the batch, retried as
+before. Refusing the largest message on a guess, or bisecting by sending again, could drop
+or duplicate records a broker refused for another reason (a deleted queue, a policy).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from typing import Final
+
+from .._types import Message
+from ..errors import PartlyRefused
+from .endpoints import Endpoint
+
+__all__ = ["TOO_LARGE", "SizeGuard", "stated_limit"]
+
+TOO_LARGE: Final = "too_large_for_broker"
+"""The drop reason of a record refused for its size (handler ``dropped``, endpoint stats)."""
+
+_STATED = re.compile(r"larger than configured max size (\d+)")
+
+
+def stated_limit(text: str) -> int | None:
+    """The size limit a broker states in a refusal (RabbitMQ, AMQP and STOMP), or ``None``."""
+    found = _STATED.search(text)
+    return int(found.group(1)) if found else None
+
+
+class SizeGuard:
+    """The message size limit one producer keeps to, and what it refused for it."""
+
+    def __init__(self, endpoint: Endpoint) -> None:
+        self.limit = endpoint.message_limit()
+        self.refused = 0
+
+    def learn(self, refusal: str) -> bool:
+        """True if ``refusal`` states a limit below the one applied so far (now applied):
+        sending the unconfirmed messages again, through :meth:`split`, can make progress."""
+        stated = stated_limit(refusal)
+        if stated is None or stated >= self.limit:
+            return False
+        self.limit = stated
+        return True
+
+    def too_large(self, body: bytes) -> bool:
+        return len(body) > self.limit
+
+    def split(self, messages: Sequence[Message]) -> tuple[list[Message], list[Message]]:
+        """``messages`` that fit, and those whose body is above the limit (refused alone)."""
+        fit: list[Message] = []
+        big: list[Message] = []
+        for message in messages:
+            (big if len(message.body) > self.limit else fit).append(message)
+        return fit, big
+
+    def refusal(self, refused: Sequence[Message], total: int, where: str) -> PartlyRefused:
+        """The error naming the refused records (counted here); the rest of the batch is
+        confirmed. The message says which limit and how to raise it."""
+        self.refused += len(refused)
+        largest = max(len(m.body) for m in refused)
+        msg = (
+            f"{len(refused)} of {total} records above the broker's message size limit of "
+            f"{self.limit} bytes refused for good (largest {largest} bytes, first id "
+            f"{refused[0].id}); raise the broker's limit (RabbitMQ max_message_size) and the "
+            "URL option max_message_bytes, or lower the handler's max_record_bytes"
+        )
+        return PartlyRefused(
+            msg, ids=frozenset(m.id for m in refused), endpoint=where, reason=TOO_LARGE
+        )
+
+    def stats(self) -> dict[str, int]:
+        """The producer's counter, shown under its endpoint in the handler's ``stats()``."""
+        return {TOO_LARGE: self.refused} if self.refused else {}
