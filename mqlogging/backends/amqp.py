@@ -628,9 +628,14 @@ class _Batch:
     settled: int = 0
     nacked: int = 0
     returned: list[tuple[str, str]] = field(default_factory=list)  # (message id, reply text)
+    awaited: int = 0  # the wait loop is woken once the first `awaited` are settled (0: all)
 
     def __post_init__(self) -> None:
         self.state = bytearray(self.size)
+
+    @property
+    def awaited_settled(self) -> bool:
+        return self.complete or (0 < self.awaited <= self.low)
 
     def resize(self, size: int) -> None:
         """Set the number of messages (known once the batch is cut into messages)."""
@@ -830,7 +835,7 @@ class AMQPProducer(_AMQPClient, Producer):
         method = frame.method
         ok = method.NAME == "Basic.Ack"
         batch.settle(int(method.delivery_tag), bool(method.multiple), ok)
-        if batch.complete and link is not None:
+        if batch.awaited_settled and link is not None:
             link.connection.call_later(0, _noop)
 
     def _on_return(self, _channel: Any, method: Any, properties: Any, _body: bytes) -> None:
@@ -879,28 +884,14 @@ class AMQPProducer(_AMQPClient, Producer):
         if not messages:
             return []
         link = self._ensure_link()
-        pika = self._pika
-        ep = self.endpoint
-        packs: list[Pack] | None = None
-        refused: list[Message] = []
-        ids = [m.id for m in messages] if self._packer is None else None
-        batch = _Batch(self._next_tag, 0)
+        packs, refused = (None, []) if self._packer is None else self._pack(messages)
+        ids = [m.id for m in messages] if packs is None else [p.id for p in packs]
+        sizes = [len(m.body) for m in (messages if packs is None else packs)]
+        batch = _Batch(self._next_tag, len(ids))
         self._batch = batch
         try:
-            if self._packer is None:
-                batch.resize(len(messages))
-                self._publish_single(link, messages)
-            else:
-                packs, refused = self._publish_packed(link, messages, batch)
-                ids = [pack.id for pack in packs]
-            self._next_tag += batch.size
-            deadline = time.monotonic() + ep.timeout
-            while not batch.complete and link.channel_error is None:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    break
-                link.connection.process_data_events(time_limit=remaining)
-        except (pika.exceptions.AMQPError, OSError) as exc:
+            self._write_round(link, batch, messages, packs, sizes)
+        except (self._pika.exceptions.AMQPError, OSError) as exc:
             self._drop_link()
             first = (ids or [messages[0].id])[min(batch.low, max(batch.size - 1, 0))]
             msg = (
@@ -911,17 +902,70 @@ class AMQPProducer(_AMQPClient, Producer):
         finally:
             self._batch = None
         failure = self._batch_failure(batch, link, ids or [m.id for m in messages])
-        if failure is not None:
-            # After *any* failure the next batch goes out on a fresh connection (from the first
-            # host again), never on this channel: a quorum queue's channel that lost the
-            # queue's leader keeps nacking every publish long after a new leader was elected,
-            # while a new channel finds that leader at once (issue #14).
-            self._drop_link()
-            error = link.channel_error
-            if error is not None and self._guard.learn(str(getattr(error, "reply_text", ""))):
-                raise _SizeRefusal(_unconfirmed(batch, messages, packs), failure)
-            raise failure
-        return refused
+        if failure is None:
+            self._guard.confirmed(max(sizes, default=0))
+            return refused
+        # After *any* failure the next batch goes out on a fresh connection (from the first
+        # host again), never on this channel: a quorum queue's channel that lost the queue's
+        # leader keeps nacking every publish long after a new leader was elected, while a new
+        # channel finds that leader at once (issue #14).
+        self._drop_link()
+        error = link.channel_error
+        if error is not None and self._guard.learn(str(getattr(error, "reply_text", ""))):
+            raise _SizeRefusal(_unconfirmed(batch, messages, packs), failure)
+        raise failure
+
+    def _write_round(
+        self,
+        link: _Link,
+        batch: _Batch,
+        messages: Sequence[Message],
+        packs: Sequence[Pack] | None,
+        sizes: Sequence[int],
+    ) -> None:
+        """Write the round's messages and wait for their confirms (up to ``timeout``).
+
+        Before a message larger than any the broker confirmed so far (:meth:`SizeGuard.risky`)
+        the confirms of every message before it are awaited: if the broker refuses it for its
+        size, it closes the channel and the confirms still on their way are lost, and the
+        messages before it could only be sent again (delivered twice). Those after it are
+        discarded with the channel (AMQP: a closing channel ignores what follows), so
+        sending them again is safe.
+        """
+        deadline = time.monotonic() + self.endpoint.timeout
+        start = 0
+        for cut in self._guard.barriers(sizes):
+            self._write(link, messages, packs, start, cut)
+            start = cut
+            if not self._await_confirms(link, batch, cut, deadline):
+                return  # timed out or the channel closed: the caller reports it
+        self._write(link, messages, packs, start, len(sizes))
+        self._next_tag += batch.size
+        self._await_confirms(link, batch, batch.size, deadline)
+
+    def _write(
+        self,
+        link: _Link,
+        messages: Sequence[Message],
+        packs: Sequence[Pack] | None,
+        start: int,
+        end: int,
+    ) -> None:
+        if packs is None:
+            self._publish_single(link, messages[start:end])
+        else:
+            self._publish_packs(link, packs[start:end])
+
+    def _await_confirms(self, link: _Link, batch: _Batch, count: int, deadline: float) -> bool:
+        """Wait until the first ``count`` messages of ``batch`` are settled; False if the
+        deadline passed or the channel closed first."""
+        batch.awaited = count
+        while batch.low < count and link.channel_error is None:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            link.connection.process_data_events(time_limit=remaining)
+        return batch.low >= count
 
     def _publish_single(self, link: _Link, messages: Sequence[Message]) -> None:
         """Write one message per record, marshalled by :class:`_PublishFrames` into one write.
@@ -965,18 +1009,10 @@ class AMQPProducer(_AMQPClient, Producer):
             )
             publish(ep.exchange, self._routing_key, message.body, properties, mandatory=True)
 
-    def _publish_packed(
-        self, link: _Link, messages: Sequence[Message], batch: _Batch
-    ) -> tuple[list[Pack], list[Message]]:
-        """Write the batch as packed messages, none above the size limit; returns the packs
-        written and the records refused (each alone in a pack above the limit).
-
-        The count is set before the first write, so a confirm arriving during a write is
-        counted against the right batch size.
-        """
+    def _pack(self, messages: Sequence[Message]) -> tuple[list[Pack], list[Message]]:
+        """The batch as packed messages none of which is above the size limit, and the
+        records refused (each alone in a pack above the limit)."""
         assert self._packer is not None
-        ep = self.endpoint
-        publish = link.impl.basic_publish
         guard = self._guard
         packs: list[Pack] = []
         refused: list[Message] = []
@@ -985,7 +1021,13 @@ class AMQPProducer(_AMQPClient, Producer):
                 refused.append(messages[pack.first])
             else:
                 packs.append(pack)
-        batch.resize(len(packs))
+        return packs, refused
+
+    def _publish_packs(self, link: _Link, packs: Sequence[Pack]) -> None:
+        """Write packed messages (their count is already the batch's size, so a confirm
+        arriving during a write is counted against the right batch)."""
+        ep = self.endpoint
+        publish = link.impl.basic_publish
         for pack in packs:
             headers = dict(pack.headers)
             encoding = headers.pop(ENCODING_HEADER, None)
@@ -998,7 +1040,6 @@ class AMQPProducer(_AMQPClient, Producer):
                 headers=headers,
             )
             publish(ep.exchange, self._routing_key, pack.body, properties, mandatory=True)
-        return packs, refused
 
     def _batch_failure(self, batch: _Batch, link: _Link, ids: Sequence[str]) -> BackendError | None:
         """Why the broker did not confirm the whole batch, or ``None`` if it did."""

@@ -41,10 +41,15 @@ from .._types import Message
 from ..errors import PartlyRefused
 from .endpoints import Endpoint
 
-__all__ = ["TOO_LARGE", "SizeGuard", "stated_limit"]
+__all__ = ["SAFE_BYTES", "TOO_LARGE", "SizeGuard", "stated_limit"]
 
 TOO_LARGE: Final = "too_large_for_broker"
 """The drop reason of a record refused for its size (handler ``dropped``, endpoint stats)."""
+
+SAFE_BYTES: Final = 256 * 1024
+"""Message bodies assumed below any broker's limit (RabbitMQ's ``max_message_size`` and
+ActiveMQ's ``maxFrameSize`` are megabytes): the handler's default ``max_record_bytes`` and
+the default ``pack_bytes``, so default configurations never wait (:meth:`SizeGuard.barriers`)."""
 
 _STATED = re.compile(r"larger than configured max size (\d+)")
 
@@ -61,6 +66,9 @@ class SizeGuard:
     def __init__(self, endpoint: Endpoint) -> None:
         self.limit = endpoint.message_limit()
         self.refused = 0
+        #: The largest body known to be safe: :data:`SAFE_BYTES`, then the largest the
+        #: broker confirmed. A larger one may be refused for its size (:meth:`barriers`).
+        self.proven = min(SAFE_BYTES, self.limit)
 
     def learn(self, refusal: str) -> bool:
         """True if ``refusal`` states a limit below the one applied so far (now applied):
@@ -69,7 +77,26 @@ class SizeGuard:
         if stated is None or stated >= self.limit:
             return False
         self.limit = stated
+        self.proven = min(self.proven, stated)
         return True
+
+    def confirmed(self, size: int) -> None:
+        """The broker confirmed a message of ``size`` bytes: as large is safe from now on."""
+        if size <= self.limit:
+            self.proven = max(self.proven, size)
+
+    def barriers(self, sizes: Sequence[int]) -> list[int]:
+        """Where a producer waits for the confirms of the messages before: the indexes of
+        the messages larger than any proven safe (not the first: nothing precedes it).
+
+        A broker refusing a message for its size closes the channel or connection, and
+        the acknowledgements of the messages before it that were still on their way are
+        lost with it: waiting for them first means only the big one and those after it
+        (which the broker discarded) are sent again, never a stored record twice. Messages
+        up to :data:`SAFE_BYTES` (the handler's default ``max_record_bytes`` and packs of
+        the default ``pack_bytes``) never wait.
+        """
+        return [i for i in range(1, len(sizes)) if sizes[i] > self.proven]
 
     def too_large(self, body: bytes) -> bool:
         return len(body) > self.limit

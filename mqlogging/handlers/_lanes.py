@@ -214,7 +214,8 @@ class Lane:
 
         A batch the destination confirmed except for records it refused for good and could
         not keep (:class:`~mqlogging.errors.PartlyRefused`) is confirmed too: those records
-        go to ``refused`` with the reason (counted as dropped, announced), so they never hold up the lane."""
+        go to ``refused`` with its reason (counted as dropped, announced), so they never hold
+        up the lane."""
         now = time.monotonic()
         order = self.endpoints
         if self.mode == "roundrobin" and len(order) > 1:
