@@ -88,7 +88,7 @@ from .endpoints import (
     Scheme,
     optional_text,
 )
-from .oversize import SizeGuard
+from .oversize import SizeGuard, SizeRefusal, publish_within_limit
 from .registry import Transport
 
 __all__ = ["TRANSPORT", "AMQPConsumer", "AMQPEndpoint", "AMQPProducer", "AMQPTap"]
@@ -741,22 +741,6 @@ class _PublishFrames:
         return b"".join(parts)
 
 
-_SIZE_ROUNDS = 3
-"""Publish rounds of one batch: each round after the first follows a size refusal that
-stated a strictly smaller limit, so more than a couple means the broker is misbehaving."""
-
-
-class _SizeRefusal(Exception):
-    """The broker refused a message of the round for its size and stated a smaller limit:
-    ``unconfirmed`` are the records to send again, ``failure`` what to raise if that cannot
-    go on."""
-
-    def __init__(self, unconfirmed: list[Message], failure: BackendError) -> None:
-        super().__init__(str(failure))
-        self.unconfirmed = unconfirmed
-        self.failure = failure
-
-
 def _unconfirmed(
     batch: _Batch, messages: Sequence[Message], packs: Sequence[Pack] | None
 ) -> list[Message]:
@@ -859,32 +843,27 @@ class AMQPProducer(_AMQPClient, Producer):
         """
         if not messages:
             return
-        refused: list[Message] = []
-        pending: Sequence[Message] = messages
-        for _ in range(_SIZE_ROUNDS):
-            fit, big = (pending, []) if self._packer is not None else self._guard.split(pending)
-            refused += big
-            try:
-                refused += self._publish_round(fit)
-                break
-            except _SizeRefusal as exc:
-                pending, last = exc.unconfirmed, exc.failure
-        else:
-            raise last
-        if refused:
-            raise self._guard.refusal(refused, len(messages), self.endpoint.redacted())
+        publish_within_limit(
+            self._guard,
+            messages,
+            packed=self._packer is not None,
+            publish_round=self._publish_round,
+            where=self.endpoint.redacted(),
+        )
 
     def _publish_round(self, messages: Sequence[Message]) -> list[Message]:
         """Publish ``messages`` on the current channel and wait for their confirms; returns
         the records refused up front (packed: a single record packed above the limit).
 
-        Raises :class:`_SizeRefusal` (the link dropped) when the broker refused a message
+        Raises :class:`SizeRefusal` (the link dropped) when the broker refused a message
         for its size and stated a smaller limit; any other failure as before.
         """
         if not messages:
             return []
         link = self._ensure_link()
-        packs, refused = (None, []) if self._packer is None else self._pack(messages)
+        packs, refused = (
+            (None, []) if self._packer is None else self._guard.pack(self._packer, messages)
+        )
         ids = [m.id for m in messages] if packs is None else [p.id for p in packs]
         sizes = [len(m.body) for m in (messages if packs is None else packs)]
         batch = _Batch(self._next_tag, len(ids))
@@ -912,7 +891,7 @@ class AMQPProducer(_AMQPClient, Producer):
         self._drop_link()
         error = link.channel_error
         if error is not None and self._guard.learn(str(getattr(error, "reply_text", ""))):
-            raise _SizeRefusal(_unconfirmed(batch, messages, packs), failure)
+            raise SizeRefusal(_unconfirmed(batch, messages, packs), failure)
         raise failure
 
     def _write_round(
@@ -1008,20 +987,6 @@ class AMQPProducer(_AMQPClient, Producer):
                 headers={_ID_HEADER: message.id},
             )
             publish(ep.exchange, self._routing_key, message.body, properties, mandatory=True)
-
-    def _pack(self, messages: Sequence[Message]) -> tuple[list[Pack], list[Message]]:
-        """The batch as packed messages none of which is above the size limit, and the
-        records refused (each alone in a pack above the limit)."""
-        assert self._packer is not None
-        guard = self._guard
-        packs: list[Pack] = []
-        refused: list[Message] = []
-        for pack in self._packer.pack(messages, guard.limit):
-            if guard.too_large(pack.body):
-                refused.append(messages[pack.first])
-            else:
-                packs.append(pack)
-        return packs, refused
 
     def _publish_packs(self, link: _Link, packs: Sequence[Pack]) -> None:
         """Write packed messages (their count is already the batch's size, so a confirm

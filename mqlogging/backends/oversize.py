@@ -34,14 +34,24 @@ or duplicate records a broker refused for another reason (a deleted queue, a pol
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Final
 
 from .._types import Message
-from ..errors import PartlyRefused
+from ..errors import BackendError, PartlyRefused
+from ..packing import Pack, Packer
 from .endpoints import Endpoint
 
-__all__ = ["SAFE_BYTES", "TOO_LARGE", "SizeGuard", "stated_limit"]
+__all__ = [
+    "SAFE_BYTES",
+    "SIZE_ROUNDS",
+    "TOO_LARGE",
+    "SizeGuard",
+    "SizeRefusal",
+    "publish_within_limit",
+    "records_of",
+    "stated_limit",
+]
 
 TOO_LARGE: Final = "too_large_for_broker"
 """The drop reason of a record refused for its size (handler ``dropped``, endpoint stats)."""
@@ -50,6 +60,10 @@ SAFE_BYTES: Final = 256 * 1024
 """Message bodies assumed below any broker's limit (RabbitMQ's ``max_message_size`` and
 ActiveMQ's ``maxFrameSize`` are megabytes): the handler's default ``max_record_bytes`` and
 the default ``pack_bytes``, so default configurations never wait (:meth:`SizeGuard.barriers`)."""
+
+SIZE_ROUNDS: Final = 3
+"""Publish rounds of one batch: each round after the first follows a size refusal stating a
+strictly smaller limit, so needing more means the broker keeps changing its mind."""
 
 _STATED = re.compile(r"larger than configured max size (\d+)")
 
@@ -98,8 +112,17 @@ class SizeGuard:
         """
         return [i for i in range(1, len(sizes)) if sizes[i] > self.proven]
 
-    def too_large(self, body: bytes) -> bool:
-        return len(body) > self.limit
+    def pack(self, packer: Packer, messages: Sequence[Message]) -> tuple[list[Pack], list[Message]]:
+        """``messages`` as packed messages within the limit, and the records refused (each
+        alone in a pack above the limit, compressed or not)."""
+        packs: list[Pack] = []
+        refused: list[Message] = []
+        for pack in packer.pack(messages, self.limit):
+            if len(pack.body) > self.limit:
+                refused.append(messages[pack.first])
+            else:
+                packs.append(pack)
+        return packs, refused
 
     def split(self, messages: Sequence[Message]) -> tuple[list[Message], list[Message]]:
         """``messages`` that fit, and those whose body is above the limit (refused alone)."""
@@ -127,3 +150,54 @@ class SizeGuard:
     def stats(self) -> dict[str, int]:
         """The producer's counter, shown under its endpoint in the handler's ``stats()``."""
         return {TOO_LARGE: self.refused} if self.refused else {}
+
+
+class SizeRefusal(Exception):
+    """A round's message was refused for its size, the broker stated a smaller limit (now
+    applied): ``unconfirmed`` are the records to send again, on a new channel or connection;
+    ``failure`` is what to raise if the rounds run out."""
+
+    def __init__(self, unconfirmed: list[Message], failure: BackendError) -> None:
+        super().__init__(str(failure))
+        self.unconfirmed = unconfirmed
+        self.failure = failure
+
+
+def publish_within_limit(
+    guard: SizeGuard,
+    messages: Sequence[Message],
+    *,
+    packed: bool,
+    publish_round: Callable[[Sequence[Message]], list[Message]],
+    where: str,
+) -> None:
+    """Publish ``messages`` with ``publish_round`` (which returns the records it refused up
+    front, packed, and raises :class:`SizeRefusal`), refusing the records above the limit
+    alone: :class:`PartlyRefused` names them once every other record is confirmed.
+
+    Unpacked records above the limit are taken out here; packed ones by :meth:`SizeGuard.pack`
+    in the round (compression decides a pack's size).
+    """
+    refused: list[Message] = []
+    pending: Sequence[Message] = messages
+    last: BackendError | None = None
+    for _ in range(SIZE_ROUNDS):
+        fit, big = (list(pending), []) if packed else guard.split(pending)
+        refused += big
+        try:
+            refused += publish_round(fit)
+        except SizeRefusal as exc:
+            pending, last = exc.unconfirmed, exc.failure
+            continue
+        if refused:
+            raise guard.refusal(refused, len(messages), where)
+        return
+    assert last is not None
+    raise last
+
+
+def records_of(messages: Sequence[Message], packs: Sequence[Pack] | None) -> list[Message]:
+    """The records ``packs`` (cut from ``messages``) hold, or ``messages`` unpacked."""
+    if packs is None:
+        return list(messages)
+    return [m for p in packs for m in messages[p.first : p.first + p.count]]

@@ -83,7 +83,7 @@ def _run(url: str, spool: Path) -> tuple[bool, dict[str, Any], list[dict[str, An
     for i in range(N):
         log.info("after %d", i)
     try:
-        flushed = handler.flush(10)
+        flushed = handler.flush(4)  # review 7's bound
         stats = handler.stats()  # before close(): the endpoint's producer counters with it
     finally:
         handler.close()
