@@ -80,6 +80,7 @@ from .base import Consumer, Producer, Tap, TapOptions
 from .endpoints import (
     COMMON_OPTIONS,
     COMMON_TYPES,
+    DEFAULT_MAX_MESSAGE_BYTES,
     PACK_OPTIONS,
     PACK_TYPES,
     Coercer,
@@ -125,6 +126,7 @@ class AMQPEndpoint(Endpoint):
         "amqp": Scheme(tls=False, default_port=5672),
         "amqps": Scheme(tls=True, default_port=5671),
     }
+    default_max_message_bytes: ClassVar[int | None] = DEFAULT_MAX_MESSAGE_BYTES
     url_options: ClassVar[frozenset[str]] = COMMON_OPTIONS | PACK_OPTIONS | {
         "exchange", "exchange_type", "routing_key", "queue", "binding_key", "queue_type",
         "dead_letter_exchange", "delivery_limit", "declare", "vhost", "persistent",

@@ -134,8 +134,9 @@ PACK_TYPES: Mapping[str, Coercer] = {
 """How the packed-message options are read."""
 
 DEFAULT_MAX_MESSAGE_BYTES: int = 16 * 1024 * 1024
-"""The broker's message size limit a producer assumes without ``max_message_bytes=``:
-RabbitMQ 4's default ``max_message_size`` (3.x: 128 MiB; ActiveMQ's STOMP frames: larger)."""
+"""The broker's message size limit the AMQP and STOMP producers assume without
+``max_message_bytes=``: RabbitMQ 4's default ``max_message_size`` (3.x: 128 MiB; ActiveMQ's
+STOMP frames: larger), so a record above it is refused before it is sent."""
 MIN_MAX_MESSAGE_BYTES: int = 1024
 
 
@@ -288,6 +289,9 @@ class Endpoint:
     url_options: ClassVar[frozenset[str]] = COMMON_OPTIONS
     option_types: ClassVar[Mapping[str, Coercer]] = COMMON_TYPES
     needs_hosts: ClassVar[bool] = True
+    #: The broker's message size limit assumed without ``max_message_bytes=`` (transports
+    #: whose producer publishes message bodies); ``None``: this option means nothing here.
+    default_max_message_bytes: ClassVar[int | None] = None
 
     hosts: tuple[Host, ...] = ()
     tls: TLSConfig | None = None
@@ -487,6 +491,8 @@ class Endpoint:
         of records) fits in it: a config that would make the broker refuse every full pack
         is refused here, not record by record later."""
         limit = self.message_limit()
+        if limit is None:
+            return
         if limit < MIN_MAX_MESSAGE_BYTES:
             msg = f"{where}: max_message_bytes must be at least 1KiB (the broker's limit)"
             raise ConfigurationError(msg)
@@ -497,12 +503,13 @@ class Endpoint:
             )
             raise ConfigurationError(msg)
 
-    def message_limit(self) -> int:
-        """The largest message body the broker takes (``max_message_bytes``, or the default
-        of :data:`DEFAULT_MAX_MESSAGE_BYTES`): a producer refuses a larger one alone, before
-        sending it, instead of having the broker refuse it and the whole batch with it."""
+    def message_limit(self) -> int | None:
+        """The largest message body the broker takes (``max_message_bytes``, or the
+        transport's :attr:`default_max_message_bytes`), ``None`` where no such limit
+        applies: a producer refuses a larger body alone, before sending it, instead of
+        having the broker refuse it and the rest of the batch with it."""
         if self.max_message_bytes is None:
-            return DEFAULT_MAX_MESSAGE_BYTES
+            return self.default_max_message_bytes
         return self.max_message_bytes
 
     def pack_options(self) -> PackOptions | None:

@@ -65,6 +65,8 @@ SIZE_ROUNDS: Final = 3
 """Publish rounds of one batch: each round after the first follows a size refusal stating a
 strictly smaller limit, so needing more means the broker keeps changing its mind."""
 
+_UNLIMITED: Final = 2**62
+
 _STATED = re.compile(r"larger than configured max size (\d+)")
 
 
@@ -78,7 +80,8 @@ class SizeGuard:
     """The message size limit one producer keeps to, and what it refused for it."""
 
     def __init__(self, endpoint: Endpoint) -> None:
-        self.limit = endpoint.message_limit()
+        limit = endpoint.message_limit()
+        self.limit = limit if limit is not None else _UNLIMITED
         self.refused = 0
         #: The largest body known to be safe: :data:`SAFE_BYTES`, then the largest the
         #: broker confirmed. A larger one may be refused for its size (:meth:`barriers`).

@@ -100,6 +100,7 @@ from .base import Consumer, Producer, Tap, TapOptions
 from .endpoints import (
     COMMON_OPTIONS,
     COMMON_TYPES,
+    DEFAULT_MAX_MESSAGE_BYTES,
     PACK_OPTIONS,
     PACK_TYPES,
     Coercer,
@@ -138,6 +139,7 @@ class STOMPEndpoint(Endpoint):
         "stomp+ssl": Scheme(tls=True, default_port=61614),
         "stomp+tls": Scheme(tls=True, default_port=61614),
     }
+    default_max_message_bytes: ClassVar[int | None] = DEFAULT_MAX_MESSAGE_BYTES
     url_options: ClassVar[frozenset[str]] = COMMON_OPTIONS | PACK_OPTIONS | {
         "vhost", "ack", "persistent", "destination",
     }  # fmt: skip

@@ -143,6 +143,19 @@ def test_pack_bytes_above_max_message_bytes_is_a_configuration_error() -> None:
         MQHandler("amqp://localhost/?pack_bytes=2MiB&max_message_bytes=1MiB", spool=False)
 
 
+@pytest.mark.parametrize("url", ["amqp://localhost/", "stomp://localhost/queue/logs"])
+def test_max_record_bytes_above_max_message_bytes_is_a_configuration_error(url: str) -> None:
+    """Records the formatter would let through whole but the broker would refuse (and the
+    handler drop) are refused at startup, in one line naming both options; with a
+    ``max_message_bytes`` that holds them, the handler starts."""
+    with pytest.raises(ConfigurationError, match=r"max_record_bytes=.*above max_message_bytes"):
+        MQHandler(url, spool=False, max_record_bytes=32 * 1024 * 1024)
+    sep = "&" if "?" in url else "?"
+    MQHandler(
+        url + f"{sep}max_message_bytes=64MiB", spool=False, max_record_bytes=32 * 1024 * 1024
+    ).close()
+
+
 def test_packer_keeps_packs_under_the_limit_even_when_compression_grows_them() -> None:
     """Incompressible records packed up to the limit: gzip makes the body larger than its
     records, so the packer halves such a pack; no pack of several records is above the
