@@ -639,11 +639,6 @@ class _Batch:
     def awaited_settled(self) -> bool:
         return self.complete or (0 < self.awaited <= self.low)
 
-    def resize(self, size: int) -> None:
-        """Set the number of messages (known once the batch is cut into messages)."""
-        self.size = size
-        self.state = bytearray(size)
-
     @property
     def complete(self) -> bool:
         return self.settled == self.size
@@ -906,7 +901,7 @@ class AMQPProducer(_AMQPClient, Producer):
     ) -> None:
         """Write the round's messages and wait for their confirms (up to ``timeout``).
 
-        Before a message larger than any the broker confirmed so far (:meth:`SizeGuard.risky`)
+        Before a message larger than any the broker confirmed so far (:meth:`SizeGuard.barriers`)
         the confirms of every message before it are awaited: if the broker refuses it for its
         size, it closes the channel and the confirms still on their way are lost, and the
         messages before it could only be sent again (delivered twice). Those after it are
