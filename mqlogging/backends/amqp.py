@@ -887,7 +887,8 @@ class AMQPProducer(_AMQPClient, Producer):
         # channel finds that leader at once (issue #14).
         self._drop_link()
         error = link.channel_error
-        if error is not None and self._guard.learn(str(getattr(error, "reply_text", ""))):
+        culprit = sizes[batch.low] if batch.low < len(sizes) else None
+        if error is not None and self._guard.learn(str(getattr(error, "reply_text", "")), culprit):
             raise SizeRefusal(_unconfirmed(batch, messages, packs), failure)
         raise failure
 

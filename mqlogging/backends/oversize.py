@@ -24,11 +24,15 @@ A producer of message bodies (AMQP, STOMP) keeps one :class:`SizeGuard`:
    step 1, so the big message is the one refused.
 
 Identifying the offending message relies on the limit the broker states: every message
-above it is refused, and a broker refuses exactly those. A refusal that states no limit, or
-a limit no smaller than the one already applied (nothing new learnt), is *not* treated as a
-size refusal: it stays a :class:`~mqlogging.errors.NotConfirmed` of the batch, retried as
-before. Refusing the largest message on a guess, or bisecting by sending again, could drop
-or duplicate records a broker refused for another reason (a deleted queue, a policy).
+above it is refused, and a broker refuses exactly those. A broker that says the refusal is
+about size without a number (ActiveMQ's STOMP ``maxFrameSize``: "The maximum frame size was
+exceeded") still identifies it: the producer waits for the confirms before every message
+larger than any the broker took (:meth:`SizeGuard.barriers`), so the refused one is the
+first unconfirmed message, and the limit is below its size (a later, smaller one that is
+still too large teaches the next bound the same way). A refusal that is not about size, or
+that teaches nothing new, stays a :class:`~mqlogging.errors.NotConfirmed` of the batch,
+retried as before: refusing the largest message on a guess could drop records a broker
+refused for another reason (a deleted queue, a policy).
 """
 
 from __future__ import annotations
@@ -68,6 +72,7 @@ strictly smaller limit, so needing more means the broker keeps changing its mind
 _UNLIMITED: Final = 2**62
 
 _STATED = re.compile(r"larger than configured max size (\d+)")
+_ABOUT_SIZE = re.compile(r"maximum frame size|message size|too large|larger than", re.IGNORECASE)
 
 
 def stated_limit(text: str) -> int | None:
@@ -86,13 +91,26 @@ class SizeGuard:
         #: The largest body known to be safe: :data:`SAFE_BYTES`, then the largest the
         #: broker confirmed. A larger one may be refused for its size (:meth:`barriers`).
         self.proven = min(SAFE_BYTES, self.limit)
+        #: The limit is a bound inferred from a refused size, not one the broker stated.
+        self.inferred = False
 
-    def learn(self, refusal: str) -> bool:
-        """True if ``refusal`` states a limit below the one applied so far (now applied):
-        sending the unconfirmed messages again, through :meth:`split`, can make progress."""
+    def learn(self, refusal: str, culprit: int | None = None) -> bool:
+        """True if ``refusal`` tells a limit below the one applied so far (now applied):
+        sending the unconfirmed messages again, through :meth:`split`, can make progress.
+
+        A refusal that states no limit but says it is about size (ActiveMQ: "The maximum
+        frame size was exceeded") tells one too when ``culprit``, the size of the first
+        unconfirmed message, is above :attr:`proven`: thanks to :meth:`barriers` every
+        message after it in its round is no larger than one the broker took, so that one is
+        the message refused, and the limit is below its size.
+        """
         stated = stated_limit(refusal)
+        inferred = stated is None
+        if inferred and culprit is not None and culprit > self.proven:
+            stated = culprit - 1 if _ABOUT_SIZE.search(refusal) else None
         if stated is None or stated >= self.limit:
             return False
+        self.inferred = inferred
         self.limit = stated
         self.proven = min(self.proven, stated)
         return True
@@ -114,6 +132,24 @@ class SizeGuard:
         the default ``pack_bytes``) never wait.
         """
         return [i for i in range(1, len(sizes)) if sizes[i] > self.proven]
+
+    def alone(self, sizes: Sequence[int]) -> list[int]:
+        """The ends of the segments to send one after the other, each message larger than
+        any proven safe in a segment of its own (STOMP, one receipt per segment).
+
+        Alone, because RabbitMQ's STOMP adapter may answer a frame that follows a refused
+        one with a generic "Processing error" instead of the size refusal (the channel
+        behind it is already closed): nothing must follow the big one until its receipt.
+        """
+        ends: list[int] = []
+        for i, size in enumerate(sizes):
+            if size > self.proven:
+                if i and (not ends or ends[-1] != i):
+                    ends.append(i)
+                ends.append(i + 1)
+        if not ends or ends[-1] != len(sizes):
+            ends.append(len(sizes))
+        return ends
 
     def pack(self, packer: Packer, messages: Sequence[Message]) -> tuple[list[Pack], list[Message]]:
         """``messages`` as packed messages within the limit, and the records refused (each
@@ -140,11 +176,12 @@ class SizeGuard:
         confirmed. The message says which limit and how to raise it."""
         self.refused += len(refused)
         largest = max(len(m.body) for m in refused)
+        limit = f"below {self.limit + 1}" if self.inferred else f"of {self.limit}"
         msg = (
-            f"{len(refused)} of {total} records above the broker's message size limit of "
-            f"{self.limit} bytes refused for good (largest {largest} bytes, first id "
-            f"{refused[0].id}); raise the broker's limit (RabbitMQ max_message_size) and the "
-            "URL option max_message_bytes, or lower the handler's max_record_bytes"
+            f"{len(refused)} of {total} records above the broker's message size limit {limit} "
+            f"bytes refused for good (largest {largest} bytes, first id {refused[0].id}); "
+            "raise the broker's limit (RabbitMQ max_message_size, ActiveMQ maxFrameSize) and "
+            "the URL option max_message_bytes, or lower the handler's max_record_bytes"
         )
         return PartlyRefused(
             msg, ids=frozenset(m.id for m in refused), endpoint=where, reason=TOO_LARGE

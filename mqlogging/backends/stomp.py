@@ -671,10 +671,10 @@ class STOMPProducer(_Client, Producer):
         """Send ``messages`` and wait for their receipts; returns the records refused up
         front (packed: a single record packed above the limit).
 
-        One receipt per batch, except before a message larger than any the broker confirmed
-        so far (:meth:`SizeGuard.barriers`): the messages before it get a receipt of their
-        own first, so a size refusal (which closes the connection) leaves no doubt about
-        them and they are never sent twice.
+        One receipt per batch, except around a message larger than any the broker confirmed
+        so far (:meth:`SizeGuard.alone`): it is sent alone, after the receipt of the messages
+        before it, so a size refusal (which closes the connection) leaves no doubt about
+        which message it refused, and the messages before it are never sent twice.
         """
         if not messages:
             return []
@@ -692,14 +692,14 @@ class STOMPProducer(_Client, Producer):
             ]
         sizes = [len(u.body) for u in units]
         start = 0
-        for end in [*self._guard.barriers(sizes), len(units)]:
+        for end in self._guard.alone(sizes):
             try:
                 if end > start:
                     self._send_messages(
                         link, units[start:end], headers[start:end] if headers else None
                     )
             except NotConfirmed as exc:
-                if not self._guard.learn(exc.reason):
+                if not self._guard.learn(exc.reason, sizes[start]):
                     raise
                 rest = records_of(messages, packs[start:]) if packs else list(messages[start:])
                 raise SizeRefusal(rest, exc) from exc

@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from harness.brokers import RabbitMQ
+from harness.brokers import ActiveMQ, RabbitMQ, reserve_port
 from harness.drain import amqp_url, stomp_url
 from harness.helpers import unique_name
 from mqlogging import MQHandler
@@ -47,6 +47,25 @@ def small_max_rabbitmq(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rab
         broker.close()
 
 
+@pytest.fixture(scope="module")
+def small_frame_activemq(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The STOMP URL of a private ActiveMQ connector refusing frames above 1 MiB
+    (``maxFrameSize``; its ERROR frame does not say the limit), for the module."""
+    port = reserve_port(set())
+    connector = (
+        f'<transportConnector name="small" '
+        f'uri="stomp://127.0.0.1:{port}?transport.maxFrameSize={LIMIT}"/>'
+    )
+    broker = ActiveMQ(
+        tmp_path_factory.mktemp("small-frame"), extra_connectors=connector, extra_ports=(port,)
+    )
+    broker.start()
+    try:
+        yield f"stomp://guest:guest@{broker.host}:{port}"
+    finally:
+        broker.close()
+
+
 def _url(broker: RabbitMQ, transport: str, queue: str, query: str) -> str:
     if transport == "amqp":
         return amqp_url(broker, queue) + (f"&{query}" if query else "")
@@ -69,10 +88,12 @@ def _drain(url: str, timeout: float = 20.0, idle: float = 1.0) -> list[dict[str,
 
 
 def _run(url: str, spool: Path) -> tuple[bool, dict[str, Any], list[dict[str, Any]]]:
-    """Log N records, one 2 MB record and N records; flush, close, drain the queue."""
-    handler = MQHandler(
-        url, spool=spool, close_timeout=2, retry_max=0.5, max_record_bytes=4 * 1024 * 1024
-    )
+    """Log N records, one 2 MB record and N records; flush, close, drain the queue.
+
+    Records are bounded at 4 MiB (not cut), or not at all where the URL states the broker's
+    limit (a bound above it is refused at startup)."""
+    bound = None if "max_message_bytes" in url else 4 * 1024 * 1024
+    handler = MQHandler(url, spool=spool, close_timeout=2, retry_max=0.5, max_record_bytes=bound)
     log = logging.getLogger(unique_name("oversize"))
     log.handlers[:] = [handler]
     log.setLevel(logging.DEBUG)
@@ -122,6 +143,17 @@ def test_a_record_above_the_broker_limit_is_dropped_alone(
     unexplained gap and no duplicate. (Review 7, D3: the lane was blocked for good.)"""
     url = _url(small_max_rabbitmq, transport, unique_name("big"), query)
     flushed, stats, docs = _run(url, tmp_path / "spool")
+    _check(flushed, stats, docs, tmp_path, capsys)
+
+
+def _check(
+    flushed: bool,
+    stats: dict[str, Any],
+    docs: list[dict[str, Any]],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The 200 delivered once each, the big one dropped, counted, announced and explained."""
     records = [d for d in docs if not d["mqlogging"].get("dropped")]
     words = Counter(d["message"].split()[0] for d in records)
     assert flushed, f"flush() timed out; dropped {stats['dropped']}"
@@ -134,6 +166,22 @@ def test_a_record_above_the_broker_limit_is_dropped_alone(
     [producer] = report["producers"]
     assert (code, producer["missing"], producer["duplicates"], producer["dropped"]) == (0, 0, 0, 1)
     assert {r["reason"] for r in producer["dropped_ranges"]} == {"too_large_for_broker"}
+
+
+@pytest.mark.parametrize("query", ["", "pack=50"])
+def test_activemq_frame_limit_refuses_the_big_record_alone(
+    small_frame_activemq: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    query: str,
+) -> None:
+    """ActiveMQ's STOMP ``maxFrameSize`` (1 MiB here) refuses the 2 MB record with an ERROR
+    that names no limit: the producer knows it is that record (it waited for the receipt
+    of the records before it), refuses it alone and delivers the 200 others exactly once;
+    the drop is counted and announced as on RabbitMQ."""
+    url = f"{small_frame_activemq}/queue/{unique_name('big')}" + (f"?{query}" if query else "")
+    flushed, stats, docs = _run(url, tmp_path / "spool")
+    _check(flushed, stats, docs, tmp_path, capsys)
 
 
 def test_pack_bytes_above_max_message_bytes_is_a_configuration_error() -> None:
@@ -171,9 +219,11 @@ def test_packer_keeps_packs_under_the_limit_even_when_compression_grows_them() -
     assert [i for p in packs for i in range(p.first, p.first + p.count)] == list(range(64))
 
 
-def test_size_guard_learns_only_a_smaller_stated_limit() -> None:
-    """The limit is learnt from RabbitMQ's refusal text, only when it is below the one applied
-    (anything else is not a size refusal this producer can act on)."""
+def test_size_guard_learns_only_a_smaller_limit() -> None:
+    """The limit is learnt from RabbitMQ's refusal text, or from the size of the message a
+    refusal about size (ActiveMQ) concerns, only when it is below the one applied (anything
+    else is not a size refusal this producer can act on); big messages wait for the
+    confirms before them (and on STOMP travel alone)."""
     from mqlogging.backends.amqp import AMQPEndpoint
 
     text = "PRECONDITION_FAILED - message size 2000000 is larger than configured max size 1048576"
@@ -184,3 +234,11 @@ def test_size_guard_learns_only_a_smaller_stated_limit() -> None:
     assert guard.learn(text)
     assert guard.limit == LIMIT
     assert not guard.learn(text)  # nothing new: a second refusal is not acted on again
+    big, small = 2 * LIMIT, 100
+    assert guard.barriers([small, big, small, big]) == [1, 3]
+    assert guard.alone([small, big, small, big]) == [1, 2, 3, 4]
+    assert guard.alone([small, small]) == [2]
+    # ActiveMQ names no limit: the first unconfirmed message, larger than any proven, is it
+    assert not guard.learn("Processing error", culprit=big)
+    assert guard.learn("The maximum frame size was exceeded", culprit=LIMIT)
+    assert (guard.limit, guard.inferred) == (LIMIT - 1, True)
