@@ -131,7 +131,10 @@ class SizeGuard:
         up to :data:`SAFE_BYTES` (the handler's default ``max_record_bytes`` and packs of
         the default ``pack_bytes``) never wait.
         """
-        return [i for i in range(1, len(sizes)) if sizes[i] > self.proven]
+        proven = self.proven
+        if not sizes or max(sizes) <= proven:  # the usual case, at C speed
+            return []
+        return [i for i in range(1, len(sizes)) if sizes[i] > proven]
 
     def alone(self, sizes: Sequence[int]) -> list[int]:
         """The ends of the segments to send one after the other, each message larger than
@@ -165,11 +168,11 @@ class SizeGuard:
 
     def split(self, messages: Sequence[Message]) -> tuple[list[Message], list[Message]]:
         """``messages`` that fit, and those whose body is above the limit (refused alone)."""
-        fit: list[Message] = []
-        big: list[Message] = []
-        for message in messages:
-            (big if len(message.body) > self.limit else fit).append(message)
-        return fit, big
+        limit = self.limit
+        big = [m for m in messages if len(m.body) > limit]
+        if not big:  # the usual case: one pass, no copy per message
+            return list(messages), big
+        return [m for m in messages if len(m.body) <= limit], big
 
     def refusal(self, refused: Sequence[Message], total: int, where: str) -> PartlyRefused:
         """The error naming the refused records (counted here); the rest of the batch is
