@@ -95,7 +95,7 @@ class PartlyRefused(NotConfirmed):
     does not know this class treats it as :class:`NotConfirmed` and sends the batch again,
     which is safe (the stored records come back as already stored).
 
-    ``reason`` is the drop reason the handler counts them under: ``"rejected_unsaved"`` by
+    ``drop_reason`` is the reason the handler counts them under: ``"rejected_unsaved"`` by
     default, ``"too_large_for_broker"`` for records above the broker's message size limit.
     """
 
@@ -105,11 +105,11 @@ class PartlyRefused(NotConfirmed):
         *,
         ids: frozenset[str],
         endpoint: str = "",
-        reason: str = "rejected_unsaved",
+        drop_reason: str = "rejected_unsaved",
     ) -> None:
         super().__init__(message, endpoint=endpoint)
         self.ids = ids
-        self.reason = reason
+        self.drop_reason = drop_reason
 
 
 class SpoolError(MQLoggingError):

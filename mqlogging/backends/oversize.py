@@ -187,7 +187,7 @@ class SizeGuard:
             "the URL option max_message_bytes, or lower the handler's max_record_bytes"
         )
         return PartlyRefused(
-            msg, ids=frozenset(m.id for m in refused), endpoint=where, reason=TOO_LARGE
+            msg, ids=frozenset(m.id for m in refused), endpoint=where, drop_reason=TOO_LARGE
         )
 
     def stats(self) -> dict[str, int]:

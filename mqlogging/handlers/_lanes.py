@@ -230,7 +230,7 @@ class Lane:
                 ep.get_producer().publish_batch(messages)
             except PartlyRefused as exc:
                 complain(f"refused:{ep.name}", f"{ep.name} refused records for good: {exc}")
-                refused([m for m in messages if m.id in exc.ids], exc.reason)
+                refused([m for m in messages if m.id in exc.ids], exc.drop_reason)
             except Exception as exc:  # BackendError, or a backend bug: never kill the sender
                 was_healthy = ep.healthy
                 ep.failed(exc)
