@@ -94,11 +94,22 @@ class PartlyRefused(NotConfirmed):
     marker) and goes on, so one bad record never holds up the records behind it. A caller that
     does not know this class treats it as :class:`NotConfirmed` and sends the batch again,
     which is safe (the stored records come back as already stored).
+
+    ``drop_reason`` is the reason the handler counts them under: ``"rejected_unsaved"`` by
+    default, ``"too_large_for_broker"`` for records above the broker's message size limit.
     """
 
-    def __init__(self, message: str, *, ids: frozenset[str], endpoint: str = "") -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        ids: frozenset[str],
+        endpoint: str = "",
+        drop_reason: str = "rejected_unsaved",
+    ) -> None:
         super().__init__(message, endpoint=endpoint)
         self.ids = ids
+        self.drop_reason = drop_reason
 
 
 class SpoolError(MQLoggingError):

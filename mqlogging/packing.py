@@ -71,8 +71,9 @@ dead letters whole)."""
 DEFAULT_PACK_BYTES: Final = 256 * 1024
 """Uncompressed bytes of records per packed message when only ``pack=`` is given."""
 MAX_PACK_BYTES: Final = 16 * 1024 * 1024
-"""Largest ``pack_bytes``: far below RabbitMQ's (128 MiB) and ActiveMQ's STOMP (64 MiB)
-message limits, so a packed message is never refused for its size."""
+"""Largest ``pack_bytes``: RabbitMQ 4's default message size limit (``max_message_size``,
+128 MiB in 3.x) and below ActiveMQ's STOMP frame limit. A producer also keeps packs under its
+endpoint's ``max_message_bytes`` (and under a smaller limit a broker states in a refusal)."""
 DEFAULT_MAX_UNPACKED: Final = 64 * 1024 * 1024
 """Most bytes a reader unpacks from one message by default (the zip-bomb bound)."""
 
@@ -124,21 +125,41 @@ class Packer:
         elif options.compress == "zstd":
             self._compress = _zstd().ZstdCompressor(level=3).compress
 
-    def pack(self, messages: Sequence[Message]) -> list[Pack]:
-        """The records of ``messages`` in order, cut into packed messages by count and bytes."""
+    def pack(self, messages: Sequence[Message], limit: int | None = None) -> list[Pack]:
+        """The records of ``messages`` in order, cut into packed messages by count and bytes.
+
+        ``limit`` is the broker's message size limit (the body it checks, compressed or not):
+        no message of several records is ever above it. A single record larger than it
+        still travels alone (the producer refuses that one, alone, before sending it).
+        """
         opts = self.options
+        max_bytes = opts.max_bytes if limit is None else min(opts.max_bytes, limit)
         out: list[Pack] = []
         start, size = 0, 0
         for i, message in enumerate(messages):
             length = len(message.body) + 1
             count = i - start
-            if count and (count >= opts.records or size + length > opts.max_bytes):
-                out.append(self._one(messages, start, i))
+            if count and (count >= opts.records or size + length > max_bytes):
+                out.extend(self._within(messages, start, i, limit))
                 start, size = i, 0
             size += length
         if start < len(messages):
-            out.append(self._one(messages, start, len(messages)))
+            out.extend(self._within(messages, start, len(messages), limit))
         return out
+
+    def _within(
+        self, messages: Sequence[Message], start: int, end: int, limit: int | None
+    ) -> list[Pack]:
+        """The records ``start .. end - 1`` as one pack, or halved until each pack is within
+        ``limit``: compression can make a body a little larger than its records (random
+        data), and a pack the broker refuses for its size would lose every record in it."""
+        pack = self._one(messages, start, end)
+        if limit is None or len(pack.body) <= limit or end - start == 1:
+            return [pack]
+        middle = (start + end) // 2
+        return self._within(messages, start, middle, limit) + self._within(
+            messages, middle, end, limit
+        )
 
     def _one(self, messages: Sequence[Message], start: int, end: int) -> Pack:
         chunk = messages[start:end]

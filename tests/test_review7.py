@@ -93,60 +93,6 @@ def test_records_spooled_after_the_spool_directory_was_deleted_are_not_lost_sile
         proxy.cut()
 
 
-@pytest.fixture
-def small_max_rabbitmq(tmp_path: Path) -> Iterator[RabbitMQ]:
-    """A private RabbitMQ refusing messages above 1 MiB (``max_message_size``; RabbitMQ 4
-    lowered its default to 16 MiB)."""
-    broker = RabbitMQ(tmp_path / "small-max", extra_config="max_message_size = 1048576")
-    broker.start()
-    try:
-        yield broker
-    finally:
-        broker.close()
-
-
-@pytest.mark.xfail(
-    strict=True,
-    reason="review7 D3: AMQP 406 'message size larger than configured max size' closes the "
-    "channel and fails the whole batch forever: the lane never recovers, later records never "
-    "arrive, earlier ones of the batch are re-delivered on every retry",
-)
-def test_a_record_above_the_broker_max_message_size_is_dropped_alone(
-    small_max_rabbitmq: RabbitMQ, tmp_path: Path
-) -> None:
-    """A record the broker refuses for good (above its ``max_message_size``) must be dropped
-    alone, counted and announced, as the Kafka endpoint does: the 200 records around it are
-    delivered once each and flush() succeeds. Observed: every retry of the batch fails
-    (channel closed, 406), flush() times out, the records after it never arrive, and the ones
-    before it are delivered again on every retry (dozens of copies)."""
-    queue = "review7-d3"
-    url = small_max_rabbitmq.amqp_url + f"?exchange=&queue={queue}"
-    handler = MQHandler(
-        url,
-        spool=tmp_path / "spool",
-        close_timeout=2,
-        retry_max=0.5,
-        max_record_bytes=4 * 1024 * 1024,
-    )
-    log = _logger(handler, "review7.d3")
-    for i in range(100):
-        log.info("before %d", i)
-    log.info("big %s", "x" * 2_000_000)
-    for i in range(100):
-        log.info("after %d", i)
-    try:
-        flushed = handler.flush(4)
-        stats = handler.stats()
-    finally:
-        handler.close()
-    docs = drain_amqp(small_max_rabbitmq, queue, 0, timeout=10, idle=1.0)
-    mine = [d for d in docs if d["log"]["logger"] == "review7.d3"]
-    unique = {d["event"]["id"] for d in mine}
-    assert flushed, f"flush() timed out; stats: dropped {stats['dropped']}"
-    assert len(unique) == 200, f"{len(unique)} of 200 delivered ({len(mine)} deliveries)"
-    assert sum(stats["dropped"].values()) == 1
-
-
 @pytest.mark.xfail(
     strict=True,
     reason="review7 D2 (local:// side): a local:// destination directory deleted while the "

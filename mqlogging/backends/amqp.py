@@ -71,6 +71,7 @@ from ..packing import (
     DEFAULT_MAX_UNPACKED,
     ENCODING_HEADER,
     TYPE_HEADER,
+    Pack,
     Packer,
     is_packed,
     unpack_bodies,
@@ -79,6 +80,7 @@ from .base import Consumer, Producer, Tap, TapOptions
 from .endpoints import (
     COMMON_OPTIONS,
     COMMON_TYPES,
+    DEFAULT_MAX_MESSAGE_BYTES,
     PACK_OPTIONS,
     PACK_TYPES,
     Coercer,
@@ -87,6 +89,7 @@ from .endpoints import (
     Scheme,
     optional_text,
 )
+from .oversize import SizeGuard, SizeRefusal, publish_within_limit
 from .registry import Transport
 
 __all__ = ["TRANSPORT", "AMQPConsumer", "AMQPEndpoint", "AMQPProducer", "AMQPTap"]
@@ -123,6 +126,7 @@ class AMQPEndpoint(Endpoint):
         "amqp": Scheme(tls=False, default_port=5672),
         "amqps": Scheme(tls=True, default_port=5671),
     }
+    default_max_message_bytes: ClassVar[int | None] = DEFAULT_MAX_MESSAGE_BYTES
     url_options: ClassVar[frozenset[str]] = COMMON_OPTIONS | PACK_OPTIONS | {
         "exchange", "exchange_type", "routing_key", "queue", "binding_key", "queue_type",
         "dead_letter_exchange", "delivery_limit", "declare", "vhost", "persistent",
@@ -626,14 +630,14 @@ class _Batch:
     settled: int = 0
     nacked: int = 0
     returned: list[tuple[str, str]] = field(default_factory=list)  # (message id, reply text)
+    awaited: int = 0  # the wait loop is woken once the first `awaited` are settled (0: all)
 
     def __post_init__(self) -> None:
         self.state = bytearray(self.size)
 
-    def resize(self, size: int) -> None:
-        """Set the number of messages (known once the batch is cut into messages)."""
-        self.size = size
-        self.state = bytearray(size)
+    @property
+    def awaited_settled(self) -> bool:
+        return self.complete or (0 < self.awaited <= self.low)
 
     @property
     def complete(self) -> bool:
@@ -734,6 +738,20 @@ class _PublishFrames:
         return b"".join(parts)
 
 
+def _unconfirmed(
+    batch: _Batch, messages: Sequence[Message], packs: Sequence[Pack] | None
+) -> list[Message]:
+    """The records of a round the broker did not ack (those it acked are stored: sending
+    them again would deliver them twice)."""
+    if packs is None:
+        return [m for i, m in enumerate(messages) if batch.state[i] != 1]
+    out: list[Message] = []
+    for i, pack in enumerate(packs):
+        if batch.state[i] != 1:
+            out.extend(messages[pack.first : pack.first + pack.count])
+    return out
+
+
 class AMQPProducer(_AMQPClient, Producer):
     """Publishes batches to an AMQP exchange with pipelined publisher confirms.
 
@@ -758,6 +776,11 @@ class AMQPProducer(_AMQPClient, Producer):
         pack_options = ep.pack_options()
         self._packer = Packer(pack_options) if pack_options is not None else None
         self._frames: _PublishFrames | None = None
+        self._guard = SizeGuard(ep)
+
+    def stats(self) -> dict[str, int]:
+        """Records refused for their size (``too_large_for_broker``), if any."""
+        return self._guard.stats()
 
     def _setup(self, link: _Link) -> None:
         selected: list[bool] = []
@@ -793,7 +816,7 @@ class AMQPProducer(_AMQPClient, Producer):
         method = frame.method
         ok = method.NAME == "Basic.Ack"
         batch.settle(int(method.delivery_tag), bool(method.multiple), ok)
-        if batch.complete and link is not None:
+        if batch.awaited_settled and link is not None:
             link.connection.call_later(0, _noop)
 
     def _on_return(self, _channel: Any, method: Any, properties: Any, _body: bytes) -> None:
@@ -809,29 +832,42 @@ class AMQPProducer(_AMQPClient, Producer):
         With packing on, the batch travels as packed messages (:mod:`mqlogging.packing`): a
         packed message nacked, returned or unconfirmed means all its records are not confirmed,
         and the batch fails as a whole, as with single-record messages.
+
+        A message above the broker's size limit is refused alone (:mod:`.oversize`): the
+        rest is confirmed, then :class:`PartlyRefused` names the refused records. When the
+        broker refuses one for its size (406), what it confirmed stays confirmed and the rest
+        goes out again on a new channel, under the limit the broker stated.
         """
         if not messages:
             return
+        publish_within_limit(
+            self._guard,
+            messages,
+            packed=self._packer is not None,
+            publish_round=self._publish_round,
+            where=self.endpoint.redacted(),
+        )
+
+    def _publish_round(self, messages: Sequence[Message]) -> list[Message]:
+        """Publish ``messages`` on the current channel and wait for their confirms; returns
+        the records refused up front (packed: a single record packed above the limit).
+
+        Raises :class:`SizeRefusal` (the link dropped) when the broker refused a message
+        for its size and stated a smaller limit; any other failure as before.
+        """
+        if not messages:
+            return []
         link = self._ensure_link()
-        pika = self._pika
-        ep = self.endpoint
-        ids = [m.id for m in messages] if self._packer is None else None
-        batch = _Batch(self._next_tag, 0)
+        packs, refused = (
+            (None, []) if self._packer is None else self._guard.pack(self._packer, messages)
+        )
+        ids = [m.id for m in messages] if packs is None else [p.id for p in packs]
+        sizes = [len(m.body) for m in (messages if packs is None else packs)]
+        batch = _Batch(self._next_tag, len(ids))
         self._batch = batch
         try:
-            if self._packer is None:
-                batch.resize(len(messages))
-                self._publish_single(link, messages)
-            else:
-                ids = self._publish_packed(link, messages, batch)
-            self._next_tag += batch.size
-            deadline = time.monotonic() + ep.timeout
-            while not batch.complete and link.channel_error is None:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    break
-                link.connection.process_data_events(time_limit=remaining)
-        except (pika.exceptions.AMQPError, OSError) as exc:
+            self._write_round(link, batch, messages, packs, sizes)
+        except (self._pika.exceptions.AMQPError, OSError) as exc:
             self._drop_link()
             first = (ids or [messages[0].id])[min(batch.low, max(batch.size - 1, 0))]
             msg = (
@@ -842,13 +878,71 @@ class AMQPProducer(_AMQPClient, Producer):
         finally:
             self._batch = None
         failure = self._batch_failure(batch, link, ids or [m.id for m in messages])
-        if failure is not None:
-            # After *any* failure the next batch goes out on a fresh connection (from the first
-            # host again), never on this channel: a quorum queue's channel that lost the
-            # queue's leader keeps nacking every publish long after a new leader was elected,
-            # while a new channel finds that leader at once (issue #14).
-            self._drop_link()
-            raise failure
+        if failure is None:
+            self._guard.confirmed(max(sizes, default=0))
+            return refused
+        # After *any* failure the next batch goes out on a fresh connection (from the first
+        # host again), never on this channel: a quorum queue's channel that lost the queue's
+        # leader keeps nacking every publish long after a new leader was elected, while a new
+        # channel finds that leader at once (issue #14).
+        self._drop_link()
+        error = link.channel_error
+        culprit = sizes[batch.low] if batch.low < len(sizes) else None
+        if error is not None and self._guard.learn(str(getattr(error, "reply_text", "")), culprit):
+            raise SizeRefusal(_unconfirmed(batch, messages, packs), failure)
+        raise failure
+
+    def _write_round(
+        self,
+        link: _Link,
+        batch: _Batch,
+        messages: Sequence[Message],
+        packs: Sequence[Pack] | None,
+        sizes: Sequence[int],
+    ) -> None:
+        """Write the round's messages and wait for their confirms (up to ``timeout``).
+
+        Before a message larger than any the broker confirmed so far (:meth:`SizeGuard.barriers`)
+        the confirms of every message before it are awaited: if the broker refuses it for its
+        size, it closes the channel and the confirms still on their way are lost, and the
+        messages before it could only be sent again (delivered twice). Those after it are
+        discarded with the channel (AMQP: a closing channel ignores what follows), so
+        sending them again is safe.
+        """
+        deadline = time.monotonic() + self.endpoint.timeout
+        start = 0
+        for cut in self._guard.barriers(sizes):
+            self._write(link, messages, packs, start, cut)
+            start = cut
+            if not self._await_confirms(link, batch, cut, deadline):
+                return  # timed out or the channel closed: the caller reports it
+        self._write(link, messages, packs, start, len(sizes))
+        self._next_tag += batch.size
+        self._await_confirms(link, batch, batch.size, deadline)
+
+    def _write(
+        self,
+        link: _Link,
+        messages: Sequence[Message],
+        packs: Sequence[Pack] | None,
+        start: int,
+        end: int,
+    ) -> None:
+        if packs is None:
+            self._publish_single(link, messages[start:end])
+        else:
+            self._publish_packs(link, packs[start:end])
+
+    def _await_confirms(self, link: _Link, batch: _Batch, count: int, deadline: float) -> bool:
+        """Wait until the first ``count`` messages of ``batch`` are settled; False if the
+        deadline passed or the channel closed first."""
+        batch.awaited = count
+        while batch.low < count and link.channel_error is None:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            link.connection.process_data_events(time_limit=remaining)
+        return batch.low >= count
 
     def _publish_single(self, link: _Link, messages: Sequence[Message]) -> None:
         """Write one message per record, marshalled by :class:`_PublishFrames` into one write.
@@ -892,17 +986,11 @@ class AMQPProducer(_AMQPClient, Producer):
             )
             publish(ep.exchange, self._routing_key, message.body, properties, mandatory=True)
 
-    def _publish_packed(self, link: _Link, messages: Sequence[Message], batch: _Batch) -> list[str]:
-        """Write the batch as packed messages; returns each message's id (its first record's).
-
-        The count is set before the first write, so a confirm arriving during a write is
-        counted against the right batch size.
-        """
-        assert self._packer is not None
+    def _publish_packs(self, link: _Link, packs: Sequence[Pack]) -> None:
+        """Write packed messages (their count is already the batch's size, so a confirm
+        arriving during a write is counted against the right batch)."""
         ep = self.endpoint
         publish = link.impl.basic_publish
-        packs = self._packer.pack(messages)
-        batch.resize(len(packs))
         for pack in packs:
             headers = dict(pack.headers)
             encoding = headers.pop(ENCODING_HEADER, None)
@@ -915,7 +1003,6 @@ class AMQPProducer(_AMQPClient, Producer):
                 headers=headers,
             )
             publish(ep.exchange, self._routing_key, pack.body, properties, mandatory=True)
-        return [pack.id for pack in packs]
 
     def _batch_failure(self, batch: _Batch, link: _Link, ids: Sequence[str]) -> BackendError | None:
         """Why the broker did not confirm the whole batch, or ``None`` if it did."""

@@ -48,6 +48,7 @@ from .registry import transport_for
 __all__ = [
     "COMMON_OPTIONS",
     "COMMON_TYPES",
+    "DEFAULT_MAX_MESSAGE_BYTES",
     "PACK_OPTIONS",
     "PACK_TYPES",
     "Coercer",
@@ -119,16 +120,24 @@ def _encoding(value: Any, *, where: str, name: str) -> str:
     return choose(str(value).lower(), ENCODINGS, where=where, name=name)
 
 
-PACK_OPTIONS: frozenset[str] = frozenset({"pack", "pack_bytes", "compress"})
-"""The packed-message options (issue #13), for transports whose producer publishes message
-bodies (AMQP, STOMP): add them to ``url_options`` and :data:`PACK_TYPES` to ``option_types``."""
+PACK_OPTIONS: frozenset[str] = frozenset({"pack", "pack_bytes", "compress", "max_message_bytes"})
+"""The packed-message options (issue #13) and the message size limit, for transports whose
+producer publishes message bodies (AMQP, STOMP): add them to ``url_options`` and
+:data:`PACK_TYPES` to ``option_types``."""
 
 PACK_TYPES: Mapping[str, Coercer] = {
     "pack": _pack_count,
     "pack_bytes": to_size,
     "compress": _encoding,
+    "max_message_bytes": to_size,
 }
 """How the packed-message options are read."""
+
+DEFAULT_MAX_MESSAGE_BYTES: int = 16 * 1024 * 1024
+"""The broker's message size limit the AMQP and STOMP producers assume without
+``max_message_bytes=``: RabbitMQ 4's default ``max_message_size`` (3.x: 128 MiB; ActiveMQ's
+STOMP frames: larger), so a record above it is refused before it is sent."""
+MIN_MAX_MESSAGE_BYTES: int = 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -280,6 +289,9 @@ class Endpoint:
     url_options: ClassVar[frozenset[str]] = COMMON_OPTIONS
     option_types: ClassVar[Mapping[str, Coercer]] = COMMON_TYPES
     needs_hosts: ClassVar[bool] = True
+    #: The broker's message size limit assumed without ``max_message_bytes=`` (transports
+    #: whose producer publishes message bodies); ``None``: this option means nothing here.
+    default_max_message_bytes: ClassVar[int | None] = None
 
     hosts: tuple[Host, ...] = ()
     tls: TLSConfig | None = None
@@ -294,6 +306,7 @@ class Endpoint:
     pack: int | None = None
     pack_bytes: int | None = None
     compress: str | None = None
+    max_message_bytes: int | None = None
 
     def __init_subclass__(cls) -> None:
         # Runs before a subclass's @dataclass, which then leaves an existing __repr__ alone:
@@ -471,6 +484,33 @@ class Endpoint:
         if self.compress is not None and self.compress not in ENCODINGS:
             msg = f"{where}: compress must be one of {', '.join(ENCODINGS)}"
             raise ConfigurationError(msg)
+        self._validate_message_limit(where)
+
+    def _validate_message_limit(self, where: str) -> None:
+        """``max_message_bytes`` is at least 1KiB, and a packed message (up to ``pack_bytes``
+        of records) fits in it: a config that would make the broker refuse every full pack
+        is refused here, not record by record later."""
+        limit = self.message_limit()
+        if limit is None:
+            return
+        if limit < MIN_MAX_MESSAGE_BYTES:
+            msg = f"{where}: max_message_bytes must be at least 1KiB (the broker's limit)"
+            raise ConfigurationError(msg)
+        if self.pack_bytes is not None and self.pack_bytes > limit:
+            msg = (
+                f"{where}: pack_bytes={self.pack_bytes} is above max_message_bytes={limit}: "
+                "the broker would refuse full packed messages; lower pack_bytes"
+            )
+            raise ConfigurationError(msg)
+
+    def message_limit(self) -> int | None:
+        """The largest message body the broker takes (``max_message_bytes``, or the
+        transport's :attr:`default_max_message_bytes`), ``None`` where no such limit
+        applies: a producer refuses a larger body alone, before sending it, instead of
+        having the broker refuse it and the rest of the batch with it."""
+        if self.max_message_bytes is None:
+            return self.default_max_message_bytes
+        return self.max_message_bytes
 
     def pack_options(self) -> PackOptions | None:
         """How the producer packs records (``None``: one record per message, the default).

@@ -92,6 +92,7 @@ from ..packing import (
     FIRST_HEADER,
     LAST_HEADER,
     TYPE_HEADER,
+    Pack,
     Packer,
     unpack_bodies,
 )
@@ -99,6 +100,7 @@ from .base import Consumer, Producer, Tap, TapOptions
 from .endpoints import (
     COMMON_OPTIONS,
     COMMON_TYPES,
+    DEFAULT_MAX_MESSAGE_BYTES,
     PACK_OPTIONS,
     PACK_TYPES,
     Coercer,
@@ -106,6 +108,7 @@ from .endpoints import (
     Host,
     Scheme,
 )
+from .oversize import SizeGuard, SizeRefusal, publish_within_limit, records_of
 from .registry import Transport
 
 __all__ = ["TRANSPORT", "STOMPConsumer", "STOMPEndpoint", "STOMPProducer", "STOMPTap"]
@@ -136,6 +139,7 @@ class STOMPEndpoint(Endpoint):
         "stomp+ssl": Scheme(tls=True, default_port=61614),
         "stomp+tls": Scheme(tls=True, default_port=61614),
     }
+    default_max_message_bytes: ClassVar[int | None] = DEFAULT_MAX_MESSAGE_BYTES
     url_options: ClassVar[frozenset[str]] = COMMON_OPTIONS | PACK_OPTIONS | {
         "vhost", "ack", "persistent", "destination",
     }  # fmt: skip
@@ -638,20 +642,70 @@ class STOMPProducer(_Client, Producer):
         super().__init__(endpoint)
         options = self.endpoint.pack_options()
         self._packer = Packer(options) if options is not None else None
+        self._guard = SizeGuard(self.endpoint)
 
     def publish_batch(self, messages: Sequence[Message]) -> None:
-        """Send ``messages`` (packed, with ``pack=``) and wait for the batch's receipt."""
+        """Send ``messages`` (packed, with ``pack=``) and wait for the batch's receipt.
+
+        A message above the broker's size limit is refused alone (:mod:`.oversize`):
+        :class:`PartlyRefused` names it once the rest is confirmed. A broker refusing one
+        for its size (RabbitMQ: an ERROR frame stating its limit, then it closes the
+        connection) makes the producer apply that limit and send again, on a new
+        connection, what it had not confirmed.
+        """
         if not messages:
             return
+        publish_within_limit(
+            self._guard,
+            messages,
+            packed=self._packer is not None,
+            publish_round=self._publish_round,
+            where=self.endpoint.redacted(),
+        )
+
+    def stats(self) -> dict[str, int]:
+        """Records refused for their size (``too_large_for_broker``), if any."""
+        return self._guard.stats()
+
+    def _publish_round(self, messages: Sequence[Message]) -> list[Message]:
+        """Send ``messages`` and wait for their receipts; returns the records refused up
+        front (packed: a single record packed above the limit).
+
+        One receipt per batch, except around a message larger than any the broker confirmed
+        so far (:meth:`SizeGuard.alone`): it is sent alone, after the receipt of the messages
+        before it, so a size refusal (which closes the connection) leaves no doubt about
+        which message it refused, and the messages before it are never sent twice.
+        """
+        if not messages:
+            return []
         link = self._ensure_link()
-        if self._packer is None:
-            self._send_messages(link, messages, requeued=None)
-            return
-        packs = self._packer.pack(messages)
-        headers = [
-            {TYPE_HEADER: CONTENT_TYPE, **{k: str(v) for k, v in p.headers.items()}} for p in packs
-        ]
-        self._send_messages(link, [Message(p.id, p.body) for p in packs], headers)
+        packs: list[Pack] | None = None
+        refused: list[Message] = []
+        units: Sequence[Message] = messages
+        headers: list[dict[str, str]] | None = None
+        if self._packer is not None:
+            packs, refused = self._guard.pack(self._packer, messages)
+            units = [Message(p.id, p.body) for p in packs]
+            headers = [
+                {TYPE_HEADER: CONTENT_TYPE, **{k: str(v) for k, v in p.headers.items()}}
+                for p in packs
+            ]
+        sizes = [len(u.body) for u in units]
+        start = 0
+        for end in self._guard.alone(sizes):
+            try:
+                if end > start:
+                    self._send_messages(
+                        link, units[start:end], headers[start:end] if headers else None
+                    )
+            except NotConfirmed as exc:
+                if not self._guard.learn(exc.reason, sizes[start]):
+                    raise
+                rest = records_of(messages, packs[start:]) if packs else list(messages[start:])
+                raise SizeRefusal(rest, exc) from exc
+            start = end
+        self._guard.confirmed(max(sizes, default=0))
+        return refused
 
 
 class STOMPConsumer(_Client, Consumer):

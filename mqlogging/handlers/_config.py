@@ -111,6 +111,7 @@ class HandlerConfig:
         """
         values = _normalise(options)
         parsed = _parse_endpoints(endpoints, values)
+        _check_records_fit(parsed, values.get("max_record_bytes", cls.max_record_bytes))
         strategy = values.get("strategy", cls.strategy)
         spool_dir = _spool_dir(spool, parsed, strategy, complain or Complainer())
         overflow = _overflow(spool_dir, values)
@@ -170,6 +171,23 @@ def _parse_endpoints(endpoints: Any, values: Mapping[str, Any]) -> tuple[Endpoin
         if (caveat := ep.delivery_caveat()) is not None:
             print(f"mqlogging: warning: {caveat}", file=sys.stderr, flush=True)
     return parsed
+
+
+def _check_records_fit(endpoints: Sequence[Endpoint], max_record_bytes: int | None) -> None:
+    """The longest record (``max_record_bytes``) fits in a message of every endpoint: above
+    the broker's limit it would be refused and dropped, where the formatter would have cut
+    it and kept it. (``None``, no bound: the producer refuses an oversized record alone.)"""
+    if max_record_bytes is None:
+        return
+    for ep in endpoints:
+        limit = ep.message_limit()
+        if limit is not None and max_record_bytes > limit:
+            msg = (
+                f"{_WHERE}: max_record_bytes={max_record_bytes} is above max_message_bytes="
+                f"{limit} of {ep.redacted()}: the broker would refuse the longest records; "
+                "lower max_record_bytes, or raise max_message_bytes with the broker's limit"
+            )
+            raise ConfigurationError(msg)
 
 
 def _spool_dir(

@@ -224,13 +224,14 @@ class Lane:
         self,
         messages: Sequence[Message],
         complain: Complainer,
-        refused: Callable[[Sequence[Message]], None],
+        refused: Callable[[Sequence[Message], str], None],
     ) -> bool:
         """Publish to one endpoint (strategy order); True once a broker confirmed the batch.
 
         A batch the destination confirmed except for records it refused for good and could
         not keep (:class:`~mqlogging.errors.PartlyRefused`) is confirmed too: those records
-        go to ``refused`` (counted as dropped, announced), so they never hold up the lane."""
+        go to ``refused`` with its reason (counted as dropped, announced), so they never hold
+        up the lane."""
         now = time.monotonic()
         order = self.endpoints
         if self.mode == "roundrobin" and len(order) > 1:
@@ -245,7 +246,7 @@ class Lane:
                 ep.get_producer().publish_batch(messages)
             except PartlyRefused as exc:
                 complain(f"refused:{ep.name}", f"{ep.name} refused records for good: {exc}")
-                refused([m for m in messages if m.id in exc.ids])
+                refused([m for m in messages if m.id in exc.ids], exc.drop_reason)
             except Exception as exc:  # BackendError, or a backend bug: never kill the sender
                 was_healthy = ep.healthy
                 ep.failed(exc)

@@ -904,12 +904,12 @@ class Pipeline:
         self.popped -= held
         return held
 
-    def _refused(self, messages: Sequence[Message]) -> None:
+    def _refused(self, messages: Sequence[Message], reason: str) -> None:
         """Records a destination refused for good and could not keep: dropped, counted and
-        announced by the next marker (``rejected_unsaved``), so ``mqlogging audit`` explains
-        the gap."""
+        announced by the next marker under ``reason`` (``rejected_unsaved``,
+        ``too_large_for_broker``), so ``mqlogging audit`` explains the gap."""
         with self.order_lock:
-            self.spools.count_drop("rejected_unsaved", messages)
+            self.spools.count_drop(reason, messages)
 
     def _skip_confirmed(self, lane: Lane, batch: list[Message]) -> None:
         """A spill copied ``batch`` to the spool while it was being confirmed: commit those
