@@ -482,6 +482,8 @@ class SpoolReader:
         while pending and pending[0].line in claim.acked:
             claim.acked.discard(pending.popleft().line)
         mark = (pending[0].offset, pending[0].line) if pending else (claim.pos, claim.line)
+        if self._spool is not None:  # its writer counts only the rest if the file is deleted
+            self._spool.confirmed(claim.stem, mark[1])
         if pending or not (claim.sealed and claim.eof):
             if mark != claim.committed and mark[1] > claim.committed[1]:
                 try:
