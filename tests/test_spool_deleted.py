@@ -103,6 +103,25 @@ def test_a_batch_is_not_reported_stored_into_a_deleted_segment(tmp_path: Path) -
     assert spool.stats().dropped == {"deleted": 4}
 
 
+def test_drop_counts_do_not_go_back_when_the_journal_is_deleted(tmp_path: Path) -> None:
+    """``dropped.log`` is deleted with the directory: the counts it held (3 rejected by a
+    consumer, seen by stats(); 2 refused by the bounds, journaled by this writer) stay in
+    :meth:`Spool.stats`, beside the new ``deleted`` count, so the handler's counters never go
+    back."""
+    directory = tmp_path / "spool"
+    spool = Spool(directory, max_bytes=2048, segment_bytes=1024, overflow="drop_newest")
+    spool.append(_bodies(0, 10))
+    assert spool.append([b'{"pad": "' + b"x" * 3000 + b'"}'] * 2) == 0  # overflow: 2
+    reader = spool.reader()
+    reader.reject(reader.read(3))
+    assert spool.stats().dropped == {"overflow": 2, "rejected": 3}
+    shutil.rmtree(directory)
+    spool.append(_bodies(10, 1))
+    reader.close()
+    spool.close()
+    assert spool.stats().dropped == {"overflow": 2, "rejected": 3, "deleted": 7}
+
+
 def test_sealed_segments_deleted_before_replay_do_not_stop_the_reader(tmp_path: Path) -> None:
     """Sealed segments deleted by hand before (and while) a reader replays: the reader skips
     what is gone without raising, ships what is left, and reads the directory again once it

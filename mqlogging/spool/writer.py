@@ -167,6 +167,8 @@ class Spool:
         self._closed = False
         self._own: set[str] = set()  # stems of the segments this instance created (see wrote)
         self._destination: str | None = None  # the DESTINATION key, to bind a re-created dir
+        self._journal_seen: dict[str, int] = {}  # highest dropped.log counts stats() read
+        self._journal_gone: dict[str, int] = {}  # counts of dropped.log files deleted since
         #: Called (with the lock held) with the unconfirmed lines of a segment the bounds
         #: delete, and the reason, before they go: the handler announces them (drop markers).
         self.drop_hook: Callable[[list[bytes], str], None] | None = None
@@ -313,9 +315,10 @@ class Spool:
             records += max(0, lines - done)
             if oldest is None:
                 oldest = fmt.stem_time(entry.stem)
-        dropped = fmt.read_journal(self.directory)
+        journal = fmt.read_journal(self.directory)
         with self._lock:
             failed = self._failed
+            dropped = self._monotonic_drops(journal)
             for reason, n in self._unjournaled.items():
                 dropped[reason] = dropped.get(reason, 0) + n
         return SpoolStats(
@@ -325,8 +328,27 @@ class Spool:
 
     # -- internals (called with self._lock held) ----------------------------------------------
 
+    def _monotonic_drops(self, journal: dict[str, int]) -> dict[str, int]:
+        """The drop counts of ``journal`` plus those of journals deleted with the directory.
+
+        ``dropped.log`` goes when the directory is deleted; the counts it held that this
+        instance saw are kept (see :meth:`_recreate`), so the handler's counters never go back.
+        """
+        seen = self._journal_seen
+        dropped = dict(self._journal_gone)
+        for reason, n in journal.items():
+            seen[reason] = max(seen.get(reason, 0), n)
+        for reason, n in seen.items():
+            dropped[reason] = dropped.get(reason, 0) + n
+        return dropped
+
     def _drop(self, reason: str, records: int, segment: str = "") -> None:
-        if records > 0 and not fmt.journal(self.directory, reason, records, segment):
+        if records <= 0:
+            return
+        if fmt.journal(self.directory, reason, records, segment):
+            # what the journal holds now is at least that (kept if it is deleted)
+            self._journal_seen[reason] = self._journal_seen.get(reason, 0) + records
+        else:
             self._unjournaled[reason] = self._unjournaled.get(reason, 0) + records
 
     def _store(self, data: bytes, records: int) -> _OpenSegment:
@@ -372,6 +394,9 @@ class Spool:
             os.makedirs(self.directory, exist_ok=True)
         except OSError:
             return
+        for reason, n in self._journal_seen.items():  # the deleted dropped.log's counts
+            self._journal_gone[reason] = self._journal_gone.get(reason, 0) + n
+        self._journal_seen = {}
         if self._destination is not None:
             with contextlib.suppress(SpoolError):
                 fmt.bind_destination(self.directory, self._destination)
