@@ -120,3 +120,29 @@ def test_local_destination_deleted_while_running_loses_nothing_silently(tmp_path
     assert not any(b'"before ' in line for line in stored)
     assert stats["dropped"] == {}  # the 100 were confirmed (delivered), then deleted
     assert dropped_totals(str(queue)) == {"deleted": 100}
+
+
+def test_records_shipped_before_the_deletion_are_not_counted_as_lost(
+    rabbitmq: RabbitMQ, queue_name: str, tmp_path: Path
+) -> None:
+    """Write-ahead (``durability="spool"``) with a healthy broker: the 2,000 records written
+    before the deletion were already confirmed when the directory goes, so nothing is
+    counted as dropped; the 2,000 emitted after it are spooled in the re-created directory
+    and delivered: 4,000 delivered, ``dropped`` empty."""
+    url = f"{rabbitmq.amqp_url}?exchange=&queue={queue_name}"
+    spool = tmp_path / "spool"
+    handler = MQHandler(url, spool=spool, durability="spool", close_timeout=5)
+    log = _logger(handler, "spooldel.shipped")
+    for i in range(2000):
+        log.info("before %d", i)
+    assert handler.flush(15)
+    shutil.rmtree(spool)
+    for i in range(2000):
+        log.info("after %d", i)
+    assert handler.flush(15)
+    stats = handler.stats()
+    handler.close()
+    docs = drain_amqp(rabbitmq, queue_name, 4000, timeout=15)
+    delivered = {d["event"]["id"] for d in docs if d["log"]["logger"] == "spooldel.shipped"}
+    assert len(delivered) == 4000
+    assert stats["dropped"] == {}
