@@ -211,6 +211,8 @@ class SpoolReader:
                 self._read_segment(claim, out, max_records)
         if len(out) < max_records:
             self._read_unclaimed(out, max_records)
+        if not out and self._spool is not None:
+            self._spool.verify()  # caught up: unless our writer's segment was deleted
         return out
 
     def _read_unclaimed(self, out: list[SpoolRecord], limit: int) -> None:

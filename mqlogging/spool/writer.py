@@ -24,15 +24,15 @@ Bounds
 
 Deleted under the writer
     A tmp cleaner or an operator may delete the directory (or the open segment) while a writer
-    appends: writes to the unlinked file still succeed and would vanish. So every append checks
-    (one ``fstat``, after its write) and so does every seal that the open segment still has a
-    name; if not, the records of it that no companion reader confirmed are counted as
-    ``deleted`` drops (and given to :attr:`Spool.drop_hook`), the directory is re-created (bound
-    to the same ``DESTINATION``) and the batch is written again to a fresh segment, so
-    ``append`` never reports a batch stored that is not in the directory. A moved directory is
-    not detected (its records are not lost: they are where it went). Sealed segments deleted
-    by hand are simply gone: readers skip them; how many records they held is not knowable
-    once their names are gone.
+    appends: writes to the unlinked file still succeed and would vanish. So every append (one
+    ``fstat``, after its write), every seal, and every companion reader that finds nothing more
+    to read (:meth:`Spool.verify`) checks that the open segment still has a name. If not, its
+    records no companion reader confirmed are counted as ``deleted`` drops (and given to
+    :attr:`Spool.drop_hook`), the directory is re-created (bound to the same ``DESTINATION``)
+    and the batch is written again to a fresh segment, so ``append`` never reports a batch
+    stored that is not in the directory. A moved directory is not detected (its records are not
+    lost: they are where it went). Sealed segments deleted by hand are simply gone: readers skip
+    them; how many records they held is not knowable once their names are gone.
 
 Thread-safety: :class:`Spool` is thread-safe. Fork-safe: a forked child drops the parent's open
 segment (without releasing the parent's lock) and starts its own.
@@ -191,6 +191,19 @@ class Spool:
         seg = self._seg
         if seg is not None and seg.stem == stem and records > seg.confirmed:
             seg.confirmed = records
+
+    def verify(self) -> None:
+        """Check that the open segment still has a name; if it was deleted, count what it held
+        that no reader confirmed (``deleted``) now.
+
+        Companion readers call this when they find nothing more to read: "caught up" must not
+        be reported (flush() True) while records vanished with a deleted segment, and no append
+        may come to notice it.
+        """
+        with self._lock:
+            seg = self._seg
+            if seg is not None and seg.records and _unlinked(seg):
+                self._lost(seg)
 
     def foreign_segments(self) -> bool:
         """True if the directory holds a segment this :class:`Spool` did not write.

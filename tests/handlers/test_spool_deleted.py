@@ -146,3 +146,40 @@ def test_records_shipped_before_the_deletion_are_not_counted_as_lost(
     delivered = {d["event"]["id"] for d in docs if d["log"]["logger"] == "spooldel.shipped"}
     assert len(delivered) == 4000
     assert stats["dropped"] == {}
+
+
+@pytest.mark.parametrize("durability", ["memory", "spool"])
+def test_flush_does_not_report_success_over_a_deleted_segment(
+    rabbitmq: RabbitMQ, queue_name: str, tmp_path: Path, durability: str
+) -> None:
+    """Broker unreachable, 500 records spooled, the directory deleted, and nothing emitted
+    afterwards (no append comes to notice it). Once the broker is back, flush() returns True
+    only with every record delivered (a reader still holding the deleted segment open ships
+    it) or counted (``spool_deleted``): delivered + dropped == 500 exactly, at flush() time,
+    not only at close(). It used to be: flush() True, 0 delivered, nothing counted."""
+    proxy = TcpProxy(rabbitmq.host, rabbitmq.amqp_port)  # not started yet: refused
+    url = f"amqp://guest:guest@{proxy.host}:{proxy.port}/?exchange=&queue={queue_name}"
+    spool = tmp_path / "spool"
+    handler = MQHandler(url, spool=spool, durability=durability, close_timeout=2, retry_max=0.2)
+    name = f"spooldel.idle.{durability}"
+    log = _logger(handler, name)
+    for i in range(500):
+        log.info("before %d", i)
+    handler.flush(0.5)  # the sender has spooled them (the broker is down)
+    shutil.rmtree(spool)
+    proxy.start()
+    try:
+        flushed = handler.flush(15)
+        stats = handler.stats()
+        handler.close()
+        docs = drain_amqp(rabbitmq, queue_name, 0, timeout=10, idle=1.0)
+    finally:
+        proxy.cut()
+    delivered = {d["event"]["id"] for d in docs if d["log"]["logger"] == name}
+    assert flushed
+    assert set(stats["dropped"]) <= {"spool_deleted"}, stats["dropped"]
+    assert len(delivered) + sum(stats["dropped"].values()) == 500, (
+        f"delivered {len(delivered)}, dropped {stats['dropped']}"
+    )
+    assert _audit([d for d in docs if d["log"]["logger"] == name or is_marker(d)],
+                  tmp_path / "sink.jsonl") == 0  # fmt: skip
