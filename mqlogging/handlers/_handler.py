@@ -359,7 +359,8 @@ class MQHandler(logging.Handler):
         ``queued`` (in memory now), ``sent`` (records handed to a broker, retries included),
         ``confirmed`` (records a broker confirmed), ``spooled`` (records written to the spool),
         ``replayed`` (spooled records confirmed later), ``dropped`` (by reason: ``overflow``,
-        ``spool_full``, ``spool_error``, ``spool_expired``, ``spool_corrupt``, ``unsent``,
+        ``spool_full``, ``spool_error``, ``spool_expired``, ``spool_corrupt``,
+        ``spool_deleted`` (the spool directory was deleted under its writer), ``unsent``,
         ``closed``; each drop is announced by a marker record, see :mod:`mqlogging.wire`),
         ``markers`` (``sent``: marker records built; ``unattributed``: dropped bodies without a
         producer/seq, e.g. torn spool lines; ``unannounced``: drops beyond the bounded ledger),

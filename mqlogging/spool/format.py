@@ -58,6 +58,7 @@ __all__ = [
     "new_stem",
     "open_name",
     "read_ack",
+    "read_destination",
     "read_journal",
     "refuse_lane_root",
     "remove_segment",
@@ -545,6 +546,16 @@ def read_journal(directory: str) -> dict[str, int]:
 
 
 # -- DESTINATION ----------------------------------------------------------------------------
+
+
+def read_destination(directory: str) -> str | None:
+    """The key ``directory`` is bound to (see :func:`bind_destination`), ``None`` if unbound or
+    unreadable: a writer remembers it to bind the directory again if it is deleted under it."""
+    try:
+        with open(os.path.join(directory, _DESTINATION), encoding="utf-8") as f:
+            return f.read().rstrip("\n") or None
+    except OSError:
+        return None
 
 
 def bind_destination(directory: str, key: str) -> str:

@@ -211,6 +211,8 @@ class SpoolReader:
                 self._read_segment(claim, out, max_records)
         if len(out) < max_records:
             self._read_unclaimed(out, max_records)
+        if not out and self._spool is not None:
+            self._spool.verify()  # caught up: unless our writer's segment was deleted
         return out
 
     def _read_unclaimed(self, out: list[SpoolRecord], limit: int) -> None:
@@ -482,6 +484,8 @@ class SpoolReader:
         while pending and pending[0].line in claim.acked:
             claim.acked.discard(pending.popleft().line)
         mark = (pending[0].offset, pending[0].line) if pending else (claim.pos, claim.line)
+        if self._spool is not None:  # its writer counts only the rest if the file is deleted
+            self._spool.confirmed(claim.stem, mark[1])
         if pending or not (claim.sealed and claim.eof):
             if mark != claim.committed and mark[1] > claim.committed[1]:
                 try:
