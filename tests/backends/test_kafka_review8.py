@@ -6,6 +6,7 @@ hostile case that held up. All run against the noida-db Kafka stand-in (``kafka`
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from typing import Any
@@ -17,6 +18,7 @@ from harness.kafka import KafkaAdmin
 from mqlogging._ids import new_id
 from mqlogging._types import Delivery, Message
 from mqlogging.backends import open_consumer, open_producer
+from mqlogging.errors import ConnectError
 
 
 def _message(producer: str, seq: int) -> Message:
@@ -29,7 +31,9 @@ def _message(producer: str, seq: int) -> Message:
     return Message(rid, json.dumps(doc).encode())
 
 
-def _filled(kafka: KafkaAdmin, topic: str, n: int, partitions: int = 1) -> tuple[str, list[Message]]:
+def _filled(
+    kafka: KafkaAdmin, topic: str, n: int, partitions: int = 1
+) -> tuple[str, list[Message]]:
     """A new ``topic`` holding ``n`` records of one producer (one partition); URL and them."""
     kafka.create_topic(topic, partitions=partitions)
     url = kafka.url(topic)
@@ -55,10 +59,12 @@ def _offset(d: Delivery) -> int:
     return int(d.headers["offset"])
 
 
-def test_probe_nack_requeue_while_holding(kafka: KafkaAdmin, queue_name: str) -> None:
-    """Probe: records given back (nack requeue) while the consumer holds come again after it
+def test_nack_requeue_while_holding_comes_again_after_resume(
+    kafka: KafkaAdmin, queue_name: str
+) -> None:
+    """Held up in review: records given back (nack requeue) while the consumer holds come again after it
     resumes; everything is then acked and the lag ends at 0."""
-    url, sent = _filled(kafka, queue_name, 100)
+    url, _sent = _filled(kafka, queue_name, 100)
     with open_consumer(url, group=queue_name, prefetch=50) as c:
         got = _take(c, 50)
         for _ in range(3):
@@ -81,10 +87,12 @@ def test_probe_nack_requeue_while_holding(kafka: KafkaAdmin, queue_name: str) ->
         assert sorted(seen) == list(range(20, 30)) + list(range(50, 100))
 
 
-def test_probe_nack_then_hold_then_resume(kafka: KafkaAdmin, queue_name: str) -> None:
-    """Probe: nack(requeue) while fetching, then hold at once (before the seek's records came
+def test_nack_then_hold_then_resume_reads_the_given_back_again(
+    kafka: KafkaAdmin, queue_name: str
+) -> None:
+    """Held up in review: nack(requeue) while fetching, then hold at once (before the seek's records came
     back), then resume: the records given back come again."""
-    url, sent = _filled(kafka, queue_name, 100)
+    url, _sent = _filled(kafka, queue_name, 100)
     with open_consumer(url, group=queue_name, prefetch=50) as c:
         got = _take(c, 50)
         back = [d for d in got if 20 <= _offset(d) < 30]
@@ -104,10 +112,8 @@ def test_probe_nack_then_hold_then_resume(kafka: KafkaAdmin, queue_name: str) ->
         assert sorted(seen) == list(range(20, 30)) + list(range(50, 100))
 
 
-def test_probe_rebalance_while_holding_with_commits_in_flight(
-    kafka: KafkaAdmin, queue_name: str
-) -> None:
-    """Probe: member A holds 100 records, acks half of them (commits in flight) and holds
+def test_rebalance_while_holding_with_commits_in_flight(kafka: KafkaAdmin, queue_name: str) -> None:
+    """Held up in review: member A holds 100 records, acks half of them (commits in flight) and holds
     while B joins, takes and acks records, and leaves; A then acks the rest (void ones are
     no-ops) and reads everything else. Every record is acked by someone, the lag ends at 0,
     and only records that were in flight with A at the rebalance are handed out twice."""
@@ -152,19 +158,24 @@ def test_probe_rebalance_while_holding_with_commits_in_flight(
 
         wait_until(a_read_the_rest, timeout=30, interval=0.0, message="lag 0")
     twice = {i for i, n in handed.items() if n > 1}
-    print("handed", len(handed), "twice", len(twice), "of which in flight at rebalance",
-          len(twice & {d.id for d in first[50:]}))
+    print(
+        "handed",
+        len(handed),
+        "twice",
+        len(twice),
+        "of which in flight at rebalance",
+        len(twice & {d.id for d in first[50:]}),
+    )
     assert {m.id for m in sent} <= set(handed)
     assert twice <= {d.id for d in first[50:]}
 
 
-
-def test_probe_close_while_holding_with_a_commit_failing(kafka: Any, queue_name: str) -> None:
-    """Probe: a member holds 100 records, acks 60 of them out of order while the broker is
+def test_close_while_holding_with_a_commit_failing(kafka: Any, queue_name: str) -> None:
+    """Held up in review: a member holds 100 records, acks 60 of them out of order while the broker is
     stopped (the commit fails), keeps holding, and is closed while the broker is still down:
     close returns within its bound. After the restart a new member of the group reads every
     record not acked, and everything is acked in the end (lag 0)."""
-    url, sent = _filled(kafka, queue_name, 100)
+    url, _sent = _filled(kafka, queue_name, 100)
     with open_consumer(url, group=queue_name, prefetch=100, timeout=3) as c:
         got = _take(c, 100)
         assert c.fetch(0, 0.2) == []
@@ -172,10 +183,8 @@ def test_probe_close_while_holding_with_a_commit_failing(kafka: Any, queue_name:
         acked = got[40:] + got[:20]  # out of order: 40.. first, then 0..19
         c.ack(got[40:])
         for _ in range(3):
-            try:
+            with contextlib.suppress(ConnectError):  # the broker is down: holding says so
                 assert c.fetch(0, 0.3) == []
-            except Exception as exc:  # noqa: BLE001
-                print("hold", type(exc).__name__, exc)
         c.ack(got[:20])
         started = time.monotonic()
         c.close()
@@ -184,6 +193,7 @@ def test_probe_close_while_holding_with_a_commit_failing(kafka: Any, queue_name:
     assert took < 8
     kafka.start()
     from confluent_kafka import Consumer, TopicPartition
+
     w = Consumer({"bootstrap.servers": kafka.bootstrap, "group.id": "x"})
     print("watermarks", w.get_watermark_offsets(TopicPartition(queue_name, 0), timeout=10))
     w.close()
@@ -199,4 +209,51 @@ def test_probe_close_while_holding_with_a_commit_failing(kafka: Any, queue_name:
         wait_until(drained, timeout=30, interval=0.0, message="lag 0")
     print("read again", sorted(seen)[:5], len(seen))
     assert set(range(20, 40)) <= set(seen)
-    assert len(acked) == 80 and len(sent) == 100
+    assert len(acked) == 80
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="review8: KafkaConsumer.close() of a static member (group_instance) does not leave "
+    "the group (librdkafka sends no LeaveGroup for a group.instance.id, KIP-345): its "
+    "partitions are not read until the session timeout (45 s) on Kafka, never on the stand-in",
+)
+def test_static_member_close_hands_its_partitions_over(kafka: KafkaAdmin, queue_name: str) -> None:
+    """Two static members (``group_instance``) share a 2-partition topic; B is closed
+    (``close`` says: it leaves the group, its partitions move to the other members at once).
+    A then reads the records published to B's partition afterwards, within 10 s."""
+    kafka.create_topic(queue_name, partitions=2)
+    url = kafka.url(queue_name)
+    sent = [_message(f"h:{i % 8}:p", i) for i in range(80)]
+    with open_producer(url) as producer:
+        producer.publish_batch(sent)
+    got: set[str] = set()
+    with open_consumer(url, group=queue_name, group_instance="a") as a:
+        b = open_consumer(url, group=queue_name, group_instance="b")
+        try:
+
+            def both() -> bool:
+                for m in (a, b):
+                    batch = m.fetch(100, 0.1)
+                    m.ack(batch)
+                    got.update(d.id for d in batch)
+                return len(got) >= len(sent)
+
+            wait_until(both, timeout=30, interval=0.0, message="both read")
+        finally:
+            b.close()
+        later = [_message(f"h:{i % 8}:p", i) for i in range(80, 160)]
+        with open_producer(url) as producer:
+            producer.publish_batch(later)
+        seen: set[str] = set()
+
+        def a_reads_all() -> bool:
+            batch = a.fetch(100, 0.2)
+            a.ack(batch)
+            seen.update(d.id for d in batch)
+            return len(seen) >= len(later)
+
+        try:
+            wait_until(a_reads_all, timeout=10, interval=0.0, message="A reads B's partition")
+        finally:
+            print("A read", len(seen), "of", len(later), "after B closed")
