@@ -109,9 +109,10 @@ _SHORT_ID: Final = MAX_ID_BYTES // 4
 # Attributes of a record made by the stdlib, once the formatter stamped its id; a record with
 # no more than that and only reserved names has no user fields.
 _STD_ATTRIBUTES: Final = tuple(logging.LogRecord("", 0, "", 0, "", (), None).__dict__)
+_STD_NAMES: Final = frozenset(_STD_ATTRIBUTES)
 _PLAIN_RECORD_LEN: Final = len(_STD_ATTRIBUTES) + 1
-_STD_LAST_INDEX: Final = len(_STD_ATTRIBUTES) - 1
-_STD_LAST: Final = _STD_ATTRIBUTES[-1]
+_STD_COUNT: Final = len(_STD_ATTRIBUTES)
+_STD_KEYS: Final = list(_STD_ATTRIBUTES)  # a list: compared with a list of a record's keys
 
 _ECS_LEVELS: Final = {
     name: name.lower()
@@ -695,18 +696,17 @@ def _merge_extras(
     """:func:`_merge` the user's ``extra`` attributes: not reserved ones, not ``_private``
     ones, with the fast path of :func:`_merge_layer` for a plain new top-level key."""
     attrs = record.__dict__
-    items: Iterable[tuple[Any, Any]] = attrs.items()
-    # A stdlib LogRecord holds its own attributes first, in __init__'s order, then the
-    # extras: when its last own attribute is where __init__ put it, skip them all at once.
-    if (
-        record.__class__ is logging.LogRecord
-        and next(itertools.islice(attrs, _STD_LAST_INDEX, None), None) == _STD_LAST
-    ):
-        items = itertools.islice(items, _STD_LAST_INDEX + 1, None)
+    keys = [*attrs]
+    # A stdlib LogRecord made by its __init__ holds its own attributes first, in __init__'s
+    # order, then the extras: skip them all at once -- only when they are all there, in that
+    # order (a record factory or makeLogRecord may put a user's first: issue #13 defect).
+    if record.__class__ is logging.LogRecord and keys[:_STD_COUNT] == _STD_KEYS:
+        del keys[:_STD_COUNT]
     reserved = _RESERVED  # a local: this loop may run over every record attribute
-    for key, value in items:
+    for key in keys:
         if key in reserved:
             continue
+        value = attrs[key]
         if key.__class__ is str:
             if key[:1] == "_":
                 continue
@@ -1096,10 +1096,12 @@ def _plain_extras(
     ``None``. What each attribute name is (:func:`_extra_kind`) is kept in ``kinds``: one
     lookup per extra instead of five tests."""
     attrs = record.__dict__
-    # A stdlib record's own attributes come first, in __init__'s order, then the extras.
-    keys = itertools.islice(attrs, _STD_LAST_INDEX, None)
-    if next(keys, None) != _STD_LAST:
+    # A stdlib record's own attributes come first, in __init__'s order, then the extras;
+    # in any other order (a record factory's, makeLogRecord's) the dict path scans them all.
+    keys = [*attrs]
+    if keys[:_STD_COUNT] != _STD_KEYS:
         return None
+    del keys[:_STD_COUNT]
     extras: dict[str, Any] = {}
     for key in keys:
         if key.__class__ is not str:
@@ -1312,7 +1314,6 @@ class _LogstashSchema(_Schema):
 # The logstash fields that are the formatter's whatever the record holds (the record's own
 # attributes are added per record); the template and trace fields are kept by _add_flat_extras.
 _LOGSTASH_OWNED: Final = frozenset(["@timestamp", "@version", "source_host", "message", "id"])
-_STD_NAMES: Final = frozenset(_STD_ATTRIBUTES)
 
 
 def _v1_fields(record: logging.LogRecord) -> tuple[dict[str, Any], list[tuple[str, Any]]]:
