@@ -58,7 +58,7 @@ from ._json import HAVE_ORJSON, strict_encoder
 from ._trace import SpanIds, current_span
 from ._types import Message
 from .errors import ConfigurationError
-from .wire import MAX_ID_BYTES, NAMESPACE, id_fits
+from .wire import FORMAT_ERROR, MAX_ID_BYTES, NAMESPACE, id_fits
 
 __all__ = [
     "DEFAULT_MAX_RECORD_BYTES",
@@ -109,9 +109,10 @@ _SHORT_ID: Final = MAX_ID_BYTES // 4
 # Attributes of a record made by the stdlib, once the formatter stamped its id; a record with
 # no more than that and only reserved names has no user fields.
 _STD_ATTRIBUTES: Final = tuple(logging.LogRecord("", 0, "", 0, "", (), None).__dict__)
+_STD_NAMES: Final = frozenset(_STD_ATTRIBUTES)
 _PLAIN_RECORD_LEN: Final = len(_STD_ATTRIBUTES) + 1
-_STD_LAST_INDEX: Final = len(_STD_ATTRIBUTES) - 1
-_STD_LAST: Final = _STD_ATTRIBUTES[-1]
+_STD_COUNT: Final = len(_STD_ATTRIBUTES)
+_STD_KEYS: Final = list(_STD_ATTRIBUTES)  # a list: compared with a list of a record's keys
 
 _ECS_LEVELS: Final = {
     name: name.lower()
@@ -488,6 +489,82 @@ def _get_message(record: logging.LogRecord) -> str:
         )
 
 
+# Seconds since the epoch of 0001-01-01 and of 10000-01-01 (UTC): the times an ISO-8601
+# date (and Elasticsearch's date type) can hold.
+_MIN_TIME: Final = -62135596800.0
+_END_TIME: Final = 253402300800.0
+_MAX_ERROR_CHARS: Final = 512  # of the format error's message in a fallback record
+
+
+def _created(record: logging.LogRecord) -> float:
+    """``record.created`` if it is a time a date can be made of, else now (a filter or a
+    record factory may have put anything there: ``inf``, ``nan``, a string...)."""
+    created = record.__dict__.get("created")
+    if created.__class__ in (float, int) and _MIN_TIME <= created < _END_TIME:  # NaN fails too
+        return float(created)
+    return time.time()
+
+
+class _Salvaged(NamedTuple):
+    """What a fallback record says about a record that could not be formatted."""
+
+    created: float
+    message: str
+    levelname: str
+    levelno: int
+    logger: str
+    pid: int | None
+
+
+def _salvage(record: logging.LogRecord) -> _Salvaged:
+    """Read what can be read of a record whose formatting raised, each field on its own so
+    that one broken attribute does not cost the others; never raises."""
+    attrs = record.__dict__
+    levelname, levelno = _salvage_level(attrs.get("levelname"), attrs.get("levelno"))
+    name = attrs.get("name")
+    pid = attrs.get("process")
+    return _Salvaged(
+        created=_created(record),
+        message=_salvage_message(record),
+        levelname=levelname,
+        levelno=levelno,
+        logger=_clean_str(name if name.__class__ is str else _safe_str(name)),
+        pid=pid if pid.__class__ is int else None,
+    )
+
+
+def _salvage_level(levelname: Any, levelno: Any) -> tuple[str, int]:
+    """The level name and number, each from the other when it is unusable (a ``levelname``
+    that is not a ``str``: the name of ``levelno``), ``NOTSET`` when neither is usable."""
+    if levelno.__class__ is not int:
+        number = logging.getLevelName(levelname) if levelname.__class__ is str else None
+        levelno = number if number.__class__ is int else logging.NOTSET
+    if levelname.__class__ is not str:
+        levelname = logging.getLevelName(levelno)
+    return _clean_str(levelname), levelno
+
+
+def _salvage_message(record: logging.LogRecord) -> str:
+    """The message as :func:`_get_message` renders it (a dict message's ``message``), or what
+    ``str``/``repr`` of the template give, with lone surrogates replaced."""
+    try:
+        msg = record.msg
+        if isinstance(msg, dict):
+            text = msg.get("message", "")
+            return _clean_str(text if text.__class__ is str else _safe_str(text))
+        return _clean_str(str(_get_message(record)))
+    except Exception:
+        return "<message unavailable>"
+
+
+def _format_error(error: BaseException) -> dict[str, str]:
+    """The ``mqlogging.format_error`` object of a fallback record (:mod:`mqlogging.wire`)."""
+    return {
+        "type": _exception_type(type(error)),
+        "message": _cut(_clean_str(_safe_str(error)), _MAX_ERROR_CHARS),
+    }
+
+
 def _stdlib_get_message() -> Callable[[logging.LogRecord], str] | None:
     """``LogRecord.getMessage`` as the stdlib defines it, or ``None`` when a program replaced
     it before this module was imported (a wrapper made with functools.wraps included)."""
@@ -619,18 +696,17 @@ def _merge_extras(
     """:func:`_merge` the user's ``extra`` attributes: not reserved ones, not ``_private``
     ones, with the fast path of :func:`_merge_layer` for a plain new top-level key."""
     attrs = record.__dict__
-    items: Iterable[tuple[Any, Any]] = attrs.items()
-    # A stdlib LogRecord holds its own attributes first, in __init__'s order, then the
-    # extras: when its last own attribute is where __init__ put it, skip them all at once.
-    if (
-        record.__class__ is logging.LogRecord
-        and next(itertools.islice(attrs, _STD_LAST_INDEX, None), None) == _STD_LAST
-    ):
-        items = itertools.islice(items, _STD_LAST_INDEX + 1, None)
+    keys = [*attrs]
+    # A stdlib LogRecord made by its __init__ holds its own attributes first, in __init__'s
+    # order, then the extras: skip them all at once -- only when they are all there, in that
+    # order (a record factory or makeLogRecord may put a user's first: issue #13 defect).
+    if record.__class__ is logging.LogRecord and keys[:_STD_COUNT] == _STD_KEYS:
+        del keys[:_STD_COUNT]
     reserved = _RESERVED  # a local: this loop may run over every record attribute
-    for key, value in items:
+    for key in keys:
         if key in reserved:
             continue
+        value = attrs[key]
         if key.__class__ is str:
             if key[:1] == "_":
                 continue
@@ -684,8 +760,14 @@ class _Schema:
         for key in self.id_path[:-1]:
             target = target.setdefault(key, {})
         target[self.id_path[-1]] = rid
-        doc[self.timestamp_key] = self._clock(record.created)
+        doc[self.timestamp_key] = self._clock(_created(record))
         return doc
+
+    def fallback(self, salvaged: _Salvaged, rid: str) -> dict[str, Any]:
+        """The minimal document of a record :meth:`add_fields` could not lay out (see
+        :meth:`JsonFormatter.fallback_message`): id, time, level, logger and message, from
+        what :func:`_salvage` could read safely."""
+        raise NotImplementedError
 
 
 class _EcsSchema(_Schema):
@@ -892,6 +974,16 @@ class _EcsSchema(_Schema):
         if diverted:
             _divert(log_data, diverted)
 
+    def fallback(self, salvaged: _Salvaged, rid: str) -> dict[str, Any]:
+        return {
+            "@timestamp": self._clock(salvaged.created),
+            "message": salvaged.message,
+            "log": {"level": salvaged.levelname.lower(), "logger": salvaged.logger},
+            "host": self._host,
+            "event": {"id": rid},
+            "ecs": self._ecs,
+        }
+
     def _error(self, exc_info: Any) -> dict[str, Any]:
         etype, exc, _tb = exc_info
         try:
@@ -1004,10 +1096,12 @@ def _plain_extras(
     ``None``. What each attribute name is (:func:`_extra_kind`) is kept in ``kinds``: one
     lookup per extra instead of five tests."""
     attrs = record.__dict__
-    # A stdlib record's own attributes come first, in __init__'s order, then the extras.
-    keys = itertools.islice(attrs, _STD_LAST_INDEX, None)
-    if next(keys, None) != _STD_LAST:
+    # A stdlib record's own attributes come first, in __init__'s order, then the extras;
+    # in any other order (a record factory's, makeLogRecord's) the dict path scans them all.
+    keys = [*attrs]
+    if keys[:_STD_COUNT] != _STD_KEYS:
         return None
+    del keys[:_STD_COUNT]
     extras: dict[str, Any] = {}
     for key in keys:
         if key.__class__ is not str:
@@ -1204,11 +1298,22 @@ class _LogstashSchema(_Schema):
         if diverted:
             _divert(log_data, diverted)
 
+    def fallback(self, salvaged: _Salvaged, rid: str) -> dict[str, Any]:
+        return {
+            "@timestamp": self._clock(salvaged.created),
+            "@version": 1,
+            "source_host": self.formatter.hostname,
+            "name": salvaged.logger,
+            "levelname": salvaged.levelname,
+            "levelno": salvaged.levelno,
+            "message": salvaged.message,
+            "id": rid,
+        }
+
 
 # The logstash fields that are the formatter's whatever the record holds (the record's own
 # attributes are added per record); the template and trace fields are kept by _add_flat_extras.
 _LOGSTASH_OWNED: Final = frozenset(["@timestamp", "@version", "source_host", "message", "id"])
-_STD_NAMES: Final = frozenset(_STD_ATTRIBUTES)
 
 
 def _v1_fields(record: logging.LogRecord) -> tuple[dict[str, Any], list[tuple[str, Any]]]:
@@ -1331,6 +1436,18 @@ class _FlatSchema(_Schema):
         _add_flat_extras(log_data, record, diverted)
         if diverted:
             _divert(log_data, diverted)
+
+    def fallback(self, salvaged: _Salvaged, rid: str) -> dict[str, Any]:
+        """python-json-logger's names for the message, level and logger (renamed as asked),
+        then the time and the id, which are never renamed."""
+        rename = self.formatter.rename_fields.get
+        return {
+            rename("message", "message"): salvaged.message,
+            rename("levelname", "levelname"): salvaged.levelname,
+            rename("name", "name"): salvaged.logger,
+            self.timestamp_key: self._clock(salvaged.created),
+            "id": rid,
+        }
 
 
 def _has_exc_or_stack(record: logging.LogRecord) -> bool:
@@ -1472,7 +1589,20 @@ class _OtelSchema(_Schema):
         _divert(attributes, diverted)
 
     def skeleton(self, record: logging.LogRecord, rid: str) -> dict[str, Any]:
-        return {"timeUnixNano": _unix_nanos(record.created), "attributes": {OTEL_UID: rid}}
+        return {"timeUnixNano": _unix_nanos(_created(record)), "attributes": {OTEL_UID: rid}}
+
+    def fallback(self, salvaged: _Salvaged, rid: str) -> dict[str, Any]:
+        pid = salvaged.pid
+        return {
+            "timeUnixNano": _unix_nanos(salvaged.created),
+            "observedTimeUnixNano": time.time_ns(),
+            "severityNumber": otel_severity(salvaged.levelno),
+            "severityText": salvaged.levelname,
+            "body": salvaged.message,
+            "attributes": {OTEL_UID: rid},
+            "resource": self._resource_for(pid) if pid is not None else self._resource_base,
+            "scope": {"name": salvaged.logger},
+        }
 
     def add_fields(
         self, log_data: dict[str, Any], record: logging.LogRecord, message_dict: dict[str, Any]
@@ -1800,6 +1930,37 @@ class JsonFormatter(BaseJsonFormatter):
         if self.max_bytes is not None and len(body) > self.max_bytes:
             body = self._truncate(record, rid, log_data, len(body))
         return body
+
+    def fallback_message(
+        self,
+        record: logging.LogRecord,
+        stamp: Mapping[str, Any] | None,
+        error: BaseException,
+    ) -> Message:
+        """The minimal wire message of a record :meth:`format_message` raised ``error`` for
+        (a filter or a record factory broke an attribute: ``levelname`` a list, ``created``
+        infinite...), so the record still ships instead of becoming a gap in its producer's
+        sequence. The handler passes the ``stamp`` it gave :meth:`format_message` (the same
+        seq: a number is taken once).
+
+        The document is valid for the schema (its id, its time: the record's own if usable,
+        else now), with the message as far as it renders (else its ``str``/``repr``, else a
+        placeholder), the level (from ``levelno`` when ``levelname`` is unusable), the logger
+        name, and the error in ``mqlogging.format_error`` (``{"type", "message"}``; not ECS
+        ``error.*``, which is the application's exception). Static, context and ``extra``
+        fields are left out: any of them may be what broke. Never raises for any record.
+        """
+        try:
+            rid = _record_id(record)
+        except Exception:  # a record whose __dict__ itself is broken
+            rid = new_id()
+        doc = self._schema.fallback(_salvage(record), rid)
+        namespace = self._namespace if stamp is None else {**self._namespace, **stamp}
+        doc[NAMESPACE] = {**namespace, FORMAT_ERROR: _format_error(error)}
+        body = self._encoder.encode(doc)
+        if self.max_bytes is not None and len(body) > self.max_bytes:
+            body = self._truncate(record, rid, doc, len(body))
+        return _new_message(Message, (rid, body))
 
     def format(self, record: logging.LogRecord) -> str:
         """Format ``record`` as a JSON string (``prefix`` + the body of :meth:`format_message`)."""

@@ -38,6 +38,15 @@ own (with its own ``seq``) whose ``mqlogging.dropped`` names what was dropped an
 
 so ``mqlogging audit`` tells a gap that was dropped and counted from one that was lost.
 
+A record the formatter could not lay out (a filter or a record factory broke one of its
+attributes: ``levelname`` a list, ``created`` infinite...) still ships, with its seq, as a
+*fallback* record: the schema's id, time, level, logger and message, and what went wrong in
+``mqlogging.format_error`` (``{"type": "TypeError", "message": "unhashable type: 'list'"}``;
+ECS's ``error.*`` fields stay the application's exception)::
+
+    "mqlogging": {"schema": "ecs", "producer": "...", "seq": 43,
+                  "format_error": {"type": "OverflowError", "message": "..."}}
+
 Documents without ``mqlogging.schema`` (written by another producer, e.g. through the DIRAC-style
 ``put()``) have no record id of ours: their ``id`` or ``event.id`` is just a user field (a job
 id shared by many records), so :func:`read_meta` returns ``None`` and each reader falls back to
@@ -57,6 +66,7 @@ from typing import Any, Final, NamedTuple
 from ._json import loads
 
 __all__ = [
+    "FORMAT_ERROR",
     "MAX_ID_BYTES",
     "NAMESPACE",
     "TIME_KEYS",
@@ -72,6 +82,9 @@ __all__ = [
 
 NAMESPACE: Final = "mqlogging"
 """The top-level object the formatter owns in every schema."""
+
+FORMAT_ERROR: Final = "format_error"
+"""The key of a fallback record's formatting error in the ``mqlogging`` object."""
 
 MAX_ID_BYTES: Final = 512
 """Longest usable record id (Elasticsearch's ``_id`` limit); longer ones are ignored."""

@@ -306,3 +306,56 @@ def test_extra_names_of_str_subclasses(encoder: str) -> None:
         assert formatter.format_message(rec, STAMP) == reference.format_message(rec, STAMP)
     rec = record(extra={"job": 7})
     assert formatter._schema.encode_plain(rec, formatter.format_message(rec).id, STAMP) is not None
+
+
+def _user_first(missing: str | None) -> logging.LogRecord:
+    """A record whose user attribute comes before the stdlib's own (a factory that sets it
+    before ``LogRecord.__init__`` runs), with one of the stdlib's own deleted (or none): the
+    last own attribute is then where ``__init__`` puts it, with the user one before it."""
+    rec = logging.LogRecord.__new__(logging.LogRecord)
+    rec.request_id = "r-1"
+    rec.__init__("tests.plain", logging.INFO, "/srv/app/jobs.py", 42, "job %d", (7,), None)  # type: ignore[misc]
+    if missing is not None:
+        delattr(rec, missing)
+    return rec
+
+
+def _made_user_first() -> logging.LogRecord:
+    """``makeLogRecord`` of a dict with a user key first, its keys then put in that order."""
+    rec = logging.makeLogRecord({"request_id": "r-1", "msg": "job %d", "args": (7,)})
+    attrs = dict(rec.__dict__)
+    del attrs["msecs"]
+    rec.__dict__ = {"request_id": attrs.pop("request_id"), **attrs}
+    return rec
+
+
+STD_NAMES = list(logging.LogRecord("", 0, "", 0, "", (), None).__dict__)
+
+
+@pytest.mark.parametrize("missing", [None, *STD_NAMES])
+def test_extras_before_the_records_own_attributes(missing: str | None) -> None:
+    """Whatever the order of a record's attributes (issue #13 defect: the scan assumed the
+    stdlib's own come first), an extra is never skipped: both paths give the same bytes
+    with the extra in them, or (an attribute the schema reads is missing) both raise."""
+    formatter, reference = _pair()
+    rec = _user_first(missing)
+    try:
+        got = formatter.format_message(rec, STAMP)
+    except (AttributeError, TypeError):
+        with pytest.raises((AttributeError, TypeError)):
+            reference.format_message(rec, STAMP)
+        return
+    assert got == reference.format_message(rec, STAMP)
+    assert json.loads(got.body)["request_id"] == "r-1"
+
+
+@pytest.mark.parametrize("schema", ["ecs", "logstash", "flat", "otel"])
+def test_make_log_record_with_user_keys_first(schema: str) -> None:
+    """A record from ``makeLogRecord`` whose user key comes first keeps it in every
+    schema (``otel``: as an attribute)."""
+    rec = _made_user_first()
+    got = JsonFormatter(schema=schema).format_message(rec, STAMP)
+    doc = json.loads(got.body)
+    assert (doc["attributes"] if schema == "otel" else doc)["request_id"] == "r-1"
+    if schema == "ecs":
+        assert got == DictPath().format_message(rec, STAMP)

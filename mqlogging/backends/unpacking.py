@@ -16,7 +16,9 @@ line is the caller's business alone and never takes its siblings with it.
 A packed message that cannot be unpacked (corrupt, unknown encoding, or larger than
 ``max_unpacked`` bytes once decompressed: a zip bomb costs at most that) is handed out whole,
 with the reason in the :data:`~mqlogging.packing.UNPACK_ERROR_HEADER` header, for the caller
-to dead-letter.
+to dead-letter. That header is this reader's word alone: one a message arrived with (a
+producer set it) is removed from every record handed out, packed or not, so it cannot make
+the caller dead-letter records that unpacked fine.
 
 Memory: the records of the last fetched messages wait here until handed out; a fetch asks the
 wrapped consumer for as many *messages* as the caller asked *records*, divided by the recent
@@ -56,10 +58,11 @@ from .base import Consumer
 __all__ = ["UnpackingConsumer"]
 
 # Headers that describe the packed message, not one of its records (its id header is its
-# first record's id, and content-length its packed size).
+# first record's id, and content-length its packed size), and the refusal header, which only
+# this reader may set (_refused).
 _PACK_HEADERS = frozenset({
     COUNT_HEADER, FIRST_HEADER, LAST_HEADER, ENCODING_HEADER, "mqlogging-id", "amqp-message-id",
-    "content-length",
+    "content-length", UNPACK_ERROR_HEADER,
 })  # fmt: skip
 
 
@@ -153,6 +156,8 @@ class UnpackingConsumer(Consumer):
     def _split(self, delivery: Delivery) -> Iterable[Delivery]:
         headers = delivery.headers
         if not is_packed(headers):
+            if UNPACK_ERROR_HEADER in headers:  # a producer's, not ours: not a refusal
+                return (_without_refusal(delivery),)
             return (delivery,)
         try:
             lines = unpack(delivery.body, headers, self._max_unpacked)
@@ -279,6 +284,18 @@ def _part_headers(headers: Mapping[str, Any]) -> dict[str, Any]:
     if str(out.get(TYPE_HEADER, "")).startswith(CONTENT_TYPE):
         out[TYPE_HEADER] = "application/json"
     return out
+
+
+def _without_refusal(delivery: Delivery) -> Delivery:
+    """``delivery`` without the :data:`UNPACK_ERROR_HEADER` its producer set."""
+    headers = {k: v for k, v in delivery.headers.items() if k != UNPACK_ERROR_HEADER}
+    return Delivery(
+        id=delivery.id,
+        body=delivery.body,
+        tag=delivery.tag,
+        headers=headers,
+        redelivered=delivery.redelivered,
+    )
 
 
 def _refused(delivery: Delivery, reason: str) -> Delivery:

@@ -29,6 +29,14 @@ _DEFAULT = HandlerConfig  # the class attributes are the options' defaults
 # What Filterer.filter returns for a record every filter passed (3.12+: the record).
 _FILTER_RETURNS_RECORD = sys.version_info >= (3, 12)
 
+#: The drop reason of a record neither formatted nor made into a fallback record.
+UNFORMATTABLE = "unformattable"
+
+
+class _Unmade(Exception):
+    """prepare() could not make a message, and counted and announced the record as dropped:
+    emit() has nothing more to report (no traceback)."""
+
 
 class MQHandler(logging.Handler):
     """Publish every record as one JSON document to message brokers, without blocking.
@@ -197,6 +205,9 @@ class MQHandler(logging.Handler):
         # handler after the fork; see _fork.close_on_sigterm).
         self._hook_sigterm = False
         self._new_producer()
+        self._complain = complain
+        self._format_errors = 0  # records shipped as fallback records (stats: format_errors)
+        self._format_errors_lock = threading.Lock()
         self.setFormatter(formatter)
         self._pipe = pipe
         _fork.register(self)
@@ -228,6 +239,7 @@ class MQHandler(logging.Handler):
             raise ConfigurationError(msg)
         self.formatter = fmt
         self._format_message = fmt.format_message
+        self._fallback_message = fmt.fallback_message
 
     # -- the caller's path ----------------------------------------------------------------------
 
@@ -246,14 +258,17 @@ class MQHandler(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         """Format ``record`` and queue it; never raises (errors go to :meth:`handleError`)."""
-        if (
-            record.name.partition(".")[0] in self._ignored_roots
-            or threading.get_ident() == self._pipe.sender_ident
-        ):
+        try:
+            root = record.name.partition(".")[0]
+        except Exception:  # a name a filter or record factory broke: a fallback record's
+            root = None
+        if root in self._ignored_roots or threading.get_ident() == self._pipe.sender_ident:
             self._pipe.ignore()
             return
         try:
             self.enqueue(self.prepare(record))
+        except _Unmade:  # counted, and announced by a marker
+            pass
         except Exception:
             self.handleError(record)
 
@@ -263,8 +278,48 @@ class MQHandler(logging.Handler):
         The record gets this handler's producer id and the next sequence number
         (:mod:`mqlogging.wire`): ``next()`` of an :func:`itertools.count` is atomic, so
         concurrent callers never share or skip a number.
+
+        A record the formatter cannot format (a filter or record factory broke one of its
+        attributes) ships as the formatter's fallback record with the same number, counted
+        in ``stats()["format_errors"]`` and said once per 30 s on stderr: a traceback per
+        record and a gap in the sequence would be worse.
         """
-        return self._format_message(record, {"producer": self.producer, "seq": next(self._seq)})
+        stamp = {"producer": self.producer, "seq": next(self._seq)}
+        try:
+            return self._format_message(record, stamp)
+        except Exception as exc:
+            return self._format_failed(record, stamp, exc)
+
+    def _format_failed(
+        self, record: logging.LogRecord, stamp: dict[str, Any], error: Exception
+    ) -> Message:
+        """The fallback message of a record whose formatting raised ``error``.
+
+        Raises:
+            _Unmade: not even the fallback could be made (it should never happen): the record
+                is counted as dropped (``unformattable``) and its seq announced by a marker.
+        """
+        with self._format_errors_lock:
+            self._format_errors += 1
+        complain = self._complain
+        kind = f"{type(error).__name__}: {error}"
+        try:
+            message = self._fallback_message(record, stamp, error)
+        except Exception as exc:
+            seq = stamp["seq"]
+            self._pipe.drop_unmade(DroppedRange(stamp["producer"], seq, seq, UNFORMATTABLE))
+            complain(
+                UNFORMATTABLE,
+                f"cannot format a record ({kind}) nor its fallback ({exc!r}); dropped it, "
+                f"counted in stats()['dropped'][{UNFORMATTABLE!r}]",
+            )
+            raise _Unmade from exc
+        complain(
+            "format_error",
+            f"cannot format a record ({kind}); shipped a fallback record with "
+            "mqlogging.format_error instead (counted in stats()['format_errors'])",
+        )
+        return message
 
     def _new_producer(self) -> None:
         """A new producer identity (host, pid, random part) whose sequence starts at 1."""
@@ -329,6 +384,9 @@ class MQHandler(logging.Handler):
     def after_fork_in_child(self) -> None:
         """Fresh pipeline in a forked child; the parent's is kept, untouched (see _fork)."""
         self._new_producer()  # the child is a producer of its own: its numbers start at 1
+        self._complain = Complainer()
+        self._format_errors = 0
+        self._format_errors_lock = threading.Lock()
         self._pipe = self._pipe.reset_after_fork()
         mp_util = sys.modules.get("multiprocessing.util")
         if mp_util is not None:  # billiard (Celery prefork) shares this registry
@@ -364,8 +422,13 @@ class MQHandler(logging.Handler):
         ``closed``; each drop is announced by a marker record, see :mod:`mqlogging.wire`),
         ``markers`` (``sent``: marker records built; ``unattributed``: dropped bodies without a
         producer/seq, e.g. torn spool lines; ``unannounced``: drops beyond the bounded ledger),
-        ``ignored`` (records refused by the recursion guard), ``endpoints``
+        ``ignored`` (records refused by the recursion guard), ``format_errors`` (records the
+        formatter could not format, shipped as fallback records with
+        ``mqlogging.format_error``; one neither formatted nor made into a fallback is dropped
+        as ``unformattable``), ``endpoints``
         (redacted URL -> ``healthy``, ``last_error``, ``last_error_at``, ``sent``,
         ``confirmed``, ``failures``) and ``spool`` (``bytes``, ``records``, ``directories``).
         """
-        return self._pipe.stats()
+        stats = self._pipe.stats()
+        stats["format_errors"] = self._format_errors
+        return stats

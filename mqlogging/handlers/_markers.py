@@ -127,6 +127,11 @@ class DropLedger:
     def note(self, bodies: Iterable[bytes], reason: str) -> None:
         """Record the drop of ``bodies`` (encoded records) for ``reason``."""
         runs, unattributed = dropped_runs(bodies, reason)
+        self.note_runs(runs, unattributed)
+
+    def note_runs(self, runs: Iterable[DroppedRange], unattributed: int = 0) -> None:
+        """Record the drop of the records of ``runs`` (known by their seqs, e.g. a record
+        the handler numbered but could not make into a message at all)."""
         with self._lock:
             self.generation += 1
             self.unattributed += unattributed

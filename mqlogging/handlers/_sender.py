@@ -297,6 +297,13 @@ class Pipeline:
         with self._ignored_lock:
             self.ignored += 1
 
+    def drop_unmade(self, run: DroppedRange) -> None:
+        """Records the handler numbered but could not make into a message (not even the
+        formatter's fallback): counted under ``run.reason`` and announced by the next marker,
+        so their seqs are explained gaps, not losses."""
+        with self.order_lock:
+            self.spools.count_run(run)
+
     def reset_after_fork(self) -> Pipeline:
         """The pipeline a forked child uses instead of this one: same config, empty queue, new
         locks and connections, sender started on the child's first record (closed if this one

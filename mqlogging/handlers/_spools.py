@@ -16,6 +16,7 @@ from collections.abc import Sequence
 
 from .._types import Message
 from ..errors import SpoolError, SpoolFull
+from ..wire import DroppedRange
 from ._complain import Complainer
 from ._lanes import Lane
 from ._markers import DropLedger
@@ -111,6 +112,12 @@ class LaneSpools:
         if messages:
             self.dropped[reason] = self.dropped.get(reason, 0) + len(messages)
             self.drops.note([m.body for m in messages], reason)
+
+    def count_run(self, run: DroppedRange) -> None:
+        """Count the records of ``run`` (dropped before they had a body) and note them for
+        the next marker."""
+        self.dropped[run.reason] = self.dropped.get(run.reason, 0) + run.last - run.first + 1
+        self.drops.note_runs([run])
 
     def uncount_drop(self, reason: str, n: int) -> None:
         """Take back ``n`` drops: close() counted an in-flight batch it could not spool, and

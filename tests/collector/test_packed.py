@@ -19,6 +19,7 @@ from mqlogging.backends import TapOptions, UnpackingConsumer, open_consumer, ope
 from mqlogging.backends.services import create_consumer
 from mqlogging.collector.service import CollectorService
 from mqlogging.handlers import MQHandler
+from mqlogging.packing import CONTENT_TYPE, COUNT_HEADER, UNPACK_ERROR_HEADER
 from mqlogging.wire import read_meta
 
 Make = Callable[..., CollectorService]
@@ -129,6 +130,48 @@ class TestPackedEndToEnd:
             assert {d["event"]["id"] for d in before + after} == set(es.docs)
         [letter] = _dead_letters(dead)
         assert "packed message refused" in json.dumps(letter)
+
+    def test_a_producers_unpack_error_header_is_not_a_refusal(
+        self, rabbitmq: Any, queue_name: str, service: Make, tmp_path: Path
+    ) -> None:
+        """A message that arrives with ``mqlogging-unpack-error`` already set (by a producer:
+        only the unpacking reader may set it) but unpacks fine -- packed, or a single record
+        -- lands record by record; nothing is dead-lettered."""
+        packed, single = [ecs_record(i) for i in range(50)], [ecs_record(i) for i in range(3)]
+        spoof = {UNPACK_ERROR_HEADER: "spoofed", COUNT_HEADER: len(packed)}
+        url = amqp_queue_url(rabbitmq, queue_name)
+        first = ecs_record(0)
+        publish(url, [first])  # declares the queue as the collector does
+        with rabbitmq.amqp_channel() as ch:
+            ch.basic_publish(
+                "",
+                queue_name,
+                b"\n".join(json.dumps(doc).encode() for doc in packed),
+                _pika_properties(content_type=CONTENT_TYPE, headers=spoof),
+            )
+            for doc in single:
+                ch.basic_publish(
+                    "",
+                    queue_name,
+                    json.dumps(doc).encode(),
+                    _pika_properties(
+                        content_type="application/json",
+                        headers={UNPACK_ERROR_HEADER: "spoofed"},
+                        message_id=doc["event"]["id"],
+                    ),
+                )
+        dead = tmp_path / "dead"
+        with BulkStandIn() as es:
+            svc = service(
+                sources=[{"url": url}],
+                sinks=[_es_sink(es.url, queue_name)],
+                dead_letter={"url": f"local://{dead}"},
+            )
+            wait_until(lambda: svc.metrics.value("acked") == 54, timeout=60)
+            assert {d["event"]["id"] for d in [first, *packed, *single]} == set(es.docs)
+        assert svc.metrics.value("dead_lettered") == 0
+        assert _dead_letters(dead) == []
+        wait_until(lambda: rabbitmq.queue_depth(queue_name) == 0, timeout=10)
 
 
 class TestPackedReaders:

@@ -16,7 +16,7 @@ from mqlogging.cli.spool import export_spool, inspect_spool
 from mqlogging.handlers import MQHandler
 
 STATS_KEYS = {"queued", "sent", "confirmed", "spooled", "replayed", "dropped", "markers",
-              "ignored", "endpoints", "spool"}  # fmt: skip
+              "ignored", "format_errors", "endpoints", "spool"}  # fmt: skip
 
 
 def _refused() -> str:

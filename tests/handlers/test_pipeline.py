@@ -179,7 +179,7 @@ def test_handler_uses_only_the_pipeline_interface() -> None:
     """MQHandler reads or calls only the pipeline's interface, and assigns nothing on it."""
     interface = {
         "offer", "flush", "close", "finish", "reset_after_fork", "write_ahead_in_child",
-        "start_if_spooled", "sender_ident", "ignore", "stats",
+        "start_if_spooled", "sender_ident", "ignore", "drop_unmade", "stats",
     }  # fmt: skip
     tree = ast.parse(Path(_handler.__file__).read_text())
     used = set()
