@@ -118,9 +118,12 @@ def run(n: int = 10_000, keep: Path | None = None, cases: str = "") -> list[Row]
                 counts.append(_instructions(_publish(rabbit, size, query), size, out_file))
             per = (counts[1] - counts[0]) / (3 * n)
             print(f"collector {name} -> null: {counts} -> {per:,.0f}/record", file=sys.stderr)
+            base = rows[0]["value"] if rows else 0
             rows.append({
                 "name": f"collector, {name} -> null sink, whole process",
                 "value": round(per), "unit": "instructions/record",
+                "baseline_name": rows[0]["name"] if rows else "", "baseline_value": base,
+                "ratio": round(per / base, 2) if base else "", "goal": "",
             })  # fmt: skip
     return rows
 
