@@ -30,6 +30,8 @@ SUITES: list[tuple[str, str, dict[str, Any], dict[str, Any]]] = [
     ("bench_contenders", "Log shippers side by side (issue #13)", {}, {"n": 5_000}),
     ("bench_instructions", "CPU instructions per record (valgrind: noise-free)", {},
      {"n": 1_000}),
+    ("bench_collector_instructions", "Collector: CPU instructions per record (valgrind)", {},
+     {"n": 2_000}),
     ("bench_formatting", "JSON formatting (caller thread, per record)", {}, {"rounds": 10}),
     ("bench_spool", "Spool (failover buffer and local:// queue)", {}, {"n": 50_000}),
     ("bench_backends", "Confirmed publishing and consuming (AMQP, STOMP)", {}, {"n": 5_000, "rounds": 1}),
