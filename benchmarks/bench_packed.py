@@ -273,7 +273,7 @@ def _collector_rate(url: str, n: int, sink: dict[str, Any]) -> float:
     ``sink``: from the first delivery to the last record acked. The process's GC is set up as
     ``mqlogging collect`` sets up its own, unless ``MQLOGGING_BENCH_DEFAULT_GC`` is set (see
     :func:`benchmarks.bench_collector.collector_gc`)."""
-    from benchmarks.bench_collector import collector_gc
+    from benchmarks.bench_collector import collector_gc, drain_rate
     from mqlogging.collector.config import parse_config
     from mqlogging.collector.service import CollectorService
 
@@ -288,24 +288,7 @@ def _collector_rate(url: str, n: int, sink: dict[str, Any]) -> float:
     )
     svc = CollectorService(config)
     with collector_gc():
-        return _drain(svc, n)
-
-
-def _drain(svc: Any, n: int) -> float:
-    svc.start()
-    try:
-        deadline = time.monotonic() + 300
-        while svc.metrics.value("consumed") == 0 and time.monotonic() < deadline:
-            time.sleep(0.001)
-        start = time.perf_counter()
-        while svc.metrics.value("acked") < n:
-            if time.monotonic() > deadline:
-                msg = f"collector stalled at {svc.metrics.value('acked')} of {n}"
-                raise RuntimeError(msg)
-            time.sleep(0.005)
-        return n / (time.perf_counter() - start)
-    finally:
-        svc.close()
+        return drain_rate(svc, n, deadline=time.perf_counter() + 300)
 
 
 def collector_rows(n: int = 100_000, rabbitmq: RabbitMQ | None = None) -> list[Row]:
