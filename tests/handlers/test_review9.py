@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from harness.brokers import RabbitMQ
-from harness.drain import drain_amqp, is_marker
+from harness.drain import amqp_url, drain_amqp, is_marker
 from harness.helpers import wait_until
 from harness.proxy import TcpProxy
 from mqlogging.handlers import MQHandler
@@ -113,3 +113,27 @@ def test_a_held_batch_does_not_turn_its_marker_into_a_drop_every_second(
     with contextlib.suppress(AssertionError):
         wait_until(lambda: dropped() > 201, timeout=3.5)
     assert dropped() <= 201, f"dropped {handler.stats()['dropped']}, 200 records dropped"
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="review 9, R3: after close() every record written through is sealed in a segment "
+    "of its own (D5): ~1 ms per emit() instead of ~50 us, one segment per record, and the "
+    "next handler adopts them at ~75 records/s",
+)
+def test_records_after_close_do_not_make_one_segment_each(
+    rabbitmq: RabbitMQ, queue_name: str, spool_dir: Path, app_logger: logging.Logger
+) -> None:
+    """A thread still logging to a closed handler (a reconfiguration): its 500 records go to
+    the spool, where another handler can ship them (D5). They are a stream, not stragglers:
+    they must not make 500 segments (each one file, one open/write/rename, one claim when
+    adopted). A handful of segments is the expectation."""
+    handler = MQHandler(amqp_url(rabbitmq, queue_name), spool=spool_dir, close_timeout=2)
+    app_logger.addHandler(handler)
+    app_logger.info("before")
+    assert handler.flush(5)
+    handler.close()
+    for i in range(500):
+        app_logger.info("late %d", i)
+    segments = [p for p in spool_dir.iterdir() if p.suffix in {".jsonl", ".open"}]
+    assert len(segments) <= 10, f"{len(segments)} segments for 500 records after close"
