@@ -1,0 +1,107 @@
+"""Review 10: reproductions of defects found in the oversize / spooldel / fmtfail fixes.
+
+Each test is ``xfail(strict=True)``: it passes once the defect is fixed (then drop the mark).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from harness.brokers import ActiveMQ, reserve_port
+from harness.helpers import unique_name
+from mqlogging import MQHandler
+from mqlogging.backends import open_consumer
+from mqlogging.packing import unpack_bodies
+
+LIMIT = 1024 * 1024
+N = 50
+
+
+@pytest.fixture(scope="module")
+def small_frame_activemq(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The STOMP URL of a private ActiveMQ connector refusing frames above 1 MiB
+    (``maxFrameSize``; its ERROR frame names no limit), for the module."""
+    port = reserve_port(set())
+    connector = (
+        f'<transportConnector name="small" '
+        f'uri="stomp://127.0.0.1:{port}?transport.maxFrameSize={LIMIT}"/>'
+    )
+    broker = ActiveMQ(
+        tmp_path_factory.mktemp("small-frame"), extra_connectors=connector, extra_ports=(port,)
+    )
+    broker.start()
+    try:
+        yield f"stomp://guest:guest@{broker.host}:{port}"
+    finally:
+        broker.close()
+
+
+def _drain(url: str, timeout: float = 30.0, idle: float = 1.0) -> list[dict[str, Any]]:
+    """Every record on the queue (packed messages unpacked) until ``idle`` s bring nothing."""
+    docs: list[dict[str, Any]] = []
+    deadline = time.monotonic() + timeout
+    with open_consumer(url) as consumer:
+        while time.monotonic() < deadline:
+            batch = consumer.fetch(1000, idle)
+            if not batch:
+                break
+            consumer.ack(batch)
+            for d in batch:
+                docs.extend(json.loads(b) for b in unpack_bodies(d.body, d.headers, 2**26))
+    return docs
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="review10 D1: more than SIZE_ROUNDS inferred size refusals in one batch raise the "
+    "batch's NotConfirmed: the handler sends the whole batch again, records confirmed in the "
+    "earlier rounds arrive twice",
+)
+def test_several_big_records_of_falling_size_on_activemq_are_not_duplicated(
+    small_frame_activemq: str, tmp_path: Path
+) -> None:
+    """One batch holding five records above ActiveMQ's frame limit (whose refusal names no
+    limit), each smaller than the one before, with small records between them: every small
+    record arrives exactly once and the five big ones are counted as too_large_for_broker."""
+    url = f"{small_frame_activemq}/queue/{unique_name('falling')}"
+    handler = MQHandler(
+        url,
+        spool=tmp_path / "spool",
+        close_timeout=2,
+        retry_max=0.5,
+        flush_interval=1.0,
+        max_record_bytes=4 * 1024 * 1024,
+    )
+    log = logging.getLogger(unique_name("falling"))
+    log.handlers[:] = [handler]
+    log.setLevel(logging.DEBUG)
+    log.propagate = False
+    for i in range(N):
+        log.info("small %d", i)
+    for k, size in enumerate((2_000_000, 1_800_000, 1_600_000, 1_400_000, 1_200_000)):
+        log.info("big %s", "x" * size)
+        for i in range(N):
+            log.info("small %d-%d", k, i)
+    try:
+        flushed = handler.flush(20)
+        stats = handler.stats()
+    finally:
+        handler.close()
+        log.handlers[:] = []
+    docs = _drain(url)
+    records = [d for d in docs if not d["mqlogging"].get("dropped")]
+    ids = Counter(d["event"]["id"] for d in records)
+    dup = sum(c - 1 for c in ids.values())
+    print("flushed", flushed, "dropped", stats["dropped"], "records", len(records), "dup", dup)
+    assert flushed
+    assert dup == 0, f"{dup} records delivered twice"
+    assert len(records) == 6 * N
+    assert stats["dropped"] == {"too_large_for_broker": 5}
