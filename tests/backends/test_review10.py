@@ -105,3 +105,55 @@ def test_several_big_records_of_falling_size_on_activemq_are_not_duplicated(
     assert dup == 0, f"{dup} records delivered twice"
     assert len(records) == 6 * N
     assert stats["dropped"] == {"too_large_for_broker": 5}
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="review10 D2: replay_spool lets PartlyRefused (too_large_for_broker) abort the "
+    "replay before committing a batch whose other records were confirmed: every rerun "
+    "delivers them again and the spool never drains",
+)
+def test_spool_replay_of_a_spool_holding_an_oversize_record(
+    small_frame_activemq: str, tmp_path: Path
+) -> None:
+    """A spool (written while the broker was down) holding 2 MB record among small ones,
+    replayed twice to an ActiveMQ whose frame limit is 1 MiB, as an operator re-running a
+    failed ``mqlogging spool replay`` would: the replay ends (the big record refused alone,
+    as the handler does), every small record arrives exactly once and the spool is empty."""
+    from harness.helpers import free_port
+    from mqlogging.cli.spool import inspect_spool, replay_spool
+    from mqlogging.errors import MQLoggingError
+
+    spool = tmp_path / "spool"
+    down = f"amqp://guest:guest@127.0.0.1:{free_port()}/?exchange=&queue=q"
+    handler = MQHandler(
+        down, spool=str(spool), retry_max=0.05, close_timeout=1, max_record_bytes=4 * 1024**2
+    )
+    log = logging.getLogger(unique_name("replay"))
+    log.handlers[:] = [handler]
+    log.setLevel(logging.INFO)
+    log.propagate = False
+    for i in range(N):
+        log.info("small %d", i)
+    log.info("big %s", "x" * 2_000_000)
+    for i in range(N):
+        log.info("small after %d", i)
+    handler.close()
+    log.handlers[:] = []
+    url = f"{small_frame_activemq}/queue/{unique_name('replay')}"
+    failures = []
+    for _ in range(2):
+        try:
+            replay_spool(str(spool), url)
+        except MQLoggingError as exc:
+            failures.append(type(exc).__name__)
+    docs = _drain(url)
+    records = [d for d in docs if not d["mqlogging"].get("dropped")]
+    ids = Counter(d["event"]["id"] for d in records)
+    dup = sum(c - 1 for c in ids.values())
+    left = inspect_spool(str(spool)).records
+    print("failures", failures, "records", len(records), "dup", dup, "left", left)
+    assert failures == []
+    assert dup == 0, f"{dup} records delivered twice"
+    assert len(ids) == 2 * N
+    assert left == 0
