@@ -45,7 +45,13 @@ records done and commits, per partition, the offset below which every record han
 done (so out-of-order acks never commit past a record the sinks do not have yet). On a
 rebalance, the done prefix of each revoked partition is committed and the records of it still
 in flight are void (acking them is a no-op): the partition's next owner reads them again, and
-Elasticsearch stores them once (the record id is the ``_id``). A collector killed -9 loses
+Elasticsearch stores them once (the record id is the ``_id``). A partition the same rebalance
+assigns back to this member (the group's protocol is eager: every member gives up all its
+partitions, then gets the new assignment) is kept as it was: no other member can have read it
+in between, so its records in flight stay valid (acks made between the revoke and the assign
+count too) and it is read on from the first record given back, else the first not handed out,
+not from the committed offset. A partition *lost* (librdkafka's ``on_lost``: the member's
+generation was refused, another member may own it already) is not kept. A collector killed -9 loses
 nothing either: its uncommitted records are read again by the group. ``nack(requeue=True)``
 seeks the partition back to the first record given back; of the records read again, only those
 given back are handed out again (the others were acked or are still in flight), so a caller
@@ -81,9 +87,16 @@ A collector that dies without leaving the group (kill -9, a crashed host) keeps 
 until the brokers evict it after the session timeout (librdkafka's ``session.timeout.ms``,
 45 s), unless it comes back first: with ``group_instance=NAME`` (static membership, e.g. the
 host name, one per collector process) a collector restarted under the same name takes its
-partitions back at once, without a rebalance. The noida-db stand-in never evicts a member that
+partitions back at once, without a rebalance. Static membership is for restarts in place: a
+static member does not leave the group on :meth:`~KafkaConsumer.close` either (librdkafka
+sends no LeaveGroup for a ``group.instance.id``, KIP-345, and confluent-kafka has no call to
+remove a member: its AdminClient lacks Kafka's RemoveMembersFromConsumerGroup), so scaling a
+group down by closing a static member leaves that member's partitions unread until the
+session timeout (45 s, or ``max_poll_interval`` if lower); a collector meant to go away for
+good runs without ``group_instance``. The noida-db stand-in never evicts a member that
 died without leaving (checked with noida-db 0.2.3): against it, a killed collector's partitions
-move only to a collector restarted with the same ``group_instance``.
+(or a closed static member's) move only to a collector restarted with the same
+``group_instance``.
 
 Tap (:class:`KafkaTap`, ``mqlogging tail kafka://...``): reads every partition of the topic
 from its end (with ``--backlog``, from the collectors' committed offsets) without joining the
@@ -1049,6 +1062,11 @@ class KafkaConsumer(_Client, Consumer):
         """Commit the settled prefixes (synchronously), leave the group (its partitions move
         to the other members at once) and drop the client. Unacked records are read again.
         Idempotent.
+
+        A static member (``group_instance``) does not leave the group: librdkafka sends no
+        LeaveGroup for it (KIP-345), so its partitions wait for a member restarted under the
+        same name, or for the session timeout (45 s; never on the noida-db stand-in) before
+        they move to the others. confluent-kafka offers no way to remove a static member.
 
         Bounded by ``timeout`` (at most 5 s): the commit waits for the coordinator, and
         librdkafka's close for an outstanding commit, which takes its whole session timeout
