@@ -9,18 +9,21 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import time
 from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
 import pytest
+from confluent_kafka import KafkaError, TopicPartition
 
 from harness.helpers import wait_until
 from harness.kafka import KafkaAdmin
 from mqlogging._ids import new_id
 from mqlogging._types import Delivery, Message
 from mqlogging.backends import open_consumer, open_producer
+from mqlogging.backends.kafka import KafkaConsumer, _Partition
 from mqlogging.errors import ConnectError
 
 
@@ -263,3 +266,44 @@ def test_static_member_closed_and_restarted_in_place_takes_its_partitions_back(
             )
     assert set(handed) == {m.id for m in sent + later}
     assert max(handed.values()) == 1
+
+
+# -- bookkeeping of the rebalance and commit callbacks, driven directly (no client) ------------
+
+
+def _member() -> tuple[KafkaConsumer, object]:
+    """A consumer whose callbacks believe ``handle`` is its client (nothing is connected)."""
+    consumer = KafkaConsumer("kafka://127.0.0.1:1/t", group="g")
+    handle = consumer._handle = object()
+    consumer._token = handle
+    return consumer, handle
+
+
+def test_a_partition_lost_twice_before_reading_keeps_its_floor() -> None:
+    """A partition that came back with a floor (settled before, commit not confirmed) and is
+    lost again before it read anything keeps that floor for its next assignment (it was
+    dropped: those records were handed out again)."""
+    consumer, handle = _member()
+    consumer._parts[0] = _Partition(generation=2, floor=50)
+    consumer._parts[1] = _Partition(generation=2, floor=50, committed=50)
+    consumer._on_lost(handle, [TopicPartition("t", 0), TopicPartition("t", 1)])
+    assert consumer._floors == {0: 50}  # 1: the coordinator has 50 already, no floor needed
+
+
+def test_a_failed_commit_warns_only_for_partitions_still_owned(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A commit report failing for a partition revoked meanwhile (nothing retries it) is an
+    INFO line, not the "retrying" warning; one failing for a partition still owned warns."""
+    consumer, handle = _member()
+    caplog.set_level(logging.INFO, logger="mqlogging.backends.kafka")
+    refused = KafkaError(KafkaError.ILLEGAL_GENERATION)
+    consumer._on_commit(handle, refused, [TopicPartition("t", 0, 10)])
+    assert [r.levelno for r in caplog.records] == [logging.INFO]
+    assert "no longer assigned" in caplog.text
+    caplog.clear()
+    consumer._parts[1] = _Partition(generation=1, committing=10)
+    consumer._on_commit(handle, refused, [TopicPartition("t", 1, 10)])
+    assert [r.levelno for r in caplog.records] == [logging.WARNING]
+    assert "retrying every" in caplog.text
+    assert consumer._parts[1].committing == -1
