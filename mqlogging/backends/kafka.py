@@ -51,12 +51,13 @@ partitions, then gets the new assignment) is kept as it was: no other member can
 in between, so its records in flight stay valid (acks made between the revoke and the assign
 count too) and it is read on from the first record given back, else the first not handed out,
 not from the committed offset. A partition *lost* (librdkafka's ``on_lost``: the member's
-generation was refused, another member may own it already) is not kept. A collector killed -9 loses
-nothing either: its uncommitted records are read again by the group. ``nack(requeue=True)``
-seeks the partition back to the first record given back; of the records read again, only those
-given back are handed out again (the others were acked or are still in flight), so a caller
-sees a record twice only when it gave it back. A group that has no offset yet starts
-at the earliest retained record, so records published before the first collector ran are kept.
+generation was refused, another member may own it already) is not kept.
+A collector killed -9 loses nothing either: its uncommitted records are read again by the
+group. ``nack(requeue=True)`` seeks the partition back to the first record given back; of the
+records read again, only those given back are handed out again (the others were acked or are
+still in flight), so a caller sees a record twice only when it gave it back. A group that has
+no offset yet starts at the earliest retained record, so records published before the first
+collector ran are kept.
 
 Commits are asynchronous and their outcome is tracked (librdkafka's ``on_commit`` report, per
 partition): an offset counts as committed only once the group coordinator confirmed it, one
