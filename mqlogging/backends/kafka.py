@@ -45,12 +45,19 @@ records done and commits, per partition, the offset below which every record han
 done (so out-of-order acks never commit past a record the sinks do not have yet). On a
 rebalance, the done prefix of each revoked partition is committed and the records of it still
 in flight are void (acking them is a no-op): the partition's next owner reads them again, and
-Elasticsearch stores them once (the record id is the ``_id``). A collector killed -9 loses
-nothing either: its uncommitted records are read again by the group. ``nack(requeue=True)``
-seeks the partition back to the first record given back; of the records read again, only those
-given back are handed out again (the others were acked or are still in flight), so a caller
-sees a record twice only when it gave it back. A group that has no offset yet starts
-at the earliest retained record, so records published before the first collector ran are kept.
+Elasticsearch stores them once (the record id is the ``_id``). A partition the same rebalance
+assigns back to this member (the group's protocol is eager: every member gives up all its
+partitions, then gets the new assignment) is kept as it was: no other member can have read it
+in between, so its records in flight stay valid (acks made between the revoke and the assign
+count too) and it is read on from the first record given back, else the first not handed out,
+not from the committed offset. A partition *lost* (librdkafka's ``on_lost``: the member's
+generation was refused, another member may own it already) is not kept.
+A collector killed -9 loses nothing either: its uncommitted records are read again by the
+group. ``nack(requeue=True)`` seeks the partition back to the first record given back; of the
+records read again, only those given back are handed out again (the others were acked or are
+still in flight), so a caller sees a record twice only when it gave it back. A group that has
+no offset yet starts at the earliest retained record, so records published before the first
+collector ran are kept.
 
 Commits are asynchronous and their outcome is tracked (librdkafka's ``on_commit`` report, per
 partition): an offset counts as committed only once the group coordinator confirmed it, one
@@ -81,9 +88,16 @@ A collector that dies without leaving the group (kill -9, a crashed host) keeps 
 until the brokers evict it after the session timeout (librdkafka's ``session.timeout.ms``,
 45 s), unless it comes back first: with ``group_instance=NAME`` (static membership, e.g. the
 host name, one per collector process) a collector restarted under the same name takes its
-partitions back at once, without a rebalance. The noida-db stand-in never evicts a member that
+partitions back at once, without a rebalance. Static membership is for restarts in place: a
+static member does not leave the group on :meth:`~KafkaConsumer.close` either (librdkafka
+sends no LeaveGroup for a ``group.instance.id``, KIP-345, and confluent-kafka has no call to
+remove a member: its AdminClient lacks Kafka's RemoveMembersFromConsumerGroup), so scaling a
+group down by closing a static member leaves that member's partitions unread until the
+session timeout (45 s, or ``max_poll_interval`` if lower); a collector meant to go away for
+good runs without ``group_instance``. The noida-db stand-in never evicts a member that
 died without leaving (checked with noida-db 0.2.3): against it, a killed collector's partitions
-move only to a collector restarted with the same ``group_instance``.
+(or a closed static member's) move only to a collector restarted with the same
+``group_instance``.
 
 Tap (:class:`KafkaTap`, ``mqlogging tail kafka://...``): reads every partition of the topic
 from its end (with ``--backlog``, from the collectors' committed offsets) without joining the
@@ -676,6 +690,11 @@ class _Partition:
         self.next = max(self.next, offset + 1)
         return True
 
+    def resume_at(self) -> int:
+        """Where reading goes on (the first record given back, else one past the highest
+        handed out; -1: nothing handed out yet, read from the committed offset)."""
+        return min(self.redo, default=self.next)
+
     def wants(self, offset: int) -> bool:
         """Whether :meth:`take` would hand the record at ``offset`` out (changing nothing)."""
         return offset in self.redo or offset >= max(self.next, self.floor)
@@ -716,6 +735,9 @@ class KafkaConsumer(_Client, Consumer):
         # Settled positions of partitions taken away before their commit was confirmed: the
         # floor of the partition if it comes back (see _Partition.floor).
         self._floors: dict[int, int] = {}
+        # Partitions revoked by the rebalance under way (eager: every partition is revoked,
+        # then the new assignment comes): those assigned back keep their state.
+        self._revoked: dict[int, _Partition] = {}
         self._commit_at = 0.0  # when fetch next commits what is settled and not confirmed
         self._commit_failing = False
         self._token: object = None  # the handle whose commit reports count (see _on_commit)
@@ -758,59 +780,107 @@ class KafkaConsumer(_Client, Consumer):
 
     def _on_assign(self, consumer: Any, partitions: list[Any]) -> None:
         """New partitions, paused at once while the caller holds (fetch(0)), resumed
-        otherwise: librdkafka keeps a partition's pause across a revoke and a new assign."""
+        otherwise: librdkafka keeps a partition's pause across a revoke and a new assign.
+
+        A partition revoked by this rebalance and assigned back keeps its state (records in
+        flight, given back, floor): no other member owned it in between. It is read on from
+        where this member was (see :meth:`_Partition.resume_at`), not from the committed
+        offset, so records still in flight are not handed out twice."""
         if consumer is not self._handle:
             return  # a closed handle's last callbacks (see close)
         self._generation += 1
         # A floor holds for the next assignment only: a partition that went to another
         # member is read from what that member commits.
         floors, self._floors = self._floors, {}
-        for tp in partitions:
+        kept, self._revoked = self._revoked, {}
+        start = [self._take_over(tp, kept.get(tp.partition), floors) for tp in partitions]
+        if start:
+            consumer.assign(start)  # now rather than after the callback: to pause them
+            (consumer.pause if self._holding else consumer.resume)(start)
+
+    def _take_over(self, tp: Any, kept: _Partition | None, floors: dict[int, int]) -> Any:
+        """Start owning ``tp``: with its ``kept`` state (reading on where this member was)
+        or a new one (from the committed offset, above its floor if any). Returns what to
+        assign."""
+        if kept is None:
             self._parts[tp.partition] = _Partition(self._generation, floors.get(tp.partition, -1))
-        if partitions:
-            consumer.assign(partitions)  # now rather than after the callback: to pause them
-            (consumer.pause if self._holding else consumer.resume)(partitions)
+            return tp
+        self._parts[tp.partition] = kept
+        if kept.resume_at() < 0:
+            return tp
+        return self._ck.TopicPartition(tp.topic, tp.partition, kept.resume_at())
 
     def _on_revoke(self, consumer: Any, partitions: list[Any]) -> None:
-        """Commit the settled prefix of each revoked partition; its records still in flight
-        become void (their next owner reads them again)."""
+        """Commit the settled prefix of each revoked partition. Its records still in flight
+        become void (their next owner reads them again) unless the rebalance assigns the
+        partition back to this member (see :meth:`_on_assign`); till then they can still be
+        acked."""
         if consumer is not self._handle:
             return
         self._commit(consumer, [tp.partition for tp in partitions], force=True)
-        self._on_lost(consumer, partitions)
+        for tp in partitions:
+            part = self._parts.pop(tp.partition, None)
+            if part is not None:
+                self._revoked[tp.partition] = part
 
     def _on_lost(self, consumer: Any, partitions: list[Any]) -> None:
         """Forget the partitions; keep the settled position of those whose commit is not
-        confirmed (should they come back, those records are not handed out again)."""
+        confirmed (should they come back, those records are not handed out again), and the
+        floor of those that had one above the committed offset."""
         if consumer is not self._handle:
             return
         for tp in partitions:
             part = self._parts.pop(tp.partition, None)
-            if part is not None and part.unconfirmed() >= 0:
+            if part is not None and max(part.unconfirmed(), part.floor) > part.committed:
                 self._floors[tp.partition] = max(part.unconfirmed(), part.floor)
 
     def _on_commit(self, token: object, error: Any, partitions: list[Any]) -> None:
         """A commit's outcome: confirmed offsets are recorded, failed ones are committed
-        again by the next fetch (see :meth:`_commit_settled`)."""
+        again by the next fetch (see :meth:`_commit_settled`). Only partitions still owned
+        count for the warning: a failed commit of one revoked meanwhile is not retried (its
+        next owner reads those records again), which is logged at INFO."""
         if token is not self._token:
             return  # a closed handle's report
-        failed = error
-        if not partitions:  # a report naming no partition: whatever was in flight failed
-            for each in self._parts.values():
-                each.committing = -1
-        for tp in partitions or ():
+        if not partitions:
+            self._none_named(error)
+            return
+        owned: Any = None  # the failure of a partition still owned, if any
+        gone: list[Any] = []  # failures of partitions no longer owned
+        for tp in partitions:
             problem = error if error is not None else tp.error
             part = self._parts.get(tp.partition)
             if part is not None and part.committing == tp.offset:
                 part.committing = -1
             if problem is not None:
-                failed = problem
+                owned = problem if part is not None else owned
+                gone += [] if part is not None else [problem]
             elif tp.offset >= 0:
-                if part is not None:
-                    part.committed = max(part.committed, tp.offset)
-                if self._floors.get(tp.partition, -1) <= tp.offset:
-                    self._floors.pop(tp.partition, None)
-        self._note_commit(failed)
+                self._confirmed(part, tp.partition, tp.offset)
+        if gone:
+            _log.info(
+                "%s: offset commit of %d partition(s) no longer assigned failed (%s): their "
+                "next owner reads those records again",
+                self.endpoint.redacted(),
+                len(gone),
+                _describe(gone[0]),
+            )
+        if owned is not None or len(gone) < len(partitions):
+            self._note_commit(owned)
+
+    def _none_named(self, error: Any) -> None:
+        """A commit report naming no partition: whatever was in flight failed."""
+        in_flight = [each for each in self._parts.values() if each.committing >= 0]
+        for each in in_flight:
+            each.committing = -1
+        if in_flight or error is None:
+            self._note_commit(error)
+
+    def _confirmed(self, part: _Partition | None, partition: int, offset: int) -> None:
+        """The coordinator confirmed ``offset`` for ``partition`` (``part``, if owned)."""
+        if part is not None:
+            part.committed = max(part.committed, offset)
+        if self._floors.get(partition, -1) <= offset:
+            self._floors.pop(partition, None)
 
     def _note_commit(self, failed: Any) -> None:
         """Say when commits start failing (once) and when they work again."""
@@ -916,10 +986,15 @@ class KafkaConsumer(_Client, Consumer):
             if not (isinstance(tag, tuple) and len(tag) == 3):
                 continue
             generation, partition, offset = tag
-            part = self._parts.get(partition)
+            part = self._held(partition)
             if part is not None and part.generation == generation and offset in part.pending:
                 out.setdefault(partition, []).append(offset)
         return out
+
+    def _held(self, partition: int) -> _Partition | None:
+        """The state of ``partition``: assigned, or revoked by the rebalance under way (it
+        may be assigned back, see :meth:`_on_assign`)."""
+        return self._parts.get(partition) or self._revoked.get(partition)
 
     def ack(self, deliveries: Sequence[Delivery]) -> None:
         """Mark ``deliveries`` done and commit (asynchronously) each partition's settled
@@ -930,7 +1005,9 @@ class KafkaConsumer(_Client, Consumer):
             return
         settled = self._ours(deliveries)
         for partition, offsets in settled.items():
-            self._parts[partition].pending.difference_update(offsets)
+            part = self._held(partition)
+            if part is not None:
+                part.pending.difference_update(offsets)
         self._commit(handle, list(settled))
 
     def nack(self, deliveries: Sequence[Delivery], *, requeue: bool = True) -> None:
@@ -945,7 +1022,10 @@ class KafkaConsumer(_Client, Consumer):
             self.ack(deliveries)
             return
         for partition, offsets in self._ours(deliveries).items():
-            first = self._parts[partition].give_back(offsets)
+            part = self._held(partition)
+            if part is None:
+                continue
+            first = part.give_back(offsets)
             with contextlib.suppress(self._ck.KafkaException):
                 handle.seek(self._ck.TopicPartition(self.endpoint.topic, partition, first))
 
@@ -984,6 +1064,11 @@ class KafkaConsumer(_Client, Consumer):
         to the other members at once) and drop the client. Unacked records are read again.
         Idempotent.
 
+        A static member (``group_instance``) does not leave the group: librdkafka sends no
+        LeaveGroup for it (KIP-345), so its partitions wait for a member restarted under the
+        same name, or for the session timeout (45 s; never on the noida-db stand-in) before
+        they move to the others. confluent-kafka offers no way to remove a static member.
+
         Bounded by ``timeout`` (at most 5 s): the commit waits for the coordinator, and
         librdkafka's close for an outstanding commit, which takes its whole session timeout
         (45 s) when the brokers are gone. The close then goes on in a daemon thread and
@@ -1000,7 +1085,7 @@ class KafkaConsumer(_Client, Consumer):
             for partition, part in self._parts.items()
             if part.unconfirmed() >= 0
         ]
-        self._parts, self._floors, self._holding = {}, {}, False
+        self._parts, self._floors, self._revoked, self._holding = {}, {}, {}, False
         where = self.endpoint.redacted()
         closing = threading.Thread(
             target=_close_quietly,

@@ -1,4 +1,5 @@
-"""Review 8: the collector on Kafka with a sink outage longer than ``max_poll_interval``.
+"""Collectors of one Kafka group through a sink outage longer than ``max_poll_interval``, with
+members joining and leaving meanwhile (review 8's cases; both ``slow``).
 
 Against the noida-db Kafka stand-in (``kafka`` fixture)."""
 
