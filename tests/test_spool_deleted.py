@@ -171,3 +171,64 @@ def test_rejected_spool_deleted_counts_the_rejected_record_it_held(
         kept = [json.loads(r.body)["record_id"] for r in reader.read(10)]
     assert kept == ["bad-2"]
     assert dropped_totals(str(rejected)) == {"deleted": 1}
+
+
+def test_companion_reader_after_the_directory_is_deleted(tmp_path: Path) -> None:
+    """Review 10, D3: records 1, 2 appended; the companion reader reads 1 and confirms it; the
+    directory is deleted; record 3 is appended (the writer notices, counts 2 as deleted, writes
+    3 again). The reader, which still holds the unlinked segment open, then delivers every
+    record at most once, and a record counted as deleted is not also delivered: each record
+    is either delivered or counted, never both, never neither."""
+    directory = tmp_path / "spool"
+    spool = Spool(directory)
+    announced: list[int] = []
+    spool.drop_hook = lambda lines, _reason: announced.extend(
+        json.loads(line)["i"] for line in lines if line
+    )
+    reader = spool.reader()
+    spool.append([b'{"i":1}', b'{"i":2}'])
+    first = reader.read(1)
+    reader.commit(first)
+    shutil.rmtree(directory)
+    spool.append([b'{"i":3}'])
+    delivered = [json.loads(r.body)["i"] for r in first]
+    for _ in range(3):
+        records = reader.read(10)
+        delivered += [json.loads(r.body)["i"] for r in records]
+        reader.commit(records)
+    spool.close()
+    reader.close()
+    assert delivered == [1, 3]
+    assert announced == [2]
+    assert spool.stats().dropped == {"deleted": 1}
+
+
+def test_records_in_flight_when_the_directory_is_deleted_are_counted_and_kept(
+    tmp_path: Path,
+) -> None:
+    """Records 1, 2, 3 appended; the companion reader hands out 1 (not confirmed: in flight);
+    the directory is deleted; record 4 is appended. Record 1 is counted as deleted (the
+    documented safe side: its reader may never confirm it) *and* still readable after a
+    rewind (the unlinked file is cut after it, not before); 2 and 3 are counted and never
+    delivered; 4 is delivered once."""
+    directory = tmp_path / "spool"
+    spool = Spool(directory)
+    announced: list[int] = []
+    spool.drop_hook = lambda lines, _reason: announced.extend(
+        json.loads(line)["n"] for line in lines if line
+    )
+    reader = spool.reader()
+    spool.append(_bodies(1, 3))
+    assert [json.loads(r.body)["n"] for r in reader.read(1)] == [1]
+    shutil.rmtree(directory)
+    spool.append(_bodies(4, 1))
+    reader.rewind()
+    delivered: list[int] = []
+    for _ in range(3):
+        records = reader.read(10)
+        delivered += [json.loads(r.body)["n"] for r in records]
+        reader.commit(records)
+    spool.close()
+    reader.close()
+    assert delivered == [1, 4]
+    assert announced == [1, 2, 3]

@@ -410,6 +410,9 @@ class SpoolReader:
 
     def _read_segment(self, claim: _Claim, out: list[SpoolRecord], limit: int) -> None:
         before = len(out)
+        cut = self._spool.cut_at(claim.stem) if self._spool is not None else None
+        if cut is not None:  # its writer found it deleted and cut it: nothing past that
+            claim.buf = claim.buf[: max(0, cut - claim.buf_off)]
         self._parse(claim, out, limit)
         if claim.eof and not claim.sealed and len(out) < limit:
             # At the end of an open segment: has its writer sealed it, or died?
@@ -426,6 +429,8 @@ class SpoolReader:
             self._drop("torn", 1, claim.stem)
             claim.pos = claim.buf_off + len(claim.buf)
             claim.line += 1
+        if self._spool is not None:  # if the segment is deleted, its writer cuts it after these
+            self._spool.handed_out(claim.stem, claim.high)
         self._settle(claim, idle=len(out) == before)
 
     def _became_sealed(self, claim: _Claim) -> None:

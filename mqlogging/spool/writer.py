@@ -30,7 +30,13 @@ Deleted under the writer
     records no companion reader confirmed are counted as ``deleted`` drops (and given to
     :attr:`Spool.drop_hook`), the directory is re-created (bound to the same ``DESTINATION``)
     and the batch is written again to a fresh segment, so ``append`` never reports a batch
-    stored that is not in the directory. A moved directory is not detected (its records are not
+    stored that is not in the directory. The unlinked file is first cut after the records a
+    companion reader already handed out (:meth:`Spool.handed_out`): that reader, which still
+    holds the file open, reads nothing after them (:meth:`Spool.cut_at`), so a record not
+    handed out is either delivered or counted, and the batch written again arrives once.
+    Records handed out but not confirmed, or read in the instant between the check and the
+    cut, may be both (counted *and* delivered, or delivered twice): the safe side for an
+    audit, never a loss. A moved directory is not detected (its records are not
     lost: they are where it went). Sealed segments deleted by hand are simply gone: readers skip
     them; how many records they held is not knowable once their names are gone.
 
@@ -107,6 +113,7 @@ class _OpenSegment:
     records: int = 0
     created: float = field(default_factory=time.monotonic)
     confirmed: int = 0  # leading records a companion reader confirmed (see Spool.confirmed)
+    read: int = 0  # leading records a companion reader handed out (see Spool.handed_out)
 
 
 class Spool:
@@ -169,6 +176,7 @@ class Spool:
         self._destination: str | None = None  # the DESTINATION key, to bind a re-created dir
         self._journal_seen: dict[str, int] = {}  # highest dropped.log counts stats() read
         self._journal_gone: dict[str, int] = {}  # counts of dropped.log files deleted since
+        self._cuts: dict[str, int] = {}  # deleted open segments: where _lost cut them (bytes)
         #: Called (with the lock held) with the unconfirmed lines of a segment the bounds
         #: delete, and the reason, before they go: the handler announces them (drop markers).
         self.drop_hook: Callable[[list[bytes], str], None] | None = None
@@ -191,6 +199,26 @@ class Spool:
         seg = self._seg
         if seg is not None and seg.stem == stem and records > seg.confirmed:
             seg.confirmed = records
+
+    def handed_out(self, stem: str, records: int) -> None:
+        """A reader of this process handed out the first ``records`` records of segment
+        ``stem`` (read, maybe not yet confirmed).
+
+        Called by companion readers after each read, without the lock (one attribute store): if
+        the open segment is then deleted, the unlinked file is cut after those records (see
+        :meth:`_lost` and :meth:`cut_at`).
+        """
+        seg = self._seg
+        if seg is not None and seg.stem == stem and records > seg.read:
+            seg.read = records
+
+    def cut_at(self, stem: str) -> int | None:
+        """Where this writer cut its deleted segment ``stem`` (bytes), ``None`` if it did not.
+
+        A companion reader still holding the unlinked file trims what it buffered beyond that
+        point, so it delivers no record counted as ``deleted`` and no batch written again.
+        """
+        return self._cuts.get(stem)
 
     def verify(self) -> None:
         """Check that the open segment still has a name; if it was deleted, count what it held
@@ -414,12 +442,30 @@ class Spool:
         raise SpoolError(msg)
 
     def _lost(self, seg: _OpenSegment) -> None:
-        """The open segment ``seg`` was deleted under us: count what it held that no reader
-        confirmed (``deleted``), and re-create the directory for what comes next."""
+        """The open segment ``seg`` was deleted under us: cut the unlinked file after what a
+        companion reader already read, count the rest (``deleted``), and re-create the
+        directory for what comes next.
+
+        The cut is made after the records a companion reader handed out (the reader, which
+        keeps reading the unlinked file through its open descriptor, trims its buffer there:
+        :meth:`cut_at`), so it delivers no record counted here and not the batch :meth:`_store`
+        writes again (it lies past ``seg.size``). Records handed out and not yet confirmed are
+        counted too (a reader closed now would never confirm them): if they are delivered after
+        all they are both delivered and counted, the safe side for an audit. So is a record
+        read in the instant between our ``fstat`` and the cut; a batch written again may then
+        arrive twice; nothing is lost.
+        """
         self._seg = None
         self._own.discard(seg.stem)
+        lines = _read_lines(seg.fd, seg.size)
+        kept = min(seg.records, max(seg.read, seg.confirmed))
+        if len(lines) >= kept:  # else unreadable: left whole (the reader may rewind and read)
+            cut = sum(len(line) + 1 for line in lines[:kept])
+            with contextlib.suppress(OSError):
+                os.ftruncate(seg.fd, cut)
+                self._cuts[seg.stem] = cut
         lost = max(0, seg.records - seg.confirmed)
-        lines = _read_lines(seg.fd, seg.size)[seg.confirmed : seg.records] if lost else []
+        lines = lines[seg.confirmed : seg.records]
         with contextlib.suppress(OSError):
             os.close(seg.fd)
         self._recreate()
