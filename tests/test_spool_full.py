@@ -80,7 +80,7 @@ def test_progress_that_cannot_be_written_is_not_lost_with_the_claim(full_fs: Pat
     exists only in memory (review 9, R1). The reader keeps its claim instead of releasing it
     when caught up: reading again returns nothing (not the whole segment again), another
     reader cannot take the segment from the stale progress on disk, and the writer does not
-    report the confirmed records as still held. Once there is room, the progress is written
+    report the confirmed records as still held (nor counts them in its stats). Once there is room, the progress is written
     and the claim released: a new reader finds nothing to send."""
     spool = Spool(str(full_fs / "spool"))
     assert spool.append([b'{"seq":%d}' % i for i in range(200)]) == 200
@@ -95,6 +95,7 @@ def test_progress_that_cannot_be_written_is_not_lost_with_the_claim(full_fs: Pat
     assert other.read(1000) == []  # the claim is still ours: no second copy
     other.close()
     assert not spool.holds_own_records()
+    assert spool.stats().records == 0  # what our readers confirmed, not the stale .ack
     (full_fs / "filler").unlink()
     assert reader.read(1000) == []  # progress written now, the claim released
     assert spool.append([b'{"seq":200}']) == 1

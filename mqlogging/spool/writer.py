@@ -338,6 +338,7 @@ class Spool:
         with self._lock:
             seg = self._seg
             own = (seg.stem, seg.records, seg.size) if seg is not None else None
+            progress = dict(self._progress)
         entries = fmt.scan(self.directory)
         segments = opened = size = records = 0
         oldest: float | None = None
@@ -363,7 +364,8 @@ class Spool:
             except OSError as exc:
                 msg = f"cannot read spool segment {path!r}: {exc.strerror}"
                 raise SpoolError(msg) from exc
-            done = fmt.read_ack(self.directory, entry.stem)[1]
+            # Our readers' progress may be ahead of .ack (disk full): see holds_own_records.
+            done = max(fmt.read_ack(self.directory, entry.stem)[1], progress.get(entry.stem, 0))
             segments += 1
             size += length
             records += max(0, lines - done)
