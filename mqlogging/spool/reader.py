@@ -124,6 +124,7 @@ class _Claim:
     buf_off: int = 0
     eof: bool = False
     ack_fd: int = -1
+    unsaved: bool = False  # ``committed`` is in memory only: its .ack write failed (disk full)
 
 
 class SpoolReader:
@@ -329,6 +330,8 @@ class SpoolReader:
         """Release every claim; uncommitted records go to the next reader. Idempotent."""
         self._closed = True
         for claim in list(self._claims.values()):
+            if claim.unsaved and claim.lock_fd >= 0:
+                self._persist(claim, claim.committed)  # last chance to keep the progress
             self._release(claim)
 
     def __enter__(self) -> SpoolReader:
@@ -492,20 +495,9 @@ class SpoolReader:
         if self._spool is not None:  # its writer counts only the rest if the file is deleted
             self._spool.confirmed(claim.stem, mark[1])
         if pending or not (claim.sealed and claim.eof):
-            if mark != claim.committed and mark[1] > claim.committed[1]:
-                try:
-                    claim.ack_fd = fmt.write_ack(
-                        self.directory, claim.stem, claim.ack_fd, mark[0], mark[1],
-                        fsync=self._fsync,
-                    )  # fmt: skip
-                except SpoolError:
-                    # Disk full (issue 6, `make faults` scenario 9): keep the progress in memory
-                    # and go on. Raising here wedged every read() for good, and only finishing
-                    # the segment frees the space; a crash before the next successful write
-                    # replays these records again (at-least-once), it never loses them.
-                    claim.ack_fd = -1
-                claim.committed = mark
-            if not pending and idle and not claim.sealed:
+            if mark[1] > claim.committed[1] or claim.unsaved:
+                self._persist(claim, mark if mark[1] > claim.committed[1] else claim.committed)
+            if not pending and idle and not claim.sealed and not claim.unsaved:
                 self._release(claim)  # caught up with a live writer: let others take it
             return
         # Sealed, read to the end, everything confirmed: the segment is finished.
@@ -515,6 +507,28 @@ class SpoolReader:
             os.close(claim.ack_fd)
         lock_fd, claim.lock_fd = claim.lock_fd, -1
         fmt.remove_segment(self.directory, claim.stem, claim.name, lock_fd)
+
+    def _persist(self, claim: _Claim, mark: tuple[int, int]) -> None:
+        """Record ``mark`` as the claim's progress, in ``.ack`` if the disk lets us.
+
+        A failed write (disk full: issue 6, `make faults` scenario 9; review 9, R1) keeps the
+        progress in memory, flagged ``unsaved``, and the reader goes on: raising wedged every
+        read() for good, and only finishing the segment frees the space. An unsaved claim is
+        not released when caught up (the next claimer would start again from the stale
+        progress on disk: the whole segment re-sent every cycle for as long as the disk stays
+        full); the write is retried on each settle and on close. A crash (or a release while
+        the endpoints are down) before a write succeeds replays those records once more:
+        at-least-once, never lost.
+        """
+        try:
+            claim.ack_fd = fmt.write_ack(
+                self.directory, claim.stem, claim.ack_fd, mark[0], mark[1], fsync=self._fsync
+            )
+            claim.unsaved = False
+        except SpoolError:
+            claim.ack_fd = -1
+            claim.unsaved = True
+        claim.committed = mark
 
     def _release(self, claim: _Claim) -> None:
         self._claims.pop(claim.stem, None)

@@ -173,6 +173,9 @@ class Spool:
         self._unjournaled: dict[str, int] = {}
         self._closed = False
         self._own: set[str] = set()  # stems of the segments this instance created (see wrote)
+        # Confirmed prefix of our segments as this process's readers know it: ahead of the
+        # .ack file while the disk is full (see holds_own_records).
+        self._progress: dict[str, int] = {}
         self._destination: str | None = None  # the DESTINATION key, to bind a re-created dir
         self._journal_seen: dict[str, int] = {}  # highest dropped.log counts stats() read
         self._journal_gone: dict[str, int] = {}  # counts of dropped.log files deleted since
@@ -194,11 +197,14 @@ class Spool:
 
         Called by companion readers (:meth:`reader`) as they commit, without the lock (one
         attribute store): if the open segment is then deleted under this writer, only the
-        records after those are counted as lost (see the module docstring).
+        records after those are counted as lost (see the module docstring). Remembered per
+        own segment for :meth:`holds_own_records`, since the ``.ack`` write may have failed.
         """
         seg = self._seg
         if seg is not None and seg.stem == stem and records > seg.confirmed:
             seg.confirmed = records
+        if stem in self._own and records > self._progress.get(stem, 0):
+            self._progress[stem] = records
 
     def handed_out(self, stem: str, records: int) -> None:
         """A reader of this process handed out the first ``records`` records of segment
@@ -255,7 +261,10 @@ class Spool:
         One ``listdir`` and the progress file of each of our segments: the handler asks this
         after its spool failed (its lane went direct), so that the records stored before the
         failure are replayed, not stranded (review 7, D1). The open segment's count is known
-        here; an own segment left open by a failed seal is counted by reading it.
+        here; an own segment left open by a failed seal is counted by reading it. Progress
+        that our readers confirmed but could not write (disk full) counts as confirmed: else
+        the lane went back to replaying every ``SPOOL_RETRY`` while the disk stays full, and
+        flush() never returned True (review 9, R1).
 
         Raises:
             SpoolError: the directory or a segment cannot be read.
@@ -264,6 +273,7 @@ class Spool:
             seg = self._seg
             current = (seg.stem, seg.records) if seg is not None else None
             own = set(self._own)
+            progress = dict(self._progress)
         if not own:
             return False  # never wrote a segment: no listdir
         for entry in fmt.scan(self.directory).values():
@@ -274,7 +284,9 @@ class Spool:
                 lines = current[1]
             elif lines is None:
                 lines = _count_lines(os.path.join(self.directory, entry.name))
-            if lines > fmt.read_ack(self.directory, entry.stem)[1]:
+            if lines > max(
+                fmt.read_ack(self.directory, entry.stem)[1], progress.get(entry.stem, 0)
+            ):
                 return True
         return False
 
@@ -354,6 +366,7 @@ class Spool:
         with self._lock:
             seg = self._seg
             own = (seg.stem, seg.records, seg.size) if seg is not None else None
+            progress = dict(self._progress)
         entries = fmt.scan(self.directory)
         segments = opened = size = records = 0
         oldest: float | None = None
@@ -379,7 +392,8 @@ class Spool:
             except OSError as exc:
                 msg = f"cannot read spool segment {path!r}: {exc.strerror}"
                 raise SpoolError(msg) from exc
-            done = fmt.read_ack(self.directory, entry.stem)[1]
+            # Our readers' progress may be ahead of .ack (disk full): see holds_own_records.
+            done = max(fmt.read_ack(self.directory, entry.stem)[1], progress.get(entry.stem, 0))
             segments += 1
             size += length
             records += max(0, lines - done)
@@ -607,6 +621,7 @@ class Spool:
         # Forget our segments that are gone; rebound, not mutated: foreign_segments() reads it
         # without the lock.
         self._own = self._own & entries.keys()
+        self._progress = {s: n for s, n in self._progress.items() if s in self._own}
         total = 0
         horizon = time.time() - self.max_age
         own = self._seg.stem if self._seg is not None else None
@@ -702,6 +717,7 @@ class Spool:
             self._seg = None
         self._last_ns = 0
         self._own = set()  # the parent's segments are not the child's
+        self._progress = {}
 
     # -- for readers --------------------------------------------------------------------------
 

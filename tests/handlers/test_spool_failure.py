@@ -9,6 +9,7 @@ delivered + counted drops == emitted, exactly, and no record twice.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import shutil
 import subprocess
@@ -241,3 +242,44 @@ class TestSpoolFullDuringOutage:
             proxy.cut()
         assert stats["dropped"] == {}
         assert seqs(docs) == list(range(500))
+
+
+def test_a_full_disk_does_not_replay_the_spool_over_and_over(
+    rabbitmq: RabbitMQ, queue_name: str, small_fs: Path, app_logger: logging.Logger
+) -> None:
+    """Broker unreachable: 500 records go to the spool (the writer's open segment). Then the
+    disk fills up completely and the broker comes back (review 9, R1). Replaying is
+    at-least-once, so a record may arrive twice after the failure, but not more: at most 2
+    copies of each, and flush() is True once they are confirmed, although no replay progress
+    could be written. Before the fix, every ~0.5 s the whole segment was published again (each
+    record ~10 times in 5 s), for as long as the disk stayed full, and flush() stayed False."""
+    proxy = TcpProxy(rabbitmq.host, rabbitmq.amqp_port)  # not started: refused
+    url = f"amqp://guest:guest@{proxy.host}:{proxy.port}/?exchange=&queue={queue_name}"
+    handler = MQHandler(url, spool=small_fs / "spool", close_timeout=2, retry_max=0.2)
+    app_logger.addHandler(handler)
+    n = 500
+    for i in range(n):
+        app_logger.info("r %d", i)
+    wait_until(lambda: handler.stats()["spooled"] == n, timeout=10)
+    subprocess.run(
+        ["dd", "if=/dev/zero", f"of={small_fs / 'filler'}", "bs=4k"],
+        capture_output=True,
+        check=False,
+    )
+    proxy.start()
+    try:
+        assert handler.flush(4)
+        replayed = handler.stats()["replayed"]
+        # Still full: nothing more is sent (the lane does not go back to replaying).
+        with contextlib.suppress(AssertionError):
+            wait_until(lambda: handler.stats()["replayed"] > replayed, timeout=2.5)
+        assert handler.stats()["replayed"] == replayed
+        assert handler.flush(1)
+        (small_fs / "filler").unlink()
+        handler.close()
+        docs = drain_amqp(rabbitmq, queue_name, n, timeout=20, idle=1.0)
+    finally:
+        proxy.cut()
+    records = [d for d in docs if not is_marker(d)]
+    assert len({d["event"]["id"] for d in records}) == n
+    assert len(records) <= 2 * n, f"{len(records)} copies of {n} records"
