@@ -420,8 +420,9 @@ class MQHandler(logging.Handler):
         ``spool_full``, ``spool_error``, ``spool_expired``, ``spool_corrupt``,
         ``spool_deleted`` (the spool directory was deleted under its writer), ``unsent``,
         ``closed``; each drop is announced by a marker record, see :mod:`mqlogging.wire`),
-        ``markers`` (``sent``: marker records built; ``unattributed``: dropped bodies without a
-        producer/seq, e.g. torn spool lines; ``unannounced``: drops beyond the bounded ledger),
+        ``markers`` (``sent``: marker records published or spooled; ``unattributed``: dropped
+        bodies without a producer/seq, e.g. torn spool lines; ``unannounced``: drops beyond
+        the bounded ledger),
         ``ignored`` (records refused by the recursion guard), ``format_errors`` (records the
         formatter could not format, shipped as fallback records with
         ``mqlogging.format_error``; one neither formatted nor made into a fallback is dropped

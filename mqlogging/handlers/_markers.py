@@ -25,9 +25,12 @@ Rules:
   written to a spool every lane is backlogged on: making room in a full spool for it would drop
   records, announced by the next marker, which would drop more... It waits for records to ride
   with, a direct lane, or ``close()``, which spools what is still pending.
-- A dropped marker is itself a dropped record: its own seq becomes a range of the next marker,
-  and the ranges it carried (read back from its body) are pending again, so nothing announced is
-  forgotten.
+- A marker is not a record to drop (review 9, R2): one that no lane published or spooled is
+  held by the pipeline and goes out later (same seq, same ranges) -- it is never counted as a
+  dropped record, nor in ``markers.sent`` (:meth:`DropLedger.count_sent`, only once it went
+  out). Only a spool's bounds may delete a spooled marker: its own seq then becomes a range of
+  the next marker, and the ranges it carried (read back from its body) are pending again, so
+  nothing announced is forgotten.
 - Memory is bounded: beyond :data:`MAX_PENDING_RANGES` pending runs (only reachable when records
   are dropped one in two for a long time and no marker can be delivered), further drops are
   counted in ``unannounced`` instead.
@@ -116,6 +119,7 @@ class DropLedger:
         self._size = 0
         self.unattributed = 0
         self.unannounced = 0
+        #: Markers that went out (published or spooled): see :meth:`count_sent`.
         self.markers = 0
         self.next_due = 0.0
         #: Counts :meth:`note` calls: flush() waits for the marker of the drops before it.
@@ -169,8 +173,18 @@ class DropLedger:
                     break
             self._size -= len(out)
             if out:
-                self.markers += 1
                 self.next_due = time.monotonic() + MARKER_INTERVAL
             generation = self.generation if self._size == 0 else 0
         out.sort(key=lambda r: (r.producer, r.first))
         return out, generation
+
+    def count_sent(self) -> None:
+        """A marker went out (a broker confirmed it or a spool took it). Counted here, not in
+        :meth:`take`: a marker held back is not sent (review 9, R2)."""
+        with self._lock:
+            self.markers += 1
+
+    def postpone(self) -> None:
+        """A marker could not go out: try again one interval from now, not at once."""
+        with self._lock:
+            self.next_due = time.monotonic() + MARKER_INTERVAL

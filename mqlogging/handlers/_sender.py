@@ -87,6 +87,9 @@ _ADOPT_INTERVAL = 5.0
 # While flush()/close() waits, a failed endpoint is tried again at least this often (issue #11,
 # defect 2: the normal backoff, up to retry_max, would outlast the deadline).
 _URGENT_RETRY = 0.5
+# After close(), what later writes store is sealed (made adoptable) at most this often (review 9,
+# R3): a thread still logging to a closed handler makes a few segments, not one per record.
+_SEAL_INTERVAL = 1.0
 
 
 def _close_at_multiprocessing_exit(pipe: Pipeline) -> None:
@@ -240,6 +243,11 @@ class Pipeline:
         # Writes to the lanes' spools and counts what they do not take (order_lock held).
         self.spools = LaneSpools(self.drops, complain)
         self.announced = 0  # the ledger generation whose marker went out (published or spooled)
+        # A marker no lane took, and its generation: it goes out later as it is (review 9, R2).
+        self.held_marker: tuple[Message, int] | None = None
+        # After close: when the spools may be sealed again, and the timer that will (R3).
+        self._next_seal = 0.0
+        self._seal_timer: threading.Timer | None = None
         self.flush_generation = 0  # the ledger generation a flush() waits to see announced
         self.lanes = self._build_lanes()
         for lane in self.lanes:
@@ -371,7 +379,7 @@ class Pipeline:
         would drop more, one segment a second while the broker is down. It then rides with the
         next records, goes once a lane is direct again, or is spooled at close().
         """
-        if self.make_marker is None or not self.drops:
+        if self.make_marker is None or not (self.drops or self.held_marker):
             return False
         if self.flush_waiters > 0 and self.announced < self.flush_generation:
             return True
@@ -384,8 +392,29 @@ class Pipeline:
         it covers (sender thread)."""
         if self.make_marker is None or not self._marker_due():
             return None, 0
-        ranges, generation = self.drops.take()
+        with self.order_lock:
+            return self._next_marker_locked()
+
+    def _next_marker_locked(self) -> tuple[Message | None, int]:
+        """The held marker if there is one (same seq, same ranges: a marker is not re-made,
+        so an undelivered one leaves no gap), else one for the pending ranges."""
+        if self.held_marker is not None:
+            held, self.held_marker = self.held_marker, None
+            return held
+        assert self.make_marker is not None
+        ranges, generation = self.drops.take() if self.drops else ([], 0)
         return (self.make_marker(ranges) if ranges else None), generation
+
+    def _settle_marker_locked(self, marker: Message, generation: int, out: bool) -> None:
+        """``marker`` was published or spooled (``out``): its drops are announced. Otherwise
+        it is held for the next attempt, one interval later: never dropped, never counted as
+        a dropped record nor as sent (review 9, R2)."""
+        if out:
+            self.announced = max(self.announced, generation)
+            self.drops.count_sent()
+        else:
+            self.held_marker = (marker, generation)
+            self.drops.postpone()
 
     def _offer_slow(self, message: Message) -> None:
         """Everything but the plain append: first record, overflow, write-ahead, closed."""
@@ -469,16 +498,38 @@ class Pipeline:
             self.wake.set()
 
     def _seal_if_closed_locked(self) -> None:
-        """After close(), leave no segment open: seal what a write just stored.
+        """After close(), leave no segment open for long: seal what writes stored.
 
         close() seals once; a record emitted later (a thread still holding the old handler,
         a reconfiguration) would otherwise sit in an open segment whose lock this closed
         pipeline holds until the process exits, so no other handler of the process (nor
-        ``mqlogging spool replay``) could ship it (review 7, D5). One segment per such write:
-        records after close are stragglers, not a stream.
+        ``mqlogging spool replay``) could ship it (review 7, D5). Sealing after every write
+        made one segment per record (~1 ms per emit, and as many files to adopt: review 9,
+        R3), so a write seals at most every ``_SEAL_INTERVAL`` seconds; a write inside the
+        interval arms a timer that seals at its end. The timer thread is not a daemon: at
+        process exit the interpreter waits for it (at most the interval), so nothing written
+        after close is left in an open segment.
         """
         if self.state is not State.CLOSED:
             return
+        now = time.monotonic()
+        if now >= self._next_seal:
+            self._seal_locked(now)
+        elif self._seal_timer is None:
+            timer = threading.Timer(self._next_seal - now, self._seal_late)
+            timer.name = "mqlogging-seal"
+            self._seal_timer = timer
+            timer.start()
+
+    def _seal_late(self) -> None:
+        """The timer armed by :meth:`_seal_if_closed_locked`: seal what came since."""
+        with self.order_lock:
+            self._seal_timer = None
+            self._seal_locked(time.monotonic())
+
+    def _seal_locked(self, now: float) -> None:
+        """Seal every lane's open segment (``order_lock`` held): adoptable by others."""
+        self._next_seal = now + _SEAL_INTERVAL
         for lane in self.lanes:
             if lane.spool is not None:
                 with contextlib.suppress(SpoolError):
@@ -672,12 +723,7 @@ class Pipeline:
             grace = deadline - time.monotonic() if delivered else 0.2
             thread.join(max(0.0, min(grace, deadline - time.monotonic())))
             if thread.is_alive():
-                self.complain(
-                    "close",
-                    f"close_timeout ({self.config.close_timeout:g}s) ran out before the broker "
-                    "confirmed everything; spooling what is left (the next run ships it; a "
-                    "batch confirmed meanwhile may arrive twice, same record ids)",
-                )
+                self.complain("close", self._ran_out_message())
         with self.order_lock:
             # CLOSED before the drain: a caller's append that misses the drain then sees it
             # (offer's second check) and spools its record.
@@ -685,10 +731,23 @@ class Pipeline:
             self._spill_locked([], "closed")
             self._spill_markers_locked()
             self.space.notify_all()
-        for lane in self.lanes:
-            if lane.spool is not None:
-                with contextlib.suppress(SpoolError):
-                    lane.spool.seal()
+            self._seal_locked(time.monotonic())
+
+    def _ran_out_message(self) -> str:
+        """What close() says when its time ran out: what happens to what is left."""
+        ran_out = (
+            f"close_timeout ({self.config.close_timeout:g}s) ran out before the broker "
+            "confirmed everything; "
+        )
+        if all(lane.spool is None for lane in self.lanes):
+            return ran_out + (
+                "without a spool what is left is dropped, counted as 'closed' in stats() "
+                "(announced by a marker only if a broker took it)"
+            )
+        return ran_out + (
+            "spooling what is left (the next run ships it; a batch confirmed meanwhile "
+            "may arrive twice, same record ids)"
+        )
 
     def _unspooled_drops_need_marker(self) -> bool:
         """No spool at all: what close() drops cannot be announced by a spooled marker."""
@@ -718,12 +777,13 @@ class Pipeline:
         if self.make_marker is None or all(lane.spool is None for lane in self.lanes):
             return
         for _ in range(3):
-            ranges, generation = self.drops.take() if self.drops else ([], 0)
-            if not ranges:
+            marker, generation = self._next_marker_locked()
+            if marker is None:
                 return
-            self.announced = max(self.announced, generation)
-            self._spill_locked([self.make_marker(ranges)], "closed")
-            self.handled -= 1  # a marker is not one of the records flush() counts
+            stored = [self.spools.write(lane, [marker]) for lane in self.lanes]
+            self._settle_marker_locked(marker, generation, any(stored))
+            if not any(stored):
+                return  # no spool takes it: its ranges stay pending (stats), nothing dropped
 
     # -- sender thread ------------------------------------------------------------------------
 
@@ -759,7 +819,7 @@ class Pipeline:
             return
         timeout = self.config.flush_interval
         now = time.monotonic()
-        if self.drops and self.drops.next_due > now:
+        if (self.drops or self.held_marker) and self.drops.next_due > now:
             timeout = min(timeout, self.drops.next_due - now)
         for lane in self.lanes:
             if lane.backlogged and lane.next_attempt > now:
@@ -848,58 +908,69 @@ class Pipeline:
                 batch.append(marker)
             if not batch:
                 return False  # nothing to move
-            direct = self._route_locked(batch)
+            direct, out = self._route_locked(batch, n)
             if self.blocked:
                 self.space.notify_all()
         held = 0
         for lane in direct:
-            held = self._send_direct(lane, batch, n)
+            held, sent = self._send_direct(lane, batch, n)
+            out = out or sent
         with self.order_lock:
             self.handled += n - held
-            self.announced = max(self.announced, generation)  # a held marker goes out first
+            if marker is not None:
+                self._settle_marker_locked(marker, generation, out)
         return not held
 
-    def _route_locked(self, batch: list[Message]) -> list[Lane]:
-        """Append ``batch`` to each backlogged lane's spool; return the lanes that publish it
-        from memory (direct ones, and those whose spool just failed)."""
+    def _route_locked(self, batch: list[Message], records: int) -> tuple[list[Lane], bool]:
+        """Append ``batch`` (``records`` records, then maybe a marker) to each backlogged
+        lane's spool; return the lanes that publish it from memory (direct ones, and those
+        whose spool just failed), and whether a spool took it."""
         direct = []
+        stored = False
         for lane in self.lanes:
             if lane.backlogged and self.spools.write(lane, batch):
+                stored = True
                 continue
-            if lane.backlogged:  # spool full: what the spool bounds drop, counted
-                self.spools.count_drop("spool_full", batch)
+            if lane.backlogged:  # spool full: the records are dropped, counted; not a marker
+                self.spools.count_drop("spool_full", batch[:records])
             else:  # direct, or the spool just failed: send from memory
                 lane.inflight = batch
                 lane.inflight_spilled = False
                 direct.append(lane)
-        return direct
+        return direct, stored
 
-    def _send_direct(self, lane: Lane, batch: list[Message], records: int) -> int:
+    def _send_direct(self, lane: Lane, batch: list[Message], records: int) -> tuple[int, bool]:
         """Publish ``lane``'s in-flight ``batch`` (``records`` records, then maybe a marker);
         spool it if no endpoint confirmed it, and settle with a close() that spilled (or
-        counted) it meanwhile. Returns how many of the records went back to the queue."""
+        counted) it meanwhile. Returns how many of the records went back to the queue, and
+        whether the batch went out (published, or spooled, by this or by close())."""
         ok = lane.publish(batch, self.complain, self._refused)
         held = 0
+        out = True
         with self.order_lock:
             spilled, dropped = lane.inflight_spilled, lane.inflight_dropped
             lane.inflight = None
             lane.inflight_spilled = False
             lane.inflight_dropped = None
             if not ok and not spilled and not self.spools.write(lane, batch):
-                held = self._hold_locked(lane, batch, records)
+                held = self._hold_locked(lane, batch[:records])  # the marker is not a record
+                out = False
             if ok and dropped:  # close() counted it as dropped, but it arrived
                 self.spools.uncount_drop(*dropped)
         if ok and spilled and not dropped:
             self._skip_confirmed(lane, batch)
-        return held
+        return held, out
 
-    def _hold_locked(self, lane: Lane, batch: list[Message], records: int) -> int:
+    def _hold_locked(self, lane: Lane, batch: list[Message]) -> int:
         """A batch no endpoint confirmed and the spool did not take: back to the head of the
         queue, order kept, as far as the queue has room (review 7, D4: the handler's promise
         is that only what can be neither sent nor held is dropped). What does not fit is
         dropped and counted as before. Only a lane that is the pipeline's only one, with a
         spool that fails: the queue feeds every lane, and without a spool an undeliverable
-        batch is dropped as ``unsent`` (documented). Returns the records put back."""
+        batch is dropped as ``unsent`` (documented). ``batch`` holds records only: a marker
+        riding with them is held apart (:meth:`_settle_marker_locked`), so it never takes the
+        room of a record nor is dropped for want of room (review 9, R2). Returns the records
+        put back."""
         if lane.spool is None or len(self.lanes) > 1 or self.state is _CLOSED:
             self.spools.count_unstored(lane, batch, "unsent")
             return 0
@@ -907,9 +978,8 @@ class Pipeline:
         kept = batch[:room]
         self.spools.count_unstored(lane, batch[room:], "unsent")
         self.queue.extendleft(reversed(kept))
-        held = min(len(kept), records)  # the marker rides last: counted as a record from now
-        self.popped -= held
-        return held
+        self.popped -= len(kept)
+        return len(kept)
 
     def _refused(self, messages: Sequence[Message], reason: str) -> None:
         """Records a destination refused for good and could not keep: dropped, counted and

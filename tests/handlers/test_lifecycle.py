@@ -272,8 +272,9 @@ class TestAfterClose:
     ) -> None:
         """Reconfiguration closes the old handler while another thread still holds and uses
         it: its records go to the spool. The next handler of the same process, on the same
-        spool and destination, ships them: 100 emitted after close, each delivered once by
-        the time the new handler's flush() returns True, and the spool is empty. Before the
+        spool and destination, ships them: 100 emitted after close are sealed within the
+        seal interval (about a second), then each is delivered once by the time the new
+        handler's flush() returns True, and the spool is empty. Before the
         fix they sat in an open segment the closed handler kept locked until process exit."""
         url = amqp_url(rabbitmq, queue_name)
         old = MQHandler(url, spool=str(spool_dir), close_timeout=5)
@@ -282,12 +283,35 @@ class TestAfterClose:
         old.close()
         _emit(app_logger, 100)  # a thread still holding the old handler
         app_logger.removeHandler(old)
+        # sealed at most once a second after close (review 9, R3): adoptable within that
+        wait_until(lambda: not list(spool_dir.rglob("*.open")), timeout=5)
         new = MQHandler(url, spool=str(spool_dir), close_timeout=5)
         app_logger.addHandler(new)
         assert new.flush(10)
         assert new.stats()["spool"]["records"] == 0
         docs = drain_amqp(rabbitmq, queue_name, 101, timeout=10, idle=0.5)
         assert seqs(docs) == [-1, *range(100)]
+
+    def test_records_after_close_do_not_make_one_segment_each(
+        self, rabbitmq: RabbitMQ, queue_name: str, spool_dir: Path, app_logger: Any
+    ) -> None:
+        """A thread still logging to a closed handler (a reconfiguration): its 500 records go
+        to the spool, where another handler can ship them (D5). They are a stream, not
+        stragglers: sealed at most once a second, they make a handful of segments (each one
+        file, one open/write/rename, one claim when adopted), not 500, and all of them are
+        sealed (adoptable) within about a second of the last write. Before the fix (review 9,
+        R3) each record got a segment of its own: ~1 ms per emit() and 500 files to adopt."""
+        handler = MQHandler(amqp_url(rabbitmq, queue_name), spool=spool_dir, close_timeout=2)
+        app_logger.addHandler(handler)
+        app_logger.info("before")
+        assert handler.flush(5)
+        handler.close()
+        _emit(app_logger, 500)
+        app_logger.removeHandler(handler)
+        segments = [p for p in spool_dir.rglob("*") if p.suffix in {".jsonl", ".open"}]
+        assert len(segments) <= 10, f"{len(segments)} segments for 500 records after close"
+        wait_until(lambda: not list(spool_dir.rglob("*.open")), timeout=5)
+        assert handler.stats()["spooled"] == 500
 
 
 class TestDefaultSpoolDirectory:

@@ -283,3 +283,84 @@ def test_a_full_disk_does_not_replay_the_spool_over_and_over(
     records = [d for d in docs if not is_marker(d)]
     assert len({d["event"]["id"] for d in records}) == n
     assert len(records) <= 2 * n, f"{len(records)} copies of {n} records"
+
+
+def _fill(fs: Path) -> None:
+    """Take every free byte of ``fs``."""
+    subprocess.run(
+        ["dd", "if=/dev/zero", f"of={fs / 'filler'}", "bs=4k"], capture_output=True, check=False
+    )
+
+
+def _dropped(handler: MQHandler) -> int:
+    return sum(handler.stats()["dropped"].values())
+
+
+class TestHeldMarker:
+    """A marker riding with a batch held in memory (D4) is not a record to drop (review 9,
+    R2): it waits with the batch, its drops stay pending, and the counts stay exact."""
+
+    def test_a_held_batch_does_not_turn_its_marker_into_a_drop_every_second(
+        self, rabbitmq: RabbitMQ, queue_name: str, small_fs: Path
+    ) -> None:
+        """Spool disk full, broker unreachable, queue_size=100: of 300 records 200 overflow
+        (dropped and counted: exactly 200). Nothing more is emitted, so while the outage
+        lasts the count stays 200 (the 100 queued are held, D4) and no marker is counted as
+        sent, none went out. Once the broker is back, the 100 held records and the markers
+        naming the 200 arrive (each counted in ``markers.sent``), and the audit finds no unexplained gap. Before the fix the
+        marker fell off the full queue every second: ``dropped`` read 201, 202, 203... and
+        ``markers.sent`` rose with it while none was delivered."""
+        _fill(small_fs)
+        proxy = TcpProxy(rabbitmq.host, rabbitmq.amqp_port)  # not started: refused
+        url = f"amqp://guest:guest@{proxy.host}:{proxy.port}/?exchange=&queue={queue_name}"
+        handler = MQHandler(
+            url, spool=small_fs / "spool", close_timeout=2, retry_max=0.2, batch_size=50,
+            queue_size=100,
+        )  # fmt: skip
+        log = _logger(handler, "stranded.r2")
+        _emit(log, 300)
+        wait_until(lambda: _dropped(handler) >= 200, timeout=10)  # the overflow is counted
+        with contextlib.suppress(AssertionError):  # a marker interval or three go by
+            wait_until(lambda: _dropped(handler) > 200, timeout=3.5)
+        stats = handler.stats()
+        assert _dropped(handler) == 200, f"dropped {stats['dropped']}, 200 records dropped"
+        assert stats["markers"]["sent"] == 0
+        (small_fs / "filler").unlink()
+        proxy.start()
+        try:
+            assert handler.flush(10)
+            stats = handler.stats()
+            handler.close()
+            docs = drain_amqp(rabbitmq, queue_name, 101, timeout=10, idle=1.0)
+        finally:
+            proxy.cut()
+        assert _dropped(handler) == 200
+        records = [d for d in docs if not is_marker(d)]
+        assert len(records) == 100
+        # the marker held through the outage, and one for drops noted after it was made
+        assert 1 <= stats["markers"]["sent"] == len(docs) - len(records) <= 2
+        assert _audit_gaps(docs) == []
+
+    def test_close_with_batches_held_counts_each_record_once(
+        self, rabbitmq: RabbitMQ, queue_name: str, small_fs: Path
+    ) -> None:
+        """Spool disk full, broker unreachable: 500 records are held in memory (D4, no
+        drops). close() can neither send nor spool them: it counts exactly 500 drops (not
+        one more per marker it tried to spool) and no marker as sent, since none went out.
+        Before the fix: 503 dropped and ``markers.sent`` 3."""
+        _fill(small_fs)
+        proxy = TcpProxy(rabbitmq.host, rabbitmq.amqp_port)  # not started: refused
+        url = f"amqp://guest:guest@{proxy.host}:{proxy.port}/?exchange=&queue={queue_name}"
+        handler = MQHandler(
+            url, spool=small_fs / "spool", batch_size=50, close_timeout=1, retry_max=0.2
+        )
+        log = _logger(handler, "stranded.r2close")
+        _emit(log, 500)
+        wait_until(
+            lambda: sum(ep["failures"] for ep in handler.stats()["endpoints"].values()) >= 2,
+            timeout=20,
+        )
+        handler.close()
+        stats = handler.stats()
+        assert _dropped(handler) == 500, stats["dropped"]
+        assert stats["markers"]["sent"] == 0
