@@ -889,7 +889,7 @@ class AMQPProducer(_AMQPClient, Producer):
         error = link.channel_error
         culprit = sizes[batch.low] if batch.low < len(sizes) else None
         if error is not None and self._guard.learn(str(getattr(error, "reply_text", "")), culprit):
-            raise SizeRefusal(_unconfirmed(batch, messages, packs), failure)
+            raise SizeRefusal(_unconfirmed(batch, messages, packs), failure, refused)
         raise failure
 
     def _write_round(

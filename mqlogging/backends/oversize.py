@@ -66,8 +66,13 @@ ActiveMQ's ``maxFrameSize`` are megabytes): the handler's default ``max_record_b
 the default ``pack_bytes``, so default configurations never wait (:meth:`SizeGuard.barriers`)."""
 
 SIZE_ROUNDS: Final = 3
-"""Publish rounds of one batch: each round after the first follows a size refusal stating a
-strictly smaller limit, so needing more means the broker keeps changing its mind."""
+"""Publish rounds of one batch beyond one per record: each round after the first follows a
+size refusal that strictly lowered the limit, and the message refused goes out of the next
+round (refused alone, or packed smaller), so a batch of ``n`` records needs at most about
+``n + 1`` rounds. Needing more means the broker keeps changing its mind. The bound is per
+record, not fixed: a batch holding several big records of falling size (ActiveMQ, whose
+refusal names no limit, teaches one bound per record) must not be sent again as a whole
+(review 10, D1: the records confirmed in the earlier rounds arrived twice)."""
 
 _UNLIMITED: Final = 2**62
 
@@ -93,6 +98,30 @@ class SizeGuard:
         self.proven = min(SAFE_BYTES, self.limit)
         #: The limit is a bound inferred from a refused size, not one the broker stated.
         self.inferred = False
+        #: Ids of records the broker confirmed in a batch that then failed (a later round
+        #: failed for another reason, or the rounds ran out): the handler sends the whole
+        #: batch again, and these must not be (:meth:`undelivered`). Cleared by a batch that
+        #: goes through.
+        self.delivered: set[str] = set()
+
+    def undelivered(self, messages: Sequence[Message]) -> Sequence[Message]:
+        """``messages`` without the records already confirmed by an earlier, failed attempt
+        at the batch (review 10: a batch failing after a size refusal round sent again the
+        records the rounds before had delivered)."""
+        if not self.delivered:
+            return messages
+        return [m for m in messages if m.id not in self.delivered]
+
+    def remember(self, sent: Sequence[Message], exc: SizeRefusal) -> None:
+        """The records of ``sent`` the round ending in ``exc`` delivered: neither
+        unconfirmed nor refused up front."""
+        out = {m.id for m in exc.unconfirmed}.union(m.id for m in exc.refused)
+        self.delivered.update(m.id for m in sent if m.id not in out)
+
+    def delivered_before_failure(self, records: Sequence[Message]) -> None:
+        """A round failing for a reason other than size had ``records`` confirmed first:
+        leave them out when the handler sends the batch again."""
+        self.delivered.update(m.id for m in records)
 
     def learn(self, refusal: str, culprit: int | None = None) -> bool:
         """True if ``refusal`` tells a limit below the one applied so far (now applied):
@@ -198,12 +227,20 @@ class SizeGuard:
 class SizeRefusal(Exception):
     """A round's message was refused for its size, the broker stated a smaller limit (now
     applied): ``unconfirmed`` are the records to send again, on a new channel or connection;
-    ``failure`` is what to raise if the rounds run out."""
+    ``refused`` the records the round had refused up front (packed alone above the limit:
+    they are in no pack, so not in ``unconfirmed``, and would vanish uncounted if dropped
+    here, review 10 D4); ``failure`` is what to raise if the rounds run out."""
 
-    def __init__(self, unconfirmed: list[Message], failure: BackendError) -> None:
+    def __init__(
+        self,
+        unconfirmed: list[Message],
+        failure: BackendError,
+        refused: Sequence[Message] = (),
+    ) -> None:
         super().__init__(str(failure))
         self.unconfirmed = unconfirmed
         self.failure = failure
+        self.refused = list(refused)
 
 
 def publish_within_limit(
@@ -220,18 +257,26 @@ def publish_within_limit(
 
     Unpacked records above the limit are taken out here; packed ones by :meth:`SizeGuard.pack`
     in the round (compression decides a pack's size).
+
+    A round after a size refusal may still fail for another reason (ActiveMQ sometimes
+    answers a big frame with "The maximum command length was exceeded"): the batch fails and
+    the handler sends it again, but the records the earlier rounds delivered are remembered
+    (:attr:`SizeGuard.delivered`) and left out, so none arrives twice.
     """
     refused: list[Message] = []
-    pending: Sequence[Message] = messages
+    pending = guard.undelivered(messages)
     last: BackendError | None = None
-    for _ in range(SIZE_ROUNDS):
+    for _ in range(len(messages) + SIZE_ROUNDS):
         fit, big = (list(pending), []) if packed else guard.split(pending)
         refused += big
         try:
             refused += publish_round(fit)
         except SizeRefusal as exc:
+            guard.remember(fit, exc)
             pending, last = exc.unconfirmed, exc.failure
+            refused += exc.refused
             continue
+        guard.delivered.clear()
         if refused:
             raise guard.refusal(refused, len(messages), where)
         return

@@ -700,9 +700,11 @@ class STOMPProducer(_Client, Producer):
                     )
             except NotConfirmed as exc:
                 if not self._guard.learn(exc.reason, sizes[start]):
+                    done = records_of(messages, packs[:start]) if packs else messages[:start]
+                    self._guard.delivered_before_failure(done)
                     raise
                 rest = records_of(messages, packs[start:]) if packs else list(messages[start:])
-                raise SizeRefusal(rest, exc) from exc
+                raise SizeRefusal(rest, exc, refused) from exc
             start = end
         self._guard.confirmed(max(sizes, default=0))
         return refused

@@ -70,7 +70,12 @@ def _add_spool(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     export.add_argument("directory", metavar="DIR")
 
     replay = actions.add_parser(
-        "replay", help="publish the records to a broker, deleting only what it confirmed"
+        "replay",
+        help="publish the records to a broker, deleting only what it confirmed",
+        description="Publish the records to a broker, deleting only what it confirmed. "
+        "Exit 0: all confirmed; 1: the replay stopped (run it again, it resumes); 3: done, "
+        "but the destination refused some records for good (e.g. above the broker's message "
+        "size limit): their ids and reason are on stderr, they are no longer in the spool.",
     )
     replay.add_argument("directory", metavar="DIR")
     replay.add_argument(

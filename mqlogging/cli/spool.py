@@ -16,15 +16,15 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import IO, Any
 
 from .._types import Message
-from ..backends import open_producer
+from ..backends import Producer, open_producer
 from ..backends.endpoints import Endpoint
-from ..errors import SpoolError
-from ..spool import SpoolReader, lane_spools, record_id, refuse_lane_root, segments
+from ..errors import PartlyRefused, SpoolError
+from ..spool import SpoolReader, SpoolRecord, lane_spools, record_id, refuse_lane_root, segments
 from ..spool.format import is_json_line, unconfirmed_lines
 from ..wire import decode, read_meta
 
@@ -63,11 +63,19 @@ class SpoolSummary:
 
 @dataclass(frozen=True, slots=True)
 class ReplayResult:
-    """Outcome of :func:`replay_spool`: records and batches confirmed, time taken."""
+    """Outcome of :func:`replay_spool`: records and batches confirmed, time taken, and the
+    ids of the records the destination refused for good, by drop reason (e.g.
+    ``"too_large_for_broker"``): no longer in the spool, never delivered."""
 
     records: int
     batches: int
     seconds: float
+    refused: dict[str, list[str]] = field(default_factory=dict)
+
+    @property
+    def refused_count(self) -> int:
+        """How many records the destination refused for good."""
+        return sum(len(ids) for ids in self.refused.values())
 
 
 def _check_dir(directory: str) -> str:
@@ -153,6 +161,13 @@ def replay_spool(
     call continues with the first unconfirmed batch (that batch may arrive twice, with the same
     record ids).
 
+    Records the destination refuses for good (:class:`~mqlogging.errors.PartlyRefused`:
+    above the broker's message size limit, or documents Elasticsearch rejects and the endpoint
+    could not keep) are not sent again, as the handler does: sending them again can never
+    succeed, and stopping would send the batch's confirmed records again on every rerun and
+    never drain the spool. The batch is committed and their ids are in
+    :attr:`ReplayResult.refused`, by reason.
+
     Raises:
         BackendError: the endpoint failed; what was confirmed so far stays confirmed.
         SpoolError: the directory cannot be read or progress cannot be recorded, or it is a
@@ -163,11 +178,13 @@ def replay_spool(
     total = inspect_spool(path).records
     started = time.monotonic()
     done = batches = 0
+    refused: dict[str, list[str]] = {}
     producer = open_producer(to)
     try:
         with SpoolReader(path) as reader:
             while records := reader.read(batch_size):
-                producer.publish_batch([Message(record_id(r), r.body) for r in records])
+                for reason, ids in _publish(producer, records).items():
+                    refused.setdefault(reason, []).extend(ids)
                 reader.commit(records)
                 done += len(records)
                 batches += 1
@@ -175,7 +192,19 @@ def replay_spool(
                     progress(done, max(total, done))
     finally:
         producer.close()
-    return ReplayResult(done, batches, time.monotonic() - started)
+    lost = sum(len(ids) for ids in refused.values())
+    return ReplayResult(done - lost, batches, time.monotonic() - started, refused)
+
+
+def _publish(producer: Producer, records: Sequence[SpoolRecord]) -> dict[str, list[str]]:
+    """Publish one batch; the ids the destination refused for good, by reason (the rest of
+    the batch is confirmed: the batch can be committed)."""
+    try:
+        producer.publish_batch([Message(record_id(r), r.body) for r in records])
+    except PartlyRefused as exc:
+        order = [record_id(r) for r in records]
+        return {exc.drop_reason: [i for i in order if i in exc.ids]}
+    return {}
 
 
 # -- the ``mqlogging spool`` subcommands ------------------------------------------------------
@@ -249,8 +278,17 @@ class _Progress:
             self.stream.flush()
 
 
+REFUSED_EXIT = 3
+"""Exit code of ``mqlogging spool replay`` when the replay went through but the destination
+refused records for good (named on stderr): they left the spool, there is nothing to rerun."""
+
+_NAMED_IDS = 20
+
+
 def replay_command(directory: str, to: str, *, batch_size: int = 500, quiet: bool = False) -> int:
-    """``mqlogging spool replay DIR --to URL``: 0 when everything was confirmed, else 1."""
+    """``mqlogging spool replay DIR --to URL``: 0 when everything was confirmed, 1 when the
+    replay stopped (run it again), :data:`REFUSED_EXIT` when it went through but the
+    destination refused records for good (named on stderr; no longer in the spool)."""
     import sys
 
     from ..errors import MQLoggingError
@@ -285,7 +323,28 @@ def replay_command(directory: str, to: str, *, batch_size: int = 500, quiet: boo
     )
     _note_records_left(directory)
     _note_lanes_left(directory, "replayed")
+    if result.refused:
+        _report_refused(result, endpoint.redacted())
+        return REFUSED_EXIT
     return 0
+
+
+def _report_refused(result: ReplayResult, where: str) -> None:
+    """Name the records the destination refused for good on stderr (escaped: ids come from
+    the spool's lines), at most :data:`_NAMED_IDS` per reason."""
+    import sys
+
+    from ..tail import escape
+
+    for reason, ids in result.refused.items():
+        shown = ", ".join(escape(i) for i in ids[:_NAMED_IDS])
+        more = f" and {len(ids) - _NAMED_IDS} more" if len(ids) > _NAMED_IDS else ""
+        print(
+            f"mqlogging: error: {where} refused {len(ids)} records for good "
+            f"({escape(reason)}); they are no longer in the spool and were not delivered "
+            f"(nothing to rerun): ids {shown}{more}",
+            file=sys.stderr,
+        )
 
 
 def _note_records_left(directory: str) -> None:

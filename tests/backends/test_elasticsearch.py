@@ -33,6 +33,7 @@ from mqlogging._types import Message
 from mqlogging.backends import Endpoint, TapOptions, open_consumer, open_producer, open_tap
 from mqlogging.backends import transport_for as transport_of
 from mqlogging.backends.elasticsearch import ElasticsearchEndpoint, ElasticsearchProducer
+from mqlogging.cli.spool import inspect_spool, replay_spool
 from mqlogging.collector.config import parse_config
 from mqlogging.collector.service import CollectorService
 from mqlogging.errors import (
@@ -44,7 +45,7 @@ from mqlogging.errors import (
 )
 from mqlogging.formatting import JsonFormatter
 from mqlogging.handlers import MQHandler
-from mqlogging.spool import SpoolReader
+from mqlogging.spool import Spool, SpoolReader
 from tests.security.test_https_sinks import TLSTerminator
 
 
@@ -470,6 +471,31 @@ class TestOutcomes:
             assert producer.stats()["rejected_unsaved"] == 1
             assert producer.stats()["rejected"] == 0
         assert es_count(elasticsearch.url, f"logs-{dataset}-default") == 2
+
+    def test_spool_replay_goes_past_a_rejected_record_that_cannot_be_kept(
+        self, elasticsearch: NoidaES, dataset: str, tmp_path: Path
+    ) -> None:
+        """``replay_spool`` of a spool holding a record Elasticsearch rejects (mapping
+        conflict) to an endpoint that cannot keep it (``rejected=`` is a file): the batch is
+        committed, the record is named in ``ReplayResult.refused`` under ``rejected_unsaved``,
+        the others are stored, the spool is empty and a second replay has nothing to send.
+        (Review 10, D2: the replay stopped there for good.)"""
+        blocker = tmp_path / "a-file"
+        blocker.write_text("")
+        url = es_url(elasticsearch, dataset=dataset, rejected=str(blocker))
+        body = {"@timestamp": "2026-01-01T00:00:00Z", "size": 1}
+        with ElasticsearchProducer(url) as producer:  # the mapping: size is a number
+            producer.publish_batch([Message("first", json.dumps(body).encode())])
+        spool = tmp_path / "spool"
+        bad = {**body, "size": {"x": 1}}
+        with Spool(spool) as writer:
+            writer.append([json.dumps(d).encode() for d in (body, bad, body)])
+        result = replay_spool(str(spool), url)
+        assert (result.records, list(result.refused)) == (2, ["rejected_unsaved"])
+        assert len(result.refused["rejected_unsaved"]) == 1
+        assert inspect_spool(str(spool)).records == 0
+        assert replay_spool(str(spool), url).records == 0
+        assert es_count(elasticsearch.url, f"logs-{dataset}-default") == 3
 
     def test_one_rejected_record_that_cannot_be_kept_does_not_hold_up_the_stream(
         self, elasticsearch: NoidaES, dataset: str, logger: logging.Logger, tmp_path: Path

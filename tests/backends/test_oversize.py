@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -21,11 +22,12 @@ import pytest
 
 from harness.brokers import ActiveMQ, RabbitMQ, reserve_port
 from harness.drain import amqp_url, stomp_url
-from harness.helpers import unique_name
+from harness.helpers import free_port, unique_name
 from mqlogging import MQHandler
 from mqlogging.backends import open_consumer
 from mqlogging.backends.oversize import SizeGuard, stated_limit
 from mqlogging.cli import main
+from mqlogging.cli.spool import inspect_spool
 from mqlogging.errors import ConfigurationError
 from mqlogging.packing import Packer, PackOptions, unpack_bodies
 
@@ -242,3 +244,132 @@ def test_size_guard_learns_only_a_smaller_limit() -> None:
     assert not guard.learn("Processing error", culprit=big)
     assert guard.learn("The maximum frame size was exceeded", culprit=LIMIT)
     assert (guard.limit, guard.inferred) == (LIMIT - 1, True)
+
+
+def _log_between_bigs(url: str, spool: Path, bigs: tuple[int, ...]) -> tuple[bool, dict[str, Any]]:
+    """Log N small records, then for each size in ``bigs`` a record of that size followed by
+    N small ones, all in one batch (flush_interval 1 s); flush, read stats, close."""
+    handler = MQHandler(
+        url,
+        spool=spool,
+        close_timeout=2,
+        retry_max=0.5,
+        flush_interval=1.0,
+        max_record_bytes=4 * 1024 * 1024,
+    )
+    log = logging.getLogger(unique_name("bigs"))
+    log.handlers[:] = [handler]
+    log.setLevel(logging.DEBUG)
+    log.propagate = False
+    for i in range(N):
+        log.info("small %d", i)
+    for k, size in enumerate(bigs):
+        log.info("big %s", "x" * size)
+        for i in range(N):
+            log.info("small %d-%d", k, i)
+    try:
+        flushed = handler.flush(20)
+        stats = handler.stats()
+    finally:
+        handler.close()
+        log.handlers[:] = []
+    return flushed, stats
+
+
+def _check_bigs(
+    url: str,
+    bigs: int,
+    flushed: bool,
+    stats: dict[str, Any],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Every small record delivered exactly once, each big one counted once as
+    too_large_for_broker and named by a marker, the audit explaining every gap."""
+    docs = _drain(url)
+    records = [d for d in docs if not d["mqlogging"].get("dropped")]
+    ids = Counter(d["event"]["id"] for d in records)
+    assert flushed, f"flush() timed out; dropped {stats['dropped']}"
+    assert sum(ids.values()) - len(ids) == 0, "records delivered twice"
+    assert len(ids) == (bigs + 1) * N
+    assert {d["message"].split()[0] for d in records} == {"small"}
+    assert stats["dropped"] == {"too_large_for_broker": bigs}
+    code, report = _audit(docs, tmp_path / "sink.jsonl", capsys)
+    [producer] = report["producers"]
+    assert (code, producer["missing"], producer["duplicates"]) == (0, 0, 0)
+    assert producer["dropped"] == bigs
+    assert {r["reason"] for r in producer["dropped_ranges"]} == {"too_large_for_broker"}
+
+
+def test_several_big_records_of_falling_size_on_activemq_are_not_duplicated(
+    small_frame_activemq: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """One batch holding five records above ActiveMQ's frame limit (whose refusal names no
+    limit, so each teaches only a bound below its own size), each smaller than the one
+    before, with small records between them: every small record arrives exactly once (no
+    round cap sends the batch's confirmed records again) and the five big ones are counted
+    and announced as too_large_for_broker. (Review 10, D1: 150 duplicates.)"""
+    url = f"{small_frame_activemq}/queue/{unique_name('falling')}"
+    bigs = (2_000_000, 1_800_000, 1_600_000, 1_400_000, 1_200_000)
+    flushed, stats = _log_between_bigs(url, tmp_path / "spool", bigs)
+    _check_bigs(url, len(bigs), flushed, stats, tmp_path, capsys)
+
+
+def test_packed_two_big_records_on_activemq_are_both_counted(
+    small_frame_activemq: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Packed messages to ActiveMQ (frame limit 1 MiB, refusal names no limit), one batch
+    holding a 2 MB record and later a 1.5 MB one: both are counted as too_large_for_broker
+    and announced, every small record arrives exactly once. (Review 10, D4: the record the
+    packer refused up front in a round that then hit a size refusal vanished uncounted.)"""
+    url = f"{small_frame_activemq}/queue/{unique_name('packed2')}?pack=50"
+    flushed, stats = _log_between_bigs(url, tmp_path / "spool", (2_000_000, 1_500_000))
+    _check_bigs(url, 2, flushed, stats, tmp_path, capsys)
+
+
+def _spool_with_a_big_record(spool: Path) -> None:
+    """Write N small records, a 2 MB one and N small ones to ``spool`` (no broker up)."""
+    down = f"amqp://guest:guest@127.0.0.1:{free_port()}/?exchange=&queue=q"
+    handler = MQHandler(
+        down, spool=str(spool), retry_max=0.05, close_timeout=1, max_record_bytes=4 * 1024**2
+    )
+    log = logging.getLogger(unique_name("replay"))
+    log.handlers[:] = [handler]
+    log.setLevel(logging.INFO)
+    log.propagate = False
+    for i in range(N):
+        log.info("small %d", i)
+    log.info("big %s", "x" * 2_000_000)
+    for i in range(N):
+        log.info("small after %d", i)
+    handler.close()
+    log.handlers[:] = []
+
+
+def test_spool_replay_of_a_spool_holding_an_oversize_record(
+    small_frame_activemq: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``mqlogging spool replay`` of a spool holding a 2 MB record among small ones, to an
+    ActiveMQ whose frame limit is 1 MiB, run twice as an operator re-running it would: the
+    first run goes through, exits 3 and names the refused record and its reason on stderr;
+    the second has nothing left (exit 0); every small record arrives exactly once and the
+    spool is empty. (Review 10, D2: PartlyRefused escaped before the batch was committed,
+    every rerun sent the batch again and the spool never drained.)"""
+    spool = tmp_path / "spool"
+    _spool_with_a_big_record(spool)
+    url = f"{small_frame_activemq}/queue/{unique_name('replay')}"
+    capsys.readouterr()
+    codes = [main(["spool", "replay", str(spool), "--to", url, "--quiet"])]
+    first = capsys.readouterr().err
+    codes.append(main(["spool", "replay", str(spool), "--to", url, "--quiet"]))
+    second = capsys.readouterr().err
+    docs = _drain(url)
+    ids = Counter(d["event"]["id"] for d in docs)
+    assert codes == [3, 0], (first, second)
+    assert sum(ids.values()) == len(ids) == 2 * N
+    assert inspect_spool(str(spool)).records == 0
+    assert "replayed 200 records" in first
+    [named] = re.findall(r"refused 1 records for good \(too_large_for_broker\).*ids (\S+)", first)
+    assert named not in ids
+    assert "replayed 0 records" in second
+    assert "refused" not in second
