@@ -43,7 +43,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -58,7 +58,7 @@ from harness.collector import (
     dataset_for,
     write_config,
 )
-from harness.helpers import die_with_parent, free_port, unique_name
+from harness.helpers import die_with_parent, free_port, small_filesystem, unique_name
 from harness.kafka import NoidaKafka
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -960,24 +960,6 @@ def s8_competing_collectors(lab: Lab, s: Scenario, row: Row) -> None:
     row.note = (
         f"collector A killed after writing {a_lines} records; B acked {b.metric('acked'):.0f}"
     )
-
-
-@contextlib.contextmanager
-def small_filesystem(path: Path, size: str) -> Iterator[str]:
-    """A ``size`` tmpfs mounted on ``path`` (root), else yield "" (RLIMIT_FSIZE fallback)."""
-    path.mkdir(parents=True, exist_ok=True)
-    res = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
-        capture_output=True,
-        check=False,
-    )
-    if res.returncode != 0:
-        yield ""
-        return
-    try:
-        yield f"tmpfs {size}"
-    finally:
-        subprocess.run(["umount", "-l", str(path)], capture_output=True, check=False)
 
 
 def s9_spool_full(lab: Lab, s: Scenario, row: Row) -> None:

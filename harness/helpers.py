@@ -11,22 +11,33 @@ Nothing here imports pytest, so ``benchmarks/`` can use it after putting the rep
   timeouts without a real broker hanging.
 - :func:`die_with_parent` makes a child process (collector, application) go when its starter
   does, so a run killed by a timeout leaves nothing behind.
+- :func:`small_filesystem` mounts a small tmpfs, so a spool's disk can really fill up.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import signal
 import socket
+import subprocess
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from types import TracebackType
 from typing import TypeVar
 
-__all__ = ["BlackholeServer", "die_with_parent", "free_port", "unique_name", "wait_until"]
+__all__ = [
+    "BlackholeServer",
+    "die_with_parent",
+    "free_port",
+    "small_filesystem",
+    "unique_name",
+    "wait_until",
+]
 
 T = TypeVar("T")
 
@@ -156,3 +167,21 @@ class BlackholeServer:
         tb: TracebackType | None,
     ) -> None:
         self.close()
+
+
+@contextlib.contextmanager
+def small_filesystem(path: Path, size: str) -> Iterator[str]:
+    """A ``size`` tmpfs mounted on ``path`` (root), else yield "" (RLIMIT_FSIZE fallback)."""
+    path.mkdir(parents=True, exist_ok=True)
+    res = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
+        capture_output=True,
+        check=False,
+    )
+    if res.returncode != 0:
+        yield ""
+        return
+    try:
+        yield f"tmpfs {size}"
+    finally:
+        subprocess.run(["umount", "-l", str(path)], capture_output=True, check=False)

@@ -6,31 +6,23 @@ from __future__ import annotations
 
 import contextlib
 import os
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from harness.helpers import small_filesystem
 from mqlogging.errors import SpoolError
 from mqlogging.spool import Spool
 
 
 @pytest.fixture
 def full_fs(tmp_path: Path) -> Iterator[Path]:
-    mnt = tmp_path / "fs"
-    mnt.mkdir()
-    res = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mnt)],
-        capture_output=True,
-        check=False,
-    )
-    if res.returncode != 0:
-        pytest.skip("cannot mount a tmpfs here (needs root)")
-    try:
-        yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], capture_output=True, check=False)
+    """A 256 KiB tmpfs (needs root; skipped otherwise)."""
+    with small_filesystem(tmp_path / "fs", "256k") as mounted:
+        if not mounted:
+            pytest.skip("cannot mount a tmpfs here (needs root)")
+        yield tmp_path / "fs"
 
 
 def test_replay_on_a_full_filesystem_frees_the_space(full_fs: Path) -> None:

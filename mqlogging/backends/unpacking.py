@@ -288,19 +288,17 @@ def _part_headers(headers: Mapping[str, Any]) -> dict[str, Any]:
 
 def _without_refusal(delivery: Delivery) -> Delivery:
     """``delivery`` without the :data:`UNPACK_ERROR_HEADER` its producer set."""
-    headers = {k: v for k, v in delivery.headers.items() if k != UNPACK_ERROR_HEADER}
-    return Delivery(
-        id=delivery.id,
-        body=delivery.body,
-        tag=delivery.tag,
-        headers=headers,
-        redelivered=delivery.redelivered,
+    return _with_headers(
+        delivery, {k: v for k, v in delivery.headers.items() if k != UNPACK_ERROR_HEADER}
     )
 
 
 def _refused(delivery: Delivery, reason: str) -> Delivery:
     """``delivery`` as it is, marked with why it cannot be unpacked (for the dead letters)."""
-    headers = {**delivery.headers, UNPACK_ERROR_HEADER: reason}
+    return _with_headers(delivery, {**delivery.headers, UNPACK_ERROR_HEADER: reason})
+
+
+def _with_headers(delivery: Delivery, headers: dict[str, Any]) -> Delivery:
     return Delivery(
         id=delivery.id,
         body=delivery.body,

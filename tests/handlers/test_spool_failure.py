@@ -21,7 +21,7 @@ import pytest
 
 from harness.brokers import RabbitMQ
 from harness.drain import amqp_url, drain_amqp, is_marker, seqs
-from harness.helpers import wait_until
+from harness.helpers import small_filesystem, wait_until
 from harness.proxy import TcpProxy
 from mqlogging.audit import Audit
 from mqlogging.handlers import MQHandler
@@ -42,19 +42,10 @@ def _emit(logger: logging.Logger, n: int) -> None:
 @pytest.fixture
 def small_fs(tmp_path: Path) -> Iterator[Path]:
     """A 1 MiB tmpfs, so the spool's disk can really fill up (needs root; skipped otherwise)."""
-    mnt = tmp_path / "fs"
-    mnt.mkdir()
-    res = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)],
-        capture_output=True,
-        check=False,
-    )
-    if res.returncode != 0:
-        pytest.skip("cannot mount a tmpfs here (needs root)")
-    try:
-        yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], capture_output=True, check=False)
+    with small_filesystem(tmp_path / "fs", "1m") as mounted:
+        if not mounted:
+            pytest.skip("cannot mount a tmpfs here (needs root)")
+        yield tmp_path / "fs"
 
 
 def _logger(handler: logging.Handler, name: str) -> logging.Logger:
