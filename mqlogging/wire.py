@@ -59,6 +59,8 @@ any layer may use it.
 
 from __future__ import annotations
 
+import os
+import socket
 from collections.abc import Mapping
 from datetime import datetime, timedelta, timezone
 from typing import Any, Final, NamedTuple
@@ -75,6 +77,7 @@ __all__ = [
     "decode",
     "id_fits",
     "id_path",
+    "new_producer_id",
     "read_id",
     "read_meta",
     "time_key",
@@ -146,6 +149,15 @@ def id_path(schema: str) -> tuple[str, ...]:
 def time_key(schema: str) -> str:
     """The top-level key of the record time in ``schema``'s documents."""
     return _TIME_KEYS[schema]
+
+
+def new_producer_id() -> str:
+    """A new producer id: ``host:pid:random`` (8 hex digits), unique per handler per process."""
+    try:
+        host = socket.gethostname()
+    except OSError:  # pragma: no cover - gethostname practically never fails
+        host = "unknown"
+    return f"{host}:{os.getpid()}:{os.urandom(4).hex()}"
 
 
 class DroppedRange(NamedTuple):

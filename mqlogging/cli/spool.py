@@ -14,6 +14,7 @@ progress file and never seal a segment, so they are safe next to a running appli
 
 from __future__ import annotations
 
+import itertools
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -24,9 +25,11 @@ from .._types import Message
 from ..backends import Producer, open_producer
 from ..backends.endpoints import Endpoint
 from ..errors import PartlyRefused, SpoolError
+from ..formatting import JsonFormatter
+from ..handlers._markers import dropped_runs, marker_record, marker_stamp
 from ..spool import SpoolReader, SpoolRecord, lane_spools, record_id, refuse_lane_root, segments
 from ..spool.format import is_json_line, unconfirmed_lines
-from ..wire import decode, read_meta
+from ..wire import decode, new_producer_id, read_meta
 
 __all__ = ["ReplayResult", "SpoolSummary", "export_spool", "inspect_spool", "replay_spool"]
 
@@ -165,8 +168,10 @@ def replay_spool(
     above the broker's message size limit, or documents Elasticsearch rejects and the endpoint
     could not keep) are not sent again, as the handler does: sending them again can never
     succeed, and stopping would send the batch's confirmed records again on every rerun and
-    never drain the spool. The batch is committed and their ids are in
-    :attr:`ReplayResult.refused`, by reason.
+    never drain the spool. They are announced as the handler announces its drops, by a drop
+    marker sent to the same destination (``mqlogging audit`` counts them as dropped for that
+    reason, not lost); the batch is committed once the marker is confirmed, and their ids are
+    in :attr:`ReplayResult.refused`, by reason.
 
     Raises:
         BackendError: the endpoint failed; what was confirmed so far stays confirmed.
@@ -180,11 +185,13 @@ def replay_spool(
     done = batches = 0
     refused: dict[str, list[str]] = {}
     producer = open_producer(to)
+    announce = _Announcer(producer)
     try:
         with SpoolReader(path) as reader:
             while records := reader.read(batch_size):
-                for reason, ids in _publish(producer, records).items():
-                    refused.setdefault(reason, []).extend(ids)
+                for reason, gone in _publish(producer, records).items():
+                    refused.setdefault(reason, []).extend(record_id(r) for r in gone)
+                    announce(gone, reason)
                 reader.commit(records)
                 done += len(records)
                 batches += 1
@@ -196,15 +203,38 @@ def replay_spool(
     return ReplayResult(done - lost, batches, time.monotonic() - started, refused)
 
 
-def _publish(producer: Producer, records: Sequence[SpoolRecord]) -> dict[str, list[str]]:
-    """Publish one batch; the ids the destination refused for good, by reason (the rest of
-    the batch is confirmed: the batch can be committed)."""
+def _publish(producer: Producer, records: Sequence[SpoolRecord]) -> dict[str, list[SpoolRecord]]:
+    """Publish one batch; the records the destination refused for good, by reason (the rest
+    of the batch is confirmed: the batch can be committed)."""
     try:
         producer.publish_batch([Message(record_id(r), r.body) for r in records])
     except PartlyRefused as exc:
-        order = [record_id(r) for r in records]
-        return {exc.drop_reason: [i for i in order if i in exc.ids]}
+        return {exc.drop_reason: [r for r in records if record_id(r) in exc.ids]}
     return {}
+
+
+class _Announcer:
+    """Announces the records a replay could not deliver, as the handler announces its drops:
+    a drop marker (:mod:`mqlogging.handlers`' markers) sent to the same destination, so
+    ``mqlogging audit`` explains their sequence numbers instead of reporting them lost.
+
+    The marker is this replay's own record (a new producer id, seq from 1). It is confirmed
+    before the batch is committed: if it cannot be sent, the replay fails and a rerun sends
+    the batch, and the marker, again.
+    """
+
+    def __init__(self, producer: Producer) -> None:
+        self._producer = producer
+        self._formatter = JsonFormatter()
+        self._id = new_producer_id()
+        self._seq = itertools.count(1)
+
+    def __call__(self, records: Sequence[SpoolRecord], reason: str) -> None:
+        runs, _ = dropped_runs((r.body for r in records), reason)
+        if runs:  # records of no producer (another shipper's) have no seq to announce
+            stamp = marker_stamp(self._id, next(self._seq), runs)
+            marker = self._formatter.format_message(marker_record(runs), stamp)
+            self._producer.publish_batch([marker])
 
 
 # -- the ``mqlogging spool`` subcommands ------------------------------------------------------

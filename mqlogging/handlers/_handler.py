@@ -5,7 +5,6 @@ from __future__ import annotations
 import itertools
 import logging
 import os
-import socket
 import sys
 import threading
 from collections.abc import Mapping, Sequence
@@ -16,9 +15,10 @@ from .._types import Message
 from ..backends.endpoints import Endpoint
 from ..errors import ConfigurationError, MQLoggingError
 from ..formatting import JsonFormatter
-from ..wire import DroppedRange
+from ..wire import DroppedRange, new_producer_id
 from ._complain import Complainer
 from ._config import HandlerConfig, ignored_roots
+from ._markers import marker_record, marker_stamp
 from ._sender import Pipeline
 
 __all__ = ["MQHandler"]
@@ -323,12 +323,8 @@ class MQHandler(logging.Handler):
 
     def _new_producer(self) -> None:
         """A new producer identity (host, pid, random part) whose sequence starts at 1."""
-        try:
-            host = socket.gethostname()
-        except OSError:  # pragma: no cover - gethostname practically never fails
-            host = "unknown"
         #: This handler's producer id in this process (``mqlogging.producer`` of its records).
-        self.producer = f"{host}:{os.getpid()}:{os.urandom(4).hex()}"
+        self.producer = new_producer_id()
         self._seq = itertools.count(1)
 
     def _make_marker(self, ranges: Sequence[DroppedRange]) -> Message:
@@ -338,18 +334,8 @@ class MQHandler(logging.Handler):
         the marker is a WARNING record of logger ``mqlogging`` with this producer's next seq,
         so a lost marker is itself a visible gap.
         """
-        count = sum(r.last - r.first + 1 for r in ranges)
-        reasons = ", ".join(sorted({r.reason for r in ranges}))
-        record = logging.LogRecord(
-            "mqlogging", logging.WARNING, __file__, 0,
-            "mqlogging dropped %d records (%s)", (count, reasons), None,
-        )  # fmt: skip
-        stamp = {
-            "producer": self.producer,
-            "seq": next(self._seq),
-            "dropped": [r.as_json() for r in ranges],
-        }
-        return self._format_message(record, stamp)
+        stamp = marker_stamp(self.producer, next(self._seq), ranges)
+        return self._format_message(marker_record(ranges), stamp)
 
     def enqueue(self, message: Message) -> None:
         """Hand ``message`` to the pipeline (one call: a deque append in the normal path)."""

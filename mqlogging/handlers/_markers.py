@@ -38,9 +38,10 @@ Rules:
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from ..wire import NAMESPACE, DroppedRange, decode, read_meta
@@ -51,6 +52,8 @@ __all__ = [
     "MAX_RANGES_PER_MARKER",
     "DropLedger",
     "dropped_runs",
+    "marker_record",
+    "marker_stamp",
 ]
 
 MARKER_INTERVAL = 1.0
@@ -77,6 +80,23 @@ def _namespace(body: bytes) -> dict[str, Any] | None:
     doc: Any = decode(body)
     ns = doc.get(NAMESPACE) if isinstance(doc, dict) else None
     return ns if isinstance(ns, dict) else None
+
+
+def marker_record(ranges: Sequence[DroppedRange]) -> logging.LogRecord:
+    """The record announcing that ``ranges`` were dropped: a WARNING of logger ``mqlogging``
+    whose message counts them and names their reasons (format it with :func:`marker_stamp`)."""
+    count = sum(r.last - r.first + 1 for r in ranges)
+    reasons = ", ".join(sorted({r.reason for r in ranges}))
+    return logging.LogRecord(
+        "mqlogging", logging.WARNING, __file__, 0,
+        "mqlogging dropped %d records (%s)", (count, reasons), None,
+    )  # fmt: skip
+
+
+def marker_stamp(producer: str, seq: int, ranges: Sequence[DroppedRange]) -> dict[str, Any]:
+    """The ``mqlogging`` stamp of a marker: its own producer and seq (a lost marker is a
+    visible gap too) and the ``dropped`` ranges it announces (:mod:`mqlogging.wire`)."""
+    return {"producer": producer, "seq": seq, "dropped": [r.as_json() for r in ranges]}
 
 
 def dropped_runs(bodies: Iterable[bytes], reason: str) -> tuple[list[DroppedRange], int]:

@@ -354,7 +354,9 @@ def test_spool_replay_of_a_spool_holding_an_oversize_record(
     first run goes through, exits 3 and names the refused record and its reason on stderr;
     the second has nothing left (exit 0); every small record arrives exactly once and the
     spool is empty. (Review 10, D2: PartlyRefused escaped before the batch was committed,
-    every rerun sent the batch again and the spool never drained.)"""
+    every rerun sent the batch again and the spool never drained.) The refused record is
+    announced by a drop marker the replay sends: the audit counts it as dropped
+    (too_large_for_broker), not missing (it reported one record lost before)."""
     spool = tmp_path / "spool"
     _spool_with_a_big_record(spool)
     url = f"{small_frame_activemq}/queue/{unique_name('replay')}"
@@ -364,9 +366,14 @@ def test_spool_replay_of_a_spool_holding_an_oversize_record(
     codes.append(main(["spool", "replay", str(spool), "--to", url, "--quiet"]))
     second = capsys.readouterr().err
     docs = _drain(url)
-    ids = Counter(d["event"]["id"] for d in docs)
+    records = [d for d in docs if not d["mqlogging"].get("dropped")]
+    ids = Counter(d["event"]["id"] for d in records)
     assert codes == [3, 0], (first, second)
     assert sum(ids.values()) == len(ids) == 2 * N
+    code, report = _audit(docs, tmp_path / "sink.jsonl", capsys)
+    handler = next(p for p in report["producers"] if p["records"] == 2 * N)
+    assert (code, handler["missing"], handler["duplicates"], handler["dropped"]) == (0, 0, 0, 1)
+    assert {r["reason"] for r in handler["dropped_ranges"]} == {"too_large_for_broker"}
     assert inspect_spool(str(spool)).records == 0
     assert "replayed 200 records" in first
     [named] = re.findall(r"refused 1 records for good \(too_large_for_broker\).*ids (\S+)", first)
