@@ -242,18 +242,21 @@ class Lane:
             if not ep.due(now):
                 continue
             ep.sent += len(messages)
+            confirmed = len(messages)
             try:
                 ep.get_producer().publish_batch(messages)
             except PartlyRefused as exc:
                 complain(f"refused:{ep.name}", f"{ep.name} refused records for good: {exc}")
-                refused([m for m in messages if m.id in exc.ids], exc.drop_reason)
+                gone = [m for m in messages if m.id in exc.ids]
+                refused(gone, exc.drop_reason)
+                confirmed -= len(gone)  # counted as dropped, not confirmed as well
             except Exception as exc:  # BackendError, or a backend bug: never kill the sender
                 was_healthy = ep.healthy
                 ep.failed(exc)
                 if was_healthy:
                     complain(f"endpoint:{ep.name}", f"cannot deliver to {ep.name}: {exc}")
                 continue
-            ep.succeeded(len(messages))
+            ep.succeeded(confirmed)
             return True
         self.next_attempt = min(ep.next_try for ep in self.endpoints)
         return False

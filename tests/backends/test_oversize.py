@@ -285,7 +285,8 @@ def _check_bigs(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     """Every small record delivered exactly once, each big one counted once as
-    too_large_for_broker and named by a marker, the audit explaining every gap."""
+    too_large_for_broker (and not also as confirmed) and named by a marker, the audit
+    explaining every gap."""
     docs = _drain(url)
     records = [d for d in docs if not d["mqlogging"].get("dropped")]
     ids = Counter(d["event"]["id"] for d in records)
@@ -294,6 +295,8 @@ def _check_bigs(
     assert len(ids) == (bigs + 1) * N
     assert {d["message"].split()[0] for d in records} == {"small"}
     assert stats["dropped"] == {"too_large_for_broker": bigs}
+    # a refused record is counted as dropped, not also as confirmed
+    assert stats["confirmed"] == len(ids) + stats["markers"]["sent"]
     code, report = _audit(docs, tmp_path / "sink.jsonl", capsys)
     [producer] = report["producers"]
     assert (code, producer["missing"], producer["duplicates"]) == (0, 0, 0)
