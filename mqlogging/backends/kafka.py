@@ -147,6 +147,7 @@ from ..errors import (
 from ..wire import decode, read_meta
 from .base import Consumer, Producer, Tap, TapOptions
 from .endpoints import COMMON_OPTIONS, COMMON_TYPES, Coercer, Endpoint, Scheme
+from .oversize import TOO_LARGE
 from .registry import Transport
 
 __all__ = ["TRANSPORT", "KafkaConsumer", "KafkaEndpoint", "KafkaProducer", "KafkaTap"]
@@ -571,7 +572,8 @@ class KafkaProducer(_Client, Producer):
         codes = self._ck.KafkaError
         # Refusals of the record itself (librdkafka uses MSG_SIZE_TOO_LARGE for its own
         # message.max.bytes check too): sending it again can never succeed.
-        permanent = {codes.MSG_SIZE_TOO_LARGE, codes.INVALID_RECORD, codes.RECORD_LIST_TOO_LARGE}
+        too_large = {codes.MSG_SIZE_TOO_LARGE, codes.RECORD_LIST_TOO_LARGE}
+        permanent = too_large | {codes.INVALID_RECORD}
         index, error = failed[0]
         text = _describe(error)
         if all(e.code() in permanent for _, e in failed):
@@ -580,8 +582,13 @@ class KafkaProducer(_Client, Producer):
                 f"first id {messages[index].id}); raise the topic's max.message.bytes or lower "
                 "the handler's max_record_bytes"
             )
+            # Counted under the reason every transport uses for a record above the limit.
+            sized = all(e.code() in too_large for _, e in failed)
             raise PartlyRefused(
-                msg, ids=frozenset(messages[i].id for i, _ in failed), endpoint=where
+                msg,
+                ids=frozenset(messages[i].id for i, _ in failed),
+                endpoint=where,
+                drop_reason=TOO_LARGE if sized else "rejected_unsaved",
             )
         # Any other error report (e.g. OUT_OF_ORDER_SEQUENCE_NUMBER after a broker lost the
         # idempotence state in a crash) may leave the producer's sequence out of step with the

@@ -327,7 +327,7 @@ def test_consumer_started_before_its_topic_exists_picks_it_up(
 def test_a_record_too_large_is_refused_alone(kafka: KafkaAdmin, queue_name: str) -> None:
     """Against the noida-db Kafka stand-in: a 1.2 MB record (above the client's 1 MB
     message.max.bytes) in a batch of three is refused for good, by id (PartlyRefused: the
-    handler counts it as dropped); the two others are delivered, and the producer goes on."""
+    handler counts it as dropped, as too_large_for_broker like every transport); the two others are delivered, and the producer goes on."""
     kafka.create_topic(queue_name, partitions=1)
     url = kafka.url(queue_name)
     small = [_message("h:1:a", 1), _message("h:1:a", 3)]
@@ -336,6 +336,7 @@ def test_a_record_too_large_is_refused_alone(kafka: KafkaAdmin, queue_name: str)
         with pytest.raises(PartlyRefused) as info:
             producer.publish_batch([small[0], big, small[1]])
         assert info.value.ids == frozenset({big.id})
+        assert info.value.drop_reason == "too_large_for_broker"
         assert "\n" not in str(info.value)
         producer.publish_batch([_message("h:1:a", 4)])
     with open_consumer(url, group=queue_name) as consumer:
