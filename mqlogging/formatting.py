@@ -1963,8 +1963,19 @@ class JsonFormatter(BaseJsonFormatter):
         return _new_message(Message, (rid, body))
 
     def format(self, record: logging.LogRecord) -> str:
-        """Format ``record`` as a JSON string (``prefix`` + the body of :meth:`format_message`)."""
-        body = self.format_message(record).body.decode("utf-8")
+        """Format ``record`` as a JSON string (``prefix`` + the body of :meth:`format_message`).
+
+        For any handler (a ``StreamHandler`` to stdout, a file): a record :meth:`format_message`
+        cannot format (a filter or record factory broke one of its attributes) is written as
+        its :meth:`fallback_message`, with the error in ``mqlogging.format_error``, as
+        :class:`~mqlogging.MQHandler` ships it: the line is there and says what broke, instead
+        of a traceback on stderr in its place.
+        """
+        try:
+            message = self.format_message(record)
+        except Exception as exc:
+            message = self.fallback_message(record, None, exc)
+        body = message.body.decode("utf-8")
         return self.prefix + body if self.prefix else body
 
     def _truncate(self, record: logging.LogRecord, rid: str, log_data: LogData, size: int) -> bytes:

@@ -130,3 +130,18 @@ def test_within_max_bytes() -> None:
         doc = json.loads(message.body)
         assert doc[NAMESPACE]["seq"] == 7
         assert doc[NAMESPACE][FORMAT_ERROR]["type"] == "OverflowError"
+
+
+@pytest.mark.parametrize("case", list(BROKEN))
+def test_format_for_any_handler_writes_the_fallback(case: str) -> None:
+    """``format()``, what a stdlib handler calls (a ``StreamHandler`` to stdout), writes a
+    broken record as its fallback line naming the error, instead of raising (the handler
+    would print a traceback and write nothing)."""
+    rec = record(**BROKEN[case])
+    formatter = JsonFormatter(prefix="app: ")
+    line = formatter.format(rec)
+    assert line.startswith("app: ")
+    doc = json.loads(line.removeprefix("app: "))
+    assert "took 5 ms" in doc["message"]
+    assert doc[NAMESPACE][FORMAT_ERROR]["type"] in ("TypeError", "ValueError", "OverflowError")
+    assert doc["event"]["id"] == rec.mqlogging_id
