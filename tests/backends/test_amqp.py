@@ -6,6 +6,7 @@ to the ``rabbitmq`` fixture to start it again for the next test.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Iterator
@@ -556,3 +557,32 @@ class TestTLS:
         url = f"amqps://guest:guest@{where}/?ca_certs={pki['other_ca']}&connect_timeout=5"
         with pytest.raises(ConnectError, match="TLS certificate verification failed"):
             AMQPProducer(url).publish_batch(_messages(1))
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="review 11 L1: _close_connection aborts through pika's private "
+    "_adapter_disconnect_stream without setting the connection's error; pika then logs an "
+    "AssertionError traceback at ERROR for every link the producer gives up",
+)
+def test_giving_up_a_link_logs_no_pika_assertion(
+    rabbitmq: RabbitMQ, queue_name: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A producer that gives up its connection (no confirm within ``timeout``: here the broker
+    is frozen) raises :class:`PublishTimeout` and nothing more: pika logs no internal
+    ``AssertionError`` into the application's logging. Observed: ``protocol.connection_lost
+    (None) failed: exc=AssertionError('_on_stream_terminated() expected self._error to be
+    populated ...')`` and a second traceback, at ERROR, for every link given up (also when a
+    memory alarm blocks the broker)."""
+    url = f"{rabbitmq.amqp_url}?exchange=&queue={queue_name}&timeout=0.5"
+    caplog.set_level(logging.ERROR, logger="pika")
+    with AMQPProducer(url) as producer:
+        producer.publish_batch([Message(new_id(), b"{}")])
+        rabbitmq.freeze()
+        try:
+            with pytest.raises(PublishTimeout):
+                producer.publish_batch([Message(new_id(), b"{}")])
+        finally:
+            rabbitmq.thaw()
+    logged = [r.getMessage() for r in caplog.records if r.name.startswith("pika")]
+    assert not [m for m in logged if "AssertionError" in m], logged[:2]

@@ -6,8 +6,12 @@ clears. Real RabbitMQ, alarm raised with ``rabbitmqctl set_vm_memory_high_waterm
 from __future__ import annotations
 
 import time
+from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from harness.brokers import RabbitMQ
 from harness.drain import amqp_url, drain_amqp, record_id, seqs
@@ -54,3 +58,138 @@ def test_memory_alarm_blocks_publishing_without_loss(
     for doc in docs:
         ids.setdefault(int(doc["seq"]), set()).add(record_id(doc))
     assert all(len(copies) == 1 for copies in ids.values())
+
+
+# -- review 11: reproductions (xfail until fixed) ------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def second_rabbitmq() -> Iterator[RabbitMQ]:
+    """A second private RabbitMQ node, so that one node can be in alarm while the other is
+    not (an alarm is node-wide, and cluster-wide within a cluster)."""
+    node = RabbitMQ()
+    try:
+        node.start()
+        yield node
+    finally:
+        node.close()
+
+
+def _two_host_url(scheme: str, first: RabbitMQ, second: RabbitMQ, queue: str) -> str:
+    """One endpoint with two hosts (the two nodes), for ``queue``."""
+    if scheme == "stomp":
+        hosts = f"{first.host}:{first.stomp_port},{second.host}:{second.stomp_port}"
+        return f"stomp://guest:guest@{hosts}/queue/{queue}"
+    hosts = f"{first.host}:{first.amqp_port},{second.host}:{second.amqp_port}"
+    return f"amqp://guest:guest@{hosts}/?exchange=&queue={queue}"
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="review 11 D1: a blocked (resource alarm) host accepts every reconnection and is "
+    "tried first again (AMQP: host priority; STOMP: the last good host); a multi-host "
+    "endpoint never fails over to its healthy second host",
+)
+@pytest.mark.parametrize("scheme", ["amqp", "stomp"])
+def test_multi_host_endpoint_fails_over_from_a_blocked_first_host(
+    rabbitmq: RabbitMQ, second_rabbitmq: RabbitMQ, queue_name: str, spool_dir: Path,
+    app_logger: Any, scheme: str,
+) -> None:  # fmt: skip
+    """``amqp://h1,h2/...`` (or ``stomp://h1,h2/...``) with h1 in a memory alarm (it accepts
+    connections, then blocks every publisher) and h2 healthy: the records are delivered
+    through h2 within a few ``timeout`` periods, as they would be if h1 were down. Observed:
+    every reconnection goes to h1 again, which accepts it, so h2 is never tried; flush()
+    fails and everything sits in the spool for as long as the alarm lasts."""
+    url = _two_host_url(scheme, rabbitmq, second_rabbitmq, queue_name)
+    handler = MQHandler(url, spool=str(spool_dir), timeout=1.0, retry_max=0.5)
+    app_logger.addHandler(handler)
+    app_logger.info("before the alarm", extra={"seq": 0})
+    assert handler.flush(20)
+    _watermark(rabbitmq, "0.0000001")
+    try:
+        for i in range(1, 201):
+            app_logger.info("during the alarm %d", i, extra={"seq": i})
+        delivered = handler.flush(5)
+        on_second = second_rabbitmq.queue_depth(queue_name)
+    finally:
+        _watermark(rabbitmq, "0.4")
+    handler.close()
+    assert delivered, handler.stats()["endpoints"]
+    assert on_second == 200
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="review 11 D2: each retry against a blocked broker publishes the spool's head "
+    "batch on a new connection and abandons it; the broker reads every abandoned copy "
+    "when the alarm clears (one more copy per retry)",
+)
+def test_retries_against_a_blocked_broker_do_not_multiply_duplicates(
+    rabbitmq: RabbitMQ, queue_name: str, spool_dir: Path, app_logger: Any
+) -> None:
+    """A memory alarm long enough for several retries (``timeout=1``, ``retry_max=0.3``): once
+    it clears, every record arrives, and none more than twice (one copy on the wire when the
+    first attempt was given up, one from the spool). Observed: the head batch arrives once
+    per retry (11 copies after a 15 s alarm), and each abandoned blocked connection holds
+    its copy in the memory of a broker that is out of memory."""
+    handler = MQHandler(
+        amqp_url(rabbitmq, queue_name), spool=str(spool_dir), timeout=1.0, retry_max=0.3,
+        batch_size=100,
+    )  # fmt: skip
+    app_logger.addHandler(handler)
+    app_logger.info("before the alarm", extra={"seq": 0})
+    assert handler.flush(20)
+    name = next(iter(handler.stats()["endpoints"]))
+    _watermark(rabbitmq, "0.0000001")
+    try:
+        for i in range(1, 301):
+            app_logger.info("during the alarm %d", i, extra={"seq": i})
+        wait_until(
+            lambda: handler.stats()["endpoints"][name]["failures"] >= 4, 30,
+            message="four attempts against the blocked broker",
+        )  # fmt: skip
+    finally:
+        _watermark(rabbitmq, "0.4")
+    assert handler.flush(30)
+    handler.close()
+    docs = drain_amqp(rabbitmq, queue_name, set(range(301)))
+    copies = Counter(seqs(docs))
+    assert set(copies) == set(range(301))
+    assert max(copies.values()) <= 2, copies.most_common(3)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="review 11 D3: one sender thread publishes to every lane in turn; with "
+    "strategy='all' each retry of a blocked endpoint holds the healthy one up for timeout",
+)
+def test_blocked_endpoint_does_not_hold_up_the_others_with_strategy_all(
+    rabbitmq: RabbitMQ, second_rabbitmq: RabbitMQ, queue_name: str, spool_dir: Path,
+    app_logger: Any,
+) -> None:  # fmt: skip
+    """``strategy="all"`` over two brokers, the first in a memory alarm: a record still
+    reaches the healthy second broker about as fast as without the alarm (well under the
+    ``timeout`` of 2 s), as the design promises ("a down endpoint gets its copies later
+    without holding up the others"). Observed: every other record waits for the blocked
+    endpoint's retry to time out (3.0 s with timeout=3, 10 s with the default)."""
+    urls = [amqp_url(rabbitmq, queue_name), amqp_url(second_rabbitmq, queue_name)]
+    handler = MQHandler(
+        urls, strategy="all", spool=str(spool_dir), timeout=2.0, retry_max=0.2
+    )  # fmt: skip
+    app_logger.addHandler(handler)
+    app_logger.info("before the alarm", extra={"seq": 0})
+    assert handler.flush(20)
+    _watermark(rabbitmq, "0.0000001")
+    latencies = []
+    try:
+        for i in range(1, 5):
+            before = second_rabbitmq.queue_depth(queue_name)
+            started = time.monotonic()
+            app_logger.info("during the alarm %d", i, extra={"seq": i})
+            wait_until(lambda: second_rabbitmq.queue_depth(queue_name) > before, 20, 0.02)  # noqa: B023
+            latencies.append(time.monotonic() - started)
+    finally:
+        _watermark(rabbitmq, "0.4")
+    assert handler.flush(30)
+    handler.close()
+    assert max(latencies) < 1.0, [round(t, 2) for t in latencies]
