@@ -26,8 +26,11 @@ Guarantees:
   they are only checked (passively) and a missing one is a
   :class:`~mqlogging.errors.ConnectError` naming it.
 - Bounded waits: connecting costs at most ``connect_timeout`` per host; a batch waits at most
-  ``timeout`` for its confirms; a broker that blocks publishers (resource alarm) for longer than
-  ``timeout`` gets the connection closed (pika's ``blocked_connection_timeout``). One case is
+  ``timeout`` for its confirms. A broker that blocks publishers (RabbitMQ's
+  ``connection.blocked``: a memory or disk alarm) fails the batch at once: nothing more is
+  written to a blocked connection, and the connection is kept until the broker unblocks it (a
+  new one would leave the broker one more copy of the batch per retry); an endpoint with more
+  than one host tries the next host meanwhile. One case is
   bounded by heartbeats instead: a peer that stops reading in the middle of a write (TCP
   window full) is detected by the heartbeat timeout, so keep ``heartbeat`` > 0.
 - Consumer: ``prefetch`` bounds the unacknowledged messages in flight; acks are coalesced with
@@ -336,12 +339,28 @@ class _Link:
     host: Host
     generation: int
     channel_error: BaseException | None = None
+    #: Why the broker blocks this connection's publishing (RabbitMQ's ``connection.blocked``:
+    #: a memory or disk alarm), until it unblocks it; ``None`` when it does not.
+    blocked: str | None = None
 
     @property
     def impl(self) -> Any:
         # The asynchronous pika.channel.Channel under the BlockingChannel. Publishing through it
         # is what lets confirms be pipelined (BlockingChannel waits per message in confirm mode).
         return self.channel._impl
+
+
+def _watch_blocked(connection: Any, link: _Link) -> None:
+    """Keep ``link.blocked`` up to date with the broker's (un)blocked notifications."""
+
+    def on_blocked(_connection: Any, frame: Any) -> None:
+        link.blocked = str(getattr(frame.method, "reason", "") or "resource alarm")
+
+    def on_unblocked(_connection: Any, _frame: Any) -> None:
+        link.blocked = None
+
+    connection.add_on_connection_blocked_callback(on_blocked)
+    connection.add_on_connection_unblocked_callback(on_unblocked)
 
 
 class _AMQPClient:
@@ -403,7 +422,10 @@ class _AMQPClient:
             heartbeat=ep.heartbeat,
             socket_timeout=ep.connect_timeout,
             stack_timeout=ep.connect_timeout,
-            blocked_connection_timeout=ep.timeout,
+            # A blocked connection is kept, not torn down (see AMQPProducer._publish_round):
+            # every reconnection during an alarm would leave one more copy of its batch
+            # with the broker (review 11, D2).
+            blocked_connection_timeout=None,
             connection_attempts=1,
             retry_delay=0,
             client_properties={
@@ -427,9 +449,13 @@ class _AMQPClient:
                 self._drop_link()
         return self._connect()
 
-    def _connect(self) -> _Link:
+    def _connect(self, avoid: Host | None = None) -> _Link:
+        """Connect to the first host that answers, in the endpoint's order (``avoid`` last)."""
         failures: list[str] = []
-        for host in self.endpoint.hosts:
+        hosts = self.endpoint.hosts
+        if avoid is not None:
+            hosts = (*(h for h in hosts if h != avoid), avoid)
+        for host in hosts:
             try:
                 connection = self._pika.BlockingConnection(self._parameters(host))
             except Exception as exc:
@@ -448,6 +474,7 @@ class _AMQPClient:
                         link.connection.call_later(0, _noop)
 
                 link.impl.add_on_close_callback(on_channel_closed)
+                _watch_blocked(connection, link)
                 with self._map_errors("set up the channel", ConnectError):
                     self._declare(channel)
                     self._setup(link)
@@ -554,9 +581,6 @@ class _AMQPClient:
     def _describe_broker(self, inner: BaseException) -> str | None:
         """What the broker (or the AMQP session) did to the connection; else ``None``."""
         errs = self._pika.exceptions
-        if isinstance(inner, errs.ConnectionBlockedTimeout):
-            timeout = self.endpoint.timeout
-            return f"broker blocked publishing (resource alarm) for more than {timeout:g}s"
         if isinstance(inner, errs.AMQPHeartbeatTimeout):
             return "broker stopped answering (missed heartbeats)"
         if isinstance(inner, errs.IncompatibleProtocolError):
@@ -599,8 +623,10 @@ class _AMQPClient:
                 connection.close()
                 return
             # Abort the stream: pika's close() waits for Close-Ok, unbounded if the broker hangs.
+            # Through _terminate_stream, which records why: pika asserts that a reason is set
+            # when the stream ends, and logged that AssertionError otherwise (review 11, L1).
             impl = connection._impl
-            impl._adapter_disconnect_stream()
+            impl._terminate_stream(self._pika.exceptions.StreamLostError("given up by mqlogging"))
             with contextlib.suppress(Exception):
                 connection.process_data_events(0)
 
@@ -613,7 +639,9 @@ class _AMQPClient:
         link, self._link = self._link, None
         if link is None:
             return
-        self._close_connection(link.connection, graceful=link.channel_error is None)
+        # A blocked broker reads nothing, so it would never answer a Close either.
+        graceful = link.channel_error is None and link.blocked is None
+        self._close_connection(link.connection, graceful=graceful)
 
 
 # -- producer -------------------------------------------------------------------------------
@@ -857,7 +885,7 @@ class AMQPProducer(_AMQPClient, Producer):
         """
         if not messages:
             return []
-        link = self._ensure_link()
+        link = self._unblocked_link()
         packs, refused = (
             (None, []) if self._packer is None else self._guard.pack(self._packer, messages)
         )
@@ -881,6 +909,11 @@ class AMQPProducer(_AMQPClient, Producer):
         if failure is None:
             self._guard.confirmed(max(sizes, default=0))
             return refused
+        if link.blocked is not None and link.channel_error is None:
+            # Blocked mid-batch: the broker will read what was written once it unblocks the
+            # connection. Keep the link (a new one would carry a second copy, one more per
+            # retry); its late confirms cannot be taken for a later batch's (see _next_tag).
+            raise self._blocked_error(link, sent=True)
         # After *any* failure the next batch goes out on a fresh connection (from the first
         # host again), never on this channel: a quorum queue's channel that lost the queue's
         # leader keeps nacking every publish long after a new leader was elected, while a new
@@ -891,6 +924,30 @@ class AMQPProducer(_AMQPClient, Producer):
         if error is not None and self._guard.learn(str(getattr(error, "reply_text", "")), culprit):
             raise SizeRefusal(_unconfirmed(batch, messages, packs), failure, refused)
         raise failure
+
+    def _unblocked_link(self) -> _Link:
+        """The link to publish on, unless every host the endpoint has is blocking publishers.
+
+        A blocked connection (a RabbitMQ memory or disk alarm) is not written to: the batch
+        fails at once, nothing sent (the handler spools and retries), and the link is kept
+        until the broker unblocks it. With more than one host, the next host is tried
+        instead (review 11, D1): a host in alarm accepts connections, so the host order alone
+        would never leave it.
+        """
+        link = self._ensure_link()
+        if link.blocked is None:
+            return link
+        if len(self.endpoint.hosts) > 1:
+            self._drop_link()
+            link = self._connect(avoid=link.host)
+            if link.blocked is None:
+                return link
+        raise self._blocked_error(link, sent=False)
+
+    def _blocked_error(self, link: _Link, *, sent: bool) -> NotConfirmed:
+        what = "unconfirmed; the broker reads them once it unblocks" if sent else "nothing sent"
+        msg = f"{link.host} blocks publishing ({link.blocked}: a resource alarm); {what}"
+        return NotConfirmed(msg, endpoint=self.endpoint.redacted())
 
     def _write_round(
         self,
@@ -913,11 +970,14 @@ class AMQPProducer(_AMQPClient, Producer):
         start = 0
         for cut in self._guard.barriers(sizes):
             self._write(link, messages, packs, start, cut)
+            # Tags are used as messages are written: a link kept after a failure (blocked)
+            # numbers its next batch after everything it carried.
+            self._next_tag = batch.first + cut
             start = cut
             if not self._await_confirms(link, batch, cut, deadline):
-                return  # timed out or the channel closed: the caller reports it
+                return  # timed out, the channel closed or blocked: the caller reports it
         self._write(link, messages, packs, start, len(sizes))
-        self._next_tag += batch.size
+        self._next_tag = batch.first + batch.size
         self._await_confirms(link, batch, batch.size, deadline)
 
     def _write(
@@ -935,9 +995,9 @@ class AMQPProducer(_AMQPClient, Producer):
 
     def _await_confirms(self, link: _Link, batch: _Batch, count: int, deadline: float) -> bool:
         """Wait until the first ``count`` messages of ``batch`` are settled; False if the
-        deadline passed or the channel closed first."""
+        deadline passed, the channel closed or the broker blocked the connection first."""
         batch.awaited = count
-        while batch.low < count and link.channel_error is None:
+        while batch.low < count and link.channel_error is None and link.blocked is None:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 break

@@ -577,6 +577,10 @@ class _Client:
         if lost:
             msg = f"connection to {link.host} lost before the broker confirmed {what}"
             raise PublishTimeout(msg, endpoint=ep.redacted())
+        # A host that holds a batch without answering (frozen, or RabbitMQ blocking
+        # publishers in a resource alarm) still accepts connections: the next connection
+        # starts from the next host, else it would never leave this one (review 11, D1).
+        self._next_host = (self._next_host + 1) % len(ep.hosts)
         msg = f"no receipt for {what} from {link.host} within timeout={ep.timeout:g}s"
         raise PublishTimeout(msg, endpoint=ep.redacted())
 

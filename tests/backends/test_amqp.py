@@ -559,12 +559,6 @@ class TestTLS:
             AMQPProducer(url).publish_batch(_messages(1))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review 11 L1: _close_connection aborts through pika's private "
-    "_adapter_disconnect_stream without setting the connection's error; pika then logs an "
-    "AssertionError traceback at ERROR for every link the producer gives up",
-)
 def test_giving_up_a_link_logs_no_pika_assertion(
     rabbitmq: RabbitMQ, queue_name: str, caplog: pytest.LogCaptureFixture
 ) -> None:

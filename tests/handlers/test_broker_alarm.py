@@ -84,12 +84,6 @@ def _two_host_url(scheme: str, first: RabbitMQ, second: RabbitMQ, queue: str) ->
     return f"amqp://guest:guest@{hosts}/?exchange=&queue={queue}"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review 11 D1: a blocked (resource alarm) host accepts every reconnection and is "
-    "tried first again (AMQP: host priority; STOMP: the last good host); a multi-host "
-    "endpoint never fails over to its healthy second host",
-)
 @pytest.mark.parametrize("scheme", ["amqp", "stomp"])
 def test_multi_host_endpoint_fails_over_from_a_blocked_first_host(
     rabbitmq: RabbitMQ, second_rabbitmq: RabbitMQ, queue_name: str, spool_dir: Path,
@@ -118,12 +112,6 @@ def test_multi_host_endpoint_fails_over_from_a_blocked_first_host(
     assert on_second == 200
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review 11 D2: each retry against a blocked broker publishes the spool's head "
-    "batch on a new connection and abandons it; the broker reads every abandoned copy "
-    "when the alarm clears (one more copy per retry)",
-)
 def test_retries_against_a_blocked_broker_do_not_multiply_duplicates(
     rabbitmq: RabbitMQ, queue_name: str, spool_dir: Path, app_logger: Any
 ) -> None:
@@ -158,11 +146,6 @@ def test_retries_against_a_blocked_broker_do_not_multiply_duplicates(
     assert max(copies.values()) <= 2, copies.most_common(3)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review 11 D3: one sender thread publishes to every lane in turn; with "
-    "strategy='all' each retry of a blocked endpoint holds the healthy one up for timeout",
-)
 def test_blocked_endpoint_does_not_hold_up_the_others_with_strategy_all(
     rabbitmq: RabbitMQ, second_rabbitmq: RabbitMQ, queue_name: str, spool_dir: Path,
     app_logger: Any,
@@ -193,3 +176,39 @@ def test_blocked_endpoint_does_not_hold_up_the_others_with_strategy_all(
     assert handler.flush(30)
     handler.close()
     assert max(latencies) < 1.0, [round(t, 2) for t in latencies]
+
+
+def test_close_while_blocked_returns_in_time_and_the_next_run_ships_everything(
+    rabbitmq: RabbitMQ, queue_name: str, spool_dir: Path, app_logger: Any
+) -> None:
+    """close() while the broker blocks publishers returns within its close_timeout (the
+    blocked connection, kept while the alarm lasts, is aborted, not closed gracefully: a
+    blocked broker would never answer), the records stay in the spool, and the next handler
+    ships every one of them once the alarm clears."""
+    url = amqp_url(rabbitmq, queue_name)
+    handler = MQHandler(url, spool=str(spool_dir), timeout=1.0, retry_max=0.3, close_timeout=3)
+    app_logger.addHandler(handler)
+    app_logger.info("before the alarm", extra={"seq": 0})
+    assert handler.flush(20)
+    _watermark(rabbitmq, "0.0000001")
+    try:
+        for i in range(1, 301):
+            app_logger.info("during the alarm %d", i, extra={"seq": i})
+        name = next(iter(handler.stats()["endpoints"]))
+        wait_until(
+            lambda: handler.stats()["endpoints"][name]["failures"] >= 2, 30,
+            message="two attempts against the blocked broker",
+        )  # fmt: skip
+        started = time.monotonic()
+        handler.close()
+        took = time.monotonic() - started
+        app_logger.removeHandler(handler)
+    finally:
+        _watermark(rabbitmq, "0.4")
+    assert took < 3 + 2  # close_timeout, plus slack for a loaded machine
+    nxt = MQHandler(url, spool=str(spool_dir), timeout=2.0)
+    app_logger.addHandler(nxt)
+    assert nxt.flush(30)
+    nxt.close()
+    docs = drain_amqp(rabbitmq, queue_name, set(range(301)))
+    assert set(seqs(docs)) == set(range(301))
