@@ -51,7 +51,7 @@ import ssl
 import struct
 import time
 from collections import deque
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any, ClassVar, Literal
@@ -449,12 +449,12 @@ class _AMQPClient:
                 self._drop_link()
         return self._connect()
 
-    def _connect(self, avoid: Host | None = None) -> _Link:
+    def _connect(self, avoid: Collection[Host] = ()) -> _Link:
         """Connect to the first host that answers, in the endpoint's order (``avoid`` last)."""
         failures: list[str] = []
         hosts = self.endpoint.hosts
-        if avoid is not None:
-            hosts = (*(h for h in hosts if h != avoid), avoid)
+        if avoid:
+            hosts = (*(h for h in hosts if h not in avoid), *(h for h in hosts if h in avoid))
         for host in hosts:
             try:
                 connection = self._pika.BlockingConnection(self._parameters(host))
@@ -805,6 +805,8 @@ class AMQPProducer(_AMQPClient, Producer):
         self._packer = Packer(pack_options) if pack_options is not None else None
         self._frames: _PublishFrames | None = None
         self._guard = SizeGuard(ep)
+        # Hosts left because they blocked publishing, since the last confirmed batch.
+        self._fled: set[Host] = set()
 
     def stats(self) -> dict[str, int]:
         """Records refused for their size (``too_large_for_broker``), if any."""
@@ -908,6 +910,7 @@ class AMQPProducer(_AMQPClient, Producer):
         failure = self._batch_failure(batch, link, ids or [m.id for m in messages])
         if failure is None:
             self._guard.confirmed(max(sizes, default=0))
+            self._fled.clear()
             return refused
         if link.blocked is not None and link.channel_error is None:
             # Blocked mid-batch: the broker will read what was written once it unblocks the
@@ -930,16 +933,19 @@ class AMQPProducer(_AMQPClient, Producer):
 
         A blocked connection (a RabbitMQ memory or disk alarm) is not written to: the batch
         fails at once, nothing sent (the handler spools and retries), and the link is kept
-        until the broker unblocks it. With more than one host, the next host is tried
+        until the broker unblocks it. With more than one host, a host not left yet is tried
         instead (review 11, D1): a host in alarm accepts connections, so the host order alone
-        would never leave it.
+        would never leave it. Each host is left once at most until a batch is confirmed: in
+        a cluster-wide alarm (every node blocks), moving on at every retry would abandon a
+        connection holding a copy of the batch each time.
         """
         link = self._ensure_link()
         if link.blocked is None:
             return link
-        if len(self.endpoint.hosts) > 1:
+        self._fled.add(link.host)
+        if any(host not in self._fled for host in self.endpoint.hosts):
             self._drop_link()
-            link = self._connect(avoid=link.host)
+            link = self._connect(avoid=self._fled)
             if link.blocked is None:
                 return link
         raise self._blocked_error(link, sent=False)
