@@ -136,9 +136,9 @@ def test_retries_against_a_blocked_broker_do_not_multiply_duplicates(
     """A memory alarm long enough for several retries (``timeout=1``, ``retry_max=0.3``): once
     it clears, every record arrives, and none more than twice (one copy on the wire when the
     first attempt was given up, one from the spool). Observed: the head batch arrives once
-    per retry (11 copies after a 15 s alarm, 4 here), and each abandoned blocked connection holds
-    its copy in the memory of a broker that is out of memory. STOMP the same (the broker
-    stops reading; every reconnection writes the head batch again)."""
+    per retry (11 copies after a 15 s alarm, 4 here), and each abandoned connection stays
+    open, blocked, on the broker with its copy unread (22 after 20 retries). STOMP the same
+    (the broker stops reading; every reconnection writes the head batch again)."""
     handler = MQHandler(
         _url(scheme, rabbitmq, queue_name), spool=str(spool_dir), timeout=1.0, retry_max=0.3,
         batch_size=100,
