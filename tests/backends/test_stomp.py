@@ -399,3 +399,35 @@ def _drain_unacked(consumer: STOMPConsumer, expected: int) -> list[Delivery]:
     got: list[Delivery] = []
     wait_until(lambda: got.extend(consumer.fetch(expected - len(got), 0.3)) or len(got) >= expected)
     return got
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="review 11 D4: SO_SNDTIMEO bounds each send(2), not the batch's sendall; a broker "
+    "that stops reading (memory alarm) holds a large batch's write ~4 x connect_timeout, "
+    "beyond timeout, with the endpoint still reported healthy",
+)
+def test_writing_a_large_batch_to_a_blocked_broker_is_bounded_by_timeout(
+    rabbitmq: Any, queue_name: str
+) -> None:
+    """RabbitMQ in a memory alarm stops reading STOMP frames. A batch larger than the socket
+    buffers (300 x 60 KB) fails with :class:`PublishTimeout` within about ``timeout`` (1 s
+    here), as a batch that fits in them does (no receipt within ``timeout``). Observed: the
+    ``sendall`` goes on while each ``send(2)`` moves a little before its ``SO_SNDTIMEO``
+    (``connect_timeout``) expires: 4.1 s with connect_timeout=1, 20.5 s with the default 5 s
+    and timeout=2, and the sender thread is stuck that long on every attempt."""
+    url = f"{rabbitmq.stomp_url}/queue/{queue_name}?timeout=1&connect_timeout=1"
+    producer = STOMPProducer(url)
+    producer.publish_batch([Message(new_id(), b"{}")])
+    batch = [Message(new_id(), b'{"pad":"' + b"x" * 60_000 + b'"}') for _ in range(300)]
+    result = rabbitmq.rabbitmqctl("set_vm_memory_high_watermark", "0.0000001")
+    assert result.returncode == 0, result.stderr
+    try:
+        started = time.monotonic()
+        with pytest.raises(PublishTimeout):
+            producer.publish_batch(batch)
+        elapsed = time.monotonic() - started
+    finally:
+        rabbitmq.rabbitmqctl("set_vm_memory_high_watermark", "0.4")
+        producer.close()
+    assert elapsed < 2.5, f"the write of a batch took {elapsed:.1f}s with timeout=1"

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from harness.brokers import RabbitMQ
-from harness.drain import amqp_url, drain_amqp, record_id, seqs
+from harness.drain import amqp_url, drain_amqp, record_id, seqs, stomp_url
 from harness.helpers import wait_until
 from mqlogging import MQHandler
 
@@ -60,7 +60,7 @@ def test_memory_alarm_blocks_publishing_without_loss(
     assert all(len(copies) == 1 for copies in ids.values())
 
 
-# -- review 11: reproductions (xfail until fixed) ------------------------------------------------
+# -- review 11 ----------------------------------------------------------------------------------
 
 
 @pytest.fixture(scope="module")
@@ -73,6 +73,11 @@ def second_rabbitmq() -> Iterator[RabbitMQ]:
         yield node
     finally:
         node.close()
+
+
+def _url(scheme: str, rabbitmq: RabbitMQ, queue: str) -> str:
+    """The endpoint of ``queue`` on ``rabbitmq`` over AMQP or STOMP (same queue)."""
+    return stomp_url(rabbitmq, queue) if scheme == "stomp" else amqp_url(rabbitmq, queue)
 
 
 def _two_host_url(scheme: str, first: RabbitMQ, second: RabbitMQ, queue: str) -> str:
@@ -103,7 +108,7 @@ def test_multi_host_endpoint_fails_over_from_a_blocked_first_host(
     try:
         for i in range(1, 201):
             app_logger.info("during the alarm %d", i, extra={"seq": i})
-        delivered = handler.flush(5)
+        delivered = handler.flush(4)
         on_second = second_rabbitmq.queue_depth(queue_name)
     finally:
         _watermark(rabbitmq, "0.4")
@@ -112,16 +117,31 @@ def test_multi_host_endpoint_fails_over_from_a_blocked_first_host(
     assert on_second == 200
 
 
+@pytest.mark.parametrize(
+    "scheme",
+    [
+        "amqp",
+        pytest.param(
+            "stomp",
+            marks=pytest.mark.xfail(
+                strict=True,
+                reason="review 11 D2 (STOMP): RabbitMQ's STOMP adapter stops reading without "
+                "a notification; every reconnection writes the head batch again",
+            ),
+        ),
+    ],
+)
 def test_retries_against_a_blocked_broker_do_not_multiply_duplicates(
-    rabbitmq: RabbitMQ, queue_name: str, spool_dir: Path, app_logger: Any
+    rabbitmq: RabbitMQ, queue_name: str, spool_dir: Path, app_logger: Any, scheme: str
 ) -> None:
     """A memory alarm long enough for several retries (``timeout=1``, ``retry_max=0.3``): once
     it clears, every record arrives, and none more than twice (one copy on the wire when the
     first attempt was given up, one from the spool). Observed: the head batch arrives once
-    per retry (11 copies after a 15 s alarm), and each abandoned blocked connection holds
-    its copy in the memory of a broker that is out of memory."""
+    per retry (11 copies after a 15 s alarm, 4 here), and each abandoned connection stays
+    open, blocked, on the broker with its copy unread (22 after 20 retries). STOMP the same
+    (the broker stops reading; every reconnection writes the head batch again)."""
     handler = MQHandler(
-        amqp_url(rabbitmq, queue_name), spool=str(spool_dir), timeout=1.0, retry_max=0.3,
+        _url(scheme, rabbitmq, queue_name), spool=str(spool_dir), timeout=1.0, retry_max=0.3,
         batch_size=100,
     )  # fmt: skip
     app_logger.addHandler(handler)
@@ -133,8 +153,8 @@ def test_retries_against_a_blocked_broker_do_not_multiply_duplicates(
         for i in range(1, 301):
             app_logger.info("during the alarm %d", i, extra={"seq": i})
         wait_until(
-            lambda: handler.stats()["endpoints"][name]["failures"] >= 4, 30,
-            message="four attempts against the blocked broker",
+            lambda: handler.stats()["endpoints"][name]["failures"] >= 3, 30,
+            message="three attempts against the blocked broker",
         )  # fmt: skip
     finally:
         _watermark(rabbitmq, "0.4")
@@ -165,7 +185,7 @@ def test_blocked_endpoint_does_not_hold_up_the_others_with_strategy_all(
     _watermark(rabbitmq, "0.0000001")
     latencies = []
     try:
-        for i in range(1, 5):
+        for i in range(1, 4):
             before = second_rabbitmq.queue_depth(queue_name)
             started = time.monotonic()
             app_logger.info("during the alarm %d", i, extra={"seq": i})
