@@ -67,6 +67,7 @@ import itertools
 import logging
 import queue
 import re
+import select
 import socket
 import ssl
 import struct
@@ -255,6 +256,7 @@ def _classes() -> tuple[Any, Any]:
             )
             self._mq_host = (host.host, host.port)
             self._mq_timeout = connect_timeout
+            self._mq_send_lock = threading.Lock()  # frames of two threads never interleave
             self._mq_context = context
             self._mq_server_hostname = server_hostname or host.host
             if context is not None:
@@ -297,12 +299,41 @@ def _classes() -> tuple[Any, Any]:
         def disconnect_socket(self) -> None:
             _shut_down(self)
 
+        def send(self, encoded_frame: bytes) -> None:
+            """stomp.py's own writes (heartbeats, its frames): bounded like a connection."""
+            self.send_by(encoded_frame, None)
+
+        def send_by(self, data: bytes, deadline: float | None) -> None:
+            """Write ``data`` whole by ``deadline`` (default: ``connect_timeout`` from now).
+
+            stomp.py's ``sendall`` under ``SO_SNDTIMEO`` bounds each ``send(2)``, not the
+            write: a broker that stops reading (RabbitMQ in a resource alarm) held a large
+            batch's write for several times ``connect_timeout`` (review 11, D4). A write cut
+            short leaves a partial frame: the caller must give the connection up.
+            """
+            with self._mq_send_lock:
+                _send_within(self.socket, data, deadline or time.monotonic() + self._mq_timeout)
+
     class _Connection(StompConnection12):  # type: ignore[misc]
         def __init__(self, transport: Any, heartbeats: tuple[int, int]) -> None:
             BaseConnection.__init__(self, transport)
             Protocol12.__init__(self, transport, heartbeats, auto_content_length=True)
 
     return _Transport, _Connection
+
+
+def _send_within(sock: socket.socket | None, data: bytes, deadline: float) -> None:
+    """Write ``data`` whole to ``sock``, or raise ``TimeoutError`` once ``deadline`` passes."""
+    if sock is None:
+        raise _stomp().exception.NotConnectedException()
+    view = memoryview(data)
+    while view:
+        with contextlib.suppress(BlockingIOError):
+            view = view[sock.send(view, socket.MSG_DONTWAIT) :]
+        remaining = deadline - time.monotonic()
+        if view and (remaining <= 0 or not select.select([], [sock], [], remaining)[1]):
+            msg = f"the broker read {len(data) - len(view)} of {len(data)} bytes in time"
+            raise TimeoutError(msg)
 
 
 def _shut_down(transport: Any) -> None:
@@ -406,6 +437,10 @@ class _Link:
         self.host = host
         self.generation = generation
         self.closed = False
+        #: The receipt of a batch the broker neither confirmed nor refused in time (kept by a
+        #: producer: see STOMPProducer._link_to_write); ``None`` when nothing is in doubt.
+        self.in_doubt: str | None = None
+        self.in_doubt_since = 0.0
 
     @property
     def broker(self) -> str:
@@ -422,11 +457,12 @@ class _Link:
             self.conn.transport.is_connected()
         )
 
-    def write(self, data: bytes) -> None:
-        """Write already encoded frames: one syscall (plain TCP) or one queue item (TLS)."""
+    def write(self, data: bytes, deadline: float | None = None) -> None:
+        """Write already encoded frames: plain TCP by the time ``deadline`` (else
+        ``TimeoutError``), or one queue item for the io thread (TLS)."""
         transport = self.conn.transport
         if transport.blocking:
-            transport.send(data)
+            transport.send_by(data, deadline)
         else:
             send_queue = transport.send_queue
             if send_queue is None:
@@ -442,7 +478,7 @@ class _Link:
         with contextlib.suppress(Exception):
             if not self.listener.lost and self.listener.error is None:
                 receipt = f"bye-{self.generation}"
-                self.write(_frame("DISCONNECT", {"receipt": receipt}))
+                self.write(_frame("DISCONNECT", {"receipt": receipt}), time.monotonic() + grace)
                 self.listener.wait(
                     lambda: receipt in self.listener.receipts or self.listener.lost,
                     time.monotonic() + grace,
@@ -457,10 +493,18 @@ class _Link:
             self.conn.heartbeat_terminate_event.set()
 
 
+MAX_DOUBT = 300.0
+"""Seconds a producer keeps a connection whose batch is in doubt before it gives up on it and
+sends the batch again on a new one: bounds the stall if the receipt was lost for good, at the
+cost of one more copy per period during a long resource alarm."""
+
+
 class _Client:
     """Connection management shared by the producer and the consumer: failover, errors."""
 
     endpoint: STOMPEndpoint
+    #: Keep a link whose receipt timed out (the producer), instead of reconnecting at once.
+    _keep_in_doubt: ClassVar[bool] = False
 
     def __init__(self, endpoint: str | Endpoint) -> None:
         endpoint = STOMPEndpoint.from_url(endpoint)
@@ -570,6 +614,13 @@ class _Client:
             error, lost = lsn.error, lsn.lost
         if got and error is None:
             return
+        if self._keep_in_doubt and error is None and not lost:
+            # Neither confirmed nor refused: a broker that stopped reading (RabbitMQ in a
+            # resource alarm) reads the batch later. Writing it again on a new connection
+            # would leave it one more copy per retry (review 11, D2): the link is kept.
+            link.in_doubt, link.in_doubt_since = receipt, time.monotonic()
+            msg = f"no receipt for {what} from {link.host} within timeout={ep.timeout:g}s"
+            raise PublishTimeout(msg, endpoint=ep.redacted())
         self._drop_link()
         if error is not None:
             msg = f"broker refused {what} on {link.host}: {error}"
@@ -606,8 +657,8 @@ class _Client:
                 headers["receipt"] = receipt
             parts.append(_frame("SEND", headers, message.body))
         try:
-            link.write(b"".join(parts))
-        except Exception as exc:  # OSError, stomp.py's NotConnectedException
+            link.write(b"".join(parts), time.monotonic() + ep.timeout)
+        except Exception as exc:  # OSError (TimeoutError), stomp.py's NotConnectedException
             self._drop_link()
             msg = f"connection to {link.host} failed while sending: {_describe(exc)}"
             raise PublishTimeout(msg, endpoint=ep.redacted()) from exc
@@ -637,13 +688,22 @@ class STOMPProducer(_Client, Producer):
     Frames carry ``persistent:true`` (unless ``persistent=false``), ``content-type:
     application/json`` and ``mqlogging-id``. Owned by one thread; connects lazily and, after any
     failure, reconnects on the next call (failover across the endpoint's hosts).
+
+    A batch whose receipt does not come within ``timeout`` is *in doubt*: the broker may
+    still store it (RabbitMQ in a resource alarm stops reading and reads on once the alarm
+    clears; STOMP has no notice of that). The connection is kept: later batches fail at once,
+    nothing sent, until that receipt comes, or the connection dies, or another host takes
+    them (:meth:`_link_to_write`).
     """
 
     endpoint: STOMPEndpoint
+    _keep_in_doubt = True
 
     def __init__(self, endpoint: str | Endpoint) -> None:
         _stomp()
         super().__init__(endpoint)
+        # Hosts left with a batch in doubt, since the last confirmed batch.
+        self._fled: set[Host] = set()
         options = self.endpoint.pack_options()
         self._packer = Packer(options) if options is not None else None
         self._guard = SizeGuard(self.endpoint)
@@ -682,7 +742,7 @@ class STOMPProducer(_Client, Producer):
         """
         if not messages:
             return []
-        link = self._ensure_link()
+        link = self._link_to_write()
         packs: list[Pack] | None = None
         refused: list[Message] = []
         units: Sequence[Message] = messages
@@ -711,7 +771,46 @@ class STOMPProducer(_Client, Producer):
                 raise SizeRefusal(rest, exc, refused) from exc
             start = end
         self._guard.confirmed(max(sizes, default=0))
+        self._fled.clear()
         return refused
+
+    def _link_to_write(self) -> _Link:
+        """The link to send on; raises :class:`PublishTimeout` while the only way out is a
+        connection with a batch in doubt (writing again would be one more copy of it).
+
+        The doubt ends when the receipt comes after all, when the connection dies, or after
+        :data:`MAX_DOUBT` seconds (then a new connection is made as after any failure). With
+        more than one host, each host is left once at most until a batch is confirmed
+        (review 11, D1): a host that stopped reading still accepts connections, and in a
+        cluster-wide alarm moving on at every retry would leave a copy on every connection.
+        """
+        link = self._ensure_link()
+        receipt = link.in_doubt
+        if receipt is None:
+            return link
+        lsn = link.listener
+        with lsn.cond:
+            confirmed = receipt in lsn.receipts
+            lsn.receipts.discard(receipt)
+        if confirmed:
+            link.in_doubt = None
+            return link
+        if time.monotonic() - link.in_doubt_since > MAX_DOUBT:
+            self._drop_link()  # a receipt lost for good would stall the producer for ever
+            return self._ensure_link()
+        self._fled.add(link.host)
+        hosts = self.endpoint.hosts
+        fresh = [i for i, host in enumerate(hosts) if host not in self._fled]
+        if fresh:
+            self._drop_link()
+            self._next_host = fresh[0]
+            return self._ensure_link()
+        ep = self.endpoint
+        msg = (
+            f"{link.host} has not confirmed the previous batch (a broker that stopped reading, "
+            "e.g. RabbitMQ in a resource alarm); nothing sent until it does"
+        )
+        raise PublishTimeout(msg, endpoint=ep.redacted())
 
 
 class STOMPConsumer(_Client, Consumer):

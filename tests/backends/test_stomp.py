@@ -401,12 +401,6 @@ def _drain_unacked(consumer: STOMPConsumer, expected: int) -> list[Delivery]:
     return got
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review 11 D4: SO_SNDTIMEO bounds each send(2), not the batch's sendall; a broker "
-    "that stops reading (memory alarm) holds a large batch's write ~4 x connect_timeout, "
-    "beyond timeout, with the endpoint still reported healthy",
-)
 def test_writing_a_large_batch_to_a_blocked_broker_is_bounded_by_timeout(
     rabbitmq: Any, queue_name: str
 ) -> None:
@@ -431,3 +425,41 @@ def test_writing_a_large_batch_to_a_blocked_broker_is_bounded_by_timeout(
         rabbitmq.rabbitmqctl("set_vm_memory_high_watermark", "0.4")
         producer.close()
     assert elapsed < 2.5, f"the write of a batch took {elapsed:.1f}s with timeout=1"
+
+
+def test_a_batch_in_doubt_is_not_written_again_until_the_broker_answers(
+    rabbitmq: Any, queue_name: str
+) -> None:
+    """A broker that stops answering without closing the connection (frozen here; RabbitMQ in
+    a resource alarm behaves alike): the batch whose receipt does not come within ``timeout``
+    is in doubt. The next batch fails at once, nothing written (a new connection would carry
+    one more copy); once the broker answers, the late receipt ends the doubt and the next
+    batch goes out on the same connection. Each record arrives exactly once."""
+    url = f"{rabbitmq.stomp_url}/queue/{queue_name}?timeout=1&heartbeat=60"
+    first, doubtful, held, last = _messages(1), _messages(5, "d"), _messages(5, "h"), _messages(1)
+    with STOMPProducer(url) as producer:
+        producer.publish_batch(first)
+        rabbitmq.freeze()
+        try:
+            with pytest.raises(PublishTimeout, match="no receipt"):
+                producer.publish_batch(doubtful)
+            started = time.monotonic()
+            with pytest.raises(PublishTimeout, match="nothing sent"):
+                producer.publish_batch(held)
+            refused_in = time.monotonic() - started
+        finally:
+            rabbitmq.thaw()
+        wait_until(lambda: _published(producer, last), 20, message="the late receipt")
+    assert refused_in < 0.5  # not a wait for the broker (timeout=1)
+    with STOMPConsumer(f"{rabbitmq.stomp_url}/queue/{queue_name}") as consumer:
+        got = Counter(d.id for d in _drain(consumer, 7))
+        _assert_empty(consumer)
+    assert got == Counter(m.id for m in first + doubtful + last)
+
+
+def _published(producer: STOMPProducer, messages: list[Message]) -> bool:
+    try:
+        producer.publish_batch(messages)
+    except PublishTimeout:
+        return False
+    return True

@@ -117,20 +117,7 @@ def test_multi_host_endpoint_fails_over_from_a_blocked_first_host(
     assert on_second == 200
 
 
-@pytest.mark.parametrize(
-    "scheme",
-    [
-        "amqp",
-        pytest.param(
-            "stomp",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="review 11 D2 (STOMP): RabbitMQ's STOMP adapter stops reading without "
-                "a notification; every reconnection writes the head batch again",
-            ),
-        ),
-    ],
-)
+@pytest.mark.parametrize("scheme", ["amqp", "stomp"])
 def test_retries_against_a_blocked_broker_do_not_multiply_duplicates(
     rabbitmq: RabbitMQ, queue_name: str, spool_dir: Path, app_logger: Any, scheme: str
 ) -> None:
