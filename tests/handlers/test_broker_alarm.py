@@ -5,6 +5,7 @@ clears. Real RabbitMQ, alarm raised with ``rabbitmqctl set_vm_memory_high_waterm
 
 from __future__ import annotations
 
+import json
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -17,6 +18,11 @@ from harness.brokers import RabbitMQ
 from harness.drain import amqp_url, drain_amqp, record_id, seqs, stomp_url
 from harness.helpers import wait_until
 from mqlogging import MQHandler
+from mqlogging._ids import new_id
+from mqlogging._types import Message
+from mqlogging.backends import open_producer
+from mqlogging.backends.endpoints import Endpoint
+from mqlogging.errors import BackendError
 
 
 def _watermark(rabbitmq: RabbitMQ, value: str) -> None:
@@ -219,3 +225,63 @@ def test_close_while_blocked_returns_in_time_and_the_next_run_ships_everything(
     nxt.close()
     docs = drain_amqp(rabbitmq, queue_name, set(range(301)))
     assert set(seqs(docs)) == set(range(301))
+
+
+# -- review 12 ----------------------------------------------------------------------------------
+
+
+def _publish(producer: Any, messages: list[Message]) -> bool:
+    """True if the producer got ``messages`` confirmed, False if this attempt failed."""
+    try:
+        producer.publish_batch(messages)
+    except BackendError:
+        return False
+    return True
+
+
+def _batch(n: int) -> list[Message]:
+    return [Message(rid, json.dumps({"id": rid}).encode()) for rid in (new_id() for _ in range(n))]
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="review 12 D2: AMQPProducer._fled is cleared only by a confirmed batch; once every "
+    "host was left, the producer stays on the last blocked host after the others recovered, "
+    "for as long as that host's alarm lasts",
+)
+def test_producer_returns_to_a_recovered_host_while_the_other_stays_blocked(
+    rabbitmq: RabbitMQ, second_rabbitmq: RabbitMQ, queue_name: str
+) -> None:
+    """``amqp://h1,h2`` both in a memory alarm, the producer has left h1 for h2 (both
+    blocked); then h1's alarm clears while h2's goes on. A batch is confirmed through h1 (the
+    primary) within a few seconds, as it would be had the producer never been on h2.
+    Observed: every attempt fails at once with "blocks publishing": both hosts are in
+    ``_fled`` and only a confirmed batch clears it, so the producer keeps its blocked link
+    to h2 for as long as h2's alarm lasts (a disk alarm: hours), with h1 healthy."""
+    url = _two_host_url("amqp", rabbitmq, second_rabbitmq, queue_name)
+    producer = open_producer(Endpoint.from_url(url, timeout=1.0, connect_timeout=2.0))
+    try:
+        assert _publish(producer, _batch(1))  # connected to h1
+        _watermark(rabbitmq, "0.0000001")
+        _watermark(second_rabbitmq, "0.0000001")
+        try:
+            assert not _publish(producer, _batch(5))  # h1 blocks
+            assert not _publish(producer, _batch(5))  # left for h2, which blocks too
+            assert not _publish(producer, _batch(5))  # nowhere left to go
+            _watermark(rabbitmq, "0.4")  # h1 recovers, h2 stays blocked
+            recovered = _eventually(lambda: _publish(producer, _batch(5)), 6.0)
+        finally:
+            _watermark(rabbitmq, "0.4")
+            _watermark(second_rabbitmq, "0.4")
+    finally:
+        producer.close()
+    assert recovered, "no batch confirmed through the recovered first host within 6 s"
+
+
+def _eventually(attempt: Any, seconds: float) -> bool:
+    """``attempt()`` until it returns True or ``seconds`` pass (a retry loop, as the handler's)."""
+    try:
+        wait_until(attempt, seconds, 0.2)
+    except AssertionError:
+        return False
+    return True
