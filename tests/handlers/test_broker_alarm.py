@@ -16,7 +16,7 @@ import pytest
 
 from harness.brokers import RabbitMQ
 from harness.drain import amqp_url, drain_amqp, record_id, seqs, stomp_url
-from harness.helpers import wait_until
+from harness.helpers import free_port, wait_until
 from mqlogging import MQHandler
 from mqlogging._ids import new_id
 from mqlogging._types import Message
@@ -285,3 +285,41 @@ def _eventually(attempt: Any, seconds: float) -> bool:
     except AssertionError:
         return False
     return True
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="review 12 D4: with the endpoint's other host down, leaving the blocked host "
+    "(_unblocked_link / _link_to_write) reconnects to that same host, so every retry "
+    "abandons a connection holding one more copy of the batch (review 11 D2 again)",
+)
+@pytest.mark.parametrize("scheme", ["amqp", "stomp"])
+def test_retries_against_a_blocked_host_whose_peer_is_down_do_not_multiply_copies(
+    rabbitmq: RabbitMQ, queue_name: str, scheme: str
+) -> None:
+    """``h1,h2`` with h1 in a memory alarm and h2 down (nothing listens): the same batch of 5,
+    retried 6 times as the handler does, then the alarm clears and the batch goes through.
+    Every record is in the queue at most twice (one copy left on the wire, one confirmed).
+    Observed: the producer leaves h1 (blocked), h2 refuses, so it connects to h1 again and
+    writes the batch again on the new connection, abandoning the old one with its copy:
+    one more copy per retry once the alarm clears."""
+    down = f"127.0.0.1:{free_port()}"
+    if scheme == "stomp":
+        url = f"stomp://guest:guest@{rabbitmq.host}:{rabbitmq.stomp_port},{down}/queue/{queue_name}"
+    else:
+        url = f"amqp://guest:guest@{rabbitmq.host}:{rabbitmq.amqp_port},{down}/?exchange=&queue={queue_name}"
+    producer = open_producer(Endpoint.from_url(url, timeout=1.0, connect_timeout=1.0))
+    batch = _batch(5)
+    try:
+        assert _publish(producer, _batch(1))  # connected to h1; the queue exists
+        _watermark(rabbitmq, "0.0000001")
+        try:
+            for _ in range(6):
+                _publish(producer, batch)
+        finally:
+            _watermark(rabbitmq, "0.4")
+        wait_until(lambda: _publish(producer, batch), 20, 0.2, message="the batch confirmed")
+    finally:
+        producer.close()
+    copies = Counter(doc["id"] for doc in drain_amqp(rabbitmq, queue_name, 11, idle=2.0))
+    assert max(copies.values()) <= 2, sorted(copies.values())
