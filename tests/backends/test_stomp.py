@@ -463,3 +463,38 @@ def _published(producer: STOMPProducer, messages: list[Message]) -> bool:
     except PublishTimeout:
         return False
     return True
+
+
+# -- review 12 ----------------------------------------------------------------------------------
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="review 12 D1: _send_within waits with select.select(), which raises ValueError "
+    "for a socket fd >= 1024 (FD_SETSIZE); every batch larger than the socket buffer then "
+    "fails and is retried for ever in a process with many open files",
+)
+def test_a_large_batch_is_sent_from_a_process_with_many_open_files(
+    rabbitmq: Any, queue_name: str
+) -> None:
+    """A service with more than 1,024 open files (sockets, log files: common for servers)
+    publishes a batch larger than the socket buffers (300 x 60 KB) over plain TCP to a healthy
+    broker: it is confirmed. Observed: the write waits for the socket with ``select.select``,
+    which refuses any descriptor >= 1024 (ValueError "filedescriptor out of range in
+    select()"): the batch fails as a PublishTimeout on every attempt, never delivered."""
+    import os
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < 1200:
+        pytest.skip("the hard limit on open files is below 1,200")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, 1200), hard))
+    fillers = [os.open(os.devnull, os.O_RDONLY) for _ in range(1100)]
+    try:
+        batch = [Message(new_id(), b'{"pad":"' + b"x" * 60_000 + b'"}') for _ in range(300)]
+        with STOMPProducer(f"{rabbitmq.stomp_url}/queue/{queue_name}?timeout=5") as producer:
+            producer.publish_batch(batch)
+    finally:
+        for fd in fillers:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))

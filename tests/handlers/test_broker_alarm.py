@@ -5,6 +5,7 @@ clears. Real RabbitMQ, alarm raised with ``rabbitmqctl set_vm_memory_high_waterm
 
 from __future__ import annotations
 
+import json
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -15,8 +16,13 @@ import pytest
 
 from harness.brokers import RabbitMQ
 from harness.drain import amqp_url, drain_amqp, record_id, seqs, stomp_url
-from harness.helpers import wait_until
+from harness.helpers import free_port, wait_until
 from mqlogging import MQHandler
+from mqlogging._ids import new_id
+from mqlogging._types import Message
+from mqlogging.backends import open_producer
+from mqlogging.backends.endpoints import Endpoint
+from mqlogging.errors import BackendError
 
 
 def _watermark(rabbitmq: RabbitMQ, value: str) -> None:
@@ -219,3 +225,101 @@ def test_close_while_blocked_returns_in_time_and_the_next_run_ships_everything(
     nxt.close()
     docs = drain_amqp(rabbitmq, queue_name, set(range(301)))
     assert set(seqs(docs)) == set(range(301))
+
+
+# -- review 12 ----------------------------------------------------------------------------------
+
+
+def _publish(producer: Any, messages: list[Message]) -> bool:
+    """True if the producer got ``messages`` confirmed, False if this attempt failed."""
+    try:
+        producer.publish_batch(messages)
+    except BackendError:
+        return False
+    return True
+
+
+def _batch(n: int) -> list[Message]:
+    return [Message(rid, json.dumps({"id": rid}).encode()) for rid in (new_id() for _ in range(n))]
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="review 12 D2: AMQPProducer._fled is cleared only by a confirmed batch; once every "
+    "host was left, the producer stays on the last blocked host after the others recovered, "
+    "for as long as that host's alarm lasts",
+)
+def test_producer_returns_to_a_recovered_host_while_the_other_stays_blocked(
+    rabbitmq: RabbitMQ, second_rabbitmq: RabbitMQ, queue_name: str
+) -> None:
+    """``amqp://h1,h2`` both in a memory alarm, the producer has left h1 for h2 (both
+    blocked); then h1's alarm clears while h2's goes on. A batch is confirmed through h1 (the
+    primary) within a few seconds, as it would be had the producer never been on h2.
+    Observed: every attempt fails at once with "blocks publishing": both hosts are in
+    ``_fled`` and only a confirmed batch clears it, so the producer keeps its blocked link
+    to h2 for as long as h2's alarm lasts (a disk alarm: hours), with h1 healthy."""
+    url = _two_host_url("amqp", rabbitmq, second_rabbitmq, queue_name)
+    producer = open_producer(Endpoint.from_url(url, timeout=1.0, connect_timeout=2.0))
+    try:
+        assert _publish(producer, _batch(1))  # connected to h1
+        _watermark(rabbitmq, "0.0000001")
+        _watermark(second_rabbitmq, "0.0000001")
+        try:
+            assert not _publish(producer, _batch(5))  # h1 blocks
+            assert not _publish(producer, _batch(5))  # left for h2, which blocks too
+            assert not _publish(producer, _batch(5))  # nowhere left to go
+            _watermark(rabbitmq, "0.4")  # h1 recovers, h2 stays blocked
+            recovered = _eventually(lambda: _publish(producer, _batch(5)), 6.0)
+        finally:
+            _watermark(rabbitmq, "0.4")
+            _watermark(second_rabbitmq, "0.4")
+    finally:
+        producer.close()
+    assert recovered, "no batch confirmed through the recovered first host within 6 s"
+
+
+def _eventually(attempt: Any, seconds: float) -> bool:
+    """``attempt()`` until it returns True or ``seconds`` pass (a retry loop, as the handler's)."""
+    try:
+        wait_until(attempt, seconds, 0.2)
+    except AssertionError:
+        return False
+    return True
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="review 12 D4: with the endpoint's other host down, leaving the blocked host "
+    "(_unblocked_link / _link_to_write) reconnects to that same host, so every retry "
+    "abandons a connection holding one more copy of the batch (review 11 D2 again)",
+)
+@pytest.mark.parametrize("scheme", ["amqp", "stomp"])
+def test_retries_against_a_blocked_host_whose_peer_is_down_do_not_multiply_copies(
+    rabbitmq: RabbitMQ, queue_name: str, scheme: str
+) -> None:
+    """``h1,h2`` with h1 in a memory alarm and h2 down (nothing listens): the same batch of 5,
+    retried 6 times as the handler does, then the alarm clears and the batch goes through.
+    Every record is in the queue at most twice (one copy left on the wire, one confirmed).
+    Observed: the producer leaves h1 (blocked), h2 refuses, so it connects to h1 again and
+    writes the batch again on the new connection, abandoning the old one with its copy:
+    one more copy per retry once the alarm clears."""
+    down = f"127.0.0.1:{free_port()}"
+    if scheme == "stomp":
+        url = f"stomp://guest:guest@{rabbitmq.host}:{rabbitmq.stomp_port},{down}/queue/{queue_name}"
+    else:
+        url = f"amqp://guest:guest@{rabbitmq.host}:{rabbitmq.amqp_port},{down}/?exchange=&queue={queue_name}"
+    producer = open_producer(Endpoint.from_url(url, timeout=1.0, connect_timeout=1.0))
+    batch = _batch(5)
+    try:
+        assert _publish(producer, _batch(1))  # connected to h1; the queue exists
+        _watermark(rabbitmq, "0.0000001")
+        try:
+            for _ in range(6):
+                _publish(producer, batch)
+        finally:
+            _watermark(rabbitmq, "0.4")
+        wait_until(lambda: _publish(producer, batch), 20, 0.2, message="the batch confirmed")
+    finally:
+        producer.close()
+    copies = Counter(doc["id"] for doc in drain_amqp(rabbitmq, queue_name, 11, idle=2.0))
+    assert max(copies.values()) <= 2, sorted(copies.values())
