@@ -51,7 +51,7 @@ import ssl
 import struct
 import time
 from collections import deque
-from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any, ClassVar, Literal
@@ -363,6 +363,9 @@ def _watch_blocked(connection: Any, link: _Link) -> None:
     connection.add_on_connection_unblocked_callback(on_unblocked)
 
 
+_PROBE_ROUTE = "mqlogging.probe.routes-nowhere"
+
+
 class _AMQPClient:
     """Connection, topology and error translation common to :class:`AMQPProducer` and
     :class:`AMQPConsumer`."""
@@ -449,13 +452,10 @@ class _AMQPClient:
                 self._drop_link()
         return self._connect()
 
-    def _connect(self, avoid: Collection[Host] = ()) -> _Link:
-        """Connect to the first host that answers, in the endpoint's order (``avoid`` last)."""
+    def _connect(self, hosts: Sequence[Host] | None = None) -> _Link:
+        """Connect to the first of ``hosts`` (default: the endpoint's, in order) that answers."""
         failures: list[str] = []
-        hosts = self.endpoint.hosts
-        if avoid:
-            hosts = (*(h for h in hosts if h not in avoid), *(h for h in hosts if h in avoid))
-        for host in hosts:
+        for host in self.endpoint.hosts if hosts is None else hosts:
             try:
                 connection = self._pika.BlockingConnection(self._parameters(host))
             except Exception as exc:
@@ -623,10 +623,11 @@ class _AMQPClient:
                 connection.close()
                 return
             # Abort the stream: pika's close() waits for Close-Ok, unbounded if the broker hangs.
-            # Through _terminate_stream, which records why: pika asserts that a reason is set
-            # when the stream ends, and logged that AssertionError otherwise (review 11, L1).
-            impl = connection._impl
-            impl._terminate_stream(self._pika.exceptions.StreamLostError("given up by mqlogging"))
+            # Through _terminate_stream, with the reason pika takes for a close of ours: without
+            # one it logged an AssertionError (review 11, L1), with another an "Unexpected
+            # connection close" (review 12, D3), at ERROR, into the application's logging.
+            reason = self._pika.exceptions.ConnectionClosedByClient(320, "given up by mqlogging")
+            connection._impl._terminate_stream(reason)
             with contextlib.suppress(Exception):
                 connection.process_data_events(0)
 
@@ -805,8 +806,6 @@ class AMQPProducer(_AMQPClient, Producer):
         self._packer = Packer(pack_options) if pack_options is not None else None
         self._frames: _PublishFrames | None = None
         self._guard = SizeGuard(ep)
-        # Hosts left because they blocked publishing, since the last confirmed batch.
-        self._fled: set[Host] = set()
 
     def stats(self) -> dict[str, int]:
         """Records refused for their size (``too_large_for_broker``), if any."""
@@ -910,7 +909,6 @@ class AMQPProducer(_AMQPClient, Producer):
         failure = self._batch_failure(batch, link, ids or [m.id for m in messages])
         if failure is None:
             self._guard.confirmed(max(sizes, default=0))
-            self._fled.clear()
             return refused
         if link.blocked is not None and link.channel_error is None:
             # Blocked mid-batch: the broker will read what was written once it unblocks the
@@ -933,22 +931,47 @@ class AMQPProducer(_AMQPClient, Producer):
 
         A blocked connection (a RabbitMQ memory or disk alarm) is not written to: the batch
         fails at once, nothing sent (the handler spools and retries), and the link is kept
-        until the broker unblocks it. With more than one host, a host not left yet is tried
-        instead (review 11, D1): a host in alarm accepts connections, so the host order alone
-        would never leave it. Each host is left once at most until a batch is confirmed: in
-        a cluster-wide alarm (every node blocks), moving on at every retry would abandon a
-        connection holding a copy of the batch each time.
+        until the broker unblocks it. With more than one host, each other host is probed at
+        every attempt (review 11, D1; review 12, D2 and D4): a host in alarm accepts
+        connections, so the host order alone would never leave it. The blocked link is given
+        up only for a host that took the probe, so no retry leaves the broker one more copy
+        of the batch (a cluster-wide alarm blocks every probe; a host that is down refuses).
         """
         link = self._ensure_link()
         if link.blocked is None:
             return link
-        self._fled.add(link.host)
-        if any(host not in self._fled for host in self.endpoint.hosts):
-            self._drop_link()
-            link = self._connect(avoid=self._fled)
-            if link.blocked is None:
-                return link
+        for host in self.endpoint.hosts:
+            if host != link.host and (moved := self._probed_link(host, link)) is not None:
+                self._close_connection(link.connection)
+                return moved
         raise self._blocked_error(link, sent=False)
+
+    def _probed_link(self, host: Host, blocked: _Link) -> _Link | None:
+        """A new link to ``host`` if it confirms an empty message that routes nowhere (it
+        does not block publishing), else ``None`` and ``blocked`` is the link again.
+
+        The probe goes to the default exchange with a routing key no queue has: the broker
+        confirms it and drops it, so it never reaches a consumer.
+        """
+        kept = (self._next_tag, self._frames)
+        probe: _Link | None = None
+        errors = (BackendError, self._pika.exceptions.AMQPError, OSError)
+        with contextlib.suppress(*errors):
+            probe = self._connect([host])  # now self._link, tags from 1
+            batch = self._batch = _Batch(self._next_tag, 1)
+            try:
+                probe.impl.basic_publish("", _PROBE_ROUTE, b"", mandatory=False)
+                self._next_tag += 1
+                self._await_confirms(probe, batch, 1, time.monotonic() + self.endpoint.timeout)
+            finally:
+                self._batch = None
+            if batch.complete and not batch.nacked and probe.blocked is None:
+                return probe
+        if probe is not None:
+            self._close_connection(probe.connection)
+        self._link = blocked
+        self._next_tag, self._frames = kept
+        return None
 
     def _blocked_error(self, link: _Link, *, sent: bool) -> NotConfirmed:
         what = "unconfirmed; the broker reads them once it unblocks" if sent else "nothing sent"

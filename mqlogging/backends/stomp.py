@@ -327,11 +327,13 @@ def _send_within(sock: socket.socket | None, data: bytes, deadline: float) -> No
     if sock is None:
         raise _stomp().exception.NotConnectedException()
     view = memoryview(data)
+    writable = select.poll()  # not select(): it fails for descriptors >= 1024 (review 12, D1)
+    writable.register(sock, select.POLLOUT)
     while view:
         with contextlib.suppress(BlockingIOError):
             view = view[sock.send(view, socket.MSG_DONTWAIT) :]
         remaining = deadline - time.monotonic()
-        if view and (remaining <= 0 or not select.select([], [sock], [], remaining)[1]):
+        if view and (remaining <= 0 or not writable.poll(remaining * 1000)):
             msg = f"the broker read {len(data) - len(view)} of {len(data)} bytes in time"
             raise TimeoutError(msg)
 
@@ -520,8 +522,9 @@ class _Client:
     def _on_message(self, link_generation: int) -> Any:
         return None
 
-    def _connect(self) -> _Link:
-        """Connect to the first host that answers CONNECTED, starting with the last good one.
+    def _connect(self, indexes: Sequence[int] | None = None) -> _Link:
+        """Connect to the first host that answers CONNECTED, starting with the last good one
+        (or to the first of the hosts at ``indexes`` that does).
 
         Each host gets ``connect_timeout`` for TCP, TLS and CONNECTED together.
         """
@@ -532,8 +535,9 @@ class _Client:
         problems: list[str] = []
         creds = ep.credentials()
         heartbeat_ms = ep.heartbeat * 1000
-        for i in range(len(hosts)):
-            index = (self._next_host + i) % len(hosts)
+        if indexes is None:
+            indexes = [(self._next_host + i) % len(hosts) for i in range(len(hosts))]
+        for index in indexes:
             host = hosts[index]
             generation = next(self._generations)
             listener = _Listener(self._on_message(generation))
@@ -799,12 +803,15 @@ class STOMPProducer(_Client, Producer):
             self._drop_link()  # a receipt lost for good would stall the producer for ever
             return self._ensure_link()
         self._fled.add(link.host)
-        hosts = self.endpoint.hosts
-        fresh = [i for i, host in enumerate(hosts) if host not in self._fled]
+        fresh = [i for i, host in enumerate(self.endpoint.hosts) if host not in self._fled]
         if fresh:
-            self._drop_link()
-            self._next_host = fresh[0]
-            return self._ensure_link()
+            # The link in doubt is given up only once another host took the connection
+            # (review 12, D4: else a retry reconnected to it, one more copy each time).
+            with contextlib.suppress(ConnectError):
+                moved = self._connect(fresh)
+                self._drop_link()
+                self._link = moved
+                return moved
         ep = self.endpoint
         msg = (
             f"{link.host} has not confirmed the previous batch (a broker that stopped reading, "

@@ -582,12 +582,6 @@ def test_giving_up_a_link_logs_no_pika_assertion(
     assert not [m for m in logged if "AssertionError" in m], logged[:2]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review 12 D3: _close_connection ends the stream with StreamLostError and then "
-    "runs process_data_events, so BlockingConnection logs 'Unexpected connection close "
-    "detected' at ERROR for every link the producer gives up",
-)
 def test_giving_up_a_link_logs_no_pika_error(
     rabbitmq: RabbitMQ, queue_name: str, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -468,12 +468,6 @@ def _published(producer: STOMPProducer, messages: list[Message]) -> bool:
 # -- review 12 ----------------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review 12 D1: _send_within waits with select.select(), which raises ValueError "
-    "for a socket fd >= 1024 (FD_SETSIZE); every batch larger than the socket buffer then "
-    "fails and is retried for ever in a process with many open files",
-)
 def test_a_large_batch_is_sent_from_a_process_with_many_open_files(
     rabbitmq: Any, queue_name: str
 ) -> None:
