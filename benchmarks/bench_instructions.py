@@ -13,9 +13,16 @@ Kernel work is not counted (valgrind sees user space only): python-json-logger's
 ``StreamHandler`` makes one ``write(2)`` per record, MQHandler one ``sendmsg`` per packed
 message; the timed table (``bench_contenders``) includes both.
 
+Where the handler's instructions go: the row "caller only" is an ``MQHandler`` whose
+:meth:`~mqlogging.MQHandler.enqueue` sends nothing (the ``logger.info`` call, the handler's
+``emit`` and the formatting on the caller's thread); the whole process minus that row is the
+sender thread's share. ``--parts`` splits the formatting of one record further: each step of
+:meth:`~mqlogging.formatting.JsonFormatter.format_message` timed alone, in a loop, the same way
+(``n`` and ``3n`` iterations).
+
 Needs ``valgrind`` (Debian package); without it the suite reports one row saying so.
 
-Run: ``.venv/bin/python -m benchmarks.bench_instructions [n]`` (default 2,000).
+Run: ``.venv/bin/python -m benchmarks.bench_instructions [n] [--parts]`` (default 2,000).
 """
 
 from __future__ import annotations
@@ -46,7 +53,14 @@ elif mode == "pjl":
     handler.setFormatter(JsonFormatter())
 else:
     from mqlogging.handlers import MQHandler
-    handler = MQHandler(url, spool=tempfile.mkdtemp(), queue_size=n + 1000, close_timeout=600)
+    if mode == "caller":
+        class CallerOnly(MQHandler):
+            def enqueue(self, message):  # everything up to the queue, nothing sent
+                pass
+        handler = CallerOnly(url, spool=tempfile.mkdtemp(), close_timeout=1)
+        mode = "null"  # nothing to flush
+    else:
+        handler = MQHandler(url, spool=tempfile.mkdtemp(), queue_size=n + 1000, close_timeout=600)
 logger = logging.getLogger("bench.instructions")
 logger.propagate = False
 logger.setLevel(logging.INFO)
@@ -87,6 +101,70 @@ def _per_record(mode: str, n: int, url: str = "") -> float:
     return (_instructions(mode, 3 * n, url) - _instructions(mode, n, url)) / (2 * n)
 
 
+_PARTS_SETUP = """
+import logging
+from mqlogging import formatting as F
+from mqlogging._ids import new_id
+fmt = F.JsonFormatter()
+schema, dumps = fmt._schema, fmt._dumps_part
+make = logging.getLogger("x").makeRecord
+record = make(
+    "bench.instructions", 20, "f.py", 10, "job %d done in %.3f ms", (5, 12.5), None, "fn",
+    {"job": 7, "queue": "default"},
+)
+stamp = {"producer": "host:1:abcdef01", "seq": 5}
+rid = new_id()
+"""
+
+PARTS = {
+    "LogRecord made (the stdlib's makeRecord)": (
+        "make('bench.instructions', 20, 'f.py', 10, 'job %d done in %.3f ms', (5, 12.5), "
+        "None, 'fn', {'job': 7, 'queue': 'default'})"
+    ),
+    "format_message, whole (ecs plain path)": (
+        "record.__dict__.pop('mqlogging_id', None); fmt.format_message(record, stamp)"
+    ),
+    "  record id (new_id)": "new_id()",
+    "  body (encode_plain)": "schema.encode_plain(record, rid, stamp)",
+    "    message rendered and encoded": "dumps(F._message(record, record.msg))",
+    "    time (ISO 8601)": "schema._clock(record.created).encode()",
+    "    extras found": "F._plain_extras(record, schema._extra_kinds, schema._static_tail)",
+    "    log object (cached)": (
+        "F._cached(schema._log_cache, F._log_key(record), record, F._ecs_log, fmt._dumps)"
+    ),
+    "    process object (cached)": (
+        "F._cached(schema._process_cache, F._process_key(record), record, F._ecs_process, "
+        "fmt._dumps)"
+    ),
+    "    stamp encoded": "dumps(stamp)[1:-1]",
+    "    id encoded": "dumps(rid)",
+}
+"""Steps of formatting one record, each timed alone (``--parts``); indented rows are inside
+the row above. They use private names on purpose: this is a profile of the internals."""
+
+
+def parts(n: int = 2_000) -> list[tuple[str, float]]:
+    """Instructions per iteration of each :data:`PARTS` step (an empty loop subtracted)."""
+
+    def count(stmt: str, k: int) -> int:
+        code = f"{_PARTS_SETUP}\nfor _ in range({k}):\n    {stmt}\n"
+        out = subprocess.run(
+            ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null",
+             sys.executable, "-c", code],
+            capture_output=True, check=True, timeout=1800,
+            env={**os.environ, "PYTHONPATH": str(REPO)},
+        )  # fmt: skip
+        found = _COLLECTED.search(out.stderr)
+        assert found is not None, out.stderr[-500:]
+        return int(found.group(1))
+
+    def per(stmt: str) -> float:
+        return (count(stmt, 3 * n) - count(stmt, n)) / (2 * n)
+
+    loop = per("pass")
+    return [(name, per(stmt) - loop) for name, stmt in PARTS.items()]
+
+
 def _delivered(rabbit: RabbitMQ, queue: str) -> int:
     """Distinct records waiting in ``queue`` (a packed message counts for its records)."""
     from mqlogging.backends import UnpackingConsumer, open_consumer
@@ -111,6 +189,11 @@ def run(n: int = 2_000) -> list[Row]:
     rows.append(_row("python-json-logger StreamHandler -> /dev/null", pjl, null, "NullHandler"))
     with RabbitMQ() as rabbit:
         rabbit.start()
+        caller = _per_record("caller", n, amqp_url(rabbit, unique_name("bench-ins")))
+        rows.append(
+            _row("MQHandler, caller only (logger call, emit, formatting; nothing sent)",
+                 caller, null, "NullHandler")
+        )  # fmt: skip
         for label, query in (("single-record messages", {}), ("packed, pack=500", {"pack": 500})):
             queue = unique_name("bench-ins")
             per = _per_record("mq", n, amqp_url(rabbit, queue, **query))
@@ -136,7 +219,12 @@ def _row(name: str, value: float, base: float, base_name: str) -> Row:
 
 
 def main() -> None:
-    n = int(sys.argv[1]) if len(sys.argv) > 1 else 2_000
+    args = [a for a in sys.argv[1:] if a != "--parts"]
+    n = int(args[0]) if args else 2_000
+    if "--parts" in sys.argv:
+        for name, value in parts(n):
+            print(f"{name:50} {value:>9,.0f} instructions")
+        return
     for r in run(n):
         print(f"{r['name']:75} {r['value']:>9,} {r['unit']}  x{r['ratio']} {r['baseline_name']}")
 
