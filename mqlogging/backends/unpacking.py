@@ -347,9 +347,15 @@ class UnpackingConsumer(Consumer):
                 continue
             packed = source._packed
             index = source._indexes[record.index]
-            if packed.settled[index]:
+            settled = packed.settled
+            if settled[index]:
                 continue  # settled twice: the first one counts
-            if packed.settle(index, outcome):
+            if outcome == _ACKED:  # _Packed.settle's common case, inline (once per record)
+                settled[index] = _ACKED
+                packed.left -= 1
+                if not packed.left:
+                    finished.append(packed)
+            elif packed.settle(index, outcome):
                 finished.append(packed)
         self._conclude(whole, finished, requeue)
 

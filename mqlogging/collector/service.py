@@ -44,7 +44,7 @@ import socket
 import threading
 import time
 from collections import Counter, deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timezone
 from types import FrameType
 from typing import Any
@@ -449,6 +449,11 @@ class _Worker(threading.Thread):
 
     def _take_batch(self) -> list[_Item]:
         p = self.service.config.pipeline
+        if len(self._pending) <= p.batch_max_count and self._pending_bytes <= p.batch_max_bytes:
+            batch, self._pending = self._pending, []  # all of it: no need to walk it
+            self._pending_bytes = 0
+            self._first_at = time.monotonic()
+            return batch
         count, size = 0, 0
         for item in self._pending:
             if count and (count >= p.batch_max_count or size + item.size > p.batch_max_bytes):
@@ -502,16 +507,21 @@ class _Worker(threading.Thread):
         before = len(pending)
         size = largest = 0
         for entry in entries:
+            # transport_id(index): the id the transport gave record ``index`` (for a record
+            # without its own), one call at most (a delivery's: the getter of a 1-tuple).
+            transport_id: Callable[[int], str]
             if isinstance(entry, Unpacked):
                 bodies: Sequence[bytes] = entry.bodies
+                transport_id = entry.record_id
             else:
                 bodies = (entry.body,)
+                transport_id = (entry.id,).__getitem__
             headers = entry.headers
             for index, body in enumerate(bodies):
                 doc, why = check(body, headers)
                 n = len(body)
                 if doc is not None:
-                    rid = read_id(doc) or _transport_id(entry, index) or new_id()
+                    rid = read_id(doc) or transport_id(index) or new_id()
                     item = _Item(rid, doc, n, entry, index, all_sinks)
                 else:  # poison
                     item = _Item("", {}, n, entry, index, all_sinks)
@@ -779,11 +789,6 @@ class _Worker(threading.Thread):
         if requeue:
             self._m_requeued.inc(len(items))
         self._release(items)
-
-
-def _transport_id(entry: Delivery | Unpacked, index: int) -> str:
-    """The id the transport gave record ``index`` of ``entry`` (a record without its own)."""
-    return entry.record_id(index) if isinstance(entry, Unpacked) else entry.id
 
 
 def _retry_after(waits: list[tuple[_Item, float]], open_items: list[_Item]) -> float:
