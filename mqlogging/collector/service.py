@@ -90,33 +90,42 @@ class _Item(Record):
 
     __slots__ = ("dead", "index", "last_error", "source", "stage", "todo")
 
-    def __init__(  # noqa: PLR0917 - one call per record: positional is the cheapest
-        self,
-        rid: str,
-        doc: dict[str, Any],
-        size: int,
-        source: Delivery | Unpacked,
-        index: int,
-        todo: int,
-    ) -> None:
-        # Record's fields set here, not through its __init__: one call per record, not two.
-        self.id = rid
-        self.doc = doc
-        self.size = size
-        self._encoded = None
-        self.source = source
-        self.index = index
-        # Bit i set: sink i does not have the record yet (an int, not a set: one per record).
-        self.todo = todo
-        self.dead: str | None = None  # dead-letter reason, once decided
-        self.stage = ""
-        self.last_error = ""
+    source: Delivery | Unpacked
+    index: int
+    todo: int  # bit i set: sink i does not have the record yet (an int, not a set per record)
+    dead: str | None  # dead-letter reason, once decided
+    stage: str
+    last_error: str
 
     def delivery(self) -> Delivery:
         """The record as a :class:`Delivery` (for the dead letters, and a consumer that
         settles deliveries): built only when asked for."""
         source = self.source
         return source.delivery(self.index) if isinstance(source, Unpacked) else source
+
+
+_bare = object.__new__
+
+
+def _new_item(  # noqa: PLR0917 - one call per record: positional is the cheapest
+    rid: str, doc: dict[str, Any], size: int, source: Delivery | Unpacked, index: int, todo: int
+) -> _Item:
+    """A new :class:`_Item`. A function filling a bare object rather than ``_Item(...)``
+    with an ``__init__`` (issue #13): a class call runs ``__init__`` through the C type
+    machinery and a nested interpreter loop, a plain call does not. Record's fields are set
+    here too, not through its ``__init__``."""
+    item: _Item = _bare(_Item)
+    item.id = rid
+    item.doc = doc
+    item.size = size
+    item._encoded = None
+    item.source = source
+    item.index = index
+    item.todo = todo
+    item.dead = None
+    item.stage = ""
+    item.last_error = ""
+    return item
 
 
 def _utcnow_iso() -> str:
@@ -522,9 +531,9 @@ class _Worker(threading.Thread):
                 n = len(body)
                 if doc is not None:
                     rid = read_id(doc) or transport_id(index) or new_id()
-                    item = _Item(rid, doc, n, entry, index, all_sinks)
+                    item = _new_item(rid, doc, n, entry, index, all_sinks)
                 else:  # poison
-                    item = _Item("", {}, n, entry, index, all_sinks)
+                    item = _new_item("", {}, n, entry, index, all_sinks)
                     item.dead, item.stage = why, "decode"
                 pending.append(item)
                 size += n
