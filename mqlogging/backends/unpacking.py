@@ -340,13 +340,15 @@ class UnpackingConsumer(Consumer):
         whole: list[Delivery] = []
         finished: list[_Packed] = []
         outcome = _ACKED if requeue is None else _REQUEUED if requeue else _REJECTED
+        last: Unpacked | None = None  # the records of one Unpacked come in a row, mostly
         for record in records:
             source = record.source
-            if not isinstance(source, Unpacked):
-                whole.append(source)
-                continue
-            packed = source._packed
-            index = source._indexes[record.index]
+            if source is not last:
+                if not isinstance(source, Unpacked):
+                    whole.append(source)
+                    continue
+                last, packed, indexes = source, source._packed, source._indexes
+            index = indexes[record.index]
             settled = packed.settled
             if settled[index]:
                 continue  # settled twice: the first one counts
