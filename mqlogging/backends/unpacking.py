@@ -213,8 +213,11 @@ class UnpackingConsumer(Consumer):
         if not self._ready or max_records == 0:
             self._refill(max_records, timeout)
         ready = self._ready
-        out: list[Delivery | Unpacked] = []
         left = min(max_records, self._ready_records)
+        if self._ready_records == len(ready):  # one record each (messages not packed)
+            self._ready_records -= left
+            return [ready.popleft() for _ in range(left)]
+        out: list[Delivery | Unpacked] = []
         self._ready_records -= left
         while left > 0:
             entry = ready[0]
@@ -259,19 +262,28 @@ class UnpackingConsumer(Consumer):
     def _add(self, delivery: Delivery) -> None:
         """Queue the records of ``delivery`` to hand out (itself, if it is not packed)."""
         headers = delivery.headers
-        if not is_packed(headers):
-            if UNPACK_ERROR_HEADER in headers:  # a producer's, not ours: not a refusal
-                delivery = _without_refusal(delivery)
-            self._queue(delivery)
+        if is_packed(headers):
+            entry = self._unpacked(delivery)
+            if entry is None:
+                return
+            self._ready.append(entry)
+            self._ready_records += len(entry) if isinstance(entry, Unpacked) else 1
             return
+        if UNPACK_ERROR_HEADER in headers:  # a producer's, not ours: not a refusal
+            delivery = _without_refusal(delivery)
+        self._ready.append(delivery)
+        self._ready_records += 1
+
+    def _unpacked(self, delivery: Delivery) -> Unpacked | Delivery | None:
+        """The records of packed ``delivery`` still to hand out; itself marked refused if it
+        cannot be unpacked; ``None`` if none is left (it is settled then)."""
         try:
-            lines = unpack(delivery.body, headers, self._max_unpacked)
+            lines = unpack(delivery.body, delivery.headers, self._max_unpacked)
         except UnpackError as exc:
-            self._queue(_refused(delivery, str(exc)))
-            return
+            return _refused(delivery, str(exc))
         if not lines:  # nothing to hand out: settle it now (a packed message of no records)
             self.inner.ack([delivery])
-            return
+            return None
         key = _message_key(delivery, len(lines))
         packed = _Packed(delivery, len(lines), key)
         before = self._outcomes.pop(key, None) if key is not None else None
@@ -284,12 +296,8 @@ class UnpackingConsumer(Consumer):
             lines = [lines[i] for i in indexes]
         if not lines:  # every record was settled for good last time (a lost ack)
             self._finish([packed])
-            return
-        self._queue(Unpacked(packed, _part_headers(headers), lines, indexes))
-
-    def _queue(self, entry: Delivery | Unpacked) -> None:
-        self._ready.append(entry)
-        self._ready_records += len(entry) if isinstance(entry, Unpacked) else 1
+            return None
+        return Unpacked(packed, _part_headers(delivery.headers), lines, indexes)
 
     def set_window(self, max_messages: int) -> int:
         """Ask the wrapped consumer for a window of about ``max_messages`` records; returns the

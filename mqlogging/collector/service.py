@@ -44,7 +44,7 @@ import socket
 import threading
 import time
 from collections import Counter, deque
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone
 from types import FrameType
 from typing import Any
@@ -125,6 +125,13 @@ def _new_item(  # noqa: PLR0917 - one call per record: positional is the cheapes
     item.dead = None
     item.stage = ""
     item.last_error = ""
+    return item
+
+
+def _poison(reason: str, size: int, source: Delivery | Unpacked, index: int, todo: int) -> _Item:
+    """An item for a record that did not decode (``reason``: why), for the dead letters."""
+    item = _new_item("", {}, size, source, index, todo)
+    item.dead, item.stage = reason, "decode"
     return item
 
 
@@ -505,41 +512,41 @@ class _Worker(threading.Thread):
 
     def _accept(self, entries: Sequence[Delivery | Unpacked]) -> None:
         """Decode the records of ``entries`` into pending items (per record: only what each
-        one needs; a delivery is one record)."""
+        one needs; a delivery is one record, taken without a loop: issue #13)."""
         service = self.service
-        check = self._decoder.check
-        self._decoder.enrich(service.enrichment())
-        all_sinks = service.all_sinks
+        decoder = self._decoder
+        decoder.enrich(service.enrichment())
+        check, all_sinks = decoder.check, service.all_sinks
         pending = self._pending
         if not pending:
             self._first_at = time.monotonic()
         before = len(pending)
-        size = largest = 0
         for entry in entries:
-            # transport_id(index): the id the transport gave record ``index`` (for a record
-            # without its own), one call at most (a delivery's: the getter of a 1-tuple).
-            transport_id: Callable[[int], str]
             if isinstance(entry, Unpacked):
-                bodies: Sequence[bytes] = entry.bodies
-                transport_id = entry.record_id
+                self._accept_unpacked(entry)
+                continue
+            body = entry.body
+            doc, why = check(body, entry.headers)
+            if doc is None:
+                pending.append(_poison(why, len(body), entry, 0, all_sinks))
             else:
-                bodies = (entry.body,)
-                transport_id = (entry.id,).__getitem__
-            headers = entry.headers
-            for index, body in enumerate(bodies):
-                doc, why = check(body, headers)
-                n = len(body)
-                if doc is not None:
-                    rid = read_id(doc) or transport_id(index) or new_id()
-                    item = _new_item(rid, doc, n, entry, index, all_sinks)
-                else:  # poison
-                    item = _new_item("", {}, n, entry, index, all_sinks)
-                    item.dead, item.stage = why, "decode"
-                pending.append(item)
-                size += n
-                if n > largest:  # noqa: PLR1730 - builtin max() costs ~5 times more
-                    largest = n
-        self._took(len(pending) - before, size, largest)
+                rid = read_id(doc) or entry.id or new_id()
+                pending.append(_new_item(rid, doc, len(body), entry, 0, all_sinks))
+        sizes = [it.size for it in pending[before:]]
+        self._took(len(sizes), sum(sizes), max(sizes))
+
+    def _accept_unpacked(self, records: Unpacked) -> None:
+        """:meth:`_accept` for the records of a packed message."""
+        check, all_sinks = self._decoder.check, self.service.all_sinks
+        pending = self._pending
+        headers, record_id = records.headers, records.record_id
+        for index, body in enumerate(records.bodies):
+            doc, why = check(body, headers)
+            if doc is None:
+                pending.append(_poison(why, len(body), records, index, all_sinks))
+            else:
+                rid = read_id(doc) or record_id(index) or new_id()
+                pending.append(_new_item(rid, doc, len(body), records, index, all_sinks))
 
     def _took(self, count: int, size: int, largest: int) -> None:
         """Count ``count`` records of ``size`` bytes just taken (``largest``: the largest)."""
