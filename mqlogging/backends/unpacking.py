@@ -29,6 +29,13 @@ request's worth. The wrapped consumer's window follows in messages:
 window at that many records' worth of messages as the records per message change, so packed
 messages do not multiply what the broker pushes.
 
+Cheaper, for a reader that makes its own object per record (the collector, issue #13):
+:meth:`UnpackingConsumer.fetch_unpacked` hands out the same records without a
+:class:`~mqlogging._types.Delivery` each: a message that is not packed as its delivery, the
+records of a packed one as an :class:`Unpacked` (bodies, shared headers, ids on demand), to
+settle with :meth:`~UnpackingConsumer.ack_records` / :meth:`~UnpackingConsumer.nack_records`
+under the same rules.
+
 Thread-safety: that of the wrapped consumer (one owner thread).
 """
 
@@ -37,7 +44,7 @@ from __future__ import annotations
 import math
 from collections import OrderedDict, deque
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 from .._types import Delivery, new_delivery
 from ..errors import UnpackError
@@ -55,7 +62,7 @@ from ..packing import (
 )
 from .base import Consumer
 
-__all__ = ["UnpackingConsumer"]
+__all__ = ["RecordRef", "Unpacked", "UnpackingConsumer"]
 
 # Headers that describe the packed message, not one of its records (its id header is its
 # first record's id, and content-length its packed size), and the refusal header, which only
@@ -103,6 +110,68 @@ A plain tuple, built per record at a fraction of a class instance's cost (issue 
 wrapped consumer's tag can be one, as only this module makes :class:`_Packed` objects."""
 
 
+class Unpacked:
+    """Records of one packed message, handed out together by
+    :meth:`UnpackingConsumer.fetch_unpacked`: what :meth:`~UnpackingConsumer.fetch` hands out
+    as one :class:`Delivery` each, without building them (issue #13: a third of a packed
+    record's cost in the collector went into its Delivery).
+
+    ``bodies[k]`` is a record's body, ``headers`` every record's headers (read-only), and
+    :meth:`record_id` / :meth:`delivery` give record ``k``'s id and the very delivery
+    :meth:`~UnpackingConsumer.fetch` would have handed out for it, when needed.
+    """
+
+    __slots__ = ("_indexes", "_packed", "bodies", "headers")
+
+    def __init__(
+        self, packed: _Packed, headers: Mapping[str, Any], bodies: list[bytes], indexes: list[int]
+    ) -> None:
+        self._packed = packed
+        self.headers = headers
+        self.bodies = bodies
+        self._indexes = indexes  # each body's index in its packed message
+
+    @property
+    def message(self) -> Delivery:
+        """The packed message as it was received."""
+        return self._packed.delivery
+
+    def __len__(self) -> int:
+        return len(self.bodies)
+
+    def record_id(self, k: int) -> str:
+        """Record ``k``'s id: the message's for its first record, ``<id>#<i>`` for record i."""
+        index = self._indexes[k]
+        mid = self._packed.delivery.id
+        return f"{mid}#{index}" if index else mid
+
+    def delivery(self, k: int) -> Delivery:
+        """Record ``k`` as the :class:`Delivery` that :meth:`UnpackingConsumer.fetch` hands out."""
+        packed = self._packed
+        return new_delivery(
+            self.record_id(k),
+            self.bodies[k],
+            (packed, self._indexes[k]),
+            self.headers,
+            packed.delivery.redelivered,
+        )
+
+    def split(self, n: int) -> Unpacked:
+        """The first ``n`` records, removed from this one (a fetch that wants fewer)."""
+        head = Unpacked(self._packed, self.headers, self.bodies[:n], self._indexes[:n])
+        del self.bodies[:n], self._indexes[:n]
+        return head
+
+
+class RecordRef(Protocol):
+    """One record handed out by :meth:`UnpackingConsumer.fetch_unpacked`, to settle:
+    ``source`` as handed out (a :class:`Delivery`, or an :class:`Unpacked`) and ``index``,
+    the record's position in an :class:`Unpacked` (ignored for a delivery)."""
+
+    source: Delivery | Unpacked
+    index: int
+
+
 class UnpackingConsumer(Consumer):
     """``inner``, with packed deliveries split into one delivery per record."""
 
@@ -110,7 +179,8 @@ class UnpackingConsumer(Consumer):
         self.endpoint = inner.endpoint
         self.inner = inner
         self._max_unpacked = max_unpacked
-        self._ready: deque[Delivery] = deque()
+        self._ready: deque[Delivery | Unpacked] = deque()
+        self._ready_records = 0  # the records in _ready
         # Records per delivery: the largest average of the last few fetches (so a stream
         # of packed messages is never taken for single records), 1 before the first.
         self._recent: deque[float] = deque(maxlen=4)
@@ -128,20 +198,56 @@ class UnpackingConsumer(Consumer):
 
     def fetch(self, max_messages: int, timeout: float) -> list[Delivery]:
         """Up to ``max_messages`` records (see :meth:`Consumer.fetch`)."""
-        if not self._ready or max_messages == 0:
-            want = 0 if max_messages == 0 else max(1, int(max_messages / self._per_message))
-            if not self._recent:
-                want = min(want, 1)  # nothing known yet: one message shows what they hold
-            deliveries = self.inner.fetch(want, timeout)
-            if deliveries:
-                before = len(self._ready)
-                for delivery in deliveries:
-                    self._ready.extend(self._split(delivery))
-                self._recent.append((len(self._ready) - before) / len(deliveries))
-                self._per_message = max(1.0, *self._recent)
-                self._follow_window()
+        out: list[Delivery] = []
+        for entry in self.fetch_unpacked(max_messages, timeout):
+            if isinstance(entry, Unpacked):
+                out.extend(entry.delivery(k) for k in range(len(entry)))
+            else:
+                out.append(entry)
+        return out
+
+    def fetch_unpacked(self, max_records: int, timeout: float) -> list[Delivery | Unpacked]:
+        """Up to ``max_records`` records, as :meth:`fetch` hands them out, in the same order,
+        but a packed message's records as one :class:`Unpacked` (or several, cut where a
+        fetch's count ends): settle them with :meth:`ack_records` / :meth:`nack_records`."""
+        if not self._ready or max_records == 0:
+            self._refill(max_records, timeout)
         ready = self._ready
-        return [ready.popleft() for _ in range(min(max_messages, len(ready)))]
+        left = min(max_records, self._ready_records)
+        if self._ready_records == len(ready):  # one record each (messages not packed)
+            self._ready_records -= left
+            return [ready.popleft() for _ in range(left)]
+        out: list[Delivery | Unpacked] = []
+        self._ready_records -= left
+        while left > 0:
+            entry = ready[0]
+            if not isinstance(entry, Unpacked):
+                out.append(ready.popleft())
+                left -= 1
+                continue
+            count = len(entry)
+            if count <= left:
+                out.append(ready.popleft())
+            else:
+                out.append(entry.split(left))
+                count = left
+            left -= count
+        return out
+
+    def _refill(self, max_records: int, timeout: float) -> None:
+        """Fetch about ``max_records`` records' worth of messages from the wrapped consumer."""
+        want = 0 if max_records == 0 else max(1, int(max_records / self._per_message))
+        if not self._recent:
+            want = min(want, 1)  # nothing known yet: one message shows what they hold
+        deliveries = self.inner.fetch(want, timeout)
+        if not deliveries:
+            return
+        before = self._ready_records
+        for delivery in deliveries:
+            self._add(delivery)
+        self._recent.append((self._ready_records - before) / len(deliveries))
+        self._per_message = max(1.0, *self._recent)
+        self._follow_window()
 
     def _follow_window(self) -> None:
         """Keep the wrapped consumer's window (in messages) at the window asked for in records,
@@ -153,30 +259,45 @@ class UnpackingConsumer(Consumer):
         if target >= 2 * current or 2 * target <= current:
             self._inner_window = self.inner.set_window(target)
 
-    def _split(self, delivery: Delivery) -> Iterable[Delivery]:
+    def _add(self, delivery: Delivery) -> None:
+        """Queue the records of ``delivery`` to hand out (itself, if it is not packed)."""
         headers = delivery.headers
-        if not is_packed(headers):
-            if UNPACK_ERROR_HEADER in headers:  # a producer's, not ours: not a refusal
-                return (_without_refusal(delivery),)
-            return (delivery,)
+        if is_packed(headers):
+            entry = self._unpacked(delivery)
+            if entry is None:
+                return
+            self._ready.append(entry)
+            self._ready_records += len(entry) if isinstance(entry, Unpacked) else 1
+            return
+        if UNPACK_ERROR_HEADER in headers:  # a producer's, not ours: not a refusal
+            delivery = _without_refusal(delivery)
+        self._ready.append(delivery)
+        self._ready_records += 1
+
+    def _unpacked(self, delivery: Delivery) -> Unpacked | Delivery | None:
+        """The records of packed ``delivery`` still to hand out; itself marked refused if it
+        cannot be unpacked; ``None`` if none is left (it is settled then)."""
         try:
-            lines = unpack(delivery.body, headers, self._max_unpacked)
+            lines = unpack(delivery.body, delivery.headers, self._max_unpacked)
         except UnpackError as exc:
-            return (_refused(delivery, str(exc)),)
+            return _refused(delivery, str(exc))
         if not lines:  # nothing to hand out: settle it now (a packed message of no records)
             self.inner.ack([delivery])
-            return ()
+            return None
         key = _message_key(delivery, len(lines))
         packed = _Packed(delivery, len(lines), key)
         before = self._outcomes.pop(key, None) if key is not None else None
+        indexes = list(range(len(lines)))
         if before is not None:
             for index, outcome in enumerate(before):
                 if outcome in (_ACKED, _REJECTED):
                     packed.settle(index, outcome)
-        parts = _parts(packed, lines)
-        if not parts:  # every record was settled for good last time (a lost ack)
+            indexes = [i for i in indexes if not packed.settled[i]]
+            lines = [lines[i] for i in indexes]
+        if not lines:  # every record was settled for good last time (a lost ack)
             self._finish([packed])
-        return parts
+            return None
+        return Unpacked(packed, _part_headers(delivery.headers), lines, indexes)
 
     def set_window(self, max_messages: int) -> int:
         """Ask the wrapped consumer for a window of about ``max_messages`` records; returns the
@@ -213,6 +334,46 @@ class UnpackingConsumer(Consumer):
                 continue  # settled twice: the first one counts
             if packed.settle(index, outcome):
                 finished.append(packed)
+        self._conclude(whole, finished, requeue)
+
+    def ack_records(self, records: Iterable[RecordRef]) -> None:
+        """:meth:`ack` for records handed out by :meth:`fetch_unpacked`."""
+        self._settle_records(records, requeue=None)
+
+    def nack_records(self, records: Iterable[RecordRef], *, requeue: bool = True) -> None:
+        """:meth:`nack` for records handed out by :meth:`fetch_unpacked`."""
+        self._settle_records(records, requeue=requeue)
+
+    def _settle_records(self, records: Iterable[RecordRef], requeue: bool | None) -> None:
+        whole: list[Delivery] = []
+        finished: list[_Packed] = []
+        outcome = _ACKED if requeue is None else _REQUEUED if requeue else _REJECTED
+        last: Unpacked | None = None  # the records of one Unpacked come in a row, mostly
+        for record in records:
+            source = record.source
+            if source is not last:
+                if not isinstance(source, Unpacked):
+                    whole.append(source)
+                    continue
+                last, packed, indexes = source, source._packed, source._indexes
+            index = indexes[record.index]
+            settled = packed.settled
+            if settled[index]:
+                continue  # settled twice: the first one counts
+            if outcome == _ACKED:  # _Packed.settle's common case, inline (once per record)
+                settled[index] = _ACKED
+                packed.left -= 1
+                if not packed.left:
+                    finished.append(packed)
+            elif packed.settle(index, outcome):
+                finished.append(packed)
+        self._conclude(whole, finished, requeue)
+
+    def _conclude(
+        self, whole: list[Delivery], finished: list[_Packed], requeue: bool | None
+    ) -> None:
+        """Settle the wrapped consumer's own deliveries ``whole`` and the packed messages
+        whose records are all settled now."""
         if whole:
             if requeue is None:
                 self.inner.ack(whole)
@@ -248,6 +409,7 @@ class UnpackingConsumer(Consumer):
     def close(self) -> None:
         """Close the wrapped consumer; records not handed out go back with their messages."""
         self._ready.clear()
+        self._ready_records = 0
         self.inner.close()
 
 
@@ -260,22 +422,6 @@ def _message_key(delivery: Delivery, count: int) -> tuple[str, ...] | None:
     if not delivery.id or first is None or last is None:
         return None
     return (delivery.id, str(first), str(last), str(count))
-
-
-def _parts(packed: _Packed, lines: list[bytes]) -> list[Delivery]:
-    """One delivery per record of ``packed`` not settled yet (all of them, unless it came
-    back after a requeue). The first record has the message's id, record ``i`` the id
-    ``<id>#<i>``; all share one headers mapping (read-only for the caller)."""
-    message = packed.delivery
-    headers = _part_headers(message.headers)
-    mid, redelivered = message.id, message.redelivered
-    settled = packed.settled
-    everything = packed.left == len(lines)  # nothing settled yet (the common case)
-    return [
-        new_delivery(f"{mid}#{i}" if i else mid, line, (packed, i), headers, redelivered)
-        for i, line in enumerate(lines)
-        if everything or not settled[i]
-    ]
 
 
 def _part_headers(headers: Mapping[str, Any]) -> dict[str, Any]:

@@ -44,7 +44,7 @@ import socket
 import threading
 import time
 from collections import Counter, deque
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone
 from types import FrameType
 from typing import Any
@@ -53,8 +53,9 @@ from .._backoff import Backoff
 from .._ids import new_id
 from .._json import DECODE_ERRORS, loads
 from .._types import DONE, Delivery
-from ..backends import Consumer
+from ..backends import Consumer, UnpackingConsumer
 from ..backends.local import LocalEndpoint
+from ..backends.unpacking import Unpacked
 from ..errors import MQLoggingError
 from ..packing import UNPACK_ERROR_HEADER
 from ..wire import read_id
@@ -81,22 +82,57 @@ class _Item(Record):
     sinks see it as the :class:`Record` it is. A poison delivery is an item with no document
     (``doc`` empty, ``id`` ``""``) and ``dead`` set; it never reaches a sink. What only retries
     need (attempt count, Retry-After) is kept per batch by :meth:`_Worker._process`.
+
+    Where it came from: ``source``, as the consumer handed it out — a :class:`Delivery`, or
+    the :class:`~mqlogging.backends.unpacking.Unpacked` records of a packed message, of which
+    it is the ``index``-th (no Delivery built per packed record: issue #13).
     """
 
-    __slots__ = ("dead", "delivery", "last_error", "stage", "todo")
+    __slots__ = ("dead", "index", "last_error", "source", "stage", "todo")
 
-    def __init__(self, rid: str, doc: dict[str, Any], delivery: Delivery, todo: int) -> None:
-        # Record's fields set here, not through its __init__: one call per record, not two.
-        self.id = rid
-        self.doc = doc
-        self.size = len(delivery.body)
-        self._encoded = None
-        self.delivery = delivery
-        # Bit i set: sink i does not have the record yet (an int, not a set: one per record).
-        self.todo = todo
-        self.dead: str | None = None  # dead-letter reason, once decided
-        self.stage = ""
-        self.last_error = ""
+    source: Delivery | Unpacked
+    index: int
+    todo: int  # bit i set: sink i does not have the record yet (an int, not a set per record)
+    dead: str | None  # dead-letter reason, once decided
+    stage: str
+    last_error: str
+
+    def delivery(self) -> Delivery:
+        """The record as a :class:`Delivery` (for the dead letters, and a consumer that
+        settles deliveries): built only when asked for."""
+        source = self.source
+        return source.delivery(self.index) if isinstance(source, Unpacked) else source
+
+
+_bare = object.__new__
+
+
+def _new_item(  # noqa: PLR0917 - one call per record: positional is the cheapest
+    rid: str, doc: dict[str, Any], size: int, source: Delivery | Unpacked, index: int, todo: int
+) -> _Item:
+    """A new :class:`_Item`. A function filling a bare object rather than ``_Item(...)``
+    with an ``__init__`` (issue #13): a class call runs ``__init__`` through the C type
+    machinery and a nested interpreter loop, a plain call does not. Record's fields are set
+    here too, not through its ``__init__``."""
+    item: _Item = _bare(_Item)
+    item.id = rid
+    item.doc = doc
+    item.size = size
+    item._encoded = None
+    item.source = source
+    item.index = index
+    item.todo = todo
+    item.dead = None
+    item.stage = ""
+    item.last_error = ""
+    return item
+
+
+def _poison(reason: str, size: int, source: Delivery | Unpacked, index: int, todo: int) -> _Item:
+    """An item for a record that did not decode (``reason``: why), for the dead letters."""
+    item = _new_item("", {}, size, source, index, todo)
+    item.dead, item.stage = reason, "decode"
+    return item
 
 
 def _utcnow_iso() -> str:
@@ -217,8 +253,16 @@ class Decoder:
         looks like it), else the transport's message id, else a new one (never a content hash:
         two identical records are two records).
         """
-        body = delivery.body
-        refused = delivery.headers.get(UNPACK_ERROR_HEADER)
+        doc, reason = self.check(delivery.body, delivery.headers)
+        if doc is None:
+            return None, reason
+        return doc, read_id(doc) or delivery.id or new_id()
+
+    def check(self, body: bytes, headers: Mapping[str, Any]) -> tuple[dict[str, Any] | None, str]:
+        """``(document, "")`` of a message with this body and these headers, the document
+        checked and enriched, or ``(None, reason)`` for a poison one (:meth:`parse` without
+        the record id, for a reader that has no :class:`Delivery` per record)."""
+        refused = headers.get(UNPACK_ERROR_HEADER)
         if refused is not None:
             return None, f"packed message refused: {refused}"
         size = len(body)
@@ -244,7 +288,7 @@ class Decoder:
                 return None, problem
         if self._fields:
             _enrich(doc, self._fields)
-        return doc, read_id(doc) or delivery.id or new_id()
+        return doc, ""
 
 
 def decode(
@@ -421,6 +465,11 @@ class _Worker(threading.Thread):
 
     def _take_batch(self) -> list[_Item]:
         p = self.service.config.pipeline
+        if len(self._pending) <= p.batch_max_count and self._pending_bytes <= p.batch_max_bytes:
+            batch, self._pending = self._pending, []  # all of it: no need to walk it
+            self._pending_bytes = 0
+            self._first_at = time.monotonic()
+            return batch
         count, size = 0, 0
         for item in self._pending:
             if count and (count >= p.batch_max_count or size + item.size > p.batch_max_bytes):
@@ -435,9 +484,15 @@ class _Worker(threading.Thread):
     # -- fetching -----------------------------------------------------------------------------
 
     def _fetch(self, max_messages: int, timeout: float) -> None:
-        assert self._consumer is not None
+        consumer = self._consumer
+        assert consumer is not None
         try:
-            deliveries = self._consumer.fetch(max_messages, timeout)
+            # An unpacking consumer's records come without a Delivery each (issue #13).
+            entries: Sequence[Delivery | Unpacked] = (
+                consumer.fetch_unpacked(max_messages, timeout)
+                if isinstance(consumer, UnpackingConsumer)
+                else consumer.fetch(max_messages, timeout)
+            )
         except Exception as exc:
             if self.connected or self._conn_backoff.attempt == 0:
                 log.warning("source %s: %s; reconnecting", self.label, exc)
@@ -452,35 +507,54 @@ class _Worker(threading.Thread):
             self.connected = True
             self._m_connected.set(1)
             self._conn_backoff.reset()
-        if deliveries:
-            self._accept(deliveries)
+        if entries:
+            self._accept(entries)
 
-    def _accept(self, deliveries: Sequence[Delivery]) -> None:
-        """Decode ``deliveries`` into pending items (per record: only what each one needs)."""
+    def _accept(self, entries: Sequence[Delivery | Unpacked]) -> None:
+        """Decode the records of ``entries`` into pending items (per record: only what each
+        one needs; a delivery is one record, taken without a loop: issue #13)."""
         service = self.service
         decoder = self._decoder
         decoder.enrich(service.enrichment())
-        all_sinks = service.all_sinks
+        check, all_sinks = decoder.check, service.all_sinks
         pending = self._pending
         if not pending:
             self._first_at = time.monotonic()
-        size = largest = 0
-        for delivery in deliveries:
-            doc, rid = decoder.parse(delivery)
-            if doc is not None:
-                item = _Item(rid, doc, delivery, all_sinks)
-            else:  # poison: ``rid`` is why
-                item = _Item("", {}, delivery, all_sinks)
-                item.dead, item.stage = rid, "decode"
-            pending.append(item)
-            size += item.size
-            if item.size > largest:  # noqa: PLR1730 - builtin max() costs ~5 times more
-                largest = item.size
+        before = len(pending)
+        for entry in entries:
+            if isinstance(entry, Unpacked):
+                self._accept_unpacked(entry)
+                continue
+            body = entry.body
+            doc, why = check(body, entry.headers)
+            if doc is None:
+                pending.append(_poison(why, len(body), entry, 0, all_sinks))
+            else:
+                rid = read_id(doc) or entry.id or new_id()
+                pending.append(_new_item(rid, doc, len(body), entry, 0, all_sinks))
+        sizes = [it.size for it in pending[before:]]
+        self._took(len(sizes), sum(sizes), max(sizes))
+
+    def _accept_unpacked(self, records: Unpacked) -> None:
+        """:meth:`_accept` for the records of a packed message."""
+        check, all_sinks = self._decoder.check, self.service.all_sinks
+        pending = self._pending
+        headers, record_id = records.headers, records.record_id
+        for index, body in enumerate(records.bodies):
+            doc, why = check(body, headers)
+            if doc is None:
+                pending.append(_poison(why, len(body), records, index, all_sinks))
+            else:
+                rid = read_id(doc) or record_id(index) or new_id()
+                pending.append(_new_item(rid, doc, len(body), records, index, all_sinks))
+
+    def _took(self, count: int, size: int, largest: int) -> None:
+        """Count ``count`` records of ``size`` bytes just taken (``largest``: the largest)."""
         self._pending_bytes += size
         self._recent_largest.append(largest)
-        self._held += len(deliveries)
+        self._held += count
         self._held_bytes += size
-        self._m_consumed.inc(len(deliveries))
+        self._m_consumed.inc(count)
         self._m_in_flight.set(self._held)
         self._m_in_flight_bytes.set(self._held_bytes)
         self._adapt_window()
@@ -658,7 +732,7 @@ class _Worker(threading.Thread):
     def _dead_letter(self, dead: list[_Item], done: list[_Item]) -> list[_Item]:
         """Dead-letter ``dead``: confirmed ones join ``done``; returns the ones to retry."""
         m = self.service.metrics
-        letters = [DeadLetter(it.delivery, it.dead or "", it.stage, it.id) for it in dead]
+        letters = [DeadLetter(it.delivery(), it.dead or "", it.stage, it.id) for it in dead]
         try:
             self._dead.write(letters)
         except (MQLoggingError, OSError) as exc:
@@ -669,7 +743,7 @@ class _Worker(threading.Thread):
             return dead
         for item in dead:
             log.warning(
-                "source %s: dead-lettered message %s: %s", self.label, item.delivery.id, item.dead
+                "source %s: dead-lettered message %s: %s", self.label, item.delivery().id, item.dead
             )
             m.dead_lettered.labels(self.label, _reason_class(item.dead or "")).inc()
         done.extend(dead)
@@ -680,7 +754,7 @@ class _Worker(threading.Thread):
     def _ack(self, items: Sequence[_Item]) -> None:
         assert self._consumer is not None
         try:
-            self._consumer.ack([it.delivery for it in items])
+            self._tell(self._consumer, items, requeue=None)
         except Exception as exc:  # connection lost: the broker redelivers; _id makes it harmless
             log.warning(
                 "source %s: ack of %d messages failed (%s); the broker will redeliver "
@@ -692,6 +766,20 @@ class _Worker(threading.Thread):
         else:
             self._m_acked.inc(len(items))
         self._release(items)
+
+    @staticmethod
+    def _tell(consumer: Consumer, items: Sequence[_Item], requeue: bool | None) -> None:
+        """Ack (``requeue`` None) or nack ``items`` through ``consumer``, by record for an
+        unpacking one (no Delivery built), else by delivery."""
+        if isinstance(consumer, UnpackingConsumer):
+            if requeue is None:
+                consumer.ack_records(items)
+            else:
+                consumer.nack_records(items, requeue=requeue)
+        elif requeue is None:
+            consumer.ack([it.delivery() for it in items])
+        else:
+            consumer.nack([it.delivery() for it in items], requeue=requeue)
 
     def _release(self, items: Sequence[_Item]) -> None:
         """Forget settled ``items`` in the in-flight count and bytes."""
@@ -705,7 +793,7 @@ class _Worker(threading.Thread):
             return
         if self._consumer is not None:
             try:
-                self._consumer.nack([it.delivery for it in items], requeue=requeue)
+                self._tell(self._consumer, items, requeue)
             except Exception as exc:
                 log.warning(
                     "source %s: nack of %d messages failed (%s); the broker requeues "

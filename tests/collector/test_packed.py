@@ -8,6 +8,7 @@ import json
 import logging
 from collections import Counter
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -15,8 +16,10 @@ import pytest
 
 from harness.collector import BulkStandIn, amqp_queue_url, dataset_for, ecs_record, publish
 from harness.helpers import wait_until
+from mqlogging._types import Delivery
 from mqlogging.backends import TapOptions, UnpackingConsumer, open_consumer, open_tap
 from mqlogging.backends.services import create_consumer
+from mqlogging.backends.unpacking import Unpacked
 from mqlogging.collector.service import CollectorService
 from mqlogging.handlers import MQHandler
 from mqlogging.packing import CONTENT_TYPE, COUNT_HEADER, UNPACK_ERROR_HEADER
@@ -41,6 +44,24 @@ def _dead_letters(directory: Path) -> list[dict[str, Any]]:
         if segment.is_file() and segment.suffix in (".jsonl", ".open"):
             out.extend(json.loads(line) for line in segment.read_bytes().splitlines() if line)
     return out
+
+
+@dataclass
+class _Ref:
+    """A record handed out by ``fetch_unpacked``, as ``ack_records`` takes it."""
+
+    source: Delivery | Unpacked
+    index: int
+
+
+def _refs(entries: list[Delivery | Unpacked]) -> list[_Ref]:
+    """One ref per record of what ``fetch_unpacked`` handed out."""
+    return [_Ref(e, k) for e in entries for k in range(len(e) if isinstance(e, Unpacked) else 1)]
+
+
+def _as_delivery(ref: _Ref) -> Delivery:
+    source = ref.source
+    return source.delivery(ref.index) if isinstance(source, Unpacked) else source
 
 
 class TestPackedEndToEnd:
@@ -206,6 +227,52 @@ class TestPackedReaders:
             assert [d.body for d in got[15:16]] == [d.body for d in again]
             assert all(d.redelivered for d in again)
             consumer.ack(again)
+        wait_until(lambda: rabbitmq.queue_depth(queue_name) == 0, timeout=10)
+
+    def test_fetch_unpacked_hands_out_what_fetch_does(self, rabbitmq: Any, queue_name: str) -> None:
+        """``fetch_unpacked`` (the collector's cheaper read, no Delivery per record) hands out
+        the records ``fetch`` does, in order, cut where a fetch's count ends (7 at a time over
+        messages of 10): each record's id, body and headers are those of the delivery
+        ``fetch`` makes of it (another reader's, after a requeue), and ``ack_records`` /
+        ``nack_records`` settle them by the same rules: the message holding the one nacked
+        record comes back with only that record, the rest are acked at the broker."""
+        url = _url(rabbitmq, "amqp", queue_name, "pack=10")
+        publish(url, [ecs_record(i) for i in range(25)])
+        with UnpackingConsumer(open_consumer(url)) as consumer:
+            refs: list[_Ref] = []
+
+            def take() -> bool:
+                entries = consumer.fetch_unpacked(7, 0.2)
+                assert sum(len(e) if isinstance(e, Unpacked) else 1 for e in entries) <= 7
+                refs.extend(_refs(entries))
+                return len(refs) >= 25
+
+            wait_until(take, 20)
+            records = [_as_delivery(r) for r in refs]
+            consumer.nack_records(refs, requeue=True)  # all back, for the plain reader below
+        with UnpackingConsumer(open_consumer(url)) as consumer:
+            plain: list[Any] = []
+            wait_until(lambda: bool(plain.extend(consumer.fetch(25, 0.2))) or len(plain) == 25, 20)
+            consumer.nack(plain)
+        assert [(d.id, d.body, dict(d.headers)) for d in plain] == [
+            (d.id, d.body, dict(d.headers)) for d in records
+        ]
+        with UnpackingConsumer(open_consumer(url)) as consumer:
+            refs = []
+            wait_until(take, 20)
+            consumer.ack_records(refs[:12] + refs[13:])
+            consumer.nack_records(refs[12:13])
+            again: list[_Ref] = []
+
+            def take_again() -> bool:
+                entries = consumer.fetch_unpacked(25, 0.2)
+                again.extend(_refs(entries))
+                return len(again) >= 1
+
+            wait_until(take_again, 20)
+            assert [_as_delivery(refs[12]).body] == [_as_delivery(r).body for r in again]
+            assert _as_delivery(again[0]).redelivered
+            consumer.ack_records(again)
         wait_until(lambda: rabbitmq.queue_depth(queue_name) == 0, timeout=10)
 
     def test_window_follows_records_not_messages(self, rabbitmq: Any, queue_name: str) -> None:
