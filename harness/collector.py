@@ -384,10 +384,15 @@ class _BulkHandler(BaseHTTPRequestHandler):
 class LogstashHttpStandIn(_Server):
     """What Logstash's ``http`` input accepts (see the module docstring)."""
 
-    def __init__(self, busy_requests: int = 0, refuse: int | None = None) -> None:
+    def __init__(
+        self, busy_requests: int = 0, refuse: int | None = None, poison: str | None = None
+    ) -> None:
         """``busy_requests``: answer 429 to the first N requests; ``refuse``: answer this
-        status to every request while it is not None (settable, e.g. 401 then 400)."""
+        status to every request while it is not None (settable, e.g. 401 then 400);
+        ``poison``: answer 400 to a request holding an event whose ``message`` contains it
+        (an event Logstash's codec or filters cannot take)."""
         super().__init__(_LogstashHandler)
+        self.poison = poison
         self.events: list[dict[str, Any]] = []
         self.busy_left = busy_requests
         self.busy_answers = 0
@@ -438,6 +443,9 @@ class _LogstashHandler(BaseHTTPRequestHandler):
         if not all(isinstance(e, dict) for e in events):
             owner.problems.append("array element that is not an object")
             self._reply(400, "bad event")
+            return
+        if owner.poison and any(owner.poison in str(e.get("message", "")) for e in events):
+            self._reply(400, "bad event (injected)")
             return
         with owner.lock:
             owner.events.extend(events)

@@ -121,6 +121,51 @@ class TestRequestLevelErrors:
         assert _dead_letters(tmp_path / "state") == []
         assert rabbitmq.queue_depth(queue_name) == 0
 
+    def test_a_lone_record_is_not_dead_lettered_while_logstash_refuses_everything(
+        self, rabbitmq: Any, queue_name: str, service: Make, tmp_path: Path
+    ) -> None:
+        """One record pending (a batch of one event) while Logstash answers 400 to every
+        request: a 400 for one event cannot say whether the event or the request is the
+        problem, and an empty request refused too says it is the request. The record is
+        retried, not dead-lettered, and arrives once Logstash accepts again. (It was
+        dead-lettered whenever a batch held a single record: a flaky test under load.)"""
+        url = amqp_queue_url(rabbitmq, queue_name)
+        publish(url, [ecs_record(0)])
+        with LogstashHttpStandIn(refuse=400) as peer:
+            svc = service(
+                sources=[{"url": url}],
+                sinks=[{"type": "logstash", "url": f"{peer.url}/"}],
+                pipeline={"batch_max_wait": 0.05, "retry_initial": 0.05, "retry_max": 0.1},
+            )
+            wait_until(lambda: peer.refused >= 6, timeout=30)
+            assert svc.metrics.value("dead_lettered") == 0
+            peer.refuse = None
+            wait_until(lambda: svc.metrics.value("acked") == 1, timeout=30)
+            assert [e["seq"] for e in peer.events] == [0]
+        assert svc.metrics.value("dead_lettered") == 0
+        assert _dead_letters(tmp_path / "state") == []
+
+    def test_a_lone_record_logstash_cannot_take_is_dead_lettered(
+        self, rabbitmq: Any, queue_name: str, service: Make, tmp_path: Path
+    ) -> None:
+        """One record pending that Logstash refuses (400) while it takes an empty request:
+        the event is the problem. It is dead-lettered, with its reason, and acked; the
+        record after it arrives."""
+        url = amqp_queue_url(rabbitmq, queue_name)
+        publish(url, [ecs_record(0, message="cannot take this one")])
+        with LogstashHttpStandIn(poison="cannot take") as peer:
+            svc = service(
+                sources=[{"url": url}],
+                sinks=[{"type": "logstash", "url": f"{peer.url}/"}],
+                pipeline={"batch_max_wait": 0.05, "retry_initial": 0.05, "retry_max": 0.1},
+            )
+            wait_until(lambda: svc.metrics.value("dead_lettered") == 1, timeout=30)
+            publish(url, [ecs_record(1)])
+            wait_until(lambda: svc.metrics.value("acked") == 2, timeout=30)
+            assert [e["seq"] for e in peer.events] == [1]
+        [letter] = _dead_letters(tmp_path / "state")
+        assert "400" in json.dumps(letter)
+
 
 class TestDefaultDeadLetters:
     def test_poison_without_dead_letter_config_is_kept_in_default_spool(

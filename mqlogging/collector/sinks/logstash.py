@@ -194,14 +194,28 @@ class LogstashHttpSink(Sink):
             return [Result(Outcome.RETRY, kind, f"{kind}: {exc}")] * len(records)
         if 200 <= status < 300:
             return [DONE] * len(records)
-        if status == 400 and len(records) > 1:
-            return self._split_400(records, text)
+        return self._not_taken(records, status, text)
+
+    def _not_taken(self, records: Sequence[Record], status: int, text: str) -> list[Result]:
+        """What to do with ``records`` that one request of all of them got ``status`` for."""
+        if status == 400:
+            return self._split_400(records, text) if len(records) > 1 else [self._lone_400(text)]
         if status == 413 and len(records) > 1:
             half = len(records) // 2
             return self._post(records[:half]) + self._post(records[half:])
-        if status in (400, 413):
-            return [Result(Outcome.REJECT, str(status), f"{status} {text[:300]}".strip())]
+        if status == 413:
+            return [Result(Outcome.REJECT, "413", f"413 {text[:300]}".strip())]
         return self._refused(records, status, text)
+
+    def _lone_400(self, text: str) -> Result:
+        """A 400 for a request of one event: the event is the problem only if Logstash takes
+        a request without it (an empty array, no event); else it refuses every request, an
+        outage (a batch of one happens whenever one record is pending: it was dead-lettered
+        while Logstash refused everything)."""
+        status, _ = self._try([])
+        if 200 <= status < 300:
+            return Result(Outcome.REJECT, "400", f"400 {text[:300]}".strip())
+        return Result(Outcome.RETRY, "400", f"outage: 400 for one event and for none: {text[:200]}")
 
     def _split_400(self, records: Sequence[Record], text: str) -> list[Result]:
         """A 400 for a batch: try each half once. If both are refused too, the request is the
@@ -220,6 +234,7 @@ class LogstashHttpSink(Sink):
             elif status == 400 and len(part) > 1:
                 results += self._split_400(part, reason)
             elif status in (400, 413) and len(part) == 1:
+                # The other half was not refused alike: this event is the problem.
                 results.append(Result(Outcome.REJECT, str(status), f"{status} {reason[:300]}"))
             elif status == 413:
                 results += self._post(part)
