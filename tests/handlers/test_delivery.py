@@ -8,6 +8,8 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from harness.brokers import ActiveMQ, RabbitMQ
 from harness.drain import amqp_url, drain_amqp, drain_stomp, record_id, seqs, stomp_url
 from harness.helpers import wait_until
@@ -33,12 +35,14 @@ def _ids_by_seq(docs: list[dict[str, Any]]) -> dict[int, set[str]]:
 
 
 class TestBrokerDown:
+    # 12k is more than the handler's queue (10k), so the overflow path to the spool runs too.
+    @pytest.mark.parametrize("n", [12_000, pytest.param(50_000, marks=pytest.mark.slow)])
     def test_down_from_start_then_up(
-        self, rabbitmq: RabbitMQ, queue_name: str, spool_dir: Path, app_logger: Any
+        self, rabbitmq: RabbitMQ, queue_name: str, spool_dir: Path, app_logger: Any, n: int
     ) -> None:
-        """The broker is down while the application logs 50k records (they go to the spool);
-        once it is up, all 50k arrive, in emit order, none twice."""
-        n = 50_000
+        """The broker is down while the application logs ``n`` records (12k; 50k in ``make
+        test-slow``), more than its queue holds (they go to the spool); once it is up, all
+        arrive, in emit order, none twice."""
         rabbitmq.stop()
         handler = _handler(amqp_url(rabbitmq, queue_name), spool_dir)
         app_logger.addHandler(handler)
@@ -56,24 +60,33 @@ class TestBrokerDown:
         assert stats["spool"]["records"] == 0
         assert stats["dropped"] == {}
 
+    @pytest.mark.parametrize("n", [20_000, pytest.param(100_000, marks=pytest.mark.slow)])
     def test_killed_mid_stream_and_restarted(
-        self, rabbitmq: RabbitMQ, queue_name: str, spool_dir: Path, app_logger: Any
+        self, rabbitmq: RabbitMQ, queue_name: str, spool_dir: Path, app_logger: Any, n: int
     ) -> None:
-        """kill -9 of the broker while 100k records stream through, then a restart: all 100k
-        arrive; a record that arrives twice (its batch's confirm was lost) has the same id."""
-        n = 100_000
+        """kill -9 of the broker while ``n`` records (20k; 100k in ``make test-slow``) stream
+        through, then a restart: all arrive; a record that arrives twice (its batch's confirm
+        was lost) has the same id."""
         handler = _handler(amqp_url(rabbitmq, queue_name), spool_dir)
         app_logger.addHandler(handler)
+        _emit(app_logger, 0, n // 5)
+        assert handler.flush(30)
+        # The queue is new: see RabbitMQ.sync_definitions. Done before the stream goes on, so
+        # the 1-3 s it takes cannot let the whole stream through before the kill.
+        rabbitmq.sync_definitions()
+
+        confirmed_at_kill: list[int] = []
 
         def killer() -> None:
-            wait_until(lambda: handler.stats()["confirmed"] >= 20_000, timeout=120)
-            rabbitmq.sync_definitions()  # the queue is new: see RabbitMQ.sync_definitions
+            wait_until(lambda: handler.stats()["confirmed"] >= 2 * n // 5, timeout=120)
             rabbitmq.kill()
+            confirmed_at_kill.append(handler.stats()["confirmed"])
 
         thread = threading.Thread(target=killer)
         thread.start()
-        _emit(app_logger, 0, n)
+        _emit(app_logger, n // 5, n)
         thread.join()
+        assert confirmed_at_kill[0] < n  # the kill landed mid-stream
         rabbitmq.start()
         docs = drain_amqp(rabbitmq, queue_name, range(n), timeout=180)
         by_seq = _ids_by_seq(docs)
