@@ -13,6 +13,7 @@ import sys
 import textwrap
 import threading
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ import pytest
 from harness.brokers import ActiveMQ, RabbitMQ
 from harness.drain import amqp_url, drain_amqp, drain_stomp, seqs, stomp_url
 from harness.helpers import BlackholeServer, wait_until
+from harness.proxy import TcpProxy
 from mqlogging.cli.spool import inspect_spool, replay_spool
 from mqlogging.errors import ConfigurationError
 from mqlogging.handlers import MQHandler
@@ -39,32 +41,63 @@ def _in_backoff(handler: MQHandler, failures: int) -> bool:
     return not endpoint["healthy"] and endpoint["failures"] >= failures
 
 
-def _restart_when_backed_off(broker: RabbitMQ | ActiveMQ, handler: MQHandler) -> float:
-    """Wait until the endpoint is deep in its retry backoff, start ``broker`` again and return
-    the time it was up. The handler's endpoint is still in backoff then (retry_max is large)."""
+def _restart_when_backed_off(broker: TcpProxy, handler: MQHandler) -> float:
+    """Wait until the endpoint is deep in its retry backoff, let ``broker`` answer again and
+    return the time it was up. The handler's endpoint is still in backoff then (retry_max is
+    large)."""
     wait_until(lambda: _in_backoff(handler, 4), timeout=60, message="backoff")
     broker.start()
     return time.monotonic()
 
 
+Outage = Callable[[str, int], tuple[TcpProxy, str]]
+
+
+@pytest.fixture
+def outage() -> Iterator[Outage]:
+    """``outage(url, port)``: a broker that is down until ``proxy.start()`` brings it back.
+
+    The returned URL is ``url`` with the broker's ``port`` replaced by a :class:`TcpProxy`'s,
+    not started yet: connections are refused, as a stopped broker's port refuses them, and
+    ``start()`` makes the real broker behind it reachable at once. The handlers here never
+    reached the broker before the outage, so they cannot tell this from a broker restart; it
+    spares each test the restart (~2 s stop, ~5 s boot)."""
+    proxies: list[TcpProxy] = []
+
+    def make(url: str, port: int) -> tuple[TcpProxy, str]:
+        proxy = TcpProxy("127.0.0.1", port)
+        proxies.append(proxy)
+        return proxy, url.replace(f":{port}", f":{proxy.port}", 1)
+
+    yield make
+    for proxy in proxies:
+        proxy.close()
+
+
 class TestCloseAfterOutage:
-    """Defect 2: close()/flush() gave up while the endpoint was in retry backoff."""
+    """Defect 2: close()/flush() gave up while the endpoint was in retry backoff.
+
+    "RabbitMQ is down" is the :func:`outage` fixture: its port refuses connections."""
 
     def test_close_delivers_everything_after_the_outage_ended(
-        self, rabbitmq: RabbitMQ, queue_name: str, spool_dir: Path, app_logger: Any
+        self,
+        rabbitmq: RabbitMQ,
+        queue_name: str,
+        spool_dir: Path,
+        app_logger: Any,
+        outage: Outage,
     ) -> None:
         """RabbitMQ is down while 3,000 records are logged; it comes back while the handler is in
         retry backoff; close() retries at once and delivers all 3,000 (once each, in order)
         well within close_timeout instead of returning at once with them in the spool."""
         n = 3000
-        rabbitmq.stop()
+        down, url = outage(amqp_url(rabbitmq, queue_name), rabbitmq.amqp_port)
         handler = MQHandler(
-            amqp_url(rabbitmq, queue_name), spool=str(spool_dir), close_timeout=20,
-            retry_max=30, batch_size=500,
-        )  # fmt: skip
+            url, spool=str(spool_dir), close_timeout=20, retry_max=30, batch_size=500
+        )
         app_logger.addHandler(handler)
         _emit(app_logger, n)
-        _restart_when_backed_off(rabbitmq, handler)
+        _restart_when_backed_off(down, handler)
         started = time.monotonic()
         handler.close()
         took = time.monotonic() - started
@@ -74,19 +107,24 @@ class TestCloseAfterOutage:
         assert list(range(n)) == seqs(drain_amqp(rabbitmq, queue_name, n))
 
     def test_flush_waits_for_an_outage_that_ends_before_its_deadline(
-        self, rabbitmq: RabbitMQ, queue_name: str, spool_dir: Path, app_logger: Any
+        self,
+        rabbitmq: RabbitMQ,
+        queue_name: str,
+        spool_dir: Path,
+        app_logger: Any,
+        outage: Outage,
     ) -> None:
         """flush(30) called while RabbitMQ is down and the endpoint in backoff keeps retrying;
         the broker comes back during the flush; flush returns True only once all 2,000 records
         are confirmed, and each arrives once."""
         n = 2000
-        rabbitmq.stop()
-        handler = MQHandler(amqp_url(rabbitmq, queue_name), spool=str(spool_dir), retry_max=30)
+        down, url = outage(amqp_url(rabbitmq, queue_name), rabbitmq.amqp_port)
+        handler = MQHandler(url, spool=str(spool_dir), retry_max=30)
         app_logger.addHandler(handler)
         _emit(app_logger, n)
         restarted: list[float] = []
         starter = threading.Thread(
-            target=lambda: restarted.append(_restart_when_backed_off(rabbitmq, handler))
+            target=lambda: restarted.append(_restart_when_backed_off(down, handler))
         )
         starter.start()
         try:
@@ -100,35 +138,43 @@ class TestCloseAfterOutage:
         assert list(range(n)) == seqs(drain_amqp(rabbitmq, queue_name, n))
 
     def test_shutdown_after_the_outage_ended_delivers(
-        self, rabbitmq: RabbitMQ, queue_name: str, spool_dir: Path, app_logger: Any
+        self,
+        rabbitmq: RabbitMQ,
+        queue_name: str,
+        spool_dir: Path,
+        app_logger: Any,
+        outage: Outage,
     ) -> None:
         """logging.shutdown()'s flush() runs out of time while RabbitMQ is down; the broker is
         back before its close(): close() does not give up because the flush failed, it delivers
         all 3,000 records (once each, in order)."""
         n = 3000
-        rabbitmq.stop()
-        handler = MQHandler(
-            amqp_url(rabbitmq, queue_name), spool=str(spool_dir), close_timeout=20, retry_max=30
-        )
+        down, url = outage(amqp_url(rabbitmq, queue_name), rabbitmq.amqp_port)
+        handler = MQHandler(url, spool=str(spool_dir), close_timeout=20, retry_max=30)
         app_logger.addHandler(handler)
         _emit(app_logger, n)
         assert not handler.flush(1)
-        rabbitmq.start()
+        down.start()
         handler.close()
         stats = handler.stats()
         assert (stats["confirmed"], stats["spool"]["records"]) == (n, 0)
         assert list(range(n)) == seqs(drain_amqp(rabbitmq, queue_name, n))
 
     def test_shutdown_with_the_broker_still_down_waits_one_deadline(
-        self, rabbitmq: RabbitMQ, queue_name: str, spool_dir: Path, app_logger: Any
+        self,
+        rabbitmq: RabbitMQ,
+        queue_name: str,
+        spool_dir: Path,
+        app_logger: Any,
+        outage: Outage,
     ) -> None:
         """flush() then close() (logging.shutdown()) with RabbitMQ down throughout: flush uses
         its deadline, close() sees a fresh attempt fail and returns within a bounded probe
         instead of a second full deadline; all 2,000 records are in the spool, and the next
         handler delivers each once when the broker is back."""
         n = 2000
-        rabbitmq.stop()
-        handler = MQHandler(amqp_url(rabbitmq, queue_name), spool=str(spool_dir), close_timeout=3)
+        _, url = outage(amqp_url(rabbitmq, queue_name), rabbitmq.amqp_port)
+        handler = MQHandler(url, spool=str(spool_dir), close_timeout=3)
         app_logger.addHandler(handler)
         _emit(app_logger, n)
         assert not handler.flush()
@@ -136,27 +182,31 @@ class TestCloseAfterOutage:
         handler.close()
         assert time.monotonic() - started < 1.5
         assert inspect_spool(str(spool_dir)).records == n
-        rabbitmq.start()
-        # The directory serves the black hole's destination: ship it elsewhere explicitly.
+        # The directory serves the proxy's destination: ship it to the broker explicitly.
         assert replay_spool(str(spool_dir), amqp_url(rabbitmq, queue_name)).records == n
         assert list(range(n)) == seqs(drain_amqp(rabbitmq, queue_name, n))
 
     def test_close_after_activemq_restart(
-        self, activemq: ActiveMQ, queue_name: str, spool_dir: Path, app_logger: Any
+        self,
+        activemq: ActiveMQ,
+        queue_name: str,
+        spool_dir: Path,
+        app_logger: Any,
+        outage: Outage,
     ) -> None:
-        """The same with ActiveMQ (STOMP) killed and restarted: close() delivers all 5,000
-        records spooled during the outage, none twice."""
+        """The same with ActiveMQ (STOMP) down and back: close() delivers all 5,000 records
+        spooled during the outage, none twice."""
         n = 5000
-        url = stomp_url(activemq, queue_name)
-        activemq.kill()
+        direct = stomp_url(activemq, queue_name)
+        down, url = outage(direct, activemq.stomp_port)
         handler = MQHandler(url, spool=str(spool_dir), close_timeout=30, retry_max=30)
         app_logger.addHandler(handler)
         _emit(app_logger, n)
-        _restart_when_backed_off(activemq, handler)
+        _restart_when_backed_off(down, handler)
         handler.close()
         stats = handler.stats()
         assert (stats["replayed"], stats["spool"]["records"]) == (n, 0)
-        docs = drain_stomp(url, n)
+        docs = drain_stomp(direct, n)
         assert sorted(seqs(docs)) == list(range(n))
 
 
