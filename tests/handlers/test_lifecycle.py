@@ -13,7 +13,6 @@ import sys
 import textwrap
 import threading
 import time
-from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +21,7 @@ import pytest
 from harness.brokers import ActiveMQ, RabbitMQ
 from harness.drain import amqp_url, drain_amqp, drain_stomp, seqs, stomp_url
 from harness.helpers import BlackholeServer, wait_until
-from harness.proxy import TcpProxy
+from harness.proxy import Outage, TcpProxy
 from mqlogging.cli.spool import inspect_spool, replay_spool
 from mqlogging.errors import ConfigurationError
 from mqlogging.handlers import MQHandler
@@ -50,34 +49,11 @@ def _restart_when_backed_off(broker: TcpProxy, handler: MQHandler) -> float:
     return time.monotonic()
 
 
-Outage = Callable[[str, int], tuple[TcpProxy, str]]
-
-
-@pytest.fixture
-def outage() -> Iterator[Outage]:
-    """``outage(url, port)``: a broker that is down until ``proxy.start()`` brings it back.
-
-    The returned URL is ``url`` with the broker's ``port`` replaced by a :class:`TcpProxy`'s,
-    not started yet: connections are refused, as a stopped broker's port refuses them, and
-    ``start()`` makes the real broker behind it reachable at once. The handlers here never
-    reached the broker before the outage, so they cannot tell this from a broker restart; it
-    spares each test the restart (~2 s stop, ~5 s boot)."""
-    proxies: list[TcpProxy] = []
-
-    def make(url: str, port: int) -> tuple[TcpProxy, str]:
-        proxy = TcpProxy("127.0.0.1", port)
-        proxies.append(proxy)
-        return proxy, url.replace(f":{port}", f":{proxy.port}", 1)
-
-    yield make
-    for proxy in proxies:
-        proxy.close()
-
-
 class TestCloseAfterOutage:
     """Defect 2: close()/flush() gave up while the endpoint was in retry backoff.
 
-    "RabbitMQ is down" is the :func:`outage` fixture: its port refuses connections."""
+    "RabbitMQ is down" is the ``outage`` fixture (:func:`harness.proxy.in_front`): a port that
+    refuses connections until the test lets them through to the broker."""
 
     def test_close_delivers_everything_after_the_outage_ended(
         self,
