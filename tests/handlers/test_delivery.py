@@ -13,6 +13,7 @@ import pytest
 from harness.brokers import ActiveMQ, RabbitMQ
 from harness.drain import amqp_url, drain_amqp, drain_stomp, record_id, seqs, stomp_url
 from harness.helpers import wait_until
+from harness.proxy import Outage
 from mqlogging.handlers import MQHandler
 
 
@@ -97,6 +98,7 @@ class TestBrokerDown:
 
 
 class TestStrategies:
+    @pytest.mark.parametrize("n", [6000, pytest.param(20_000, marks=pytest.mark.slow)])
     def test_failover_primary_killed(
         self,
         rabbitmq: RabbitMQ,
@@ -104,10 +106,11 @@ class TestStrategies:
         queue_name: str,
         spool_dir: Path,
         app_logger: Any,
+        n: int,
     ) -> None:
-        """The primary (RabbitMQ) is killed mid-stream: records continue on the secondary
-        (ActiveMQ); together the two queues hold every record, each queue in emit order."""
-        n = 20_000
+        """The primary (RabbitMQ) is killed mid-stream (``n`` records: 6k; 20k in ``make
+        test-slow``): records continue on the secondary (ActiveMQ); together the two queues
+        hold every record, each queue in emit order."""
         primary, secondary = amqp_url(rabbitmq, queue_name), stomp_url(activemq, queue_name)
         handler = _handler([primary, secondary], spool_dir, batch_size=500, retry_max=30.0)
         app_logger.addHandler(handler)
@@ -134,18 +137,21 @@ class TestStrategies:
         queue_name: str,
         spool_dir: Path,
         app_logger: Any,
+        outage: Outage,
     ) -> None:
-        """strategy=all with ActiveMQ down: RabbitMQ gets every record at once; ActiveMQ's
-        copies wait in its own spool and arrive, in order, once it is back."""
+        """strategy=all with ActiveMQ down (the ``outage`` fixture: refused until the test
+        lets connections through): RabbitMQ gets every record at once; ActiveMQ's copies wait
+        in its own spool and arrive, in order, once it is back."""
         n = 5000
-        first, second = amqp_url(rabbitmq, queue_name), stomp_url(activemq, queue_name)
-        activemq.stop()
+        direct = stomp_url(activemq, queue_name)
+        down, second = outage(direct, activemq.stomp_port)
+        first = amqp_url(rabbitmq, queue_name)
         handler = _handler([first, second], spool_dir, strategy="all", batch_size=500)
         app_logger.addHandler(handler)
         _emit(app_logger, 0, n)
         assert list(range(n)) == seqs(drain_amqp(rabbitmq, queue_name, n))
-        activemq.start()
-        assert list(range(n)) == seqs(drain_stomp(second, n, timeout=120))
+        down.start()
+        assert list(range(n)) == seqs(drain_stomp(direct, n, timeout=120))
 
 
 class TestDurabilitySpool:
