@@ -39,13 +39,21 @@ class TestBrokerDown:
     # 12k is more than the handler's queue (10k), so the overflow path to the spool runs too.
     @pytest.mark.parametrize("n", [12_000, pytest.param(50_000, marks=pytest.mark.slow)])
     def test_down_from_start_then_up(
-        self, rabbitmq: RabbitMQ, queue_name: str, spool_dir: Path, app_logger: Any, n: int
+        self,
+        rabbitmq: RabbitMQ,
+        queue_name: str,
+        spool_dir: Path,
+        app_logger: Any,
+        outage: Outage,
+        n: int,
     ) -> None:
         """The broker is down while the application logs ``n`` records (12k; 50k in ``make
         test-slow``), more than its queue holds (they go to the spool); once it is up, all
-        arrive, in emit order, none twice."""
-        rabbitmq.stop()
-        handler = _handler(amqp_url(rabbitmq, queue_name), spool_dir)
+        arrive, in emit order, none twice. (Down and up through the ``outage`` fixture:
+        refused, then reachable; the broker restarts below cover a handler retrying while the
+        broker boots.)"""
+        broker, url = outage(amqp_url(rabbitmq, queue_name), rabbitmq.amqp_port)
+        handler = _handler(url, spool_dir)
         app_logger.addHandler(handler)
         _emit(app_logger, 0, n)
         assert not handler.flush(1)  # nothing can be confirmed: flush says so at its deadline
@@ -53,7 +61,7 @@ class TestBrokerDown:
         stats = handler.stats()
         assert stats["confirmed"] == 0
         assert stats["spool"]["records"] == n
-        rabbitmq.start()
+        broker.start()
         wait_until(lambda: handler.stats()["replayed"] >= n, timeout=120, message="replay")
         docs = drain_amqp(rabbitmq, queue_name, n)
         assert list(range(n)) == seqs(docs)
