@@ -85,8 +85,8 @@ def test_kill_9_mid_stream_then_restart(
     procs: list[CollectorProcess],
     total: int,
 ) -> None:
-    """``total`` records (20k and 50k in ``make test-slow``); the collector is SIGKILLed while
-    writing, then restarted: the index holds exactly ``total`` documents (unacked messages were
+    """``total`` records (8k; 20k and 50k in ``make test-slow``); the collector is SIGKILLed
+    while writing, then restarted: the index holds exactly ``total`` documents (unacked messages were
     redelivered; the redelivered ones already stored came back as 409 conflicts and were
     acked)."""
     url = amqp_queue_url(rabbitmq, queue_name)
@@ -151,8 +151,8 @@ def test_two_collectors_one_queue(
     procs: list[CollectorProcess],
     total: int,
 ) -> None:
-    """Two collector processes as competing consumers on one queue, ``total`` records (20k in
-    ``make test-slow``, and 100k below): exactly ``total`` documents, each collector did part
+    """Two collector processes as competing consumers on one queue, ``total`` records (5k; 20k
+    in ``make test-slow``, and 100k below): exactly ``total`` documents, each collector did part
     of the work, acks add up to ``total``."""
     _two_collectors(rabbitmq, elasticsearch, queue_name, tmp_path, procs, total)
 
