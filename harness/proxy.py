@@ -16,11 +16,12 @@ import selectors
 import socket
 import struct
 import threading
+from collections.abc import Callable
 from types import TracebackType
 
 from .brokers import HOST, reserve_port
 
-__all__ = ["TcpProxy"]
+__all__ = ["Outage", "TcpProxy", "in_front"]
 
 _CHUNK = 256 * 1024
 
@@ -134,6 +135,27 @@ class TcpProxy:
             self._peers.pop(end, None)
             with contextlib.suppress(OSError):
                 end.close()
+
+
+#: The ``outage`` fixture of ``tests/handlers``: ``outage(url, port)`` is :func:`in_front`.
+Outage = Callable[[str, int], tuple[TcpProxy, str]]
+
+
+def in_front(url: str, port: int) -> tuple[TcpProxy, str]:
+    """A broker that is down until ``proxy.start()``: a proxy to ``HOST:port``, not started, and
+    ``url`` with ``port`` replaced by the proxy's.
+
+    Connections to the new URL are refused, as a stopped broker's port refuses them, and
+    ``start()`` makes the real broker behind it reachable at once. A client that had not
+    reached the broker before cannot tell this from a broker restart, which costs a test ~2 s
+    (stop) and ~5 s (boot); the caller closes the proxy.
+    """
+    address = f"{HOST}:{port}"
+    if address not in url:  # else the "outage" would silently be no outage at all
+        msg = f"{url!r} does not go to {address}"
+        raise ValueError(msg)
+    proxy = TcpProxy(HOST, port)
+    return proxy, url.replace(address, f"{HOST}:{proxy.port}", 1)
 
 
 def _reset(sock: socket.socket) -> None:

@@ -21,6 +21,7 @@ import pytest
 
 from harness.brokers import RabbitMQ, reserve_port
 from harness.drain import drain_amqp, seqs
+from harness.proxy import in_front
 
 ROOT = Path(__file__).resolve().parents[1]
 MODULES = ["brokers", "collector", "drain", "faults", "helpers", "tls", "tls_brokers"]
@@ -105,6 +106,30 @@ class TestFreeze:
             sock.settimeout(10.0)
             assert sock.recv(1) == b"\x01"  # a method frame: the broker speaks again
         rabbitmq.thaw()  # idempotent
+
+
+class TestInFront:
+    def test_refused_until_started_then_the_broker_answers(self, rabbitmq: RabbitMQ) -> None:
+        """``in_front`` gives a URL whose port refuses connections (a broker that is down)
+        until ``start()``; then the real broker behind it answers the AMQP handshake."""
+        proxy, url = in_front(f"{rabbitmq.amqp_url}?queue=q", rabbitmq.amqp_port)
+        try:
+            assert url == f"amqp://guest:guest@127.0.0.1:{proxy.port}/?queue=q"
+            with pytest.raises(ConnectionRefusedError):
+                socket.create_connection(("127.0.0.1", proxy.port), timeout=5).close()
+            proxy.start()
+            with socket.create_connection(("127.0.0.1", proxy.port), timeout=5) as sock:
+                sock.sendall(b"AMQP\x00\x00\x09\x01")
+                sock.settimeout(10.0)
+                assert sock.recv(1) == b"\x01"  # Connection.Start, from the broker
+        finally:
+            proxy.close()
+
+    def test_a_url_to_another_port_is_refused(self) -> None:
+        """A URL that does not go to the given port would make an "outage" that is none: a
+        ValueError, not a silently healthy endpoint."""
+        with pytest.raises(ValueError, match=r"does not go to 127\.0\.0\.1:5673"):
+            in_front("amqp://guest:guest@127.0.0.1:5672/", 5673)
 
 
 def _publish(rabbitmq: RabbitMQ, queue: str, numbers: list[int]) -> None:

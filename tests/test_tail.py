@@ -21,6 +21,7 @@ import pytest
 
 from harness.brokers import ActiveMQ, RabbitMQ
 from harness.helpers import free_port, wait_until
+from harness.proxy import in_front
 from mqlogging import JsonFormatter, MQHandler
 from mqlogging._ids import new_id
 from mqlogging._types import Message
@@ -216,20 +217,27 @@ class TestCopies:
     def test_activemq_browser_reconnects_without_repeating(
         self, activemq: ActiveMQ, queue_name: str, tails: list[Tail]
     ) -> None:
-        """ActiveMQ is restarted under a browsing tail: after reconnecting, the browser sees
-        the queue's old messages again but shows only the new ones (the seen-set survives)."""
+        """ActiveMQ goes away under a browsing tail and comes back (the tail reaches it
+        through :func:`harness.proxy.in_front`, cut and restored: every connection reset, new
+        ones refused, then accepted): after reconnecting, the browser sees the queue's old
+        messages again but shows only the new ones (the seen-set survives)."""
         url = f"{activemq.stomp_url}/queue/{queue_name}"
-        tail = Tail(url, "--json", "--count", str(2 * N))
-        tails.append(tail)
-        tail.wait_ready()
-        _log(url, N)
-        wait_until(lambda: len(tail.lines) >= N, message=f"{N} records before the restart")
-        activemq.stop()
-        tail.wait_notice("retrying")
-        activemq.start()
-        tail.wait_notice("reconnected", timeout=90)
-        _log(url, N, first=N)
-        assert tail.finish() == 0
+        proxy, tail_url = in_front(url, activemq.stomp_port)
+        proxy.start()
+        try:
+            tail = Tail(tail_url, "--json", "--count", str(2 * N))
+            tails.append(tail)
+            tail.wait_ready()
+            _log(url, N)
+            wait_until(lambda: len(tail.lines) >= N, message=f"{N} records before the outage")
+            proxy.cut()
+            tail.wait_notice("retrying")
+            proxy.restore()
+            tail.wait_notice("reconnected", timeout=90)
+            _log(url, N, first=N)
+            assert tail.finish() == 0
+        finally:
+            proxy.close()
         assert list(range(2 * N)) == _seqs(tail.lines)
         assert [d["seq"] for d in _consume_all(url, 2 * N)] == list(range(2 * N))
 

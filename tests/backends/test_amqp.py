@@ -19,6 +19,7 @@ import stomp
 
 from harness.brokers import RabbitMQ
 from harness.helpers import BlackholeServer, free_port, wait_until
+from harness.proxy import in_front
 from harness.tls import make_pki
 from mqlogging._ids import new_id
 from mqlogging._types import Delivery, Message
@@ -264,20 +265,23 @@ class TestFaults:
 
     def test_broker_down_at_start_then_recovery(self, rabbitmq: RabbitMQ, queue_name: str) -> None:
         """With the broker down, publish raises ConnectError promptly (nothing sent); after the
-        broker starts, the same producer publishes and the consumer reads it."""
-        url = _url(rabbitmq, queue_name, connect_timeout="2")
-        rabbitmq.stop()
-        producer = AMQPProducer(url)
-        with pytest.raises(ConnectError, match="connection refused"):
-            producer.publish_batch(_messages(3))
-        with pytest.raises(ConnectError):
-            AMQPConsumer(url).fetch(1, 0.1)
-        rabbitmq.start()
-        sent = _messages(3)
-        producer.publish_batch(sent)
-        producer.close()
-        with AMQPConsumer(url) as consumer:
-            assert _ids(sent) == _ids(_drain(consumer, 3))
+        broker starts, the same producer publishes and the consumer reads it. (The broker is
+        down and back through :func:`harness.proxy.in_front`: refused, then reachable.)"""
+        down, url = in_front(_url(rabbitmq, queue_name, connect_timeout="2"), rabbitmq.amqp_port)
+        try:
+            producer = AMQPProducer(url)
+            with pytest.raises(ConnectError, match="connection refused"):
+                producer.publish_batch(_messages(3))
+            with pytest.raises(ConnectError):
+                AMQPConsumer(url).fetch(1, 0.1)
+            down.start()
+            sent = _messages(3)
+            producer.publish_batch(sent)
+            producer.close()
+            with AMQPConsumer(url) as consumer:
+                assert _ids(sent) == _ids(_drain(consumer, 3))
+        finally:
+            down.close()
 
     def test_blackhole_times_out_and_fails_over(self, rabbitmq: RabbitMQ, queue_name: str) -> None:
         """A host that accepts TCP but never answers costs about connect_timeout, then the next

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -62,14 +61,12 @@ def test_frames_equal_pika(exchange: str, key: str, rid: str, body: bytes, mode:
 
 
 @pytest.mark.rabbitmq
-def test_frames_follow_each_connections_frame_max(
-    rabbitmq: Any, queue_name: str, tmp_path: Path
-) -> None:
+def test_frames_follow_each_connections_frame_max(rabbitmq: Any, queue_name: str) -> None:
     """The body frames are cut at the frame_max negotiated on the *current* connection: after a
     failover from a broker with the default frame_max (128 KiB) to one configured with
     ``frame_max = 8192``, records larger than 8 KiB are still published and confirmed (cut
     at the first broker's size, every batch would break the second one's connection)."""
-    small = RabbitMQ(tmp_path / "small", extra_config="frame_max = 8192")
+    small = RabbitMQ(extra_config="frame_max = 8192")  # own temp dir: close() just kills it
     small.start()
     try:
         query = f"?exchange=&queue={queue_name}&connect_timeout=1"
@@ -87,7 +84,7 @@ def test_frames_follow_each_connections_frame_max(
             producer.publish_batch(big)  # reconnects from the first host: the small broker
         assert small.queue_depth(queue_name) == 3
     finally:
-        small.stop()
+        small.close()
 
 
 def _delete_queue(url: str, queue: str) -> None:

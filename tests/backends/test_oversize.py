@@ -36,12 +36,11 @@ N = 100  # records before and after the big one
 
 
 @pytest.fixture(scope="module")
-def small_max_rabbitmq(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RabbitMQ]:
+def small_max_rabbitmq() -> Iterator[RabbitMQ]:
     """A private RabbitMQ refusing messages above 1 MiB (``max_message_size``), for the
-    module (booting one takes ~10 s)."""
-    broker = RabbitMQ(
-        tmp_path_factory.mktemp("small-max"), extra_config=f"max_message_size = {LIMIT}"
-    )
+    module (booting one takes ~10 s). In a directory of its own, which ``close()`` deletes
+    after a SIGKILL: a graceful stop of a throwaway broker would only cost seconds."""
+    broker = RabbitMQ(extra_config=f"max_message_size = {LIMIT}")
     broker.start()
     try:
         yield broker
@@ -50,17 +49,16 @@ def small_max_rabbitmq(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rab
 
 
 @pytest.fixture(scope="module")
-def small_frame_activemq(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def small_frame_activemq() -> Iterator[str]:
     """The STOMP URL of a private ActiveMQ connector refusing frames above 1 MiB
-    (``maxFrameSize``; its ERROR frame does not say the limit), for the module."""
+    (``maxFrameSize``; its ERROR frame does not say the limit), for the module; in a
+    directory of its own, killed by ``close()``."""
     port = reserve_port(set())
     connector = (
         f'<transportConnector name="small" '
         f'uri="stomp://127.0.0.1:{port}?transport.maxFrameSize={LIMIT}"/>'
     )
-    broker = ActiveMQ(
-        tmp_path_factory.mktemp("small-frame"), extra_connectors=connector, extra_ports=(port,)
-    )
+    broker = ActiveMQ(extra_connectors=connector, extra_ports=(port,))
     broker.start()
     try:
         yield f"stomp://guest:guest@{broker.host}:{port}"

@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from harness.helpers import BlackholeServer, free_port, wait_until
+from harness.proxy import in_front
 from mqlogging._ids import new_id
 from mqlogging._types import Delivery, Message
 from mqlogging.backends import open_consumer, open_producer
@@ -183,9 +184,11 @@ class TestConfirms:
 
     def test_broker_down_at_start_then_recovery(self, broker: Any, queue_name: str) -> None:
         """With the broker stopped, publish and fetch fail with ConnectError (bounded by the
-        connect timeout, no hang); once it is back the same producer and consumer work."""
-        ep = _endpoint(broker, queue_name, connect_timeout=2.0)
-        broker.stop()
+        connect timeout, no hang); once it is back the same producer and consumer work. (The
+        broker is down and back through :func:`harness.proxy.in_front`: refused, then
+        reachable.)"""
+        down, url = in_front(f"{broker.stomp_url}/queue/{queue_name}", broker.stomp_port)
+        ep = Endpoint.from_url(url, connect_timeout=2.0, timeout=10.0, heartbeat=5)
         producer, consumer = STOMPProducer(ep), STOMPConsumer(ep)
         try:
             started = time.monotonic()
@@ -195,13 +198,14 @@ class TestConfirms:
                 consumer.fetch(1, 0.1)
             assert time.monotonic() - started < 2 * (ep.connect_timeout + 2)  # no hang
             assert "guest:guest" not in str(info.value)
-            broker.start()
+            down.start()
             sent = _messages(10)
             producer.publish_batch(sent)
             assert [m.id for m in sent] == [d.id for d in _drain(consumer, 10)]
         finally:
             producer.close()
             consumer.close()
+            down.close()
 
 
 class TestRecovery:

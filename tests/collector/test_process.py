@@ -69,7 +69,14 @@ def _index(queue: str) -> str:
     return f"logs-{dataset_for(queue)}-default"
 
 
-@pytest.mark.parametrize("total", [20_000, pytest.param(50_000, marks=pytest.mark.slow)])
+@pytest.mark.parametrize(
+    "total",
+    [
+        8000,
+        pytest.param(20_000, marks=pytest.mark.slow),
+        pytest.param(50_000, marks=pytest.mark.slow),
+    ],
+)
 def test_kill_9_mid_stream_then_restart(
     rabbitmq: Any,
     elasticsearch: Any,
@@ -78,8 +85,8 @@ def test_kill_9_mid_stream_then_restart(
     procs: list[CollectorProcess],
     total: int,
 ) -> None:
-    """``total`` records (50k in ``make test-slow``); the collector is SIGKILLed while writing,
-    then restarted: the index holds exactly ``total`` documents (unacked messages were
+    """``total`` records (8k; 20k and 50k in ``make test-slow``); the collector is SIGKILLed
+    while writing, then restarted: the index holds exactly ``total`` documents (unacked messages were
     redelivered; the redelivered ones already stored came back as 409 conflicts and were
     acked)."""
     url = amqp_queue_url(rabbitmq, queue_name)
@@ -135,16 +142,19 @@ def _two_collectors(
     assert total == es_count(elasticsearch.url, index)
 
 
+@pytest.mark.parametrize("total", [5000, pytest.param(20_000, marks=pytest.mark.slow)])
 def test_two_collectors_one_queue(
     rabbitmq: Any,
     elasticsearch: Any,
     queue_name: str,
     tmp_path: Path,
     procs: list[CollectorProcess],
+    total: int,
 ) -> None:
-    """Two collector processes as competing consumers on one queue, 20k records: exactly 20k
-    documents, each collector did part of the work, acks add up to 20k."""
-    _two_collectors(rabbitmq, elasticsearch, queue_name, tmp_path, procs, 20_000)
+    """Two collector processes as competing consumers on one queue, ``total`` records (5k; 20k
+    in ``make test-slow``, and 100k below): exactly ``total`` documents, each collector did part
+    of the work, acks add up to ``total``."""
+    _two_collectors(rabbitmq, elasticsearch, queue_name, tmp_path, procs, total)
 
 
 @pytest.mark.slow
@@ -160,18 +170,20 @@ def test_two_collectors_one_queue_100k(
     _two_collectors(rabbitmq, elasticsearch, queue_name, tmp_path, procs, 100_000)
 
 
+@pytest.mark.parametrize("total", [5000, pytest.param(10_000, marks=pytest.mark.slow)])
 def test_sigterm_under_load(
     rabbitmq: Any,
     elasticsearch: Any,
     queue_name: str,
     tmp_path: Path,
     procs: list[CollectorProcess],
+    total: int,
 ) -> None:
-    """SIGTERM while the collector is busy: exit code 0 within the shutdown deadline; every
-    record is either in the index or back in the queue (stored + queued == published), and a
-    second run drains the rest to exactly the published count."""
+    """SIGTERM while the collector is busy (``total`` records: 5k; 10k in ``make test-slow``):
+    exit code 0 within the shutdown deadline; every record is either in the index or back in
+    the queue (stored + queued == published), and a second run drains the rest to exactly the
+    published count."""
     url = amqp_queue_url(rabbitmq, queue_name)
-    total = 10_000
     publish(url, (ecs_record(i) for i in range(total)), batch=1000)
     index = _index(queue_name)
     first = _start(tmp_path, procs, "first", url, elasticsearch.url, queue_name)

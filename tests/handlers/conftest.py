@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from harness.proxy import Outage, TcpProxy, in_front
+
 
 @pytest.fixture
 def spool_dir(tmp_path: Path) -> Path:
@@ -25,3 +27,18 @@ def app_logger(request: pytest.FixtureRequest) -> Iterator[logging.Logger]:
     for handler in list(logger.handlers):
         logger.removeHandler(handler)
         handler.close()
+
+
+@pytest.fixture
+def outage() -> Iterator[Outage]:
+    """``outage(url, port)``: :func:`harness.proxy.in_front`, the proxies closed afterwards."""
+    proxies: list[TcpProxy] = []
+
+    def make(url: str, port: int) -> tuple[TcpProxy, str]:
+        proxy, proxied = in_front(url, port)
+        proxies.append(proxy)
+        return proxy, proxied
+
+    yield make
+    for proxy in proxies:
+        proxy.close()

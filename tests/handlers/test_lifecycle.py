@@ -21,6 +21,7 @@ import pytest
 from harness.brokers import ActiveMQ, RabbitMQ
 from harness.drain import amqp_url, drain_amqp, drain_stomp, seqs, stomp_url
 from harness.helpers import BlackholeServer, wait_until
+from harness.proxy import Outage, TcpProxy
 from mqlogging.cli.spool import inspect_spool, replay_spool
 from mqlogging.errors import ConfigurationError
 from mqlogging.handlers import MQHandler
@@ -39,32 +40,41 @@ def _in_backoff(handler: MQHandler, failures: int) -> bool:
     return not endpoint["healthy"] and endpoint["failures"] >= failures
 
 
-def _restart_when_backed_off(broker: RabbitMQ | ActiveMQ, handler: MQHandler) -> float:
-    """Wait until the endpoint is deep in its retry backoff, start ``broker`` again and return
-    the time it was up. The handler's endpoint is still in backoff then (retry_max is large)."""
+def _restart_when_backed_off(broker: ActiveMQ | TcpProxy, handler: MQHandler) -> float:
+    """Wait until the endpoint is deep in its retry backoff, start ``broker`` (or let it answer
+    again) and return the time it was up. The handler's endpoint is still in backoff then
+    (retry_max is large)."""
     wait_until(lambda: _in_backoff(handler, 4), timeout=60, message="backoff")
     broker.start()
     return time.monotonic()
 
 
 class TestCloseAfterOutage:
-    """Defect 2: close()/flush() gave up while the endpoint was in retry backoff."""
+    """Defect 2: close()/flush() gave up while the endpoint was in retry backoff.
+
+    "RabbitMQ is down" is the ``outage`` fixture (:func:`harness.proxy.in_front`): a port that
+    refuses connections until the test lets them through to the broker (no 7 s stop and
+    reboot); ActiveMQ is really killed and restarted (which costs about as much)."""
 
     def test_close_delivers_everything_after_the_outage_ended(
-        self, rabbitmq: RabbitMQ, queue_name: str, spool_dir: Path, app_logger: Any
+        self,
+        rabbitmq: RabbitMQ,
+        queue_name: str,
+        spool_dir: Path,
+        app_logger: Any,
+        outage: Outage,
     ) -> None:
         """RabbitMQ is down while 3,000 records are logged; it comes back while the handler is in
         retry backoff; close() retries at once and delivers all 3,000 (once each, in order)
         well within close_timeout instead of returning at once with them in the spool."""
         n = 3000
-        rabbitmq.stop()
+        down, url = outage(amqp_url(rabbitmq, queue_name), rabbitmq.amqp_port)
         handler = MQHandler(
-            amqp_url(rabbitmq, queue_name), spool=str(spool_dir), close_timeout=20,
-            retry_max=30, batch_size=500,
-        )  # fmt: skip
+            url, spool=str(spool_dir), close_timeout=20, retry_max=30, batch_size=500
+        )
         app_logger.addHandler(handler)
         _emit(app_logger, n)
-        _restart_when_backed_off(rabbitmq, handler)
+        _restart_when_backed_off(down, handler)
         started = time.monotonic()
         handler.close()
         took = time.monotonic() - started
@@ -74,19 +84,24 @@ class TestCloseAfterOutage:
         assert list(range(n)) == seqs(drain_amqp(rabbitmq, queue_name, n))
 
     def test_flush_waits_for_an_outage_that_ends_before_its_deadline(
-        self, rabbitmq: RabbitMQ, queue_name: str, spool_dir: Path, app_logger: Any
+        self,
+        rabbitmq: RabbitMQ,
+        queue_name: str,
+        spool_dir: Path,
+        app_logger: Any,
+        outage: Outage,
     ) -> None:
         """flush(30) called while RabbitMQ is down and the endpoint in backoff keeps retrying;
         the broker comes back during the flush; flush returns True only once all 2,000 records
         are confirmed, and each arrives once."""
         n = 2000
-        rabbitmq.stop()
-        handler = MQHandler(amqp_url(rabbitmq, queue_name), spool=str(spool_dir), retry_max=30)
+        down, url = outage(amqp_url(rabbitmq, queue_name), rabbitmq.amqp_port)
+        handler = MQHandler(url, spool=str(spool_dir), retry_max=30)
         app_logger.addHandler(handler)
         _emit(app_logger, n)
         restarted: list[float] = []
         starter = threading.Thread(
-            target=lambda: restarted.append(_restart_when_backed_off(rabbitmq, handler))
+            target=lambda: restarted.append(_restart_when_backed_off(down, handler))
         )
         starter.start()
         try:
@@ -100,35 +115,43 @@ class TestCloseAfterOutage:
         assert list(range(n)) == seqs(drain_amqp(rabbitmq, queue_name, n))
 
     def test_shutdown_after_the_outage_ended_delivers(
-        self, rabbitmq: RabbitMQ, queue_name: str, spool_dir: Path, app_logger: Any
+        self,
+        rabbitmq: RabbitMQ,
+        queue_name: str,
+        spool_dir: Path,
+        app_logger: Any,
+        outage: Outage,
     ) -> None:
         """logging.shutdown()'s flush() runs out of time while RabbitMQ is down; the broker is
         back before its close(): close() does not give up because the flush failed, it delivers
         all 3,000 records (once each, in order)."""
         n = 3000
-        rabbitmq.stop()
-        handler = MQHandler(
-            amqp_url(rabbitmq, queue_name), spool=str(spool_dir), close_timeout=20, retry_max=30
-        )
+        down, url = outage(amqp_url(rabbitmq, queue_name), rabbitmq.amqp_port)
+        handler = MQHandler(url, spool=str(spool_dir), close_timeout=20, retry_max=30)
         app_logger.addHandler(handler)
         _emit(app_logger, n)
         assert not handler.flush(1)
-        rabbitmq.start()
+        down.start()
         handler.close()
         stats = handler.stats()
         assert (stats["confirmed"], stats["spool"]["records"]) == (n, 0)
         assert list(range(n)) == seqs(drain_amqp(rabbitmq, queue_name, n))
 
     def test_shutdown_with_the_broker_still_down_waits_one_deadline(
-        self, rabbitmq: RabbitMQ, queue_name: str, spool_dir: Path, app_logger: Any
+        self,
+        rabbitmq: RabbitMQ,
+        queue_name: str,
+        spool_dir: Path,
+        app_logger: Any,
+        outage: Outage,
     ) -> None:
         """flush() then close() (logging.shutdown()) with RabbitMQ down throughout: flush uses
         its deadline, close() sees a fresh attempt fail and returns within a bounded probe
         instead of a second full deadline; all 2,000 records are in the spool, and the next
         handler delivers each once when the broker is back."""
         n = 2000
-        rabbitmq.stop()
-        handler = MQHandler(amqp_url(rabbitmq, queue_name), spool=str(spool_dir), close_timeout=3)
+        _, url = outage(amqp_url(rabbitmq, queue_name), rabbitmq.amqp_port)
+        handler = MQHandler(url, spool=str(spool_dir), close_timeout=3)
         app_logger.addHandler(handler)
         _emit(app_logger, n)
         assert not handler.flush()
@@ -136,8 +159,7 @@ class TestCloseAfterOutage:
         handler.close()
         assert time.monotonic() - started < 1.5
         assert inspect_spool(str(spool_dir)).records == n
-        rabbitmq.start()
-        # The directory serves the black hole's destination: ship it elsewhere explicitly.
+        # The directory serves the proxy's destination: ship it to the broker explicitly.
         assert replay_spool(str(spool_dir), amqp_url(rabbitmq, queue_name)).records == n
         assert list(range(n)) == seqs(drain_amqp(rabbitmq, queue_name, n))
 

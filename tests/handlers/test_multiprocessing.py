@@ -16,6 +16,7 @@ from pathlib import Path
 from harness.brokers import RabbitMQ
 from harness.drain import amqp_url, drain_amqp, record_id, seqs
 from harness.helpers import wait_until
+from harness.proxy import Outage
 from mqlogging import MQHandler
 from mqlogging.cli.spool import inspect_spool
 
@@ -151,7 +152,7 @@ print("SPOOLED", handler.stats()["spooled"], flush=True)
 
 
 def test_live_handlers_adopt_segments_of_dead_processes(
-    rabbitmq: RabbitMQ, queue_name: str, spool_dir: Path
+    rabbitmq: RabbitMQ, queue_name: str, spool_dir: Path, outage: Outage
 ) -> None:
     """Two live handlers share a spool directory and are delivering directly (their own
     backlog long replayed) when two other processes of the same application (same
@@ -159,8 +160,11 @@ def test_live_handlers_adopt_segments_of_dead_processes(
     one exits with the broker unreachable (a sealed segment), one is killed -9 (an orphaned
     open segment). Once the broker is back, the live handlers pick both up on their periodic
     check and deliver every one of those records exactly once (claims: no segment goes out
-    twice), their own records too, and the directory ends empty."""
-    url = amqp_url(rabbitmq, queue_name)
+    twice), their own records too, and the directory ends empty. (All reach the broker through
+    the ``outage`` fixture's proxy: the outage cuts it, every connection reset and new ones
+    refused, as a crashed broker's.)"""
+    broker, url = outage(amqp_url(rabbitmq, queue_name), rabbitmq.amqp_port)
+    broker.start()
     handlers = [MQHandler(url, spool=spool_dir) for _ in range(2)]
     logger = logging.getLogger("tests.handlers.mp.adopt")
     logger.setLevel(logging.INFO)
@@ -172,7 +176,7 @@ def test_live_handlers_adopt_segments_of_dead_processes(
         for i in range(100):
             logger.info("live record %d", i, extra={"seq": i})
         assert all(h.flush(20) for h in handlers)
-        rabbitmq.stop()
+        broker.cut()
         for first, how in ((10_000, "exit"), (20_000, "kill")):
             run = subprocess.run(
                 [sys.executable, "-c", _DEAD_WRITER_APP, str(ROOT), url, str(spool_dir),
@@ -180,7 +184,7 @@ def test_live_handlers_adopt_segments_of_dead_processes(
                 check=False, capture_output=True, text=True, timeout=60,
             )  # fmt: skip
             assert run.returncode == (0 if how == "exit" else -signal.SIGKILL), run.stderr
-        rabbitmq.start()
+        broker.restore()
         assert inspect_spool(str(spool_dir)).records == 2 * n  # stranded, for now
         for i in range(100, 200):
             logger.info("live record %d", i, extra={"seq": i})

@@ -1,6 +1,7 @@
 """MQHandler across process boundaries: interpreter exit, kill -9 of the application, fork,
 and a black-holed broker. Each test runs tests/handlers/_app.py in a subprocess and counts the
-records that reached the broker."""
+records that reached the broker. "Broker down" is the ``outage`` fixture: a proxy in front of
+the broker that refuses connections until the test starts it."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from typing import Any
 from harness.brokers import RabbitMQ
 from harness.drain import amqp_url, drain_amqp, record_id, seqs
 from harness.helpers import BlackholeServer, wait_until
+from harness.proxy import Outage
 from mqlogging.cli.spool import inspect_spool
 
 APP = Path(__file__).with_name("_app.py")
@@ -92,16 +94,15 @@ def test_blackholed_broker_emit_latency_and_exit_deadline(spool_dir: Path) -> No
 
 
 def test_kill_9_with_durability_spool_then_next_run(
-    rabbitmq: RabbitMQ, queue_name: str, spool_dir: Path
+    rabbitmq: RabbitMQ, queue_name: str, spool_dir: Path, outage: Outage
 ) -> None:
     """durability=spool, the application is SIGKILLed mid-stream (broker down, so nothing
     could be sent): every record whose emit() had returned arrives after the next run of the
     application, with its original id, and none twice."""
-    url = amqp_url(rabbitmq, queue_name)
-    rabbitmq.stop()
+    down, url = outage(amqp_url(rabbitmq, queue_name), rabbitmq.amqp_port)
     opts: dict[str, Any] = {"durability": "spool", "retry_max": 1, "batch_size": 500}
     last = _stream_then_kill(url, spool_dir, opts, 3000)
-    rabbitmq.start()
+    down.start()
     assert "FLUSHED" in _next_run("rerun", url, spool_dir, opts)
     docs = [d for d in drain_amqp(rabbitmq, queue_name, range(-1, last + 1)) if d["seq"] >= 0]
     got = seqs(docs)
@@ -112,16 +113,15 @@ def test_kill_9_with_durability_spool_then_next_run(
 
 
 def test_a_next_run_that_logs_nothing_ships_the_spool(
-    rabbitmq: RabbitMQ, queue_name: str, spool_dir: Path
+    rabbitmq: RabbitMQ, queue_name: str, spool_dir: Path, outage: Outage
 ) -> None:
     """The run after a SIGKILL never logs (a quiet service, or the predecessor had already
     emitted everything): its handler still replays the spool it inherited, without waiting
     for a first record (issue 6: the sender used to start only on the first record)."""
-    url = amqp_url(rabbitmq, queue_name)
-    rabbitmq.stop()
+    down, url = outage(amqp_url(rabbitmq, queue_name), rabbitmq.amqp_port)
     opts: dict[str, Any] = {"durability": "spool", "retry_max": 1, "batch_size": 500}
     last = _stream_then_kill(url, spool_dir, opts, 2000)
-    rabbitmq.start()
+    down.start()
     assert "LEFT 0" in _next_run("quiet", url, spool_dir, opts)
     assert inspect_spool(str(spool_dir)).records == 0
     got = seqs(drain_amqp(rabbitmq, queue_name, range(last + 1)))
@@ -167,12 +167,11 @@ def test_fork_parent_and_child_each_once(
 
 
 def test_spool_survives_for_cli_replay(
-    rabbitmq: RabbitMQ, queue_name: str, spool_dir: Path
+    rabbitmq: RabbitMQ, queue_name: str, spool_dir: Path, outage: Outage
 ) -> None:
     """durability=spool and SIGKILL with the broker down: `mqlogging spool replay` ships
     every record emit() returned from, in order, and leaves the spool empty."""
-    url = amqp_url(rabbitmq, queue_name)
-    rabbitmq.stop()
+    down, url = outage(amqp_url(rabbitmq, queue_name), rabbitmq.amqp_port)
     opts = {"durability": "spool", "retry_max": 1}
     proc = _run("stream", url, spool_dir, 0, json.dumps(opts))
     assert proc.stdout is not None
@@ -181,7 +180,7 @@ def test_spool_survives_for_cli_replay(
         last = int(proc.stdout.readline())
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=30)
-    rabbitmq.start()
+    down.start()
     cli = subprocess.run(
         [sys.executable, "-m", "mqlogging", "spool", "replay", str(spool_dir), "--to", url],
         capture_output=True,

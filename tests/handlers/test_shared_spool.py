@@ -16,6 +16,7 @@ import pytest
 from harness.brokers import RabbitMQ
 from harness.drain import amqp_url, drain_amqp, record_id, seqs
 from harness.helpers import free_port, wait_until
+from harness.proxy import Outage
 from mqlogging import ConfigurationError, MQHandler
 from mqlogging.cli.spool import inspect_spool
 
@@ -35,7 +36,7 @@ def _inversions(got: list[int]) -> int:
 
 
 def test_shared_spool_keeps_each_producers_order_after_outage(
-    rabbitmq: RabbitMQ, queue_name: str, spool_dir: Path
+    rabbitmq: RabbitMQ, queue_name: str, spool_dir: Path, outage: Outage
 ) -> None:
     """Two handlers (two producers) share a spool directory with small segments. The broker is
     down while both log 1500 records (many segments each, interleaved in the directory); it
@@ -43,14 +44,13 @@ def test_shared_spool_keeps_each_producers_order_after_outage(
     same time. Every record arrives exactly once, and each producer's records arrive in emit
     order (no inversion): no reader ships a producer's newer segment while an older one is
     claimed elsewhere, and no lane goes direct while its own segments are still being
-    shipped by the other reader."""
-    url = amqp_url(rabbitmq, queue_name)
+    shipped by the other reader. (The broker is down and back through the ``outage``
+    fixture: refused, then reachable.)"""
+    broker, url = outage(amqp_url(rabbitmq, queue_name), rabbitmq.amqp_port)
     options: dict[str, Any] = {
         "batch_size": 50, "retry_max": 0.3, "close_timeout": 10.0, "connect_timeout": 0.5,
         "spool_options": {"segment_bytes": 8192},
     }  # fmt: skip
-    rabbitmq.sync_definitions()
-    rabbitmq.stop()
     handlers = [MQHandler(url, spool=str(spool_dir), **options) for _ in range(2)]
     loggers = [_logger(f"p{k}", h) for k, h in enumerate(handlers)]
     bases = (0, 100_000)
@@ -67,7 +67,7 @@ def test_shared_spool_keeps_each_producers_order_after_outage(
             timeout=30,
             message="everything spooled",
         )
-        rabbitmq.start()
+        broker.start()
         for chunk in range(down, down + up, 50):
             before = sum(h.stats()["replayed"] + h.stats()["confirmed"] for h in handlers)
             for i in range(chunk, chunk + 50):

@@ -15,6 +15,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -175,12 +176,7 @@ def test_decode_never_raises_on_arbitrary_bytes(body: bytes) -> None:
     _check(body)
 
 
-@settings(max_examples=1000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(_json, st.sampled_from(["plain", "ascii", "truncated", "wrapped"]))
-def test_decode_never_raises_on_arbitrary_json(value: Any, how: str) -> None:
-    """Arbitrary JSON values (objects, arrays, scalars; unicode, big ints), also truncated or
-    nested in an object: decode() returns a record or a one-line reason, never raises, and any
-    accepted record can be encoded by the sinks."""
+def _check_json(value: Any, how: str) -> None:
     if how == "wrapped":
         value = {"event": {"id": value}, "id": value, "payload": value}
     text = json.dumps(value, ensure_ascii=(how == "ascii"))
@@ -188,6 +184,26 @@ def test_decode_never_raises_on_arbitrary_json(value: Any, how: str) -> None:
     if how == "truncated":
         body = body[: len(body) // 2]
     _check(body)
+
+
+_HOW = st.sampled_from(["plain", "ascii", "truncated", "wrapped"])
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(_json, _HOW)
+def test_decode_never_raises_on_arbitrary_json(value: Any, how: str) -> None:
+    """Arbitrary JSON values (objects, arrays, scalars; unicode, big ints), also truncated or
+    nested in an object: decode() returns a record or a one-line reason, never raises, and any
+    accepted record can be encoded by the sinks. 200 examples; 1000 in the slow sibling."""
+    _check_json(value, how)
+
+
+@pytest.mark.slow
+@settings(max_examples=1000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(_json, _HOW)
+def test_decode_never_raises_on_arbitrary_json_1000(value: Any, how: str) -> None:
+    """The same with 1000 examples (``make test-slow``: ~15 s of the 2-core CI machine)."""
+    _check_json(value, how)
 
 
 @settings(max_examples=300, deadline=None)
