@@ -607,3 +607,47 @@ def test_giving_up_a_link_logs_no_pika_error(
             rabbitmq.thaw()
     logged = [r.getMessage() for r in caplog.records if r.name.startswith("pika")]
     assert logged == []
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="review 12 D5: with blocked_connection_timeout off, _await_confirms calls "
+    "BlockingConnection.process_data_events, whose _flush_output waits until pika's write "
+    "buffer is empty, whatever time_limit says: a batch larger than the socket buffers "
+    "hangs publish_batch for as long as the memory alarm lasts",
+)
+def test_a_large_batch_to_a_blocked_broker_fails_within_timeout(
+    rabbitmq: RabbitMQ, queue_name: str
+) -> None:
+    """RabbitMQ in a memory alarm stops reading. A batch larger than the socket buffers
+    (300 x 60 KB) fails within about ``timeout`` (1 s), as a small one does ("blocks
+    publishing"), so the sender thread can spool and the handler's flush()/close() keep
+    their deadlines. Observed: publish_batch does not return while the alarm lasts (more
+    than 8 minutes in a manual run): pika's flush of its write buffer waits for the broker
+    to read, and the broker's heartbeats keep the connection alive. Before the review 11
+    fix ``blocked_connection_timeout`` closed such a connection."""
+    url = f"{rabbitmq.amqp_url}?exchange=&queue={queue_name}&timeout=1&connect_timeout=1"
+    producer = AMQPProducer(url)
+    producer.publish_batch([Message(new_id(), b"{}")])
+    batch = [Message(new_id(), b'{"pad":"' + b"x" * 60_000 + b'"}') for _ in range(300)]
+    done = threading.Event()
+
+    def attempt() -> None:
+        try:
+            producer.publish_batch(batch)
+        except BackendError:
+            pass
+        finally:
+            done.set()
+
+    result = rabbitmq.rabbitmqctl("set_vm_memory_high_watermark", "0.0000001")
+    assert result.returncode == 0, result.stderr
+    thread = threading.Thread(target=attempt, daemon=True)
+    try:
+        thread.start()
+        returned = done.wait(5.0)  # timeout=1, plus slack for a loaded machine
+    finally:
+        rabbitmq.rabbitmqctl("set_vm_memory_high_watermark", "0.4")
+        thread.join(60)
+        producer.close()
+    assert returned, "publish_batch still running 5 s into a batch with timeout=1"
