@@ -609,13 +609,6 @@ def test_giving_up_a_link_logs_no_pika_error(
     assert logged == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review 12 D5: with blocked_connection_timeout off, _await_confirms calls "
-    "BlockingConnection.process_data_events, whose _flush_output waits until pika's write "
-    "buffer is empty, whatever time_limit says: a batch larger than the socket buffers "
-    "hangs publish_batch for as long as the memory alarm lasts",
-)
 def test_a_large_batch_to_a_blocked_broker_fails_within_timeout(
     rabbitmq: RabbitMQ, queue_name: str
 ) -> None:
