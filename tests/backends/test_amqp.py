@@ -563,29 +563,6 @@ class TestTLS:
             AMQPProducer(url).publish_batch(_messages(1))
 
 
-def test_giving_up_a_link_logs_no_pika_assertion(
-    rabbitmq: RabbitMQ, queue_name: str, caplog: pytest.LogCaptureFixture
-) -> None:
-    """A producer that gives up its connection (no confirm within ``timeout``: here the broker
-    is frozen) raises :class:`PublishTimeout` and nothing more: pika logs no internal
-    ``AssertionError`` into the application's logging. Observed: ``protocol.connection_lost
-    (None) failed: exc=AssertionError('_on_stream_terminated() expected self._error to be
-    populated ...')`` and a second traceback, at ERROR, for every link given up (also when a
-    memory alarm blocks the broker)."""
-    url = f"{rabbitmq.amqp_url}?exchange=&queue={queue_name}&timeout=0.5"
-    caplog.set_level(logging.ERROR, logger="pika")
-    with AMQPProducer(url) as producer:
-        producer.publish_batch([Message(new_id(), b"{}")])
-        rabbitmq.freeze()
-        try:
-            with pytest.raises(PublishTimeout):
-                producer.publish_batch([Message(new_id(), b"{}")])
-        finally:
-            rabbitmq.thaw()
-    logged = [r.getMessage() for r in caplog.records if r.name.startswith("pika")]
-    assert not [m for m in logged if "AssertionError" in m], logged[:2]
-
-
 def test_giving_up_a_link_logs_no_pika_error(
     rabbitmq: RabbitMQ, queue_name: str, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -594,7 +571,8 @@ def test_giving_up_a_link_logs_no_pika_error(
     application's log (the failure is the handler's to report, once, as a counter).
     Observed: ``Unexpected connection close detected: StreamLostError: ('given up by
     mqlogging',)`` at ERROR, once per link given up (every retry of a frozen broker, every
-    host left in a memory alarm); the AssertionError of review 11 L1 became this line."""
+    host left in a memory alarm) (review 12, D3); before that, an ``AssertionError`` traceback
+    from ``_on_stream_terminated`` (review 11, L1)."""
     url = f"{rabbitmq.amqp_url}?exchange=&queue={queue_name}&timeout=0.5"
     caplog.set_level(logging.ERROR, logger="pika")
     with AMQPProducer(url) as producer:
