@@ -257,6 +257,7 @@ def _classes() -> tuple[Any, Any]:
             self._mq_host = (host.host, host.port)
             self._mq_timeout = connect_timeout
             self._mq_send_lock = threading.Lock()  # frames of two threads never interleave
+            self.mq_partial = False  # a write of ours was cut short: see _Link.unsent
             self._mq_context = context
             self._mq_server_hostname = server_hostname or host.host
             if context is not None:
@@ -300,8 +301,8 @@ def _classes() -> tuple[Any, Any]:
             _shut_down(self)
 
         def send(self, encoded_frame: bytes) -> None:
-            """stomp.py's own writes (heartbeats, its frames): bounded like a connection."""
-            self.send_by(encoded_frame, None)
+            """stomp.py's own writes (heartbeats, its frames): see :func:`_own_write`."""
+            _own_write(self, encoded_frame)
 
         def send_by(self, data: bytes, deadline: float | None) -> None:
             """Write ``data`` whole by ``deadline`` (default: ``connect_timeout`` from now).
@@ -322,8 +323,23 @@ def _classes() -> tuple[Any, Any]:
     return _Transport, _Connection
 
 
+def _own_write(transport: Any, data: bytes) -> None:
+    """A write of stomp.py's own (a heartbeat): bounded like a connection, and none while one
+    of ours is half written (it would land inside that frame)."""
+    if not transport.mq_partial:
+        transport.send_by(data, None)
+
+
+class _CutShort(TimeoutError):
+    """A write stopped at its deadline; ``rest`` is what was not written."""
+
+    def __init__(self, message: str, rest: bytes) -> None:
+        super().__init__(message)
+        self.rest = rest
+
+
 def _send_within(sock: socket.socket | None, data: bytes, deadline: float) -> None:
-    """Write ``data`` whole to ``sock``, or raise ``TimeoutError`` once ``deadline`` passes."""
+    """Write ``data`` whole to ``sock``, or raise :class:`_CutShort` once ``deadline`` passes."""
     if sock is None:
         raise _stomp().exception.NotConnectedException()
     view = memoryview(data)
@@ -335,7 +351,7 @@ def _send_within(sock: socket.socket | None, data: bytes, deadline: float) -> No
         remaining = deadline - time.monotonic()
         if view and (remaining <= 0 or not writable.poll(remaining * 1000)):
             msg = f"the broker read {len(data) - len(view)} of {len(data)} bytes in time"
-            raise TimeoutError(msg)
+            raise _CutShort(msg, bytes(view))
 
 
 def _shut_down(transport: Any) -> None:
@@ -443,6 +459,9 @@ class _Link:
         #: producer: see STOMPProducer._link_to_write); ``None`` when nothing is in doubt.
         self.in_doubt: str | None = None
         self.in_doubt_since = 0.0
+        #: The rest of a write cut short at its deadline (plain TCP), written before anything
+        #: else on this connection: giving it up would leave the broker the frames it has.
+        self.unsent = b""
 
     @property
     def broker(self) -> str:
@@ -458,6 +477,19 @@ class _Link:
         return not (self.closed or lsn.lost or lsn.error is not None) and bool(
             self.conn.transport.is_connected()
         )
+
+    def finish(self) -> bool:
+        """Write what is left of a write cut short, as far as the broker reads it now; True
+        once nothing is left."""
+        if self.unsent:
+            try:
+                self.conn.transport.send_by(self.unsent, time.monotonic())
+            except _CutShort as cut:
+                self.unsent = cut.rest
+                return False
+            self.unsent = b""
+            self.conn.transport.mq_partial = False
+        return True
 
     def write(self, data: bytes, deadline: float | None = None) -> None:
         """Write already encoded frames: plain TCP by the time ``deadline`` (else
@@ -478,7 +510,7 @@ class _Link:
         self.closed = True
         transport = self.conn.transport
         with contextlib.suppress(Exception):
-            if not self.listener.lost and self.listener.error is None:
+            if not self.listener.lost and self.listener.error is None and not self.unsent:
                 receipt = f"bye-{self.generation}"
                 self.write(_frame("DISCONNECT", {"receipt": receipt}), time.monotonic() + grace)
                 self.listener.wait(
@@ -662,7 +694,19 @@ class _Client:
             parts.append(_frame("SEND", headers, message.body))
         try:
             link.write(b"".join(parts), time.monotonic() + ep.timeout)
-        except Exception as exc:  # OSError (TimeoutError), stomp.py's NotConnectedException
+        except _CutShort as cut:
+            if self._keep_in_doubt:
+                # The broker has the frames written so far and reads them once it reads
+                # again: keep the connection in doubt, with the rest to write first
+                # (review 12, D6: a new connection per retry left a copy of them each time).
+                link.unsent, link.conn.transport.mq_partial = cut.rest, True
+                link.in_doubt, link.in_doubt_since = receipt, time.monotonic()
+                msg = f"{link.host} did not read a batch of {len(messages)} message(s) in time"
+                raise PublishTimeout(msg, endpoint=ep.redacted()) from cut
+            self._drop_link()
+            msg = f"connection to {link.host} failed while sending: {_describe(cut)}"
+            raise PublishTimeout(msg, endpoint=ep.redacted()) from cut
+        except Exception as exc:  # OSError, stomp.py's NotConnectedException
             self._drop_link()
             msg = f"connection to {link.host} failed while sending: {_describe(exc)}"
             raise PublishTimeout(msg, endpoint=ep.redacted()) from exc
@@ -792,6 +836,7 @@ class STOMPProducer(_Client, Producer):
         receipt = link.in_doubt
         if receipt is None:
             return link
+        link.finish()
         lsn = link.listener
         with lsn.cond:
             confirmed = receipt in lsn.receipts

@@ -499,12 +499,6 @@ def test_a_large_batch_is_sent_from_a_process_with_many_open_files(
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review 12 D6: a write cut short by its deadline drops the link; the complete "
-    "SEND frames already in the broker's socket buffer are stored once the alarm clears, "
-    "so every retry of a batch larger than the socket buffers leaves one more copy of its head",
-)
 def test_retries_of_a_large_batch_against_a_blocked_broker_do_not_multiply_copies(
     rabbitmq: Any, queue_name: str
 ) -> None:
