@@ -13,17 +13,27 @@ not a cluster's.
 - :class:`RealKafka`: the cluster named by ``MQLOGGING_KAFKA_URL`` (``kafka://h1:9092,h2``),
   for the opt-in run; it cannot be killed.
 
-Both offer :meth:`create_topic`, :meth:`url` and :meth:`lag` (records of a topic a group has
-not committed yet), which is what the tests and the fault scenarios need.
+Both offer :meth:`create_topic`, :meth:`url`, :meth:`filled_topic` and :meth:`lag` (records of a
+topic a group has not committed yet), which is what the tests and the fault scenarios need.
 """
 
 from __future__ import annotations
 
+import json
 import os
 
 from harness.brokers import HOST, NoidaServer
+from mqlogging._ids import new_id
+from mqlogging._types import Message
 
-__all__ = ["KAFKA_URL_ENV", "KafkaAdmin", "NoidaKafka", "RealKafka", "real_kafka"]
+__all__ = [
+    "KAFKA_URL_ENV",
+    "KafkaAdmin",
+    "NoidaKafka",
+    "RealKafka",
+    "real_kafka",
+    "stamped_message",
+]
 
 KAFKA_URL_ENV = "MQLOGGING_KAFKA_URL"
 
@@ -49,6 +59,18 @@ class KafkaAdmin:
         admin = AdminClient({"bootstrap.servers": self.bootstrap})
         futures = admin.create_topics([NewTopic(topic, partitions, 1)], request_timeout=timeout)
         futures[topic].result(timeout)
+
+    def filled_topic(self, topic: str, n: int, partitions: int = 1) -> tuple[str, list[Message]]:
+        """A new ``topic`` holding ``n`` records of one producer (:func:`stamped_message`,
+        seqs 0..n-1); its URL and the records."""
+        from mqlogging.backends import open_producer
+
+        self.create_topic(topic, partitions=partitions)
+        url = self.url(topic)
+        sent = [stamped_message("h:1:a", i) for i in range(n)]
+        with open_producer(url) as producer:
+            producer.publish_batch(sent)
+        return url, sent
 
     def lag(self, topic: str, group: str, timeout: float = 10.0) -> int:
         """Records of ``topic`` that ``group`` has not committed (all of them before its first
@@ -110,3 +132,14 @@ def real_kafka() -> RealKafka | None:
     """:class:`RealKafka` for ``MQLOGGING_KAFKA_URL``, or ``None`` when it is not set."""
     url = os.environ.get(KAFKA_URL_ENV)
     return RealKafka(url) if url else None
+
+
+def stamped_message(producer: str, seq: int) -> Message:
+    """A record of ``producer`` numbered ``seq`` (ECS id, ``mqlogging`` stamp), as a message."""
+    rid = new_id()
+    doc = {
+        "event": {"id": rid},
+        "seq": seq,
+        "mqlogging": {"schema": "ecs", "producer": producer, "seq": seq},
+    }
+    return Message(rid, json.dumps(doc).encode())

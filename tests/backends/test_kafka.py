@@ -19,32 +19,12 @@ from typing import Any
 import pytest
 
 from harness.helpers import free_port, wait_until
-from harness.kafka import KafkaAdmin
+from harness.kafka import KafkaAdmin, stamped_message
 from mqlogging._ids import new_id
 from mqlogging._types import Delivery, Message
 from mqlogging.backends import TapOptions, open_consumer, open_producer, open_tap
 from mqlogging.backends.kafka import KafkaEndpoint
 from mqlogging.errors import ConfigurationError, ConnectError, PartlyRefused, PublishTimeout
-
-
-def _message(producer: str, seq: int) -> Message:
-    rid = new_id()
-    doc = {
-        "event": {"id": rid},
-        "seq": seq,
-        "mqlogging": {"schema": "ecs", "producer": producer, "seq": seq},
-    }
-    return Message(rid, json.dumps(doc).encode())
-
-
-def _filled_topic(kafka: KafkaAdmin, topic: str, n: int) -> tuple[str, list[Message]]:
-    """A new one-partition ``topic`` holding ``n`` records of one producer; its URL and them."""
-    kafka.create_topic(topic, partitions=1)
-    url = kafka.url(topic)
-    sent = [_message("h:1:a", i) for i in range(n)]
-    with open_producer(url) as producer:
-        producer.publish_batch(sent)
-    return url, sent
 
 
 def _drain(consumer: Any, expected: int, ack: bool = True, timeout: float = 20.0) -> list[Delivery]:
@@ -131,7 +111,7 @@ def test_records_of_one_producer_stay_in_one_partition_in_order(
     records sit in one partition in sequence order (the record key is the producer id)."""
     kafka.create_topic(queue_name, partitions=3)
     url = kafka.url(queue_name)
-    sent = [_message(f"host:{i % 4}:p", i) for i in range(2000)]
+    sent = [stamped_message(f"host:{i % 4}:p", i) for i in range(2000)]
     with open_producer(url) as producer:
         for start in range(0, len(sent), 500):
             producer.publish_batch(sent[start : start + 500])
@@ -154,7 +134,7 @@ def test_offsets_are_committed_only_below_the_first_unacked_record(
     """Against the noida-db Kafka stand-in: a consumer acks every record but one early one
     and closes; the next member of the group reads again from that record (nothing after an
     unacked record is lost by an out-of-order ack), and nothing before it."""
-    url, sent = _filled_topic(kafka, queue_name, 300)
+    url, sent = kafka.filled_topic(queue_name, 300)
     with open_consumer(url, group=queue_name) as first:
         got = _drain(first, 300, ack=False)
         first.ack(got[:100] + got[101:])  # record 100 is still with the sinks
@@ -168,7 +148,7 @@ def test_offsets_are_committed_only_below_the_first_unacked_record(
 def test_nack_with_requeue_reads_the_records_again(kafka: KafkaAdmin, queue_name: str) -> None:
     """Against the noida-db Kafka stand-in: records given back with ``nack(requeue=True)``
     are fetched again by the same consumer (the partition seeks back), then acked."""
-    url, sent = _filled_topic(kafka, queue_name, 50)
+    url, sent = kafka.filled_topic(queue_name, 50)
     with open_consumer(url, group=queue_name) as consumer:
         got = _drain(consumer, 50, ack=False)
         consumer.ack(got[:10])
@@ -188,7 +168,7 @@ def test_nack_hands_out_again_only_the_records_given_back(
     or an MQConsumer callback would get them twice, and a record nacked for good would bring
     the rest of its batch back on every try). Acking the in-flight ones still counts: the
     group's lag ends at 0."""
-    url, sent = _filled_topic(kafka, queue_name, 100)
+    url, sent = kafka.filled_topic(queue_name, 100)
     with open_consumer(url, group=queue_name) as consumer:
         got = _drain(consumer, 100, ack=False)
         consumer.ack(got[:40] + got[41:80])
@@ -207,7 +187,7 @@ def test_rebalance_between_two_members_loses_nothing(kafka: KafkaAdmin, queue_na
     ends at 0."""
     kafka.create_topic(queue_name, partitions=4)
     url = kafka.url(queue_name)
-    sent = [_message(f"h:{i % 8}:p", i) for i in range(1200)]
+    sent = [stamped_message(f"h:{i % 8}:p", i) for i in range(1200)]
     with open_producer(url) as producer:
         producer.publish_batch(sent)
     acked: set[str] = set()
@@ -241,7 +221,7 @@ def test_partitions_held_across_rebalances_are_read_again_after(
     a revoke), and reads them: every record is acked, the group's lag ends at 0."""
     kafka.create_topic(queue_name, partitions=4)
     url = kafka.url(queue_name)
-    sent = [_message(f"h:{i % 8}:p", i) for i in range(800)]
+    sent = [stamped_message(f"h:{i % 8}:p", i) for i in range(800)]
     with open_producer(url) as producer:
         producer.publish_batch(sent)
     acked: set[str] = set()
@@ -278,7 +258,7 @@ def test_a_failed_commit_is_made_again_once_the_broker_is_back(kafka: Any, queue
     ack, the consumer's next fetches commit the settled offset and hand none of those records
     out again; a record acked just before ``close`` is committed by it (the lag is 0 as soon
     as close returns), and a new member of the group reads only what came after."""
-    url, sent = _filled_topic(kafka, queue_name, 100)
+    url, sent = kafka.filled_topic(queue_name, 100)
     with open_consumer(url, group=queue_name) as consumer:
         got = _drain(consumer, 100, ack=False)
         kafka.stop()
@@ -291,12 +271,12 @@ def test_a_failed_commit_is_made_again_once_the_broker_is_back(kafka: Any, queue
             return kafka.lag(queue_name, queue_name) == 0
 
         wait_until(committed, timeout=30, interval=0.0, message="the settled offset committed")
-        late = _message("h:1:a", 100)
+        late = stamped_message("h:1:a", 100)
         with open_producer(url) as producer:
             producer.publish_batch([late])
         consumer.ack(_drain(consumer, 1, ack=False))
     assert kafka.lag(queue_name, queue_name) == 0
-    last = _message("h:1:a", 101)
+    last = stamped_message("h:1:a", 101)
     with open_producer(url) as producer:
         producer.publish_batch([last])
     with open_consumer(url, group=queue_name) as again:
@@ -313,7 +293,7 @@ def test_consumer_started_before_its_topic_exists_picks_it_up(
     then receives the records within seconds of the topic's creation, not after librdkafka's
     default five-minute metadata refresh."""
     url = kafka.url(queue_name)
-    sent = [_message("h:1:a", i) for i in range(20)]
+    sent = [stamped_message("h:1:a", i) for i in range(20)]
     with open_consumer(url, group=queue_name) as consumer:
         with pytest.raises(ConnectError, match="create the topic"):
             wait_until(lambda: consumer.fetch(10, 0.2) and False, timeout=5)
@@ -330,7 +310,7 @@ def test_a_record_too_large_is_refused_alone(kafka: KafkaAdmin, queue_name: str)
     handler counts it as dropped, as too_large_for_broker like every transport); the two others are delivered, and the producer goes on."""
     kafka.create_topic(queue_name, partitions=1)
     url = kafka.url(queue_name)
-    small = [_message("h:1:a", 1), _message("h:1:a", 3)]
+    small = [stamped_message("h:1:a", 1), stamped_message("h:1:a", 3)]
     big = Message(new_id(), json.dumps({"x": "y" * 1_200_000}).encode())
     with open_producer(url) as producer:
         with pytest.raises(PartlyRefused) as info:
@@ -338,7 +318,7 @@ def test_a_record_too_large_is_refused_alone(kafka: KafkaAdmin, queue_name: str)
         assert info.value.ids == frozenset({big.id})
         assert info.value.drop_reason == "too_large_for_broker"
         assert "\n" not in str(info.value)
-        producer.publish_batch([_message("h:1:a", 4)])
+        producer.publish_batch([stamped_message("h:1:a", 4)])
     with open_consumer(url, group=queue_name) as consumer:
         got = _drain(consumer, 3)
     assert [m.id for m in small] == [d.id for d in got[:2]]
@@ -351,17 +331,17 @@ def test_black_holed_broker_fails_the_batch_within_its_bound(kafka: Any, queue_n
     kafka.create_topic(queue_name, partitions=1)
     url = kafka.url(queue_name, connect_timeout="1", timeout="2")
     with open_producer(url) as producer:
-        producer.publish_batch([_message("h:1:a", 1)])
+        producer.publish_batch([stamped_message("h:1:a", 1)])
         kafka.freeze()
         try:
             began = time.monotonic()
             with pytest.raises((PublishTimeout, ConnectError)) as info:
-                producer.publish_batch([_message("h:1:a", i) for i in range(2, 200)])
+                producer.publish_batch([stamped_message("h:1:a", i) for i in range(2, 200)])
             assert time.monotonic() - began < 1 + 2 + 3
             assert "\n" not in str(info.value)
         finally:
             kafka.thaw()
-        producer.publish_batch([_message("h:1:a", 200)])
+        producer.publish_batch([stamped_message("h:1:a", 200)])
 
 
 def test_no_broker_is_a_connect_error_within_connect_timeout() -> None:
@@ -370,7 +350,7 @@ def test_no_broker_is_a_connect_error_within_connect_timeout() -> None:
     url = f"kafka://127.0.0.1:{free_port()}/t?connect_timeout=1&timeout=20"
     began = time.monotonic()
     with open_producer(url) as producer, pytest.raises(ConnectError) as info:
-        producer.publish_batch([_message("h:1:a", 1)])
+        producer.publish_batch([stamped_message("h:1:a", 1)])
     assert time.monotonic() - began < 8.0
     assert "\n" not in str(info.value)
     assert "kafka://127.0.0.1" in str(info.value)
@@ -382,7 +362,7 @@ def test_tap_copies_new_records_without_taking_them(kafka: KafkaAdmin, queue_nam
     gets every record."""
     kafka.create_topic(queue_name, partitions=2)
     url = kafka.url(queue_name)
-    sent = [_message("h:1:a", i) for i in range(100)]
+    sent = [stamped_message("h:1:a", i) for i in range(100)]
     with open_tap(url, TapOptions()) as tap:
         assert "no group joined" in tap.mode
         with open_producer(url) as producer:
@@ -405,7 +385,7 @@ def test_dead_letters_on_a_topic_can_be_audited(kafka: KafkaAdmin, queue_name: s
     kafka.create_topic(queue_name, partitions=2)
     url = kafka.url(queue_name)
     with open_producer(url) as producer:
-        producer.publish_batch([_message("h:1:a", i) for i in range(30)])
+        producer.publish_batch([stamped_message("h:1:a", i) for i in range(30)])
     audit = Audit()
     audit_dead_letter_tap(audit, url, quiet=1.0)
     assert audit.dead_letters == 30
@@ -423,7 +403,7 @@ def test_real_cluster_round_trip(real_kafka: KafkaAdmin, queue_name: str) -> Non
     idempotent acks=all publish of 1,000 records, consumed once by a group, committed."""
     real_kafka.create_topic(queue_name, partitions=3)
     url = real_kafka.url(queue_name)
-    sent = [_message(f"h:{i % 3}:p", i) for i in range(1000)]
+    sent = [stamped_message(f"h:{i % 3}:p", i) for i in range(1000)]
     with open_producer(url) as producer:
         producer.publish_batch(sent)
     with open_consumer(url, group=queue_name) as consumer:

@@ -8,7 +8,6 @@ held-up behaviour beyond the quick representative are ``slow``.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import time
 from collections import Counter
@@ -19,34 +18,11 @@ import pytest
 from confluent_kafka import KafkaError, TopicPartition
 
 from harness.helpers import wait_until
-from harness.kafka import KafkaAdmin
-from mqlogging._ids import new_id
-from mqlogging._types import Delivery, Message
+from harness.kafka import KafkaAdmin, stamped_message
+from mqlogging._types import Delivery
 from mqlogging.backends import open_consumer, open_producer
 from mqlogging.backends.kafka import KafkaConsumer, _Partition
 from mqlogging.errors import ConnectError
-
-
-def _message(producer: str, seq: int) -> Message:
-    rid = new_id()
-    doc = {
-        "event": {"id": rid},
-        "seq": seq,
-        "mqlogging": {"schema": "ecs", "producer": producer, "seq": seq},
-    }
-    return Message(rid, json.dumps(doc).encode())
-
-
-def _filled(
-    kafka: KafkaAdmin, topic: str, n: int, partitions: int = 1
-) -> tuple[str, list[Message]]:
-    """A new ``topic`` holding ``n`` records of one producer (one partition); URL and them."""
-    kafka.create_topic(topic, partitions=partitions)
-    url = kafka.url(topic)
-    sent = [_message("h:1:a", i) for i in range(n)]
-    with open_producer(url) as producer:
-        producer.publish_batch(sent)
-    return url, sent
 
 
 def _take(consumer: Any, expected: int, timeout: float = 20.0) -> list[Delivery]:
@@ -77,42 +53,24 @@ def _prefixes(deliveries: list[Delivery], part: int) -> list[Delivery]:
     return out
 
 
-def test_nack_requeue_while_holding_comes_again_after_resume(
-    kafka: KafkaAdmin, queue_name: str
+@pytest.mark.parametrize(
+    "held_first",
+    [True, pytest.param(False, marks=pytest.mark.slow)],
+    ids=["nack-while-holding", "nack-then-hold"],
+)
+def test_records_given_back_around_a_hold_come_again_after_resume(
+    kafka: KafkaAdmin, queue_name: str, held_first: bool
 ) -> None:
-    """Held up in review: records given back (nack requeue) while the consumer holds come again after it
-    resumes; everything is then acked and the lag ends at 0."""
-    url, _sent = _filled(kafka, queue_name, 100)
+    """Held up in review: records given back (nack requeue) come again once the consumer
+    resumes, whether it was already holding (its window full) when they were given back, or
+    held at once after (before the seek's records came back); everything is then acked and
+    the lag ends at 0."""
+    url, _sent = kafka.filled_topic(queue_name, 100)
     with open_consumer(url, group=queue_name, prefetch=50) as c:
         got = _take(c, 50)
-        for _ in range(3):
-            assert c.fetch(0, 0.2) == []
-        back = [d for d in got if 20 <= _offset(d) < 30]
-        c.nack(back)
-        c.ack([d for d in got if d not in back])
-        for _ in range(3):
-            assert c.fetch(0, 0.2) == []
-        seen: list[int] = []
-
-        def rest() -> bool:
-            batch = c.fetch(50, 0.2)
-            seen.extend(_offset(d) for d in batch)
-            c.ack(batch)
-            return kafka.lag(queue_name, queue_name) == 0
-
-        wait_until(rest, timeout=15, interval=0.0, message=f"lag 0; seen {seen}")
-        assert sorted(seen) == list(range(20, 30)) + list(range(50, 100))
-
-
-@pytest.mark.slow
-def test_nack_then_hold_then_resume_reads_the_given_back_again(
-    kafka: KafkaAdmin, queue_name: str
-) -> None:
-    """Held up in review: nack(requeue) while fetching, then hold at once (before the seek's records came
-    back), then resume: the records given back come again."""
-    url, _sent = _filled(kafka, queue_name, 100)
-    with open_consumer(url, group=queue_name, prefetch=50) as c:
-        got = _take(c, 50)
+        if held_first:
+            for _ in range(3):
+                assert c.fetch(0, 0.2) == []
         back = [d for d in got if 20 <= _offset(d) < 30]
         c.nack(back)
         c.ack([d for d in got if d not in back])
@@ -142,7 +100,7 @@ def test_rebalance_while_holding_keeps_what_stays_with_the_member(
     is read on from where A was, so none of its records comes twice."""
     kafka.create_topic(queue_name, partitions=3)
     url = kafka.url(queue_name)
-    sent = [_message(f"h:{i % 9}:p", i) for i in range(600)]
+    sent = [stamped_message(f"h:{i % 9}:p", i) for i in range(600)]
     with open_producer(url) as producer:
         producer.publish_batch(sent)
     handed: Counter[str] = Counter()
@@ -193,7 +151,7 @@ def test_close_while_holding_with_a_commit_failing(kafka: Any, queue_name: str) 
     stopped (the commit fails), keeps holding, and is closed while the broker is still down:
     close returns within its bound. After the restart a new member of the group reads every
     record not acked, and everything is acked in the end (lag 0)."""
-    url, _sent = _filled(kafka, queue_name, 100)
+    url, _sent = kafka.filled_topic(queue_name, 100)
     with open_consumer(url, group=queue_name, prefetch=100, timeout=3) as c:
         got = _take(c, 100)
         assert c.fetch(0, 0.2) == []
@@ -234,7 +192,7 @@ def test_static_member_closed_and_restarted_in_place_takes_its_partitions_back(
     of them exactly once, none of those B committed before it closed."""
     kafka.create_topic(queue_name, partitions=2)
     url = kafka.url(queue_name)
-    sent = [_message(f"h:{i % 8}:p", i) for i in range(80)]
+    sent = [stamped_message(f"h:{i % 8}:p", i) for i in range(80)]
     with open_producer(url) as producer:
         producer.publish_batch(sent)
     handed: Counter[str] = Counter()
@@ -252,7 +210,7 @@ def test_static_member_closed_and_restarted_in_place_takes_its_partitions_back(
     with open_consumer(url, group=queue_name, group_instance="a") as a:
         with open_consumer(url, group=queue_name, group_instance="b") as b:
             wait_until(read([a, b], {m.id for m in sent}), timeout=30, message="both read")
-        later = [_message(f"h:{i % 8}:p", i) for i in range(80, 160)]
+        later = [stamped_message(f"h:{i % 8}:p", i) for i in range(80, 160)]
         with open_producer(url) as producer:
             producer.publish_batch(later)
         with open_consumer(url, group=queue_name, group_instance="b") as b:
